@@ -1,0 +1,27 @@
+//! Builds the eBPF programs (crate `agent-ebpf`) for the BPF target with the
+//! nightly pinned in ebpf/rust-toolchain.toml, so a plain `cargo build` of the
+//! agent produces the object it embeds. `AYA_BUILD_SKIP=1` skips it (clippy/doc).
+use anyhow::{anyhow, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let ebpf_dir = format!("{manifest_dir}/../ebpf");
+    let pin = format!("{ebpf_dir}/rust-toolchain.toml");
+    println!("cargo::rerun-if-changed={pin}");
+    let text = std::fs::read_to_string(&pin).with_context(|| format!("reading {pin}"))?;
+    let channel = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel"))
+        .and_then(|rest| rest.split('"').nth(1))
+        .ok_or_else(|| anyhow!("{pin}: no `channel = \"...\"` line"))?
+        .to_owned();
+    println!("cargo::rerun-if-changed={manifest_dir}/../common/src");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "agent-ebpf",
+            root_dir: &ebpf_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Custom(&channel),
+    )
+}

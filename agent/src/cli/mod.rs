@@ -1,0 +1,46 @@
+//! The command line: `agent <command>`.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "Calico-style network policy in eBPF, with staged policies you can watch before they enforce"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs through the verifier and report (a health check).
+    Probe,
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Probe => probe(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn probe() -> anyhow::Result<ExitCode> {
+    crate::dataplane::slice::SliceDropper::load()?;
+    println!("eBPF programs loaded and verified");
+    Ok(ExitCode::SUCCESS)
+}

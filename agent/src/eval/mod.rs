@@ -1,0 +1,1 @@
+//! The reference evaluator: Calico's policy semantics in plain Rust.

@@ -1,0 +1,13 @@
+//! The agent: from policy resources to verdicts in the kernel.
+//!
+//! Stages, in the order data flows through them:
+//! - [`selector`]: Calico's label-selector language (parse, evaluate, print).
+//! - [`model`]: typed YAML resources, validation, and the normalised [`model::ir::Model`].
+//! - [`eval`]: the reference evaluator, the semantics in plain Rust (the oracle).
+//! - [`dataplane`]: BPF programs and maps, loading and attaching.
+//! - [`cli`]: the command line.
+pub mod cli;
+pub mod dataplane;
+pub mod eval;
+pub mod model;
+pub mod selector;
