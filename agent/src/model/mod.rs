@@ -1,3 +1,67 @@
 //! Policy resources: typed YAML (projectcalico.org/v3, networking.k8s.io/v1, v1),
 //! validation with Calico's rules, and conversion to the normalised [`ir::Model`].
+use std::fmt;
+use std::path::{Path, PathBuf};
+
 pub mod ir;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// A problem found in the input: where (file, 1-based line, resource, field),
+/// what is wrong and what is accepted.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: PathBuf,
+    pub line: usize,
+    /// `Kind/namespace/name` or `Kind/name`; empty when the document has no identity yet.
+    pub resource: String,
+    /// Dotted path, e.g. `spec.ingress[0].source.selector`; empty for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        write!(f, "{}:{}: {sev}:", self.file.display(), self.line)?;
+        if !self.resource.is_empty() {
+            write!(f, " {}", self.resource)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, " {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The result of loading a set of files: the model built from every document
+/// that validated, and a diagnostic for every one that did not (those are left
+/// out; the rest still load).
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub model: ir::Model,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Loads YAML files and directories (recursively, `*.yaml` / `*.yml`).
+///
+/// PLACEHOLDER: returns an empty model until the resource loader lands.
+pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
+    let _ = paths;
+    Loaded::default()
+}
