@@ -1,6 +1,8 @@
 //! Calico's label-selector language (libcalico-go/lib/selector).
 //!
 //! PLACEHOLDER API: the full parser, evaluator and canonical printer land here.
+//! (Branch `eval`: a tiny expression tree with `equals`/`has`/`in_set`/`not`/`or`
+//! so evaluator tests can discriminate endpoints; replaced by the real one at merge.)
 use std::fmt;
 
 use crate::model::ir::Labels;
@@ -8,7 +10,18 @@ use crate::model::ir::Labels;
 /// A parsed selector. `Display` prints the canonical form, which re-parses to an equal selector.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Selector {
-    all: bool,
+    expr: Expr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Expr {
+    All,
+    Equals(String, String),
+    Has(String),
+    In(String, Vec<String>),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
 }
 
 /// Why a selector did not parse, and where (byte offset into the input).
@@ -32,21 +45,83 @@ pub fn parse(input: &str) -> Result<Selector, ParseError> {
 impl Selector {
     /// `all()`: matches every label set.
     pub fn all() -> Self {
-        Selector { all: true }
+        Selector { expr: Expr::All }
     }
-    pub fn evaluate(&self, _labels: &Labels) -> bool {
-        self.all
+    /// `k == 'v'`.
+    pub fn equals(key: &str, value: &str) -> Self {
+        Selector {
+            expr: Expr::Equals(key.into(), value.into()),
+        }
+    }
+    /// `has(k)`.
+    pub fn has(key: &str) -> Self {
+        Selector {
+            expr: Expr::Has(key.into()),
+        }
+    }
+    /// `k in {..}`.
+    pub fn in_set(key: &str, values: &[&str]) -> Self {
+        Selector {
+            expr: Expr::In(key.into(), values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+    pub fn evaluate(&self, labels: &Labels) -> bool {
+        self.expr.evaluate(labels)
     }
     /// `self && other`.
     pub fn and(self, other: Selector) -> Selector {
         Selector {
-            all: self.all && other.all,
+            expr: Expr::And(Box::new(self.expr), Box::new(other.expr)),
+        }
+    }
+    /// `self || other`.
+    pub fn or(self, other: Selector) -> Selector {
+        Selector {
+            expr: Expr::Or(Box::new(self.expr), Box::new(other.expr)),
+        }
+    }
+    /// `!self`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn not(self) -> Selector {
+        Selector {
+            expr: Expr::Not(Box::new(self.expr)),
+        }
+    }
+}
+
+impl Expr {
+    fn evaluate(&self, labels: &Labels) -> bool {
+        match self {
+            Expr::All => true,
+            Expr::Equals(k, v) => labels.get(k) == Some(v),
+            Expr::Has(k) => labels.contains_key(k),
+            Expr::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+            Expr::Not(e) => !e.evaluate(labels),
+            Expr::And(a, b) => a.evaluate(labels) && b.evaluate(labels),
+            Expr::Or(a, b) => a.evaluate(labels) || b.evaluate(labels),
+        }
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::All => f.write_str("all()"),
+            Expr::Equals(k, v) => write!(f, "{k} == \"{v}\""),
+            Expr::Has(k) => write!(f, "has({k})"),
+            Expr::In(k, vs) => {
+                let quoted: Vec<String> = vs.iter().map(|v| format!("\"{v}\"")).collect();
+                write!(f, "{k} in {{{}}}", quoted.join(", "))
+            }
+            Expr::Not(e) => write!(f, "!({e})"),
+            Expr::And(a, b) => write!(f, "({a} && {b})"),
+            Expr::Or(a, b) => write!(f, "({a} || {b})"),
         }
     }
 }
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("all()")
+        self.expr.fmt(f)
     }
 }
