@@ -1,4 +1,6 @@
 //! The command line: `agent <command>`.
+mod debug;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF programs through the verifier and report (a health check).
     Probe,
+    /// Attach the first-slice program and drop one port (development aid).
+    #[command(hide = true)]
+    DebugDrop(debug::DebugDropArgs),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -29,6 +34,7 @@ pub fn main(cli: Cli) -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Probe => probe(),
+        Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
