@@ -3,6 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod selector;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agent",
@@ -18,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF programs through the verifier and report (a health check).
     Probe,
+    /// Evaluate a Calico selector against labels: prints `true` or `false`.
+    Selector(selector::SelectorArgs),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -29,6 +33,7 @@ pub fn main(cli: Cli) -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Probe => probe(),
+        Command::Selector(args) => Ok(selector::run(args)),
     };
     match result {
         Ok(code) => code,
