@@ -52,3 +52,25 @@ pub fn render_parse_error(input: &str, error: &ParseError) -> String {
         .collect();
     format!("error: {error}\n  {input}\n  {padding}^\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caret_counts_characters_not_bytes_and_keeps_tabs() {
+        let input = "\tk == 'é' && %";
+        let error = selector::parse(input).unwrap_err();
+        assert_eq!(error.position, 14);
+        let rendered = render_parse_error(input, &error);
+        assert!(rendered.ends_with("\n  \t            ^\n"), "{rendered:?}");
+    }
+
+    #[test]
+    fn label_arguments_split_at_the_first_equals_sign() {
+        assert_eq!(parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_label("a="), Ok(("a".into(), String::new())));
+        assert!(parse_label("=b").is_err());
+        assert!(parse_label("ab").is_err());
+    }
+}

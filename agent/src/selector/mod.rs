@@ -161,6 +161,13 @@ impl Selector {
     /// Calico does the replacement on the printed string, so it also rewrites
     /// the text `all()`/`global()` inside quoted values; we do the same to stay
     /// exact. The replacements contain no quotes, so the result always parses.
+    ///
+    /// Calico only applies this when the rule's `namespaceSelector` string is
+    /// non-empty; an absent/empty one means "the policy's own namespace", which
+    /// the caller must handle before parsing (an empty selector parses to `all()`).
+    ///
+    /// Panics if the selector was built (not parsed) from keys or values the
+    /// language cannot express, since its printed form then does not parse.
     pub fn to_namespace_scope(&self, label_prefix: &str, namespace_label: &str) -> Selector {
         let printed = self
             .prefix_keys(label_prefix)
