@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod selector;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agent",
@@ -23,6 +25,8 @@ pub enum Command {
     /// Attach the first-slice program and drop one port (development aid).
     #[command(hide = true)]
     DebugDrop(debug::DebugDropArgs),
+    /// Evaluate a Calico selector against labels: prints `true` or `false`.
+    Selector(selector::SelectorArgs),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -35,6 +39,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Probe => probe(),
         Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Selector(args) => Ok(selector::run(args)),
     };
     match result {
         Ok(code) => code,
