@@ -1,1 +1,3 @@
 //! Network-namespace lab (placeholder).
+
+pub mod packet;

@@ -1,7 +1,11 @@
 //! The command line: `agent <command>`.
+mod debug;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+pub mod selector;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,6 +22,11 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF programs through the verifier and report (a health check).
     Probe,
+    /// Attach the first-slice program and drop one port (development aid).
+    #[command(hide = true)]
+    DebugDrop(debug::DebugDropArgs),
+    /// Evaluate a Calico selector against labels: prints `true` or `false`.
+    Selector(selector::SelectorArgs),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -29,6 +38,8 @@ pub fn main(cli: Cli) -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Probe => probe(),
+        Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Selector(args) => Ok(selector::run(args)),
     };
     match result {
         Ok(code) => code,
