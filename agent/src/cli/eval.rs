@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use crate::eval::{DecidedBy, EndVerdict, Evaluator, Flow, FlowVerdict, Outcome, Packet, EPHEMERAL_PORT};
+use crate::eval::{
+    DecidedBy, EndVerdict, Evaluator, Flow, FlowVerdict, Outcome, Packet, EPHEMERAL_PORT,
+};
 use crate::model::ir::{proto, Endpoint, EndpointKind, Model};
 
 /// Exit status for usage errors (unknown endpoint, bad protocol, ...).
@@ -205,7 +207,9 @@ fn resolve_target<'m>(model: &'m Model, text: &str) -> Result<Target<'m>, EvalEr
 /// The family of the flow: an IP argument's, else IPv4 when both endpoints have one.
 fn choose_ipv4(from: &Target, to: &Target) -> Result<bool, EvalError> {
     match (from, to) {
-        (Target::Ip(a), Target::Ip(b)) if a.is_ipv4() != b.is_ipv4() => Err(EvalError::MixedFamilies),
+        (Target::Ip(a), Target::Ip(b)) if a.is_ipv4() != b.is_ipv4() => {
+            Err(EvalError::MixedFamilies)
+        }
         (Target::Ip(ip), _) | (_, Target::Ip(ip)) => Ok(ip.is_ipv4()),
         (Target::Endpoint(a), Target::Endpoint(b)) => {
             let has_v4 = |e: &Endpoint| e.ips.iter().any(IpAddr::is_ipv4);
@@ -275,7 +279,11 @@ fn describe_packet(p: &Packet) -> String {
     text
 }
 
-fn render_outcome(label: &str, outcome: &Outcome, differs_from: Option<crate::eval::Verdict>) -> String {
+fn render_outcome(
+    label: &str,
+    outcome: &Outcome,
+    differs_from: Option<crate::eval::Verdict>,
+) -> String {
     let mut out = format!("\n{label}: {}", outcome.action);
     if let Some(enforced) = differs_from {
         out += &format!("   (enforced: {enforced} - promoting staged policies changes this flow)");
@@ -374,6 +382,9 @@ mod tests {
             icmp_type: Some(8),
             ..args(proto::SCTP)
         };
-        assert!(packet_from_args(&udp_icmp).is_err(), "SCTP needs a port first");
+        assert!(
+            packet_from_args(&udp_icmp).is_err(),
+            "SCTP needs a port first"
+        );
     }
 }

@@ -8,13 +8,16 @@
 //! them; TCP/80 when the policies mention none. Each endpoint is addressed by
 //! its first IPv4 address (`--ipv6`: IPv6); endpoints without one are left out.
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
-use super::eval::{first_ip, has_ports, load_datastore, parse_protocol, protocol_name, usage_error, OutputFormat};
+use super::eval::{
+    first_ip, has_ports, load_datastore, parse_protocol, protocol_name, usage_error, OutputFormat,
+};
 use crate::eval::{Evaluator, Flow, Packet, Verdict};
 use crate::model::ir::{proto, EndpointKind, Model, PortMatch};
 
@@ -43,9 +46,16 @@ pub struct PortSpec {
     pub port: u16,
 }
 
+impl fmt::Display for PortSpec {
+    /// `TCP/8080`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", protocol_name(self.protocol), self.port)
+    }
+}
+
 impl serde::Serialize for PortSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}/{}", protocol_name(self.protocol), self.port))
+        s.collect_str(self)
     }
 }
 
@@ -130,9 +140,17 @@ pub fn default_ports(model: &Model) -> Vec<PortSpec> {
         .policies
         .iter()
         .flat_map(|p| p.ingress.iter().chain(&p.egress))
-        .chain(model.profiles.iter().flat_map(|p| p.ingress.iter().chain(&p.egress)));
+        .chain(
+            model
+                .profiles
+                .iter()
+                .flat_map(|p| p.ingress.iter().chain(&p.egress)),
+        );
     for rule in rules {
-        let protocol = rule.protocol.filter(|&p| has_ports(p)).unwrap_or(proto::TCP);
+        let protocol = rule
+            .protocol
+            .filter(|&p| has_ports(p))
+            .unwrap_or(proto::TCP);
         for port in &rule.destination.ports {
             match port {
                 PortMatch::Range(r) => {
@@ -230,7 +248,7 @@ pub fn render_table(m: &PortMatrix) -> String {
     let corner = "from \\ to";
     let mut out = format!(
         "{}  (each cell: enforced pending; * = pending differs)\n",
-        serde_json::to_value(m.port).expect("port serializes").as_str().unwrap_or_default()
+        m.port
     );
     let first_width = m
         .endpoints
@@ -239,7 +257,11 @@ pub fn render_table(m: &PortMatrix) -> String {
         .chain([corner.len()])
         .max()
         .unwrap_or(0);
-    let widths: Vec<usize> = m.endpoints.iter().map(|e| e.chars().count().max(4)).collect();
+    let widths: Vec<usize> = m
+        .endpoints
+        .iter()
+        .map(|e| e.chars().count().max(4))
+        .collect();
     let mut header = pad(corner, first_width);
     for (e, w) in m.endpoints.iter().zip(&widths) {
         header += &format!("  {}", pad(e, *w));
@@ -261,11 +283,10 @@ pub fn render_table(m: &PortMatrix) -> String {
 pub fn render_diff(matrices: &[PortMatrix]) -> String {
     let mut out = String::new();
     for m in matrices {
-        let port = format!("{}/{}", protocol_name(m.port.protocol), m.port.port);
         for c in &m.cells {
             out += &format!(
-                "{port} {} -> {}: enforced {}, pending {}\n",
-                c.from, c.to, c.enforced, c.pending
+                "{} {} -> {}: enforced {}, pending {}\n",
+                m.port, c.from, c.to, c.enforced, c.pending
             );
         }
     }

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::model::ir::{
-    EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, PortMatch, Rule,
-};
+use crate::model::ir::{EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, PortMatch, Rule};
 use crate::selector::Selector;
 
 use super::Packet;
@@ -87,7 +85,8 @@ impl RuleMatcher<'_> {
     /// Type must match; code only when the rule names one.
     fn icmp_is(&self, m: IcmpMatch) -> bool {
         self.packet.icmp_type == Some(m.icmp_type)
-            && m.code.is_none_or(|code| self.packet.icmp_code == Some(code))
+            && m.code
+                .is_none_or(|code| self.packet.icmp_code == Some(code))
     }
 
     fn entity_matches(&self, entity: &EntityRule, ip: IpAddr, port: Option<u16>) -> bool {
@@ -115,11 +114,9 @@ impl RuleMatcher<'_> {
             .iter()
             .any(|&i| selector.evaluate(&self.model.endpoints[i].labels));
         endpoint_match
-            || self
-                .model
-                .network_sets
-                .iter()
-                .any(|set| set.nets.iter().any(|n| n.contains(&ip)) && selector.evaluate(&set.labels))
+            || self.model.network_sets.iter().any(|set| {
+                set.nets.iter().any(|n| n.contains(&ip)) && selector.evaluate(&set.labels)
+            })
     }
 
     /// A packet without ports (ICMP, other protocols) is in no port list.
@@ -135,9 +132,10 @@ impl RuleMatcher<'_> {
     /// the rule, for the packet's protocol; a name nobody defines matches nothing.
     fn named_port_is(&self, ip: IpAddr, name: &str, port: u16) -> bool {
         self.ips.owners(ip).iter().any(|&i| {
-            self.model.endpoints[i].named_ports.iter().any(|np| {
-                np.name == name && np.protocol == self.packet.protocol && np.port == port
-            })
+            self.model.endpoints[i]
+                .named_ports
+                .iter()
+                .any(|np| np.name == name && np.protocol == self.packet.protocol && np.port == port)
         })
     }
 }

@@ -250,7 +250,11 @@ pub struct Evaluator<'m> {
 
 impl<'m> Evaluator<'m> {
     pub fn new(model: &'m Model) -> Self {
-        let empty_cache = || (0..model.endpoints.len()).map(|_| OnceLock::new()).collect();
+        let empty_cache = || {
+            (0..model.endpoints.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        };
         Evaluator {
             model,
             ips: IpIndex::new(model),
@@ -354,9 +358,8 @@ impl<'m> Evaluator<'m> {
             let ingress = destination.map(|i| {
                 self.evaluate_end(set, i, Direction::Ingress, flow.src, flow.dst, &flow.packet)
             });
-            let allowed = |end: &Option<EndVerdict>| {
-                end.as_ref().is_none_or(|e| e.action == Verdict::Allow)
-            };
+            let allowed =
+                |end: &Option<EndVerdict>| end.as_ref().is_none_or(|e| e.action == Verdict::Allow);
             let action = if allowed(&egress) && allowed(&ingress) {
                 Verdict::Allow
             } else {
@@ -511,7 +514,10 @@ fn evaluate_tiers(
             }
             None => {
                 // No rule decided: the tier's default, attributed to its last applicable policy.
-                let last = tier.policies.last().expect("applicable tiers are non-empty");
+                let last = tier
+                    .policies
+                    .last()
+                    .expect("applicable tiers are non-empty");
                 match tier.default_action {
                     TierDefault::Pass => {
                         end.record_policy(tier, last, TraceAction::Pass, END_OF_TIER_RULE)
@@ -563,7 +569,13 @@ impl EndEvaluation {
         }
     }
 
-    fn record_policy(&mut self, tier: &ApplicableTier, policy: &Policy, action: TraceAction, rule: i64) {
+    fn record_policy(
+        &mut self,
+        tier: &ApplicableTier,
+        policy: &Policy,
+        action: TraceAction,
+        rule: i64,
+    ) {
         self.trace.push(TraceEntry {
             index: self.trace.len(),
             tier: tier.name.clone(),

@@ -32,11 +32,8 @@ impl<'m> PreparedSet<'m> {
         let tiers = sorted_tiers(model, &members)
             .into_iter()
             .map(|(name, default_action)| {
-                let mut policies: Vec<&Policy> = members
-                    .iter()
-                    .copied()
-                    .filter(|p| p.tier == name)
-                    .collect();
+                let mut policies: Vec<&Policy> =
+                    members.iter().copied().filter(|p| p.tier == name).collect();
                 policies.sort_by(|a, b| policy_order(a, b));
                 PreparedTier {
                     name,
@@ -80,9 +77,7 @@ pub fn set_members(model: &Model, set: PolicySet) -> Vec<&Policy> {
 /// come after them, by name.
 fn sorted_tiers(model: &Model, members: &[&Policy]) -> Vec<(String, TierDefault)> {
     let mut defined: Vec<_> = model.tiers.iter().collect();
-    defined.sort_by(|a, b| {
-        optional_order(a.order, b.order).then_with(|| a.name.cmp(&b.name))
-    });
+    defined.sort_by(|a, b| optional_order(a.order, b.order).then_with(|| a.name.cmp(&b.name)));
     let mut tiers: Vec<(String, TierDefault)> = defined
         .iter()
         .map(|t| (t.name.clone(), t.default_action))

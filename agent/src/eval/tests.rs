@@ -183,12 +183,21 @@ fn client_server() -> Vec<Endpoint> {
 fn ingress(m: &Model, set: PolicySet, src: &str, packet: Packet) -> EndVerdict {
     let server = m.endpoints.iter().position(|e| e.name == "server").unwrap();
     let src = ip(src);
-    let dst = if src.is_ipv4() { ip(SERVER) } else { ip(SERVER6) };
+    let dst = if src.is_ipv4() {
+        ip(SERVER)
+    } else {
+        ip(SERVER6)
+    };
     evaluate_end(m, set, server, Direction::Ingress, src, dst, &packet)
 }
 
 fn server_ingress(policies: Vec<Policy>, src: &str, packet: Packet) -> EndVerdict {
-    ingress(&model(client_server(), policies), PolicySet::Enforced, src, packet)
+    ingress(
+        &model(client_server(), policies),
+        PolicySet::Enforced,
+        src,
+        packet,
+    )
 }
 
 fn action_of(policies: Vec<Policy>, src: &str, packet: Packet) -> Verdict {
@@ -267,7 +276,11 @@ fn policies_are_consulted_by_order_with_unset_order_last() {
     let policies = vec![
         gnp("unset-allow", vec![allow()]),
         in_tier(gnp("second-deny", vec![deny()]), "default", Some(20.0)),
-        in_tier(gnp("first-log", vec![rule(Action::Log)]), "default", Some(1.5)),
+        in_tier(
+            gnp("first-log", vec![rule(Action::Log)]),
+            "default",
+            Some(1.5),
+        ),
     ];
     let v = server_ingress(policies, CLIENT, Packet::tcp(80));
     assert_eq!(v.action, Deny);
@@ -317,7 +330,10 @@ fn equal_orders_tie_break_on_name_then_namespace_then_kind() {
 fn tie_break_uses_name_before_namespace() {
     // "a/zz/NetworkPolicy" < "b//GlobalNetworkPolicy": the name decides first.
     let np = in_tier(
-        with_ingress(policy(PolicyKind::NetworkPolicy, Some("zz"), "a"), vec![deny()]),
+        with_ingress(
+            policy(PolicyKind::NetworkPolicy, Some("zz"), "a"),
+            vec![deny()],
+        ),
         "default",
         Some(1.0),
     );
@@ -337,7 +353,11 @@ fn pass_jumps_to_the_next_tier_skipping_the_rest_of_its_tier() {
     // pol_prog "pass to allow" / "pass to deny".
     let policies = |next: Rule| {
         vec![
-            in_tier(gnp("pass-through", vec![pass(), deny()]), "kube-admin", Some(1.0)),
+            in_tier(
+                gnp("pass-through", vec![pass(), deny()]),
+                "kube-admin",
+                Some(1.0),
+            ),
             in_tier(gnp("later-in-tier", vec![deny()]), "kube-admin", Some(2.0)),
             gnp("next", vec![next]),
         ]
@@ -593,7 +613,10 @@ fn flow_verdicts_serialize_with_lowercase_actions_and_trace_strings() {
         json["enforced"]["ingress"]["trace"][0],
         "0|default|gnp:/deny-all|deny|0"
     );
-    assert_eq!(json["enforced"]["ingress"]["decided_by"]["by"], "policy_rule");
+    assert_eq!(
+        json["enforced"]["ingress"]["decided_by"]["by"],
+        "policy_rule"
+    );
 }
 
 // ---------- rule matching ----------
@@ -669,11 +692,20 @@ fn icmp_type_and_code() {
     assert_eq!(action_of(with(echo, false), CLIENT, icmp(8, 5)), Allow);
     assert_eq!(action_of(with(echo, false), CLIENT, icmp(0, 0)), Deny);
     assert_eq!(action_of(with(echo, false), CLIENT, Packet::tcp(8)), Deny);
-    assert_eq!(action_of(with(unreachable_port, false), CLIENT, icmp(3, 3)), Allow);
-    assert_eq!(action_of(with(unreachable_port, false), CLIENT, icmp(3, 1)), Deny);
+    assert_eq!(
+        action_of(with(unreachable_port, false), CLIENT, icmp(3, 3)),
+        Allow
+    );
+    assert_eq!(
+        action_of(with(unreachable_port, false), CLIENT, icmp(3, 1)),
+        Deny
+    );
     assert_eq!(action_of(with(echo, true), CLIENT, icmp(8, 0)), Deny);
     assert_eq!(action_of(with(echo, true), CLIENT, icmp(0, 0)), Allow);
-    assert_eq!(action_of(with(unreachable_port, true), CLIENT, icmp(3, 1)), Allow);
+    assert_eq!(
+        action_of(with(unreachable_port, true), CLIENT, icmp(3, 1)),
+        Allow
+    );
     // ICMP rules do not match ICMPv6.
     let v6_echo = Packet::icmp(proto::ICMPV6, 8, 0);
     assert_eq!(action_of(with(echo, false), CLIENT6, v6_echo), Deny);
@@ -692,19 +724,43 @@ fn source_nets_and_not_nets() {
         }
         vec![gnp("nets", vec![r])]
     };
-    assert_eq!(action_of(from(&["10.0.0.0/8"], false), "10.0.0.1", no_ports()), Allow);
-    assert_eq!(action_of(from(&["10.0.0.0/8"], false), "11.0.0.1", icmp(8, 0)), Deny);
+    assert_eq!(
+        action_of(from(&["10.0.0.0/8"], false), "10.0.0.1", no_ports()),
+        Allow
+    );
+    assert_eq!(
+        action_of(from(&["10.0.0.0/8"], false), "11.0.0.1", icmp(8, 0)),
+        Deny
+    );
     let cidrs = ["102.0.0.0/8", "10.0.0.1/32", "11.0.0.1/32"];
-    assert_eq!(action_of(from(&cidrs, false), "11.0.0.1", icmp(8, 0)), Allow);
+    assert_eq!(
+        action_of(from(&cidrs, false), "11.0.0.1", icmp(8, 0)),
+        Allow
+    );
     assert_eq!(action_of(from(&cidrs, false), "10.0.0.2", no_ports()), Deny);
     assert_eq!(action_of(from(&cidrs, true), "10.0.0.2", no_ports()), Allow);
-    assert_eq!(action_of(from(&cidrs, true), "10.0.0.1", Packet::udp(80)), Deny);
+    assert_eq!(
+        action_of(from(&cidrs, true), "10.0.0.1", Packet::udp(80)),
+        Deny
+    );
     // IPv4 notNets do not exclude IPv6 traffic; IPv4 nets never match it.
-    assert_eq!(action_of(from(&cidrs, true), "ff02::1", Packet::tcp(80)), Allow);
-    assert_eq!(action_of(from(&cidrs, false), "ff02::1", Packet::tcp(80)), Deny);
+    assert_eq!(
+        action_of(from(&cidrs, true), "ff02::1", Packet::tcp(80)),
+        Allow
+    );
+    assert_eq!(
+        action_of(from(&cidrs, false), "ff02::1", Packet::tcp(80)),
+        Deny
+    );
     let v6 = ["ffe2:0:1111::1/64", "ffe2::f/128"];
-    assert_eq!(action_of(from(&v6, false), "ffe2:0:1111::9", Packet::tcp(80)), Allow);
-    assert_eq!(action_of(from(&v6, false), "ffe2:0:1112::1", Packet::tcp(80)), Deny);
+    assert_eq!(
+        action_of(from(&v6, false), "ffe2:0:1111::9", Packet::tcp(80)),
+        Allow
+    );
+    assert_eq!(
+        action_of(from(&v6, false), "ffe2:0:1112::1", Packet::tcp(80)),
+        Deny
+    );
 }
 
 #[test]
@@ -717,7 +773,10 @@ fn destination_nets_and_not_nets() {
         } else {
             r.destination.nets = vec![net("10.0.0.0/8")];
         }
-        model(client_server(), vec![egress_only(gnp("to", vec![]), vec![r])])
+        model(
+            client_server(),
+            vec![egress_only(gnp("to", vec![]), vec![r])],
+        )
     };
     let egress = |m: &Model, dst: &str| {
         evaluate_end(
@@ -752,8 +811,7 @@ fn selector_model(rule_for: impl Fn(Selector) -> Rule) -> Model {
         client_server(),
         vec![gnp("sel", vec![rule_for(Selector::equals("role", "db"))])],
     );
-    m.endpoints
-        .push(pod("ns", "db-client", &["10.0.0.3"]));
+    m.endpoints.push(pod("ns", "db-client", &["10.0.0.3"]));
     m.endpoints[2].labels.insert("role".into(), "db".into());
     m.network_sets.push(db_network_set());
     m
@@ -849,10 +907,19 @@ fn a_named_port_nobody_defines_matches_nothing_and_not_ports_excludes_it() {
     let mut not_http = allow();
     not_http.destination.not_ports = vec![PortMatch::Named("http".into())];
     let m = named_port_model(vec![gnp("grpc", vec![undefined])]);
-    assert_eq!(ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(8080)).action, Deny);
+    assert_eq!(
+        ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(8080)).action,
+        Deny
+    );
     let m = named_port_model(vec![gnp("not-http", vec![not_http])]);
-    assert_eq!(ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(8080)).action, Deny);
-    assert_eq!(ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(80)).action, Allow);
+    assert_eq!(
+        ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(8080)).action,
+        Deny
+    );
+    assert_eq!(
+        ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(80)).action,
+        Allow
+    );
 }
 
 #[test]
@@ -897,20 +964,50 @@ fn destination_port_ranges_and_not_ports() {
         vec![gnp("ports", vec![r])]
     };
     for port in [80, 81, 90] {
-        assert_eq!(action_of(to(false), CLIENT, Packet::tcp(port)), Allow, "{port}");
-        assert_eq!(action_of(to(false), CLIENT6, Packet::tcp(port)), Allow, "{port}");
-        assert_eq!(action_of(to(true), CLIENT, Packet::tcp(port)), Deny, "{port}");
+        assert_eq!(
+            action_of(to(false), CLIENT, Packet::tcp(port)),
+            Allow,
+            "{port}"
+        );
+        assert_eq!(
+            action_of(to(false), CLIENT6, Packet::tcp(port)),
+            Allow,
+            "{port}"
+        );
+        assert_eq!(
+            action_of(to(true), CLIENT, Packet::tcp(port)),
+            Deny,
+            "{port}"
+        );
     }
     for port in [79, 82, 89, 91] {
-        assert_eq!(action_of(to(false), CLIENT, Packet::tcp(port)), Deny, "{port}");
-        assert_eq!(action_of(to(true), CLIENT, Packet::tcp(port)), Allow, "{port}");
+        assert_eq!(
+            action_of(to(false), CLIENT, Packet::tcp(port)),
+            Deny,
+            "{port}"
+        );
+        assert_eq!(
+            action_of(to(true), CLIENT, Packet::tcp(port)),
+            Allow,
+            "{port}"
+        );
     }
     assert_eq!(action_of(to(false), CLIENT, Packet::udp(80)), Deny);
     assert_eq!(action_of(to(false), CLIENT, no_ports()), Deny);
     let mut wide = allow();
     wide.destination.ports = vec![range(80, 65535)];
-    assert_eq!(action_of(vec![gnp("wide", vec![wide.clone()])], CLIENT, Packet::tcp(65535)), Allow);
-    assert_eq!(action_of(vec![gnp("wide", vec![wide])], CLIENT, Packet::tcp(79)), Deny);
+    assert_eq!(
+        action_of(
+            vec![gnp("wide", vec![wide.clone()])],
+            CLIENT,
+            Packet::tcp(65535)
+        ),
+        Allow
+    );
+    assert_eq!(
+        action_of(vec![gnp("wide", vec![wide])], CLIENT, Packet::tcp(79)),
+        Deny
+    );
 }
 
 #[test]
@@ -928,17 +1025,34 @@ fn source_port_ranges() {
     assert_eq!(action_of(p(), CLIENT6, from(80)), Allow);
     assert_eq!(action_of(p(), CLIENT, from(79)), Deny);
     assert_eq!(action_of(p(), CLIENT, from(82)), Deny);
-    assert_eq!(action_of(p(), CLIENT, Packet::with_ports(proto::UDP, 80, 1)), Deny);
+    assert_eq!(
+        action_of(p(), CLIENT, Packet::with_ports(proto::UDP, 80, 1)),
+        Deny
+    );
 }
 
 // ---------- host endpoints ----------
 
 fn host_model(policies: Vec<Policy>) -> Model {
-    model(vec![host("node1", &["192.168.0.1"]), pod("ns", "web", &["10.0.0.5"])], policies)
+    model(
+        vec![
+            host("node1", &["192.168.0.1"]),
+            pod("ns", "web", &["10.0.0.5"]),
+        ],
+        policies,
+    )
 }
 
 fn host_end(m: &Model, direction: Direction, packet: Packet) -> EndVerdict {
-    evaluate_end(m, PolicySet::Enforced, 0, direction, ip("192.168.0.99"), ip("192.168.0.1"), &packet)
+    evaluate_end(
+        m,
+        PolicySet::Enforced,
+        0,
+        direction,
+        ip("192.168.0.99"),
+        ip("192.168.0.1"),
+        &packet,
+    )
 }
 
 #[test]
@@ -967,12 +1081,27 @@ fn failsafe_ssh_survives_a_deny_all_policy_on_the_host() {
         ..selecting(gnp("deny-all", vec![deny()]), Selector::has("host"))
     };
     let m = host_model(vec![deny_all]);
-    assert_eq!(host_end(&m, Direction::Ingress, Packet::tcp(22)).action, Allow);
-    assert_eq!(host_end(&m, Direction::Ingress, Packet::tcp(23)).action, Deny);
+    assert_eq!(
+        host_end(&m, Direction::Ingress, Packet::tcp(22)).action,
+        Allow
+    );
+    assert_eq!(
+        host_end(&m, Direction::Ingress, Packet::tcp(23)).action,
+        Deny
+    );
     // Inbound and outbound lists differ: DNS out is failsafe, DNS in is not; SSH out is not.
-    assert_eq!(host_end(&m, Direction::Egress, Packet::udp(53)).action, Allow);
-    assert_eq!(host_end(&m, Direction::Ingress, Packet::udp(53)).action, Deny);
-    assert_eq!(host_end(&m, Direction::Egress, Packet::tcp(22)).action, Deny);
+    assert_eq!(
+        host_end(&m, Direction::Egress, Packet::udp(53)).action,
+        Allow
+    );
+    assert_eq!(
+        host_end(&m, Direction::Ingress, Packet::udp(53)).action,
+        Deny
+    );
+    assert_eq!(
+        host_end(&m, Direction::Egress, Packet::tcp(22)).action,
+        Deny
+    );
     // Failsafes are for host endpoints only.
     let web = evaluate_end(
         &m,
@@ -994,7 +1123,10 @@ fn a_failsafe_with_a_net_only_covers_that_net() {
         port: 22,
         net: Some(net("192.168.0.0/24")),
     }];
-    assert_eq!(host_end(&m, Direction::Ingress, Packet::tcp(22)).action, Allow);
+    assert_eq!(
+        host_end(&m, Direction::Ingress, Packet::tcp(22)).action,
+        Allow
+    );
     let far = evaluate_end(
         &m,
         PolicySet::Enforced,
@@ -1088,7 +1220,10 @@ fn a_promoted_staged_policy_only_replaces_the_same_kind_and_namespace() {
     let enforced = gnp("gate", vec![allow()]);
     let staged_np = in_tier(
         staged(
-            with_ingress(policy(PolicyKind::NetworkPolicy, Some("ns"), "gate"), vec![deny()]),
+            with_ingress(
+                policy(PolicyKind::NetworkPolicy, Some("ns"), "gate"),
+                vec![deny()],
+            ),
             None,
         ),
         "default",
@@ -1098,7 +1233,14 @@ fn a_promoted_staged_policy_only_replaces_the_same_kind_and_namespace() {
     let (_, pending) = both(&m);
     assert_eq!(traces(&pending), ["0|default|snp:ns/gate|deny|0"]);
     let prepared = PreparedSet::new(&m, PolicySet::Pending);
-    assert_eq!(prepared.tiers.iter().map(|t| t.policies.len()).sum::<usize>(), 2);
+    assert_eq!(
+        prepared
+            .tiers
+            .iter()
+            .map(|t| t.policies.len())
+            .sum::<usize>(),
+        2
+    );
 }
 
 #[test]
@@ -1116,8 +1258,14 @@ fn a_promoted_staged_policy_takes_its_own_tier_and_order() {
 #[test]
 fn applicable_policies_lists_tiers_and_policies_that_select_the_endpoint() {
     let policies = vec![
-        selecting(gnp("server-only", vec![]), Selector::equals("app", "server")),
-        selecting(gnp("client-only", vec![]), Selector::equals("app", "client")),
+        selecting(
+            gnp("server-only", vec![]),
+            Selector::equals("app", "server"),
+        ),
+        selecting(
+            gnp("client-only", vec![]),
+            Selector::equals("app", "client"),
+        ),
         in_tier(gnp("admin", vec![]), "kube-admin", Some(1.0)),
         egress_only(gnp("egress", vec![]), vec![]),
         staged(gnp("staged", vec![]), None),
@@ -1127,7 +1275,12 @@ fn applicable_policies_lists_tiers_and_policies_that_select_the_endpoint() {
     let names = |set, dir| -> Vec<(String, Vec<String>)> {
         ev.applicable_policies(set, 1, dir)
             .iter()
-            .map(|t| (t.name.clone(), t.policies.iter().map(|p| p.id.to_string()).collect()))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.policies.iter().map(|p| p.id.to_string()).collect(),
+                )
+            })
             .collect()
     };
     let tiers = |v: Vec<(&str, Vec<&str>)>| -> Vec<(String, Vec<String>)> {
@@ -1137,7 +1290,10 @@ fn applicable_policies_lists_tiers_and_policies_that_select_the_endpoint() {
     };
     assert_eq!(
         names(PolicySet::Enforced, Direction::Ingress),
-        tiers(vec![("kube-admin", vec!["gnp:/admin"]), ("default", vec!["gnp:/server-only"])])
+        tiers(vec![
+            ("kube-admin", vec!["gnp:/admin"]),
+            ("default", vec!["gnp:/server-only"])
+        ])
     );
     assert_eq!(
         names(PolicySet::Pending, Direction::Ingress),
@@ -1181,7 +1337,10 @@ fn seed_model() -> Model {
     };
     from_backend.source.selector = Some(app("backend"));
     from_backend.destination.ports = vec![range(8080, 8080)];
-    let database_allow = selecting(gnp("database-allow-from-backend", vec![from_backend]), app("database"));
+    let database_allow = selecting(
+        gnp("database-allow-from-backend", vec![from_backend]),
+        app("database"),
+    );
     let mut lockdown = selecting(gnp("backend-lockdown-staged", vec![]), app("backend"));
     lockdown.id.kind = PolicyKind::StagedGlobalNetworkPolicy;
     lockdown.staged_action = None;
@@ -1190,7 +1349,12 @@ fn seed_model() -> Model {
 
 fn seed_flow(ev: &Evaluator, from: &str, to: &str, port: u16) -> FlowVerdict {
     let ip_of = |name: &str| {
-        let e = ev.model().endpoints.iter().find(|e| e.name == name).unwrap();
+        let e = ev
+            .model()
+            .endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap();
         e.ips[0]
     };
     ev.evaluate_flow(&Flow {
@@ -1207,7 +1371,10 @@ fn seed_scenario_enforced_and_pending() {
 
     let v = seed_flow(&ev, "backend", "database", 8080);
     assert_eq!(v.enforced.action, Allow);
-    assert_eq!(traces(v.enforced.egress.as_ref().unwrap()), ["0|__PROFILE__|pro:/kns.prod|allow|0"]);
+    assert_eq!(
+        traces(v.enforced.egress.as_ref().unwrap()),
+        ["0|__PROFILE__|pro:/kns.prod|allow|0"]
+    );
     assert_eq!(
         traces(v.enforced.ingress.as_ref().unwrap()),
         ["0|default|gnp:/database-allow-from-backend|allow|0"]
@@ -1326,7 +1493,13 @@ mod properties {
         let mut eps: Vec<Endpoint> = APPS
             .iter()
             .enumerate()
-            .map(|(i, app)| pod("ns", app, &[&format!("10.0.0.{}", i + 1), &format!("fd00::{}", i + 1)]))
+            .map(|(i, app)| {
+                pod(
+                    "ns",
+                    app,
+                    &[&format!("10.0.0.{}", i + 1), &format!("fd00::{}", i + 1)],
+                )
+            })
             .collect();
         eps[1].labels.insert("role".into(), "x".into());
         eps[2].profiles.clear();
