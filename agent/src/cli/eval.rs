@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 
 use crate::eval::{
-    DecidedBy, EndVerdict, Evaluator, Flow, FlowVerdict, Outcome, Packet, EPHEMERAL_PORT,
+    policy_flow_log_name, DecidedBy, EndVerdict, Evaluator, Flow, FlowVerdict, Outcome, Packet,
+    EPHEMERAL_PORT,
 };
 use crate::model::ir::{proto, Endpoint, EndpointKind, Model};
 
@@ -317,9 +318,11 @@ pub fn describe_decision(by: &DecidedBy) -> String {
             format!("failsafe port {}/{port}", protocol_name(*protocol))
         }
         DecidedBy::PolicyRule { tier, policy, rule } => {
+            let policy = policy_flow_log_name(policy);
             format!("tier {tier}, policy {policy}, rule {rule}")
         }
         DecidedBy::EndOfTier { tier, policy } => {
+            let policy = policy_flow_log_name(policy);
             format!("end of tier {tier}, after policy {policy}")
         }
         DecidedBy::ProfileRule { profile, rule } => format!("profile {profile}, rule {rule}"),

@@ -125,8 +125,9 @@ impl fmt::Display for TraceAction {
 
 /// One step of a policy trace: the tier (or profile) that acted, and how.
 /// Displays (and serializes) as Calico's flow-log string
-/// `<index>|<tier>|<kind>:<namespace>/<name>|<allow|deny|pass>|<rule>`,
-/// rule `-1` for a tier's end-of-tier action.
+/// `<index>|<tier>|<kind>:<namespace>/<name>|<allow|deny|pass>|<rule>`
+/// (`<kind>:<name>` for cluster-scoped policies and profiles), rule `-1` for a
+/// tier's end-of-tier action. `<index>` counts the entries of one trace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TraceEntry {
     pub index: usize,
@@ -146,16 +147,29 @@ impl fmt::Display for TraceEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}|{}|{}:{}/{}|{}|{}",
+            "{}|{}|{}|{}|{}",
             self.index,
             self.tier,
-            self.kind_code,
-            self.namespace.as_deref().unwrap_or(""),
-            self.name,
+            flow_log_name(self.kind_code, self.namespace.as_deref(), &self.name),
             self.action,
             self.rule
         )
     }
+}
+
+/// Calico's flow-log name of a policy or profile: `np:ns/name` when namespaced,
+/// `gnp:name` / `pro:kns.ns` when not (calico lma/pkg/api policy hits; note
+/// there is no `/` for cluster-scoped kinds, unlike `PolicyId`'s Display).
+pub fn flow_log_name(kind_code: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind_code}:{ns}/{name}"),
+        None => format!("{kind_code}:{name}"),
+    }
+}
+
+/// [`flow_log_name`] of a policy, with the kind code it has in traces.
+pub fn policy_flow_log_name(id: &PolicyId) -> String {
+    flow_log_name(id.kind.code(), id.namespace.as_deref(), &id.name)
 }
 
 impl serde::Serialize for TraceEntry {

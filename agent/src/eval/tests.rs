@@ -247,10 +247,10 @@ fn tiers_are_consulted_by_order_then_name_with_unset_order_last() {
     assert_eq!(
         traces(&v),
         [
-            "0|early|gnp:/in-early|pass|0",
-            "1|a-late|gnp:/in-a|pass|0",
-            "2|b-late|gnp:/in-b|pass|0",
-            "3|unset|gnp:/in-unset|allow|0",
+            "0|early|gnp:in-early|pass|0",
+            "1|a-late|gnp:in-a|pass|0",
+            "2|b-late|gnp:in-b|pass|0",
+            "3|unset|gnp:in-unset|allow|0",
         ]
     );
 }
@@ -265,8 +265,8 @@ fn a_tier_nobody_defined_comes_after_defined_tiers_and_denies_at_its_end() {
     assert_eq!(
         traces(&v),
         [
-            "0|kube-admin|gnp:/admin|pass|0",
-            "1|aaa-undefined|gnp:/ghost|deny|-1"
+            "0|kube-admin|gnp:admin|pass|0",
+            "1|aaa-undefined|gnp:ghost|deny|-1"
         ]
     );
 }
@@ -284,7 +284,7 @@ fn policies_are_consulted_by_order_with_unset_order_last() {
     ];
     let v = server_ingress(policies, CLIENT, Packet::tcp(80));
     assert_eq!(v.action, Deny);
-    assert_eq!(traces(&v), ["0|default|gnp:/second-deny|deny|0"]);
+    assert_eq!(traces(&v), ["0|default|gnp:second-deny|deny|0"]);
     assert_eq!(
         v.decided_by,
         DecidedBy::PolicyRule {
@@ -321,9 +321,9 @@ fn equal_orders_tie_break_on_name_then_namespace_then_kind() {
     let ids: Vec<String> = default_tier
         .policies
         .iter()
-        .map(|p| p.id.to_string())
+        .map(|p| policy_flow_log_name(&p.id))
         .collect();
-    assert_eq!(ids, ["gnp:/b", "gnp:/p", "knp:ns/p", "np:ns/p"]);
+    assert_eq!(ids, ["gnp:b", "gnp:p", "knp:ns/p", "np:ns/p"]);
 }
 
 #[test]
@@ -367,8 +367,8 @@ fn pass_jumps_to_the_next_tier_skipping_the_rest_of_its_tier() {
     assert_eq!(
         traces(&v),
         [
-            "0|kube-admin|gnp:/pass-through|pass|0",
-            "1|default|gnp:/next|allow|0"
+            "0|kube-admin|gnp:pass-through|pass|0",
+            "1|default|gnp:next|allow|0"
         ]
     );
     assert_eq!(action_of(policies(deny()), CLIENT, no_ports()), Deny);
@@ -385,8 +385,8 @@ fn pass_to_nowhere_ends_in_profiles_and_no_profile_denies() {
     assert_eq!(
         traces(&v),
         [
-            "0|default|gnp:/pass|pass|0",
-            "1|__PROFILE__|pro:/__NO_MATCH__|deny|0"
+            "0|default|gnp:pass|pass|0",
+            "1|__PROFILE__|pro:__NO_MATCH__|deny|0"
         ]
     );
 }
@@ -404,7 +404,7 @@ fn a_tier_with_no_decision_ends_with_deny_at_rule_minus_one() {
     );
     assert_eq!(v.action, Deny);
     // Attributed to the tier's last applicable policy.
-    assert_eq!(traces(&v), ["0|default|gnp:/last|deny|-1"]);
+    assert_eq!(traces(&v), ["0|default|gnp:last|deny|-1"]);
     assert_eq!(
         v.decided_by,
         DecidedBy::EndOfTier {
@@ -425,8 +425,8 @@ fn a_tier_with_default_pass_goes_on_to_the_next_tier() {
     assert_eq!(
         traces(&v),
         [
-            "0|kube-admin|gnp:/admin|pass|-1",
-            "1|__PROFILE__|pro:/kns.ns|allow|0"
+            "0|kube-admin|gnp:admin|pass|-1",
+            "1|__PROFILE__|pro:kns.ns|allow|0"
         ]
     );
 }
@@ -438,7 +438,7 @@ fn a_tier_with_no_applicable_policy_has_no_effect() {
     let egress_rule = egress_only(gnp("egress-deny", vec![]), vec![deny()]);
     let v = server_ingress(vec![nobody, egress_rule], CLIENT, Packet::tcp(80));
     assert_eq!(v.action, Allow);
-    assert_eq!(traces(&v), ["0|__PROFILE__|pro:/kns.ns|allow|0"]);
+    assert_eq!(traces(&v), ["0|__PROFILE__|pro:kns.ns|allow|0"]);
 }
 
 #[test]
@@ -449,7 +449,7 @@ fn log_rules_log_and_continue() {
         Packet::tcp(80),
     );
     assert_eq!(v.action, Deny);
-    assert_eq!(traces(&v), ["0|default|gnp:/logged|deny|1"]);
+    assert_eq!(traces(&v), ["0|default|gnp:logged|deny|1"]);
 }
 
 #[test]
@@ -461,7 +461,7 @@ fn unreachable_tier_after_an_allow_is_not_consulted() {
     ];
     let v = server_ingress(policies, CLIENT, no_ports());
     assert_eq!(v.action, Allow);
-    assert_eq!(traces(&v), ["0|kube-admin|gnp:/allow-all|allow|0"]);
+    assert_eq!(traces(&v), ["0|kube-admin|gnp:allow-all|allow|0"]);
 }
 
 // ---------- profiles ----------
@@ -477,7 +477,7 @@ fn a_pod_no_policy_selects_is_allowed_by_its_namespace_profile() {
             rule: 0
         }
     );
-    assert_eq!(traces(&v), ["0|__PROFILE__|pro:/kns.ns|allow|0"]);
+    assert_eq!(traces(&v), ["0|__PROFILE__|pro:kns.ns|allow|0"]);
 }
 
 #[test]
@@ -509,13 +509,13 @@ fn profiles_apply_in_order_and_a_profile_pass_counts_as_deny() {
     m.endpoints[1].profiles = vec!["first".into(), "kns.ns".into()];
     let udp = ingress(&m, PolicySet::Enforced, CLIENT, Packet::udp(53));
     assert_eq!(udp.action, Deny);
-    assert_eq!(traces(&udp), ["0|__PROFILE__|pro:/first|pass|0"]);
+    assert_eq!(traces(&udp), ["0|__PROFILE__|pro:first|pass|0"]);
     let icmp_v = ingress(&m, PolicySet::Enforced, CLIENT, icmp(8, 0));
     assert_eq!(icmp_v.action, Deny);
-    assert_eq!(traces(&icmp_v), ["0|__PROFILE__|pro:/first|deny|1"]);
+    assert_eq!(traces(&icmp_v), ["0|__PROFILE__|pro:first|deny|1"]);
     let tcp = ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(80));
     assert_eq!(tcp.action, Allow);
-    assert_eq!(traces(&tcp), ["0|__PROFILE__|pro:/kns.ns|allow|0"]);
+    assert_eq!(traces(&tcp), ["0|__PROFILE__|pro:kns.ns|allow|0"]);
 }
 
 #[test]
@@ -611,7 +611,7 @@ fn flow_verdicts_serialize_with_lowercase_actions_and_trace_strings() {
     assert_eq!(json["enforced"]["egress"]["action"], "allow");
     assert_eq!(
         json["enforced"]["ingress"]["trace"][0],
-        "0|default|gnp:/deny-all|deny|0"
+        "0|default|gnp:deny-all|deny|0"
     );
     assert_eq!(
         json["enforced"]["ingress"]["decided_by"]["by"],
@@ -631,7 +631,7 @@ fn ip_version_rules_do_not_exist_for_the_other_family() {
     assert_eq!(action_of(p(), CLIENT6, Packet::tcp(80)), Allow);
     let v4 = server_ingress(p(), CLIENT, Packet::tcp(80));
     assert_eq!(v4.action, Deny);
-    assert_eq!(traces(&v4), ["0|default|gnp:/v6|deny|-1"]);
+    assert_eq!(traces(&v4), ["0|default|gnp:v6|deny|-1"]);
 }
 
 #[test]
@@ -1060,7 +1060,7 @@ fn a_host_endpoint_without_policy_or_profile_denies_except_failsafes() {
     let m = host_model(vec![]);
     let v = host_end(&m, Direction::Ingress, Packet::tcp(80));
     assert_eq!((v.action, &v.decided_by), (Deny, &DecidedBy::NoMatch));
-    assert_eq!(traces(&v), ["0|__PROFILE__|pro:/__NO_MATCH__|deny|0"]);
+    assert_eq!(traces(&v), ["0|__PROFILE__|pro:__NO_MATCH__|deny|0"]);
     let ssh = host_end(&m, Direction::Ingress, Packet::tcp(22));
     assert_eq!(ssh.action, Allow);
     assert_eq!(
@@ -1175,10 +1175,10 @@ fn staged_set_replaces_its_enforced_namesake_in_pending_only() {
     for action in [None, Some(StagedAction::Set), Some(StagedAction::Learn)] {
         let (enforced, pending) = both(&staged_model(action, vec![deny()]));
         assert_eq!(enforced.action, Allow, "{action:?}");
-        assert_eq!(traces(&enforced), ["0|default|gnp:/gate|allow|0"]);
+        assert_eq!(traces(&enforced), ["0|default|gnp:gate|allow|0"]);
         assert_eq!(pending.action, Deny, "{action:?}");
         // The staged kind code shows which staged policy decided.
-        assert_eq!(traces(&pending), ["0|default|sgnp:/gate|deny|0"]);
+        assert_eq!(traces(&pending), ["0|default|sgnp:gate|deny|0"]);
     }
 }
 
@@ -1204,7 +1204,7 @@ fn staged_delete_removes_the_enforced_namesake_in_pending() {
     let (enforced, pending) = both(&m);
     assert_eq!(enforced.action, Deny);
     assert_eq!(pending.action, Allow);
-    assert_eq!(traces(&pending), ["0|__PROFILE__|pro:/kns.ns|allow|0"]);
+    assert_eq!(traces(&pending), ["0|__PROFILE__|pro:kns.ns|allow|0"]);
 }
 
 #[test]
@@ -1250,7 +1250,7 @@ fn a_promoted_staged_policy_takes_its_own_tier_and_order() {
     let m = model(client_server(), vec![enforced, staged_gate]);
     let (enforced, pending) = both(&m);
     assert_eq!(enforced.action, Deny);
-    assert_eq!(traces(&pending), ["0|kube-admin|sgnp:/gate|allow|0"]);
+    assert_eq!(traces(&pending), ["0|kube-admin|sgnp:gate|allow|0"]);
 }
 
 // ---------- applicable policies ----------
@@ -1278,7 +1278,10 @@ fn applicable_policies_lists_tiers_and_policies_that_select_the_endpoint() {
             .map(|t| {
                 (
                     t.name.clone(),
-                    t.policies.iter().map(|p| p.id.to_string()).collect(),
+                    t.policies
+                        .iter()
+                        .map(|p| policy_flow_log_name(&p.id))
+                        .collect(),
                 )
             })
             .collect()
@@ -1291,20 +1294,20 @@ fn applicable_policies_lists_tiers_and_policies_that_select_the_endpoint() {
     assert_eq!(
         names(PolicySet::Enforced, Direction::Ingress),
         tiers(vec![
-            ("kube-admin", vec!["gnp:/admin"]),
-            ("default", vec!["gnp:/server-only"])
+            ("kube-admin", vec!["gnp:admin"]),
+            ("default", vec!["gnp:server-only"])
         ])
     );
     assert_eq!(
         names(PolicySet::Pending, Direction::Ingress),
         tiers(vec![
-            ("kube-admin", vec!["gnp:/admin"]),
-            ("default", vec!["gnp:/server-only", "sgnp:/staged"])
+            ("kube-admin", vec!["gnp:admin"]),
+            ("default", vec!["gnp:server-only", "sgnp:staged"])
         ])
     );
     assert_eq!(
         names(PolicySet::Enforced, Direction::Egress),
-        tiers(vec![("default", vec!["gnp:/egress"])])
+        tiers(vec![("default", vec!["gnp:egress"])])
     );
     let free = applicable_policies(&m, PolicySet::Enforced, 1, Direction::Ingress);
     assert_eq!(free.len(), 2);
@@ -1373,11 +1376,11 @@ fn seed_scenario_enforced_and_pending() {
     assert_eq!(v.enforced.action, Allow);
     assert_eq!(
         traces(v.enforced.egress.as_ref().unwrap()),
-        ["0|__PROFILE__|pro:/kns.prod|allow|0"]
+        ["0|__PROFILE__|pro:kns.prod|allow|0"]
     );
     assert_eq!(
         traces(v.enforced.ingress.as_ref().unwrap()),
-        ["0|default|gnp:/database-allow-from-backend|allow|0"]
+        ["0|default|gnp:database-allow-from-backend|allow|0"]
     );
     assert_eq!(v.pending.action, Allow);
 
@@ -1385,7 +1388,7 @@ fn seed_scenario_enforced_and_pending() {
     assert_eq!(v.enforced.action, Deny);
     assert_eq!(
         traces(v.enforced.ingress.as_ref().unwrap()),
-        ["0|default|gnp:/database-allow-from-backend|deny|-1"]
+        ["0|default|gnp:database-allow-from-backend|deny|-1"]
     );
     assert_eq!(v.pending.action, Deny);
 
@@ -1396,12 +1399,12 @@ fn seed_scenario_enforced_and_pending() {
     assert_eq!(v.enforced.action, Allow);
     assert_eq!(
         traces(v.enforced.ingress.as_ref().unwrap()),
-        ["0|__PROFILE__|pro:/kns.prod|allow|0"]
+        ["0|__PROFILE__|pro:kns.prod|allow|0"]
     );
     assert_eq!(v.pending.action, Deny);
     assert_eq!(
         traces(v.pending.ingress.as_ref().unwrap()),
-        ["0|default|sgnp:/backend-lockdown-staged|deny|-1"]
+        ["0|default|sgnp:backend-lockdown-staged|deny|-1"]
     );
 }
 
