@@ -390,4 +390,120 @@ mod tests {
             "SCTP needs a port first"
         );
     }
+
+    fn pod(name: &str, ip: &str) -> Endpoint {
+        Endpoint {
+            kind: EndpointKind::Workload,
+            namespace: Some("prod".into()),
+            name: name.into(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            interface: None,
+            ips: vec![ip.parse().unwrap()],
+            named_ports: vec![],
+            profiles: vec!["kns.prod".into()],
+        }
+    }
+
+    /// `prod/b` denies all ingress; a staged namesake would allow it.
+    fn deny_b_model() -> Model {
+        use crate::model::ir::{Action, Policy, PolicyId, PolicyKind, Rule, StagedAction};
+        let rule = |action| Rule {
+            action,
+            ip_version: None,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: Default::default(),
+            destination: Default::default(),
+        };
+        let policy = |kind, action, staged_action| Policy {
+            id: PolicyId {
+                kind,
+                namespace: None,
+                name: "gate".into(),
+            },
+            tier: "default".into(),
+            order: None,
+            selector: crate::selector::Selector::equals("app", "b"),
+            ingress_type: true,
+            egress_type: false,
+            ingress: vec![rule(action)],
+            egress: vec![],
+            staged_action,
+            do_not_track: false,
+            pre_dnat: false,
+            apply_on_forward: false,
+        };
+        Model {
+            policies: vec![
+                policy(PolicyKind::GlobalNetworkPolicy, Action::Deny, None),
+                policy(
+                    PolicyKind::StagedGlobalNetworkPolicy,
+                    Action::Allow,
+                    Some(StagedAction::Set),
+                ),
+            ],
+            endpoints: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
+            ..Model::default()
+        }
+    }
+
+    #[test]
+    fn flows_resolve_endpoint_names_and_render_both_sets_with_traces() {
+        let model = deny_b_model();
+        let eval_args = EvalArgs {
+            from: "prod/a".into(),
+            to: "prod/b".into(),
+            port: Some(8080),
+            ..args(proto::TCP)
+        };
+        let flow = flow_from_args(&model, &eval_args).unwrap();
+        assert_eq!(flow.src, "10.0.0.1".parse::<IpAddr>().unwrap());
+        let text = render_text(&Evaluator::new(&model).evaluate_flow(&flow));
+        assert_eq!(
+            text,
+            "flow: prod/a (10.0.0.1) -> prod/b (10.0.0.2) TCP 40000 -> 8080\n\
+             \n\
+             enforced: deny\n  \
+             egress of prod/a: allow (profile kns.prod, rule 0)\n    \
+             0|__PROFILE__|pro:kns.prod|allow|0\n  \
+             ingress of prod/b: deny (tier default, policy gnp:gate, rule 0)\n    \
+             0|default|gnp:gate|deny|0\n\
+             \n\
+             pending: allow   (enforced: deny - promoting staged policies changes this flow)\n  \
+             egress of prod/a: allow (profile kns.prod, rule 0)\n    \
+             0|__PROFILE__|pro:kns.prod|allow|0\n  \
+             ingress of prod/b: allow (tier default, policy sgnp:gate, rule 0)\n    \
+             0|default|sgnp:gate|allow|0\n"
+        );
+    }
+
+    #[test]
+    fn unknown_endpoints_and_missing_addresses_are_errors() {
+        let model = deny_b_model();
+        let unknown = EvalArgs {
+            from: "prod/zz".into(),
+            to: "prod/b".into(),
+            port: Some(1),
+            ..args(proto::TCP)
+        };
+        assert_eq!(
+            flow_from_args(&model, &unknown),
+            Err(EvalError::UnknownEndpoint("prod/zz".into()))
+        );
+        let v6 = EvalArgs {
+            from: "fd00::1".into(),
+            to: "prod/b".into(),
+            port: Some(1),
+            ..args(proto::TCP)
+        };
+        assert_eq!(
+            flow_from_args(&model, &v6),
+            Err(EvalError::NoAddress {
+                endpoint: "prod/b".into(),
+                family: 6
+            })
+        );
+    }
 }
