@@ -26,7 +26,9 @@ pub struct MatrixArgs {
     /// Directory of policy resources (YAML), read recursively.
     #[arg(long, value_name = "DIR")]
     pub datastore: PathBuf,
-    /// Destination port to test, e.g. TCP/8080 (repeatable). Default: the ports policies mention.
+    /// Destination port to test, e.g. TCP/8080 or 8080 for TCP (repeatable). Default: every
+    /// destination port the policies mention (first port of a range, named ports resolved), or
+    /// TCP/80 if they mention none.
     #[arg(long = "port", value_name = "PROTO/N", value_parser = parse_port_spec)]
     pub ports: Vec<PortSpec>,
     /// List only the cells where pending differs from enforced.
