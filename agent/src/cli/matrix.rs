@@ -103,6 +103,12 @@ pub struct PortMatrix {
     pub cells: Vec<Cell>,
 }
 
+/// `-o json`: `{"ports": [<PortMatrix>...]}`.
+#[derive(serde::Serialize)]
+struct MatrixOutput<'a> {
+    ports: &'a [PortMatrix],
+}
+
 pub fn run(args: MatrixArgs) -> ExitCode {
     let model = match load_datastore(&args.datastore) {
         Ok(model) => model,
@@ -122,7 +128,7 @@ pub fn run(args: MatrixArgs) -> ExitCode {
     match (args.output, args.diff) {
         (OutputFormat::Json, _) => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "ports": matrices }))
+            serde_json::to_string_pretty(&MatrixOutput { ports: &matrices })
                 .expect("matrices serialize")
         ),
         (OutputFormat::Text, true) => print!("{}", render_diff(&matrices)),
