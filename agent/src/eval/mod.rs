@@ -214,9 +214,47 @@ pub struct EndVerdict {
 /// select the endpoint and have that type, in order.
 #[derive(Clone, Debug)]
 pub struct ApplicableTier<'m> {
+    pub phase: Phase,
     pub name: String,
     pub default_action: TierDefault,
     pub policies: Vec<&'m Policy>,
+}
+
+/// When a policy is consulted. Host endpoints run untracked (`doNotTrack`)
+/// policies first, then (ingress only) `preDNAT` policies, then normal policy;
+/// in the first two an Allow or Deny is final and a tier without a decision
+/// just passes on (felix: those tiers end with Pass). Workload endpoints only
+/// have normal policy (the other kinds are host-endpoint only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Untracked,
+    PreDnat,
+    Normal,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 3] = [Phase::Untracked, Phase::PreDnat, Phase::Normal];
+
+    pub fn of(policy: &Policy) -> Phase {
+        if policy.do_not_track {
+            Phase::Untracked
+        } else if policy.pre_dnat {
+            Phase::PreDnat
+        } else {
+            Phase::Normal
+        }
+    }
+
+    fn exists_for(self, endpoint: &Endpoint, direction: Direction) -> bool {
+        match self {
+            Phase::Normal => true,
+            Phase::Untracked => endpoint.kind == EndpointKind::Host,
+            Phase::PreDnat => {
+                endpoint.kind == EndpointKind::Host && direction == Direction::Ingress
+            }
+        }
+    }
 }
 
 /// A connection attempt: the first packet from `src` to `dst`.
@@ -481,27 +519,31 @@ fn applicable_tiers<'m>(
     endpoint: &Endpoint,
     direction: Direction,
 ) -> Vec<ApplicableTier<'m>> {
-    prepared
-        .tiers
-        .iter()
-        .filter_map(|tier| {
-            let policies: Vec<&Policy> = tier
-                .policies
-                .iter()
-                .copied()
-                .filter(|p| p.applies_in(direction) && p.selector.evaluate(&endpoint.labels))
-                .collect();
-            (!policies.is_empty()).then(|| ApplicableTier {
-                name: tier.name.clone(),
-                default_action: tier.default_action,
-                policies,
+    Phase::ALL
+        .into_iter()
+        .filter(|phase| phase.exists_for(endpoint, direction))
+        .flat_map(|phase| {
+            prepared.tiers.iter().filter_map(move |tier| {
+                let policies: Vec<&Policy> = tier
+                    .policies
+                    .iter()
+                    .copied()
+                    .filter(|p| Phase::of(p) == phase)
+                    .filter(|p| p.applies_in(direction) && p.selector.evaluate(&endpoint.labels))
+                    .collect();
+                (!policies.is_empty()).then(|| ApplicableTier {
+                    phase,
+                    name: tier.name.clone(),
+                    default_action: tier.default_action,
+                    policies,
+                })
             })
         })
         .collect()
 }
 
-/// The tiers in order. Returns the decision, or None when every tier passed
-/// (then the profiles decide).
+/// The tiers in order (phase by phase). Returns the decision, or None when
+/// every tier passed (then the profiles decide).
 fn evaluate_tiers(
     tiers: &[ApplicableTier],
     matcher: &RuleMatcher,
@@ -526,6 +568,8 @@ fn evaluate_tiers(
                 };
                 return Some((verdict, by));
             }
+            // Untracked and pre-DNAT tiers without a decision pass on.
+            None if tier.phase != Phase::Normal => {}
             None => {
                 // No rule decided: the tier's default, attributed to its last applicable policy.
                 let last = tier

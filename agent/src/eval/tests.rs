@@ -1154,6 +1154,84 @@ fn flows_resolve_host_endpoint_ips() {
     assert_eq!(v.enforced.action, Deny);
 }
 
+/// A host-endpoint policy on node1 in a phase: untracked or pre-DNAT.
+fn host_phase_policy(name: &str, untracked: bool, ingress: Vec<Rule>, egress: Vec<Rule>) -> Policy {
+    Policy {
+        do_not_track: untracked,
+        pre_dnat: !untracked,
+        apply_on_forward: true,
+        egress_type: !egress.is_empty(),
+        egress,
+        ..selecting(gnp(name, ingress), Selector::has("host"))
+    }
+}
+
+fn to_host_port(port: u16) -> Rule {
+    let mut r = allow();
+    r.destination.ports = vec![range(port, port)];
+    r
+}
+
+#[test]
+fn host_pre_dnat_allow_is_final_and_no_decision_falls_through_to_normal_policy() {
+    let normal_deny = selecting(gnp("normal-deny", vec![deny()]), Selector::has("host"));
+    let pre_dnat = host_phase_policy("pre-dnat", false, vec![to_host_port(8443)], vec![]);
+    let m = host_model(vec![normal_deny, pre_dnat]);
+    let allowed = host_end(&m, Direction::Ingress, Packet::tcp(8443));
+    assert_eq!(allowed.action, Allow);
+    assert_eq!(traces(&allowed), ["0|default|gnp:pre-dnat|allow|0"]);
+    // No pre-DNAT decision, no end-of-tier deny there: normal policy decides.
+    let denied = host_end(&m, Direction::Ingress, Packet::tcp(8080));
+    assert_eq!(denied.action, Deny);
+    assert_eq!(traces(&denied), ["0|default|gnp:normal-deny|deny|0"]);
+    let ev = Evaluator::new(&m);
+    let phases: Vec<Phase> = ev
+        .applicable_policies(PolicySet::Enforced, 0, Direction::Ingress)
+        .iter()
+        .map(|t| t.phase)
+        .collect();
+    assert_eq!(phases, [Phase::PreDnat, Phase::Normal]);
+}
+
+#[test]
+fn host_untracked_policy_decides_before_everything_but_failsafes() {
+    let normal_allow = Policy {
+        egress_type: true,
+        egress: vec![allow()],
+        ..selecting(gnp("normal-allow", vec![allow()]), Selector::has("host"))
+    };
+    let untracked = host_phase_policy("untracked", true, vec![deny()], vec![to_host_port(9999)]);
+    let m = host_model(vec![normal_allow, untracked]);
+    let v = host_end(&m, Direction::Ingress, Packet::tcp(80));
+    assert_eq!(v.action, Deny);
+    assert_eq!(traces(&v), ["0|default|gnp:untracked|deny|0"]);
+    assert_eq!(
+        host_end(&m, Direction::Ingress, Packet::tcp(22)).action,
+        Allow,
+        "failsafe first"
+    );
+    let out = host_end(&m, Direction::Egress, Packet::tcp(80));
+    assert_eq!(traces(&out), ["0|default|gnp:normal-allow|allow|0"]);
+}
+
+#[test]
+fn untracked_and_pre_dnat_policies_do_not_apply_to_workloads() {
+    let mut pre_dnat = host_phase_policy("pre-dnat", false, vec![deny()], vec![]);
+    pre_dnat.selector = Selector::all();
+    let m = host_model(vec![pre_dnat]);
+    let web = evaluate_end(
+        &m,
+        PolicySet::Enforced,
+        1,
+        Direction::Ingress,
+        ip("192.168.0.99"),
+        ip("10.0.0.5"),
+        &Packet::tcp(80),
+    );
+    assert_eq!(web.action, Allow);
+    assert_eq!(traces(&web), ["0|__PROFILE__|pro:kns.ns|allow|0"]);
+}
+
 // ---------- staged policies ----------
 
 /// The server with an enforced `gate` policy that allows, and a staged namesake.
