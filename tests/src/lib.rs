@@ -6,7 +6,7 @@
 //!
 //!   lab<pid>x<n>-node  (the Kubernetes host; ip_forward=1, IPv6 forwarding=1)
 //!   +------------------------------------------------------------------------+
-//!   | eth0 (dummy "uplink", 10.64.0.1/32, fd64::1/128, default routes:       |
+//!   | eth0 (ifb/dummy "uplink", 10.64.0.1/32, fd64::1/128, default routes:   |
 //!   |       anything unrouted goes here and is silently dropped)             |
 //!   | routes: 10.65.0.N/32 dev caliXXX   fd65::N/128 dev caliXXX             |
 //!   |                                                                        |
@@ -259,9 +259,13 @@ impl Lab {
             ("net/ipv6/conf/default/forwarding", "1"),
         ]);
         lab.node.try_set_sysctls(&sysctls)?;
+        // The uplink drops everything sent to it: a dummy, or an ifb (which drops
+        // what was not redirected to it) where the kernel has no dummy driver.
+        if lab.node.try_ip("link add eth0 type ifb").is_err() {
+            lab.node.try_ip("link add eth0 type dummy")?;
+        }
         lab.node.ip_batch(&[
             "link set lo up".into(),
-            "link add eth0 type dummy".into(),
             format!("addr add {NODE_IPV4}/32 dev eth0"),
             format!("addr add {NODE_IPV6}/128 dev eth0 nodad"),
             "link set eth0 up".into(),
@@ -315,8 +319,7 @@ impl Lab {
             .map(str::to_string)
             .unwrap_or_else(|| host_if_name(namespace, name));
         check_ifname(&host_if)?;
-        if host_if == "eth0" || host_if.starts_with("eth") && host_if[3..].parse::<u32>().is_ok()
-        {
+        if host_if == "eth0" || host_if.starts_with("eth") && host_if[3..].parse::<u32>().is_ok() {
             bail!("host interface name {host_if} is reserved for the node's uplink and externals");
         }
         // Reserve N and the interface name.
@@ -465,7 +468,11 @@ impl Drop for Lab {
                 .unwrap_or_else(|e| e.into_inner())
                 .namespaces,
         );
-        for name in namespaces.iter().rev().chain([&self.node.name().to_string()]) {
+        for name in namespaces
+            .iter()
+            .rev()
+            .chain([&self.node.name().to_string()])
+        {
             if let Err(e) = delete_netns(name) {
                 // Never panic in drop (it may run during an unwind).
                 eprintln!("lab {}: {e:#}", self.id);

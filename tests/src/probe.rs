@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -107,9 +107,11 @@ impl Servers {
     }
 }
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 struct ServerCtl {
     stop: AtomicBool,
+    /// Written on stop to wake the server thread's poll at once.
+    wake: OwnedFd,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Clones of accepted TCP streams, shut down on stop to wake their threads.
     conns: Mutex<HashMap<u64, TcpStream>>,
@@ -117,12 +119,31 @@ struct ServerCtl {
 }
 
 impl ServerCtl {
+    fn new() -> Result<ServerCtl> {
+        // SAFETY: plain syscall; the returned fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("eventfd");
+        }
+        Ok(ServerCtl {
+            stop: AtomicBool::new(false),
+            // SAFETY: fd is a fresh descriptor that nothing else owns.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            thread: Mutex::default(),
+            conns: Mutex::default(),
+            next_conn: AtomicU64::new(0),
+        })
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
 
     fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         for (_, s) in self.conns.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -133,7 +154,7 @@ impl ServerCtl {
     }
 }
 
-/// Waits up to POLL_MS for one of `fds` to be readable; returns the readable indices.
+/// Waits up to 1 s for one of `fds` to be readable; returns the readable indices.
 fn poll_readable(fds: &[RawFd]) -> Vec<usize> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
@@ -144,7 +165,7 @@ fn poll_readable(fds: &[RawFd]) -> Vec<usize> {
         })
         .collect();
     // SAFETY: pfds is a valid array of pollfd of the given length.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, POLL_MS) };
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
     if n <= 0 {
         return Vec::new();
     }
@@ -169,7 +190,11 @@ fn bind_socket(ty: Type, proto: Protocol, addr: SocketAddr) -> Result<Socket> {
 
 /// Binds `[::]:port` (v6 only) then `0.0.0.0:<same port>`.
 fn bind_pair(ty: Type, proto: Protocol, port: u16) -> Result<(Socket, Socket, u16)> {
-    let v6 = bind_socket(ty, proto, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))?;
+    let v6 = bind_socket(
+        ty,
+        proto,
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+    )?;
     let port = v6
         .local_addr()?
         .as_socket()
@@ -186,15 +211,19 @@ fn tcp_echo_server(netns: &Netns, port: u16) -> Result<Server> {
         v4.listen(128)?;
         Ok((TcpListener::from(v6), TcpListener::from(v4), port))
     })??;
-    let ctl = Arc::new(ServerCtl::default());
+    let ctl = Arc::new(ServerCtl::new()?);
     let c = ctl.clone();
     let thread = std::thread::Builder::new()
         .name(format!("tcp-echo-{port}"))
         .spawn(move || {
             let listeners = [v6, v4];
-            let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+            let mut fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+            fds.push(c.wake.as_raw_fd());
             while !c.stopped() {
                 for i in poll_readable(&fds) {
+                    if i == listeners.len() {
+                        break; // woken up to stop
+                    }
                     if let Ok((stream, _)) = listeners[i].accept() {
                         spawn_echo_conn(&c, stream);
                     }
@@ -232,7 +261,10 @@ fn spawn_echo_conn(ctl: &Arc<ServerCtl>, stream: TcpStream) {
                     Err(_) => break,
                 }
             }
-            ctl.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            ctl.conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
         });
 }
 
@@ -241,16 +273,20 @@ fn udp_echo_server(netns: &Netns, port: u16) -> Result<Server> {
         let (v6, v4, port) = bind_pair(Type::DGRAM, Protocol::UDP, port)?;
         Ok((UdpSocket::from(v6), UdpSocket::from(v4), port))
     })??;
-    let ctl = Arc::new(ServerCtl::default());
+    let ctl = Arc::new(ServerCtl::new()?);
     let c = ctl.clone();
     let thread = std::thread::Builder::new()
         .name(format!("udp-echo-{port}"))
         .spawn(move || {
             let sockets = [v6, v4];
-            let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+            let mut fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+            fds.push(c.wake.as_raw_fd());
             let mut buf = [0u8; 64 * 1024];
             while !c.stopped() {
                 for i in poll_readable(&fds) {
+                    if i == sockets.len() {
+                        break; // woken up to stop
+                    }
                     if let Ok((n, from)) = sockets[i].recv_from(&mut buf) {
                         let _ = sockets[i].send_to(&buf[..n], from);
                     }
@@ -280,9 +316,42 @@ fn probe_payload() -> Vec<u8> {
     .into_bytes()
 }
 
+/// Turns on `IP_RECVERR`/`IPV6_RECVERR`: ICMP errors that Linux otherwise treats as
+/// "soft" (host/net unreachable: TCP keeps retrying the SYN, UDP ignores them) are
+/// reported to the socket at once.
+fn set_recverr(fd: RawFd, v4: bool) -> std::io::Result<()> {
+    let (level, name) = if v4 {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn connect_reporting_icmp(dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    set_recverr(sock.as_raw_fd(), dst.is_ipv4())?;
+    sock.connect_timeout(&dst.into(), timeout)?;
+    Ok(sock.into())
+}
+
 fn tcp_probe(dst: SocketAddr, timeout: Duration) -> TcpProbe {
     let deadline = Instant::now() + timeout;
-    let mut stream = match TcpStream::connect_timeout(&dst, timeout) {
+    let mut stream = match connect_reporting_icmp(dst, timeout) {
         Ok(s) => s,
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => return TcpProbe::Refused,
         Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
@@ -317,7 +386,9 @@ fn tcp_probe(dst: SocketAddr, timeout: Duration) -> TcpProbe {
         let Some(left) = remaining(deadline) else {
             return TcpProbe::TimedOut;
         };
-        stream.set_read_timeout(Some(left)).expect("set_read_timeout");
+        stream
+            .set_read_timeout(Some(left))
+            .expect("set_read_timeout");
         match stream.read(&mut got[have..]) {
             Ok(0) => return TcpProbe::Refused,
             Ok(n) => have += n,
@@ -339,6 +410,7 @@ fn udp_probe(dst: SocketAddr, timeout: Duration) -> UdpProbe {
         "[::]:0".parse().unwrap()
     };
     let sock = UdpSocket::bind(bind).expect("udp_request: bind");
+    set_recverr(sock.as_raw_fd(), dst.is_ipv4()).expect("udp_request: IP_RECVERR");
     if let Err(e) = sock.connect(dst) {
         if is_unreachable(&e) {
             return UdpProbe::Unreachable;
