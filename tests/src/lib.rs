@@ -98,7 +98,7 @@ pub fn pod_ipv6(n: u8) -> Ipv6Addr {
 pub fn host_if_name(namespace: &str, name: &str) -> String {
     // FNV-1a 64: stable across runs and Rust versions.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain([b'/']).chain(name.bytes()) {
+    for b in namespace.bytes().chain(*b"/").chain(name.bytes()) {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

@@ -268,9 +268,51 @@ fn spawn_echo_conn(ctl: &Arc<ServerCtl>, stream: TcpStream) {
         });
 }
 
+/// Echoes one datagram back to its sender, from the address it was sent to (so a
+/// request to any of a namespace's addresses gets an answer the client accepts).
+fn echo_datagram(sock: &UdpSocket, buf: &mut [u8]) {
+    use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned};
+    use nix::sys::socket::{MsgFlags, SockaddrStorage};
+    let fd = sock.as_raw_fd();
+    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+    let (n, from, mut v4info, mut v6info) = {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let Ok(msg) =
+            recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+        else {
+            return;
+        };
+        let (mut v4info, mut v6info) = (None, None);
+        for c in msg.cmsgs().into_iter().flatten() {
+            match c {
+                ControlMessageOwned::Ipv4PacketInfo(i) => v4info = Some(i),
+                ControlMessageOwned::Ipv6PacketInfo(i) => v6info = Some(i),
+                _ => {}
+            }
+        }
+        let Some(from) = msg.address else { return };
+        (msg.bytes, from, v4info, v6info)
+    };
+    let iov = [std::io::IoSlice::new(&buf[..n])];
+    let mut cmsgs = Vec::new();
+    if let Some(i) = v4info.as_mut() {
+        i.ipi_spec_dst = i.ipi_addr;
+        i.ipi_ifindex = 0;
+        cmsgs.push(ControlMessage::Ipv4PacketInfo(i));
+    }
+    if let Some(i) = v6info.as_mut() {
+        i.ipi6_ifindex = 0;
+        cmsgs.push(ControlMessage::Ipv6PacketInfo(i));
+    }
+    let _ = sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&from));
+}
+
 fn udp_echo_server(netns: &Netns, port: u16) -> Result<Server> {
     let (v6, v4, port) = netns.try_run(|| -> Result<_> {
         let (v6, v4, port) = bind_pair(Type::DGRAM, Protocol::UDP, port)?;
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&v4, sockopt::Ipv4PacketInfo, &true).context("IP_PKTINFO")?;
+        setsockopt(&v6, sockopt::Ipv6RecvPacketInfo, &true).context("IPV6_RECVPKTINFO")?;
         Ok((UdpSocket::from(v6), UdpSocket::from(v4), port))
     })??;
     let ctl = Arc::new(ServerCtl::new()?);
@@ -287,9 +329,7 @@ fn udp_echo_server(netns: &Netns, port: u16) -> Result<Server> {
                     if i == sockets.len() {
                         break; // woken up to stop
                     }
-                    if let Ok((n, from)) = sockets[i].recv_from(&mut buf) {
-                        let _ = sockets[i].send_to(&buf[..n], from);
-                    }
+                    echo_datagram(&sockets[i], &mut buf);
                 }
             }
         })?;

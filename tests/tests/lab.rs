@@ -237,11 +237,21 @@ fn external_reaches_node_services_and_pods() {
         assert_eq!(ext.tcp_connect(dst, 80, PROBE_TIMEOUT), TcpProbe::Connected);
         assert_eq!(ext.ping(dst, PROBE_TIMEOUT), PingProbe::Replied);
     }
-    // Pods reach the node's own address and the external.
-    for dst in [IpAddr::from(NODE_IPV4), NODE_IPV6.into()] {
+    // Pods reach all the node's addresses (UDP answers come from the address asked).
+    for dst in [
+        IpAddr::from(NODE_IPV4),
+        NODE_IPV6.into(),
+        ext.node_ipv4.into(),
+        ext.node_ipv6.into(),
+    ] {
         assert_eq!(
             pod.tcp_connect(dst, 10250, PROBE_TIMEOUT),
             TcpProbe::Connected
+        );
+        assert_eq!(
+            pod.udp_request(dst, node_udp.port(), PROBE_TIMEOUT),
+            UdpProbe::Replied,
+            "{dst}"
         );
     }
     let ext_srv = ext.tcp_listen(443);
