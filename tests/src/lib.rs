@@ -39,6 +39,11 @@
 //!   [`Netns::ping`], [`Netns::tcp_stream`]) against echo servers
 //!   ([`Netns::tcp_listen`], [`Netns::udp_echo`]). [`Pod`] and [`External`]
 //!   dereference to their `Netns`.
+//! - Probe outcomes: `Connected`/`Replied`, `Refused` (RST, ICMP port unreachable),
+//!   `TimedOut` (silently dropped: what a policy drop looks like) and `Unreachable`
+//!   (another ICMP error, e.g. an `unreachable` route; reported at once because
+//!   probe sockets set `IP_RECVERR`). Unrouted destinations leave the node by its
+//!   uplink and time out, like on a real host.
 //! - Dropping the lab (also while unwinding from a panic) stops its servers and
 //!   deletes its namespaces, which deletes the veths.
 //!

@@ -558,7 +558,10 @@ impl Netns {
         );
         match out.status.code() {
             Some(0) => PingProbe::Replied,
-            _ if text.contains("nreachable") || text.contains("rohibited") => {
+            _ if ["nreachable", "rohibited", "filtered"]
+                .iter()
+                .any(|w| text.contains(w)) =>
+            {
                 PingProbe::Unreachable
             }
             Some(1) => PingProbe::TimedOut,

@@ -554,3 +554,36 @@ fn timing_three_pods() {
         "teardown took {teardown:?}"
     );
 }
+
+#[test]
+fn many_labs_in_parallel() {
+    lab::require_root();
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let lab = Lab::new();
+                let pods: Vec<_> = (0..3)
+                    .map(|p| lab.add_pod("ns", &format!("pod{p}")))
+                    .collect();
+                let _srv = pods[1].tcp_listen(80 + i);
+                let _udp = pods[2].udp_echo(53);
+                for p in &pods {
+                    assert_eq!(
+                        p.tcp_connect(pods[1].ipv6, 80 + i, PROBE_TIMEOUT),
+                        TcpProbe::Connected
+                    );
+                    assert_eq!(
+                        p.udp_request(pods[2].ipv4, 53, PROBE_TIMEOUT),
+                        UdpProbe::Replied
+                    );
+                    assert_eq!(p.ping(pods[0].ipv4, PROBE_TIMEOUT), PingProbe::Replied);
+                }
+                lab.namespace_names()
+            })
+        })
+        .collect();
+    for t in threads {
+        let names = t.join().expect("a lab thread failed");
+        assert_gone(&names);
+    }
+}
