@@ -2,29 +2,31 @@
 //! inside a private "node", probed with real traffic.
 //!
 //! ```text
-//!   machine root netns: untouched (no veth, route or sysctl of the lab lives here)
+//!  machine root netns: untouched (no veth, route or sysctl of a lab lives there)
 //!
-//!   lab<pid>x<n>-node  (the Kubernetes host; ip_forward=1, IPv6 forwarding=1)
-//!   +------------------------------------------------------------------------+
-//!   | eth0 (ifb/dummy "uplink", 10.64.0.1/32, fd64::1/128, default routes:   |
-//!   |       anything unrouted goes here and is silently dropped)             |
-//!   | routes: 10.65.0.N/32 dev caliXXX   fd65::N/128 dev caliXXX             |
-//!   |                                                                        |
-//!   | caliXXXXXXXXXXX  ee:ee:ee:ee:ee:ee  proxy_arp=1  proxy_delay=0         |
-//!   |   |              fe80::ecee:eeff:feee:eeee (no DAD)     eth1 10.66.0.1/24|
-//!   +---|---------------------------------------------------------|fd66::1/64+
-//!       | veth                                                    | veth
-//!   +---|---------------------------------+          +------------|-----------+
-//!   | eth0  10.65.0.N/32  fd65::N/128     |          | eth0 10.66.0.2/24      |
-//!   | 169.254.1.1 dev eth0 scope link     |          |      fd66::2/64        |
-//!   | default via 169.254.1.1 dev eth0    |          | default via 10.66.0.1  |
-//!   | default via fe80::ecee:eeff:feee:eeee          | default via fd66::1    |
-//!   +-------------------------------------+          +------------------------+
-//!     lab<pid>x<n>-podN   (one per pod)                lab<pid>x<n>-ext0 (optional)
+//!  lab<pid>x<n>-node: the Kubernetes host (ip_forward=1, IPv6 forwarding=1)
+//!  +-------------------------------------------------------------------------+
+//!  | eth0: "uplink" (ifb/dummy), 10.64.0.1/32, fd64::1/128, default routes;  |
+//!  |       whatever is unrouted leaves here and is silently dropped          |
+//!  | routes: 10.65.0.N/32 dev caliXXX, fd65::N/128 dev caliXXX (per pod)     |
+//!  |                                                                         |
+//!  | caliXXXXXXXXXXX (one per pod)               eth1 (one per external)     |
+//!  |   ee:ee:ee:ee:ee:ee, proxy_arp=1,             10.66.0.1/24, fd66::1/64  |
+//!  |   proxy_delay=0, fe80::ecee:eeff:feee:eeee                              |
+//!  +---|-----------------------------------------------|---------------------+
+//!      | veth                                          | veth
+//!  +---|-----------------------------------+     +-----|---------------------+
+//!  | eth0: 10.65.0.N/32, fd65::N/128       |     | eth0: 10.66.0.2/24,       |
+//!  | 169.254.1.1 dev eth0 scope link       |     |       fd66::2/64          |
+//!  | default via 169.254.1.1 dev eth0      |     | default via 10.66.0.1     |
+//!  | default via fe80::ecee:eeff:feee:eeee |     | default via fd66::1       |
+//!  +---------------------------------------+     +---------------------------+
+//!   lab<pid>x<n>-podN                             lab<pid>x<n>-ext0 (optional)
 //! ```
 //!
 //! - Each [`Lab`] has its own node namespace, so every lab uses the same readable
-//!   addresses (pods `10.65.0.N` / `fd65::N`, N allocated from 10 upwards or chosen)
+//!   addresses (pods `10.65.0.N` / `fd65::N`, N allocated from 10 upwards or chosen;
+//!   N's decimal digits are the IPv6 group, so pod 10 is `10.65.0.10` / `fd65::10`)
 //!   and labs run in parallel without seeing each other. Only namespace names are
 //!   global: `lab<pid>x<counter>-...`. [`Lab::new`] removes namespaces left by
 //!   earlier runs whose process is gone.
@@ -61,7 +63,7 @@ mod netns;
 mod probe;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,6 +163,11 @@ impl Pod {
     pub fn netns(&self) -> &Netns {
         &self.netns
     }
+
+    /// Both addresses, IPv4 first: `for dst in pod.ips() { ... }`.
+    pub fn ips(&self) -> [IpAddr; 2] {
+        [self.ipv4.into(), self.ipv6.into()]
+    }
 }
 
 impl Deref for Pod {
@@ -192,6 +199,16 @@ pub struct External {
 impl External {
     pub fn netns(&self) -> &Netns {
         &self.netns
+    }
+
+    /// Both addresses of the external, IPv4 first.
+    pub fn ips(&self) -> [IpAddr; 2] {
+        [self.ipv4.into(), self.ipv6.into()]
+    }
+
+    /// Both addresses of the node on the external's link, IPv4 first.
+    pub fn node_ips(&self) -> [IpAddr; 2] {
+        [self.node_ipv4.into(), self.node_ipv6.into()]
     }
 }
 
@@ -566,6 +583,16 @@ mod unit {
         assert_eq!(lab_pid("lab123-node"), None);
         assert_eq!(lab_pid("labx4-node"), None);
         assert_eq!(lab_pid("other"), None);
+    }
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Lab>();
+        check::<Pod>();
+        check::<External>();
+        check::<Netns>();
+        check::<Server>();
     }
 
     #[test]

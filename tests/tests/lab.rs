@@ -31,10 +31,6 @@ fn assert_gone(names: &[String]) {
     }
 }
 
-fn both(pod: &lab::Pod) -> [IpAddr; 2] {
-    [pod.ipv4.into(), pod.ipv6.into()]
-}
-
 #[test]
 fn pod_to_pod_tcp_v4_and_v6() {
     lab::require_root();
@@ -42,7 +38,7 @@ fn pod_to_pod_tcp_v4_and_v6() {
     let a = lab.add_pod("default", "a");
     let b = lab.add_pod("default", "b");
     let _srv = b.tcp_listen(8080);
-    for dst in both(&b) {
+    for dst in b.ips() {
         assert_eq!(
             a.tcp_connect(dst, 8080, PROBE_TIMEOUT),
             TcpProbe::Connected,
@@ -71,7 +67,7 @@ fn pod_to_pod_udp_v4_and_v6() {
     let a = lab.add_pod("default", "a");
     let b = lab.add_pod("default", "b");
     let srv = b.udp_echo(0);
-    for dst in both(&b) {
+    for dst in b.ips() {
         assert_eq!(
             a.udp_request(dst, srv.port(), PROBE_TIMEOUT),
             UdpProbe::Replied,
@@ -91,10 +87,10 @@ fn pod_to_pod_ping_v4_and_v6() {
     let lab = Lab::new();
     let a = lab.add_pod("default", "a");
     let b = lab.add_pod("default", "b");
-    for dst in both(&b) {
+    for dst in b.ips() {
         assert_eq!(a.ping(dst, PROBE_TIMEOUT), PingProbe::Replied, "{dst}");
     }
-    for dst in both(&a) {
+    for dst in a.ips() {
         assert_eq!(b.ping(dst, PROBE_TIMEOUT), PingProbe::Replied, "{dst}");
     }
 }
@@ -134,14 +130,14 @@ fn unrouted_and_blackholed_destinations_time_out() {
     assert!(start.elapsed() < 6 * t + Duration::from_secs(2));
 
     // A live pod, then blackholed in the node: the same probes now time out.
-    for dst in both(&b) {
+    for dst in b.ips() {
         assert_eq!(a.tcp_connect(dst, 80, PROBE_TIMEOUT), TcpProbe::Connected);
     }
     lab.node()
         .ip(&format!("route replace blackhole {}/32", b.ipv4));
     lab.node()
         .ip(&format!("-6 route replace blackhole {}/128", b.ipv6));
-    for dst in both(&b) {
+    for dst in b.ips() {
         let start = Instant::now();
         assert_eq!(a.tcp_connect(dst, 80, t), TcpProbe::TimedOut, "{dst}");
         let took = start.elapsed();
@@ -158,7 +154,7 @@ fn unrouted_and_blackholed_destinations_time_out() {
         .ip(&format!("route replace unreachable {}/32", b.ipv4));
     lab.node()
         .ip(&format!("-6 route replace unreachable {}/128", b.ipv6));
-    for dst in both(&b) {
+    for dst in b.ips() {
         assert_eq!(a.tcp_connect(dst, 80, t), TcpProbe::Unreachable, "{dst}");
         assert_eq!(a.udp_request(dst, 53, t), UdpProbe::Unreachable, "{dst}");
         assert_eq!(a.ping(dst, t), PingProbe::Unreachable, "{dst}");
@@ -171,7 +167,7 @@ fn unrouted_and_blackholed_destinations_time_out() {
         "-6 route replace {}/128 dev {}",
         b.ipv6, b.host_if
     ));
-    for dst in both(&b) {
+    for dst in b.ips() {
         assert_eq!(a.tcp_connect(dst, 80, PROBE_TIMEOUT), TcpProbe::Connected);
     }
 }
@@ -222,7 +218,7 @@ fn external_reaches_node_services_and_pods() {
     let node_srv = lab.node().tcp_listen(10250);
     let node_udp = lab.node().udp_echo(0);
     let pod_srv = pod.tcp_listen(80);
-    for dst in [IpAddr::from(ext.node_ipv4), ext.node_ipv6.into()] {
+    for dst in ext.node_ips() {
         assert_eq!(
             ext.tcp_connect(dst, 10250, PROBE_TIMEOUT),
             TcpProbe::Connected
@@ -233,7 +229,7 @@ fn external_reaches_node_services_and_pods() {
         );
         assert_eq!(ext.ping(dst, PROBE_TIMEOUT), PingProbe::Replied);
     }
-    for dst in both(&pod) {
+    for dst in pod.ips() {
         assert_eq!(ext.tcp_connect(dst, 80, PROBE_TIMEOUT), TcpProbe::Connected);
         assert_eq!(ext.ping(dst, PROBE_TIMEOUT), PingProbe::Replied);
     }
@@ -289,7 +285,7 @@ fn long_lived_stream_echoes() {
     let a = lab.add_pod("default", "a");
     let b = lab.add_pod("default", "b");
     let _srv = b.tcp_listen(7000);
-    for dst in both(&b) {
+    for dst in b.ips() {
         let mut s = a.tcp_stream(dst, 7000, PROBE_TIMEOUT);
         // Used from another thread than the one that created it.
         std::thread::spawn(move || {
@@ -460,7 +456,7 @@ fn two_labs_in_parallel_with_identical_addresses() {
             let _srv = b.tcp_listen(port);
             let _udp = b.udp_echo(port);
             for _ in 0..10 {
-                for dst in both(&b) {
+                for dst in b.ips() {
                     assert_eq!(a.tcp_connect(dst, port, PROBE_TIMEOUT), TcpProbe::Connected);
                     assert_eq!(a.tcp_connect(dst, other, PROBE_TIMEOUT), TcpProbe::Refused);
                     assert_eq!(a.udp_request(dst, port, PROBE_TIMEOUT), UdpProbe::Replied);
