@@ -11,6 +11,15 @@
 //!
 //! Semantics: /work/shared/SEMANTICS.md (Evaluation, Staged policies). The
 //! pending set is the DECISION there: every staged policy promoted now.
+//!
+//! Per end: failsafe ports (host endpoints) first; then the applicable tiers
+//! ([`Phase`] by phase, tier by tier, policy by policy, rule by rule); then the
+//! endpoint's profiles; then deny. Traces use Calico's flow-log strings
+//! ([`TraceEntry`]); a promoted staged policy keeps its staged kind code.
+//!
+//! Not modelled: forwarded traffic through a host endpoint (`applyOnForward`
+//! only matters there), DNAT (pre-DNAT policies see the packet as given),
+//! connection tracking (every question is about a connection's first packet).
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::OnceLock;
