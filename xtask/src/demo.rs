@@ -133,7 +133,7 @@ fn walkthrough(examples: &Path, datastore: &Path) -> Result<()> {
 
     heading("In the kernel: a TC program on prod/database's interface");
     say("The first dataplane slice: an eBPF program (TCX) drops TCP 8080 towards prod/database\nand reports each drop on a ring buffer. (Compiled policy tables replace this slice next.)");
-    let mut dropper = lab
+    let dropper = lab
         .node()
         .command(agent_bin())
         .args([
