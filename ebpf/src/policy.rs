@@ -65,6 +65,9 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
             return TC_ACT_SHOT;
         }
     };
+    if pkt.fragment {
+        bump(stat::FRAGMENTS);
+    }
     if pkt.neighbour_discovery {
         bump(stat::ALLOWED);
         return TC_ACT_OK;
