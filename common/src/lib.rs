@@ -42,7 +42,6 @@ pub mod counter {
     pub const COUNT: u32 = 4;
 }
 
-
 // ---------------------------------------------------------------------------
 // The policy dataplane (programs `from_endpoint` / `to_endpoint`).
 //

@@ -13,7 +13,7 @@ use agent_common::{
     DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC, PEER_CLASS_ANY, PEER_CLASS_WORLD,
 };
 use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT, __sk_buff},
+    bindings::{__sk_buff, BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::classifier,
     maps::lpm_trie::Key,
@@ -340,7 +340,15 @@ fn rule_lookup(generation: u32, key: &Key<RuleKey>) -> Option<Verdict> {
 
 /// The verdict of one table: the peer's class, then the wildcard class.
 #[inline(always)]
-fn verdict(generation: u32, endpoint_id: u32, class: u32, dir: u8, tbl: u8, protocol: u8, port: u16) -> Option<Verdict> {
+fn verdict(
+    generation: u32,
+    endpoint_id: u32,
+    class: u32,
+    dir: u8,
+    tbl: u8,
+    protocol: u8,
+    port: u16,
+) -> Option<Verdict> {
     let data = RuleKey {
         endpoint_id,
         peer_class: class,

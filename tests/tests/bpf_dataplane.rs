@@ -102,19 +102,91 @@ fn base_tables() -> TableSet {
         ],
         rules: vec![
             // Egress: to class 2 on TCP 8000-8099 allowed, other TCP to class 2 denied.
-            entry(Egress, Enforced, Class(2), Some(TCP), PortMatch::Range(8000, 8099), allow(10, 0)),
-            entry(Egress, Enforced, Class(2), Some(TCP), PortMatch::Any, deny(10, -1)),
+            entry(
+                Egress,
+                Enforced,
+                Class(2),
+                Some(TCP),
+                PortMatch::Range(8000, 8099),
+                allow(10, 0),
+            ),
+            entry(
+                Egress,
+                Enforced,
+                Class(2),
+                Some(TCP),
+                PortMatch::Any,
+                deny(10, -1),
+            ),
             // Class 3 (inside class 2's /24 by LPM) only on 443.
-            entry(Egress, Enforced, Class(3), Some(TCP), PortMatch::Range(443, 443), allow(11, 0)),
+            entry(
+                Egress,
+                Enforced,
+                Class(3),
+                Some(TCP),
+                PortMatch::Range(443, 443),
+                allow(11, 0),
+            ),
             // UDP 53 to anyone.
-            entry(Egress, Enforced, Any, Some(UDP), PortMatch::Range(53, 53), allow(12, 0)),
+            entry(
+                Egress,
+                Enforced,
+                Any,
+                Some(UDP),
+                PortMatch::Range(53, 53),
+                allow(12, 0),
+            ),
             // ICMP echo request (type 8, any code) to anyone; ICMP 3/4 only.
-            entry(Egress, Enforced, Any, Some(ICMP), PortMatch::Icmp { icmp_type: 8, code: None }, allow(13, 0)),
-            entry(Egress, Enforced, Any, Some(ICMP), PortMatch::Icmp { icmp_type: 3, code: Some(4) }, allow(13, 1)),
-            entry(Egress, Enforced, Any, Some(ICMPV6), PortMatch::Icmp { icmp_type: 128, code: Some(0) }, allow(13, 2)),
+            entry(
+                Egress,
+                Enforced,
+                Any,
+                Some(ICMP),
+                PortMatch::Icmp {
+                    icmp_type: 8,
+                    code: None,
+                },
+                allow(13, 0),
+            ),
+            entry(
+                Egress,
+                Enforced,
+                Any,
+                Some(ICMP),
+                PortMatch::Icmp {
+                    icmp_type: 3,
+                    code: Some(4),
+                },
+                allow(13, 1),
+            ),
+            entry(
+                Egress,
+                Enforced,
+                Any,
+                Some(ICMPV6),
+                PortMatch::Icmp {
+                    icmp_type: 128,
+                    code: Some(0),
+                },
+                allow(13, 2),
+            ),
             // Ingress: everything from class 1, TCP 22 from anyone.
-            entry(Ingress, Enforced, Class(1), None, PortMatch::Any, allow(20, 0)),
-            entry(Ingress, Enforced, Any, Some(TCP), PortMatch::Range(22, 22), allow(21, 0)),
+            entry(
+                Ingress,
+                Enforced,
+                Class(1),
+                None,
+                PortMatch::Any,
+                allow(20, 0),
+            ),
+            entry(
+                Ingress,
+                Enforced,
+                Any,
+                Some(TCP),
+                PortMatch::Range(22, 22),
+                allow(21, 0),
+            ),
         ],
     }
 }
@@ -137,41 +209,140 @@ fn port_ranges_peer_classes_and_icmp() {
     };
     // The range 8000..=8099 is stored as prefixes: both edges in, both neighbours out.
     assert!(port_range_prefixes(8000, 8099).len() > 1);
-    for (port, want) in [(7999, TC_ACT_SHOT), (8000, TC_ACT_OK), (8050, TC_ACT_OK), (8099, TC_ACT_OK), (8100, TC_ACT_SHOT)] {
-        case(&mut dp, Packet::tcp(me, 40000 + port, ip("10.65.1.5"), port), want, "range edge");
+    for (port, want) in [
+        (7999, TC_ACT_SHOT),
+        (8000, TC_ACT_OK),
+        (8050, TC_ACT_OK),
+        (8099, TC_ACT_OK),
+        (8100, TC_ACT_SHOT),
+    ] {
+        case(
+            &mut dp,
+            Packet::tcp(me, 40000 + port, ip("10.65.1.5"), port),
+            want,
+            "range edge",
+        );
     }
     // Longest prefix: 10.65.1.200 is class 3, which has only 443.
-    case(&mut dp, Packet::tcp(me, 41000, ip("10.65.1.200"), 8000), TC_ACT_SHOT, "class 3 not 2");
-    case(&mut dp, Packet::tcp(me, 41001, ip("10.65.1.200"), 443), TC_ACT_OK, "class 3 443");
+    case(
+        &mut dp,
+        Packet::tcp(me, 41000, ip("10.65.1.200"), 8000),
+        TC_ACT_SHOT,
+        "class 3 not 2",
+    );
+    case(
+        &mut dp,
+        Packet::tcp(me, 41001, ip("10.65.1.200"), 443),
+        TC_ACT_OK,
+        "class 3 443",
+    );
     // Wildcard class: UDP 53 to the world (class 0) and to class 2.
-    case(&mut dp, Packet::udp(me, 5000, ip("8.8.8.8"), 53), TC_ACT_OK, "udp 53 world");
-    case(&mut dp, Packet::udp(me, 5001, ip("10.65.1.5"), 53), TC_ACT_OK, "udp 53 class 2");
-    case(&mut dp, Packet::udp(me, 5002, ip("8.8.8.8"), 54), TC_ACT_SHOT, "udp 54");
+    case(
+        &mut dp,
+        Packet::udp(me, 5000, ip("8.8.8.8"), 53),
+        TC_ACT_OK,
+        "udp 53 world",
+    );
+    case(
+        &mut dp,
+        Packet::udp(me, 5001, ip("10.65.1.5"), 53),
+        TC_ACT_OK,
+        "udp 53 class 2",
+    );
+    case(
+        &mut dp,
+        Packet::udp(me, 5002, ip("8.8.8.8"), 54),
+        TC_ACT_SHOT,
+        "udp 54",
+    );
     // ICMP type-only and type/code rules.
-    case(&mut dp, Packet::icmp(me, ip("8.8.8.8"), 8, 0), TC_ACT_OK, "echo");
-    case(&mut dp, Packet::icmp(me, ip("8.8.8.8"), 8, 5), TC_ACT_OK, "type 8 any code");
-    case(&mut dp, Packet::icmp(me, ip("8.8.8.8"), 3, 4), TC_ACT_OK, "3/4");
-    case(&mut dp, Packet::icmp(me, ip("8.8.8.8"), 3, 3), TC_ACT_SHOT, "3/3");
-    case(&mut dp, Packet::icmp(me, ip("8.8.8.8"), 13, 0), TC_ACT_SHOT, "timestamp");
+    case(
+        &mut dp,
+        Packet::icmp(me, ip("8.8.8.8"), 8, 0),
+        TC_ACT_OK,
+        "echo",
+    );
+    case(
+        &mut dp,
+        Packet::icmp(me, ip("8.8.8.8"), 8, 5),
+        TC_ACT_OK,
+        "type 8 any code",
+    );
+    case(
+        &mut dp,
+        Packet::icmp(me, ip("8.8.8.8"), 3, 4),
+        TC_ACT_OK,
+        "3/4",
+    );
+    case(
+        &mut dp,
+        Packet::icmp(me, ip("8.8.8.8"), 3, 3),
+        TC_ACT_SHOT,
+        "3/3",
+    );
+    case(
+        &mut dp,
+        Packet::icmp(me, ip("8.8.8.8"), 13, 0),
+        TC_ACT_SHOT,
+        "timestamp",
+    );
     // IPv6 peers and ICMPv6.
     let me6 = ip("fd65::10");
-    case(&mut dp, Packet::tcp(me6, 40000, ip("fd66::5"), 8080), TC_ACT_OK, "v6 class 2");
-    case(&mut dp, Packet::tcp(me6, 40001, ip("fd67::5"), 8080), TC_ACT_SHOT, "v6 world");
-    case(&mut dp, Packet::icmp(me6, ip("fd67::5"), 128, 0), TC_ACT_OK, "icmpv6 echo");
+    case(
+        &mut dp,
+        Packet::tcp(me6, 40000, ip("fd66::5"), 8080),
+        TC_ACT_OK,
+        "v6 class 2",
+    );
+    case(
+        &mut dp,
+        Packet::tcp(me6, 40001, ip("fd67::5"), 8080),
+        TC_ACT_SHOT,
+        "v6 world",
+    );
+    case(
+        &mut dp,
+        Packet::icmp(me6, ip("fd67::5"), 128, 0),
+        TC_ACT_OK,
+        "icmpv6 echo",
+    );
     let mut other_code = Packet::icmp(me6, ip("fd67::5"), 128, 1);
     other_code.icmp_id = 2; // not the echo flow just allowed
     case(&mut dp, other_code, TC_ACT_SHOT, "icmpv6 128/1");
     // Neighbour discovery always passes.
-    case(&mut dp, Packet::icmp(me6, ip("ff02::1"), 135, 0), TC_ACT_OK, "neighbour solicitation");
+    case(
+        &mut dp,
+        Packet::icmp(me6, ip("ff02::1"), 135, 0),
+        TC_ACT_OK,
+        "neighbour solicitation",
+    );
 
     // Ingress: all protocols from class 1 (IPv4 and IPv6), TCP 22 from anyone.
     let to = |dp: &mut Dataplane, p: Packet| run(dp, Hook::ToEndpoint, &p);
-    assert_eq!(to(&mut dp, Packet::udp(ip("10.65.0.20"), 1, me, 9999)), TC_ACT_OK);
-    assert_eq!(to(&mut dp, Packet::icmp(ip("10.65.0.20"), me, 13, 0)), TC_ACT_OK);
-    assert_eq!(to(&mut dp, Packet::tcp(ip("fd65::20"), 1, me6, 9999)), TC_ACT_OK);
-    assert_eq!(to(&mut dp, Packet::tcp(ip("1.2.3.4"), 1, me, 22)), TC_ACT_OK);
-    assert_eq!(to(&mut dp, Packet::tcp(ip("1.2.3.4"), 2, me, 23)), TC_ACT_SHOT);
-    assert_eq!(to(&mut dp, Packet::tcp(ip("fd66::1"), 2, me6, 23)), TC_ACT_SHOT);
+    assert_eq!(
+        to(&mut dp, Packet::udp(ip("10.65.0.20"), 1, me, 9999)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        to(&mut dp, Packet::icmp(ip("10.65.0.20"), me, 13, 0)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        to(&mut dp, Packet::tcp(ip("fd65::20"), 1, me6, 9999)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        to(&mut dp, Packet::tcp(ip("1.2.3.4"), 1, me, 22)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        to(&mut dp, Packet::tcp(ip("1.2.3.4"), 2, me, 23)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        to(&mut dp, Packet::tcp(ip("fd66::1"), 2, me6, 23)),
+        TC_ACT_SHOT
+    );
 }
 
 #[test]
@@ -199,7 +370,8 @@ fn interface_without_endpoint_is_not_policed() {
     assert_eq!(run(&mut dp, Hook::FromEndpoint, &p), TC_ACT_OK);
     assert_eq!(count(&dp, stat::NOT_ENDPOINT), 1);
     // Registered, then removed again.
-    dp.set_endpoint(LOOPBACK, EndpointInfo { id: EP, flags: 0 }).unwrap();
+    dp.set_endpoint(LOOPBACK, EndpointInfo { id: EP, flags: 0 })
+        .unwrap();
     assert_eq!(run(&mut dp, Hook::FromEndpoint, &p), TC_ACT_SHOT);
     dp.remove_endpoint(LOOPBACK).unwrap();
     assert_eq!(run(&mut dp, Hook::FromEndpoint, &p), TC_ACT_OK);
@@ -241,11 +413,18 @@ fn non_ip_passes_and_malformed_is_dropped() {
     // (BPF_PROG_TEST_RUN itself refuses frames shorter than an Ethernet header and
     // IPv4 frames shorter than a 20-byte IPv4 header, so those are not run here.)
     for (i, (frame, what)) in bad.iter().enumerate() {
-        assert_eq!(run_frame(&mut dp, Hook::FromEndpoint, frame), TC_ACT_SHOT, "{what}");
+        assert_eq!(
+            run_frame(&mut dp, Hook::FromEndpoint, frame),
+            TC_ACT_SHOT,
+            "{what}"
+        );
         assert_eq!(count(&dp, stat::MALFORMED), i as u64 + 1, "{what}");
     }
     assert_eq!(run_frame(&mut dp, Hook::FromEndpoint, &good), TC_ACT_OK);
-    assert!(dp.drain_events().is_empty(), "malformed drops are counted, not reported");
+    assert!(
+        dp.drain_events().is_empty(),
+        "malformed drops are counted, not reported"
+    );
 }
 
 #[test]
@@ -253,15 +432,26 @@ fn ipv6_extension_headers_are_skipped() {
     let mut dp = load(0);
     dp.install(&base_tables()).unwrap();
     let me6 = ip("fd65::10");
-    for (i, ext) in [vec![0], vec![60], vec![43], vec![0, 43, 60], vec![44], vec![0, 60, 44]]
-        .into_iter()
-        .enumerate()
+    for (i, ext) in [
+        vec![0],
+        vec![60],
+        vec![43],
+        vec![0, 43, 60],
+        vec![44],
+        vec![0, 60, 44],
+    ]
+    .into_iter()
+    .enumerate()
     {
         let port = 5000 + i as u16;
         let ok = Packet::udp(me6, port, ip("fd67::1"), 53).with_ipv6_ext(&ext);
         assert_eq!(run(&mut dp, Hook::FromEndpoint, &ok), TC_ACT_OK, "{ext:?}");
         let no = Packet::udp(me6, port, ip("fd67::1"), 54).with_ipv6_ext(&ext);
-        assert_eq!(run(&mut dp, Hook::FromEndpoint, &no), TC_ACT_SHOT, "{ext:?}");
+        assert_eq!(
+            run(&mut dp, Hook::FromEndpoint, &no),
+            TC_ACT_SHOT,
+            "{ext:?}"
+        );
     }
     assert_eq!(count(&dp, stat::MALFORMED), 0);
 }
@@ -289,11 +479,19 @@ fn non_first_fragments_are_judged_with_port_zero() {
     let frag6 = Packet::udp(ip("fd65::10"), 1, ip("fd66::5"), 9999)
         .with_ipv6_ext(&[0, 44])
         .fragment(100);
-    assert_eq!(run(&mut dp, Hook::FromEndpoint, &frag6), TC_ACT_OK, "v6 class 2");
+    assert_eq!(
+        run(&mut dp, Hook::FromEndpoint, &frag6),
+        TC_ACT_OK,
+        "v6 class 2"
+    );
     let frag6 = Packet::udp(ip("fd65::10"), 1, ip("fd67::5"), 53)
         .with_ipv6_ext(&[44])
         .fragment(100);
-    assert_eq!(run(&mut dp, Hook::FromEndpoint, &frag6), TC_ACT_SHOT, "v6 world");
+    assert_eq!(
+        run(&mut dp, Hook::FromEndpoint, &frag6),
+        TC_ACT_SHOT,
+        "v6 world"
+    );
     assert_eq!(count(&dp, stat::FRAGMENTS), 4);
     assert_eq!(count(&dp, stat::MALFORMED), 0);
 }
@@ -326,18 +524,31 @@ fn conntrack_hits_replies_and_epoch_flip() {
     let after = dp.install(&t).unwrap();
     assert_eq!(after.generation, before.generation ^ 1);
     assert_eq!(after.epoch, before.epoch + 1);
-    assert_eq!(run(&mut dp, Hook::FromEndpoint, &ack), TC_ACT_SHOT, "established flow cut");
+    assert_eq!(
+        run(&mut dp, Hook::FromEndpoint, &ack),
+        TC_ACT_SHOT,
+        "established flow cut"
+    );
     assert_eq!(count(&dp, stat::CT_STALE), 1);
     // Its replies are cut too (re-judged in the flow's orientation), and stay cut.
-    assert_eq!(run(&mut dp, Hook::ToEndpoint, &synack.clone().flags(ACK)), TC_ACT_SHOT);
+    assert_eq!(
+        run(&mut dp, Hook::ToEndpoint, &synack.clone().flags(ACK)),
+        TC_ACT_SHOT
+    );
     assert_eq!(run(&mut dp, Hook::FromEndpoint, &ack), TC_ACT_SHOT);
 
     // Allowed again, after another flip back: the flow resumes.
     dp.install(&base_tables()).unwrap();
-    assert_eq!(run(&mut dp, Hook::ToEndpoint, &synack.clone().flags(ACK)), TC_ACT_OK);
+    assert_eq!(
+        run(&mut dp, Hook::ToEndpoint, &synack.clone().flags(ACK)),
+        TC_ACT_OK
+    );
     assert_eq!(run(&mut dp, Hook::FromEndpoint, &ack), TC_ACT_OK);
     // RST closes it; the entry lives on with a short timeout (still a hit now).
-    assert_eq!(run(&mut dp, Hook::FromEndpoint, &syn.clone().flags(RST)), TC_ACT_OK);
+    assert_eq!(
+        run(&mut dp, Hook::FromEndpoint, &syn.clone().flags(RST)),
+        TC_ACT_OK
+    );
 
     // UDP and ICMP echo replies.
     let dns = Packet::udp(ip("10.65.0.10"), 5353, ip("8.8.8.8"), 53);
@@ -350,7 +561,11 @@ fn conntrack_hits_replies_and_epoch_flip() {
     echo_reply.icmp_id = 77;
     assert_eq!(run(&mut dp, Hook::ToEndpoint, &echo_reply), TC_ACT_OK);
     echo_reply.icmp_id = 78;
-    assert_eq!(run(&mut dp, Hook::ToEndpoint, &echo_reply), TC_ACT_SHOT, "unsolicited echo reply");
+    assert_eq!(
+        run(&mut dp, Hook::ToEndpoint, &echo_reply),
+        TC_ACT_SHOT,
+        "unsolicited echo reply"
+    );
 }
 
 #[test]
@@ -396,8 +611,22 @@ fn staged_tables() -> TableSet {
         })
         .collect();
     t.rules.extend(pending);
-    t.rules.push(entry(Egress, Table::Pending, Class(2), Some(TCP), PortMatch::Range(8000, 8049), deny(30, 0)));
-    t.rules.push(entry(Egress, Table::Pending, Class(2), Some(TCP), PortMatch::Range(9000, 9000), allow(30, 1)));
+    t.rules.push(entry(
+        Egress,
+        Table::Pending,
+        Class(2),
+        Some(TCP),
+        PortMatch::Range(8000, 8049),
+        deny(30, 0),
+    ));
+    t.rules.push(entry(
+        Egress,
+        Table::Pending,
+        Class(2),
+        Some(TCP),
+        PortMatch::Range(9000, 9000),
+        allow(30, 1),
+    ));
     t
 }
 
@@ -407,17 +636,37 @@ fn staged_event_carries_both_verdicts_once_per_flow() {
     dp.install(&staged_tables()).unwrap();
     let me = ip("10.65.0.10");
     let p = Packet::tcp(me, 40000, ip("10.65.1.5"), 8010);
-    assert_eq!(run(&mut dp, Hook::FromEndpoint, &p), TC_ACT_OK, "pending deny changes nothing");
-    assert_eq!(run(&mut dp, Hook::FromEndpoint, &p.clone().flags(ACK)), TC_ACT_OK);
-    assert_eq!(run(&mut dp, Hook::ToEndpoint, &p.reply().flags(ACK)), TC_ACT_OK);
+    assert_eq!(
+        run(&mut dp, Hook::FromEndpoint, &p),
+        TC_ACT_OK,
+        "pending deny changes nothing"
+    );
+    assert_eq!(
+        run(&mut dp, Hook::FromEndpoint, &p.clone().flags(ACK)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&mut dp, Hook::ToEndpoint, &p.reply().flags(ACK)),
+        TC_ACT_OK
+    );
     let q = Packet::tcp(me, 40001, ip("10.65.1.5"), 9000);
-    assert_eq!(run(&mut dp, Hook::FromEndpoint, &q), TC_ACT_SHOT, "pending allow changes nothing");
+    assert_eq!(
+        run(&mut dp, Hook::FromEndpoint, &q),
+        TC_ACT_SHOT,
+        "pending allow changes nothing"
+    );
     assert_eq!(run(&mut dp, Hook::FromEndpoint, &q), TC_ACT_SHOT);
     let events = dp.drain_events();
     assert_eq!(events.len(), 2, "one event per flow: {events:?}");
     let e: &FlowRecord = &events[0];
-    assert_eq!((e.src, e.dst, e.src_port, e.dst_port, e.protocol), (me, ip("10.65.1.5"), 40000, 8010, TCP));
-    assert_eq!((e.endpoint_id, e.ifindex, e.direction), (EP, LOOPBACK, Direction::Egress));
+    assert_eq!(
+        (e.src, e.dst, e.src_port, e.dst_port, e.protocol),
+        (me, ip("10.65.1.5"), 40000, 8010, TCP)
+    );
+    assert_eq!(
+        (e.endpoint_id, e.ifindex, e.direction),
+        (EP, LOOPBACK, Direction::Egress)
+    );
     assert_eq!(e.enforced, allow(10, 0));
     assert_eq!(e.pending, Some(deny(30, 0)));
     assert!(e.timestamp_ns > 0);
@@ -441,20 +690,51 @@ impl Rng {
 }
 
 fn random_packet(rng: &mut Rng) -> (Hook, Packet) {
-    let v4 = ["10.65.0.10", "10.65.0.20", "10.65.1.5", "10.65.1.200", "8.8.8.8"];
+    let v4 = [
+        "10.65.0.10",
+        "10.65.0.20",
+        "10.65.1.5",
+        "10.65.1.200",
+        "8.8.8.8",
+    ];
     let v6 = ["fd65::10", "fd66::5", "fd67::1"];
-    let pool = if rng.next() % 3 == 0 { &v6[..] } else { &v4[..] };
+    let pool = if rng.next().is_multiple_of(3) {
+        &v6[..]
+    } else {
+        &v4[..]
+    };
     let (src, dst) = (ip(rng.pick(pool)), ip(rng.pick(pool)));
-    let ports = [22, 53, 443, 7999, 8000, 8049, 8050, 8099, 8100, 9000, (rng.next() % 65536) as u16];
+    let ports = [
+        22,
+        53,
+        443,
+        7999,
+        8000,
+        8049,
+        8050,
+        8099,
+        8100,
+        9000,
+        (rng.next() % 65536) as u16,
+    ];
     let sport = 1024 + (rng.next() % 60000) as u16;
     let mut p = match rng.next() % 4 {
         0 => Packet::udp(src, sport, dst, rng.pick(&ports)),
-        1 => Packet::icmp(src, dst, rng.pick(&[0, 3, 8, 128, 129]), rng.pick(&[0, 1, 4])),
+        1 => Packet::icmp(
+            src,
+            dst,
+            rng.pick(&[0, 3, 8, 128, 129]),
+            rng.pick(&[0, 1, 4]),
+        ),
         _ => Packet::tcp(src, sport, dst, rng.pick(&ports)).flags(rng.pick(&[SYN, ACK, SYN | ACK])),
     };
     p.icmp_id = (rng.next() % 4) as u16;
-    let hook = if rng.next() % 2 == 0 { Hook::FromEndpoint } else { Hook::ToEndpoint };
-    if rng.next() % 4 == 0 {
+    let hook = if rng.next().is_multiple_of(2) {
+        Hook::FromEndpoint
+    } else {
+        Hook::ToEndpoint
+    };
+    if rng.next().is_multiple_of(4) {
         // Replay the reverse of some flow too.
         return (hook, p.reply());
     }
@@ -488,7 +768,10 @@ fn staged_pass_never_changes_a_verdict() {
             plain.drain_events();
         }
     }
-    assert!(allowed > 300 && allowed < 2700, "a mix of verdicts: {allowed} allowed");
+    assert!(
+        allowed > 300 && allowed < 2700,
+        "a mix of verdicts: {allowed} allowed"
+    );
     assert!(staged.counters().unwrap().get(stat::STAGED_LOOKUPS) > 0);
     assert_eq!(plain.counters().unwrap().get(stat::STAGED_LOOKUPS), 0);
     // Pending verdicts show up in the events of the staged run.
@@ -520,7 +803,11 @@ fn measure_ns_per_packet() {
     dp.set_active_flags(active_flags::NO_CT_INSERT).unwrap();
     let fresh = Packet::tcp(ip("10.65.0.10"), 40001, ip("10.65.1.5"), 8000);
     let new_flow = bench(&mut dp, Hook::FromEndpoint, &fresh);
-    let wildcard = bench(&mut dp, Hook::FromEndpoint, &Packet::udp(ip("10.65.0.10"), 1, ip("8.8.8.8"), 53));
+    let wildcard = bench(
+        &mut dp,
+        Hook::FromEndpoint,
+        &Packet::udp(ip("10.65.0.10"), 1, ip("8.8.8.8"), 53),
+    );
 
     let mut st = load(endpoint_flags::HAS_STAGED);
     st.install(&staged_tables()).unwrap();
@@ -535,7 +822,10 @@ fn measure_ns_per_packet() {
     eprintln!("  established flow (conntrack hit)          {established:>5}");
     eprintln!("  new flow (ct miss, class LPM, rule LPM)   {new_flow:>5}");
     eprintln!("  new flow, wildcard-class probe            {wildcard:>5}");
-    eprintln!("  new flow + staged lookup + event attempt  {staged_new:>5}  (events {}, ringbuf full {})",
-        c.get(stat::EVENTS), c.get(stat::RINGBUF_FULL));
+    eprintln!(
+        "  new flow + staged lookup + event attempt  {staged_new:>5}  (events {}, ringbuf full {})",
+        c.get(stat::EVENTS),
+        c.get(stat::RINGBUF_FULL)
+    );
     eprintln!("  established flow, staged endpoint         {staged_established:>5}");
 }

@@ -151,7 +151,10 @@ impl Dataplane {
 
     pub fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {
         let name = hook.program_name();
-        let program = self.ebpf.program_mut(name).ok_or(missing("program", name))?;
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(missing("program", name))?;
         program
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })
@@ -204,9 +207,11 @@ impl Dataplane {
     }
 
     fn set_active(&mut self, value: ActiveTables) -> Result<(), DataplaneError> {
-        let map = self.ebpf.map_mut("ACTIVE").ok_or(missing("map", "ACTIVE"))?;
-        let mut array: Array<_, ActiveTables> =
-            Array::try_from(map).map_err(map_err("ACTIVE"))?;
+        let map = self
+            .ebpf
+            .map_mut("ACTIVE")
+            .ok_or(missing("map", "ACTIVE"))?;
+        let mut array: Array<_, ActiveTables> = Array::try_from(map).map_err(map_err("ACTIVE"))?;
         array.set(0, &value, 0).map_err(map_err("ACTIVE"))
     }
 

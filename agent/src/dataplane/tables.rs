@@ -91,7 +91,11 @@ pub fn port_range_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (u32::from(first), u32::from(last));
     while lo <= hi {
         // The largest aligned block starting at lo that stays within hi.
-        let mut size = if lo == 0 { 1 << 16 } else { 1u32 << lo.trailing_zeros() };
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1u32 << lo.trailing_zeros()
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
