@@ -238,7 +238,7 @@ pub struct CtValue {
     /// what a stale entry is re-judged with, whichever direction its next packet goes.
     pub judged_port: u16,
     pub _pad2: [u8; 6],
-    /// `bpf_ktime_get_ns` of the last packet.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet.
     pub last_seen_ns: u64,
 }
 

@@ -14,7 +14,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::classifier,
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -168,8 +168,10 @@ fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook_dir: u8) -> 
         Some(a) => *a,
         None => ActiveTables::default(),
     };
+    // Conntrack ages in the coarse clock (tick resolution, far cheaper than
+    // bpf_ktime_get_ns in a VM); events carry the precise time.
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let pkt_is_lo = lower_or_equal(&pkt.src, pkt.ct_sport, &pkt.dst, pkt.ct_dport);
     let key = if pkt_is_lo {
         CtKey {
@@ -409,7 +411,8 @@ fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
         endpoint_id: id,
         enforced,
         pending: Verdict::default(),
-        timestamp_ns: flow.now,
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
     };
     if flow.pkt.fragment {
         event.flags |= event_flags::FRAGMENT;
@@ -442,10 +445,16 @@ fn take_token(now: u64) -> bool {
     };
     // SAFETY: per-CPU slot, no concurrent writer on this CPU.
     let b = unsafe { &mut *b };
-    let refill = now.saturating_sub(b.last_ns) / (1_000_000_000 / DENY_EVENTS_PER_SEC);
+    const INTERVAL: u64 = 1_000_000_000 / DENY_EVENTS_PER_SEC;
+    let refill = now.saturating_sub(b.last_ns) / INTERVAL;
     if refill > 0 {
-        b.tokens = core::cmp::min(b.tokens + refill, DENY_EVENTS_BURST);
-        b.last_ns = now;
+        if refill >= DENY_EVENTS_BURST {
+            b.tokens = DENY_EVENTS_BURST;
+            b.last_ns = now;
+        } else {
+            b.tokens = core::cmp::min(b.tokens + refill, DENY_EVENTS_BURST);
+            b.last_ns += refill * INTERVAL;
+        }
     }
     if b.tokens == 0 {
         return false;

@@ -751,6 +751,8 @@ fn staged_pass_never_changes_a_verdict() {
     staged.install(&staged_tables()).unwrap();
     let mut flagged_only = load(endpoint_flags::HAS_STAGED);
     flagged_only.install(&base_tables()).unwrap();
+    let mut entries_only = load(0);
+    entries_only.install(&staged_tables()).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut allowed = 0;
     for i in 0..3000 {
@@ -759,13 +761,16 @@ fn staged_pass_never_changes_a_verdict() {
         let a = run_frame(&mut plain, hook, &frame);
         let b = run_frame(&mut staged, hook, &frame);
         let c = run_frame(&mut flagged_only, hook, &frame);
+        let d = run_frame(&mut entries_only, hook, &frame);
         assert_eq!(a, b, "packet {i} {hook:?} {p:?}");
         assert_eq!(a, c, "packet {i} {hook:?} {p:?}");
+        assert_eq!(a, d, "packet {i} {hook:?} {p:?}");
         allowed += usize::from(a == TC_ACT_OK);
         if i % 500 == 0 {
             staged.drain_events();
             flagged_only.drain_events();
             plain.drain_events();
+            entries_only.drain_events();
         }
     }
     assert!(
@@ -774,8 +779,18 @@ fn staged_pass_never_changes_a_verdict() {
     );
     assert!(staged.counters().unwrap().get(stat::STAGED_LOOKUPS) > 0);
     assert_eq!(plain.counters().unwrap().get(stat::STAGED_LOOKUPS), 0);
-    // Pending verdicts show up in the events of the staged run.
-    let _ = staged.drain_events();
+    assert_eq!(
+        entries_only.counters().unwrap().get(stat::STAGED_LOOKUPS),
+        0
+    );
+    // Pending verdicts show up in the events of the staged run, and differ from
+    // the enforced ones somewhere.
+    let events = staged.drain_events();
+    assert!(events.iter().all(|e| e.pending.is_some()));
+    assert!(
+        events.iter().any(|e| Some(e.enforced) != e.pending),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -828,4 +843,151 @@ fn measure_ns_per_packet() {
         c.get(stat::RINGBUF_FULL)
     );
     eprintln!("  established flow, staged endpoint         {staged_established:>5}");
+}
+
+/// A veth pair (the kernel here has no dummy driver), for runs with ifindexes
+/// other than loopback's; deleted on drop.
+struct VethPair {
+    name: String,
+    ifindex: [u32; 2],
+}
+
+impl VethPair {
+    fn new() -> VethPair {
+        let name = format!("dpt{}", std::process::id() % 100_000);
+        let peer = format!("{name}p");
+        let ip_cmd = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (needs root and iproute2)")
+        };
+        let _ = ip_cmd(&["link", "del", &name]);
+        let out = ip_cmd(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let index = |n: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{n}/ifindex"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        VethPair {
+            ifindex: [index(&name), index(&peer)],
+            name,
+        }
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+/// Runs with `__sk_buff.ifindex` set (the only non-zero field), so the program
+/// sees the packet on that interface.
+fn run_on(dp: &mut Dataplane, hook: Hook, ifindex: u32, p: &Packet) -> u32 {
+    let mut ctx = [0u8; 44]; // __sk_buff up to and including ifindex (offset 40)
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let frame = p.frame();
+    dp.program(hook)
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN with an __sk_buff")
+        .return_value
+}
+
+#[test]
+fn pod_to_pod_needs_both_sides() {
+    use Direction::*;
+    let veth = VethPair::new();
+    let [a, b] = veth.ifindex;
+    let mut dp = Dataplane::load().unwrap();
+    dp.set_endpoint(a, EndpointInfo { id: 1, flags: 0 })
+        .unwrap();
+    dp.set_endpoint(b, EndpointInfo { id: 2, flags: 0 })
+        .unwrap();
+    let rule = |id, dir, protocol, ports, verdict| RuleEntry {
+        endpoint_id: id,
+        direction: dir,
+        table: Table::Enforced,
+        peer: PeerMatch::Class(1),
+        protocol: Some(protocol),
+        ports,
+        verdict,
+    };
+    dp.install(&TableSet {
+        peers: vec![("10.65.0.0/24".parse().unwrap(), 1)],
+        rules: vec![
+            // A may send any TCP to class 1; B accepts only port 80 from class 1.
+            rule(1, Egress, TCP, PortMatch::Any, allow(1, 0)),
+            rule(2, Ingress, TCP, PortMatch::Range(80, 80), allow(2, 0)),
+        ],
+    })
+    .unwrap();
+    let (pa, pb) = (ip("10.65.0.10"), ip("10.65.0.20"));
+
+    let syn = Packet::tcp(pa, 40000, pb, 80);
+    assert_eq!(run_on(&mut dp, Hook::FromEndpoint, a, &syn), TC_ACT_OK);
+    assert_eq!(run_on(&mut dp, Hook::ToEndpoint, b, &syn), TC_ACT_OK);
+    let synack = syn.reply().flags(SYN | ACK);
+    assert_eq!(
+        run_on(&mut dp, Hook::FromEndpoint, b, &synack),
+        TC_ACT_OK,
+        "reply leaves B"
+    );
+    assert_eq!(
+        run_on(&mut dp, Hook::ToEndpoint, a, &synack),
+        TC_ACT_OK,
+        "reply reaches A"
+    );
+    assert_eq!(
+        count(&dp, stat::NEW_FLOWS),
+        1,
+        "one entry serves both endpoints"
+    );
+
+    // A's egress allows 81, B's ingress does not: dropped at B, and stays dropped.
+    let syn81 = Packet::tcp(pa, 40001, pb, 81);
+    assert_eq!(run_on(&mut dp, Hook::FromEndpoint, a, &syn81), TC_ACT_OK);
+    assert_eq!(run_on(&mut dp, Hook::ToEndpoint, b, &syn81), TC_ACT_SHOT);
+    assert_eq!(run_on(&mut dp, Hook::FromEndpoint, a, &syn81), TC_ACT_OK);
+    assert_eq!(run_on(&mut dp, Hook::ToEndpoint, b, &syn81), TC_ACT_SHOT);
+    let events = dp.drain_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].ifindex, events[0].endpoint_id), (b, 2));
+    assert_eq!(events[0].direction, Ingress);
+    // B has no egress entries: its own new connections fail closed.
+    let from_b = Packet::tcp(pb, 40002, pa, 80);
+    assert_eq!(run_on(&mut dp, Hook::FromEndpoint, b, &from_b), TC_ACT_SHOT);
+}
+
+#[test]
+fn deny_events_are_rate_limited() {
+    let mut dp = load(0);
+    dp.install(&base_tables()).unwrap();
+    const FLOWS: u16 = 2500;
+    for i in 0..FLOWS {
+        let p = Packet::tcp(ip("10.65.0.10"), 10000 + i, ip("10.65.1.5"), 9000);
+        assert_eq!(run(&mut dp, Hook::FromEndpoint, &p), TC_ACT_SHOT);
+    }
+    let c = dp.counters().unwrap();
+    let events = dp.drain_events().len() as u64;
+    assert_eq!(events, c.get(stat::EVENTS));
+    assert!(c.get(stat::EVENTS_RATE_LIMITED) > 0, "{c:?}");
+    assert_eq!(
+        c.get(stat::EVENTS) + c.get(stat::EVENTS_RATE_LIMITED) + c.get(stat::RINGBUF_FULL),
+        u64::from(FLOWS)
+    );
 }
