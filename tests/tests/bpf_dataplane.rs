@@ -854,7 +854,9 @@ struct VethPair {
 
 impl VethPair {
     fn new() -> VethPair {
-        let name = format!("dpt{}", std::process::id() % 100_000);
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("dpt{}x{n}", std::process::id() % 100_000);
         let peer = format!("{name}p");
         let ip_cmd = |args: &[&str]| {
             std::process::Command::new("ip")
@@ -990,4 +992,37 @@ fn deny_events_are_rate_limited() {
         c.get(stat::EVENTS) + c.get(stat::EVENTS_RATE_LIMITED) + c.get(stat::RINGBUF_FULL),
         u64::from(FLOWS)
     );
+}
+
+#[test]
+fn expired_entries_are_misses() {
+    let mut dp = load(0);
+    dp.install(&base_tables()).unwrap();
+    let dns = Packet::udp(ip("10.65.0.10"), 5353, ip("8.8.8.8"), 53);
+    assert_eq!(run(&mut dp, Hook::FromEndpoint, &dns), TC_ACT_OK);
+    assert_eq!(run(&mut dp, Hook::ToEndpoint, &dns.reply()), TC_ACT_OK);
+    // Age the entry past the UDP timeout (last seen at boot).
+    {
+        let mut ct = dp.conntrack().unwrap();
+        let entries: Vec<_> = ct.iter().map(|r| r.unwrap()).collect();
+        assert_eq!(entries.len(), 1);
+        let (key, mut value) = entries[0];
+        value.last_seen_ns = 0;
+        ct.insert(&key, &value, 0).unwrap();
+    }
+    // The "reply" is now a new flow from 8.8.8.8 to the pod: no ingress entry.
+    assert_eq!(run(&mut dp, Hook::ToEndpoint, &dns.reply()), TC_ACT_SHOT);
+    assert_eq!(count(&dp, stat::NEW_FLOWS), 2);
+}
+
+#[test]
+fn attaches_to_an_interface_with_tcx() {
+    let veth = VethPair::new();
+    let mut dp = Dataplane::load().unwrap();
+    dp.attach(&veth.name).expect("TCX attach of both programs");
+    assert!(matches!(
+        dp.attach("no-such-if0"),
+        Err(agent::dataplane::DataplaneError::Program { .. })
+            | Err(agent::dataplane::DataplaneError::NoInterface(_))
+    ));
 }

@@ -5,7 +5,8 @@ use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr};
 
 use agent_common::{
-    active_flags, event_flags, stat, ActiveTables, EndpointInfo, FlowEvent, RuleKey, Verdict,
+    active_flags, event_flags, stat, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent,
+    RuleKey, Verdict,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -281,6 +282,15 @@ impl Dataplane {
         };
         self.set_active(live)?;
         Ok(live)
+    }
+
+    /// The conntrack table (LRU hash), for inspection, flushing and tests.
+    pub fn conntrack(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtValue>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut("CONNTRACK")
+            .ok_or(missing("map", "CONNTRACK"))?;
+        HashMap::try_from(map).map_err(map_err("CONNTRACK"))
     }
 
     /// Counters summed over CPUs.
