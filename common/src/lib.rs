@@ -61,6 +61,21 @@ pub mod counter {
 // LPM keys are aya's `Key<T>` = `#[repr(C, packed)] { prefix_len: u32, data: T }`.
 // Addresses are 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so an
 // IPv4 /24 has prefix_len 96 + 24.
+//
+// Notes for whoever fills the tables (the compiler, through
+// agent::dataplane::TableSet):
+// - One peer-class partition serves both tables (enforced and pending): classes
+//   must distinguish every net/selector of enforced AND staged policies.
+// - Lookup order: RULES[class] (longest prefix), then RULES[PEER_CLASS_ANY]
+//   (longest prefix), else deny with Verdict::NO_ENTRY. A class-specific entry
+//   always beats an ANY entry, even a longer one: ANY is a fallback, not an
+//   override (e.g. host-endpoint failsafes must be present in every class that
+//   has entries for that protocol, or be the only entries for it).
+// - Within one class, overlapping entries resolve by longest prefix: any protocol
+//   (80) < protocol (96) < port prefixes (96 + bits); a range is several prefixes.
+// - The kernel reads `ACTIVE` once per packet; userspace rewrites the inactive
+//   copy only at the next update, so an update must not follow the previous one
+//   within a packet's lifetime (microseconds).
 // ---------------------------------------------------------------------------
 
 /// Capacities of the dataplane maps (per copy for `PEERS_*` / `RULES_*`).

@@ -1,12 +1,43 @@
 //! The policy programs: `from_endpoint` (TC ingress on the host side of an
 //! endpoint's interface = the endpoint's egress policy) and `to_endpoint`
-//! (TC egress = its ingress policy).
+//! (TC egress = its ingress policy). Same code, a direction constant.
 //!
 //! Per packet: endpoint lookup, parse, conntrack, then for new (or stale-epoch)
 //! flows one peer-class LPM lookup and one or two decision-table LPM lookups
 //! (own class, then the wildcard class), the same again in the pending table
 //! when the endpoint has staged policy, an event, and a conntrack write.
 //! No loops over rules: a fixed number of map lookups per packet.
+//!
+//! Decisions (documented here; the map layout is in `agent_common`):
+//! - Interfaces not in `ENDPOINTS` pass untouched. Non-IP frames (ARP, ...) pass.
+//!   ICMPv6 133-137 (router/neighbour discovery, redirect) always pass.
+//! - Malformed IP (truncated headers, IHL < 5 or past the end, wrong version,
+//!   more than 8 IPv6 extension headers) is dropped and counted.
+//! - Non-first fragments (IPv4 offset != 0, IPv6 fragment header offset != 0)
+//!   carry no L4 header: they are judged with port 0 (only rules without a port
+//!   constraint allow them), not tracked, and get no staged event. First
+//!   fragments are parsed and tracked like whole packets.
+//! - Conntrack: one LRU entry per normalised 5-tuple serves both directions and
+//!   both endpoints of a same-host flow. Each flow has two sides: the sender side
+//!   (the initiator's `from_endpoint`, its egress policy; also where replies reach
+//!   it) and the receiver side (the responder's `to_endpoint`, its ingress policy;
+//!   also where its replies leave). Each side records allowed/denied/reported, so
+//!   a denied flow is dropped by one lookup too and reported once per side.
+//! - An entry from an older epoch is re-judged at its next packet, in the flow's
+//!   original orientation (initiator, responder, `judged_port`) whichever way that
+//!   packet goes: a policy change cuts flows it now denies, and replies with them.
+//! - TCP packets without an entry are judged as a new flow in the orientation of
+//!   that packet, SYN or not (mid-flow pickup, e.g. flows older than the
+//!   dataplane; maps are meant to be pinned, so agent restarts keep entries).
+//!   SYN -> SYN_SENT (30 s), a reply -> ESTABLISHED (1 h), FIN 30 s, RST 10 s;
+//!   UDP 60 s, ICMP echo 30 s, others 600 s. An idle entry is a miss and is
+//!   overwritten; LRU eviction collects the rest.
+//! - ICMP echo request/reply are tracked by identifier; other ICMP (errors) is
+//!   judged per packet by type/code, not related to the flow it reports on.
+//! - Events: one per newly judged flow side on endpoints with `HAS_STAGED`
+//!   (enforced + pending verdicts), and for denied new flows (per-CPU token
+//!   bucket). Ring buffer full: counted, never blocks.
+
 use agent_common::{
     action, active_flags, ct_flags, ct_timeout, direction, endpoint_flags, event_flags, stat,
     table, tcp_state, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent, RuleKey, Verdict,
