@@ -824,6 +824,9 @@ fn measure_ns_per_packet() {
         &Packet::udp(ip("10.65.0.10"), 1, ip("8.8.8.8"), 53),
     );
 
+    let mut none = Dataplane::load().unwrap();
+    let not_endpoint = bench(&mut none, Hook::FromEndpoint, &allowed);
+
     let mut st = load(endpoint_flags::HAS_STAGED);
     st.install(&staged_tables()).unwrap();
     st.set_active_flags(active_flags::NO_CT_INSERT).unwrap();
@@ -834,6 +837,7 @@ fn measure_ns_per_packet() {
     let staged_established = bench(&mut st2, Hook::FromEndpoint, &allowed);
 
     eprintln!("ns/packet over {REPEAT} runs (BPF_PROG_TEST_RUN, includes ~35 ns of test harness):");
+    eprintln!("  interface not an endpoint (1 hash lookup) {not_endpoint:>5}");
     eprintln!("  established flow (conntrack hit)          {established:>5}");
     eprintln!("  new flow (ct miss, class LPM, rule LPM)   {new_flow:>5}");
     eprintln!("  new flow, wildcard-class probe            {wildcard:>5}");
