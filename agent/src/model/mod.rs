@@ -1,10 +1,20 @@
 //! Policy resources: typed YAML (projectcalico.org/v3, networking.k8s.io/v1, v1),
 //! validation with Calico's rules, and conversion to the normalised [`ir::Model`].
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod convert;
+pub mod fields;
 pub mod ir;
+pub mod lint;
+pub mod load;
+pub mod promote;
+pub mod resources;
+pub mod validate;
 pub mod yaml;
+
+pub use lint::lint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +61,16 @@ impl fmt::Display for Diagnostic {
 pub struct Loaded {
     pub model: ir::Model,
     pub diagnostics: Vec<Diagnostic>,
+    /// Where each loaded policy is defined (for diagnostics about policies, e.g. [`lint`]).
+    pub policy_sources: HashMap<ir::PolicyId, SourceLocation>,
+}
+
+/// A document's place in the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLocation {
+    pub file: PathBuf,
+    /// 1-based line of the document's first field.
+    pub line: usize,
 }
 
 impl Loaded {
@@ -59,10 +79,12 @@ impl Loaded {
     }
 }
 
-/// Loads YAML files and directories (recursively, `*.yaml` / `*.yml`).
-///
-/// PLACEHOLDER: returns an empty model until the resource loader lands.
+/// Loads YAML files and directories (recursively, `*.yaml` / `*.yml`, sorted),
+/// validates every document with Calico's rules and builds the model from the
+/// ones that pass. Never fails as a whole: problems are in `diagnostics`.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
-    let _ = paths;
-    Loaded::default()
+    load::load_paths(paths)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Promotion of staged policies by editing the YAML text in place.
