@@ -86,3 +86,292 @@ fn examples_directory_loads_recursively() {
         ]
     );
 }
+
+const GNP_HEAD: &str = "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: p
+spec:
+";
+
+/// A GlobalNetworkPolicy whose spec is `spec` (indented by the caller); spec lines start at line 6.
+fn gnp(spec: &str) -> String {
+    format!("{GNP_HEAD}{spec}")
+}
+
+#[test]
+fn unknown_field_is_an_error_with_its_line() {
+    let (line, field, msg) = only_error(&gnp("  selector: all()\n  ingress:\n    - action: Allow\n      sauce: {}\n"));
+    assert_eq!(line, 9);
+    assert_eq!(field, "spec.ingress[0].sauce");
+    assert!(msg.contains("unknown field `sauce`"), "{msg}");
+    assert!(msg.contains("expected one of"), "{msg}");
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let (line, field, msg) = only_error(&gnp("  order: high\n"));
+    assert_eq!((line, field.as_str()), (6, "spec.order"));
+    assert!(msg.contains("invalid type"), "{msg}");
+}
+
+#[test]
+fn bad_selector_reports_position_and_reason() {
+    let (line, field, msg) = only_error(&gnp(
+        "  ingress:\n    - action: Allow\n      source:\n        selector: app == \n",
+    ));
+    assert_eq!((line, field.as_str()), (9, "spec.ingress[0].source.selector"));
+    assert!(msg.contains("does not parse at position"), "{msg}");
+}
+
+#[test]
+fn diagnostic_display_format() {
+    let l = load(&gnp("  selector: \"(\"\n"));
+    let d = errors(&l)[0].to_string();
+    assert!(
+        d.starts_with("t.yaml:6: error: GlobalNetworkPolicy/p spec.selector: selector `(` does not parse"),
+        "{d}"
+    );
+}
+
+#[test]
+fn icmp_rules() {
+    let rule = |body: &str| gnp(&format!("  ingress:\n    - action: Allow\n{body}"));
+    let (line, field, msg) = only_error(&rule("      icmp: {type: 8}\n"));
+    assert_eq!((line, field.as_str()), (8, "spec.ingress[0].icmp"));
+    assert!(msg.contains("requires protocol ICMP or ICMPv6"));
+    let (line, field, msg) = only_error(&rule("      protocol: ICMP\n      icmp: {code: 1}\n"));
+    assert_eq!((line, field.as_str()), (9, "spec.ingress[0].icmp.code"));
+    assert!(msg.contains("without an ICMP type"));
+    let (_, field, _) = only_error(&rule("      protocol: ICMP\n      notICMP: {type: 255}\n"));
+    assert_eq!(field, "spec.ingress[0].notICMP.type");
+    let (_, field, _) = only_error(&rule("      protocol: ICMP\n      icmp: {type: 3, code: 256}\n"));
+    assert_eq!(field, "spec.ingress[0].icmp.code");
+    let (_, field, _) = only_error(&rule("      protocol: ICMP\n      ipVersion: 6\n      icmp: {type: 3}\n"));
+    assert_eq!(field, "spec.ingress[0].icmp");
+    let ok = load(&rule("      protocol: ICMPv6\n      icmp: {type: 128, code: 0}\n"));
+    assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
+    let icmp = ok.model.policies[0].ingress[0].icmp.unwrap();
+    assert_eq!((icmp.icmp_type, icmp.code), (128, Some(0)));
+}
+
+#[test]
+fn port_rules() {
+    let rule = |body: &str| gnp(&format!("  egress:\n    - action: Allow\n{body}"));
+    let (line, field, msg) = only_error(&rule("      destination:\n        ports: [80]\n"));
+    assert_eq!((line, field.as_str()), (9, "spec.egress[0].destination.ports"));
+    assert!(msg.contains("TCP, UDP or SCTP"), "{msg}");
+    let (_, field, _) = only_error(&rule("      protocol: ICMP\n      source:\n        notPorts: [http]\n"));
+    assert_eq!(field, "spec.egress[0].source.notPorts");
+    let (line, field, msg) = only_error(&rule("      protocol: TCP\n      destination:\n        ports:\n          - 80\n          - \"90:80\"\n"));
+    assert_eq!((line, field.as_str()), (12, "spec.egress[0].destination.ports[1]"));
+    assert!(msg.contains("minimum above its maximum"));
+    let (_, field, _) = only_error(&rule("      protocol: UDP\n      destination:\n        ports: [0]\n"));
+    assert_eq!(field, "spec.egress[0].destination.ports[0]");
+    let many: Vec<String> = (1..=51).map(|p| p.to_string()).collect();
+    let (_, field, msg) = only_error(&rule(&format!(
+        "      protocol: TCP\n      destination:\n        ports: [{}]\n",
+        many.join(", ")
+    )));
+    assert_eq!(field, "spec.egress[0].destination.ports");
+    assert!(msg.contains("at most 50"));
+    let ok = load(&rule("      protocol: SCTP\n      destination:\n        ports: [80, \"1000:2000\", http]\n"));
+    assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
+    assert_eq!(
+        ok.model.policies[0].egress[0].destination.ports,
+        vec![
+            PortMatch::Range(PortRange { first: 80, last: 80 }),
+            PortMatch::Range(PortRange { first: 1000, last: 2000 }),
+            PortMatch::Named("http".into())
+        ]
+    );
+}
+
+#[test]
+fn protocol_and_action_values() {
+    let rule = |body: &str| gnp(&format!("  ingress:\n{body}"));
+    let (_, field, msg) = only_error(&rule("    - action: allow\n"));
+    assert_eq!(field, "spec.ingress[0].action");
+    assert!(msg.contains("accepted: Allow, Deny, Pass, Log"));
+    let (_, field, _) = only_error(&rule("    - protocol: TCP\n"));
+    assert_eq!(field, "spec.ingress[0].action");
+    let (_, field, msg) = only_error(&rule("    - action: Deny\n      protocol: tcp\n"));
+    assert_eq!(field, "spec.ingress[0].protocol");
+    assert!(msg.contains("case-sensitive"));
+    let (_, field, _) = only_error(&rule("    - action: Deny\n      notProtocol: 256\n"));
+    assert_eq!(field, "spec.ingress[0].notProtocol");
+    let (_, field, _) = only_error(&rule("    - action: Deny\n      ipVersion: 5\n"));
+    assert_eq!(field, "spec.ingress[0].ipVersion");
+    let ok = load(&rule("    - action: Log\n    - action: Pass\n      protocol: 132\n      notProtocol: UDPLite\n"));
+    assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
+    let p = &ok.model.policies[0];
+    assert_eq!(p.ingress[0].action, Action::Log);
+    assert_eq!(p.ingress[1].action, Action::Pass);
+    assert_eq!(p.ingress[1].protocol, Some(proto::SCTP));
+    assert_eq!(p.ingress[1].not_protocol, Some(proto::UDPLITE));
+}
+
+#[test]
+fn nets_and_ip_version() {
+    let rule = |body: &str| gnp(&format!("  ingress:\n    - action: Allow\n{body}"));
+    let (line, field, msg) = only_error(&rule("      ipVersion: 4\n      source:\n        nets: [10.0.0.0/8, \"fd00::/8\"]\n"));
+    assert_eq!((line, field.as_str()), (10, "spec.ingress[0].source.nets[1]"));
+    assert!(msg.contains("not IPv4"));
+    let (_, field, _) = only_error(&rule("      destination:\n        notNets: [10.0.0.0/40]\n"));
+    assert_eq!(field, "spec.ingress[0].destination.notNets[0]");
+    let nets: Vec<String> = (0..257).map(|i| format!("10.0.{}.{}/32", i / 256, i % 256)).collect();
+    let (_, field, msg) = only_error(&rule(&format!("      source:\n        nets: [{}]\n", nets.join(", "))));
+    assert_eq!(field, "spec.ingress[0].source.nets");
+    assert!(msg.contains("at most 256"));
+}
+
+#[test]
+fn limits_on_rules_and_selector_length() {
+    let rules = "    - action: Allow\n".repeat(1025);
+    let (line, field, _) = only_error(&gnp(&format!("  ingress:\n{rules}")));
+    assert_eq!((line, field.as_str()), (6, "spec.ingress"));
+    let long = format!("a == '{}'", "x".repeat(1020));
+    let (_, field, msg) = only_error(&gnp(&format!("  selector: \"{long}\"\n")));
+    assert_eq!(field, "spec.selector");
+    assert!(msg.contains("at most 1024"));
+}
+
+#[test]
+fn host_endpoint_policy_modes() {
+    let (_, field, msg) = only_error(&gnp("  doNotTrack: true\n  preDNAT: true\n  applyOnForward: true\n"));
+    assert_eq!(field, "spec.preDNAT");
+    assert!(msg.contains("cannot both be true"));
+    let (line, field, _) = only_error(&gnp("  doNotTrack: true\n"));
+    assert_eq!((line, field.as_str()), (5, "spec.applyOnForward"));
+    let l = load(&gnp("  preDNAT: true\n  applyOnForward: true\n  types: [Ingress, Egress]\n  egress:\n    - action: Allow\n"));
+    let fields: Vec<_> = errors(&l).iter().map(|d| d.field.clone()).collect();
+    assert_eq!(fields, ["spec.egress", "spec.types"]);
+    let ok = load(&gnp("  doNotTrack: true\n  applyOnForward: true\n  ingress:\n    - action: Deny\n"));
+    assert!(ok.diagnostics.is_empty());
+    assert!(ok.model.policies[0].do_not_track && ok.model.policies[0].apply_on_forward);
+}
+
+#[test]
+fn types_and_staged_action_values() {
+    let (_, field, _) = only_error(&gnp("  types: [ingress]\n"));
+    assert_eq!(field, "spec.types[0]");
+    let (_, field, _) = only_error(&gnp("  types: [Ingress, Ingress]\n"));
+    assert_eq!(field, "spec.types[1]");
+    let (_, field, msg) = only_error(&gnp("  stagedAction: Set\n"));
+    assert_eq!(field, "spec.stagedAction");
+    assert!(msg.contains("only valid in staged kinds"));
+    let staged = gnp("  stagedAction: Remove\n").replace("kind: Global", "kind: StagedGlobal");
+    let (_, field, msg) = only_error(&staged);
+    assert_eq!(field, "spec.stagedAction");
+    assert!(msg.contains("Set, Delete, Learn, Ignore"));
+    for (value, want) in [
+        ("Set", StagedAction::Set),
+        ("Delete", StagedAction::Delete),
+        ("Learn", StagedAction::Learn),
+        ("Ignore", StagedAction::Ignore),
+    ] {
+        let l = load(&gnp(&format!("  stagedAction: {value}\n")).replace("kind: Global", "kind: StagedGlobal"));
+        assert!(l.diagnostics.is_empty());
+        assert_eq!(l.model.policies[0].staged_action, Some(want));
+        assert_eq!(l.model.policies[0].id.to_string(), "sgnp:/p");
+    }
+}
+
+#[test]
+fn rules_for_an_unlisted_type_warn() {
+    let l = load(&gnp("  types: [Ingress]\n  egress:\n    - action: Allow\n"));
+    assert!(!l.has_errors());
+    assert_eq!(l.diagnostics[0].severity, Severity::Warning);
+    assert_eq!(l.diagnostics[0].field, "spec.egress");
+}
+
+#[test]
+fn names_and_namespaces() {
+    let (line, field, _) = only_error(&gnp("").replace("name: p", "name: Bad_Name"));
+    assert_eq!((line, field.as_str()), (4, "metadata.name"));
+    let (_, field, _) = only_error(&gnp("").replace("name: p", "name: p\n  namespace: x"));
+    assert_eq!(field, "metadata.namespace");
+    let (_, field, msg) = only_error(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: knp.default.x\n  namespace: a\n",
+    );
+    assert_eq!(field, "metadata.name");
+    assert!(msg.contains("reserved"));
+    let (_, field, _) = only_error(&gnp("").replace("name: p", "name: p\n  labels:\n    'bad key': x"));
+    assert_eq!(field, "metadata.labels.bad key");
+}
+
+#[test]
+fn unknown_kind_and_missing_kind() {
+    let (line, field, msg) = only_error("apiVersion: projectcalico.org/v3\nkind: Gadget\nmetadata: {name: x}\n");
+    assert_eq!((line, field.as_str()), (2, "kind"));
+    assert!(msg.contains("accepted:"));
+    let (line, field, _) = only_error("apiVersion: v1\nmetadata: {name: x}\n");
+    assert_eq!((line, field.as_str()), (1, "kind"));
+    let (_, _, msg) = only_error("- just\n- a list\n");
+    assert!(msg.contains("must be a mapping"));
+}
+
+#[test]
+fn one_broken_document_leaves_the_others_loaded() {
+    let text = format!(
+        "{}---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: broken\nspec:\n  selector: [unclosed\n---\n{}",
+        gnp("  order: 1\n"),
+        gnp("  order: 2\n").replace("name: p", "name: q")
+    );
+    let l = load(&text);
+    let e = errors(&l);
+    assert_eq!(e.len(), 1, "{:#?}", l.diagnostics);
+    assert!(e[0].message.contains("YAML syntax error"));
+    assert!(e[0].line >= 13, "{:?}", e[0]);
+    let names: Vec<_> = l.model.policies.iter().map(|p| p.id.name.as_str()).collect();
+    assert_eq!(names, ["p", "q"]);
+    // A semantic error also drops only its own document.
+    let text = format!("{}---\n{}", gnp("  order: x\n"), gnp("").replace("name: p", "name: q"));
+    let l = load(&text);
+    assert_eq!(errors(&l).len(), 1);
+    assert_eq!(l.model.policies.len(), 1);
+}
+
+#[test]
+fn duplicates_are_an_error_on_the_later_one() {
+    let text = format!("{}---\n{}", gnp("  order: 1\n"), gnp("  order: 2\n"));
+    let (line, field, msg) = only_error(&text);
+    assert_eq!((line, field.as_str()), (11, "metadata.name"));
+    assert!(msg.contains("already defined at t.yaml:1"), "{msg}");
+    let l = load(&text);
+    assert_eq!(l.model.policies[0].order, Some(1.0));
+    // Same name in another kind or namespace is no duplicate.
+    let np = |ns: &str| format!("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: {ns}\n");
+    let l = load(&format!("{}---\n{}---\n{}", gnp(""), np("a"), np("b")));
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+}
+
+#[test]
+fn tiers_must_exist() {
+    let (_, field, msg) = only_error(&gnp("  tier: security\n"));
+    assert_eq!(field, "spec.tier");
+    assert!(msg.contains("does not exist"));
+    let tier = "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: security\nspec:\n  order: 100\n  defaultAction: Pass\n---\n";
+    let l = load(&format!("{tier}{}", gnp("  tier: security\n")));
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    assert_eq!(l.model.policies[0].tier, "security");
+    let names: Vec<_> = l.model.tiers.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["security", "kube-admin", "default", "kube-baseline"]);
+    assert_eq!(l.model.tiers[0].default_action, TierDefault::Pass);
+    let (_, field, _) = only_error(&tier.replace("Pass", "Allow").replace("---\n", ""));
+    assert_eq!(field, "spec.defaultAction");
+    let (_, field, _) = only_error(&tier.replace("security", "a.b").replace("---\n", ""));
+    assert_eq!(field, "metadata.name");
+}
+
+#[test]
+fn builtin_tiers_can_be_redefined() {
+    let tier = "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: default\nspec:\n  order: 5\n";
+    let l = load(tier);
+    let d = l.model.tiers.iter().find(|t| t.name == "default").unwrap();
+    assert_eq!(d.order, Some(5.0));
+    assert_eq!(l.model.tiers.len(), 3);
+    let (admin, base) = (&l.model.tiers[1], &l.model.tiers[2]);
+    assert_eq!((admin.name.as_str(), admin.default_action), ("kube-admin", TierDefault::Pass));
+    assert_eq!((base.name.as_str(), base.order), ("kube-baseline", Some(10_000_000.0)));
+}

@@ -251,6 +251,8 @@ impl Node {
             Value::Map(entries) => J::Object(
                 entries
                     .iter()
+                    // Like Kubernetes, a null field is an absent field.
+                    .filter(|(_, _, v)| v.value != Value::Null)
                     .map(|(k, _, v)| (k.clone(), v.to_json()))
                     .collect(),
             ),
@@ -337,12 +339,12 @@ mod tests {
     }
 
     #[test]
-    fn scalars_resolve_like_yaml_1_2() {
+    fn scalars_resolve_like_yaml_1_2_and_nulls_are_absent() {
         let c = &split_documents("a: 8080\nb: '8080'\nc: true\nd: 1.5\ne: ~\nf: x:y\n")[0];
         let j = parse_chunk(c).unwrap().unwrap().to_json();
         assert_eq!(
             j,
-            serde_json::json!({"a": 8080, "b": "8080", "c": true, "d": 1.5, "e": null, "f": "x:y"})
+            serde_json::json!({"a": 8080, "b": "8080", "c": true, "d": 1.5, "f": "x:y"})
         );
     }
 
