@@ -375,3 +375,416 @@ fn builtin_tiers_can_be_redefined() {
     assert_eq!((admin.name.as_str(), admin.default_action), ("kube-admin", TierDefault::Pass));
     assert_eq!((base.name.as_str(), base.order), ("kube-baseline", Some(10_000_000.0)));
 }
+
+fn sel(s: &str) -> Selector {
+    selector::parse(s).unwrap()
+}
+
+const NS_PROD: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: prod
+  labels:
+    team: red
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: dev
+  labels:
+    team: blue
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: api
+  namespace: prod
+  labels:
+    tier: gold
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: api
+  namespace: prod
+  labels:
+    app: api
+spec:
+  serviceAccountName: api
+  ipNetworks: [10.0.0.1/32]
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: web
+  namespace: dev
+  labels:
+    app: web
+spec:
+  ipNetworks: [10.0.0.2]
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata:
+  name: node1-eth0
+  labels:
+    host: node1
+spec:
+  interfaceName: eth0
+  expectedIPs: [192.168.0.1]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata:
+  name: internet
+  labels:
+    app: web
+spec:
+  nets: [0.0.0.0/0]
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata:
+  name: partners
+  namespace: prod
+  labels:
+    app: web
+spec:
+  nets: [203.0.113.0/24]
+";
+
+/// The world of NS_PROD plus `extra`, and the label sets of its endpoints and sets by name.
+fn world(extra: &str) -> (Loaded, BTreeMap<String, Labels>) {
+    let l = load(&format!("{NS_PROD}---\n{extra}"));
+    assert!(!l.has_errors(), "{:#?}", l.diagnostics);
+    let mut by_name: BTreeMap<String, Labels> = l
+        .model
+        .endpoints
+        .iter()
+        .map(|e| (e.name.clone(), e.labels.clone()))
+        .collect();
+    for s in &l.model.network_sets {
+        by_name.insert(s.name.clone(), s.labels.clone());
+    }
+    (l, by_name)
+}
+
+use std::collections::BTreeMap;
+
+/// Names (sorted) of the endpoints and network sets `s` matches.
+fn matched(s: &Selector, world: &BTreeMap<String, Labels>) -> Vec<String> {
+    world
+        .iter()
+        .filter(|(_, l)| s.evaluate(l))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+#[test]
+fn endpoint_labels_are_the_full_set() {
+    let (l, w) = world("");
+    assert_eq!(
+        w["api"],
+        labels(&[
+            ("app", "api"),
+            ("pcns.projectcalico.org/name", "prod"),
+            ("pcns.team", "red"),
+            ("pcsa.projectcalico.org/name", "api"),
+            ("pcsa.tier", "gold"),
+            ("projectcalico.org/namespace", "prod"),
+            ("projectcalico.org/orchestrator", "k8s"),
+            ("projectcalico.org/serviceaccount", "api"),
+        ])
+    );
+    assert_eq!(w["node1-eth0"], labels(&[("host", "node1")]));
+    assert_eq!(w["internet"], labels(&[("app", "web")]));
+    assert_eq!(w["partners"]["projectcalico.org/namespace"], "prod");
+    assert_eq!(w["partners"]["pcns.team"], "red");
+    let web = l.model.endpoints.iter().find(|e| e.name == "web").unwrap();
+    assert_eq!(web.ips, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(web.profiles, ["kns.dev"]);
+    let host = l.model.endpoints.iter().find(|e| e.name == "node1-eth0").unwrap();
+    assert_eq!((host.kind, host.interface.as_deref()), (EndpointKind::Host, Some("eth0")));
+    assert!(host.profiles.is_empty());
+    let kns: Vec<_> = l.model.profiles.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(kns, ["kns.dev", "kns.prod"]);
+    assert_eq!(l.model.failsafes, Failsafes::default());
+}
+
+#[test]
+fn profile_labels_to_apply_are_inherited_and_defined_profiles_kept() {
+    let (l, w) = world(
+        "apiVersion: projectcalico.org/v3
+kind: Profile
+metadata:
+  name: kns.prod
+spec:
+  labelsToApply:
+    zone: a
+    app: overridden
+  ingress:
+    - action: Deny
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata:
+  name: h2
+spec:
+  expectedIPs: [192.168.0.2]
+  profiles: [kns.prod]
+",
+    );
+    assert_eq!(w["api"]["zone"], "a");
+    assert_eq!(w["api"]["app"], "api", "own labels win");
+    assert_eq!(w["h2"]["zone"], "a");
+    let p = l.model.profiles.iter().find(|p| p.name == "kns.prod").unwrap();
+    assert_eq!(p.ingress[0].action, Action::Deny, "a defined kns profile is not replaced");
+}
+
+#[test]
+fn namespaced_policy_selectors_are_scoped() {
+    let (l, w) = world(
+        "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: np
+  namespace: prod
+spec:
+  selector: has(app)
+  ingress:
+    - action: Allow
+      source:
+        selector: app == 'web'
+    - action: Allow
+      source:
+        namespaceSelector: team == 'blue'
+        selector: app == 'web'
+    - action: Allow
+      source:
+        namespaceSelector: all()
+    - action: Allow
+      source:
+        namespaceSelector: global()
+    - action: Allow
+      source:
+        notSelector: app == 'web'
+    - action: Allow
+      source:
+        nets: [10.0.0.0/8]
+    - action: Allow
+      source:
+        serviceAccounts:
+          names: [api]
+          selector: tier == 'gold'
+",
+    );
+    let p = &l.model.policies[0];
+    assert_eq!(p.id.to_string(), "np:prod/np");
+    assert_eq!(matched(&p.selector, &w), ["api", "partners"]);
+    let src = |i: usize| p.ingress[i].source.selector.as_ref();
+    // Without namespaceSelector: only the policy's namespace.
+    assert_eq!(matched(src(0).unwrap(), &w), ["partners"]);
+    assert_eq!(matched(src(1).unwrap(), &w), ["web"]);
+    // all(): any namespaced thing; global(): only non-namespaced things.
+    assert_eq!(matched(src(2).unwrap(), &w), ["api", "partners", "web"]);
+    assert_eq!(matched(src(3).unwrap(), &w), ["internet", "node1-eth0"]);
+    // notSelector alone scopes the (implicit) selector to the namespace and stays unscoped itself.
+    assert_eq!(matched(src(4).unwrap(), &w), ["api", "partners"]);
+    let not = p.ingress[4].source.not_selector.as_ref().unwrap();
+    assert_eq!(matched(not, &w), ["internet", "partners", "web"]);
+    // Nets only: no selector at all (matches traffic from anywhere in the nets).
+    assert!(src(5).is_none());
+    assert_eq!(matched(src(6).unwrap(), &w), ["api"]);
+}
+
+#[test]
+fn global_policy_selectors_are_not_scoped() {
+    let (l, w) = world(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: g
+spec:
+  namespaceSelector: team == 'red'
+  serviceAccountSelector: tier == 'gold'
+  egress:
+    - action: Allow
+      destination:
+        selector: app == 'web'
+    - action: Allow
+      destination:
+        namespaceSelector: team == 'red'
+",
+    );
+    let p = &l.model.policies[0];
+    assert_eq!((p.ingress_type, p.egress_type), (false, true));
+    assert_eq!(matched(&p.selector, &w), ["api"]);
+    let dst = |i: usize| p.egress[i].destination.selector.as_ref().unwrap();
+    assert_eq!(matched(dst(0), &w), ["internet", "partners", "web"]);
+    assert_eq!(matched(dst(1), &w), ["api", "partners"]);
+}
+
+#[test]
+fn types_default_from_rules() {
+    let cases = [
+        ("", (true, false)),
+        ("  ingress:\n    - action: Allow\n", (true, false)),
+        ("  egress:\n    - action: Allow\n", (false, true)),
+        ("  ingress:\n    - action: Allow\n  egress:\n    - action: Allow\n", (true, true)),
+        ("  types: [Egress]\n", (false, true)),
+        ("  types: [Ingress, Egress]\n", (true, true)),
+    ];
+    for (spec, want) in cases {
+        let l = load(&gnp(spec));
+        let p = &l.model.policies[0];
+        assert_eq!((p.ingress_type, p.egress_type), want, "{spec}");
+        assert_eq!(p.order, None);
+        assert_eq!(p.tier, "default");
+    }
+}
+
+const KNP_HEAD: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: k
+  namespace: prod
+spec:
+";
+
+#[test]
+fn kubernetes_network_policy_conversion() {
+    let (l, w) = world(&format!(
+        "{KNP_HEAD}  podSelector: {{}}
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels: {{app: api}}
+        - namespaceSelector: {{}}
+        - namespaceSelector:
+            matchExpressions:
+              - {{key: team, operator: In, values: [blue]}}
+          podSelector:
+            matchExpressions:
+              - {{key: app, operator: Exists}}
+        - ipBlock:
+            cidr: 10.0.0.0/8
+            except: [10.1.0.0/16]
+      ports:
+        - port: 80
+        - port: 81
+        - protocol: UDP
+          port: 5000
+          endPort: 5010
+        - port: http
+  egress:
+    - {{}}
+"
+    ));
+    let p = &l.model.policies[0];
+    assert_eq!(p.id.to_string(), "knp:prod/k");
+    assert_eq!((p.tier.as_str(), p.order), ("default", Some(1000.0)));
+    // policyTypes absent: Ingress, plus Egress because there are egress rules.
+    assert_eq!((p.ingress_type, p.egress_type), (true, true));
+    // Empty podSelector: every pod of the namespace (not the network set).
+    assert_eq!(matched(&p.selector, &w), ["api"]);
+    // 2 protocols (TCP, UDP; sorted) x 4 peers.
+    assert_eq!(p.ingress.len(), 8);
+    let tcp = &p.ingress[0];
+    assert_eq!(tcp.protocol, Some(proto::TCP));
+    assert_eq!(
+        tcp.destination.ports,
+        vec![
+            PortMatch::Named("http".into()),
+            PortMatch::Range(PortRange { first: 80, last: 81 })
+        ]
+    );
+    assert_eq!(p.ingress[4].protocol, Some(proto::UDP));
+    assert_eq!(
+        p.ingress[4].destination.ports,
+        vec![PortMatch::Range(PortRange { first: 5000, last: 5010 })]
+    );
+    let src = |i: usize| p.ingress[i].source.selector.as_ref();
+    assert_eq!(matched(src(0).unwrap(), &w), ["api"]);
+    // namespaceSelector {}: pods in all namespaces.
+    assert_eq!(matched(src(1).unwrap(), &w), ["api", "web"]);
+    assert_eq!(matched(src(2).unwrap(), &w), ["web"]);
+    assert!(src(3).is_none());
+    assert_eq!(p.ingress[3].source.nets, vec!["10.0.0.0/8".parse().unwrap()]);
+    assert_eq!(p.ingress[3].source.not_nets, vec!["10.1.0.0/16".parse().unwrap()]);
+    // An empty egress rule allows everything.
+    assert_eq!(p.egress.len(), 1);
+    assert_eq!(p.egress[0].protocol, None);
+    assert!(p.egress[0].destination.selector.is_none());
+}
+
+#[test]
+fn kubernetes_policy_types_and_staged_kind() {
+    let l = load(&format!("{KNP_HEAD}  podSelector: {{matchLabels: {{app: a}}}}\n  policyTypes: [Egress]\n"));
+    let p = &l.model.policies[0];
+    assert_eq!((p.ingress_type, p.egress_type), (false, true));
+    let staged = format!("{KNP_HEAD}  stagedAction: Delete\n  podSelector: {{}}\n")
+        .replace("networking.k8s.io/v1", "projectcalico.org/v3")
+        .replace("kind: NetworkPolicy", "kind: StagedKubernetesNetworkPolicy");
+    let l = load(&staged);
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    let p = &l.model.policies[0];
+    assert_eq!(p.id.to_string(), "sknp:prod/k");
+    assert_eq!(p.staged_action, Some(StagedAction::Delete));
+    assert_eq!(p.id.kind.enforced(), PolicyKind::KubernetesNetworkPolicy);
+}
+
+#[test]
+fn kubernetes_policy_validation() {
+    let knp = |spec: &str| format!("{KNP_HEAD}{spec}");
+    let (line, field, _) = only_error(&knp("  ingress:\n    - from:\n        - ipBlock: {cidr: 10.0.0.0/8}\n          podSelector: {}\n"));
+    assert_eq!((line, field.as_str()), (9, "spec.ingress[0].from[0].ipBlock"));
+    let (_, field, _) = only_error(&knp("  ingress:\n    - from:\n        - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}\n"));
+    assert_eq!(field, "spec.ingress[0].from[0].ipBlock.except[0]");
+    let (_, field, _) = only_error(&knp("  egress:\n    - ports:\n        - {port: 90, endPort: 80}\n"));
+    assert_eq!(field, "spec.egress[0].ports[0].endPort");
+    let (_, field, _) = only_error(&knp("  egress:\n    - ports:\n        - {protocol: ICMP}\n"));
+    assert_eq!(field, "spec.egress[0].ports[0].protocol");
+    let (_, field, _) = only_error(&knp("  podSelector:\n    matchExpressions:\n      - {key: a, operator: Equals}\n"));
+    assert_eq!(field, "spec.podSelector.matchExpressions[0].operator");
+    let (_, field, _) = only_error(&knp("  policyTypes: [ingress]\n"));
+    assert_eq!(field, "spec.policyTypes[0]");
+    let (_, field, _) = only_error(&knp("  stagedAction: Set\n"));
+    assert_eq!(field, "spec.stagedAction");
+    let (_, field, _) = only_error(&knp("  ingress:\n    - from:\n        - {}\n"));
+    assert_eq!(field, "spec.ingress[0].from[0]");
+}
+
+#[test]
+fn endpoint_validation() {
+    let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: prod\nspec:\n";
+    let (line, field, _) = only_error(&format!("{wep}  ipNetworks: [10.0.0.300/32]\n"));
+    assert_eq!((line, field.as_str()), (7, "spec.ipNetworks[0]"));
+    let (_, field, _) = only_error(&format!("{wep}  ports:\n    - {{name: http, protocol: ICMP, port: 80}}\n"));
+    assert_eq!(field, "spec.ports[0].protocol");
+    let (_, field, _) = only_error(&format!("{wep}  ports:\n    - {{name: http, protocol: TCP, port: 0}}\n"));
+    assert_eq!(field, "spec.ports[0].port");
+    let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  node: n1\n";
+    let (_, field, msg) = only_error(hep);
+    assert_eq!(field, "spec");
+    assert!(msg.contains("interfaceName or expectedIPs"));
+    let l = load(&format!("{hep}  interfaceName: eth0\n  profiles: [missing]\n"));
+    assert!(!l.has_errors());
+    assert_eq!(l.diagnostics[0].field, "spec.profiles[0]");
+    assert_eq!(l.model.endpoints.len(), 1);
+}
+
+#[test]
+fn unsupported_calico_features_are_rejected_clearly() {
+    let (_, field, _) = only_error(&gnp("  ingress:\n    - action: Allow\n      http: {methods: [GET]}\n"));
+    assert_eq!(field, "spec.ingress[0].http");
+    let (_, field, _) = only_error(&gnp("  egress:\n    - action: Allow\n      destination:\n        services: {name: kubernetes, namespace: default}\n"));
+    assert_eq!(field, "spec.egress[0].destination.services");
+}
+
+#[test]
+fn profile_pass_is_a_warning() {
+    let l = load("apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: p\nspec:\n  ingress:\n    - action: Pass\n");
+    assert!(!l.has_errors());
+    assert_eq!(l.diagnostics[0].field, "spec.ingress[0].action");
+    assert_eq!(l.diagnostics[0].line, 7);
+}
