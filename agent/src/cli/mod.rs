@@ -1,4 +1,7 @@
 //! The command line: `agent <command>`.
+mod check;
+mod promote;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +21,22 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF programs through the verifier and report (a health check).
     Probe,
+    /// Validate policy YAML files and directories; one line per problem, exit 1 on errors.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Promote a staged policy to its enforced kind, editing the YAML files in place.
+    Promote {
+        /// Directory of YAML files holding the policies.
+        #[arg(long)]
+        datastore: PathBuf,
+        /// KIND/NAME, e.g. StagedGlobalNetworkPolicy/lockdown (or sgnp/lockdown).
+        target: String,
+        /// Namespace of a namespaced staged policy (default: `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -29,6 +48,12 @@ pub fn main(cli: Cli) -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Probe => probe(),
+        Command::Check { paths } => check::run(&paths),
+        Command::Promote {
+            datastore,
+            target,
+            namespace,
+        } => promote::run(&datastore, &target, namespace.as_deref()),
     };
     match result {
         Ok(code) => code,
