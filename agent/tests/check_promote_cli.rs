@@ -88,17 +88,28 @@ spec:
 ",
     )
     .unwrap();
-    let out = agent(&["check", examples().to_str().unwrap(), dir.path().to_str().unwrap()]);
+    let out = agent(&[
+        "check",
+        examples().to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
-    assert!(text.contains(": warning: GlobalNetworkPolicy/deny-backend spec.order: has no order"), "{text}");
+    assert!(
+        text.contains(": warning: GlobalNetworkPolicy/deny-backend spec.order: has no order"),
+        "{text}"
+    );
     assert!(text.contains("zzz-final-allow-everything"), "{text}");
 }
 
 #[test]
 fn promote_rewrites_the_staged_example() {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["00-endpoints.yaml", "10-database-allow-from-backend.yaml", "20-backend-lockdown-staged.yaml"] {
+    for f in [
+        "00-endpoints.yaml",
+        "10-database-allow-from-backend.yaml",
+        "20-backend-lockdown-staged.yaml",
+    ] {
         std::fs::copy(examples().join(f), dir.path().join(f)).unwrap();
     }
     let out = agent(&[
@@ -110,7 +121,10 @@ fn promote_rewrites_the_staged_example() {
     assert!(out.status.success(), "{out:?}");
     assert!(stdout(&out).contains("promoted to GlobalNetworkPolicy/backend-lockdown-staged"));
     let text = std::fs::read_to_string(dir.path().join("20-backend-lockdown-staged.yaml")).unwrap();
-    assert!(text.starts_with("# Staged: would default-deny"), "comments kept: {text}");
+    assert!(
+        text.starts_with("# Staged: would default-deny"),
+        "comments kept: {text}"
+    );
     assert!(text.contains("\nkind: GlobalNetworkPolicy\n"));
     let out = agent(&["check", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
@@ -127,7 +141,12 @@ fn promote_rewrites_the_staged_example() {
 
 #[test]
 fn promote_rejects_enforced_kinds() {
-    let out = agent(&["promote", "--datastore", "/nonexistent", "GlobalNetworkPolicy/x"]);
+    let out = agent(&[
+        "promote",
+        "--datastore",
+        "/nonexistent",
+        "GlobalNetworkPolicy/x",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a staged kind"));
 }

@@ -51,8 +51,8 @@ fn namespace_selector(text: &str) -> Selector {
 }
 
 fn service_accounts_selector(sa: &res::ServiceAccountMatch) -> Option<Selector> {
-    let by_selector =
-        (!sa.selector.is_empty()).then(|| parse_or_all(&sa.selector).prefix_keys(SERVICE_ACCOUNT_LABEL_PREFIX));
+    let by_selector = (!sa.selector.is_empty())
+        .then(|| parse_or_all(&sa.selector).prefix_keys(SERVICE_ACCOUNT_LABEL_PREFIX));
     let by_name = (!sa.names.is_empty())
         .then(|| Selector::in_set(LABEL_SERVICE_ACCOUNT, sa.names.iter().cloned()));
     match (by_selector, by_name) {
@@ -70,13 +70,17 @@ fn entity_selector(e: &res::EntityRule, namespace: Option<&str>) -> Option<Selec
     } else {
         namespace.map(|ns| Selector::equals(LABEL_NAMESPACE, ns))
     };
-    let sa = e.service_accounts.as_ref().and_then(service_accounts_selector);
+    let sa = e
+        .service_accounts
+        .as_ref()
+        .and_then(service_accounts_selector);
     let own = (!e.selector.is_empty()).then(|| parse_or_all(&e.selector));
     let selector = match (sa, own) {
         (Some(a), Some(b)) => Some(a.and(b)),
         (a, b) => a.or(b),
     };
-    let scoped = selector.is_some() || !e.not_selector.is_empty() || !e.namespace_selector.is_empty();
+    let scoped =
+        selector.is_some() || !e.not_selector.is_empty() || !e.namespace_selector.is_empty();
     match ns_selector {
         Some(ns) if scoped => Some(match selector {
             Some(s) => ns.and(s),
@@ -143,7 +147,11 @@ pub fn default_types(has_ingress_rules: bool, has_egress_rules: bool) -> (bool, 
     }
 }
 
-fn listed_types(types: &Option<Vec<String>>, ingress: &[res::Rule], egress: &[res::Rule]) -> (bool, bool) {
+fn listed_types(
+    types: &Option<Vec<String>>,
+    ingress: &[res::Rule],
+    egress: &[res::Rule],
+) -> (bool, bool) {
     match types {
         Some(t) => (
             t.iter().any(|t| t == "Ingress"),
@@ -308,7 +316,9 @@ fn k8s_rules(peers: &[res::K8sPeer], ports: &[res::K8sPort], ingress: bool) -> V
                 by_protocol.insert(protocol, None);
             }
             Some(port) => {
-                let entry = by_protocol.entry(protocol).or_insert_with(|| Some(Vec::new()));
+                let entry = by_protocol
+                    .entry(protocol)
+                    .or_insert_with(|| Some(Vec::new()));
                 if let Some(list) = entry {
                     list.push(port);
                 }
@@ -393,12 +403,17 @@ pub fn k8s_to_calico(s: &res::K8sPolicySpec) -> res::NamespacedPolicySpec {
 fn k8s_policy(o: &res::Object<res::K8sPolicySpec>, kind: PolicyKind) -> Policy {
     let ns = namespace_of(&o.metadata);
     let mut p = namespaced_policy(&o.metadata.name, ns, &k8s_to_calico(&o.spec), kind);
-    p.staged_action = kind.is_staged().then(|| staged_action(&o.spec.staged_action));
+    p.staged_action = kind
+        .is_staged()
+        .then(|| staged_action(&o.spec.staged_action));
     p
 }
 
 fn prefixed(prefix: &str, labels: &res::StringMap) -> Labels {
-    labels.iter().map(|(k, v)| (format!("{prefix}{k}"), v.clone())).collect()
+    labels
+        .iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+        .collect()
 }
 
 /// Labels a namespace contributes: `pcns.<label>` and `pcns.projectcalico.org/name`.
@@ -531,9 +546,9 @@ pub fn to_model(resources: &[Resource]) -> Model {
                     },
                 );
             }
-            Resource::GlobalNetworkPolicy(o) => {
-                model.policies.push(global_policy(o, PolicyKind::GlobalNetworkPolicy))
-            }
+            Resource::GlobalNetworkPolicy(o) => model
+                .policies
+                .push(global_policy(o, PolicyKind::GlobalNetworkPolicy)),
             Resource::StagedGlobalNetworkPolicy(o) => model
                 .policies
                 .push(global_policy(o, PolicyKind::StagedGlobalNetworkPolicy)),
@@ -568,7 +583,10 @@ pub fn to_model(resources: &[Resource]) -> Model {
                     if let Some(l) = service_accounts.get(&(ns.to_string(), sa.clone())) {
                         own.extend(prefixed(SERVICE_ACCOUNT_LABEL_PREFIX, l));
                     }
-                    own.insert(format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{LABEL_NAME}"), sa.clone());
+                    own.insert(
+                        format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{LABEL_NAME}"),
+                        sa.clone(),
+                    );
                     own.insert(LABEL_SERVICE_ACCOUNT.into(), sa.clone());
                 }
                 own.extend(o.metadata.labels.clone());
@@ -605,7 +623,12 @@ pub fn to_model(resources: &[Resource]) -> Model {
                 namespace: None,
                 name: o.metadata.name.clone(),
                 labels: o.metadata.labels.clone(),
-                nets: o.spec.nets.iter().filter_map(|n| fields::net(n).ok()).collect(),
+                nets: o
+                    .spec
+                    .nets
+                    .iter()
+                    .filter_map(|n| fields::net(n).ok())
+                    .collect(),
             }),
             Resource::NetworkSet(o) => {
                 let ns = namespace_of(&o.metadata);
@@ -616,7 +639,12 @@ pub fn to_model(resources: &[Resource]) -> Model {
                     namespace: Some(ns.into()),
                     name: o.metadata.name.clone(),
                     labels,
-                    nets: o.spec.nets.iter().filter_map(|n| fields::net(n).ok()).collect(),
+                    nets: o
+                        .spec
+                        .nets
+                        .iter()
+                        .filter_map(|n| fields::net(n).ok())
+                        .collect(),
                 });
             }
             Resource::Profile(_) | Resource::Namespace(_) | Resource::ServiceAccount(_) => {}

@@ -185,7 +185,10 @@ mod tests {
         assert_eq!(port(&IntOrString::Int(80)), Ok(r(80, 80)));
         assert_eq!(port(&s("80")), Ok(r(80, 80)));
         assert_eq!(port(&s("1:65535")), Ok(r(1, 65535)));
-        assert_eq!(port(&s("http-alt.1_x")), Ok(PortMatch::Named("http-alt.1_x".into())));
+        assert_eq!(
+            port(&s("http-alt.1_x")),
+            Ok(PortMatch::Named("http-alt.1_x".into()))
+        );
         assert!(port(&s("90:80")).is_err());
         assert!(port(&s("0")).is_err());
         assert!(port(&IntOrString::Int(65536)).is_err());

@@ -68,7 +68,11 @@ pub fn lint(loaded: &Loaded) -> Vec<Diagnostic> {
                      allows everything ({}) on endpoints both select (e.g. {}): the allow \
                      decides first and this policy never applies there; give this policy an \
                      order below {net_order}",
-                    resource_id(net.id.kind.as_str(), net.id.namespace.as_deref(), &net.id.name),
+                    resource_id(
+                        net.id.kind.as_str(),
+                        net.id.namespace.as_deref(),
+                        &net.id.name
+                    ),
                     shadowed
                         .iter()
                         .map(|d| match d {
@@ -128,7 +132,9 @@ spec:
         assert_eq!(w.file, PathBuf::from("extra.yaml"));
         assert_eq!(w.line, 1);
         assert_eq!(w.resource, "GlobalNetworkPolicy/deny-backend");
-        assert!(w.message.contains("GlobalNetworkPolicy/zzz-final-allow-everything"));
+        assert!(w
+            .message
+            .contains("GlobalNetworkPolicy/zzz-final-allow-everything"));
         assert!(w.message.contains("order below 100000"), "{}", w.message);
         assert!(w.message.contains("prod/backend"));
     }

@@ -236,9 +236,7 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
             Resource::GlobalNetworkPolicy(o) | Resource::StagedGlobalNetworkPolicy(o) => {
                 o.spec.tier.as_deref()
             }
-            Resource::NetworkPolicy(o) | Resource::StagedNetworkPolicy(o) => {
-                o.spec.tier.as_deref()
-            }
+            Resource::NetworkPolicy(o) | Resource::StagedNetworkPolicy(o) => o.spec.tier.as_deref(),
             _ => None,
         };
         // DECISION: like Calico's API server, a policy in a tier that does not

@@ -56,7 +56,12 @@ impl std::fmt::Display for PromoteReport {
             None => write!(f, "deleted {} (staged Delete)", self.enforced)?,
         }
         if let Some(file) = &self.removed_enforced {
-            write!(f, "; removed the previous {} from {}", self.enforced, file.display())?;
+            write!(
+                f,
+                "; removed the previous {} from {}",
+                self.enforced,
+                file.display()
+            )?;
         }
         if self.removed_staged {
             write!(f, "; removed the staged policy")?;
@@ -188,13 +193,24 @@ impl Edits {
         new: &str,
     ) -> Result<(), PromoteError> {
         let line_no = doc.lines[field];
-        let line = files[&doc.file].split_inclusive('\n').nth(line_no - 1).unwrap_or("");
+        let line = files[&doc.file]
+            .split_inclusive('\n')
+            .nth(line_no - 1)
+            .unwrap_or("");
         let trimmed = line.trim_start();
         let Some(rest) = trimmed.strip_prefix(&format!("{key}:")) else {
-            return Err(PromoteError::Unsupported(doc.file.clone(), field.into(), line_no));
+            return Err(PromoteError::Unsupported(
+                doc.file.clone(),
+                field.into(),
+                line_no,
+            ));
         };
         if !rest.contains(old) {
-            return Err(PromoteError::Unsupported(doc.file.clone(), field.into(), line_no));
+            return Err(PromoteError::Unsupported(
+                doc.file.clone(),
+                field.into(),
+                line_no,
+            ));
         }
         let indent = &line[..line.len() - trimmed.len()];
         let edited = format!("{indent}{key}:{}", rest.replacen(old, new, 1));
@@ -246,10 +262,7 @@ pub fn promote(
         files.insert(f, text);
     }
     if let Some(d) = diags.into_iter().next() {
-        return Err(PromoteError::Io(
-            d.file,
-            std::io::Error::other(d.message),
-        ));
+        return Err(PromoteError::Io(d.file, std::io::Error::other(d.message)));
     }
     let staged = find(&files, kind, namespace, name)?
         .ok_or_else(|| PromoteError::NotFound(describe(kind, namespace, name), datastore.into()))?;
@@ -278,7 +291,14 @@ pub fn promote(
             let (new_api, new_kind) = yaml_type(enforced_kind);
             edits.set_value(&files, &staged, "kind", "kind", old_kind, new_kind)?;
             if old_api != new_api {
-                edits.set_value(&files, &staged, "apiVersion", "apiVersion", old_api, new_api)?;
+                edits.set_value(
+                    &files,
+                    &staged,
+                    "apiVersion",
+                    "apiVersion",
+                    old_api,
+                    new_api,
+                )?;
             }
             if let Some(line_no) = staged.lines.get("spec.stagedAction") {
                 let line = files[&staged.file]
@@ -365,7 +385,13 @@ metadata:
         let dir = tempfile::tempdir().unwrap();
         let staged = write(dir.path(), "a.yaml", STAGED);
         let enforced = write(dir.path(), "b.yaml", ENFORCED);
-        let r = promote(dir.path(), PolicyKind::StagedGlobalNetworkPolicy, "lockdown", None).unwrap();
+        let r = promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "lockdown",
+            None,
+        )
+        .unwrap();
         assert_eq!(r.enforced, "GlobalNetworkPolicy/lockdown");
         assert_eq!(r.rewritten, Some((staged.clone(), 3)));
         assert_eq!(r.removed_enforced, Some(enforced.clone()));
@@ -373,7 +399,10 @@ metadata:
         assert_eq!(
             text,
             STAGED
-                .replace("kind: StagedGlobalNetworkPolicy", "kind: GlobalNetworkPolicy")
+                .replace(
+                    "kind: StagedGlobalNetworkPolicy",
+                    "kind: GlobalNetworkPolicy"
+                )
                 .replace("  stagedAction: Set # inline comment\n", "")
         );
         let text = std::fs::read_to_string(&enforced).unwrap();
@@ -386,18 +415,36 @@ metadata:
             ["gnp:/after", "gnp:/before", "gnp:/lockdown", "gnp:/other"]
         );
         let l = load_paths(&[dir.path()]);
-        let p = l.model.policies.iter().find(|p| p.id.name == "lockdown").unwrap();
+        let p = l
+            .model
+            .policies
+            .iter()
+            .find(|p| p.id.name == "lockdown")
+            .unwrap();
         assert!(p.ingress.is_empty(), "the staged spec won");
     }
 
     #[test]
     fn delete_removes_both() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a.yaml", &STAGED.replace("stagedAction: Set", "stagedAction: Delete"));
+        write(
+            dir.path(),
+            "a.yaml",
+            &STAGED.replace("stagedAction: Set", "stagedAction: Delete"),
+        );
         write(dir.path(), "b.yaml", ENFORCED);
-        let r = promote(dir.path(), PolicyKind::StagedGlobalNetworkPolicy, "lockdown", None).unwrap();
+        let r = promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "lockdown",
+            None,
+        )
+        .unwrap();
         assert!(r.removed_staged && r.rewritten.is_none());
-        assert_eq!(policy_names(dir.path()), ["gnp:/after", "gnp:/before", "gnp:/other"]);
+        assert_eq!(
+            policy_names(dir.path()),
+            ["gnp:/after", "gnp:/before", "gnp:/other"]
+        );
         let a = std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
         assert!(a.starts_with("# The other document stays.\n"), "{a}");
     }
@@ -410,13 +457,23 @@ metadata:
                 "apiVersion: projectcalico.org/v3\nkind: StagedKubernetesNetworkPolicy\nmetadata:\n  name: k\n  namespace: {ns}\nspec:\n  stagedAction: Learn\n  podSelector: {{}}\n"
             )
         };
-        write(dir.path(), "s.yaml", &format!("{}---\n{}", sknp("a"), sknp("b")));
+        write(
+            dir.path(),
+            "s.yaml",
+            &format!("{}---\n{}", sknp("a"), sknp("b")),
+        );
         write(
             dir.path(),
             "k.yaml",
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\n  namespace: b\nspec:\n  podSelector: {}\n",
         );
-        let r = promote(dir.path(), PolicyKind::StagedKubernetesNetworkPolicy, "k", Some("b")).unwrap();
+        let r = promote(
+            dir.path(),
+            PolicyKind::StagedKubernetesNetworkPolicy,
+            "k",
+            Some("b"),
+        )
+        .unwrap();
         assert_eq!(r.enforced, "KubernetesNetworkPolicy/b/k");
         assert!(r.removed_enforced.is_some());
         assert_eq!(policy_names(dir.path()), ["knp:b/k", "sknp:a/k"]);
@@ -427,19 +484,43 @@ metadata:
             .replace("  stagedAction: Learn\n", "");
         assert_eq!(s, format!("{}---\n{promoted_b}", sknp("a")));
         let l = load_paths(&[dir.path()]);
-        let staged = l.model.policies.iter().find(|p| p.id.kind.is_staged()).unwrap();
+        let staged = l
+            .model
+            .policies
+            .iter()
+            .find(|p| p.id.kind.is_staged())
+            .unwrap();
         assert_eq!(staged.staged_action, Some(StagedAction::Learn));
     }
 
     #[test]
     fn errors_are_reported() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a.yaml", &STAGED.replace("stagedAction: Set", "stagedAction: Ignore"));
-        let err = promote(dir.path(), PolicyKind::StagedGlobalNetworkPolicy, "missing", None).unwrap_err();
+        write(
+            dir.path(),
+            "a.yaml",
+            &STAGED.replace("stagedAction: Set", "stagedAction: Ignore"),
+        );
+        let err = promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "missing",
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, PromoteError::NotFound(..)), "{err}");
-        let err = promote(dir.path(), PolicyKind::StagedGlobalNetworkPolicy, "lockdown", None).unwrap_err();
+        let err = promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "lockdown",
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, PromoteError::Ignored(..)), "{err}");
-        assert!(matches!(staged_kind("GlobalNetworkPolicy"), Err(PromoteError::NotStagedKind(_))));
+        assert!(matches!(
+            staged_kind("GlobalNetworkPolicy"),
+            Err(PromoteError::NotStagedKind(_))
+        ));
         assert_eq!(staged_kind("snp").unwrap(), PolicyKind::StagedNetworkPolicy);
         // Nothing was written.
         let a = std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();

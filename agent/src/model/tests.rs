@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use super::ir::*;
 use super::*;
-use crate::selector::{self, Selector};
+use crate::selector::Selector;
 
 fn load(text: &str) -> Loaded {
     load::load_sources(&[(PathBuf::from("t.yaml"), text.to_string())], Vec::new())
@@ -45,11 +45,22 @@ fn seed_examples_load() {
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let m = &l.model;
     assert_eq!(m.endpoints.len(), 3);
-    let enforced: Vec<_> = m.policies.iter().filter(|p| !p.id.kind.is_staged()).collect();
-    let staged: Vec<_> = m.policies.iter().filter(|p| p.id.kind.is_staged()).collect();
+    let enforced: Vec<_> = m
+        .policies
+        .iter()
+        .filter(|p| !p.id.kind.is_staged())
+        .collect();
+    let staged: Vec<_> = m
+        .policies
+        .iter()
+        .filter(|p| p.id.kind.is_staged())
+        .collect();
     assert_eq!(enforced.len(), 1);
     assert_eq!(staged.len(), 1);
-    assert_eq!(enforced[0].id.to_string(), "gnp:/database-allow-from-backend");
+    assert_eq!(
+        enforced[0].id.to_string(),
+        "gnp:/database-allow-from-backend"
+    );
     assert_eq!(staged[0].staged_action, Some(StagedAction::Set));
     let db = m.endpoints.iter().find(|e| e.name == "database").unwrap();
     assert_eq!(db.interface.as_deref(), Some("calidemodb"));
@@ -61,7 +72,12 @@ fn seed_examples_load() {
     let rule = &enforced[0].ingress[0];
     assert_eq!(rule.protocol, Some(proto::TCP));
     let backend = m.endpoints.iter().find(|e| e.name == "backend").unwrap();
-    assert!(rule.source.selector.as_ref().unwrap().evaluate(&backend.labels));
+    assert!(rule
+        .source
+        .selector
+        .as_ref()
+        .unwrap()
+        .evaluate(&backend.labels));
     assert!(!rule.source.selector.as_ref().unwrap().evaluate(&db.labels));
     // kns.prod is synthesized: allow everything both ways.
     let kns = m.profiles.iter().find(|p| p.name == "kns.prod").unwrap();
@@ -76,7 +92,12 @@ fn examples_directory_loads_recursively() {
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     assert_eq!(l.model.endpoints.len(), 3);
     // The safe-mode subdirectory adds the allow-everything policy.
-    let names: Vec<_> = l.model.policies.iter().map(|p| p.id.name.as_str()).collect();
+    let names: Vec<_> = l
+        .model
+        .policies
+        .iter()
+        .map(|p| p.id.name.as_str())
+        .collect();
     assert_eq!(
         names,
         [
@@ -101,7 +122,9 @@ fn gnp(spec: &str) -> String {
 
 #[test]
 fn unknown_field_is_an_error_with_its_line() {
-    let (line, field, msg) = only_error(&gnp("  selector: all()\n  ingress:\n    - action: Allow\n      sauce: {}\n"));
+    let (line, field, msg) = only_error(&gnp(
+        "  selector: all()\n  ingress:\n    - action: Allow\n      sauce: {}\n",
+    ));
     assert_eq!(line, 9);
     assert_eq!(field, "spec.ingress[0].sauce");
     assert!(msg.contains("unknown field `sauce`"), "{msg}");
@@ -120,7 +143,10 @@ fn bad_selector_reports_position_and_reason() {
     let (line, field, msg) = only_error(&gnp(
         "  ingress:\n    - action: Allow\n      source:\n        selector: app == \n",
     ));
-    assert_eq!((line, field.as_str()), (9, "spec.ingress[0].source.selector"));
+    assert_eq!(
+        (line, field.as_str()),
+        (9, "spec.ingress[0].source.selector")
+    );
     assert!(msg.contains("does not parse at position"), "{msg}");
 }
 
@@ -129,7 +155,9 @@ fn diagnostic_display_format() {
     let l = load(&gnp("  selector: \"(\"\n"));
     let d = errors(&l)[0].to_string();
     assert!(
-        d.starts_with("t.yaml:6: error: GlobalNetworkPolicy/p spec.selector: selector `(` does not parse"),
+        d.starts_with(
+            "t.yaml:6: error: GlobalNetworkPolicy/p spec.selector: selector `(` does not parse"
+        ),
         "{d}"
     );
 }
@@ -145,11 +173,17 @@ fn icmp_rules() {
     assert!(msg.contains("without an ICMP type"));
     let (_, field, _) = only_error(&rule("      protocol: ICMP\n      notICMP: {type: 255}\n"));
     assert_eq!(field, "spec.ingress[0].notICMP.type");
-    let (_, field, _) = only_error(&rule("      protocol: ICMP\n      icmp: {type: 3, code: 256}\n"));
+    let (_, field, _) = only_error(&rule(
+        "      protocol: ICMP\n      icmp: {type: 3, code: 256}\n",
+    ));
     assert_eq!(field, "spec.ingress[0].icmp.code");
-    let (_, field, _) = only_error(&rule("      protocol: ICMP\n      ipVersion: 6\n      icmp: {type: 3}\n"));
+    let (_, field, _) = only_error(&rule(
+        "      protocol: ICMP\n      ipVersion: 6\n      icmp: {type: 3}\n",
+    ));
     assert_eq!(field, "spec.ingress[0].icmp");
-    let ok = load(&rule("      protocol: ICMPv6\n      icmp: {type: 128, code: 0}\n"));
+    let ok = load(&rule(
+        "      protocol: ICMPv6\n      icmp: {type: 128, code: 0}\n",
+    ));
     assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
     let icmp = ok.model.policies[0].ingress[0].icmp.unwrap();
     assert_eq!((icmp.icmp_type, icmp.code), (128, Some(0)));
@@ -159,14 +193,24 @@ fn icmp_rules() {
 fn port_rules() {
     let rule = |body: &str| gnp(&format!("  egress:\n    - action: Allow\n{body}"));
     let (line, field, msg) = only_error(&rule("      destination:\n        ports: [80]\n"));
-    assert_eq!((line, field.as_str()), (9, "spec.egress[0].destination.ports"));
+    assert_eq!(
+        (line, field.as_str()),
+        (9, "spec.egress[0].destination.ports")
+    );
     assert!(msg.contains("TCP, UDP or SCTP"), "{msg}");
-    let (_, field, _) = only_error(&rule("      protocol: ICMP\n      source:\n        notPorts: [http]\n"));
+    let (_, field, _) = only_error(&rule(
+        "      protocol: ICMP\n      source:\n        notPorts: [http]\n",
+    ));
     assert_eq!(field, "spec.egress[0].source.notPorts");
     let (line, field, msg) = only_error(&rule("      protocol: TCP\n      destination:\n        ports:\n          - 80\n          - \"90:80\"\n"));
-    assert_eq!((line, field.as_str()), (12, "spec.egress[0].destination.ports[1]"));
+    assert_eq!(
+        (line, field.as_str()),
+        (12, "spec.egress[0].destination.ports[1]")
+    );
     assert!(msg.contains("minimum above its maximum"));
-    let (_, field, _) = only_error(&rule("      protocol: UDP\n      destination:\n        ports: [0]\n"));
+    let (_, field, _) = only_error(&rule(
+        "      protocol: UDP\n      destination:\n        ports: [0]\n",
+    ));
     assert_eq!(field, "spec.egress[0].destination.ports[0]");
     let many: Vec<String> = (1..=51).map(|p| p.to_string()).collect();
     let (_, field, msg) = only_error(&rule(&format!(
@@ -175,13 +219,21 @@ fn port_rules() {
     )));
     assert_eq!(field, "spec.egress[0].destination.ports");
     assert!(msg.contains("at most 50"));
-    let ok = load(&rule("      protocol: SCTP\n      destination:\n        ports: [80, \"1000:2000\", http]\n"));
+    let ok = load(&rule(
+        "      protocol: SCTP\n      destination:\n        ports: [80, \"1000:2000\", http]\n",
+    ));
     assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
     assert_eq!(
         ok.model.policies[0].egress[0].destination.ports,
         vec![
-            PortMatch::Range(PortRange { first: 80, last: 80 }),
-            PortMatch::Range(PortRange { first: 1000, last: 2000 }),
+            PortMatch::Range(PortRange {
+                first: 80,
+                last: 80
+            }),
+            PortMatch::Range(PortRange {
+                first: 1000,
+                last: 2000
+            }),
             PortMatch::Named("http".into())
         ]
     );
@@ -202,7 +254,9 @@ fn protocol_and_action_values() {
     assert_eq!(field, "spec.ingress[0].notProtocol");
     let (_, field, _) = only_error(&rule("    - action: Deny\n      ipVersion: 5\n"));
     assert_eq!(field, "spec.ingress[0].ipVersion");
-    let ok = load(&rule("    - action: Log\n    - action: Pass\n      protocol: 132\n      notProtocol: UDPLite\n"));
+    let ok = load(&rule(
+        "    - action: Log\n    - action: Pass\n      protocol: 132\n      notProtocol: UDPLite\n",
+    ));
     assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
     let p = &ok.model.policies[0];
     assert_eq!(p.ingress[0].action, Action::Log);
@@ -214,13 +268,25 @@ fn protocol_and_action_values() {
 #[test]
 fn nets_and_ip_version() {
     let rule = |body: &str| gnp(&format!("  ingress:\n    - action: Allow\n{body}"));
-    let (line, field, msg) = only_error(&rule("      ipVersion: 4\n      source:\n        nets: [10.0.0.0/8, \"fd00::/8\"]\n"));
-    assert_eq!((line, field.as_str()), (10, "spec.ingress[0].source.nets[1]"));
+    let (line, field, msg) = only_error(&rule(
+        "      ipVersion: 4\n      source:\n        nets: [10.0.0.0/8, \"fd00::/8\"]\n",
+    ));
+    assert_eq!(
+        (line, field.as_str()),
+        (10, "spec.ingress[0].source.nets[1]")
+    );
     assert!(msg.contains("not IPv4"));
-    let (_, field, _) = only_error(&rule("      destination:\n        notNets: [10.0.0.0/40]\n"));
+    let (_, field, _) = only_error(&rule(
+        "      destination:\n        notNets: [10.0.0.0/40]\n",
+    ));
     assert_eq!(field, "spec.ingress[0].destination.notNets[0]");
-    let nets: Vec<String> = (0..257).map(|i| format!("10.0.{}.{}/32", i / 256, i % 256)).collect();
-    let (_, field, msg) = only_error(&rule(&format!("      source:\n        nets: [{}]\n", nets.join(", "))));
+    let nets: Vec<String> = (0..257)
+        .map(|i| format!("10.0.{}.{}/32", i / 256, i % 256))
+        .collect();
+    let (_, field, msg) = only_error(&rule(&format!(
+        "      source:\n        nets: [{}]\n",
+        nets.join(", ")
+    )));
     assert_eq!(field, "spec.ingress[0].source.nets");
     assert!(msg.contains("at most 256"));
 }
@@ -238,7 +304,9 @@ fn limits_on_rules_and_selector_length() {
 
 #[test]
 fn host_endpoint_policy_modes() {
-    let (_, field, msg) = only_error(&gnp("  doNotTrack: true\n  preDNAT: true\n  applyOnForward: true\n"));
+    let (_, field, msg) = only_error(&gnp(
+        "  doNotTrack: true\n  preDNAT: true\n  applyOnForward: true\n",
+    ));
     assert_eq!(field, "spec.preDNAT");
     assert!(msg.contains("cannot both be true"));
     let (line, field, _) = only_error(&gnp("  doNotTrack: true\n"));
@@ -246,7 +314,9 @@ fn host_endpoint_policy_modes() {
     let l = load(&gnp("  preDNAT: true\n  applyOnForward: true\n  types: [Ingress, Egress]\n  egress:\n    - action: Allow\n"));
     let fields: Vec<_> = errors(&l).iter().map(|d| d.field.clone()).collect();
     assert_eq!(fields, ["spec.egress", "spec.types"]);
-    let ok = load(&gnp("  doNotTrack: true\n  applyOnForward: true\n  ingress:\n    - action: Deny\n"));
+    let ok = load(&gnp(
+        "  doNotTrack: true\n  applyOnForward: true\n  ingress:\n    - action: Deny\n",
+    ));
     assert!(ok.diagnostics.is_empty());
     assert!(ok.model.policies[0].do_not_track && ok.model.policies[0].apply_on_forward);
 }
@@ -270,7 +340,10 @@ fn types_and_staged_action_values() {
         ("Learn", StagedAction::Learn),
         ("Ignore", StagedAction::Ignore),
     ] {
-        let l = load(&gnp(&format!("  stagedAction: {value}\n")).replace("kind: Global", "kind: StagedGlobal"));
+        let l = load(
+            &gnp(&format!("  stagedAction: {value}\n"))
+                .replace("kind: Global", "kind: StagedGlobal"),
+        );
         assert!(l.diagnostics.is_empty());
         assert_eq!(l.model.policies[0].staged_action, Some(want));
         assert_eq!(l.model.policies[0].id.to_string(), "sgnp:/p");
@@ -296,13 +369,15 @@ fn names_and_namespaces() {
     );
     assert_eq!(field, "metadata.name");
     assert!(msg.contains("reserved"));
-    let (_, field, _) = only_error(&gnp("").replace("name: p", "name: p\n  labels:\n    'bad key': x"));
+    let (_, field, _) =
+        only_error(&gnp("").replace("name: p", "name: p\n  labels:\n    'bad key': x"));
     assert_eq!(field, "metadata.labels.bad key");
 }
 
 #[test]
 fn unknown_kind_and_missing_kind() {
-    let (line, field, msg) = only_error("apiVersion: projectcalico.org/v3\nkind: Gadget\nmetadata: {name: x}\n");
+    let (line, field, msg) =
+        only_error("apiVersion: projectcalico.org/v3\nkind: Gadget\nmetadata: {name: x}\n");
     assert_eq!((line, field.as_str()), (2, "kind"));
     assert!(msg.contains("accepted:"));
     let (line, field, _) = only_error("apiVersion: v1\nmetadata: {name: x}\n");
@@ -323,10 +398,19 @@ fn one_broken_document_leaves_the_others_loaded() {
     assert_eq!(e.len(), 1, "{:#?}", l.diagnostics);
     assert!(e[0].message.contains("YAML syntax error"));
     assert!(e[0].line >= 13, "{:?}", e[0]);
-    let names: Vec<_> = l.model.policies.iter().map(|p| p.id.name.as_str()).collect();
+    let names: Vec<_> = l
+        .model
+        .policies
+        .iter()
+        .map(|p| p.id.name.as_str())
+        .collect();
     assert_eq!(names, ["p", "q"]);
     // A semantic error also drops only its own document.
-    let text = format!("{}---\n{}", gnp("  order: x\n"), gnp("").replace("name: p", "name: q"));
+    let text = format!(
+        "{}---\n{}",
+        gnp("  order: x\n"),
+        gnp("").replace("name: p", "name: q")
+    );
     let l = load(&text);
     assert_eq!(errors(&l).len(), 1);
     assert_eq!(l.model.policies.len(), 1);
@@ -341,7 +425,9 @@ fn duplicates_are_an_error_on_the_later_one() {
     let l = load(&text);
     assert_eq!(l.model.policies[0].order, Some(1.0));
     // Same name in another kind or namespace is no duplicate.
-    let np = |ns: &str| format!("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: {ns}\n");
+    let np = |ns: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: {ns}\n")
+    };
     let l = load(&format!("{}---\n{}---\n{}", gnp(""), np("a"), np("b")));
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
 }
@@ -356,7 +442,10 @@ fn tiers_must_exist() {
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     assert_eq!(l.model.policies[0].tier, "security");
     let names: Vec<_> = l.model.tiers.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["security", "kube-admin", "default", "kube-baseline"]);
+    assert_eq!(
+        names,
+        ["security", "kube-admin", "default", "kube-baseline"]
+    );
     assert_eq!(l.model.tiers[0].default_action, TierDefault::Pass);
     let (_, field, _) = only_error(&tier.replace("Pass", "Allow").replace("---\n", ""));
     assert_eq!(field, "spec.defaultAction");
@@ -372,12 +461,14 @@ fn builtin_tiers_can_be_redefined() {
     assert_eq!(d.order, Some(5.0));
     assert_eq!(l.model.tiers.len(), 3);
     let (admin, base) = (&l.model.tiers[1], &l.model.tiers[2]);
-    assert_eq!((admin.name.as_str(), admin.default_action), ("kube-admin", TierDefault::Pass));
-    assert_eq!((base.name.as_str(), base.order), ("kube-baseline", Some(10_000_000.0)));
-}
-
-fn sel(s: &str) -> Selector {
-    selector::parse(s).unwrap()
+    assert_eq!(
+        (admin.name.as_str(), admin.default_action),
+        ("kube-admin", TierDefault::Pass)
+    );
+    assert_eq!(
+        (base.name.as_str(), base.order),
+        ("kube-baseline", Some(10_000_000.0))
+    );
 }
 
 const NS_PROD: &str = "apiVersion: v1
@@ -501,10 +592,21 @@ fn endpoint_labels_are_the_full_set() {
     assert_eq!(w["partners"]["projectcalico.org/namespace"], "prod");
     assert_eq!(w["partners"]["pcns.team"], "red");
     let web = l.model.endpoints.iter().find(|e| e.name == "web").unwrap();
-    assert_eq!(web.ips, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        web.ips,
+        vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(web.profiles, ["kns.dev"]);
-    let host = l.model.endpoints.iter().find(|e| e.name == "node1-eth0").unwrap();
-    assert_eq!((host.kind, host.interface.as_deref()), (EndpointKind::Host, Some("eth0")));
+    let host = l
+        .model
+        .endpoints
+        .iter()
+        .find(|e| e.name == "node1-eth0")
+        .unwrap();
+    assert_eq!(
+        (host.kind, host.interface.as_deref()),
+        (EndpointKind::Host, Some("eth0"))
+    );
     assert!(host.profiles.is_empty());
     let kns: Vec<_> = l.model.profiles.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(kns, ["kns.dev", "kns.prod"]);
@@ -537,8 +639,17 @@ spec:
     assert_eq!(w["api"]["zone"], "a");
     assert_eq!(w["api"]["app"], "api", "own labels win");
     assert_eq!(w["h2"]["zone"], "a");
-    let p = l.model.profiles.iter().find(|p| p.name == "kns.prod").unwrap();
-    assert_eq!(p.ingress[0].action, Action::Deny, "a defined kns profile is not replaced");
+    let p = l
+        .model
+        .profiles
+        .iter()
+        .find(|p| p.name == "kns.prod")
+        .unwrap();
+    assert_eq!(
+        p.ingress[0].action,
+        Action::Deny,
+        "a defined kns profile is not replaced"
+    );
 }
 
 #[test]
@@ -630,7 +741,10 @@ fn types_default_from_rules() {
         ("", (true, false)),
         ("  ingress:\n    - action: Allow\n", (true, false)),
         ("  egress:\n    - action: Allow\n", (false, true)),
-        ("  ingress:\n    - action: Allow\n  egress:\n    - action: Allow\n", (true, true)),
+        (
+            "  ingress:\n    - action: Allow\n  egress:\n    - action: Allow\n",
+            (true, true),
+        ),
         ("  types: [Egress]\n", (false, true)),
         ("  types: [Ingress, Egress]\n", (true, true)),
     ];
@@ -695,13 +809,19 @@ fn kubernetes_network_policy_conversion() {
         tcp.destination.ports,
         vec![
             PortMatch::Named("http".into()),
-            PortMatch::Range(PortRange { first: 80, last: 81 })
+            PortMatch::Range(PortRange {
+                first: 80,
+                last: 81
+            })
         ]
     );
     assert_eq!(p.ingress[4].protocol, Some(proto::UDP));
     assert_eq!(
         p.ingress[4].destination.ports,
-        vec![PortMatch::Range(PortRange { first: 5000, last: 5010 })]
+        vec![PortMatch::Range(PortRange {
+            first: 5000,
+            last: 5010
+        })]
     );
     let src = |i: usize| p.ingress[i].source.selector.as_ref();
     assert_eq!(matched(src(0).unwrap(), &w), ["api"]);
@@ -709,8 +829,14 @@ fn kubernetes_network_policy_conversion() {
     assert_eq!(matched(src(1).unwrap(), &w), ["api", "web"]);
     assert_eq!(matched(src(2).unwrap(), &w), ["web"]);
     assert!(src(3).is_none());
-    assert_eq!(p.ingress[3].source.nets, vec!["10.0.0.0/8".parse().unwrap()]);
-    assert_eq!(p.ingress[3].source.not_nets, vec!["10.1.0.0/16".parse().unwrap()]);
+    assert_eq!(
+        p.ingress[3].source.nets,
+        vec!["10.0.0.0/8".parse().unwrap()]
+    );
+    assert_eq!(
+        p.ingress[3].source.not_nets,
+        vec!["10.1.0.0/16".parse().unwrap()]
+    );
     // An empty egress rule allows everything.
     assert_eq!(p.egress.len(), 1);
     assert_eq!(p.egress[0].protocol, None);
@@ -719,7 +845,9 @@ fn kubernetes_network_policy_conversion() {
 
 #[test]
 fn kubernetes_policy_types_and_staged_kind() {
-    let l = load(&format!("{KNP_HEAD}  podSelector: {{matchLabels: {{app: a}}}}\n  policyTypes: [Egress]\n"));
+    let l = load(&format!(
+        "{KNP_HEAD}  podSelector: {{matchLabels: {{app: a}}}}\n  policyTypes: [Egress]\n"
+    ));
     let p = &l.model.policies[0];
     assert_eq!((p.ingress_type, p.egress_type), (false, true));
     let staged = format!("{KNP_HEAD}  stagedAction: Delete\n  podSelector: {{}}\n")
@@ -737,14 +865,25 @@ fn kubernetes_policy_types_and_staged_kind() {
 fn kubernetes_policy_validation() {
     let knp = |spec: &str| format!("{KNP_HEAD}{spec}");
     let (line, field, _) = only_error(&knp("  ingress:\n    - from:\n        - ipBlock: {cidr: 10.0.0.0/8}\n          podSelector: {}\n"));
-    assert_eq!((line, field.as_str()), (9, "spec.ingress[0].from[0].ipBlock"));
-    let (_, field, _) = only_error(&knp("  ingress:\n    - from:\n        - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}\n"));
+    assert_eq!(
+        (line, field.as_str()),
+        (9, "spec.ingress[0].from[0].ipBlock")
+    );
+    let (_, field, _) = only_error(&knp(
+        "  ingress:\n    - from:\n        - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}\n",
+    ));
     assert_eq!(field, "spec.ingress[0].from[0].ipBlock.except[0]");
-    let (_, field, _) = only_error(&knp("  egress:\n    - ports:\n        - {port: 90, endPort: 80}\n"));
+    let (_, field, _) = only_error(&knp(
+        "  egress:\n    - ports:\n        - {port: 90, endPort: 80}\n",
+    ));
     assert_eq!(field, "spec.egress[0].ports[0].endPort");
-    let (_, field, _) = only_error(&knp("  egress:\n    - ports:\n        - {protocol: ICMP}\n"));
+    let (_, field, _) = only_error(&knp(
+        "  egress:\n    - ports:\n        - {protocol: ICMP}\n",
+    ));
     assert_eq!(field, "spec.egress[0].ports[0].protocol");
-    let (_, field, _) = only_error(&knp("  podSelector:\n    matchExpressions:\n      - {key: a, operator: Equals}\n"));
+    let (_, field, _) = only_error(&knp(
+        "  podSelector:\n    matchExpressions:\n      - {key: a, operator: Equals}\n",
+    ));
     assert_eq!(field, "spec.podSelector.matchExpressions[0].operator");
     let (_, field, _) = only_error(&knp("  policyTypes: [ingress]\n"));
     assert_eq!(field, "spec.policyTypes[0]");
@@ -759,15 +898,21 @@ fn endpoint_validation() {
     let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: prod\nspec:\n";
     let (line, field, _) = only_error(&format!("{wep}  ipNetworks: [10.0.0.300/32]\n"));
     assert_eq!((line, field.as_str()), (7, "spec.ipNetworks[0]"));
-    let (_, field, _) = only_error(&format!("{wep}  ports:\n    - {{name: http, protocol: ICMP, port: 80}}\n"));
+    let (_, field, _) = only_error(&format!(
+        "{wep}  ports:\n    - {{name: http, protocol: ICMP, port: 80}}\n"
+    ));
     assert_eq!(field, "spec.ports[0].protocol");
-    let (_, field, _) = only_error(&format!("{wep}  ports:\n    - {{name: http, protocol: TCP, port: 0}}\n"));
+    let (_, field, _) = only_error(&format!(
+        "{wep}  ports:\n    - {{name: http, protocol: TCP, port: 0}}\n"
+    ));
     assert_eq!(field, "spec.ports[0].port");
     let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  node: n1\n";
     let (_, field, msg) = only_error(hep);
     assert_eq!(field, "spec");
     assert!(msg.contains("interfaceName or expectedIPs"));
-    let l = load(&format!("{hep}  interfaceName: eth0\n  profiles: [missing]\n"));
+    let l = load(&format!(
+        "{hep}  interfaceName: eth0\n  profiles: [missing]\n"
+    ));
     assert!(!l.has_errors());
     assert_eq!(l.diagnostics[0].field, "spec.profiles[0]");
     assert_eq!(l.model.endpoints.len(), 1);
@@ -775,7 +920,9 @@ fn endpoint_validation() {
 
 #[test]
 fn unsupported_calico_features_are_rejected_clearly() {
-    let (_, field, _) = only_error(&gnp("  ingress:\n    - action: Allow\n      http: {methods: [GET]}\n"));
+    let (_, field, _) = only_error(&gnp(
+        "  ingress:\n    - action: Allow\n      http: {methods: [GET]}\n",
+    ));
     assert_eq!(field, "spec.ingress[0].http");
     let (_, field, _) = only_error(&gnp("  egress:\n    - action: Allow\n      destination:\n        services: {name: kubernetes, namespace: default}\n"));
     assert_eq!(field, "spec.egress[0].destination.services");

@@ -49,20 +49,21 @@ impl Issues {
 pub fn validate(resource: &Resource) -> Vec<Issue> {
     let mut v = Issues::default();
     let meta = resource.metadata();
-    let kind_is_namespaced = match resource {
+    let kind_is_namespaced = matches!(
+        resource,
         Resource::NetworkPolicy(_)
-        | Resource::StagedNetworkPolicy(_)
-        | Resource::KubernetesNetworkPolicy(_)
-        | Resource::StagedKubernetesNetworkPolicy(_)
-        | Resource::WorkloadEndpoint(_)
-        | Resource::NetworkSet(_)
-        | Resource::ServiceAccount(_) => true,
-        _ => false,
-    };
+            | Resource::StagedNetworkPolicy(_)
+            | Resource::KubernetesNetworkPolicy(_)
+            | Resource::StagedKubernetesNetworkPolicy(_)
+            | Resource::WorkloadEndpoint(_)
+            | Resource::NetworkSet(_)
+            | Resource::ServiceAccount(_)
+    );
     match resource {
-        Resource::Tier(_) | Resource::Namespace(_) => {
-            v.check("metadata.name", fields::check_label_name("name", &meta.name))
-        }
+        Resource::Tier(_) | Resource::Namespace(_) => v.check(
+            "metadata.name",
+            fields::check_label_name("name", &meta.name),
+        ),
         _ => v.check("metadata.name", fields::check_name(&meta.name)),
     }
     match (&meta.namespace, kind_is_namespaced) {
@@ -95,7 +96,12 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
         Resource::StagedKubernetesNetworkPolicy(o) => k8s_policy(&mut v, &o.spec, true),
         Resource::Tier(o) => tier(&mut v, &o.spec),
         Resource::Profile(o) => {
-            rules(&mut v, "spec.ingress", &o.spec.ingress, RuleContext::Profile);
+            rules(
+                &mut v,
+                "spec.ingress",
+                &o.spec.ingress,
+                RuleContext::Profile,
+            );
             rules(&mut v, "spec.egress", &o.spec.egress, RuleContext::Profile);
             check_labels(&mut v, "spec.labelsToApply", &o.spec.labels_to_apply);
         }
@@ -161,7 +167,9 @@ fn staged_action(v: &mut Issues, action: &Option<String>, staged: bool) {
             if !matches!(a.as_str(), "Set" | "Delete" | "Learn" | "Ignore") {
                 v.error(
                     "spec.stagedAction",
-                    format!("stagedAction `{a}` is not valid; accepted: Set, Delete, Learn, Ignore"),
+                    format!(
+                        "stagedAction `{a}` is not valid; accepted: Set, Delete, Learn, Ignore"
+                    ),
                 );
             }
         }
@@ -185,7 +193,10 @@ fn types(v: &mut Issues, types: &Option<Vec<String>>) -> Option<(bool, bool)> {
             }
         };
         if seen {
-            v.error(format!("spec.types[{i}]"), format!("type `{t}` is listed twice"));
+            v.error(
+                format!("spec.types[{i}]"),
+                format!("type `{t}` is listed twice"),
+            );
         }
     }
     Some((ingress, egress))
@@ -197,7 +208,12 @@ fn tier_name(v: &mut Issues, tier: &Option<String>) {
     }
 }
 
-fn unused_rules_warning(v: &mut Issues, listed: Option<(bool, bool)>, ingress: usize, egress: usize) {
+fn unused_rules_warning(
+    v: &mut Issues,
+    listed: Option<(bool, bool)>,
+    ingress: usize,
+    egress: usize,
+) {
     if let Some((has_ingress, has_egress)) = listed {
         if !has_ingress && ingress > 0 {
             v.warning(
@@ -219,7 +235,11 @@ fn global_policy(v: &mut Issues, s: &GlobalPolicySpec, staged: bool) {
     order(v, s.order);
     selector(v, "spec.selector", &s.selector);
     selector(v, "spec.namespaceSelector", &s.namespace_selector);
-    selector(v, "spec.serviceAccountSelector", &s.service_account_selector);
+    selector(
+        v,
+        "spec.serviceAccountSelector",
+        &s.service_account_selector,
+    );
     let listed = types(v, &s.types);
     staged_action(v, &s.staged_action, staged);
     let ctx = RuleContext::Policy;
@@ -241,7 +261,10 @@ fn global_policy(v: &mut Issues, s: &GlobalPolicySpec, staged: bool) {
             v.error("spec.egress", "a preDNAT policy cannot have egress rules");
         }
         if listed.is_some_and(|(_, egress)| egress) {
-            v.error("spec.types", "a preDNAT policy's types cannot include Egress");
+            v.error(
+                "spec.types",
+                "a preDNAT policy's types cannot include Egress",
+            );
         }
     }
 }
@@ -250,7 +273,11 @@ fn namespaced_policy(v: &mut Issues, s: &NamespacedPolicySpec, staged: bool) {
     tier_name(v, &s.tier);
     order(v, s.order);
     selector(v, "spec.selector", &s.selector);
-    selector(v, "spec.serviceAccountSelector", &s.service_account_selector);
+    selector(
+        v,
+        "spec.serviceAccountSelector",
+        &s.service_account_selector,
+    );
     let listed = types(v, &s.types);
     staged_action(v, &s.staged_action, staged);
     let ctx = RuleContext::Policy;
@@ -336,10 +363,7 @@ fn rule(v: &mut Issues, path: &str, r: &Rule, ctx: RuleContext) {
                 "protocol ICMPv6 with ipVersion 4 never matches; use ICMP",
             ),
             Some(proto::ICMP | proto::ICMPV6) => {}
-            _ => v.error(
-                &fpath,
-                format!("{field} requires protocol ICMP or ICMPv6"),
-            ),
+            _ => v.error(&fpath, format!("{field} requires protocol ICMP or ICMPv6")),
         }
         if let Some(t) = icmp.icmp_type {
             if !(0..=254).contains(&t) {
@@ -369,8 +393,20 @@ fn rule(v: &mut Issues, path: &str, r: &Rule, ctx: RuleContext) {
             "HTTP match rules need an application-layer proxy and are not supported",
         );
     }
-    entity(v, &format!("{path}.source"), &r.source, protocol, ip_version);
-    entity(v, &format!("{path}.destination"), &r.destination, protocol, ip_version);
+    entity(
+        v,
+        &format!("{path}.source"),
+        &r.source,
+        protocol,
+        ip_version,
+    );
+    entity(
+        v,
+        &format!("{path}.destination"),
+        &r.destination,
+        protocol,
+        ip_version,
+    );
 }
 
 fn nets(v: &mut Issues, path: &str, nets: &[String], ip_version: Option<u8>) {
@@ -420,12 +456,22 @@ fn ports(v: &mut Issues, path: &str, ports: &[IntOrString], protocol: Option<u8>
     }
 }
 
-fn entity(v: &mut Issues, path: &str, e: &EntityRule, protocol: Option<u8>, ip_version: Option<u8>) {
+fn entity(
+    v: &mut Issues,
+    path: &str,
+    e: &EntityRule,
+    protocol: Option<u8>,
+    ip_version: Option<u8>,
+) {
     nets(v, &format!("{path}.nets"), &e.nets, ip_version);
     nets(v, &format!("{path}.notNets"), &e.not_nets, ip_version);
     selector(v, &format!("{path}.selector"), &e.selector);
     selector(v, &format!("{path}.notSelector"), &e.not_selector);
-    selector(v, &format!("{path}.namespaceSelector"), &e.namespace_selector);
+    selector(
+        v,
+        &format!("{path}.namespaceSelector"),
+        &e.namespace_selector,
+    );
     ports(v, &format!("{path}.ports"), &e.ports, protocol);
     ports(v, &format!("{path}.notPorts"), &e.not_ports, protocol);
     if let Some(sa) = &e.service_accounts {
@@ -462,7 +508,10 @@ fn endpoint_ports(v: &mut Issues, ports: &[EndpointPort]) {
         let path = format!("spec.ports[{i}]");
         if p.name.is_empty() {
             v.error(format!("{path}.name"), "an endpoint port needs a name");
-        } else if !matches!(fields::port(&IntOrString::Str(p.name.clone())), Ok(super::ir::PortMatch::Named(_))) {
+        } else if !matches!(
+            fields::port(&IntOrString::Str(p.name.clone())),
+            Ok(super::ir::PortMatch::Named(_))
+        ) {
             v.error(
                 format!("{path}.name"),
                 format!("port name `{}` is not valid; accepted: [a-zA-Z0-9_.-]{{1,128}}, not only digits", p.name),
@@ -577,7 +626,10 @@ fn k8s_peers(v: &mut Issues, path: &str, peers: &[K8sPeer]) {
                 match b.cidr.parse::<ipnet::IpNet>() {
                     Err(_) => v.error(
                         format!("{p}.ipBlock.cidr"),
-                        format!("`{}` is not a valid CIDR; accepted: e.g. 10.0.0.0/8", b.cidr),
+                        format!(
+                            "`{}` is not a valid CIDR; accepted: e.g. 10.0.0.0/8",
+                            b.cidr
+                        ),
                     ),
                     Ok(cidr) => {
                         for (j, ex) in b.except.iter().enumerate() {
@@ -599,10 +651,7 @@ fn k8s_peers(v: &mut Issues, path: &str, peers: &[K8sPeer]) {
             }
             None => {
                 if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
-                    v.error(
-                        &p,
-                        "a peer needs podSelector, namespaceSelector or ipBlock",
-                    );
+                    v.error(&p, "a peer needs podSelector, namespaceSelector or ipBlock");
                 }
             }
         }

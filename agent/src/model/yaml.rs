@@ -79,12 +79,10 @@ pub fn parse_chunk(chunk: &Chunk) -> Result<Option<Node>, SyntaxError> {
         error: None,
     };
     let mut parser = Parser::new_from_str(&chunk.text);
-    parser
-        .load(&mut builder, true)
-        .map_err(|e| SyntaxError {
-            line: e.marker().line() + chunk.first_line - 1,
-            message: format!("YAML syntax error: {}", e.info()),
-        })?;
+    parser.load(&mut builder, true).map_err(|e| SyntaxError {
+        line: e.marker().line() + chunk.first_line - 1,
+        message: format!("YAML syntax error: {}", e.info()),
+    })?;
     if let Some(e) = builder.error {
         return Err(e);
     }
@@ -101,7 +99,12 @@ pub fn parse_chunk(chunk: &Chunk) -> Result<Option<Node>, SyntaxError> {
 enum Open {
     Seq(usize, usize, Vec<Node>),
     /// anchor, line, entries, pending key
-    Map(usize, usize, Vec<(String, usize, Node)>, Option<(String, usize)>),
+    Map(
+        usize,
+        usize,
+        Vec<(String, usize, Node)>,
+        Option<(String, usize)>,
+    ),
 }
 
 struct Builder {
@@ -224,9 +227,7 @@ fn resolve_plain(s: &str) -> Value {
             return Value::Int(i);
         }
     }
-    let looks_numeric = s
-        .chars()
-        .all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
+    let looks_numeric = s.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
         && s.chars().any(|c| c.is_ascii_digit());
     if looks_numeric {
         if let Ok(f) = s.parse::<f64>() {
