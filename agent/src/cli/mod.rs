@@ -1,10 +1,14 @@
 //! The command line: `agent <command>`.
 mod check;
+mod debug;
 mod promote;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+pub mod selector;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +41,11 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Attach the first-slice program and drop one port (development aid).
+    #[command(hide = true)]
+    DebugDrop(debug::DebugDropArgs),
+    /// Evaluate a Calico selector against labels: prints `true` or `false`.
+    Selector(selector::SelectorArgs),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -54,6 +63,8 @@ pub fn main(cli: Cli) -> ExitCode {
             target,
             namespace,
         } => promote::run(&datastore, &target, namespace.as_deref()),
+        Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Selector(args) => Ok(selector::run(args)),
     };
     match result {
         Ok(code) => code,

@@ -39,15 +39,10 @@ fn parse_or_all(s: &str) -> Selector {
 }
 
 /// A `namespaceSelector` over `pcns.` labels; `all()` means "in any namespace"
-/// and `global()` "in no namespace". Calico does this by text substitution on
-/// the prefixed selector, and so do we, to match it exactly.
+/// and `global()` "in no namespace" (Calico's text substitution, see
+/// [`Selector::to_namespace_scope`]).
 fn namespace_selector(text: &str) -> Selector {
-    let prefixed = parse_or_all(text)
-        .prefix_keys(NAMESPACE_LABEL_PREFIX)
-        .to_string()
-        .replace("all()", &format!("has({LABEL_NAMESPACE})"))
-        .replace("global()", &format!("!has({LABEL_NAMESPACE})"));
-    parse_or_all(&prefixed)
+    parse_or_all(text).to_namespace_scope(NAMESPACE_LABEL_PREFIX, LABEL_NAMESPACE)
 }
 
 fn service_accounts_selector(sa: &res::ServiceAccountMatch) -> Option<Selector> {

@@ -1,31 +1,30 @@
-//! Calico's label-selector language (libcalico-go/lib/selector).
+//! Calico's label-selector language (`libcalico-go/lib/selector`), with
+//! projectcalico.org/v3 semantics: parsing (same accepted inputs as Calico's
+//! tokenizer and parser), evaluation against a label set, and Calico's
+//! canonical printing.
 //!
-//! STUB (branch `model`): a minimal stand-in for the real parser that lands on
-//! `main` with the same API. It parses a subset (`all()`, `global()`, `==`,
-//! `!=`, `in`, `not in`, `has()`, `!`, `&&`, `||`, parentheses) so the model's
-//! tests can run; it is replaced wholesale at merge.
+//! Evaluation is a plain walk over the tree that borrows from the label map:
+//! no allocation per evaluation.
 use std::fmt;
+use std::str::FromStr;
 
 use crate::model::ir::Labels;
 
-/// A parsed selector. `Display` prints the canonical form, which re-parses to an equal selector.
+mod ast;
+mod lexer;
+mod parser;
+#[cfg(test)]
+mod tests;
+
+pub use ast::Node;
+pub use lexer::{is_valid_label_key, MAX_LABEL_KEY_LEN};
+pub use parser::MAX_NESTING;
+
+/// A parsed selector. `Display` prints Calico's canonical form, which
+/// re-parses to an equal selector.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Selector {
-    node: Node,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Node {
-    All,
-    Global,
-    Has(String),
-    Eq(String, String),
-    Ne(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Not(Box<Node>),
-    And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
+    root: Node,
 }
 
 /// Why a selector did not parse, and where (byte offset into the input).
@@ -36,258 +35,153 @@ pub struct ParseError {
     pub reason: String,
 }
 
+/// Parses a selector. An empty or all-whitespace selector is `all()`.
 pub fn parse(input: &str) -> Result<Selector, ParseError> {
-    let mut p = StubParser { s: input, pos: 0 };
-    p.skip_ws();
-    if p.pos == input.len() {
-        return Ok(Selector::all());
-    }
-    let node = p.or()?;
-    p.skip_ws();
-    if p.pos != input.len() {
-        return Err(p.err("unexpected trailing characters"));
-    }
-    Ok(Selector { node })
+    parser::parse_node(input).map(|root| Selector { root })
 }
 
-struct StubParser<'a> {
-    s: &'a str,
-    pos: usize,
-}
-
-impl StubParser<'_> {
-    fn err(&self, reason: &str) -> ParseError {
-        ParseError {
-            position: self.pos,
-            reason: reason.into(),
-        }
-    }
-    fn rest(&self) -> &str {
-        &self.s[self.pos..]
-    }
-    fn skip_ws(&mut self) {
-        while self.rest().starts_with([' ', '\t']) {
-            self.pos += 1;
-        }
-    }
-    fn eat(&mut self, tok: &str) -> bool {
-        self.skip_ws();
-        if self.rest().starts_with(tok) {
-            self.pos += tok.len();
-            true
-        } else {
-            false
-        }
-    }
-    fn or(&mut self) -> Result<Node, ParseError> {
-        let mut left = self.and()?;
-        while self.eat("||") {
-            left = Node::Or(Box::new(left), Box::new(self.and()?));
-        }
-        Ok(left)
-    }
-    fn and(&mut self) -> Result<Node, ParseError> {
-        let mut left = self.primary()?;
-        while self.eat("&&") {
-            left = Node::And(Box::new(left), Box::new(self.primary()?));
-        }
-        Ok(left)
-    }
-    fn key(&mut self) -> Result<String, ParseError> {
-        self.skip_ws();
-        let len = self
-            .rest()
-            .find(|c: char| !(c.is_ascii_alphanumeric() || "_./-".contains(c)))
-            .unwrap_or(self.rest().len());
-        if len == 0 {
-            return Err(self.err("expected a label key"));
-        }
-        let k = self.rest()[..len].to_string();
-        self.pos += len;
-        Ok(k)
-    }
-    fn string(&mut self) -> Result<String, ParseError> {
-        self.skip_ws();
-        let quote = match self.rest().chars().next() {
-            Some(q @ ('\'' | '"')) => q,
-            _ => return Err(self.err("expected a quoted string")),
-        };
-        let body = &self.rest()[1..];
-        let end = body
-            .find(quote)
-            .ok_or_else(|| self.err("unterminated string"))?;
-        let v = body[..end].to_string();
-        self.pos += end + 2;
-        Ok(v)
-    }
-    fn set(&mut self) -> Result<Vec<String>, ParseError> {
-        if !self.eat("{") {
-            return Err(self.err("expected '{'"));
-        }
-        let mut vals = Vec::new();
-        if self.eat("}") {
-            return Ok(vals);
-        }
-        loop {
-            vals.push(self.string()?);
-            if self.eat("}") {
-                return Ok(vals);
-            }
-            if !self.eat(",") {
-                return Err(self.err("expected ',' or '}'"));
-            }
-        }
-    }
-    fn primary(&mut self) -> Result<Node, ParseError> {
-        if self.eat("!") {
-            return Ok(Node::Not(Box::new(self.primary()?)));
-        }
-        if self.eat("(") {
-            let n = self.or()?;
-            if !self.eat(")") {
-                return Err(self.err("expected ')'"));
-            }
-            return Ok(n);
-        }
-        if self.eat("all()") {
-            return Ok(Node::All);
-        }
-        if self.eat("global()") {
-            return Ok(Node::Global);
-        }
-        if self.eat("has(") {
-            let k = self.key()?;
-            if !self.eat(")") {
-                return Err(self.err("expected ')'"));
-            }
-            return Ok(Node::Has(k));
-        }
-        let k = self.key()?;
-        if self.eat("==") {
-            Ok(Node::Eq(k, self.string()?))
-        } else if self.eat("!=") {
-            Ok(Node::Ne(k, self.string()?))
-        } else if self.eat("not in") {
-            Ok(Node::NotIn(k, self.set()?))
-        } else if self.eat("in") {
-            Ok(Node::In(k, self.set()?))
-        } else {
-            Err(self.err("expected an operator"))
-        }
+impl FromStr for Selector {
+    type Err = ParseError;
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        parse(input)
     }
 }
 
 impl Selector {
     /// `all()`: matches every label set.
     pub fn all() -> Self {
-        Selector { node: Node::All }
+        Selector { root: Node::All }
     }
-    pub fn has(key: &str) -> Self {
+
+    /// `global()`.
+    pub fn global() -> Self {
+        Selector { root: Node::Global }
+    }
+
+    /// `has(key)`.
+    pub fn has(key: impl Into<String>) -> Self {
         Selector {
-            node: Node::Has(key.into()),
+            root: Node::Has(key.into()),
         }
     }
-    pub fn equals(key: &str, value: &str) -> Self {
+
+    /// `key == "value"`.
+    pub fn equals(key: impl Into<String>, value: impl Into<String>) -> Self {
         Selector {
-            node: Node::Eq(key.into(), value.into()),
+            root: Node::Equals(key.into(), value.into()),
         }
     }
-    pub fn in_set<I, S>(key: &str, values: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+
+    /// `key != "value"`.
+    pub fn not_equals(key: impl Into<String>, value: impl Into<String>) -> Self {
         Selector {
-            node: Node::In(key.into(), values.into_iter().map(Into::into).collect()),
+            root: Node::NotEquals(key.into(), value.into()),
         }
     }
-    pub fn is_global(&self) -> bool {
-        self.node == Node::Global
-    }
-    pub fn evaluate(&self, labels: &Labels) -> bool {
-        eval(&self.node, labels)
-    }
-    /// `self && other`.
-    pub fn and(self, other: Selector) -> Selector {
+
+    /// `key in {values}` (values are sorted and deduplicated, as Calico does).
+    pub fn in_set<V: Into<String>>(
+        key: impl Into<String>,
+        values: impl IntoIterator<Item = V>,
+    ) -> Self {
+        let values = ast::normalise_set(values.into_iter().map(Into::into).collect());
         Selector {
-            node: Node::And(Box::new(self.node), Box::new(other.node)),
+            root: Node::In(key.into(), values),
         }
     }
-    /// `self || other`.
-    pub fn or(self, other: Selector) -> Selector {
+
+    /// `key not in {values}`.
+    pub fn not_in_set<V: Into<String>>(
+        key: impl Into<String>,
+        values: impl IntoIterator<Item = V>,
+    ) -> Self {
+        let values = ast::normalise_set(values.into_iter().map(Into::into).collect());
         Selector {
-            node: Node::Or(Box::new(self.node), Box::new(other.node)),
+            root: Node::NotIn(key.into(), values),
         }
     }
-    /// `!self`.
+
+    /// `!self`; negating a negation gives back the inner selector.
     #[allow(clippy::should_implement_trait)]
     pub fn not(self) -> Selector {
         Selector {
-            node: Node::Not(Box::new(self.node)),
+            root: parser::negate(self.root),
         }
     }
-    /// The same selector over `prefix`-prefixed label keys.
-    pub fn prefix_keys(&self, prefix: &str) -> Selector {
-        fn go(n: &Node, p: &str) -> Node {
-            let k = |k: &String| format!("{p}{k}");
-            match n {
-                Node::All | Node::Global => n.clone(),
-                Node::Has(key) => Node::Has(k(key)),
-                Node::Eq(key, v) => Node::Eq(k(key), v.clone()),
-                Node::Ne(key, v) => Node::Ne(k(key), v.clone()),
-                Node::In(key, v) => Node::In(k(key), v.clone()),
-                Node::NotIn(key, v) => Node::NotIn(k(key), v.clone()),
-                Node::Not(a) => Node::Not(Box::new(go(a, p))),
-                Node::And(a, b) => Node::And(Box::new(go(a, p)), Box::new(go(b, p))),
-                Node::Or(a, b) => Node::Or(Box::new(go(a, p)), Box::new(go(b, p))),
-            }
-        }
+
+    /// `self && other`, shaped like Calico's parse of `(self) && (other)`.
+    pub fn and(self, other: Selector) -> Selector {
         Selector {
-            node: go(&self.node, prefix),
+            root: Node::And(vec![self.root, other.root]),
         }
     }
-}
 
-fn eval(n: &Node, l: &Labels) -> bool {
-    match n {
-        Node::All => true,
-        Node::Global => !l.contains_key("projectcalico.org/namespace"),
-        Node::Has(k) => l.contains_key(k),
-        Node::Eq(k, v) => l.get(k) == Some(v),
-        Node::Ne(k, v) => l.get(k) != Some(v),
-        Node::In(k, vs) => l.get(k).is_some_and(|x| vs.contains(x)),
-        Node::NotIn(k, vs) => !l.get(k).is_some_and(|x| vs.contains(x)),
-        Node::Not(a) => !eval(a, l),
-        Node::And(a, b) => eval(a, l) && eval(b, l),
-        Node::Or(a, b) => eval(a, l) || eval(b, l),
-    }
-}
-
-impl fmt::Display for Node {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let set = |vs: &Vec<String>| {
-            vs.iter()
-                .map(|v| format!("\"{v}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match self {
-            Node::All => f.write_str("all()"),
-            Node::Global => f.write_str("global()"),
-            Node::Has(k) => write!(f, "has({k})"),
-            Node::Eq(k, v) => write!(f, "{k} == \"{v}\""),
-            Node::Ne(k, v) => write!(f, "{k} != \"{v}\""),
-            Node::In(k, vs) => write!(f, "{k} in {{{}}}", set(vs)),
-            Node::NotIn(k, vs) => write!(f, "{k} not in {{{}}}", set(vs)),
-            Node::Not(a) => write!(f, "!({a})"),
-            Node::And(a, b) => write!(f, "({a} && {b})"),
-            Node::Or(a, b) => write!(f, "({a} || {b})"),
+    /// `self || other`, shaped like Calico's parse of `(self) || (other)`.
+    pub fn or(self, other: Selector) -> Selector {
+        Selector {
+            root: Node::Or(vec![self.root, other.root]),
         }
+    }
+
+    /// Does this label set match?
+    pub fn evaluate(&self, labels: &Labels) -> bool {
+        self.root.evaluate(labels)
+    }
+
+    /// The syntax tree, for consumers that compile selectors.
+    pub fn root(&self) -> &Node {
+        &self.root
+    }
+
+    /// True for exactly `global()` (after parsing, so ` ( global() ) ` too).
+    pub fn is_global(&self) -> bool {
+        self.root == Node::Global
+    }
+
+    /// True for exactly `all()` (which is also what an empty selector parses to).
+    pub fn is_all(&self) -> bool {
+        self.root == Node::All
+    }
+
+    /// Every label key gets `prefix` (Calico's `PrefixVisitor`): `k == "v"`
+    /// becomes `<prefix>k == "v"`. `all()` and `global()` have no key and are
+    /// left alone, as in Calico.
+    pub fn prefix_keys(&self, prefix: &str) -> Selector {
+        let mut root = self.root.clone();
+        root.for_each_key_mut(&mut |key| key.insert_str(0, prefix));
+        Selector { root }
+    }
+
+    /// A rule's `namespaceSelector` turned into a selector over endpoint
+    /// labels, as Calico's `getEndpointSelector` does: keys get
+    /// `label_prefix` (e.g. `pcns.`), then in the canonical string `all()`
+    /// becomes `has(<namespace_label>)` (any namespaced endpoint) and
+    /// `global()` becomes `!has(<namespace_label>)` (non-namespaced only).
+    ///
+    /// Calico does the replacement on the printed string, so it also rewrites
+    /// the text `all()`/`global()` inside quoted values; we do the same to stay
+    /// exact. The replacements contain no quotes, so the result always parses.
+    ///
+    /// Calico only applies this when the rule's `namespaceSelector` string is
+    /// non-empty; an absent/empty one means "the policy's own namespace", which
+    /// the caller must handle before parsing (an empty selector parses to `all()`).
+    ///
+    /// Panics if the selector was built (not parsed) from keys or values the
+    /// language cannot express, since its printed form then does not parse.
+    pub fn to_namespace_scope(&self, label_prefix: &str, namespace_label: &str) -> Selector {
+        let printed = self
+            .prefix_keys(label_prefix)
+            .to_string()
+            .replace("all()", &format!("has({namespace_label})"))
+            .replace("global()", &format!("!has({namespace_label})"));
+        parse(&printed).unwrap_or_else(|error| {
+            panic!("namespace scoping produced an unparsable selector {printed:?}: {error}")
+        })
     }
 }
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.node.fmt(f)
+        self.root.fmt(f)
     }
 }

@@ -1,0 +1,116 @@
+//! Crafted Ethernet frames for BPF_PROG_TEST_RUN: IPv4/IPv6 with TCP, UDP,
+//! SCTP or ICMP headers. Checksums are left zero: the programs under test
+//! parse headers, they do not verify checksums.
+use std::net::IpAddr;
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+pub const SCTP: u8 = 132;
+
+/// TCP flag bits.
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const FIN: u8 = 0x01;
+pub const RST: u8 = 0x04;
+
+#[derive(Clone, Debug)]
+pub struct Packet {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+    /// ICMP type and code (for ICMP/ICMPv6).
+    pub icmp: (u8, u8),
+}
+
+impl Packet {
+    pub fn tcp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Self {
+        Packet {
+            src,
+            dst,
+            protocol: TCP,
+            src_port,
+            dst_port,
+            tcp_flags: SYN,
+            icmp: (0, 0),
+        }
+    }
+    pub fn udp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Self {
+        Packet {
+            protocol: UDP,
+            tcp_flags: 0,
+            ..Self::tcp(src, src_port, dst, dst_port)
+        }
+    }
+    /// An ICMP (v4) or ICMPv6 message, by the address family.
+    pub fn icmp(src: IpAddr, dst: IpAddr, icmp_type: u8, code: u8) -> Self {
+        Packet {
+            protocol: if src.is_ipv4() { ICMP } else { ICMPV6 },
+            tcp_flags: 0,
+            icmp: (icmp_type, code),
+            ..Self::tcp(src, 0, dst, 0)
+        }
+    }
+    pub fn flags(mut self, flags: u8) -> Self {
+        self.tcp_flags = flags;
+        self
+    }
+
+    /// The frame as it would appear on the wire (Ethernet II).
+    pub fn frame(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let mut f = Vec::with_capacity(14 + 40 + l4.len());
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 2]); // dst MAC
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]); // src MAC
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                let total = (20 + l4.len()) as u16;
+                f.extend_from_slice(&[0x45, 0]);
+                f.extend_from_slice(&total.to_be_bytes());
+                f.extend_from_slice(&[0, 1, 0x40, 0, 64, self.protocol, 0, 0]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                f.extend_from_slice(&0x86ddu16.to_be_bytes());
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                f.extend_from_slice(&[self.protocol, 64]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+            }
+            _ => panic!("source and destination must be the same IP family"),
+        }
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    fn l4(&self) -> Vec<u8> {
+        let ports = [self.src_port.to_be_bytes(), self.dst_port.to_be_bytes()].concat();
+        match self.protocol {
+            TCP => {
+                let mut h = ports;
+                h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // seq, ack
+                h.extend_from_slice(&[0x50, self.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
+                h
+            }
+            UDP => {
+                let mut h = ports;
+                h.extend_from_slice(&[0, 8, 0, 0]);
+                h
+            }
+            SCTP => {
+                let mut h = ports;
+                h.extend_from_slice(&[0; 8]); // verification tag, checksum
+                h
+            }
+            ICMP | ICMPV6 => vec![self.icmp.0, self.icmp.1, 0, 0, 0, 1, 0, 1],
+            _ => Vec::new(),
+        }
+    }
+}
