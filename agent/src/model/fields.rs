@@ -116,6 +116,46 @@ pub fn check_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// GlobalNetworkPolicy names: a DNS label, optionally `<label>.` prefixed (one dot at most).
+pub fn check_global_policy_name(s: &str) -> Result<(), String> {
+    let parts: Vec<&str> = s.split('.').collect();
+    if s.len() <= 253 && parts.len() <= 2 && parts.iter().all(|p| is_dns_label(p)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "name `{s}` is not valid; accepted: lowercase letters, digits and `-` \
+             (a DNS label), optionally prefixed by one `<label>.`"
+        ))
+    }
+}
+
+/// NetworkPolicy names: like a global policy's, or `knp.default.`/`ossg.default.`
+/// followed by a DNS subdomain (Calico's networkPolicyNameRegex).
+pub fn check_namespaced_policy_name(s: &str) -> Result<(), String> {
+    for prefix in ["knp.default.", "ossg.default."] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            if s.len() <= 253 && !rest.is_empty() && rest.split('.').all(is_dns_label) {
+                return Ok(());
+            }
+        }
+    }
+    check_global_policy_name(s)
+}
+
+/// Interface names as Calico accepts them (`[a-zA-Z0-9_.-]{1,15}`).
+pub fn check_interface(s: &str) -> Result<(), String> {
+    if (1..=15).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "interface name `{s}` is not valid; accepted: 1-15 of [a-zA-Z0-9_.-]"
+        ))
+    }
+}
+
 /// DNS-1123 label: namespaces and tiers (a tier name cannot contain `.`).
 pub fn check_label_name(what: &str, s: &str) -> Result<(), String> {
     if is_dns_label(s) {

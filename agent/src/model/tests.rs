@@ -167,7 +167,7 @@ fn icmp_rules() {
     let rule = |body: &str| gnp(&format!("  ingress:\n    - action: Allow\n{body}"));
     let (line, field, msg) = only_error(&rule("      icmp: {type: 8}\n"));
     assert_eq!((line, field.as_str()), (8, "spec.ingress[0].icmp"));
-    assert!(msg.contains("requires protocol ICMP or ICMPv6"));
+    assert!(msg.contains("must set protocol to ICMP or ICMPv6"));
     let (line, field, msg) = only_error(&rule("      protocol: ICMP\n      icmp: {code: 1}\n"));
     assert_eq!((line, field.as_str()), (9, "spec.ingress[0].icmp.code"));
     assert!(msg.contains("without an ICMP type"));
@@ -177,10 +177,16 @@ fn icmp_rules() {
         "      protocol: ICMP\n      icmp: {type: 3, code: 256}\n",
     ));
     assert_eq!(field, "spec.ingress[0].icmp.code");
-    let (_, field, _) = only_error(&rule(
+    let (_, field, msg) = only_error(&rule(
         "      protocol: ICMP\n      ipVersion: 6\n      icmp: {type: 3}\n",
     ));
-    assert_eq!(field, "spec.ingress[0].icmp");
+    assert_eq!(field, "spec.ingress[0].ipVersion");
+    assert!(msg.contains("ipVersion to 4"));
+    let (_, field, _) = only_error(&rule("      notProtocol: ICMPv6\n      ipVersion: 4\n"));
+    assert_eq!(field, "spec.ingress[0].ipVersion");
+    // Calico checks the protocol for icmp only, not for notICMP.
+    let ok = load(&rule("      notICMP: {type: 8}\n"));
+    assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
     let ok = load(&rule(
         "      protocol: ICMPv6\n      icmp: {type: 128, code: 0}\n",
     ));
@@ -268,14 +274,36 @@ fn protocol_and_action_values() {
 #[test]
 fn nets_and_ip_version() {
     let rule = |body: &str| gnp(&format!("  ingress:\n    - action: Allow\n{body}"));
-    let (line, field, msg) = only_error(&rule(
+    let l = load(&rule(
         "      ipVersion: 4\n      source:\n        nets: [10.0.0.0/8, \"fd00::/8\"]\n",
+    ));
+    let e: Vec<_> = errors(&l)
+        .iter()
+        .map(|d| (d.line, d.field.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        e,
+        [
+            (
+                10,
+                "spec.ingress[0].source.nets[1]",
+                "net `fd00::/8` is not IPv4 but the rule has ipVersion 4"
+            ),
+            (
+                10,
+                "spec.ingress[0].source.nets",
+                "rule contains both IPv4 and IPv6 CIDRs"
+            ),
+        ]
+    );
+    // Families may not mix across the rule's lists either.
+    let (line, field, _) = only_error(&rule(
+        "      source:\n        nets: [10.0.0.0/8]\n      destination:\n        notNets: [\"fd00::/8\"]\n",
     ));
     assert_eq!(
         (line, field.as_str()),
-        (10, "spec.ingress[0].source.nets[1]")
+        (11, "spec.ingress[0].destination.notNets")
     );
-    assert!(msg.contains("not IPv4"));
     let (_, field, _) = only_error(&rule(
         "      destination:\n        notNets: [10.0.0.0/40]\n",
     ));
@@ -364,11 +392,18 @@ fn names_and_namespaces() {
     assert_eq!((line, field.as_str()), (4, "metadata.name"));
     let (_, field, _) = only_error(&gnp("").replace("name: p", "name: p\n  namespace: x"));
     assert_eq!(field, "metadata.namespace");
-    let (_, field, msg) = only_error(
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: knp.default.x\n  namespace: a\n",
-    );
+    // Calico's policy name rules: at most one dot, except knp.default./ossg.default. prefixes.
+    let (_, field, _) = only_error(&gnp("").replace("name: p", "name: a.b.c"));
     assert_eq!(field, "metadata.name");
-    assert!(msg.contains("reserved"));
+    assert!(load(&gnp("").replace("name: p", "name: security.p"))
+        .diagnostics
+        .is_empty());
+    let np = |name: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: a\n")
+    };
+    assert!(load(&np("knp.default.x.y")).diagnostics.is_empty());
+    let (_, field, _) = only_error(&np("x.y.z"));
+    assert_eq!(field, "metadata.name");
     let (_, field, _) =
         only_error(&gnp("").replace("name: p", "name: p\n  labels:\n    'bad key': x"));
     assert_eq!(field, "metadata.labels.bad key");
@@ -455,12 +490,18 @@ fn tiers_must_exist() {
 
 #[test]
 fn builtin_tiers_can_be_redefined() {
+    // Calico pins the built-in tiers' orders; the default action may change.
     let tier = "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: default\nspec:\n  order: 5\n";
+    let (line, field, msg) = only_error(tier);
+    assert_eq!((line, field.as_str()), (6, "spec.order"));
+    assert!(msg.contains("must be 1000000"), "{msg}");
+    let tier = "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: default\nspec:\n  order: 1000000\n  defaultAction: Pass\n";
     let l = load(tier);
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let d = l.model.tiers.iter().find(|t| t.name == "default").unwrap();
-    assert_eq!(d.order, Some(5.0));
+    assert_eq!(d.default_action, TierDefault::Pass);
     assert_eq!(l.model.tiers.len(), 3);
-    let (admin, base) = (&l.model.tiers[1], &l.model.tiers[2]);
+    let (admin, base) = (&l.model.tiers[0], &l.model.tiers[2]);
     assert_eq!(
         (admin.name.as_str(), admin.default_action),
         ("kube-admin", TierDefault::Pass)
@@ -934,4 +975,67 @@ fn profile_pass_is_a_warning() {
     assert!(!l.has_errors());
     assert_eq!(l.diagnostics[0].field, "spec.ingress[0].action");
     assert_eq!(l.diagnostics[0].line, 7);
+}
+
+#[test]
+fn global_selector_only_in_rule_namespace_selectors() {
+    let (_, field, msg) = only_error(&gnp("  selector: global()\n"));
+    assert_eq!(field, "spec.selector");
+    assert!(msg.contains("only be used in an EntityRule namespaceSelector"));
+    let rule = |body: &str| {
+        gnp(&format!(
+            "  ingress:\n    - action: Allow\n      source:\n{body}"
+        ))
+    };
+    let (_, field, _) = only_error(&rule("        selector: global()\n"));
+    assert_eq!(field, "spec.ingress[0].source.selector");
+    let (_, field, msg) = only_error(&rule("        namespaceSelector: global() && a == 'b'\n"));
+    assert_eq!(field, "spec.ingress[0].source.namespaceSelector");
+    assert!(msg.contains("cannot be combined"));
+    assert!(load(&rule("        namespaceSelector: global()\n"))
+        .diagnostics
+        .is_empty());
+}
+
+#[test]
+fn staged_delete_must_have_an_empty_spec() {
+    let staged = |spec: &str| gnp(spec).replace("kind: Global", "kind: StagedGlobal");
+    assert!(load(&staged("  stagedAction: Delete\n  tier: default\n"))
+        .diagnostics
+        .is_empty());
+    let (line, field, _) = only_error(&staged("  stagedAction: Delete\n  selector: all()\n"));
+    assert_eq!((line, field.as_str()), (6, "spec.stagedAction"));
+    let sknp = "apiVersion: projectcalico.org/v3\nkind: StagedKubernetesNetworkPolicy\nmetadata:\n  name: k\n  namespace: a\nspec:\n  stagedAction: Delete\n  policyTypes: [Ingress]\n";
+    let (_, field, _) = only_error(sknp);
+    assert_eq!(field, "spec.stagedAction");
+}
+
+#[test]
+fn network_sets_cannot_set_the_namespace_label() {
+    let (line, field, _) = only_error(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata:\n  name: s\n  namespace: a\n  labels:\n    projectcalico.org/namespace: b\nspec:\n  nets: [10.0.0.0/8]\n",
+    );
+    assert_eq!(
+        (line, field.as_str()),
+        (7, "metadata.labels.projectcalico.org/namespace")
+    );
+}
+
+#[test]
+fn endpoint_interfaces_and_unnamed_host_ports() {
+    let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: prod\nspec:\n";
+    let (_, field, _) = only_error(&format!("{wep}  interfaceName: way-too-long-interface\n"));
+    assert_eq!(field, "spec.interfaceName");
+    let ok = load(&format!(
+        "{wep}  ports:\n    - {{protocol: TCP, port: 80, hostPort: 8080}}\n"
+    ));
+    assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
+    let (_, field, _) = only_error(&format!(
+        "{wep}  ports:\n    - {{protocol: TCP, port: 80}}\n"
+    ));
+    assert_eq!(field, "spec.ports[0].name");
+    let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  interfaceName: \"*\"\n";
+    let l = load(hep);
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    assert_eq!(l.model.endpoints[0].interface.as_deref(), Some("*"));
 }

@@ -2,7 +2,7 @@
 //! and Kubernetes' for networking.k8s.io/v1 NetworkPolicy. Each problem names
 //! its field path; the loader turns paths into lines.
 use super::fields;
-use super::ir::proto;
+use super::ir::{proto, LABEL_NAMESPACE};
 use super::resources::*;
 use super::Severity;
 use crate::selector;
@@ -11,6 +11,11 @@ pub const MAX_RULES_PER_DIRECTION: usize = 1024;
 pub const MAX_SELECTOR_LEN: usize = 1024;
 pub const MAX_NETS: usize = 256;
 pub const MAX_PORTS: usize = 50;
+
+const DELETE_FIELD: &str = "spec.stagedAction";
+const DELETE_MESSAGE: &str =
+    "with stagedAction Delete every other spec field (except tier) must be \
+     empty: the staged object only names the policy to delete";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Issue {
@@ -59,12 +64,20 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
             | Resource::NetworkSet(_)
             | Resource::ServiceAccount(_)
     );
-    match resource {
-        Resource::Tier(_) | Resource::Namespace(_) => v.check(
-            "metadata.name",
-            fields::check_label_name("name", &meta.name),
-        ),
-        _ => v.check("metadata.name", fields::check_name(&meta.name)),
+    let name_check = match resource {
+        Resource::Tier(_) | Resource::Namespace(_) => fields::check_label_name("name", &meta.name),
+        Resource::GlobalNetworkPolicy(_) | Resource::StagedGlobalNetworkPolicy(_) => {
+            fields::check_global_policy_name(&meta.name)
+        }
+        Resource::NetworkPolicy(_) | Resource::StagedNetworkPolicy(_) => {
+            fields::check_namespaced_policy_name(&meta.name)
+        }
+        _ => fields::check_name(&meta.name),
+    };
+    if meta.name.is_empty() {
+        v.error("metadata.name", "name is required");
+    } else {
+        v.check("metadata.name", name_check);
     }
     match (&meta.namespace, kind_is_namespaced) {
         (Some(ns), true) => v.check(
@@ -82,19 +95,11 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
     match resource {
         Resource::GlobalNetworkPolicy(o) => global_policy(&mut v, &o.spec, false),
         Resource::StagedGlobalNetworkPolicy(o) => global_policy(&mut v, &o.spec, true),
-        Resource::NetworkPolicy(o) => {
-            if meta.name.starts_with("knp.default.") {
-                v.error(
-                    "metadata.name",
-                    "the `knp.default.` prefix is reserved for converted Kubernetes policies",
-                );
-            }
-            namespaced_policy(&mut v, &o.spec, false)
-        }
+        Resource::NetworkPolicy(o) => namespaced_policy(&mut v, &o.spec, false),
         Resource::StagedNetworkPolicy(o) => namespaced_policy(&mut v, &o.spec, true),
         Resource::KubernetesNetworkPolicy(o) => k8s_policy(&mut v, &o.spec, false),
         Resource::StagedKubernetesNetworkPolicy(o) => k8s_policy(&mut v, &o.spec, true),
-        Resource::Tier(o) => tier(&mut v, &o.spec),
+        Resource::Tier(o) => tier(&mut v, &meta.name, &o.spec),
         Resource::Profile(o) => {
             rules(
                 &mut v,
@@ -109,6 +114,12 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
         Resource::HostEndpoint(o) => host_endpoint(&mut v, &o.spec),
         Resource::GlobalNetworkSet(o) | Resource::NetworkSet(o) => {
             nets(&mut v, "spec.nets", &o.spec.nets, None);
+            if meta.labels.contains_key(LABEL_NAMESPACE) {
+                v.error(
+                    format!("metadata.labels.{LABEL_NAMESPACE}"),
+                    "projectcalico.org/namespace is not a valid label name here; the namespace sets it",
+                );
+            }
             if o.spec.allowed_egress_domains.is_some() {
                 v.error(
                     "spec.allowedEgressDomains",
@@ -242,6 +253,24 @@ fn global_policy(v: &mut Issues, s: &GlobalPolicySpec, staged: bool) {
     );
     let listed = types(v, &s.types);
     staged_action(v, &s.staged_action, staged);
+    if staged && s.staged_action.as_deref() == Some("Delete") {
+        let empty = GlobalPolicySpec {
+            tier: s.tier.clone(),
+            staged_action: s.staged_action.clone(),
+            ..Default::default()
+        };
+        // Debug output compares every field, including ones added later.
+        if format!("{empty:?}") != format!("{s:?}") {
+            v.error(DELETE_FIELD, DELETE_MESSAGE);
+        }
+    }
+    no_global(v, "spec.selector", &s.selector);
+    no_global(v, "spec.namespaceSelector", &s.namespace_selector);
+    no_global(
+        v,
+        "spec.serviceAccountSelector",
+        &s.service_account_selector,
+    );
     let ctx = RuleContext::Policy;
     rules(v, "spec.ingress", &s.ingress, ctx);
     rules(v, "spec.egress", &s.egress, ctx);
@@ -280,6 +309,23 @@ fn namespaced_policy(v: &mut Issues, s: &NamespacedPolicySpec, staged: bool) {
     );
     let listed = types(v, &s.types);
     staged_action(v, &s.staged_action, staged);
+    if staged && s.staged_action.as_deref() == Some("Delete") {
+        let empty = NamespacedPolicySpec {
+            tier: s.tier.clone(),
+            staged_action: s.staged_action.clone(),
+            ..Default::default()
+        };
+        // Debug output compares every field, including ones added later.
+        if format!("{empty:?}") != format!("{s:?}") {
+            v.error(DELETE_FIELD, DELETE_MESSAGE);
+        }
+    }
+    no_global(v, "spec.selector", &s.selector);
+    no_global(
+        v,
+        "spec.serviceAccountSelector",
+        &s.service_account_selector,
+    );
     let ctx = RuleContext::Policy;
     rules(v, "spec.ingress", &s.ingress, ctx);
     rules(v, "spec.egress", &s.egress, ctx);
@@ -345,25 +391,39 @@ fn rule(v: &mut Issues, path: &str, r: &Rule, ctx: RuleContext) {
             None
         }
     });
-    if let Some(p) = &r.not_protocol {
-        if let Err(m) = fields::protocol(p) {
-            v.error(format!("{path}.notProtocol"), m);
-        }
+    let not_protocol = r
+        .not_protocol
+        .as_ref()
+        .and_then(|p| match fields::protocol(p) {
+            Ok(p) => Some(p),
+            Err(m) => {
+                v.error(format!("{path}.notProtocol"), m);
+                None
+            }
+        });
+    // Calico: the ICMP protocols pin the IP version.
+    let protocols = [protocol, not_protocol];
+    if protocols.contains(&Some(proto::ICMP)) && ip_version.is_some_and(|v| v != 4) {
+        v.error(
+            format!("{path}.ipVersion"),
+            "must set ipVersion to 4 with protocol ICMP",
+        );
+    }
+    if protocols.contains(&Some(proto::ICMPV6)) && ip_version.is_some_and(|v| v != 6) {
+        v.error(
+            format!("{path}.ipVersion"),
+            "must set ipVersion to 6 with protocol ICMPv6",
+        );
     }
     for (field, icmp) in [("icmp", &r.icmp), ("notICMP", &r.not_icmp)] {
         let Some(icmp) = icmp else { continue };
         let fpath = format!("{path}.{field}");
-        match protocol {
-            Some(proto::ICMP) if ip_version == Some(6) => v.error(
+        // Calico checks the protocol for `icmp` only; `notICMP` is not checked.
+        if field == "icmp" && !matches!(protocol, Some(proto::ICMP | proto::ICMPV6)) {
+            v.error(
                 &fpath,
-                "protocol ICMP with ipVersion 6 never matches; use ICMPv6",
-            ),
-            Some(proto::ICMPV6) if ip_version == Some(4) => v.error(
-                &fpath,
-                "protocol ICMPv6 with ipVersion 4 never matches; use ICMP",
-            ),
-            Some(proto::ICMP | proto::ICMPV6) => {}
-            _ => v.error(&fpath, format!("{field} requires protocol ICMP or ICMPv6")),
+                "rules that specify ICMP fields must set protocol to ICMP or ICMPv6",
+            );
         }
         if let Some(t) = icmp.icmp_type {
             if !(0..=254).contains(&t) {
@@ -393,35 +453,48 @@ fn rule(v: &mut Issues, path: &str, r: &Rule, ctx: RuleContext) {
             "HTTP match rules need an application-layer proxy and are not supported",
         );
     }
-    entity(
+    let src = entity(
         v,
         &format!("{path}.source"),
         &r.source,
         protocol,
         ip_version,
     );
-    entity(
+    let dst = entity(
         v,
         &format!("{path}.destination"),
         &r.destination,
         protocol,
         ip_version,
     );
+    // Calico: one rule cannot mix IPv4 and IPv6 nets (it exists for one family only).
+    let (mut seen_v4, mut seen_v6) = (false, false);
+    for (field, (v4, v6)) in src.into_iter().chain(dst) {
+        if (v4 && seen_v6) || (v6 && seen_v4) || (v4 && v6) {
+            v.error(field, "rule contains both IPv4 and IPv6 CIDRs");
+        }
+        seen_v4 |= v4;
+        seen_v6 |= v6;
+    }
 }
 
-fn nets(v: &mut Issues, path: &str, nets: &[String], ip_version: Option<u8>) {
+fn nets(v: &mut Issues, path: &str, nets: &[String], ip_version: Option<u8>) -> (bool, bool) {
     if nets.len() > MAX_NETS {
         v.error(
             path,
             format!("{} nets; at most {MAX_NETS} are accepted", nets.len()),
         );
     }
+    let (mut v4, mut v6) = (false, false);
     for (i, n) in nets.iter().enumerate() {
         match fields::net(n) {
             Err(m) => v.error(format!("{path}[{i}]"), m),
             Ok(net) => {
+                let family = fields::ip_version_of(&net);
+                v4 |= family == 4;
+                v6 |= family == 6;
                 if let Some(want) = ip_version {
-                    if fields::ip_version_of(&net) != want {
+                    if family != want {
                         v.error(
                             format!("{path}[{i}]"),
                             format!("net `{n}` is not IPv{want} but the rule has ipVersion {want}"),
@@ -431,6 +504,7 @@ fn nets(v: &mut Issues, path: &str, nets: &[String], ip_version: Option<u8>) {
             }
         }
     }
+    (v4, v6)
 }
 
 fn ports(v: &mut Issues, path: &str, ports: &[IntOrString], protocol: Option<u8>) {
@@ -456,22 +530,37 @@ fn ports(v: &mut Issues, path: &str, ports: &[IntOrString], protocol: Option<u8>
     }
 }
 
+/// Checks one side of a rule; returns the IP families its nets use, per list.
 fn entity(
     v: &mut Issues,
     path: &str,
     e: &EntityRule,
     protocol: Option<u8>,
     ip_version: Option<u8>,
-) {
-    nets(v, &format!("{path}.nets"), &e.nets, ip_version);
-    nets(v, &format!("{path}.notNets"), &e.not_nets, ip_version);
+) -> [(String, (bool, bool)); 2] {
+    let nets_path = format!("{path}.nets");
+    let not_nets_path = format!("{path}.notNets");
+    let families = [
+        (nets_path.clone(), nets(v, &nets_path, &e.nets, ip_version)),
+        (
+            not_nets_path.clone(),
+            nets(v, &not_nets_path, &e.not_nets, ip_version),
+        ),
+    ];
     selector(v, &format!("{path}.selector"), &e.selector);
+    no_global(v, &format!("{path}.selector"), &e.selector);
     selector(v, &format!("{path}.notSelector"), &e.not_selector);
     selector(
         v,
         &format!("{path}.namespaceSelector"),
         &e.namespace_selector,
     );
+    if e.namespace_selector.contains("global(") && e.namespace_selector.trim() != "global()" {
+        v.error(
+            format!("{path}.namespaceSelector"),
+            "global() cannot be combined with other selectors",
+        );
+    }
     ports(v, &format!("{path}.ports"), &e.ports, protocol);
     ports(v, &format!("{path}.notPorts"), &e.not_ports, protocol);
     if let Some(sa) = &e.service_accounts {
@@ -489,10 +578,36 @@ fn entity(
             "service matches are not supported by this agent; use selectors or nets",
         );
     }
+    families
 }
 
-fn tier(v: &mut Issues, s: &TierSpec) {
+/// `global()` is only meaningful in a rule's namespaceSelector (Calico rejects it elsewhere).
+fn no_global(v: &mut Issues, path: &str, s: &str) {
+    if s.contains("global()") {
+        v.error(
+            path,
+            "global() can only be used in an EntityRule namespaceSelector",
+        );
+    }
+}
+
+fn tier(v: &mut Issues, name: &str, s: &TierSpec) {
     order(v, s.order);
+    // Calico pins the orders of the built-in tiers.
+    if let Some(builtin) = super::convert::builtin_tiers()
+        .into_iter()
+        .find(|t| t.name == name)
+    {
+        if s.order != builtin.order {
+            v.error(
+                "spec.order",
+                format!(
+                    "the {name} tier's order must be {}",
+                    builtin.order.unwrap_or_default()
+                ),
+            );
+        }
+    }
     if let Some(a) = &s.default_action {
         if !matches!(a.as_str(), "Deny" | "Pass") {
             v.error(
@@ -503,11 +618,21 @@ fn tier(v: &mut Issues, s: &TierSpec) {
     }
 }
 
-fn endpoint_ports(v: &mut Issues, ports: &[EndpointPort]) {
+fn endpoint_ports(v: &mut Issues, ports: &[EndpointPort], workload: bool) {
     for (i, p) in ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         if p.name.is_empty() {
-            v.error(format!("{path}.name"), "an endpoint port needs a name");
+            // Calico: a workload port may go unnamed when it only maps a hostPort.
+            if !workload || p.host_port == 0 {
+                v.error(
+                    format!("{path}.name"),
+                    if workload {
+                        "a workload port needs a name unless it sets hostPort"
+                    } else {
+                        "a host endpoint port needs a name"
+                    },
+                );
+            }
         } else if !matches!(
             fields::port(&IntOrString::Str(p.name.clone())),
             Ok(super::ir::PortMatch::Named(_))
@@ -557,7 +682,13 @@ fn profile_names(v: &mut Issues, profiles: &[String]) {
 fn workload_endpoint(v: &mut Issues, s: &WorkloadEndpointSpec) {
     ip_or_net(v, "spec.ipNetworks", &s.ip_networks);
     profile_names(v, &s.profiles);
-    endpoint_ports(v, &s.ports);
+    endpoint_ports(v, &s.ports, true);
+    if !s.interface_name.is_empty() {
+        v.check(
+            "spec.interfaceName",
+            fields::check_interface(&s.interface_name),
+        );
+    }
     if let Some(sa) = &s.service_account_name {
         v.check("spec.serviceAccountName", fields::check_name(sa));
     }
@@ -572,7 +703,14 @@ fn host_endpoint(v: &mut Issues, s: &HostEndpointSpec) {
     }
     ip_or_net(v, "spec.expectedIPs", &s.expected_ips);
     profile_names(v, &s.profiles);
-    endpoint_ports(v, &s.ports);
+    endpoint_ports(v, &s.ports, false);
+    // `*` means every host interface.
+    if !s.interface_name.is_empty() && s.interface_name != "*" {
+        v.check(
+            "spec.interfaceName",
+            fields::check_interface(&s.interface_name),
+        );
+    }
 }
 
 fn label_selector(v: &mut Issues, path: &str, s: &LabelSelector) {
@@ -722,6 +860,16 @@ fn k8s_policy(v: &mut Issues, s: &K8sPolicySpec, staged: bool) {
         }
     }
     staged_action(v, &s.staged_action, staged);
+    if staged && s.staged_action.as_deref() == Some("Delete") {
+        let empty = K8sPolicySpec {
+            staged_action: s.staged_action.clone(),
+            ..Default::default()
+        };
+        // Debug output compares every field, including ones added later.
+        if format!("{empty:?}") != format!("{s:?}") {
+            v.error(DELETE_FIELD, DELETE_MESSAGE);
+        }
+    }
     for (i, r) in s.ingress.iter().enumerate() {
         k8s_peers(v, &format!("spec.ingress[{i}].from"), &r.from);
         k8s_ports(v, &format!("spec.ingress[{i}].ports"), &r.ports);
