@@ -14,6 +14,10 @@ pub fn protocol(p: &IntOrString) -> Result<u8, String> {
         IntOrString::Int(n) => Err(format!(
             "protocol number {n} is out of range; accepted: {PROTOCOL_NAMES}"
         )),
+        // Calico accepts a number in a string too ("6").
+        IntOrString::Str(s) if s.parse::<i64>().is_ok() => {
+            protocol(&IntOrString::Int(s.parse().unwrap_or_default()))
+        }
         IntOrString::Str(s) => match s.as_str() {
             "TCP" => Ok(proto::TCP),
             "UDP" => Ok(proto::UDP),

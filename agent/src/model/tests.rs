@@ -542,6 +542,7 @@ metadata:
   labels:
     app: api
 spec:
+  interfaceName: caliapi
   serviceAccountName: api
   ipNetworks: [10.0.0.1/32]
 ---
@@ -553,6 +554,7 @@ metadata:
   labels:
     app: web
 spec:
+  interfaceName: caliweb
   ipNetworks: [10.0.0.2]
 ---
 apiVersion: projectcalico.org/v3
@@ -562,6 +564,7 @@ metadata:
   labels:
     host: node1
 spec:
+  node: node1
   interfaceName: eth0
   expectedIPs: [192.168.0.1]
 ---
@@ -673,6 +676,7 @@ kind: HostEndpoint
 metadata:
   name: h2
 spec:
+  node: node1
   expectedIPs: [192.168.0.2]
   profiles: [kns.prod]
 ",
@@ -936,9 +940,9 @@ fn kubernetes_policy_validation() {
 
 #[test]
 fn endpoint_validation() {
-    let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: prod\nspec:\n";
+    let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: prod\nspec:\n  interfaceName: caliw\n";
     let (line, field, _) = only_error(&format!("{wep}  ipNetworks: [10.0.0.300/32]\n"));
-    assert_eq!((line, field.as_str()), (7, "spec.ipNetworks[0]"));
+    assert_eq!((line, field.as_str()), (8, "spec.ipNetworks[0]"));
     let (_, field, _) = only_error(&format!(
         "{wep}  ports:\n    - {{name: http, protocol: ICMP, port: 80}}\n"
     ));
@@ -1023,8 +1027,8 @@ fn network_sets_cannot_set_the_namespace_label() {
 
 #[test]
 fn endpoint_interfaces_and_unnamed_host_ports() {
-    let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: prod\nspec:\n";
-    let (_, field, _) = only_error(&format!("{wep}  interfaceName: way-too-long-interface\n"));
+    let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: prod\nspec:\n  interfaceName: caliw\n";
+    let (_, field, _) = only_error(&wep.replace("caliw", "way-too-long-interface"));
     assert_eq!(field, "spec.interfaceName");
     let ok = load(&format!(
         "{wep}  ports:\n    - {{protocol: TCP, port: 80, hostPort: 8080}}\n"
@@ -1034,8 +1038,193 @@ fn endpoint_interfaces_and_unnamed_host_ports() {
         "{wep}  ports:\n    - {{protocol: TCP, port: 80}}\n"
     ));
     assert_eq!(field, "spec.ports[0].name");
-    let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  interfaceName: \"*\"\n";
+    let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  node: n1\n  interfaceName: \"*\"\n";
     let l = load(hep);
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     assert_eq!(l.model.endpoints[0].interface.as_deref(), Some("*"));
+}
+
+/// Rule cases translated from Calico's validator_test.go ("(API) Rule", "Protocol",
+/// "ICMPFields", "Actions", "IP version", "Selectors"): (rule body under `- `, valid).
+#[test]
+fn calico_validator_rule_cases() {
+    let cases: &[(&str, bool)] = &[
+        ("action: Allow", true),
+        ("action: Deny", true),
+        ("action: Log", true),
+        ("action: unknown", false),
+        ("action: allowfoo", false),
+        ("protocol: TCP", false), // no action
+        ("{action: Allow, ipVersion: 4}", true),
+        ("{action: Allow, ipVersion: 6}", true),
+        ("{action: Allow, ipVersion: 0}", false),
+        ("{action: Allow, protocol: UDPLite}", true),
+        ("{action: Allow, protocol: 1}", true),
+        ("{action: Allow, protocol: 255}", true),
+        ("{action: Allow, protocol: '255'}", true),
+        ("{action: Allow, protocol: '1'}", true),
+        ("{action: Allow, protocol: 0}", false),
+        ("{action: Allow, protocol: '256'}", false),
+        ("{action: Allow, protocol: '0'}", false),
+        ("{action: Allow, protocol: tcpfoo}", false),
+        ("{action: Allow, protocol: footcp}", false),
+        ("{action: Allow, protocol: tcp}", false),
+        ("{action: Allow, protocol: ICMP, icmp: {}}", true),
+        ("{action: Allow, protocol: ICMP, icmp: {type: 0}}", true),
+        ("{action: Allow, protocol: ICMP, icmp: {type: 254}}", true),
+        ("{action: Allow, protocol: ICMP, icmp: {type: 128, code: 0}}", true),
+        ("{action: Allow, protocol: ICMP, icmp: {type: 128, code: 255}}", true),
+        ("{action: Allow, protocol: ICMP, icmp: {code: 0}}", false),
+        ("{action: Allow, protocol: ICMP, icmp: {type: 255}}", false),
+        ("{action: Allow, protocol: ICMP, icmp: {type: 128, code: 256}}", false),
+        ("{action: Allow, protocol: SCTP}", true),
+        ("{action: Allow, protocol: 6, source: {ports: [1]}}", true),
+        ("{action: Allow, protocol: 6, source: {ports: [foo]}}", true),
+        ("{action: Allow, protocol: TCP, source: {ports: [foo]}}", true),
+        ("{action: Allow, protocol: UDP, source: {ports: [foo]}}", true),
+        ("{action: Allow, protocol: 7, source: {ports: []}}", true),
+        ("{action: Allow, protocol: 17, source: {notPorts: [1]}}", true),
+        ("{action: Allow, protocol: 100, source: {notPorts: []}}", true),
+        ("{action: Allow, protocol: TCP, destination: {ports: [1]}}", true),
+        ("{action: Allow, destination: {ports: [1]}}", false),
+        ("{action: Allow, protocol: TCP, destination: {notPorts: [0]}}", false),
+        ("{action: Allow, protocol: unknown, destination: {notPorts: [foo]}}", false),
+        ("{action: Allow, protocol: SCTP, destination: {ports: []}}", true),
+        ("{action: Allow, ipVersion: 6, protocol: ICMPv6, destination: {notPorts: []}}", true),
+        ("{action: Allow, ipVersion: 4, icmp: {type: 0}}", false),
+        ("{action: Allow, protocol: ICMP, icmp: {type: 0}}", true),
+        ("{action: Allow, protocol: ICMPv6, icmp: {type: 0}}", true),
+        ("{action: Allow, protocol: ICMP, ipVersion: 6}", false),
+        ("{action: Allow, protocol: ICMPv6, ipVersion: 4}", false),
+        ("{action: Allow, ipVersion: 4, protocol: ICMP, icmp: {type: 0}}", true),
+        ("{action: Allow, ipVersion: 6, protocol: ICMPv6, icmp: {type: 0}}", true),
+        ("{action: Allow, protocol: 7, source: {ports: [1]}}", false),
+        ("{action: Allow, protocol: 100, source: {notPorts: [1]}}", false),
+        ("{action: Allow, protocol: SCTP, destination: {ports: [1]}}", true),
+        ("{action: Allow, ipVersion: 4, protocol: icmp, destination: {notPorts: [1]}}", false),
+        ("{action: Allow, protocol: TCP, source: {ports: ['200:100']}}", false),
+        ("{action: Allow, protocol: TCP, source: {notPorts: ['200:100']}}", false),
+        ("{action: Allow, protocol: TCP, destination: {ports: ['200:100']}}", false),
+        ("{action: Allow, protocol: TCP, destination: {notPorts: ['0:100']}}", false),
+        ("{action: Allow, protocol: TCP, source: {nets: [1.2.3.0/26]}, destination: {nets: ['aabb:aabb::0000/122']}}", false),
+        ("{action: Allow, protocol: TCP, source: {nets: ['aabb:aabb::/128']}, destination: {nets: [1.2.0.0/32]}}", false),
+        ("{action: Allow, protocol: TCP, ipVersion: 6, source: {nets: [1.0.0.0/10]}, destination: {nets: [1.2.0.0/32]}}", false),
+        ("{action: Allow, protocol: TCP, ipVersion: 6, source: {nets: [1.0.0.0/10]}, destination: {notNets: [1.2.0.0/32]}}", false),
+        ("{action: Allow, protocol: TCP, ipVersion: 6, source: {nets: [1.2.3.4/32]}}", false),
+        ("{action: Allow, protocol: TCP, ipVersion: 4, destination: {nets: ['aabb:aabb::ffff/128']}}", false),
+        ("{action: Allow, metadata: {annotations: {foo: bar}}}", true),
+        ("{action: Allow, metadata: {annotations: {'...': bar}}}", false),
+        ("{action: Allow, source: {selector: 'foo == \"bar\"'}}", true),
+        ("{action: Allow, source: {selector: 'has(calico/k8s_ns)'}}", true),
+        ("{action: Allow, source: {selector: 'has(calico/k8s_ns/role)'}}", true),
+        ("{action: Allow, source: {selector: 'has(calico/k8s_NS-.1/role)'}}", true),
+        ("{action: Allow, source: {selector: 'thing=hello &'}}", false),
+    ];
+    for (body, valid) in cases {
+        let l = load(&gnp(&format!("  ingress:\n    - {body}\n")));
+        assert_eq!(!l.has_errors(), *valid, "{body}: {:#?}", l.diagnostics);
+        if *valid {
+            assert_eq!(l.model.policies.len(), 1, "{body}");
+        } else {
+            assert!(
+                l.model.policies.is_empty(),
+                "{body}: an invalid policy is left out"
+            );
+        }
+    }
+}
+
+/// Label and endpoint cases from validator_test.go.
+#[test]
+fn calico_validator_label_and_endpoint_cases() {
+    let profile = |key: &str, value: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: p\nspec:\n  labelsToApply:\n    '{key}': '{value}'\n")
+    };
+    let v63 = "x".repeat(63);
+    let v64 = "x".repeat(64);
+    assert!(!load(&profile("project.calico.org/my-valid-label", &v63)).has_errors());
+    assert!(load(&profile("project.calico.org/my-valid-label", &v64)).has_errors());
+    assert!(load(&profile(".mylabel", "value")).has_errors());
+    assert!(load(&profile("my!nvalid-label", "value")).has_errors());
+    assert!(load(&profile("my-invalid-label$", "value")).has_errors());
+    assert!(load(&profile("ProjectCalico.org/label", "value")).has_errors());
+    assert!(!load(&profile("projectcalico.org/Label", "value")).has_errors());
+
+    let wep = |spec: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: n\nspec:\n{spec}")
+    };
+    let cases: &[(&str, bool)] = &[
+        ("  interfaceName: cali012371237\n", true),
+        ("  interfaceName: Valid_Iface.0-9\n", true),
+        ("  interfaceName: interfaceTooLong\n", false),
+        ("  interfaceName: Invalid&Intface\n", false),
+        ("  interfaceName: 'Invalid:Intface'\n", false),
+        ("  ipNetworks: [1.2.3.4/32]\n", false), // no interface
+        (
+            "  interfaceName: c\n  ipNetworks: [1.2.3.4/32, 1.2.0.0/32, 'aabb:aabb::ffff/128']\n",
+            true,
+        ),
+        ("  interfaceName: c\n  ipNetworks: [1.2.3.0/26]\n", false),
+        (
+            "  interfaceName: c\n  ipNetworks: ['aabb:aabb::0000/122']\n",
+            false,
+        ),
+        ("  interfaceName: c\n  containerID: Cath01234-G\n", true),
+        ("  interfaceName: c\n  containerID: -abcdefg\n", false),
+        ("  interfaceName: c\n  containerID: abcdeSg-\n", false),
+        ("  interfaceName: c\n  containerID: abcde-j.g\n", false),
+        (
+            "  interfaceName: c\n  allowSpoofedSourcePrefixes: ['10.abcd']\n",
+            false,
+        ),
+        (
+            "  interfaceName: c\n  allowSpoofedSourcePrefixes: [10.0.0.1, 192.168.0.0/16]\n",
+            true,
+        ),
+        (
+            "  interfaceName: c\n  ports: [{name: a-valid-port, protocol: SCTP, port: 1234}]\n",
+            true,
+        ),
+        (
+            "  interfaceName: c\n  ports: [{name: '', protocol: UDP, port: 1234}]\n",
+            false,
+        ),
+        (
+            "  interfaceName: c\n  ports: [{protocol: UDP, port: 1234, hostPort: 2345}]\n",
+            true,
+        ),
+        (
+            "  interfaceName: c\n  ports: [{name: a-valid-port, port: 1234}]\n",
+            false,
+        ),
+        (
+            "  interfaceName: c\n  ports: [{name: a-valid-port, protocol: 123, port: 1234}]\n",
+            false,
+        ),
+        (
+            "  interfaceName: c\n  ports: [{name: a-valid-port, protocol: TCP}]\n",
+            false,
+        ),
+    ];
+    for (spec, valid) in cases {
+        let l = load(&wep(spec));
+        assert_eq!(!l.has_errors(), *valid, "{spec}: {:#?}", l.diagnostics);
+    }
+    let hep = |spec: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n{spec}")
+    };
+    let cases: &[(&str, bool)] = &[
+        ("  interfaceName: eth0\n  node: node01\n", true),
+        ("  expectedIPs: [1.2.3.4, 'aabb:aabb::ffff']\n  node: node01\n", true),
+        ("  interfaceName: eth0\n", false),
+        ("  node: node01\n", false),
+        ("  interfaceName: '*'\n  node: node01\n", true),
+        ("  interfaceName: eth0\n  node: node01\n  ports: [{protocol: TCP, port: 1234}]\n", false),
+        ("  interfaceName: eth0\n  node: node01\n  profiles: [knp.default.fun, knp.default.funner.11234-a]\n", true),
+        ("  interfaceName: eth0\n  node: node01\n  profiles: ['.fun']\n", false),
+    ];
+    for (spec, valid) in cases {
+        let l = load(&hep(spec));
+        assert_eq!(!l.has_errors(), *valid, "{spec}: {:#?}", l.diagnostics);
+    }
 }

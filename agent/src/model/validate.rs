@@ -91,6 +91,7 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
         (None, _) => {}
     }
     check_labels(&mut v, "metadata.labels", &meta.labels);
+    annotations(&mut v, "metadata.annotations", &meta.annotations);
 
     match resource {
         Resource::GlobalNetworkPolicy(o) => global_policy(&mut v, &o.spec, false),
@@ -130,6 +131,26 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
         Resource::Namespace(_) | Resource::ServiceAccount(_) => {}
     }
     v.0
+}
+
+/// Calico: annotation keys are qualified names (checked lowercased), 256 KiB in all.
+fn annotations(v: &mut Issues, path: &str, annotations: &StringMap) {
+    let mut total = 0;
+    for (k, val) in annotations {
+        if let Err(m) = fields::check_label(&k.to_lowercase(), "") {
+            v.error(
+                format!("{path}.{k}"),
+                m.replace("label key", "annotation key"),
+            );
+        }
+        total += k.len() + val.len();
+    }
+    if total > 256 * 1024 {
+        v.error(
+            path,
+            format!("annotations total {total} bytes; at most 262144 are accepted"),
+        );
+    }
 }
 
 fn check_labels(v: &mut Issues, path: &str, labels: &StringMap) {
@@ -447,6 +468,9 @@ fn rule(v: &mut Issues, path: &str, r: &Rule, ctx: RuleContext) {
             }
         }
     }
+    if let Some(m) = &r.metadata {
+        annotations(v, &format!("{path}.metadata.annotations"), &m.annotations);
+    }
     if r.http.is_some() {
         v.error(
             format!("{path}.http"),
@@ -681,6 +705,42 @@ fn profile_names(v: &mut Issues, profiles: &[String]) {
 
 fn workload_endpoint(v: &mut Issues, s: &WorkloadEndpointSpec) {
     ip_or_net(v, "spec.ipNetworks", &s.ip_networks);
+    // Calico: a workload's networks are single addresses.
+    for (i, n) in s.ip_networks.iter().enumerate() {
+        if let Ok(net) = fields::net(n) {
+            if net.prefix_len() != net.max_prefix_len() {
+                v.error(
+                    format!("spec.ipNetworks[{i}]"),
+                    format!(
+                        "`{n}` holds more than one address; accepted: a /32 or /128 (or a bare IP)"
+                    ),
+                );
+            }
+        }
+    }
+    ip_or_net(
+        v,
+        "spec.allowSpoofedSourcePrefixes",
+        &s.allow_spoofed_source_prefixes,
+    );
+    if s.interface_name.is_empty() {
+        v.error(
+            "spec.interfaceName",
+            "interfaceName is required for a WorkloadEndpoint",
+        );
+    }
+    if let Some(id) = &s.container_id {
+        let ok = !id.is_empty()
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !id.starts_with('-')
+            && !id.ends_with('-');
+        if !ok {
+            v.error(
+                "spec.containerID",
+                format!("containerID `{id}` is not valid; accepted: [a-zA-Z0-9-], starting and ending alphanumeric"),
+            );
+        }
+    }
     profile_names(v, &s.profiles);
     endpoint_ports(v, &s.ports, true);
     if !s.interface_name.is_empty() {
@@ -695,6 +755,12 @@ fn workload_endpoint(v: &mut Issues, s: &WorkloadEndpointSpec) {
 }
 
 fn host_endpoint(v: &mut Issues, s: &HostEndpointSpec) {
+    if s.node.as_deref().unwrap_or("").is_empty() {
+        v.error(
+            "spec.node",
+            "node is required for a HostEndpoint (the host it belongs to)",
+        );
+    }
     if s.interface_name.is_empty() && s.expected_ips.is_empty() {
         v.error(
             "spec",
