@@ -150,3 +150,74 @@ fn promote_rejects_enforced_kinds() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a staged kind"));
 }
+
+#[test]
+fn promote_namespaced_delete_in_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("np.yaml");
+    let text = "# Enforced policy.
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: app == 'web'
+---
+# Staged deletion of it.
+apiVersion: projectcalico.org/v3
+kind: StagedNetworkPolicy
+metadata:
+  name: web
+  namespace: shop
+spec:
+  stagedAction: Delete
+---
+# Untouched.
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: web
+  namespace: other
+spec:
+  selector: app == 'web'
+";
+    std::fs::write(&file, text).unwrap();
+    // Without -n the namespace is `default`, where there is nothing to promote.
+    let out = agent(&[
+        "promote",
+        "--datastore",
+        dir.path().to_str().unwrap(),
+        "StagedNetworkPolicy/web",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = agent(&[
+        "promote",
+        "--datastore",
+        dir.path().to_str().unwrap(),
+        "snp/web",
+        "-n",
+        "shop",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("deleted NetworkPolicy/shop/web"),
+        "{}",
+        stdout(&out)
+    );
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        after,
+        "# Untouched.
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: web
+  namespace: other
+spec:
+  selector: app == 'web'
+"
+    );
+    let out = agent(&["check", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}

@@ -492,13 +492,24 @@ pub fn to_model(resources: &[Resource]) -> Model {
 
     // Every workload without explicit profiles uses kns.<namespace>; Calico makes
     // that profile from the Namespace: allow everything, apply the pcns.* labels.
+    // A `kns.<ns>` profile an endpoint names explicitly is also Calico's namespace profile.
     let mut needed_kns = BTreeSet::new();
     for r in resources {
-        if let Resource::WorkloadEndpoint(o) = r {
-            if o.spec.profiles.is_empty() {
+        let listed = match r {
+            Resource::WorkloadEndpoint(o) if o.spec.profiles.is_empty() => {
                 needed_kns.insert(namespace_of(&o.metadata).to_string());
+                continue;
             }
-        }
+            Resource::WorkloadEndpoint(o) => &o.spec.profiles,
+            Resource::HostEndpoint(o) => &o.spec.profiles,
+            _ => continue,
+        };
+        needed_kns.extend(
+            listed
+                .iter()
+                .filter_map(|p| p.strip_prefix("kns."))
+                .map(str::to_string),
+        );
     }
     for ns in needed_kns {
         let name = format!("kns.{ns}");

@@ -1,5 +1,22 @@
 //! Policy resources: typed YAML (projectcalico.org/v3, networking.k8s.io/v1, v1),
 //! validation with Calico's rules, and conversion to the normalised [`ir::Model`].
+//!
+//! The stages: [`yaml`] (documents with the line of every field) -> [`resources`]
+//! (serde types, unknown fields rejected) -> [`validate`] (Calico's validator.go
+//! rules, per document) -> [`load`] (cross-document checks) -> [`convert`] (the
+//! model) -> [`lint`] (warnings). [`promote`] edits staged policies in place.
+//!
+//! Where this differs from, or decides beyond, Calico:
+//! - A policy whose `tier` names no Tier (and no built-in tier) is an error and
+//!   is left out, as Calico's API server refuses it.
+//! - A Kubernetes NetworkPolicy keeps its own name in [`ir::PolicyId`] (kind
+//!   `KubernetesNetworkPolicy`, trace code `knp`), not Calico's `knp.default.` name;
+//!   it gets Calico's order 1000 in tier `default`.
+//! - `Pass` in a profile is a warning (it acts as Deny there); Calico accepts it.
+//! - `http` rule matches and `services` entity matches are rejected: this agent
+//!   has no L7 proxy and no service index.
+//! - Policies with `types` lacking a direction that has rules get a warning
+//!   (Calico ignores those rules silently).
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

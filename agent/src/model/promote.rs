@@ -174,11 +174,24 @@ impl Edits {
         for i in range.clone() {
             self.delete.insert((doc.file.clone(), i));
         }
-        // Take one neighbouring separator with it, so no empty document is left.
-        if range.start > 0 && is_separator(lines[range.start - 1]) {
-            self.delete.insert((doc.file.clone(), range.start - 1));
-        } else if range.end < lines.len() && is_separator(lines[range.end]) {
-            self.delete.insert((doc.file.clone(), range.end));
+        // Take one neighbouring separator with it, so no empty document is left:
+        // the one after it if still there, else the nearest unclaimed one before.
+        let file = &doc.file;
+        let claimed = |e: &Self, i: usize| e.delete.contains(&(file.clone(), i));
+        if range.end < lines.len() && is_separator(lines[range.end]) && !claimed(self, range.end) {
+            self.delete.insert((file.clone(), range.end));
+            return;
+        }
+        let mut i = range.start;
+        while i > 0 {
+            i -= 1;
+            if is_separator(lines[i]) && !claimed(self, i) {
+                self.delete.insert((file.clone(), i));
+                return;
+            }
+            if !claimed(self, i) {
+                return;
+            }
         }
     }
 

@@ -1228,3 +1228,24 @@ fn calico_validator_label_and_endpoint_cases() {
         assert_eq!(!l.has_errors(), *valid, "{spec}: {:#?}", l.diagnostics);
     }
 }
+
+#[test]
+fn explicitly_listed_namespace_profiles_are_synthesized() {
+    let l = load(
+        "apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata:
+  name: h
+spec:
+  node: n1
+  interfaceName: eth0
+  profiles: [kns.ops]
+",
+    );
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    let p = &l.model.profiles[0];
+    assert_eq!(p.name, "kns.ops");
+    assert_eq!(p.ingress[0].action, Action::Allow);
+    let h = &l.model.endpoints[0];
+    assert_eq!(h.labels["pcns.projectcalico.org/name"], "ops");
+}
