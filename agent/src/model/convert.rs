@@ -165,19 +165,60 @@ fn staged_action(a: &Option<String>) -> StagedAction {
     }
 }
 
-fn sa_policy_selector(text: &str) -> Option<Selector> {
-    (!text.is_empty()).then(|| parse_or_all(text).prefix_keys(SERVICE_ACCOUNT_LABEL_PREFIX))
+/// selectors.go prefixAndAppendSelector: `(current) && <new with prefixed keys>`.
+fn prefix_and_append(current: String, new: &str, prefix: &str) -> String {
+    if new.is_empty() {
+        return current;
+    }
+    let prefixed = parse_or_all(new).prefix_keys(prefix).to_string();
+    if current.is_empty() {
+        prefixed
+    } else {
+        format!("({current}) && {prefixed}")
+    }
+}
+
+/// A GlobalNetworkPolicy's endpoint selector, built as Calico's update processor
+/// does, text substitutions included: after ANDing `namespaceSelector`, every
+/// `all()` becomes `has(projectcalico.org/namespace)`; after ANDing
+/// `serviceAccountSelector`, every `all()` becomes `has(projectcalico.org/serviceaccount)`.
+pub fn global_policy_selector(s: &res::GlobalPolicySpec) -> Selector {
+    let mut text = s.selector.clone();
+    if !s.namespace_selector.is_empty() {
+        text = prefix_and_append(text, &s.namespace_selector, NAMESPACE_LABEL_PREFIX)
+            .replace("all()", &format!("has({LABEL_NAMESPACE})"));
+    }
+    if !s.service_account_selector.is_empty() {
+        text = prefix_and_append(
+            text,
+            &s.service_account_selector,
+            SERVICE_ACCOUNT_LABEL_PREFIX,
+        )
+        .replace("all()", &format!("has({LABEL_SERVICE_ACCOUNT})"));
+    }
+    parse_or_all(&text)
+}
+
+/// A namespaced policy's endpoint selector (networkpolicyprocessor.go):
+/// `(selector) && projectcalico.org/namespace == '<ns>'`, then the prefixed
+/// `serviceAccountSelector` (here without any `all()` substitution, as in Calico).
+pub fn namespaced_policy_selector(namespace: &str, s: &res::NamespacedPolicySpec) -> Selector {
+    let ns = format!("{LABEL_NAMESPACE} == '{namespace}'");
+    let text = if s.selector.is_empty() {
+        ns
+    } else {
+        format!("({}) && {ns}", s.selector)
+    };
+    parse_or_all(&prefix_and_append(
+        text,
+        &s.service_account_selector,
+        SERVICE_ACCOUNT_LABEL_PREFIX,
+    ))
 }
 
 fn global_policy(o: &res::Object<res::GlobalPolicySpec>, kind: PolicyKind) -> Policy {
     let s = &o.spec;
-    let mut sel = parse_or_all(&s.selector);
-    if !s.namespace_selector.is_empty() {
-        sel = sel.and(namespace_selector(&s.namespace_selector));
-    }
-    if let Some(sa) = sa_policy_selector(&s.service_account_selector) {
-        sel = sel.and(sa);
-    }
+    let sel = global_policy_selector(s);
     let (ingress_type, egress_type) = listed_types(&s.types, &s.ingress, &s.egress);
     Policy {
         id: PolicyId {
@@ -205,10 +246,7 @@ fn namespaced_policy(
     s: &res::NamespacedPolicySpec,
     kind: PolicyKind,
 ) -> Policy {
-    let mut sel = Selector::equals(LABEL_NAMESPACE, namespace).and(parse_or_all(&s.selector));
-    if let Some(sa) = sa_policy_selector(&s.service_account_selector) {
-        sel = sel.and(sa);
-    }
+    let sel = namespaced_policy_selector(namespace, s);
     let (ingress_type, egress_type) = listed_types(&s.types, &s.ingress, &s.egress);
     Policy {
         id: PolicyId {
@@ -226,7 +264,8 @@ fn namespaced_policy(
         staged_action: kind.is_staged().then(|| staged_action(&s.staged_action)),
         do_not_track: false,
         pre_dnat: false,
-        apply_on_forward: false,
+        // Calico's update processor sets it for every namespaced policy.
+        apply_on_forward: true,
     }
 }
 

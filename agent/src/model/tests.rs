@@ -1249,3 +1249,44 @@ spec:
     let h = &l.model.endpoints[0];
     assert_eq!(h.labels["pcns.projectcalico.org/name"], "ops");
 }
+
+/// Calico's update processors substitute `all()` textually in a
+/// GlobalNetworkPolicy's combined selector, but not in a NetworkPolicy's.
+#[test]
+fn policy_level_service_account_all_follows_calico() {
+    let (l, w) = world(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: g
+spec:
+  serviceAccountSelector: all()
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: ns-all
+spec:
+  namespaceSelector: all()
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: n
+  namespace: dev
+spec:
+  serviceAccountSelector: all()
+",
+    );
+    let by_name = |n: &str| l.model.policies.iter().find(|p| p.id.name == n).unwrap();
+    // Only endpoints with a service account.
+    assert_eq!(matched(&by_name("g").selector, &w), ["api"]);
+    // Only namespaced things.
+    assert_eq!(
+        matched(&by_name("ns-all").selector, &w),
+        ["api", "partners", "web"]
+    );
+    // No substitution for namespaced policies: every endpoint of the namespace.
+    assert_eq!(matched(&by_name("n").selector, &w), ["web"]);
+    assert!(by_name("n").apply_on_forward);
+}
