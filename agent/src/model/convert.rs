@@ -463,6 +463,8 @@ fn namespace_labels(ns: &str, namespaces: &BTreeMap<String, res::StringMap>) -> 
 fn named_ports(ports: &[res::EndpointPort]) -> Vec<NamedPort> {
     ports
         .iter()
+        // Unnamed (hostPort-only) ports are not for policy.
+        .filter(|p| !p.name.is_empty())
         .filter_map(|p| {
             Some(NamedPort {
                 name: p.name.clone(),
@@ -615,6 +617,8 @@ pub fn to_model(resources: &[Resource]) -> Model {
             Resource::StagedKubernetesNetworkPolicy(o) => model
                 .policies
                 .push(k8s_policy(o, PolicyKind::StagedKubernetesNetworkPolicy)),
+            // Calico leaves out workloads without addresses (nothing to render yet).
+            Resource::WorkloadEndpoint(o) if o.spec.ip_networks.is_empty() => {}
             Resource::WorkloadEndpoint(o) => {
                 let ns = namespace_of(&o.metadata);
                 let s = &o.spec;
@@ -634,7 +638,17 @@ pub fn to_model(resources: &[Resource]) -> Model {
                     );
                     own.insert(LABEL_SERVICE_ACCOUNT.into(), sa.clone());
                 }
-                own.extend(o.metadata.labels.clone());
+                // Like Calico, a workload cannot claim namespace or service-account labels.
+                own.extend(
+                    o.metadata
+                        .labels
+                        .iter()
+                        .filter(|(k, _)| {
+                            !k.starts_with(NAMESPACE_LABEL_PREFIX)
+                                && !k.starts_with(SERVICE_ACCOUNT_LABEL_PREFIX)
+                        })
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
                 own.insert(LABEL_NAMESPACE.into(), ns.into());
                 own.insert(
                     LABEL_ORCHESTRATOR.into(),

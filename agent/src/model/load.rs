@@ -254,6 +254,15 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
                 drop[i] = true;
             }
         }
+        if let Resource::WorkloadEndpoint(o) = &doc.resource {
+            if o.spec.ip_networks.is_empty() {
+                diags.push(doc.diagnostic(
+                    Severity::Warning,
+                    "spec.ipNetworks",
+                    "a WorkloadEndpoint without ipNetworks is left out (as Calico does) until it has an address".into(),
+                ));
+            }
+        }
         let endpoint_profiles = match &doc.resource {
             Resource::WorkloadEndpoint(o) => &o.spec.profiles,
             Resource::HostEndpoint(o) => &o.spec.profiles,

@@ -1031,9 +1031,11 @@ fn endpoint_interfaces_and_unnamed_host_ports() {
     let (_, field, _) = only_error(&wep.replace("caliw", "way-too-long-interface"));
     assert_eq!(field, "spec.interfaceName");
     let ok = load(&format!(
-        "{wep}  ports:\n    - {{protocol: TCP, port: 80, hostPort: 8080}}\n"
+        "{wep}  ipNetworks: [10.0.0.9]\n  ports:\n    - {{protocol: TCP, port: 80, hostPort: 8080}}\n"
     ));
     assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
+    // The unnamed hostPort mapping is no named port for policy.
+    assert!(ok.model.endpoints[0].named_ports.is_empty());
     let (_, field, _) = only_error(&format!(
         "{wep}  ports:\n    - {{protocol: TCP, port: 80}}\n"
     ));
@@ -1289,4 +1291,31 @@ spec:
     // No substitution for namespaced policies: every endpoint of the namespace.
     assert_eq!(matched(&by_name("n").selector, &w), ["web"]);
     assert!(by_name("n").apply_on_forward);
+}
+
+#[test]
+fn workloads_without_addresses_are_left_out_and_cannot_spoof_labels() {
+    let wep = "apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: w
+  namespace: prod
+  labels:
+    app: w
+    pcns.team: spoofed
+    pcsa.role: spoofed
+spec:
+  interfaceName: caliw
+";
+    let l = load(wep);
+    assert!(!l.has_errors());
+    assert_eq!(l.diagnostics[0].field, "spec.ipNetworks");
+    assert_eq!(l.diagnostics[0].severity, Severity::Warning);
+    assert!(l.model.endpoints.is_empty());
+    let l = load(&format!("{wep}  ipNetworks: [10.0.0.9/32]\n"));
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    let labels = &l.model.endpoints[0].labels;
+    assert_eq!(labels.get("app").map(String::as_str), Some("w"));
+    assert!(!labels.contains_key("pcns.team"));
+    assert!(!labels.contains_key("pcsa.role"));
 }
