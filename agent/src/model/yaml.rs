@@ -36,7 +36,10 @@ pub fn split_documents(text: &str) -> Vec<Chunk> {
         let l = line.trim_end_matches(['\n', '\r']);
         if l == "---" || l.starts_with("--- ") || l.starts_with("---\t") || l == "..." {
             flush(start, i, &mut chunks);
-            start = i + 1;
+            // `--- {a: 1}` starts a document on the separator line itself.
+            let rest = l.get(3..).unwrap_or("").trim();
+            let has_content = l != "..." && !rest.is_empty() && !rest.starts_with('#');
+            start = if has_content { i } else { i + 1 };
         }
     }
     flush(start, lines.len(), &mut chunks);
@@ -337,6 +340,16 @@ mod tests {
         assert_eq!(node.line_index()["b"], 4);
         let node = parse_chunk(&chunks[2]).unwrap().unwrap();
         assert_eq!(node.line_index()["c[0]"], 7);
+    }
+
+    #[test]
+    fn content_on_the_separator_line_is_kept() {
+        let chunks = split_documents("a: 1\n--- {b: 2}\n--- # comment\nc: 3\n");
+        assert_eq!(chunks.len(), 3);
+        let b = parse_chunk(&chunks[1]).unwrap().unwrap();
+        assert_eq!(b.line_index()["b"], 2);
+        let c = parse_chunk(&chunks[2]).unwrap().unwrap();
+        assert_eq!(c.line_index()["c"], 4);
     }
 
     #[test]
