@@ -108,7 +108,7 @@ mod tests {
             sources.push((path.clone(), std::fs::read_to_string(path).unwrap()));
         }
         sources.push((PathBuf::from("extra.yaml"), extra.to_string()));
-        let l = load_sources(&sources, Vec::new());
+        let l = load_sources(&sources);
         assert!(!l.has_errors(), "{:#?}", l.diagnostics);
         l
     }

@@ -286,12 +286,24 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
 }
 
 /// Loads in-memory sources (file name, text), as [`super::load_paths`] does files.
-pub fn load_sources(sources: &[(PathBuf, String)], mut diagnostics: Vec<Diagnostic>) -> Loaded {
+pub fn load_sources(sources: &[(PathBuf, String)]) -> Loaded {
+    load_with(sources, Vec::new())
+}
+
+/// Loads `sources` after `diagnostics` already found (e.g. unreadable files).
+fn load_with(sources: &[(PathBuf, String)], mut diagnostics: Vec<Diagnostic>) -> Loaded {
     let mut docs = Vec::new();
     for (file, text) in sources {
         docs.extend(parse_file(file, text, &mut diagnostics));
     }
     let docs = cross_check(docs, &mut diagnostics);
+    // Report in reading order: by file (as given), then line.
+    let file_order: HashMap<PathBuf, usize> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, (f, _))| (f.clone(), i))
+        .collect();
+    diagnostics.sort_by_key(|d| (file_order.get(&d.file).copied().unwrap_or(0), d.line));
     let resources: Vec<Resource> = docs.iter().map(|d| d.resource.clone()).collect();
     let model = convert::to_model(&resources);
     let mut policy_sources = HashMap::new();
@@ -337,5 +349,5 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
             Err(e) => diags.push(file_error(&f, format!("cannot read file: {e}"))),
         }
     }
-    load_sources(&sources, diags)
+    load_with(&sources, diags)
 }

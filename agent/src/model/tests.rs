@@ -6,7 +6,7 @@ use super::*;
 use crate::selector::Selector;
 
 fn load(text: &str) -> Loaded {
-    load::load_sources(&[(PathBuf::from("t.yaml"), text.to_string())], Vec::new())
+    load::load_sources(&[(PathBuf::from("t.yaml"), text.to_string())])
 }
 
 fn errors(l: &Loaded) -> Vec<&Diagnostic> {
@@ -341,7 +341,7 @@ fn host_endpoint_policy_modes() {
     assert_eq!((line, field.as_str()), (5, "spec.applyOnForward"));
     let l = load(&gnp("  preDNAT: true\n  applyOnForward: true\n  types: [Ingress, Egress]\n  egress:\n    - action: Allow\n"));
     let fields: Vec<_> = errors(&l).iter().map(|d| d.field.clone()).collect();
-    assert_eq!(fields, ["spec.egress", "spec.types"]);
+    assert_eq!(fields, ["spec.types", "spec.egress"]);
     let ok = load(&gnp(
         "  doNotTrack: true\n  applyOnForward: true\n  ingress:\n    - action: Deny\n",
     ));
