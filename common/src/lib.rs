@@ -42,11 +42,350 @@ pub mod counter {
     pub const COUNT: u32 = 4;
 }
 
+// ---------------------------------------------------------------------------
+// The policy dataplane (programs `from_endpoint` / `to_endpoint`).
+//
+// Maps (all defined in ebpf/src/maps.rs, filled by agent/src/dataplane/):
+//
+// | map                  | type               | key                     | value            |
+// | -------------------- | ------------------ | ----------------------- | ---------------- |
+// | `ENDPOINTS`          | HashMap            | ifindex `u32`           | [`EndpointInfo`] |
+// | `ACTIVE`             | Array[1]           | `0u32`                  | [`ActiveTables`] |
+// | `PEERS_0`/`PEERS_1`  | LpmTrie            | `{prefix_len, [u8;16]}` | peer class `u32` |
+// | `RULES_0`/`RULES_1`  | LpmTrie            | `{prefix_len, RuleKey}` | [`Verdict`]      |
+// | `CONNTRACK`          | LruHashMap         | [`CtKey`]               | [`CtValue`]      |
+// | `FLOW_EVENTS`        | RingBuf            | -                       | [`FlowEvent`]    |
+// | `DP_COUNTERS`        | PerCpuArray<u64>   | [`stat`] index          | count            |
+// | `EVENT_BUDGET`       | PerCpuArray[1]     | `0u32`                  | [`TokenBucket`]  |
+//
+// LPM keys are aya's `Key<T>` = `#[repr(C, packed)] { prefix_len: u32, data: T }`.
+// Addresses are 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so an
+// IPv4 /24 has prefix_len 96 + 24.
+//
+// Notes for whoever fills the tables (the compiler, through
+// agent::dataplane::TableSet):
+// - One peer-class partition serves both tables (enforced and pending): classes
+//   must distinguish every net/selector of enforced AND staged policies.
+// - Lookup order: RULES[class] (longest prefix), then RULES[PEER_CLASS_ANY]
+//   (longest prefix), else deny with Verdict::NO_ENTRY. A class-specific entry
+//   always beats an ANY entry, even a longer one: ANY is a fallback, not an
+//   override (e.g. host-endpoint failsafes must be present in every class that
+//   has entries for that protocol, or be the only entries for it).
+// - Within one class, overlapping entries resolve by longest prefix: any protocol
+//   (80) < protocol (96) < port prefixes (96 + bits); a range is several prefixes.
+// - The kernel reads `ACTIVE` once per packet; userspace rewrites the inactive
+//   copy only at the next update, so an update must not follow the previous one
+//   within a packet's lifetime (microseconds).
+// ---------------------------------------------------------------------------
+
+/// Capacities of the dataplane maps (per copy for `PEERS_*` / `RULES_*`).
+pub mod limits {
+    pub const MAX_ENDPOINTS: u32 = 4096;
+    pub const MAX_PEER_PREFIXES: u32 = 65536;
+    pub const MAX_RULE_ENTRIES: u32 = 262144;
+    pub const MAX_CONNTRACK: u32 = 262144;
+}
+
+/// Value of `ENDPOINTS`: the policed endpoint behind an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EndpointInfo {
+    /// Endpoint id used in [`RuleKey::endpoint_id`].
+    pub id: u32,
+    /// [`endpoint_flags`] bits.
+    pub flags: u32,
+}
+
+pub mod endpoint_flags {
+    /// Staged policies select this endpoint: do the pending lookup on new flows.
+    pub const HAS_STAGED: u32 = 1;
+    /// A host endpoint (informational for now; failsafes are compiled into the table).
+    pub const HOST_ENDPOINT: u32 = 2;
+}
+
+/// Value of `ACTIVE[0]`: which copy of the tables is live, and the policy epoch.
+/// Userspace fills the inactive copy, then writes this in one update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ActiveTables {
+    /// 0: `PEERS_0`/`RULES_0` are live; 1: `PEERS_1`/`RULES_1`.
+    pub generation: u32,
+    /// Bumped on every policy change; conntrack entries of an older epoch are re-judged.
+    pub epoch: u32,
+    /// [`active_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub mod active_flags {
+    /// Never create conntrack entries: every packet is judged as a new flow.
+    /// For benchmarks and tests of the new-flow path only.
+    pub const NO_CT_INSERT: u32 = 1;
+}
+
+/// Policy direction as seen by the endpoint (matches `model::ir::Direction`).
+pub mod direction {
+    /// Traffic the endpoint receives (`to_endpoint`, TC egress hook).
+    pub const INGRESS: u8 = 0;
+    /// Traffic the endpoint sends (`from_endpoint`, TC ingress hook).
+    pub const EGRESS: u8 = 1;
+}
+
+/// [`RuleKey::table`] values.
+pub mod table {
+    pub const ENFORCED: u8 = 0;
+    pub const PENDING: u8 = 1;
+}
+
+/// Peer class stored for "any peer": probed when the peer's own class misses.
+pub const PEER_CLASS_ANY: u32 = u32::MAX;
+/// Class of an address no `PEERS_*` prefix covers.
+pub const PEER_CLASS_WORLD: u32 = 0;
+
+/// Data part of the `RULES_*` LPM key (16 bytes, 128 bits). Field order is the
+/// prefix order, so an entry can stop matching at any of these points:
+///
+/// | bits of prefix | matches                                              |
+/// | -------------- | ---------------------------------------------------- |
+/// | 80             | endpoint, peer class, direction, table (any protocol) |
+/// | 88             | ... + protocol (any port)                            |
+/// | 96 + k         | ... + the first k (0..=16) bits of the port          |
+///
+/// `_pad` is always zero and is part of every prefix of 96 bits or more.
+/// The kernel looks up with prefix_len [`RuleKey::FULL_PREFIX`] (128, `_pad2` zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RuleKey {
+    pub endpoint_id: u32,
+    /// Peer class from `PEERS_*`, or [`PEER_CLASS_ANY`].
+    pub peer_class: u32,
+    /// [`direction`].
+    pub direction: u8,
+    /// [`table`].
+    pub table: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub _pad: u8,
+    /// Destination port of the flow, big-endian; for ICMP/ICMPv6 `type << 8 | code`
+    /// (a type-only rule is an 8-bit port prefix).
+    pub port: [u8; 2],
+    pub _pad2: [u8; 2],
+}
+
+impl RuleKey {
+    /// Prefix length covering endpoint, class, direction and table.
+    pub const ANY_PROTOCOL_PREFIX: u32 = 80;
+    /// Prefix length covering the protocol too (any port).
+    pub const ANY_PORT_PREFIX: u32 = 96;
+    /// Prefix length of an exact port.
+    pub const EXACT_PORT_PREFIX: u32 = 112;
+    /// Prefix length the kernel looks up with.
+    pub const FULL_PREFIX: u32 = 128;
+}
+
+/// Value of `RULES_*`: a verdict and what decided it (enough to name the deciding
+/// tier / policy / rule in a flow record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Verdict {
+    /// [`action`].
+    pub action: u8,
+    /// [`verdict_flags`].
+    pub flags: u8,
+    /// Index of the deciding tier (userspace table).
+    pub tier: u16,
+    /// Index of the deciding policy in userspace's table; [`POLICY_NONE`] for a profile/default.
+    pub policy: u32,
+    /// Index of the deciding rule in that policy; -1 for the end-of-tier default action.
+    pub rule: i32,
+}
+
+/// `Verdict::policy` when no policy decided (profile or the default deny).
+pub const POLICY_NONE: u32 = u32::MAX;
+
+pub mod action {
+    pub const ALLOW: u8 = 1;
+    pub const DENY: u8 = 2;
+}
+
+pub mod verdict_flags {
+    /// Set by the kernel: no table entry matched (not even the wildcard class); denied.
+    pub const NO_ENTRY: u8 = 1;
+}
+
+impl Verdict {
+    /// The verdict the kernel synthesises when both lookups miss (fail closed).
+    pub const NO_ENTRY: Verdict = Verdict {
+        action: action::DENY,
+        flags: verdict_flags::NO_ENTRY,
+        tier: u16::MAX,
+        policy: POLICY_NONE,
+        rule: -1,
+    };
+}
+
+/// Key of `CONNTRACK`: the 5-tuple normalised so both directions share one entry
+/// (`addr_lo` is the numerically lower (address, port) pair). For ICMP echo both
+/// ports are the echo identifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub addr_lo: [u8; 16],
+    pub addr_hi: [u8; 16],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtValue {
+    /// `ActiveTables::epoch` the approvals below were decided in.
+    pub epoch: u32,
+    /// [`ct_flags`] bits (approvals, denials, reported, initiator side).
+    pub flags: u16,
+    /// [`tcp_state`].
+    pub tcp_state: u8,
+    pub _pad: u8,
+    /// Destination port (or ICMP type<<8|code) of the initiator's packets, host order:
+    /// what a stale entry is re-judged with, whichever direction its next packet goes.
+    pub judged_port: u16,
+    pub _pad2: [u8; 6],
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// [`CtValue::flags`]. The "sender side" is the hook where the initiator's packets
+/// leave their endpoint (`from_endpoint` of the initiator, its egress policy); the
+/// "receiver side" is `to_endpoint` of the responder (its ingress policy).
+pub mod ct_flags {
+    pub const SENDER_ALLOWED: u16 = 1 << 0;
+    pub const RECEIVER_ALLOWED: u16 = 1 << 1;
+    pub const SENDER_DENIED: u16 = 1 << 2;
+    pub const RECEIVER_DENIED: u16 = 1 << 3;
+    pub const SENDER_REPORTED: u16 = 1 << 4;
+    pub const RECEIVER_REPORTED: u16 = 1 << 5;
+    /// The initiator is `addr_lo`/`port_lo` (else `addr_hi`/`port_hi`).
+    pub const INITIATOR_LO: u16 = 1 << 8;
+}
+
+pub mod tcp_state {
+    pub const NONE: u8 = 0;
+    pub const SYN_SENT: u8 = 1;
+    pub const ESTABLISHED: u8 = 2;
+    pub const FIN: u8 = 3;
+    pub const RST: u8 = 4;
+}
+
+/// Conntrack idle timeouts in ns; an entry idle longer is treated as a miss.
+pub mod ct_timeout {
+    const S: u64 = 1_000_000_000;
+    pub const TCP_SYN: u64 = 30 * S;
+    pub const TCP_ESTABLISHED: u64 = 3600 * S;
+    pub const TCP_FIN: u64 = 30 * S;
+    pub const TCP_RST: u64 = 10 * S;
+    pub const UDP: u64 = 60 * S;
+    pub const ICMP: u64 = 30 * S;
+    pub const OTHER: u64 = 600 * S;
+}
+
+/// Ring-buffer record for a new flow on an endpoint with staged policy (both
+/// verdicts) or a denied new flow (rate-limited). Addresses and ports are those
+/// of the flow as judged (initiator -> responder).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    /// For ICMP: type << 8 | code.
+    pub dst_port: u16,
+    pub protocol: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// [`direction`] of the endpoint's policy that was evaluated.
+    pub direction: u8,
+    /// [`event_flags`].
+    pub flags: u8,
+    pub ifindex: u32,
+    pub endpoint_id: u32,
+    pub enforced: Verdict,
+    /// Meaningful when `flags & HAS_PENDING`.
+    pub pending: Verdict,
+    /// `bpf_ktime_get_ns`.
+    pub timestamp_ns: u64,
+}
+
+pub mod event_flags {
+    pub const HAS_PENDING: u8 = 1;
+    /// Packet was a non-first fragment judged with port 0.
+    pub const FRAGMENT: u8 = 2;
+}
+
+/// Per-CPU token bucket limiting deny events (`EVENT_BUDGET[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TokenBucket {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+/// Deny events per second per CPU, and the burst.
+pub const DENY_EVENTS_PER_SEC: u64 = 1000;
+pub const DENY_EVENTS_BURST: u64 = 1000;
+
+/// Indices of `DP_COUNTERS` (per-CPU u64).
+pub mod stat {
+    pub const PACKETS: u32 = 0;
+    pub const ALLOWED: u32 = 1;
+    pub const DENIED: u32 = 2;
+    pub const MALFORMED: u32 = 3;
+    pub const RINGBUF_FULL: u32 = 4;
+    pub const CT_HITS: u32 = 5;
+    pub const NO_TABLE_ENTRY: u32 = 6;
+    pub const NOT_ENDPOINT: u32 = 7;
+    pub const NEW_FLOWS: u32 = 8;
+    pub const STAGED_LOOKUPS: u32 = 9;
+    pub const EVENTS: u32 = 10;
+    pub const EVENTS_RATE_LIMITED: u32 = 11;
+    pub const FRAGMENTS: u32 = 12;
+    pub const NON_IP: u32 = 13;
+    pub const CT_STALE: u32 = 14;
+    pub const COUNT: u32 = 15;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "packets",
+        "allowed",
+        "denied",
+        "malformed",
+        "ringbuf_full",
+        "ct_hits",
+        "no_table_entry",
+        "not_endpoint",
+        "new_flows",
+        "staged_lookups",
+        "events",
+        "events_rate_limited",
+        "fragments",
+        "non_ip",
+        "ct_stale",
+    ];
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, repr(C), no implicit padding (pinned by the layout tests).
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::ActiveTables {}
+    unsafe impl aya::Pod for super::RuleKey {}
+    unsafe impl aya::Pod for super::Verdict {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::TokenBucket {}
 }
 
 #[cfg(test)]
@@ -66,5 +405,38 @@ mod tests {
         assert_eq!(offset_of!(DropEvent, src_port), 32);
         assert_eq!(offset_of!(DropEvent, protocol), 36);
         assert_eq!(offset_of!(DropEvent, ifindex), 40);
+    }
+
+    #[test]
+    fn dataplane_layouts() {
+        assert_eq!(size_of::<EndpointInfo>(), 8);
+        assert_eq!(size_of::<ActiveTables>(), 16);
+        assert_eq!(size_of::<RuleKey>(), 16);
+        assert_eq!(offset_of!(RuleKey, peer_class), 4);
+        assert_eq!(offset_of!(RuleKey, direction), 8);
+        assert_eq!(offset_of!(RuleKey, table), 9);
+        assert_eq!(offset_of!(RuleKey, protocol), 10);
+        assert_eq!(offset_of!(RuleKey, port), 12);
+        assert_eq!(RuleKey::ANY_PROTOCOL_PREFIX, 8 * 10);
+        assert_eq!(RuleKey::ANY_PORT_PREFIX, 8 * 12);
+        assert_eq!(size_of::<Verdict>(), 12);
+        assert_eq!(offset_of!(Verdict, tier), 2);
+        assert_eq!(offset_of!(Verdict, policy), 4);
+        assert_eq!(offset_of!(Verdict, rule), 8);
+        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(offset_of!(CtKey, port_lo), 32);
+        assert_eq!(offset_of!(CtKey, protocol), 36);
+        assert_eq!(size_of::<CtValue>(), 24);
+        assert_eq!(offset_of!(CtValue, judged_port), 8);
+        assert_eq!(offset_of!(CtValue, last_seen_ns), 16);
+        assert_eq!(size_of::<FlowEvent>(), 80);
+        assert_eq!(offset_of!(FlowEvent, src_port), 32);
+        assert_eq!(offset_of!(FlowEvent, direction), 38);
+        assert_eq!(offset_of!(FlowEvent, ifindex), 40);
+        assert_eq!(offset_of!(FlowEvent, endpoint_id), 44);
+        assert_eq!(offset_of!(FlowEvent, enforced), 48);
+        assert_eq!(offset_of!(FlowEvent, pending), 60);
+        assert_eq!(offset_of!(FlowEvent, timestamp_ns), 72);
+        assert_eq!(size_of::<TokenBucket>(), 16);
     }
 }

@@ -1,9 +1,16 @@
 //! TC programs attached to the host side of each endpoint's interface.
 //!
-//! First slice: parse the packet, look its (protocol, destination port) up in
+//! `policy`: the dataplane programs `from_endpoint` / `to_endpoint` (maps in
+//! `maps`, parsing in `parse`).
+//!
+//! First slice (`slice_drop`, kept for `agent debug-drop`): parse the packet, look its (protocol, destination port) up in
 //! `SLICE_DROP`, drop and report on the `EVENTS` ring buffer when it is there.
 #![no_std]
 #![no_main]
+
+mod maps;
+mod parse;
+mod policy;
 
 use agent_common::{counter, DropEvent, PortKey};
 use aya_ebpf::{

@@ -25,6 +25,15 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// ICMP type and code (for ICMP/ICMPv6).
     pub icmp: (u8, u8),
+    /// ICMP echo identifier.
+    pub icmp_id: u16,
+    /// IPv6 extension headers inserted before the L4 header, by next-header
+    /// value: 0 hop-by-hop, 43 routing, 60 destination options (8 bytes each),
+    /// 44 fragment (offset `fragment_offset`).
+    pub ipv6_ext: Vec<u8>,
+    /// Fragment offset in 8-byte units (IPv4 header; IPv6 fragment header). A
+    /// non-zero offset makes a non-first fragment: no L4 header is written.
+    pub fragment_offset: u16,
 }
 
 impl Packet {
@@ -37,6 +46,9 @@ impl Packet {
             dst_port,
             tcp_flags: SYN,
             icmp: (0, 0),
+            icmp_id: 1,
+            ipv6_ext: Vec::new(),
+            fragment_offset: 0,
         }
     }
     pub fn udp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Self {
@@ -59,10 +71,47 @@ impl Packet {
         self.tcp_flags = flags;
         self
     }
+    /// Same flow, other way round (ports and addresses swapped).
+    pub fn reply(&self) -> Self {
+        let mut r = self.clone();
+        std::mem::swap(&mut r.src, &mut r.dst);
+        std::mem::swap(&mut r.src_port, &mut r.dst_port);
+        r
+    }
+    pub fn with_ipv6_ext(mut self, ext: &[u8]) -> Self {
+        self.ipv6_ext = ext.to_vec();
+        self
+    }
+    pub fn fragment(mut self, offset: u16) -> Self {
+        self.fragment_offset = offset;
+        self
+    }
 
     /// The frame as it would appear on the wire (Ethernet II).
     pub fn frame(&self) -> Vec<u8> {
-        let l4 = self.l4();
+        let mut l4 = if self.fragment_offset != 0 {
+            vec![0xee; 16] // payload of a later fragment
+        } else {
+            self.l4()
+        };
+        let mut next = self.protocol;
+        if self.src.is_ipv6() {
+            // Build the extension chain back to front.
+            for &kind in self.ipv6_ext.iter().rev() {
+                let mut h = vec![next, 0];
+                if kind == 44 {
+                    h.extend_from_slice(&(self.fragment_offset << 3).to_be_bytes());
+                    h.extend_from_slice(&[0, 0, 0, 1]);
+                } else if kind == 43 {
+                    h.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // type 0, segments left 0
+                } else {
+                    h.extend_from_slice(&[1, 4, 0, 0, 0, 0]); // PadN option
+                }
+                h.extend_from_slice(&l4);
+                l4 = h;
+                next = kind;
+            }
+        }
         let mut f = Vec::with_capacity(14 + 40 + l4.len());
         f.extend_from_slice(&[0x02, 0, 0, 0, 0, 2]); // dst MAC
         f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]); // src MAC
@@ -72,7 +121,14 @@ impl Packet {
                 let total = (20 + l4.len()) as u16;
                 f.extend_from_slice(&[0x45, 0]);
                 f.extend_from_slice(&total.to_be_bytes());
-                f.extend_from_slice(&[0, 1, 0x40, 0, 64, self.protocol, 0, 0]);
+                let frag = if self.fragment_offset != 0 {
+                    self.fragment_offset
+                } else {
+                    0x4000 // DF
+                };
+                f.extend_from_slice(&[0, 1]);
+                f.extend_from_slice(&frag.to_be_bytes());
+                f.extend_from_slice(&[64, self.protocol, 0, 0]);
                 f.extend_from_slice(&s.octets());
                 f.extend_from_slice(&d.octets());
             }
@@ -80,7 +136,7 @@ impl Packet {
                 f.extend_from_slice(&0x86ddu16.to_be_bytes());
                 f.extend_from_slice(&[0x60, 0, 0, 0]);
                 f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-                f.extend_from_slice(&[self.protocol, 64]);
+                f.extend_from_slice(&[next, 64]);
                 f.extend_from_slice(&s.octets());
                 f.extend_from_slice(&d.octets());
             }
@@ -109,7 +165,12 @@ impl Packet {
                 h.extend_from_slice(&[0; 8]); // verification tag, checksum
                 h
             }
-            ICMP | ICMPV6 => vec![self.icmp.0, self.icmp.1, 0, 0, 0, 1, 0, 1],
+            ICMP | ICMPV6 => {
+                let mut h = vec![self.icmp.0, self.icmp.1, 0, 0];
+                h.extend_from_slice(&self.icmp_id.to_be_bytes());
+                h.extend_from_slice(&[0, 1]);
+                h
+            }
             _ => Vec::new(),
         }
     }

@@ -1,6 +1,16 @@
 //! The kernel side: the eBPF object built by `build.rs`, loading it, attaching
 //! its TC programs to interfaces, and reading its maps and ring buffer.
+//!
+//! - `loader`: the policy dataplane (`Dataplane`): programs `from_endpoint` /
+//!   `to_endpoint`, double-buffered tables, counters, flow events.
+//! - `tables`: what the compiler produces (`TableSet`) and its encoding.
+//! - `slice`: the first slice (`slice_drop`), used by `agent debug-drop`.
+pub mod loader;
 pub mod slice;
+pub mod tables;
+
+pub use loader::{Counters, Dataplane, FlowRecord, Hook};
+pub use tables::{port_range_prefixes, PeerMatch, PortMatch, RuleEntry, Table, TableSet};
 
 /// The eBPF object, compiled from `ebpf/` for the BPF target at build time.
 pub static EBPF_OBJECT: &[u8] =
@@ -27,6 +37,8 @@ pub enum DataplaneError {
         what: &'static str,
         name: &'static str,
     },
+    #[error("policy tables: {0}")]
+    Table(#[from] tables::TableError),
     #[error("interface {0:?} not found")]
     NoInterface(String),
 }

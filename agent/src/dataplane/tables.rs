@@ -1,0 +1,352 @@
+//! What the compiler hands the loader: peer classes and decision-table entries,
+//! and their encoding into the `PEERS_*` / `RULES_*` LPM keys.
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use agent_common::{direction, table, RuleKey, Verdict, PEER_CLASS_ANY};
+use ipnet::IpNet;
+
+use crate::model::ir::Direction;
+
+/// Which decision table an entry belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// What packets get.
+    Enforced,
+    /// What they would get with every staged policy promoted (observe only).
+    Pending,
+}
+
+/// Which peers an entry covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerMatch {
+    /// A class from `TableSet::peers` (0 = addresses no prefix covers).
+    Class(u32),
+    /// Probed when the peer's own class has no entry.
+    Any,
+}
+
+/// Which packets of the entry's protocol(s) it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortMatch {
+    /// Every port (or every ICMP type).
+    Any,
+    /// Destination ports `first..=last`.
+    Range(u16, u16),
+    /// ICMP/ICMPv6 type, and code when given.
+    Icmp { icmp_type: u8, code: Option<u8> },
+}
+
+/// One cell of an endpoint's decision table. Entries may overlap: the most specific
+/// one wins (exact class over `PeerMatch::Any` — a separate probe —, then within one
+/// class the longest prefix: protocol over any protocol, a narrower port prefix over
+/// a wider one). The compiler must make every overlap mean "exception to the wider".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleEntry {
+    pub endpoint_id: u32,
+    pub direction: Direction,
+    pub table: Table,
+    pub peer: PeerMatch,
+    /// IP protocol; `None` = every protocol (then `ports` must be `Any`).
+    pub protocol: Option<u8>,
+    pub ports: PortMatch,
+    pub verdict: Verdict,
+}
+
+/// A complete set of tables, written into the inactive copy and switched to at once.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableSet {
+    /// Address prefix -> peer class (longest prefix wins; no match = class 0).
+    pub peers: Vec<(IpNet, u32)>,
+    pub rules: Vec<RuleEntry>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    #[error("port range {0}..={1} is empty")]
+    EmptyRange(u16, u16),
+    #[error("a rule entry for every protocol cannot name ports")]
+    PortsWithoutProtocol,
+    #[error("conflicting verdicts for the same key: {0:?}")]
+    Conflict(Box<RuleKey>),
+    #[error("peer prefix {0} is listed twice with different classes")]
+    PeerConflict(IpNet),
+    #[error("peer class {0} is reserved (u32::MAX is the wildcard)")]
+    ReservedClass(u32),
+    #[error("{what}: {count} entries exceed the map's capacity of {max}")]
+    Capacity {
+        what: &'static str,
+        count: usize,
+        max: u32,
+    },
+}
+
+/// Splits `first..=last` into the fewest (value, prefix bits) pairs that cover it
+/// exactly: each pair matches the ports whose top `bits` bits equal `value`'s.
+pub fn port_range_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    if first > last {
+        return out;
+    }
+    let (mut lo, hi) = (u32::from(first), u32::from(last));
+    while lo <= hi {
+        // The largest aligned block starting at lo that stays within hi.
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1u32 << lo.trailing_zeros()
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        let bits = 16 - size.trailing_zeros() as u8;
+        out.push((lo as u16, bits));
+        lo += size;
+    }
+    out
+}
+
+/// The LPM key of an address: IPv4 as IPv4-mapped IPv6 (prefix + 96).
+pub fn peer_key(net: &IpNet) -> (u32, [u8; 16]) {
+    match net {
+        IpNet::V4(n) => (
+            96 + u32::from(n.prefix_len()),
+            n.network().to_ipv6_mapped().octets(),
+        ),
+        IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
+    }
+}
+
+/// The address as the kernel stores it in events and conntrack.
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+pub fn direction_code(d: Direction) -> u8 {
+    match d {
+        Direction::Ingress => direction::INGRESS,
+        Direction::Egress => direction::EGRESS,
+    }
+}
+
+impl RuleEntry {
+    /// The (prefix_len, key) pairs this entry is stored as.
+    pub fn keys(&self) -> Result<Vec<(u32, RuleKey)>, TableError> {
+        let base = RuleKey {
+            endpoint_id: self.endpoint_id,
+            peer_class: match self.peer {
+                PeerMatch::Class(c) if c == PEER_CLASS_ANY => {
+                    return Err(TableError::ReservedClass(c))
+                }
+                PeerMatch::Class(c) => c,
+                PeerMatch::Any => PEER_CLASS_ANY,
+            },
+            direction: direction_code(self.direction),
+            table: match self.table {
+                Table::Enforced => table::ENFORCED,
+                Table::Pending => table::PENDING,
+            },
+            protocol: self.protocol.unwrap_or(0),
+            _pad: 0,
+            port: [0; 2],
+            _pad2: [0; 2],
+        };
+        let Some(_) = self.protocol else {
+            return match self.ports {
+                PortMatch::Any => Ok(vec![(RuleKey::ANY_PROTOCOL_PREFIX, base)]),
+                _ => Err(TableError::PortsWithoutProtocol),
+            };
+        };
+        let with_port = |value: u16, bits: u8| {
+            (
+                RuleKey::ANY_PORT_PREFIX + u32::from(bits),
+                RuleKey {
+                    port: value.to_be_bytes(),
+                    ..base
+                },
+            )
+        };
+        Ok(match self.ports {
+            PortMatch::Any => vec![(RuleKey::ANY_PORT_PREFIX, base)],
+            PortMatch::Range(first, last) => {
+                if first > last {
+                    return Err(TableError::EmptyRange(first, last));
+                }
+                port_range_prefixes(first, last)
+                    .into_iter()
+                    .map(|(v, b)| with_port(v, b))
+                    .collect()
+            }
+            PortMatch::Icmp { icmp_type, code } => match code {
+                Some(c) => vec![with_port(u16::from(icmp_type) << 8 | u16::from(c), 16)],
+                None => vec![with_port(u16::from(icmp_type) << 8, 8)],
+            },
+        })
+    }
+}
+
+/// The encoded contents of one copy of the tables, checked for conflicts and capacity.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub peers: Vec<(u32, [u8; 16], u32)>,
+    pub rules: Vec<(u32, RuleKey, Verdict)>,
+}
+
+impl TableSet {
+    pub fn encode(&self) -> Result<Encoded, TableError> {
+        use agent_common::limits::{MAX_PEER_PREFIXES, MAX_RULE_ENTRIES};
+        let mut peers: HashMap<(u32, [u8; 16]), u32> = HashMap::new();
+        let mut out = Encoded::default();
+        for (net, class) in &self.peers {
+            if *class == PEER_CLASS_ANY {
+                return Err(TableError::ReservedClass(*class));
+            }
+            let net = net.trunc();
+            let (len, addr) = peer_key(&net);
+            match peers.insert((len, addr), *class) {
+                Some(old) if old != *class => return Err(TableError::PeerConflict(net)),
+                Some(_) => {}
+                None => out.peers.push((len, addr, *class)),
+            }
+        }
+        let mut rules: HashMap<(u32, RuleKey), Verdict> = HashMap::new();
+        for entry in &self.rules {
+            for (len, key) in entry.keys()? {
+                match rules.insert((len, key), entry.verdict) {
+                    Some(old) if old != entry.verdict => {
+                        return Err(TableError::Conflict(Box::new(key)))
+                    }
+                    Some(_) => {}
+                    None => out.rules.push((len, key, entry.verdict)),
+                }
+            }
+        }
+        if out.peers.len() > MAX_PEER_PREFIXES as usize {
+            return Err(TableError::Capacity {
+                what: "peer prefixes",
+                count: out.peers.len(),
+                max: MAX_PEER_PREFIXES,
+            });
+        }
+        if out.rules.len() > MAX_RULE_ENTRIES as usize {
+            return Err(TableError::Capacity {
+                what: "rule entries",
+                count: out.rules.len(),
+                max: MAX_RULE_ENTRIES,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn covers(prefixes: &[(u16, u8)], port: u16) -> usize {
+        prefixes
+            .iter()
+            .filter(|(v, b)| {
+                let mask = if *b == 0 { 0 } else { u16::MAX << (16 - b) };
+                port & mask == *v
+            })
+            .count()
+    }
+
+    #[test]
+    fn known_splits() {
+        assert_eq!(port_range_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(port_range_prefixes(80, 80), vec![(80, 16)]);
+        assert_eq!(port_range_prefixes(8000, 8003), vec![(8000, 14)]);
+        assert_eq!(
+            port_range_prefixes(1, 3),
+            vec![(1, 16), (2, 15)],
+            "1 alone, then 2-3"
+        );
+        assert_eq!(port_range_prefixes(1024, 65535).len(), 6);
+        assert!(port_range_prefixes(5, 4).is_empty());
+        assert_eq!(port_range_prefixes(65535, 65535), vec![(65535, 16)]);
+    }
+
+    proptest! {
+        #[test]
+        fn prefixes_cover_exactly(a: u16, b: u16, probe: u16) {
+            let (first, last) = (a.min(b), a.max(b));
+            let p = port_range_prefixes(first, last);
+            prop_assert!(p.len() <= 30);
+            for port in [first, last, probe, first.wrapping_sub(1), last.wrapping_add(1)] {
+                let inside = (first..=last).contains(&port);
+                prop_assert_eq!(covers(&p, port), usize::from(inside), "port {}", port);
+            }
+            for (v, b) in &p {
+                let mask = if *b == 0 { 0 } else { u16::MAX << (16 - b) };
+                prop_assert_eq!(v & !mask, 0, "value has bits below its prefix");
+            }
+        }
+    }
+
+    #[test]
+    fn ipv4_peer_keys_are_mapped() {
+        let (len, addr) = peer_key(&"10.65.0.0/24".parse().unwrap());
+        assert_eq!(len, 120);
+        assert_eq!(&addr[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(&addr[12..], &[10, 65, 0, 0]);
+        assert_eq!(peer_key(&"fd00::/8".parse().unwrap()).0, 8);
+    }
+
+    #[test]
+    fn icmp_and_protocol_keys() {
+        let e = RuleEntry {
+            endpoint_id: 7,
+            direction: Direction::Ingress,
+            table: Table::Enforced,
+            peer: PeerMatch::Any,
+            protocol: Some(1),
+            ports: PortMatch::Icmp {
+                icmp_type: 8,
+                code: None,
+            },
+            verdict: Verdict::default(),
+        };
+        let k = e.keys().unwrap();
+        assert_eq!(k.len(), 1);
+        assert_eq!(k[0].0, 104);
+        assert_eq!(k[0].1.port, [8, 0]);
+        assert_eq!(k[0].1.peer_class, u32::MAX);
+        let any = RuleEntry {
+            protocol: None,
+            ports: PortMatch::Any,
+            ..e
+        };
+        assert_eq!(any.keys().unwrap()[0].0, 80);
+        let bad = RuleEntry {
+            protocol: None,
+            ..e
+        };
+        assert_eq!(bad.keys(), Err(TableError::PortsWithoutProtocol));
+    }
+
+    #[test]
+    fn conflicts_are_errors() {
+        let e = RuleEntry {
+            endpoint_id: 1,
+            direction: Direction::Egress,
+            table: Table::Enforced,
+            peer: PeerMatch::Class(3),
+            protocol: Some(6),
+            ports: PortMatch::Range(80, 80),
+            verdict: Verdict::default(),
+        };
+        let mut other = e;
+        other.verdict.action = 9;
+        let t = TableSet {
+            peers: vec![],
+            rules: vec![e, e, other],
+        };
+        assert!(matches!(t.encode(), Err(TableError::Conflict(_))));
+    }
+}

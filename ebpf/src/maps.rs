@@ -1,0 +1,45 @@
+//! Maps of the policy dataplane (layout documented in `agent_common`).
+use agent_common::{
+    limits::{MAX_CONNTRACK, MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_RULE_ENTRIES},
+    stat, ActiveTables, CtKey, CtValue, EndpointInfo, RuleKey, TokenBucket, Verdict,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+
+#[map]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static ACTIVE: Array<ActiveTables> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static PEERS_0: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PEER_PREFIXES, 0);
+#[map]
+pub static PEERS_1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PEER_PREFIXES, 0);
+
+#[map]
+pub static RULES_0: LpmTrie<RuleKey, Verdict> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
+#[map]
+pub static RULES_1: LpmTrie<RuleKey, Verdict> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
+
+#[map]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);
+
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map]
+pub static DP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[map]
+pub static EVENT_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(c) = DP_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}

@@ -1,0 +1,216 @@
+//! Packet parsing with direct packet access (bounds-checked against `data_end`).
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_UDPLITE: u8 = 136;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// At most this many IPv6 extension headers are skipped; more is malformed.
+const MAX_IPV6_EXT: usize = 8;
+
+/// What the policy path needs from a packet.
+pub struct Parsed {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Conntrack ports (for ICMP echo: the identifier, both sides).
+    pub ct_sport: u16,
+    pub ct_dport: u16,
+    /// Port used for the table lookup (destination port; ICMP type << 8 | code).
+    pub judge_port: u16,
+    pub protocol: u8,
+    pub ip_version: u8,
+    pub tcp_flags: u8,
+    /// Non-first fragment: no L4 header, judged with port 0, not tracked.
+    pub fragment: bool,
+    /// Tracked in conntrack (not: fragments, ICMP other than echo).
+    pub track: bool,
+    /// IPv6 neighbour discovery / router messages (ICMPv6 133-137): always allowed.
+    pub neighbour_discovery: bool,
+}
+
+pub enum ParseError {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): not policed.
+    NotIp,
+    /// Truncated or inconsistent headers: dropped and counted.
+    Malformed,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ParseError> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(ParseError::Malformed);
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn be16(ctx: &TcContext, offset: usize) -> Result<u16, ParseError> {
+    let p = ptr_at::<[u8; 2]>(ctx, offset)?;
+    // SAFETY: bounds checked by ptr_at.
+    Ok(u16::from_be_bytes(unsafe { *p }))
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
+    let ethertype = match be16(ctx, 12) {
+        Ok(t) => t,
+        // A frame shorter than an Ethernet header is not IP either.
+        Err(_) => return Err(ParseError::Malformed),
+    };
+    let mut p = Parsed {
+        src: [0; 16],
+        dst: [0; 16],
+        ct_sport: 0,
+        ct_dport: 0,
+        judge_port: 0,
+        protocol: 0,
+        ip_version: 0,
+        tcp_flags: 0,
+        fragment: false,
+        track: true,
+        neighbour_discovery: false,
+    };
+    let l4: usize;
+    match ethertype {
+        ETH_P_IP => {
+            let h = ptr_at::<[u8; 20]>(ctx, ETH_HLEN)?;
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            if h[0] >> 4 != 4 || ihl < 20 {
+                return Err(ParseError::Malformed);
+            }
+            let frag = u16::from_be_bytes([h[6], h[7]]);
+            p.fragment = frag & 0x1fff != 0;
+            p.protocol = h[9];
+            p.ip_version = 4;
+            p.src[10] = 0xff;
+            p.src[11] = 0xff;
+            p.dst[10] = 0xff;
+            p.dst[11] = 0xff;
+            p.src[12..].copy_from_slice(&h[12..16]);
+            p.dst[12..].copy_from_slice(&h[16..20]);
+            l4 = ETH_HLEN + ihl;
+            // The options must be there too.
+            ptr_at::<u8>(ctx, l4 - 1)?;
+        }
+        ETH_P_IPV6 => {
+            let h = ptr_at::<[u8; 40]>(ctx, ETH_HLEN)?;
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            if h[0] >> 4 != 6 {
+                return Err(ParseError::Malformed);
+            }
+            p.ip_version = 6;
+            p.src.copy_from_slice(&h[8..24]);
+            p.dst.copy_from_slice(&h[24..40]);
+            let mut next = h[6];
+            let mut off = ETH_HLEN + 40;
+            let mut done = false;
+            for _ in 0..MAX_IPV6_EXT {
+                match next {
+                    // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+                    0 | 43 | 60 => {
+                        let e = ptr_at::<[u8; 2]>(ctx, off)?;
+                        // SAFETY: bounds checked by ptr_at.
+                        let e = unsafe { *e };
+                        next = e[0];
+                        off += (usize::from(e[1]) + 1) * 8;
+                    }
+                    // Fragment: 8 bytes; a non-zero offset means no L4 header follows.
+                    44 => {
+                        let e = ptr_at::<[u8; 8]>(ctx, off)?;
+                        // SAFETY: bounds checked by ptr_at.
+                        let e = unsafe { *e };
+                        next = e[0];
+                        if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                            p.fragment = true;
+                        }
+                        off += 8;
+                    }
+                    // Authentication header: (len + 2) * 4 bytes.
+                    51 => {
+                        let e = ptr_at::<[u8; 2]>(ctx, off)?;
+                        // SAFETY: bounds checked by ptr_at.
+                        let e = unsafe { *e };
+                        next = e[0];
+                        off += (usize::from(e[1]) + 2) * 4;
+                    }
+                    _ => {
+                        done = true;
+                        break;
+                    }
+                }
+                if p.fragment {
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                return Err(ParseError::Malformed);
+            }
+            p.protocol = next;
+            l4 = off;
+        }
+        _ => return Err(ParseError::NotIp),
+    }
+    if p.fragment {
+        p.track = false;
+        return Ok(p);
+    }
+    match p.protocol {
+        IPPROTO_TCP => {
+            let t = ptr_at::<[u8; 20]>(ctx, l4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { &*t };
+            p.ct_sport = u16::from_be_bytes([t[0], t[1]]);
+            p.ct_dport = u16::from_be_bytes([t[2], t[3]]);
+            p.tcp_flags = t[13];
+            p.judge_port = p.ct_dport;
+        }
+        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+            let t = ptr_at::<[u8; 4]>(ctx, l4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { &*t };
+            p.ct_sport = u16::from_be_bytes([t[0], t[1]]);
+            p.ct_dport = u16::from_be_bytes([t[2], t[3]]);
+            p.judge_port = p.ct_dport;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let t = ptr_at::<[u8; 8]>(ctx, l4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { &*t };
+            p.judge_port = u16::from_be_bytes([t[0], t[1]]);
+            let echo = if p.protocol == IPPROTO_ICMP {
+                t[0] == 8 || t[0] == 0
+            } else {
+                t[0] == 128 || t[0] == 129
+            };
+            if echo {
+                let id = u16::from_be_bytes([t[4], t[5]]);
+                p.ct_sport = id;
+                p.ct_dport = id;
+            } else {
+                p.track = false;
+            }
+            p.neighbour_discovery = p.protocol == IPPROTO_ICMPV6 && (133..=137).contains(&t[0]);
+        }
+        _ => {}
+    }
+    Ok(p)
+}

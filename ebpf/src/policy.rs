@@ -1,0 +1,495 @@
+//! The policy programs: `from_endpoint` (TC ingress on the host side of an
+//! endpoint's interface = the endpoint's egress policy) and `to_endpoint`
+//! (TC egress = its ingress policy). Same code, a direction constant.
+//!
+//! Per packet: endpoint lookup, parse, conntrack, then for new (or stale-epoch)
+//! flows one peer-class LPM lookup and one or two decision-table LPM lookups
+//! (own class, then the wildcard class), the same again in the pending table
+//! when the endpoint has staged policy, an event, and a conntrack write.
+//! No loops over rules: a fixed number of map lookups per packet.
+//!
+//! Decisions (documented here; the map layout is in `agent_common`):
+//! - Interfaces not in `ENDPOINTS` pass untouched. Non-IP frames (ARP, ...) pass.
+//!   ICMPv6 133-137 (router/neighbour discovery, redirect) always pass.
+//! - Malformed IP (truncated headers, IHL < 5 or past the end, wrong version,
+//!   more than 8 IPv6 extension headers) is dropped and counted.
+//! - Non-first fragments (IPv4 offset != 0, IPv6 fragment header offset != 0)
+//!   carry no L4 header: they are judged with port 0 (only rules without a port
+//!   constraint allow them), not tracked, and get no staged event. First
+//!   fragments are parsed and tracked like whole packets.
+//! - Conntrack: one LRU entry per normalised 5-tuple serves both directions and
+//!   both endpoints of a same-host flow. Each flow has two sides: the sender side
+//!   (the initiator's `from_endpoint`, its egress policy; also where replies reach
+//!   it) and the receiver side (the responder's `to_endpoint`, its ingress policy;
+//!   also where its replies leave). Each side records allowed/denied/reported, so
+//!   a denied flow is dropped by one lookup too and reported once per side.
+//! - An entry from an older epoch is re-judged at its next packet, in the flow's
+//!   original orientation (initiator, responder, `judged_port`) whichever way that
+//!   packet goes: a policy change cuts flows it now denies, and replies with them.
+//! - TCP packets without an entry are judged as a new flow in the orientation of
+//!   that packet, SYN or not (mid-flow pickup, e.g. flows older than the
+//!   dataplane; maps are meant to be pinned, so agent restarts keep entries).
+//!   SYN -> SYN_SENT (30 s), a reply -> ESTABLISHED (1 h), FIN 30 s, RST 10 s;
+//!   UDP 60 s, ICMP echo 30 s, others 600 s. An idle entry is a miss and is
+//!   overwritten; LRU eviction collects the rest.
+//! - ICMP echo request/reply are tracked by identifier; other ICMP (errors) is
+//!   judged per packet by type/code, not related to the flow it reports on.
+//! - Events: one per newly judged flow side on endpoints with `HAS_STAGED`
+//!   (enforced + pending verdicts), and for denied new flows (per-CPU token
+//!   bucket). Ring buffer full: counted, never blocks.
+
+use agent_common::{
+    action, active_flags, ct_flags, ct_timeout, direction, endpoint_flags, event_flags, stat,
+    table, tcp_state, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent, RuleKey, Verdict,
+    DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC, PEER_CLASS_ANY, PEER_CLASS_WORLD,
+};
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+    EbpfContext,
+};
+
+use crate::maps::{
+    bump, ACTIVE, CONNTRACK, ENDPOINTS, EVENT_BUDGET, FLOW_EVENTS, PEERS_0, PEERS_1, RULES_0,
+    RULES_1,
+};
+use crate::parse::{
+    parse, ParseError, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IPPROTO_UDPLITE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+
+#[classifier]
+pub fn from_endpoint(ctx: TcContext) -> i32 {
+    handle(&ctx, direction::EGRESS)
+}
+
+#[classifier]
+pub fn to_endpoint(ctx: TcContext) -> i32 {
+    handle(&ctx, direction::INGRESS)
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
+    bump(stat::PACKETS);
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
+    // SAFETY: plain values copied out at once.
+    let endpoint = match unsafe { ENDPOINTS.get(&ifindex) } {
+        Some(e) => *e,
+        None => {
+            bump(stat::NOT_ENDPOINT);
+            return TC_ACT_OK;
+        }
+    };
+    let pkt = match parse(ctx) {
+        Ok(p) => p,
+        Err(ParseError::NotIp) => {
+            bump(stat::NON_IP);
+            return TC_ACT_OK;
+        }
+        Err(ParseError::Malformed) => {
+            bump(stat::MALFORMED);
+            bump(stat::DENIED);
+            return TC_ACT_SHOT;
+        }
+    };
+    if pkt.fragment {
+        bump(stat::FRAGMENTS);
+    }
+    if pkt.neighbour_discovery {
+        bump(stat::ALLOWED);
+        return TC_ACT_OK;
+    }
+    let allowed = police(&pkt, ifindex, &endpoint, hook_dir);
+    if allowed {
+        bump(stat::ALLOWED);
+        TC_ACT_OK
+    } else {
+        bump(stat::DENIED);
+        TC_ACT_SHOT
+    }
+}
+
+/// True when `(a, ap) <= (b, bp)` (addresses compared as big-endian numbers).
+#[inline(always)]
+fn lower_or_equal(a: &[u8; 16], ap: u16, b: &[u8; 16], bp: u16) -> bool {
+    let (a0, a1) = halves(a);
+    let (b0, b1) = halves(b);
+    if a0 != b0 {
+        return a0 < b0;
+    }
+    if a1 != b1 {
+        return a1 < b1;
+    }
+    ap <= bp
+}
+
+#[inline(always)]
+fn halves(a: &[u8; 16]) -> (u64, u64) {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&a[..8]);
+    lo.copy_from_slice(&a[8..]);
+    (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
+}
+
+#[inline(always)]
+fn timeout(protocol: u8, state: u8) -> u64 {
+    match protocol {
+        IPPROTO_TCP => match state {
+            tcp_state::SYN_SENT => ct_timeout::TCP_SYN,
+            tcp_state::FIN => ct_timeout::TCP_FIN,
+            tcp_state::RST => ct_timeout::TCP_RST,
+            _ => ct_timeout::TCP_ESTABLISHED,
+        },
+        IPPROTO_UDP | IPPROTO_UDPLITE => ct_timeout::UDP,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => ct_timeout::ICMP,
+        _ => ct_timeout::OTHER,
+    }
+}
+
+#[inline(always)]
+fn next_tcp_state(state: u8, flags: u8, forward: bool) -> u8 {
+    if flags & TCP_RST != 0 {
+        tcp_state::RST
+    } else if flags & TCP_FIN != 0 || state == tcp_state::FIN {
+        tcp_state::FIN
+    } else if state == tcp_state::SYN_SENT && !forward {
+        tcp_state::ESTABLISHED
+    } else {
+        state
+    }
+}
+
+/// The side of a flow a hook judges, and the bits recording it.
+struct Side {
+    allowed: u16,
+    denied: u16,
+    reported: u16,
+    /// Direction of the endpoint policy that judges this side.
+    policy_dir: u8,
+}
+
+#[inline(always)]
+fn side(sender: bool) -> Side {
+    if sender {
+        Side {
+            allowed: ct_flags::SENDER_ALLOWED,
+            denied: ct_flags::SENDER_DENIED,
+            reported: ct_flags::SENDER_REPORTED,
+            policy_dir: direction::EGRESS,
+        }
+    } else {
+        Side {
+            allowed: ct_flags::RECEIVER_ALLOWED,
+            denied: ct_flags::RECEIVER_DENIED,
+            reported: ct_flags::RECEIVER_REPORTED,
+            policy_dir: direction::INGRESS,
+        }
+    }
+}
+
+/// Decides one packet; true = allow.
+#[inline(always)]
+fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook_dir: u8) -> bool {
+    let active = match ACTIVE.get(0) {
+        Some(a) => *a,
+        None => ActiveTables::default(),
+    };
+    // Conntrack ages in the coarse clock (tick resolution, far cheaper than
+    // bpf_ktime_get_ns in a VM); events carry the precise time.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let pkt_is_lo = lower_or_equal(&pkt.src, pkt.ct_sport, &pkt.dst, pkt.ct_dport);
+    let key = if pkt_is_lo {
+        CtKey {
+            addr_lo: pkt.src,
+            addr_hi: pkt.dst,
+            port_lo: pkt.ct_sport,
+            port_hi: pkt.ct_dport,
+            protocol: pkt.protocol,
+            _pad: [0; 3],
+        }
+    } else {
+        CtKey {
+            addr_lo: pkt.dst,
+            addr_hi: pkt.src,
+            port_lo: pkt.ct_dport,
+            port_hi: pkt.ct_sport,
+            protocol: pkt.protocol,
+            _pad: [0; 3],
+        }
+    };
+
+    if pkt.track {
+        if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+            // SAFETY: map value pointer; concurrent updates of the same flow on two
+            // CPUs can at worst lose a flag or timestamp, never corrupt memory.
+            let ct = unsafe { &mut *ct };
+            if now.saturating_sub(ct.last_seen_ns) <= timeout(pkt.protocol, ct.tcp_state) {
+                let forward = (ct.flags & ct_flags::INITIATOR_LO != 0) == pkt_is_lo;
+                // The initiator's endpoint sending, or receiving replies: the sender side.
+                let sender = (hook_dir == direction::EGRESS) == forward;
+                let s = side(sender);
+                ct.last_seen_ns = now;
+                if pkt.protocol == IPPROTO_TCP {
+                    ct.tcp_state = next_tcp_state(ct.tcp_state, pkt.tcp_flags, forward);
+                }
+                if ct.epoch == active.epoch {
+                    if ct.flags & s.allowed != 0 {
+                        bump(stat::CT_HITS);
+                        return true;
+                    }
+                    if ct.flags & s.denied != 0 {
+                        bump(stat::CT_HITS);
+                        return false;
+                    }
+                } else {
+                    // Policy changed since: forget every side's decision, re-judge.
+                    bump(stat::CT_STALE);
+                    ct.epoch = active.epoch;
+                    ct.flags &= ct_flags::INITIATOR_LO;
+                }
+                // Judge this side of the known flow, in its original orientation.
+                let (init, resp, init_port) = if forward {
+                    (&pkt.src, &pkt.dst, pkt.ct_sport)
+                } else {
+                    (&pkt.dst, &pkt.src, pkt.ct_dport)
+                };
+                let judged_port = ct.judged_port;
+                let mut flow = Flow {
+                    init,
+                    resp,
+                    init_port,
+                    judged_port,
+                    pkt,
+                    ifindex,
+                    endpoint,
+                    active: &active,
+                    now,
+                    side: &s,
+                    sender,
+                };
+                let (allow, reported) = judge(&mut flow, ct.flags & s.reported != 0);
+                ct.flags |= if allow { s.allowed } else { s.denied };
+                if reported {
+                    ct.flags |= s.reported;
+                }
+                return allow;
+            }
+        }
+    }
+
+    // New flow: this packet's source is the initiator (also for a TCP packet that
+    // is not a SYN: a flow picked up mid-way, e.g. one older than the dataplane, is
+    // judged like a new one in the orientation of the packet seen first).
+    bump(stat::NEW_FLOWS);
+    let sender = hook_dir == direction::EGRESS;
+    let s = side(sender);
+    let mut flow = Flow {
+        init: &pkt.src,
+        resp: &pkt.dst,
+        init_port: pkt.ct_sport,
+        judged_port: pkt.judge_port,
+        pkt,
+        ifindex,
+        endpoint,
+        active: &active,
+        now,
+        side: &s,
+        sender,
+    };
+    let (allow, reported) = judge(&mut flow, false);
+    if pkt.track && active.flags & active_flags::NO_CT_INSERT == 0 {
+        let mut flags = if allow { s.allowed } else { s.denied };
+        if reported {
+            flags |= s.reported;
+        }
+        if pkt_is_lo {
+            flags |= ct_flags::INITIATOR_LO;
+        }
+        let state = if pkt.protocol != IPPROTO_TCP {
+            tcp_state::NONE
+        } else if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            tcp_state::SYN_SENT
+        } else {
+            next_tcp_state(tcp_state::ESTABLISHED, pkt.tcp_flags, true)
+        };
+        let value = CtValue {
+            epoch: active.epoch,
+            flags,
+            tcp_state: state,
+            _pad: 0,
+            judged_port: pkt.judge_port,
+            _pad2: [0; 6],
+            last_seen_ns: now,
+        };
+        // Full LRU: the kernel evicts; an error here only costs a re-judgement later.
+        let _ = CONNTRACK.insert(&key, &value, BPF_ANY as u64);
+    }
+    allow
+}
+
+struct Flow<'a> {
+    init: &'a [u8; 16],
+    resp: &'a [u8; 16],
+    init_port: u16,
+    judged_port: u16,
+    pkt: &'a Parsed,
+    ifindex: u32,
+    endpoint: &'a EndpointInfo,
+    active: &'a ActiveTables,
+    now: u64,
+    side: &'a Side,
+    sender: bool,
+}
+
+#[inline(always)]
+fn peer_class(generation: u32, addr: &[u8; 16]) -> u32 {
+    let key = Key::new(128, *addr);
+    let hit = if generation == 0 {
+        PEERS_0.get(&key)
+    } else {
+        PEERS_1.get(&key)
+    };
+    match hit {
+        Some(c) => *c,
+        None => PEER_CLASS_WORLD,
+    }
+}
+
+#[inline(always)]
+fn rule_lookup(generation: u32, key: &Key<RuleKey>) -> Option<Verdict> {
+    let hit = if generation == 0 {
+        RULES_0.get(key)
+    } else {
+        RULES_1.get(key)
+    };
+    hit.copied()
+}
+
+/// The verdict of one table: the peer's class, then the wildcard class.
+#[inline(always)]
+fn verdict(
+    generation: u32,
+    endpoint_id: u32,
+    class: u32,
+    dir: u8,
+    tbl: u8,
+    protocol: u8,
+    port: u16,
+) -> Option<Verdict> {
+    let data = RuleKey {
+        endpoint_id,
+        peer_class: class,
+        direction: dir,
+        table: tbl,
+        protocol,
+        _pad: 0,
+        port: port.to_be_bytes(),
+        _pad2: [0; 2],
+    };
+    if let Some(v) = rule_lookup(generation, &Key::new(RuleKey::FULL_PREFIX, data)) {
+        return Some(v);
+    }
+    let any = RuleKey {
+        peer_class: PEER_CLASS_ANY,
+        ..data
+    };
+    rule_lookup(generation, &Key::new(RuleKey::FULL_PREFIX, any))
+}
+
+/// Runs the enforced (and, for endpoints with staged policy, the pending) lookup
+/// and reports the flow. Returns (allowed, reported).
+#[inline(always)]
+fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
+    let generation = flow.active.generation;
+    let dir = flow.side.policy_dir;
+    // The peer is the far end of the flow as seen from the judging endpoint.
+    let peer = if flow.sender { flow.resp } else { flow.init };
+    let class = peer_class(generation, peer);
+    let protocol = flow.pkt.protocol;
+    let port = flow.judged_port;
+    let id = flow.endpoint.id;
+    let enforced = match verdict(generation, id, class, dir, table::ENFORCED, protocol, port) {
+        Some(v) => v,
+        None => {
+            bump(stat::NO_TABLE_ENTRY);
+            Verdict::NO_ENTRY
+        }
+    };
+    let allow = enforced.action == action::ALLOW;
+    if already_reported {
+        return (allow, true);
+    }
+    let staged = flow.endpoint.flags & endpoint_flags::HAS_STAGED != 0 && !flow.pkt.fragment;
+    if !staged && allow {
+        return (allow, false);
+    }
+    let mut event = FlowEvent {
+        src: *flow.init,
+        dst: *flow.resp,
+        src_port: flow.init_port,
+        dst_port: port,
+        protocol,
+        ip_version: flow.pkt.ip_version,
+        direction: dir,
+        flags: 0,
+        ifindex: flow.ifindex,
+        endpoint_id: id,
+        enforced,
+        pending: Verdict::default(),
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if flow.pkt.fragment {
+        event.flags |= event_flags::FRAGMENT;
+    }
+    if staged {
+        // Observe only: the pending verdict never changes what the packet gets.
+        bump(stat::STAGED_LOOKUPS);
+        event.flags |= event_flags::HAS_PENDING;
+        event.pending = match verdict(generation, id, class, dir, table::PENDING, protocol, port) {
+            Some(v) => v,
+            None => Verdict::NO_ENTRY,
+        };
+    } else if !take_token(flow.now) {
+        bump(stat::EVENTS_RATE_LIMITED);
+        return (allow, false);
+    }
+    if FLOW_EVENTS.output(&event, 0).is_err() {
+        bump(stat::RINGBUF_FULL);
+        return (allow, false);
+    }
+    bump(stat::EVENTS);
+    (allow, true)
+}
+
+/// Per-CPU token bucket for deny events.
+#[inline(always)]
+fn take_token(now: u64) -> bool {
+    let Some(b) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let b = unsafe { &mut *b };
+    const INTERVAL: u64 = 1_000_000_000 / DENY_EVENTS_PER_SEC;
+    let refill = now.saturating_sub(b.last_ns) / INTERVAL;
+    if refill > 0 {
+        if refill >= DENY_EVENTS_BURST {
+            b.tokens = DENY_EVENTS_BURST;
+            b.last_ns = now;
+        } else {
+            b.tokens = core::cmp::min(b.tokens + refill, DENY_EVENTS_BURST);
+            b.last_ns += refill * INTERVAL;
+        }
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
+}
