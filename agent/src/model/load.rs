@@ -21,6 +21,9 @@ pub struct Document {
     pub id: String,
     pub resource: Resource,
     pub lines: HashMap<String, usize>,
+    /// False when validation found an error: the document is only kept to
+    /// report cross-document problems too, and never reaches the model.
+    pub valid: bool,
 }
 
 impl Document {
@@ -181,7 +184,9 @@ fn parse_document(
         id,
         resource,
         lines,
+        valid: true,
     };
+    let mut doc = doc;
     let issues = validate::validate(&doc.resource);
     let failed = issues.iter().any(|i| i.severity == Severity::Error);
     for Issue {
@@ -192,7 +197,8 @@ fn parse_document(
     {
         diags.push(doc.diagnostic(severity, &field, message));
     }
-    Ok((!failed).then_some(doc))
+    doc.valid = !failed;
+    Ok(Some(doc))
 }
 
 /// Checks between documents: duplicates, tiers that do not exist, profiles
@@ -201,7 +207,8 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
     let mut seen: HashMap<(ResourceKind, Option<String>, String), (PathBuf, usize)> =
         HashMap::new();
     let mut unique = Vec::new();
-    for doc in docs {
+    let (valid, invalid): (Vec<Document>, Vec<Document>) = docs.into_iter().partition(|d| d.valid);
+    for doc in valid {
         let key = (
             doc.kind,
             doc.namespace().map(str::to_string),
@@ -231,7 +238,8 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
         .map(|d| d.name())
         .collect();
     let mut drop = vec![false; unique.len()];
-    for (i, doc) in unique.iter().enumerate() {
+    // Invalid documents get these checks too (reported, never loaded).
+    for (i, doc) in unique.iter().chain(&invalid).enumerate() {
         let tier = match &doc.resource {
             Resource::GlobalNetworkPolicy(o) | Resource::StagedGlobalNetworkPolicy(o) => {
                 o.spec.tier.as_deref()
@@ -251,7 +259,9 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
                          kube-admin, default, kube-baseline"
                     ),
                 ));
-                drop[i] = true;
+                if let Some(d) = drop.get_mut(i) {
+                    *d = true;
+                }
             }
         }
         if let Resource::WorkloadEndpoint(o) = &doc.resource {

@@ -1319,3 +1319,16 @@ spec:
     assert!(!labels.contains_key("pcns.team"));
     assert!(!labels.contains_key("pcsa.role"));
 }
+
+#[test]
+fn cross_document_checks_also_report_on_invalid_documents() {
+    let l = load(&gnp("  tier: missing\n  selector: \"(\"\n"));
+    let fields: Vec<_> = errors(&l).iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields, ["spec.tier", "spec.selector"]);
+    assert!(l.model.policies.is_empty());
+    // An invalid document does not make a later valid namesake a duplicate.
+    let text = format!("{}---\n{}", gnp("  order: x\n"), gnp("  order: 2\n"));
+    let l = load(&text);
+    assert_eq!(errors(&l).len(), 1);
+    assert_eq!(l.model.policies[0].order, Some(2.0));
+}
