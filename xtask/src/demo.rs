@@ -79,12 +79,12 @@ pub fn run() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     let datastore = work.join("policies");
     copy_dir(&examples, &datastore)?;
-    let result = walkthrough(&examples, &datastore);
+    let result = walkthrough(&datastore);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-fn walkthrough(examples: &Path, datastore: &Path) -> Result<()> {
+fn walkthrough(datastore: &Path) -> Result<()> {
     let ds = datastore.to_str().context("non-UTF-8 temp path")?;
     heading("The lab");
     say("A node (its own network namespace) with three pods in namespace prod, each a network\nnamespace wired like Calico wires pods: host-side veth, /32 route, proxy ARP, 169.254.1.1.");
