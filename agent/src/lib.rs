@@ -7,7 +7,11 @@
 //! - [`dataplane`]: BPF programs and maps, loading and attaching.
 //! - [`cli`]: the command line.
 pub mod cli;
+pub mod compile;
+pub mod daemon;
 pub mod dataplane;
+pub mod datastore;
 pub mod eval;
+pub mod flows;
 pub mod model;
 pub mod selector;
