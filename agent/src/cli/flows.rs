@@ -202,17 +202,20 @@ fn peer(p: &crate::flows::Peer, port: bool) -> String {
     }
 }
 
-/// `allow (tier default, gnp:/name rule 0)` from a trace
-/// `<index>|<tier>|<kind>:<ns>/<name>|<action>|<rule>`.
+/// `allow (default gnp:name, rule 0)` from a trace
+/// `[<index>|]<tier>|<kind>:<ns>/<name>|<action>|<rule>`.
 pub fn verdict_text(v: &FlowVerdict) -> String {
-    let parts: Vec<&str> = v.trace.split('|').collect();
-    let why = if parts.len() == 5 {
-        let rule = if parts[4] == "-1" {
+    let mut parts: Vec<&str> = v.trace.split('|').collect();
+    if parts.len() == 5 {
+        parts.remove(0);
+    }
+    let why = if parts.len() == 4 {
+        let rule = if parts[3] == "-1" {
             "end of tier".to_string()
         } else {
-            format!("rule {}", parts[4])
+            format!("rule {}", parts[3])
         };
-        format!("{} {}, {rule}", parts[1], parts[2])
+        format!("{} {}, {rule}", parts[0], parts[1])
     } else if v.trace.is_empty() {
         "no trace".into()
     } else {

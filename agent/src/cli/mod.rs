@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod eval;
+pub mod matrix;
 pub mod selector;
 
 #[derive(Debug, Parser)]
@@ -63,6 +65,10 @@ pub enum Command {
     DebugDrop(debug::DebugDropArgs),
     /// Evaluate a Calico selector against labels: prints `true` or `false`.
     Selector(selector::SelectorArgs),
+    /// What one connection gets, enforced and pending (staged promoted), with traces.
+    Eval(eval::EvalArgs),
+    /// Connectivity matrix of all workload endpoints, enforced and pending side by side.
+    Matrix(matrix::MatrixArgs),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -94,6 +100,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Status(args) => flows::run_status(args),
         Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
         Command::Selector(args) => Ok(selector::run(args)),
+        Command::Eval(args) => Ok(eval::run(args)),
+        Command::Matrix(args) => Ok(matrix::run(args)),
     };
     match result {
         Ok(code) => code,

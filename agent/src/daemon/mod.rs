@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_common::{endpoint_flags, limits, EndpointInfo};
+use agent_common::limits;
 use anyhow::Context;
 use aya::programs::tc::SchedClassifierLinkId;
 use tokio::sync::broadcast;
@@ -238,7 +238,6 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
     drop(inner);
     drain(shared);
     let mut inner = lock(&shared.inner);
-    let encoded = compiled.tables.encode();
     match inner.dp.install(&compiled.tables) {
         Ok(live) => {
             inner.generation = live.generation;
@@ -250,10 +249,8 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
             return;
         }
     }
-    if let Ok(enc) = encoded {
-        inner.peer_prefixes = enc.peers.len();
-        inner.rule_keys = enc.rules.len();
-    }
+    inner.peer_prefixes = compiled.stats.peer_prefixes;
+    inner.rule_keys = compiled.stats.rule_keys;
     let enforced = loaded
         .model
         .policies
@@ -328,18 +325,7 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
     }
     attach_errors.retain(|k, _| desired.contains_key(k));
     for (name, ep) in &desired {
-        let info = EndpointInfo {
-            id: ep.id,
-            flags: if ep.has_staged {
-                endpoint_flags::HAS_STAGED
-            } else {
-                0
-            } | if ep.host {
-                endpoint_flags::HOST_ENDPOINT
-            } else {
-                0
-            },
-        };
+        let info = ep.info();
         if attached.contains_key(name) {
             if update {
                 let ifindex = attached[name].ifindex;
@@ -452,15 +438,8 @@ pub(crate) fn status(shared: &Shared) -> Status {
         tables: TableStatus {
             peer_prefixes: inner.peer_prefixes,
             peer_prefixes_max: limits::MAX_PEER_PREFIXES as usize,
-            peer_classes: view
-                .compiled
-                .tables
-                .peers
-                .iter()
-                .map(|p| p.1)
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
-            rule_entries: view.compiled.tables.rules.len(),
+            peer_classes: view.compiled.as_ref().map_or(0, |c| c.stats.classes),
+            rule_entries: view.compiled.as_ref().map_or(0, |c| c.stats.rule_entries),
             rule_keys: inner.rule_keys,
             rule_keys_max: limits::MAX_RULE_ENTRIES as usize,
             endpoints_max: limits::MAX_ENDPOINTS as usize,

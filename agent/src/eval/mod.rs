@@ -1,1 +1,707 @@
 //! The reference evaluator: Calico's policy semantics in plain Rust.
+//!
+//! It is the oracle the kernel dataplane is tested against, and the compiler
+//! asks it, cell by cell, what a packet gets. Build an [`Evaluator`] once per
+//! model (it sorts tiers and policies and indexes IPs once), then query it:
+//! - [`Evaluator::evaluate_end`]: one endpoint, one direction, one packet;
+//! - [`Evaluator::evaluate_flow`]: both ends of a flow, enforced and pending;
+//! - [`Evaluator::applicable_policies`]: which tiers and policies apply to an endpoint.
+//!
+//! The free functions of the same names build a throwaway evaluator, for one-off questions.
+//!
+//! Semantics: /work/shared/SEMANTICS.md (Evaluation, Staged policies). The
+//! pending set is the DECISION there: every staged policy promoted now.
+//!
+//! Per end: failsafe ports (host endpoints) first; then the applicable tiers
+//! ([`Phase`] by phase, tier by tier, policy by policy, rule by rule); then the
+//! endpoint's profiles; then deny. Traces use Calico's flow-log strings
+//! ([`TraceEntry`]); a promoted staged policy keeps its staged kind code.
+//!
+//! Not modelled: forwarded traffic through a host endpoint (`applyOnForward`
+//! only matters there), DNAT (pre-DNAT policies see the packet as given),
+//! connection tracking (every question is about a connection's first packet).
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use crate::model::ir::{
+    Action, Direction, Endpoint, EndpointKind, Model, Policy, PolicyId, Rule, TierDefault,
+};
+
+mod matching;
+mod order;
+#[cfg(test)]
+mod tests;
+
+pub use matching::IpIndex;
+pub use order::{policy_order, set_members, PreparedSet, PreparedTier};
+
+use matching::{failsafe_match, RuleMatcher};
+
+/// The tier name Calico gives profiles in traces.
+pub const PROFILE_TIER: &str = "__PROFILE__";
+/// The trace kind code of profiles.
+pub const PROFILE_KIND_CODE: &str = "pro";
+/// The pseudo-profile Calico records when nothing decided (`pro:__NO_MATCH__`).
+pub const NO_MATCH_PROFILE: &str = "__NO_MATCH__";
+
+/// Which policies are in force: what happens now, or what would happen if every
+/// staged policy were promoted now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySet {
+    Enforced,
+    Pending,
+}
+
+/// The first packet of a connection, as far as policy can see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Packet {
+    /// IP protocol number (`model::ir::proto`).
+    pub protocol: u8,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+}
+
+impl Packet {
+    /// A TCP packet to `dst_port` from an ephemeral source port.
+    pub fn tcp(dst_port: u16) -> Self {
+        Self::with_ports(crate::model::ir::proto::TCP, EPHEMERAL_PORT, dst_port)
+    }
+    /// A UDP packet to `dst_port` from an ephemeral source port.
+    pub fn udp(dst_port: u16) -> Self {
+        Self::with_ports(crate::model::ir::proto::UDP, EPHEMERAL_PORT, dst_port)
+    }
+    pub fn with_ports(protocol: u8, src_port: u16, dst_port: u16) -> Self {
+        Packet {
+            protocol,
+            src_port: Some(src_port),
+            dst_port: Some(dst_port),
+            ..Packet::default()
+        }
+    }
+    /// An ICMP (or ICMPv6, by `protocol`) packet of this type and code.
+    pub fn icmp(protocol: u8, icmp_type: u8, icmp_code: u8) -> Self {
+        Packet {
+            protocol,
+            icmp_type: Some(icmp_type),
+            icmp_code: Some(icmp_code),
+            ..Packet::default()
+        }
+    }
+}
+
+/// The source port [`Packet::tcp`] and [`Packet::udp`] use.
+pub const EPHEMERAL_PORT: u16 = 40000;
+
+/// What a packet gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        })
+    }
+}
+
+/// The action a trace entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceAction {
+    Allow,
+    Deny,
+    Pass,
+}
+
+impl fmt::Display for TraceAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TraceAction::Allow => "allow",
+            TraceAction::Deny => "deny",
+            TraceAction::Pass => "pass",
+        })
+    }
+}
+
+/// One step of a policy trace: the tier (or profile) that acted, and how.
+/// Displays (and serializes) as Calico's flow-log string
+/// `<index>|<tier>|<kind>:<namespace>/<name>|<allow|deny|pass>|<rule>`
+/// (`<kind>:<name>` for cluster-scoped policies and profiles), rule `-1` for a
+/// tier's end-of-tier action. `<index>` counts the entries of one trace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TraceEntry {
+    pub index: usize,
+    pub tier: String,
+    /// `gnp np knp sgnp snp sknp pro`.
+    pub kind_code: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub action: TraceAction,
+    pub rule: i64,
+}
+
+/// The rule number of an end-of-tier entry.
+pub const END_OF_TIER_RULE: i64 = -1;
+
+impl fmt::Display for TraceEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}|{}|{}|{}|{}",
+            self.index,
+            self.tier,
+            flow_log_name(self.kind_code, self.namespace.as_deref(), &self.name),
+            self.action,
+            self.rule
+        )
+    }
+}
+
+/// Calico's flow-log name of a policy or profile: `np:ns/name` when namespaced,
+/// `gnp:name` / `pro:kns.ns` when not (calico lma/pkg/api policy hits; note
+/// there is no `/` for cluster-scoped kinds, unlike `PolicyId`'s Display).
+pub fn flow_log_name(kind_code: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind_code}:{ns}/{name}"),
+        None => format!("{kind_code}:{name}"),
+    }
+}
+
+/// [`flow_log_name`] of a policy, with the kind code it has in traces.
+pub fn policy_flow_log_name(id: &PolicyId) -> String {
+    flow_log_name(id.kind.code(), id.namespace.as_deref(), &id.name)
+}
+
+impl serde::Serialize for TraceEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What decided an end's verdict.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum DecidedBy {
+    /// A host endpoint's failsafe port, before any policy.
+    Failsafe { protocol: u8, port: u16 },
+    /// An Allow or Deny rule of a policy.
+    PolicyRule {
+        tier: String,
+        policy: PolicyId,
+        rule: usize,
+    },
+    /// A tier's default Deny (rule `-1`), attributed like Calico to the tier's
+    /// last applicable policy.
+    EndOfTier { tier: String, policy: PolicyId },
+    /// A profile rule: Allow, Deny, or Pass (which counts as deny).
+    ProfileRule { profile: String, rule: usize },
+    /// Nothing decided after the tiers and profiles (or there were none): deny.
+    NoMatch,
+}
+
+/// The verdict of one end (one endpoint, one direction) and how it was reached.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct EndVerdict {
+    /// `namespace/name` of a workload, `name` of a host endpoint.
+    pub endpoint: String,
+    pub direction: Direction,
+    pub action: Verdict,
+    pub decided_by: DecidedBy,
+    pub trace: Vec<TraceEntry>,
+}
+
+/// A tier as it applies to one endpoint in one direction: the policies that
+/// select the endpoint and have that type, in order.
+#[derive(Clone, Debug)]
+pub struct ApplicableTier<'m> {
+    pub phase: Phase,
+    pub name: String,
+    pub default_action: TierDefault,
+    pub policies: Vec<&'m Policy>,
+}
+
+/// When a policy is consulted. Host endpoints run untracked (`doNotTrack`)
+/// policies first, then (ingress only) `preDNAT` policies, then normal policy;
+/// in the first two an Allow or Deny is final and a tier without a decision
+/// just passes on (felix: those tiers end with Pass). Workload endpoints only
+/// have normal policy (the other kinds are host-endpoint only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Untracked,
+    PreDnat,
+    Normal,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 3] = [Phase::Untracked, Phase::PreDnat, Phase::Normal];
+
+    pub fn of(policy: &Policy) -> Phase {
+        if policy.do_not_track {
+            Phase::Untracked
+        } else if policy.pre_dnat {
+            Phase::PreDnat
+        } else {
+            Phase::Normal
+        }
+    }
+
+    fn exists_for(self, endpoint: &Endpoint, direction: Direction) -> bool {
+        match self {
+            Phase::Normal => true,
+            Phase::Untracked => endpoint.kind == EndpointKind::Host,
+            Phase::PreDnat => {
+                endpoint.kind == EndpointKind::Host && direction == Direction::Ingress
+            }
+        }
+    }
+}
+
+/// A connection attempt: the first packet from `src` to `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Flow {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub packet: Packet,
+}
+
+/// A flow's verdict under one policy set: both ends must allow; an end that
+/// is not a policed endpoint allows.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Outcome {
+    pub action: Verdict,
+    /// The source endpoint's egress, if the source is an endpoint.
+    pub egress: Option<EndVerdict>,
+    /// The destination endpoint's ingress, if the destination is an endpoint.
+    pub ingress: Option<EndVerdict>,
+}
+
+/// A flow judged by the enforced set and by the pending (all staged promoted) set.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FlowVerdict {
+    pub flow: Flow,
+    pub source_endpoint: Option<String>,
+    pub destination_endpoint: Option<String>,
+    pub enforced: Outcome,
+    pub pending: Outcome,
+}
+
+/// Per endpoint: the applicable tiers for ingress and egress, computed on first use.
+type ApplicableCache<'m> = Vec<OnceLock<[Vec<ApplicableTier<'m>>; 2]>>;
+
+/// A model prepared for many questions: both policy sets sorted, IPs indexed,
+/// applicable policies cached per endpoint. Deterministic; `Sync`.
+pub struct Evaluator<'m> {
+    model: &'m Model,
+    ips: IpIndex,
+    enforced: PreparedSet<'m>,
+    pending: PreparedSet<'m>,
+    enforced_cache: ApplicableCache<'m>,
+    pending_cache: ApplicableCache<'m>,
+}
+
+impl<'m> Evaluator<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        let empty_cache = || {
+            (0..model.endpoints.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        };
+        Evaluator {
+            model,
+            ips: IpIndex::new(model),
+            enforced: PreparedSet::new(model, PolicySet::Enforced),
+            pending: PreparedSet::new(model, PolicySet::Pending),
+            enforced_cache: empty_cache(),
+            pending_cache: empty_cache(),
+        }
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    pub fn prepared(&self, set: PolicySet) -> &PreparedSet<'m> {
+        match set {
+            PolicySet::Enforced => &self.enforced,
+            PolicySet::Pending => &self.pending,
+        }
+    }
+
+    /// The endpoint (index into `model.endpoints`) that owns an IP: a workload
+    /// if one does, else a host endpoint.
+    pub fn endpoint_for_ip(&self, ip: IpAddr) -> Option<usize> {
+        self.ips.endpoint_for(self.model, ip)
+    }
+
+    /// The tiers with at least one policy that applies to the endpoint in this
+    /// direction, in evaluation order, each with its applicable policies in order.
+    ///
+    /// Panics if `endpoint_index` is not an index into `model.endpoints`.
+    pub fn applicable_policies(
+        &self,
+        set: PolicySet,
+        endpoint_index: usize,
+        direction: Direction,
+    ) -> &[ApplicableTier<'m>] {
+        let cache = match set {
+            PolicySet::Enforced => &self.enforced_cache,
+            PolicySet::Pending => &self.pending_cache,
+        };
+        let both = cache[endpoint_index].get_or_init(|| {
+            let endpoint = &self.model.endpoints[endpoint_index];
+            let prepared = self.prepared(set);
+            [
+                applicable_tiers(prepared, endpoint, Direction::Ingress),
+                applicable_tiers(prepared, endpoint, Direction::Egress),
+            ]
+        });
+        match direction {
+            Direction::Ingress => &both[0],
+            Direction::Egress => &both[1],
+        }
+    }
+
+    /// The verdict of one end: the endpoint's policy for `direction` applied to
+    /// a packet between `local` (the endpoint's IP) and `peer`.
+    ///
+    /// Panics if `endpoint_index` is not an index into `model.endpoints`.
+    pub fn evaluate_end(
+        &self,
+        set: PolicySet,
+        endpoint_index: usize,
+        direction: Direction,
+        peer: IpAddr,
+        local: IpAddr,
+        packet: &Packet,
+    ) -> EndVerdict {
+        let endpoint = &self.model.endpoints[endpoint_index];
+        let (src, dst) = match direction {
+            Direction::Ingress => (peer, local),
+            Direction::Egress => (local, peer),
+        };
+        let matcher = RuleMatcher {
+            model: self.model,
+            ips: &self.ips,
+            src,
+            dst,
+            packet,
+        };
+        let mut end = EndEvaluation::new(endpoint, direction);
+        if let Some(verdict) = self.failsafe(endpoint, direction, peer, packet) {
+            return end.finish(Verdict::Allow, verdict);
+        }
+        let tiers = self.applicable_policies(set, endpoint_index, direction);
+        if let Some((action, by)) = evaluate_tiers(tiers, &matcher, &mut end) {
+            return end.finish(action, by);
+        }
+        let (action, by) = self.evaluate_profiles(endpoint, &matcher, &mut end);
+        end.finish(action, by)
+    }
+
+    /// Both ends of a flow, under the enforced and the pending set.
+    pub fn evaluate_flow(&self, flow: &Flow) -> FlowVerdict {
+        let source = self.endpoint_for_ip(flow.src);
+        let destination = self.endpoint_for_ip(flow.dst);
+        let outcome = |set| {
+            let egress = source.map(|i| {
+                self.evaluate_end(set, i, Direction::Egress, flow.dst, flow.src, &flow.packet)
+            });
+            let ingress = destination.map(|i| {
+                self.evaluate_end(set, i, Direction::Ingress, flow.src, flow.dst, &flow.packet)
+            });
+            let allowed =
+                |end: &Option<EndVerdict>| end.as_ref().is_none_or(|e| e.action == Verdict::Allow);
+            let action = if allowed(&egress) && allowed(&ingress) {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+            Outcome {
+                action,
+                egress,
+                ingress,
+            }
+        };
+        let key = |i: Option<usize>| i.map(|i| self.model.endpoints[i].key());
+        FlowVerdict {
+            flow: *flow,
+            source_endpoint: key(source),
+            destination_endpoint: key(destination),
+            enforced: outcome(PolicySet::Enforced),
+            pending: outcome(PolicySet::Pending),
+        }
+    }
+
+    /// Host endpoints let failsafe traffic through before any policy: inbound
+    /// entries for traffic to the host, outbound for traffic from it.
+    fn failsafe(
+        &self,
+        endpoint: &Endpoint,
+        direction: Direction,
+        peer: IpAddr,
+        packet: &Packet,
+    ) -> Option<DecidedBy> {
+        if endpoint.kind != EndpointKind::Host {
+            return None;
+        }
+        let list = match direction {
+            Direction::Ingress => &self.model.failsafes.inbound,
+            Direction::Egress => &self.model.failsafes.outbound,
+        };
+        failsafe_match(list, packet, peer).map(|f| DecidedBy::Failsafe {
+            protocol: f.protocol,
+            port: f.port,
+        })
+    }
+
+    /// After the tiers: the endpoint's profiles in order. A profile Pass counts
+    /// as deny; no decision (or no profile) denies.
+    fn evaluate_profiles(
+        &self,
+        endpoint: &Endpoint,
+        matcher: &RuleMatcher,
+        end: &mut EndEvaluation,
+    ) -> (Verdict, DecidedBy) {
+        for name in &endpoint.profiles {
+            let rules = profile_rules(self.model, name, end.direction);
+            for (index, rule) in rules.iter().enumerate() {
+                if rule.action == Action::Log || !matcher.matches(rule) {
+                    continue;
+                }
+                let (verdict, traced) = match rule.action {
+                    Action::Allow => (Verdict::Allow, TraceAction::Allow),
+                    Action::Pass => (Verdict::Deny, TraceAction::Pass),
+                    _ => (Verdict::Deny, TraceAction::Deny),
+                };
+                end.record_profile(name, traced, index as i64);
+                let by = DecidedBy::ProfileRule {
+                    profile: name.clone(),
+                    rule: index,
+                };
+                return (verdict, by);
+            }
+        }
+        end.record_profile(NO_MATCH_PROFILE, TraceAction::Deny, 0);
+        (Verdict::Deny, DecidedBy::NoMatch)
+    }
+}
+
+/// Rules of a profile in a direction. A `kns.<namespace>` profile that the
+/// model does not define is Kubernetes' namespace profile: allow everything.
+fn profile_rules<'m>(model: &'m Model, name: &str, direction: Direction) -> &'m [Rule] {
+    static ALLOW_ALL: OnceLock<Vec<Rule>> = OnceLock::new();
+    match model.profiles.iter().find(|p| p.name == name) {
+        Some(profile) => match direction {
+            Direction::Ingress => &profile.ingress,
+            Direction::Egress => &profile.egress,
+        },
+        None if name.starts_with("kns.") => ALLOW_ALL.get_or_init(|| vec![allow_all_rule()]),
+        None => &[],
+    }
+}
+
+fn allow_all_rule() -> Rule {
+    Rule {
+        action: Action::Allow,
+        ip_version: None,
+        protocol: None,
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        source: Default::default(),
+        destination: Default::default(),
+    }
+}
+
+fn applicable_tiers<'m>(
+    prepared: &PreparedSet<'m>,
+    endpoint: &Endpoint,
+    direction: Direction,
+) -> Vec<ApplicableTier<'m>> {
+    Phase::ALL
+        .into_iter()
+        .filter(|phase| phase.exists_for(endpoint, direction))
+        .flat_map(|phase| {
+            prepared.tiers.iter().filter_map(move |tier| {
+                let policies: Vec<&Policy> = tier
+                    .policies
+                    .iter()
+                    .copied()
+                    .filter(|p| Phase::of(p) == phase)
+                    .filter(|p| p.applies_in(direction) && p.selector.evaluate(&endpoint.labels))
+                    .collect();
+                (!policies.is_empty()).then(|| ApplicableTier {
+                    phase,
+                    name: tier.name.clone(),
+                    default_action: tier.default_action,
+                    policies,
+                })
+            })
+        })
+        .collect()
+}
+
+/// The tiers in order (phase by phase). Returns the decision, or None when
+/// every tier passed (then the profiles decide).
+fn evaluate_tiers(
+    tiers: &[ApplicableTier],
+    matcher: &RuleMatcher,
+    end: &mut EndEvaluation,
+) -> Option<(Verdict, DecidedBy)> {
+    for tier in tiers {
+        match first_decisive_rule(tier, matcher, end.direction) {
+            Some((policy, index, Action::Pass)) => {
+                end.record_policy(tier, policy, TraceAction::Pass, index as i64);
+            }
+            Some((policy, index, action)) => {
+                let (verdict, traced) = if action == Action::Allow {
+                    (Verdict::Allow, TraceAction::Allow)
+                } else {
+                    (Verdict::Deny, TraceAction::Deny)
+                };
+                end.record_policy(tier, policy, traced, index as i64);
+                let by = DecidedBy::PolicyRule {
+                    tier: tier.name.clone(),
+                    policy: policy.id.clone(),
+                    rule: index,
+                };
+                return Some((verdict, by));
+            }
+            // Untracked and pre-DNAT tiers without a decision pass on.
+            None if tier.phase != Phase::Normal => {}
+            None => {
+                // No rule decided: the tier's default, attributed to its last applicable policy.
+                let last = tier
+                    .policies
+                    .last()
+                    .expect("applicable tiers are non-empty");
+                match tier.default_action {
+                    TierDefault::Pass => {
+                        end.record_policy(tier, last, TraceAction::Pass, END_OF_TIER_RULE)
+                    }
+                    TierDefault::Deny => {
+                        end.record_policy(tier, last, TraceAction::Deny, END_OF_TIER_RULE);
+                        let by = DecidedBy::EndOfTier {
+                            tier: tier.name.clone(),
+                            policy: last.id.clone(),
+                        };
+                        return Some((Verdict::Deny, by));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The first Allow, Deny or Pass rule in the tier that matches (Log rules only log).
+fn first_decisive_rule<'m>(
+    tier: &ApplicableTier<'m>,
+    matcher: &RuleMatcher,
+    direction: Direction,
+) -> Option<(&'m Policy, usize, Action)> {
+    tier.policies.iter().find_map(|policy| {
+        policy
+            .rules(direction)
+            .iter()
+            .enumerate()
+            .find(|(_, rule)| rule.action != Action::Log && matcher.matches(rule))
+            .map(|(index, rule)| (*policy, index, rule.action))
+    })
+}
+
+/// The trace of one end under construction.
+struct EndEvaluation {
+    endpoint: String,
+    direction: Direction,
+    trace: Vec<TraceEntry>,
+}
+
+impl EndEvaluation {
+    fn new(endpoint: &Endpoint, direction: Direction) -> Self {
+        EndEvaluation {
+            endpoint: endpoint.key(),
+            direction,
+            trace: Vec::new(),
+        }
+    }
+
+    fn record_policy(
+        &mut self,
+        tier: &ApplicableTier,
+        policy: &Policy,
+        action: TraceAction,
+        rule: i64,
+    ) {
+        self.trace.push(TraceEntry {
+            index: self.trace.len(),
+            tier: tier.name.clone(),
+            kind_code: policy.id.kind.code(),
+            namespace: policy.id.namespace.clone(),
+            name: policy.id.name.clone(),
+            action,
+            rule,
+        });
+    }
+
+    fn record_profile(&mut self, profile: &str, action: TraceAction, rule: i64) {
+        self.trace.push(TraceEntry {
+            index: self.trace.len(),
+            tier: PROFILE_TIER.to_string(),
+            kind_code: PROFILE_KIND_CODE,
+            namespace: None,
+            name: profile.to_string(),
+            action,
+            rule,
+        });
+    }
+
+    fn finish(self, action: Verdict, decided_by: DecidedBy) -> EndVerdict {
+        EndVerdict {
+            endpoint: self.endpoint,
+            direction: self.direction,
+            action,
+            decided_by,
+            trace: self.trace,
+        }
+    }
+}
+
+/// One-off [`Evaluator::evaluate_end`] (prepares the model on every call).
+pub fn evaluate_end(
+    model: &Model,
+    set: PolicySet,
+    endpoint_index: usize,
+    direction: Direction,
+    peer: IpAddr,
+    local: IpAddr,
+    packet: &Packet,
+) -> EndVerdict {
+    Evaluator::new(model).evaluate_end(set, endpoint_index, direction, peer, local, packet)
+}
+
+/// One-off [`Evaluator::evaluate_flow`] (prepares the model on every call).
+pub fn evaluate_flow(model: &Model, flow: &Flow) -> FlowVerdict {
+    Evaluator::new(model).evaluate_flow(flow)
+}
+
+/// One-off [`Evaluator::applicable_policies`].
+pub fn applicable_policies(
+    model: &Model,
+    set: PolicySet,
+    endpoint_index: usize,
+    direction: Direction,
+) -> Vec<ApplicableTier<'_>> {
+    let prepared = PreparedSet::new(model, set);
+    applicable_tiers(&prepared, &model.endpoints[endpoint_index], direction)
+}

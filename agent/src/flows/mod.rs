@@ -255,7 +255,8 @@ impl Matcher {
 /// What enrichment needs from the active configuration.
 #[derive(Default)]
 pub struct View {
-    pub compiled: Compiled,
+    /// None before the first successful compile.
+    pub compiled: Option<Compiled>,
     pub model: Model,
     /// Address -> (namespace, name, labels) of the endpoint or network set owning it.
     by_ip: HashMap<IpAddr, usize>,
@@ -295,7 +296,7 @@ impl View {
             })
             .collect();
         View {
-            compiled,
+            compiled: Some(compiled),
             model,
             by_ip,
             owners,
@@ -324,7 +325,10 @@ impl View {
             } else {
                 "deny".into()
             },
-            trace: self.compiled.describe(v),
+            trace: match &self.compiled {
+                Some(c) => c.describe(v),
+                None => String::new(),
+            },
             no_entry: v.flags & verdict_flags::NO_ENTRY != 0,
         }
     }

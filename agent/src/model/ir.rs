@@ -121,6 +121,18 @@ pub struct PolicyId {
     pub name: String,
 }
 
+impl PolicyId {
+    /// The identity this policy has once promoted: a staged kind becomes its
+    /// enforced kind, same namespace and name (the enforced namesake it replaces).
+    pub fn promoted(&self) -> PolicyId {
+        PolicyId {
+            kind: self.kind.enforced(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
 impl fmt::Display for PolicyId {
     /// `<kind code>:<namespace>/<name>` as in Calico's traces (`gnp:/name` has an empty namespace).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,509 @@
+//! `agent eval`: what would one connection get? Loads a datastore directory,
+//! evaluates the source's egress and the destination's ingress under the
+//! enforced policies and under the pending set (every staged policy promoted),
+//! and prints both with their traces.
+//!
+//! `--from` / `--to` take `namespace/name` (workload endpoint), `name` (host
+//! endpoint) or an IP. Errors in the arguments exit 2; load diagnostics go to
+//! stderr and evaluation continues with what loaded.
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use crate::eval::{
+    policy_flow_log_name, DecidedBy, EndVerdict, Evaluator, Flow, FlowVerdict, Outcome, Packet,
+    EPHEMERAL_PORT,
+};
+use crate::model::ir::{proto, Endpoint, EndpointKind, Model};
+
+/// Exit status for usage errors (unknown endpoint, bad protocol, ...).
+pub(super) const EXIT_USAGE: u8 = 2;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Directory of policy resources (YAML), read recursively.
+    #[arg(long, value_name = "DIR")]
+    pub datastore: PathBuf,
+    /// Source: `namespace/name` of a workload endpoint, a host endpoint name, or an IP.
+    #[arg(long, value_name = "SRC")]
+    pub from: String,
+    /// Destination: `namespace/name` of a workload endpoint, a host endpoint name, or an IP.
+    #[arg(long, value_name = "DST")]
+    pub to: String,
+    /// TCP, UDP, SCTP, UDPLite, ICMP, ICMPv6 (any case) or a protocol number 1-255.
+    #[arg(long, value_name = "PROTO", value_parser = parse_protocol)]
+    pub protocol: u8,
+    /// Destination port (required for TCP, UDP, SCTP and UDPLite).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Source port (default: an ephemeral port, 40000).
+    #[arg(long, value_name = "N")]
+    pub source_port: Option<u16>,
+    /// ICMP type (ICMP and ICMPv6 only).
+    #[arg(long, value_name = "T")]
+    pub icmp_type: Option<u8>,
+    /// ICMP code (needs --icmp-type).
+    #[arg(long, value_name = "C", requires = "icmp_type")]
+    pub icmp_code: Option<u8>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EvalError {
+    #[error("datastore {0} is not a directory")]
+    NoDatastore(PathBuf),
+    #[error("no endpoint {0:?} (expected namespace/name of a workload endpoint, a host endpoint name, or an IP)")]
+    UnknownEndpoint(String),
+    #[error("endpoint {endpoint} has no IPv{family} address")]
+    NoAddress { endpoint: String, family: u8 },
+    #[error("--from and --to are of different IP families")]
+    MixedFamilies,
+    #[error("protocol {0} needs --port")]
+    MissingPort(String),
+    #[error("protocol {0} has no ports")]
+    UnexpectedPort(String),
+    #[error("--icmp-type needs protocol ICMP or ICMPv6, not {0}")]
+    UnexpectedIcmp(String),
+}
+
+pub fn run(args: EvalArgs) -> ExitCode {
+    let model = match load_datastore(&args.datastore) {
+        Ok(model) => model,
+        Err(e) => return usage_error(&e),
+    };
+    let flow = match flow_from_args(&model, &args) {
+        Ok(flow) => flow,
+        Err(e) => return usage_error(&e),
+    };
+    let verdict = Evaluator::new(&model).evaluate_flow(&flow);
+    match args.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&verdict).expect("verdicts serialize")
+        ),
+        OutputFormat::Text => print!("{}", render_text(&verdict)),
+    }
+    ExitCode::SUCCESS
+}
+
+pub(super) fn usage_error(e: &EvalError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Loads the datastore, printing every diagnostic to stderr; what loaded is used.
+pub(super) fn load_datastore(dir: &Path) -> Result<Model, EvalError> {
+    if !dir.is_dir() {
+        return Err(EvalError::NoDatastore(dir.to_path_buf()));
+    }
+    let loaded = crate::model::load_paths(&[dir]);
+    for diagnostic in &loaded.diagnostics {
+        eprintln!("{diagnostic}");
+    }
+    if loaded.has_errors() {
+        eprintln!("warning: continuing with the resources that loaded");
+    }
+    Ok(loaded.model)
+}
+
+/// Protocol names (any case) or numbers 1-255.
+pub fn parse_protocol(text: &str) -> Result<u8, String> {
+    let named = match text.to_ascii_lowercase().as_str() {
+        "tcp" => Some(proto::TCP),
+        "udp" => Some(proto::UDP),
+        "icmp" => Some(proto::ICMP),
+        "icmpv6" => Some(proto::ICMPV6),
+        "sctp" => Some(proto::SCTP),
+        "udplite" => Some(proto::UDPLITE),
+        _ => None,
+    };
+    named
+        .or_else(|| text.parse::<u8>().ok().filter(|&n| n >= 1))
+        .ok_or_else(|| {
+            format!("unknown protocol {text:?} (TCP, UDP, SCTP, UDPLite, ICMP, ICMPv6 or 1-255)")
+        })
+}
+
+/// Calico's name for a protocol number, or the number.
+pub fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        proto::TCP => "TCP".into(),
+        proto::UDP => "UDP".into(),
+        proto::ICMP => "ICMP".into(),
+        proto::ICMPV6 => "ICMPv6".into(),
+        proto::SCTP => "SCTP".into(),
+        proto::UDPLITE => "UDPLite".into(),
+        n => n.to_string(),
+    }
+}
+
+pub fn has_ports(protocol: u8) -> bool {
+    matches!(
+        protocol,
+        proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE
+    )
+}
+
+fn is_icmp(protocol: u8) -> bool {
+    matches!(protocol, proto::ICMP | proto::ICMPV6)
+}
+
+fn packet_from_args(args: &EvalArgs) -> Result<Packet, EvalError> {
+    let name = protocol_name(args.protocol);
+    if has_ports(args.protocol) {
+        let port = args.port.ok_or(EvalError::MissingPort(name))?;
+        let source = args.source_port.unwrap_or(EPHEMERAL_PORT);
+        return Ok(Packet::with_ports(args.protocol, source, port));
+    }
+    if args.port.is_some() || args.source_port.is_some() {
+        return Err(EvalError::UnexpectedPort(name));
+    }
+    if args.icmp_type.is_some() && !is_icmp(args.protocol) {
+        return Err(EvalError::UnexpectedIcmp(name));
+    }
+    Ok(Packet {
+        protocol: args.protocol,
+        icmp_type: args.icmp_type,
+        icmp_code: args.icmp_code,
+        ..Packet::default()
+    })
+}
+
+/// What `--from` / `--to` named.
+enum Target<'m> {
+    Ip(IpAddr),
+    Endpoint(&'m Endpoint),
+}
+
+fn resolve_target<'m>(model: &'m Model, text: &str) -> Result<Target<'m>, EvalError> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(Target::Ip(ip));
+    }
+    let wanted = |e: &&Endpoint| match text.split_once('/') {
+        Some((ns, name)) => {
+            e.kind == EndpointKind::Workload && e.namespace.as_deref() == Some(ns) && e.name == name
+        }
+        None => e.kind == EndpointKind::Host && e.name == text,
+    };
+    model
+        .endpoints
+        .iter()
+        .find(wanted)
+        .map(Target::Endpoint)
+        .ok_or_else(|| EvalError::UnknownEndpoint(text.into()))
+}
+
+/// The family of the flow: an IP argument's, else IPv4 when both endpoints have one.
+fn choose_ipv4(from: &Target, to: &Target) -> Result<bool, EvalError> {
+    match (from, to) {
+        (Target::Ip(a), Target::Ip(b)) if a.is_ipv4() != b.is_ipv4() => {
+            Err(EvalError::MixedFamilies)
+        }
+        (Target::Ip(ip), _) | (_, Target::Ip(ip)) => Ok(ip.is_ipv4()),
+        (Target::Endpoint(a), Target::Endpoint(b)) => {
+            let has_v4 = |e: &Endpoint| e.ips.iter().any(IpAddr::is_ipv4);
+            let has_v6 = |e: &Endpoint| e.ips.iter().any(IpAddr::is_ipv6);
+            // IPv6 only when that is the one family both have.
+            Ok(!(has_v6(a) && has_v6(b)) || has_v4(a) && has_v4(b))
+        }
+    }
+}
+
+fn address_of(target: &Target, ipv4: bool) -> Result<IpAddr, EvalError> {
+    match target {
+        Target::Ip(ip) if ip.is_ipv4() == ipv4 => Ok(*ip),
+        Target::Ip(_) => Err(EvalError::MixedFamilies),
+        Target::Endpoint(e) => first_ip(e, ipv4).ok_or_else(|| EvalError::NoAddress {
+            endpoint: e.key(),
+            family: if ipv4 { 4 } else { 6 },
+        }),
+    }
+}
+
+/// The endpoint's first IP of a family.
+pub fn first_ip(endpoint: &Endpoint, ipv4: bool) -> Option<IpAddr> {
+    endpoint.ips.iter().copied().find(|ip| ip.is_ipv4() == ipv4)
+}
+
+fn flow_from_args(model: &Model, args: &EvalArgs) -> Result<Flow, EvalError> {
+    let packet = packet_from_args(args)?;
+    let from = resolve_target(model, &args.from)?;
+    let to = resolve_target(model, &args.to)?;
+    let ipv4 = choose_ipv4(&from, &to)?;
+    Ok(Flow {
+        src: address_of(&from, ipv4)?,
+        dst: address_of(&to, ipv4)?,
+        packet,
+    })
+}
+
+fn render_text(v: &FlowVerdict) -> String {
+    let name = |endpoint: &Option<String>, ip: IpAddr| match endpoint {
+        Some(key) => format!("{key} ({ip})"),
+        None => format!("{ip} (no endpoint)"),
+    };
+    let mut out = format!(
+        "flow: {} -> {} {}\n",
+        name(&v.source_endpoint, v.flow.src),
+        name(&v.destination_endpoint, v.flow.dst),
+        describe_packet(&v.flow.packet)
+    );
+    out += &render_outcome("enforced", &v.enforced, None);
+    let differs = (v.pending.action != v.enforced.action).then_some(v.enforced.action);
+    out += &render_outcome("pending", &v.pending, differs);
+    out
+}
+
+fn describe_packet(p: &Packet) -> String {
+    let mut text = protocol_name(p.protocol);
+    if let (Some(src), Some(dst)) = (p.src_port, p.dst_port) {
+        text += &format!(" {src} -> {dst}");
+    }
+    if let Some(t) = p.icmp_type {
+        text += &format!(" type {t}");
+        if let Some(c) = p.icmp_code {
+            text += &format!(" code {c}");
+        }
+    }
+    text
+}
+
+fn render_outcome(
+    label: &str,
+    outcome: &Outcome,
+    differs_from: Option<crate::eval::Verdict>,
+) -> String {
+    let mut out = format!("\n{label}: {}", outcome.action);
+    if let Some(enforced) = differs_from {
+        out += &format!("   (enforced: {enforced} - promoting staged policies changes this flow)");
+    }
+    out.push('\n');
+    for (what, end) in [("egress", &outcome.egress), ("ingress", &outcome.ingress)] {
+        match end {
+            Some(end) => out += &render_end(what, end),
+            None => out += &format!("  {what}: not an endpoint, not policed\n"),
+        }
+    }
+    out
+}
+
+fn render_end(what: &str, end: &EndVerdict) -> String {
+    let mut out = format!(
+        "  {what} of {}: {} ({})\n",
+        end.endpoint,
+        end.action,
+        describe_decision(&end.decided_by)
+    );
+    for entry in &end.trace {
+        out += &format!("    {entry}\n");
+    }
+    out
+}
+
+pub fn describe_decision(by: &DecidedBy) -> String {
+    match by {
+        DecidedBy::Failsafe { protocol, port } => {
+            format!("failsafe port {}/{port}", protocol_name(*protocol))
+        }
+        DecidedBy::PolicyRule { tier, policy, rule } => {
+            let policy = policy_flow_log_name(policy);
+            format!("tier {tier}, policy {policy}, rule {rule}")
+        }
+        DecidedBy::EndOfTier { tier, policy } => {
+            let policy = policy_flow_log_name(policy);
+            format!("end of tier {tier}, after policy {policy}")
+        }
+        DecidedBy::ProfileRule { profile, rule } => format!("profile {profile}, rule {rule}"),
+        DecidedBy::NoMatch => "no policy or profile decided: default deny".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_parse_by_name_in_any_case_or_number() {
+        assert_eq!(parse_protocol("tcp"), Ok(proto::TCP));
+        assert_eq!(parse_protocol("ICMPv6"), Ok(proto::ICMPV6));
+        assert_eq!(parse_protocol("UDPLite"), Ok(proto::UDPLITE));
+        assert_eq!(parse_protocol("253"), Ok(253));
+        assert!(parse_protocol("0").is_err());
+        assert!(parse_protocol("256").is_err());
+        assert!(parse_protocol("gre").is_err());
+    }
+
+    fn args(protocol: u8) -> EvalArgs {
+        EvalArgs {
+            datastore: PathBuf::new(),
+            from: String::new(),
+            to: String::new(),
+            protocol,
+            port: None,
+            source_port: None,
+            icmp_type: None,
+            icmp_code: None,
+            output: OutputFormat::Text,
+        }
+    }
+
+    #[test]
+    fn packets_need_ports_exactly_for_port_protocols() {
+        assert_eq!(
+            packet_from_args(&args(proto::TCP)),
+            Err(EvalError::MissingPort("TCP".into()))
+        );
+        let tcp = EvalArgs {
+            port: Some(8080),
+            ..args(proto::TCP)
+        };
+        assert_eq!(packet_from_args(&tcp), Ok(Packet::tcp(8080)));
+        let icmp_with_port = EvalArgs {
+            port: Some(1),
+            ..args(proto::ICMP)
+        };
+        assert!(packet_from_args(&icmp_with_port).is_err());
+        let echo = EvalArgs {
+            icmp_type: Some(8),
+            icmp_code: Some(0),
+            ..args(proto::ICMP)
+        };
+        assert_eq!(packet_from_args(&echo), Ok(Packet::icmp(proto::ICMP, 8, 0)));
+        let udp_icmp = EvalArgs {
+            icmp_type: Some(8),
+            ..args(proto::SCTP)
+        };
+        assert!(
+            packet_from_args(&udp_icmp).is_err(),
+            "SCTP needs a port first"
+        );
+    }
+
+    fn pod(name: &str, ip: &str) -> Endpoint {
+        Endpoint {
+            kind: EndpointKind::Workload,
+            namespace: Some("prod".into()),
+            name: name.into(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            interface: None,
+            ips: vec![ip.parse().unwrap()],
+            named_ports: vec![],
+            profiles: vec!["kns.prod".into()],
+        }
+    }
+
+    /// `prod/b` denies all ingress; a staged namesake would allow it.
+    fn deny_b_model() -> Model {
+        use crate::model::ir::{Action, Policy, PolicyId, PolicyKind, Rule, StagedAction};
+        let rule = |action| Rule {
+            action,
+            ip_version: None,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: Default::default(),
+            destination: Default::default(),
+        };
+        let policy = |kind, action, staged_action| Policy {
+            id: PolicyId {
+                kind,
+                namespace: None,
+                name: "gate".into(),
+            },
+            tier: "default".into(),
+            order: None,
+            selector: crate::selector::Selector::equals("app", "b"),
+            ingress_type: true,
+            egress_type: false,
+            ingress: vec![rule(action)],
+            egress: vec![],
+            staged_action,
+            do_not_track: false,
+            pre_dnat: false,
+            apply_on_forward: false,
+        };
+        Model {
+            policies: vec![
+                policy(PolicyKind::GlobalNetworkPolicy, Action::Deny, None),
+                policy(
+                    PolicyKind::StagedGlobalNetworkPolicy,
+                    Action::Allow,
+                    Some(StagedAction::Set),
+                ),
+            ],
+            endpoints: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
+            ..Model::default()
+        }
+    }
+
+    #[test]
+    fn flows_resolve_endpoint_names_and_render_both_sets_with_traces() {
+        let model = deny_b_model();
+        let eval_args = EvalArgs {
+            from: "prod/a".into(),
+            to: "prod/b".into(),
+            port: Some(8080),
+            ..args(proto::TCP)
+        };
+        let flow = flow_from_args(&model, &eval_args).unwrap();
+        assert_eq!(flow.src, "10.0.0.1".parse::<IpAddr>().unwrap());
+        let text = render_text(&Evaluator::new(&model).evaluate_flow(&flow));
+        assert_eq!(
+            text,
+            "flow: prod/a (10.0.0.1) -> prod/b (10.0.0.2) TCP 40000 -> 8080\n\
+             \n\
+             enforced: deny\n  \
+             egress of prod/a: allow (profile kns.prod, rule 0)\n    \
+             0|__PROFILE__|pro:kns.prod|allow|0\n  \
+             ingress of prod/b: deny (tier default, policy gnp:gate, rule 0)\n    \
+             0|default|gnp:gate|deny|0\n\
+             \n\
+             pending: allow   (enforced: deny - promoting staged policies changes this flow)\n  \
+             egress of prod/a: allow (profile kns.prod, rule 0)\n    \
+             0|__PROFILE__|pro:kns.prod|allow|0\n  \
+             ingress of prod/b: allow (tier default, policy sgnp:gate, rule 0)\n    \
+             0|default|sgnp:gate|allow|0\n"
+        );
+    }
+
+    #[test]
+    fn unknown_endpoints_and_missing_addresses_are_errors() {
+        let model = deny_b_model();
+        let unknown = EvalArgs {
+            from: "prod/zz".into(),
+            to: "prod/b".into(),
+            port: Some(1),
+            ..args(proto::TCP)
+        };
+        assert_eq!(
+            flow_from_args(&model, &unknown),
+            Err(EvalError::UnknownEndpoint("prod/zz".into()))
+        );
+        let v6 = EvalArgs {
+            from: "fd00::1".into(),
+            to: "prod/b".into(),
+            port: Some(1),
+            ..args(proto::TCP)
+        };
+        assert_eq!(
+            flow_from_args(&model, &v6),
+            Err(EvalError::NoAddress {
+                endpoint: "prod/b".into(),
+                family: 6
+            })
+        );
+    }
+}

@@ -1,0 +1,443 @@
+//! `agent matrix`: the connectivity matrix of all workload endpoints (rows =
+//! from, columns = to), enforced and pending side by side, per destination port.
+//!
+//! Ports: `--port PROTO/N` (repeatable; a bare `N` means TCP). Without
+//! `--port`, every port the policies mention as a destination port is used: a
+//! single port or the first port of a range (with the rule's protocol, TCP if
+//! it names none), and named ports resolved against the endpoints that define
+//! them; TCP/80 when the policies mention none. Each endpoint is addressed by
+//! its first IPv4 address (`--ipv6`: IPv6); endpoints without one are left out.
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::eval::{
+    first_ip, has_ports, load_datastore, parse_protocol, protocol_name, usage_error, OutputFormat,
+};
+use crate::eval::{Evaluator, Flow, Packet, Verdict};
+use crate::model::ir::{proto, EndpointKind, Model, PortMatch};
+
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    /// Directory of policy resources (YAML), read recursively.
+    #[arg(long, value_name = "DIR")]
+    pub datastore: PathBuf,
+    /// Destination port to test, e.g. TCP/8080 or 8080 for TCP (repeatable). Default: every
+    /// destination port the policies mention (first port of a range, named ports resolved), or
+    /// TCP/80 if they mention none.
+    #[arg(long = "port", value_name = "PROTO/N", value_parser = parse_port_spec)]
+    pub ports: Vec<PortSpec>,
+    /// List only the cells where pending differs from enforced.
+    #[arg(long)]
+    pub diff: bool,
+    /// Address endpoints by their first IPv6 address instead of IPv4.
+    #[arg(long)]
+    pub ipv6: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// A destination port of a protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    pub protocol: u8,
+    pub port: u16,
+}
+
+impl fmt::Display for PortSpec {
+    /// `TCP/8080`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", protocol_name(self.protocol), self.port)
+    }
+}
+
+impl serde::Serialize for PortSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `PROTO/N` (PROTO: a protocol with ports) or a bare `N` for TCP.
+pub fn parse_port_spec(text: &str) -> Result<PortSpec, String> {
+    let (protocol, port) = match text.split_once('/') {
+        Some((p, n)) => (parse_protocol(p)?, n),
+        None => (proto::TCP, text),
+    };
+    if !has_ports(protocol) {
+        return Err(format!("protocol {} has no ports", protocol_name(protocol)));
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p >= 1)
+        .ok_or_else(|| format!("bad port {port:?} (1-65535)"))?;
+    Ok(PortSpec { protocol, port })
+}
+
+/// One cell: the flow from one endpoint to another on one port.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Cell {
+    pub from: String,
+    pub to: String,
+    pub enforced: Verdict,
+    pub pending: Verdict,
+}
+
+impl Cell {
+    fn differs(&self) -> bool {
+        self.enforced != self.pending
+    }
+}
+
+/// The matrix for one port.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PortMatrix {
+    pub port: PortSpec,
+    /// Endpoint keys, the rows and columns in order.
+    pub endpoints: Vec<String>,
+    /// Every ordered pair of distinct endpoints (all of them, or only differing ones with `--diff`).
+    pub cells: Vec<Cell>,
+}
+
+/// `-o json`: `{"ports": [<PortMatrix>...]}`.
+#[derive(serde::Serialize)]
+struct MatrixOutput<'a> {
+    ports: &'a [PortMatrix],
+}
+
+pub fn run(args: MatrixArgs) -> ExitCode {
+    let model = match load_datastore(&args.datastore) {
+        Ok(model) => model,
+        Err(e) => return usage_error(&e),
+    };
+    let ports = if args.ports.is_empty() {
+        default_ports(&model)
+    } else {
+        args.ports.clone()
+    };
+    let mut matrices = compute(&model, &ports, !args.ipv6);
+    if args.diff {
+        for m in &mut matrices {
+            m.cells.retain(Cell::differs);
+        }
+    }
+    match (args.output, args.diff) {
+        (OutputFormat::Json, _) => println!(
+            "{}",
+            serde_json::to_string_pretty(&MatrixOutput { ports: &matrices })
+                .expect("matrices serialize")
+        ),
+        (OutputFormat::Text, true) => print!("{}", render_diff(&matrices)),
+        (OutputFormat::Text, false) => {
+            for m in &matrices {
+                print!("{}", render_table(m));
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The destination ports the policies mention (see the module docs), or TCP/80.
+pub fn default_ports(model: &Model) -> Vec<PortSpec> {
+    let mut ports = BTreeSet::new();
+    let rules = model
+        .policies
+        .iter()
+        .flat_map(|p| p.ingress.iter().chain(&p.egress))
+        .chain(
+            model
+                .profiles
+                .iter()
+                .flat_map(|p| p.ingress.iter().chain(&p.egress)),
+        );
+    for rule in rules {
+        let protocol = rule
+            .protocol
+            .filter(|&p| has_ports(p))
+            .unwrap_or(proto::TCP);
+        for port in &rule.destination.ports {
+            match port {
+                PortMatch::Range(r) => {
+                    ports.insert(PortSpec {
+                        protocol,
+                        port: r.first,
+                    });
+                }
+                PortMatch::Named(name) => {
+                    let defined = model.endpoints.iter().flat_map(|e| &e.named_ports);
+                    for np in defined.filter(|np| &np.name == name) {
+                        ports.insert(PortSpec {
+                            protocol: np.protocol,
+                            port: np.port,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if ports.is_empty() {
+        ports.insert(PortSpec {
+            protocol: proto::TCP,
+            port: 80,
+        });
+    }
+    ports.into_iter().collect()
+}
+
+/// The matrices: workload endpoints sorted by key, each addressed by its first IP of the family.
+pub fn compute(model: &Model, ports: &[PortSpec], ipv4: bool) -> Vec<PortMatrix> {
+    let evaluator = Evaluator::new(model);
+    let mut endpoints: Vec<(String, IpAddr)> = model
+        .endpoints
+        .iter()
+        .filter(|e| e.kind == EndpointKind::Workload)
+        .filter_map(|e| first_ip(e, ipv4).map(|ip| (e.key(), ip)))
+        .collect();
+    endpoints.sort();
+    ports
+        .iter()
+        .map(|&port| {
+            let packet = Packet::with_ports(port.protocol, crate::eval::EPHEMERAL_PORT, port.port);
+            let mut cells = Vec::new();
+            for (from, src) in &endpoints {
+                for (to, dst) in endpoints.iter().filter(|(to, _)| to != from) {
+                    let v = evaluator.evaluate_flow(&Flow {
+                        src: *src,
+                        dst: *dst,
+                        packet,
+                    });
+                    cells.push(Cell {
+                        from: from.clone(),
+                        to: to.clone(),
+                        enforced: v.enforced.action,
+                        pending: v.pending.action,
+                    });
+                }
+            }
+            PortMatrix {
+                port,
+                endpoints: endpoints.iter().map(|(k, _)| k.clone()).collect(),
+                cells,
+            }
+        })
+        .collect()
+}
+
+fn mark(v: Verdict) -> char {
+    match v {
+        Verdict::Allow => '✓',
+        Verdict::Deny => '✗',
+    }
+}
+
+/// `enforced pending`, `*` where pending differs; `-` on the diagonal.
+fn cell_text(m: &PortMatrix, from: &str, to: &str) -> String {
+    match m.cells.iter().find(|c| c.from == from && c.to == to) {
+        Some(c) => format!(
+            "{} {}{}",
+            mark(c.enforced),
+            mark(c.pending),
+            if c.differs() { "*" } else { "" }
+        ),
+        None => "-".into(),
+    }
+}
+
+fn pad(text: &str, width: usize) -> String {
+    let len = text.chars().count();
+    format!("{text}{}", " ".repeat(width.saturating_sub(len)))
+}
+
+pub fn render_table(m: &PortMatrix) -> String {
+    let corner = "from \\ to";
+    let mut out = format!(
+        "{}  (each cell: enforced pending; * = pending differs)\n",
+        m.port
+    );
+    let first_width = m
+        .endpoints
+        .iter()
+        .map(|e| e.chars().count())
+        .chain([corner.len()])
+        .max()
+        .unwrap_or(0);
+    let widths: Vec<usize> = m
+        .endpoints
+        .iter()
+        .map(|e| e.chars().count().max(4))
+        .collect();
+    let mut header = pad(corner, first_width);
+    for (e, w) in m.endpoints.iter().zip(&widths) {
+        header += &format!("  {}", pad(e, *w));
+    }
+    out += header.trim_end();
+    out.push('\n');
+    for from in &m.endpoints {
+        let mut line = pad(from, first_width);
+        for (to, w) in m.endpoints.iter().zip(&widths) {
+            line += &format!("  {}", pad(&cell_text(m, from, to), *w));
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+pub fn render_diff(matrices: &[PortMatrix]) -> String {
+    let mut out = String::new();
+    for m in matrices {
+        for c in &m.cells {
+            out += &format!(
+                "{} {} -> {}: enforced {}, pending {}\n",
+                m.port, c.from, c.to, c.enforced, c.pending
+            );
+        }
+    }
+    if out.is_empty() {
+        out = "no differences between enforced and pending\n".into();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ir::{
+        Endpoint, EntityRule, Policy, PolicyId, PolicyKind, PortRange, Rule, Tier, TierDefault,
+    };
+    use crate::selector::Selector;
+
+    #[test]
+    fn port_specs_parse_protocol_and_port() {
+        assert_eq!(
+            parse_port_spec("udp/53"),
+            Ok(PortSpec {
+                protocol: proto::UDP,
+                port: 53
+            })
+        );
+        assert_eq!(
+            parse_port_spec("8080"),
+            Ok(PortSpec {
+                protocol: proto::TCP,
+                port: 8080
+            })
+        );
+        assert!(parse_port_spec("icmp/1").is_err());
+        assert!(parse_port_spec("tcp/0").is_err());
+        assert!(parse_port_spec("tcp/x").is_err());
+    }
+
+    fn pod(name: &str, ip: &str) -> Endpoint {
+        Endpoint {
+            kind: EndpointKind::Workload,
+            namespace: Some("prod".into()),
+            name: name.into(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            interface: None,
+            ips: vec![ip.parse().unwrap()],
+            named_ports: vec![],
+            profiles: vec!["kns.prod".into()],
+        }
+    }
+
+    /// `b` has a staged deny-all ingress policy; the enforced set allows everything.
+    fn staged_lockdown_model() -> Model {
+        let mut only_8080 = Rule {
+            action: crate::model::ir::Action::Allow,
+            ip_version: None,
+            protocol: Some(proto::TCP),
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: EntityRule::default(),
+            destination: EntityRule::default(),
+        };
+        only_8080.destination.ports = vec![PortMatch::Range(PortRange {
+            first: 8080,
+            last: 8090,
+        })];
+        Model {
+            tiers: vec![Tier {
+                name: "default".into(),
+                order: Some(1_000_000.0),
+                default_action: TierDefault::Deny,
+            }],
+            policies: vec![Policy {
+                id: PolicyId {
+                    kind: PolicyKind::StagedGlobalNetworkPolicy,
+                    namespace: None,
+                    name: "lockdown".into(),
+                },
+                tier: "default".into(),
+                order: None,
+                selector: Selector::equals("app", "b"),
+                ingress_type: true,
+                egress_type: false,
+                ingress: vec![only_8080],
+                egress: vec![],
+                staged_action: None,
+                do_not_track: false,
+                pre_dnat: false,
+                apply_on_forward: false,
+            }],
+            endpoints: vec![pod("b", "10.0.0.2"), pod("a", "10.0.0.1")],
+            ..Model::default()
+        }
+    }
+
+    #[test]
+    fn default_ports_come_from_policy_destination_ports() {
+        let m = staged_lockdown_model();
+        assert_eq!(
+            default_ports(&m),
+            [PortSpec {
+                protocol: proto::TCP,
+                port: 8080
+            }]
+        );
+        assert_eq!(default_ports(&Model::default())[0].port, 80);
+    }
+
+    #[test]
+    fn the_matrix_shows_enforced_and_pending_and_marks_differences() {
+        let m = staged_lockdown_model();
+        let ports = [
+            PortSpec {
+                protocol: proto::TCP,
+                port: 8080,
+            },
+            PortSpec {
+                protocol: proto::TCP,
+                port: 22,
+            },
+        ];
+        let matrices = compute(&m, &ports, true);
+        assert_eq!(matrices[0].endpoints, ["prod/a", "prod/b"]);
+        let table = render_table(&matrices[0]);
+        assert_eq!(
+            table,
+            "TCP/8080  (each cell: enforced pending; * = pending differs)\n\
+             from \\ to  prod/a  prod/b\n\
+             prod/a     -       ✓ ✓\n\
+             prod/b     ✓ ✓     -\n\n"
+        );
+        let table_22 = render_table(&matrices[1]);
+        assert!(table_22.contains("prod/a     -       ✓ ✗*"), "{table_22}");
+        let mut diffs = matrices.clone();
+        for d in &mut diffs {
+            d.cells.retain(Cell::differs);
+        }
+        assert_eq!(
+            render_diff(&diffs),
+            "TCP/22 prod/a -> prod/b: enforced allow, pending deny\n"
+        );
+        // No IPv6 addresses: an empty matrix.
+        assert!(compute(&m, &ports, false)[0].cells.is_empty());
+    }
+}

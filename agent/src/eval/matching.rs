@@ -1,0 +1,155 @@
+//! Does a rule match a packet? Calico's rule semantics (app-policy/checker,
+//! felix/rules): every present field must match, list entries OR together,
+//! `not*` fields mean "none of these".
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::model::ir::{EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, PortMatch, Rule};
+use crate::selector::Selector;
+
+use super::Packet;
+
+/// Which endpoints own which IPs, built once per model.
+#[derive(Clone, Debug, Default)]
+pub struct IpIndex {
+    owners: HashMap<IpAddr, Vec<usize>>,
+}
+
+impl IpIndex {
+    pub fn new(model: &Model) -> Self {
+        let mut owners: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+        for (index, endpoint) in model.endpoints.iter().enumerate() {
+            for ip in &endpoint.ips {
+                let list = owners.entry(*ip).or_default();
+                if !list.contains(&index) {
+                    list.push(index);
+                }
+            }
+        }
+        IpIndex { owners }
+    }
+
+    /// Every endpoint that has this IP, in model order.
+    pub fn owners(&self, ip: IpAddr) -> &[usize] {
+        self.owners.get(&ip).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The endpoint a flow's IP belongs to: a workload if one has it, else a host endpoint.
+    pub fn endpoint_for(&self, model: &Model, ip: IpAddr) -> Option<usize> {
+        let owners = self.owners(ip);
+        owners
+            .iter()
+            .copied()
+            .find(|&i| model.endpoints[i].kind == EndpointKind::Workload)
+            .or_else(|| owners.first().copied())
+    }
+}
+
+/// Everything a rule is matched against: the packet, and its source and
+/// destination IPs (for ingress the peer is the source, for egress the destination).
+pub struct RuleMatcher<'a> {
+    pub model: &'a Model,
+    pub ips: &'a IpIndex,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub packet: &'a Packet,
+}
+
+impl RuleMatcher<'_> {
+    pub fn matches(&self, rule: &Rule) -> bool {
+        self.ip_version_matches(rule)
+            && self.protocol_matches(rule)
+            && self.icmp_matches(rule)
+            && self.entity_matches(&rule.source, self.src, self.packet.src_port)
+            && self.entity_matches(&rule.destination, self.dst, self.packet.dst_port)
+    }
+
+    /// A rule with an ipVersion does not exist for the other family.
+    fn ip_version_matches(&self, rule: &Rule) -> bool {
+        match rule.ip_version {
+            Some(4) => self.dst.is_ipv4(),
+            Some(6) => self.dst.is_ipv6(),
+            _ => true,
+        }
+    }
+
+    fn protocol_matches(&self, rule: &Rule) -> bool {
+        rule.protocol.is_none_or(|p| p == self.packet.protocol)
+            && rule.not_protocol.is_none_or(|p| p != self.packet.protocol)
+    }
+
+    fn icmp_matches(&self, rule: &Rule) -> bool {
+        rule.icmp.is_none_or(|m| self.icmp_is(m)) && rule.not_icmp.is_none_or(|m| !self.icmp_is(m))
+    }
+
+    /// Type must match; code only when the rule names one.
+    fn icmp_is(&self, m: IcmpMatch) -> bool {
+        self.packet.icmp_type == Some(m.icmp_type)
+            && m.code
+                .is_none_or(|code| self.packet.icmp_code == Some(code))
+    }
+
+    fn entity_matches(&self, entity: &EntityRule, ip: IpAddr, port: Option<u16>) -> bool {
+        let in_nets = |nets: &[ipnet::IpNet]| nets.iter().any(|n| n.contains(&ip));
+        (entity.nets.is_empty() || in_nets(&entity.nets))
+            && !in_nets(&entity.not_nets)
+            && entity
+                .selector
+                .as_ref()
+                .is_none_or(|s| self.ip_in_selected_set(ip, s))
+            && entity
+                .not_selector
+                .as_ref()
+                .is_none_or(|s| !self.ip_in_selected_set(ip, s))
+            && (entity.ports.is_empty() || self.port_in(&entity.ports, ip, port))
+            && !self.port_in(&entity.not_ports, ip, port)
+    }
+
+    /// Calico matches selectors through IP sets: the IPs of every endpoint and
+    /// the CIDRs of every network set whose labels match.
+    fn ip_in_selected_set(&self, ip: IpAddr, selector: &Selector) -> bool {
+        let endpoint_match = self
+            .ips
+            .owners(ip)
+            .iter()
+            .any(|&i| selector.evaluate(&self.model.endpoints[i].labels));
+        endpoint_match
+            || self.model.network_sets.iter().any(|set| {
+                set.nets.iter().any(|n| n.contains(&ip)) && selector.evaluate(&set.labels)
+            })
+    }
+
+    /// A packet without ports (ICMP, other protocols) is in no port list.
+    fn port_in(&self, list: &[PortMatch], ip: IpAddr, port: Option<u16>) -> bool {
+        let Some(port) = port else { return false };
+        list.iter().any(|m| match m {
+            PortMatch::Range(range) => range.contains(port),
+            PortMatch::Named(name) => self.named_port_is(ip, name, port),
+        })
+    }
+
+    /// A named port resolves against the endpoint owning the IP on that side of
+    /// the rule, for the packet's protocol; a name nobody defines matches nothing.
+    fn named_port_is(&self, ip: IpAddr, name: &str, port: u16) -> bool {
+        self.ips.owners(ip).iter().any(|&i| {
+            self.model.endpoints[i]
+                .named_ports
+                .iter()
+                .any(|np| np.name == name && np.protocol == self.packet.protocol && np.port == port)
+        })
+    }
+}
+
+/// The failsafe entry that lets this packet through, if any. Failsafe ports
+/// are destination ports; `net`, when set, must contain the remote side.
+pub fn failsafe_match<'f>(
+    failsafes: &'f [FailsafePort],
+    packet: &Packet,
+    remote: IpAddr,
+) -> Option<&'f FailsafePort> {
+    failsafes.iter().find(|f| {
+        f.protocol == packet.protocol
+            && packet.dst_port == Some(f.port)
+            && f.net.is_none_or(|net| net.contains(&remote))
+    })
+}
