@@ -326,6 +326,7 @@ fn seed_scenario_enforces_reports_staged_and_promotes() {
     // The compact form is one line per record and shows both verdicts.
     let out = agent.cli(&["flows", "--last", "100", "--pending-diff"]);
     let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("agent flows --pending-diff:\n{text}");
     assert!(
         text.lines().any(|l| l.contains("prod/frontend 10.65.0.10:")
             && l.contains("-> prod/backend 10.65.0.20:8080")
@@ -352,6 +353,7 @@ fn seed_scenario_enforces_reports_staged_and_promotes() {
     assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
     assert_seed_enforced(&s);
     let text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).to_string();
+    eprintln!("agent status:\n{text}");
     assert!(text.contains("30-bad.yaml:6: error"), "{text}");
 
     // Promote by changing the kind (an editor's atomic save): the watcher
