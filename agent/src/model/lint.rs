@@ -102,7 +102,7 @@ mod tests {
         let mut sources = Vec::new();
         for f in [
             "00-endpoints.yaml",
-            "safe-mode/zzz-final-allow-everything.yaml",
+            "../safe-mode/zzz-final-allow-everything.yaml",
         ] {
             let path = PathBuf::from(EXAMPLES).join(f);
             sources.push((path.clone(), std::fs::read_to_string(path).unwrap()));
