@@ -17,7 +17,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// the library, so the binary is built here with the same target directory).
 fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let target_dir = profile_dir.parent().expect("target dir");
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -28,7 +31,9 @@ fn agent_bin() -> PathBuf {
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for the agent binary");
+        let status = cmd
+            .status()
+            .expect("running cargo build for the agent binary");
         assert!(status.success(), "building the agent binary failed");
     });
     let bin = profile_dir.join("agent");
@@ -157,7 +162,10 @@ impl Agent {
                 return s;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; status: {s:#}\nlog:\n{}", self.log_text());
+                panic!(
+                    "timed out waiting for {what}; status: {s:#}\nlog:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -292,9 +300,12 @@ fn seed_scenario_enforces_reports_staged_and_promotes() {
     );
 
     // The staged lockdown's would-be deny, reported by backend (ingress).
-    let f = wait_flow(&agent, &["--last", "100"], "frontend -> backend pending deny", |f| {
-        is_flow(f, "frontend", "backend", 8080) && f["pending"]["action"] == "deny"
-    });
+    let f = wait_flow(
+        &agent,
+        &["--last", "100"],
+        "frontend -> backend pending deny",
+        |f| is_flow(f, "frontend", "backend", 8080) && f["pending"]["action"] == "deny",
+    );
     assert_eq!(f["enforced"]["action"], "allow", "{f:#}");
     assert_eq!(f["pending_differs"], true, "{f:#}");
     assert_eq!(f["direction"], "ingress", "{f:#}");
@@ -308,21 +319,51 @@ fn seed_scenario_enforces_reports_staged_and_promotes() {
         "{f:#}"
     );
     // The enforced deny of frontend -> database, naming nothing allowed it.
-    let d = wait_flow(&agent, &["--last", "100", "--verdict", "deny"], "frontend -> database deny", |f| {
-        is_flow(f, "frontend", "database", 8080)
-    });
+    let d = wait_flow(
+        &agent,
+        &["--last", "100", "--verdict", "deny"],
+        "frontend -> database deny",
+        |f| is_flow(f, "frontend", "database", 8080),
+    );
     assert_eq!(d["enforced"]["action"], "deny", "{d:#}");
 
     // Filters.
     let diff = agent.flows(&["--last", "100", "--pending-diff"]);
-    assert!(!diff.is_empty() && diff.iter().all(|f| f["pending_differs"] == true), "{diff:#?}");
-    let from = agent.flows(&["--last", "100", "--from", "prod/frontend", "--to", "app == 'backend'"]);
-    assert!(!from.is_empty() && from.iter().all(|f| is_flow(f, "frontend", "backend", 8080)), "{from:#?}");
-    let by_ip = agent.flows(&["--last", "100", "--from", "10.65.0.20/32", "--port", "8080", "--protocol", "tcp"]);
-    assert!(!by_ip.is_empty() && by_ip.iter().all(|f| f["src"]["name"] == "backend"), "{by_ip:#?}");
+    assert!(
+        !diff.is_empty() && diff.iter().all(|f| f["pending_differs"] == true),
+        "{diff:#?}"
+    );
+    let from = agent.flows(&[
+        "--last",
+        "100",
+        "--from",
+        "prod/frontend",
+        "--to",
+        "app == 'backend'",
+    ]);
+    assert!(
+        !from.is_empty() && from.iter().all(|f| is_flow(f, "frontend", "backend", 8080)),
+        "{from:#?}"
+    );
+    let by_ip = agent.flows(&[
+        "--last",
+        "100",
+        "--from",
+        "10.65.0.20/32",
+        "--port",
+        "8080",
+        "--protocol",
+        "tcp",
+    ]);
+    assert!(
+        !by_ip.is_empty() && by_ip.iter().all(|f| f["src"]["name"] == "backend"),
+        "{by_ip:#?}"
+    );
     let policy = agent.flows(&["--last", "100", "--policy", "backend-lockdown-staged"]);
     assert!(!policy.is_empty(), "--policy");
-    assert!(agent.flows(&["--last", "100", "--from", "prod/nobody"]).is_empty());
+    assert!(agent
+        .flows(&["--last", "100", "--from", "prod/nobody"])
+        .is_empty());
     // The compact form is one line per record and shows both verdicts.
     let out = agent.cli(&["flows", "--last", "100", "--pending-diff"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -338,9 +379,11 @@ fn seed_scenario_enforces_reports_staged_and_promotes() {
     // A bad document is reported and disturbs nothing.
     agent.write_file("30-bad.yaml", "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: broken\nspec:\n  selector: app == \n");
     let st = agent.wait_status("the bad document's diagnostic", |s| {
-        s["diagnostics"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|d| d["file"].as_str().unwrap().ends_with("30-bad.yaml") && d["severity"] == "error"))
+        s["diagnostics"].as_array().is_some_and(|d| {
+            d.iter().any(|d| {
+                d["file"].as_str().unwrap().ends_with("30-bad.yaml") && d["severity"] == "error"
+            })
+        })
     });
     let diag = st["diagnostics"]
         .as_array()
@@ -361,18 +404,27 @@ fn seed_scenario_enforces_reports_staged_and_promotes() {
     let staged = std::fs::read_to_string(dir.join("20-backend-lockdown-staged.yaml")).unwrap();
     agent.write_file(
         "20-backend-lockdown-staged.yaml",
-        &staged.replace("kind: StagedGlobalNetworkPolicy", "kind: GlobalNetworkPolicy"),
+        &staged.replace(
+            "kind: StagedGlobalNetworkPolicy",
+            "kind: GlobalNetworkPolicy",
+        ),
     );
     wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
     let st = agent.status();
     assert_eq!(st["policies"]["enforced"], 2, "{st:#}");
     assert_eq!(st["policies"]["staged"], 0, "{st:#}");
     assert_seed_enforced(&s);
-    let d = wait_flow(&agent, &["--last", "100", "--verdict", "deny", "--to", "prod/backend"], "frontend -> backend enforced deny", |f| {
-        is_flow(f, "frontend", "backend", 8080)
-    });
+    let d = wait_flow(
+        &agent,
+        &["--last", "100", "--verdict", "deny", "--to", "prod/backend"],
+        "frontend -> backend enforced deny",
+        |f| is_flow(f, "frontend", "backend", 8080),
+    );
     assert!(
-        d["enforced"]["trace"].as_str().unwrap().contains("backend-lockdown-staged"),
+        d["enforced"]["trace"]
+            .as_str()
+            .unwrap()
+            .contains("backend-lockdown-staged"),
         "{d:#}"
     );
 }
@@ -385,7 +437,14 @@ fn interfaces_that_appear_later_are_attached_and_enforced() {
     let agent = Agent::start(&lab, &dir);
     let st = agent.status();
     assert_eq!(st["endpoints"].as_array().unwrap().len(), 3, "{st:#}");
-    assert!(st["endpoints"].as_array().unwrap().iter().all(|e| e["attached"] == false), "{st:#}");
+    assert!(
+        st["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["attached"] == false),
+        "{st:#}"
+    );
     let s = seed_pods(&lab);
     let _db = s.database.tcp_listen(8080);
     agent.wait_attached(3);
@@ -393,7 +452,11 @@ fn interfaces_that_appear_later_are_attached_and_enforced() {
     // The interface goes away: the endpoint waits again.
     lab.node().ip("link del calidemofront");
     agent.wait_status("frontend detached", |s| {
-        s["endpoints"].as_array().unwrap().iter().any(|e| e["interface"] == "calidemofront" && e["attached"] == false)
+        s["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["interface"] == "calidemofront" && e["attached"] == false)
     });
 }
 
@@ -411,10 +474,17 @@ fn a_broken_edit_keeps_the_last_good_policy_enforced() {
     let text = std::fs::read_to_string(dir.join(file)).unwrap();
     agent.write_file(file, &text.replace("protocol: TCP", "protocol: TCPX"));
     let st = agent.wait_status("the broken policy's diagnostic", |s| {
-        s["diagnostics"].as_array().is_some_and(|d| d.iter().any(|d| d["file"].as_str().unwrap().ends_with(file)))
+        s["diagnostics"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["file"].as_str().unwrap().ends_with(file))
+        })
     });
     assert!(
-        st["kept_last_good"].as_array().unwrap().iter().any(|k| k.as_str().unwrap().contains("database-allow-from-backend")),
+        st["kept_last_good"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k.as_str().unwrap().contains("database-allow-from-backend")),
         "{st:#}"
     );
     // Still enforced: nothing loosened, nothing broken.
@@ -435,7 +505,15 @@ fn follow_streams_new_flows() {
     let agent = Agent::start(&lab, &dir);
     agent.wait_attached(3);
     let mut child = Command::new(agent_bin())
-        .args(["flows", "--follow", "-o", "json", "--to", "prod/backend", "--socket"])
+        .args([
+            "flows",
+            "--follow",
+            "-o",
+            "json",
+            "--to",
+            "prod/backend",
+            "--socket",
+        ])
         .arg(&agent.socket)
         .stdout(Stdio::piped())
         .spawn()
@@ -453,7 +531,10 @@ fn follow_streams_new_flows() {
     // Give the subscription a moment, then make traffic until a record arrives.
     let deadline = Instant::now() + Duration::from_secs(10);
     let line = loop {
-        assert_eq!(s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT), TcpProbe::Connected);
+        assert_eq!(
+            s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+            TcpProbe::Connected
+        );
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
             break line;
         }
@@ -463,5 +544,8 @@ fn follow_streams_new_flows() {
     let _ = child.wait();
     let f: Value = serde_json::from_str(&line).unwrap();
     assert!(is_flow(&f, "frontend", "backend", 8080), "{f:#}");
-    assert_eq!(agent.status()["flows"]["subscribers"].as_u64().unwrap() <= 1, true);
+    assert_eq!(
+        agent.status()["flows"]["subscribers"].as_u64().unwrap() <= 1,
+        true
+    );
 }

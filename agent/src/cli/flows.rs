@@ -84,12 +84,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("bad duration {s:?} (e.g. 30s, 5m, 1h30m)"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         total += match unit {
@@ -98,7 +102,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
             "d" => Duration::from_secs(n * 86400),
-            _ => return Err(format!("bad duration unit {unit:?} in {s:?} (ms, s, m, h, d)")),
+            _ => {
+                return Err(format!(
+                    "bad duration unit {unit:?} in {s:?} (ms, s, m, h, d)"
+                ))
+            }
         };
     }
     Ok(total)
@@ -249,7 +257,9 @@ pub fn compact(f: &Flow, color: bool) -> String {
         let text = format!("pending: {}", verdict_text(p));
         if f.pending_differs {
             if color {
-                s.push_str(&format!("  \x1b[1;33m{text}\x1b[0m  \x1b[1;33m<- differs\x1b[0m"));
+                s.push_str(&format!(
+                    "  \x1b[1;33m{text}\x1b[0m  \x1b[1;33m<- differs\x1b[0m"
+                ));
             } else {
                 s.push_str(&format!("  {text}  <- differs"));
             }
@@ -302,13 +312,21 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 pub fn status_text(s: &Status) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let _ = writeln!(o, "datastore:   {} (started {}, {} reloads, last {})", s.datastore, s.started, s.reloads, s.last_reload);
+    let _ = writeln!(
+        o,
+        "datastore:   {} (started {}, {} reloads, last {})",
+        s.datastore, s.started, s.reloads, s.last_reload
+    );
     match &s.last_error {
         Some(e) => {
             let _ = writeln!(o, "NOT APPLIED: {e} (the previous tables stay enforced)");
         }
         None => {
-            let _ = writeln!(o, "tables:      generation {} epoch {} (latest datastore state enforced)", s.generation, s.epoch);
+            let _ = writeln!(
+                o,
+                "tables:      generation {} epoch {} (latest datastore state enforced)",
+                s.generation, s.epoch
+            );
         }
     }
     let _ = writeln!(
@@ -339,7 +357,10 @@ pub fn status_text(s: &Status) -> String {
             e.id,
             state,
             if e.has_staged { ", staged" } else { "" },
-            e.error.as_deref().map(|x| format!(", error: {x}")).unwrap_or_default()
+            e.error
+                .as_deref()
+                .map(|x| format!(", error: {x}"))
+                .unwrap_or_default()
         );
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -350,9 +371,17 @@ pub fn status_text(s: &Status) -> String {
         s.flows.tracked, s.flows.events, s.flows.subscribers
     );
     if !s.kept_last_good.is_empty() {
-        let _ = writeln!(o, "kept last good version of: {}", s.kept_last_good.join(", "));
+        let _ = writeln!(
+            o,
+            "kept last good version of: {}",
+            s.kept_last_good.join(", ")
+        );
     }
-    let errors = s.diagnostics.iter().filter(|d| d.severity == "error").count();
+    let errors = s
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == "error")
+        .count();
     let _ = writeln!(
         o,
         "diagnostics: {errors} rejected, {} warnings",

@@ -261,7 +261,11 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
         policies = enforced,
         staged = loaded.model.policies.len() - enforced,
         endpoints = compiled.endpoints.len(),
-        rejected = loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).count(),
+        rejected = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count(),
         generation = inner.generation,
         "tables installed"
     );
@@ -303,7 +307,9 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
         if e.interface == "*" || e.interface.is_empty() {
             continue;
         }
-        desired.entry(e.interface.clone()).or_insert_with(|| e.clone());
+        desired
+            .entry(e.interface.clone())
+            .or_insert_with(|| e.clone());
     }
     let Inner {
         dp,
@@ -348,15 +354,14 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
         let mut links = Vec::new();
         let mut failed = None;
         for hook in Hook::ALL {
-            let r = dp
-                .program(hook)
-                .and_then(|p| {
-                    p.attach(idx, hook.attach_type())
-                        .map_err(|source| crate::dataplane::DataplaneError::Program {
-                            name: hook.program_name(),
-                            source,
-                        })
-                });
+            let r = dp.program(hook).and_then(|p| {
+                p.attach(idx, hook.attach_type()).map_err(|source| {
+                    crate::dataplane::DataplaneError::Program {
+                        name: hook.program_name(),
+                        source,
+                    }
+                })
+            });
             match r {
                 Ok(link) => links.push((hook, link)),
                 Err(e) => {

@@ -60,7 +60,10 @@ pub(super) async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-async fn write_line<T: serde::Serialize>(w: &mut (impl AsyncWriteExt + Unpin), v: &T) -> std::io::Result<()> {
+async fn write_line<T: serde::Serialize>(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    v: &T,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
@@ -77,7 +80,13 @@ async fn client(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> 
     let req: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => {
-            return write_line(&mut w, &ErrorReply { error: format!("bad request: {e}") }).await;
+            return write_line(
+                &mut w,
+                &ErrorReply {
+                    error: format!("bad request: {e}"),
+                },
+            )
+            .await;
         }
     };
     match req {
@@ -162,11 +171,7 @@ pub(super) async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                stream.read(&mut buf),
-            )
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
             let body = metrics_text(&shared);
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -188,7 +193,10 @@ fn metrics_text(shared: &Shared) -> String {
     }
     let gauges = [
         ("agent_endpoints", s.endpoints.len() as u64),
-        ("agent_endpoints_attached", s.endpoints.iter().filter(|e| e.attached).count() as u64),
+        (
+            "agent_endpoints_attached",
+            s.endpoints.iter().filter(|e| e.attached).count() as u64,
+        ),
         ("agent_policies_enforced", s.policies.enforced as u64),
         ("agent_policies_staged", s.policies.staged as u64),
         ("agent_peer_prefixes", s.tables.peer_prefixes as u64),
@@ -196,14 +204,28 @@ fn metrics_text(shared: &Shared) -> String {
         ("agent_flows_tracked", s.flows.tracked as u64),
         (
             "agent_datastore_errors",
-            s.diagnostics.iter().filter(|d| d.severity == "error").count() as u64,
+            s.diagnostics
+                .iter()
+                .filter(|d| d.severity == "error")
+                .count() as u64,
         ),
-        ("agent_last_update_failed", u64::from(s.last_error.is_some())),
+        (
+            "agent_last_update_failed",
+            u64::from(s.last_error.is_some()),
+        ),
     ];
     for (k, v) in gauges {
         let _ = writeln!(out, "# TYPE {k} gauge\n{k} {v}");
     }
-    let _ = writeln!(out, "# TYPE agent_flow_events_total counter\nagent_flow_events_total {}", s.flows.events);
-    let _ = writeln!(out, "# TYPE agent_reloads_total counter\nagent_reloads_total {}", s.reloads);
+    let _ = writeln!(
+        out,
+        "# TYPE agent_flow_events_total counter\nagent_flow_events_total {}",
+        s.flows.events
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE agent_reloads_total counter\nagent_reloads_total {}",
+        s.reloads
+    );
     out
 }

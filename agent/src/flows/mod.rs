@@ -426,12 +426,14 @@ impl FlowTable {
             Some((_, f)) => (f.first_seen_ns, f.count + 1),
             None => (now, 1),
         };
-        let icmp = matches!(r.protocol, 1 | 58).then_some(((r.dst_port >> 8) as u8, r.dst_port as u8));
-        let (endpoint, interface) = view
-            .by_id
-            .get(&r.endpoint_id)
-            .cloned()
-            .unwrap_or_else(|| (format!("endpoint#{}", r.endpoint_id), format!("if#{}", r.ifindex)));
+        let icmp =
+            matches!(r.protocol, 1 | 58).then_some(((r.dst_port >> 8) as u8, r.dst_port as u8));
+        let (endpoint, interface) = view.by_id.get(&r.endpoint_id).cloned().unwrap_or_else(|| {
+            (
+                format!("endpoint#{}", r.endpoint_id),
+                format!("if#{}", r.ifindex),
+            )
+        });
         let flow = Arc::new(Flow {
             time: rfc3339(now),
             first_seen: rfc3339(first_seen_ns),
@@ -502,8 +504,14 @@ mod tests {
 
     #[test]
     fn peer_filters_parse() {
-        assert!(matches!(PeerFilter::parse("10.0.0.1"), Ok(PeerFilter::Net(_))));
-        assert!(matches!(PeerFilter::parse("10.0.0.0/8"), Ok(PeerFilter::Net(_))));
+        assert!(matches!(
+            PeerFilter::parse("10.0.0.1"),
+            Ok(PeerFilter::Net(_))
+        ));
+        assert!(matches!(
+            PeerFilter::parse("10.0.0.0/8"),
+            Ok(PeerFilter::Net(_))
+        ));
         assert!(matches!(
             PeerFilter::parse("prod/frontend"),
             Ok(PeerFilter::Endpoint { .. })
