@@ -79,6 +79,8 @@ use crate::selector::Selector;
 
 #[cfg(test)]
 mod tests;
+#[doc(hidden)]
+pub mod testgen;
 
 /// Reserved values of `Verdict::tier` (policy tiers index [`Compiled::tiers`]).
 pub mod tier_code {
