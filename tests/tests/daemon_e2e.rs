@@ -551,3 +551,34 @@ fn follow_streams_new_flows() {
     // The killed client's subscription is gone once the server notices the hang-up.
     agent.wait_status("no followers", |s| s["flows"]["subscribers"] == 0);
 }
+
+#[test]
+fn a_compile_failure_keeps_the_previous_tables() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let dir = Agent::seed_datastore("compile-fail");
+    let agent = Agent::start(&lab, &dir);
+    agent.wait_attached(3);
+    assert_seed_enforced(&s);
+    // Valid YAML the compiler refuses (the dataplane keys on destination ports
+    // only): it would also deny backend -> database, but nothing changes.
+    agent.write_file(
+        "40-source-ports.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: by-source-port\nspec:\n  order: 1\n  selector: app == 'database'\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      protocol: TCP\n      source:\n        ports: [1234]\n",
+    );
+    let st = agent.wait_status("the compile error", |s| !s["last_error"].is_null());
+    assert!(
+        st["last_error"].as_str().unwrap().contains("source ports"),
+        "{st:#}"
+    );
+    assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
+    let text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).to_string();
+    assert!(text.contains("NOT APPLIED"), "{text}");
+    assert_seed_enforced(&s);
+    // Removing it clears the error.
+    std::fs::remove_file(dir.join("40-source-ports.yaml")).unwrap();
+    agent.wait_status("the error cleared", |s| s["last_error"].is_null());
+    assert_seed_enforced(&s);
+}
