@@ -70,6 +70,10 @@ impl Agent {
     }
 
     fn start(lab: &Lab, dir: &Path) -> Agent {
+        Agent::start_with(lab, dir, &[])
+    }
+
+    fn start_with(lab: &Lab, dir: &Path, extra: &[&str]) -> Agent {
         let base = dir.parent().unwrap().to_path_buf();
         let socket = base.join("agent.sock");
         let log = base.join("agent.log");
@@ -81,6 +85,7 @@ impl Agent {
             .arg(dir)
             .arg("--socket")
             .arg(&socket)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -580,5 +585,53 @@ fn a_compile_failure_keeps_the_previous_tables() {
     // Removing it clears the error.
     std::fs::remove_file(dir.join("40-source-ports.yaml")).unwrap();
     agent.wait_status("the error cleared", |s| s["last_error"].is_null());
+    assert_seed_enforced(&s);
+}
+
+#[test]
+fn metrics_and_an_endpoint_leaving_the_datastore() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let dir = Agent::seed_datastore("metrics");
+    let agent = Agent::start_with(&lab, &dir, &["--metrics", "127.0.0.1:9464"]);
+    agent.wait_attached(3);
+    assert_seed_enforced(&s);
+    let metrics = lab.node().run(|| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    });
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("agent_endpoints_attached 3"), "{metrics}");
+    assert!(
+        metrics.contains("agent_dataplane_total{counter=\"denied\"}"),
+        "{metrics}"
+    );
+
+    // Take prod/frontend out of the datastore: its interface is released.
+    let file = dir.join("00-endpoints.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|d| !d.contains("name: frontend"))
+        .collect();
+    agent.write_file("00-endpoints.yaml", &kept.join("\n---\n"));
+    let st = agent.wait_status("two endpoints", |s| {
+        s["endpoints"].as_array().unwrap().len() == 2
+    });
+    assert!(
+        st["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["attached"] == true && e["interface"] != "calidemofront"),
+        "{st:#}"
+    );
+    // The database policy still admits only backend.
     assert_seed_enforced(&s);
 }

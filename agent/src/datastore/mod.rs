@@ -152,3 +152,42 @@ pub fn keep_last_good(loaded: &mut Loaded, previous: &Loaded) -> Vec<String> {
     }
     kept
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: deny-db\nspec:\n  selector: app == 'db'\n  ingress:\n    - action: Deny\n";
+
+    #[test]
+    fn a_rejected_edit_keeps_the_last_good_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, POLICY).unwrap();
+        let ds = FileDatastore::new(dir.path());
+        let good = ds.load();
+        assert_eq!(good.model.policies.len(), 1);
+
+        // Named in the diagnostic.
+        std::fs::write(&file, POLICY.replace("action: Deny", "action: Nope")).unwrap();
+        let mut now = ds.load();
+        assert!(now.has_errors());
+        assert_eq!(now.model.policies.len(), 0);
+        let kept = keep_last_good(&mut now, &good);
+        assert_eq!(kept, vec!["GlobalNetworkPolicy/deny-db".to_string()]);
+        assert_eq!(now.model.policies, good.model.policies);
+
+        // Not even YAML: carried over by file.
+        std::fs::write(&file, "kind: [").unwrap();
+        let mut now = ds.load();
+        assert!(now.has_errors());
+        keep_last_good(&mut now, &good);
+        assert_eq!(now.model.policies, good.model.policies);
+
+        // Removed: gone (no error, nothing kept).
+        std::fs::remove_file(&file).unwrap();
+        let mut now = ds.load();
+        assert!(keep_last_good(&mut now, &good).is_empty());
+        assert!(now.model.policies.is_empty());
+    }
+}
