@@ -425,7 +425,7 @@ metadata:
         );
         assert_eq!(
             policy_names(dir.path()),
-            ["gnp:/after", "gnp:/before", "gnp:/lockdown", "gnp:/other"]
+            ["gnp:after", "gnp:before", "gnp:lockdown", "gnp:other"]
         );
         let l = load_paths(&[dir.path()]);
         let p = l
@@ -456,7 +456,7 @@ metadata:
         assert!(r.removed_staged && r.rewritten.is_none());
         assert_eq!(
             policy_names(dir.path()),
-            ["gnp:/after", "gnp:/before", "gnp:/other"]
+            ["gnp:after", "gnp:before", "gnp:other"]
         );
         let a = std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
         assert!(a.starts_with("# The other document stays.\n"), "{a}");

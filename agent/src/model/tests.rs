@@ -59,7 +59,7 @@ fn seed_examples_load() {
     assert_eq!(staged.len(), 1);
     assert_eq!(
         enforced[0].id.to_string(),
-        "gnp:/database-allow-from-backend"
+        "gnp:database-allow-from-backend"
     );
     assert_eq!(staged[0].staged_action, Some(StagedAction::Set));
     let db = m.endpoints.iter().find(|e| e.name == "database").unwrap();
@@ -376,7 +376,7 @@ fn types_and_staged_action_values() {
         );
         assert!(l.diagnostics.is_empty());
         assert_eq!(l.model.policies[0].staged_action, Some(want));
-        assert_eq!(l.model.policies[0].id.to_string(), "sgnp:/p");
+        assert_eq!(l.model.policies[0].id.to_string(), "sgnp:p");
     }
 }
 
