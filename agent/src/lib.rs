@@ -4,10 +4,15 @@
 //! - [`selector`]: Calico's label-selector language (parse, evaluate, print).
 //! - [`model`]: typed YAML resources, validation, and the normalised [`model::ir::Model`].
 //! - [`eval`]: the reference evaluator, the semantics in plain Rust (the oracle).
+//! - [`compile`]: policies x endpoints -> peer classes and decision tables (BPF map contents).
 //! - [`dataplane`]: BPF programs and maps, loading and attaching.
 //! - [`cli`]: the command line.
 pub mod cli;
+pub mod compile;
+pub mod daemon;
 pub mod dataplane;
+pub mod datastore;
 pub mod eval;
+pub mod flows;
 pub mod model;
 pub mod selector;

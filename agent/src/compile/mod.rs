@@ -1,0 +1,1247 @@
+//! The policy compiler: the validated [`Model`] -> BPF map contents
+//! ([`TableSet`]: peer classes and per-endpoint decision tables, enforced and
+//! pending), exact by construction: every table cell is the reference
+//! evaluator's answer for a representative packet of that cell.
+//!
+//! # Peer classes
+//! Every prefix a predicate can distinguish is collected: endpoint IPs (/32,
+//! /128), network-set nets, rule nets/notNets of every policy (enforced and
+//! staged) and profile, failsafe nets, and the two family roots `0.0.0.0/0` and
+//! `::/0`. Under longest-prefix match an address's longest collected prefix P
+//! decides its membership in every collected prefix, so each P with a non-empty
+//! *region* (the addresses of P not inside a longer collected prefix) is an
+//! atom. Its signature is its family, its membership in every net, in every rule
+//! selector's IP set (endpoints and network sets whose labels match) and the
+//! named ports of the endpoints owning it; atoms with equal signatures share a
+//! class id (1..; class 0, "no prefix", never occurs because both roots are
+//! emitted). A prefix whose class equals that of its nearest emitted enclosing
+//! prefix is left out of `peers` (LPM lands on the enclosing one).
+//!
+//! # Decision tables
+//! Per endpoint (with an interface) and direction, classes are grouped by the
+//! signature bits the endpoint's applicable rules (both sets, profiles,
+//! failsafes) actually read; one representative per group is evaluated. The
+//! dimensions: the protocols those rules can tell apart (plus a representative
+//! "other" protocol), and per protocol the intervals between all port
+//! breakpoints (range ends, named ports, failsafe ports; for ICMP the kernel's
+//! `type << 8 | code` value split at every type and type/code mentioned).
+//!
+//! # Encoding (wildcard class)
+//! The kernel probes the peer's class (longest prefix), and only on a miss the
+//! wildcard class. Per (endpoint, direction, table) the function shared by the
+//! most classes is stored complete under [`PeerMatch::Any`] (an any-protocol
+//! entry with its "other protocols" verdict plus, per protocol, its port runs
+//! that differ from that). Every other class stores exceptions only:
+//! - if its "other protocols" verdict equals the wildcard's: just the port runs
+//!   (maximal runs of equal verdict) that differ somewhere from the wildcard —
+//!   everything else misses and falls back to the wildcard, which is right;
+//! - otherwise: its own any-protocol entry plus its runs that differ from its own
+//!   "other" verdict — it never falls back.
+//!
+//! Pending entries exist only for endpoints where a staged policy changes the
+//! applicable policy list ([`CompiledEndpoint::has_staged`]).
+//!
+//! # Verdict encoding
+//! `tier`/`policy` index [`Compiled::tiers`]/[`Compiled::policies`]; `rule` is
+//! the rule index, -1 for end of tier. Reserved tiers: [`tier_code::FAILSAFE`]
+//! (`rule = protocol << 16 | port`), [`tier_code::PROFILE`] (`policy` indexes
+//! [`Compiled::profiles`]), [`tier_code::NO_MATCH`] (nothing decided: deny);
+//! `u16::MAX` is the kernel's own "no table entry".
+//!
+//! # Not compiled (errors, never silently wrong tables)
+//! - A decisive rule that constrains source ports (the kernel keys on the
+//!   destination port only): [`CompileError::Unsupported`].
+//! - An endpoint with several addresses of one family whose verdicts differ by
+//!   which of its own addresses a packet uses (the kernel keys on the endpoint,
+//!   not its address): [`CompileError::Unsupported`].
+//! - IPv6 nets inside `::ffff:0:0/96` (the kernel stores IPv4 there).
+//!
+//! A family an endpoint has no address of is evaluated with the unspecified
+//! address (`0.0.0.0` / `::`) as the local address.
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use agent_common::{action, limits, verdict_flags, Verdict, POLICY_NONE};
+use ipnet::IpNet;
+
+use crate::dataplane::tables::{PeerMatch, PortMatch as Ports, RuleEntry, Table, TableSet};
+use crate::eval::{
+    policy_flow_log_name, ApplicableTier, DecidedBy, EndVerdict, Evaluator, Packet, PolicySet,
+    EPHEMERAL_PORT, NO_MATCH_PROFILE, PROFILE_TIER,
+};
+use crate::model::ir::{
+    proto, Action, Direction, Endpoint, EndpointKind, FailsafePort, Model, PolicyId, PortMatch,
+    Rule,
+};
+use crate::selector::Selector;
+
+#[cfg(test)]
+mod tests;
+#[doc(hidden)]
+pub mod testgen;
+
+/// Reserved values of `Verdict::tier` (policy tiers index [`Compiled::tiers`]).
+pub mod tier_code {
+    /// A host endpoint's failsafe port; `rule = protocol << 16 | port`.
+    pub const FAILSAFE: u16 = 0xfffe;
+    /// A profile rule; `policy` indexes `Compiled::profiles`.
+    pub const PROFILE: u16 = 0xfffd;
+    /// Nothing decided (no tier decided, no profile rule matched): deny.
+    pub const NO_MATCH: u16 = 0xfffc;
+    /// Tier indexes must stay below this.
+    pub const FIRST_RESERVED: u16 = 0xfffc;
+}
+
+/// Encoded `RULES_*` keys one endpoint may use (both directions, both tables),
+/// so that one endpoint cannot starve the others.
+pub const MAX_KEYS_PER_ENDPOINT: usize = 65536;
+
+/// The compiler's output, ready for `Dataplane::install`.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub tables: TableSet,
+    /// Only endpoints that have an interface.
+    pub endpoints: Vec<CompiledEndpoint>,
+    /// `Verdict::policy` indexes this (enforced and staged policies, model order).
+    pub policies: Vec<PolicyId>,
+    /// `Verdict::tier` indexes this (below [`tier_code::FIRST_RESERVED`]).
+    pub tiers: Vec<String>,
+    /// `Verdict::policy` of a profile verdict indexes this.
+    pub profiles: Vec<String>,
+    pub stats: CompileStats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledEndpoint {
+    /// Index into `model.endpoints`.
+    pub endpoint_index: usize,
+    /// `EndpointInfo::id` / `RuleKey::endpoint_id`.
+    pub id: u32,
+    pub interface: String,
+    /// Staged policies change this endpoint: set `HAS_STAGED` (pending entries exist).
+    pub has_staged: bool,
+    pub host: bool,
+}
+
+impl CompiledEndpoint {
+    /// The `ENDPOINTS` value for this endpoint.
+    pub fn info(&self) -> agent_common::EndpointInfo {
+        use agent_common::endpoint_flags::{HAS_STAGED, HOST_ENDPOINT};
+        let mut flags = 0;
+        if self.has_staged {
+            flags |= HAS_STAGED;
+        }
+        if self.host {
+            flags |= HOST_ENDPOINT;
+        }
+        agent_common::EndpointInfo { id: self.id, flags }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Peer classes (both families).
+    pub classes: usize,
+    /// Collected prefixes, and those emitted into `peers` after merging.
+    pub prefixes_collected: usize,
+    pub peer_prefixes: usize,
+    /// `RuleEntry` values, and the LPM keys they encode to.
+    pub rule_entries: usize,
+    pub rule_keys: usize,
+    /// Evaluator calls made.
+    pub evaluations: usize,
+    /// Per compiled endpoint (same order as `Compiled::endpoints`): encoded keys.
+    pub keys_per_endpoint: Vec<usize>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("endpoint {endpoint}: {limit} exceeded: {needed} needed, at most {max}")]
+    Capacity {
+        endpoint: String,
+        limit: &'static str,
+        needed: usize,
+        max: usize,
+    },
+    #[error("endpoint {endpoint}, policy {policy}: cannot compile {what}")]
+    Unsupported {
+        endpoint: String,
+        policy: String,
+        what: String,
+    },
+}
+
+/// Compiles the model. Deterministic.
+pub fn compile(model: &Model) -> Result<Compiled, CompileError> {
+    let started = Instant::now();
+    let eval = Evaluator::new(model);
+    let names = Names::new(model)?;
+    let peers = PeerClasses::build(model)?;
+    let mut stats = CompileStats {
+        classes: peers.classes.len(),
+        prefixes_collected: peers.collected,
+        peer_prefixes: peers.emitted.len(),
+        ..CompileStats::default()
+    };
+    let mut rules = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut total_keys = 0usize;
+    for (index, endpoint) in model.endpoints.iter().enumerate() {
+        let Some(interface) = &endpoint.interface else {
+            continue;
+        };
+        if endpoints.len() >= limits::MAX_ENDPOINTS as usize {
+            return Err(CompileError::Capacity {
+                endpoint: endpoint.key(),
+                limit: "endpoints (ENDPOINTS map)",
+                needed: endpoints.len() + 1,
+                max: limits::MAX_ENDPOINTS as usize,
+            });
+        }
+        let id = endpoints.len() as u32 + 1;
+        let has_staged = [Direction::Ingress, Direction::Egress].into_iter().any(|d| {
+            !same_tiers(
+                eval.applicable_policies(PolicySet::Enforced, index, d),
+                eval.applicable_policies(PolicySet::Pending, index, d),
+            )
+        });
+        let mut ctx = EndpointCompiler {
+            model,
+            eval: &eval,
+            names: &names,
+            peers: &peers,
+            index,
+            endpoint,
+            id,
+            evaluations: 0,
+            out: Vec::new(),
+        };
+        for direction in [Direction::Ingress, Direction::Egress] {
+            ctx.direction(direction, has_staged)?;
+        }
+        let keys: usize = ctx
+            .out
+            .iter()
+            .map(|e| e.keys().map(|k| k.len()).unwrap_or(0))
+            .sum();
+        if keys > MAX_KEYS_PER_ENDPOINT {
+            return Err(CompileError::Capacity {
+                endpoint: endpoint.key(),
+                limit: "rule entries per endpoint",
+                needed: keys,
+                max: MAX_KEYS_PER_ENDPOINT,
+            });
+        }
+        total_keys += keys;
+        if total_keys > limits::MAX_RULE_ENTRIES as usize {
+            return Err(CompileError::Capacity {
+                endpoint: endpoint.key(),
+                limit: "rule entries (RULES map)",
+                needed: total_keys,
+                max: limits::MAX_RULE_ENTRIES as usize,
+            });
+        }
+        stats.evaluations += ctx.evaluations;
+        stats.keys_per_endpoint.push(keys);
+        rules.append(&mut ctx.out);
+        endpoints.push(CompiledEndpoint {
+            endpoint_index: index,
+            id,
+            interface: interface.clone(),
+            has_staged,
+            host: endpoint.kind == EndpointKind::Host,
+        });
+    }
+    stats.rule_entries = rules.len();
+    stats.rule_keys = total_keys;
+    stats.duration = started.elapsed();
+    Ok(Compiled {
+        tables: TableSet {
+            peers: peers.emitted,
+            rules,
+        },
+        endpoints,
+        policies: names.policies,
+        tiers: names.tiers,
+        profiles: names.profiles,
+        stats,
+    })
+}
+
+/// Same tiers, same default actions, same policies (by identity) in the same order.
+fn same_tiers(a: &[ApplicableTier], b: &[ApplicableTier]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.phase == y.phase
+                && x.name == y.name
+                && x.default_action == y.default_action
+                && x.policies.len() == y.policies.len()
+                && x
+                    .policies
+                    .iter()
+                    .zip(&y.policies)
+                    .all(|(p, q)| std::ptr::eq(*p, *q))
+        })
+}
+
+// ---------------------------------------------------------------------------
+// Names: the userspace tables verdicts index.
+
+struct Names {
+    policies: Vec<PolicyId>,
+    tiers: Vec<String>,
+    profiles: Vec<String>,
+    policy_index: HashMap<PolicyId, u32>,
+    tier_index: HashMap<String, u16>,
+    profile_index: HashMap<String, u32>,
+}
+
+impl Names {
+    fn new(model: &Model) -> Result<Self, CompileError> {
+        let policies: Vec<PolicyId> = model.policies.iter().map(|p| p.id.clone()).collect();
+        let mut tiers: Vec<String> = model.tiers.iter().map(|t| t.name.clone()).collect();
+        let mut extra: BTreeSet<String> = model.policies.iter().map(|p| p.tier.clone()).collect();
+        extra.retain(|t| !tiers.contains(t));
+        tiers.extend(extra);
+        if tiers.len() >= tier_code::FIRST_RESERVED as usize {
+            return Err(CompileError::Capacity {
+                endpoint: "*".into(),
+                limit: "tiers",
+                needed: tiers.len(),
+                max: tier_code::FIRST_RESERVED as usize - 1,
+            });
+        }
+        let mut profiles: Vec<String> = model.profiles.iter().map(|p| p.name.clone()).collect();
+        for e in &model.endpoints {
+            for p in &e.profiles {
+                if !profiles.contains(p) {
+                    profiles.push(p.clone());
+                }
+            }
+        }
+        Ok(Names {
+            policy_index: policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.clone(), i as u32))
+                .collect(),
+            tier_index: tiers
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i as u16))
+                .collect(),
+            profile_index: profiles
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.clone(), i as u32))
+                .collect(),
+            policies,
+            tiers,
+            profiles,
+        })
+    }
+
+    fn verdict(&self, end: &EndVerdict) -> Verdict {
+        let act = match end.action {
+            crate::eval::Verdict::Allow => action::ALLOW,
+            crate::eval::Verdict::Deny => action::DENY,
+        };
+        let v = |tier: u16, policy: u32, rule: i32| Verdict {
+            action: act,
+            flags: 0,
+            tier,
+            policy,
+            rule,
+        };
+        let tier = |name: &str| self.tier_index.get(name).copied().unwrap_or(u16::MAX);
+        let policy = |id: &PolicyId| self.policy_index.get(id).copied().unwrap_or(POLICY_NONE);
+        match &end.decided_by {
+            DecidedBy::Failsafe { protocol, port } => v(
+                tier_code::FAILSAFE,
+                POLICY_NONE,
+                (i32::from(*protocol) << 16) | i32::from(*port),
+            ),
+            DecidedBy::PolicyRule { tier: t, policy: p, rule } => {
+                v(tier(t), policy(p), *rule as i32)
+            }
+            DecidedBy::EndOfTier { tier: t, policy: p } => v(tier(t), policy(p), -1),
+            DecidedBy::ProfileRule { profile, rule } => v(
+                tier_code::PROFILE,
+                self.profile_index
+                    .get(profile)
+                    .copied()
+                    .unwrap_or(POLICY_NONE),
+                *rule as i32,
+            ),
+            DecidedBy::NoMatch => v(tier_code::NO_MATCH, POLICY_NONE, -1),
+        }
+    }
+}
+
+impl Compiled {
+    /// The kernel verdict the tables hold for this evaluator answer.
+    pub fn verdict_of(&self, end: &EndVerdict) -> Verdict {
+        // Rebuilt on demand: cheap next to what a caller does with the answer.
+        let names = Names {
+            policy_index: self
+                .policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.clone(), i as u32))
+                .collect(),
+            tier_index: self
+                .tiers
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i as u16))
+                .collect(),
+            profile_index: self
+                .profiles
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.clone(), i as u32))
+                .collect(),
+            policies: Vec::new(),
+            tiers: Vec::new(),
+            profiles: Vec::new(),
+        };
+        names.verdict(end)
+    }
+
+    /// The compiled endpoint with this `RuleKey::endpoint_id`.
+    pub fn endpoint_by_id(&self, id: u32) -> Option<&CompiledEndpoint> {
+        self.endpoints.iter().find(|e| e.id == id)
+    }
+
+    /// A kernel verdict in Calico's trace style:
+    /// `<tier>|<kind>:<namespace>/<name>|<allow|deny|pass>|<rule>`, e.g.
+    /// `default|gnp:allow-db|allow|0`, `default|np:prod/x|deny|-1` (end of tier),
+    /// `__PROFILE__|pro:kns.prod|allow|0`, `__PROFILE__|pro:__NO_MATCH__|deny|-1`,
+    /// `__FAILSAFE__|failsafe:tcp/22|allow|-1`, `__NO_ENTRY__|deny`.
+    pub fn describe(&self, v: &Verdict) -> String {
+        let act = if v.action == action::ALLOW {
+            "allow"
+        } else {
+            "deny"
+        };
+        if v.flags & verdict_flags::NO_ENTRY != 0 {
+            return format!("__NO_ENTRY__|{act}");
+        }
+        match v.tier {
+            tier_code::FAILSAFE => {
+                let protocol = (v.rule >> 16) as u8;
+                let port = (v.rule & 0xffff) as u16;
+                format!(
+                    "__FAILSAFE__|failsafe:{}/{port}|{act}|-1",
+                    protocol_name(protocol)
+                )
+            }
+            tier_code::PROFILE => {
+                let name = self
+                    .profiles
+                    .get(v.policy as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?");
+                format!("{PROFILE_TIER}|pro:{name}|{act}|{}", v.rule)
+            }
+            tier_code::NO_MATCH => format!("{PROFILE_TIER}|pro:{NO_MATCH_PROFILE}|{act}|-1"),
+            t => {
+                let tier = self.tiers.get(t as usize).map(String::as_str).unwrap_or("?");
+                let policy = self
+                    .policies
+                    .get(v.policy as usize)
+                    .map(policy_flow_log_name)
+                    .unwrap_or_else(|| "?".into());
+                format!("{tier}|{policy}|{act}|{}", v.rule)
+            }
+        }
+    }
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::SCTP => "sctp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
+        proto::UDPLITE => "udplite".into(),
+        n => n.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Peer classes.
+
+/// A collected prefix as an interval of one family's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Prefix {
+    v6: bool,
+    start: u128,
+    len: u8,
+    end: u128,
+}
+
+impl Prefix {
+    fn of(net: &IpNet) -> Prefix {
+        let net = net.trunc();
+        match net {
+            IpNet::V4(n) => Prefix {
+                v6: false,
+                start: u128::from(u32::from(n.network())),
+                end: u128::from(u32::from(n.broadcast())),
+                len: n.prefix_len(),
+            },
+            IpNet::V6(n) => Prefix {
+                v6: true,
+                start: u128::from(n.network()),
+                end: u128::from(n.broadcast()),
+                len: n.prefix_len(),
+            },
+        }
+    }
+
+    fn addr(v6: bool, value: u128) -> IpAddr {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(value))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(value as u32))
+        }
+    }
+
+    fn net(&self) -> IpNet {
+        IpNet::new(Self::addr(self.v6, self.start), self.len).expect("valid prefix length")
+    }
+}
+
+/// IPv6 nets the kernel cannot tell from IPv4 (it stores IPv4 as `::ffff:a.b.c.d`).
+fn in_v4_mapped_space(net: &IpNet) -> bool {
+    match net.trunc() {
+        IpNet::V6(n) => {
+            n.prefix_len() >= 96 && n.network().segments()[..6] == [0, 0, 0, 0, 0, 0xffff]
+        }
+        IpNet::V4(_) => false,
+    }
+}
+
+/// Signature atoms: nets and selectors that rules (and failsafes) test peers with.
+#[derive(Default)]
+struct Atoms {
+    nets: Vec<IpNet>,
+    net_index: HashMap<IpNet, usize>,
+    selectors: Vec<Selector>,
+    selector_index: HashMap<Selector, usize>,
+}
+
+impl Atoms {
+    fn net(&mut self, n: &IpNet) -> usize {
+        let n = n.trunc();
+        let next = self.nets.len();
+        *self.net_index.entry(n).or_insert_with(|| {
+            self.nets.push(n);
+            next
+        })
+    }
+    fn selector(&mut self, s: &Selector) -> usize {
+        let next = self.selectors.len();
+        *self.selector_index.entry(s.clone()).or_insert_with(|| {
+            self.selectors.push(s.clone());
+            next
+        })
+    }
+    /// Bit index of an atom in a signature.
+    fn net_bit(&self, n: &IpNet) -> usize {
+        self.net_index[&n.trunc()]
+    }
+    fn selector_bit(&self, s: &Selector) -> usize {
+        self.nets.len() + self.selector_index[s]
+    }
+    fn bits(&self) -> usize {
+        self.nets.len() + self.selectors.len()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Signature {
+    v6: bool,
+    bits: Vec<u64>,
+    /// (name, protocol, port) of the endpoints owning the address, sorted.
+    named_ports: Vec<(String, u8, u16)>,
+}
+
+impl Signature {
+    fn bit(&self, i: usize) -> bool {
+        self.bits[i / 64] >> (i % 64) & 1 == 1
+    }
+}
+
+struct Class {
+    /// An address whose longest collected prefix has this class.
+    representative: IpAddr,
+    signature: Signature,
+}
+
+struct PeerClasses {
+    atoms: Atoms,
+    /// Index = class id - 1.
+    classes: Vec<Class>,
+    emitted: Vec<(IpNet, u32)>,
+    collected: usize,
+}
+
+fn all_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
+    let policies = model.policies.iter().flat_map(|p| {
+        p.ingress
+            .iter()
+            .chain(&p.egress)
+            .map(move |r| (p.id.to_string(), r))
+    });
+    let profiles = model.profiles.iter().flat_map(|p| {
+        p.ingress
+            .iter()
+            .chain(&p.egress)
+            .map(move |r| (format!("pro:{}", p.name), r))
+    });
+    policies.chain(profiles)
+}
+
+impl PeerClasses {
+    fn build(model: &Model) -> Result<Self, CompileError> {
+        let mut atoms = Atoms::default();
+        let mut prefixes: BTreeSet<Prefix> = BTreeSet::new();
+        let mapped = |what: String, net: &IpNet| CompileError::Unsupported {
+            endpoint: "*".into(),
+            policy: what,
+            what: format!("IPv6 net {net} inside ::ffff:0:0/96 (where the kernel keeps IPv4)"),
+        };
+        for root in ["0.0.0.0/0", "::/0"] {
+            prefixes.insert(Prefix::of(&root.parse().expect("root prefix")));
+        }
+        for e in &model.endpoints {
+            for ip in &e.ips {
+                let net = IpNet::from(*ip);
+                if in_v4_mapped_space(&net) {
+                    return Err(mapped(format!("endpoint {}", e.key()), &net));
+                }
+                prefixes.insert(Prefix::of(&net));
+            }
+        }
+        for s in &model.network_sets {
+            for n in &s.nets {
+                if in_v4_mapped_space(n) {
+                    return Err(mapped(format!("network set {}", s.name), n));
+                }
+                prefixes.insert(Prefix::of(n));
+            }
+        }
+        for (owner, rule) in all_rules(model) {
+            for side in [&rule.source, &rule.destination] {
+                for n in side.nets.iter().chain(&side.not_nets) {
+                    if in_v4_mapped_space(n) {
+                        return Err(mapped(owner.clone(), n));
+                    }
+                    prefixes.insert(Prefix::of(n));
+                    atoms.net(n);
+                }
+                for s in side.selector.iter().chain(&side.not_selector) {
+                    atoms.selector(s);
+                }
+            }
+        }
+        for f in model.failsafes.inbound.iter().chain(&model.failsafes.outbound) {
+            if let Some(n) = &f.net {
+                if in_v4_mapped_space(n) {
+                    return Err(mapped("failsafe".into(), n));
+                }
+                prefixes.insert(Prefix::of(n));
+                atoms.net(n);
+            }
+        }
+        let prefixes: Vec<Prefix> = prefixes.into_iter().collect();
+
+        // Which endpoints and network sets each selector matches.
+        let selector_endpoints: Vec<Vec<bool>> = atoms
+            .selectors
+            .iter()
+            .map(|s| model.endpoints.iter().map(|e| s.evaluate(&e.labels)).collect())
+            .collect();
+        let selector_sets: Vec<Vec<bool>> = atoms
+            .selectors
+            .iter()
+            .map(|s| {
+                model
+                    .network_sets
+                    .iter()
+                    .map(|n| s.evaluate(&n.labels))
+                    .collect()
+            })
+            .collect();
+        let mut owners: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+        for (i, e) in model.endpoints.iter().enumerate() {
+            for ip in &e.ips {
+                owners.entry(*ip).or_default().push(i);
+            }
+        }
+
+        let words = atoms.bits().div_ceil(64);
+        let mut class_of_sig: HashMap<Signature, u32> = HashMap::new();
+        let mut classes: Vec<Class> = Vec::new();
+        let mut emitted = Vec::new();
+        // Enclosing emitted prefixes: (prefix, class).
+        let mut stack: Vec<(Prefix, u32)> = Vec::new();
+        for (i, p) in prefixes.iter().enumerate() {
+            let Some(rep) = uncovered_address(&prefixes, i) else {
+                continue; // every address of P has a longer collected prefix
+            };
+            let r = Prefix::addr(p.v6, rep);
+            let mut bits = vec![0u64; words];
+            let mut set = |b: usize| bits[b / 64] |= 1 << (b % 64);
+            for (k, n) in atoms.nets.iter().enumerate() {
+                if n.contains(&r) {
+                    set(k);
+                }
+            }
+            let own: &[usize] = owners.get(&r).map(Vec::as_slice).unwrap_or(&[]);
+            let sets: Vec<usize> = model
+                .network_sets
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.nets.iter().any(|n| n.contains(&r)))
+                .map(|(k, _)| k)
+                .collect();
+            for k in 0..atoms.selectors.len() {
+                if own.iter().any(|&e| selector_endpoints[k][e])
+                    || sets.iter().any(|&s| selector_sets[k][s])
+                {
+                    set(atoms.nets.len() + k);
+                }
+            }
+            let mut named_ports: Vec<(String, u8, u16)> = own
+                .iter()
+                .flat_map(|&e| &model.endpoints[e].named_ports)
+                .map(|np| (np.name.clone(), np.protocol, np.port))
+                .collect();
+            named_ports.sort();
+            named_ports.dedup();
+            let signature = Signature {
+                v6: p.v6,
+                bits,
+                named_ports,
+            };
+            let class = match class_of_sig.get(&signature) {
+                Some(c) => *c,
+                None => {
+                    let c = classes.len() as u32 + 1;
+                    class_of_sig.insert(signature.clone(), c);
+                    classes.push(Class {
+                        representative: r,
+                        signature,
+                    });
+                    c
+                }
+            };
+            while stack
+                .last()
+                .is_some_and(|(q, _)| q.v6 != p.v6 || q.end < p.start)
+            {
+                stack.pop();
+            }
+            if stack.last().is_some_and(|(_, c)| *c == class) {
+                continue; // LPM lands on the enclosing prefix, same class
+            }
+            stack.push((*p, class));
+            emitted.push((p.net(), class));
+        }
+        if emitted.len() > limits::MAX_PEER_PREFIXES as usize {
+            return Err(CompileError::Capacity {
+                endpoint: "*".into(),
+                limit: "peer prefixes (PEERS map)",
+                needed: emitted.len(),
+                max: limits::MAX_PEER_PREFIXES as usize,
+            });
+        }
+        Ok(PeerClasses {
+            atoms,
+            classes,
+            emitted,
+            collected: prefixes.len(),
+        })
+    }
+}
+
+/// An address of `prefixes[i]` inside no longer collected prefix (prefixes are
+/// sorted by family, start, length, so the ones inside P follow it).
+fn uncovered_address(prefixes: &[Prefix], i: usize) -> Option<u128> {
+    let p = prefixes[i];
+    let mut cur = p.start;
+    let mut j = i + 1;
+    while j < prefixes.len() {
+        let c = prefixes[j];
+        if c.v6 != p.v6 || c.start > p.end {
+            break;
+        }
+        if c.start > cur {
+            return Some(cur);
+        }
+        if c.end >= cur {
+            match c.end.checked_add(1) {
+                Some(n) => cur = n,
+                None => return None,
+            }
+            if cur > p.end {
+                return None;
+            }
+        }
+        j += 1;
+    }
+    (cur <= p.end).then_some(cur)
+}
+
+// ---------------------------------------------------------------------------
+// Per-endpoint tables.
+
+const PORT_PROTOCOLS: [u8; 4] = [proto::TCP, proto::UDP, proto::SCTP, proto::UDPLITE];
+const ICMP_PROTOCOLS: [u8; 2] = [proto::ICMP, proto::ICMPV6];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ports,
+    Icmp,
+    Other,
+}
+
+fn kind(p: u8) -> Kind {
+    if PORT_PROTOCOLS.contains(&p) {
+        Kind::Ports
+    } else if ICMP_PROTOCOLS.contains(&p) {
+        Kind::Icmp
+    } else {
+        Kind::Other
+    }
+}
+
+/// The packet the evaluator is asked about for protocol `p` and kernel port value `v`.
+fn packet(p: u8, v: u16) -> Packet {
+    match kind(p) {
+        Kind::Ports => Packet::with_ports(p, EPHEMERAL_PORT, v),
+        Kind::Icmp => Packet::icmp(p, (v >> 8) as u8, (v & 0xff) as u8),
+        Kind::Other => Packet {
+            protocol: p,
+            ..Packet::default()
+        },
+    }
+}
+
+/// One protocol's dimension: intervals `[start, next start)` of the kernel port value.
+struct Dim {
+    protocol: u8,
+    starts: Vec<u16>,
+}
+
+impl Dim {
+    fn end(&self, i: usize) -> u16 {
+        self.starts
+            .get(i + 1)
+            .map(|s| s - 1)
+            .unwrap_or(u16::MAX)
+    }
+}
+
+/// A table function of one peer group: "other protocols" verdict and one verdict
+/// per (protocol, interval).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Row {
+    other: Verdict,
+    cells: Vec<Vec<Verdict>>,
+}
+
+struct EndpointCompiler<'a, 'm> {
+    model: &'m Model,
+    eval: &'a Evaluator<'m>,
+    names: &'a Names,
+    peers: &'a PeerClasses,
+    index: usize,
+    endpoint: &'m Endpoint,
+    id: u32,
+    evaluations: usize,
+    out: Vec<RuleEntry>,
+}
+
+impl<'m> EndpointCompiler<'_, 'm> {
+    /// The decisive rules the endpoint's end can consult in this direction, with
+    /// their owner's name (both sets and the profiles).
+    fn rules(&self, direction: Direction) -> Vec<(String, &'m Rule)> {
+        let mut out: Vec<(String, &'m Rule)> = Vec::new();
+        for set in [PolicySet::Enforced, PolicySet::Pending] {
+            for tier in self.eval.applicable_policies(set, self.index, direction) {
+                for p in &tier.policies {
+                    for r in p.rules(direction) {
+                        out.push((p.id.to_string(), r));
+                    }
+                }
+            }
+        }
+        for name in &self.endpoint.profiles {
+            if let Some(p) = self.model.profiles.iter().find(|p| &p.name == name) {
+                let rules = match direction {
+                    Direction::Ingress => &p.ingress,
+                    Direction::Egress => &p.egress,
+                };
+                out.extend(rules.iter().map(|r| (format!("pro:{name}"), r)));
+            }
+        }
+        out.retain(|(_, r)| r.action != Action::Log);
+        out
+    }
+
+    fn failsafes(&self, direction: Direction) -> &'m [FailsafePort] {
+        if self.endpoint.kind != EndpointKind::Host {
+            return &[];
+        }
+        match direction {
+            Direction::Ingress => &self.model.failsafes.inbound,
+            Direction::Egress => &self.model.failsafes.outbound,
+        }
+    }
+
+    fn direction(&mut self, direction: Direction, has_staged: bool) -> Result<(), CompileError> {
+        let rules = self.rules(direction);
+        let failsafes = self.failsafes(direction);
+        for (owner, r) in &rules {
+            if !r.source.ports.is_empty() || !r.source.not_ports.is_empty() {
+                return Err(CompileError::Unsupported {
+                    endpoint: self.endpoint.key(),
+                    policy: owner.clone(),
+                    what: format!(
+                        "a {direction:?} rule on source ports (the dataplane keys on destination ports only)"
+                    ),
+                });
+            }
+        }
+
+        // Protocols the rules tell apart.
+        let mut protocols: BTreeSet<u8> = BTreeSet::new();
+        for (_, r) in &rules {
+            protocols.extend(r.protocol);
+            protocols.extend(r.not_protocol);
+            let d = &r.destination;
+            if r.protocol.is_none() && (!d.ports.is_empty() || !d.not_ports.is_empty()) {
+                protocols.extend(PORT_PROTOCOLS);
+            }
+            if r.protocol.is_none() && (r.icmp.is_some() || r.not_icmp.is_some()) {
+                protocols.extend(ICMP_PROTOCOLS);
+            }
+        }
+        protocols.extend(failsafes.iter().map(|f| f.protocol));
+        // A protocol no rule names (GRE unless named; never an IPv6 extension header).
+        let other = std::iter::once(47)
+            .chain(2..=255u8)
+            .find(|p| {
+                kind(*p) == Kind::Other
+                    && !protocols.contains(p)
+                    && ![0, 43, 44, 51, 60].contains(p)
+            })
+            .unwrap_or(255);
+
+        // Port breakpoints per protocol.
+        let dims: Vec<Dim> = protocols
+            .iter()
+            .map(|&p| {
+                let mut cuts: BTreeSet<u32> = BTreeSet::from([0]);
+                let mut cut = |a: u32, b: u32| {
+                    cuts.insert(a);
+                    cuts.insert(b);
+                };
+                let may_match = |r: &Rule| {
+                    r.protocol.is_none_or(|q| q == p) && r.not_protocol != Some(p)
+                };
+                match kind(p) {
+                    Kind::Ports => {
+                        for (_, r) in rules.iter().filter(|(_, r)| may_match(r)) {
+                            for m in r.destination.ports.iter().chain(&r.destination.not_ports) {
+                                match m {
+                                    PortMatch::Range(range) => {
+                                        cut(u32::from(range.first), u32::from(range.last) + 1)
+                                    }
+                                    PortMatch::Named(name) => {
+                                        for np in self
+                                            .model
+                                            .endpoints
+                                            .iter()
+                                            .flat_map(|e| &e.named_ports)
+                                            .filter(|np| &np.name == name && np.protocol == p)
+                                        {
+                                            cut(u32::from(np.port), u32::from(np.port) + 1);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        for f in failsafes.iter().filter(|f| f.protocol == p) {
+                            cut(u32::from(f.port), u32::from(f.port) + 1);
+                        }
+                    }
+                    Kind::Icmp => {
+                        for (_, r) in rules.iter().filter(|(_, r)| may_match(r)) {
+                            for m in r.icmp.iter().chain(&r.not_icmp) {
+                                let t = u32::from(m.icmp_type) << 8;
+                                cut(t, t + 256);
+                                if let Some(c) = m.code {
+                                    cut(t | u32::from(c), (t | u32::from(c)) + 1);
+                                }
+                            }
+                        }
+                    }
+                    Kind::Other => {}
+                }
+                Dim {
+                    protocol: p,
+                    starts: cuts
+                        .into_iter()
+                        .filter(|&c| c <= 0xffff)
+                        .map(|c| c as u16)
+                        .collect(),
+                }
+            })
+            .collect();
+
+        // Group classes by the signature bits these rules read.
+        let mut used: BTreeSet<usize> = BTreeSet::new();
+        let mut named = false;
+        let atoms = &self.peers.atoms;
+        for (_, r) in &rules {
+            for side in [&r.source, &r.destination] {
+                for n in side.nets.iter().chain(&side.not_nets) {
+                    used.insert(atoms.net_bit(n));
+                }
+                for s in side.selector.iter().chain(&side.not_selector) {
+                    used.insert(atoms.selector_bit(s));
+                }
+                named |= side
+                    .ports
+                    .iter()
+                    .chain(&side.not_ports)
+                    .any(|m| matches!(m, PortMatch::Named(_)));
+            }
+        }
+        for f in failsafes {
+            if let Some(n) = &f.net {
+                used.insert(atoms.net_bit(n));
+            }
+        }
+        type GroupKey = (bool, Vec<bool>, Vec<(String, u8, u16)>);
+        let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
+        let mut group_rep: Vec<usize> = Vec::new(); // group -> representative class index
+        let mut class_group: Vec<usize> = Vec::with_capacity(self.peers.classes.len());
+        for (ci, class) in self.peers.classes.iter().enumerate() {
+            let sig = &class.signature;
+            let key: GroupKey = (
+                sig.v6,
+                used.iter().map(|&b| sig.bit(b)).collect(),
+                if named {
+                    sig.named_ports.clone()
+                } else {
+                    Vec::new()
+                },
+            );
+            let next = group_rep.len();
+            let g = *group_of_key.entry(key).or_insert_with(|| {
+                group_rep.push(ci);
+                next
+            });
+            class_group.push(g);
+        }
+
+        let tables: &[(Table, PolicySet)] = if has_staged {
+            &[
+                (Table::Enforced, PolicySet::Enforced),
+                (Table::Pending, PolicySet::Pending),
+            ]
+        } else {
+            &[(Table::Enforced, PolicySet::Enforced)]
+        };
+        for &(table, set) in tables {
+            let mut rows: Vec<Row> = Vec::with_capacity(group_rep.len());
+            for &ci in &group_rep {
+                let peer = self.peers.classes[ci].representative;
+                rows.push(self.row(set, direction, peer, &dims, other)?);
+            }
+            self.emit(direction, table, &dims, &rows, &class_group);
+        }
+        Ok(())
+    }
+
+    /// The evaluator's function for one peer, checked to be the same for every
+    /// local address of the peer's family.
+    fn row(
+        &mut self,
+        set: PolicySet,
+        direction: Direction,
+        peer: IpAddr,
+        dims: &[Dim],
+        other: u8,
+    ) -> Result<Row, CompileError> {
+        let mut locals: Vec<IpAddr> = self
+            .endpoint
+            .ips
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv6() == peer.is_ipv6())
+            .collect();
+        if locals.is_empty() {
+            locals.push(if peer.is_ipv6() {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            });
+        }
+        let mut first: Option<Row> = None;
+        for local in locals {
+            let mut ask = |p: u8, v: u16| {
+                self.evaluations += 1;
+                let end = self
+                    .eval
+                    .evaluate_end(set, self.index, direction, peer, local, &packet(p, v));
+                self.names.verdict(&end)
+            };
+            let row = Row {
+                other: ask(other, 0),
+                cells: dims
+                    .iter()
+                    .map(|d| d.starts.iter().map(|&s| ask(d.protocol, s)).collect())
+                    .collect(),
+            };
+            match &first {
+                None => first = Some(row),
+                Some(f) if *f == row => {}
+                Some(_) => {
+                    return Err(CompileError::Unsupported {
+                        endpoint: self.endpoint.key(),
+                        policy: "*".into(),
+                        what: format!(
+                            "{direction:?} verdicts that depend on which of the endpoint's own addresses a packet uses"
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(first.expect("at least one local address"))
+    }
+
+    /// Writes one (direction, table): the most common row under the wildcard
+    /// class, the others as exceptions (see the module docs).
+    fn emit(
+        &mut self,
+        direction: Direction,
+        table: Table,
+        dims: &[Dim],
+        rows: &[Row],
+        class_group: &[usize],
+    ) {
+        let mut count = vec![0usize; rows.len()];
+        for &g in class_group {
+            count[g] += 1;
+        }
+        // Groups with equal rows count together.
+        let mut same: HashMap<&Row, usize> = HashMap::new();
+        for (g, row) in rows.iter().enumerate() {
+            *same.entry(row).or_default() += count[g];
+        }
+        let wildcard = rows
+            .iter()
+            .enumerate()
+            .max_by_key(|(g, row)| (same[row], std::cmp::Reverse(*g)))
+            .map(|(_, row)| row.clone())
+            .expect("at least the two root classes");
+        let base = RuleEntry {
+            endpoint_id: self.id,
+            direction,
+            table,
+            peer: PeerMatch::Any,
+            protocol: None,
+            ports: Ports::Any,
+            verdict: wildcard.other,
+        };
+        self.out.push(base);
+        push_runs(&mut self.out, base, dims, &wildcard, |_, _, v| {
+            v != wildcard.other
+        });
+        for (ci, &g) in class_group.iter().enumerate() {
+            let row = &rows[g];
+            if *row == wildcard {
+                continue;
+            }
+            let entry = RuleEntry {
+                peer: PeerMatch::Class(ci as u32 + 1),
+                verdict: row.other,
+                ..base
+            };
+            if row.other == wildcard.other {
+                push_runs(&mut self.out, entry, dims, row, |d, mut range, _| {
+                    range.any(|i| row.cells[d][i] != wildcard.cells[d][i])
+                });
+            } else {
+                self.out.push(entry);
+                push_runs(&mut self.out, entry, dims, row, |_, _, v| v != row.other);
+            }
+        }
+    }
+}
+
+/// Emits the maximal runs of equal verdict in `row` that `keep(dim, intervals, verdict)` selects.
+fn push_runs(
+    out: &mut Vec<RuleEntry>,
+    base: RuleEntry,
+    dims: &[Dim],
+    row: &Row,
+    keep: impl Fn(usize, std::ops::RangeInclusive<usize>, Verdict) -> bool,
+) {
+    for (d, dim) in dims.iter().enumerate() {
+        let cells = &row.cells[d];
+        let mut i = 0;
+        while i < cells.len() {
+            let mut j = i;
+            while j + 1 < cells.len() && cells[j + 1] == cells[i] {
+                j += 1;
+            }
+            if keep(d, i..=j, cells[i]) {
+                let (first, last) = (dim.starts[i], dim.end(j));
+                let ports = if kind(dim.protocol) == Kind::Other || (first, last) == (0, u16::MAX)
+                {
+                    Ports::Any
+                } else {
+                    Ports::Range(first, last)
+                };
+                out.push(RuleEntry {
+                    protocol: Some(dim.protocol),
+                    ports,
+                    verdict: cells[i],
+                    ..base
+                });
+            }
+            i = j + 1;
+        }
+    }
+}
+
+/// Human-readable summary of a compile, for logs and `agent status`.
+pub fn summary(c: &Compiled) -> String {
+    let s = &c.stats;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{} endpoints, {} classes ({} of {} prefixes emitted), {} entries ({} keys), {} evaluations in {:?}",
+        c.endpoints.len(),
+        s.classes,
+        s.peer_prefixes,
+        s.prefixes_collected,
+        s.rule_entries,
+        s.rule_keys,
+        s.evaluations,
+        s.duration
+    );
+    out
+}

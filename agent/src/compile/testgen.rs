@@ -1,0 +1,597 @@
+//! Test support shared by the compiler's unit tests and the kernel differential
+//! test (`tests/tests/bpf_differential.rs`): random models, random probes, and a
+//! userspace model of the kernel's lookups over an encoded [`TableSet`].
+//! Not used by the agent itself.
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use agent_common::{RuleKey, Verdict, PEER_CLASS_ANY, PEER_CLASS_WORLD};
+use ipnet::IpNet;
+
+use crate::dataplane::tables::{addr_bytes, direction_code, TableError, TableSet};
+use crate::eval::Packet;
+use crate::model::ir::{
+    proto, Action, Direction, Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Labels,
+    Model, NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile,
+    Rule, StagedAction, Tier, TierDefault, LABEL_NAMESPACE,
+};
+use crate::selector::{parse, Selector};
+
+/// xorshift64*: small, deterministic, no dependency.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+}
+
+pub const V4_POOL: [&str; 6] = [
+    "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.9", "10.0.1.5",
+];
+pub const V6_POOL: [&str; 6] = [
+    "fd00::1", "fd00::2", "fd00::3", "fd00::4", "fd00::9", "fd01::5",
+];
+/// Addresses no endpoint has (some inside network sets or rule nets).
+pub const OUTSIDE: [&str; 10] = [
+    "10.0.0.6",
+    "10.0.1.7",
+    "10.0.0.200",
+    "192.168.3.3",
+    "8.8.8.8",
+    "fd00::6",
+    "fd01::77",
+    "fd00::c8",
+    "2001:db8::1",
+    "fe80::1",
+];
+const NETS: [&str; 16] = [
+    "10.0.0.0/29",
+    "10.0.0.0/24",
+    "10.0.1.0/24",
+    "10.0.0.2/32",
+    "10.0.0.4/31",
+    "192.168.0.0/16",
+    "0.0.0.0/0",
+    "8.8.8.8/32",
+    "fd00::/125",
+    "fd00::/64",
+    "fd01::/64",
+    "fd00::2/128",
+    "fd00::4/127",
+    "::/0",
+    "2001:db8::/32",
+    "10.0.0.0/8",
+];
+const SELECTORS: [&str; 9] = [
+    "all()",
+    "app == 'a'",
+    "app != 'b'",
+    "has(role)",
+    "role in {'x'}",
+    "!has(app)",
+    "app == 'c' || role == 'y'",
+    "kind == 'ext'",
+    "has(app) && !has(role)",
+];
+pub const PORTS: [u16; 20] = [
+    22, 53, 67, 68, 80, 81, 179, 999, 1000, 1500, 2000, 2001, 6443, 8000, 8080, 8100, 8101, 9000,
+    0, 65535,
+];
+pub const ICMP_TYPES: [u8; 6] = [0, 3, 8, 11, 128, 129];
+pub const ICMP_CODES: [u8; 3] = [0, 1, 4];
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn sel(rng: &mut Rng) -> Selector {
+    parse(rng.pick(&SELECTORS)).expect("vocabulary selectors parse")
+}
+
+fn net(rng: &mut Rng) -> IpNet {
+    rng.pick(&NETS).parse().unwrap()
+}
+
+/// Options for [`random_model`].
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Percent of rules with source ports (the compiler rejects those).
+    pub source_ports: u64,
+    /// Percent of endpoints with two addresses of a family.
+    pub two_addresses: u64,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            source_ports: 2,
+            two_addresses: 5,
+        }
+    }
+}
+
+/// A small random model: 2-5 workloads (sometimes a host endpoint), network
+/// sets, tiers with Pass and Deny defaults, enforced and staged policies.
+pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
+    let mut endpoints = Vec::new();
+    let n = 2 + rng.below(4);
+    let mut v4: Vec<&str> = V4_POOL.to_vec();
+    let mut v6: Vec<&str> = V6_POOL.to_vec();
+    for i in 0..n {
+        let host = i == n - 1 && rng.chance(30);
+        let ns = rng.pick(&["n1", "n2"]);
+        let mut l = Labels::new();
+        if rng.chance(80) {
+            l.insert("app".into(), rng.pick(&["a", "b", "c"]).into());
+        }
+        if rng.chance(50) {
+            l.insert("role".into(), rng.pick(&["x", "y"]).into());
+        }
+        if !host {
+            l.insert(LABEL_NAMESPACE.into(), ns.into());
+        }
+        let mut ips: Vec<IpAddr> = Vec::new();
+        let (want4, want6) = match rng.below(5) {
+            0 => (true, false),
+            1 => (false, true),
+            _ => (true, true),
+        };
+        let mut take = |pool: &mut Vec<&str>, rng: &mut Rng| {
+            if !pool.is_empty() {
+                let k = rng.below(pool.len());
+                ips.push(pool.remove(k).parse().unwrap());
+            }
+        };
+        if want4 {
+            take(&mut v4, rng);
+            if rng.chance(shape.two_addresses) {
+                take(&mut v4, rng);
+            }
+        }
+        if want6 {
+            take(&mut v6, rng);
+        }
+        let mut named_ports = Vec::new();
+        if rng.chance(50) {
+            named_ports.push(NamedPort {
+                name: "http".into(),
+                protocol: proto::TCP,
+                port: rng.pick(&[80, 8080]),
+            });
+        }
+        if rng.chance(30) {
+            named_ports.push(NamedPort {
+                name: "dns".into(),
+                protocol: proto::UDP,
+                port: 53,
+            });
+        }
+        let profiles = if host {
+            vec![]
+        } else {
+            match rng.below(4) {
+                0 => vec![],
+                1 => vec!["p1".into()],
+                _ => vec![format!("kns.{ns}")],
+            }
+        };
+        endpoints.push(Endpoint {
+            kind: if host {
+                EndpointKind::Host
+            } else {
+                EndpointKind::Workload
+            },
+            namespace: (!host).then(|| ns.to_string()),
+            name: format!("ep{i}"),
+            labels: l,
+            interface: Some(format!("ep{i}")),
+            ips,
+            named_ports,
+            profiles,
+        });
+    }
+    let mut network_sets = vec![NetworkSet {
+        namespace: None,
+        name: "ext".into(),
+        labels: labels(&[("kind", "ext")]),
+        nets: vec![net(rng), net(rng)],
+    }];
+    if rng.chance(50) {
+        network_sets.push(NetworkSet {
+            namespace: None,
+            name: "more".into(),
+            labels: labels(&[("app", "c")]),
+            nets: vec![net(rng)],
+        });
+    }
+    let mut tiers = vec![
+        Tier {
+            name: "kube-admin".into(),
+            order: Some(1000.0),
+            default_action: TierDefault::Pass,
+        },
+        Tier {
+            name: "default".into(),
+            order: Some(1_000_000.0),
+            default_action: TierDefault::Deny,
+        },
+        Tier {
+            name: "kube-baseline".into(),
+            order: Some(10_000_000.0),
+            default_action: TierDefault::Pass,
+        },
+    ];
+    tiers.push(Tier {
+        name: "sec".into(),
+        order: rng.pick(&[Some(100.0), None]),
+        default_action: rng.pick(&[TierDefault::Pass, TierDefault::Deny]),
+    });
+    let tier_names = ["default", "default", "sec", "kube-admin", "kube-baseline"];
+    let mut policies = Vec::new();
+    let names = ["p-a", "p-b", "p-c", "p-d"];
+    for i in 0..1 + rng.below(5) {
+        policies.push(random_policy(rng, shape, false, names[i % names.len()], &tier_names, i));
+    }
+    for i in 0..rng.below(4) {
+        let name = names[rng.below(names.len())];
+        policies.push(random_policy(rng, shape, true, name, &tier_names, i));
+    }
+    // Identities must be unique.
+    let mut seen = std::collections::HashSet::new();
+    policies.retain(|p: &Policy| seen.insert(p.id.clone()));
+    let profiles = vec![Profile {
+        name: "p1".into(),
+        ingress: (0..rng.below(3)).map(|_| random_rule(rng, shape)).collect(),
+        egress: (0..rng.below(3)).map(|_| random_rule(rng, shape)).collect(),
+        labels_to_apply: Labels::new(),
+    }];
+    let mut failsafes = crate::model::ir::Failsafes::default();
+    if rng.chance(30) {
+        failsafes.inbound.push(FailsafePort {
+            protocol: proto::TCP,
+            port: 8080,
+            net: Some(net(rng)),
+        });
+    }
+    Model {
+        tiers,
+        policies,
+        profiles,
+        endpoints,
+        network_sets,
+        failsafes,
+    }
+}
+
+fn random_policy(
+    rng: &mut Rng,
+    shape: Shape,
+    staged: bool,
+    name: &str,
+    tier_names: &[&str],
+    i: usize,
+) -> Policy {
+    let namespaced = rng.chance(30);
+    let kind = match (staged, namespaced) {
+        (false, false) => PolicyKind::GlobalNetworkPolicy,
+        (false, true) => PolicyKind::NetworkPolicy,
+        (true, false) => PolicyKind::StagedGlobalNetworkPolicy,
+        (true, true) => PolicyKind::StagedNetworkPolicy,
+    };
+    let namespace = namespaced.then(|| "n1".to_string());
+    let mut selector = sel(rng);
+    if namespaced {
+        selector = selector.and(Selector::equals(LABEL_NAMESPACE, "n1"));
+    }
+    let (ingress_type, egress_type) = match rng.below(3) {
+        0 => (true, false),
+        1 => (false, true),
+        _ => (true, true),
+    };
+    let rules = |rng: &mut Rng| -> Vec<Rule> {
+        (0..rng.below(4)).map(|_| random_rule(rng, shape)).collect()
+    };
+    let ingress = rules(rng);
+    let egress = rules(rng);
+    Policy {
+        id: PolicyId {
+            kind,
+            namespace,
+            name: name.into(),
+        },
+        tier: rng.pick(tier_names).to_string(),
+        order: rng.pick(&[None, Some(1.0), Some(5.0), Some(10.0), Some(i as f64)]),
+        selector,
+        ingress_type,
+        egress_type,
+        ingress,
+        egress,
+        staged_action: staged
+            .then(|| rng.pick(&[StagedAction::Set, StagedAction::Delete, StagedAction::Ignore])),
+        do_not_track: false,
+        pre_dnat: false,
+        apply_on_forward: false,
+    }
+}
+
+fn port_match(rng: &mut Rng) -> PortMatch {
+    match rng.below(6) {
+        0 => PortMatch::Named(rng.pick(&["http", "dns", "nope"]).into()),
+        1 => {
+            let (a, b) = rng.pick(&[(1000, 2000), (8000, 8100), (1, 1023), (53, 80)]);
+            PortMatch::Range(PortRange { first: a, last: b })
+        }
+        _ => {
+            let p = rng.pick(&[22, 53, 80, 8080, 6443, 9000]);
+            PortMatch::Range(PortRange { first: p, last: p })
+        }
+    }
+}
+
+fn random_entity(rng: &mut Rng, ports: bool) -> EntityRule {
+    let mut e = EntityRule::default();
+    if rng.chance(25) {
+        e.nets = (0..1 + rng.below(2)).map(|_| net(rng)).collect();
+    }
+    if rng.chance(10) {
+        e.not_nets = vec![net(rng)];
+    }
+    if rng.chance(30) {
+        e.selector = Some(sel(rng));
+    }
+    if rng.chance(10) {
+        e.not_selector = Some(sel(rng));
+    }
+    if ports && rng.chance(50) {
+        e.ports = (0..1 + rng.below(2)).map(|_| port_match(rng)).collect();
+    }
+    if ports && rng.chance(10) {
+        e.not_ports = vec![port_match(rng)];
+    }
+    e
+}
+
+pub fn random_rule(rng: &mut Rng, shape: Shape) -> Rule {
+    let action = rng.pick(&[
+        Action::Allow,
+        Action::Allow,
+        Action::Deny,
+        Action::Pass,
+        Action::Log,
+    ]);
+    let protocol = rng.pick(&[
+        None,
+        None,
+        Some(proto::TCP),
+        Some(proto::TCP),
+        Some(proto::UDP),
+        Some(proto::ICMP),
+        Some(proto::ICMPV6),
+        Some(proto::SCTP),
+        Some(47),
+    ]);
+    let ports = matches!(protocol, Some(proto::TCP | proto::UDP | proto::SCTP));
+    let icmp = matches!(protocol, Some(proto::ICMP | proto::ICMPV6));
+    let icmp_match = |rng: &mut Rng| IcmpMatch {
+        icmp_type: rng.pick(&ICMP_TYPES),
+        code: rng.chance(50).then(|| rng.pick(&ICMP_CODES)),
+    };
+    let mut source = random_entity(rng, false);
+    if ports && rng.chance(shape.source_ports) {
+        source.ports = vec![port_match(rng)];
+    }
+    Rule {
+        action,
+        ip_version: rng.pick(&[None, None, None, Some(4), Some(6)]),
+        protocol,
+        not_protocol: (protocol.is_none() && rng.chance(15)).then(|| rng.pick(&[6, 17, 1])),
+        icmp: (icmp && rng.chance(60)).then(|| icmp_match(rng)),
+        not_icmp: (icmp && rng.chance(15)).then(|| icmp_match(rng)),
+        source,
+        destination: random_entity(rng, ports),
+    }
+}
+
+/// One question for the tables and the evaluator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub endpoint_index: usize,
+    pub direction: Direction,
+    pub local: IpAddr,
+    pub peer: IpAddr,
+    pub protocol: u8,
+    pub src_port: u16,
+    /// The kernel's port value: destination port, or ICMP `type << 8 | code`.
+    pub port: u16,
+}
+
+impl Probe {
+    pub fn packet(&self) -> Packet {
+        match self.protocol {
+            proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE => {
+                Packet::with_ports(self.protocol, self.src_port, self.port)
+            }
+            proto::ICMP | proto::ICMPV6 => {
+                Packet::icmp(self.protocol, (self.port >> 8) as u8, self.port as u8)
+            }
+            p => Packet {
+                protocol: p,
+                ..Packet::default()
+            },
+        }
+    }
+}
+
+/// A random probe on one of `endpoints` (indexes into `model.endpoints`; each
+/// must have an address): its own address, a peer from the pools, the network
+/// sets or outside.
+pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe {
+    let endpoint_index = rng.pick(endpoints);
+    let e = &model.endpoints[endpoint_index];
+    let local = rng.pick(&e.ips);
+    let v6 = local.is_ipv6();
+    let mut peers: Vec<IpAddr> = model
+        .endpoints
+        .iter()
+        .flat_map(|e| e.ips.iter().copied())
+        .chain(OUTSIDE.iter().map(|s| s.parse().unwrap()))
+        .chain(
+            model
+                .network_sets
+                .iter()
+                .flat_map(|s| s.nets.iter())
+                .map(|n| {
+                    // The last address of the net.
+                    n.broadcast()
+                }),
+        )
+        .filter(|ip: &IpAddr| ip.is_ipv6() == v6)
+        .collect();
+    peers.sort();
+    peers.dedup();
+    let peer = rng.pick(&peers);
+    let icmp = if v6 { proto::ICMPV6 } else { proto::ICMP };
+    let protocol = rng.pick(&[
+        proto::TCP,
+        proto::TCP,
+        proto::UDP,
+        proto::SCTP,
+        icmp,
+        icmp,
+        47,
+    ]);
+    let port = if protocol == icmp {
+        u16::from(rng.pick(&ICMP_TYPES)) << 8 | u16::from(rng.pick(&ICMP_CODES))
+    } else if protocol == 47 {
+        0
+    } else if rng.chance(85) {
+        rng.pick(&PORTS)
+    } else {
+        rng.next() as u16
+    };
+    Probe {
+        endpoint_index,
+        direction: rng.pick(&[Direction::Ingress, Direction::Egress]),
+        local,
+        peer,
+        protocol,
+        src_port: 1024 + (rng.next() % 60000) as u16,
+        port,
+    }
+}
+
+/// The kernel's lookups over encoded tables, in userspace.
+pub struct TableModel {
+    peers: HashMap<(u32, [u8; 16]), u32>,
+    rules: HashMap<(u32, [u8; 16]), Verdict>,
+}
+
+fn key_bytes(k: &RuleKey) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&k.endpoint_id.to_ne_bytes());
+    b[4..8].copy_from_slice(&k.peer_class.to_ne_bytes());
+    b[8] = k.direction;
+    b[9] = k.table;
+    b[10] = k.protocol;
+    b[11] = k._pad;
+    b[12..14].copy_from_slice(&k.port);
+    b[14..16].copy_from_slice(&k._pad2);
+    b
+}
+
+/// The first `len` bits of `b` (LPM tries compare data as a big-endian bit string).
+fn mask(mut b: [u8; 16], len: u32) -> [u8; 16] {
+    for (i, byte) in b.iter_mut().enumerate() {
+        let bit = (i * 8) as u32;
+        if bit >= len {
+            *byte = 0;
+        } else if bit + 8 > len {
+            *byte &= 0xffu8 << (8 - (len - bit));
+        }
+    }
+    b
+}
+
+impl TableModel {
+    pub fn new(tables: &TableSet) -> Result<Self, TableError> {
+        let enc = tables.encode()?;
+        Ok(TableModel {
+            peers: enc
+                .peers
+                .iter()
+                .map(|(l, a, c)| ((*l, mask(*a, *l)), *c))
+                .collect(),
+            rules: enc
+                .rules
+                .iter()
+                .map(|(l, k, v)| ((*l, mask(key_bytes(k), *l)), *v))
+                .collect(),
+        })
+    }
+
+    pub fn class(&self, peer: IpAddr) -> u32 {
+        let a = addr_bytes(peer);
+        (0..=128u32)
+            .rev()
+            .find_map(|l| self.peers.get(&(l, mask(a, l))).copied())
+            .unwrap_or(PEER_CLASS_WORLD)
+    }
+
+    fn longest(&self, key: &RuleKey) -> Option<Verdict> {
+        let b = key_bytes(key);
+        (0..=128u32)
+            .rev()
+            .find_map(|l| self.rules.get(&(l, mask(b, l))).copied())
+    }
+
+    /// What the kernel decides: own class, then the wildcard class, else `NO_ENTRY`.
+    pub fn lookup(
+        &self,
+        endpoint_id: u32,
+        direction: Direction,
+        pending: bool,
+        peer: IpAddr,
+        protocol: u8,
+        port: u16,
+    ) -> Verdict {
+        let key = RuleKey {
+            endpoint_id,
+            peer_class: self.class(peer),
+            direction: direction_code(direction),
+            table: u8::from(pending),
+            protocol,
+            _pad: 0,
+            port: port.to_be_bytes(),
+            _pad2: [0; 2],
+        };
+        self.longest(&key)
+            .or_else(|| {
+                self.longest(&RuleKey {
+                    peer_class: PEER_CLASS_ANY,
+                    ..key
+                })
+            })
+            .unwrap_or(Verdict::NO_ENTRY)
+    }
+}

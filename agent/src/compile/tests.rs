@@ -1,0 +1,460 @@
+use std::net::IpAddr;
+
+use super::testgen::{random_model, random_probe, Rng, Shape, TableModel};
+use super::*;
+use crate::model::ir::{
+    EntityRule, Labels, NetworkSet, Policy, PolicyKind, PortRange, StagedAction, Tier, TierDefault,
+    LABEL_NAMESPACE,
+};
+use crate::selector::parse;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn pod(name: &str, ips: &[&str]) -> Endpoint {
+    let labels: Labels = [("app", name), (LABEL_NAMESPACE, "prod")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Endpoint {
+        kind: EndpointKind::Workload,
+        namespace: Some("prod".into()),
+        name: name.into(),
+        labels,
+        interface: Some(format!("cali{name}")),
+        ips: ips.iter().map(|s| ip(s)).collect(),
+        named_ports: vec![],
+        profiles: vec!["kns.prod".into()],
+    }
+}
+
+fn tiers() -> Vec<Tier> {
+    vec![
+        Tier {
+            name: "kube-admin".into(),
+            order: Some(1000.0),
+            default_action: TierDefault::Pass,
+        },
+        Tier {
+            name: "default".into(),
+            order: Some(1_000_000.0),
+            default_action: TierDefault::Deny,
+        },
+        Tier {
+            name: "kube-baseline".into(),
+            order: Some(10_000_000.0),
+            default_action: TierDefault::Pass,
+        },
+    ]
+}
+
+fn rule(action: Action) -> Rule {
+    Rule {
+        action,
+        ip_version: None,
+        protocol: None,
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        source: EntityRule::default(),
+        destination: EntityRule::default(),
+    }
+}
+
+fn policy(kind: PolicyKind, name: &str, selector: &str) -> Policy {
+    Policy {
+        id: PolicyId {
+            kind,
+            namespace: None,
+            name: name.into(),
+        },
+        tier: "default".into(),
+        order: None,
+        selector: parse(selector).unwrap(),
+        ingress_type: true,
+        egress_type: false,
+        ingress: vec![],
+        egress: vec![],
+        staged_action: kind.is_staged().then_some(StagedAction::Set),
+        do_not_track: false,
+        pre_dnat: false,
+        apply_on_forward: false,
+    }
+}
+
+fn tcp_ports(action: Action, first: u16, last: u16) -> Rule {
+    let mut r = rule(action);
+    r.protocol = Some(proto::TCP);
+    r.destination.ports = vec![PortMatch::Range(PortRange { first, last })];
+    r
+}
+
+/// prod/frontend, backend, database; enforced: backend -> database TCP 8080;
+/// staged: default-deny of backend ingress.
+fn seed() -> Model {
+    let mut allow_db = policy(
+        PolicyKind::GlobalNetworkPolicy,
+        "allow-backend-to-db",
+        "app == 'database'",
+    );
+    let mut r = tcp_ports(Action::Allow, 8080, 8080);
+    r.source.selector = Some(parse("app == 'backend'").unwrap());
+    allow_db.ingress = vec![r];
+    let mut staged = policy(
+        PolicyKind::StagedNetworkPolicy,
+        "default-deny",
+        "app == 'backend' && projectcalico.org/namespace == 'prod'",
+    );
+    staged.id.namespace = Some("prod".into());
+    Model {
+        tiers: tiers(),
+        policies: vec![allow_db, staged],
+        endpoints: vec![
+            pod("frontend", &["10.65.0.1", "fd65::1"]),
+            pod("backend", &["10.65.0.2", "fd65::2"]),
+            pod("database", &["10.65.0.3", "fd65::3"]),
+        ],
+        ..Model::default()
+    }
+}
+
+/// Compares every probe: tables (as the kernel reads them) vs the evaluator.
+fn agree(model: &Model, c: &Compiled, probes: &[Probe]) {
+    let sim = TableModel::new(&c.tables).expect("tables encode");
+    let eval = Evaluator::new(model);
+    for p in probes {
+        let ep = c
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint_index == p.endpoint_index)
+            .unwrap();
+        for (set, pending) in [(PolicySet::Enforced, false), (PolicySet::Pending, true)] {
+            let want = c.verdict_of(&eval.evaluate_end(
+                set,
+                p.endpoint_index,
+                p.direction,
+                p.peer,
+                p.local,
+                &p.packet(),
+            ));
+            // Endpoints without staged policy: the pending verdict is the enforced one.
+            let pending = pending && ep.has_staged;
+            let got = sim.lookup(ep.id, p.direction, pending, p.peer, p.protocol, p.port);
+            assert_eq!(
+                got,
+                want,
+                "{set:?} {p:?}: tables say {}, evaluator {}",
+                c.describe(&got),
+                c.describe(&want)
+            );
+        }
+    }
+}
+
+use super::testgen::Probe;
+
+fn probe(endpoint: usize, d: Direction, local: &str, peer: &str, protocol: u8, port: u16) -> Probe {
+    Probe {
+        endpoint_index: endpoint,
+        direction: d,
+        local: ip(local),
+        peer: ip(peer),
+        protocol,
+        src_port: 40000,
+        port,
+    }
+}
+
+#[test]
+fn seed_scenario() {
+    let model = seed();
+    let c = compile(&model).unwrap();
+    let sim = TableModel::new(&c.tables).unwrap();
+    let ep = |name: &str| {
+        c.endpoints
+            .iter()
+            .find(|e| model.endpoints[e.endpoint_index].name == name)
+            .unwrap()
+            .clone()
+    };
+    let (frontend, backend, database) = (ep("frontend"), ep("backend"), ep("database"));
+    assert!(backend.has_staged);
+    assert!(!database.has_staged && !frontend.has_staged);
+    let look = |e: &CompiledEndpoint, pending, peer: &str, port| {
+        let v = sim.lookup(e.id, Direction::Ingress, pending, ip(peer), proto::TCP, port);
+        c.describe(&v)
+    };
+    assert_eq!(
+        look(&database, false, "10.65.0.2", 8080),
+        "default|gnp:allow-backend-to-db|allow|0"
+    );
+    assert_eq!(
+        look(&database, false, "fd65::2", 8080),
+        "default|gnp:allow-backend-to-db|allow|0"
+    );
+    assert_eq!(
+        look(&database, false, "10.65.0.1", 8080),
+        "default|gnp:allow-backend-to-db|deny|-1"
+    );
+    assert_eq!(
+        look(&database, false, "10.65.0.2", 8081),
+        "default|gnp:allow-backend-to-db|deny|-1"
+    );
+    assert_eq!(
+        look(&backend, false, "10.65.0.1", 8080),
+        "__PROFILE__|pro:kns.prod|allow|0"
+    );
+    assert_eq!(
+        look(&backend, true, "10.65.0.1", 8080),
+        "default|snp:prod/default-deny|deny|-1"
+    );
+    // Frontend has no staged policy: no pending entries at all.
+    assert!(c
+        .tables
+        .rules
+        .iter()
+        .all(|r| r.table == Table::Enforced || r.endpoint_id == backend.id));
+    let probes: Vec<Probe> = [
+        (2, "10.65.0.3", "10.65.0.2", 8080),
+        (2, "10.65.0.3", "10.65.0.1", 8080),
+        (1, "10.65.0.2", "10.65.0.1", 80),
+        (1, "fd65::2", "fd65::1", 80),
+        (0, "10.65.0.1", "8.8.8.8", 8080),
+    ]
+    .iter()
+    .flat_map(|&(e, local, peer, port)| {
+        [Direction::Ingress, Direction::Egress]
+            .map(|d| probe(e, d, local, peer, proto::TCP, port))
+    })
+    .collect();
+    agree(&model, &c, &probes);
+}
+
+#[test]
+fn identical_endpoints_share_a_class() {
+    let mut model = seed();
+    model
+        .endpoints
+        .push(pod("backend", &["10.65.0.12", "fd65::12"]));
+    model.endpoints[3].name = "backend-2".into();
+    model.endpoints[3].labels = model.endpoints[1].labels.clone();
+    let c = compile(&model).unwrap();
+    let sim = TableModel::new(&c.tables).unwrap();
+    assert_eq!(sim.class(ip("10.65.0.2")), sim.class(ip("10.65.0.12")));
+    assert_eq!(sim.class(ip("fd65::2")), sim.class(ip("fd65::12")));
+    assert_ne!(sim.class(ip("10.65.0.2")), sim.class(ip("10.65.0.1")));
+    assert_ne!(sim.class(ip("10.65.0.2")), sim.class(ip("fd65::2")), "classes are per family");
+    // Frontend and the world are alike for every selector: one class, and the
+    // frontend's /32 is not even emitted.
+    assert_eq!(sim.class(ip("10.65.0.1")), sim.class(ip("8.8.8.8")));
+    assert!(c
+        .tables
+        .peers
+        .iter()
+        .all(|(n, _)| *n != "10.65.0.1/32".parse::<IpNet>().unwrap()));
+}
+
+#[test]
+fn port_ranges_are_compressed() {
+    let mut p = policy(PolicyKind::GlobalNetworkPolicy, "ranges", "app == 'database'");
+    p.ingress = vec![
+        tcp_ports(Action::Deny, 2500, 2600),
+        tcp_ports(Action::Allow, 1000, 1999),
+        tcp_ports(Action::Allow, 1500, 3000),
+        tcp_ports(Action::Allow, 3000, 3000),
+    ];
+    let model = Model {
+        tiers: tiers(),
+        policies: vec![p],
+        endpoints: vec![pod("database", &["10.65.0.3"])],
+        ..Model::default()
+    };
+    let c = compile(&model).unwrap();
+    let ingress: Vec<&RuleEntry> = c
+        .tables
+        .rules
+        .iter()
+        .filter(|r| r.direction == Direction::Ingress)
+        .collect();
+    // One wildcard-class table: any protocol (end of tier), and per TCP port
+    // range the deciding rule; the breakpoints at 1500 and 3000/3001 merge away.
+    assert!(ingress.iter().all(|r| r.peer == PeerMatch::Any));
+    let tcp: Vec<Ports> = ingress
+        .iter()
+        .filter(|r| r.protocol == Some(proto::TCP))
+        .map(|r| r.ports)
+        .collect();
+    assert_eq!(
+        tcp,
+        vec![
+            Ports::Range(1000, 1999),
+            Ports::Range(2000, 2499),
+            Ports::Range(2500, 2600),
+            Ports::Range(2601, 3000)
+        ],
+        "{ingress:#?}"
+    );
+    let sim = TableModel::new(&c.tables).unwrap();
+    for (port, allow) in [
+        (999, false),
+        (1000, true),
+        (2499, true),
+        (2500, false),
+        (2601, true),
+        (3000, true),
+        (3001, false),
+    ] {
+        let v = sim.lookup(1, Direction::Ingress, false, ip("1.2.3.4"), proto::TCP, port);
+        assert_eq!(v.action == action::ALLOW, allow, "port {port}");
+    }
+}
+
+#[test]
+fn failsafes_on_a_host_endpoint_under_deny_all() {
+    let mut deny_all = policy(PolicyKind::GlobalNetworkPolicy, "deny-all", "has(host)");
+    deny_all.egress_type = true;
+    deny_all.ingress = vec![rule(Action::Deny)];
+    deny_all.egress = vec![rule(Action::Deny)];
+    let host = Endpoint {
+        kind: EndpointKind::Host,
+        namespace: None,
+        name: "node1".into(),
+        labels: [("host".to_string(), "node1".to_string())].into(),
+        interface: Some("eth0".into()),
+        ips: vec![ip("192.168.1.10")],
+        named_ports: vec![],
+        profiles: vec![],
+    };
+    let mut model = Model {
+        tiers: tiers(),
+        policies: vec![deny_all],
+        endpoints: vec![host],
+        ..Model::default()
+    };
+    model.failsafes.inbound.push(FailsafePort {
+        protocol: proto::TCP,
+        port: 9999,
+        net: Some("10.0.0.0/8".parse().unwrap()),
+    });
+    let c = compile(&model).unwrap();
+    assert!(c.endpoints[0].host);
+    let sim = TableModel::new(&c.tables).unwrap();
+    let d = |dir, peer: &str, protocol, port| {
+        c.describe(&sim.lookup(1, dir, false, ip(peer), protocol, port))
+    };
+    use Direction::*;
+    assert_eq!(
+        d(Ingress, "1.2.3.4", proto::TCP, 22),
+        "__FAILSAFE__|failsafe:tcp/22|allow|-1"
+    );
+    assert_eq!(
+        d(Ingress, "1.2.3.4", proto::TCP, 23),
+        "default|gnp:deny-all|deny|0"
+    );
+    assert_eq!(
+        d(Ingress, "1.2.3.4", proto::UDP, 68),
+        "__FAILSAFE__|failsafe:udp/68|allow|-1"
+    );
+    assert_eq!(
+        d(Egress, "1.2.3.4", proto::UDP, 53),
+        "__FAILSAFE__|failsafe:udp/53|allow|-1"
+    );
+    assert_eq!(
+        d(Egress, "1.2.3.4", proto::TCP, 22),
+        "default|gnp:deny-all|deny|0"
+    );
+    // A failsafe limited to a net.
+    assert_eq!(
+        d(Ingress, "10.1.2.3", proto::TCP, 9999),
+        "__FAILSAFE__|failsafe:tcp/9999|allow|-1"
+    );
+    assert_eq!(
+        d(Ingress, "11.1.2.3", proto::TCP, 9999),
+        "default|gnp:deny-all|deny|0"
+    );
+}
+
+#[test]
+fn source_ports_are_unsupported() {
+    let mut model = seed();
+    model.policies[0].ingress[0].source.ports =
+        vec![PortMatch::Range(PortRange { first: 1, last: 1023 })];
+    match compile(&model) {
+        Err(CompileError::Unsupported {
+            endpoint, policy, ..
+        }) => {
+            assert_eq!(endpoint, "prod/database");
+            assert_eq!(policy, "gnp:/allow-backend-to-db");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn network_sets_and_nets_make_classes() {
+    let mut p = policy(PolicyKind::GlobalNetworkPolicy, "ext", "app == 'database'");
+    let mut r = rule(Action::Allow);
+    r.source.selector = Some(parse("kind == 'ext'").unwrap());
+    r.source.not_nets = vec!["10.1.2.0/24".parse().unwrap()];
+    p.ingress = vec![r];
+    let model = Model {
+        tiers: tiers(),
+        policies: vec![p],
+        endpoints: vec![pod("database", &["10.65.0.3"])],
+        network_sets: vec![NetworkSet {
+            namespace: None,
+            name: "ext".into(),
+            labels: [("kind".to_string(), "ext".to_string())].into(),
+            nets: vec!["10.0.0.0/8".parse().unwrap()],
+        }],
+        ..Model::default()
+    };
+    let c = compile(&model).unwrap();
+    let sim = TableModel::new(&c.tables).unwrap();
+    let v = |peer: &str| {
+        sim.lookup(1, Direction::Ingress, false, ip(peer), proto::UDP, 5)
+            .action
+    };
+    assert_eq!(v("10.9.9.9"), action::ALLOW);
+    assert_eq!(v("10.1.2.3"), action::DENY);
+    assert_eq!(v("11.0.0.1"), action::DENY);
+}
+
+#[test]
+fn random_models_agree_with_the_evaluator() {
+    let seed = std::env::var("COMPILE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234_u64);
+    let mut rng = Rng::new(seed);
+    let (mut compiled, mut unsupported) = (0, 0);
+    for round in 0..300 {
+        let model_seed = rng.next();
+        let mut mrng = Rng::new(model_seed);
+        let model = random_model(&mut mrng, Shape::default());
+        let c = match compile(&model) {
+            Ok(c) => c,
+            Err(CompileError::Unsupported { .. }) => {
+                unsupported += 1;
+                continue;
+            }
+            Err(e) => panic!("round {round} model seed {model_seed:#x}: {e}"),
+        };
+        compiled += 1;
+        let eps: Vec<usize> = c
+            .endpoints
+            .iter()
+            .map(|e| e.endpoint_index)
+            .filter(|&i| !model.endpoints[i].ips.is_empty())
+            .collect();
+        let probes: Vec<Probe> = (0..200)
+            .map(|_| random_probe(&mut mrng, &model, &eps))
+            .collect();
+        let result = std::panic::catch_unwind(|| agree(&model, &c, &probes));
+        if let Err(e) = result {
+            panic!("round {round}, model seed {model_seed:#x}: {e:?}\n{model:#?}");
+        }
+    }
+    assert!(compiled > 250, "{compiled} compiled, {unsupported} unsupported");
+}
