@@ -251,7 +251,14 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
     let mut policies = Vec::new();
     let names = ["p-a", "p-b", "p-c", "p-d"];
     for i in 0..1 + rng.below(5) {
-        policies.push(random_policy(rng, shape, false, names[i % names.len()], &tier_names, i));
+        policies.push(random_policy(
+            rng,
+            shape,
+            false,
+            names[i % names.len()],
+            &tier_names,
+            i,
+        ));
     }
     for i in 0..rng.below(4) {
         let name = names[rng.below(names.len())];
@@ -327,8 +334,13 @@ fn random_policy(
         egress_type,
         ingress,
         egress,
-        staged_action: staged
-            .then(|| rng.pick(&[StagedAction::Set, StagedAction::Delete, StagedAction::Ignore])),
+        staged_action: staged.then(|| {
+            rng.pick(&[
+                StagedAction::Set,
+                StagedAction::Delete,
+                StagedAction::Ignore,
+            ])
+        }),
         do_not_track: false,
         pre_dnat: false,
         apply_on_forward: false,
