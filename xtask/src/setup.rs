@@ -20,6 +20,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "nftables",
     "bpftool",
+    // The Kubernetes tests: ../shared/kube/start-apiserver.sh (etcd, certificates,
+    // readiness); build-apiserver.sh installs its own build dependencies (Go).
+    "etcd-server",
+    "openssl",
+    "curl",
 ];
 
 const USER_TOOLCHAIN_COMPONENTS: &[&str] = &["clippy", "rustfmt"];

@@ -44,11 +44,20 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
-    /// The daemon: watch a datastore directory, enforce it in eBPF, serve flows and status.
+    /// The daemon: watch a datastore (a directory or Kubernetes), enforce it in eBPF, serve flows and status.
     Run {
-        /// Directory of YAML documents (policies, endpoints, ...), watched for changes.
+        /// `kubernetes` (watch the API server), or a directory of YAML documents
+        /// (policies, endpoints, ...), watched for changes.
         #[arg(long)]
-        datastore: PathBuf,
+        datastore: String,
+        /// With `--datastore kubernetes`: this node's name; pods scheduled here are enforced
+        /// (default: $NODE_NAME, else the host name).
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
+        /// With `--datastore kubernetes`: the kubeconfig (default: in-cluster, else
+        /// $KUBECONFIG or ~/.kube/config).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
         /// Unix socket for `agent flows` / `agent status` (mode 0600).
         #[arg(long, default_value = crate::daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -93,14 +102,30 @@ pub fn main(cli: Cli) -> ExitCode {
         } => promote::run(&datastore, &target, namespace.as_deref()),
         Command::Run {
             datastore,
+            node,
+            kubeconfig,
             socket,
             metrics,
-        } => crate::daemon::run(crate::daemon::RunOptions {
-            datastore,
-            socket,
-            metrics,
-        })
-        .map(|()| ExitCode::SUCCESS),
+        } => {
+            let datastore = if datastore == "kubernetes" {
+                crate::daemon::DatastoreSpec::Kubernetes(
+                    crate::datastore::kubernetes::KubeOptions {
+                        node: node
+                            .filter(|n| !n.is_empty())
+                            .unwrap_or_else(crate::datastore::kubernetes::default_node_name),
+                        kubeconfig,
+                    },
+                )
+            } else {
+                crate::daemon::DatastoreSpec::Dir(datastore.into())
+            };
+            crate::daemon::run(crate::daemon::RunOptions {
+                datastore,
+                socket,
+                metrics,
+            })
+            .map(|()| ExitCode::SUCCESS)
+        }
         Command::Flows(args) => flows::run_flows(args),
         Command::Status(args) => flows::run_status(args),
         Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),

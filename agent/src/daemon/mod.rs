@@ -26,7 +26,8 @@ use tokio::sync::broadcast;
 
 use crate::compile::{compile, CompiledEndpoint};
 use crate::dataplane::{Dataplane, Hook};
-use crate::datastore::{keep_last_good, FileDatastore};
+use crate::datastore::kubernetes::{KubeDatastore, KubeOptions, KubeSnapshot};
+use crate::datastore::{keep_last_good, Changes, FileDatastore};
 use crate::flows::{unix_now_ns, Flow, FlowTable, View};
 use crate::model::{Diagnostic, Loaded, Severity};
 
@@ -41,9 +42,86 @@ pub const INTERFACE_POLL: Duration = Duration::from_secs(1);
 /// How often the flow-event ring buffer is drained.
 pub const EVENT_POLL: Duration = Duration::from_millis(5);
 
+/// Where the policies and endpoints come from.
+#[derive(Clone, Debug)]
+pub enum DatastoreSpec {
+    /// A directory of YAML documents, watched.
+    Dir(PathBuf),
+    /// The Kubernetes API server (see [`crate::datastore::kubernetes`]).
+    Kubernetes(KubeOptions),
+}
+
+impl std::fmt::Display for DatastoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::Kubernetes(k) => write!(f, "kubernetes (node {})", k.node),
+        }
+    }
+}
+
+/// A running datastore: where reloads come from and how a load is made.
+enum Source {
+    Files(FileDatastore, Changes),
+    Kubernetes(KubeDatastore),
+}
+
+/// Makes a load (cheap to clone; runs in a blocking task).
+#[derive(Clone)]
+enum Loader {
+    Files(PathBuf),
+    Kubernetes(KubeSnapshot),
+}
+
+impl Loader {
+    fn load(&self) -> Loaded {
+        match self {
+            Self::Files(dir) => FileDatastore::new(dir).load(),
+            Self::Kubernetes(k) => k.load(),
+        }
+    }
+}
+
+impl Source {
+    async fn start(spec: &DatastoreSpec) -> anyhow::Result<Source> {
+        Ok(match spec {
+            DatastoreSpec::Dir(dir) => {
+                anyhow::ensure!(
+                    dir.is_dir(),
+                    "datastore {} is not a directory",
+                    dir.display()
+                );
+                let ds = FileDatastore::new(dir);
+                // Watch before the first load so no change between the two is missed.
+                let changes = ds.watch().context("watching the datastore")?;
+                Source::Files(ds, changes)
+            }
+            DatastoreSpec::Kubernetes(opts) => Source::Kubernetes(
+                KubeDatastore::start(opts)
+                    .await
+                    .context("starting the Kubernetes datastore")?,
+            ),
+        })
+    }
+
+    fn loader(&self) -> Loader {
+        match self {
+            Self::Files(ds, _) => Loader::Files(ds.dir.clone()),
+            Self::Kubernetes(k) => Loader::Kubernetes(k.snapshot()),
+        }
+    }
+
+    async fn next(&mut self) -> Option<()> {
+        match self {
+            Self::Files(_, c) => c.next().await,
+            Self::Kubernetes(k) => k.next().await,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub datastore: PathBuf,
+    pub datastore: DatastoreSpec,
     pub socket: PathBuf,
     pub metrics: Option<SocketAddr>,
 }
@@ -57,7 +135,7 @@ struct Attachment {
 /// The dataplane and what the daemon knows about the live configuration.
 struct Inner {
     dp: Dataplane,
-    datastore: PathBuf,
+    datastore: String,
     /// The last load whose compile was installed (its model is what is enforced,
     /// including documents carried over from earlier loads).
     good: Loaded,
@@ -99,18 +177,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
-    let datastore = FileDatastore::new(&opts.datastore);
-    anyhow::ensure!(
-        opts.datastore.is_dir(),
-        "datastore {} is not a directory",
-        opts.datastore.display()
-    );
+    if let DatastoreSpec::Dir(dir) = &opts.datastore {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "datastore {} is not a directory",
+            dir.display()
+        );
+    }
     let dp = Dataplane::load().context("loading the eBPF programs (needs root)")?;
     let (tx, _) = broadcast::channel(4096);
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             dp,
-            datastore: opts.datastore.clone(),
+            datastore: opts.datastore.to_string(),
             good: Loaded::default(),
             diagnostics: Vec::new(),
             kept: Vec::new(),
@@ -130,9 +209,13 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         tx,
         started_ns: unix_now_ns(),
     });
-    // Watch before the first load so no change between the two is missed.
-    let mut changes = datastore.watch().context("watching the datastore")?;
-    reload(&shared, &datastore);
+    let mut source = Source::start(&opts.datastore).await?;
+    let loader = source.loader();
+    {
+        let shared = shared.clone();
+        let loader = loader.clone();
+        tokio::task::spawn_blocking(move || reload(&shared, loader.load())).await?;
+    }
 
     let listener = server::bind(&opts.socket)?;
     tracing::info!(socket = %opts.socket.display(), "listening");
@@ -170,15 +253,15 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            c = changes.next() => {
+            c = source.next() => {
                 if c.is_none() {
                     tracing::error!("datastore watcher stopped");
                     break;
                 }
                 tracing::info!("datastore changed; reloading");
                 let shared = shared.clone();
-                let ds = FileDatastore::new(&opts.datastore);
-                tokio::task::spawn_blocking(move || reload(&shared, &ds)).await?;
+                let loader = loader.clone();
+                tokio::task::spawn_blocking(move || reload(&shared, loader.load())).await?;
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); break; }
             _ = sigterm.recv() => { tracing::info!("terminated; stopping"); break; }
@@ -203,9 +286,8 @@ fn drain(shared: &Shared) {
     }
 }
 
-/// Loads the directory, compiles and installs. Never loosens on failure.
-fn reload(shared: &Shared, datastore: &FileDatastore) {
-    let mut loaded = datastore.load();
+/// Takes a fresh load of the datastore, compiles and installs. Never loosens on failure.
+fn reload(shared: &Shared, mut loaded: Loaded) {
     for d in &loaded.diagnostics {
         match d.severity {
             Severity::Error => tracing::warn!(
@@ -427,7 +509,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         .filter(|p| p.id.kind.is_staged())
         .count();
     Status {
-        datastore: inner.datastore.display().to_string(),
+        datastore: inner.datastore.clone(),
         started: crate::flows::rfc3339(shared.started_ns),
         last_reload: crate::flows::rfc3339(inner.last_reload_ns),
         reloads: inner.reloads,

@@ -1,0 +1,857 @@
+//! The Kubernetes datastore: kube-rs watchers on the API server.
+//!
+//! Watched (cluster-wide, list + watch, re-listed after 410 Gone and API-server
+//! restarts with kube-rs' default backoff):
+//! - projectcalico.org/v3 GlobalNetworkPolicy, NetworkPolicy,
+//!   StagedGlobalNetworkPolicy, StagedNetworkPolicy, StagedKubernetesNetworkPolicy,
+//!   Tier, GlobalNetworkSet, NetworkSet, HostEndpoint;
+//! - networking.k8s.io/v1 NetworkPolicy; v1 Namespace, ServiceAccount, Pod.
+//!
+//! How objects become model input: every object is reduced to the document a
+//! user would write in the files datastore (apiVersion, kind, metadata.name,
+//! namespace and labels, spec) and a Pod to a projectcalico.org/v3
+//! WorkloadEndpoint (labels, service account, `status.podIPs`, named container
+//! ports). The documents go through [`crate::model::load::load_sources`], the same
+//! parser and validator as files, so a rejected object is reported (with
+//! `kubernetes:Kind/ns/name` as its "file") exactly as a rejected file document,
+//! and the daemon's keep-last-good, compile and install path is shared.
+//!
+//! Only pods with `spec.nodeName` == this node (and host endpoints with
+//! `spec.node` == this node) keep an interface, so only they are enforced here;
+//! every other pod is a peer (labels and IPs). A local pod's interface is the
+//! one its host route (`/32` or `/128` to a pod IP, read from the routing table of
+//! the agent's network namespace) goes through, CNI-neutral; without one, Calico's
+//! name: `cali` + the first 11 hex digits of sha1("<namespace>.<pod>").
+//!
+//! Pods are stored lean ([`PodInfo`]): only the fields above, not the Pod object.
+//! Until a kind's first list completes its previous contents (none at start) are
+//! kept; a re-list replaces a kind's contents atomically at its end, so during an
+//! API-server outage the last state stays enforced.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+use sha1::{Digest, Sha1};
+use tokio::sync::mpsc;
+
+use crate::model::ir::EndpointKind;
+use crate::model::load::load_sources;
+use crate::model::Loaded;
+
+/// How long the first build waits for every kind's initial list (a kind whose
+/// CRD is not installed never lists; the agent then starts without it).
+pub const INITIAL_SYNC: Duration = Duration::from_secs(10);
+/// How often local pods' interfaces are re-resolved from the routing table.
+pub const ROUTE_POLL: Duration = Duration::from_secs(1);
+/// Quiet time after the last change before rebuilding.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// This node's name (pods with this `spec.nodeName` are enforced here).
+    pub node: String,
+    /// Kubeconfig file; `None`: the in-cluster config or `$KUBECONFIG` / ~/.kube/config.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// A watched kind.
+#[derive(Clone, Copy, Debug)]
+pub struct Kind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+}
+
+const fn calico(kind: &'static str, plural: &'static str, namespaced: bool) -> Kind {
+    Kind {
+        group: "projectcalico.org",
+        version: "v3",
+        kind,
+        plural,
+        namespaced,
+    }
+}
+
+/// Every kind read besides Pods (which are reduced to [`PodInfo`]).
+pub const KINDS: &[Kind] = &[
+    calico("GlobalNetworkPolicy", "globalnetworkpolicies", false),
+    calico("NetworkPolicy", "networkpolicies", true),
+    calico("StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", false),
+    calico("StagedNetworkPolicy", "stagednetworkpolicies", true),
+    calico(
+        "StagedKubernetesNetworkPolicy",
+        "stagedkubernetesnetworkpolicies",
+        true,
+    ),
+    calico("Tier", "tiers", false),
+    calico("GlobalNetworkSet", "globalnetworksets", false),
+    calico("NetworkSet", "networksets", true),
+    calico("HostEndpoint", "hostendpoints", false),
+    Kind {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        namespaced: true,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        namespaced: true,
+    },
+];
+
+impl Kind {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `group/Kind`, unique among [`KINDS`] (Calico's and Kubernetes' NetworkPolicy differ).
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.group, self.kind)
+    }
+
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            self.plural,
+        )
+    }
+}
+
+/// What is kept of a Pod (all pods of the cluster are kept: peers need labels and IPs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodInfo {
+    pub local: bool,
+    pub labels: Box<[(Box<str>, Box<str>)]>,
+    pub service_account: Option<Box<str>>,
+    pub ips: Box<[IpAddr]>,
+    /// Named container ports: (name, IP protocol number, port).
+    pub ports: Box<[(Box<str>, u8, u16)]>,
+}
+
+impl PodInfo {
+    /// Reduces a Pod; `None` for pods that get no workload endpoint (host
+    /// network, finished, or no IP yet).
+    pub fn from_pod(pod: &Pod, node: &str) -> Option<PodInfo> {
+        let spec = pod.spec.as_ref()?;
+        if spec.host_network == Some(true) {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty() {
+            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()));
+        }
+        if ips.is_empty() {
+            return None;
+        }
+        let labels = pod
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+            .collect();
+        let mut ports = Vec::new();
+        for c in &spec.containers {
+            for p in c.ports.iter().flatten() {
+                let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
+                    continue;
+                };
+                let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+                    "UDP" => 17,
+                    "SCTP" => 132,
+                    _ => 6,
+                };
+                if let Ok(port) = u16::try_from(p.container_port) {
+                    ports.push((name.into(), proto, port));
+                }
+            }
+        }
+        Some(PodInfo {
+            local: spec.node_name.as_deref() == Some(node),
+            labels,
+            service_account: spec
+                .service_account_name
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(Into::into),
+            ips: ips.into(),
+            ports: ports.into(),
+        })
+    }
+
+    /// Heap and inline bytes of this record (for sizing the cluster-wide view).
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .labels
+                .iter()
+                .map(|(k, v)| std::mem::size_of::<(Box<str>, Box<str>)>() + k.len() + v.len())
+                .sum::<usize>()
+            + self.service_account.as_ref().map_or(0, |s| s.len())
+            + self.ips.len() * std::mem::size_of::<IpAddr>()
+            + self
+                .ports
+                .iter()
+                .map(|(n, _, _)| std::mem::size_of::<(Box<str>, u8, u16)>() + n.len())
+                .sum::<usize>()
+    }
+}
+
+/// `(namespace, name)`; namespace empty for cluster-scoped kinds.
+type Key = (String, String);
+
+#[derive(Default)]
+struct State {
+    /// Cleaned documents by kind label.
+    docs: BTreeMap<String, BTreeMap<Key, Value>>,
+    pods: BTreeMap<Key, PodInfo>,
+    /// Kinds whose first list completed.
+    synced: BTreeSet<String>,
+    /// Interfaces of local pods used by the last build (to notice route changes).
+    interfaces: BTreeMap<Key, String>,
+}
+
+/// The running watchers and their view of the cluster.
+pub struct KubeDatastore {
+    node: String,
+    state: Arc<Mutex<State>>,
+    rx: mpsc::UnboundedReceiver<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A cheap handle that builds the model from the current view (for a blocking task).
+#[derive(Clone)]
+pub struct KubeSnapshot {
+    node: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl KubeSnapshot {
+    pub fn load(&self) -> Loaded {
+        build(&self.node, &self.state)
+    }
+}
+
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    use anyhow::Context;
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig (in-cluster config, $KUBECONFIG or ~/.kube/config)")?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+impl KubeDatastore {
+    /// Connects, starts every watcher and waits (up to [`INITIAL_SYNC`]) for
+    /// their first lists.
+    pub async fn start(opts: &KubeOptions) -> anyhow::Result<KubeDatastore> {
+        let client = client(opts.kubeconfig.as_deref()).await?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for kind in KINDS {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
+            let k = *kind;
+            tasks.push(tokio::spawn(watch(
+                api,
+                kind.label(),
+                state.clone(),
+                tx.clone(),
+                move |o: DynamicObject| Some(Stored::Doc(document(&k, &o))),
+            )));
+        }
+        let node = opts.node.clone();
+        let pods: Api<Pod> = Api::all(client.clone());
+        tasks.push(tokio::spawn(watch(
+            pods,
+            "Pod".into(),
+            state.clone(),
+            tx.clone(),
+            move |p: Pod| PodInfo::from_pod(&p, &node).map(Stored::Pod),
+        )));
+        // Routes change without any API event (the CNI adds the veth after the pod
+        // object has its IP): rebuild when a local pod's interface would change.
+        {
+            let (state, tx, node) = (state.clone(), tx.clone(), opts.node.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(ROUTE_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let routes = host_routes();
+                    let st = lock(&state);
+                    let now = local_interfaces(&st, &routes);
+                    if now != st.interfaces {
+                        tracing::info!(node, "a local pod's host route changed");
+                        let _ = tx.send(());
+                    }
+                }
+            }));
+        }
+        let ds = KubeDatastore {
+            node: opts.node.clone(),
+            state,
+            rx,
+            tasks,
+        };
+        let deadline = tokio::time::Instant::now() + INITIAL_SYNC;
+        loop {
+            let missing = ds.unsynced();
+            if missing.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    kinds = ?missing,
+                    "no initial list yet (CRD not installed, no permission or API server \
+                     unreachable); starting without them, they load when they list"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(ds)
+    }
+
+    /// Kinds (labels) whose first list has not completed.
+    pub fn unsynced(&self) -> Vec<String> {
+        let st = lock(&self.state);
+        KINDS
+            .iter()
+            .map(Kind::label)
+            .chain(["Pod".to_string()])
+            .filter(|k| !st.synced.contains(k))
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> KubeSnapshot {
+        KubeSnapshot {
+            node: self.node.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    pub fn load(&self) -> Loaded {
+        self.snapshot().load()
+    }
+
+    /// Waits for the next change and then for [`DEBOUNCE`] of quiet.
+    pub async fn next(&mut self) -> Option<()> {
+        self.rx.recv().await?;
+        loop {
+            match tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return None,
+                Err(_) => return Some(()),
+            }
+        }
+    }
+}
+
+impl Drop for KubeDatastore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+enum Stored {
+    Doc(Value),
+    Pod(PodInfo),
+}
+
+fn key_of<K: kube::Resource>(o: &K) -> Key {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+fn put(st: &mut State, label: &str, key: Key, v: Option<Stored>) {
+    match v {
+        Some(Stored::Doc(d)) => {
+            st.docs.entry(label.to_string()).or_default().insert(key, d);
+        }
+        Some(Stored::Pod(p)) => {
+            st.pods.insert(key, p);
+        }
+        None => {
+            st.docs.entry(label.to_string()).or_default().remove(&key);
+            st.pods.remove(&key);
+        }
+    }
+}
+
+/// Runs one kind's watcher forever, keeping its part of the state.
+async fn watch<K, F>(
+    api: Api<K>,
+    label: String,
+    state: Arc<Mutex<State>>,
+    tx: mpsc::UnboundedSender<()>,
+    convert: F,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+    F: Fn(K) -> Option<Stored>,
+{
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut buffer: Option<Vec<(Key, Stored)>> = None;
+    let mut failing = false;
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(kind = %label, error = %e, "watch failed; retrying with backoff, the last state stays enforced");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!(kind = %label, "watch recovered");
+            failing = false;
+        }
+        match ev {
+            Event::Init => buffer = Some(Vec::new()),
+            Event::InitApply(o) => {
+                let key = key_of(&o);
+                if let Some(v) = convert(o) {
+                    buffer.get_or_insert_with(Vec::new).push((key, v));
+                }
+            }
+            Event::InitDone => {
+                let items = buffer.take().unwrap_or_default();
+                let mut st = lock(&state);
+                if label == "Pod" {
+                    st.pods.clear();
+                } else {
+                    st.docs.insert(label.clone(), BTreeMap::new());
+                }
+                let n = items.len();
+                for (k, v) in items {
+                    put(&mut st, &label, k, Some(v));
+                }
+                let first = st.synced.insert(label.clone());
+                drop(st);
+                tracing::debug!(kind = %label, objects = n, first, "listed");
+                let _ = tx.send(());
+            }
+            Event::Apply(o) => {
+                let key = key_of(&o);
+                let v = convert(o);
+                put(&mut lock(&state), &label, key, v);
+                let _ = tx.send(());
+            }
+            Event::Delete(o) => {
+                let key = key_of(&o);
+                put(&mut lock(&state), &label, key, None);
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// The document a user would write for this object: apiVersion, kind,
+/// metadata (name, namespace, labels) and spec. Server-set metadata, status
+/// and annotations are dropped (they do not affect policy).
+pub fn document(kind: &Kind, o: &DynamicObject) -> Value {
+    let mut meta = serde_json::Map::new();
+    meta.insert("name".into(), json!(o.name_any()));
+    if kind.namespaced {
+        if let Some(ns) = &o.metadata.namespace {
+            meta.insert("namespace".into(), json!(ns));
+        }
+    }
+    if let Some(labels) = o.metadata.labels.as_ref().filter(|l| !l.is_empty()) {
+        meta.insert("labels".into(), json!(labels));
+    }
+    let mut doc = serde_json::Map::new();
+    doc.insert("apiVersion".into(), json!(kind.api_version()));
+    doc.insert("kind".into(), json!(kind.kind));
+    doc.insert("metadata".into(), Value::Object(meta));
+    if let Some(spec) = o.data.get("spec") {
+        doc.insert("spec".into(), spec.clone());
+    }
+    Value::Object(doc)
+}
+
+/// Calico's host-side interface name for a pod.
+pub fn calico_interface(namespace: &str, pod: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cali{}", &hex[..11])
+}
+
+/// Host routes (`/32`, `/128`) of the main table in this network namespace: IP -> device.
+pub fn host_routes() -> HashMap<IpAddr, String> {
+    let mut out = HashMap::new();
+    if let Ok(t) = std::fs::read_to_string("/proc/net/route") {
+        for line in t.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 || f[7] != "FFFFFFFF" {
+                continue;
+            }
+            if let Ok(d) = u32::from_str_radix(f[1], 16) {
+                // Little-endian hex of the address in network order.
+                out.insert(
+                    IpAddr::V4(std::net::Ipv4Addr::from(d.to_le_bytes())),
+                    f[0].to_string(),
+                );
+            }
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for line in t.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[1] != "80" || f[9] == "lo" {
+                continue;
+            }
+            if let Ok(a) = u128::from_str_radix(f[0], 16) {
+                out.entry(IpAddr::V6(std::net::Ipv6Addr::from(a)))
+                    .or_insert_with(|| f[9].to_string());
+            }
+        }
+    }
+    out
+}
+
+fn pod_interface(key: &Key, pod: &PodInfo, routes: &HashMap<IpAddr, String>) -> String {
+    pod.ips
+        .iter()
+        .find_map(|ip| routes.get(ip).cloned())
+        .unwrap_or_else(|| calico_interface(&key.0, &key.1))
+}
+
+fn local_interfaces(st: &State, routes: &HashMap<IpAddr, String>) -> BTreeMap<Key, String> {
+    st.pods
+        .iter()
+        .filter(|(_, p)| p.local)
+        .map(|(k, p)| (k.clone(), pod_interface(k, p, routes)))
+        .collect()
+}
+
+/// A pod's workload endpoint document.
+pub fn workload_endpoint(key: &Key, pod: &PodInfo, interface: &str, node: &str) -> Value {
+    let labels: BTreeMap<&str, &str> = pod.labels.iter().map(|(k, v)| (&**k, &**v)).collect();
+    let nets: Vec<String> = pod
+        .ips
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V4(_) => format!("{ip}/32"),
+            IpAddr::V6(_) => format!("{ip}/128"),
+        })
+        .collect();
+    let ports: Vec<Value> = pod
+        .ports
+        .iter()
+        .map(|(name, proto, port)| {
+            let p = match proto {
+                17 => "UDP",
+                132 => "SCTP",
+                _ => "TCP",
+            };
+            json!({"name": name, "protocol": p, "port": port})
+        })
+        .collect();
+    let mut spec = json!({
+        "orchestrator": "k8s",
+        "pod": key.1,
+        "interfaceName": interface,
+        "ipNetworks": nets,
+    });
+    if pod.local {
+        spec["node"] = json!(node);
+    }
+    if let Some(sa) = &pod.service_account {
+        spec["serviceAccountName"] = json!(sa);
+    }
+    if !ports.is_empty() {
+        spec["ports"] = json!(ports);
+    }
+    let mut meta = json!({"name": key.1, "namespace": key.0});
+    if !labels.is_empty() {
+        meta["labels"] = json!(labels);
+    }
+    json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "WorkloadEndpoint",
+        "metadata": meta,
+        "spec": spec,
+    })
+}
+
+/// Builds the model from the current view (same loader and validator as files).
+fn build(node: &str, state: &Mutex<State>) -> Loaded {
+    let routes = host_routes();
+    let mut sources: Vec<(PathBuf, String)> = Vec::new();
+    let mut local: HashSet<(EndpointKind, String)> = HashSet::new();
+    {
+        let mut st = lock(state);
+        let interfaces = local_interfaces(&st, &routes);
+        for (label, docs) in &st.docs {
+            let kind = label.rsplit('/').next().unwrap_or(label);
+            for ((ns, name), doc) in docs {
+                if kind == "HostEndpoint"
+                    && doc["spec"]["node"].as_str() == Some(node)
+                    && label.starts_with("projectcalico.org/")
+                {
+                    local.insert((EndpointKind::Host, name.clone()));
+                }
+                sources.push((source_name(label, ns, name), to_yaml(doc)));
+            }
+        }
+        for (key, pod) in &st.pods {
+            let interface = interfaces
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| calico_interface(&key.0, &key.1));
+            if pod.local {
+                local.insert((EndpointKind::Workload, format!("{}/{}", key.0, key.1)));
+            }
+            let doc = workload_endpoint(key, pod, &interface, node);
+            sources.push((source_name("Pod", &key.0, &key.1), to_yaml(&doc)));
+        }
+        st.interfaces = interfaces;
+    }
+    let mut loaded = load_sources(&sources);
+    localize(&mut loaded, &local);
+    loaded
+}
+
+/// Endpoints not on this node are peers only: no interface, so nothing is
+/// attached or compiled for them.
+pub fn localize(loaded: &mut Loaded, local: &HashSet<(EndpointKind, String)>) {
+    for e in &mut loaded.model.endpoints {
+        if !local.contains(&(e.kind, e.key())) {
+            e.interface = None;
+        }
+    }
+}
+
+fn source_name(label: &str, ns: &str, name: &str) -> PathBuf {
+    let kind = match label {
+        "networking.k8s.io/NetworkPolicy" => "networking.k8s.io/NetworkPolicy",
+        l => l.rsplit('/').next().unwrap_or(l),
+    };
+    if ns.is_empty() {
+        PathBuf::from(format!("kubernetes:{kind}/{name}"))
+    } else {
+        PathBuf::from(format!("kubernetes:{kind}/{ns}/{name}"))
+    }
+}
+
+fn to_yaml(v: &Value) -> String {
+    serde_yaml::to_string(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// This machine's node name: `$NODE_NAME`, else the host name.
+pub fn default_node_name() -> String {
+    if let Ok(n) = std::env::var("NODE_NAME") {
+        if !n.is_empty() {
+            return n;
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodIP, PodSpec, PodStatus};
+    use kube::api::ObjectMeta;
+
+    fn pod(ns: &str, name: &str, node: &str, ip: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: Some(
+                    [
+                        ("app".to_string(), name.to_string()),
+                        ("env".to_string(), "prod".to_string()),
+                        (
+                            "pod-template-hash".to_string(),
+                            "5d8f9c7b6d".to_string(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                service_account_name: Some("default".into()),
+                containers: vec![Container {
+                    name: "c".into(),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("http".into()),
+                        container_port: 8080,
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn calico_interface_name_matches_calico() {
+        // sha1("prod.frontend") = 3f1c0d0e...; Calico: "cali" + first 11 hex digits.
+        let n = calico_interface("prod", "frontend");
+        assert_eq!(n.len(), 15);
+        assert!(n.starts_with("cali"));
+        let digest = Sha1::digest(b"prod.frontend");
+        assert_eq!(&n[4..6], &format!("{:02x}", digest[0]));
+    }
+
+    #[test]
+    fn pods_become_validated_workload_endpoints_and_only_local_ones_get_interfaces() {
+        let state = Mutex::new(State::default());
+        {
+            let mut st = lock(&state);
+            for (name, node, ip) in [
+                ("frontend", "n1", "10.65.0.10"),
+                ("backend", "n2", "10.65.0.20"),
+            ] {
+                let p = pod("prod", name, node, ip);
+                let info = PodInfo::from_pod(&p, "n1").unwrap();
+                st.pods.insert(("prod".into(), name.into()), info);
+            }
+        }
+        let loaded = build("n1", &state);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let eps = &loaded.model.endpoints;
+        assert_eq!(eps.len(), 2);
+        let fe = eps.iter().find(|e| e.name == "frontend").unwrap();
+        let be = eps.iter().find(|e| e.name == "backend").unwrap();
+        assert_eq!(
+            fe.interface.as_deref(),
+            Some(calico_interface("prod", "frontend").as_str())
+        );
+        assert_eq!(be.interface, None);
+        assert_eq!(fe.named_ports.len(), 1);
+        assert_eq!(fe.labels.get("app").map(String::as_str), Some("frontend"));
+        assert_eq!(
+            fe.labels
+                .get("projectcalico.org/serviceaccount")
+                .map(String::as_str),
+            Some("default")
+        );
+    }
+
+    #[test]
+    fn pods_without_ip_host_network_or_finished_are_skipped() {
+        let mut p = pod("a", "b", "n", "10.0.0.1");
+        p.status.as_mut().unwrap().pod_ips = None;
+        assert!(PodInfo::from_pod(&p, "n").is_none());
+        let mut p = pod("a", "b", "n", "10.0.0.1");
+        p.spec.as_mut().unwrap().host_network = Some(true);
+        assert!(PodInfo::from_pod(&p, "n").is_none());
+        let mut p = pod("a", "b", "n", "10.0.0.1");
+        p.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(PodInfo::from_pod(&p, "n").is_none());
+    }
+
+    #[test]
+    fn a_rejected_object_is_a_diagnostic_naming_it() {
+        let kind = KINDS[0];
+        let mut o = DynamicObject::new("bad", &kind.api_resource());
+        o.data = json!({"spec": {"selector": "all()", "ingress": [{"action": "Nope"}]}});
+        let doc = document(&kind, &o);
+        let state = Mutex::new(State::default());
+        lock(&state)
+            .docs
+            .entry(kind.label())
+            .or_default()
+            .insert((String::new(), "bad".into()), doc);
+        let loaded = build("n", &state);
+        assert!(loaded.has_errors());
+        let d = &loaded.diagnostics[0];
+        assert_eq!(d.resource, "GlobalNetworkPolicy/bad");
+        assert_eq!(
+            d.file,
+            PathBuf::from("kubernetes:GlobalNetworkPolicy/bad"),
+            "{d:?}"
+        );
+    }
+
+    /// Memory of the cluster-wide pod view: 10k synthetic pods with 3 labels,
+    /// one IP, one named port, as stored.
+    #[test]
+    fn memory_per_pod() {
+        let mut total = 0;
+        let n = 10_000;
+        for i in 0..n {
+            let p = pod(
+                "prod",
+                &format!("pod-{i}"),
+                "n",
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+            );
+            let info = PodInfo::from_pod(&p, "n").unwrap();
+            // Key strings + the BTreeMap entry (approximate: key + value inline).
+            total += info.approx_bytes()
+                + "prod".len()
+                + format!("pod-{i}").len()
+                + std::mem::size_of::<Key>();
+        }
+        let per_pod = total / n;
+        eprintln!("memory per pod (3 labels, 1 IP, 1 named port): ~{per_pod} bytes; {n} pods: ~{} KiB", total / 1024);
+        assert!(per_pod < 512, "{per_pod} bytes per pod");
+    }
+}
