@@ -173,7 +173,7 @@ impl PodInfo {
             .filter_map(|p| p.ip.parse().ok())
             .collect();
         if ips.is_empty() {
-            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()));
+            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
         }
         if ips.is_empty() {
             return None;
@@ -436,7 +436,6 @@ async fn watch<K, F>(
     convert: F,
 ) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-    K::DynamicType: Default,
     F: Fn(K) -> Option<Stored>,
 {
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();

@@ -1,0 +1,762 @@
+//! `agent run --datastore kubernetes` against a REAL kube-apiserver (v1.20, with
+//! etcd, on 127.0.0.1; built and started from ../shared/kube by this test binary).
+//!
+//! The agent binary runs inside a lab node namespace (where the pods' host-side
+//! interfaces are); the API server listens on 127.0.0.1 of the root namespace, so
+//! each test runs a small TCP forwarder listening on 127.0.0.1:API_PORT *inside*
+//! the node namespace (its socket was created there) that connects to
+//! 127.0.0.1:API_PORT from the root namespace: the kubeconfig stays as is.
+//! Pods are lab namespaces; the test creates their Pod objects (spec.nodeName =
+//! the agent's node) and patches their status with the pod IPs, as a kubelet would.
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, Once, OnceLock};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::Client;
+use lab::{Lab, Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
+use serde_json::{json, Value};
+
+static BUILD: Once = Once::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// ../shared/kube from the repository root (`KUBE_TEST_SHARED` overrides).
+fn shared_kube() -> PathBuf {
+    std::env::var_os("KUBE_TEST_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/kube"))
+}
+
+fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let target_dir = profile_dir.parent().expect("target dir");
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "agent", "--bin", "agent", "--target-dir"])
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the agent binary");
+        assert!(status.success(), "building the agent binary failed");
+    });
+    profile_dir.join("agent")
+}
+
+// ---------------------------------------------------------------- the API server
+
+/// An etcd + kube-apiserver pair started by start-apiserver.sh.
+struct ApiServer {
+    bin_dir: PathBuf,
+    run_dir: PathBuf,
+    etcd_port: u16,
+    api_port: u16,
+    kubeconfig: PathBuf,
+}
+
+/// Run dirs of every server started, stopped at exit.
+static STARTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+extern "C" fn stop_all() {
+    let dirs = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|e| e.into_inner()));
+    for d in dirs {
+        let _ = Command::new(shared_kube().join("stop-apiserver.sh"))
+            .arg(&d)
+            .status();
+    }
+}
+
+fn free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Ports p (etcd client), p+1 (etcd peer), p+2 (API) all free; distinct per call.
+fn pick_ports() -> (u16, u16) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20000 + (std::process::id() % 400) * 50;
+    loop {
+        let p = (base + NEXT.fetch_add(3, Ordering::SeqCst)) as u16;
+        if free(p) && free(p + 1) && free(p + 2) {
+            return (p, p + 2);
+        }
+    }
+}
+
+/// Builds kube-apiserver once per machine (cached) and returns its directory.
+fn apiserver_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(shared_kube().join("build-apiserver.sh"))
+            .output()
+            .expect("running build-apiserver.sh");
+        assert!(
+            out.status.success(),
+            "build-apiserver.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("build-apiserver.sh prints the binary")
+            .to_string();
+        Path::new(&bin).parent().unwrap().to_path_buf()
+    })
+    .clone()
+}
+
+impl ApiServer {
+    fn start() -> ApiServer {
+        static AT_EXIT: Once = Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: registering a plain extern "C" function.
+            unsafe { libc::atexit(stop_all) };
+        });
+        let bin_dir = apiserver_bin();
+        let (etcd_port, api_port) = pick_ports();
+        let run_dir = std::env::temp_dir().join(format!(
+            "kube-e2e-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        STARTED.lock().unwrap().push(run_dir.clone());
+        let s = ApiServer {
+            bin_dir,
+            run_dir,
+            etcd_port,
+            api_port,
+            kubeconfig: PathBuf::new(),
+        };
+        let kubeconfig = s.run_script();
+        ApiServer { kubeconfig, ..s }
+    }
+
+    fn run_script(&self) -> PathBuf {
+        let out = Command::new(shared_kube().join("start-apiserver.sh"))
+            .arg(&self.bin_dir)
+            .arg(&self.run_dir)
+            .env("ETCD_PORT", self.etcd_port.to_string())
+            .env("API_PORT", self.api_port.to_string())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .output()
+            .expect("start-apiserver.sh");
+        assert!(
+            out.status.success(),
+            "start-apiserver.sh failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.run_dir.join("apiserver.log")).unwrap_or_default()
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Stops etcd and the API server (by PID), keeping etcd's data.
+    fn stop_keeping_data(&self) {
+        for p in ["apiserver", "etcd"] {
+            let Ok(pid) = std::fs::read_to_string(self.run_dir.join(format!("{p}.pid"))) else {
+                continue;
+            };
+            let pid: i32 = pid.trim().parse().unwrap();
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // Let the ports go (TIME_WAIT is fine for listeners with SO_REUSEADDR).
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Starts them again on the same ports and data.
+    fn restart(&self) {
+        self.run_script();
+    }
+
+    fn client(&self) -> Client {
+        rt().block_on(agent::datastore::kubernetes::client(Some(&self.kubeconfig)))
+            .expect("kube client")
+    }
+}
+
+/// One API server for the tests that can share it (the restart test has its own).
+fn shared_server() -> &'static ApiServer {
+    static S: OnceLock<ApiServer> = OnceLock::new();
+    S.get_or_init(|| {
+        let s = ApiServer::start();
+        apply_file(&s.client(), &repo().join("deploy/crds.yaml"), false);
+        s
+    })
+}
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Runtime::new().unwrap())
+}
+
+// ------------------------------------------------------------- objects via kube-rs
+
+fn plural(kind: &str) -> String {
+    let l = kind.to_lowercase();
+    match l.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{l}s"),
+    }
+}
+
+fn api_for(client: &Client, doc: &Value) -> (Api<DynamicObject>, String) {
+    let av = doc["apiVersion"].as_str().expect("apiVersion");
+    let kind = doc["kind"].as_str().expect("kind");
+    let (group, version) = av.rsplit_once('/').unwrap_or(("", av));
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind),
+        &plural(kind),
+    );
+    let name = doc["metadata"]["name"].as_str().expect("name").to_string();
+    let api = match doc["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    (api, name)
+}
+
+/// Server-side apply (creates or updates).
+fn apply(client: &Client, doc: Value) {
+    let (api, name) = api_for(client, &doc);
+    let pp = PatchParams::apply("kube-e2e").force();
+    rt().block_on(api.patch(&name, &pp, &Patch::Apply(&doc)))
+        .unwrap_or_else(|e| panic!("applying {doc}: {e}"));
+}
+
+/// Creates with `?dryRun=All`; the error, if the server rejects it.
+fn dry_run_create(client: &Client, doc: Value) -> Result<(), String> {
+    let (api, _) = api_for(client, &doc);
+    let obj: DynamicObject = serde_json::from_value(doc).map_err(|e| e.to_string())?;
+    let pp = PostParams {
+        dry_run: true,
+        field_manager: Some("kube-e2e".into()),
+    };
+    rt().block_on(api.create(&pp, &obj))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn delete(client: &Client, api_version: &str, kind: &str, ns: Option<&str>, name: &str) {
+    let mut doc = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}});
+    if let Some(ns) = ns {
+        doc["metadata"]["namespace"] = json!(ns);
+    }
+    let (api, name) = api_for(client, &doc);
+    rt().block_on(api.delete(&name, &Default::default()))
+        .unwrap_or_else(|e| panic!("deleting {kind}/{name}: {e}"));
+}
+
+fn docs_of(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
+            serde_json::to_value(v).unwrap()
+        })
+        .filter(|v: &Value| v.is_object())
+        .collect()
+}
+
+/// Applies every document of a file; CRDs are waited for until they serve.
+fn apply_file(client: &Client, path: &Path, _dry: bool) {
+    let docs = docs_of(path);
+    for d in &docs {
+        apply(client, d.clone());
+    }
+    for d in &docs {
+        if d["kind"] == "CustomResourceDefinition" {
+            let spec = &d["spec"];
+            let probe = json!({
+                "apiVersion": format!("{}/{}", spec["group"].as_str().unwrap(), spec["versions"][0]["name"].as_str().unwrap()),
+                "kind": spec["names"]["kind"],
+                "metadata": {"name": "x"},
+            });
+            let (api, _) = api_for(client, &probe);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while rt().block_on(api.list(&Default::default())).is_err() {
+                assert!(Instant::now() < deadline, "CRD {} not served", d["metadata"]["name"]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn namespace(client: &Client, name: &str, labels: Value) {
+    apply(
+        client,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}),
+    );
+}
+
+/// A Pod object for a lab pod, scheduled on `node`, with its IPs in the status.
+fn pod_object(client: &Client, pod: &Pod, node: &str, labels: Value) {
+    apply(
+        client,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "app", "image": "example/app:1",
+                                "ports": [{"name": "http", "containerPort": 8080}]}],
+            },
+        }),
+    );
+    set_pod_ips(client, &pod.namespace, &pod.name, &[pod.ipv4.to_string(), pod.ipv6.to_string()]);
+}
+
+/// What a kubelet reports once the CNI gave the pod its addresses.
+fn set_pod_ips(client: &Client, ns: &str, name: &str, ips: &[String]) {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let ips: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    let patch = json!({"status": {"phase": "Running", "podIP": ips[0]["ip"], "podIPs": ips}});
+    rt().block_on(pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)))
+        .unwrap_or_else(|e| panic!("patching status of {ns}/{name}: {e}"));
+}
+
+const GNP_DB: &str = r#"{"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+  "metadata": {"name": "database-allow-from-backend"},
+  "spec": {"selector": "env == 'prod' && app == 'database'", "types": ["Ingress"],
+    "ingress": [{"action": "Allow", "protocol": "TCP",
+                 "source": {"selector": "env == 'prod' && app == 'backend'"},
+                 "destination": {"ports": [8080]}}]}}"#;
+const SGNP_LOCKDOWN: &str = r#"{"apiVersion": "projectcalico.org/v3", "kind": "StagedGlobalNetworkPolicy",
+  "metadata": {"name": "backend-lockdown-staged"},
+  "spec": {"selector": "env == 'prod' && app == 'backend'", "types": ["Ingress"]}}"#;
+
+fn j(s: &str) -> Value {
+    serde_json::from_str(s).unwrap()
+}
+
+// ------------------------------------------------------------- forwarder and agent
+
+/// Listens on 127.0.0.1:`port` inside `lab`'s node namespace and forwards each
+/// connection to 127.0.0.1:`port` of the root namespace (this thread's).
+fn forward_into_node(lab: &Lab, port: u16) {
+    let listener = lab
+        .node()
+        .run(move || TcpListener::bind(("127.0.0.1", port)))
+        .expect("binding the forwarder in the node namespace");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(inner) = conn else { continue };
+            std::thread::spawn(move || {
+                let Ok(outer) = TcpStream::connect(("127.0.0.1", port)) else {
+                    return;
+                };
+                let (mut a, mut b) = (inner.try_clone().unwrap(), outer.try_clone().unwrap());
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut a, mut b) = (outer, inner);
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+}
+
+struct Agent {
+    child: Option<Child>,
+    base: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(lab: &Lab, server: &ApiServer, node: &str) -> Agent {
+        forward_into_node(lab, server.api_port);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = std::env::temp_dir().join(format!("agent-kube-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let socket = base.join("agent.sock");
+        let log = base.join("agent.log");
+        let child = lab
+            .node()
+            .command(agent_bin())
+            .args(["run", "--datastore", "kubernetes", "--node", node, "--kubeconfig"])
+            .arg(&server.kubeconfig)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "info")
+            .env_remove("KUBECONFIG")
+            .env_remove("NODE_NAME")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("starting agent run");
+        let mut agent = Agent {
+            child: Some(child),
+            base,
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(Ok(Some(st))) = agent.child.as_mut().map(|c| c.try_wait()) {
+                panic!("agent exited with {st}:\n{}", agent.log_text());
+            }
+            if agent.try_status().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "agent not ready:\n{}", agent.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(agent_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("running the agent cli")
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.try_status().unwrap_or(Value::Null);
+            if check(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; status: {s:#}\nlog:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_endpoints(&self, attached: &[&str]) {
+        let mut want: Vec<String> = attached.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        self.wait_status(&format!("attached endpoints {want:?}"), |s| {
+            let mut got: Vec<String> = s["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["attached"] == true)
+                .map(|e| e["endpoint"].as_str().unwrap_or("").to_string())
+                .collect();
+            got.sort();
+            got == want
+        });
+    }
+
+    fn wait_policies(&self, enforced: u64, staged: u64) {
+        self.wait_status(&format!("{enforced} enforced, {staged} staged"), |s| {
+            s["policies"]["enforced"] == enforced && s["policies"]["staged"] == staged
+        });
+    }
+
+    fn flows(&self) -> Vec<Value> {
+        let out = self.cli(&["flows", "-o", "json", "--last", "200"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log_text());
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// Polls until a fresh TCP connection gets `want` (20 s).
+fn wait_tcp(from: &Pod, to: &Pod, port: u16, want: TcpProbe) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = from.tcp_connect(to.ipv4, port, SHORT_TIMEOUT);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}/{} -> {}/{}:{port}: {got:?}, want {want:?}",
+            from.namespace,
+            from.name,
+            to.namespace,
+            to.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Seed {
+    frontend: Pod,
+    backend: Pod,
+    database: Pod,
+}
+
+/// The seed scenario from Kubernetes objects: namespace prod, three pods on `node`.
+fn seed(lab: &Lab, client: &Client, ns: &str, node: &str) -> Seed {
+    namespace(client, ns, json!({"env": "prod"}));
+    let s = Seed {
+        frontend: lab.add_pod_at(ns, "frontend", 10, "calidemofront"),
+        backend: lab.add_pod_at(ns, "backend", 20, "calidemoback"),
+        database: lab.add_pod_at(ns, "database", 30, "calidemodb"),
+    };
+    for (p, app) in [(&s.frontend, "frontend"), (&s.backend, "backend"), (&s.database, "database")] {
+        pod_object(client, p, node, json!({"env": "prod", "app": app}));
+    }
+    s
+}
+
+fn assert_seed_enforced(s: &Seed) {
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected,
+        "backend -> database:8080"
+    );
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv6, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected,
+        "backend -> database:8080 (IPv6)"
+    );
+    assert_eq!(
+        s.frontend.tcp_connect(s.database.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "frontend -> database:8080"
+    );
+    assert_eq!(
+        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected,
+        "frontend -> backend:8080 (the lockdown is only staged)"
+    );
+}
+
+// ------------------------------------------------------------------------ tests
+
+/// Policies and pods appear, change and disappear; the seed scenario enforces
+/// real traffic and reports the staged lockdown's would-be denies.
+#[test]
+fn kubernetes_seed_scenario_and_changes() {
+    lab::require_root();
+    let server = shared_server();
+    let client = server.client();
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let ns = "prod";
+    let agent = Agent::start(&lab, server, &node);
+    agent.wait_policies(0, 0);
+
+    // Pods appear: they are attached through their host routes (not `cali` names).
+    let s = seed(&lab, &client, ns, &node);
+    let _db = s.database.tcp_listen(8080);
+    let _be = s.backend.tcp_listen(8080);
+    agent.wait_endpoints(&["prod/backend", "prod/database", "prod/frontend"]);
+    let st = agent.try_status().unwrap();
+    for e in st["endpoints"].as_array().unwrap() {
+        assert!(
+            e["interface"].as_str().unwrap().starts_with("calidemo"),
+            "{e:#}"
+        );
+    }
+    // A pod on another node: a peer, never attached here.
+    apply(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "remote", "namespace": ns, "labels": {"env": "prod", "app": "backend"}},
+               "spec": {"nodeName": "some-other-node", "containers": [{"name": "a", "image": "x"}]}}),
+    );
+    set_pod_ips(&client, ns, "remote", &["10.65.9.9".into()]);
+
+    // Policies appear.
+    apply(&client, j(GNP_DB));
+    apply(&client, j(SGNP_LOCKDOWN));
+    agent.wait_policies(1, 1);
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::TimedOut);
+    assert_seed_enforced(&s);
+    let st = agent.try_status().unwrap();
+    assert_eq!(st["endpoints"].as_array().unwrap().len(), 3, "{st:#}");
+    assert!(st["last_error"].is_null(), "{st:#}");
+
+    // The staged lockdown's would-be deny is reported, nothing enforced by it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT);
+        let flows = agent.flows();
+        if flows.iter().any(|f| {
+            f["src"]["name"] == "frontend"
+                && f["dst"]["name"] == "backend"
+                && f["pending"]["action"] == "deny"
+                && f["enforced"]["action"] == "allow"
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pending deny flow: {flows:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A policy changes: database now also allows frontend.
+    let mut changed = j(GNP_DB);
+    changed["spec"]["ingress"][0]["source"]["selector"] =
+        json!("env == 'prod' && app in {'backend', 'frontend'}");
+    apply(&client, changed);
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::Connected);
+
+    // Labels change: frontend is no longer "frontend", so it is denied again.
+    pod_object(&client, &s.frontend, &node, json!({"env": "prod", "app": "web"}));
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::TimedOut);
+
+    // A rejected object is reported, the others stay enforced.
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+               "metadata": {"name": "broken"},
+               "spec": {"selector": "all()", "ingress": [{"action": "Nope"}]}}),
+    );
+    let st = agent.wait_status("a diagnostic for the broken policy", |s| {
+        s["diagnostics"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["resource"] == "GlobalNetworkPolicy/broken")
+        })
+    });
+    assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
+    delete(&client, "projectcalico.org/v3", "GlobalNetworkPolicy", None, "broken");
+
+    // Policies disappear: everything is allowed again.
+    delete(&client, "projectcalico.org/v3", "GlobalNetworkPolicy", None, "database-allow-from-backend");
+    delete(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "backend-lockdown-staged");
+    agent.wait_policies(0, 0);
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::Connected);
+
+    // A pod disappears: detached.
+    delete(&client, "v1", "Pod", Some(ns), "database");
+    agent.wait_endpoints(&["prod/backend", "prod/frontend"]);
+}
+
+/// The API server goes away: the last state stays enforced; after it is back, a
+/// change made then is picked up.
+#[test]
+fn kubernetes_api_server_restart() {
+    lab::require_root();
+    let server = ApiServer::start();
+    let client = server.client();
+    apply_file(&client, &repo().join("deploy/crds.yaml"), false);
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let s = seed(&lab, &client, "prod", &node);
+    let _db = s.database.tcp_listen(8080);
+    let _be = s.backend.tcp_listen(8080);
+    apply(&client, j(GNP_DB));
+    apply(&client, j(SGNP_LOCKDOWN));
+    let agent = Agent::start(&lab, &server, &node);
+    agent.wait_endpoints(&["prod/backend", "prod/database", "prod/frontend"]);
+    agent.wait_policies(1, 1);
+    assert_seed_enforced(&s);
+
+    server.stop_keeping_data();
+    // Give the watchers time to notice and start backing off.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_seed_enforced(&s);
+    let st = agent.try_status().unwrap();
+    assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
+
+    server.restart();
+    let client = server.client();
+    // Made after the restart: promote the lockdown by hand (enforce it, drop the staged one).
+    let mut enforced = j(SGNP_LOCKDOWN);
+    enforced["kind"] = json!("GlobalNetworkPolicy");
+    apply(&client, enforced);
+    delete(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "backend-lockdown-staged");
+    agent.wait_policies(2, 0);
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
+}
+
+/// Every object in deploy/ is accepted by the API server (server-side dry run),
+/// and the agent's RBAC lets it read, and only read.
+#[test]
+fn deploy_manifests_dry_run() {
+    let server = shared_server();
+    let client = server.client();
+    // Namespaced objects need their namespace to exist (a dry run creates nothing).
+    namespace(&client, "calico-system", json!({}));
+    let mut n = 0;
+    for file in ["crds.yaml", "rbac.yaml", "daemonset.yaml"] {
+        for doc in docs_of(&repo().join("deploy").join(file)) {
+            let what = format!("{file}: {} {}", doc["kind"], doc["metadata"]["name"]);
+            match dry_run_create(&client, doc.clone()) {
+                Ok(()) => n += 1,
+                // Objects this fixture already created for real.
+                Err(e) if e.contains("AlreadyExists") || e.contains("already exists") => n += 1,
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    }
+    assert!(n >= 15, "{n} objects");
+
+    // RBAC for real, then act as the agent (token `agent-token` of start-apiserver.sh).
+    apply_file(&client, &repo().join("deploy/rbac.yaml"), false);
+    let kc = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .replace("token: admin-token", "token: agent-token");
+    let agent_kc = server.run_dir.join("agent-kubeconfig");
+    std::fs::write(&agent_kc, kc).unwrap();
+    let agent_client = rt()
+        .block_on(agent::datastore::kubernetes::client(Some(&agent_kc)))
+        .unwrap();
+    for k in agent::datastore::kubernetes::KINDS {
+        let api: Api<DynamicObject> = Api::all_with(agent_client.clone(), &k.api_resource());
+        rt().block_on(api.list(&Default::default()))
+            .unwrap_or_else(|e| panic!("agent cannot list {}: {e}", k.label()));
+    }
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(agent_client.clone());
+    rt().block_on(pods.list(&Default::default())).expect("agent lists pods");
+    let gnp = agent::datastore::kubernetes::KINDS[0];
+    let api: Api<DynamicObject> = Api::all_with(agent_client, &gnp.api_resource());
+    let err = rt()
+        .block_on(api.create(&PostParams::default(), &serde_json::from_value(j(GNP_DB)).unwrap()))
+        .expect_err("the agent must not write policies");
+    assert!(err.to_string().contains("forbidden"), "{err}");
+}
