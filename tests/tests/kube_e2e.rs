@@ -270,7 +270,7 @@ fn docs_of(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
+            let v = <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap();
             serde_json::to_value(v).unwrap()
         })
         .filter(|v: &Value| v.is_object())
