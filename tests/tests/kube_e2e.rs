@@ -262,7 +262,12 @@ fn delete(client: &Client, api_version: &str, kind: &str, ns: Option<&str>, name
         doc["metadata"]["namespace"] = json!(ns);
     }
     let (api, name) = api_for(client, &doc);
-    rt().block_on(api.delete(&name, &Default::default()))
+    // Immediately (no kubelet here to confirm a graceful pod deletion).
+    let dp = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    rt().block_on(api.delete(&name, &dp))
         .unwrap_or_else(|e| panic!("deleting {kind}/{name}: {e}"));
 }
 
@@ -695,6 +700,11 @@ fn kubernetes_api_server_restart() {
     server.stop_keeping_data();
     // Give the watchers time to notice and start backing off.
     std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        agent.log_text().contains("watch failed"),
+        "the outage went unnoticed:\n{}",
+        agent.log_text()
+    );
     assert_seed_enforced(&s);
     let st = agent.try_status().unwrap();
     assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
@@ -707,6 +717,7 @@ fn kubernetes_api_server_restart() {
     apply(&client, enforced);
     delete(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "backend-lockdown-staged");
     agent.wait_policies(2, 0);
+    assert!(agent.log_text().contains("watch recovered"));
     wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
     assert_eq!(
         s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
