@@ -771,3 +771,80 @@ fn deploy_manifests_dry_run() {
         .expect_err("the agent must not write policies");
     assert!(err.to_string().contains("forbidden"), "{err}");
 }
+
+fn get(client: &Client, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Option<DynamicObject> {
+    let mut doc = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}});
+    if let Some(ns) = ns {
+        doc["metadata"]["namespace"] = json!(ns);
+    }
+    let (api, name) = api_for(client, &doc);
+    rt().block_on(api.get_opt(&name)).unwrap()
+}
+
+fn promote(server: &ApiServer, args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .args(["promote", "--datastore", "kubernetes", "--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("agent promote")
+}
+
+/// `agent promote --datastore kubernetes`: the enforced kind is applied, the
+/// staged object deleted; stagedAction Delete and Ignore behave as with files.
+#[test]
+fn kubernetes_promote() {
+    let server = shared_server();
+    let client = server.client();
+    let ns = "promote-test";
+    namespace(&client, ns, json!({}));
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedNetworkPolicy",
+               "metadata": {"name": "lockdown", "namespace": ns, "labels": {"team": "a"}},
+               "spec": {"stagedAction": "Set", "selector": "app == 'x'", "types": ["Ingress"]}}),
+    );
+    let out = promote(server, &["StagedNetworkPolicy/lockdown", "-n", ns]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("promoted to NetworkPolicy promote-test/lockdown"));
+    let np = get(&client, "projectcalico.org/v3", "NetworkPolicy", Some(ns), "lockdown").expect("enforced");
+    assert_eq!(np.data["spec"]["selector"], "app == 'x'");
+    assert!(np.data["spec"].get("stagedAction").is_none());
+    assert_eq!(np.metadata.labels.unwrap()["team"], "a");
+    assert!(get(&client, "projectcalico.org/v3", "StagedNetworkPolicy", Some(ns), "lockdown").is_none());
+
+    // Kubernetes flavour -> networking.k8s.io/v1.
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedKubernetesNetworkPolicy",
+               "metadata": {"name": "k", "namespace": ns},
+               "spec": {"podSelector": {"matchLabels": {"app": "x"}}, "policyTypes": ["Ingress"]}}),
+    );
+    let out = promote(server, &["sknp/k", "-n", ns]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let k = get(&client, "networking.k8s.io/v1", "NetworkPolicy", Some(ns), "k").expect("k8s policy");
+    assert_eq!(k.data["spec"]["podSelector"]["matchLabels"]["app"], "x");
+
+    // Delete removes the enforced namesake; Ignore is refused.
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedNetworkPolicy",
+               "metadata": {"name": "lockdown", "namespace": ns},
+               "spec": {"stagedAction": "Delete"}}),
+    );
+    let out = promote(server, &["snp/lockdown", "-n", ns]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(get(&client, "projectcalico.org/v3", "NetworkPolicy", Some(ns), "lockdown").is_none());
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedGlobalNetworkPolicy",
+               "metadata": {"name": "promote-test-ignored"},
+               "spec": {"stagedAction": "Ignore", "selector": "all()"}}),
+    );
+    let out = promote(server, &["sgnp/promote-test-ignored"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Ignore"));
+    assert!(get(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "promote-test-ignored").is_some());
+    delete(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "promote-test-ignored");
+}

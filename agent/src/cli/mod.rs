@@ -33,11 +33,16 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Promote a staged policy to its enforced kind, editing the YAML files in place.
+    /// Promote a staged policy to its enforced kind, editing the YAML files in place
+    /// (or, with `--datastore kubernetes`, applying the enforced object and deleting the staged one).
     Promote {
-        /// Directory of YAML files holding the policies.
+        /// Directory of YAML files holding the policies, or `kubernetes`.
         #[arg(long)]
-        datastore: PathBuf,
+        datastore: String,
+        /// With `--datastore kubernetes`: the kubeconfig (default: in-cluster, else
+        /// $KUBECONFIG or ~/.kube/config).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
         /// KIND/NAME, e.g. StagedGlobalNetworkPolicy/lockdown (or sgnp/lockdown).
         target: String,
         /// Namespace of a namespaced staged policy (default: `default`).
@@ -97,9 +102,15 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check { paths } => check::run(&paths),
         Command::Promote {
             datastore,
+            kubeconfig,
             target,
             namespace,
-        } => promote::run(&datastore, &target, namespace.as_deref()),
+        } => promote::run(
+            &datastore,
+            kubeconfig.as_deref(),
+            &target,
+            namespace.as_deref(),
+        ),
         Command::Run {
             datastore,
             node,

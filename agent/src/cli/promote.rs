@@ -6,13 +6,30 @@ use anyhow::Context;
 
 use crate::model::promote;
 
-/// Promotes a staged policy in the YAML files under `datastore`, in place.
-pub fn run(datastore: &Path, target: &str, namespace: Option<&str>) -> anyhow::Result<ExitCode> {
+/// Promotes a staged policy in the YAML files under `datastore` (in place), or in
+/// the cluster when `datastore` is `kubernetes`.
+pub fn run(
+    datastore: &str,
+    kubeconfig: Option<&Path>,
+    target: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let (kind, name) = target
         .split_once('/')
         .context("expected KIND/NAME, e.g. StagedGlobalNetworkPolicy/lockdown")?;
     let kind = promote::staged_kind(kind)?;
-    let report = promote::promote(datastore, kind, name, namespace)?;
+    if datastore == "kubernetes" {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let report = rt.block_on(async {
+            let client = crate::datastore::kubernetes::client(kubeconfig).await?;
+            crate::datastore::kubernetes::promote(client, kind, name, namespace).await
+        })?;
+        println!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = promote::promote(Path::new(datastore), kind, name, namespace)?;
     println!("{report}");
     Ok(ExitCode::SUCCESS)
 }

@@ -702,6 +702,109 @@ pub fn default_node_name() -> String {
         .unwrap_or_default()
 }
 
+/// `agent promote` against the cluster: the staged policy `kind`/`name` becomes
+/// its enforced kind (server-side apply, field manager `agent-promote`) and the
+/// staged object is deleted. `stagedAction: Delete` deletes the enforced
+/// namesake and the staged object; `Ignore` is refused. Returns what was done.
+pub async fn promote(
+    client: Client,
+    kind: crate::model::ir::PolicyKind,
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<String> {
+    use crate::model::ir::PolicyKind as P;
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    let find = |label: &str| {
+        *KINDS
+            .iter()
+            .find(|k| k.label() == label)
+            .expect("a known kind")
+    };
+    let (staged, enforced) = match kind {
+        P::StagedGlobalNetworkPolicy => (
+            find("projectcalico.org/StagedGlobalNetworkPolicy"),
+            find("projectcalico.org/GlobalNetworkPolicy"),
+        ),
+        P::StagedNetworkPolicy => (
+            find("projectcalico.org/StagedNetworkPolicy"),
+            find("projectcalico.org/NetworkPolicy"),
+        ),
+        P::StagedKubernetesNetworkPolicy => (
+            find("projectcalico.org/StagedKubernetesNetworkPolicy"),
+            find("networking.k8s.io/NetworkPolicy"),
+        ),
+        other => anyhow::bail!("{} is not a staged kind", other.as_str()),
+    };
+    let ns = staged.namespaced.then(|| namespace.unwrap_or("default"));
+    let api = |k: &Kind| -> Api<DynamicObject> {
+        match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &k.api_resource()),
+            None => Api::all_with(client.clone(), &k.api_resource()),
+        }
+    };
+    let (staged_api, enforced_api) = (api(&staged), api(&enforced));
+    let describe = |k: &Kind| match ns {
+        Some(ns) => format!("{} {ns}/{name}", k.kind),
+        None => format!("{} {name}", k.kind),
+    };
+    let obj = staged_api
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{} not found", describe(&staged)))?;
+    let mut spec = obj.data.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let action = spec
+        .get("stagedAction")
+        .and_then(Value::as_str)
+        .unwrap_or("Set")
+        .to_string();
+    if let Some(m) = spec.as_object_mut() {
+        m.remove("stagedAction");
+    }
+    let dp = DeleteParams::default();
+    let done = match action.as_str() {
+        "Ignore" => anyhow::bail!(
+            "{} has stagedAction Ignore: promoting it changes nothing that is enforced",
+            describe(&staged)
+        ),
+        "Delete" => {
+            let existed = enforced_api.get_opt(name).await?.is_some();
+            if existed {
+                enforced_api.delete(name, &dp).await?;
+            }
+            format!(
+                "deleted {} (staged Delete){}",
+                describe(&enforced),
+                if existed { "" } else { "; it did not exist" }
+            )
+        }
+        _ => {
+            let mut meta = json!({"name": name});
+            if let Some(ns) = ns {
+                meta["namespace"] = json!(ns);
+            }
+            if let Some(l) = obj.metadata.labels.as_ref().filter(|l| !l.is_empty()) {
+                meta["labels"] = json!(l);
+            }
+            let doc = json!({
+                "apiVersion": enforced.api_version(),
+                "kind": enforced.kind,
+                "metadata": meta,
+                "spec": spec,
+            });
+            enforced_api
+                .patch(
+                    name,
+                    &PatchParams::apply("agent-promote").force(),
+                    &Patch::Apply(&doc),
+                )
+                .await?;
+            format!("promoted to {}", describe(&enforced))
+        }
+    };
+    staged_api.delete(name, &dp).await?;
+    Ok(format!("{done}; removed the staged policy"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
