@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::Client;
 use lab::{Lab, Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
 use serde_json::{json, Value};
@@ -50,7 +52,9 @@ fn agent_bin() -> PathBuf {
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for the agent binary");
+        let status = cmd
+            .status()
+            .expect("running cargo build for the agent binary");
         assert!(status.success(), "building the agent binary failed");
     });
     profile_dir.join("agent")
@@ -299,7 +303,11 @@ fn apply_file(client: &Client, path: &Path, _dry: bool) {
             let (api, _) = api_for(client, &probe);
             let deadline = Instant::now() + Duration::from_secs(30);
             while rt().block_on(api.list(&Default::default())).is_err() {
-                assert!(Instant::now() < deadline, "CRD {} not served", d["metadata"]["name"]);
+                assert!(
+                    Instant::now() < deadline,
+                    "CRD {} not served",
+                    d["metadata"]["name"]
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -327,7 +335,12 @@ fn pod_object(client: &Client, pod: &Pod, node: &str, labels: Value) {
             },
         }),
     );
-    set_pod_ips(client, &pod.namespace, &pod.name, &[pod.ipv4.to_string(), pod.ipv6.to_string()]);
+    set_pod_ips(
+        client,
+        &pod.namespace,
+        &pod.name,
+        &[pod.ipv4.to_string(), pod.ipv6.to_string()],
+    );
 }
 
 /// What a kubelet reports once the CNI gave the pod its addresses.
@@ -402,7 +415,14 @@ impl Agent {
         let child = lab
             .node()
             .command(agent_bin())
-            .args(["run", "--datastore", "kubernetes", "--node", node, "--kubeconfig"])
+            .args([
+                "run",
+                "--datastore",
+                "kubernetes",
+                "--node",
+                node,
+                "--kubeconfig",
+            ])
             .arg(&server.kubeconfig)
             .arg("--socket")
             .arg(&socket)
@@ -428,7 +448,11 @@ impl Agent {
             if agent.try_status().is_some() {
                 break;
             }
-            assert!(Instant::now() < deadline, "agent not ready:\n{}", agent.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready:\n{}",
+                agent.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         agent
@@ -463,7 +487,10 @@ impl Agent {
                 return s;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; status: {s:#}\nlog:\n{}", self.log_text());
+                panic!(
+                    "timed out waiting for {what}; status: {s:#}\nlog:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -547,7 +574,11 @@ fn seed(lab: &Lab, client: &Client, ns: &str, node: &str) -> Seed {
         backend: lab.add_pod_at(ns, "backend", 20, "calidemoback"),
         database: lab.add_pod_at(ns, "database", 30, "calidemodb"),
     };
-    for (p, app) in [(&s.frontend, "frontend"), (&s.backend, "backend"), (&s.database, "database")] {
+    for (p, app) in [
+        (&s.frontend, "frontend"),
+        (&s.backend, "backend"),
+        (&s.database, "database"),
+    ] {
         pod_object(client, p, node, json!({"env": "prod", "app": app}));
     }
     s
@@ -635,7 +666,10 @@ fn kubernetes_seed_scenario_and_changes() {
         }) {
             break;
         }
-        assert!(Instant::now() < deadline, "no pending deny flow: {flows:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "no pending deny flow: {flows:#?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -647,7 +681,12 @@ fn kubernetes_seed_scenario_and_changes() {
     wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::Connected);
 
     // Labels change: frontend is no longer "frontend", so it is denied again.
-    pod_object(&client, &s.frontend, &node, json!({"env": "prod", "app": "web"}));
+    pod_object(
+        &client,
+        &s.frontend,
+        &node,
+        json!({"env": "prod", "app": "web"}),
+    );
     wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::TimedOut);
 
     // A rejected object is reported, the others stay enforced.
@@ -664,11 +703,29 @@ fn kubernetes_seed_scenario_and_changes() {
         })
     });
     assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
-    delete(&client, "projectcalico.org/v3", "GlobalNetworkPolicy", None, "broken");
+    delete(
+        &client,
+        "projectcalico.org/v3",
+        "GlobalNetworkPolicy",
+        None,
+        "broken",
+    );
 
     // Policies disappear: everything is allowed again.
-    delete(&client, "projectcalico.org/v3", "GlobalNetworkPolicy", None, "database-allow-from-backend");
-    delete(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "backend-lockdown-staged");
+    delete(
+        &client,
+        "projectcalico.org/v3",
+        "GlobalNetworkPolicy",
+        None,
+        "database-allow-from-backend",
+    );
+    delete(
+        &client,
+        "projectcalico.org/v3",
+        "StagedGlobalNetworkPolicy",
+        None,
+        "backend-lockdown-staged",
+    );
     agent.wait_policies(0, 0);
     wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::Connected);
 
@@ -715,7 +772,13 @@ fn kubernetes_api_server_restart() {
     let mut enforced = j(SGNP_LOCKDOWN);
     enforced["kind"] = json!("GlobalNetworkPolicy");
     apply(&client, enforced);
-    delete(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "backend-lockdown-staged");
+    delete(
+        &client,
+        "projectcalico.org/v3",
+        "StagedGlobalNetworkPolicy",
+        None,
+        "backend-lockdown-staged",
+    );
     agent.wait_policies(2, 0);
     assert!(agent.log_text().contains("watch recovered"));
     wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
@@ -763,16 +826,26 @@ fn deploy_manifests_dry_run() {
             .unwrap_or_else(|e| panic!("agent cannot list {}: {e}", k.label()));
     }
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(agent_client.clone());
-    rt().block_on(pods.list(&Default::default())).expect("agent lists pods");
+    rt().block_on(pods.list(&Default::default()))
+        .expect("agent lists pods");
     let gnp = agent::datastore::kubernetes::KINDS[0];
     let api: Api<DynamicObject> = Api::all_with(agent_client, &gnp.api_resource());
     let err = rt()
-        .block_on(api.create(&PostParams::default(), &serde_json::from_value(j(GNP_DB)).unwrap()))
+        .block_on(api.create(
+            &PostParams::default(),
+            &serde_json::from_value(j(GNP_DB)).unwrap(),
+        ))
         .expect_err("the agent must not write policies");
     assert!(err.to_string().contains("forbidden"), "{err}");
 }
 
-fn get(client: &Client, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Option<DynamicObject> {
+fn get(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Option<DynamicObject> {
     let mut doc = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}});
     if let Some(ns) = ns {
         doc["metadata"]["namespace"] = json!(ns);
@@ -806,13 +879,32 @@ fn kubernetes_promote() {
                "spec": {"stagedAction": "Set", "selector": "app == 'x'", "types": ["Ingress"]}}),
     );
     let out = promote(server, &["StagedNetworkPolicy/lockdown", "-n", ns]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("promoted to NetworkPolicy promote-test/lockdown"));
-    let np = get(&client, "projectcalico.org/v3", "NetworkPolicy", Some(ns), "lockdown").expect("enforced");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("promoted to NetworkPolicy promote-test/lockdown"));
+    let np = get(
+        &client,
+        "projectcalico.org/v3",
+        "NetworkPolicy",
+        Some(ns),
+        "lockdown",
+    )
+    .expect("enforced");
     assert_eq!(np.data["spec"]["selector"], "app == 'x'");
     assert!(np.data["spec"].get("stagedAction").is_none());
     assert_eq!(np.metadata.labels.unwrap()["team"], "a");
-    assert!(get(&client, "projectcalico.org/v3", "StagedNetworkPolicy", Some(ns), "lockdown").is_none());
+    assert!(get(
+        &client,
+        "projectcalico.org/v3",
+        "StagedNetworkPolicy",
+        Some(ns),
+        "lockdown"
+    )
+    .is_none());
 
     // Kubernetes flavour -> networking.k8s.io/v1.
     apply(
@@ -822,8 +914,19 @@ fn kubernetes_promote() {
                "spec": {"podSelector": {"matchLabels": {"app": "x"}}, "policyTypes": ["Ingress"]}}),
     );
     let out = promote(server, &["sknp/k", "-n", ns]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let k = get(&client, "networking.k8s.io/v1", "NetworkPolicy", Some(ns), "k").expect("k8s policy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let k = get(
+        &client,
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        Some(ns),
+        "k",
+    )
+    .expect("k8s policy");
     assert_eq!(k.data["spec"]["podSelector"]["matchLabels"]["app"], "x");
 
     // Delete removes the enforced namesake; Ignore is refused.
@@ -834,8 +937,19 @@ fn kubernetes_promote() {
                "spec": {"stagedAction": "Delete"}}),
     );
     let out = promote(server, &["snp/lockdown", "-n", ns]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(get(&client, "projectcalico.org/v3", "NetworkPolicy", Some(ns), "lockdown").is_none());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(get(
+        &client,
+        "projectcalico.org/v3",
+        "NetworkPolicy",
+        Some(ns),
+        "lockdown"
+    )
+    .is_none());
     apply(
         &client,
         json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedGlobalNetworkPolicy",
@@ -845,6 +959,19 @@ fn kubernetes_promote() {
     let out = promote(server, &["sgnp/promote-test-ignored"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Ignore"));
-    assert!(get(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "promote-test-ignored").is_some());
-    delete(&client, "projectcalico.org/v3", "StagedGlobalNetworkPolicy", None, "promote-test-ignored");
+    assert!(get(
+        &client,
+        "projectcalico.org/v3",
+        "StagedGlobalNetworkPolicy",
+        None,
+        "promote-test-ignored"
+    )
+    .is_some());
+    delete(
+        &client,
+        "projectcalico.org/v3",
+        "StagedGlobalNetworkPolicy",
+        None,
+        "promote-test-ignored",
+    );
 }

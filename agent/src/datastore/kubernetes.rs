@@ -87,7 +87,11 @@ const fn calico(kind: &'static str, plural: &'static str, namespaced: bool) -> K
 pub const KINDS: &[Kind] = &[
     calico("GlobalNetworkPolicy", "globalnetworkpolicies", false),
     calico("NetworkPolicy", "networkpolicies", true),
-    calico("StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", false),
+    calico(
+        "StagedGlobalNetworkPolicy",
+        "stagedglobalnetworkpolicies",
+        false,
+    ),
     calico("StagedNetworkPolicy", "stagednetworkpolicies", true),
     calico(
         "StagedKubernetesNetworkPolicy",
@@ -173,7 +177,12 @@ impl PodInfo {
             .filter_map(|p| p.ip.parse().ok())
             .collect();
         if ips.is_empty() {
-            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+            ips.extend(
+                status
+                    .pod_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse::<IpAddr>().ok()),
+            );
         }
         if ips.is_empty() {
             return None;
@@ -820,10 +829,7 @@ mod tests {
                     [
                         ("app".to_string(), name.to_string()),
                         ("env".to_string(), "prod".to_string()),
-                        (
-                            "pod-template-hash".to_string(),
-                            "5d8f9c7b6d".to_string(),
-                        ),
+                        ("pod-template-hash".to_string(), "5d8f9c7b6d".to_string()),
                     ]
                     .into(),
                 ),
@@ -953,7 +959,10 @@ mod tests {
                 + std::mem::size_of::<Key>();
         }
         let per_pod = total / n;
-        eprintln!("memory per pod (3 labels, 1 IP, 1 named port): ~{per_pod} bytes; {n} pods: ~{} KiB", total / 1024);
+        eprintln!(
+            "memory per pod (3 labels, 1 IP, 1 named port): ~{per_pod} bytes; {n} pods: ~{} KiB",
+            total / 1024
+        );
         assert!(per_pod < 512, "{per_pod} bytes per pod");
     }
 }
