@@ -453,8 +453,13 @@ fn random_models_agree_with_the_evaluator() {
             .collect();
         let result = std::panic::catch_unwind(|| agree(&model, &c, &probes));
         if let Err(e) = result {
-            panic!("round {round}, model seed {model_seed:#x}: {e:?}\n{model:#?}");
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| format!("{e:?}"));
+            panic!("round {round}, model seed {model_seed:#x}: {msg}\n{model:#?}");
         }
     }
+    eprintln!("{compiled} models compiled, {unsupported} unsupported");
     assert!(compiled > 250, "{compiled} compiled, {unsupported} unsupported");
 }
