@@ -175,7 +175,7 @@ fn walkthrough(examples: &Path, datastore: &Path) -> Result<()> {
 
     heading("Safe mode");
     say("An allow-everything GlobalNetworkPolicy at order 100000 is consulted after every real\npolicy with an order. Careful: a policy WITHOUT order sorts after it (Calico: unset =\ninfinity), so the safety net decides first for that policy's endpoints; `agent check`\nwarns about exactly this.");
-    copy_dir(&examples.join("safe-mode"), datastore)?;
+    copy_dir(&workspace_root().join("safe-mode"), datastore)?;
     agent(&["check", ds])?;
     agent(&["matrix", "--datastore", ds, "--port", "TCP/8080"])?;
 

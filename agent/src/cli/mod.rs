@@ -1,6 +1,9 @@
 //! The command line: `agent <command>`.
+mod check;
 mod debug;
+mod promote;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +27,22 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF programs through the verifier and report (a health check).
     Probe,
+    /// Validate policy YAML files and directories; one line per problem, exit 1 on errors.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Promote a staged policy to its enforced kind, editing the YAML files in place.
+    Promote {
+        /// Directory of YAML files holding the policies.
+        #[arg(long)]
+        datastore: PathBuf,
+        /// KIND/NAME, e.g. StagedGlobalNetworkPolicy/lockdown (or sgnp/lockdown).
+        target: String,
+        /// Namespace of a namespaced staged policy (default: `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
     /// Attach the first-slice program and drop one port (development aid).
     #[command(hide = true)]
     DebugDrop(debug::DebugDropArgs),
@@ -44,6 +63,12 @@ pub fn main(cli: Cli) -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Probe => probe(),
+        Command::Check { paths } => check::run(&paths),
+        Command::Promote {
+            datastore,
+            target,
+            namespace,
+        } => promote::run(&datastore, &target, namespace.as_deref()),
         Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
         Command::Selector(args) => Ok(selector::run(args)),
         Command::Eval(args) => Ok(eval::run(args)),

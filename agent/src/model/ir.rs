@@ -134,15 +134,10 @@ impl PolicyId {
 }
 
 impl fmt::Display for PolicyId {
-    /// `<kind code>:<namespace>/<name>` as in Calico's traces (`gnp:/name` has an empty namespace).
+    /// As in Calico's flow-log traces: `np:<namespace>/<name>` for namespaced
+    /// kinds, `gnp:<name>` (no slash) for cluster-scoped ones.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}/{}",
-            self.kind.code(),
-            self.namespace.as_deref().unwrap_or(""),
-            self.name
-        )
+        f.write_str(&crate::eval::policy_flow_log_name(self))
     }
 }
 

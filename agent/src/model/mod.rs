@@ -1,9 +1,37 @@
 //! Policy resources: typed YAML (projectcalico.org/v3, networking.k8s.io/v1, v1),
 //! validation with Calico's rules, and conversion to the normalised [`ir::Model`].
+//!
+//! The stages: [`yaml`] (documents with the line of every field) -> [`resources`]
+//! (serde types, unknown fields rejected) -> [`validate`] (Calico's validator.go
+//! rules, per document) -> [`load`] (cross-document checks) -> [`convert`] (the
+//! model) -> [`lint`] (warnings). [`promote`] edits staged policies in place.
+//!
+//! Where this differs from, or decides beyond, Calico:
+//! - A policy whose `tier` names no Tier (and no built-in tier) is an error and
+//!   is left out, as Calico's API server refuses it.
+//! - A Kubernetes NetworkPolicy keeps its own name in [`ir::PolicyId`] (kind
+//!   `KubernetesNetworkPolicy`, trace code `knp`), not Calico's `knp.default.` name;
+//!   it gets Calico's order 1000 in tier `default`.
+//! - `Pass` in a profile is a warning (it acts as Deny there); Calico accepts it.
+//! - `http` rule matches and `services` entity matches are rejected: this agent
+//!   has no L7 proxy and no service index.
+//! - Policies with `types` lacking a direction that has rules get a warning
+//!   (Calico ignores those rules silently).
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod convert;
+pub mod fields;
 pub mod ir;
+pub mod lint;
+pub mod load;
+pub mod promote;
+pub mod resources;
+pub mod validate;
+pub mod yaml;
+
+pub use lint::lint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +78,16 @@ impl fmt::Display for Diagnostic {
 pub struct Loaded {
     pub model: ir::Model,
     pub diagnostics: Vec<Diagnostic>,
+    /// Where each loaded policy is defined (for diagnostics about policies, e.g. [`lint`]).
+    pub policy_sources: HashMap<ir::PolicyId, SourceLocation>,
+}
+
+/// A document's place in the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLocation {
+    pub file: PathBuf,
+    /// 1-based line of the document's first field.
+    pub line: usize,
 }
 
 impl Loaded {
@@ -60,10 +98,12 @@ impl Loaded {
     }
 }
 
-/// Loads YAML files and directories (recursively, `*.yaml` / `*.yml`).
-///
-/// PLACEHOLDER: returns an empty model until the resource loader lands.
+/// Loads YAML files and directories (recursively, `*.yaml` / `*.yml`, sorted),
+/// validates every document with Calico's rules and builds the model from the
+/// ones that pass. Never fails as a whole: problems are in `diagnostics`.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
-    let _ = paths;
-    Loaded::default()
+    load::load_paths(paths)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,542 @@
+//! Promotion of a staged policy to its enforced kind, by editing the YAML text
+//! in place: other documents, comments and formatting stay as they were.
+//!
+//! - `stagedAction: Set` (default) or `Learn`: the staged document becomes the
+//!   enforced kind (`kind:` changed, `apiVersion:` too for Kubernetes policies,
+//!   the `stagedAction:` line dropped); an enforced namesake anywhere in the
+//!   directory is removed, since the promoted policy replaces it.
+//! - `Delete`: the enforced namesake and the staged document are removed.
+//! - `Ignore`: refused; promoting it would change nothing that is enforced.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::ir::PolicyKind;
+use super::load::collect_files;
+use super::resources::{API_CALICO, API_K8S_NETWORKING};
+use super::yaml::{self, Chunk};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error("`{0}` is not a staged kind; accepted: StagedGlobalNetworkPolicy (sgnp), StagedNetworkPolicy (snp), StagedKubernetesNetworkPolicy (sknp)")]
+    NotStagedKind(String),
+    #[error("{0} not found in {1}")]
+    NotFound(String, PathBuf),
+    #[error("{0} is defined more than once ({1} and {2})")]
+    Ambiguous(String, PathBuf, PathBuf),
+    #[error("{0} has stagedAction Ignore: promoting it changes nothing that is enforced; set stagedAction to Set (or Delete) first, or remove it")]
+    Ignored(String),
+    #[error("{0}: cannot edit `{1}` at line {2}: only block-style `key: value` lines are edited")]
+    Unsupported(PathBuf, String, usize),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// What a promotion did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromoteReport {
+    /// The promoted object (enforced identity), e.g. `GlobalNetworkPolicy/name`.
+    pub enforced: String,
+    /// Where the staged document was rewritten in place (None for `Delete`).
+    pub rewritten: Option<(PathBuf, usize)>,
+    /// Where an enforced namesake was removed from.
+    pub removed_enforced: Option<PathBuf>,
+    /// The staged document was removed (`Delete`).
+    pub removed_staged: bool,
+}
+
+impl std::fmt::Display for PromoteReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.rewritten {
+            Some((file, line)) => write!(
+                f,
+                "promoted to {} in {}:{line}",
+                self.enforced,
+                file.display()
+            )?,
+            None => write!(f, "deleted {} (staged Delete)", self.enforced)?,
+        }
+        if let Some(file) = &self.removed_enforced {
+            write!(
+                f,
+                "; removed the previous {} from {}",
+                self.enforced,
+                file.display()
+            )?;
+        }
+        if self.removed_staged {
+            write!(f, "; removed the staged policy")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a staged kind name or its trace code.
+pub fn staged_kind(s: &str) -> Result<PolicyKind, PromoteError> {
+    match s {
+        "StagedGlobalNetworkPolicy" | "sgnp" => Ok(PolicyKind::StagedGlobalNetworkPolicy),
+        "StagedNetworkPolicy" | "snp" => Ok(PolicyKind::StagedNetworkPolicy),
+        "StagedKubernetesNetworkPolicy" | "sknp" => Ok(PolicyKind::StagedKubernetesNetworkPolicy),
+        _ => Err(PromoteError::NotStagedKind(s.into())),
+    }
+}
+
+/// (apiVersion, kind) of a policy kind's YAML documents.
+fn yaml_type(kind: PolicyKind) -> (&'static str, &'static str) {
+    match kind {
+        PolicyKind::KubernetesNetworkPolicy => (API_K8S_NETWORKING, "NetworkPolicy"),
+        k => (API_CALICO, k.as_str()),
+    }
+}
+
+fn is_namespaced(kind: PolicyKind) -> bool {
+    !matches!(
+        kind,
+        PolicyKind::GlobalNetworkPolicy | PolicyKind::StagedGlobalNetworkPolicy
+    )
+}
+
+/// One document of a file, located.
+struct Located {
+    file: PathBuf,
+    chunk: Chunk,
+    lines: std::collections::HashMap<String, usize>,
+    staged_action: Option<String>,
+}
+
+fn find(
+    files: &BTreeMap<PathBuf, String>,
+    kind: PolicyKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<Located>, PromoteError> {
+    let (api, kind_str) = yaml_type(kind);
+    let mut found: Option<Located> = None;
+    for (file, text) in files {
+        for chunk in yaml::split_documents(text) {
+            let Ok(Some(node)) = yaml::parse_chunk(&chunk) else {
+                continue;
+            };
+            fn s(n: Option<&yaml::Node>) -> &str {
+                n.and_then(|n| n.as_str()).unwrap_or("")
+            }
+            let meta = node.get("metadata");
+            let doc_ns = s(meta.and_then(|m| m.get("namespace")));
+            let doc_ns = if doc_ns.is_empty() { "default" } else { doc_ns };
+            let matches = s(node.get("apiVersion")) == api
+                && s(node.get("kind")) == kind_str
+                && s(meta.and_then(|m| m.get("name"))) == name
+                && namespace.is_none_or(|ns| ns == doc_ns);
+            if !matches {
+                continue;
+            }
+            if let Some(prev) = &found {
+                return Err(PromoteError::Ambiguous(
+                    describe(kind, namespace, name),
+                    prev.file.clone(),
+                    file.clone(),
+                ));
+            }
+            found = Some(Located {
+                file: file.clone(),
+                lines: node.line_index(),
+                staged_action: node
+                    .get("spec")
+                    .and_then(|s| s.get("stagedAction"))
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string),
+                chunk,
+            });
+        }
+    }
+    Ok(found)
+}
+
+fn describe(kind: PolicyKind, namespace: Option<&str>, name: &str) -> String {
+    super::load::resource_id(kind.as_str(), namespace, name)
+}
+
+fn is_separator(line: &str) -> bool {
+    let l = line.trim_end_matches(['\n', '\r']);
+    l == "---" || l.starts_with("--- ") || l == "..."
+}
+
+/// Line edits per file: replacements and deletions by 0-based line index.
+#[derive(Default)]
+struct Edits {
+    replace: BTreeMap<(PathBuf, usize), String>,
+    delete: BTreeSet<(PathBuf, usize)>,
+}
+
+impl Edits {
+    fn delete_document(&mut self, files: &BTreeMap<PathBuf, String>, doc: &Located) {
+        let lines: Vec<&str> = files[&doc.file].split_inclusive('\n').collect();
+        let range = doc.chunk.line_range.clone();
+        for i in range.clone() {
+            self.delete.insert((doc.file.clone(), i));
+        }
+        // Take one neighbouring separator with it, so no empty document is left:
+        // the one after it if still there, else the nearest unclaimed one before.
+        let file = &doc.file;
+        let claimed = |e: &Self, i: usize| e.delete.contains(&(file.clone(), i));
+        if range.end < lines.len() && is_separator(lines[range.end]) && !claimed(self, range.end) {
+            self.delete.insert((file.clone(), range.end));
+            return;
+        }
+        let mut i = range.start;
+        while i > 0 {
+            i -= 1;
+            if is_separator(lines[i]) && !claimed(self, i) {
+                self.delete.insert((file.clone(), i));
+                return;
+            }
+            if !claimed(self, i) {
+                return;
+            }
+        }
+    }
+
+    /// Rewrites the value of a top-level-relative `key: value` line.
+    fn set_value(
+        &mut self,
+        files: &BTreeMap<PathBuf, String>,
+        doc: &Located,
+        field: &str,
+        key: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<(), PromoteError> {
+        let line_no = doc.lines[field];
+        let line = files[&doc.file]
+            .split_inclusive('\n')
+            .nth(line_no - 1)
+            .unwrap_or("");
+        let trimmed = line.trim_start();
+        let Some(rest) = trimmed.strip_prefix(&format!("{key}:")) else {
+            return Err(PromoteError::Unsupported(
+                doc.file.clone(),
+                field.into(),
+                line_no,
+            ));
+        };
+        if !rest.contains(old) {
+            return Err(PromoteError::Unsupported(
+                doc.file.clone(),
+                field.into(),
+                line_no,
+            ));
+        }
+        let indent = &line[..line.len() - trimmed.len()];
+        let edited = format!("{indent}{key}:{}", rest.replacen(old, new, 1));
+        self.replace.insert((doc.file.clone(), line_no - 1), edited);
+        Ok(())
+    }
+
+    fn apply(self, files: &BTreeMap<PathBuf, String>) -> Result<(), PromoteError> {
+        let touched: BTreeSet<&PathBuf> = self
+            .replace
+            .keys()
+            .map(|(f, _)| f)
+            .chain(self.delete.iter().map(|(f, _)| f))
+            .collect();
+        for file in touched {
+            let mut out = String::new();
+            for (i, line) in files[file].split_inclusive('\n').enumerate() {
+                let key = (file.clone(), i);
+                if self.delete.contains(&key) {
+                    continue;
+                }
+                out.push_str(self.replace.get(&key).map_or(line, String::as_str));
+            }
+            // Write to a sibling and rename, so a crash never leaves half a file.
+            let tmp = file.with_extension("promote.tmp");
+            std::fs::write(&tmp, out).map_err(|e| PromoteError::Io(tmp.clone(), e))?;
+            std::fs::rename(&tmp, file).map_err(|e| PromoteError::Io(file.clone(), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Promotes the staged policy `kind`/`name` (in `namespace`, default `default`,
+/// for namespaced kinds) found among the YAML files under `datastore`.
+pub fn promote(
+    datastore: &Path,
+    kind: PolicyKind,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<PromoteReport, PromoteError> {
+    if !kind.is_staged() {
+        return Err(PromoteError::NotStagedKind(kind.as_str().into()));
+    }
+    let namespace = is_namespaced(kind).then(|| namespace.unwrap_or("default"));
+    let mut diags = Vec::new();
+    let mut files = BTreeMap::new();
+    for f in collect_files(&[datastore], &mut diags) {
+        let text = std::fs::read_to_string(&f).map_err(|e| PromoteError::Io(f.clone(), e))?;
+        files.insert(f, text);
+    }
+    if let Some(d) = diags.into_iter().next() {
+        return Err(PromoteError::Io(d.file, std::io::Error::other(d.message)));
+    }
+    let staged = find(&files, kind, namespace, name)?
+        .ok_or_else(|| PromoteError::NotFound(describe(kind, namespace, name), datastore.into()))?;
+    let enforced_kind = kind.enforced();
+    let enforced_id = describe(enforced_kind, namespace, name);
+    let namesake = find(&files, enforced_kind, namespace, name)?;
+
+    let mut edits = Edits::default();
+    let mut report = PromoteReport {
+        enforced: enforced_id.clone(),
+        rewritten: None,
+        removed_enforced: namesake.as_ref().map(|n| n.file.clone()),
+        removed_staged: false,
+    };
+    if let Some(n) = &namesake {
+        edits.delete_document(&files, n);
+    }
+    match staged.staged_action.as_deref() {
+        Some("Ignore") => return Err(PromoteError::Ignored(describe(kind, namespace, name))),
+        Some("Delete") => {
+            edits.delete_document(&files, &staged);
+            report.removed_staged = true;
+        }
+        _ => {
+            let (old_api, old_kind) = yaml_type(kind);
+            let (new_api, new_kind) = yaml_type(enforced_kind);
+            edits.set_value(&files, &staged, "kind", "kind", old_kind, new_kind)?;
+            if old_api != new_api {
+                edits.set_value(
+                    &files,
+                    &staged,
+                    "apiVersion",
+                    "apiVersion",
+                    old_api,
+                    new_api,
+                )?;
+            }
+            if let Some(line_no) = staged.lines.get("spec.stagedAction") {
+                let line = files[&staged.file]
+                    .split_inclusive('\n')
+                    .nth(line_no - 1)
+                    .unwrap_or("");
+                if !line.trim_start().starts_with("stagedAction:") {
+                    return Err(PromoteError::Unsupported(
+                        staged.file.clone(),
+                        "spec.stagedAction".into(),
+                        *line_no,
+                    ));
+                }
+                edits.delete.insert((staged.file.clone(), line_no - 1));
+            }
+            report.rewritten = Some((staged.file.clone(), staged.lines["kind"]));
+        }
+    }
+    edits.apply(&files)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ir::StagedAction;
+    use crate::model::load_paths;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const STAGED: &str = "# Staged lockdown: keep this comment.
+apiVersion: projectcalico.org/v3
+kind: StagedGlobalNetworkPolicy
+metadata:
+  name: lockdown
+spec:
+  stagedAction: Set # inline comment
+  selector: app == 'backend'
+  types:
+    - Ingress
+---
+# The other document stays.
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: other
+spec:
+  order: 5
+";
+
+    const ENFORCED: &str = "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: before
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: lockdown
+spec:
+  ingress:
+    - action: Allow
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: after
+";
+
+    fn policy_names(dir: &Path) -> Vec<String> {
+        let l = load_paths(&[dir]);
+        assert!(!l.has_errors(), "{:#?}", l.diagnostics);
+        let mut v: Vec<String> = l.model.policies.iter().map(|p| p.id.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn set_rewrites_in_place_and_replaces_the_namesake() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = write(dir.path(), "a.yaml", STAGED);
+        let enforced = write(dir.path(), "b.yaml", ENFORCED);
+        let r = promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "lockdown",
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.enforced, "GlobalNetworkPolicy/lockdown");
+        assert_eq!(r.rewritten, Some((staged.clone(), 3)));
+        assert_eq!(r.removed_enforced, Some(enforced.clone()));
+        let text = std::fs::read_to_string(&staged).unwrap();
+        assert_eq!(
+            text,
+            STAGED
+                .replace(
+                    "kind: StagedGlobalNetworkPolicy",
+                    "kind: GlobalNetworkPolicy"
+                )
+                .replace("  stagedAction: Set # inline comment\n", "")
+        );
+        let text = std::fs::read_to_string(&enforced).unwrap();
+        assert_eq!(
+            text,
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: before\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: after\n"
+        );
+        assert_eq!(
+            policy_names(dir.path()),
+            ["gnp:after", "gnp:before", "gnp:lockdown", "gnp:other"]
+        );
+        let l = load_paths(&[dir.path()]);
+        let p = l
+            .model
+            .policies
+            .iter()
+            .find(|p| p.id.name == "lockdown")
+            .unwrap();
+        assert!(p.ingress.is_empty(), "the staged spec won");
+    }
+
+    #[test]
+    fn delete_removes_both() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.yaml",
+            &STAGED.replace("stagedAction: Set", "stagedAction: Delete"),
+        );
+        write(dir.path(), "b.yaml", ENFORCED);
+        let r = promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "lockdown",
+            None,
+        )
+        .unwrap();
+        assert!(r.removed_staged && r.rewritten.is_none());
+        assert_eq!(
+            policy_names(dir.path()),
+            ["gnp:after", "gnp:before", "gnp:other"]
+        );
+        let a = std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
+        assert!(a.starts_with("# The other document stays.\n"), "{a}");
+    }
+
+    #[test]
+    fn kubernetes_policy_changes_api_version_and_namespace_matters() {
+        let dir = tempfile::tempdir().unwrap();
+        let sknp = |ns: &str| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: StagedKubernetesNetworkPolicy\nmetadata:\n  name: k\n  namespace: {ns}\nspec:\n  stagedAction: Learn\n  podSelector: {{}}\n"
+            )
+        };
+        write(
+            dir.path(),
+            "s.yaml",
+            &format!("{}---\n{}", sknp("a"), sknp("b")),
+        );
+        write(
+            dir.path(),
+            "k.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\n  namespace: b\nspec:\n  podSelector: {}\n",
+        );
+        let r = promote(
+            dir.path(),
+            PolicyKind::StagedKubernetesNetworkPolicy,
+            "k",
+            Some("b"),
+        )
+        .unwrap();
+        assert_eq!(r.enforced, "KubernetesNetworkPolicy/b/k");
+        assert!(r.removed_enforced.is_some());
+        assert_eq!(policy_names(dir.path()), ["knp:b/k", "sknp:a/k"]);
+        let s = std::fs::read_to_string(dir.path().join("s.yaml")).unwrap();
+        let promoted_b = sknp("b")
+            .replace("projectcalico.org/v3", "networking.k8s.io/v1")
+            .replace("StagedKubernetesNetworkPolicy", "NetworkPolicy")
+            .replace("  stagedAction: Learn\n", "");
+        assert_eq!(s, format!("{}---\n{promoted_b}", sknp("a")));
+        let l = load_paths(&[dir.path()]);
+        let staged = l
+            .model
+            .policies
+            .iter()
+            .find(|p| p.id.kind.is_staged())
+            .unwrap();
+        assert_eq!(staged.staged_action, Some(StagedAction::Learn));
+    }
+
+    #[test]
+    fn errors_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.yaml",
+            &STAGED.replace("stagedAction: Set", "stagedAction: Ignore"),
+        );
+        let err = promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "missing",
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, PromoteError::NotFound(..)), "{err}");
+        let err = promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "lockdown",
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, PromoteError::Ignored(..)), "{err}");
+        assert!(matches!(
+            staged_kind("GlobalNetworkPolicy"),
+            Err(PromoteError::NotStagedKind(_))
+        ));
+        assert_eq!(staged_kind("snp").unwrap(), PolicyKind::StagedNetworkPolicy);
+        // Nothing was written.
+        let a = std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
+        assert!(a.contains("StagedGlobalNetworkPolicy"));
+    }
+}

@@ -1,0 +1,216 @@
+//! `agent check` and `agent promote`, run as the binary.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run agent")
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    let out = agent(&["check", examples().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn check_reports_errors_with_lines_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: bad
+spec:
+  ingress:
+    - action: Allow
+      destination:
+        ports: [80]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: good
+",
+    )
+    .unwrap();
+    let out = agent(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "{}:9: error: GlobalNetworkPolicy/bad spec.ingress[0].destination.ports: ports (numeric or named) need the rule's protocol to be TCP, UDP or SCTP",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn check_warnings_exit_0() {
+    // The safe-mode net plus an unordered deny on the same endpoints: a lint warning.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("deny.yaml"),
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: deny-backend
+spec:
+  selector: all()
+  ingress:
+    - action: Deny
+",
+    )
+    .unwrap();
+    let safe_mode = examples().join("../safe-mode");
+    let out = agent(&[
+        "check",
+        examples().to_str().unwrap(),
+        safe_mode.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains(": warning: GlobalNetworkPolicy/deny-backend spec.order: has no order"),
+        "{text}"
+    );
+    assert!(text.contains("zzz-final-allow-everything"), "{text}");
+}
+
+#[test]
+fn promote_rewrites_the_staged_example() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "00-endpoints.yaml",
+        "10-database-allow-from-backend.yaml",
+        "20-backend-lockdown-staged.yaml",
+    ] {
+        std::fs::copy(examples().join(f), dir.path().join(f)).unwrap();
+    }
+    let out = agent(&[
+        "promote",
+        "--datastore",
+        dir.path().to_str().unwrap(),
+        "StagedGlobalNetworkPolicy/backend-lockdown-staged",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("promoted to GlobalNetworkPolicy/backend-lockdown-staged"));
+    let text = std::fs::read_to_string(dir.path().join("20-backend-lockdown-staged.yaml")).unwrap();
+    assert!(
+        text.starts_with("# Staged: would default-deny"),
+        "comments kept: {text}"
+    );
+    assert!(text.contains("\nkind: GlobalNetworkPolicy\n"));
+    let out = agent(&["check", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // Promoting again finds nothing staged.
+    let out = agent(&[
+        "promote",
+        "--datastore",
+        dir.path().to_str().unwrap(),
+        "sgnp/backend-lockdown-staged",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+#[test]
+fn promote_rejects_enforced_kinds() {
+    let out = agent(&[
+        "promote",
+        "--datastore",
+        "/nonexistent",
+        "GlobalNetworkPolicy/x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a staged kind"));
+}
+
+#[test]
+fn promote_namespaced_delete_in_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("np.yaml");
+    let text = "# Enforced policy.
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: app == 'web'
+---
+# Staged deletion of it.
+apiVersion: projectcalico.org/v3
+kind: StagedNetworkPolicy
+metadata:
+  name: web
+  namespace: shop
+spec:
+  stagedAction: Delete
+---
+# Untouched.
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: web
+  namespace: other
+spec:
+  selector: app == 'web'
+";
+    std::fs::write(&file, text).unwrap();
+    // Without -n the namespace is `default`, where there is nothing to promote.
+    let out = agent(&[
+        "promote",
+        "--datastore",
+        dir.path().to_str().unwrap(),
+        "StagedNetworkPolicy/web",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = agent(&[
+        "promote",
+        "--datastore",
+        dir.path().to_str().unwrap(),
+        "snp/web",
+        "-n",
+        "shop",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("deleted NetworkPolicy/shop/web"),
+        "{}",
+        stdout(&out)
+    );
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        after,
+        "# Untouched.
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: web
+  namespace: other
+spec:
+  selector: app == 'web'
+"
+    );
+    let out = agent(&["check", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}
