@@ -385,7 +385,7 @@ fn source_ports_are_unsupported() {
             endpoint, policy, ..
         }) => {
             assert_eq!(endpoint, "prod/database");
-            assert_eq!(policy, "gnp:/allow-backend-to-db");
+            assert_eq!(policy, model.policies[0].id.to_string());
         }
         other => panic!("{other:?}"),
     }
