@@ -38,7 +38,14 @@ fn seed_scenario_tables() {
     );
     assert!(backend.has_staged && !frontend.has_staged && !database.has_staged);
     let ingress = |e: &agent::compile::CompiledEndpoint, pending, peer: &str, port| {
-        c.describe(&sim.lookup(e.id, Direction::Ingress, pending, ip(peer), proto::TCP, port))
+        c.describe(&sim.lookup(
+            e.id,
+            Direction::Ingress,
+            pending,
+            ip(peer),
+            proto::TCP,
+            port,
+        ))
     };
     assert_eq!(
         ingress(database, false, "10.65.0.20", 8080),
@@ -62,13 +69,20 @@ fn seed_scenario_tables() {
     for e in &c.endpoints {
         let me = &model.endpoints[e.endpoint_index];
         for local in &me.ips {
-            for peer in model.endpoints.iter().flat_map(|p| &p.ips).chain(&[ip("8.8.8.8"), ip("2001:db8::1")]) {
+            for peer in model
+                .endpoints
+                .iter()
+                .flat_map(|p| &p.ips)
+                .chain(&[ip("8.8.8.8"), ip("2001:db8::1")])
+            {
                 if peer.is_ipv6() != local.is_ipv6() {
                     continue;
                 }
                 for dir in [Direction::Ingress, Direction::Egress] {
                     for port in [22, 80, 8080, 8081] {
-                        for (set, pending) in [(PolicySet::Enforced, false), (PolicySet::Pending, true)] {
+                        for (set, pending) in
+                            [(PolicySet::Enforced, false), (PolicySet::Pending, true)]
+                        {
                             let want = c.verdict_of(&eval.evaluate_end(
                                 set,
                                 e.endpoint_index,
@@ -77,7 +91,14 @@ fn seed_scenario_tables() {
                                 *local,
                                 &Packet::tcp(port),
                             ));
-                            let got = sim.lookup(e.id, dir, pending && e.has_staged, *peer, proto::TCP, port);
+                            let got = sim.lookup(
+                                e.id,
+                                dir,
+                                pending && e.has_staged,
+                                *peer,
+                                proto::TCP,
+                                port,
+                            );
                             assert_eq!(got, want, "{} {dir:?} {peer} {port} {set:?}", me.key());
                         }
                     }

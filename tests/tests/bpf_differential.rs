@@ -89,7 +89,7 @@ fn kernel_verdicts_equal_the_evaluator() {
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut pending_differs = 0u64;
     for round in 0..models {
-        let model_seed = rng.next();
+        let model_seed = rng.next_u64();
         let mut mrng = Rng::new(model_seed);
         let model = random_model(&mut mrng, Shape::default());
         let ctx = format!("DIFF_SEED={seed} round {round} (model seed {model_seed:#x})");
@@ -131,8 +131,14 @@ fn kernel_verdicts_equal_the_evaluator() {
                 .find(|e| e.endpoint_index == p.endpoint_index)
                 .unwrap();
             let ask = |set| {
-                let end =
-                    eval.evaluate_end(set, p.endpoint_index, p.direction, p.peer, p.local, &p.packet());
+                let end = eval.evaluate_end(
+                    set,
+                    p.endpoint_index,
+                    p.direction,
+                    p.peer,
+                    p.local,
+                    &p.packet(),
+                );
                 c.verdict_of(&end)
             };
             let (enforced, pending) = (ask(PolicySet::Enforced), ask(PolicySet::Pending));
@@ -173,7 +179,12 @@ fn kernel_verdicts_equal_the_evaluator() {
             let plain_ep = cp.endpoint_by_id(ep.id).unwrap();
             let rc_plain = run_as(&mut plain, plain_ep, hook, &bytes);
             plain.drain_events();
-            assert_eq!(rc_plain, rc, "staged policies changed a verdict: {}", what());
+            assert_eq!(
+                rc_plain,
+                rc,
+                "staged policies changed a verdict: {}",
+                what()
+            );
             cases += 1;
             allowed += u64::from(rc == TC_ACT_OK);
         }
@@ -184,6 +195,9 @@ fn kernel_verdicts_equal_the_evaluator() {
          {unsupported} models unsupported"
     );
     assert!(cases >= models * packets / 2, "too few cases: {cases}");
-    assert!(allowed > cases / 10 && allowed < cases * 9 / 10, "{allowed} of {cases} allowed");
+    assert!(
+        allowed > cases / 10 && allowed < cases * 9 / 10,
+        "{allowed} of {cases} allowed"
+    );
     assert!(staged_events > 0 && pending_differs > 0);
 }

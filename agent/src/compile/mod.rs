@@ -77,10 +77,10 @@ use crate::model::ir::{
 };
 use crate::selector::Selector;
 
-#[cfg(test)]
-mod tests;
 #[doc(hidden)]
 pub mod testgen;
+#[cfg(test)]
+mod tests;
 
 /// Reserved values of `Verdict::tier` (policy tiers index [`Compiled::tiers`]).
 pub mod tier_code {
@@ -111,6 +111,8 @@ pub struct Compiled {
     /// `Verdict::policy` of a profile verdict indexes this.
     pub profiles: Vec<String>,
     pub stats: CompileStats,
+    /// Name -> index maps behind [`Compiled::verdict_of`].
+    index: Names,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,12 +204,14 @@ pub fn compile(model: &Model) -> Result<Compiled, CompileError> {
             });
         }
         let id = endpoints.len() as u32 + 1;
-        let has_staged = [Direction::Ingress, Direction::Egress].into_iter().any(|d| {
-            !same_tiers(
-                eval.applicable_policies(PolicySet::Enforced, index, d),
-                eval.applicable_policies(PolicySet::Pending, index, d),
-            )
-        });
+        let has_staged = [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .any(|d| {
+                !same_tiers(
+                    eval.applicable_policies(PolicySet::Enforced, index, d),
+                    eval.applicable_policies(PolicySet::Pending, index, d),
+                )
+            });
         let mut ctx = EndpointCompiler {
             model,
             eval: &eval,
@@ -264,10 +268,16 @@ pub fn compile(model: &Model) -> Result<Compiled, CompileError> {
             rules,
         },
         endpoints,
-        policies: names.policies,
-        tiers: names.tiers,
-        profiles: names.profiles,
+        policies: names.policies.clone(),
+        tiers: names.tiers.clone(),
+        profiles: names.profiles.clone(),
         stats,
+        index: Names {
+            policies: Vec::new(),
+            tiers: Vec::new(),
+            profiles: Vec::new(),
+            ..names
+        },
     })
 }
 
@@ -279,8 +289,7 @@ fn same_tiers(a: &[ApplicableTier], b: &[ApplicableTier]) -> bool {
                 && x.name == y.name
                 && x.default_action == y.default_action
                 && x.policies.len() == y.policies.len()
-                && x
-                    .policies
+                && x.policies
                     .iter()
                     .zip(&y.policies)
                     .all(|(p, q)| std::ptr::eq(*p, *q))
@@ -290,6 +299,7 @@ fn same_tiers(a: &[ApplicableTier], b: &[ApplicableTier]) -> bool {
 // ---------------------------------------------------------------------------
 // Names: the userspace tables verdicts index.
 
+#[derive(Clone, Debug)]
 struct Names {
     policies: Vec<PolicyId>,
     tiers: Vec<String>,
@@ -364,9 +374,11 @@ impl Names {
                 POLICY_NONE,
                 (i32::from(*protocol) << 16) | i32::from(*port),
             ),
-            DecidedBy::PolicyRule { tier: t, policy: p, rule } => {
-                v(tier(t), policy(p), *rule as i32)
-            }
+            DecidedBy::PolicyRule {
+                tier: t,
+                policy: p,
+                rule,
+            } => v(tier(t), policy(p), *rule as i32),
             DecidedBy::EndOfTier { tier: t, policy: p } => v(tier(t), policy(p), -1),
             DecidedBy::ProfileRule { profile, rule } => v(
                 tier_code::PROFILE,
@@ -384,31 +396,7 @@ impl Names {
 impl Compiled {
     /// The kernel verdict the tables hold for this evaluator answer.
     pub fn verdict_of(&self, end: &EndVerdict) -> Verdict {
-        // Rebuilt on demand: cheap next to what a caller does with the answer.
-        let names = Names {
-            policy_index: self
-                .policies
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.clone(), i as u32))
-                .collect(),
-            tier_index: self
-                .tiers
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.clone(), i as u16))
-                .collect(),
-            profile_index: self
-                .profiles
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.clone(), i as u32))
-                .collect(),
-            policies: Vec::new(),
-            tiers: Vec::new(),
-            profiles: Vec::new(),
-        };
-        names.verdict(end)
+        self.index.verdict(end)
     }
 
     /// The compiled endpoint with this `RuleKey::endpoint_id`.
@@ -449,7 +437,11 @@ impl Compiled {
             }
             tier_code::NO_MATCH => format!("{PROFILE_TIER}|pro:{NO_MATCH_PROFILE}|{act}|-1"),
             t => {
-                let tier = self.tiers.get(t as usize).map(String::as_str).unwrap_or("?");
+                let tier = self
+                    .tiers
+                    .get(t as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?");
                 let policy = self
                     .policies
                     .get(v.policy as usize)
@@ -651,7 +643,12 @@ impl PeerClasses {
                 }
             }
         }
-        for f in model.failsafes.inbound.iter().chain(&model.failsafes.outbound) {
+        for f in model
+            .failsafes
+            .inbound
+            .iter()
+            .chain(&model.failsafes.outbound)
+        {
             if let Some(n) = &f.net {
                 if in_v4_mapped_space(n) {
                     return Err(mapped("failsafe".into(), n));
@@ -666,7 +663,13 @@ impl PeerClasses {
         let selector_endpoints: Vec<Vec<bool>> = atoms
             .selectors
             .iter()
-            .map(|s| model.endpoints.iter().map(|e| s.evaluate(&e.labels)).collect())
+            .map(|s| {
+                model
+                    .endpoints
+                    .iter()
+                    .map(|e| s.evaluate(&e.labels))
+                    .collect()
+            })
             .collect();
         let selector_sets: Vec<Vec<bool>> = atoms
             .selectors
@@ -787,10 +790,7 @@ fn uncovered_address(prefixes: &[Prefix], i: usize) -> Option<u128> {
             return Some(cur);
         }
         if c.end >= cur {
-            match c.end.checked_add(1) {
-                Some(n) => cur = n,
-                None => return None,
-            }
+            cur = c.end.checked_add(1)?;
             if cur > p.end {
                 return None;
             }
@@ -843,10 +843,7 @@ struct Dim {
 
 impl Dim {
     fn end(&self, i: usize) -> u16 {
-        self.starts
-            .get(i + 1)
-            .map(|s| s - 1)
-            .unwrap_or(u16::MAX)
+        self.starts.get(i + 1).map(|s| s - 1).unwrap_or(u16::MAX)
     }
 }
 
@@ -955,9 +952,8 @@ impl<'m> EndpointCompiler<'_, 'm> {
                     cuts.insert(a);
                     cuts.insert(b);
                 };
-                let may_match = |r: &Rule| {
-                    r.protocol.is_none_or(|q| q == p) && r.not_protocol != Some(p)
-                };
+                let may_match =
+                    |r: &Rule| r.protocol.is_none_or(|q| q == p) && r.not_protocol != Some(p);
                 match kind(p) {
                     Kind::Ports => {
                         for (_, r) in rules.iter().filter(|(_, r)| may_match(r)) {
@@ -1102,9 +1098,9 @@ impl<'m> EndpointCompiler<'_, 'm> {
         for local in locals {
             let mut ask = |p: u8, v: u16| {
                 self.evaluations += 1;
-                let end = self
-                    .eval
-                    .evaluate_end(set, self.index, direction, peer, local, &packet(p, v));
+                let end =
+                    self.eval
+                        .evaluate_end(set, self.index, direction, peer, local, &packet(p, v));
                 self.names.verdict(&end)
             };
             let row = Row {
@@ -1209,8 +1205,7 @@ fn push_runs(
             }
             if keep(d, i..=j, cells[i]) {
                 let (first, last) = (dim.starts[i], dim.end(j));
-                let ports = if kind(dim.protocol) == Kind::Other || (first, last) == (0, u16::MAX)
-                {
+                let ports = if kind(dim.protocol) == Kind::Other || (first, last) == (0, u16::MAX) {
                     Ports::Any
                 } else {
                     Ports::Range(first, last)

@@ -182,7 +182,14 @@ fn seed_scenario() {
     assert!(backend.has_staged);
     assert!(!database.has_staged && !frontend.has_staged);
     let look = |e: &CompiledEndpoint, pending, peer: &str, port| {
-        let v = sim.lookup(e.id, Direction::Ingress, pending, ip(peer), proto::TCP, port);
+        let v = sim.lookup(
+            e.id,
+            Direction::Ingress,
+            pending,
+            ip(peer),
+            proto::TCP,
+            port,
+        );
         c.describe(&v)
     };
     assert_eq!(
@@ -224,8 +231,7 @@ fn seed_scenario() {
     ]
     .iter()
     .flat_map(|&(e, local, peer, port)| {
-        [Direction::Ingress, Direction::Egress]
-            .map(|d| probe(e, d, local, peer, proto::TCP, port))
+        [Direction::Ingress, Direction::Egress].map(|d| probe(e, d, local, peer, proto::TCP, port))
     })
     .collect();
     agree(&model, &c, &probes);
@@ -244,7 +250,11 @@ fn identical_endpoints_share_a_class() {
     assert_eq!(sim.class(ip("10.65.0.2")), sim.class(ip("10.65.0.12")));
     assert_eq!(sim.class(ip("fd65::2")), sim.class(ip("fd65::12")));
     assert_ne!(sim.class(ip("10.65.0.2")), sim.class(ip("10.65.0.1")));
-    assert_ne!(sim.class(ip("10.65.0.2")), sim.class(ip("fd65::2")), "classes are per family");
+    assert_ne!(
+        sim.class(ip("10.65.0.2")),
+        sim.class(ip("fd65::2")),
+        "classes are per family"
+    );
     // Frontend and the world are alike for every selector: one class, and the
     // frontend's /32 is not even emitted.
     assert_eq!(sim.class(ip("10.65.0.1")), sim.class(ip("8.8.8.8")));
@@ -257,7 +267,11 @@ fn identical_endpoints_share_a_class() {
 
 #[test]
 fn port_ranges_are_compressed() {
-    let mut p = policy(PolicyKind::GlobalNetworkPolicy, "ranges", "app == 'database'");
+    let mut p = policy(
+        PolicyKind::GlobalNetworkPolicy,
+        "ranges",
+        "app == 'database'",
+    );
     p.ingress = vec![
         tcp_ports(Action::Deny, 2500, 2600),
         tcp_ports(Action::Allow, 1000, 1999),
@@ -305,7 +319,14 @@ fn port_ranges_are_compressed() {
         (3000, true),
         (3001, false),
     ] {
-        let v = sim.lookup(1, Direction::Ingress, false, ip("1.2.3.4"), proto::TCP, port);
+        let v = sim.lookup(
+            1,
+            Direction::Ingress,
+            false,
+            ip("1.2.3.4"),
+            proto::TCP,
+            port,
+        );
         assert_eq!(v.action == action::ALLOW, allow, "port {port}");
     }
 }
@@ -378,8 +399,10 @@ fn failsafes_on_a_host_endpoint_under_deny_all() {
 #[test]
 fn source_ports_are_unsupported() {
     let mut model = seed();
-    model.policies[0].ingress[0].source.ports =
-        vec![PortMatch::Range(PortRange { first: 1, last: 1023 })];
+    model.policies[0].ingress[0].source.ports = vec![PortMatch::Range(PortRange {
+        first: 1,
+        last: 1023,
+    })];
     match compile(&model) {
         Err(CompileError::Unsupported {
             endpoint, policy, ..
@@ -430,7 +453,7 @@ fn random_models_agree_with_the_evaluator() {
     let mut rng = Rng::new(seed);
     let (mut compiled, mut unsupported) = (0, 0);
     for round in 0..300 {
-        let model_seed = rng.next();
+        let model_seed = rng.next_u64();
         let mut mrng = Rng::new(model_seed);
         let model = random_model(&mut mrng, Shape::default());
         let c = match compile(&model) {
@@ -461,5 +484,24 @@ fn random_models_agree_with_the_evaluator() {
         }
     }
     eprintln!("{compiled} models compiled, {unsupported} unsupported");
-    assert!(compiled > 250, "{compiled} compiled, {unsupported} unsupported");
+    assert!(
+        compiled > 250,
+        "{compiled} compiled, {unsupported} unsupported"
+    );
+}
+
+/// `cargo test --release -p agent --lib compile::tests::compile_time -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn compile_time() {
+    for (e, p) in [(10, 10), (100, 50), (300, 100), (1000, 200)] {
+        let model = super::testgen::scale_model(e, p, 7);
+        let c = compile(&model).unwrap();
+        let s = &c.stats;
+        let max = s.keys_per_endpoint.iter().max().unwrap();
+        eprintln!(
+            "{e} endpoints x {p} policies: {:?}; {} classes, {} peer prefixes, {} entries, {} keys (max {max}/endpoint), {} evaluations",
+            s.duration, s.classes, s.peer_prefixes, s.rule_entries, s.rule_keys, s.evaluations
+        );
+    }
 }
