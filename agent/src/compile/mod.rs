@@ -98,6 +98,31 @@ pub mod tier_code {
 /// so that one endpoint cannot starve the others.
 pub const MAX_KEYS_PER_ENDPOINT: usize = 65536;
 
+/// Capacity limits the compiler enforces (exceeding one is
+/// [`CompileError::Capacity`]). The defaults are the kernel maps' sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Endpoints with an interface (`ENDPOINTS`).
+    pub endpoints: usize,
+    /// Prefixes in `PEERS_*` (also bounds the number of classes).
+    pub peer_prefixes: usize,
+    /// Encoded keys in `RULES_*`.
+    pub rule_keys: usize,
+    /// Encoded keys of one endpoint.
+    pub keys_per_endpoint: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            endpoints: limits::MAX_ENDPOINTS as usize,
+            peer_prefixes: limits::MAX_PEER_PREFIXES as usize,
+            rule_keys: limits::MAX_RULE_ENTRIES as usize,
+            keys_per_endpoint: MAX_KEYS_PER_ENDPOINT,
+        }
+    }
+}
+
 /// The compiler's output, ready for `Dataplane::install`.
 #[derive(Clone, Debug)]
 pub struct Compiled {
@@ -176,12 +201,17 @@ pub enum CompileError {
     },
 }
 
-/// Compiles the model. Deterministic.
+/// Compiles the model for the kernel's map sizes. Deterministic.
 pub fn compile(model: &Model) -> Result<Compiled, CompileError> {
+    compile_with_limits(model, &Limits::default())
+}
+
+/// [`compile`] with explicit capacity limits.
+pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, CompileError> {
     let started = Instant::now();
     let eval = Evaluator::new(model);
     let names = Names::new(model)?;
-    let peers = PeerClasses::build(model)?;
+    let peers = PeerClasses::build(model, limits)?;
     let mut stats = CompileStats {
         classes: peers.classes.len(),
         prefixes_collected: peers.collected,
@@ -195,12 +225,12 @@ pub fn compile(model: &Model) -> Result<Compiled, CompileError> {
         let Some(interface) = &endpoint.interface else {
             continue;
         };
-        if endpoints.len() >= limits::MAX_ENDPOINTS as usize {
+        if endpoints.len() >= limits.endpoints {
             return Err(CompileError::Capacity {
                 endpoint: endpoint.key(),
                 limit: "endpoints (ENDPOINTS map)",
                 needed: endpoints.len() + 1,
-                max: limits::MAX_ENDPOINTS as usize,
+                max: limits.endpoints,
             });
         }
         let id = endpoints.len() as u32 + 1;
@@ -231,21 +261,21 @@ pub fn compile(model: &Model) -> Result<Compiled, CompileError> {
             .iter()
             .map(|e| e.keys().map(|k| k.len()).unwrap_or(0))
             .sum();
-        if keys > MAX_KEYS_PER_ENDPOINT {
+        if keys > limits.keys_per_endpoint {
             return Err(CompileError::Capacity {
                 endpoint: endpoint.key(),
                 limit: "rule entries per endpoint",
                 needed: keys,
-                max: MAX_KEYS_PER_ENDPOINT,
+                max: limits.keys_per_endpoint,
             });
         }
         total_keys += keys;
-        if total_keys > limits::MAX_RULE_ENTRIES as usize {
+        if total_keys > limits.rule_keys {
             return Err(CompileError::Capacity {
                 endpoint: endpoint.key(),
                 limit: "rule entries (RULES map)",
                 needed: total_keys,
-                max: limits::MAX_RULE_ENTRIES as usize,
+                max: limits.rule_keys,
             });
         }
         stats.evaluations += ctx.evaluations;
@@ -601,7 +631,7 @@ fn all_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
 }
 
 impl PeerClasses {
-    fn build(model: &Model) -> Result<Self, CompileError> {
+    fn build(model: &Model, limits: &Limits) -> Result<Self, CompileError> {
         let mut atoms = Atoms::default();
         let mut prefixes: BTreeSet<Prefix> = BTreeSet::new();
         let mapped = |what: String, net: &IpNet| CompileError::Unsupported {
@@ -758,12 +788,12 @@ impl PeerClasses {
             stack.push((*p, class));
             emitted.push((p.net(), class));
         }
-        if emitted.len() > limits::MAX_PEER_PREFIXES as usize {
+        if emitted.len() > limits.peer_prefixes {
             return Err(CompileError::Capacity {
                 endpoint: "*".into(),
                 limit: "peer prefixes (PEERS map)",
                 needed: emitted.len(),
-                max: limits::MAX_PEER_PREFIXES as usize,
+                max: limits.peer_prefixes,
             });
         }
         Ok(PeerClasses {

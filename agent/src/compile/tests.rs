@@ -415,6 +415,101 @@ fn source_ports_are_unsupported() {
 }
 
 #[test]
+fn capacity_limits_are_errors() {
+    let model = seed();
+    let small = |f: fn(&mut Limits)| {
+        let mut l = Limits::default();
+        f(&mut l);
+        compile_with_limits(&model, &l)
+    };
+    let limit_of = |r: Result<Compiled, CompileError>| match r {
+        Err(CompileError::Capacity {
+            limit,
+            endpoint,
+            needed,
+            max,
+        }) => {
+            assert!(needed > max);
+            (limit, endpoint)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        limit_of(small(|l| l.endpoints = 2)),
+        ("endpoints (ENDPOINTS map)", "prod/database".to_string())
+    );
+    assert_eq!(
+        limit_of(small(|l| l.peer_prefixes = 2)).0,
+        "peer prefixes (PEERS map)"
+    );
+    assert_eq!(
+        limit_of(small(|l| l.keys_per_endpoint = 3)),
+        ("rule entries per endpoint", "prod/backend".to_string()),
+        "backend has pending entries too"
+    );
+    assert_eq!(
+        limit_of(small(|l| l.rule_keys = 8)).0,
+        "rule entries (RULES map)"
+    );
+    assert!(compile_with_limits(&model, &Limits::default()).is_ok());
+}
+
+#[test]
+fn verdicts_that_depend_on_the_local_address_are_unsupported() {
+    let mut model = seed();
+    model.endpoints[2].ips.push(ip("10.65.0.33"));
+    // Nothing tells the database's two IPv4 addresses apart: fine.
+    let c = compile(&model).unwrap();
+    let probes: Vec<Probe> = ["10.65.0.3", "10.65.0.33"]
+        .iter()
+        .map(|local| probe(2, Direction::Ingress, local, "10.65.0.2", proto::TCP, 8080))
+        .collect();
+    agree(&model, &c, &probes);
+    // A rule on one of them: the kernel cannot see which one a packet uses.
+    model.policies[0].ingress[0].destination.nets = vec!["10.65.0.3/32".parse().unwrap()];
+    assert!(matches!(
+        compile(&model),
+        Err(CompileError::Unsupported { endpoint, .. }) if endpoint == "prod/database"
+    ));
+}
+
+#[test]
+fn ipv4_mapped_ipv6_nets_are_unsupported() {
+    let mut model = seed();
+    model.policies[0].ingress[0].source.nets = vec!["::ffff:10.0.0.0/104".parse().unwrap()];
+    assert!(matches!(
+        compile(&model),
+        Err(CompileError::Unsupported { what, .. }) if what.contains("::ffff:0:0/96")
+    ));
+}
+
+#[test]
+fn describe_names_every_kind_of_verdict() {
+    let c = compile(&seed()).unwrap();
+    let v = |tier, policy, rule, act| Verdict {
+        action: act,
+        flags: 0,
+        tier,
+        policy,
+        rule,
+    };
+    assert_eq!(c.describe(&Verdict::NO_ENTRY), "__NO_ENTRY__|deny");
+    assert_eq!(
+        c.describe(&v(tier_code::NO_MATCH, POLICY_NONE, -1, action::DENY)),
+        "__PROFILE__|pro:__NO_MATCH__|deny|-1"
+    );
+    assert_eq!(
+        c.describe(&v(
+            tier_code::FAILSAFE,
+            POLICY_NONE,
+            6 << 16 | 22,
+            action::ALLOW
+        )),
+        "__FAILSAFE__|failsafe:tcp/22|allow|-1"
+    );
+}
+
+#[test]
 fn network_sets_and_nets_make_classes() {
     let mut p = policy(PolicyKind::GlobalNetworkPolicy, "ext", "app == 'database'");
     let mut r = rule(Action::Allow);
@@ -452,7 +547,7 @@ fn random_models_agree_with_the_evaluator() {
         .unwrap_or(0x5eed_1234_u64);
     let mut rng = Rng::new(seed);
     let (mut compiled, mut unsupported) = (0, 0);
-    for round in 0..300 {
+    for round in 0..150 {
         let model_seed = rng.next_u64();
         let mut mrng = Rng::new(model_seed);
         let model = random_model(&mut mrng, Shape::default());
@@ -485,7 +580,7 @@ fn random_models_agree_with_the_evaluator() {
     }
     eprintln!("{compiled} models compiled, {unsupported} unsupported");
     assert!(
-        compiled > 250,
+        compiled > 120,
         "{compiled} compiled, {unsupported} unsupported"
     );
 }
