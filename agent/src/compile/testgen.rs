@@ -139,7 +139,7 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
     let mut v4: Vec<&str> = V4_POOL.to_vec();
     let mut v6: Vec<&str> = V6_POOL.to_vec();
     for i in 0..n {
-        let host = i == n - 1 && rng.chance(30);
+        let host = i == n - 1 && rng.chance(40);
         let ns = rng.pick(&["n1", "n2"]);
         let mut l = Labels::new();
         if rng.chance(80) {
@@ -300,11 +300,14 @@ fn random_policy(
     i: usize,
 ) -> Policy {
     let namespaced = rng.chance(30);
-    let kind = match (staged, namespaced) {
-        (false, false) => PolicyKind::GlobalNetworkPolicy,
-        (false, true) => PolicyKind::NetworkPolicy,
-        (true, false) => PolicyKind::StagedGlobalNetworkPolicy,
-        (true, true) => PolicyKind::StagedNetworkPolicy,
+    let k8s = namespaced && rng.chance(30);
+    let kind = match (staged, namespaced, k8s) {
+        (false, false, _) => PolicyKind::GlobalNetworkPolicy,
+        (false, true, false) => PolicyKind::NetworkPolicy,
+        (false, true, true) => PolicyKind::KubernetesNetworkPolicy,
+        (true, false, _) => PolicyKind::StagedGlobalNetworkPolicy,
+        (true, true, false) => PolicyKind::StagedNetworkPolicy,
+        (true, true, true) => PolicyKind::StagedKubernetesNetworkPolicy,
     };
     let namespace = namespaced.then(|| "n1".to_string());
     let mut selector = sel(rng);
@@ -321,6 +324,9 @@ fn random_policy(
     };
     let ingress = rules(rng);
     let egress = rules(rng);
+    // Host-endpoint phases (global policies only): untracked, pre-DNAT (ingress only).
+    let do_not_track = !namespaced && rng.chance(10);
+    let pre_dnat = !namespaced && !do_not_track && !egress_type && rng.chance(10);
     Policy {
         id: PolicyId {
             kind,
