@@ -6,7 +6,8 @@
 //! endpoints with staged policy the flow event carries exactly the enforced and
 //! pending verdicts (tier, policy, rule) the evaluator names; deny events on
 //! other endpoints carry the enforced one; and a second dataplane loaded with
-//! the same model minus its staged policies returns the same code.
+//! the same model minus its staged policies returns the same code (and, with
+//! reporting forced on, reports every enforced verdict, allows included).
 //!
 //! `DIFF_SEED=<n>` replays a run; `DIFF_MODELS` / `DIFF_PACKETS` resize it.
 use std::net::IpAddr;
@@ -16,7 +17,7 @@ use agent::compile::{compile, CompileError, CompiledEndpoint};
 use agent::dataplane::{Dataplane, FlowRecord, Hook};
 use agent::eval::{Evaluator, PolicySet};
 use agent::model::ir::{Direction, Model};
-use agent_common::{action, active_flags};
+use agent_common::{action, active_flags, endpoint_flags, Verdict};
 use aya::programs::{TestRun, TestRunOptions};
 use lab::packet::Packet;
 
@@ -34,9 +35,12 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Runs the hook's program on `frame` as endpoint `ep` (on the loopback device).
-fn run_as(dp: &mut Dataplane, ep: &CompiledEndpoint, hook: Hook, frame: &[u8]) -> u32 {
-    dp.set_endpoint(LOOPBACK, ep.info()).unwrap();
+/// Runs the hook's program on `frame` as endpoint `ep` (on the loopback device),
+/// with extra `EndpointInfo::flags`.
+fn run_as(dp: &mut Dataplane, ep: &CompiledEndpoint, extra: u32, hook: Hook, frame: &[u8]) -> u32 {
+    let mut info = ep.info();
+    info.flags |= extra;
+    dp.set_endpoint(LOOPBACK, info).unwrap();
     dp.program(hook)
         .unwrap()
         .test_run(TestRunOptions {
@@ -114,6 +118,7 @@ fn kernel_verdicts_equal_the_evaluator() {
         plain.drain_events();
 
         let eval = Evaluator::new(&model);
+        let plain_eval = Evaluator::new(&plain_model);
         let eps: Vec<usize> = c
             .endpoints
             .iter()
@@ -143,7 +148,7 @@ fn kernel_verdicts_equal_the_evaluator() {
             };
             let (enforced, pending) = (ask(PolicySet::Enforced), ask(PolicySet::Pending));
             let (hook, bytes) = frame(&p);
-            let rc = run_as(&mut dp, ep, hook, &bytes);
+            let rc = run_as(&mut dp, ep, 0, hook, &bytes);
             let events: Vec<FlowRecord> = dp.drain_events();
             let want_rc = if enforced.action == action::ALLOW {
                 TC_ACT_OK
@@ -176,13 +181,38 @@ fn kernel_verdicts_equal_the_evaluator() {
                     deny_events += 1;
                 }
             }
+            // Without the staged policies: same code. The HAS_STAGED flag is forced
+            // on here (there are no pending entries) so that every flow reports its
+            // enforced verdict, allows included.
             let plain_ep = cp.endpoint_by_id(ep.id).unwrap();
-            let rc_plain = run_as(&mut plain, plain_ep, hook, &bytes);
-            plain.drain_events();
+            let rc_plain = run_as(
+                &mut plain,
+                plain_ep,
+                endpoint_flags::HAS_STAGED,
+                hook,
+                &bytes,
+            );
+            let plain_events = plain.drain_events();
             assert_eq!(
                 rc_plain,
                 rc,
                 "staged policies changed a verdict: {}",
+                what()
+            );
+            let plain_enforced = cp.verdict_of(&plain_eval.evaluate_end(
+                PolicySet::Enforced,
+                p.endpoint_index,
+                p.direction,
+                p.peer,
+                p.local,
+                &p.packet(),
+            ));
+            assert_eq!(plain_events.len(), 1, "{}", what());
+            assert_eq!(plain_events[0].enforced, plain_enforced, "{}", what());
+            assert_eq!(
+                plain_events[0].pending,
+                Some(Verdict::NO_ENTRY),
+                "{}",
                 what()
             );
             cases += 1;

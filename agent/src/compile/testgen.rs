@@ -343,13 +343,14 @@ fn random_policy(
         staged_action: staged.then(|| {
             rng.pick(&[
                 StagedAction::Set,
+                StagedAction::Learn,
                 StagedAction::Delete,
                 StagedAction::Ignore,
             ])
         }),
-        do_not_track: false,
-        pre_dnat: false,
-        apply_on_forward: false,
+        do_not_track,
+        pre_dnat,
+        apply_on_forward: do_not_track || pre_dnat,
     }
 }
 
