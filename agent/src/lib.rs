@@ -9,7 +9,10 @@
 //! - [`cli`]: the command line.
 pub mod cli;
 pub mod compile;
+pub mod daemon;
 pub mod dataplane;
+pub mod datastore;
 pub mod eval;
+pub mod flows;
 pub mod model;
 pub mod selector;

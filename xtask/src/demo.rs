@@ -1,12 +1,13 @@
 //! `cargo xtask demo`: the staged-policy walkthrough on the embedded default
-//! (`examples/`), with a lab of real network namespaces.
+//! (`examples/`), with a lab of real network namespaces and the agent as an
+//! operator runs it.
 //!
 //! It follows the lesson "Ship it safely": an enforced policy doing real work,
-//! a staged lockdown that changes nothing while its would-be verdicts are read,
-//! promotion by changing one word, and safe mode.
+//! a staged lockdown that changes nothing while its would-be verdicts stream in
+//! `agent flows`, promotion by changing one word, and safe mode.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use lab::{Lab, Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
@@ -27,7 +28,8 @@ fn agent_bin() -> PathBuf {
     workspace_root().join("target/release/agent")
 }
 
-/// Runs `agent ARGS`, echoing the command line and its output.
+/// Runs `agent ARGS` (outside the lab: the CLI talks to the daemon over its
+/// Unix socket), echoing the command line and its output.
 fn agent(args: &[&str]) -> Result<String> {
     println!("\n  $ agent {}", args.join(" "));
     let out = Command::new(agent_bin())
@@ -47,7 +49,13 @@ fn agent(args: &[&str]) -> Result<String> {
     Ok(stdout)
 }
 
-fn probe(from: &Pod, to: &Pod, port: u16, timeout: Duration) -> TcpProbe {
+/// One real TCP connection attempt, printed as a matrix line.
+fn probe(from: &Pod, to: &Pod, port: u16, expect: TcpProbe) -> Result<()> {
+    let timeout = if expect == TcpProbe::Connected {
+        PROBE_TIMEOUT
+    } else {
+        SHORT_TIMEOUT
+    };
     let result = from.tcp_connect(to.ipv4, port, timeout);
     let mark = if result == TcpProbe::Connected {
         "✓"
@@ -55,132 +63,197 @@ fn probe(from: &Pod, to: &Pod, port: u16, timeout: Duration) -> TcpProbe {
         "✗"
     };
     println!(
-        "    {mark} {}/{} -> {}/{}:{port} ({}): {result:?}",
-        from.namespace, from.name, to.namespace, to.name, to.ipv4
+        "    {mark} {}/{} -> {}/{}:{port}  {result:?}",
+        from.namespace, from.name, to.namespace, to.name
     );
-    result
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
+    if result != expect {
+        bail!("expected {expect:?}, got {result:?}");
     }
     Ok(())
 }
 
+/// The daemon, running inside the lab's node namespace (where the pods'
+/// host-side interfaces are). Killed on drop.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(lab: &Lab, datastore: &Path, socket: &Path, log: PathBuf) -> Result<Daemon> {
+        let child = lab
+            .node()
+            .command(agent_bin())
+            .arg("run")
+            .arg("--datastore")
+            .arg(datastore)
+            .arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting agent run")?;
+        Ok(Daemon { child, log })
+    }
+
+    /// Waits until `agent status` answers with every endpoint attached.
+    fn wait_ready(&mut self, socket: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("agent run exited ({status}); log:\n{}", self.log_text());
+            }
+            let out = Command::new(agent_bin())
+                .args(["status", "--socket", socket, "-o", "json"])
+                .output()?;
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(endpoints) = status["endpoints"].as_array() {
+                if !endpoints.is_empty() && endpoints.iter().all(|e| e["attached"] == true) {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("agent did not become ready; log:\n{}", self.log_text())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Gives the agent's directory watcher time to recompile and swap the tables.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
 pub fn run() -> Result<()> {
     lab::require_root();
-    let examples = workspace_root().join("examples");
     let work = std::env::temp_dir().join(format!("agent-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let datastore = work.join("policies");
-    copy_dir(&examples, &datastore)?;
-    let result = walkthrough(&examples, &datastore);
+    std::fs::create_dir_all(&datastore)?;
+    for entry in std::fs::read_dir(workspace_root().join("examples"))? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::copy(&path, datastore.join(path.file_name().unwrap()))?;
+        }
+    }
+    let result = walkthrough(&work, &datastore);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-fn walkthrough(examples: &Path, datastore: &Path) -> Result<()> {
+fn walkthrough(work: &Path, datastore: &Path) -> Result<()> {
     let ds = datastore.to_str().context("non-UTF-8 temp path")?;
+    let socket_path = work.join("agent.sock");
+    let socket = socket_path.to_str().context("non-UTF-8 temp path")?;
+
     heading("The lab");
     say("A node (its own network namespace) with three pods in namespace prod, each a network\nnamespace wired like Calico wires pods: host-side veth, /32 route, proxy ARP, 169.254.1.1.");
     let lab = Lab::new();
     let frontend = lab.add_pod_at("prod", "frontend", 10, "calidemofront");
     let backend = lab.add_pod_at("prod", "backend", 20, "calidemoback");
     let database = lab.add_pod_at("prod", "database", 30, "calidemodb");
-    let _servers = [
-        backend.tcp_listen(8080),
-        database.tcp_listen(8080),
-        frontend.tcp_listen(8080),
-    ];
+    let _servers = [backend.tcp_listen(8080), database.tcp_listen(8080)];
     for pod in [&frontend, &backend, &database] {
         println!(
             "    {}/{}: {} {} on {}",
             pod.namespace, pod.name, pod.ipv4, pod.ipv6, pod.host_if
         );
     }
-    say("Real TCP, no policy loaded into the kernel yet:");
-    probe(&frontend, &backend, 8080, PROBE_TIMEOUT);
-    probe(&backend, &database, 8080, PROBE_TIMEOUT);
-    probe(&frontend, &database, 8080, PROBE_TIMEOUT);
 
     heading("The policies (the embedded default, examples/)");
-    say("An enforced GlobalNetworkPolicy: prod/database accepts ingress only from prod/backend on\nTCP 8080. A StagedGlobalNetworkPolicy: would default-deny prod/backend's ingress.");
+    say("Enforced, GlobalNetworkPolicy database-allow-from-backend: prod/database accepts ingress\nonly from prod/backend on TCP 8080. Staged, StagedGlobalNetworkPolicy backend-lockdown-staged:\nwould default-deny prod/backend's ingress - but only previews that.");
     agent(&["check", ds])?;
 
-    heading("Enforced and pending, side by side");
-    say("`enforced` is what happens; `pending` is what would happen if every staged policy were\npromoted now. The staged lockdown changes the enforced matrix by nothing.");
-    agent(&["matrix", "--datastore", ds, "--port", "TCP/8080"])?;
-    agent(&["matrix", "--datastore", ds, "--port", "TCP/8080", "--diff"])?;
-    say("One flow, with Calico-format traces of what decided it:");
-    agent(&[
-        "eval",
-        "--datastore",
-        ds,
-        "--from",
-        "prod/frontend",
-        "--to",
-        "prod/backend",
-        "--protocol",
-        "TCP",
-        "--port",
-        "8080",
-    ])?;
+    heading("Start the agent");
+    say("`agent run` compiles the policies into per-endpoint BPF decision tables and attaches TC\nprograms (TCX) to each pod's host-side interface. It runs in the node's network namespace.");
+    let mut daemon = Daemon::start(&lab, datastore, &socket_path, work.join("agent.log"))?;
+    daemon.wait_ready(socket)?;
+    agent(&["status", "--socket", socket])?;
 
-    heading("In the kernel: a TC program on prod/database's interface");
-    say("The first dataplane slice: an eBPF program (TCX) drops TCP 8080 towards prod/database\nand reports each drop on a ring buffer. (Compiled policy tables replace this slice next.)");
-    let dropper = lab
-        .node()
-        .command(agent_bin())
-        .args([
-            "debug-drop",
-            "--interface",
-            &database.host_if,
-            "--port",
-            "tcp/8080",
-            "--seconds",
-            "3",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting agent debug-drop")?;
-    std::thread::sleep(Duration::from_millis(700));
-    let dropped = probe(&frontend, &database, 8080, SHORT_TIMEOUT);
-    let out = dropper.wait_with_output()?;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        println!("    agent: {line}");
-    }
-    if dropped != TcpProbe::TimedOut || !out.status.success() {
-        bail!(
-            "the kernel program did not drop the flow ({dropped:?}, {})",
-            out.status
-        );
-    }
-    say("Detached again:");
-    probe(&frontend, &database, 8080, PROBE_TIMEOUT);
+    heading("What to observe: real traffic");
+    say("The enforced policy is doing real work; the staged lockdown blocks nothing:");
+    probe(&backend, &database, 8080, TcpProbe::Connected)?;
+    probe(&frontend, &database, 8080, TcpProbe::TimedOut)?;
+    probe(&frontend, &backend, 8080, TcpProbe::Connected)?;
+    probe(&database, &backend, 8080, TcpProbe::Connected)?;
+
+    heading("Watch the would-be verdicts: agent flows");
+    say("Every new flow is judged twice in the kernel: enforced (what happened) and pending (what\nwould happen if the staged policy were promoted). Only the first changes the packet's fate.\nThe flows where they differ are exactly what the lockdown would stop:");
+    agent(&[
+        "flows",
+        "--socket",
+        socket,
+        "--pending-diff",
+        "--last",
+        "10",
+    ])?;
+    say("And the enforced deny from the real policy:");
+    agent(&[
+        "flows",
+        "--socket",
+        socket,
+        "--verdict",
+        "deny",
+        "--last",
+        "5",
+    ])?;
+    say("The same answer offline, from the reference evaluator:");
+    agent(&["matrix", "--datastore", ds, "--port", "TCP/8080", "--diff"])?;
 
     heading("Promote: change one word");
-    say("`agent promote` rewrites kind: StagedGlobalNetworkPolicy -> GlobalNetworkPolicy in place\n(comments and other documents kept). Now frontend no longer reaches backend:");
+    say("The lockdown only denies what we intend (frontend and database -> backend). Promote it:\n`agent promote` rewrites kind: StagedGlobalNetworkPolicy -> GlobalNetworkPolicy in place;\nthe running agent sees the file change and swaps its tables atomically.");
     agent(&[
         "promote",
         "--datastore",
         ds,
         "StagedGlobalNetworkPolicy/backend-lockdown-staged",
     ])?;
-    agent(&["matrix", "--datastore", ds, "--port", "TCP/8080"])?;
+    settle();
+    probe(&frontend, &backend, 8080, TcpProbe::TimedOut)?;
+    probe(&backend, &database, 8080, TcpProbe::Connected)?;
+    agent(&[
+        "flows",
+        "--socket",
+        socket,
+        "--to",
+        "prod/backend",
+        "--verdict",
+        "deny",
+        "--last",
+        "3",
+    ])?;
 
     heading("Safe mode");
-    say("An allow-everything GlobalNetworkPolicy at order 100000 is consulted after every real\npolicy with an order. Careful: a policy WITHOUT order sorts after it (Calico: unset =\ninfinity), so the safety net decides first for that policy's endpoints; `agent check`\nwarns about exactly this.");
-    copy_dir(&workspace_root().join("safe-mode"), datastore)?;
+    say("Before experimenting with denies, apply an allow-everything policy at a very high order\n(100000): every real policy with an order is consulted first. The catch, straight from\nCalico's ordering: a policy WITHOUT `order` sorts after it (unset = infinity), so for such\na policy's endpoints the safety net decides first - `agent check` warns:");
+    std::fs::copy(
+        workspace_root().join("safe-mode/zzz-final-allow-everything.yaml"),
+        datastore.join("zzz-final-allow-everything.yaml"),
+    )?;
     agent(&["check", ds])?;
-    agent(&["matrix", "--datastore", ds, "--port", "TCP/8080"])?;
+    settle();
+    say("Indeed: with the net in place, nothing is denied any more.");
+    probe(&frontend, &database, 8080, TcpProbe::Connected)?;
+    probe(&frontend, &backend, 8080, TcpProbe::Connected)?;
+    say("Remove the allow-all last; enforcement is back:");
+    std::fs::remove_file(datastore.join("zzz-final-allow-everything.yaml"))?;
+    settle();
+    probe(&frontend, &database, 8080, TcpProbe::TimedOut)?;
+    probe(&backend, &database, 8080, TcpProbe::Connected)?;
 
     heading("Clean up");
+    drop(daemon);
     drop(lab);
-    say("Lab namespaces deleted.");
+    say("Agent stopped, lab namespaces deleted. Stage -> observe -> promote is the safe rollout loop.");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The command line: `agent <command>`.
 mod check;
 mod debug;
+pub mod flows;
 mod promote;
 
 use std::path::PathBuf;
@@ -43,6 +44,22 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// The daemon: watch a datastore directory, enforce it in eBPF, serve flows and status.
+    Run {
+        /// Directory of YAML documents (policies, endpoints, ...), watched for changes.
+        #[arg(long)]
+        datastore: PathBuf,
+        /// Unix socket for `agent flows` / `agent status` (mode 0600).
+        #[arg(long, default_value = crate::daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9091).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// Flow records from the running daemon (like `hubble observe`).
+    Flows(flows::FlowsArgs),
+    /// The running daemon's endpoints, policies, tables, counters and rejected documents.
+    Status(flows::StatusArgs),
     /// Attach the first-slice program and drop one port (development aid).
     #[command(hide = true)]
     DebugDrop(debug::DebugDropArgs),
@@ -55,12 +72,17 @@ pub enum Command {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs go to stderr; RUST_LOG filters, AGENT_LOG_FORMAT=json switches to JSON lines.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("AGENT_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     let result = match cli.command {
         Command::Probe => probe(),
         Command::Check { paths } => check::run(&paths),
@@ -69,6 +91,18 @@ pub fn main(cli: Cli) -> ExitCode {
             target,
             namespace,
         } => promote::run(&datastore, &target, namespace.as_deref()),
+        Command::Run {
+            datastore,
+            socket,
+            metrics,
+        } => crate::daemon::run(crate::daemon::RunOptions {
+            datastore,
+            socket,
+            metrics,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Flows(args) => flows::run_flows(args),
+        Command::Status(args) => flows::run_status(args),
         Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
         Command::Selector(args) => Ok(selector::run(args)),
         Command::Eval(args) => Ok(eval::run(args)),

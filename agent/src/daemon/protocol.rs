@@ -1,0 +1,138 @@
+//! The Unix-socket protocol between `agent run` and its clients.
+//!
+//! A client connects, sends ONE request as a JSON line, and reads JSON lines
+//! until the server closes (or, for a followed flow stream, until it hangs up):
+//! - `{"type":"status"}` -> one [`Status`] line.
+//! - `{"type":"flows", "follow":bool, "last":N?, "since_ms":MS?, "filter":{..}}`
+//!   (a [`crate::flows::FlowQuery`]) -> [`crate::flows::Flow`] lines: the
+//!   matching history (the last N, or those seen in the last MS ms; with neither
+//!   and no follow, the last 20), then with `follow` every new or updated flow.
+//! - A bad request -> one `{"error":"..."}` line.
+//!
+//! The socket is mode 0600 (root only).
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::flows::FlowQuery;
+use crate::model::{Diagnostic, Severity};
+
+/// Records sent for a flows query with neither `last`, `since_ms` nor `follow`.
+pub const DEFAULT_LAST: usize = 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Flows(FlowQuery),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// `namespace/name` or the host endpoint's name.
+    pub endpoint: String,
+    /// `workload` or `host`.
+    pub kind: String,
+    pub interface: String,
+    pub id: u32,
+    pub ifindex: Option<u32>,
+    pub attached: bool,
+    pub has_staged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyCounts {
+    pub enforced: usize,
+    pub staged: usize,
+    pub tiers: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TableStatus {
+    pub peer_prefixes: usize,
+    pub peer_prefixes_max: usize,
+    pub peer_classes: usize,
+    /// Entries as the compiler produced them.
+    pub rule_entries: usize,
+    /// LPM keys they encode to (port ranges split into prefixes).
+    pub rule_keys: usize,
+    pub rule_keys_max: usize,
+    pub endpoints_max: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowStats {
+    pub tracked: usize,
+    pub events: u64,
+    pub subscribers: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiagnosticOut {
+    /// `error` or `warning`.
+    pub severity: String,
+    pub file: String,
+    pub line: usize,
+    pub resource: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl From<&Diagnostic> for DiagnosticOut {
+    fn from(d: &Diagnostic) -> Self {
+        DiagnosticOut {
+            severity: match d.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            }
+            .into(),
+            file: d.file.display().to_string(),
+            line: d.line,
+            resource: d.resource.clone(),
+            field: d.field.clone(),
+            message: d.message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for DiagnosticOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}:", self.file, self.line, self.severity)?;
+        if !self.resource.is_empty() {
+            write!(f, " {}", self.resource)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, " {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub datastore: String,
+    pub started: String,
+    pub last_reload: String,
+    pub reloads: u64,
+    /// Why the latest datastore state is not enforced (the previous one is).
+    pub last_error: Option<String>,
+    pub generation: u32,
+    pub epoch: u32,
+    pub endpoints: Vec<EndpointStatus>,
+    pub policies: PolicyCounts,
+    pub tables: TableStatus,
+    /// Kernel counters summed over CPUs (`ringbuf_full` = flow events dropped).
+    pub counters: BTreeMap<String, u64>,
+    pub flows: FlowStats,
+    /// Rejected resources whose last good version is still enforced.
+    pub kept_last_good: Vec<String>,
+    /// Problems in the datastore (rejected documents and warnings).
+    pub diagnostics: Vec<DiagnosticOut>,
+}

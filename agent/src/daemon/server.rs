@@ -1,0 +1,231 @@
+//! The Unix socket (JSON lines, see [`super::protocol`]) and the metrics endpoint.
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::protocol::{ErrorReply, Request, DEFAULT_LAST};
+use super::{lock, status, Shared};
+use crate::flows::{unix_now_ns, FlowQuery, Matcher};
+
+/// Binds the socket: parent directory created (0700), a stale socket removed,
+/// refuses to start when another agent answers on it; mode 0600.
+pub(super) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another agent is serving {} (stop it, or pass --socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    // SAFETY: umask is process-wide and only narrowed around bind.
+    let old = unsafe { libc::umask(0o177) };
+    let l = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let l = l.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+pub(super) async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client(stream, shared).await {
+                        tracing::debug!(error = %e, "client");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn write_line<T: serde::Serialize>(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    v: &T,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn client(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r.take(64 * 1024));
+    let mut line = String::new();
+    match tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line)).await {
+        Ok(res) => res?,
+        Err(_) => return Ok(()),
+    };
+    let req: Request = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            return write_line(
+                &mut w,
+                &ErrorReply {
+                    error: format!("bad request: {e}"),
+                },
+            )
+            .await;
+        }
+    };
+    match req {
+        Request::Status => {
+            let s = status(&shared);
+            write_line(&mut w, &s).await?;
+        }
+        Request::Flows(q) => flows(q, &shared, &mut w, r).await?,
+    }
+    w.shutdown().await
+}
+
+async fn flows(
+    q: FlowQuery,
+    shared: &Shared,
+    w: &mut (impl AsyncWriteExt + Unpin),
+    mut r: impl AsyncBufReadExt + Unpin,
+) -> std::io::Result<()> {
+    let matcher = match Matcher::new(&q.filter) {
+        Ok(m) => m,
+        Err(e) => return write_line(w, &ErrorReply { error: e }).await,
+    };
+    // Subscribe before reading the history so nothing falls between the two.
+    let mut rx = shared.tx.subscribe();
+    let view = lock(&shared.view).clone();
+    let history = lock(&shared.flows).history();
+    let cutoff = q
+        .since_ms
+        .map(|ms| unix_now_ns().saturating_sub(ms.saturating_mul(1_000_000)));
+    let mut selected: Vec<_> = history
+        .into_iter()
+        .filter(|f| cutoff.is_none_or(|c| f.last_seen_ns >= c))
+        .filter(|f| matcher.matches(f, &view))
+        .collect();
+    let last = match (q.last, q.since_ms, q.follow) {
+        (Some(n), _, _) => Some(n),
+        (None, None, false) => Some(DEFAULT_LAST),
+        (None, None, true) => Some(0),
+        (None, Some(_), _) => None,
+    };
+    if let Some(n) = last {
+        let skip = selected.len().saturating_sub(n);
+        selected.drain(..skip);
+    }
+    for f in &selected {
+        write_line(w, f.as_ref()).await?;
+    }
+    if !q.follow {
+        return Ok(());
+    }
+    w.flush().await?;
+    let mut buf = String::new();
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Ok(f) => {
+                    let view = lock(&shared.view).clone();
+                    if matcher.matches(&f, &view) {
+                        write_line(w, f.as_ref()).await?;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "a flows client is too slow; records skipped");
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            // The client hung up (EOF) or sent something: stop.
+            n = r.read_line(&mut buf) => {
+                if n.unwrap_or(0) == 0 { return Ok(()); }
+                buf.clear();
+            }
+        }
+    }
+}
+
+/// Prometheus text format on every request to any path.
+pub(super) async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+            let body = metrics_text(&shared);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+fn metrics_text(shared: &Shared) -> String {
+    use std::fmt::Write;
+    let s = status(shared);
+    let mut out = String::new();
+    out.push_str("# HELP agent_dataplane_total Kernel counters summed over CPUs.\n# TYPE agent_dataplane_total counter\n");
+    for (k, v) in &s.counters {
+        let _ = writeln!(out, "agent_dataplane_total{{counter=\"{k}\"}} {v}");
+    }
+    let gauges = [
+        ("agent_endpoints", s.endpoints.len() as u64),
+        (
+            "agent_endpoints_attached",
+            s.endpoints.iter().filter(|e| e.attached).count() as u64,
+        ),
+        ("agent_policies_enforced", s.policies.enforced as u64),
+        ("agent_policies_staged", s.policies.staged as u64),
+        ("agent_peer_prefixes", s.tables.peer_prefixes as u64),
+        ("agent_rule_keys", s.tables.rule_keys as u64),
+        ("agent_flows_tracked", s.flows.tracked as u64),
+        (
+            "agent_datastore_errors",
+            s.diagnostics
+                .iter()
+                .filter(|d| d.severity == "error")
+                .count() as u64,
+        ),
+        (
+            "agent_last_update_failed",
+            u64::from(s.last_error.is_some()),
+        ),
+    ];
+    for (k, v) in gauges {
+        let _ = writeln!(out, "# TYPE {k} gauge\n{k} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE agent_flow_events_total counter\nagent_flow_events_total {}",
+        s.flows.events
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE agent_reloads_total counter\nagent_reloads_total {}",
+        s.reloads
+    );
+    out
+}

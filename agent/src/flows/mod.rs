@@ -1,0 +1,527 @@
+//! Flow records: kernel events enriched with endpoint and policy names,
+//! aggregated per flow (5-tuple + reporting endpoint and direction), kept in a
+//! bounded history and broadcast to `agent flows` subscribers.
+//!
+//! The wire format (JSON) of a record is [`Flow`]; the query a client sends is
+//! [`FlowQuery`] (see `crate::daemon` for the socket protocol).
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agent_common::{action, verdict_flags, Verdict};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::compile::Compiled;
+use crate::dataplane::FlowRecord;
+use crate::model::ir::{Direction, Labels, Model};
+use crate::selector::Selector;
+
+/// Flows kept for `--last` / `--since` queries.
+pub const HISTORY: usize = 10_000;
+
+/// One side of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Set when the address belongs to a known workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Endpoint (workload or host endpoint) or network set owning the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A verdict as shown to users.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowVerdict {
+    /// `allow` or `deny`.
+    pub action: String,
+    /// Calico trace-style text of the deciding tier/policy/rule.
+    pub trace: String,
+    /// The kernel found no table entry (fail-closed deny).
+    #[serde(default)]
+    pub no_entry: bool,
+}
+
+/// The endpoint whose interface reported the flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reporter {
+    pub endpoint: String,
+    pub interface: String,
+    pub endpoint_id: u32,
+}
+
+/// One aggregated flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// RFC 3339 UTC time of the last report.
+    pub time: String,
+    pub first_seen: String,
+    pub first_seen_ns: u64,
+    /// Unix time (ns) of the last report.
+    pub last_seen_ns: u64,
+    /// Kernel reports merged into this record (one per new flow; denied
+    /// retransmissions are reported again, rate limited).
+    pub count: u64,
+    pub src: Peer,
+    pub dst: Peer,
+    /// `TCP`, `UDP`, `ICMP`, ... or the number.
+    pub protocol: String,
+    pub protocol_number: u8,
+    /// For ICMP: type and code (then `dst.port` is `type << 8 | code`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<(u8, u8)>,
+    pub reporter: Reporter,
+    /// `ingress` (into the reporter) or `egress` (out of it).
+    pub direction: String,
+    pub enforced: FlowVerdict,
+    /// What would happen with every staged policy promoted; absent when the
+    /// reporter has no staged policy (then it equals `enforced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<FlowVerdict>,
+    pub pending_differs: bool,
+    #[serde(default)]
+    pub fragment: bool,
+}
+
+/// What a client asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowQuery {
+    /// Keep the stream open and send new records as they come.
+    #[serde(default)]
+    pub follow: bool,
+    /// At most this many records from the history (the most recent ones).
+    #[serde(default)]
+    pub last: Option<usize>,
+    /// Only records seen in the last this many milliseconds.
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    #[serde(default)]
+    pub filter: FlowFilter,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowFilter {
+    /// `allow` or `deny` (the enforced verdict).
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// Only flows whose pending verdict differs from the enforced one.
+    #[serde(default)]
+    pub pending_diff: bool,
+    /// Policy name (or any part of a trace, e.g. `gnp:/name`) in either trace.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// `namespace/name`, an IP or CIDR, or a label selector.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Destination port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Protocol name (case-insensitive) or number.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// A `--from`/`--to` value, parsed.
+#[derive(Clone, Debug)]
+pub enum PeerFilter {
+    Net(IpNet),
+    Endpoint { namespace: String, name: String },
+    Selector(Selector),
+}
+
+impl PeerFilter {
+    pub fn parse(s: &str) -> Result<PeerFilter, String> {
+        let s = s.trim();
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(PeerFilter::Net(IpNet::from(ip)));
+        }
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(PeerFilter::Net(net));
+        }
+        let is_name = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        };
+        if let Some((ns, name)) = s.split_once('/') {
+            if is_name(ns) && is_name(name) {
+                return Ok(PeerFilter::Endpoint {
+                    namespace: ns.into(),
+                    name: name.into(),
+                });
+            }
+        }
+        crate::selector::parse(s)
+            .map(PeerFilter::Selector)
+            .map_err(|e| format!("{s:?} is not namespace/name, an IP or CIDR, or a selector: {e}"))
+    }
+}
+
+/// A compiled [`FlowFilter`].
+pub struct Matcher {
+    filter: FlowFilter,
+    from: Option<PeerFilter>,
+    to: Option<PeerFilter>,
+    protocol: Option<u8>,
+}
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        136 => "UDPLite".into(),
+        n => n.to_string(),
+    }
+}
+
+pub fn protocol_number(s: &str) -> Option<u8> {
+    if let Ok(n) = s.parse::<u8>() {
+        return Some(n);
+    }
+    (0..=255u8).find(|&p| protocol_name(p).eq_ignore_ascii_case(s))
+}
+
+impl Matcher {
+    pub fn new(filter: &FlowFilter) -> Result<Matcher, String> {
+        let from = filter.from.as_deref().map(PeerFilter::parse).transpose()?;
+        let to = filter.to.as_deref().map(PeerFilter::parse).transpose()?;
+        let protocol = match &filter.protocol {
+            Some(p) => Some(protocol_number(p).ok_or_else(|| format!("unknown protocol {p:?}"))?),
+            None => None,
+        };
+        if let Some(v) = &filter.verdict {
+            if v != "allow" && v != "deny" {
+                return Err(format!("verdict must be allow or deny, not {v:?}"));
+            }
+        }
+        Ok(Matcher {
+            filter: filter.clone(),
+            from,
+            to,
+            protocol,
+        })
+    }
+
+    pub fn matches(&self, flow: &Flow, view: &View) -> bool {
+        let f = &self.filter;
+        if let Some(v) = &f.verdict {
+            if &flow.enforced.action != v {
+                return false;
+            }
+        }
+        if f.pending_diff && !flow.pending_differs {
+            return false;
+        }
+        if let Some(p) = &f.policy {
+            let hit = |t: &FlowVerdict| t.trace.contains(p.as_str());
+            if !hit(&flow.enforced) && !flow.pending.as_ref().is_some_and(hit) {
+                return false;
+            }
+        }
+        if let Some(port) = f.port {
+            if flow.dst.port != port || flow.icmp.is_some() {
+                return false;
+            }
+        }
+        if let Some(p) = self.protocol {
+            if flow.protocol_number != p {
+                return false;
+            }
+        }
+        let peer_ok = |pf: &Option<PeerFilter>, peer: &Peer| match pf {
+            None => true,
+            Some(PeerFilter::Net(net)) => net.contains(&peer.ip),
+            Some(PeerFilter::Endpoint { namespace, name }) => {
+                peer.namespace.as_deref() == Some(namespace.as_str())
+                    && peer.name.as_deref() == Some(name.as_str())
+            }
+            Some(PeerFilter::Selector(sel)) => view
+                .labels_of(peer.ip)
+                .is_some_and(|labels| sel.evaluate(labels)),
+        };
+        peer_ok(&self.from, &flow.src) && peer_ok(&self.to, &flow.dst)
+    }
+}
+
+/// What enrichment needs from the active configuration.
+#[derive(Default)]
+pub struct View {
+    /// None before the first successful compile.
+    pub compiled: Option<Compiled>,
+    pub model: Model,
+    /// Address -> (namespace, name, labels) of the endpoint or network set owning it.
+    by_ip: HashMap<IpAddr, usize>,
+    owners: Vec<(Option<String>, String, Labels)>,
+    /// Endpoint id -> (endpoint key, interface).
+    by_id: HashMap<u32, (String, String)>,
+}
+
+impl View {
+    pub fn new(model: Model, compiled: Compiled) -> View {
+        let mut owners = Vec::new();
+        let mut by_ip = HashMap::new();
+        for e in &model.endpoints {
+            owners.push((e.namespace.clone(), e.name.clone(), e.labels.clone()));
+            for ip in &e.ips {
+                by_ip.entry(*ip).or_insert(owners.len() - 1);
+            }
+        }
+        for s in &model.network_sets {
+            owners.push((s.namespace.clone(), s.name.clone(), s.labels.clone()));
+            for net in &s.nets {
+                if net.prefix_len() == net.max_prefix_len() {
+                    by_ip.entry(net.addr()).or_insert(owners.len() - 1);
+                }
+            }
+        }
+        let by_id = compiled
+            .endpoints
+            .iter()
+            .map(|c| {
+                let key = model
+                    .endpoints
+                    .get(c.endpoint_index)
+                    .map(|e| e.key())
+                    .unwrap_or_default();
+                (c.id, (key, c.interface.clone()))
+            })
+            .collect();
+        View {
+            compiled: Some(compiled),
+            model,
+            by_ip,
+            owners,
+            by_id,
+        }
+    }
+
+    pub fn labels_of(&self, ip: IpAddr) -> Option<&Labels> {
+        self.by_ip.get(&ip).map(|&i| &self.owners[i].2)
+    }
+
+    fn peer(&self, ip: IpAddr, port: u16) -> Peer {
+        let owner = self.by_ip.get(&ip).map(|&i| &self.owners[i]);
+        Peer {
+            ip,
+            port,
+            namespace: owner.and_then(|o| o.0.clone()),
+            name: owner.map(|o| o.1.clone()),
+        }
+    }
+
+    fn verdict(&self, v: &Verdict) -> FlowVerdict {
+        FlowVerdict {
+            action: if v.action == action::ALLOW {
+                "allow".into()
+            } else {
+                "deny".into()
+            },
+            trace: match &self.compiled {
+                Some(c) => c.describe(v),
+                None => String::new(),
+            },
+            no_entry: v.flags & verdict_flags::NO_ENTRY != 0,
+        }
+    }
+}
+
+/// Converts a `CLOCK_MONOTONIC` timestamp (what `bpf_ktime_get_ns` returns) to Unix ns.
+pub fn monotonic_to_unix_ns(mono_ns: u64) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now_mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let now_unix = unix_now_ns();
+    now_unix.saturating_sub(now_mono.saturating_sub(mono_ns))
+}
+
+pub fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as u64
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T22:42:22.123Z`.
+pub fn rfc3339(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let ms = (unix_ns / 1_000_000) % 1000;
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FlowKey {
+    src: IpAddr,
+    dst: IpAddr,
+    src_port: u16,
+    dst_port: u16,
+    protocol: u8,
+    endpoint_id: u32,
+    ifindex: u32,
+    direction: Direction,
+}
+
+/// The aggregated flows and their bounded history.
+#[derive(Default)]
+pub struct FlowTable {
+    flows: HashMap<FlowKey, (u64, Arc<Flow>)>,
+    /// (sequence, key) in update order; entries whose sequence is stale are skipped.
+    order: VecDeque<(u64, FlowKey)>,
+    seq: u64,
+    /// Kernel events received in all.
+    pub events: u64,
+}
+
+impl FlowTable {
+    /// Merges one kernel event; returns the updated record.
+    pub fn add(&mut self, r: &FlowRecord, view: &View) -> Arc<Flow> {
+        self.events += 1;
+        let key = FlowKey {
+            src: r.src,
+            dst: r.dst,
+            src_port: r.src_port,
+            dst_port: r.dst_port,
+            protocol: r.protocol,
+            endpoint_id: r.endpoint_id,
+            ifindex: r.ifindex,
+            direction: r.direction,
+        };
+        let now = monotonic_to_unix_ns(r.timestamp_ns);
+        let enforced = view.verdict(&r.enforced);
+        let pending = r.pending.as_ref().map(|v| view.verdict(v));
+        let pending_differs = pending
+            .as_ref()
+            .is_some_and(|p| p.action != enforced.action);
+        let (first_seen_ns, count) = match self.flows.get(&key) {
+            Some((_, f)) => (f.first_seen_ns, f.count + 1),
+            None => (now, 1),
+        };
+        let icmp =
+            matches!(r.protocol, 1 | 58).then_some(((r.dst_port >> 8) as u8, r.dst_port as u8));
+        let (endpoint, interface) = view.by_id.get(&r.endpoint_id).cloned().unwrap_or_else(|| {
+            (
+                format!("endpoint#{}", r.endpoint_id),
+                format!("if#{}", r.ifindex),
+            )
+        });
+        let flow = Arc::new(Flow {
+            time: rfc3339(now),
+            first_seen: rfc3339(first_seen_ns),
+            first_seen_ns,
+            last_seen_ns: now,
+            count,
+            src: view.peer(r.src, r.src_port),
+            dst: view.peer(r.dst, r.dst_port),
+            protocol: protocol_name(r.protocol),
+            protocol_number: r.protocol,
+            icmp,
+            reporter: Reporter {
+                endpoint,
+                interface,
+                endpoint_id: r.endpoint_id,
+            },
+            direction: match r.direction {
+                Direction::Ingress => "ingress".into(),
+                Direction::Egress => "egress".into(),
+            },
+            enforced,
+            pending,
+            pending_differs,
+            fragment: r.fragment,
+        });
+        self.seq += 1;
+        self.flows.insert(key.clone(), (self.seq, flow.clone()));
+        self.order.push_back((self.seq, key));
+        while self.flows.len() > HISTORY || self.order.len() > 4 * HISTORY {
+            let Some((seq, key)) = self.order.pop_front() else {
+                break;
+            };
+            if self.flows.get(&key).is_some_and(|(s, _)| *s == seq) {
+                self.flows.remove(&key);
+            }
+        }
+        flow
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Records in update order (oldest first).
+    pub fn history(&self) -> Vec<Arc<Flow>> {
+        let mut v: Vec<_> = self.flows.values().cloned().collect();
+        v.sort_by_key(|(seq, _)| *seq);
+        v.into_iter().map(|(_, f)| f).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(1_709_251_199_123_000_000),
+            "2024-02-29T23:59:59.123Z"
+        );
+    }
+
+    #[test]
+    fn peer_filters_parse() {
+        assert!(matches!(
+            PeerFilter::parse("10.0.0.1"),
+            Ok(PeerFilter::Net(_))
+        ));
+        assert!(matches!(
+            PeerFilter::parse("10.0.0.0/8"),
+            Ok(PeerFilter::Net(_))
+        ));
+        assert!(matches!(
+            PeerFilter::parse("prod/frontend"),
+            Ok(PeerFilter::Endpoint { .. })
+        ));
+        assert!(matches!(
+            PeerFilter::parse("app == 'x'"),
+            Ok(PeerFilter::Selector(_))
+        ));
+        assert!(PeerFilter::parse("app == ").is_err());
+        assert_eq!(protocol_number("tcp"), Some(6));
+        assert_eq!(protocol_number("17"), Some(17));
+    }
+}

@@ -1,0 +1,637 @@
+//! `agent run` end to end, as a user runs it: the agent binary inside the lab's
+//! node namespace watching a temporary datastore directory, real TCP between
+//! lab pods, `agent flows` and `agent status` over a per-test Unix socket.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use lab::{Lab, Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
+use serde_json::Value;
+
+static BUILD: Once = Once::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// `<target>/debug/agent`, built once per test run (a dev-dependency builds only
+/// the library, so the binary is built here with the same target directory).
+fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let target_dir = profile_dir.parent().expect("target dir");
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "agent", "--bin", "agent", "--target-dir"])
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build for the agent binary");
+        assert!(status.success(), "building the agent binary failed");
+    });
+    let bin = profile_dir.join("agent");
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+/// A running `agent run` with its own datastore directory and socket; killed and
+/// cleaned up on drop (also when the test panics, then its log is printed).
+struct Agent {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// A fresh datastore directory holding the seed scenario (examples/*.yaml, not
+    /// the safe-mode subdirectory).
+    fn seed_datastore(tag: &str) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = std::env::temp_dir().join(format!("agent-e2e-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("datastore");
+        std::fs::create_dir_all(&dir).unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in std::fs::read_dir(examples).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "yaml") {
+                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        dir
+    }
+
+    fn start(lab: &Lab, dir: &Path) -> Agent {
+        Agent::start_with(lab, dir, &[])
+    }
+
+    fn start_with(lab: &Lab, dir: &Path, extra: &[&str]) -> Agent {
+        let base = dir.parent().unwrap().to_path_buf();
+        let socket = base.join("agent.sock");
+        let log = base.join("agent.log");
+        let child = lab
+            .node()
+            .command(agent_bin())
+            .arg("run")
+            .arg("--datastore")
+            .arg(dir)
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("starting agent run");
+        let mut agent = Agent {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            socket,
+            log,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("agent exited with {status}:\n{}", self.log_text());
+            }
+            if self.try_status().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent not ready after 30s:\n{}", self.log_text());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `agent ARGS --socket SOCK` (a client: any namespace will do).
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(agent_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("running the agent cli")
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("agent status failed:\n{}", self.log_text()))
+    }
+
+    fn flows(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["flows", "-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "agent flows {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// Polls `check` on the status until it holds (10 s).
+    fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status();
+            if check(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; status: {s:#}\nlog:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_attached(&self, n: usize) {
+        self.wait_status(&format!("{n} attached endpoints"), |s| {
+            s["endpoints"]
+                .as_array()
+                .is_some_and(|e| e.iter().filter(|e| e["attached"] == true).count() == n)
+        });
+    }
+
+    /// Replaces a datastore file the way editors save: write a temporary file, rename.
+    fn write_file(&self, name: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.join(name)).unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log_text());
+        }
+        if let Some(base) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+struct Seed {
+    frontend: Pod,
+    backend: Pod,
+    database: Pod,
+}
+
+fn seed_pods(lab: &Lab) -> Seed {
+    Seed {
+        frontend: lab.add_pod_at("prod", "frontend", 10, "calidemofront"),
+        backend: lab.add_pod_at("prod", "backend", 20, "calidemoback"),
+        database: lab.add_pod_at("prod", "database", 30, "calidemodb"),
+    }
+}
+
+/// Polls until a fresh TCP connection gets `want` (10 s).
+fn wait_tcp(from: &Pod, to: &Pod, port: u16, want: TcpProbe) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = from.tcp_connect(to.ipv4, port, SHORT_TIMEOUT);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}/{} -> {}/{}:{port}: {got:?}, want {want:?}",
+            from.namespace,
+            from.name,
+            to.namespace,
+            to.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn is_flow(f: &Value, src: &str, dst: &str, port: u64) -> bool {
+    f["src"]["name"] == src && f["dst"]["name"] == dst && f["dst"]["port"] == port
+}
+
+/// Polls `agent flows ARGS` until a record satisfies `pred` (10 s).
+fn wait_flow(agent: &Agent, args: &[&str], what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let flows = agent.flows(args);
+        if let Some(f) = flows.iter().find(|f| pred(f)) {
+            return f.clone();
+        }
+        if Instant::now() > deadline {
+            panic!("no flow {what} in {flows:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_seed_enforced(s: &Seed) {
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected,
+        "backend -> database:8080"
+    );
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv6, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected,
+        "backend -> database:8080 (IPv6)"
+    );
+    assert_eq!(
+        s.frontend.tcp_connect(s.database.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "frontend -> database:8080"
+    );
+}
+
+#[test]
+fn seed_scenario_enforces_reports_staged_and_promotes() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let _be = s.backend.tcp_listen(8080);
+    let dir = Agent::seed_datastore("seed");
+    let agent = Agent::start(&lab, &dir);
+    agent.wait_attached(3);
+
+    let st = agent.status();
+    assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
+    assert_eq!(st["policies"]["staged"], 1, "{st:#}");
+    assert!(st["last_error"].is_null(), "{st:#}");
+
+    // Enforcement: only backend reaches database:8080; frontend reaches backend
+    // (the staged lockdown observes only).
+    assert_seed_enforced(&s);
+    assert_eq!(
+        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected,
+        "frontend -> backend:8080 before promotion"
+    );
+
+    // The staged lockdown's would-be deny, reported by backend (ingress).
+    let f = wait_flow(
+        &agent,
+        &["--last", "100"],
+        "frontend -> backend pending deny",
+        |f| is_flow(f, "frontend", "backend", 8080) && f["pending"]["action"] == "deny",
+    );
+    assert_eq!(f["enforced"]["action"], "allow", "{f:#}");
+    assert_eq!(f["pending_differs"], true, "{f:#}");
+    assert_eq!(f["direction"], "ingress", "{f:#}");
+    assert_eq!(f["reporter"]["endpoint"], "prod/backend", "{f:#}");
+    assert_eq!(f["src"]["namespace"], "prod", "{f:#}");
+    assert!(
+        f["pending"]["trace"]
+            .as_str()
+            .unwrap()
+            .contains("backend-lockdown-staged"),
+        "{f:#}"
+    );
+    // The enforced deny of frontend -> database, naming nothing allowed it.
+    let d = wait_flow(
+        &agent,
+        &["--last", "100", "--verdict", "deny"],
+        "frontend -> database deny",
+        |f| is_flow(f, "frontend", "database", 8080),
+    );
+    assert_eq!(d["enforced"]["action"], "deny", "{d:#}");
+
+    // Filters.
+    let diff = agent.flows(&["--last", "100", "--pending-diff"]);
+    assert!(
+        !diff.is_empty() && diff.iter().all(|f| f["pending_differs"] == true),
+        "{diff:#?}"
+    );
+    let from = agent.flows(&[
+        "--last",
+        "100",
+        "--from",
+        "prod/frontend",
+        "--to",
+        "app == 'backend'",
+    ]);
+    assert!(
+        !from.is_empty() && from.iter().all(|f| is_flow(f, "frontend", "backend", 8080)),
+        "{from:#?}"
+    );
+    let by_ip = agent.flows(&[
+        "--last",
+        "100",
+        "--from",
+        "10.65.0.20/32",
+        "--port",
+        "8080",
+        "--protocol",
+        "tcp",
+    ]);
+    assert!(
+        !by_ip.is_empty() && by_ip.iter().all(|f| f["src"]["name"] == "backend"),
+        "{by_ip:#?}"
+    );
+    let policy = agent.flows(&["--last", "100", "--policy", "backend-lockdown-staged"]);
+    assert!(!policy.is_empty(), "--policy");
+    assert!(agent
+        .flows(&["--last", "100", "--from", "prod/nobody"])
+        .is_empty());
+    // The compact form is one line per record and shows both verdicts.
+    let out = agent.cli(&["flows", "--last", "100", "--pending-diff"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("agent flows --pending-diff:\n{text}");
+    assert!(
+        text.lines().any(|l| l.contains("prod/frontend 10.65.0.10:")
+            && l.contains("-> prod/backend 10.65.0.20:8080")
+            && l.contains("enforced: allow")
+            && l.contains("pending: deny")),
+        "{text}"
+    );
+
+    // A bad document is reported and disturbs nothing.
+    agent.write_file("30-bad.yaml", "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: broken\nspec:\n  selector: app == \n");
+    let st = agent.wait_status("the bad document's diagnostic", |s| {
+        s["diagnostics"].as_array().is_some_and(|d| {
+            d.iter().any(|d| {
+                d["file"].as_str().unwrap().ends_with("30-bad.yaml") && d["severity"] == "error"
+            })
+        })
+    });
+    let diag = st["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["file"].as_str().unwrap().ends_with("30-bad.yaml"))
+        .unwrap();
+    assert_eq!(diag["line"], 6, "{diag:#}");
+    assert!(st["last_error"].is_null(), "{st:#}");
+    assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
+    assert_seed_enforced(&s);
+    let text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).to_string();
+    eprintln!("agent status:\n{text}");
+    assert!(text.contains("30-bad.yaml:6: error"), "{text}");
+
+    // Promote with `agent promote` (it edits the YAML in place): the watcher
+    // enforces the lockdown, so frontend -> backend now fails.
+    let out = Command::new(agent_bin())
+        .args(["promote", "--datastore"])
+        .arg(&dir)
+        .arg("StagedGlobalNetworkPolicy/backend-lockdown-staged")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "agent promote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let promoted = std::fs::read_to_string(dir.join("20-backend-lockdown-staged.yaml")).unwrap();
+    assert!(promoted.contains("kind: GlobalNetworkPolicy"), "{promoted}");
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+    let st = agent.status();
+    assert_eq!(st["policies"]["enforced"], 2, "{st:#}");
+    assert_eq!(st["policies"]["staged"], 0, "{st:#}");
+    assert_seed_enforced(&s);
+    let d = wait_flow(
+        &agent,
+        &["--last", "100", "--verdict", "deny", "--to", "prod/backend"],
+        "frontend -> backend enforced deny",
+        |f| is_flow(f, "frontend", "backend", 8080),
+    );
+    assert!(
+        d["enforced"]["trace"]
+            .as_str()
+            .unwrap()
+            .contains("backend-lockdown-staged"),
+        "{d:#}"
+    );
+}
+
+#[test]
+fn interfaces_that_appear_later_are_attached_and_enforced() {
+    lab::require_root();
+    let lab = Lab::new();
+    let dir = Agent::seed_datastore("late");
+    let agent = Agent::start(&lab, &dir);
+    let st = agent.status();
+    assert_eq!(st["endpoints"].as_array().unwrap().len(), 3, "{st:#}");
+    assert!(
+        st["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["attached"] == false),
+        "{st:#}"
+    );
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    agent.wait_attached(3);
+    assert_seed_enforced(&s);
+    // The interface goes away: the endpoint waits again.
+    lab.node().ip("link del calidemofront");
+    agent.wait_status("frontend detached", |s| {
+        s["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["interface"] == "calidemofront" && e["attached"] == false)
+    });
+}
+
+#[test]
+fn a_broken_edit_keeps_the_last_good_policy_enforced() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let dir = Agent::seed_datastore("broken");
+    let agent = Agent::start(&lab, &dir);
+    agent.wait_attached(3);
+    assert_seed_enforced(&s);
+    let file = "10-database-allow-from-backend.yaml";
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
+    agent.write_file(file, &text.replace("protocol: TCP", "protocol: TCPX"));
+    let st = agent.wait_status("the broken policy's diagnostic", |s| {
+        s["diagnostics"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["file"].as_str().unwrap().ends_with(file))
+        })
+    });
+    assert!(
+        st["kept_last_good"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k.as_str().unwrap().contains("database-allow-from-backend")),
+        "{st:#}"
+    );
+    // Still enforced: nothing loosened, nothing broken.
+    assert_seed_enforced(&s);
+    // Removing the file removes the policy: the database is open again (no policy
+    // selects it; its namespace profile allows).
+    std::fs::remove_file(dir.join(file)).unwrap();
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::Connected);
+}
+
+#[test]
+fn follow_streams_new_flows() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _be = s.backend.tcp_listen(8080);
+    let dir = Agent::seed_datastore("follow");
+    let agent = Agent::start(&lab, &dir);
+    agent.wait_attached(3);
+    let mut child = Command::new(agent_bin())
+        .args([
+            "flows",
+            "--follow",
+            "-o",
+            "json",
+            "--to",
+            "prod/backend",
+            "--socket",
+        ])
+        .arg(&agent.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the subscription a moment, then make traffic until a record arrives.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        assert_eq!(
+            s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+            TcpProbe::Connected
+        );
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no followed flow");
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let f: Value = serde_json::from_str(&line).unwrap();
+    assert!(is_flow(&f, "frontend", "backend", 8080), "{f:#}");
+    // The killed client's subscription is gone once the server notices the hang-up.
+    agent.wait_status("no followers", |s| s["flows"]["subscribers"] == 0);
+}
+
+#[test]
+fn a_compile_failure_keeps_the_previous_tables() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let dir = Agent::seed_datastore("compile-fail");
+    let agent = Agent::start(&lab, &dir);
+    agent.wait_attached(3);
+    assert_seed_enforced(&s);
+    // Valid YAML the compiler refuses (the dataplane keys on destination ports
+    // only): it would also deny backend -> database, but nothing changes.
+    agent.write_file(
+        "40-source-ports.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: by-source-port\nspec:\n  order: 1\n  selector: app == 'database'\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      protocol: TCP\n      source:\n        ports: [1234]\n",
+    );
+    let st = agent.wait_status("the compile error", |s| !s["last_error"].is_null());
+    assert!(
+        st["last_error"].as_str().unwrap().contains("source ports"),
+        "{st:#}"
+    );
+    assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
+    let text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).to_string();
+    assert!(text.contains("NOT APPLIED"), "{text}");
+    assert_seed_enforced(&s);
+    // Removing it clears the error.
+    std::fs::remove_file(dir.join("40-source-ports.yaml")).unwrap();
+    agent.wait_status("the error cleared", |s| s["last_error"].is_null());
+    assert_seed_enforced(&s);
+}
+
+#[test]
+fn metrics_and_an_endpoint_leaving_the_datastore() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let dir = Agent::seed_datastore("metrics");
+    let agent = Agent::start_with(&lab, &dir, &["--metrics", "127.0.0.1:9464"]);
+    agent.wait_attached(3);
+    assert_seed_enforced(&s);
+    let metrics = lab.node().run(|| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    });
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("agent_endpoints_attached 3"), "{metrics}");
+    assert!(
+        metrics.contains("agent_dataplane_total{counter=\"denied\"}"),
+        "{metrics}"
+    );
+
+    // Take prod/frontend out of the datastore: its interface is released.
+    let file = dir.join("00-endpoints.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|d| !d.contains("name: frontend"))
+        .collect();
+    agent.write_file("00-endpoints.yaml", &kept.join("\n---\n"));
+    let st = agent.wait_status("two endpoints", |s| {
+        s["endpoints"].as_array().unwrap().len() == 2
+    });
+    assert!(
+        st["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["attached"] == true && e["interface"] != "calidemofront"),
+        "{st:#}"
+    );
+    // The database policy still admits only backend.
+    assert_seed_enforced(&s);
+}
