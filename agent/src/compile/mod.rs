@@ -6,8 +6,8 @@
 //! # Peer classes
 //! Every prefix a predicate can distinguish is collected: endpoint IPs (/32,
 //! /128), network-set nets, rule nets/notNets of every policy (enforced and
-//! staged) and profile, failsafe nets, and the two family roots `0.0.0.0/0` and
-//! `::/0`. Under longest-prefix match an address's longest collected prefix P
+//! staged) and profile that applies to a compiled endpoint (one with an
+//! interface), failsafe nets, and the two family roots `0.0.0.0/0` and `::/0`. Under longest-prefix match an address's longest collected prefix P
 //! decides its membership in every collected prefix, so each P with a non-empty
 //! *region* (the addresses of P not inside a longer collected prefix) is an
 //! atom. Its signature is its family, its membership in every net, in every rule
@@ -614,19 +614,32 @@ struct PeerClasses {
     collected: usize,
 }
 
-fn all_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
-    let policies = model.policies.iter().flat_map(|p| {
-        p.ingress
-            .iter()
-            .chain(&p.egress)
-            .map(move |r| (p.id.to_string(), r))
-    });
-    let profiles = model.profiles.iter().flat_map(|p| {
-        p.ingress
-            .iter()
-            .chain(&p.egress)
-            .map(move |r| (format!("pro:{}", p.name), r))
-    });
+/// The rules that can be consulted for some compiled endpoint (one with an
+/// interface): those of policies (enforced or staged) selecting such an
+/// endpoint, and of the profiles such endpoints use. Only their nets and
+/// selectors need telling apart.
+fn relevant_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
+    let compiled = || model.endpoints.iter().filter(|e| e.interface.is_some());
+    let policies = model
+        .policies
+        .iter()
+        .filter(move |p| compiled().any(|e| p.selector.evaluate(&e.labels)))
+        .flat_map(|p| {
+            p.ingress
+                .iter()
+                .chain(&p.egress)
+                .map(move |r| (p.id.to_string(), r))
+        });
+    let profiles = model
+        .profiles
+        .iter()
+        .filter(move |p| compiled().any(|e| e.profiles.contains(&p.name)))
+        .flat_map(|p| {
+            p.ingress
+                .iter()
+                .chain(&p.egress)
+                .map(move |r| (format!("pro:{}", p.name), r))
+        });
     policies.chain(profiles)
 }
 
@@ -659,7 +672,7 @@ impl PeerClasses {
                 prefixes.insert(Prefix::of(n));
             }
         }
-        for (owner, rule) in all_rules(model) {
+        for (owner, rule) in relevant_rules(model) {
             for side in [&rule.source, &rule.destination] {
                 for n in side.nets.iter().chain(&side.not_nets) {
                     if in_v4_mapped_space(n) {

@@ -205,7 +205,8 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
             namespace: (!host).then(|| ns.to_string()),
             name: format!("ep{i}"),
             labels: l,
-            interface: Some(format!("ep{i}")),
+            // Some workloads live elsewhere: peers only, not compiled.
+            interface: (host || !rng.chance(15)).then(|| format!("ep{i}")),
             ips,
             named_ports,
             profiles,

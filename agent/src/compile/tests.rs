@@ -266,6 +266,35 @@ fn identical_endpoints_share_a_class() {
 }
 
 #[test]
+fn policies_selecting_no_compiled_endpoint_add_no_prefixes() {
+    let mut model = seed();
+    let before = compile(&model).unwrap().stats.prefixes_collected;
+    let mut elsewhere = policy(
+        PolicyKind::GlobalNetworkPolicy,
+        "elsewhere",
+        "app == 'nothere'",
+    );
+    let mut r = rule(Action::Allow);
+    r.source.nets = vec!["172.16.0.0/12".parse().unwrap()];
+    elsewhere.ingress = vec![r];
+    model.policies.push(elsewhere.clone());
+    assert_eq!(compile(&model).unwrap().stats.prefixes_collected, before);
+    // An endpoint without an interface is not compiled either.
+    let mut other = pod("nothere", &["10.65.9.9"]);
+    other.interface = None;
+    model.endpoints.push(other);
+    assert_eq!(
+        compile(&model).unwrap().stats.prefixes_collected,
+        before + 1
+    );
+    model.endpoints.last_mut().unwrap().interface = Some("calinothere".into());
+    assert_eq!(
+        compile(&model).unwrap().stats.prefixes_collected,
+        before + 2
+    );
+}
+
+#[test]
 fn port_ranges_are_compressed() {
     let mut p = policy(
         PolicyKind::GlobalNetworkPolicy,
