@@ -218,22 +218,23 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
         peer_prefixes: peers.emitted.len(),
         ..CompileStats::default()
     };
-    let mut rules = Vec::new();
-    let mut endpoints = Vec::new();
-    let mut total_keys = 0usize;
-    for (index, endpoint) in model.endpoints.iter().enumerate() {
-        let Some(interface) = &endpoint.interface else {
-            continue;
-        };
-        if endpoints.len() >= limits.endpoints {
-            return Err(CompileError::Capacity {
-                endpoint: endpoint.key(),
-                limit: "endpoints (ENDPOINTS map)",
-                needed: endpoints.len() + 1,
-                max: limits.endpoints,
-            });
-        }
-        let id = endpoints.len() as u32 + 1;
+    // Endpoints with an interface get ids 1.. in model order.
+    let targets: Vec<(usize, &Endpoint, &String)> = model
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.interface.as_ref().map(|name| (i, e, name)))
+        .collect();
+    if targets.len() > limits.endpoints {
+        return Err(CompileError::Capacity {
+            endpoint: targets[limits.endpoints].1.key(),
+            limit: "endpoints (ENDPOINTS map)",
+            needed: targets.len(),
+            max: limits.endpoints,
+        });
+    }
+    let compile_one = |k: usize| -> EndpointResult {
+        let (index, endpoint, _) = targets[k];
         let has_staged = [Direction::Ingress, Direction::Egress]
             .into_iter()
             .any(|d| {
@@ -249,15 +250,56 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
             peers: &peers,
             index,
             endpoint,
-            id,
+            id: k as u32 + 1,
             evaluations: 0,
             out: Vec::new(),
         };
         for direction in [Direction::Ingress, Direction::Egress] {
             ctx.direction(direction, has_staged)?;
         }
-        let keys: usize = ctx
-            .out
+        Ok((ctx.out, ctx.evaluations, has_staged))
+    };
+    // Endpoints are independent: spread them over the CPUs (results stay in order).
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(targets.len().div_ceil(16))
+        .max(1);
+    let mut results: Vec<Option<EndpointResult>> = (0..targets.len()).map(|_| None).collect();
+    if threads == 1 {
+        for (k, slot) in results.iter_mut().enumerate() {
+            *slot = Some(compile_one(k));
+        }
+    } else {
+        let parts: Vec<Vec<(usize, EndpointResult)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let compile_one = &compile_one;
+                    let count = targets.len();
+                    scope.spawn(move || {
+                        (t..count)
+                            .step_by(threads)
+                            .map(|k| (k, compile_one(k)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("compiler thread panicked"))
+                .collect()
+        });
+        for (k, r) in parts.into_iter().flatten() {
+            results[k] = Some(r);
+        }
+    }
+
+    let mut rules = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut total_keys = 0usize;
+    for (k, result) in results.into_iter().enumerate() {
+        let (index, endpoint, interface) = targets[k];
+        let (mut out, evaluations, has_staged) = result.expect("every endpoint compiled")?;
+        let keys: usize = out
             .iter()
             .map(|e| e.keys().map(|k| k.len()).unwrap_or(0))
             .sum();
@@ -278,12 +320,12 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
                 max: limits.rule_keys,
             });
         }
-        stats.evaluations += ctx.evaluations;
+        stats.evaluations += evaluations;
         stats.keys_per_endpoint.push(keys);
-        rules.append(&mut ctx.out);
+        rules.append(&mut out);
         endpoints.push(CompiledEndpoint {
             endpoint_index: index,
-            id,
+            id: k as u32 + 1,
             interface: interface.clone(),
             has_staged,
             host: endpoint.kind == EndpointKind::Host,
@@ -310,6 +352,9 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
         },
     })
 }
+
+/// One endpoint's entries, evaluator calls, and whether it has staged policy.
+type EndpointResult = Result<(Vec<RuleEntry>, usize, bool), CompileError>;
 
 /// Same tiers, same default actions, same policies (by identity) in the same order.
 fn same_tiers(a: &[ApplicableTier], b: &[ApplicableTier]) -> bool {

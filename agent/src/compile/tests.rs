@@ -629,3 +629,19 @@ fn compile_time() {
         );
     }
 }
+
+#[test]
+fn larger_model_compiles_in_parallel_deterministically_and_agrees() {
+    let model = super::testgen::scale_model(64, 20, 3);
+    let a = compile(&model).unwrap();
+    let b = compile(&model).unwrap();
+    assert_eq!(a.tables, b.tables);
+    assert_eq!(a.endpoints, b.endpoints);
+    assert!(a.endpoints.iter().any(|e| e.has_staged));
+    let eps: Vec<usize> = a.endpoints.iter().map(|e| e.endpoint_index).collect();
+    let mut rng = Rng::new(99);
+    let probes: Vec<Probe> = (0..400)
+        .map(|_| random_probe(&mut rng, &model, &eps))
+        .collect();
+    agree(&model, &a, &probes);
+}
