@@ -57,7 +57,20 @@
 //! - IPv6 nets inside `::ffff:0:0/96` (the kernel stores IPv4 there).
 //!
 //! A family an endpoint has no address of is evaluated with the unspecified
-//! address (`0.0.0.0` / `::`) as the local address.
+//! address (`0.0.0.0` / `::`) as the local address. IPv6 packets with
+//! IPv4-mapped addresses are classified like IPv4 by the kernel.
+//!
+//! # Cost
+//! Endpoints are compiled independently (in parallel, results in model order).
+//! Measured (`compile::tests::compile_time`, release, a loaded 2-core VM, CPU
+//! time): 100 endpoints x 50 policies 34 ms (40k evaluations, 4.1k keys);
+//! 300 x 100 0.16 s; 1000 x 200 1.6 s (0.9M evaluations, 120k keys).
+//!
+//! # Tests
+//! `compile::tests` (scenarios, and random models checked against the
+//! evaluator through [`testgen::TableModel`], a userspace model of the kernel's
+//! lookups) and `tests/tests/bpf_differential.rs` (the same, through the real
+//! programs with BPF_PROG_TEST_RUN).
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
