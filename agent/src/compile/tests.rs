@@ -582,7 +582,10 @@ fn random_models_agree_with_the_evaluator() {
         let model = random_model(&mut mrng, Shape::default());
         let c = match compile(&model) {
             Ok(c) => c,
-            Err(CompileError::Unsupported { .. }) => {
+            // The generator makes these on purpose (source ports, two addresses).
+            Err(CompileError::Unsupported { what, .. })
+                if what.contains("source ports") || what.contains("own addresses") =>
+            {
                 unsupported += 1;
                 continue;
             }
