@@ -66,6 +66,15 @@
 //! time): 100 endpoints x 50 policies 34 ms (40k evaluations, 4.1k keys);
 //! 300 x 100 0.16 s; 1000 x 200 1.6 s (0.9M evaluations, 120k keys).
 //!
+//! Scaling limit: entries grow with (classes an endpoint treats unlike the
+//! wildcard) x (port runs), because the kernel keys the table on the global
+//! class. When labels make nearly every pod its own class (e.g. many
+//! `pod in {..}` selectors), 300 pods x 100 policies already exceed the
+//! 262144-key RULES map (a Capacity error, never a partial table). A per-endpoint
+//! indirection (endpoint, direction, class) -> local group in the kernel, with
+//! the table keyed by group, would make it (groups x port runs); the compiler
+//! already computes those groups (`class_group` in `EndpointCompiler::direction`).
+//!
 //! # Tests
 //! `compile::tests` (scenarios, and random models checked against the
 //! evaluator through [`testgen::TableModel`], a userspace model of the kernel's
