@@ -34,6 +34,8 @@ enum Task {
     Lint,
     /// The walkthrough: a lab with three pods, real traffic, the agent enforcing.
     Demo,
+    /// Benchmarks: ns per packet in the kernel program against rule count.
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -54,6 +56,11 @@ fn main() -> Result<()> {
         Task::Lint => {
             setup::run()?;
             lint()
+        }
+        Task::Bench => {
+            setup::run()?;
+            require_ci_capabilities()?;
+            cargo(&["bench", "-p", "agent-tests", "--bench", "dataplane"])
         }
         Task::Demo => {
             setup::run()?;

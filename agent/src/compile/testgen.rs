@@ -25,18 +25,18 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
     /// True with probability `percent`/100.
     pub fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.next_u64() % 100 < percent
     }
     pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())].clone()
@@ -139,7 +139,7 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
     let mut v4: Vec<&str> = V4_POOL.to_vec();
     let mut v6: Vec<&str> = V6_POOL.to_vec();
     for i in 0..n {
-        let host = i == n - 1 && rng.chance(30);
+        let host = i == n - 1 && rng.chance(40);
         let ns = rng.pick(&["n1", "n2"]);
         let mut l = Labels::new();
         if rng.chance(80) {
@@ -205,7 +205,8 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
             namespace: (!host).then(|| ns.to_string()),
             name: format!("ep{i}"),
             labels: l,
-            interface: Some(format!("ep{i}")),
+            // Some workloads live elsewhere: peers only, not compiled.
+            interface: (host || !rng.chance(15)).then(|| format!("ep{i}")),
             ips,
             named_ports,
             profiles,
@@ -300,11 +301,14 @@ fn random_policy(
     i: usize,
 ) -> Policy {
     let namespaced = rng.chance(30);
-    let kind = match (staged, namespaced) {
-        (false, false) => PolicyKind::GlobalNetworkPolicy,
-        (false, true) => PolicyKind::NetworkPolicy,
-        (true, false) => PolicyKind::StagedGlobalNetworkPolicy,
-        (true, true) => PolicyKind::StagedNetworkPolicy,
+    let k8s = namespaced && rng.chance(30);
+    let kind = match (staged, namespaced, k8s) {
+        (false, false, _) => PolicyKind::GlobalNetworkPolicy,
+        (false, true, false) => PolicyKind::NetworkPolicy,
+        (false, true, true) => PolicyKind::KubernetesNetworkPolicy,
+        (true, false, _) => PolicyKind::StagedGlobalNetworkPolicy,
+        (true, true, false) => PolicyKind::StagedNetworkPolicy,
+        (true, true, true) => PolicyKind::StagedKubernetesNetworkPolicy,
     };
     let namespace = namespaced.then(|| "n1".to_string());
     let mut selector = sel(rng);
@@ -321,6 +325,9 @@ fn random_policy(
     };
     let ingress = rules(rng);
     let egress = rules(rng);
+    // Host-endpoint phases (global policies only): untracked, pre-DNAT (ingress only).
+    let do_not_track = !namespaced && rng.chance(10);
+    let pre_dnat = !namespaced && !do_not_track && !egress_type && rng.chance(10);
     Policy {
         id: PolicyId {
             kind,
@@ -337,13 +344,14 @@ fn random_policy(
         staged_action: staged.then(|| {
             rng.pick(&[
                 StagedAction::Set,
+                StagedAction::Learn,
                 StagedAction::Delete,
                 StagedAction::Ignore,
             ])
         }),
-        do_not_track: false,
-        pre_dnat: false,
-        apply_on_forward: false,
+        do_not_track,
+        pre_dnat,
+        apply_on_forward: do_not_track || pre_dnat,
     }
 }
 
@@ -500,7 +508,7 @@ pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe 
     } else if rng.chance(85) {
         rng.pick(&PORTS)
     } else {
-        rng.next() as u16
+        rng.next_u64() as u16
     };
     Probe {
         endpoint_index,
@@ -508,7 +516,7 @@ pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe 
         local,
         peer,
         protocol,
-        src_port: 1024 + (rng.next() % 60000) as u16,
+        src_port: 1024 + (rng.next_u64() % 60000) as u16,
         port,
     }
 }
@@ -605,5 +613,120 @@ impl TableModel {
                 })
             })
             .unwrap_or(Verdict::NO_ENTRY)
+    }
+}
+
+/// A larger, regular model for timing the compiler: `endpoints` workloads over 10
+/// apps and 3 namespaces (IPv4 and IPv6 each), `policies` policies (every tenth
+/// staged) with selector, CIDR and port rules in both directions.
+pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
+    let mut rng = Rng::new(seed);
+    let app = |i: usize| format!("app{}", i % 10);
+    let eps = (0..endpoints)
+        .map(|i| {
+            let ns = format!("ns{}", i % 3);
+            let mut l = labels(&[("tier", ["web", "api", "db"][i % 3])]);
+            l.insert("app".into(), app(i));
+            l.insert(LABEL_NAMESPACE.into(), ns.clone());
+            Endpoint {
+                kind: EndpointKind::Workload,
+                namespace: Some(ns.clone()),
+                name: format!("pod{i}"),
+                labels: l,
+                interface: Some(format!("cali{i}")),
+                ips: vec![
+                    format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256)
+                        .parse()
+                        .unwrap(),
+                    format!("fd00::{:x}", i + 1).parse().unwrap(),
+                ],
+                named_ports: vec![NamedPort {
+                    name: "http".into(),
+                    protocol: proto::TCP,
+                    port: 8080,
+                }],
+                profiles: vec![format!("kns.{ns}")],
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    for i in 0..policies {
+        let staged = i % 10 == 9;
+        let from = |rng: &mut Rng| parse(&format!("app == '{}'", app(rng.below(10)))).unwrap();
+        let tcp = |ports: Vec<PortMatch>, src: EntityRule| Rule {
+            action: Action::Allow,
+            ip_version: None,
+            protocol: Some(proto::TCP),
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: src,
+            destination: EntityRule {
+                ports,
+                ..EntityRule::default()
+            },
+        };
+        let port = |p: u16| PortMatch::Range(PortRange { first: p, last: p });
+        let ingress = vec![
+            tcp(
+                vec![
+                    port(8000 + (i % 50) as u16),
+                    PortMatch::Named("http".into()),
+                ],
+                EntityRule {
+                    selector: Some(from(&mut rng)),
+                    ..EntityRule::default()
+                },
+            ),
+            tcp(
+                vec![PortMatch::Range(PortRange {
+                    first: 9000,
+                    last: 9000 + (i % 20) as u16,
+                })],
+                EntityRule {
+                    nets: vec![format!("172.16.{}.0/24", i % 64).parse().unwrap()],
+                    ..EntityRule::default()
+                },
+            ),
+        ];
+        let mut dns = tcp(vec![port(53)], EntityRule::default());
+        dns.protocol = Some(proto::UDP);
+        let egress = vec![dns, tcp(vec![port(5432)], EntityRule::default())];
+        let mut egress = egress;
+        egress[1].destination.selector = Some(from(&mut rng));
+        out.push(Policy {
+            id: PolicyId {
+                kind: if staged {
+                    PolicyKind::StagedGlobalNetworkPolicy
+                } else {
+                    PolicyKind::GlobalNetworkPolicy
+                },
+                namespace: None,
+                name: format!("pol{i}"),
+            },
+            tier: "default".into(),
+            order: Some(i as f64),
+            selector: parse(&format!("app == '{}'", app(i))).unwrap(),
+            ingress_type: true,
+            egress_type: true,
+            ingress,
+            egress,
+            staged_action: staged.then_some(StagedAction::Set),
+            do_not_track: false,
+            pre_dnat: false,
+            apply_on_forward: false,
+        });
+    }
+    Model {
+        tiers: vec![Tier {
+            name: "default".into(),
+            order: Some(1_000_000.0),
+            default_action: TierDefault::Deny,
+        }],
+        policies: out,
+        profiles: vec![],
+        endpoints: eps,
+        network_sets: vec![],
+        failsafes: Default::default(),
     }
 }

@@ -266,6 +266,35 @@ fn identical_endpoints_share_a_class() {
 }
 
 #[test]
+fn policies_selecting_no_compiled_endpoint_add_no_prefixes() {
+    let mut model = seed();
+    let before = compile(&model).unwrap().stats.prefixes_collected;
+    let mut elsewhere = policy(
+        PolicyKind::GlobalNetworkPolicy,
+        "elsewhere",
+        "app == 'nothere'",
+    );
+    let mut r = rule(Action::Allow);
+    r.source.nets = vec!["172.16.0.0/12".parse().unwrap()];
+    elsewhere.ingress = vec![r];
+    model.policies.push(elsewhere.clone());
+    assert_eq!(compile(&model).unwrap().stats.prefixes_collected, before);
+    // An endpoint without an interface is not compiled either.
+    let mut other = pod("nothere", &["10.65.9.9"]);
+    other.interface = None;
+    model.endpoints.push(other);
+    assert_eq!(
+        compile(&model).unwrap().stats.prefixes_collected,
+        before + 1
+    );
+    model.endpoints.last_mut().unwrap().interface = Some("calinothere".into());
+    assert_eq!(
+        compile(&model).unwrap().stats.prefixes_collected,
+        before + 2
+    );
+}
+
+#[test]
 fn port_ranges_are_compressed() {
     let mut p = policy(
         PolicyKind::GlobalNetworkPolicy,
@@ -408,10 +437,105 @@ fn source_ports_are_unsupported() {
             endpoint, policy, ..
         }) => {
             assert_eq!(endpoint, "prod/database");
-            assert_eq!(policy, "gnp:/allow-backend-to-db");
+            assert_eq!(policy, model.policies[0].id.to_string());
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn capacity_limits_are_errors() {
+    let model = seed();
+    let small = |f: fn(&mut Limits)| {
+        let mut l = Limits::default();
+        f(&mut l);
+        compile_with_limits(&model, &l)
+    };
+    let limit_of = |r: Result<Compiled, CompileError>| match r {
+        Err(CompileError::Capacity {
+            limit,
+            endpoint,
+            needed,
+            max,
+        }) => {
+            assert!(needed > max);
+            (limit, endpoint)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        limit_of(small(|l| l.endpoints = 2)),
+        ("endpoints (ENDPOINTS map)", "prod/database".to_string())
+    );
+    assert_eq!(
+        limit_of(small(|l| l.peer_prefixes = 2)).0,
+        "peer prefixes (PEERS map)"
+    );
+    assert_eq!(
+        limit_of(small(|l| l.keys_per_endpoint = 3)),
+        ("rule entries per endpoint", "prod/backend".to_string()),
+        "backend has pending entries too"
+    );
+    assert_eq!(
+        limit_of(small(|l| l.rule_keys = 8)).0,
+        "rule entries (RULES map)"
+    );
+    assert!(compile_with_limits(&model, &Limits::default()).is_ok());
+}
+
+#[test]
+fn verdicts_that_depend_on_the_local_address_are_unsupported() {
+    let mut model = seed();
+    model.endpoints[2].ips.push(ip("10.65.0.33"));
+    // Nothing tells the database's two IPv4 addresses apart: fine.
+    let c = compile(&model).unwrap();
+    let probes: Vec<Probe> = ["10.65.0.3", "10.65.0.33"]
+        .iter()
+        .map(|local| probe(2, Direction::Ingress, local, "10.65.0.2", proto::TCP, 8080))
+        .collect();
+    agree(&model, &c, &probes);
+    // A rule on one of them: the kernel cannot see which one a packet uses.
+    model.policies[0].ingress[0].destination.nets = vec!["10.65.0.3/32".parse().unwrap()];
+    assert!(matches!(
+        compile(&model),
+        Err(CompileError::Unsupported { endpoint, .. }) if endpoint == "prod/database"
+    ));
+}
+
+#[test]
+fn ipv4_mapped_ipv6_nets_are_unsupported() {
+    let mut model = seed();
+    model.policies[0].ingress[0].source.nets = vec!["::ffff:10.0.0.0/104".parse().unwrap()];
+    assert!(matches!(
+        compile(&model),
+        Err(CompileError::Unsupported { what, .. }) if what.contains("::ffff:0:0/96")
+    ));
+}
+
+#[test]
+fn describe_names_every_kind_of_verdict() {
+    let c = compile(&seed()).unwrap();
+    let v = |tier, policy, rule, act| Verdict {
+        action: act,
+        flags: 0,
+        tier,
+        policy,
+        rule,
+    };
+    assert_eq!(c.describe(&Verdict::NO_ENTRY), "__NO_ENTRY__|deny");
+    assert_eq!(
+        c.describe(&v(tier_code::NO_MATCH, POLICY_NONE, -1, action::DENY)),
+        "__PROFILE__|pro:__NO_MATCH__|deny|-1"
+    );
+    assert_eq!(
+        c.describe(&v(
+            tier_code::FAILSAFE,
+            POLICY_NONE,
+            6 << 16 | 22,
+            action::ALLOW
+        )),
+        "__FAILSAFE__|failsafe:tcp/22|allow|-1"
+    );
 }
 
 #[test]
@@ -452,13 +576,16 @@ fn random_models_agree_with_the_evaluator() {
         .unwrap_or(0x5eed_1234_u64);
     let mut rng = Rng::new(seed);
     let (mut compiled, mut unsupported) = (0, 0);
-    for round in 0..300 {
-        let model_seed = rng.next();
+    for round in 0..150 {
+        let model_seed = rng.next_u64();
         let mut mrng = Rng::new(model_seed);
         let model = random_model(&mut mrng, Shape::default());
         let c = match compile(&model) {
             Ok(c) => c,
-            Err(CompileError::Unsupported { .. }) => {
+            // The generator makes these on purpose (source ports, two addresses).
+            Err(CompileError::Unsupported { what, .. })
+                if what.contains("source ports") || what.contains("own addresses") =>
+            {
                 unsupported += 1;
                 continue;
             }
@@ -476,11 +603,88 @@ fn random_models_agree_with_the_evaluator() {
             .collect();
         let result = std::panic::catch_unwind(|| agree(&model, &c, &probes));
         if let Err(e) = result {
-            panic!("round {round}, model seed {model_seed:#x}: {e:?}\n{model:#?}");
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| format!("{e:?}"));
+            panic!("round {round}, model seed {model_seed:#x}: {msg}\n{model:#?}");
         }
     }
+    eprintln!("{compiled} models compiled, {unsupported} unsupported");
     assert!(
-        compiled > 250,
+        compiled > 120,
         "{compiled} compiled, {unsupported} unsupported"
     );
+}
+
+/// `cargo test --release -p agent --lib compile::tests::compile_time -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn compile_time() {
+    for (e, p, unique) in [
+        (10, 10, false),
+        (100, 50, false),
+        (300, 100, false),
+        (1000, 200, false),
+        (300, 100, true),
+        (1000, 200, true),
+    ] {
+        let mut model = super::testgen::scale_model(e, p, 7);
+        if unique {
+            // Many classes: every pod has its own label, and 50 policies admit
+            // 20 named pods each.
+            for (i, ep) in model.endpoints.iter_mut().enumerate() {
+                ep.labels.insert("pod".into(), i.to_string());
+            }
+            let mut rng = Rng::new(5);
+            for k in 0..50 {
+                let mut pol = model.policies[k].clone();
+                pol.id.name = format!("pods{k}");
+                let names: Vec<String> = (0..20).map(|_| format!("'{}'", rng.below(e))).collect();
+                pol.ingress[0].source.selector =
+                    Some(parse(&format!("pod in {{{}}}", names.join(","))).unwrap());
+                model.policies.push(pol);
+            }
+        }
+        let cpu = || {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: plain syscall filling `t`.
+            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+            std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        };
+        let before = cpu();
+        let c = match compile(&model) {
+            Ok(c) => c,
+            Err(err) => {
+                eprintln!("{e} endpoints x {p} policies (unique labels: {unique}): {err}");
+                continue;
+            }
+        };
+        let cpu_time = cpu() - before;
+        let s = &c.stats;
+        let max = s.keys_per_endpoint.iter().max().unwrap();
+        eprintln!(
+            "{e} endpoints x {p} policies (unique labels: {unique}): {:?} wall, {cpu_time:?} CPU; {} classes, {} peer prefixes, {} entries, {} keys (max {max}/endpoint), {} evaluations",
+            s.duration, s.classes, s.peer_prefixes, s.rule_entries, s.rule_keys, s.evaluations
+        );
+    }
+}
+
+#[test]
+fn larger_model_compiles_in_parallel_deterministically_and_agrees() {
+    let model = super::testgen::scale_model(64, 20, 3);
+    let a = compile(&model).unwrap();
+    let b = compile(&model).unwrap();
+    assert_eq!(a.tables, b.tables);
+    assert_eq!(a.endpoints, b.endpoints);
+    assert!(a.endpoints.iter().any(|e| e.has_staged));
+    let eps: Vec<usize> = a.endpoints.iter().map(|e| e.endpoint_index).collect();
+    let mut rng = Rng::new(99);
+    let probes: Vec<Probe> = (0..400)
+        .map(|_| random_probe(&mut rng, &model, &eps))
+        .collect();
+    agree(&model, &a, &probes);
 }
