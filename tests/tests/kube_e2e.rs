@@ -198,14 +198,19 @@ impl ApiServer {
     }
 }
 
-/// One API server for the tests that can share it (the restart test has its own).
+/// One API server for the tests that only look at their own objects. Tests that
+/// run an agent get their own ([`private_server`]): the agent sees every policy
+/// of the cluster, so another test's objects would change its counts.
 fn shared_server() -> &'static ApiServer {
     static S: OnceLock<ApiServer> = OnceLock::new();
-    S.get_or_init(|| {
-        let s = ApiServer::start();
-        apply_file(&s.client(), &repo().join("deploy/crds.yaml"), false);
-        s
-    })
+    S.get_or_init(private_server)
+}
+
+/// A fresh API server with deploy/crds.yaml applied.
+fn private_server() -> ApiServer {
+    let s = ApiServer::start();
+    apply_file(&s.client(), &repo().join("deploy/crds.yaml"), false);
+    s
 }
 
 fn rt() -> &'static tokio::runtime::Runtime {
@@ -614,7 +619,7 @@ fn assert_seed_enforced(s: &Seed) {
 #[test]
 fn kubernetes_seed_scenario_and_changes() {
     lab::require_root();
-    let server = shared_server();
+    let server = &private_server();
     let client = server.client();
     let lab = Lab::new();
     let node = format!("node-{}", lab.id());
@@ -739,9 +744,8 @@ fn kubernetes_seed_scenario_and_changes() {
 #[test]
 fn kubernetes_api_server_restart() {
     lab::require_root();
-    let server = ApiServer::start();
+    let server = private_server();
     let client = server.client();
-    apply_file(&client, &repo().join("deploy/crds.yaml"), false);
     let lab = Lab::new();
     let node = format!("node-{}", lab.id());
     let s = seed(&lab, &client, "prod", &node);
