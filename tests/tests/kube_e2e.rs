@@ -626,6 +626,11 @@ fn kubernetes_seed_scenario_and_changes() {
     let ns = "prod";
     let agent = Agent::start(&lab, server, &node);
     agent.wait_policies(0, 0);
+    agent.wait_status("every kind listed", |s| {
+        s["datastore_problems"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    });
 
     // Pods appear: they are attached through their host routes (not `cali` names).
     let s = seed(&lab, &client, ns, &node);
@@ -769,6 +774,12 @@ fn kubernetes_api_server_restart() {
     assert_seed_enforced(&s);
     let st = agent.try_status().unwrap();
     assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
+    assert!(
+        st["datastore_problems"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("watch failing"))),
+        "{st:#}"
+    );
 
     server.restart();
     let client = server.client();
@@ -785,6 +796,11 @@ fn kubernetes_api_server_restart() {
     );
     agent.wait_policies(2, 0);
     assert!(agent.log_text().contains("watch recovered"));
+    agent.wait_status("no datastore problems", |s| {
+        s["datastore_problems"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    });
     wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
     assert_eq!(
         s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),

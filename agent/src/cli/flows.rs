@@ -317,6 +317,9 @@ pub fn status_text(s: &Status) -> String {
         "datastore:   {} (started {}, {} reloads, last {})",
         s.datastore, s.started, s.reloads, s.last_reload
     );
+    for p in &s.datastore_problems {
+        let _ = writeln!(o, "DATASTORE:   {p}");
+    }
     match &s.last_error {
         Some(e) => {
             let _ = writeln!(o, "NOT APPLIED: {e} (the previous tables stay enforced)");

@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     flows: Mutex<FlowTable>,
     tx: broadcast::Sender<Arc<Flow>>,
     started_ns: u64,
+    /// The Kubernetes datastore's view (for its problems in the status).
+    kube: Mutex<Option<KubeSnapshot>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,9 +210,13 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         flows: Mutex::new(FlowTable::default()),
         tx,
         started_ns: unix_now_ns(),
+        kube: Mutex::new(None),
     });
     let mut source = Source::start(&opts.datastore).await?;
     let loader = source.loader();
+    if let Loader::Kubernetes(k) = &loader {
+        *lock(&shared.kube) = Some(k.clone());
+    }
     {
         let shared = shared.clone();
         let loader = loader.clone();
@@ -479,6 +485,10 @@ pub(crate) fn status(shared: &Shared) -> Status {
         let f = lock(&shared.flows);
         (f.len(), f.events)
     };
+    let datastore_problems = lock(&shared.kube)
+        .as_ref()
+        .map(KubeSnapshot::problems)
+        .unwrap_or_default();
     let inner = lock(&shared.inner);
     let endpoints = inner
         .endpoints
@@ -539,5 +549,6 @@ pub(crate) fn status(shared: &Shared) -> Status {
         },
         kept_last_good: inner.kept.clone(),
         diagnostics: inner.diagnostics.iter().map(DiagnosticOut::from).collect(),
+        datastore_problems,
     }
 }

@@ -135,4 +135,8 @@ pub struct Status {
     pub kept_last_good: Vec<String>,
     /// Problems in the datastore (rejected documents and warnings).
     pub diagnostics: Vec<DiagnosticOut>,
+    /// Problems reading the datastore itself (Kubernetes: kinds not listed yet,
+    /// failing watches); what was read last stays enforced meanwhile.
+    #[serde(default)]
+    pub datastore_problems: Vec<String>,
 }

@@ -253,6 +253,8 @@ struct State {
     synced: BTreeSet<String>,
     /// Interfaces of local pods used by the last build (to notice route changes).
     interfaces: BTreeMap<Key, String>,
+    /// Kinds whose watch is failing now, with the error.
+    failing: BTreeMap<String, String>,
 }
 
 /// The running watchers and their view of the cluster.
@@ -277,6 +279,24 @@ pub struct KubeSnapshot {
 impl KubeSnapshot {
     pub fn load(&self) -> Loaded {
         build(&self.node, &self.state)
+    }
+
+    /// Kinds not listed yet and failing watches, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let st = lock(&self.state);
+        let mut out: Vec<String> = KINDS
+            .iter()
+            .map(Kind::label)
+            .chain(["Pod".to_string()])
+            .filter(|k| !st.synced.contains(k) && !st.failing.contains_key(k))
+            .map(|k| format!("{k}: not listed yet"))
+            .collect();
+        out.extend(
+            st.failing
+                .iter()
+                .map(|(k, e)| format!("{k}: watch failing, retrying (last state kept): {e}")),
+        );
+        out
     }
 }
 
@@ -459,11 +479,13 @@ async fn watch<K, F>(
                     tracing::warn!(kind = %label, error = %e, "watch failed; retrying with backoff, the last state stays enforced");
                 }
                 failing = true;
+                lock(&state).failing.insert(label.clone(), e.to_string());
                 continue;
             }
         };
         if failing {
             tracing::info!(kind = %label, "watch recovered");
+            lock(&state).failing.remove(&label);
             failing = false;
         }
         match ev {
