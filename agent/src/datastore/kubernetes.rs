@@ -960,6 +960,30 @@ mod tests {
         );
     }
 
+    /// Rebuild time at scale (not a timed test: prints; run with --ignored --nocapture).
+    #[test]
+    #[ignore]
+    fn rebuild_time_10k_pods() {
+        let state = Mutex::new(State::default());
+        {
+            let mut st = lock(&state);
+            for i in 0..10_000u32 {
+                let name = format!("pod-{i}");
+                let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+                let p = pod("prod", &name, if i < 50 { "n" } else { "other" }, &ip);
+                st.pods
+                    .insert(("prod".into(), name), PodInfo::from_pod(&p, "n").unwrap());
+            }
+        }
+        let t = std::time::Instant::now();
+        let loaded = build("n", &state);
+        eprintln!(
+            "rebuild of 10k pods (50 local): {:?}, {} endpoints",
+            t.elapsed(),
+            loaded.model.endpoints.len()
+        );
+    }
+
     /// Memory of the cluster-wide pod view: 10k synthetic pods with 3 labels,
     /// one IP, one named port, as stored.
     #[test]
