@@ -44,11 +44,22 @@ impl Hook {
         }
     }
 
-    /// The endpoint policy direction this hook enforces.
-    pub fn direction(self) -> Direction {
-        match self {
-            Hook::FromEndpoint => Direction::Egress,
-            Hook::ToEndpoint => Direction::Ingress,
+    /// The endpoint policy direction this hook enforces. On a host endpoint's
+    /// interface (the host's own) the hooks judge the opposite directions of a
+    /// workload's host-side veth: TC ingress carries traffic into the host.
+    pub fn direction(self, host_endpoint: bool) -> Direction {
+        match (self, host_endpoint) {
+            (Hook::FromEndpoint, false) | (Hook::ToEndpoint, true) => Direction::Egress,
+            (Hook::ToEndpoint, false) | (Hook::FromEndpoint, true) => Direction::Ingress,
+        }
+    }
+
+    /// The hook whose packets `direction`'s policy judges.
+    pub fn judging(direction: Direction, host_endpoint: bool) -> Hook {
+        if Hook::FromEndpoint.direction(host_endpoint) == direction {
+            Hook::FromEndpoint
+        } else {
+            Hook::ToEndpoint
         }
     }
 }
