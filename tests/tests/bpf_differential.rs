@@ -11,7 +11,6 @@
 //!
 //! Default: 200 models x 100 packets (about 19k cases, a few seconds).
 //! `DIFF_SEED=<n>` replays a run; `DIFF_MODELS` / `DIFF_PACKETS` resize it.
-use std::net::IpAddr;
 
 use agent::compile::testgen::{random_model, random_probe, Probe, Rng, Shape};
 use agent::compile::{compile, CompileError, CompiledEndpoint};
