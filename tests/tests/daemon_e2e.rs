@@ -3,6 +3,9 @@
 //! lab pods, `agent flows` and `agent status` over a per-test Unix socket.
 mod common;
 
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use common::*;
 use lab::{Lab, TcpProbe, PROBE_TIMEOUT};
 use serde_json::Value;
