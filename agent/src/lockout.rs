@@ -256,4 +256,101 @@ mod tests {
             serde_yaml::from_str("failsafeOutbound:\n- {protocol: icmp, port: 1}\n").unwrap();
         assert!(bad.failsafes().is_err());
     }
+
+    const HOST: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata:
+  name: node1-eth0
+  labels: {role: node}
+spec:
+  node: node1
+  interfaceName: eth0
+  expectedIPs: [192.168.0.1]
+"#;
+
+    fn model(policies: &str) -> Model {
+        let text = format!("{HOST}---\n{policies}");
+        let loaded =
+            crate::model::load::load_sources(&[(std::path::PathBuf::from("t.yaml"), text)]);
+        assert!(
+            loaded
+                .diagnostics
+                .iter()
+                .all(|d| d.severity != crate::model::Severity::Error),
+            "{:?}",
+            loaded.diagnostics
+        );
+        loaded.model
+    }
+
+    #[test]
+    fn a_deny_all_on_the_host_names_the_policy_for_each_failsafe_port() {
+        let mut m = model(
+            r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-lockdown}
+spec:
+  selector: role == 'node'
+  types: [Ingress, Egress]
+  ingress:
+  - action: Deny
+  egress:
+  - action: Allow
+    protocol: UDP
+    destination: {ports: [53]}
+"#,
+        );
+        m.failsafes.inbound = vec![FailsafePort {
+            protocol: proto::TCP,
+            port: 22,
+            net: Some("10.0.0.0/8".parse().unwrap()),
+        }];
+        m.failsafes.outbound = vec![
+            FailsafePort {
+                protocol: proto::UDP,
+                port: 53,
+                net: None,
+            },
+            FailsafePort {
+                protocol: proto::TCP,
+                port: 6443,
+                net: None,
+            },
+        ];
+        let mgmt = [FailsafePort {
+            protocol: proto::TCP,
+            port: 9091,
+            net: None,
+        }];
+        let w = check(&m, &mgmt);
+        let text: Vec<String> = w.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 3, "{text:#?}");
+        assert!(text[0].contains("inbound tcp/22 from 10.0.0.0"), "{text:#?}");
+        assert!(text[0].contains("gnp:host-lockdown rule 0"), "{text:#?}");
+        assert!(text[0].contains("only the failsafe port keeps it open"));
+        // Outbound DNS is allowed by the policy: no warning; 6443 hits the end of tier.
+        assert!(text[1].contains("outbound tcp/6443"), "{text:#?}");
+        assert!(text[1].contains("end of tier default"), "{text:#?}");
+        assert!(text[2].contains("inbound tcp/9091"), "{text:#?}");
+        assert!(text[2].contains("NOT failsafe"), "{text:#?}");
+    }
+
+    #[test]
+    fn workloads_and_allowed_ports_give_no_warning() {
+        let m = model(
+            r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-open}
+spec:
+  selector: role == 'node'
+  types: [Ingress, Egress]
+  ingress: [{action: Allow}]
+  egress: [{action: Allow}]
+"#,
+        );
+        assert_eq!(check(&m, &[]), vec![]);
+    }
 }
