@@ -81,7 +81,11 @@ impl AgentConfig {
         };
         Ok(Failsafes {
             inbound: conv(&self.failsafe_inbound, defaults.inbound, "failsafeInbound")?,
-            outbound: conv(&self.failsafe_outbound, defaults.outbound, "failsafeOutbound")?,
+            outbound: conv(
+                &self.failsafe_outbound,
+                defaults.outbound,
+                "failsafeOutbound",
+            )?,
         })
     }
 }
@@ -126,7 +130,10 @@ impl std::fmt::Display for LockoutWarning {
         if self.failsafe {
             write!(f, "; only the failsafe port keeps it open")
         } else {
-            write!(f, "; this is the agent's own management traffic and it is NOT failsafe")
+            write!(
+                f,
+                "; this is the agent's own management traffic and it is NOT failsafe"
+            )
         }
     }
 }
@@ -192,10 +199,9 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
                     continue;
                 }
                 let denied_by = match &end.decided_by {
-                    DecidedBy::PolicyRule { policy, rule, .. } => format!(
-                        "{} rule {rule}",
-                        crate::eval::policy_flow_log_name(policy)
-                    ),
+                    DecidedBy::PolicyRule { policy, rule, .. } => {
+                        format!("{} rule {rule}", crate::eval::policy_flow_log_name(policy))
+                    }
                     DecidedBy::EndOfTier { tier, policy } => format!(
                         "the end of tier {tier} (last policy {})",
                         crate::eval::policy_flow_log_name(policy)
@@ -327,7 +333,10 @@ spec:
         let w = check(&m, &mgmt);
         let text: Vec<String> = w.iter().map(|w| w.to_string()).collect();
         assert_eq!(w.len(), 3, "{text:#?}");
-        assert!(text[0].contains("inbound tcp/22 from 10.0.0.0"), "{text:#?}");
+        assert!(
+            text[0].contains("inbound tcp/22 from 10.0.0.0"),
+            "{text:#?}"
+        );
         assert!(text[0].contains("gnp:host-lockdown rule 0"), "{text:#?}");
         assert!(text[0].contains("only the failsafe port keeps it open"));
         // Outbound DNS is allowed by the policy: no warning; 6443 hits the end of tier.

@@ -156,9 +156,18 @@ fn assert_clean(r: &Report, min_seconds: u64) {
     assert!(r.max_echo <= ECHO_BOUND, "{r:#?}");
     // ~10 ms per echo: at least a few per second even on a loaded machine.
     assert!(r.echoes >= 20 * min_seconds, "too few echoes: {r:#?}");
-    assert!(r.allowed_failed.is_empty(), "allowed new connections: {r:#?}");
-    assert!(r.allowed_ok >= 2 * min_seconds, "too few allowed probes: {r:#?}");
-    assert!(r.denied_through.is_empty(), "denied connections got through: {r:#?}");
+    assert!(
+        r.allowed_failed.is_empty(),
+        "allowed new connections: {r:#?}"
+    );
+    assert!(
+        r.allowed_ok >= 2 * min_seconds,
+        "too few allowed probes: {r:#?}"
+    );
+    assert!(
+        r.denied_through.is_empty(),
+        "denied connections got through: {r:#?}"
+    );
     assert!(r.denied_ok >= min_seconds, "too few denied probes: {r:#?}");
 }
 
@@ -292,7 +301,11 @@ fn upgrade_restart_with_changed_policy_swaps_programs_and_prunes() {
     let policy = dir.join("10-database-allow-from-backend.yaml");
     let text = std::fs::read_to_string(&policy).unwrap();
     assert!(text.contains("ports: [8080]"), "{text}");
-    std::fs::write(&policy, text.replace("ports: [8080]", "ports: [8080, 9090]")).unwrap();
+    std::fs::write(
+        &policy,
+        text.replace("ports: [8080]", "ports: [8080, 9090]"),
+    )
+    .unwrap();
     let eps = dir.join("00-endpoints.yaml");
     let text = std::fs::read_to_string(&eps).unwrap();
     let kept: Vec<&str> = text
@@ -376,7 +389,11 @@ fn cleanup_and_detach_on_exit_leave_nothing_attached() {
     let bpffs = agent.bpffs.clone();
     assert!(bpffs.exists());
     assert!(agent.terminate().success());
-    assert!(!bpffs.exists(), "pin dir left behind:\n{}", agent.log_text());
+    assert!(
+        !bpffs.exists(),
+        "pin dir left behind:\n{}",
+        agent.log_text()
+    );
     for iface in IFACES {
         assert!(tcx_programs(&lab, iface).is_empty(), "{iface}");
     }

@@ -39,9 +39,9 @@ use tokio::sync::broadcast;
 
 use crate::compile::{compile, CompiledEndpoint};
 use crate::dataplane::{Dataplane, Links};
-use crate::model::ir::{FailsafePort, Failsafes};
 use crate::datastore::{keep_last_good, FileDatastore};
 use crate::flows::{unix_now_ns, Flow, FlowTable, View};
+use crate::model::ir::{FailsafePort, Failsafes};
 use crate::model::{Diagnostic, Loaded, Severity};
 
 pub mod protocol;
@@ -243,7 +243,11 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             detach(dp, &name, a);
         }
         match crate::dataplane::loader::cleanup(&opts.bpffs) {
-            Ok(c) => tracing::info!(links = c.links, maps = c.maps, "detached and removed the pinned state (--detach-on-exit)"),
+            Ok(c) => tracing::info!(
+                links = c.links,
+                maps = c.maps,
+                "detached and removed the pinned state (--detach-on-exit)"
+            ),
             Err(e) => tracing::error!(error = %e, "removing the pinned state"),
         }
     } else {
@@ -314,7 +318,10 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
     // (and its endpoint entries agree), keep them: no flip, no epoch bump.
     let unchanged = !inner.installed_once
         && inner.dp.adopted()
-        && inner.dp.live_tables_equal(&compiled.tables).unwrap_or(false)
+        && inner
+            .dp
+            .live_tables_equal(&compiled.tables)
+            .unwrap_or(false)
         && compiled.endpoints.iter().all(|e| {
             let idx = if_index(&e.interface);
             idx == 0 || inner.dp.endpoint(idx).is_none_or(|info| info == e.info())
@@ -381,7 +388,10 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
     let keep: std::collections::HashSet<u32> = inner.attached.values().map(|a| a.ifindex).collect();
     let pruned = inner.dp.prune(&keep);
     if pruned > 0 {
-        tracing::info!(links = pruned, "detached pinned links of interfaces that are no longer endpoints");
+        tracing::info!(
+            links = pruned,
+            "detached pinned links of interfaces that are no longer endpoints"
+        );
         inner.pinning.pruned_links += pruned;
     }
 }

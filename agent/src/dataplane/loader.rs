@@ -412,9 +412,11 @@ impl Dataplane {
 
     /// Whether a link of an earlier agent is pinned for `ifindex`.
     pub fn has_pinned_link(&self, ifindex: u32) -> bool {
-        self.pin_dir
-            .as_deref()
-            .is_some_and(|d| Hook::ALL.iter().any(|h| link_pin_path(d, ifindex, *h).exists()))
+        self.pin_dir.as_deref().is_some_and(|d| {
+            Hook::ALL
+                .iter()
+                .any(|h| link_pin_path(d, ifindex, *h).exists())
+        })
     }
 
     /// Whether an earlier agent's pinned maps were found and reused.
@@ -536,7 +538,10 @@ impl Dataplane {
         } else {
             ("PEERS_1", "RULES_1")
         };
-        let map = self.ebpf.map(peers_name).ok_or(missing("map", peers_name))?;
+        let map = self
+            .ebpf
+            .map(peers_name)
+            .ok_or(missing("map", peers_name))?;
         let peers: LpmTrie<_, [u8; 16], u32> =
             LpmTrie::try_from(map).map_err(map_err(peers_name))?;
         let mut live: Vec<(u32, [u8; 16], u32)> = peers
@@ -550,7 +555,10 @@ impl Dataplane {
         if live != want {
             return Ok(false);
         }
-        let map = self.ebpf.map(rules_name).ok_or(missing("map", rules_name))?;
+        let map = self
+            .ebpf
+            .map(rules_name)
+            .ok_or(missing("map", rules_name))?;
         let rules: LpmTrie<_, RuleKey, Verdict> =
             LpmTrie::try_from(map).map_err(map_err(rules_name))?;
         let mut live: Vec<(u32, RuleKey, Verdict)> = rules

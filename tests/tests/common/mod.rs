@@ -352,4 +352,3 @@ pub fn assert_seed_enforced(s: &Seed) {
         "frontend -> database:8080"
     );
 }
-
