@@ -225,6 +225,26 @@ fn sigkill_restart_keeps_enforcing_and_established_flows() {
     let links_before = pinned_links(&bpffs);
     assert_eq!(links_before.len(), 6, "{links_before:?}");
 
+    // One agent per pin directory: a second one (and `agent cleanup`) is refused.
+    let other = dir.parent().unwrap().join("other.sock");
+    let out = lab
+        .node()
+        .command(agent_bin())
+        .args(["run", "--datastore"])
+        .arg(&dir)
+        .arg("--socket")
+        .arg(&other)
+        .arg("--bpffs")
+        .arg(&bpffs)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another agent is running on"), "{err}");
+    let out = Agent::cleanup(&lab, &bpffs);
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(pinned_links(&bpffs).len(), 6);
+
     let probers = Probers::start(&s);
     std::thread::sleep(Duration::from_secs(1));
     probers.mark("kill -9");

@@ -131,6 +131,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         "datastore {} is not a directory",
         opts.datastore.display()
     );
+    crate::dataplane::loader::prepare_pin_dir(&opts.bpffs)?;
+    let _lock = crate::dataplane::loader::lock_pin_dir(&opts.bpffs)?;
     let dp = Dataplane::load_pinned(&opts.bpffs)
         .context("loading the eBPF programs with pinned maps (needs root)")?;
     if dp.adopted() {

@@ -124,6 +124,22 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// Takes an exclusive lock on the pin directory (flock on the directory itself),
+/// held while the returned file is open: one agent per pin directory.
+pub fn lock_pin_dir(dir: &Path) -> Result<std::fs::File, DataplaneError> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(dir)
+        .map_err(|e| DataplaneError::Pin(format!("opening {}: {e}", dir.display())))?;
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DataplaneError::Pin(format!(
+            "another agent is running on {} (stop it first, or pass another --bpffs)",
+            dir.display()
+        )));
+    }
+    Ok(f)
+}
+
 /// A pinned link file: `<bpffs>/links/if<ifindex>_<from|to>` (bpffs does not
 /// allow dots in names, so interface names are not used).
 pub fn link_pin_path(dir: &Path, ifindex: u32, hook: Hook) -> PathBuf {
