@@ -418,3 +418,30 @@ fn cleanup_and_detach_on_exit_leave_nothing_attached() {
         assert!(tcx_programs(&lab, iface).is_empty(), "{iface}");
     }
 }
+
+#[test]
+fn an_incompatible_pinned_map_is_a_clear_error() {
+    lab::require_root();
+    let bpffs = Path::new("/sys/fs/bpf").join(format!("agent-incompat-{}", std::process::id()));
+    agent::dataplane::loader::prepare_pin_dir(&bpffs).unwrap();
+    // A hash map pinned where ACTIVE (an array) belongs, as an older or newer
+    // build with another layout would leave it.
+    let ebpf = aya::EbpfLoader::new()
+        .map_pin_path("ENDPOINTS", bpffs.join("maps/ACTIVE"))
+        .load(agent::dataplane::EBPF_OBJECT)
+        .unwrap();
+    drop(ebpf);
+    let err = match agent::dataplane::Dataplane::load_pinned(&bpffs) {
+        Ok(_) => panic!("loaded over an incompatible pinned map"),
+        Err(e) => e.to_string(),
+    };
+    let done = agent::dataplane::loader::cleanup(&bpffs).unwrap();
+    assert!(!bpffs.exists());
+    assert!(done.maps >= 1);
+    assert!(
+        err.contains("the map ACTIVE pinned in")
+            && err.contains("map_type")
+            && err.contains("agent cleanup --bpffs"),
+        "{err}"
+    );
+}

@@ -387,7 +387,14 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
     inner.installed_once = true;
     // Pinned links and endpoint entries of interfaces that are no longer
     // endpoints (left by an earlier agent, or gone since): detach them.
-    let keep: std::collections::HashSet<u32> = inner.attached.values().map(|a| a.ifindex).collect();
+    // An endpoint interface whose attach failed keeps an earlier agent's link.
+    let keep: std::collections::HashSet<u32> = inner
+        .attached
+        .values()
+        .map(|a| a.ifindex)
+        .chain(inner.endpoints.iter().map(|e| if_index(&e.interface)))
+        .filter(|&i| i != 0)
+        .collect();
     let pruned = inner.dp.prune(&keep);
     if pruned > 0 {
         tracing::info!(
