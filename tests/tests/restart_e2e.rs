@@ -445,3 +445,73 @@ fn an_incompatible_pinned_map_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_daemon_warns_about_lockout_of_failsafe_and_management_ports() {
+    lab::require_root();
+    let lab = Lab::new();
+    let _s = seed_pods(&lab);
+    let dir = Agent::seed_datastore("lockout");
+    std::fs::write(
+        dir.join("50-host.yaml"),
+        "apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata:
+  name: node1-eth9
+  labels: {role: node}
+spec:
+  node: node1
+  interfaceName: eth9
+  expectedIPs: [192.168.0.1]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: host-lockdown
+spec:
+  selector: role == 'node'
+  types: [Ingress, Egress]
+  ingress:
+    - action: Deny
+  egress:
+    - action: Allow
+",
+    )
+    .unwrap();
+    let config = dir.parent().unwrap().join("agent-config.yaml");
+    std::fs::write(
+        &config,
+        "failsafeInbound: [{protocol: tcp, port: 22}]\nfailsafeOutbound: []\n",
+    )
+    .unwrap();
+    let agent = Agent::start_with(
+        &lab,
+        &dir,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:9465",
+        ],
+    );
+    agent.wait_attached(3);
+    let st = agent.status();
+    let w: Vec<&str> = st["lockout_warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(w.len(), 2, "{st:#}");
+    assert!(
+        w[0].contains("node1-eth9: inbound tcp/22")
+            && w[0].contains("gnp:host-lockdown rule 0")
+            && w[0].contains("only the failsafe port keeps it open"),
+        "{w:#?}"
+    );
+    assert!(
+        w[1].contains("inbound tcp/9465") && w[1].contains("NOT failsafe"),
+        "{w:#?}"
+    );
+    assert!(agent.log_text().contains("lockout risk"));
+}
