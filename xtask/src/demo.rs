@@ -25,7 +25,10 @@ fn say(text: &str) {
 }
 
 fn agent_bin() -> PathBuf {
-    workspace_root().join("target/release/agent")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("release/agent")
 }
 
 /// Runs `agent ARGS` (outside the lab: the CLI talks to the daemon over its
