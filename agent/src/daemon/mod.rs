@@ -102,6 +102,10 @@ struct Inner {
     pinning: protocol::PinStatus,
     /// Whether a tables install succeeded since start (pruning waits for it).
     installed_once: bool,
+    /// Endpoint ids that stay the same across compiles (and restarts), by
+    /// (endpoint, interface): see [`stabilize_ids`].
+    stable_ids: HashMap<(String, String), u32>,
+    next_id: u32,
 }
 
 pub(crate) struct Shared {
@@ -177,6 +181,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             lockout_warnings: Vec::new(),
             pinning,
             installed_once: false,
+            stable_ids: HashMap::new(),
+            next_id: 1,
         }),
         view: Mutex::new(Arc::new(View::default())),
         flows: Mutex::new(FlowTable::default()),
@@ -296,7 +302,7 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
     for k in &kept {
         tracing::warn!(resource = %k, "keeping the last good version of a rejected resource");
     }
-    let compiled = match compile(&loaded.model) {
+    let mut compiled = match compile(&loaded.model) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "compile failed; the previous tables stay enforced");
@@ -304,6 +310,7 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
             return;
         }
     };
+    stabilize_ids(&mut inner, &loaded.model, &mut compiled);
     let warnings: Vec<String> = crate::lockout::check(&loaded.model, &inner.management)
         .iter()
         .map(|w| w.to_string())
@@ -403,6 +410,79 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
         );
         inner.pinning.pruned_links += pruned;
     }
+}
+
+/// Gives each endpoint the id it had in the previous compile (or, on the first
+/// compile after adopting pinned state, the id its interface has in the pinned
+/// ENDPOINTS map), and never reuses a retired id.
+///
+/// Why: ENDPOINTS (ifindex -> id) is not double-buffered like the tables, and
+/// the new tables go live (flip) before the entries are rewritten. If the
+/// compiler renumbered endpoints (e.g. one left the datastore), an interface
+/// would for a moment be judged by another endpoint's rules with its old id,
+/// and a deny cached in conntrack then would kill an established connection.
+/// With stable ids an unchanged endpoint's id means the same in both copies.
+fn stabilize_ids(
+    inner: &mut Inner,
+    model: &crate::model::ir::Model,
+    compiled: &mut crate::compile::Compiled,
+) {
+    let key = |e: &CompiledEndpoint| {
+        let name = model
+            .endpoints
+            .get(e.endpoint_index)
+            .map(|m| m.key())
+            .unwrap_or_default();
+        (name, e.interface.clone())
+    };
+    if inner.stable_ids.is_empty() && inner.dp.adopted() {
+        // Seed from the pinned entries of an earlier agent.
+        let mut max = 0;
+        for e in &compiled.endpoints {
+            let idx = if_index(&e.interface);
+            if idx == 0 {
+                continue;
+            }
+            if let Some(info) = inner.dp.endpoint(idx) {
+                if !inner.stable_ids.values().any(|&v| v == info.id) {
+                    inner.stable_ids.insert(key(e), info.id);
+                    max = max.max(info.id);
+                }
+            }
+        }
+        inner.next_id = inner.next_id.max(max + 1);
+    }
+    let mut map: HashMap<u32, u32> = HashMap::new();
+    let mut used = std::collections::HashSet::new();
+    let mut next_stable = HashMap::new();
+    for e in &mut compiled.endpoints {
+        let k = key(e);
+        let id = match inner.stable_ids.get(&k) {
+            Some(&id) if !used.contains(&id) => id,
+            _ => {
+                let id = inner.next_id;
+                inner.next_id += 1;
+                id
+            }
+        };
+        used.insert(id);
+        map.insert(e.id, id);
+        next_stable.insert(k, id);
+        e.id = id;
+    }
+    // Entries of endpoints without an interface are never looked up (no
+    // ENDPOINTS entry names them); drop them so their ids cannot collide.
+    compiled
+        .tables
+        .rules
+        .retain_mut(|r| match map.get(&r.endpoint_id) {
+            Some(&id) => {
+                r.endpoint_id = id;
+                true
+            }
+            None => false,
+        });
+    inner.stable_ids = next_stable;
 }
 
 fn if_index(name: &str) -> u32 {
