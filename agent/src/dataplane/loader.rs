@@ -183,6 +183,31 @@ fn live_pinned_link(path: &Path, ifindex: u32, hook: Hook) -> Option<FdLink> {
     progs.iter().any(|p| p.id() == prog).then_some(link)
 }
 
+/// Detaches the link pinned at `path` at once (`BPF_LINK_DETACH` on a fresh fd,
+/// so the result does not wait for the deferred release of the unlinked pin),
+/// then removes the pin. A link whose interface is gone is already detached.
+fn detach_pinned(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // union bpf_attr: obj_get {u64 pathname; u32 bpf_fd; u32 file_flags; ...}.
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: a zeroed attr of the size passed, pathname a valid C string.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128) };
+    if fd >= 0 {
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut attr = [0u64; 16];
+        attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64; // link_detach.link_fd
+                                                               // SAFETY: as above. Fails harmlessly (ENOLINK) for a defunct link.
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 128) };
+    }
+    std::fs::remove_file(path)
+}
+
 /// What `cleanup` removed.
 #[derive(Debug, Default)]
 pub struct Cleanup {
@@ -196,7 +221,7 @@ pub struct Cleanup {
 pub fn cleanup(dir: &Path) -> Result<Cleanup, DataplaneError> {
     let mut done = Cleanup::default();
     for (_, _, path) in pinned_links(dir) {
-        std::fs::remove_file(&path)
+        detach_pinned(&path)
             .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
         done.links += 1;
     }
@@ -237,7 +262,7 @@ impl Links {
     pub fn detach(self) {
         for (_, link, pin) in self.links {
             if let Some(p) = pin {
-                let _ = std::fs::remove_file(p);
+                let _ = detach_pinned(&p);
             }
             drop(link);
         }
@@ -520,7 +545,7 @@ impl Dataplane {
         let mut n = 0;
         if let Some(dir) = self.pin_dir.clone() {
             for (idx, _, path) in pinned_links(&dir) {
-                if !keep.contains(&idx) && std::fs::remove_file(&path).is_ok() {
+                if !keep.contains(&idx) && detach_pinned(&path).is_ok() {
                     n += 1;
                 }
             }
