@@ -59,17 +59,26 @@ impl Agent {
     /// A fresh datastore directory holding the seed scenario (examples/*.yaml, not
     /// the safe-mode subdirectory).
     pub fn seed_datastore(tag: &str) -> PathBuf {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base = std::env::temp_dir().join(format!("agent-e2e-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let dir = base.join("datastore");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Agent::datastore_with(tag, &[]);
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         for entry in std::fs::read_dir(examples).unwrap() {
             let p = entry.unwrap().path();
             if p.extension().is_some_and(|e| e == "yaml") {
                 std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
             }
+        }
+        dir
+    }
+
+    /// A fresh, uniquely named datastore directory holding `files` (name, YAML).
+    pub fn datastore_with(tag: &str, files: &[(&str, &str)]) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = std::env::temp_dir().join(format!("agent-e2e-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("datastore");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
         }
         dir
     }
