@@ -330,20 +330,45 @@ fn metrics_and_an_endpoint_leaving_the_datastore() {
     let agent = Agent::start_with(&lab, &dir, &["--metrics", "127.0.0.1:9464"]);
     agent.wait_attached(3);
     assert_seed_enforced(&s);
-    let metrics = lab.node().run(|| {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
-        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut body = String::new();
-        c.read_to_string(&mut body).unwrap();
-        body
-    });
+    let scrape = || {
+        lab.node().run(|| {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = String::new();
+            c.read_to_string(&mut body).unwrap();
+            body
+        })
+    };
+    // The seed probes made the staged lockdown's would-be deny (frontend ->
+    // backend) and the enforced deny (frontend -> database): both are counted.
+    let enforced_deny = "agent_flows_total{set=\"enforced\",action=\"deny\",rule=\"default|gnp:database-allow-from-backend|deny|-1\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = scrape();
+        let pending = m
+            .lines()
+            .find_map(|l| l.strip_prefix("agent_pending_denies_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if (pending > 0 && m.contains(enforced_deny)) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("agent_endpoints_attached 3"), "{metrics}");
     assert!(
         metrics.contains("agent_dataplane_total{counter=\"denied\"}"),
         "{metrics}"
     );
+    assert!(metrics.contains(enforced_deny), "{metrics}");
+    assert!(
+        !metrics.contains("agent_pending_denies_total 0"),
+        "the staged lockdown's would-be deny is counted: {metrics}"
+    );
+    assert!(metrics.contains("agent_compile_seconds "), "{metrics}");
+    assert!(metrics.contains("agent_swap_seconds "), "{metrics}");
 
     // Take prod/frontend out of the datastore: its interface is released.
     let file = dir.join("00-endpoints.yaml");

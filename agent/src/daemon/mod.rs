@@ -99,6 +99,10 @@ struct Inner {
     /// Management ports of the agent itself, checked for lockout.
     management: Vec<FailsafePort>,
     lockout_warnings: Vec<String>,
+    /// Duration of the last successful compile and of its install (fill the
+    /// inactive tables and flip), for metrics.
+    compile_seconds: f64,
+    swap_seconds: f64,
     pinning: protocol::PinStatus,
     /// Whether a tables install succeeded since start (pruning waits for it).
     installed_once: bool,
@@ -179,6 +183,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             failsafes: opts.failsafes.clone(),
             management,
             lockout_warnings: Vec::new(),
+            compile_seconds: 0.0,
+            swap_seconds: 0.0,
             pinning,
             installed_once: false,
             stable_ids: HashMap::new(),
@@ -335,11 +341,16 @@ fn reload(shared: &Shared, datastore: &FileDatastore) {
             let idx = if_index(&e.interface);
             idx == 0 || inner.dp.endpoint(idx).is_none_or(|info| info == e.info())
         });
+    let swap_started = std::time::Instant::now();
     let result = if unchanged {
         inner.dp.active()
     } else {
         inner.dp.install(&compiled.tables)
     };
+    if result.is_ok() {
+        inner.compile_seconds = compiled.stats.duration.as_secs_f64();
+        inner.swap_seconds = swap_started.elapsed().as_secs_f64();
+    }
     match result {
         Ok(live) => {
             if !inner.installed_once && inner.dp.adopted() {
