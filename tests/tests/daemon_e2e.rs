@@ -340,8 +340,13 @@ fn metrics_and_an_endpoint_leaving_the_datastore() {
             body
         })
     };
-    // The seed probes made the staged lockdown's would-be deny (frontend ->
-    // backend) and the enforced deny (frontend -> database): both are counted.
+    // frontend -> backend is allowed but the staged lockdown would deny it;
+    // frontend -> database (in assert_seed_enforced) is an enforced deny.
+    let _backend = s.backend.tcp_listen(8080);
+    assert_eq!(
+        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
     let enforced_deny = "agent_flows_total{set=\"enforced\",action=\"deny\",rule=\"default|gnp:database-allow-from-backend|deny|-1\"}";
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let metrics = loop {
