@@ -14,5 +14,6 @@ pub mod dataplane;
 pub mod datastore;
 pub mod eval;
 pub mod flows;
+pub mod lockout;
 pub mod model;
 pub mod selector;

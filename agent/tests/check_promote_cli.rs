@@ -214,3 +214,73 @@ spec:
     let out = agent(&["check", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn check_warns_when_a_host_policy_would_deny_a_failsafe_port() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("host.yaml"),
+        "apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata:
+  name: node1-eth0
+  labels: {role: node}
+spec:
+  node: node1
+  interfaceName: eth0
+  expectedIPs: [192.168.0.1]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: host-lockdown
+spec:
+  selector: role == 'node'
+  types: [Ingress]
+  ingress:
+    - action: Deny
+",
+    )
+    .unwrap();
+    let config = dir.path().join("agent-config.yaml");
+    std::fs::write(
+        &config,
+        "failsafeInbound:\n  - {protocol: tcp, port: 2222}\nfailsafeOutbound: []\n",
+    )
+    .unwrap();
+    let out = agent(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        dir.path().join("host.yaml").to_str().unwrap(),
+    ]);
+    // Warnings only: exit 0.
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("lockout: warning: host endpoint node1-eth0: inbound tcp/2222")
+            && text.contains("gnp:host-lockdown rule 0"),
+        "{text}"
+    );
+    // Calico's defaults without --config: one warning per default port, 9 inbound
+    // (the deny rule) and 9 outbound (no egress policy: a host endpoint's default deny).
+    let out = agent(&["check", dir.path().join("host.yaml").to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 18, "{text}");
+    assert!(text.contains("outbound udp/53"), "{text}");
+    assert!(text.contains("default deny"), "{text}");
+    // A broken config is an error that names the field.
+    std::fs::write(&config, "failsafeInbound: [{protocol: icmp, port: 1}]\n").unwrap();
+    let out = agent(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failsafeInbound[0].protocol"),
+        "{out:?}"
+    );
+}

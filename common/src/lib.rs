@@ -99,7 +99,9 @@ pub struct EndpointInfo {
 pub mod endpoint_flags {
     /// Staged policies select this endpoint: do the pending lookup on new flows.
     pub const HAS_STAGED: u32 = 1;
-    /// A host endpoint (informational for now; failsafes are compiled into the table).
+    /// A host endpoint: the interface is the host's own, so the hooks judge the
+    /// opposite directions of a workload's (TC ingress = traffic into the host =
+    /// its ingress policy). Failsafes are compiled into the table.
     pub const HOST_ENDPOINT: u32 = 2;
 }
 
@@ -124,10 +126,11 @@ pub mod active_flags {
 }
 
 /// Policy direction as seen by the endpoint (matches `model::ir::Direction`).
+/// Policy directions (for a host endpoint the hooks swap, see `HOST_ENDPOINT`).
 pub mod direction {
-    /// Traffic the endpoint receives (`to_endpoint`, TC egress hook).
+    /// Traffic the endpoint receives (a workload's `to_endpoint`, TC egress hook).
     pub const INGRESS: u8 = 0;
-    /// Traffic the endpoint sends (`from_endpoint`, TC ingress hook).
+    /// Traffic the endpoint sends (a workload's `from_endpoint`, TC ingress hook).
     pub const EGRESS: u8 = 1;
 }
 

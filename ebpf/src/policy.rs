@@ -84,6 +84,14 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
             return TC_ACT_OK;
         }
     };
+    // A host endpoint's interface is the host's own: its TC ingress carries
+    // traffic INTO the host (the host's ingress policy), the opposite of a
+    // workload's host-side veth, where TC ingress is what the pod sends.
+    let hook_dir = if endpoint.flags & endpoint_flags::HOST_ENDPOINT != 0 {
+        hook_dir ^ 1
+    } else {
+        hook_dir
+    };
     let pkt = match parse(ctx) {
         Ok(p) => p,
         Err(ParseError::NotIp) => {

@@ -11,7 +11,6 @@
 //!
 //! Default: 200 models x 100 packets (about 19k cases, a few seconds).
 //! `DIFF_SEED=<n>` replays a run; `DIFF_MODELS` / `DIFF_PACKETS` resize it.
-use std::net::IpAddr;
 
 use agent::compile::testgen::{random_model, random_probe, Probe, Rng, Shape};
 use agent::compile::{compile, CompileError, CompiledEndpoint};
@@ -53,11 +52,12 @@ fn run_as(dp: &mut Dataplane, ep: &CompiledEndpoint, extra: u32, hook: Hook, fra
 }
 
 /// The frame of a probe's first packet, and the hook that judges it.
-fn frame(p: &Probe) -> (Hook, Vec<u8>) {
-    let (src, dst, hook): (IpAddr, IpAddr, Hook) = match p.direction {
-        Direction::Egress => (p.local, p.peer, Hook::FromEndpoint),
-        Direction::Ingress => (p.peer, p.local, Hook::ToEndpoint),
+fn frame(p: &Probe, host_endpoint: bool) -> (Hook, Vec<u8>) {
+    let (src, dst) = match p.direction {
+        Direction::Egress => (p.local, p.peer),
+        Direction::Ingress => (p.peer, p.local),
     };
+    let hook = Hook::judging(p.direction, host_endpoint);
     let mut packet = match p.protocol {
         1 | 58 => Packet::icmp(src, dst, (p.port >> 8) as u8, p.port as u8),
         _ => {
@@ -151,7 +151,7 @@ fn kernel_verdicts_equal_the_evaluator() {
                 c.verdict_of(&end)
             };
             let (enforced, pending) = (ask(PolicySet::Enforced), ask(PolicySet::Pending));
-            let (hook, bytes) = frame(&p);
+            let (hook, bytes) = frame(&p, ep.host);
             let rc = run_as(&mut dp, ep, 0, hook, &bytes);
             let events: Vec<FlowRecord> = dp.drain_events();
             let want_rc = if enforced.action == action::ALLOW {

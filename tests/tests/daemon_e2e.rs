@@ -1,282 +1,14 @@
 //! `agent run` end to end, as a user runs it: the agent binary inside the lab's
 //! node namespace watching a temporary datastore directory, real TCP between
 //! lab pods, `agent flows` and `agent status` over a per-test Unix socket.
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab::{Lab, Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
+use common::*;
+use lab::{Lab, TcpProbe, PROBE_TIMEOUT};
 use serde_json::Value;
-
-static BUILD: Once = Once::new();
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// `<target>/debug/agent`, built once per test run (a dev-dependency builds only
-/// the library, so the binary is built here with the same target directory).
-fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "agent", "--bin", "agent", "--target-dir"])
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo build for the agent binary");
-        assert!(status.success(), "building the agent binary failed");
-    });
-    let bin = profile_dir.join("agent");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
-}
-
-/// A running `agent run` with its own datastore directory and socket; killed and
-/// cleaned up on drop (also when the test panics, then its log is printed).
-struct Agent {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Agent {
-    /// A fresh datastore directory holding the seed scenario (examples/*.yaml, not
-    /// the safe-mode subdirectory).
-    fn seed_datastore(tag: &str) -> PathBuf {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base = std::env::temp_dir().join(format!("agent-e2e-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let dir = base.join("datastore");
-        std::fs::create_dir_all(&dir).unwrap();
-        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        for entry in std::fs::read_dir(examples).unwrap() {
-            let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "yaml") {
-                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-            }
-        }
-        dir
-    }
-
-    fn start(lab: &Lab, dir: &Path) -> Agent {
-        Agent::start_with(lab, dir, &[])
-    }
-
-    fn start_with(lab: &Lab, dir: &Path, extra: &[&str]) -> Agent {
-        let base = dir.parent().unwrap().to_path_buf();
-        let socket = base.join("agent.sock");
-        let log = base.join("agent.log");
-        let child = lab
-            .node()
-            .command(agent_bin())
-            .arg("run")
-            .arg("--datastore")
-            .arg(dir)
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .expect("starting agent run");
-        let mut agent = Agent {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            socket,
-            log,
-        };
-        agent.wait_ready();
-        agent
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("agent exited with {status}:\n{}", self.log_text());
-            }
-            if self.try_status().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("agent not ready after 30s:\n{}", self.log_text());
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Runs `agent ARGS --socket SOCK` (a client: any namespace will do).
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(agent_bin())
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .expect("running the agent cli")
-    }
-
-    fn try_status(&self) -> Option<Value> {
-        let out = self.cli(&["status", "-o", "json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status(&self) -> Value {
-        self.try_status()
-            .unwrap_or_else(|| panic!("agent status failed:\n{}", self.log_text()))
-    }
-
-    fn flows(&self, args: &[&str]) -> Vec<Value> {
-        let mut all = vec!["flows", "-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "agent flows {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
-    }
-
-    /// Polls `check` on the status until it holds (10 s).
-    fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = self.status();
-            if check(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}; status: {s:#}\nlog:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_attached(&self, n: usize) {
-        self.wait_status(&format!("{n} attached endpoints"), |s| {
-            s["endpoints"]
-                .as_array()
-                .is_some_and(|e| e.iter().filter(|e| e["attached"] == true).count() == n)
-        });
-    }
-
-    /// Replaces a datastore file the way editors save: write a temporary file, rename.
-    fn write_file(&self, name: &str, text: &str) {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.dir.join(name)).unwrap();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- agent log ---\n{}", self.log_text());
-        }
-        if let Some(base) = self.dir.parent() {
-            let _ = std::fs::remove_dir_all(base);
-        }
-    }
-}
-
-struct Seed {
-    frontend: Pod,
-    backend: Pod,
-    database: Pod,
-}
-
-fn seed_pods(lab: &Lab) -> Seed {
-    Seed {
-        frontend: lab.add_pod_at("prod", "frontend", 10, "calidemofront"),
-        backend: lab.add_pod_at("prod", "backend", 20, "calidemoback"),
-        database: lab.add_pod_at("prod", "database", 30, "calidemodb"),
-    }
-}
-
-/// Polls until a fresh TCP connection gets `want` (10 s).
-fn wait_tcp(from: &Pod, to: &Pod, port: u16, want: TcpProbe) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = from.tcp_connect(to.ipv4, port, SHORT_TIMEOUT);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}/{} -> {}/{}:{port}: {got:?}, want {want:?}",
-            from.namespace,
-            from.name,
-            to.namespace,
-            to.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn is_flow(f: &Value, src: &str, dst: &str, port: u64) -> bool {
-    f["src"]["name"] == src && f["dst"]["name"] == dst && f["dst"]["port"] == port
-}
-
-/// Polls `agent flows ARGS` until a record satisfies `pred` (10 s).
-fn wait_flow(agent: &Agent, args: &[&str], what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let flows = agent.flows(args);
-        if let Some(f) = flows.iter().find(|f| pred(f)) {
-            return f.clone();
-        }
-        if Instant::now() > deadline {
-            panic!("no flow {what} in {flows:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn assert_seed_enforced(s: &Seed) {
-    assert_eq!(
-        s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
-        TcpProbe::Connected,
-        "backend -> database:8080"
-    );
-    assert_eq!(
-        s.backend.tcp_connect(s.database.ipv6, 8080, PROBE_TIMEOUT),
-        TcpProbe::Connected,
-        "backend -> database:8080 (IPv6)"
-    );
-    assert_eq!(
-        s.frontend.tcp_connect(s.database.ipv4, 8080, SHORT_TIMEOUT),
-        TcpProbe::TimedOut,
-        "frontend -> database:8080"
-    );
-}
 
 #[test]
 fn seed_scenario_enforces_reports_staged_and_promotes() {
@@ -598,20 +330,50 @@ fn metrics_and_an_endpoint_leaving_the_datastore() {
     let agent = Agent::start_with(&lab, &dir, &["--metrics", "127.0.0.1:9464"]);
     agent.wait_attached(3);
     assert_seed_enforced(&s);
-    let metrics = lab.node().run(|| {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
-        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut body = String::new();
-        c.read_to_string(&mut body).unwrap();
-        body
-    });
+    let scrape = || {
+        lab.node().run(|| {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = String::new();
+            c.read_to_string(&mut body).unwrap();
+            body
+        })
+    };
+    // frontend -> backend is allowed but the staged lockdown would deny it;
+    // frontend -> database (in assert_seed_enforced) is an enforced deny.
+    let _backend = s.backend.tcp_listen(8080);
+    assert_eq!(
+        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
+    let enforced_deny = "agent_flows_total{set=\"enforced\",action=\"deny\",rule=\"default|gnp:database-allow-from-backend|deny|-1\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = scrape();
+        let pending = m
+            .lines()
+            .find_map(|l| l.strip_prefix("agent_pending_denies_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if (pending > 0 && m.contains(enforced_deny)) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("agent_endpoints_attached 3"), "{metrics}");
     assert!(
         metrics.contains("agent_dataplane_total{counter=\"denied\"}"),
         "{metrics}"
     );
+    assert!(metrics.contains(enforced_deny), "{metrics}");
+    assert!(
+        !metrics.contains("agent_pending_denies_total 0"),
+        "the staged lockdown's would-be deny is counted: {metrics}"
+    );
+    assert!(metrics.contains("agent_compile_seconds "), "{metrics}");
+    assert!(metrics.contains("agent_swap_seconds "), "{metrics}");
 
     // Take prod/frontend out of the datastore: its interface is released.
     let file = dir.join("00-endpoints.yaml");

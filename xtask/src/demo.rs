@@ -25,7 +25,10 @@ fn say(text: &str) {
 }
 
 fn agent_bin() -> PathBuf {
-    workspace_root().join("target/release/agent")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("release/agent")
 }
 
 /// Runs `agent ARGS` (outside the lab: the CLI talks to the daemon over its
@@ -73,21 +76,30 @@ fn probe(from: &Pod, to: &Pod, port: u16, expect: TcpProbe) -> Result<()> {
 }
 
 /// The daemon, running inside the lab's node namespace (where the pods'
-/// host-side interfaces are). Killed on drop.
+/// host-side interfaces are), with its own bpffs pin directory. Killed on
+/// drop, then `agent cleanup` removes its pinned programs and maps (which
+/// would otherwise outlive it, by design).
 struct Daemon {
     child: Child,
     log: PathBuf,
+    bpffs: PathBuf,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = Command::new(agent_bin())
+            .arg("cleanup")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output();
     }
 }
 
 impl Daemon {
     fn start(lab: &Lab, datastore: &Path, socket: &Path, log: PathBuf) -> Result<Daemon> {
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/agent-demo-{}", std::process::id()));
         let child = lab
             .node()
             .command(agent_bin())
@@ -96,12 +108,14 @@ impl Daemon {
             .arg(datastore)
             .arg("--socket")
             .arg(socket)
+            .arg("--bpffs")
+            .arg(&bpffs)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting agent run")?;
-        Ok(Daemon { child, log })
+        Ok(Daemon { child, log, bpffs })
     }
 
     /// Waits until `agent status` answers with every endpoint attached.

@@ -6,22 +6,32 @@ use crate::model::{self, Severity};
 
 /// Prints one line per problem (`file:line: severity: resource field: message`);
 /// exit status 1 if any is an error, else 0.
-pub fn run(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let loaded = model::load_paths(paths);
+///
+/// Also warns (`lockout:` lines, not errors) when policy would deny traffic on a
+/// failsafe port of a host endpoint if failsafes were off: the failsafe list
+/// (`--config`, Calico's defaults otherwise) is then all that keeps it open.
+pub fn run(paths: &[PathBuf], config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let mut loaded = model::load_paths(paths);
+    loaded.model.failsafes = super::load_failsafes(config)?;
     let mut diagnostics = loaded.diagnostics.clone();
     diagnostics.extend(model::lint(&loaded));
     for d in &diagnostics {
         println!("{d}");
+    }
+    let lockouts = crate::lockout::check(&loaded.model, &[]);
+    for w in &lockouts {
+        println!("lockout: warning: {w}");
     }
     let errors = diagnostics
         .iter()
         .filter(|d| d.severity == Severity::Error)
         .count();
     eprintln!(
-        "{} policies, {} endpoints loaded; {errors} errors, {} warnings",
+        "{} policies, {} endpoints loaded; {errors} errors, {} warnings, {} lockout warnings",
         loaded.model.policies.len(),
         loaded.model.endpoints.len(),
-        diagnostics.len() - errors
+        diagnostics.len() - errors,
+        lockouts.len()
     );
     Ok(if errors > 0 {
         ExitCode::from(1)

@@ -337,6 +337,24 @@ pub fn status_text(s: &Status) -> String {
         "policies:    {} enforced, {} staged, {} tiers",
         s.policies.enforced, s.policies.staged, s.policies.tiers
     );
+    if let Some(dir) = &s.pinning.bpffs {
+        let p = &s.pinning;
+        let how = match (p.adopted, p.start_flipped) {
+            (false, _) => "fresh start".to_string(),
+            (true, Some(false)) => format!(
+                "adopted an earlier agent's state ({} links swapped, identical tables kept: no epoch bump)",
+                p.adopted_links
+            ),
+            (true, _) => format!(
+                "adopted an earlier agent's state ({} links swapped, tables reinstalled)",
+                p.adopted_links
+            ),
+        };
+        let _ = writeln!(o, "pinned:      {dir}: {how}");
+    }
+    for w in &s.lockout_warnings {
+        let _ = writeln!(o, "LOCKOUT RISK: {w}");
+    }
     let t = &s.tables;
     let _ = writeln!(
         o,

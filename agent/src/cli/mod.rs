@@ -32,6 +32,10 @@ pub enum Command {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// The agent's config file (failsafe ports), as given to `agent run --config`;
+        /// warns when policy would deny a failsafe port of a host endpoint.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Promote a staged policy to its enforced kind, editing the YAML files in place
     /// (or, with `--datastore kubernetes`, applying the enforced object and deleting the staged one).
@@ -69,6 +73,24 @@ pub enum Command {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9091).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Pin directory on a bpffs for maps and links (bpffs is mounted at
+        /// /sys/fs/bpf if needed). A new agent on the same directory adopts the
+        /// pinned state without a gap in enforcement.
+        #[arg(long, default_value = crate::daemon::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// On a clean stop (SIGTERM, ctrl-c) detach the programs and remove the
+        /// pinned state. By default they stay attached and enforcing.
+        #[arg(long)]
+        detach_on_exit: bool,
+        /// The agent's own config (YAML): `failsafeInbound`, `failsafeOutbound`
+        /// lists of `{protocol, port, net}`; Calico's defaults when unset.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Detach the programs and remove everything pinned under the pin directory.
+    Cleanup {
+        #[arg(long, default_value = crate::daemon::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
     },
     /// Flow records from the running daemon (like `hubble observe`).
     Flows(flows::FlowsArgs),
@@ -99,7 +121,7 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     let result = match cli.command {
         Command::Probe => probe(),
-        Command::Check { paths } => check::run(&paths),
+        Command::Check { paths, config } => check::run(&paths, config.as_deref()),
         Command::Promote {
             datastore,
             kubeconfig,
@@ -117,7 +139,10 @@ pub fn main(cli: Cli) -> ExitCode {
             kubeconfig,
             socket,
             metrics,
-        } => {
+            bpffs,
+            detach_on_exit,
+            config,
+        } => load_failsafes(config.as_deref()).and_then(|failsafes| {
             let datastore = if datastore == "kubernetes" {
                 crate::daemon::DatastoreSpec::Kubernetes(
                     crate::datastore::kubernetes::KubeOptions {
@@ -134,9 +159,13 @@ pub fn main(cli: Cli) -> ExitCode {
                 datastore,
                 socket,
                 metrics,
+                bpffs,
+                detach_on_exit,
+                failsafes,
             })
             .map(|()| ExitCode::SUCCESS)
-        }
+        }),
+        Command::Cleanup { bpffs } => cleanup(&bpffs),
         Command::Flows(args) => flows::run_flows(args),
         Command::Status(args) => flows::run_status(args),
         Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
@@ -151,6 +180,32 @@ pub fn main(cli: Cli) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The failsafe ports of the agent's config file (Calico's defaults without one).
+pub fn load_failsafes(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<crate::model::ir::Failsafes> {
+    match config {
+        None => Ok(Default::default()),
+        Some(p) => crate::lockout::AgentConfig::load(p)?.failsafes(),
+    }
+}
+
+fn cleanup(bpffs: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if !bpffs.exists() {
+        println!("nothing pinned at {}", bpffs.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _lock = crate::dataplane::loader::lock_pin_dir(bpffs)?;
+    let done = crate::dataplane::loader::cleanup(bpffs)?;
+    println!(
+        "removed {} links (detached) and {} maps pinned at {}",
+        done.links,
+        done.maps,
+        bpffs.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn probe() -> anyhow::Result<ExitCode> {

@@ -617,62 +617,6 @@ fn random_models_agree_with_the_evaluator() {
     );
 }
 
-/// `cargo test --release -p agent --lib compile::tests::compile_time -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn compile_time() {
-    for (e, p, unique) in [
-        (10, 10, false),
-        (100, 50, false),
-        (300, 100, false),
-        (1000, 200, false),
-        (300, 100, true),
-        (1000, 200, true),
-    ] {
-        let mut model = super::testgen::scale_model(e, p, 7);
-        if unique {
-            // Many classes: every pod has its own label, and 50 policies admit
-            // 20 named pods each.
-            for (i, ep) in model.endpoints.iter_mut().enumerate() {
-                ep.labels.insert("pod".into(), i.to_string());
-            }
-            let mut rng = Rng::new(5);
-            for k in 0..50 {
-                let mut pol = model.policies[k].clone();
-                pol.id.name = format!("pods{k}");
-                let names: Vec<String> = (0..20).map(|_| format!("'{}'", rng.below(e))).collect();
-                pol.ingress[0].source.selector =
-                    Some(parse(&format!("pod in {{{}}}", names.join(","))).unwrap());
-                model.policies.push(pol);
-            }
-        }
-        let cpu = || {
-            let mut t = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: plain syscall filling `t`.
-            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-            std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-        };
-        let before = cpu();
-        let c = match compile(&model) {
-            Ok(c) => c,
-            Err(err) => {
-                eprintln!("{e} endpoints x {p} policies (unique labels: {unique}): {err}");
-                continue;
-            }
-        };
-        let cpu_time = cpu() - before;
-        let s = &c.stats;
-        let max = s.keys_per_endpoint.iter().max().unwrap();
-        eprintln!(
-            "{e} endpoints x {p} policies (unique labels: {unique}): {:?} wall, {cpu_time:?} CPU; {} classes, {} peer prefixes, {} entries, {} keys (max {max}/endpoint), {} evaluations",
-            s.duration, s.classes, s.peer_prefixes, s.rule_entries, s.rule_keys, s.evaluations
-        );
-    }
-}
-
 #[test]
 fn larger_model_compiles_in_parallel_deterministically_and_agrees() {
     let model = super::testgen::scale_model(64, 20, 3);

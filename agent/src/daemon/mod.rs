@@ -11,8 +11,22 @@
 //! - every few ms drains flow events into the flow table and broadcasts them;
 //! - serves the Unix socket (see [`protocol`]) and optional Prometheus metrics.
 //!
-//! Not done yet: pinning maps and links under /sys/fs/bpf, so stopping or
-//! restarting the agent detaches its programs (traffic is then unpoliced).
+//! Restarts and upgrades (see also [`crate::dataplane::loader`]):
+//! - the shared maps (tables, ACTIVE, ENDPOINTS, conntrack, counters, flow
+//!   events) are pinned in `<bpffs>/maps`, the TCX links in
+//!   `<bpffs>/links/if<ifindex>_<from|to>`; a killed agent's programs stay
+//!   attached and keep enforcing its last tables;
+//! - a new agent reuses the pinned maps (the old programs keep enforcing the
+//!   live copy meanwhile), compiles, and if the live copy already holds exactly
+//!   the new tables it neither flips nor bumps the epoch (established flows are
+//!   not re-judged); otherwise it installs into the inactive copy and flips as
+//!   on any reload. Then for each endpoint interface it swaps its own program
+//!   into the pinned link (`BPF_LINK_UPDATE`, atomic: no moment unpoliced), and
+//!   after that first good install removes pins of interfaces that are no
+//!   longer endpoints (detaching them);
+//! - a clean stop (SIGTERM, ctrl-c) keeps everything pinned and enforcing, like
+//!   Calico's dataplane outliving felix; `--detach-on-exit` or `agent cleanup`
+//!   removes links and maps.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,14 +35,14 @@ use std::time::Duration;
 
 use agent_common::limits;
 use anyhow::Context;
-use aya::programs::tc::SchedClassifierLinkId;
 use tokio::sync::broadcast;
 
 use crate::compile::{compile, CompiledEndpoint};
-use crate::dataplane::{Dataplane, Hook};
+use crate::dataplane::{Dataplane, Links};
 use crate::datastore::kubernetes::{KubeDatastore, KubeOptions, KubeSnapshot};
 use crate::datastore::{keep_last_good, Changes, FileDatastore};
 use crate::flows::{unix_now_ns, Flow, FlowTable, View};
+use crate::model::ir::{FailsafePort, Failsafes};
 use crate::model::{Diagnostic, Loaded, Severity};
 
 pub mod protocol;
@@ -41,6 +55,8 @@ pub const DEFAULT_SOCKET: &str = "/run/agent/agent.sock";
 pub const INTERFACE_POLL: Duration = Duration::from_secs(1);
 /// How often the flow-event ring buffer is drained.
 pub const EVENT_POLL: Duration = Duration::from_millis(5);
+
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/agent";
 
 /// Where the policies and endpoints come from.
 #[derive(Clone, Debug)]
@@ -86,11 +102,6 @@ impl Source {
     async fn start(spec: &DatastoreSpec) -> anyhow::Result<Source> {
         Ok(match spec {
             DatastoreSpec::Dir(dir) => {
-                anyhow::ensure!(
-                    dir.is_dir(),
-                    "datastore {} is not a directory",
-                    dir.display()
-                );
                 let ds = FileDatastore::new(dir);
                 // Watch before the first load so no change between the two is missed.
                 let changes = ds.watch().context("watching the datastore")?;
@@ -124,13 +135,16 @@ pub struct RunOptions {
     pub datastore: DatastoreSpec,
     pub socket: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// Pin directory on a bpffs.
+    pub bpffs: PathBuf,
+    /// On a clean stop remove links and maps (default: keep enforcing).
+    pub detach_on_exit: bool,
+    /// Failsafe ports (from `--config`; Calico's defaults otherwise).
+    pub failsafes: Failsafes,
 }
 
 /// An interface the programs are attached to.
-struct Attachment {
-    ifindex: u32,
-    links: Vec<(Hook, SchedClassifierLinkId)>,
-}
+type Attachment = Links;
 
 /// The dataplane and what the daemon knows about the live configuration.
 struct Inner {
@@ -154,6 +168,21 @@ struct Inner {
     rule_keys: usize,
     generation: u32,
     epoch: u32,
+    failsafes: Failsafes,
+    /// Management ports of the agent itself, checked for lockout.
+    management: Vec<FailsafePort>,
+    lockout_warnings: Vec<String>,
+    /// Duration of the last successful compile and of its install (fill the
+    /// inactive tables and flip), for metrics.
+    compile_seconds: f64,
+    swap_seconds: f64,
+    pinning: protocol::PinStatus,
+    /// Whether a tables install succeeded since start (pruning waits for it).
+    installed_once: bool,
+    /// Endpoint ids that stay the same across compiles (and restarts), by
+    /// (endpoint, interface): see [`stabilize_ids`].
+    stable_ids: HashMap<(String, String), u32>,
+    next_id: u32,
 }
 
 pub(crate) struct Shared {
@@ -186,7 +215,29 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let dp = Dataplane::load().context("loading the eBPF programs (needs root)")?;
+    crate::dataplane::loader::prepare_pin_dir(&opts.bpffs)?;
+    let _lock = crate::dataplane::loader::lock_pin_dir(&opts.bpffs)?;
+    let dp = Dataplane::load_pinned(&opts.bpffs)
+        .context("loading the eBPF programs with pinned maps (needs root)")?;
+    if dp.adopted() {
+        tracing::info!(bpffs = %opts.bpffs.display(), "found pinned state of an earlier agent; adopting it (it stays enforced meanwhile)");
+    } else {
+        tracing::info!(bpffs = %opts.bpffs.display(), "no pinned state; starting fresh");
+    }
+    let pinning = protocol::PinStatus {
+        bpffs: Some(opts.bpffs.display().to_string()),
+        adopted: dp.adopted(),
+        ..Default::default()
+    };
+    let management: Vec<FailsafePort> = opts
+        .metrics
+        .iter()
+        .map(|a| FailsafePort {
+            protocol: crate::model::ir::proto::TCP,
+            port: a.port(),
+            net: None,
+        })
+        .collect();
     let (tx, _) = broadcast::channel(4096);
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
@@ -205,6 +256,15 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             rule_keys: 0,
             generation: 0,
             epoch: 0,
+            failsafes: opts.failsafes.clone(),
+            management,
+            lockout_warnings: Vec::new(),
+            compile_seconds: 0.0,
+            swap_seconds: 0.0,
+            pinning,
+            installed_once: false,
+            stable_ids: HashMap::new(),
+            next_id: 1,
         }),
         view: Mutex::new(Arc::new(View::default())),
         flows: Mutex::new(FlowTable::default()),
@@ -274,7 +334,23 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&opts.socket);
-    // Dropping the dataplane detaches the programs (no pinning yet).
+    if opts.detach_on_exit {
+        let mut inner = lock(&shared.inner);
+        let Inner { dp, attached, .. } = &mut *inner;
+        for (name, a) in attached.drain() {
+            detach(dp, &name, a);
+        }
+        match crate::dataplane::loader::cleanup(&opts.bpffs) {
+            Ok(c) => tracing::info!(
+                links = c.links,
+                maps = c.maps,
+                "detached and removed the pinned state (--detach-on-exit)"
+            ),
+            Err(e) => tracing::error!(error = %e, "removing the pinned state"),
+        }
+    } else {
+        tracing::info!(bpffs = %opts.bpffs.display(), "programs stay attached and enforcing (pinned); `agent cleanup` removes them");
+    }
     Ok(())
 }
 
@@ -307,6 +383,7 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
         }
     }
     let mut inner = lock(&shared.inner);
+    loaded.model.failsafes = inner.failsafes.clone();
     inner.reloads += 1;
     inner.last_reload_ns = unix_now_ns();
     inner.diagnostics = loaded.diagnostics.clone();
@@ -314,7 +391,7 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
     for k in &kept {
         tracing::warn!(resource = %k, "keeping the last good version of a rejected resource");
     }
-    let compiled = match compile(&loaded.model) {
+    let mut compiled = match compile(&loaded.model) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "compile failed; the previous tables stay enforced");
@@ -322,12 +399,56 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
             return;
         }
     };
+    stabilize_ids(&mut inner, &loaded.model, &mut compiled);
+    let warnings: Vec<String> = crate::lockout::check(&loaded.model, &inner.management)
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    for w in &warnings {
+        tracing::warn!("lockout risk: {w}");
+    }
+    inner.lockout_warnings = warnings;
     // Enrich events of the outgoing tables with the outgoing names.
     drop(inner);
     drain(shared);
     let mut inner = lock(&shared.inner);
-    match inner.dp.install(&compiled.tables) {
+    // Adopting an earlier agent's state: when its live tables already are ours
+    // (and its endpoint entries agree), keep them: no flip, no epoch bump.
+    let unchanged = !inner.installed_once
+        && inner.dp.adopted()
+        && inner
+            .dp
+            .live_tables_equal(&compiled.tables)
+            .unwrap_or(false)
+        && compiled.endpoints.iter().all(|e| {
+            let idx = if_index(&e.interface);
+            idx == 0 || inner.dp.endpoint(idx).is_none_or(|info| info == e.info())
+        });
+    let swap_started = std::time::Instant::now();
+    let result = if unchanged {
+        inner.dp.active()
+    } else {
+        inner.dp.install(&compiled.tables)
+    };
+    if result.is_ok() {
+        inner.compile_seconds = compiled.stats.duration.as_secs_f64();
+        inner.swap_seconds = swap_started.elapsed().as_secs_f64();
+    }
+    match result {
         Ok(live) => {
+            if !inner.installed_once && inner.dp.adopted() {
+                inner.pinning.start_flipped = Some(!unchanged);
+                tracing::info!(
+                    unchanged,
+                    epoch = live.epoch,
+                    "adopted pinned tables ({})",
+                    if unchanged {
+                        "identical policy: kept live, no epoch bump"
+                    } else {
+                        "policy changed: installed and flipped"
+                    }
+                );
+            }
             inner.generation = live.generation;
             inner.epoch = live.epoch;
         }
@@ -364,6 +485,98 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
     inner.good = loaded;
     *lock(&shared.view) = view;
     reconcile_interfaces(&mut inner, true);
+    inner.installed_once = true;
+    // Pinned links and endpoint entries of interfaces that are no longer
+    // endpoints (left by an earlier agent, or gone since): detach them.
+    // An endpoint interface whose attach failed keeps an earlier agent's link.
+    let keep: std::collections::HashSet<u32> = inner
+        .attached
+        .values()
+        .map(|a| a.ifindex)
+        .chain(inner.endpoints.iter().map(|e| if_index(&e.interface)))
+        .filter(|&i| i != 0)
+        .collect();
+    let pruned = inner.dp.prune(&keep);
+    if pruned > 0 {
+        tracing::info!(
+            links = pruned,
+            "detached pinned links of interfaces that are no longer endpoints"
+        );
+        inner.pinning.pruned_links += pruned;
+    }
+}
+
+/// Gives each endpoint the id it had in the previous compile (or, on the first
+/// compile after adopting pinned state, the id its interface has in the pinned
+/// ENDPOINTS map), and never reuses a retired id.
+///
+/// Why: ENDPOINTS (ifindex -> id) is not double-buffered like the tables, and
+/// the new tables go live (flip) before the entries are rewritten. If the
+/// compiler renumbered endpoints (e.g. one left the datastore), an interface
+/// would for a moment be judged by another endpoint's rules with its old id,
+/// and a deny cached in conntrack then would kill an established connection.
+/// With stable ids an unchanged endpoint's id means the same in both copies.
+fn stabilize_ids(
+    inner: &mut Inner,
+    model: &crate::model::ir::Model,
+    compiled: &mut crate::compile::Compiled,
+) {
+    let key = |e: &CompiledEndpoint| {
+        let name = model
+            .endpoints
+            .get(e.endpoint_index)
+            .map(|m| m.key())
+            .unwrap_or_default();
+        (name, e.interface.clone())
+    };
+    if inner.stable_ids.is_empty() && inner.dp.adopted() {
+        // Seed from the pinned entries of an earlier agent.
+        let mut max = 0;
+        for e in &compiled.endpoints {
+            let idx = if_index(&e.interface);
+            if idx == 0 {
+                continue;
+            }
+            if let Some(info) = inner.dp.endpoint(idx) {
+                if !inner.stable_ids.values().any(|&v| v == info.id) {
+                    inner.stable_ids.insert(key(e), info.id);
+                    max = max.max(info.id);
+                }
+            }
+        }
+        inner.next_id = inner.next_id.max(max + 1);
+    }
+    let mut map: HashMap<u32, u32> = HashMap::new();
+    let mut used = std::collections::HashSet::new();
+    let mut next_stable = HashMap::new();
+    for e in &mut compiled.endpoints {
+        let k = key(e);
+        let id = match inner.stable_ids.get(&k) {
+            Some(&id) if !used.contains(&id) => id,
+            _ => {
+                let id = inner.next_id;
+                inner.next_id += 1;
+                id
+            }
+        };
+        used.insert(id);
+        map.insert(e.id, id);
+        next_stable.insert(k, id);
+        e.id = id;
+    }
+    // Entries of endpoints without an interface are never looked up (no
+    // ENDPOINTS entry names them); drop them so their ids cannot collide.
+    compiled
+        .tables
+        .rules
+        .retain_mut(|r| match map.get(&r.endpoint_id) {
+            Some(&id) => {
+                r.endpoint_id = id;
+                true
+            }
+            None => false,
+        });
+    inner.stable_ids = next_stable;
 }
 
 fn if_index(name: &str) -> u32 {
@@ -378,12 +591,8 @@ fn detach(dp: &mut Dataplane, interface: &str, a: Attachment) {
     if let Err(e) = dp.remove_endpoint(a.ifindex) {
         tracing::warn!(interface, error = %e, "removing endpoint entry");
     }
-    for (hook, link) in a.links {
-        if let Ok(p) = dp.program(hook) {
-            // Fails harmlessly when the interface (and so the link) is gone.
-            let _ = p.detach(link);
-        }
-    }
+    // Removes the pins and closes the links (harmless when the interface is gone).
+    a.detach();
 }
 
 /// Attaches to endpoint interfaces that exist and are not attached yet, forgets
@@ -403,8 +612,10 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
         dp,
         attached,
         attach_errors,
+        pinning,
         ..
     } = inner;
+    let adopted_links = &mut pinning.adopted_links;
     // Gone from the datastore, vanished or re-created.
     let names: Vec<String> = attached.keys().cloned().collect();
     for name in names {
@@ -439,39 +650,27 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
             attach_errors.insert(name.clone(), e.to_string());
             continue;
         }
-        let mut links = Vec::new();
-        let mut failed = None;
-        for hook in Hook::ALL {
-            let r = dp.program(hook).and_then(|p| {
-                p.attach(idx, hook.attach_type()).map_err(|source| {
-                    crate::dataplane::DataplaneError::Program {
-                        name: hook.program_name(),
-                        source,
-                    }
-                })
-            });
-            match r {
-                Ok(link) => links.push((hook, link)),
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
+        match dp.attach_links(idx) {
+            Err(e) => {
+                tracing::error!(interface = %name, error = %e, "attaching");
+                attach_errors.insert(name.clone(), e.to_string());
+                // An earlier agent's link still polices it: keep its entry.
+                if dp.has_pinned_link(idx) {
+                    continue;
+                }
+                if let Err(e) = dp.remove_endpoint(idx) {
+                    tracing::warn!(interface = %name, error = %e, "removing endpoint entry");
                 }
             }
-        }
-        let a = Attachment {
-            ifindex: idx,
-            links,
-        };
-        match failed {
-            Some(e) => {
-                tracing::error!(interface = %name, error = %e, "attaching");
-                attach_errors.insert(name.clone(), e);
-                detach(dp, name, a);
-            }
-            None => {
-                tracing::info!(interface = %name, ifindex = idx, endpoint_id = ep.id, "attached");
+            Ok(links) => {
+                if links.adopted > 0 {
+                    tracing::info!(interface = %name, ifindex = idx, endpoint_id = ep.id, links = links.adopted, "adopted pinned links; swapped in this agent's programs");
+                } else {
+                    tracing::info!(interface = %name, ifindex = idx, endpoint_id = ep.id, "attached");
+                }
+                *adopted_links += links.adopted;
                 attach_errors.remove(name);
-                attached.insert(name.clone(), a);
+                attached.insert(name.clone(), links);
             }
         }
     }
@@ -549,6 +748,8 @@ pub(crate) fn status(shared: &Shared) -> Status {
         },
         kept_last_good: inner.kept.clone(),
         diagnostics: inner.diagnostics.iter().map(DiagnosticOut::from).collect(),
+        pinning: inner.pinning.clone(),
+        lockout_warnings: inner.lockout_warnings.clone(),
         datastore_problems,
     }
 }

@@ -135,8 +135,30 @@ pub struct Status {
     pub kept_last_good: Vec<String>,
     /// Problems in the datastore (rejected documents and warnings).
     pub diagnostics: Vec<DiagnosticOut>,
+    /// Pinned state: where, and what this agent adopted from an earlier one.
+    #[serde(default)]
+    pub pinning: PinStatus,
+    /// Host-endpoint traffic on failsafe or management ports that policy would
+    /// deny if failsafes were off (see `agent check --config`).
+    #[serde(default)]
+    pub lockout_warnings: Vec<String>,
     /// Problems reading the datastore itself (Kubernetes: kinds not listed yet,
     /// failing watches); what was read last stays enforced meanwhile.
     #[serde(default)]
     pub datastore_problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PinStatus {
+    /// The bpffs directory holding the maps and links.
+    pub bpffs: Option<String>,
+    /// An earlier agent's pinned maps were found and reused.
+    pub adopted: bool,
+    /// Pinned links whose program was swapped for this agent's (BPF_LINK_UPDATE).
+    pub adopted_links: usize,
+    /// On adoption: whether the first install flipped the tables (and bumped the
+    /// epoch); false when the pinned live tables already matched the policy.
+    pub start_flipped: Option<bool>,
+    /// Link pins of interfaces that are no longer endpoints, removed (detached).
+    pub pruned_links: usize,
 }

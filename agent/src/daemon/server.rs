@@ -227,5 +227,35 @@ fn metrics_text(shared: &Shared) -> String {
         "# TYPE agent_reloads_total counter\nagent_reloads_total {}",
         s.reloads
     );
+    {
+        let inner = lock(&shared.inner);
+        let _ = writeln!(
+            out,
+            "# HELP agent_compile_seconds Duration of the last compile that was installed.\n# TYPE agent_compile_seconds gauge\nagent_compile_seconds {}",
+            inner.compile_seconds
+        );
+        let _ = writeln!(
+            out,
+            "# HELP agent_swap_seconds Duration of the last table install (fill inactive copy, flip).\n# TYPE agent_swap_seconds gauge\nagent_swap_seconds {}",
+            inner.swap_seconds
+        );
+    }
+    out.push_str("# HELP agent_flows_total New flows the kernel reported, by policy set (enforced or pending), action and deciding rule.\n# TYPE agent_flows_total counter\n");
+    let flows = lock(&shared.flows);
+    let mut pending_denies = 0;
+    for ((set, action, rule), n) in &flows.verdicts {
+        let rule = rule.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "agent_flows_total{{set=\"{set}\",action=\"{action}\",rule=\"{rule}\"}} {n}"
+        );
+        if *set == "pending" && action == "deny" {
+            pending_denies += n;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP agent_pending_denies_total New flows a staged (pending) policy set would deny.\n# TYPE agent_pending_denies_total counter\nagent_pending_denies_total {pending_denies}"
+    );
     out
 }

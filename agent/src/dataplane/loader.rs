@@ -3,6 +3,7 @@
 //! update), reads counters and flow events.
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 
 use agent_common::{
     active_flags, event_flags, stat, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent,
@@ -10,8 +11,12 @@ use agent_common::{
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{tc::TcAttachType, SchedClassifier},
-    Ebpf,
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachType},
+        SchedClassifier,
+    },
+    Ebpf, EbpfLoader,
 };
 
 use super::tables::{direction_code, TableSet};
@@ -19,7 +24,7 @@ use super::{DataplaneError, EBPF_OBJECT};
 use crate::model::ir::Direction;
 
 /// The two programs, by the hook of the endpoint interface's host side they run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Hook {
     /// TC ingress: what the endpoint sends (its egress policy).
     FromEndpoint,
@@ -44,12 +49,242 @@ impl Hook {
         }
     }
 
-    /// The endpoint policy direction this hook enforces.
-    pub fn direction(self) -> Direction {
-        match self {
-            Hook::FromEndpoint => Direction::Egress,
-            Hook::ToEndpoint => Direction::Ingress,
+    /// The endpoint policy direction this hook enforces. On a host endpoint's
+    /// interface (the host's own) the hooks judge the opposite directions of a
+    /// workload's host-side veth: TC ingress carries traffic into the host.
+    pub fn direction(self, host_endpoint: bool) -> Direction {
+        match (self, host_endpoint) {
+            (Hook::FromEndpoint, false) | (Hook::ToEndpoint, true) => Direction::Egress,
+            (Hook::ToEndpoint, false) | (Hook::FromEndpoint, true) => Direction::Ingress,
         }
+    }
+
+    /// The hook whose packets `direction`'s policy judges.
+    pub fn judging(direction: Direction, host_endpoint: bool) -> Hook {
+        if Hook::FromEndpoint.direction(host_endpoint) == direction {
+            Hook::FromEndpoint
+        } else {
+            Hook::ToEndpoint
+        }
+    }
+
+    /// The short name used in link pin file names (`if<ifindex>_<short>`).
+    pub fn short(self) -> &'static str {
+        match self {
+            Hook::FromEndpoint => "from",
+            Hook::ToEndpoint => "to",
+        }
+    }
+}
+
+/// The maps shared between agent generations: pinned under `<bpffs>/maps/NAME`
+/// and reused by the next `agent run` (and by upgraded programs). The slice maps
+/// of `agent debug-drop` are not pinned.
+pub const PINNED_MAPS: [&str; 10] = [
+    "ENDPOINTS",
+    "ACTIVE",
+    "PEERS_0",
+    "PEERS_1",
+    "RULES_0",
+    "RULES_1",
+    "CONNTRACK",
+    "FLOW_EVENTS",
+    "DP_COUNTERS",
+    "EVENT_BUDGET",
+];
+
+/// bpffs' magic number (`statfs.f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes sure `dir` (and `dir/maps`, `dir/links`) exist on a bpffs, mounting
+/// bpffs at /sys/fs/bpf first when `dir` is below it and it is not mounted.
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    let sys = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sys) && !is_bpffs(sys) {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .map_err(|e| DataplaneError::Pin(format!("running mount -t bpf: {e}")))?;
+        if !status.success() {
+            return Err(DataplaneError::Pin(
+                "mounting bpffs at /sys/fs/bpf failed".into(),
+            ));
+        }
+    }
+    for d in [dir.to_path_buf(), dir.join("maps"), dir.join("links")] {
+        std::fs::create_dir_all(&d)
+            .map_err(|e| DataplaneError::Pin(format!("creating {}: {e}", d.display())))?;
+    }
+    if !is_bpffs(dir) {
+        return Err(DataplaneError::Pin(format!(
+            "{} is not on a bpf filesystem (mount one with `mount -t bpf bpf DIR`)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Takes an exclusive lock on the pin directory (flock on the directory itself),
+/// held while the returned file is open: one agent per pin directory.
+pub fn lock_pin_dir(dir: &Path) -> Result<std::fs::File, DataplaneError> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(dir)
+        .map_err(|e| DataplaneError::Pin(format!("opening {}: {e}", dir.display())))?;
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DataplaneError::Pin(format!(
+            "another agent is running on {} (stop it first, or pass another --bpffs)",
+            dir.display()
+        )));
+    }
+    Ok(f)
+}
+
+/// A pinned link file: `<bpffs>/links/if<ifindex>_<from|to>` (bpffs does not
+/// allow dots in names, so interface names are not used).
+pub fn link_pin_path(dir: &Path, ifindex: u32, hook: Hook) -> PathBuf {
+    dir.join("links")
+        .join(format!("if{ifindex}_{}", hook.short()))
+}
+
+/// The link pins under `dir`: (ifindex, hook, path).
+pub fn pinned_links(dir: &Path) -> Vec<(u32, Hook, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir.join("links")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("if") else {
+            continue;
+        };
+        let Some((idx, hook)) = rest.split_once('_') else {
+            continue;
+        };
+        let hook = match hook {
+            "from" => Hook::FromEndpoint,
+            "to" => Hook::ToEndpoint,
+            _ => continue,
+        };
+        if let Ok(idx) = idx.parse() {
+            out.push((idx, hook, e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The link pinned at `path`, if it is still attached to `ifindex` at `hook`
+/// (its program is among the interface's TCX programs there).
+fn live_pinned_link(path: &Path, ifindex: u32, hook: Hook) -> Option<FdLink> {
+    let link: FdLink = PinnedLink::from_pin(path).ok()?.into();
+    let prog = link.info().ok()?.program_id();
+    let (_, progs) = SchedClassifier::query_tcx(ifindex, hook.attach_type()).ok()?;
+    progs.iter().any(|p| p.id() == prog).then_some(link)
+}
+
+/// Detaches the link pinned at `path` at once (`BPF_LINK_DETACH` on a fresh fd,
+/// so the result does not wait for the deferred release of the unlinked pin),
+/// then removes the pin. A link whose interface is gone is already detached.
+fn detach_pinned(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // union bpf_attr: obj_get {u64 pathname; u32 bpf_fd; u32 file_flags; ...}.
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: a zeroed attr of the size passed, pathname a valid C string.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128) };
+    if fd >= 0 {
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut attr = [0u64; 16];
+        attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64; // link_detach.link_fd
+                                                               // SAFETY: as above. Fails harmlessly (ENOLINK) for a defunct link.
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 128) };
+    }
+    std::fs::remove_file(path)
+}
+
+/// What `cleanup` removed.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Removes everything pinned under `dir`: the links first (each detaches when its
+/// pin goes, as nothing else holds it), then the maps, then the directory. Works
+/// from any network namespace.
+pub fn cleanup(dir: &Path) -> Result<Cleanup, DataplaneError> {
+    let mut done = Cleanup::default();
+    for (_, _, path) in pinned_links(dir) {
+        detach_pinned(&path)
+            .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
+        done.links += 1;
+    }
+    if let Ok(rd) = std::fs::read_dir(dir.join("maps")) {
+        for e in rd.flatten() {
+            std::fs::remove_file(e.path()).map_err(|err| {
+                DataplaneError::Pin(format!("removing {}: {err}", e.path().display()))
+            })?;
+            done.maps += 1;
+        }
+    }
+    for d in [dir.join("links"), dir.join("maps"), dir.to_path_buf()] {
+        match std::fs::remove_dir(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(DataplaneError::Pin(format!(
+                    "removing {}: {e}",
+                    d.display()
+                )))
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// The two links of an attached interface; pinned ones stay attached when
+/// dropped, unpinned ones detach.
+pub struct Links {
+    pub ifindex: u32,
+    links: Vec<(Hook, FdLink, Option<PathBuf>)>,
+    /// Programs swapped into links pinned by an earlier agent (0, 1 or 2).
+    pub adopted: usize,
+}
+
+impl Links {
+    /// Detaches: removes the pins, then drops the links.
+    pub fn detach(self) {
+        for (_, link, pin) in self.links {
+            if let Some(p) = pin {
+                let _ = detach_pinned(&p);
+            }
+            drop(link);
+        }
+    }
+
+    /// The kernel's (link id, program id) of each hook.
+    pub fn ids(&self) -> Vec<(Hook, u32, u32)> {
+        self.links
+            .iter()
+            .filter_map(|(h, l, _)| l.info().ok().map(|i| (*h, i.id(), i.program_id())))
+            .collect()
     }
 }
 
@@ -117,11 +352,15 @@ impl Counters {
     }
 }
 
-/// The loaded policy dataplane. Dropping it detaches its links and frees the maps
-/// (pinning for restarts is not done yet).
+/// The loaded policy dataplane. Without a pin directory, dropping it detaches its
+/// links and frees the maps. With one ([`Dataplane::load_pinned`]) the maps and
+/// links live on in bpffs and the next agent adopts them.
 pub struct Dataplane {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
+    pin_dir: Option<PathBuf>,
+    /// The maps were already pinned (an earlier agent's state was found).
+    adopted: bool,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -135,12 +374,55 @@ fn missing(what: &'static str, name: &'static str) -> DataplaneError {
 impl Dataplane {
     /// Loads the object and both programs (through the verifier); attaches nothing.
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        Self::from_ebpf(Ebpf::load(EBPF_OBJECT)?, None, false)
+    }
+
+    /// Loads the object with its shared maps pinned in `dir/maps` (reusing the
+    /// maps an earlier agent pinned there: conntrack, tables, endpoints, ACTIVE
+    /// keep their contents). Fails with a clear error when a pinned map's layout
+    /// differs from this build's (see `agent cleanup`).
+    pub fn load_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        prepare_pin_dir(dir)?;
+        let maps = dir.join("maps");
+        let adopted = maps.join("ACTIVE").exists();
+        let mut loader = EbpfLoader::new();
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, maps.join(name));
+        }
+        let ebpf = loader.load(EBPF_OBJECT).map_err(|e| match e {
+            aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+                name,
+                property,
+                expected,
+                actual,
+            }) => DataplaneError::Pin(format!(
+                "the map {name} pinned in {} has {property} {actual}, this build needs {expected}: \
+                 the pinned state comes from an incompatible agent version. Run `agent cleanup \
+                 --bpffs {}` first (endpoints are unpoliced from then until this agent has \
+                 attached, typically well under a second)",
+                maps.display(),
+                dir.display()
+            )),
+            e => DataplaneError::Load(e),
+        })?;
+        Self::from_ebpf(ebpf, Some(dir.to_path_buf()), adopted)
+    }
+
+    fn from_ebpf(
+        mut ebpf: Ebpf,
+        pin_dir: Option<PathBuf>,
+        adopted: bool,
+    ) -> Result<Self, DataplaneError> {
         let events = ebpf
             .take_map("FLOW_EVENTS")
             .ok_or(missing("map", "FLOW_EVENTS"))?;
         let events = RingBuf::try_from(events).map_err(map_err("FLOW_EVENTS"))?;
-        let mut this = Dataplane { ebpf, events };
+        let mut this = Dataplane {
+            ebpf,
+            events,
+            pin_dir,
+            adopted,
+        };
         for hook in Hook::ALL {
             let name = hook.program_name();
             this.program(hook)?
@@ -173,6 +455,174 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
         Ok(())
+    }
+
+    /// The pin directory, if the dataplane is pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Whether a link of an earlier agent is pinned for `ifindex`.
+    pub fn has_pinned_link(&self, ifindex: u32) -> bool {
+        self.pin_dir.as_deref().is_some_and(|d| {
+            Hook::ALL
+                .iter()
+                .any(|h| link_pin_path(d, ifindex, *h).exists())
+        })
+    }
+
+    /// Whether an earlier agent's pinned maps were found and reused.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Attaches both programs to `ifindex`. When pinned: a link an earlier agent
+    /// pinned for this interface and hook gets this agent's program swapped in
+    /// atomically (`BPF_LINK_UPDATE`: no moment without a program); otherwise a
+    /// new TCX link is created and pinned. On an error nothing new stays attached
+    /// (adopted links keep their program).
+    pub fn attach_links(&mut self, ifindex: u32) -> Result<Links, DataplaneError> {
+        let mut out = Links {
+            ifindex,
+            links: Vec::new(),
+            adopted: 0,
+        };
+        let mut created = Vec::new();
+        for hook in Hook::ALL {
+            match self.attach_link(ifindex, hook) {
+                Ok((link, pin, adopted)) => {
+                    out.adopted += usize::from(adopted);
+                    if !adopted {
+                        created.push(pin.clone());
+                    }
+                    out.links.push((hook, link, pin));
+                }
+                Err(e) => {
+                    // Undo only what this call created; adopted links stay pinned
+                    // (with whichever program they have: still enforcing).
+                    for p in created.into_iter().flatten() {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn attach_link(
+        &mut self,
+        ifindex: u32,
+        hook: Hook,
+    ) -> Result<(FdLink, Option<PathBuf>, bool), DataplaneError> {
+        let name = hook.program_name();
+        let perr = move |source| DataplaneError::Program { name, source };
+        let pin = self
+            .pin_dir
+            .as_deref()
+            .map(|d| link_pin_path(d, ifindex, hook));
+        if let Some(path) = pin.as_deref().filter(|p| p.exists()) {
+            if let Some(link) = live_pinned_link(path, ifindex, hook) {
+                let link = SchedClassifierLink::try_from(link)
+                    .map_err(|e| DataplaneError::Pin(format!("{}: {e}", path.display())))?;
+                let prog = self.program(hook)?;
+                let id = prog.attach_to_link(link).map_err(perr)?;
+                let link = prog.take_link(id).map_err(perr)?;
+                let link = FdLink::try_from(link)
+                    .map_err(|e| DataplaneError::Pin(format!("{}: {e}", path.display())))?;
+                return Ok((link, pin, true));
+            }
+            // Stale: the interface it was attached to is gone (or was re-created).
+            let _ = std::fs::remove_file(path);
+        }
+        let prog = self.program(hook)?;
+        let id = prog.attach(ifindex, hook.attach_type()).map_err(perr)?;
+        let link = prog.take_link(id).map_err(perr)?;
+        let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin(e.to_string()))?;
+        match pin {
+            Some(path) => {
+                let pinned = link
+                    .pin(&path)
+                    .map_err(|e| DataplaneError::Pin(format!("{}: {e}", path.display())))?;
+                Ok((pinned.into(), Some(path), false))
+            }
+            None => Ok((link, None, false)),
+        }
+    }
+
+    /// Removes link pins of interfaces not in `keep` (detaching them) and
+    /// ENDPOINTS entries of ifindexes not in `keep`. Returns how many links went.
+    pub fn prune(&mut self, keep: &std::collections::HashSet<u32>) -> usize {
+        let mut n = 0;
+        if let Some(dir) = self.pin_dir.clone() {
+            for (idx, _, path) in pinned_links(&dir) {
+                if !keep.contains(&idx) && detach_pinned(&path).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut("ENDPOINTS") {
+            if let Ok(mut map) = HashMap::<_, u32, EndpointInfo>::try_from(map) {
+                let stale: Vec<u32> = map.keys().flatten().filter(|k| !keep.contains(k)).collect();
+                for k in stale {
+                    let _ = map.remove(&k);
+                }
+            }
+        }
+        n
+    }
+
+    /// The ENDPOINTS entry of `ifindex`, if any.
+    pub fn endpoint(&self, ifindex: u32) -> Option<EndpointInfo> {
+        let map = self.ebpf.map("ENDPOINTS")?;
+        let map: HashMap<_, u32, EndpointInfo> = HashMap::try_from(map).ok()?;
+        map.get(&ifindex, 0).ok()
+    }
+
+    /// Whether the live copy of the tables holds exactly `tables` (an adopting
+    /// agent with unchanged policy then skips the flip and the epoch bump, so
+    /// established flows are not re-judged needlessly).
+    pub fn live_tables_equal(&self, tables: &TableSet) -> Result<bool, DataplaneError> {
+        let encoded = tables.encode()?;
+        let active = self.active()?;
+        let (peers_name, rules_name) = if active.generation == 0 {
+            ("PEERS_0", "RULES_0")
+        } else {
+            ("PEERS_1", "RULES_1")
+        };
+        let map = self
+            .ebpf
+            .map(peers_name)
+            .ok_or(missing("map", peers_name))?;
+        let peers: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(map).map_err(map_err(peers_name))?;
+        let mut live: Vec<(u32, [u8; 16], u32)> = peers
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.prefix_len(), k.data(), v)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(peers_name))?;
+        let mut want = encoded.peers.clone();
+        live.sort();
+        want.sort();
+        if live != want {
+            return Ok(false);
+        }
+        let map = self
+            .ebpf
+            .map(rules_name)
+            .ok_or(missing("map", rules_name))?;
+        let rules: LpmTrie<_, RuleKey, Verdict> =
+            LpmTrie::try_from(map).map_err(map_err(rules_name))?;
+        let mut live: Vec<(u32, RuleKey, Verdict)> = rules
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.prefix_len(), k.data(), v)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(rules_name))?;
+        let mut want = encoded.rules.clone();
+        let key = |e: &(u32, RuleKey, Verdict)| format!("{e:?}");
+        live.sort_by_cached_key(key);
+        want.sort_by_cached_key(key);
+        Ok(live == want)
     }
 
     /// Polices the interface `ifindex` as endpoint `info` (replaces an earlier entry).

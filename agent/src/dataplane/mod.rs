@@ -9,7 +9,7 @@ pub mod loader;
 pub mod slice;
 pub mod tables;
 
-pub use loader::{Counters, Dataplane, FlowRecord, Hook};
+pub use loader::{Counters, Dataplane, FlowRecord, Hook, Links};
 pub use tables::{port_range_prefixes, PeerMatch, PortMatch, RuleEntry, Table, TableSet};
 
 /// The eBPF object, compiled from `ebpf/` for the BPF target at build time.
@@ -39,6 +39,8 @@ pub enum DataplaneError {
     },
     #[error("policy tables: {0}")]
     Table(#[from] tables::TableError),
+    #[error("pinning: {0}")]
+    Pin(String),
     #[error("interface {0:?} not found")]
     NoInterface(String),
 }

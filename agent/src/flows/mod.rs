@@ -4,7 +4,7 @@
 //!
 //! The wire format (JSON) of a record is [`Flow`]; the query a client sends is
 //! [`FlowQuery`] (see `crate::daemon` for the socket protocol).
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -400,6 +400,10 @@ pub struct FlowTable {
     seq: u64,
     /// Kernel events received in all.
     pub events: u64,
+    /// New flows by (set, action, deciding rule), for metrics: `set` is
+    /// `enforced` or `pending`. The kernel reports denied flows, and every flow
+    /// of an endpoint with staged policy.
+    pub verdicts: BTreeMap<(&'static str, String, String), u64>,
 }
 
 impl FlowTable {
@@ -426,6 +430,16 @@ impl FlowTable {
             Some((_, f)) => (f.first_seen_ns, f.count + 1),
             None => (now, 1),
         };
+        if count == 1 {
+            let sets = std::iter::once(("enforced", &enforced))
+                .chain(pending.iter().map(|p| ("pending", p)));
+            for (set, v) in sets {
+                *self
+                    .verdicts
+                    .entry((set, v.action.clone(), v.trace.clone()))
+                    .or_default() += 1;
+            }
+        }
         let icmp =
             matches!(r.protocol, 1 | 58).then_some(((r.dst_port >> 8) as u8, r.dst_port as u8));
         let (endpoint, interface) = view.by_id.get(&r.endpoint_id).cloned().unwrap_or_else(|| {

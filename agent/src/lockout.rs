@@ -1,0 +1,365 @@
+//! Lockout protection: would policy deny traffic on the failsafe ports (or the
+//! agent's own management ports) of a host endpoint if failsafes were off?
+//!
+//! Failsafe ports are enforced before any policy on host endpoints (felix's
+//! `FailsafeInboundHostPorts` / `FailsafeOutboundHostPorts`), so this never
+//! changes a verdict; it warns that the failsafe list is the only thing keeping
+//! that traffic open, naming the policy that would deny it. Evaluated with the
+//! reference evaluator, per host endpoint, per failsafe entry, for the first IP
+//! of the entry's net (or a documentation address when it has none), under the
+//! enforced set and under the pending set (staged policies promoted).
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::eval::{DecidedBy, Evaluator, Packet, PolicySet, Verdict};
+use crate::model::ir::{proto, Direction, EndpointKind, FailsafePort, Failsafes, Model};
+
+/// The agent's own config file (`agent run --config`, `agent check --config`),
+/// felix-style: `failsafeInbound` / `failsafeOutbound` lists of
+/// `{protocol: tcp|udp, port: N, net: CIDR}`; a missing list keeps Calico's
+/// defaults, an empty list means none.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    pub failsafe_inbound: Option<Vec<FailsafeEntry>>,
+    pub failsafe_outbound: Option<Vec<FailsafeEntry>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailsafeEntry {
+    pub protocol: String,
+    pub port: u16,
+    #[serde(default)]
+    pub net: Option<String>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let de = serde_yaml::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))
+    }
+
+    /// The failsafe lists this config gives (Calico's defaults where unset).
+    pub fn failsafes(&self) -> anyhow::Result<Failsafes> {
+        let defaults = Failsafes::default();
+        let conv = |list: &Option<Vec<FailsafeEntry>>, default: Vec<FailsafePort>, which| {
+            let Some(list) = list else {
+                return Ok(default);
+            };
+            list.iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let protocol = match e.protocol.to_ascii_lowercase().as_str() {
+                        "tcp" => proto::TCP,
+                        "udp" => proto::UDP,
+                        "sctp" => proto::SCTP,
+                        other => anyhow::bail!(
+                            "{which}[{i}].protocol: {other:?} is not tcp, udp or sctp"
+                        ),
+                    };
+                    let net = match &e.net {
+                        None => None,
+                        Some(n) => Some(
+                            n.parse::<ipnet::IpNet>()
+                                .or_else(|_| n.parse::<IpAddr>().map(ipnet::IpNet::from))
+                                .map_err(|_| {
+                                    anyhow::anyhow!("{which}[{i}].net: {n:?} is not a CIDR")
+                                })?
+                                .trunc(),
+                        ),
+                    };
+                    Ok(FailsafePort {
+                        protocol,
+                        port: e.port,
+                        net,
+                    })
+                })
+                .collect()
+        };
+        Ok(Failsafes {
+            inbound: conv(&self.failsafe_inbound, defaults.inbound, "failsafeInbound")?,
+            outbound: conv(
+                &self.failsafe_outbound,
+                defaults.outbound,
+                "failsafeOutbound",
+            )?,
+        })
+    }
+}
+
+/// One port on one host endpoint that policy would deny without failsafes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockoutWarning {
+    pub endpoint: String,
+    pub direction: Direction,
+    pub protocol: u8,
+    pub port: u16,
+    pub peer: IpAddr,
+    pub set: PolicySet,
+    /// Why: the policy (flow-log name) or profile, or "no policy allows it".
+    pub denied_by: String,
+    /// Whether a failsafe entry still lets it through (false for management
+    /// ports that are not in the failsafe list: then it is really denied).
+    pub failsafe: bool,
+}
+
+impl std::fmt::Display for LockoutWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.protocol {
+            proto::TCP => "tcp",
+            proto::UDP => "udp",
+            proto::SCTP => "sctp",
+            _ => "?",
+        };
+        let (dir, prep) = match self.direction {
+            Direction::Ingress => ("inbound", "from"),
+            Direction::Egress => ("outbound", "to"),
+        };
+        let set = match self.set {
+            PolicySet::Enforced => "",
+            PolicySet::Pending => " once staged policies are promoted",
+        };
+        write!(
+            f,
+            "host endpoint {}: {dir} {proto}/{} {prep} {} would be denied{set} by {}",
+            self.endpoint, self.port, self.peer, self.denied_by
+        )?;
+        if self.failsafe {
+            write!(f, "; only the failsafe port keeps it open")
+        } else {
+            write!(
+                f,
+                "; this is the agent's own management traffic and it is NOT failsafe"
+            )
+        }
+    }
+}
+
+fn sample_peer(net: Option<&ipnet::IpNet>, v6: bool) -> IpAddr {
+    match net {
+        Some(n) => n.network(),
+        None if v6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        None => IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+    }
+}
+
+/// Checks the model's failsafe lists, plus `management` inbound ports (the
+/// agent's own, e.g. its metrics port) which are warned about too.
+pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> {
+    let mut off = model.clone();
+    off.failsafes = Failsafes {
+        inbound: Vec::new(),
+        outbound: Vec::new(),
+    };
+    let ev = Evaluator::new(&off);
+    let mut out = Vec::new();
+    let inbound = model
+        .failsafes
+        .inbound
+        .iter()
+        .map(|f| (Direction::Ingress, f, true));
+    let outbound = model
+        .failsafes
+        .outbound
+        .iter()
+        .map(|f| (Direction::Egress, f, true));
+    let mgmt = management.iter().map(|f| {
+        let covered = model
+            .failsafes
+            .inbound
+            .iter()
+            .any(|g| g.protocol == f.protocol && g.port == f.port && g.net.is_none());
+        (Direction::Ingress, f, covered)
+    });
+    let ports: Vec<_> = inbound.chain(outbound).chain(mgmt).collect();
+    for (i, ep) in off.endpoints.iter().enumerate() {
+        if ep.kind != EndpointKind::Host {
+            continue;
+        }
+        for &(direction, f, failsafe) in &ports {
+            let v6 = f.net.as_ref().is_some_and(|n| n.addr().is_ipv6());
+            let peer = sample_peer(f.net.as_ref(), v6);
+            let local = ep
+                .ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv6() == v6)
+                .unwrap_or(if v6 {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                });
+            let packet = Packet::with_ports(f.protocol, crate::eval::EPHEMERAL_PORT, f.port);
+            for set in [PolicySet::Enforced, PolicySet::Pending] {
+                let end = ev.evaluate_end(set, i, direction, peer, local, &packet);
+                if end.action != Verdict::Deny {
+                    continue;
+                }
+                let denied_by = match &end.decided_by {
+                    DecidedBy::PolicyRule { policy, rule, .. } => {
+                        format!("{} rule {rule}", crate::eval::policy_flow_log_name(policy))
+                    }
+                    DecidedBy::EndOfTier { tier, policy } => format!(
+                        "the end of tier {tier} (last policy {})",
+                        crate::eval::policy_flow_log_name(policy)
+                    ),
+                    DecidedBy::ProfileRule { profile, rule } => {
+                        format!("profile {profile} rule {rule}")
+                    }
+                    DecidedBy::NoMatch => {
+                        "the host endpoint's default deny (no policy or profile allows it)".into()
+                    }
+                    DecidedBy::Failsafe { .. } => continue,
+                };
+                let w = LockoutWarning {
+                    endpoint: ep.key(),
+                    direction,
+                    protocol: f.protocol,
+                    port: f.port,
+                    peer,
+                    set,
+                    denied_by,
+                    failsafe,
+                };
+                // A pending-set warning that repeats the enforced one adds nothing.
+                if set == PolicySet::Pending
+                    && out.iter().any(|o: &LockoutWarning| {
+                        o.endpoint == w.endpoint
+                            && o.direction == w.direction
+                            && o.port == w.port
+                            && o.protocol == w.protocol
+                            && o.denied_by == w.denied_by
+                    })
+                {
+                    continue;
+                }
+                out.push(w);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_and_defaults() {
+        let c: AgentConfig = serde_yaml::from_str(
+            "failsafeInbound:\n- {protocol: tcp, port: 2222, net: 10.0.0.0/8}\n",
+        )
+        .unwrap();
+        let f = c.failsafes().unwrap();
+        assert_eq!(f.inbound.len(), 1);
+        assert_eq!(f.inbound[0].port, 2222);
+        assert_eq!(f.inbound[0].net, Some("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(f.outbound, Failsafes::default().outbound);
+        let bad: AgentConfig =
+            serde_yaml::from_str("failsafeOutbound:\n- {protocol: icmp, port: 1}\n").unwrap();
+        assert!(bad.failsafes().is_err());
+    }
+
+    const HOST: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata:
+  name: node1-eth0
+  labels: {role: node}
+spec:
+  node: node1
+  interfaceName: eth0
+  expectedIPs: [192.168.0.1]
+"#;
+
+    fn model(policies: &str) -> Model {
+        let text = format!("{HOST}---\n{policies}");
+        let loaded =
+            crate::model::load::load_sources(&[(std::path::PathBuf::from("t.yaml"), text)]);
+        assert!(
+            loaded
+                .diagnostics
+                .iter()
+                .all(|d| d.severity != crate::model::Severity::Error),
+            "{:?}",
+            loaded.diagnostics
+        );
+        loaded.model
+    }
+
+    #[test]
+    fn a_deny_all_on_the_host_names_the_policy_for_each_failsafe_port() {
+        let mut m = model(
+            r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-lockdown}
+spec:
+  selector: role == 'node'
+  types: [Ingress, Egress]
+  ingress:
+  - action: Deny
+  egress:
+  - action: Allow
+    protocol: UDP
+    destination: {ports: [53]}
+"#,
+        );
+        m.failsafes.inbound = vec![FailsafePort {
+            protocol: proto::TCP,
+            port: 22,
+            net: Some("10.0.0.0/8".parse().unwrap()),
+        }];
+        m.failsafes.outbound = vec![
+            FailsafePort {
+                protocol: proto::UDP,
+                port: 53,
+                net: None,
+            },
+            FailsafePort {
+                protocol: proto::TCP,
+                port: 6443,
+                net: None,
+            },
+        ];
+        let mgmt = [FailsafePort {
+            protocol: proto::TCP,
+            port: 9091,
+            net: None,
+        }];
+        let w = check(&m, &mgmt);
+        let text: Vec<String> = w.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 3, "{text:#?}");
+        assert!(
+            text[0].contains("inbound tcp/22 from 10.0.0.0"),
+            "{text:#?}"
+        );
+        assert!(text[0].contains("gnp:host-lockdown rule 0"), "{text:#?}");
+        assert!(text[0].contains("only the failsafe port keeps it open"));
+        // Outbound DNS is allowed by the policy: no warning; 6443 hits the end of tier.
+        assert!(text[1].contains("outbound tcp/6443"), "{text:#?}");
+        assert!(text[1].contains("end of tier default"), "{text:#?}");
+        assert!(text[2].contains("inbound tcp/9091"), "{text:#?}");
+        assert!(text[2].contains("NOT failsafe"), "{text:#?}");
+    }
+
+    #[test]
+    fn workloads_and_allowed_ports_give_no_warning() {
+        let m = model(
+            r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-open}
+spec:
+  selector: role == 'node'
+  types: [Ingress, Egress]
+  ingress: [{action: Allow}]
+  egress: [{action: Allow}]
+"#,
+        );
+        assert_eq!(check(&m, &[]), vec![]);
+    }
+}
