@@ -404,6 +404,8 @@ fn forward_into_node(lab: &Lab, port: u16) {
 struct Agent {
     child: Option<Child>,
     base: PathBuf,
+    /// Per-agent pin directory (all tests share /sys/fs/bpf).
+    bpffs: PathBuf,
     socket: PathBuf,
     log: PathBuf,
 }
@@ -417,6 +419,7 @@ impl Agent {
         std::fs::create_dir_all(&base).unwrap();
         let socket = base.join("agent.sock");
         let log = base.join("agent.log");
+        let bpffs = Path::new("/sys/fs/bpf").join(base.file_name().unwrap());
         let child = lab
             .node()
             .command(agent_bin())
@@ -431,6 +434,8 @@ impl Agent {
             .arg(&server.kubeconfig)
             .arg("--socket")
             .arg(&socket)
+            .arg("--bpffs")
+            .arg(&bpffs)
             .env("RUST_LOG", "info")
             .env_remove("KUBECONFIG")
             .env_remove("NODE_NAME")
@@ -442,6 +447,7 @@ impl Agent {
         let mut agent = Agent {
             child: Some(child),
             base,
+            bpffs,
             socket,
             log,
         };
@@ -485,7 +491,16 @@ impl Agent {
     }
 
     fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_status_for(Duration::from_secs(20), what, check)
+    }
+
+    fn wait_status_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
         loop {
             let s = self.try_status().unwrap_or(Value::Null);
             if check(&s) {
@@ -541,6 +556,13 @@ impl Drop for Agent {
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", self.log_text());
         }
+        // The pins go whatever happens.
+        let _ = Command::new(agent_bin())
+            .arg("cleanup")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.bpffs);
         let _ = std::fs::remove_dir_all(&self.base);
     }
 }
@@ -794,7 +816,10 @@ fn kubernetes_api_server_restart() {
         None,
         "backend-lockdown-staged",
     );
-    agent.wait_policies(2, 0);
+    // kube-rs' watcher backoff grows to 30 s during an outage: allow for a full step.
+    agent.wait_status_for(Duration::from_secs(60), "2 enforced, 0 staged", |s| {
+        s["policies"]["enforced"] == 2 && s["policies"]["staged"] == 0
+    });
     assert!(agent.log_text().contains("watch recovered"));
     agent.wait_status("no datastore problems", |s| {
         s["datastore_problems"]
