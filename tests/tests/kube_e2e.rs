@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::agent_bin;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -22,7 +25,6 @@ use kube::Client;
 use lab::{Lab, Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
 use serde_json::{json, Value};
 
-static BUILD: Once = Once::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn repo() -> PathBuf {
@@ -34,30 +36,6 @@ fn shared_kube() -> PathBuf {
     std::env::var_os("KUBE_TEST_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("../shared/kube"))
-}
-
-fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "agent", "--bin", "agent", "--target-dir"])
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo build for the agent binary");
-        assert!(status.success(), "building the agent binary failed");
-    });
-    profile_dir.join("agent")
 }
 
 // ---------------------------------------------------------------- the API server
