@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::agent_bin;
+use common::{agent_bin, seed_pods_in, wait_tcp_within, Seed};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -545,40 +545,15 @@ impl Drop for Agent {
     }
 }
 
-/// Polls until a fresh TCP connection gets `want` (20 s).
+/// Polls until a fresh TCP connection gets `want` (20 s: watch, debounce, compile).
 fn wait_tcp(from: &Pod, to: &Pod, port: u16, want: TcpProbe) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = from.tcp_connect(to.ipv4, port, SHORT_TIMEOUT);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}/{} -> {}/{}:{port}: {got:?}, want {want:?}",
-            from.namespace,
-            from.name,
-            to.namespace,
-            to.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Seed {
-    frontend: Pod,
-    backend: Pod,
-    database: Pod,
+    wait_tcp_within(from, to, port, want, Duration::from_secs(20))
 }
 
 /// The seed scenario from Kubernetes objects: namespace prod, three pods on `node`.
 fn seed(lab: &Lab, client: &Client, ns: &str, node: &str) -> Seed {
     namespace(client, ns, json!({"env": "prod"}));
-    let s = Seed {
-        frontend: lab.add_pod_at(ns, "frontend", 10, "calidemofront"),
-        backend: lab.add_pod_at(ns, "backend", 20, "calidemoback"),
-        database: lab.add_pod_at(ns, "database", 30, "calidemodb"),
-    };
+    let s = seed_pods_in(lab, ns);
     for (p, app) in [
         (&s.frontend, "frontend"),
         (&s.backend, "backend"),

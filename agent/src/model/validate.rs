@@ -262,6 +262,15 @@ fn unused_rules_warning(
     }
 }
 
+/// A staged `Delete` names only what to delete: its spec must equal `empty`
+/// (the same tier and stagedAction, nothing else).
+fn staged_delete_spec_is_empty<T: std::fmt::Debug>(v: &mut Issues, spec: &T, empty: &T) {
+    // Debug output compares every field, including ones added later.
+    if format!("{empty:?}") != format!("{spec:?}") {
+        v.error(DELETE_FIELD, DELETE_MESSAGE);
+    }
+}
+
 fn global_policy(v: &mut Issues, s: &GlobalPolicySpec, staged: bool) {
     tier_name(v, &s.tier);
     order(v, s.order);
@@ -280,10 +289,7 @@ fn global_policy(v: &mut Issues, s: &GlobalPolicySpec, staged: bool) {
             staged_action: s.staged_action.clone(),
             ..Default::default()
         };
-        // Debug output compares every field, including ones added later.
-        if format!("{empty:?}") != format!("{s:?}") {
-            v.error(DELETE_FIELD, DELETE_MESSAGE);
-        }
+        staged_delete_spec_is_empty(v, s, &empty);
     }
     no_global(v, "spec.selector", &s.selector);
     no_global(v, "spec.namespaceSelector", &s.namespace_selector);
@@ -336,10 +342,7 @@ fn namespaced_policy(v: &mut Issues, s: &NamespacedPolicySpec, staged: bool) {
             staged_action: s.staged_action.clone(),
             ..Default::default()
         };
-        // Debug output compares every field, including ones added later.
-        if format!("{empty:?}") != format!("{s:?}") {
-            v.error(DELETE_FIELD, DELETE_MESSAGE);
-        }
+        staged_delete_spec_is_empty(v, s, &empty);
     }
     no_global(v, "spec.selector", &s.selector);
     no_global(

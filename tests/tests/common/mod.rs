@@ -298,16 +298,26 @@ pub struct Seed {
 }
 
 pub fn seed_pods(lab: &Lab) -> Seed {
+    seed_pods_in(lab, "prod")
+}
+
+/// The seed pods (the examples' interface names and addresses) in namespace `ns`.
+pub fn seed_pods_in(lab: &Lab, ns: &str) -> Seed {
     Seed {
-        frontend: lab.add_pod_at("prod", "frontend", 10, "calidemofront"),
-        backend: lab.add_pod_at("prod", "backend", 20, "calidemoback"),
-        database: lab.add_pod_at("prod", "database", 30, "calidemodb"),
+        frontend: lab.add_pod_at(ns, "frontend", 10, "calidemofront"),
+        backend: lab.add_pod_at(ns, "backend", 20, "calidemoback"),
+        database: lab.add_pod_at(ns, "database", 30, "calidemodb"),
     }
 }
 
 /// Polls until a fresh TCP connection gets `want` (10 s).
 pub fn wait_tcp(from: &Pod, to: &Pod, port: u16, want: TcpProbe) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_tcp_within(from, to, port, want, Duration::from_secs(10))
+}
+
+/// Polls until a fresh TCP connection gets `want`, for at most `limit`.
+pub fn wait_tcp_within(from: &Pod, to: &Pod, port: u16, want: TcpProbe, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         let got = from.tcp_connect(to.ipv4, port, SHORT_TIMEOUT);
         if got == want {
