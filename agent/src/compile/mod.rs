@@ -25,6 +25,10 @@
 //! "other" protocol), and per protocol the intervals between all port
 //! breakpoints (range ends, named ports, failsafe ports; for ICMP the kernel's
 //! `type << 8 | code` value split at every type and type/code mentioned).
+//! A group is evaluated only at the breakpoints of the rules that can match its
+//! peers (family, nets and selectors on the peer's side); the other intervals
+//! copy their left neighbour, since the answer cannot change there. So N rules
+//! of distinct (peer, port) cost O(N) evaluations, not groups x intervals.
 //!
 //! # Encoding (wildcard class)
 //! The kernel probes the peer's class (longest prefix), and only on a miss the
@@ -949,6 +953,8 @@ fn packet(p: u8, v: u16) -> Packet {
 struct Dim {
     protocol: u8,
     starts: Vec<u16>,
+    /// Starts every peer group evaluates at (0 and the failsafes' breakpoints).
+    always: BTreeSet<u16>,
 }
 
 impl Dim {
@@ -1014,6 +1020,52 @@ impl<'m> EndpointCompiler<'_, 'm> {
         }
     }
 
+    /// The breakpoints (interval starts) `r` puts into protocol `p`'s kernel
+    /// port values; empty if `r` cannot match `p`.
+    fn cuts(&self, r: &Rule, p: u8) -> BTreeSet<u32> {
+        let mut cuts = BTreeSet::new();
+        if r.protocol.is_some_and(|q| q != p) || r.not_protocol == Some(p) {
+            return cuts;
+        }
+        let mut cut = |a: u32, b: u32| {
+            cuts.insert(a);
+            cuts.insert(b);
+        };
+        match kind(p) {
+            Kind::Ports => {
+                for m in r.destination.ports.iter().chain(&r.destination.not_ports) {
+                    match m {
+                        PortMatch::Range(range) => {
+                            cut(u32::from(range.first), u32::from(range.last) + 1)
+                        }
+                        PortMatch::Named(name) => {
+                            for np in self
+                                .model
+                                .endpoints
+                                .iter()
+                                .flat_map(|e| &e.named_ports)
+                                .filter(|np| &np.name == name && np.protocol == p)
+                            {
+                                cut(u32::from(np.port), u32::from(np.port) + 1);
+                            }
+                        }
+                    }
+                }
+            }
+            Kind::Icmp => {
+                for m in r.icmp.iter().chain(&r.not_icmp) {
+                    let t = u32::from(m.icmp_type) << 8;
+                    cut(t, t + 256);
+                    if let Some(c) = m.code {
+                        cut(t | u32::from(c), (t | u32::from(c)) + 1);
+                    }
+                }
+            }
+            Kind::Other => {}
+        }
+        cuts
+    }
+
     fn direction(&mut self, direction: Direction, has_staged: bool) -> Result<(), CompileError> {
         let rules = self.rules(direction);
         let failsafes = self.failsafes(direction);
@@ -1053,59 +1105,33 @@ impl<'m> EndpointCompiler<'_, 'm> {
             })
             .unwrap_or(255);
 
-        // Port breakpoints per protocol.
+        // Port breakpoints per protocol: those of each rule (kept per rule, so
+        // that a peer group evaluates only at the breakpoints of the rules that
+        // can match it), of the failsafes, and 0.
+        let rule_cuts: Vec<Vec<BTreeSet<u32>>> = rules
+            .iter()
+            .map(|(_, r)| protocols.iter().map(|&p| self.cuts(r, p)).collect())
+            .collect();
         let dims: Vec<Dim> = protocols
             .iter()
-            .map(|&p| {
+            .enumerate()
+            .map(|(d, &p)| {
                 let mut cuts: BTreeSet<u32> = BTreeSet::from([0]);
-                let mut cut = |a: u32, b: u32| {
-                    cuts.insert(a);
-                    cuts.insert(b);
-                };
-                let may_match =
-                    |r: &Rule| r.protocol.is_none_or(|q| q == p) && r.not_protocol != Some(p);
-                match kind(p) {
-                    Kind::Ports => {
-                        for (_, r) in rules.iter().filter(|(_, r)| may_match(r)) {
-                            for m in r.destination.ports.iter().chain(&r.destination.not_ports) {
-                                match m {
-                                    PortMatch::Range(range) => {
-                                        cut(u32::from(range.first), u32::from(range.last) + 1)
-                                    }
-                                    PortMatch::Named(name) => {
-                                        for np in self
-                                            .model
-                                            .endpoints
-                                            .iter()
-                                            .flat_map(|e| &e.named_ports)
-                                            .filter(|np| &np.name == name && np.protocol == p)
-                                        {
-                                            cut(u32::from(np.port), u32::from(np.port) + 1);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        for f in failsafes.iter().filter(|f| f.protocol == p) {
-                            cut(u32::from(f.port), u32::from(f.port) + 1);
-                        }
-                    }
-                    Kind::Icmp => {
-                        for (_, r) in rules.iter().filter(|(_, r)| may_match(r)) {
-                            for m in r.icmp.iter().chain(&r.not_icmp) {
-                                let t = u32::from(m.icmp_type) << 8;
-                                cut(t, t + 256);
-                                if let Some(c) = m.code {
-                                    cut(t | u32::from(c), (t | u32::from(c)) + 1);
-                                }
-                            }
-                        }
-                    }
-                    Kind::Other => {}
+                for f in failsafes.iter().filter(|f| f.protocol == p) {
+                    cuts.extend([u32::from(f.port), u32::from(f.port) + 1]);
+                }
+                let always: BTreeSet<u32> = cuts.clone();
+                for rc in &rule_cuts {
+                    cuts.extend(&rc[d]);
                 }
                 Dim {
                     protocol: p,
                     starts: cuts
+                        .into_iter()
+                        .filter(|&c| c <= 0xffff)
+                        .map(|c| c as u16)
+                        .collect(),
+                    always: always
                         .into_iter()
                         .filter(|&c| c <= 0xffff)
                         .map(|c| c as u16)
@@ -1161,6 +1187,35 @@ impl<'m> EndpointCompiler<'_, 'm> {
             class_group.push(g);
         }
 
+        // Per group, the interval starts where its function can change: the
+        // breakpoints of the rules that can match its peers (and the failsafes').
+        // Between them the evaluator's answer is constant, so the other cells
+        // copy their left neighbour instead of asking again — this keeps a
+        // policy of N (peer, port) rules at O(N) evaluations, not O(N^2).
+        let needed_of_group: Vec<Vec<Vec<bool>>> = group_rep
+            .iter()
+            .map(|&ci| {
+                let sig = &self.peers.classes[ci].signature;
+                let mut needed: Vec<Vec<bool>> = dims
+                    .iter()
+                    .map(|dim| dim.starts.iter().map(|s| dim.always.contains(s)).collect())
+                    .collect();
+                for (k, (_, r)) in rules.iter().enumerate() {
+                    if !may_match_peer(r, direction, sig, atoms) {
+                        continue;
+                    }
+                    for (d, dim) in dims.iter().enumerate() {
+                        for &c in rule_cuts[k][d].iter().filter(|&&c| c <= 0xffff) {
+                            if let Ok(i) = dim.starts.binary_search(&(c as u16)) {
+                                needed[d][i] = true;
+                            }
+                        }
+                    }
+                }
+                needed
+            })
+            .collect();
+
         let tables: &[(Table, PolicySet)] = if has_staged {
             &[
                 (Table::Enforced, PolicySet::Enforced),
@@ -1173,7 +1228,8 @@ impl<'m> EndpointCompiler<'_, 'm> {
             let mut rows: Vec<Row> = Vec::with_capacity(group_rep.len());
             for &ci in &group_rep {
                 let peer = self.peers.classes[ci].representative;
-                rows.push(self.row(set, direction, peer, &dims, other)?);
+                let needed = &needed_of_group[class_group[ci]];
+                rows.push(self.row(set, direction, peer, &dims, needed, other)?);
             }
             self.emit(direction, table, &dims, &rows, &class_group);
         }
@@ -1188,6 +1244,7 @@ impl<'m> EndpointCompiler<'_, 'm> {
         direction: Direction,
         peer: IpAddr,
         dims: &[Dim],
+        needed: &[Vec<bool>],
         other: u8,
     ) -> Result<Row, CompileError> {
         let mut locals: Vec<IpAddr> = self
@@ -1217,7 +1274,18 @@ impl<'m> EndpointCompiler<'_, 'm> {
                 other: ask(other, 0),
                 cells: dims
                     .iter()
-                    .map(|d| d.starts.iter().map(|&s| ask(d.protocol, s)).collect())
+                    .zip(needed)
+                    .map(|(d, needed)| {
+                        let mut cells: Vec<Verdict> = Vec::with_capacity(d.starts.len());
+                        for (&s, &ask_here) in d.starts.iter().zip(needed) {
+                            let v = match cells.last() {
+                                Some(&previous) if !ask_here => previous,
+                                _ => ask(d.protocol, s),
+                            };
+                            cells.push(v);
+                        }
+                        cells
+                    })
                     .collect(),
             };
             match &first {
@@ -1295,6 +1363,25 @@ impl<'m> EndpointCompiler<'_, 'm> {
             }
         }
     }
+}
+
+/// False when no packet from/to a peer with signature `sig` can match `r`
+/// (its family, or its nets/selectors on the peer's side, exclude the peer);
+/// true when it may (conservative: the local side is not looked at).
+fn may_match_peer(r: &Rule, direction: Direction, sig: &Signature, atoms: &Atoms) -> bool {
+    if r.ip_version.is_some_and(|v| (v == 6) != sig.v6) {
+        return false;
+    }
+    let side = match direction {
+        Direction::Ingress => &r.source,
+        Direction::Egress => &r.destination,
+    };
+    let net = |n: &IpNet| sig.bit(atoms.net_bit(n));
+    let selector = |s: &Selector| sig.bit(atoms.selector_bit(s));
+    (side.nets.is_empty() || side.nets.iter().any(net))
+        && !side.not_nets.iter().any(net)
+        && side.selector.as_ref().is_none_or(selector)
+        && !side.not_selector.as_ref().is_some_and(selector)
 }
 
 /// Emits the maximal runs of equal verdict in `row` that `keep(dim, intervals, verdict)` selects.
