@@ -292,6 +292,23 @@ pub mod ct_timeout {
     pub const UDP: u64 = 60 * S;
     pub const ICMP: u64 = 30 * S;
     pub const OTHER: u64 = 600 * S;
+
+    /// Idle timeout of an entry of `protocol` in TCP `state` (used by the kernel
+    /// to treat an idle entry as a miss, and by the agent's sweep to delete it).
+    #[inline(always)]
+    pub const fn idle(protocol: u8, state: u8) -> u64 {
+        match protocol {
+            6 => match state {
+                super::tcp_state::SYN_SENT => TCP_SYN,
+                super::tcp_state::FIN => TCP_FIN,
+                super::tcp_state::RST => TCP_RST,
+                _ => TCP_ESTABLISHED,
+            },
+            17 | 136 => UDP,
+            1 | 58 => ICMP,
+            _ => OTHER,
+        }
+    }
 }
 
 /// Ring-buffer record for a new flow on an endpoint with staged policy (both

@@ -30,8 +30,9 @@
 //!   that packet, SYN or not (mid-flow pickup, e.g. flows older than the
 //!   dataplane; maps are meant to be pinned, so agent restarts keep entries).
 //!   SYN -> SYN_SENT (30 s), a reply -> ESTABLISHED (1 h), FIN 30 s, RST 10 s;
-//!   UDP 60 s, ICMP echo 30 s, others 600 s. An idle entry is a miss and is
-//!   overwritten; LRU eviction collects the rest.
+//!   UDP 60 s, ICMP echo 30 s, others 600 s (`ct_timeout::idle`). An idle entry
+//!   is a miss and is overwritten; the agent's periodic sweep deletes idle
+//!   entries (`Dataplane::sweep_conntrack`), LRU eviction is the backstop.
 //! - ICMP echo request/reply are tracked by identifier; other ICMP (errors) is
 //!   judged per packet by type/code, not related to the flow it reports on.
 //! - Events: one per newly judged flow side on endpoints with `HAS_STAGED`
@@ -56,10 +57,7 @@ use crate::maps::{
     bump, ACTIVE, CONNTRACK, ENDPOINTS, EVENT_BUDGET, FLOW_EVENTS, PEERS_0, PEERS_1, RULES_0,
     RULES_1,
 };
-use crate::parse::{
-    parse, ParseError, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    IPPROTO_UDPLITE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-};
+use crate::parse::{parse, ParseError, Parsed, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
@@ -146,17 +144,7 @@ fn halves(a: &[u8; 16]) -> (u64, u64) {
 
 #[inline(always)]
 fn timeout(protocol: u8, state: u8) -> u64 {
-    match protocol {
-        IPPROTO_TCP => match state {
-            tcp_state::SYN_SENT => ct_timeout::TCP_SYN,
-            tcp_state::FIN => ct_timeout::TCP_FIN,
-            tcp_state::RST => ct_timeout::TCP_RST,
-            _ => ct_timeout::TCP_ESTABLISHED,
-        },
-        IPPROTO_UDP | IPPROTO_UDPLITE => ct_timeout::UDP,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => ct_timeout::ICMP,
-        _ => ct_timeout::OTHER,
-    }
+    ct_timeout::idle(protocol, state)
 }
 
 #[inline(always)]

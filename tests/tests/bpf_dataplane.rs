@@ -999,6 +999,59 @@ fn deny_events_are_rate_limited() {
 }
 
 #[test]
+fn sweep_deletes_only_idle_conntrack_entries() {
+    use agent::dataplane::{monotonic_coarse_ns, CtSweep};
+    let mut dp = load(0);
+    dp.install(&base_tables()).unwrap();
+    let syn = Packet::tcp(ip("10.65.0.10"), 40000, ip("10.65.1.5"), 8000);
+    assert_eq!(run(&mut dp, Hook::FromEndpoint, &syn), TC_ACT_OK);
+    let synack = syn.reply().flags(SYN | ACK);
+    assert_eq!(run(&mut dp, Hook::ToEndpoint, &synack), TC_ACT_OK);
+    let dns = Packet::udp(ip("10.65.0.10"), 5353, ip("8.8.8.8"), 53);
+    assert_eq!(run(&mut dp, Hook::FromEndpoint, &dns), TC_ACT_OK);
+    let mut echo = Packet::icmp(ip("10.65.0.10"), ip("8.8.8.8"), 8, 0);
+    echo.icmp_id = 7;
+    assert_eq!(run(&mut dp, Hook::FromEndpoint, &echo), TC_ACT_OK);
+
+    const S: u64 = 1_000_000_000;
+    let now = monotonic_coarse_ns();
+    let sweep = |dp: &mut Dataplane, at: u64| dp.sweep_conntrack(at).unwrap();
+    assert_eq!(
+        sweep(&mut dp, now),
+        CtSweep {
+            live: 3,
+            removed: 0
+        }
+    );
+    // Past UDP's 60 s and ICMP's 30 s, within TCP established's hour.
+    assert_eq!(
+        sweep(&mut dp, now + 61 * S),
+        CtSweep {
+            live: 1,
+            removed: 2
+        }
+    );
+    let left: Vec<_> = dp.conntrack().unwrap().keys().map(|k| k.unwrap()).collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].protocol, 6, "the established TCP flow stays");
+    // The flow is still tracked: its reply passes with a conntrack hit.
+    let hits = count(&dp, stat::CT_HITS);
+    assert_eq!(
+        run(&mut dp, Hook::ToEndpoint, &synack.clone().flags(ACK)),
+        TC_ACT_OK
+    );
+    assert_eq!(count(&dp, stat::CT_HITS), hits + 1);
+    assert_eq!(
+        sweep(&mut dp, monotonic_coarse_ns() + 3601 * S),
+        CtSweep {
+            live: 0,
+            removed: 1
+        }
+    );
+    assert_eq!(dp.conntrack().unwrap().keys().count(), 0);
+}
+
+#[test]
 fn expired_entries_are_misses() {
     let mut dp = load(0);
     dp.install(&base_tables()).unwrap();

@@ -391,6 +391,11 @@ pub fn status_text(s: &Status) -> String {
         "flows:       {} tracked, {} events, {} followers",
         s.flows.tracked, s.flows.events, s.flows.subscribers
     );
+    let _ = writeln!(
+        o,
+        "conntrack:   {} entries of {} (last sweep), {} idle entries swept",
+        s.conntrack.entries, s.conntrack.max, s.conntrack.swept
+    );
     if !s.kept_last_good.is_empty() {
         let _ = writeln!(
             o,

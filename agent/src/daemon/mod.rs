@@ -55,6 +55,8 @@ pub const DEFAULT_SOCKET: &str = "/run/agent/agent.sock";
 pub const INTERFACE_POLL: Duration = Duration::from_secs(1);
 /// How often the flow-event ring buffer is drained.
 pub const EVENT_POLL: Duration = Duration::from_millis(5);
+/// How often idle conntrack entries are deleted (the shortest timeout is 10 s).
+pub const CONNTRACK_SWEEP: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/agent";
 
@@ -183,6 +185,9 @@ struct Inner {
     /// (endpoint, interface): see [`stabilize_ids`].
     stable_ids: HashMap<(String, String), u32>,
     next_id: u32,
+    /// Conntrack entries left by the last sweep, and entries swept since start.
+    conntrack_live: usize,
+    conntrack_swept: u64,
 }
 
 pub(crate) struct Shared {
@@ -265,6 +270,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             installed_once: false,
             stable_ids: HashMap::new(),
             next_id: 1,
+            conntrack_live: 0,
+            conntrack_swept: 0,
         }),
         view: Mutex::new(Arc::new(View::default())),
         flows: Mutex::new(FlowTable::default()),
@@ -316,6 +323,18 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             }
         });
     }
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CONNTRACK_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || sweep_conntrack(&shared)).await;
+            }
+        });
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -352,6 +371,28 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!(bpffs = %opts.bpffs.display(), "programs stay attached and enforcing (pinned); `agent cleanup` removes them");
     }
     Ok(())
+}
+
+/// Deletes idle conntrack entries (the kernel already ignores them).
+fn sweep_conntrack(shared: &Shared) {
+    let mut inner = lock(&shared.inner);
+    match inner
+        .dp
+        .sweep_conntrack(crate::dataplane::monotonic_coarse_ns())
+    {
+        Ok(sweep) => {
+            inner.conntrack_live = sweep.live;
+            inner.conntrack_swept += sweep.removed as u64;
+            if sweep.removed > 0 {
+                tracing::debug!(
+                    removed = sweep.removed,
+                    live = sweep.live,
+                    "conntrack sweep"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "conntrack sweep"),
+    }
 }
 
 /// Moves flow events from the ring buffer into the flow table and to subscribers.
@@ -741,6 +782,11 @@ pub(crate) fn status(shared: &Shared) -> Status {
             endpoints_max: limits::MAX_ENDPOINTS as usize,
         },
         counters,
+        conntrack: ConntrackStatus {
+            entries: inner.conntrack_live,
+            max: limits::MAX_CONNTRACK as usize,
+            swept: inner.conntrack_swept,
+        },
         flows: FlowStats {
             tracked: flows_tracked,
             events: flow_events,

@@ -74,6 +74,16 @@ pub struct FlowStats {
     pub subscribers: usize,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    /// Live entries found by the last sweep (every `CONNTRACK_SWEEP`).
+    pub entries: usize,
+    /// Map capacity (LRU: the least recently used entry goes when full).
+    pub max: usize,
+    /// Idle entries deleted since the agent started.
+    pub swept: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiagnosticOut {
     /// `error` or `warning`.
@@ -131,6 +141,9 @@ pub struct Status {
     /// Kernel counters summed over CPUs (`ringbuf_full` = flow events dropped).
     pub counters: BTreeMap<String, u64>,
     pub flows: FlowStats,
+    /// Conntrack entries as of the last sweep.
+    #[serde(default)]
+    pub conntrack: ConntrackStatus,
     /// Rejected resources whose last good version is still enforced.
     pub kept_last_good: Vec<String>,
     /// Problems in the datastore (rejected documents and warnings).

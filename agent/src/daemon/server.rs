@@ -202,6 +202,7 @@ fn metrics_text(shared: &Shared) -> String {
         ("agent_peer_prefixes", s.tables.peer_prefixes as u64),
         ("agent_rule_keys", s.tables.rule_keys as u64),
         ("agent_flows_tracked", s.flows.tracked as u64),
+        ("agent_conntrack_entries", s.conntrack.entries as u64),
         (
             "agent_datastore_errors",
             s.diagnostics
@@ -226,6 +227,11 @@ fn metrics_text(shared: &Shared) -> String {
         out,
         "# TYPE agent_reloads_total counter\nagent_reloads_total {}",
         s.reloads
+    );
+    let _ = writeln!(
+        out,
+        "# HELP agent_conntrack_swept_total Idle conntrack entries deleted.\n# TYPE agent_conntrack_swept_total counter\nagent_conntrack_swept_total {}",
+        s.conntrack.swept
     );
     {
         let inner = lock(&shared.inner);

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use agent_common::{
-    active_flags, event_flags, stat, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent,
-    RuleKey, Verdict,
+    active_flags, ct_timeout, event_flags, stat, ActiveTables, CtKey, CtValue, EndpointInfo,
+    FlowEvent, RuleKey, Verdict,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -22,6 +22,25 @@ use aya::{
 use super::tables::{direction_code, TableSet};
 use super::{DataplaneError, EBPF_OBJECT};
 use crate::model::ir::Direction;
+
+/// What a conntrack sweep found: entries kept and entries deleted as idle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtSweep {
+    pub live: usize,
+    pub removed: usize,
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of `CtValue::last_seen_ns`
+/// (`bpf_ktime_get_coarse_ns`).
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass; this clock id always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// The two programs, by the hook of the endpoint interface's host side they run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -741,6 +760,37 @@ impl Dataplane {
             .map_mut("CONNTRACK")
             .ok_or(missing("map", "CONNTRACK"))?;
         HashMap::try_from(map).map_err(map_err("CONNTRACK"))
+    }
+
+    /// Deletes conntrack entries idle longer than their timeout
+    /// (`ct_timeout::idle`) at `now_ns` (CLOCK_MONOTONIC_COARSE, the kernel's
+    /// clock for `last_seen_ns`; see [`monotonic_coarse_ns`]).
+    ///
+    /// The kernel already treats such an entry as a miss, so deleting it changes
+    /// no verdict; it frees the slot before LRU pressure would evict a live
+    /// flow. Each entry is re-read just before its delete, so one refreshed by a
+    /// packet since the scan is kept (a packet landing in the microseconds
+    /// between that read and the delete would be re-judged as a new flow).
+    pub fn sweep_conntrack(&mut self, now_ns: u64) -> Result<CtSweep, DataplaneError> {
+        let expired = |k: &CtKey, v: &CtValue| {
+            now_ns.saturating_sub(v.last_seen_ns) > ct_timeout::idle(k.protocol, v.tcp_state)
+        };
+        let mut ct = self.conntrack()?;
+        let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).collect();
+        let mut sweep = CtSweep::default();
+        for key in keys {
+            match ct.get(&key, 0) {
+                // A failed delete: evicted meanwhile by LRU.
+                Ok(v) if expired(&key, &v) => {
+                    if ct.remove(&key).is_ok() {
+                        sweep.removed += 1;
+                    }
+                }
+                Ok(_) => sweep.live += 1,
+                Err(_) => {}
+            }
+        }
+        Ok(sweep)
     }
 
     /// Counters summed over CPUs.

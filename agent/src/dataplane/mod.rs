@@ -9,7 +9,7 @@ pub mod loader;
 pub mod slice;
 pub mod tables;
 
-pub use loader::{Counters, Dataplane, FlowRecord, Hook, Links};
+pub use loader::{monotonic_coarse_ns, Counters, CtSweep, Dataplane, FlowRecord, Hook, Links};
 pub use tables::{port_range_prefixes, PeerMatch, PortMatch, RuleEntry, Table, TableSet};
 
 /// The eBPF object, compiled from `ebpf/` for the BPF target at build time.
