@@ -356,7 +356,14 @@ pub mod stat {
     pub const FRAGMENTS: u32 = 12;
     pub const NON_IP: u32 = 13;
     pub const CT_STALE: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// ICMP errors passed without a policy lookup: they quote a packet of a flow
+    /// this side approved (conntrack's RELATED).
+    pub const ICMP_RELATED: u32 = 15;
+    /// Counters in use (`NAMES`), at most `CAPACITY`.
+    pub const COUNT: u32 = 16;
+    /// Size of `DP_COUNTERS`: room for new counters, so that adding one does not
+    /// change the pinned map's layout (which would make an upgrade need a cleanup).
+    pub const CAPACITY: u32 = 64;
     pub const NAMES: [&str; COUNT as usize] = [
         "packets",
         "allowed",
@@ -373,6 +380,7 @@ pub mod stat {
         "fragments",
         "non_ip",
         "ct_stale",
+        "icmp_related",
     ];
 }
 
@@ -441,5 +449,19 @@ mod tests {
         assert_eq!(offset_of!(FlowEvent, pending), 60);
         assert_eq!(offset_of!(FlowEvent, timestamp_ns), 72);
         assert_eq!(size_of::<TokenBucket>(), 16);
+    }
+
+    #[test]
+    fn stat_names_are_distinct_snake_case_and_fit() {
+        assert!(stat::COUNT <= stat::CAPACITY);
+        for (i, name) in stat::NAMES.iter().enumerate() {
+            assert!(
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            assert!(!stat::NAMES[..i].contains(name), "{name} twice");
+        }
+        assert_eq!(stat::NAMES[stat::CT_STALE as usize], "ct_stale");
+        assert_eq!(stat::NAMES[stat::ICMP_RELATED as usize], "icmp_related");
     }
 }

@@ -31,7 +31,7 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map]
-pub static DP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+pub static DP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::CAPACITY, 0);
 
 #[map]
 pub static EVENT_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);

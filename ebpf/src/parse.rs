@@ -39,6 +39,20 @@ pub struct Parsed {
     pub track: bool,
     /// IPv6 neighbour discovery / router messages (ICMPv6 133-137): always allowed.
     pub neighbour_discovery: bool,
+    /// ICMP/ICMPv6 error: offset of the packet it quotes (see [`quoted`]), else 0.
+    pub quote_offset: usize,
+}
+
+/// The packet an ICMP error quotes (its IP header and first 8 bytes of L4), in
+/// the direction it was sent: the error travels the other way, back to `src`.
+/// Ports as conntrack keys them (ICMP echo: the identifier twice).
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
 }
 
 pub enum ParseError {
@@ -84,6 +98,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
         fragment: false,
         track: true,
         neighbour_discovery: false,
+        quote_offset: 0,
     };
     let l4: usize;
     match ethertype {
@@ -119,53 +134,10 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             p.ip_version = 6;
             p.src.copy_from_slice(&h[8..24]);
             p.dst.copy_from_slice(&h[24..40]);
-            let mut next = h[6];
-            let mut off = ETH_HLEN + 40;
-            let mut done = false;
-            for _ in 0..MAX_IPV6_EXT {
-                match next {
-                    // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
-                    0 | 43 | 60 => {
-                        let e = ptr_at::<[u8; 2]>(ctx, off)?;
-                        // SAFETY: bounds checked by ptr_at.
-                        let e = unsafe { *e };
-                        next = e[0];
-                        off += (usize::from(e[1]) + 1) * 8;
-                    }
-                    // Fragment: 8 bytes; a non-zero offset means no L4 header follows.
-                    44 => {
-                        let e = ptr_at::<[u8; 8]>(ctx, off)?;
-                        // SAFETY: bounds checked by ptr_at.
-                        let e = unsafe { *e };
-                        next = e[0];
-                        if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                            p.fragment = true;
-                        }
-                        off += 8;
-                    }
-                    // Authentication header: (len + 2) * 4 bytes.
-                    51 => {
-                        let e = ptr_at::<[u8; 2]>(ctx, off)?;
-                        // SAFETY: bounds checked by ptr_at.
-                        let e = unsafe { *e };
-                        next = e[0];
-                        off += (usize::from(e[1]) + 2) * 4;
-                    }
-                    _ => {
-                        done = true;
-                        break;
-                    }
-                }
-                if p.fragment {
-                    done = true;
-                    break;
-                }
-            }
-            if !done {
-                return Err(ParseError::Malformed);
-            }
-            p.protocol = next;
-            l4 = off;
+            let chain = ipv6_chain(ctx, h[6], ETH_HLEN + 40)?;
+            p.fragment = chain.later_fragment;
+            p.protocol = chain.next;
+            l4 = chain.off;
         }
         _ => return Err(ParseError::NotIp),
     }
@@ -209,8 +181,156 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
                 p.track = false;
             }
             p.neighbour_discovery = p.protocol == IPPROTO_ICMPV6 && (133..=137).contains(&t[0]);
+            // The error types Linux conntrack (and Calico) relate to a flow.
+            let error = if p.protocol == IPPROTO_ICMP {
+                matches!(t[0], 3 | 4 | 5 | 11 | 12)
+            } else {
+                t[0] < 128
+            };
+            if error {
+                p.quote_offset = l4 + 8;
+            }
         }
         _ => {}
     }
     Ok(p)
+}
+
+/// Where an IPv6 extension header chain ends.
+struct Ipv6Chain {
+    /// The upper-layer protocol (after a later fragment: the fragment header's next header).
+    next: u8,
+    /// Offset of the upper-layer header.
+    off: usize,
+    /// A fragment header with a non-zero offset: no upper-layer header follows.
+    later_fragment: bool,
+}
+
+/// Follows the extension headers from `next` at `off` (at most `MAX_IPV6_EXT`).
+#[inline(always)]
+fn ipv6_chain(ctx: &TcContext, mut next: u8, mut off: usize) -> Result<Ipv6Chain, ParseError> {
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let e = ptr_at::<[u8; 2]>(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let e = unsafe { *e };
+                next = e[0];
+                off += (usize::from(e[1]) + 1) * 8;
+            }
+            // Fragment: 8 bytes; a non-zero offset means no L4 header follows.
+            44 => {
+                let e = ptr_at::<[u8; 8]>(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let e = unsafe { *e };
+                next = e[0];
+                off += 8;
+                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                    return Ok(Ipv6Chain {
+                        next,
+                        off,
+                        later_fragment: true,
+                    });
+                }
+            }
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => {
+                let e = ptr_at::<[u8; 2]>(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let e = unsafe { *e };
+                next = e[0];
+                off += (usize::from(e[1]) + 2) * 4;
+            }
+            _ => {
+                return Ok(Ipv6Chain {
+                    next,
+                    off,
+                    later_fragment: false,
+                })
+            }
+        }
+    }
+    Err(ParseError::Malformed)
+}
+
+/// The packet quoted by the ICMP error `p` (parsed apart from the error itself,
+/// so that its stack is free again for the policy path); `None` when it is
+/// truncated, inconsistent, a later fragment (no ports), itself an ICMP message
+/// other than an echo (no flow), or not sent by the error's destination (Linux
+/// conntrack's check too): the error is then judged on its own.
+#[inline(always)]
+pub fn quoted(ctx: &TcContext, p: &Parsed) -> Option<Quoted> {
+    let off = p.quote_offset;
+    if off == 0 {
+        return None;
+    }
+    let ip_version = p.ip_version;
+    let mut q = Quoted {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        protocol: 0,
+    };
+    let l4 = if ip_version == 4 {
+        let h = ptr_at::<[u8; 20]>(ctx, off).ok()?;
+        // SAFETY: bounds checked by ptr_at.
+        let h = unsafe { &*h };
+        let ihl = usize::from(h[0] & 0x0f) * 4;
+        if h[0] >> 4 != 4 || ihl < 20 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+            return None;
+        }
+        q.protocol = h[9];
+        q.src[10] = 0xff;
+        q.src[11] = 0xff;
+        q.dst[10] = 0xff;
+        q.dst[11] = 0xff;
+        q.src[12..].copy_from_slice(&h[12..16]);
+        q.dst[12..].copy_from_slice(&h[16..20]);
+        off + ihl
+    } else {
+        let h = ptr_at::<[u8; 40]>(ctx, off).ok()?;
+        // SAFETY: bounds checked by ptr_at.
+        let h = unsafe { &*h };
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        q.src.copy_from_slice(&h[8..24]);
+        q.dst.copy_from_slice(&h[24..40]);
+        let chain = ipv6_chain(ctx, h[6], off + 40).ok()?;
+        if chain.later_fragment {
+            return None;
+        }
+        q.protocol = chain.next;
+        chain.off
+    };
+    match q.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+            let t = ptr_at::<[u8; 4]>(ctx, l4).ok()?;
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { &*t };
+            q.sport = u16::from_be_bytes([t[0], t[1]]);
+            q.dport = u16::from_be_bytes([t[2], t[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let t = ptr_at::<[u8; 8]>(ctx, l4).ok()?;
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { &*t };
+            let echo = if q.protocol == IPPROTO_ICMP {
+                t[0] == 8 || t[0] == 0
+            } else {
+                t[0] == 128 || t[0] == 129
+            };
+            if !echo {
+                return None;
+            }
+            let id = u16::from_be_bytes([t[4], t[5]]);
+            q.sport = id;
+            q.dport = id;
+        }
+        // Tracked without ports, like the packets themselves.
+        _ => {}
+    }
+    (q.src == p.dst).then_some(q)
 }

@@ -32,8 +32,13 @@
 //!   SYN -> SYN_SENT (30 s), a reply -> ESTABLISHED (1 h), FIN 30 s, RST 10 s;
 //!   UDP 60 s, ICMP echo 30 s, others 600 s. An idle entry is a miss and is
 //!   overwritten; LRU eviction collects the rest.
-//! - ICMP echo request/reply are tracked by identifier; other ICMP (errors) is
-//!   judged per packet by type/code, not related to the flow it reports on.
+//! - ICMP echo request/reply are tracked by identifier. ICMP errors (v4 types
+//!   3, 4, 5, 11, 12; ICMPv6 types < 128, as Linux conntrack and Calico) that
+//!   quote a packet of a live flow this side approved in the current epoch pass
+//!   without a policy lookup (RELATED: PMTU discovery and unreachables work under
+//!   a TCP-only policy); the quoted packet must have been sent by the error's
+//!   destination. Any other ICMP is judged per packet by type/code, untracked
+//!   (unlike Calico, which drops errors quoting no known flow).
 //! - Events: one per newly judged flow side on endpoints with `HAS_STAGED`
 //!   (enforced + pending verdicts), and for denied new flows (per-CPU token
 //!   bucket). Ring buffer full: counted, never blocks.
@@ -57,7 +62,7 @@ use crate::maps::{
     RULES_1,
 };
 use crate::parse::{
-    parse, ParseError, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    parse, quoted, ParseError, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     IPPROTO_UDPLITE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
@@ -108,6 +113,11 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
         bump(stat::FRAGMENTS);
     }
     if pkt.neighbour_discovery {
+        bump(stat::ALLOWED);
+        return TC_ACT_OK;
+    }
+    if related_approved(ctx, &pkt, hook_dir) {
+        bump(stat::ICMP_RELATED);
         bump(stat::ALLOWED);
         return TC_ACT_OK;
     }
@@ -198,6 +208,52 @@ fn side(sender: bool) -> Side {
             policy_dir: direction::INGRESS,
         }
     }
+}
+
+/// Whether `pkt` is an ICMP error quoting a packet of a live flow that this side
+/// approved in the current epoch (conntrack's RELATED: it then needs no policy).
+/// The error travels against the quoted packet, back to its sender, so it is on
+/// the side a packet of the flow going the other way would be. A stale or denied
+/// side is not re-judged here: the error is then judged on its own, as ICMP.
+#[inline(always)]
+fn related_approved(ctx: &TcContext, pkt: &Parsed, hook_dir: u8) -> bool {
+    let Some(q) = quoted(ctx, pkt) else {
+        return false;
+    };
+    let q_is_lo = lower_or_equal(&q.src, q.sport, &q.dst, q.dport);
+    let key = if q_is_lo {
+        CtKey {
+            addr_lo: q.src,
+            addr_hi: q.dst,
+            port_lo: q.sport,
+            port_hi: q.dport,
+            protocol: q.protocol,
+            _pad: [0; 3],
+        }
+    } else {
+        CtKey {
+            addr_lo: q.dst,
+            addr_hi: q.src,
+            port_lo: q.dport,
+            port_hi: q.sport,
+            protocol: q.protocol,
+            _pad: [0; 3],
+        }
+    };
+    // SAFETY: read-only use of the map value.
+    let Some(ct) = (unsafe { CONNTRACK.get(&key) }) else {
+        return false;
+    };
+    let epoch = ACTIVE.get(0).map_or(0, |a| a.epoch);
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if ct.epoch != epoch || now.saturating_sub(ct.last_seen_ns) > timeout(q.protocol, ct.tcp_state)
+    {
+        return false;
+    }
+    let quoted_forward = (ct.flags & ct_flags::INITIATOR_LO != 0) == q_is_lo;
+    let sender = (hook_dir == direction::EGRESS) != quoted_forward;
+    ct.flags & side(sender).allowed != 0
 }
 
 /// Decides one packet; true = allow.

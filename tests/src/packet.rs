@@ -27,6 +27,8 @@ pub struct Packet {
     pub icmp: (u8, u8),
     /// ICMP echo identifier.
     pub icmp_id: u16,
+    /// ICMP body after the 8-byte header (an error's quoted packet).
+    pub icmp_body: Vec<u8>,
     /// IPv6 extension headers inserted before the L4 header, by next-header
     /// value: 0 hop-by-hop, 43 routing, 60 destination options (8 bytes each),
     /// 44 fragment (offset `fragment_offset`).
@@ -47,6 +49,7 @@ impl Packet {
             tcp_flags: SYN,
             icmp: (0, 0),
             icmp_id: 1,
+            icmp_body: Vec::new(),
             ipv6_ext: Vec::new(),
             fragment_offset: 0,
         }
@@ -65,6 +68,14 @@ impl Packet {
             tcp_flags: 0,
             icmp: (icmp_type, code),
             ..Self::tcp(src, 0, dst, 0)
+        }
+    }
+    /// An ICMP (v4) or ICMPv6 error quoting `quoted` (its whole IP packet; the
+    /// RFCs ask for at least the IP header and 8 bytes of L4).
+    pub fn icmp_error(src: IpAddr, dst: IpAddr, icmp_type: u8, code: u8, quoted: &Packet) -> Self {
+        Packet {
+            icmp_body: quoted.frame()[14..].to_vec(),
+            ..Self::icmp(src, dst, icmp_type, code)
         }
     }
     pub fn flags(mut self, flags: u8) -> Self {
@@ -169,6 +180,7 @@ impl Packet {
                 let mut h = vec![self.icmp.0, self.icmp.1, 0, 0];
                 h.extend_from_slice(&self.icmp_id.to_be_bytes());
                 h.extend_from_slice(&[0, 1]);
+                h.extend_from_slice(&self.icmp_body);
                 h
             }
             _ => Vec::new(),

@@ -568,6 +568,134 @@ fn conntrack_hits_replies_and_epoch_flip() {
     );
 }
 
+/// TCP 8080 both ways, UDP out (any port) and in (9999), echo requests out; no
+/// other ICMP or ICMPv6 in either direction.
+fn related_tables() -> TableSet {
+    use Direction::*;
+    use PeerMatch::Any;
+    let e = |dir, protocol, ports, rule| {
+        entry(
+            dir,
+            Table::Enforced,
+            Any,
+            Some(protocol),
+            ports,
+            allow(40, rule),
+        )
+    };
+    TableSet {
+        peers: vec![("10.65.1.0/24".parse().unwrap(), 2)],
+        rules: vec![
+            e(Egress, TCP, PortMatch::Range(8080, 8080), 0),
+            e(Egress, UDP, PortMatch::Any, 1),
+            e(
+                Egress,
+                ICMP,
+                PortMatch::Icmp {
+                    icmp_type: 8,
+                    code: None,
+                },
+                2,
+            ),
+            e(Ingress, TCP, PortMatch::Range(8080, 8080), 3),
+            e(Ingress, UDP, PortMatch::Range(9999, 9999), 4),
+        ],
+    }
+}
+
+#[test]
+fn icmp_errors_quoting_an_approved_flow_are_related() {
+    let mut dp = load(0);
+    dp.install(&related_tables()).unwrap();
+    let (me, web, router) = (ip("10.65.0.10"), ip("10.65.1.5"), ip("10.64.0.1"));
+    let from = |dp: &mut Dataplane, p: &Packet| run(dp, Hook::FromEndpoint, p);
+    let to = |dp: &mut Dataplane, p: &Packet| run(dp, Hook::ToEndpoint, p);
+
+    // PMTU discovery under a TCP-only policy: the frag-needed about the pod's
+    // segment reaches it although no rule allows ICMP in.
+    let syn = Packet::tcp(me, 40000, web, 8080);
+    assert_eq!(from(&mut dp, &syn), TC_ACT_OK);
+    let frag_needed = Packet::icmp_error(router, me, 3, 4, &syn);
+    assert_eq!(to(&mut dp, &frag_needed), TC_ACT_OK);
+    assert_eq!(count(&dp, stat::ICMP_RELATED), 1);
+    // The same error about a flow nobody saw is plain ICMP: denied.
+    let unknown = Packet::icmp_error(router, me, 3, 4, &Packet::tcp(me, 40001, web, 8080));
+    assert_eq!(to(&mut dp, &unknown), TC_ACT_SHOT);
+    // Sent to someone other than the quoted packet's sender: not related either.
+    let astray = Packet::icmp_error(router, ip("10.65.0.99"), 3, 4, &syn);
+    assert_eq!(to(&mut dp, &astray), TC_ACT_SHOT);
+    // A flow this side denied relates nothing.
+    let denied = Packet::tcp(me, 40002, web, 9000);
+    assert_eq!(from(&mut dp, &denied), TC_ACT_SHOT);
+    let about_denied = Packet::icmp_error(router, me, 3, 4, &denied);
+    assert_eq!(to(&mut dp, &about_denied), TC_ACT_SHOT);
+    // A quote too short for the ports is judged as the ICMP it is, not malformed.
+    let mut short = frag_needed.frame();
+    short.truncate(14 + 20 + 8 + 20 + 2);
+    assert_eq!(run_frame(&mut dp, Hook::ToEndpoint, &short), TC_ACT_SHOT);
+    assert_eq!(count(&dp, stat::MALFORMED), 0);
+    assert_eq!(count(&dp, stat::ICMP_RELATED), 1);
+
+    // Inbound flow: errors about the pod's replies come back to it, and the
+    // pod's own port unreachable leaves it (its egress allows no ICMP).
+    let syn_in = Packet::tcp(web, 50000, me, 8080);
+    assert_eq!(to(&mut dp, &syn_in), TC_ACT_OK);
+    let synack = syn_in.reply().flags(SYN | ACK);
+    assert_eq!(from(&mut dp, &synack), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router, me, 3, 4, &synack)),
+        TC_ACT_OK
+    );
+    let udp_in = Packet::udp(web, 5000, me, 9999);
+    assert_eq!(to(&mut dp, &udp_in), TC_ACT_OK);
+    let port_unreachable = Packet::icmp_error(me, web, 3, 3, &udp_in);
+    assert_eq!(from(&mut dp, &port_unreachable), TC_ACT_OK);
+    // Echo (tracked by identifier) and traceroute's time exceeded.
+    let mut echo = Packet::icmp(me, ip("8.8.8.8"), 8, 0);
+    echo.icmp_id = 77;
+    assert_eq!(from(&mut dp, &echo), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router, me, 3, 1, &echo)),
+        TC_ACT_OK
+    );
+    let probe = Packet::udp(me, 6000, ip("8.8.8.8"), 33434);
+    assert_eq!(from(&mut dp, &probe), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router, me, 11, 0, &probe)),
+        TC_ACT_OK
+    );
+    assert_eq!(count(&dp, stat::ICMP_RELATED), 5);
+
+    // After a policy change the flow's approval is stale: the error is judged on
+    // its own until the flow's next packet has been re-judged.
+    dp.install(&related_tables()).unwrap();
+    assert_eq!(to(&mut dp, &frag_needed), TC_ACT_SHOT);
+    assert_eq!(from(&mut dp, &syn.clone().flags(ACK)), TC_ACT_OK);
+    assert_eq!(to(&mut dp, &frag_needed), TC_ACT_OK);
+
+    // IPv6: packet too big, also when the quoted packet has extension headers.
+    let (me6, web6, router6) = (ip("fd65::10"), ip("fd66::5"), ip("fd64::1"));
+    let syn6 = Packet::tcp(me6, 40000, web6, 8080);
+    assert_eq!(from(&mut dp, &syn6), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router6, me6, 2, 0, &syn6)),
+        TC_ACT_OK
+    );
+    let other6 = Packet::tcp(me6, 40001, web6, 8080);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router6, me6, 2, 0, &other6)),
+        TC_ACT_SHOT
+    );
+    let ext6 = Packet::tcp(me6, 40002, web6, 8080).with_ipv6_ext(&[0, 60]);
+    assert_eq!(from(&mut dp, &ext6), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router6, me6, 2, 0, &ext6)),
+        TC_ACT_OK
+    );
+    assert_eq!(count(&dp, stat::ICMP_RELATED), 8);
+    assert_eq!(count(&dp, stat::MALFORMED), 0);
+}
+
 #[test]
 fn non_syn_without_entry_is_judged_as_new() {
     let mut dp = load(0);
