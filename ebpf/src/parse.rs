@@ -1,7 +1,10 @@
 //! Packet parsing with direct packet access (bounds-checked against `data_end`).
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use agent_common::{ct_timeout, FragKey, FragValue};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+
+use crate::maps::FRAGMENTS;
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -33,8 +36,12 @@ pub struct Parsed {
     pub protocol: u8,
     pub ip_version: u8,
     pub tcp_flags: u8,
-    /// Non-first fragment: no L4 header, judged with port 0, not tracked.
+    /// Non-first fragment whose first fragment was not seen: judged with port 0,
+    /// not tracked.
     pub fragment: bool,
+    /// Non-first fragment carrying its first fragment's protocol and ports (from
+    /// `FRAGMENTS`): judged and tracked like the first fragment.
+    pub fragment_tracked: bool,
     /// Tracked in conntrack (not: fragments, ICMP other than echo).
     pub track: bool,
     /// IPv6 neighbour discovery / router messages (ICMPv6 133-137): always allowed.
@@ -96,11 +103,14 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
         ip_version: 0,
         tcp_flags: 0,
         fragment: false,
+        fragment_tracked: false,
         track: true,
         neighbour_discovery: false,
         quote_offset: 0,
     };
     let l4: usize;
+    // The datagram's fragment identity: (kind, id, protocol of the fragments).
+    let frag: (Frag, u32, u8);
     match ethertype {
         ETH_P_IP => {
             let h = ptr_at::<[u8; 20]>(ctx, ETH_HLEN)?;
@@ -110,8 +120,15 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             if h[0] >> 4 != 4 || ihl < 20 {
                 return Err(ParseError::Malformed);
             }
-            let frag = u16::from_be_bytes([h[6], h[7]]);
-            p.fragment = frag & 0x1fff != 0;
+            let flags_offset = u16::from_be_bytes([h[6], h[7]]);
+            let kind = if flags_offset & 0x1fff != 0 {
+                Frag::Later
+            } else if flags_offset & 0x2000 != 0 {
+                Frag::First
+            } else {
+                Frag::None
+            };
+            frag = (kind, u32::from(u16::from_be_bytes([h[4], h[5]])), h[9]);
             p.protocol = h[9];
             p.ip_version = 4;
             p.src[10] = 0xff;
@@ -135,14 +152,34 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             p.src.copy_from_slice(&h[8..24]);
             p.dst.copy_from_slice(&h[24..40]);
             let chain = ipv6_chain(ctx, h[6], ETH_HLEN + 40)?;
-            p.fragment = chain.later_fragment;
+            frag = (chain.frag, chain.frag_id, chain.frag_next);
             p.protocol = chain.next;
             l4 = chain.off;
         }
         _ => return Err(ParseError::NotIp),
     }
-    if p.fragment {
-        p.track = false;
+    if frag.0 == Frag::Later {
+        // No L4 header: the first fragment's, if it was seen (it normally comes
+        // first; out of order, or lost, the fragment is judged with port 0).
+        let key = frag_key(&p, frag.1, frag.2);
+        // SAFETY: plain values copied out at once.
+        let first = unsafe { FRAGMENTS.get(&key) }.copied();
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        match first {
+            Some(v) if now.saturating_sub(v.seen_ns) <= ct_timeout::FRAGMENT => {
+                p.fragment_tracked = true;
+                p.protocol = v.protocol;
+                p.ct_sport = v.ct_sport;
+                p.ct_dport = v.ct_dport;
+                p.judge_port = v.judge_port;
+                p.track = v.track != 0;
+            }
+            _ => {
+                p.fragment = true;
+                p.track = false;
+            }
+        }
         return Ok(p);
     }
     match p.protocol {
@@ -193,7 +230,43 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
         }
         _ => {}
     }
+    if frag.0 == Frag::First {
+        // Recorded whatever the verdict: later fragments then get the same one.
+        let value = FragValue {
+            ct_sport: p.ct_sport,
+            ct_dport: p.ct_dport,
+            judge_port: p.judge_port,
+            protocol: p.protocol,
+            track: u8::from(p.track),
+            // SAFETY: helper without arguments.
+            seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        };
+        // Full LRU: the kernel evicts; a failure only costs later fragments their ports.
+        let _ = FRAGMENTS.insert(&frag_key(&p, frag.1, frag.2), &value, 0);
+    }
     Ok(p)
+}
+
+/// Whether a packet is a fragment, and which.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frag {
+    /// A whole datagram (also an IPv6 "atomic" fragment: offset 0, no more).
+    None,
+    /// Offset 0, more fragments follow: carries the L4 header.
+    First,
+    /// Non-zero offset: no L4 header.
+    Later,
+}
+
+#[inline(always)]
+fn frag_key(p: &Parsed, id: u32, protocol: u8) -> FragKey {
+    FragKey {
+        src: p.src,
+        dst: p.dst,
+        id,
+        protocol,
+        _pad: [0; 3],
+    }
 }
 
 /// Where an IPv6 extension header chain ends.
@@ -202,13 +275,22 @@ struct Ipv6Chain {
     next: u8,
     /// Offset of the upper-layer header.
     off: usize,
-    /// A fragment header with a non-zero offset: no upper-layer header follows.
-    later_fragment: bool,
+    /// The fragment header's kind, identification and next header.
+    frag: Frag,
+    frag_id: u32,
+    frag_next: u8,
 }
 
 /// Follows the extension headers from `next` at `off` (at most `MAX_IPV6_EXT`).
 #[inline(always)]
 fn ipv6_chain(ctx: &TcContext, mut next: u8, mut off: usize) -> Result<Ipv6Chain, ParseError> {
+    let mut chain = Ipv6Chain {
+        next,
+        off,
+        frag: Frag::None,
+        frag_id: 0,
+        frag_next: 0,
+    };
     for _ in 0..MAX_IPV6_EXT {
         match next {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
@@ -226,12 +308,17 @@ fn ipv6_chain(ctx: &TcContext, mut next: u8, mut off: usize) -> Result<Ipv6Chain
                 let e = unsafe { *e };
                 next = e[0];
                 off += 8;
-                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                    return Ok(Ipv6Chain {
-                        next,
-                        off,
-                        later_fragment: true,
-                    });
+                let offset_more = u16::from_be_bytes([e[2], e[3]]);
+                chain.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                chain.frag_next = next;
+                if offset_more & 0xfff8 != 0 {
+                    chain.frag = Frag::Later;
+                    chain.next = next;
+                    chain.off = off;
+                    return Ok(chain);
+                }
+                if offset_more & 1 != 0 {
+                    chain.frag = Frag::First;
                 }
             }
             // Authentication header: (len + 2) * 4 bytes.
@@ -243,11 +330,9 @@ fn ipv6_chain(ctx: &TcContext, mut next: u8, mut off: usize) -> Result<Ipv6Chain
                 off += (usize::from(e[1]) + 2) * 4;
             }
             _ => {
-                return Ok(Ipv6Chain {
-                    next,
-                    off,
-                    later_fragment: false,
-                })
+                chain.next = next;
+                chain.off = off;
+                return Ok(chain);
             }
         }
     }
@@ -299,7 +384,7 @@ pub fn quoted(ctx: &TcContext, p: &Parsed) -> Option<Quoted> {
         q.src.copy_from_slice(&h[8..24]);
         q.dst.copy_from_slice(&h[24..40]);
         let chain = ipv6_chain(ctx, h[6], off + 40).ok()?;
-        if chain.later_fragment {
+        if chain.frag == Frag::Later {
             return None;
         }
         q.protocol = chain.next;

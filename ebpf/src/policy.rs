@@ -13,10 +13,15 @@
 //!   ICMPv6 133-137 (router/neighbour discovery, redirect) always pass.
 //! - Malformed IP (truncated headers, IHL < 5 or past the end, wrong version,
 //!   more than 8 IPv6 extension headers) is dropped and counted.
-//! - Non-first fragments (IPv4 offset != 0, IPv6 fragment header offset != 0)
-//!   carry no L4 header: they are judged with port 0 (only rules without a port
-//!   constraint allow them), not tracked, and get no staged event. First
-//!   fragments are parsed and tracked like whole packets.
+//! - Fragments (like Cilium's fragment tracking): a first fragment (offset 0,
+//!   more fragments) is parsed, judged and tracked like a whole packet, and
+//!   records its protocol and ports in `FRAGMENTS` under (source, destination,
+//!   IP identification / IPv6 fragment id, protocol). Non-first fragments carry
+//!   no L4 header: they take those ports and are judged and conntracked like
+//!   their first fragment (normally a conntrack hit). One whose first fragment
+//!   was not seen (out of order, lost, evicted, older than 30 s) is judged with
+//!   port 0 (only rules without a port constraint allow it), not tracked, and
+//!   gets no staged event (deny events carry `event_flags::FRAGMENT`).
 //! - Conntrack: one LRU entry per normalised 5-tuple serves both directions and
 //!   both endpoints of a same-host flow. Each flow has two sides: the sender side
 //!   (the initiator's `from_endpoint`, its egress policy; also where replies reach
@@ -109,8 +114,11 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
             return TC_ACT_SHOT;
         }
     };
-    if pkt.fragment {
+    if pkt.fragment || pkt.fragment_tracked {
         bump(stat::FRAGMENTS);
+    }
+    if pkt.fragment_tracked {
+        bump(stat::FRAGMENTS_TRACKED);
     }
     if pkt.neighbour_discovery {
         bump(stat::ALLOWED);

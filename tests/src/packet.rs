@@ -36,6 +36,10 @@ pub struct Packet {
     /// Fragment offset in 8-byte units (IPv4 header; IPv6 fragment header). A
     /// non-zero offset makes a non-first fragment: no L4 header is written.
     pub fragment_offset: u16,
+    /// The more-fragments flag (IPv4 MF; the IPv6 fragment header's M).
+    pub more_fragments: bool,
+    /// IPv4 identification (low 16 bits) or the IPv6 fragment header's.
+    pub frag_id: u32,
 }
 
 impl Packet {
@@ -52,6 +56,8 @@ impl Packet {
             icmp_body: Vec::new(),
             ipv6_ext: Vec::new(),
             fragment_offset: 0,
+            more_fragments: false,
+            frag_id: 1,
         }
     }
     pub fn udp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Self {
@@ -97,6 +103,20 @@ impl Packet {
         self.fragment_offset = offset;
         self
     }
+    /// The first fragment (offset 0, more fragments) of datagram `id`.
+    pub fn first_fragment(mut self, id: u32) -> Self {
+        self.fragment_offset = 0;
+        self.more_fragments = true;
+        self.frag_id = id;
+        self
+    }
+    /// A later fragment (at `offset`, more fragments or not) of datagram `id`.
+    pub fn later_fragment(mut self, id: u32, offset: u16, more: bool) -> Self {
+        self.fragment_offset = offset;
+        self.more_fragments = more;
+        self.frag_id = id;
+        self
+    }
 
     /// The frame as it would appear on the wire (Ethernet II).
     pub fn frame(&self) -> Vec<u8> {
@@ -111,8 +131,9 @@ impl Packet {
             for &kind in self.ipv6_ext.iter().rev() {
                 let mut h = vec![next, 0];
                 if kind == 44 {
-                    h.extend_from_slice(&(self.fragment_offset << 3).to_be_bytes());
-                    h.extend_from_slice(&[0, 0, 0, 1]);
+                    let more = u16::from(self.more_fragments);
+                    h.extend_from_slice(&(self.fragment_offset << 3 | more).to_be_bytes());
+                    h.extend_from_slice(&self.frag_id.to_be_bytes());
                 } else if kind == 43 {
                     h.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // type 0, segments left 0
                 } else {
@@ -132,12 +153,12 @@ impl Packet {
                 let total = (20 + l4.len()) as u16;
                 f.extend_from_slice(&[0x45, 0]);
                 f.extend_from_slice(&total.to_be_bytes());
-                let frag = if self.fragment_offset != 0 {
-                    self.fragment_offset
+                let frag = if self.fragment_offset != 0 || self.more_fragments {
+                    self.fragment_offset | if self.more_fragments { 0x2000 } else { 0 }
                 } else {
                     0x4000 // DF
                 };
-                f.extend_from_slice(&[0, 1]);
+                f.extend_from_slice(&(self.frag_id as u16).to_be_bytes());
                 f.extend_from_slice(&frag.to_be_bytes());
                 f.extend_from_slice(&[64, self.protocol, 0, 0]);
                 f.extend_from_slice(&s.octets());

@@ -497,6 +497,104 @@ fn non_first_fragments_are_judged_with_port_zero() {
 }
 
 #[test]
+fn later_fragments_take_their_first_fragments_ports() {
+    let mut dp = load(0);
+    dp.install(&base_tables()).unwrap();
+    let (me, dns) = (ip("10.65.0.10"), ip("8.8.8.8"));
+    let from = |dp: &mut Dataplane, p: Packet| run(dp, Hook::FromEndpoint, &p);
+    let to = |dp: &mut Dataplane, p: Packet| run(dp, Hook::ToEndpoint, &p);
+    // A query to UDP 53 (a port-only allow) in three fragments: all pass.
+    let q = Packet::udp(me, 5000, dns, 53);
+    assert_eq!(from(&mut dp, q.clone().first_fragment(0x1234)), TC_ACT_OK);
+    assert_eq!(
+        from(&mut dp, q.clone().later_fragment(0x1234, 185, true)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        from(&mut dp, q.clone().later_fragment(0x1234, 370, false)),
+        TC_ACT_OK
+    );
+    // The fragmented answer belongs to the flow (nothing allows UDP in from the world).
+    let r = q.reply();
+    assert_eq!(to(&mut dp, r.clone().first_fragment(0x0777)), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, r.clone().later_fragment(0x0777, 185, false)),
+        TC_ACT_OK
+    );
+    assert_eq!(count(&dp, stat::FRAGMENTS_TRACKED), 3);
+    assert_eq!(
+        count(&dp, stat::NEW_FLOWS),
+        1,
+        "one flow, every fragment in it"
+    );
+    // A later fragment of a datagram whose first fragment was not seen: port 0,
+    // which the port-only allow does not cover.
+    assert_eq!(
+        from(&mut dp, q.clone().later_fragment(0x9999, 185, false)),
+        TC_ACT_SHOT
+    );
+    // A denied first fragment (port 54) takes its later fragments with it.
+    let q54 = Packet::udp(me, 5001, dns, 54);
+    assert_eq!(
+        from(&mut dp, q54.clone().first_fragment(0x2000)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        from(&mut dp, q54.clone().later_fragment(0x2000, 185, false)),
+        TC_ACT_SHOT
+    );
+    let events = dp.drain_events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!((events[0].dst_port, events[0].fragment), (0, true));
+    assert_eq!((events[1].dst_port, events[1].fragment), (54, false));
+    // Fragmented echo (a large ping) and its fragmented reply.
+    let mut echo = Packet::icmp(me, dns, 8, 0);
+    echo.icmp_id = 77;
+    assert_eq!(from(&mut dp, echo.clone().first_fragment(5)), TC_ACT_OK);
+    assert_eq!(
+        from(&mut dp, echo.clone().later_fragment(5, 185, false)),
+        TC_ACT_OK
+    );
+    let mut echo_reply = Packet::icmp(dns, me, 0, 0);
+    echo_reply.icmp_id = 77;
+    assert_eq!(to(&mut dp, echo_reply.clone().first_fragment(6)), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, echo_reply.clone().later_fragment(6, 185, false)),
+        TC_ACT_OK
+    );
+
+    // IPv6 fragment headers, also with a destination options header in the
+    // fragmentable part (present in the first fragment only; the fragment
+    // header's next header names it in every fragment).
+    let (me6, w6) = (ip("fd65::10"), ip("fd67::1"));
+    for (i, ext) in [vec![44], vec![0, 44, 60]].into_iter().enumerate() {
+        let q6 = Packet::udp(me6, 5000 + i as u16, w6, 53).with_ipv6_ext(&ext);
+        let id = 0xabcd_ef00 + i as u32;
+        assert_eq!(from(&mut dp, q6.clone().first_fragment(id)), TC_ACT_OK);
+        assert_eq!(
+            from(&mut dp, q6.clone().later_fragment(id, 100, false)),
+            TC_ACT_OK,
+            "{ext:?}"
+        );
+        assert_eq!(
+            from(&mut dp, q6.clone().later_fragment(id + 0x100, 100, false)),
+            TC_ACT_SHOT,
+            "{ext:?}: unknown datagram"
+        );
+        let r6 = q6.reply();
+        assert_eq!(to(&mut dp, r6.clone().first_fragment(id)), TC_ACT_OK);
+        assert_eq!(
+            to(&mut dp, r6.clone().later_fragment(id, 100, false)),
+            TC_ACT_OK,
+            "{ext:?} answer"
+        );
+    }
+    assert_eq!(count(&dp, stat::FRAGMENTS_TRACKED), 3 + 1 + 2 + 4);
+    assert_eq!(count(&dp, stat::FRAGMENTS), 10 + 1 + 2);
+    assert_eq!(count(&dp, stat::MALFORMED), 0);
+}
+
+#[test]
 fn conntrack_hits_replies_and_epoch_flip() {
     let mut dp = load(0);
     dp.install(&base_tables()).unwrap();

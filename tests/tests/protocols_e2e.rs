@@ -1,6 +1,7 @@
 //! `agent run` enforcing beyond TCP, with real traffic in a lab: UDP ports,
-//! ICMP and ICMPv6 types, IPv4 and IPv6, and a host endpoint under a deny-all
-//! policy whose failsafe SSH port stays reachable (the lockout protection).
+//! ICMP and ICMPv6 types, IPv4 and IPv6, fragmented datagrams, and a host
+//! endpoint under a deny-all policy whose failsafe SSH port stays reachable (the
+//! lockout protection).
 mod common;
 
 use common::{wait_flow, Agent};
@@ -103,7 +104,19 @@ fn udp_icmp_ipv6_and_host_endpoint_failsafe() {
             UdpProbe::TimedOut,
             "{dst}:5353"
         );
+        // 3000 bytes over 1500-byte links: IP fragments, only the first of which
+        // has the port the policy allows (the others take it from the first).
+        assert_eq!(
+            client.udp_request_len(dst, 53, 3000, PROBE_TIMEOUT),
+            UdpProbe::Replied,
+            "{dst}:53, fragmented"
+        );
     }
+    let tracked = agent.status()["counters"]["fragments_tracked"].clone();
+    assert!(
+        tracked.as_u64().is_some_and(|n| n >= 2),
+        "later fragments took their first fragment's ports: {tracked}"
+    );
     for dst in web.ips() {
         assert_eq!(
             client.ping(dst, SHORT_TIMEOUT),
