@@ -44,8 +44,10 @@ pub struct Parsed {
     pub fragment_tracked: bool,
     /// Tracked in conntrack (not: fragments, ICMP other than echo).
     pub track: bool,
-    /// IPv6 neighbour discovery / router messages (ICMPv6 133-137): always allowed.
-    pub neighbour_discovery: bool,
+    /// ICMPv6 that Calico lets through before policy, so that no policy can cut a
+    /// pod off its link: MLD query/report/done (130-132), router solicitation
+    /// (133), neighbour solicitation/advertisement (135, 136).
+    pub nd_or_mld: bool,
     /// ICMP/ICMPv6 error: offset of the packet it quotes (see [`quoted`]), else 0.
     pub quote_offset: usize,
 }
@@ -105,7 +107,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
         fragment: false,
         fragment_tracked: false,
         track: true,
-        neighbour_discovery: false,
+        nd_or_mld: false,
         quote_offset: 0,
     };
     let l4: usize;
@@ -217,7 +219,10 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             } else {
                 p.track = false;
             }
-            p.neighbour_discovery = p.protocol == IPPROTO_ICMPV6 && (133..=137).contains(&t[0]);
+            // Not router advertisements, redirects (a pod should not send those)
+            // or MLDv2 reports (143): policy judges them, as in Calico.
+            p.nd_or_mld =
+                p.protocol == IPPROTO_ICMPV6 && matches!(t[0], 130 | 131 | 132 | 133 | 135 | 136);
             // The error types Linux conntrack (and Calico) relate to a flow.
             let error = if p.protocol == IPPROTO_ICMP {
                 matches!(t[0], 3 | 4 | 5 | 11 | 12)

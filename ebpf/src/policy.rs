@@ -10,7 +10,11 @@
 //!
 //! Decisions (documented here; the map layout is in `agent_common`):
 //! - Interfaces not in `ENDPOINTS` pass untouched. Non-IP frames (ARP, ...) pass.
-//!   ICMPv6 133-137 (router/neighbour discovery, redirect) always pass.
+//!   ICMPv6 MLD (130-132), router solicitation (133) and neighbour solicitation
+//!   and advertisement (135, 136) always pass, both ways, before policy, like
+//!   Calico's BPF dataplane (the types felix's iptables rules accept from
+//!   workloads); router advertisements (134), redirects (137) and MLDv2 reports
+//!   (143) are judged by policy like other ICMPv6, as there.
 //! - Malformed IP (truncated headers, IHL < 5 or past the end, wrong version,
 //!   more than 8 IPv6 extension headers) is dropped and counted.
 //! - Fragments (like Cilium's fragment tracking): a first fragment (offset 0,
@@ -120,7 +124,7 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
     if pkt.fragment_tracked {
         bump(stat::FRAGMENTS_TRACKED);
     }
-    if pkt.neighbour_discovery {
+    if pkt.nd_or_mld {
         bump(stat::ALLOWED);
         return TC_ACT_OK;
     }

@@ -346,6 +346,67 @@ fn port_ranges_peer_classes_and_icmp() {
 }
 
 #[test]
+fn icmpv6_nd_and_mld_pass_like_calico_the_rest_is_policy() {
+    let mut dp = load(0);
+    let mut t = base_tables();
+    // Let the pod send MLDv2 reports: for 143 the policy decides.
+    t.rules.push(entry(
+        Direction::Egress,
+        Table::Enforced,
+        PeerMatch::Any,
+        Some(ICMPV6),
+        PortMatch::Icmp {
+            icmp_type: 143,
+            code: None,
+        },
+        allow(15, 0),
+    ));
+    dp.install(&t).unwrap();
+    // Link-local peers (class 0): no table entry covers ICMPv6 with them.
+    let (me, gw) = (ip("fe80::10"), ip("fe80::ecee:eeff:feee:eeee"));
+    for icmp_type in [130, 131, 132, 133, 135, 136] {
+        for ext in [vec![], vec![0]] {
+            let out = Packet::icmp(me, ip("ff02::16"), icmp_type, 0).with_ipv6_ext(&ext);
+            assert_eq!(
+                run(&mut dp, Hook::FromEndpoint, &out),
+                TC_ACT_OK,
+                "{icmp_type} out"
+            );
+            let inbound = Packet::icmp(gw, me, icmp_type, 0).with_ipv6_ext(&ext);
+            assert_eq!(
+                run(&mut dp, Hook::ToEndpoint, &inbound),
+                TC_ACT_OK,
+                "{icmp_type} in"
+            );
+        }
+    }
+    assert_eq!(count(&dp, stat::NEW_FLOWS), 0, "passed before policy");
+    for icmp_type in [134, 137, 143] {
+        let out = Packet::icmp(me, ip("ff02::1"), icmp_type, 0);
+        let want = if icmp_type == 143 {
+            TC_ACT_OK
+        } else {
+            TC_ACT_SHOT
+        };
+        assert_eq!(
+            run(&mut dp, Hook::FromEndpoint, &out),
+            want,
+            "{icmp_type} out"
+        );
+        let inbound = Packet::icmp(gw, me, icmp_type, 0);
+        assert_eq!(
+            run(&mut dp, Hook::ToEndpoint, &inbound),
+            TC_ACT_SHOT,
+            "{icmp_type} in"
+        );
+    }
+    assert_eq!(count(&dp, stat::NEW_FLOWS), 6, "judged by policy");
+    // ICMP (v4) types with the same numbers are ordinary ICMP.
+    let v4 = Packet::icmp(ip("10.65.0.10"), ip("8.8.8.8"), 135, 0);
+    assert_eq!(run(&mut dp, Hook::FromEndpoint, &v4), TC_ACT_SHOT);
+}
+
+#[test]
 fn missing_entry_denies_and_counts() {
     let mut dp = load(0);
     dp.install(&base_tables()).unwrap();
