@@ -219,8 +219,8 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             } else {
                 p.track = false;
             }
-            // Not router advertisements, redirects (a pod should not send those)
-            // or MLDv2 reports (143): policy judges them, as in Calico.
+            // Router advertisements (134), redirects (137) and MLDv2 reports
+            // (143) are left to policy, as in Calico.
             p.nd_or_mld =
                 p.protocol == IPPROTO_ICMPV6 && matches!(t[0], 130 | 131 | 132 | 133 | 135 | 136);
             // The error types Linux conntrack (and Calico) relate to a flow.
