@@ -57,6 +57,7 @@ pub mod counter {
 // | `FLOW_EVENTS`        | RingBuf            | -                       | [`FlowEvent`]    |
 // | `DP_COUNTERS`        | PerCpuArray<u64>   | [`stat`] index          | count            |
 // | `EVENT_BUDGET`       | PerCpuArray[1]     | `0u32`                  | [`TokenBucket`]  |
+// | `FRAGMENTS`          | LruHashMap         | [`FragKey`]             | [`FragValue`]    |
 //
 // LPM keys are aya's `Key<T>` = `#[repr(C, packed)] { prefix_len: u32, data: T }`.
 // Addresses are 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so an
@@ -84,6 +85,8 @@ pub mod limits {
     pub const MAX_PEER_PREFIXES: u32 = 65536;
     pub const MAX_RULE_ENTRIES: u32 = 262144;
     pub const MAX_CONNTRACK: u32 = 262144;
+    /// Datagrams in flight in fragments (Cilium's default for its IPv4 fragment map).
+    pub const MAX_FRAGMENTS: u32 = 8192;
 }
 
 /// Value of `ENDPOINTS`: the policed endpoint behind an interface.
@@ -309,6 +312,40 @@ pub mod ct_timeout {
             _ => OTHER,
         }
     }
+
+    /// A `FRAGMENTS` entry older than this is ignored (Linux's `ipfrag_time`).
+    pub const FRAGMENT: u64 = 30 * S;
+}
+
+/// Key of `FRAGMENTS`: one fragmented IP datagram, as its fragments identify it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    /// IPv4 is stored IPv4-mapped, as everywhere.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4 identification (16 bits), or the IPv6 fragment header's.
+    pub id: u32,
+    /// IPv4 protocol, or the IPv6 fragment header's next header.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `FRAGMENTS`: what the datagram's first fragment (offset 0, more
+/// fragments) carried, for its later fragments, which have no L4 header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragValue {
+    /// Conntrack ports and table-lookup port, as parsed from the first fragment.
+    pub ct_sport: u16,
+    pub ct_dport: u16,
+    pub judge_port: u16,
+    /// Upper-layer protocol (IPv6: after the extension headers of the first fragment).
+    pub protocol: u8,
+    /// 1 when the datagram is tracked in conntrack (not: ICMP other than echo).
+    pub track: u8,
+    /// `bpf_ktime_get_coarse_ns` when the first fragment was seen.
+    pub seen_ns: u64,
 }
 
 /// Ring-buffer record for a new flow on an endpoint with staged policy (both
@@ -340,7 +377,8 @@ pub struct FlowEvent {
 
 pub mod event_flags {
     pub const HAS_PENDING: u8 = 1;
-    /// Packet was a non-first fragment judged with port 0.
+    /// Packet was a non-first fragment judged with port 0 (its first fragment
+    /// was not seen: see `FRAGMENTS`).
     pub const FRAGMENT: u8 = 2;
 }
 
@@ -373,7 +411,18 @@ pub mod stat {
     pub const FRAGMENTS: u32 = 12;
     pub const NON_IP: u32 = 13;
     pub const CT_STALE: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// ICMP errors passed without a policy lookup: they quote a packet of a flow
+    /// this side approved (conntrack's RELATED).
+    pub const ICMP_RELATED: u32 = 15;
+    /// Non-first fragments judged with the ports of their first fragment (a
+    /// subset of `FRAGMENTS`; the rest are judged with port 0).
+    pub const FRAGMENTS_TRACKED: u32 = 16;
+    /// Counters in use (`NAMES`), at most `CAPACITY`.
+    pub const COUNT: u32 = 17;
+    /// Size of `DP_COUNTERS`: room for new counters, so that adding one does not
+    /// change the pinned map's layout (which would make an upgrade need a cleanup).
+    pub const CAPACITY: u32 = 64;
+    const _: () = assert!(COUNT <= CAPACITY);
     pub const NAMES: [&str; COUNT as usize] = [
         "packets",
         "allowed",
@@ -390,6 +439,8 @@ pub mod stat {
         "fragments",
         "non_ip",
         "ct_stale",
+        "icmp_related",
+        "fragments_tracked",
     ];
 }
 
@@ -406,6 +457,8 @@ mod user {
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::FlowEvent {}
     unsafe impl aya::Pod for super::TokenBucket {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
 }
 
 #[cfg(test)]
@@ -458,5 +511,24 @@ mod tests {
         assert_eq!(offset_of!(FlowEvent, pending), 60);
         assert_eq!(offset_of!(FlowEvent, timestamp_ns), 72);
         assert_eq!(size_of::<TokenBucket>(), 16);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(offset_of!(FragKey, id), 32);
+        assert_eq!(offset_of!(FragKey, protocol), 36);
+        assert_eq!(size_of::<FragValue>(), 16);
+        assert_eq!(offset_of!(FragValue, protocol), 6);
+        assert_eq!(offset_of!(FragValue, seen_ns), 8);
+    }
+
+    #[test]
+    fn stat_names_are_distinct_snake_case() {
+        for (i, name) in stat::NAMES.iter().enumerate() {
+            assert!(
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            assert!(!stat::NAMES[..i].contains(name), "{name} twice");
+        }
+        assert_eq!(stat::NAMES[stat::CT_STALE as usize], "ct_stale");
+        assert_eq!(stat::NAMES[stat::ICMP_RELATED as usize], "icmp_related");
     }
 }

@@ -1,7 +1,8 @@
 //! Maps of the policy dataplane (layout documented in `agent_common`).
 use agent_common::{
-    limits::{MAX_CONNTRACK, MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_RULE_ENTRIES},
-    stat, ActiveTables, CtKey, CtValue, EndpointInfo, RuleKey, TokenBucket, Verdict,
+    limits::{MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_PEER_PREFIXES, MAX_RULE_ENTRIES},
+    stat, ActiveTables, CtKey, CtValue, EndpointInfo, FragKey, FragValue, RuleKey, TokenBucket,
+    Verdict,
 };
 use aya_ebpf::{
     macros::map,
@@ -31,10 +32,16 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map]
-pub static DP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+pub static DP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::CAPACITY, 0);
 
 #[map]
 pub static EVENT_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// First fragments' ports for the datagram's later fragments (filled and read
+/// by `parse`); LRU, entries age out after `ct_timeout::FRAGMENT`.
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragValue> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
 
 #[inline(always)]
 pub fn bump(index: u32) {

@@ -1,7 +1,10 @@
 //! Packet parsing with direct packet access (bounds-checked against `data_end`).
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use agent_common::{ct_timeout, FragKey, FragValue};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+
+use crate::maps::FRAGMENTS;
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -33,12 +36,32 @@ pub struct Parsed {
     pub protocol: u8,
     pub ip_version: u8,
     pub tcp_flags: u8,
-    /// Non-first fragment: no L4 header, judged with port 0, not tracked.
+    /// Non-first fragment whose first fragment was not seen: judged with port 0,
+    /// not tracked.
     pub fragment: bool,
+    /// Non-first fragment carrying its first fragment's protocol and ports (from
+    /// `FRAGMENTS`): judged and tracked like the first fragment.
+    pub fragment_tracked: bool,
     /// Tracked in conntrack (not: fragments, ICMP other than echo).
     pub track: bool,
-    /// IPv6 neighbour discovery / router messages (ICMPv6 133-137): always allowed.
-    pub neighbour_discovery: bool,
+    /// ICMPv6 that Calico lets through before policy, so that no policy can cut a
+    /// pod off its link: MLD query/report/done (130-132), router solicitation
+    /// (133), neighbour solicitation/advertisement (135, 136).
+    pub nd_or_mld: bool,
+    /// ICMP/ICMPv6 error: offset of the packet it quotes (see [`quoted`]), else 0.
+    pub quote_offset: usize,
+}
+
+/// The packet an ICMP error quotes (its IP header and first 8 bytes of L4), in
+/// the direction it was sent: the error travels the other way, back to `src`.
+/// Ports as conntrack keys them (ICMP echo: the identifier twice).
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
 }
 
 pub enum ParseError {
@@ -82,10 +105,14 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
         ip_version: 0,
         tcp_flags: 0,
         fragment: false,
+        fragment_tracked: false,
         track: true,
-        neighbour_discovery: false,
+        nd_or_mld: false,
+        quote_offset: 0,
     };
     let l4: usize;
+    // The datagram's fragment identity: (kind, id, protocol of the fragments).
+    let frag: (Frag, u32, u8);
     match ethertype {
         ETH_P_IP => {
             let h = ptr_at::<[u8; 20]>(ctx, ETH_HLEN)?;
@@ -95,8 +122,15 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             if h[0] >> 4 != 4 || ihl < 20 {
                 return Err(ParseError::Malformed);
             }
-            let frag = u16::from_be_bytes([h[6], h[7]]);
-            p.fragment = frag & 0x1fff != 0;
+            let flags_offset = u16::from_be_bytes([h[6], h[7]]);
+            let kind = if flags_offset & 0x1fff != 0 {
+                Frag::Later
+            } else if flags_offset & 0x2000 != 0 {
+                Frag::First
+            } else {
+                Frag::None
+            };
+            frag = (kind, u32::from(u16::from_be_bytes([h[4], h[5]])), h[9]);
             p.protocol = h[9];
             p.ip_version = 4;
             p.src[10] = 0xff;
@@ -119,58 +153,35 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             p.ip_version = 6;
             p.src.copy_from_slice(&h[8..24]);
             p.dst.copy_from_slice(&h[24..40]);
-            let mut next = h[6];
-            let mut off = ETH_HLEN + 40;
-            let mut done = false;
-            for _ in 0..MAX_IPV6_EXT {
-                match next {
-                    // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
-                    0 | 43 | 60 => {
-                        let e = ptr_at::<[u8; 2]>(ctx, off)?;
-                        // SAFETY: bounds checked by ptr_at.
-                        let e = unsafe { *e };
-                        next = e[0];
-                        off += (usize::from(e[1]) + 1) * 8;
-                    }
-                    // Fragment: 8 bytes; a non-zero offset means no L4 header follows.
-                    44 => {
-                        let e = ptr_at::<[u8; 8]>(ctx, off)?;
-                        // SAFETY: bounds checked by ptr_at.
-                        let e = unsafe { *e };
-                        next = e[0];
-                        if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                            p.fragment = true;
-                        }
-                        off += 8;
-                    }
-                    // Authentication header: (len + 2) * 4 bytes.
-                    51 => {
-                        let e = ptr_at::<[u8; 2]>(ctx, off)?;
-                        // SAFETY: bounds checked by ptr_at.
-                        let e = unsafe { *e };
-                        next = e[0];
-                        off += (usize::from(e[1]) + 2) * 4;
-                    }
-                    _ => {
-                        done = true;
-                        break;
-                    }
-                }
-                if p.fragment {
-                    done = true;
-                    break;
-                }
-            }
-            if !done {
-                return Err(ParseError::Malformed);
-            }
-            p.protocol = next;
-            l4 = off;
+            let chain = ipv6_chain(ctx, h[6], ETH_HLEN + 40)?;
+            frag = (chain.frag, chain.frag_id, chain.frag_next);
+            p.protocol = chain.next;
+            l4 = chain.off;
         }
         _ => return Err(ParseError::NotIp),
     }
-    if p.fragment {
-        p.track = false;
+    if frag.0 == Frag::Later {
+        // No L4 header: the first fragment's, if it was seen (it normally comes
+        // first; out of order, or lost, the fragment is judged with port 0).
+        let key = frag_key(&p, frag.1, frag.2);
+        // SAFETY: plain values copied out at once.
+        let first = unsafe { FRAGMENTS.get(&key) }.copied();
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        match first {
+            Some(v) if now.saturating_sub(v.seen_ns) <= ct_timeout::FRAGMENT => {
+                p.fragment_tracked = true;
+                p.protocol = v.protocol;
+                p.ct_sport = v.ct_sport;
+                p.ct_dport = v.ct_dport;
+                p.judge_port = v.judge_port;
+                p.track = v.track != 0;
+            }
+            _ => {
+                p.fragment = true;
+                p.track = false;
+            }
+        }
         return Ok(p);
     }
     match p.protocol {
@@ -208,9 +219,208 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             } else {
                 p.track = false;
             }
-            p.neighbour_discovery = p.protocol == IPPROTO_ICMPV6 && (133..=137).contains(&t[0]);
+            // Router advertisements (134), redirects (137) and MLDv2 reports
+            // (143) are left to policy, as in Calico.
+            p.nd_or_mld =
+                p.protocol == IPPROTO_ICMPV6 && matches!(t[0], 130 | 131 | 132 | 133 | 135 | 136);
+            // The error types Linux conntrack (and Calico) relate to a flow.
+            let error = if p.protocol == IPPROTO_ICMP {
+                matches!(t[0], 3 | 4 | 5 | 11 | 12)
+            } else {
+                t[0] < 128
+            };
+            if error {
+                p.quote_offset = l4 + 8;
+            }
         }
         _ => {}
     }
+    if frag.0 == Frag::First {
+        // Recorded whatever the verdict: later fragments then get the same one.
+        let value = FragValue {
+            ct_sport: p.ct_sport,
+            ct_dport: p.ct_dport,
+            judge_port: p.judge_port,
+            protocol: p.protocol,
+            track: u8::from(p.track),
+            // SAFETY: helper without arguments.
+            seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        };
+        // Full LRU: the kernel evicts; a failure only costs later fragments their ports.
+        let _ = FRAGMENTS.insert(&frag_key(&p, frag.1, frag.2), &value, 0);
+    }
     Ok(p)
+}
+
+/// Whether a packet is a fragment, and which.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frag {
+    /// A whole datagram (also an IPv6 "atomic" fragment: offset 0, no more).
+    None,
+    /// Offset 0, more fragments follow: carries the L4 header.
+    First,
+    /// Non-zero offset: no L4 header.
+    Later,
+}
+
+#[inline(always)]
+fn frag_key(p: &Parsed, id: u32, protocol: u8) -> FragKey {
+    FragKey {
+        src: p.src,
+        dst: p.dst,
+        id,
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// Where an IPv6 extension header chain ends.
+struct Ipv6Chain {
+    /// The upper-layer protocol (after a later fragment: the fragment header's next header).
+    next: u8,
+    /// Offset of the upper-layer header.
+    off: usize,
+    /// The fragment header's kind, identification and next header.
+    frag: Frag,
+    frag_id: u32,
+    frag_next: u8,
+}
+
+/// Follows the extension headers from `next` at `off` (at most `MAX_IPV6_EXT`).
+#[inline(always)]
+fn ipv6_chain(ctx: &TcContext, mut next: u8, mut off: usize) -> Result<Ipv6Chain, ParseError> {
+    let mut chain = Ipv6Chain {
+        next,
+        off,
+        frag: Frag::None,
+        frag_id: 0,
+        frag_next: 0,
+    };
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let e = ptr_at::<[u8; 2]>(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let e = unsafe { *e };
+                next = e[0];
+                off += (usize::from(e[1]) + 1) * 8;
+            }
+            // Fragment: 8 bytes; a non-zero offset means no L4 header follows.
+            44 => {
+                let e = ptr_at::<[u8; 8]>(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let e = unsafe { *e };
+                next = e[0];
+                off += 8;
+                let offset_more = u16::from_be_bytes([e[2], e[3]]);
+                chain.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                chain.frag_next = next;
+                if offset_more & 0xfff8 != 0 {
+                    chain.frag = Frag::Later;
+                    chain.next = next;
+                    chain.off = off;
+                    return Ok(chain);
+                }
+                if offset_more & 1 != 0 {
+                    chain.frag = Frag::First;
+                }
+            }
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => {
+                let e = ptr_at::<[u8; 2]>(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let e = unsafe { *e };
+                next = e[0];
+                off += (usize::from(e[1]) + 2) * 4;
+            }
+            _ => {
+                chain.next = next;
+                chain.off = off;
+                return Ok(chain);
+            }
+        }
+    }
+    Err(ParseError::Malformed)
+}
+
+/// The packet quoted by the ICMP error `p` (parsed apart from the error itself,
+/// so that its stack is free again for the policy path); `None` when it is
+/// truncated, inconsistent, a later fragment (no ports), itself an ICMP message
+/// other than an echo (no flow), or not sent by the error's destination (Linux
+/// conntrack's check too): the error is then judged on its own.
+#[inline(always)]
+pub fn quoted(ctx: &TcContext, p: &Parsed) -> Option<Quoted> {
+    let off = p.quote_offset;
+    if off == 0 {
+        return None;
+    }
+    let ip_version = p.ip_version;
+    let mut q = Quoted {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        protocol: 0,
+    };
+    let l4 = if ip_version == 4 {
+        let h = ptr_at::<[u8; 20]>(ctx, off).ok()?;
+        // SAFETY: bounds checked by ptr_at.
+        let h = unsafe { &*h };
+        let ihl = usize::from(h[0] & 0x0f) * 4;
+        if h[0] >> 4 != 4 || ihl < 20 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+            return None;
+        }
+        q.protocol = h[9];
+        q.src[10] = 0xff;
+        q.src[11] = 0xff;
+        q.dst[10] = 0xff;
+        q.dst[11] = 0xff;
+        q.src[12..].copy_from_slice(&h[12..16]);
+        q.dst[12..].copy_from_slice(&h[16..20]);
+        off + ihl
+    } else {
+        let h = ptr_at::<[u8; 40]>(ctx, off).ok()?;
+        // SAFETY: bounds checked by ptr_at.
+        let h = unsafe { &*h };
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        q.src.copy_from_slice(&h[8..24]);
+        q.dst.copy_from_slice(&h[24..40]);
+        let chain = ipv6_chain(ctx, h[6], off + 40).ok()?;
+        if chain.frag == Frag::Later {
+            return None;
+        }
+        q.protocol = chain.next;
+        chain.off
+    };
+    match q.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+            let t = ptr_at::<[u8; 4]>(ctx, l4).ok()?;
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { &*t };
+            q.sport = u16::from_be_bytes([t[0], t[1]]);
+            q.dport = u16::from_be_bytes([t[2], t[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let t = ptr_at::<[u8; 8]>(ctx, l4).ok()?;
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { &*t };
+            let echo = if q.protocol == IPPROTO_ICMP {
+                t[0] == 8 || t[0] == 0
+            } else {
+                t[0] == 128 || t[0] == 129
+            };
+            if !echo {
+                return None;
+            }
+            let id = u16::from_be_bytes([t[4], t[5]]);
+            q.sport = id;
+            q.dport = id;
+        }
+        // Tracked without ports, like the packets themselves.
+        _ => {}
+    }
+    (q.src == p.dst).then_some(q)
 }

@@ -10,13 +10,22 @@
 //!
 //! Decisions (documented here; the map layout is in `agent_common`):
 //! - Interfaces not in `ENDPOINTS` pass untouched. Non-IP frames (ARP, ...) pass.
-//!   ICMPv6 133-137 (router/neighbour discovery, redirect) always pass.
+//!   ICMPv6 MLD (130-132), router solicitation (133) and neighbour solicitation
+//!   and advertisement (135, 136) always pass, both ways, before policy, like
+//!   Calico's BPF dataplane (the types felix's iptables rules accept from
+//!   workloads); router advertisements (134), redirects (137) and MLDv2 reports
+//!   (143) are judged by policy like other ICMPv6, as there.
 //! - Malformed IP (truncated headers, IHL < 5 or past the end, wrong version,
 //!   more than 8 IPv6 extension headers) is dropped and counted.
-//! - Non-first fragments (IPv4 offset != 0, IPv6 fragment header offset != 0)
-//!   carry no L4 header: they are judged with port 0 (only rules without a port
-//!   constraint allow them), not tracked, and get no staged event. First
-//!   fragments are parsed and tracked like whole packets.
+//! - Fragments (like Cilium's fragment tracking): a first fragment (offset 0,
+//!   more fragments) is parsed, judged and tracked like a whole packet, and
+//!   records its protocol and ports in `FRAGMENTS` under (source, destination,
+//!   IP identification / IPv6 fragment id, protocol). Non-first fragments carry
+//!   no L4 header: they take those ports and are judged and conntracked like
+//!   their first fragment (normally a conntrack hit). One whose first fragment
+//!   was not seen (out of order, lost, evicted, older than 30 s) is judged with
+//!   port 0 (only rules without a port constraint allow it), not tracked, and
+//!   gets no staged event (deny events carry `event_flags::FRAGMENT`).
 //! - Conntrack: one LRU entry per normalised 5-tuple serves both directions and
 //!   both endpoints of a same-host flow. Each flow has two sides: the sender side
 //!   (the initiator's `from_endpoint`, its egress policy; also where replies reach
@@ -33,8 +42,13 @@
 //!   UDP 60 s, ICMP echo 30 s, others 600 s (`ct_timeout::idle`). An idle entry
 //!   is a miss and is overwritten; the agent's periodic sweep deletes idle
 //!   entries (`Dataplane::sweep_conntrack`), LRU eviction is the backstop.
-//! - ICMP echo request/reply are tracked by identifier; other ICMP (errors) is
-//!   judged per packet by type/code, not related to the flow it reports on.
+//! - ICMP echo request/reply are tracked by identifier. ICMP errors (v4 types
+//!   3, 4, 5, 11, 12; ICMPv6 types < 128, as Linux conntrack and Calico) that
+//!   quote a packet of a live flow this side approved in the current epoch pass
+//!   without a policy lookup (RELATED: PMTU discovery and unreachables work under
+//!   a TCP-only policy); the quoted packet must have been sent by the error's
+//!   destination. Any other ICMP is judged per packet by type/code, untracked
+//!   (unlike Calico, which drops errors quoting no known flow).
 //! - Events: one per newly judged flow side on endpoints with `HAS_STAGED`
 //!   (enforced + pending verdicts), and for denied new flows (per-CPU token
 //!   bucket). Ring buffer full: counted, never blocks.
@@ -57,7 +71,9 @@ use crate::maps::{
     bump, ACTIVE, CONNTRACK, ENDPOINTS, EVENT_BUDGET, FLOW_EVENTS, PEERS_0, PEERS_1, RULES_0,
     RULES_1,
 };
-use crate::parse::{parse, ParseError, Parsed, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::parse::{
+    parse, quoted, ParseError, Parsed, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
@@ -102,10 +118,18 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
             return TC_ACT_SHOT;
         }
     };
-    if pkt.fragment {
+    if pkt.fragment || pkt.fragment_tracked {
         bump(stat::FRAGMENTS);
     }
-    if pkt.neighbour_discovery {
+    if pkt.fragment_tracked {
+        bump(stat::FRAGMENTS_TRACKED);
+    }
+    if pkt.nd_or_mld {
+        bump(stat::ALLOWED);
+        return TC_ACT_OK;
+    }
+    if related_approved(ctx, &pkt, hook_dir) {
+        bump(stat::ICMP_RELATED);
         bump(stat::ALLOWED);
         return TC_ACT_OK;
     }
@@ -186,6 +210,52 @@ fn side(sender: bool) -> Side {
             policy_dir: direction::INGRESS,
         }
     }
+}
+
+/// Whether `pkt` is an ICMP error quoting a packet of a live flow that this side
+/// approved in the current epoch (conntrack's RELATED: it then needs no policy).
+/// The error travels against the quoted packet, back to its sender, so it is on
+/// the side a packet of the flow going the other way would be. A stale or denied
+/// side is not re-judged here: the error is then judged on its own, as ICMP.
+#[inline(always)]
+fn related_approved(ctx: &TcContext, pkt: &Parsed, hook_dir: u8) -> bool {
+    let Some(q) = quoted(ctx, pkt) else {
+        return false;
+    };
+    let q_is_lo = lower_or_equal(&q.src, q.sport, &q.dst, q.dport);
+    let key = if q_is_lo {
+        CtKey {
+            addr_lo: q.src,
+            addr_hi: q.dst,
+            port_lo: q.sport,
+            port_hi: q.dport,
+            protocol: q.protocol,
+            _pad: [0; 3],
+        }
+    } else {
+        CtKey {
+            addr_lo: q.dst,
+            addr_hi: q.src,
+            port_lo: q.dport,
+            port_hi: q.sport,
+            protocol: q.protocol,
+            _pad: [0; 3],
+        }
+    };
+    // SAFETY: read-only use of the map value.
+    let Some(ct) = (unsafe { CONNTRACK.get(&key) }) else {
+        return false;
+    };
+    let epoch = ACTIVE.get(0).map_or(0, |a| a.epoch);
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if ct.epoch != epoch || now.saturating_sub(ct.last_seen_ns) > timeout(q.protocol, ct.tcp_state)
+    {
+        return false;
+    }
+    let quoted_forward = (ct.flags & ct_flags::INITIATOR_LO != 0) == q_is_lo;
+    let sender = (hook_dir == direction::EGRESS) != quoted_forward;
+    ct.flags & side(sender).allowed != 0
 }
 
 /// Decides one packet; true = allow.

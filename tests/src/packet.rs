@@ -27,6 +27,8 @@ pub struct Packet {
     pub icmp: (u8, u8),
     /// ICMP echo identifier.
     pub icmp_id: u16,
+    /// ICMP body after the 8-byte header (an error's quoted packet).
+    pub icmp_body: Vec<u8>,
     /// IPv6 extension headers inserted before the L4 header, by next-header
     /// value: 0 hop-by-hop, 43 routing, 60 destination options (8 bytes each),
     /// 44 fragment (offset `fragment_offset`).
@@ -34,6 +36,10 @@ pub struct Packet {
     /// Fragment offset in 8-byte units (IPv4 header; IPv6 fragment header). A
     /// non-zero offset makes a non-first fragment: no L4 header is written.
     pub fragment_offset: u16,
+    /// The more-fragments flag (IPv4 MF; the IPv6 fragment header's M).
+    pub more_fragments: bool,
+    /// IPv4 identification (low 16 bits) or the IPv6 fragment header's.
+    pub frag_id: u32,
 }
 
 impl Packet {
@@ -47,8 +53,11 @@ impl Packet {
             tcp_flags: SYN,
             icmp: (0, 0),
             icmp_id: 1,
+            icmp_body: Vec::new(),
             ipv6_ext: Vec::new(),
             fragment_offset: 0,
+            more_fragments: false,
+            frag_id: 1,
         }
     }
     pub fn udp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Self {
@@ -65,6 +74,14 @@ impl Packet {
             tcp_flags: 0,
             icmp: (icmp_type, code),
             ..Self::tcp(src, 0, dst, 0)
+        }
+    }
+    /// An ICMP (v4) or ICMPv6 error quoting `quoted` (its whole IP packet; the
+    /// RFCs ask for at least the IP header and 8 bytes of L4).
+    pub fn icmp_error(src: IpAddr, dst: IpAddr, icmp_type: u8, code: u8, quoted: &Packet) -> Self {
+        Packet {
+            icmp_body: quoted.frame()[14..].to_vec(),
+            ..Self::icmp(src, dst, icmp_type, code)
         }
     }
     pub fn flags(mut self, flags: u8) -> Self {
@@ -86,6 +103,20 @@ impl Packet {
         self.fragment_offset = offset;
         self
     }
+    /// The first fragment (offset 0, more fragments) of datagram `id`.
+    pub fn first_fragment(mut self, id: u32) -> Self {
+        self.fragment_offset = 0;
+        self.more_fragments = true;
+        self.frag_id = id;
+        self
+    }
+    /// A later fragment (at `offset`, more fragments or not) of datagram `id`.
+    pub fn later_fragment(mut self, id: u32, offset: u16, more: bool) -> Self {
+        self.fragment_offset = offset;
+        self.more_fragments = more;
+        self.frag_id = id;
+        self
+    }
 
     /// The frame as it would appear on the wire (Ethernet II).
     pub fn frame(&self) -> Vec<u8> {
@@ -100,8 +131,9 @@ impl Packet {
             for &kind in self.ipv6_ext.iter().rev() {
                 let mut h = vec![next, 0];
                 if kind == 44 {
-                    h.extend_from_slice(&(self.fragment_offset << 3).to_be_bytes());
-                    h.extend_from_slice(&[0, 0, 0, 1]);
+                    let more = u16::from(self.more_fragments);
+                    h.extend_from_slice(&(self.fragment_offset << 3 | more).to_be_bytes());
+                    h.extend_from_slice(&self.frag_id.to_be_bytes());
                 } else if kind == 43 {
                     h.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // type 0, segments left 0
                 } else {
@@ -121,12 +153,12 @@ impl Packet {
                 let total = (20 + l4.len()) as u16;
                 f.extend_from_slice(&[0x45, 0]);
                 f.extend_from_slice(&total.to_be_bytes());
-                let frag = if self.fragment_offset != 0 {
-                    self.fragment_offset
+                let frag = if self.fragment_offset != 0 || self.more_fragments {
+                    self.fragment_offset | if self.more_fragments { 0x2000 } else { 0 }
                 } else {
                     0x4000 // DF
                 };
-                f.extend_from_slice(&[0, 1]);
+                f.extend_from_slice(&(self.frag_id as u16).to_be_bytes());
                 f.extend_from_slice(&frag.to_be_bytes());
                 f.extend_from_slice(&[64, self.protocol, 0, 0]);
                 f.extend_from_slice(&s.octets());
@@ -169,6 +201,7 @@ impl Packet {
                 let mut h = vec![self.icmp.0, self.icmp.1, 0, 0];
                 h.extend_from_slice(&self.icmp_id.to_be_bytes());
                 h.extend_from_slice(&[0, 1]);
+                h.extend_from_slice(&self.icmp_body);
                 h
             }
             _ => Vec::new(),

@@ -443,7 +443,8 @@ fn tcp_probe(dst: SocketAddr, timeout: Duration) -> TcpProbe {
     TcpProbe::Connected
 }
 
-fn udp_probe(dst: SocketAddr, timeout: Duration) -> UdpProbe {
+/// `len`: the datagram's size (at least the probe's marker; padded after it).
+fn udp_probe(dst: SocketAddr, len: usize, timeout: Duration) -> UdpProbe {
     let bind: SocketAddr = if dst.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
     } else {
@@ -457,7 +458,10 @@ fn udp_probe(dst: SocketAddr, timeout: Duration) -> UdpProbe {
         }
         panic!("udp_request {dst}: connect: {e}");
     }
-    let payload = probe_payload();
+    let mut payload = probe_payload();
+    if payload.len() < len {
+        payload.resize(len, b'.');
+    }
     let deadline = Instant::now() + timeout;
     match sock.send(&payload) {
         Ok(_) => {}
@@ -467,7 +471,7 @@ fn udp_probe(dst: SocketAddr, timeout: Duration) -> UdpProbe {
         Err(e) if is_unreachable(&e) => return UdpProbe::Unreachable,
         Err(e) => panic!("udp_request {dst}: send: {e}"),
     }
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let Some(left) = deadline
             .checked_duration_since(Instant::now())
@@ -517,7 +521,20 @@ impl Netns {
     /// `timeout` for it to be echoed back.
     pub fn udp_request(&self, dst: impl Into<IpAddr>, port: u16, timeout: Duration) -> UdpProbe {
         let dst = SocketAddr::new(dst.into(), port);
-        self.run(move || udp_probe(dst, timeout))
+        self.run(move || udp_probe(dst, 0, timeout))
+    }
+
+    /// Like [`Netns::udp_request`] with a datagram of `len` bytes (e.g. larger than
+    /// the MTU, so that it travels in IP fragments).
+    pub fn udp_request_len(
+        &self,
+        dst: impl Into<IpAddr>,
+        port: u16,
+        len: usize,
+        timeout: Duration,
+    ) -> UdpProbe {
+        let dst = SocketAddr::new(dst.into(), port);
+        self.run(move || udp_probe(dst, len, timeout))
     }
 
     /// Opens a TCP connection from this namespace to `dst:port` (connect timeout

@@ -346,6 +346,67 @@ fn port_ranges_peer_classes_and_icmp() {
 }
 
 #[test]
+fn icmpv6_nd_and_mld_pass_like_calico_the_rest_is_policy() {
+    let mut dp = load(0);
+    let mut t = base_tables();
+    // Let the pod send MLDv2 reports: for 143 the policy decides.
+    t.rules.push(entry(
+        Direction::Egress,
+        Table::Enforced,
+        PeerMatch::Any,
+        Some(ICMPV6),
+        PortMatch::Icmp {
+            icmp_type: 143,
+            code: None,
+        },
+        allow(15, 0),
+    ));
+    dp.install(&t).unwrap();
+    // Link-local peers (class 0): no table entry covers ICMPv6 with them.
+    let (me, gw) = (ip("fe80::10"), ip("fe80::ecee:eeff:feee:eeee"));
+    for icmp_type in [130, 131, 132, 133, 135, 136] {
+        for ext in [vec![], vec![0]] {
+            let out = Packet::icmp(me, ip("ff02::16"), icmp_type, 0).with_ipv6_ext(&ext);
+            assert_eq!(
+                run(&mut dp, Hook::FromEndpoint, &out),
+                TC_ACT_OK,
+                "{icmp_type} out"
+            );
+            let inbound = Packet::icmp(gw, me, icmp_type, 0).with_ipv6_ext(&ext);
+            assert_eq!(
+                run(&mut dp, Hook::ToEndpoint, &inbound),
+                TC_ACT_OK,
+                "{icmp_type} in"
+            );
+        }
+    }
+    assert_eq!(count(&dp, stat::NEW_FLOWS), 0, "passed before policy");
+    for icmp_type in [134, 137, 143] {
+        let out = Packet::icmp(me, ip("ff02::1"), icmp_type, 0);
+        let want = if icmp_type == 143 {
+            TC_ACT_OK
+        } else {
+            TC_ACT_SHOT
+        };
+        assert_eq!(
+            run(&mut dp, Hook::FromEndpoint, &out),
+            want,
+            "{icmp_type} out"
+        );
+        let inbound = Packet::icmp(gw, me, icmp_type, 0);
+        assert_eq!(
+            run(&mut dp, Hook::ToEndpoint, &inbound),
+            TC_ACT_SHOT,
+            "{icmp_type} in"
+        );
+    }
+    assert_eq!(count(&dp, stat::NEW_FLOWS), 6, "judged by policy");
+    // ICMP (v4) types with the same numbers are ordinary ICMP.
+    let v4 = Packet::icmp(ip("10.65.0.10"), ip("8.8.8.8"), 135, 0);
+    assert_eq!(run(&mut dp, Hook::FromEndpoint, &v4), TC_ACT_SHOT);
+}
+
+#[test]
 fn missing_entry_denies_and_counts() {
     let mut dp = load(0);
     dp.install(&base_tables()).unwrap();
@@ -497,6 +558,104 @@ fn non_first_fragments_are_judged_with_port_zero() {
 }
 
 #[test]
+fn later_fragments_take_their_first_fragments_ports() {
+    let mut dp = load(0);
+    dp.install(&base_tables()).unwrap();
+    let (me, dns) = (ip("10.65.0.10"), ip("8.8.8.8"));
+    let from = |dp: &mut Dataplane, p: Packet| run(dp, Hook::FromEndpoint, &p);
+    let to = |dp: &mut Dataplane, p: Packet| run(dp, Hook::ToEndpoint, &p);
+    // A query to UDP 53 (a port-only allow) in three fragments: all pass.
+    let q = Packet::udp(me, 5000, dns, 53);
+    assert_eq!(from(&mut dp, q.clone().first_fragment(0x1234)), TC_ACT_OK);
+    assert_eq!(
+        from(&mut dp, q.clone().later_fragment(0x1234, 185, true)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        from(&mut dp, q.clone().later_fragment(0x1234, 370, false)),
+        TC_ACT_OK
+    );
+    // The fragmented answer belongs to the flow (nothing allows UDP in from the world).
+    let r = q.reply();
+    assert_eq!(to(&mut dp, r.clone().first_fragment(0x0777)), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, r.clone().later_fragment(0x0777, 185, false)),
+        TC_ACT_OK
+    );
+    assert_eq!(count(&dp, stat::FRAGMENTS_TRACKED), 3);
+    assert_eq!(
+        count(&dp, stat::NEW_FLOWS),
+        1,
+        "one flow, every fragment in it"
+    );
+    // A later fragment of a datagram whose first fragment was not seen: port 0,
+    // which the port-only allow does not cover.
+    assert_eq!(
+        from(&mut dp, q.clone().later_fragment(0x9999, 185, false)),
+        TC_ACT_SHOT
+    );
+    // A denied first fragment (port 54) takes its later fragments with it.
+    let q54 = Packet::udp(me, 5001, dns, 54);
+    assert_eq!(
+        from(&mut dp, q54.clone().first_fragment(0x2000)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        from(&mut dp, q54.clone().later_fragment(0x2000, 185, false)),
+        TC_ACT_SHOT
+    );
+    let events = dp.drain_events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!((events[0].dst_port, events[0].fragment), (0, true));
+    assert_eq!((events[1].dst_port, events[1].fragment), (54, false));
+    // Fragmented echo (a large ping) and its fragmented reply.
+    let mut echo = Packet::icmp(me, dns, 8, 0);
+    echo.icmp_id = 77;
+    assert_eq!(from(&mut dp, echo.clone().first_fragment(5)), TC_ACT_OK);
+    assert_eq!(
+        from(&mut dp, echo.clone().later_fragment(5, 185, false)),
+        TC_ACT_OK
+    );
+    let mut echo_reply = Packet::icmp(dns, me, 0, 0);
+    echo_reply.icmp_id = 77;
+    assert_eq!(to(&mut dp, echo_reply.clone().first_fragment(6)), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, echo_reply.clone().later_fragment(6, 185, false)),
+        TC_ACT_OK
+    );
+
+    // IPv6 fragment headers, also with a destination options header in the
+    // fragmentable part (present in the first fragment only; the fragment
+    // header's next header names it in every fragment).
+    let (me6, w6) = (ip("fd65::10"), ip("fd67::1"));
+    for (i, ext) in [vec![44], vec![0, 44, 60]].into_iter().enumerate() {
+        let q6 = Packet::udp(me6, 5000 + i as u16, w6, 53).with_ipv6_ext(&ext);
+        let id = 0xabcd_ef00 + i as u32;
+        assert_eq!(from(&mut dp, q6.clone().first_fragment(id)), TC_ACT_OK);
+        assert_eq!(
+            from(&mut dp, q6.clone().later_fragment(id, 100, false)),
+            TC_ACT_OK,
+            "{ext:?}"
+        );
+        assert_eq!(
+            from(&mut dp, q6.clone().later_fragment(id + 0x100, 100, false)),
+            TC_ACT_SHOT,
+            "{ext:?}: unknown datagram"
+        );
+        let r6 = q6.reply();
+        assert_eq!(to(&mut dp, r6.clone().first_fragment(id)), TC_ACT_OK);
+        assert_eq!(
+            to(&mut dp, r6.clone().later_fragment(id, 100, false)),
+            TC_ACT_OK,
+            "{ext:?} answer"
+        );
+    }
+    assert_eq!(count(&dp, stat::FRAGMENTS_TRACKED), 3 + 1 + 2 + 4);
+    assert_eq!(count(&dp, stat::FRAGMENTS), 10 + 1 + 2);
+    assert_eq!(count(&dp, stat::MALFORMED), 0);
+}
+
+#[test]
 fn conntrack_hits_replies_and_epoch_flip() {
     let mut dp = load(0);
     dp.install(&base_tables()).unwrap();
@@ -566,6 +725,134 @@ fn conntrack_hits_replies_and_epoch_flip() {
         TC_ACT_SHOT,
         "unsolicited echo reply"
     );
+}
+
+/// TCP 8080 both ways, UDP out (any port) and in (9999), echo requests out; no
+/// other ICMP or ICMPv6 in either direction.
+fn related_tables() -> TableSet {
+    use Direction::*;
+    use PeerMatch::Any;
+    let e = |dir, protocol, ports, rule| {
+        entry(
+            dir,
+            Table::Enforced,
+            Any,
+            Some(protocol),
+            ports,
+            allow(40, rule),
+        )
+    };
+    TableSet {
+        peers: vec![("10.65.1.0/24".parse().unwrap(), 2)],
+        rules: vec![
+            e(Egress, TCP, PortMatch::Range(8080, 8080), 0),
+            e(Egress, UDP, PortMatch::Any, 1),
+            e(
+                Egress,
+                ICMP,
+                PortMatch::Icmp {
+                    icmp_type: 8,
+                    code: None,
+                },
+                2,
+            ),
+            e(Ingress, TCP, PortMatch::Range(8080, 8080), 3),
+            e(Ingress, UDP, PortMatch::Range(9999, 9999), 4),
+        ],
+    }
+}
+
+#[test]
+fn icmp_errors_quoting_an_approved_flow_are_related() {
+    let mut dp = load(0);
+    dp.install(&related_tables()).unwrap();
+    let (me, web, router) = (ip("10.65.0.10"), ip("10.65.1.5"), ip("10.64.0.1"));
+    let from = |dp: &mut Dataplane, p: &Packet| run(dp, Hook::FromEndpoint, p);
+    let to = |dp: &mut Dataplane, p: &Packet| run(dp, Hook::ToEndpoint, p);
+
+    // PMTU discovery under a TCP-only policy: the frag-needed about the pod's
+    // segment reaches it although no rule allows ICMP in.
+    let syn = Packet::tcp(me, 40000, web, 8080);
+    assert_eq!(from(&mut dp, &syn), TC_ACT_OK);
+    let frag_needed = Packet::icmp_error(router, me, 3, 4, &syn);
+    assert_eq!(to(&mut dp, &frag_needed), TC_ACT_OK);
+    assert_eq!(count(&dp, stat::ICMP_RELATED), 1);
+    // The same error about a flow nobody saw is plain ICMP: denied.
+    let unknown = Packet::icmp_error(router, me, 3, 4, &Packet::tcp(me, 40001, web, 8080));
+    assert_eq!(to(&mut dp, &unknown), TC_ACT_SHOT);
+    // Sent to someone other than the quoted packet's sender: not related either.
+    let astray = Packet::icmp_error(router, ip("10.65.0.99"), 3, 4, &syn);
+    assert_eq!(to(&mut dp, &astray), TC_ACT_SHOT);
+    // A flow this side denied relates nothing.
+    let denied = Packet::tcp(me, 40002, web, 9000);
+    assert_eq!(from(&mut dp, &denied), TC_ACT_SHOT);
+    let about_denied = Packet::icmp_error(router, me, 3, 4, &denied);
+    assert_eq!(to(&mut dp, &about_denied), TC_ACT_SHOT);
+    // A quote too short for the ports is judged as the ICMP it is, not malformed.
+    let mut short = frag_needed.frame();
+    short.truncate(14 + 20 + 8 + 20 + 2);
+    assert_eq!(run_frame(&mut dp, Hook::ToEndpoint, &short), TC_ACT_SHOT);
+    assert_eq!(count(&dp, stat::MALFORMED), 0);
+    assert_eq!(count(&dp, stat::ICMP_RELATED), 1);
+
+    // Inbound flow: errors about the pod's replies come back to it, and the
+    // pod's own port unreachable leaves it (its egress allows no ICMP).
+    let syn_in = Packet::tcp(web, 50000, me, 8080);
+    assert_eq!(to(&mut dp, &syn_in), TC_ACT_OK);
+    let synack = syn_in.reply().flags(SYN | ACK);
+    assert_eq!(from(&mut dp, &synack), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router, me, 3, 4, &synack)),
+        TC_ACT_OK
+    );
+    let udp_in = Packet::udp(web, 5000, me, 9999);
+    assert_eq!(to(&mut dp, &udp_in), TC_ACT_OK);
+    let port_unreachable = Packet::icmp_error(me, web, 3, 3, &udp_in);
+    assert_eq!(from(&mut dp, &port_unreachable), TC_ACT_OK);
+    // Echo (tracked by identifier) and traceroute's time exceeded.
+    let mut echo = Packet::icmp(me, ip("8.8.8.8"), 8, 0);
+    echo.icmp_id = 77;
+    assert_eq!(from(&mut dp, &echo), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router, me, 3, 1, &echo)),
+        TC_ACT_OK
+    );
+    let probe = Packet::udp(me, 6000, ip("8.8.8.8"), 33434);
+    assert_eq!(from(&mut dp, &probe), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router, me, 11, 0, &probe)),
+        TC_ACT_OK
+    );
+    assert_eq!(count(&dp, stat::ICMP_RELATED), 5);
+
+    // After a policy change the flow's approval is stale: the error is judged on
+    // its own until the flow's next packet has been re-judged.
+    dp.install(&related_tables()).unwrap();
+    assert_eq!(to(&mut dp, &frag_needed), TC_ACT_SHOT);
+    assert_eq!(from(&mut dp, &syn.clone().flags(ACK)), TC_ACT_OK);
+    assert_eq!(to(&mut dp, &frag_needed), TC_ACT_OK);
+
+    // IPv6: packet too big, also when the quoted packet has extension headers.
+    let (me6, web6, router6) = (ip("fd65::10"), ip("fd66::5"), ip("fd64::1"));
+    let syn6 = Packet::tcp(me6, 40000, web6, 8080);
+    assert_eq!(from(&mut dp, &syn6), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router6, me6, 2, 0, &syn6)),
+        TC_ACT_OK
+    );
+    let other6 = Packet::tcp(me6, 40001, web6, 8080);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router6, me6, 2, 0, &other6)),
+        TC_ACT_SHOT
+    );
+    let ext6 = Packet::tcp(me6, 40002, web6, 8080).with_ipv6_ext(&[0, 60]);
+    assert_eq!(from(&mut dp, &ext6), TC_ACT_OK);
+    assert_eq!(
+        to(&mut dp, &Packet::icmp_error(router6, me6, 2, 0, &ext6)),
+        TC_ACT_OK
+    );
+    assert_eq!(count(&dp, stat::ICMP_RELATED), 8);
+    assert_eq!(count(&dp, stat::MALFORMED), 0);
 }
 
 #[test]

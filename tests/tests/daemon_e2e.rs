@@ -375,7 +375,10 @@ fn metrics_and_an_endpoint_leaving_the_datastore() {
     assert!(metrics.contains("agent_compile_seconds "), "{metrics}");
     assert!(metrics.contains("agent_swap_seconds "), "{metrics}");
     assert!(metrics.contains("agent_conntrack_entries "), "{metrics}");
-    assert!(metrics.contains("agent_conntrack_swept_total "), "{metrics}");
+    assert!(
+        metrics.contains("agent_conntrack_swept_total "),
+        "{metrics}"
+    );
 
     // Take prod/frontend out of the datastore: its interface is released.
     let file = dir.join("00-endpoints.yaml");

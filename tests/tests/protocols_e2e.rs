@@ -1,7 +1,10 @@
 //! `agent run` enforcing beyond TCP, with real traffic in a lab: UDP ports,
-//! ICMP and ICMPv6 types, IPv4 and IPv6, and a host endpoint under a deny-all
+//! ICMP and ICMPv6 types, IPv4 and IPv6, fragmented datagrams, PMTU discovery
+//! through ICMP errors related to a flow, and a host endpoint under a deny-all
 //! policy whose failsafe SSH port stays reachable (the lockout protection).
 mod common;
+
+use std::time::{Duration, Instant};
 
 use common::{wait_flow, Agent};
 use lab::{Lab, PingProbe, TcpProbe, UdpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
@@ -103,7 +106,19 @@ fn udp_icmp_ipv6_and_host_endpoint_failsafe() {
             UdpProbe::TimedOut,
             "{dst}:5353"
         );
+        // 3000 bytes over 1500-byte links: IP fragments, only the first of which
+        // has the port the policy allows (the others take it from the first).
+        assert_eq!(
+            client.udp_request_len(dst, 53, 3000, PROBE_TIMEOUT),
+            UdpProbe::Replied,
+            "{dst}:53, fragmented"
+        );
     }
+    let tracked = agent.status()["counters"]["fragments_tracked"].clone();
+    assert!(
+        tracked.as_u64().is_some_and(|n| n >= 2),
+        "later fragments took their first fragment's ports: {tracked}"
+    );
     for dst in web.ips() {
         assert_eq!(
             client.ping(dst, SHORT_TIMEOUT),
@@ -156,4 +171,104 @@ fn udp_icmp_ipv6_and_host_endpoint_failsafe() {
         "udp deny",
         |f| f["dst"]["port"] == 5353 && f["reporter"]["endpoint"] == "prod/dns",
     );
+}
+
+const PMTU_DATASTORE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {env: prod}}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: client, namespace: prod, labels: {app: client}}
+spec: {interfaceName: caliclient, ipNetworks: [10.65.0.10/32, fd65::10/128]}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {interfaceName: caliweb, ipNetworks: [10.65.0.50/32, fd65::50/128]}
+---
+# The client accepts nothing new (no ICMP either); it may send anything.
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: client-no-ingress}
+spec:
+  order: 10
+  selector: app == 'client'
+  types: [Ingress]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: web-http-only}
+spec:
+  order: 20
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+    - {action: Allow, protocol: TCP, destination: {ports: [80]}}
+"#;
+
+/// Writes `len` bytes to the echo server and reads them back, within `timeout`.
+fn echo_bulk(stream: &mut std::net::TcpStream, len: usize, timeout: Duration) -> bool {
+    use std::io::{Read, Write};
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let deadline = Instant::now() + timeout;
+    let mut writer = stream.try_clone().unwrap();
+    let sent = data.clone();
+    let write = std::thread::spawn(move || writer.write_all(&sent).is_ok());
+    let mut got = vec![0u8; len];
+    let mut have = 0;
+    while have < len {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut got[have..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => have += n,
+        }
+    }
+    // Unblocks a writer stuck on a black-holed path.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    write.join().unwrap() && have == len && got == data
+}
+
+#[test]
+fn pmtu_discovery_under_a_policy_without_icmp() {
+    lab::require_root();
+    let lab = Lab::new();
+    let client = lab.add_pod_at("prod", "client", 10, "caliclient");
+    let web = lab.add_pod_at("prod", "web", 50, "caliweb");
+    let _server = web.tcp_listen(80);
+    // The node's path to web is narrower than the links: full-size segments from
+    // the client (DF set) get "fragmentation needed" / "packet too big" back.
+    lab.node().ip(&format!(
+        "route replace {}/32 dev caliweb mtu 1280",
+        web.ipv4
+    ));
+    lab.node().ip(&format!(
+        "-6 route replace {}/128 dev caliweb mtu 1280",
+        web.ipv6
+    ));
+
+    let dir = Agent::datastore_with("pmtu", &[("policy.yaml", PMTU_DATASTORE)]);
+    let agent = Agent::start(&lab, &dir);
+    agent.wait_attached(2);
+
+    for dst in web.ips() {
+        let mut stream = client.tcp_stream(dst, 80, PROBE_TIMEOUT);
+        assert!(
+            echo_bulk(&mut stream, 64 * 1024, Duration::from_secs(10)),
+            "64 KiB to {dst}:80 and back: the ICMP error must reach the client"
+        );
+    }
+    let related = agent.status()["counters"]["icmp_related"].clone();
+    assert!(
+        related.as_u64().is_some_and(|n| n >= 2),
+        "one error per family at least: {related}"
+    );
+    // Unrelated ICMP to the client is still denied.
+    assert_eq!(web.ping(client.ipv4, SHORT_TIMEOUT), PingProbe::TimedOut);
 }

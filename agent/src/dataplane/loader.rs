@@ -99,7 +99,7 @@ impl Hook {
 /// The maps shared between agent generations: pinned under `<bpffs>/maps/NAME`
 /// and reused by the next `agent run` (and by upgraded programs). The slice maps
 /// of `agent debug-drop` are not pinned.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     "ENDPOINTS",
     "ACTIVE",
     "PEERS_0",
@@ -110,6 +110,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     "FLOW_EVENTS",
     "DP_COUNTERS",
     "EVENT_BUDGET",
+    "FRAGMENTS",
 ];
 
 /// bpffs' magic number (`statfs.f_type`).
