@@ -13,8 +13,8 @@
 //! user would write in the files datastore (apiVersion, kind, metadata.name,
 //! namespace and labels, spec) and a Pod to a projectcalico.org/v3
 //! WorkloadEndpoint (labels, service account, `status.podIPs`, named container
-//! ports). The documents go through [`crate::model::load::load_sources`], the same
-//! parser and validator as files, so a rejected object is reported (with
+//! ports). The documents go through [`crate::model::load::load_values`], the same
+//! checks and model as files (as JSON values: no text round trip), so a rejected object is reported (with
 //! `kubernetes:Kind/ns/name` as its "file") exactly as a rejected file document,
 //! and the daemon's keep-last-good, compile and install path is shared.
 //!
@@ -51,7 +51,7 @@ use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 
 use crate::model::ir::EndpointKind;
-use crate::model::load::load_sources;
+use crate::model::load::load_values;
 use crate::model::Loaded;
 
 /// How long the first build waits for every kind's initial list (a kind whose
@@ -584,6 +584,23 @@ impl KubeSnapshot {
         build(&self.node, &self.state)
     }
 
+    /// A view holding only `pods` (`(namespace, name)` -> pod), with no
+    /// watchers: the rebuild measured and tested offline.
+    pub fn from_pods(
+        node: &str,
+        pods: impl IntoIterator<Item = ((String, String), PodInfo)>,
+    ) -> KubeSnapshot {
+        let state = State {
+            pods: pods.into_iter().collect(),
+            ..State::default()
+        };
+        KubeSnapshot {
+            node: node.to_string(),
+            group: CalicoGroup::V3,
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
     /// `kubernetes (node N, Calico API G)`, for the status.
     pub fn describe(&self) -> String {
         format!("kubernetes (node {}, Calico API {})", self.node, self.group)
@@ -978,12 +995,20 @@ pub fn workload_endpoint(key: &Key, pod: &PodInfo, interface: &str, node: &str) 
     })
 }
 
-/// Builds the model from the current view (same loader and validator as files).
+/// The interfaceName given to pods on other nodes (never attached: see [`localize`]).
+const REMOTE_INTERFACE: &str = "remote";
+
+/// Builds the model from the current view (same checks and model as files).
+///
+/// Memory: pods are turned into documents one at a time as the loader takes
+/// them (all documents at once would cost ~3.7 KB per pod on top of the model);
+/// they come from a copy of the lean pod view so that the watchers are not held
+/// up while it loads.
 fn build(node: &str, state: &Mutex<State>) -> Loaded {
     let routes = host_routes();
-    let mut sources: Vec<(PathBuf, String)> = Vec::new();
+    let mut sources: Vec<(PathBuf, Value)> = Vec::new();
     let mut local: HashSet<(EndpointKind, String)> = HashSet::new();
-    {
+    let (pods, interfaces) = {
         let mut st = lock(state);
         let interfaces = local_interfaces(&st, &routes);
         for (label, docs) in &st.docs {
@@ -993,23 +1018,26 @@ fn build(node: &str, state: &Mutex<State>) -> Loaded {
                     let name = doc["metadata"]["name"].as_str().unwrap_or(name);
                     local.insert((EndpointKind::Host, name.to_string()));
                 }
-                sources.push((source_name(label, ns, name), to_yaml(doc)));
+                sources.push((source_name(label, ns, name), doc.clone()));
             }
         }
-        for (key, pod) in &st.pods {
-            let interface = interfaces
-                .get(key)
-                .cloned()
-                .unwrap_or_else(|| calico_interface(&key.0, &key.1));
-            if pod.local {
-                local.insert((EndpointKind::Workload, format!("{}/{}", key.0, key.1)));
-            }
-            let doc = workload_endpoint(key, pod, &interface, node);
-            sources.push((source_name("Pod", &key.0, &key.1), to_yaml(&doc)));
-        }
-        st.interfaces = interfaces;
-    }
-    let mut loaded = load_sources(&sources);
+        st.interfaces = interfaces.clone();
+        (st.pods.clone(), interfaces)
+    };
+    local.extend(
+        pods.iter()
+            .filter(|(_, p)| p.local)
+            .map(|(key, _)| (EndpointKind::Workload, format!("{}/{}", key.0, key.1))),
+    );
+    let pod_documents = pods.iter().map(|(key, pod)| {
+        // A remote pod's interface is dropped by `localize`: no need to name it.
+        let interface = interfaces.get(key).map_or(REMOTE_INTERFACE, String::as_str);
+        (
+            source_name("Pod", &key.0, &key.1),
+            workload_endpoint(key, pod, interface, node),
+        )
+    });
+    let mut loaded = load_values(sources.into_iter().chain(pod_documents));
     localize(&mut loaded, &local);
     loaded
 }
@@ -1037,10 +1065,6 @@ fn source_name(label: &str, ns: &str, name: &str) -> PathBuf {
     } else {
         PathBuf::from(format!("kubernetes:{kind}/{ns}/{name}"))
     }
-}
-
-fn to_yaml(v: &Value) -> String {
-    serde_yaml::to_string(v).unwrap_or_else(|_| v.to_string())
 }
 
 /// This machine's node name: `$NODE_NAME`, else the host name.
@@ -1521,7 +1545,7 @@ mod tests {
 
     /// Many pods cluster-wide, few on this node: all are known (as peers), only
     /// the local ones get an interface. Prints the rebuild time (measured, not
-    /// asserted; ~0.69 s for 10k pods in a release build).
+    /// asserted; agent/tests/kube_pod_memory.rs measures 10k and 100k pods).
     #[test]
     fn rebuild_with_many_remote_pods() {
         let state = Mutex::new(State::default());
