@@ -8,6 +8,10 @@
 //! 127.0.0.1:API_PORT from the root namespace: the kubeconfig stays as is.
 //! Pods are lab namespaces; the test creates their Pod objects (spec.nodeName =
 //! the agent's node) and patches their status with the pod IPs, as a kubelet would.
+//! Calico's kinds come from projectcalico.org/v3 (deploy/crds.yaml) or, in the
+//! `crd` tests, from stand-ins for Calico's crd.projectcalico.org/v1 CRDs
+//! (tests/crds/); a server with only the latter is a cluster running Calico
+//! without its API server.
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1262,4 +1266,214 @@ fn kubernetes_calico_api_crd_explicit_ignores_v3() {
     }
     agent.wait_policies(2, 0);
     wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+}
+
+// ------------------------------------------- more kinds from the cluster
+
+/// A HostEndpoint from the cluster (this node's interface to an admin network)
+/// under a deny-all GlobalNetworkPolicy: the failsafe SSH port (22) stays
+/// reachable while another port is blocked; deleting the host endpoint lifts it.
+#[test]
+fn kubernetes_host_endpoint_deny_all_keeps_failsafe_ssh() {
+    lab::require_root();
+    let server = private_server();
+    let client = server.client();
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let admin = lab.add_external("admin");
+    let _servers = [lab.node().tcp_listen(22), lab.node().tcp_listen(8080)];
+    for ip in admin.node_ips() {
+        assert_eq!(
+            admin.tcp_connect(ip, 8080, PROBE_TIMEOUT),
+            TcpProbe::Connected,
+            "before the agent: {ip}:8080"
+        );
+    }
+    let expected: Vec<String> = admin.node_ips().iter().map(|ip| ip.to_string()).collect();
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+               "metadata": {"name": "node-admin", "labels": {"role": "node"}},
+               "spec": {"node": node, "interfaceName": admin.node_if, "expectedIPs": expected}}),
+    );
+    // Another node's host endpoint: known, never attached here.
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+               "metadata": {"name": "other-node-eth0", "labels": {"role": "node"}},
+               "spec": {"node": "some-other-node", "interfaceName": "eth0",
+                        "expectedIPs": ["10.99.0.1"]}}),
+    );
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+               "metadata": {"name": "host-deny-all"},
+               "spec": {"selector": "role == 'node'", "types": ["Ingress", "Egress"]}}),
+    );
+    let agent = Agent::start(&lab, &server, &node);
+    agent.wait_endpoints(&["node-admin"]);
+    agent.wait_policies(1, 0);
+    for ip in admin.node_ips() {
+        assert_eq!(
+            admin.tcp_connect(ip, 22, PROBE_TIMEOUT),
+            TcpProbe::Connected,
+            "failsafe {ip}:22"
+        );
+        assert_eq!(
+            admin.tcp_connect(ip, 8080, SHORT_TIMEOUT),
+            TcpProbe::TimedOut,
+            "{ip}:8080"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = admin.tcp_connect(admin.node_ipv4, 8080, SHORT_TIMEOUT);
+        let flows = agent.flows();
+        if let Some(f) = flows.iter().find(|f| {
+            f["reporter"]["endpoint"] == "node-admin"
+                && f["direction"] == "ingress"
+                && f["dst"]["port"] == 8080
+                && f["enforced"]["action"] == "deny"
+        }) {
+            assert!(
+                f["enforced"]["trace"]
+                    .as_str()
+                    .unwrap()
+                    .contains("gnp:host-deny-all"),
+                "{f:#}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no host deny flow: {flows:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The host endpoint goes: its interface is not policed any more.
+    delete(
+        &client,
+        "projectcalico.org/v3",
+        "HostEndpoint",
+        None,
+        "node-admin",
+    );
+    agent.wait_endpoints(&[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.tcp_connect(admin.node_ipv4, 8080, SHORT_TIMEOUT) != TcpProbe::Connected {
+        assert!(Instant::now() < deadline, "8080 still blocked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        admin.tcp_connect(admin.node_ipv6, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
+}
+
+/// From Calico's own crd.projectcalico.org/v1 CRDs (`auto`): a Tier ahead of the
+/// default tier whose policy Passes frontend's traffic to the default tier
+/// (where it is decided) and denies database outright; and a GlobalNetworkSet
+/// whose labels a rule selects, so its nets are allowed in. Changes to the tier
+/// policy's Pass target and to the network set's nets are enforced as they come.
+#[test]
+fn kubernetes_tier_pass_and_global_network_set() {
+    lab::require_root();
+    let server = v1_only_server();
+    let client = server.client();
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let s = seed(&lab, &client, "prod", &node);
+    let _listeners = [
+        s.frontend.tcp_listen(8080),
+        s.backend.tcp_listen(8080),
+        s.database.tcp_listen(8080),
+    ];
+    apply(
+        &client,
+        json!({"apiVersion": V1, "kind": "Tier", "metadata": {"name": "security"},
+               "spec": {"order": 100}}),
+    );
+    // Security tier (stored as Calico names tiered policies: `<tier>.<name>`).
+    apply(
+        &client,
+        v1_gnp(
+            "security.backend-guard",
+            "GlobalNetworkPolicy",
+            json!({"tier": "security", "order": 1, "selector": "app == 'backend'",
+                   "types": ["Ingress"],
+                   "ingress": [{"action": "Pass", "source": {"selector": "app == 'frontend'"}},
+                               {"action": "Deny", "source": {"selector": "app == 'database'"}},
+                               {"action": "Allow"}]}),
+        ),
+    );
+    // Default tier: frontend is denied here, database would be allowed (but the
+    // security tier decided first).
+    let default_tier = |frontend_action: &str| {
+        v1_gnp(
+            "default.backend-default",
+            "GlobalNetworkPolicy",
+            json!({"selector": "app == 'backend'", "types": ["Ingress"],
+                   "ingress": [{"action": frontend_action,
+                                "source": {"selector": "app == 'frontend'"}},
+                               {"action": "Allow"}]}),
+        )
+    };
+    apply(&client, default_tier("Deny"));
+    // Database admits only the "db-clients" network set.
+    let clients = |ip: std::net::Ipv4Addr| {
+        json!({"apiVersion": V1, "kind": "GlobalNetworkSet",
+               "metadata": {"name": "db-clients", "labels": {"role": "db-client"}},
+               "spec": {"nets": [format!("{ip}/32")]}})
+    };
+    apply(&client, clients(s.frontend.ipv4));
+    apply(
+        &client,
+        v1_gnp(
+            "default.database-from-clients",
+            "GlobalNetworkPolicy",
+            json!({"selector": "app == 'database'", "types": ["Ingress"],
+                   "ingress": [{"action": "Allow", "protocol": "TCP",
+                                "source": {"selector": "role == 'db-client'"}}]}),
+        ),
+    );
+    let agent = Agent::start(&lab, &server, &node);
+    agent.wait_endpoints(&["prod/backend", "prod/database", "prod/frontend"]);
+    agent.wait_policies(3, 0);
+    let st = agent.try_status().unwrap();
+    assert!(st["diagnostics"].as_array().unwrap().is_empty(), "{st:#}");
+
+    // Tier order and Pass: frontend is passed on and denied by the default tier;
+    // database is denied by the security tier although the default tier allows it.
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+    assert_eq!(
+        s.database.tcp_connect(s.backend.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "database -> backend: denied in the security tier"
+    );
+    let f = wait_flow(&agent, &s, "a deny from the default tier", |f| {
+        f["enforced"]["action"] == "deny"
+    });
+    let trace = f["enforced"]["trace"].as_str().unwrap();
+    assert!(
+        trace.contains("default|gnp:backend-default|deny|0"),
+        "decided in the default tier after the Pass: {f:#}"
+    );
+    // The default tier now allows frontend: the Pass lets that decide.
+    apply(&client, default_tier("Allow"));
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::Connected);
+    assert_eq!(
+        s.database.tcp_connect(s.backend.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "database -> backend: still denied in the security tier"
+    );
+
+    // The network set: frontend's address is in it, backend's is not.
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::Connected);
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "backend is not a db-client"
+    );
+    // Its nets change: now backend is in, frontend is out.
+    apply(&client, clients(s.backend.ipv4));
+    wait_tcp(&s.backend, &s.database, 8080, TcpProbe::Connected);
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::TimedOut);
 }
