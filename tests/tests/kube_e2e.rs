@@ -8,6 +8,10 @@
 //! 127.0.0.1:API_PORT from the root namespace: the kubeconfig stays as is.
 //! Pods are lab namespaces; the test creates their Pod objects (spec.nodeName =
 //! the agent's node) and patches their status with the pod IPs, as a kubelet would.
+//! Calico's kinds come from projectcalico.org/v3 (deploy/crds.yaml) or, in the
+//! `crd` tests, from stand-ins for Calico's crd.projectcalico.org/v1 CRDs
+//! (tests/crds/); a server with only the latter is a cluster running Calico
+//! without its API server.
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -188,6 +192,19 @@ fn shared_server() -> &'static ApiServer {
 fn private_server() -> ApiServer {
     let s = ApiServer::start();
     apply_file(&s.client(), &repo().join("deploy/crds.yaml"), false);
+    s
+}
+
+/// Stand-ins for the crd.projectcalico.org/v1 CRDs Calico installs.
+fn crd_v1_file() -> PathBuf {
+    repo().join("tests/crds/crd.projectcalico.org_v1.yaml")
+}
+
+/// A fresh API server with only the crd.projectcalico.org/v1 CRDs (as a cluster
+/// running Calico without its API server): `--calico-api auto` must pick them.
+fn v1_only_server() -> ApiServer {
+    let s = ApiServer::start();
+    apply_file(&s.client(), &crd_v1_file(), false);
     s
 }
 
@@ -390,6 +407,11 @@ struct Agent {
 
 impl Agent {
     fn start(lab: &Lab, server: &ApiServer, node: &str) -> Agent {
+        Agent::start_with(lab, server, node, &[])
+    }
+
+    /// With `extra` arguments to `agent run` (e.g. `--calico-api crd`).
+    fn start_with(lab: &Lab, server: &ApiServer, node: &str, extra: &[&str]) -> Agent {
         forward_into_node(lab, server.api_port);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let base = std::env::temp_dir().join(format!("agent-kube-{}-{n}", std::process::id()));
@@ -414,6 +436,7 @@ impl Agent {
             .arg(&socket)
             .arg("--bpffs")
             .arg(&bpffs)
+            .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("KUBECONFIG")
             .env_remove("NODE_NAME")
@@ -511,9 +534,13 @@ impl Agent {
     }
 
     fn wait_policies(&self, enforced: u64, staged: u64) {
+        self.wait_policies_status(enforced, staged);
+    }
+
+    fn wait_policies_status(&self, enforced: u64, staged: u64) -> Value {
         self.wait_status(&format!("{enforced} enforced, {staged} staged"), |s| {
             s["policies"]["enforced"] == enforced && s["policies"]["staged"] == staged
-        });
+        })
     }
 
     fn flows(&self) -> Vec<Value> {
@@ -769,8 +796,9 @@ fn kubernetes_api_server_restart() {
         None,
         "backend-lockdown-staged",
     );
-    // kube-rs' watcher backoff grows to 30 s during an outage: allow for a full step.
-    agent.wait_status_for(Duration::from_secs(60), "2 enforced, 0 staged", |s| {
+    // The watchers retry at most 5 s apart (WatchBackoff; kube-rs' default grows
+    // to 30 s): the change is seen well within 20 s of the server's return.
+    agent.wait_status_for(Duration::from_secs(20), "2 enforced, 0 staged", |s| {
         s["policies"]["enforced"] == 2 && s["policies"]["staged"] == 0
     });
     assert!(agent.log_text().contains("watch recovered"));
@@ -818,7 +846,12 @@ fn deploy_manifests_dry_run() {
     let agent_client = rt()
         .block_on(agent::datastore::kubernetes::client(Some(&agent_kc)))
         .unwrap();
-    for k in agent::datastore::kubernetes::KINDS {
+    // Both groups of Calico's kinds (`--calico-api v3|crd`).
+    apply_file(&client, &crd_v1_file(), false);
+    let kinds = agent::datastore::kubernetes::KINDS
+        .iter()
+        .chain(agent::datastore::kubernetes::CRD_KINDS);
+    for k in kinds {
         let api: Api<DynamicObject> = Api::all_with(agent_client.clone(), &k.api_resource());
         rt().block_on(api.list(&Default::default()))
             .unwrap_or_else(|e| panic!("agent cannot list {}: {e}", k.label()));
@@ -972,4 +1005,475 @@ fn kubernetes_promote() {
         None,
         "promote-test-ignored",
     );
+}
+
+// ------------------------------------------------- crd.projectcalico.org/v1
+
+const V1: &str = "crd.projectcalico.org/v1";
+
+/// A GlobalNetworkPolicy as Calico stores it in crd.projectcalico.org/v1: in the
+/// default tier its name is `default.<v3 name>`.
+fn v1_gnp(stored_name: &str, kind: &str, spec: Value) -> Value {
+    json!({"apiVersion": V1, "kind": kind, "metadata": {"name": stored_name}, "spec": spec})
+}
+
+/// Backend denies frontend and allows everything else (ingress).
+fn deny_frontend_to_backend() -> Value {
+    json!({"selector": "app == 'backend'", "types": ["Ingress"],
+           "ingress": [{"action": "Deny", "source": {"selector": "app == 'frontend'"}},
+                       {"action": "Allow"}]})
+}
+
+/// Waits for a flow frontend -> backend whose verdicts satisfy `check`
+/// (making fresh connections meanwhile).
+fn wait_flow(agent: &Agent, s: &Seed, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let _ = s.frontend.tcp_connect(s.backend.ipv4, 8080, SHORT_TIMEOUT);
+        let flows = agent.flows();
+        if let Some(f) = flows
+            .iter()
+            .find(|f| f["src"]["name"] == "frontend" && f["dst"]["name"] == "backend" && check(f))
+        {
+            return f.clone();
+        }
+        assert!(Instant::now() < deadline, "no flow with {what}: {flows:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A cluster with only Calico's crd.projectcalico.org/v1 CRDs: `--calico-api auto`
+/// (the default) reads them; a v1 GlobalNetworkPolicy stored as `default.<name>`
+/// is enforced on real traffic under its v3 name and deleting it restores the
+/// traffic; a v1 staged policy's would-be denies are reported and
+/// `agent promote` turns it into a v1 GlobalNetworkPolicy that is then enforced.
+#[test]
+fn kubernetes_crd_v1_auto_enforces_and_promotes() {
+    lab::require_root();
+    let server = v1_only_server();
+    let client = server.client();
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let s = seed(&lab, &client, "prod", &node);
+    let _db = s.database.tcp_listen(8080);
+    let _be = s.backend.tcp_listen(8080);
+    let agent = Agent::start(&lab, &server, &node);
+    let st = agent.wait_status("every kind listed", |s| {
+        s["datastore_problems"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    });
+    assert!(
+        st["datastore"]
+            .as_str()
+            .is_some_and(|d| d.contains("Calico API crd.projectcalico.org/v1")),
+        "{st:#}"
+    );
+    agent.wait_endpoints(&["prod/backend", "prod/database", "prod/frontend"]);
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::Connected);
+
+    // Enforced from v1, under the v3 name.
+    apply(
+        &client,
+        v1_gnp(
+            "default.deny-frontend",
+            "GlobalNetworkPolicy",
+            deny_frontend_to_backend(),
+        ),
+    );
+    agent.wait_policies(1, 0);
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+    assert_eq!(
+        s.database.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected,
+        "database -> backend is still allowed"
+    );
+    let f = wait_flow(&agent, &s, "an enforced deny", |f| {
+        f["enforced"]["action"] == "deny"
+    });
+    let trace = f["enforced"]["trace"].as_str().unwrap();
+    assert!(
+        trace.starts_with("default|gnp:deny-frontend|deny|"),
+        "{f:#}"
+    );
+
+    // Deleting it restores the traffic.
+    delete(
+        &client,
+        V1,
+        "GlobalNetworkPolicy",
+        None,
+        "default.deny-frontend",
+    );
+    agent.wait_policies(0, 0);
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::Connected);
+
+    // Staged in v1: reported, not enforced.
+    apply(
+        &client,
+        v1_gnp(
+            "default.backend-lockdown",
+            "StagedGlobalNetworkPolicy",
+            json!({"selector": "app == 'backend'", "types": ["Ingress"]}),
+        ),
+    );
+    agent.wait_policies(0, 1);
+    let f = wait_flow(&agent, &s, "a pending deny", |f| {
+        f["enforced"]["action"] == "allow" && f["pending"]["action"] == "deny"
+    });
+    assert!(
+        f["pending"]["trace"]
+            .as_str()
+            .unwrap()
+            .contains("sgnp:backend-lockdown|"),
+        "{f:#}"
+    );
+    assert_eq!(
+        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
+
+    // Promoted by its v3 name (auto finds v1 too): a v1 GlobalNetworkPolicy, tiered
+    // name kept; the staged object is gone and the lockdown is enforced.
+    let out = promote(&server, &["sgnp/backend-lockdown"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "promoted to GlobalNetworkPolicy.crd.projectcalico.org default.backend-lockdown"
+        ),
+        "{stdout}"
+    );
+    let gnp = get(
+        &client,
+        V1,
+        "GlobalNetworkPolicy",
+        None,
+        "default.backend-lockdown",
+    )
+    .expect("the enforced v1 policy");
+    assert_eq!(gnp.data["spec"]["selector"], "app == 'backend'");
+    assert!(gnp.data["spec"].get("stagedAction").is_none());
+    assert!(get(
+        &client,
+        V1,
+        "StagedGlobalNetworkPolicy",
+        None,
+        "default.backend-lockdown"
+    )
+    .is_none());
+    agent.wait_policies(1, 0);
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+}
+
+/// Both groups installed (auto would pick v3): `--calico-api crd` reads only
+/// crd.projectcalico.org/v1, so a v3 policy has no effect while a v1 one is
+/// enforced, and `agent promote --calico-api crd` writes v1 objects.
+#[test]
+fn kubernetes_calico_api_crd_explicit_ignores_v3() {
+    lab::require_root();
+    let server = private_server();
+    let client = server.client();
+    apply_file(&client, &crd_v1_file(), false);
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let s = seed(&lab, &client, "prod", &node);
+    let _db = s.database.tcp_listen(8080);
+    let _be = s.backend.tcp_listen(8080);
+    // v3: would deny frontend -> backend.
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+               "metadata": {"name": "deny-frontend"}, "spec": deny_frontend_to_backend()}),
+    );
+    // v1: denies frontend -> database.
+    apply(
+        &client,
+        v1_gnp(
+            "default.database-deny-frontend",
+            "GlobalNetworkPolicy",
+            json!({"selector": "app == 'database'", "types": ["Ingress"],
+                   "ingress": [{"action": "Deny", "source": {"selector": "app == 'frontend'"}},
+                               {"action": "Allow"}]}),
+        ),
+    );
+    let agent = Agent::start_with(&lab, &server, &node, &["--calico-api", "crd"]);
+    agent.wait_endpoints(&["prod/backend", "prod/database", "prod/frontend"]);
+    let st = agent.wait_policies_status(1, 0);
+    assert!(
+        st["datastore"]
+            .as_str()
+            .is_some_and(|d| d.contains("crd.projectcalico.org/v1")),
+        "{st:#}"
+    );
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::TimedOut);
+    assert_eq!(
+        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected,
+        "the v3 policy is not read"
+    );
+
+    // A namespaced staged v1 policy promoted with --calico-api crd lands in v1
+    // (not in v3, which is served too), keeping its namespace.
+    apply(
+        &client,
+        json!({"apiVersion": V1, "kind": "StagedNetworkPolicy",
+               "metadata": {"name": "default.backend-lockdown", "namespace": "prod"},
+               "spec": {"selector": "app == 'backend'", "types": ["Ingress"]}}),
+    );
+    agent.wait_policies(1, 1);
+    let out = promote(
+        &server,
+        &["snp/backend-lockdown", "-n", "prod", "--calico-api", "crd"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(get(
+        &client,
+        V1,
+        "NetworkPolicy",
+        Some("prod"),
+        "default.backend-lockdown"
+    )
+    .is_some());
+    assert!(get(
+        &client,
+        V1,
+        "StagedNetworkPolicy",
+        Some("prod"),
+        "default.backend-lockdown"
+    )
+    .is_none());
+    for name in ["backend-lockdown", "default.backend-lockdown"] {
+        assert!(
+            get(
+                &client,
+                "projectcalico.org/v3",
+                "NetworkPolicy",
+                Some("prod"),
+                name
+            )
+            .is_none(),
+            "promote wrote v3 {name}"
+        );
+    }
+    agent.wait_policies(2, 0);
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+}
+
+// ------------------------------------------- more kinds from the cluster
+
+/// A HostEndpoint from the cluster (this node's interface to an admin network)
+/// under a deny-all GlobalNetworkPolicy: the failsafe SSH port (22) stays
+/// reachable while another port is blocked; deleting the host endpoint lifts it.
+#[test]
+fn kubernetes_host_endpoint_deny_all_keeps_failsafe_ssh() {
+    lab::require_root();
+    let server = private_server();
+    let client = server.client();
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let admin = lab.add_external("admin");
+    let _servers = [lab.node().tcp_listen(22), lab.node().tcp_listen(8080)];
+    for ip in admin.node_ips() {
+        assert_eq!(
+            admin.tcp_connect(ip, 8080, PROBE_TIMEOUT),
+            TcpProbe::Connected,
+            "before the agent: {ip}:8080"
+        );
+    }
+    let expected: Vec<String> = admin.node_ips().iter().map(|ip| ip.to_string()).collect();
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+               "metadata": {"name": "node-admin", "labels": {"role": "node"}},
+               "spec": {"node": node, "interfaceName": admin.node_if, "expectedIPs": expected}}),
+    );
+    // Another node's host endpoint: known, never attached here.
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+               "metadata": {"name": "other-node-eth0", "labels": {"role": "node"}},
+               "spec": {"node": "some-other-node", "interfaceName": "eth0",
+                        "expectedIPs": ["10.99.0.1"]}}),
+    );
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+               "metadata": {"name": "host-deny-all"},
+               "spec": {"selector": "role == 'node'", "types": ["Ingress", "Egress"]}}),
+    );
+    let agent = Agent::start(&lab, &server, &node);
+    agent.wait_endpoints(&["node-admin"]);
+    agent.wait_policies(1, 0);
+    for ip in admin.node_ips() {
+        assert_eq!(
+            admin.tcp_connect(ip, 22, PROBE_TIMEOUT),
+            TcpProbe::Connected,
+            "failsafe {ip}:22"
+        );
+        assert_eq!(
+            admin.tcp_connect(ip, 8080, SHORT_TIMEOUT),
+            TcpProbe::TimedOut,
+            "{ip}:8080"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = admin.tcp_connect(admin.node_ipv4, 8080, SHORT_TIMEOUT);
+        let flows = agent.flows();
+        if let Some(f) = flows.iter().find(|f| {
+            f["reporter"]["endpoint"] == "node-admin"
+                && f["direction"] == "ingress"
+                && f["dst"]["port"] == 8080
+                && f["enforced"]["action"] == "deny"
+        }) {
+            assert!(
+                f["enforced"]["trace"]
+                    .as_str()
+                    .unwrap()
+                    .contains("gnp:host-deny-all"),
+                "{f:#}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no host deny flow: {flows:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The host endpoint goes: its interface is not policed any more.
+    delete(
+        &client,
+        "projectcalico.org/v3",
+        "HostEndpoint",
+        None,
+        "node-admin",
+    );
+    agent.wait_endpoints(&[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.tcp_connect(admin.node_ipv4, 8080, SHORT_TIMEOUT) != TcpProbe::Connected {
+        assert!(Instant::now() < deadline, "8080 still blocked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        admin.tcp_connect(admin.node_ipv6, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
+}
+
+/// From Calico's own crd.projectcalico.org/v1 CRDs (`auto`): a Tier ahead of the
+/// default tier whose policy Passes frontend's traffic to the default tier
+/// (where it is decided) and denies database outright; and a GlobalNetworkSet
+/// whose labels a rule selects, so its nets are allowed in. Changes to the tier
+/// policy's Pass target and to the network set's nets are enforced as they come.
+#[test]
+fn kubernetes_tier_pass_and_global_network_set() {
+    lab::require_root();
+    let server = v1_only_server();
+    let client = server.client();
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let s = seed(&lab, &client, "prod", &node);
+    let _listeners = [
+        s.frontend.tcp_listen(8080),
+        s.backend.tcp_listen(8080),
+        s.database.tcp_listen(8080),
+    ];
+    apply(
+        &client,
+        json!({"apiVersion": V1, "kind": "Tier", "metadata": {"name": "security"},
+               "spec": {"order": 100}}),
+    );
+    // Security tier (stored as Calico names tiered policies: `<tier>.<name>`).
+    apply(
+        &client,
+        v1_gnp(
+            "security.backend-guard",
+            "GlobalNetworkPolicy",
+            json!({"tier": "security", "order": 1, "selector": "app == 'backend'",
+                   "types": ["Ingress"],
+                   "ingress": [{"action": "Pass", "source": {"selector": "app == 'frontend'"}},
+                               {"action": "Deny", "source": {"selector": "app == 'database'"}},
+                               {"action": "Allow"}]}),
+        ),
+    );
+    // Default tier: frontend is denied here, database would be allowed (but the
+    // security tier decided first).
+    let default_tier = |frontend_action: &str| {
+        v1_gnp(
+            "default.backend-default",
+            "GlobalNetworkPolicy",
+            json!({"selector": "app == 'backend'", "types": ["Ingress"],
+                   "ingress": [{"action": frontend_action,
+                                "source": {"selector": "app == 'frontend'"}},
+                               {"action": "Allow"}]}),
+        )
+    };
+    apply(&client, default_tier("Deny"));
+    // Database admits only the "db-clients" network set.
+    let clients = |ip: std::net::Ipv4Addr| {
+        json!({"apiVersion": V1, "kind": "GlobalNetworkSet",
+               "metadata": {"name": "db-clients", "labels": {"role": "db-client"}},
+               "spec": {"nets": [format!("{ip}/32")]}})
+    };
+    apply(&client, clients(s.frontend.ipv4));
+    apply(
+        &client,
+        v1_gnp(
+            "default.database-from-clients",
+            "GlobalNetworkPolicy",
+            json!({"selector": "app == 'database'", "types": ["Ingress"],
+                   "ingress": [{"action": "Allow", "protocol": "TCP",
+                                "source": {"selector": "role == 'db-client'"}}]}),
+        ),
+    );
+    let agent = Agent::start(&lab, &server, &node);
+    agent.wait_endpoints(&["prod/backend", "prod/database", "prod/frontend"]);
+    agent.wait_policies(3, 0);
+    let st = agent.try_status().unwrap();
+    assert!(st["diagnostics"].as_array().unwrap().is_empty(), "{st:#}");
+
+    // Tier order and Pass: frontend is passed on and denied by the default tier;
+    // database is denied by the security tier although the default tier allows it.
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+    assert_eq!(
+        s.database.tcp_connect(s.backend.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "database -> backend: denied in the security tier"
+    );
+    let f = wait_flow(&agent, &s, "a deny from the default tier", |f| {
+        f["enforced"]["action"] == "deny"
+    });
+    let trace = f["enforced"]["trace"].as_str().unwrap();
+    assert!(
+        trace.contains("default|gnp:backend-default|deny|0"),
+        "decided in the default tier after the Pass: {f:#}"
+    );
+    // The default tier now allows frontend: the Pass lets that decide.
+    apply(&client, default_tier("Allow"));
+    wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::Connected);
+    assert_eq!(
+        s.database.tcp_connect(s.backend.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "database -> backend: still denied in the security tier"
+    );
+
+    // The network set: frontend's address is in it, backend's is not.
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::Connected);
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "backend is not a db-client"
+    );
+    // Its nets change: now backend is in, frontend is out.
+    apply(&client, clients(s.backend.ipv4));
+    wait_tcp(&s.backend, &s.database, 8080, TcpProbe::Connected);
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::TimedOut);
 }

@@ -47,6 +47,11 @@ pub enum Command {
         /// $KUBECONFIG or ~/.kube/config).
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
+        /// With `--datastore kubernetes`: where Calico's resources are: `v3`
+        /// (projectcalico.org/v3, Calico's API server), `crd` (crd.projectcalico.org/v1,
+        /// the CRDs Calico stores them in) or `auto` (v3 if served, else crd).
+        #[arg(long, value_enum, default_value_t = crate::datastore::kubernetes::CalicoApi::Auto)]
+        calico_api: crate::datastore::kubernetes::CalicoApi,
         /// KIND/NAME, e.g. StagedGlobalNetworkPolicy/lockdown (or sgnp/lockdown).
         target: String,
         /// Namespace of a namespaced staged policy (default: `default`).
@@ -67,6 +72,11 @@ pub enum Command {
         /// $KUBECONFIG or ~/.kube/config).
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
+        /// With `--datastore kubernetes`: where Calico's resources are: `v3`
+        /// (projectcalico.org/v3, Calico's API server), `crd` (crd.projectcalico.org/v1,
+        /// the CRDs Calico stores them in) or `auto` (v3 if served, else crd).
+        #[arg(long, value_enum, default_value_t = crate::datastore::kubernetes::CalicoApi::Auto)]
+        calico_api: crate::datastore::kubernetes::CalicoApi,
         /// Unix socket for `agent flows` / `agent status` (mode 0600).
         #[arg(long, default_value = crate::daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -125,11 +135,13 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Promote {
             datastore,
             kubeconfig,
+            calico_api,
             target,
             namespace,
         } => promote::run(
             &datastore,
             kubeconfig.as_deref(),
+            calico_api,
             &target,
             namespace.as_deref(),
         ),
@@ -137,6 +149,7 @@ pub fn main(cli: Cli) -> ExitCode {
             datastore,
             node,
             kubeconfig,
+            calico_api,
             socket,
             metrics,
             bpffs,
@@ -150,6 +163,7 @@ pub fn main(cli: Cli) -> ExitCode {
                             .filter(|n| !n.is_empty())
                             .unwrap_or_else(crate::datastore::kubernetes::default_node_name),
                         kubeconfig,
+                        calico_api,
                     },
                 )
             } else {

@@ -11,6 +11,7 @@ use crate::model::promote;
 pub fn run(
     datastore: &str,
     kubeconfig: Option<&Path>,
+    calico_api: crate::datastore::kubernetes::CalicoApi,
     target: &str,
     namespace: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
@@ -24,7 +25,7 @@ pub fn run(
             .build()?;
         let report = rt.block_on(async {
             let client = crate::datastore::kubernetes::client(kubeconfig).await?;
-            crate::datastore::kubernetes::promote(client, kind, name, namespace).await
+            crate::datastore::kubernetes::promote(client, calico_api, kind, name, namespace).await
         })?;
         println!("{report}");
         return Ok(ExitCode::SUCCESS);

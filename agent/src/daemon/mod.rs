@@ -283,6 +283,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let loader = source.loader();
     if let Loader::Kubernetes(k) = &loader {
         *lock(&shared.kube) = Some(k.clone());
+        lock(&shared.inner).datastore = k.describe();
     }
     {
         let shared = shared.clone();

@@ -1,20 +1,27 @@
 //! The Kubernetes datastore: kube-rs watchers on the API server.
 //!
 //! Watched (cluster-wide, list + watch, re-listed after 410 Gone and API-server
-//! restarts with kube-rs' default backoff):
-//! - projectcalico.org/v3 GlobalNetworkPolicy, NetworkPolicy,
-//!   StagedGlobalNetworkPolicy, StagedNetworkPolicy, StagedKubernetesNetworkPolicy,
-//!   Tier, GlobalNetworkSet, NetworkSet, HostEndpoint;
+//! restarts, retried with [`WatchBackoff`]: 0.5 s doubling to at most 5 s, jittered):
+//! - Calico's GlobalNetworkPolicy, NetworkPolicy, StagedGlobalNetworkPolicy,
+//!   StagedNetworkPolicy, StagedKubernetesNetworkPolicy, Tier, GlobalNetworkSet,
+//!   NetworkSet, HostEndpoint, from one of two API groups ([`CalicoApi`]):
+//!   projectcalico.org/v3 (Calico's API server, or CRDs of that group) or
+//!   crd.projectcalico.org/v1 (the CRDs Calico itself stores them in);
 //! - networking.k8s.io/v1 NetworkPolicy; v1 Namespace, ServiceAccount, Pod.
 //!
 //! How objects become model input: every object is reduced to the document a
 //! user would write in the files datastore (apiVersion, kind, metadata.name,
 //! namespace and labels, spec) and a Pod to a projectcalico.org/v3
 //! WorkloadEndpoint (labels, service account, `status.podIPs`, named container
-//! ports). The documents go through [`crate::model::load::load_sources`], the same
-//! parser and validator as files, so a rejected object is reported (with
+//! ports). The documents go through [`crate::model::load::load_values`], the same
+//! checks and model as files (as JSON values: no text round trip), so a rejected object is reported (with
 //! `kubernetes:Kind/ns/name` as its "file") exactly as a rejected file document,
 //! and the daemon's keep-last-good, compile and install path is shared.
+//!
+//! crd.projectcalico.org/v1 objects: the spec is the projectcalico.org/v3 spec
+//! (Calico's backend stores the v3 type in the CRD), so the document is the same
+//! with apiVersion projectcalico.org/v3; namespaced kinds keep their namespace.
+//! Only policy names differ, see [`v3_policy_name`].
 //!
 //! Only pods with `spec.nodeName` == this node (and host endpoints with
 //! `spec.node` == this node) keep an interface, so only they are enforced here;
@@ -44,7 +51,7 @@ use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 
 use crate::model::ir::EndpointKind;
-use crate::model::load::load_sources;
+use crate::model::load::load_values;
 use crate::model::Loaded;
 
 /// How long the first build waits for every kind's initial list (a kind whose
@@ -55,16 +62,67 @@ pub const ROUTE_POLL: Duration = Duration::from_secs(1);
 /// Quiet time after the last change before rebuilding.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// The first retry delay of a failing watch.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// The longest retry delay of a failing watch: after an API-server outage the
+/// view is current again within this (plus a re-list) of the server's return.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Retry delays of a failing watch: [`BACKOFF_MIN`] doubling up to
+/// [`BACKOFF_MAX`], each drawn uniformly from [d/2, d] so that the watchers of
+/// many nodes do not retry in step (kube-rs' default goes up to 30 s). Reset by
+/// the first event after a failure.
+#[derive(Debug)]
+pub struct WatchBackoff {
+    step: Duration,
+    rng: u64,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        WatchBackoff {
+            step: BACKOFF_MIN,
+            rng: h.finish() | 1,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // xorshift64: enough for jitter.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let frac = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        let d = self.step.mul_f64(0.5 + 0.5 * frac);
+        self.step = (self.step * 2).min(BACKOFF_MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.step = BACKOFF_MIN;
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
     /// This node's name (pods with this `spec.nodeName` are enforced here).
     pub node: String,
     /// Kubeconfig file; `None`: the in-cluster config or `$KUBECONFIG` / ~/.kube/config.
     pub kubeconfig: Option<PathBuf>,
+    /// Where Calico's resources are read from.
+    pub calico_api: CalicoApi,
 }
 
 /// A watched kind.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kind {
     pub group: &'static str,
     pub version: &'static str,
@@ -73,9 +131,14 @@ pub struct Kind {
     pub namespaced: bool,
 }
 
+/// The group Calico's own API server serves (and the test/deploy CRDs use).
+pub const V3_GROUP: &str = "projectcalico.org";
+/// The group of the CRDs Calico stores its resources in.
+pub const CRD_GROUP: &str = "crd.projectcalico.org";
+
 const fn calico(kind: &'static str, plural: &'static str, namespaced: bool) -> Kind {
     Kind {
-        group: "projectcalico.org",
+        group: V3_GROUP,
         version: "v3",
         kind,
         plural,
@@ -83,7 +146,40 @@ const fn calico(kind: &'static str, plural: &'static str, namespaced: bool) -> K
     }
 }
 
-/// Every kind read besides Pods (which are reduced to [`PodInfo`]).
+const fn crd(kind: &'static str, plural: &'static str, namespaced: bool) -> Kind {
+    Kind {
+        group: CRD_GROUP,
+        version: "v1",
+        kind,
+        plural,
+        namespaced,
+    }
+}
+
+const K8S_NETWORK_POLICY: Kind = Kind {
+    group: "networking.k8s.io",
+    version: "v1",
+    kind: "NetworkPolicy",
+    plural: "networkpolicies",
+    namespaced: true,
+};
+const NAMESPACE: Kind = Kind {
+    group: "",
+    version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+    namespaced: false,
+};
+const SERVICE_ACCOUNT: Kind = Kind {
+    group: "",
+    version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+    namespaced: true,
+};
+
+/// Every kind read besides Pods (which are reduced to [`PodInfo`]), with
+/// Calico's kinds from projectcalico.org/v3.
 pub const KINDS: &[Kind] = &[
     calico("GlobalNetworkPolicy", "globalnetworkpolicies", false),
     calico("NetworkPolicy", "networkpolicies", true),
@@ -102,28 +198,233 @@ pub const KINDS: &[Kind] = &[
     calico("GlobalNetworkSet", "globalnetworksets", false),
     calico("NetworkSet", "networksets", true),
     calico("HostEndpoint", "hostendpoints", false),
-    Kind {
-        group: "networking.k8s.io",
-        version: "v1",
-        kind: "NetworkPolicy",
-        plural: "networkpolicies",
-        namespaced: true,
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Namespace",
-        plural: "namespaces",
-        namespaced: false,
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "ServiceAccount",
-        plural: "serviceaccounts",
-        namespaced: true,
-    },
+    K8S_NETWORK_POLICY,
+    NAMESPACE,
+    SERVICE_ACCOUNT,
 ];
+
+/// [`KINDS`] with Calico's kinds from crd.projectcalico.org/v1.
+pub const CRD_KINDS: &[Kind] = &[
+    crd("GlobalNetworkPolicy", "globalnetworkpolicies", false),
+    crd("NetworkPolicy", "networkpolicies", true),
+    crd(
+        "StagedGlobalNetworkPolicy",
+        "stagedglobalnetworkpolicies",
+        false,
+    ),
+    crd("StagedNetworkPolicy", "stagednetworkpolicies", true),
+    crd(
+        "StagedKubernetesNetworkPolicy",
+        "stagedkubernetesnetworkpolicies",
+        true,
+    ),
+    crd("Tier", "tiers", false),
+    crd("GlobalNetworkSet", "globalnetworksets", false),
+    crd("NetworkSet", "networksets", true),
+    crd("HostEndpoint", "hostendpoints", false),
+    K8S_NETWORK_POLICY,
+    NAMESPACE,
+    SERVICE_ACCOUNT,
+];
+
+/// Where Calico's resources are read from (`agent run`) and written to (`agent promote`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalicoApi {
+    /// projectcalico.org/v3: Calico's API server (or CRDs of that group).
+    V3,
+    /// crd.projectcalico.org/v1: the CRDs Calico stores its resources in (no API server needed).
+    Crd,
+    /// v3 if the API server serves it, else crd.projectcalico.org/v1 if it is
+    /// installed; an error naming both if neither is.
+    #[default]
+    Auto,
+}
+
+/// A resolved [`CalicoApi`]: the group Calico's kinds are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalicoGroup {
+    V3,
+    CrdV1,
+}
+
+impl CalicoGroup {
+    /// Every kind read, Calico's from this group.
+    pub fn kinds(self) -> &'static [Kind] {
+        match self {
+            Self::V3 => KINDS,
+            Self::CrdV1 => CRD_KINDS,
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Self::V3 => "projectcalico.org/v3",
+            Self::CrdV1 => "crd.projectcalico.org/v1",
+        }
+    }
+
+    /// The kind `kind` of Calico's (or, for `networking.k8s.io/...`, Kubernetes') in this group.
+    pub fn kind(self, kind: &str) -> Kind {
+        let (group, kind) = match kind.strip_prefix("networking.k8s.io/") {
+            Some(k) => ("networking.k8s.io", k),
+            None => (
+                match self {
+                    Self::V3 => V3_GROUP,
+                    Self::CrdV1 => CRD_GROUP,
+                },
+                kind,
+            ),
+        };
+        *self
+            .kinds()
+            .iter()
+            .find(|k| k.group == group && k.kind == kind)
+            .unwrap_or_else(|| panic!("unknown kind {group}/{kind}"))
+    }
+}
+
+impl std::fmt::Display for CalicoGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.api_version())
+    }
+}
+
+/// The resource every Calico installation serves in a group: what `auto` looks for.
+const PROBE_RESOURCE: &str = "globalnetworkpolicies";
+
+/// `auto`: the group to use given the resources the API server lists for
+/// projectcalico.org/v3 and crd.projectcalico.org/v1 (`None`: group-version not
+/// served, or its discovery failed). An error says what was looked for.
+pub fn choose_calico_group(
+    v3: Option<&[String]>,
+    crd_v1: Option<&[String]>,
+) -> Result<CalicoGroup, String> {
+    let serves = |r: Option<&[String]>| r.is_some_and(|r| r.iter().any(|n| n == PROBE_RESOURCE));
+    if serves(v3) {
+        Ok(CalicoGroup::V3)
+    } else if serves(crd_v1) {
+        Ok(CalicoGroup::CrdV1)
+    } else {
+        Err(format!(
+            "Calico's API not found: looked for {PROBE_RESOURCE} in projectcalico.org/v3 \
+             (Calico API server, or deploy/crds.yaml) ({}) and in crd.projectcalico.org/v1 \
+             (Calico's CRDs) ({}); install one, or choose with --calico-api v3|crd",
+            describe_discovered(v3),
+            describe_discovered(crd_v1)
+        ))
+    }
+}
+
+fn describe_discovered(r: Option<&[String]>) -> String {
+    match r {
+        None => "group-version not served".into(),
+        Some([]) => "served, no resources".into(),
+        Some(r) => format!("served: {}", r.join(", ")),
+    }
+}
+
+/// Resolves `auto` with API discovery (retried for [`INITIAL_SYNC`] while the
+/// API server cannot be reached); `v3` and `crd` are taken as they are.
+pub async fn resolve_calico_api(client: &Client, want: CalicoApi) -> anyhow::Result<CalicoGroup> {
+    match want {
+        CalicoApi::V3 => return Ok(CalicoGroup::V3),
+        CalicoApi::Crd => return Ok(CalicoGroup::CrdV1),
+        CalicoApi::Auto => {}
+    }
+    let deadline = tokio::time::Instant::now() + INITIAL_SYNC;
+    let groups = loop {
+        match client.list_api_groups().await {
+            Ok(g) => break g,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "API discovery failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(e).context(
+                    "--calico-api auto: listing the API server's groups (to choose between \
+                     projectcalico.org/v3 and crd.projectcalico.org/v1)",
+                ))
+            }
+        }
+    };
+    let mut found: [Option<Vec<String>>; 2] = [None, None];
+    for (slot, (group, version)) in found.iter_mut().zip([(V3_GROUP, "v3"), (CRD_GROUP, "v1")]) {
+        let listed = groups
+            .groups
+            .iter()
+            .any(|g| g.name == group && g.versions.iter().any(|v| v.version == version));
+        if !listed {
+            continue;
+        }
+        match client
+            .list_api_group_resources(&format!("{group}/{version}"))
+            .await
+        {
+            Ok(r) => *slot = Some(r.resources.into_iter().map(|r| r.name).collect()),
+            // E.g. Calico's aggregated API server registered but down.
+            Err(e) => {
+                tracing::warn!(group, version, error = %e, "API group listed but its discovery failed")
+            }
+        }
+    }
+    let group = choose_calico_group(found[0].as_deref(), found[1].as_deref())
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(api = %group, "--calico-api auto: reading Calico's resources from {group}");
+    Ok(group)
+}
+
+/// The projectcalico.org/v3 name of a policy stored in crd.projectcalico.org/v1
+/// as `stored`, in tier `tier` (`spec.tier`, unset = `default`).
+///
+/// What Calico does (libcalico-go, checked against its source and release notes):
+/// - up to v3.28 its v3 client stored `<name>` as `default.<name>` and read it
+///   back by removing everything up to the first dot (`knp.` and `ossg.` names,
+///   which Calico generates, untouched);
+/// - v3.29 (tiers in open source) stores `names.TieredPolicyName`: a name
+///   without a dot gets `default.`; a policy in another tier must be named
+///   `<tier>.<name>` and is stored as is. Reading, `ClientTieredPolicyName`
+///   removes only a `default.` prefix (v3.29.0-3 showed it; v3.29.4/v3.30 remove
+///   it again unless the policy was created with it);
+/// - later releases stop requiring the tier prefix and store names as given.
+///
+/// So: a name starting with `default.` in the default tier loses that prefix;
+/// every other name (other tiers' `<tier>.<name>`, names stored without a prefix,
+/// Calico-generated `knp.`/`ossg.`/`kcnp.` names) is its v3 name unchanged. Not
+/// reproduced: a default-tier policy deliberately created as `default.<name>`
+/// through a v3.29.4+ API server shows there as `default.<name>`, here as `<name>`.
+pub fn v3_policy_name<'a>(stored: &'a str, tier: Option<&str>) -> &'a str {
+    let tier = tier.filter(|t| !t.is_empty()).unwrap_or("default");
+    if tier != "default" {
+        return stored;
+    }
+    match stored.strip_prefix("default.") {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => stored,
+    }
+}
+
+/// Kinds whose names follow Calico's tiered policy naming in crd.projectcalico.org/v1.
+fn tiered_name(kind: &Kind) -> bool {
+    kind.group == CRD_GROUP
+        && matches!(
+            kind.kind,
+            "GlobalNetworkPolicy"
+                | "NetworkPolicy"
+                | "StagedGlobalNetworkPolicy"
+                | "StagedNetworkPolicy"
+        )
+}
+
+/// The name an object has in the model (projectcalico.org/v3 terms).
+pub fn model_name(kind: &Kind, o: &DynamicObject) -> String {
+    let name = o.name_any();
+    if tiered_name(kind) {
+        let tier = o.data["spec"]["tier"].as_str();
+        v3_policy_name(&name, tier).to_string()
+    } else {
+        name
+    }
+}
 
 impl Kind {
     pub fn api_version(&self) -> String {
@@ -260,6 +561,7 @@ struct State {
 /// The running watchers and their view of the cluster.
 pub struct KubeDatastore {
     node: String,
+    group: CalicoGroup,
     state: Arc<Mutex<State>>,
     rx: mpsc::UnboundedReceiver<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -273,6 +575,7 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 #[derive(Clone)]
 pub struct KubeSnapshot {
     node: String,
+    group: CalicoGroup,
     state: Arc<Mutex<State>>,
 }
 
@@ -281,10 +584,34 @@ impl KubeSnapshot {
         build(&self.node, &self.state)
     }
 
+    /// A view holding only `pods` (`(namespace, name)` -> pod), with no
+    /// watchers: the rebuild measured and tested offline.
+    pub fn from_pods(
+        node: &str,
+        pods: impl IntoIterator<Item = ((String, String), PodInfo)>,
+    ) -> KubeSnapshot {
+        let state = State {
+            pods: pods.into_iter().collect(),
+            ..State::default()
+        };
+        KubeSnapshot {
+            node: node.to_string(),
+            group: CalicoGroup::V3,
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// `kubernetes (node N, Calico API G)`, for the status.
+    pub fn describe(&self) -> String {
+        format!("kubernetes (node {}, Calico API {})", self.node, self.group)
+    }
+
     /// Kinds not listed yet and failing watches, one line each.
     pub fn problems(&self) -> Vec<String> {
         let st = lock(&self.state);
-        let mut out: Vec<String> = KINDS
+        let mut out: Vec<String> = self
+            .group
+            .kinds()
             .iter()
             .map(Kind::label)
             .chain(["Pod".to_string()])
@@ -322,10 +649,11 @@ impl KubeDatastore {
     /// their first lists.
     pub async fn start(opts: &KubeOptions) -> anyhow::Result<KubeDatastore> {
         let client = client(opts.kubeconfig.as_deref()).await?;
+        let group = resolve_calico_api(&client, opts.calico_api).await?;
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
-        for kind in KINDS {
+        for kind in group.kinds() {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
             let k = *kind;
             tasks.push(tokio::spawn(watch(
@@ -366,6 +694,7 @@ impl KubeDatastore {
         }
         let ds = KubeDatastore {
             node: opts.node.clone(),
+            group,
             state,
             rx,
             tasks,
@@ -392,7 +721,8 @@ impl KubeDatastore {
     /// Kinds (labels) whose first list has not completed.
     pub fn unsynced(&self) -> Vec<String> {
         let st = lock(&self.state);
-        KINDS
+        self.group
+            .kinds()
             .iter()
             .map(Kind::label)
             .chain(["Pod".to_string()])
@@ -403,6 +733,7 @@ impl KubeDatastore {
     pub fn snapshot(&self) -> KubeSnapshot {
         KubeSnapshot {
             node: self.node.clone(),
+            group: self.group,
             state: self.state.clone(),
         }
     }
@@ -467,7 +798,7 @@ async fn watch<K, F>(
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     F: Fn(K) -> Option<Stored>,
 {
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(api, watcher::Config::default()).backoff(WatchBackoff::default());
     futures::pin_mut!(stream);
     let mut buffer: Option<Vec<(Key, Stored)>> = None;
     let mut failing = false;
@@ -530,10 +861,12 @@ async fn watch<K, F>(
 
 /// The document a user would write for this object: apiVersion, kind,
 /// metadata (name, namespace, labels) and spec. Server-set metadata, status
-/// and annotations are dropped (they do not affect policy).
+/// and annotations are dropped (they do not affect policy). Calico's
+/// crd.projectcalico.org/v1 objects become their projectcalico.org/v3 document
+/// (see [`model_name`]).
 pub fn document(kind: &Kind, o: &DynamicObject) -> Value {
     let mut meta = serde_json::Map::new();
-    meta.insert("name".into(), json!(o.name_any()));
+    meta.insert("name".into(), json!(model_name(kind, o)));
     if kind.namespaced {
         if let Some(ns) = &o.metadata.namespace {
             meta.insert("namespace".into(), json!(ns));
@@ -543,7 +876,12 @@ pub fn document(kind: &Kind, o: &DynamicObject) -> Value {
         meta.insert("labels".into(), json!(labels));
     }
     let mut doc = serde_json::Map::new();
-    doc.insert("apiVersion".into(), json!(kind.api_version()));
+    let api_version = if kind.group == CRD_GROUP {
+        "projectcalico.org/v3".to_string()
+    } else {
+        kind.api_version()
+    };
+    doc.insert("apiVersion".into(), json!(api_version));
     doc.insert("kind".into(), json!(kind.kind));
     doc.insert("metadata".into(), Value::Object(meta));
     if let Some(spec) = o.data.get("spec") {
@@ -657,40 +995,49 @@ pub fn workload_endpoint(key: &Key, pod: &PodInfo, interface: &str, node: &str) 
     })
 }
 
-/// Builds the model from the current view (same loader and validator as files).
+/// The interfaceName given to pods on other nodes (never attached: see [`localize`]).
+const REMOTE_INTERFACE: &str = "remote";
+
+/// Builds the model from the current view (same checks and model as files).
+///
+/// Memory: pods are turned into documents one at a time as the loader takes
+/// them (all documents at once would cost ~3.7 KB per pod on top of the model);
+/// they come from a copy of the lean pod view so that the watchers are not held
+/// up while it loads.
 fn build(node: &str, state: &Mutex<State>) -> Loaded {
     let routes = host_routes();
-    let mut sources: Vec<(PathBuf, String)> = Vec::new();
+    let mut sources: Vec<(PathBuf, Value)> = Vec::new();
     let mut local: HashSet<(EndpointKind, String)> = HashSet::new();
-    {
+    let (pods, interfaces) = {
         let mut st = lock(state);
         let interfaces = local_interfaces(&st, &routes);
         for (label, docs) in &st.docs {
             let kind = label.rsplit('/').next().unwrap_or(label);
             for ((ns, name), doc) in docs {
-                if kind == "HostEndpoint"
-                    && doc["spec"]["node"].as_str() == Some(node)
-                    && label.starts_with("projectcalico.org/")
-                {
-                    local.insert((EndpointKind::Host, name.clone()));
+                if kind == "HostEndpoint" && doc["spec"]["node"].as_str() == Some(node) {
+                    let name = doc["metadata"]["name"].as_str().unwrap_or(name);
+                    local.insert((EndpointKind::Host, name.to_string()));
                 }
-                sources.push((source_name(label, ns, name), to_yaml(doc)));
+                sources.push((source_name(label, ns, name), doc.clone()));
             }
         }
-        for (key, pod) in &st.pods {
-            let interface = interfaces
-                .get(key)
-                .cloned()
-                .unwrap_or_else(|| calico_interface(&key.0, &key.1));
-            if pod.local {
-                local.insert((EndpointKind::Workload, format!("{}/{}", key.0, key.1)));
-            }
-            let doc = workload_endpoint(key, pod, &interface, node);
-            sources.push((source_name("Pod", &key.0, &key.1), to_yaml(&doc)));
-        }
-        st.interfaces = interfaces;
-    }
-    let mut loaded = load_sources(&sources);
+        st.interfaces = interfaces.clone();
+        (st.pods.clone(), interfaces)
+    };
+    local.extend(
+        pods.iter()
+            .filter(|(_, p)| p.local)
+            .map(|(key, _)| (EndpointKind::Workload, format!("{}/{}", key.0, key.1))),
+    );
+    let pod_documents = pods.iter().map(|(key, pod)| {
+        // A remote pod's interface is dropped by `localize`: no need to name it.
+        let interface = interfaces.get(key).map_or(REMOTE_INTERFACE, String::as_str);
+        (
+            source_name("Pod", &key.0, &key.1),
+            workload_endpoint(key, pod, interface, node),
+        )
+    });
+    let mut loaded = load_values(sources.into_iter().chain(pod_documents));
     localize(&mut loaded, &local);
     loaded
 }
@@ -705,20 +1052,19 @@ pub fn localize(loaded: &mut Loaded, local: &HashSet<(EndpointKind, String)>) {
     }
 }
 
+/// `kubernetes:<kind>/[<ns>/]<name>` with the object's stored name; the kind is
+/// prefixed with its group unless it is core or projectcalico.org (e.g.
+/// `crd.projectcalico.org/GlobalNetworkPolicy`, `networking.k8s.io/NetworkPolicy`).
 fn source_name(label: &str, ns: &str, name: &str) -> PathBuf {
-    let kind = match label {
-        "networking.k8s.io/NetworkPolicy" => "networking.k8s.io/NetworkPolicy",
-        l => l.rsplit('/').next().unwrap_or(l),
+    let kind = match label.rsplit_once('/') {
+        Some(("" | V3_GROUP, k)) => k,
+        _ => label,
     };
     if ns.is_empty() {
         PathBuf::from(format!("kubernetes:{kind}/{name}"))
     } else {
         PathBuf::from(format!("kubernetes:{kind}/{ns}/{name}"))
     }
-}
-
-fn to_yaml(v: &Value) -> String {
-    serde_yaml::to_string(v).unwrap_or_else(|_| v.to_string())
 }
 
 /// This machine's node name: `$NODE_NAME`, else the host name.
@@ -737,32 +1083,34 @@ pub fn default_node_name() -> String {
 /// its enforced kind (server-side apply, field manager `agent-promote`) and the
 /// staged object is deleted. `stagedAction: Delete` deletes the enforced
 /// namesake and the staged object; `Ignore` is refused. Returns what was done.
+///
+/// Calico's kinds are read from and written to the group `api` resolves to (the
+/// one `agent run --calico-api` reads). In crd.projectcalico.org/v1 `name` is the
+/// policy's v3 name (as `agent status` shows it) or its stored name; the
+/// enforced object is stored under the enforced namesake's stored name if there
+/// is one, else under the staged object's (so `default.<name>` stays tiered).
 pub async fn promote(
     client: Client,
+    api: CalicoApi,
     kind: crate::model::ir::PolicyKind,
     name: &str,
     namespace: Option<&str>,
 ) -> anyhow::Result<String> {
     use crate::model::ir::PolicyKind as P;
     use kube::api::{DeleteParams, Patch, PatchParams};
-    let find = |label: &str| {
-        *KINDS
-            .iter()
-            .find(|k| k.label() == label)
-            .expect("a known kind")
-    };
+    let group = resolve_calico_api(&client, api).await?;
     let (staged, enforced) = match kind {
         P::StagedGlobalNetworkPolicy => (
-            find("projectcalico.org/StagedGlobalNetworkPolicy"),
-            find("projectcalico.org/GlobalNetworkPolicy"),
+            group.kind("StagedGlobalNetworkPolicy"),
+            group.kind("GlobalNetworkPolicy"),
         ),
         P::StagedNetworkPolicy => (
-            find("projectcalico.org/StagedNetworkPolicy"),
-            find("projectcalico.org/NetworkPolicy"),
+            group.kind("StagedNetworkPolicy"),
+            group.kind("NetworkPolicy"),
         ),
         P::StagedKubernetesNetworkPolicy => (
-            find("projectcalico.org/StagedKubernetesNetworkPolicy"),
-            find("networking.k8s.io/NetworkPolicy"),
+            group.kind("StagedKubernetesNetworkPolicy"),
+            group.kind("networking.k8s.io/NetworkPolicy"),
         ),
         other => anyhow::bail!("{} is not a staged kind", other.as_str()),
     };
@@ -774,14 +1122,23 @@ pub async fn promote(
         }
     };
     let (staged_api, enforced_api) = (api(&staged), api(&enforced));
-    let describe = |k: &Kind| match ns {
-        Some(ns) => format!("{} {ns}/{name}", k.kind),
-        None => format!("{} {name}", k.kind),
+    let describe = |k: &Kind, name: &str| {
+        let group = if k.group.is_empty() || k.group == V3_GROUP {
+            String::new()
+        } else {
+            format!(".{}", k.group)
+        };
+        match ns {
+            Some(ns) => format!("{}{group} {ns}/{name}", k.kind),
+            None => format!("{}{group} {name}", k.kind),
+        }
     };
-    let obj = staged_api
-        .get_opt(name)
+    let obj = find_policy(&staged_api, &staged, name)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("{} not found", describe(&staged)))?;
+        .ok_or_else(|| anyhow::anyhow!("{} not found", describe(&staged, name)))?;
+    let staged_name = obj.name_any();
+    let v3_name = model_name(&staged, &obj);
+    let namesake = find_policy(&enforced_api, &enforced, &v3_name).await?;
     let mut spec = obj.data.get("spec").cloned().unwrap_or_else(|| json!({}));
     let action = spec
         .get("stagedAction")
@@ -795,21 +1152,22 @@ pub async fn promote(
     let done = match action.as_str() {
         "Ignore" => anyhow::bail!(
             "{} has stagedAction Ignore: promoting it changes nothing that is enforced",
-            describe(&staged)
+            describe(&staged, &staged_name)
         ),
-        "Delete" => {
-            let existed = enforced_api.get_opt(name).await?.is_some();
-            if existed {
-                enforced_api.delete(name, &dp).await?;
+        "Delete" => match namesake {
+            Some(o) => {
+                let n = o.name_any();
+                enforced_api.delete(&n, &dp).await?;
+                format!("deleted {} (staged Delete)", describe(&enforced, &n))
             }
-            format!(
-                "deleted {} (staged Delete){}",
-                describe(&enforced),
-                if existed { "" } else { "; it did not exist" }
-            )
-        }
+            None => format!(
+                "deleted {} (staged Delete); it did not exist",
+                describe(&enforced, &v3_name)
+            ),
+        },
         _ => {
-            let mut meta = json!({"name": name});
+            let target = namesake.map_or(staged_name.clone(), |o| o.name_any());
+            let mut meta = json!({"name": target});
             if let Some(ns) = ns {
                 meta["namespace"] = json!(ns);
             }
@@ -824,16 +1182,37 @@ pub async fn promote(
             });
             enforced_api
                 .patch(
-                    name,
+                    &target,
                     &PatchParams::apply("agent-promote").force(),
                     &Patch::Apply(&doc),
                 )
                 .await?;
-            format!("promoted to {}", describe(&enforced))
+            format!("promoted to {}", describe(&enforced, &target))
         }
     };
-    staged_api.delete(name, &dp).await?;
+    staged_api.delete(&staged_name, &dp).await?;
     Ok(format!("{done}; removed the staged policy"))
+}
+
+/// The policy of `kind` whose model name (or stored name) is `name`: in
+/// crd.projectcalico.org/v1 a default-tier policy `x` may be stored as
+/// `default.x` or `x` (see [`v3_policy_name`]); elsewhere the name is the name.
+async fn find_policy(
+    api: &Api<DynamicObject>,
+    kind: &Kind,
+    name: &str,
+) -> anyhow::Result<Option<DynamicObject>> {
+    if !tiered_name(kind) {
+        return Ok(api.get_opt(name).await?);
+    }
+    for stored in [format!("default.{name}"), name.to_string()] {
+        if let Some(o) = api.get_opt(&stored).await? {
+            if model_name(kind, &o) == name || stored == name {
+                return Ok(Some(o));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -937,6 +1316,210 @@ mod tests {
         assert!(PodInfo::from_pod(&p, "n").is_none());
     }
 
+    fn crd_object(kind: &str, ns: Option<&str>, name: &str, spec: Value) -> (Kind, DynamicObject) {
+        let k = CalicoGroup::CrdV1.kind(kind);
+        let mut o = DynamicObject::new(name, &k.api_resource());
+        o.metadata.namespace = ns.map(Into::into);
+        o.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        o.data = json!({ "spec": spec });
+        (k, o)
+    }
+
+    #[test]
+    fn v1_policy_names_map_to_v3_names_as_calico_does() {
+        // Default tier: Calico stores `<name>` as `default.<name>` and reads it back without.
+        assert_eq!(v3_policy_name("default.allow-dns", None), "allow-dns");
+        assert_eq!(v3_policy_name("default.allow-dns", Some("")), "allow-dns");
+        assert_eq!(
+            v3_policy_name("default.allow-dns", Some("default")),
+            "allow-dns"
+        );
+        // Only the first `default.` goes; the rest may hold dots.
+        assert_eq!(v3_policy_name("default.a.b", None), "a.b");
+        // Stored without a prefix (newer Calico, or created directly): unchanged.
+        assert_eq!(v3_policy_name("allow-dns", None), "allow-dns");
+        // Other tiers: `<tier>.<name>` is the v3 name too.
+        assert_eq!(
+            v3_policy_name("security.deny-x", Some("security")),
+            "security.deny-x"
+        );
+        assert_eq!(v3_policy_name("default.x", Some("security")), "default.x");
+        // Calico-generated names are never tiered by the client.
+        assert_eq!(v3_policy_name("knp.default.x", None), "knp.default.x");
+        assert_eq!(v3_policy_name("default.", None), "default.");
+    }
+
+    #[test]
+    fn v1_objects_become_v3_documents() {
+        let (k, o) = crd_object(
+            "NetworkPolicy",
+            Some("prod"),
+            "default.db",
+            json!({"selector": "app == 'db'", "types": ["Ingress"]}),
+        );
+        let doc = document(&k, &o);
+        assert_eq!(doc["apiVersion"], "projectcalico.org/v3");
+        assert_eq!(doc["kind"], "NetworkPolicy");
+        assert_eq!(doc["metadata"]["name"], "db");
+        assert_eq!(doc["metadata"]["namespace"], "prod");
+        assert_eq!(doc["metadata"]["labels"]["team"], "a");
+        assert_eq!(doc["spec"]["selector"], "app == 'db'");
+
+        let (k, o) = crd_object(
+            "StagedGlobalNetworkPolicy",
+            None,
+            "security.lockdown",
+            json!({"tier": "security", "selector": "all()"}),
+        );
+        let doc = document(&k, &o);
+        assert_eq!(doc["kind"], "StagedGlobalNetworkPolicy");
+        assert_eq!(doc["metadata"]["name"], "security.lockdown");
+        assert!(doc["metadata"].get("namespace").is_none());
+
+        // Names of other kinds are not tiered.
+        for kind in ["StagedKubernetesNetworkPolicy", "NetworkSet"] {
+            let (k, o) = crd_object(kind, Some("prod"), "default.x", json!({}));
+            assert_eq!(document(&k, &o)["metadata"]["name"], "default.x", "{kind}");
+        }
+    }
+
+    #[test]
+    fn v1_policies_load_under_their_v3_names_and_v1_host_endpoints_are_local() {
+        let state = Mutex::new(State::default());
+        {
+            let mut st = lock(&state);
+            for (kind, ns, name, spec) in [
+                (
+                    "GlobalNetworkPolicy",
+                    None,
+                    "default.deny-web",
+                    json!({"selector": "app == 'web'", "ingress": [{"action": "Deny"}]}),
+                ),
+                ("Tier", None, "security", json!({"order": 100})),
+                (
+                    "GlobalNetworkPolicy",
+                    None,
+                    "security.pass-all",
+                    json!({"tier": "security", "selector": "all()", "ingress": [{"action": "Pass"}]}),
+                ),
+                (
+                    "HostEndpoint",
+                    None,
+                    "n1-eth0",
+                    json!({"node": "n1", "interfaceName": "eth0", "expectedIPs": ["10.0.0.1"]}),
+                ),
+            ] {
+                let (k, o) = crd_object(kind, ns, name, spec);
+                st.docs
+                    .entry(k.label())
+                    .or_default()
+                    .insert((String::new(), name.into()), document(&k, &o));
+            }
+        }
+        let loaded = build("n1", &state);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let mut names: Vec<_> = loaded
+            .model
+            .policies
+            .iter()
+            .map(|p| p.id.name.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["deny-web", "security.pass-all"]);
+        let hep = &loaded.model.endpoints[0];
+        assert_eq!(hep.kind, EndpointKind::Host);
+        assert_eq!(
+            hep.interface.as_deref(),
+            Some("eth0"),
+            "local: keeps its interface"
+        );
+    }
+
+    #[test]
+    fn a_rejected_v1_object_names_its_stored_object() {
+        let (k, o) = crd_object(
+            "GlobalNetworkPolicy",
+            None,
+            "default.bad",
+            json!({"selector": "all()", "ingress": [{"action": "Nope"}]}),
+        );
+        let state = Mutex::new(State::default());
+        lock(&state)
+            .docs
+            .entry(k.label())
+            .or_default()
+            .insert((String::new(), "default.bad".into()), document(&k, &o));
+        let loaded = build("n", &state);
+        let d = &loaded.diagnostics[0];
+        assert_eq!(d.resource, "GlobalNetworkPolicy/bad");
+        assert_eq!(
+            d.file,
+            PathBuf::from("kubernetes:crd.projectcalico.org/GlobalNetworkPolicy/default.bad")
+        );
+    }
+
+    #[test]
+    fn auto_prefers_v3_then_crd_and_says_what_it_looked_for() {
+        let gnp = vec!["globalnetworkpolicies".to_string(), "tiers".to_string()];
+        let other = vec!["ippools".to_string()];
+        assert_eq!(
+            choose_calico_group(Some(&gnp), Some(&gnp)),
+            Ok(CalicoGroup::V3)
+        );
+        assert_eq!(choose_calico_group(Some(&gnp), None), Ok(CalicoGroup::V3));
+        assert_eq!(
+            choose_calico_group(None, Some(&gnp)),
+            Ok(CalicoGroup::CrdV1)
+        );
+        // A v3 group without policies (e.g. only IP pools) does not count.
+        assert_eq!(
+            choose_calico_group(Some(&other), Some(&gnp)),
+            Ok(CalicoGroup::CrdV1)
+        );
+        let e = choose_calico_group(Some(&other), None).unwrap_err();
+        for want in [
+            "globalnetworkpolicies",
+            "projectcalico.org/v3",
+            "crd.projectcalico.org/v1",
+            "served: ippools",
+            "group-version not served",
+            "--calico-api",
+        ] {
+            assert!(e.contains(want), "{want:?} missing in: {e}");
+        }
+        assert_eq!(CalicoGroup::CrdV1.kinds().len(), KINDS.len());
+        assert_eq!(
+            CalicoGroup::CrdV1.kind("HostEndpoint").api_version(),
+            "crd.projectcalico.org/v1"
+        );
+        assert_eq!(
+            CalicoGroup::CrdV1
+                .kind("networking.k8s.io/NetworkPolicy")
+                .api_version(),
+            "networking.k8s.io/v1"
+        );
+    }
+
+    #[test]
+    fn watch_backoff_is_jittered_capped_at_5s_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let first: Vec<Duration> = b.by_ref().take(12).collect();
+        for (i, d) in first.iter().enumerate() {
+            let step = (BACKOFF_MIN * 2u32.pow(i as u32)).min(BACKOFF_MAX);
+            assert!(
+                *d >= step / 2 && *d <= step,
+                "{i}: {d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+        }
+        assert!(first.iter().all(|d| *d <= BACKOFF_MAX));
+        // Jittered: the capped delays are not all equal.
+        assert!(first[6..].windows(2).any(|w| w[0] != w[1]), "{first:?}");
+        b.reset();
+        assert!(b.next().unwrap() <= BACKOFF_MIN);
+    }
+
     #[test]
     fn a_rejected_object_is_a_diagnostic_naming_it() {
         let kind = KINDS[0];
@@ -962,7 +1545,7 @@ mod tests {
 
     /// Many pods cluster-wide, few on this node: all are known (as peers), only
     /// the local ones get an interface. Prints the rebuild time (measured, not
-    /// asserted; ~0.69 s for 10k pods in a release build).
+    /// asserted; agent/tests/kube_pod_memory.rs measures 10k and 100k pods).
     #[test]
     fn rebuild_with_many_remote_pods() {
         let state = Mutex::new(State::default());

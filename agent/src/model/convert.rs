@@ -499,13 +499,17 @@ fn with_inherited(own: Labels, profiles: &[String], by_name: &BTreeMap<String, P
     labels
 }
 
-/// Builds the model from validated resources (in load order).
-pub fn to_model(resources: &[Resource]) -> Model {
+/// Builds the model from validated resources (in load order; iterated a few
+/// times, so a cheap iterator over references, e.g. a slice's or documents').
+pub fn to_model<'a, I>(resources: I) -> Model
+where
+    I: IntoIterator<Item = &'a Resource> + Clone,
+{
     let mut model = Model::default();
     let mut namespaces: BTreeMap<String, res::StringMap> = BTreeMap::new();
     let mut service_accounts: BTreeMap<(String, String), res::StringMap> = BTreeMap::new();
     let mut profiles: BTreeMap<String, Profile> = BTreeMap::new();
-    for r in resources {
+    for r in resources.clone() {
         match r {
             Resource::Namespace(o) => {
                 namespaces.insert(o.metadata.name.clone(), o.metadata.labels.clone());
@@ -535,7 +539,7 @@ pub fn to_model(resources: &[Resource]) -> Model {
     // that profile from the Namespace: allow everything, apply the pcns.* labels.
     // A `kns.<ns>` profile an endpoint names explicitly is also Calico's namespace profile.
     let mut needed_kns = BTreeSet::new();
-    for r in resources {
+    for r in resources.clone() {
         let listed = match r {
             Resource::WorkloadEndpoint(o) if o.spec.profiles.is_empty() => {
                 needed_kns.insert(namespace_of(&o.metadata).to_string());
@@ -578,7 +582,7 @@ pub fn to_model(resources: &[Resource]) -> Model {
         .into_iter()
         .map(|t| (t.name.clone(), t))
         .collect();
-    for r in resources {
+    for r in resources.clone() {
         match r {
             Resource::Tier(o) => {
                 tiers.insert(

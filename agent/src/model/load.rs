@@ -136,7 +136,18 @@ fn parse_document(
             })
         }
     };
-    let lines = node.line_index();
+    parse_value(file, node.line, node.line_index(), node.to_json(), diags)
+}
+
+/// Checks one document given as a JSON value (`line` and `lines`: where it and
+/// its fields are in the text it came from, if any).
+fn parse_value(
+    file: &Path,
+    line: usize,
+    lines: HashMap<String, usize>,
+    value: serde_json::Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Option<Document>, Diagnostic> {
     let at = |field: &str, resource: &str, message: String| Diagnostic {
         severity: Severity::Error,
         file: file.to_path_buf(),
@@ -145,14 +156,14 @@ fn parse_document(
         field: field.into(),
         message,
     };
-    if !matches!(node.value, yaml::Value::Map(_)) {
+    if !value.is_object() {
         return Err(at(
             "",
             "",
             "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
         ));
     }
-    let text_field = |key: &str| node.get(key).and_then(|n| n.as_str()).unwrap_or("");
+    let text_field = |key: &str| value.get(key).and_then(|n| n.as_str()).unwrap_or("");
     let (api_version, kind_str) = (text_field("apiVersion"), text_field("kind"));
     for (field, value) in [("apiVersion", api_version), ("kind", kind_str)] {
         if value.is_empty() {
@@ -160,7 +171,7 @@ fn parse_document(
         }
     }
     let kind = ResourceKind::from_type(api_version, kind_str).map_err(|m| at("kind", "", m))?;
-    let meta = node.get("metadata");
+    let meta = value.get("metadata");
     let meta_str = |key: &str| meta.and_then(|m| m.get(key)).and_then(|n| n.as_str());
     let name = meta_str("name").unwrap_or("");
     let namespace = kind
@@ -168,7 +179,7 @@ fn parse_document(
         .then(|| meta_str("namespace").unwrap_or("default"));
     let id = resource_id(kind.name(), namespace, name);
 
-    let resource = kind.parse(node.to_json()).map_err(|e| {
+    let resource = kind.parse(value).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
         let mut message = e.inner().to_string();
@@ -179,7 +190,7 @@ fn parse_document(
     })?;
     let doc = Document {
         file: file.to_path_buf(),
-        line: node.line,
+        line,
         kind,
         id,
         resource,
@@ -202,18 +213,16 @@ fn parse_document(
 }
 
 /// Checks between documents: duplicates, tiers that do not exist, profiles
-/// that do not exist. Returns the documents that survive.
-fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
-    let mut seen: HashMap<(ResourceKind, Option<String>, String), (PathBuf, usize)> =
-        HashMap::new();
-    let mut unique = Vec::new();
-    let (valid, invalid): (Vec<Document>, Vec<Document>) = docs.into_iter().partition(|d| d.valid);
-    for doc in valid {
-        let key = (
-            doc.kind,
-            doc.namespace().map(str::to_string),
-            doc.name().to_string(),
-        );
+/// that do not exist. Returns the documents that survive, in order. Works in
+/// place (a document is large, and the Kubernetes datastore has one per pod).
+fn cross_check(mut docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+    let mut seen: HashMap<(ResourceKind, Option<&str>, &str), (&Path, usize)> = HashMap::new();
+    // Valid documents are loaded unless a check below drops them; invalid ones
+    // get the checks too (reported, never loaded); duplicates only their report.
+    let mut load: Vec<bool> = docs.iter().map(|d| d.valid).collect();
+    let mut checked = vec![true; docs.len()];
+    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.valid) {
+        let key = (doc.kind, doc.namespace(), doc.name());
         if let Some((file, line)) = seen.get(&key) {
             let message = format!(
                 "duplicate resource: {} is already defined at {}:{line}",
@@ -221,25 +230,23 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
                 file.display()
             );
             diags.push(doc.diagnostic(Severity::Error, "metadata.name", message));
+            load[i] = false;
+            checked[i] = false;
             continue;
         }
-        seen.insert(key, (doc.file.clone(), doc.line));
-        unique.push(doc);
+        seen.insert(key, (&doc.file, doc.line));
     }
 
-    let tiers: BTreeSet<&str> = unique
-        .iter()
-        .filter(|d| d.kind == ResourceKind::Tier)
-        .map(|d| d.name())
-        .collect();
-    let profiles: BTreeSet<&str> = unique
-        .iter()
-        .filter(|d| d.kind == ResourceKind::Profile)
-        .map(|d| d.name())
-        .collect();
-    let mut drop = vec![false; unique.len()];
-    // Invalid documents get these checks too (reported, never loaded).
-    for (i, doc) in unique.iter().chain(&invalid).enumerate() {
+    let defined = |kind: ResourceKind| -> BTreeSet<&str> {
+        docs.iter()
+            .zip(&load)
+            .filter(|(d, l)| **l && d.kind == kind)
+            .map(|(d, _)| d.name())
+            .collect()
+    };
+    let (tiers, profiles) = (defined(ResourceKind::Tier), defined(ResourceKind::Profile));
+    let mut dropped = vec![false; docs.len()];
+    for (i, doc) in docs.iter().enumerate().filter(|(i, _)| checked[*i]) {
         let tier = match &doc.resource {
             Resource::GlobalNetworkPolicy(o) | Resource::StagedGlobalNetworkPolicy(o) => {
                 o.spec.tier.as_deref()
@@ -259,9 +266,7 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
                          kube-admin, default, kube-baseline"
                     ),
                 ));
-                if let Some(d) = drop.get_mut(i) {
-                    *d = true;
-                }
+                dropped[i] = true;
             }
         }
         if let Resource::WorkloadEndpoint(o) = &doc.resource {
@@ -288,16 +293,37 @@ fn cross_check(docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document
             }
         }
     }
-    unique
-        .into_iter()
-        .zip(drop)
-        .filter_map(|(d, dropped)| (!dropped).then_some(d))
-        .collect()
+    let mut keep = load.into_iter().zip(dropped).map(|(l, d)| l && !d);
+    docs.retain(|_| keep.next().unwrap_or(false));
+    docs
 }
 
 /// Loads in-memory sources (file name, text), as [`super::load_paths`] does files.
 pub fn load_sources(sources: &[(PathBuf, String)]) -> Loaded {
     load_with(sources, Vec::new())
+}
+
+/// Loads documents that are already JSON values, each named by a "file" (the
+/// Kubernetes datastore's objects): the same checks and model as
+/// [`load_sources`], without writing and re-parsing text. Diagnostics point at
+/// line 1 (there is no text).
+/// Documents are taken one at a time, so `sources` may make them lazily.
+pub fn load_values(sources: impl IntoIterator<Item = (PathBuf, serde_json::Value)>) -> Loaded {
+    let sources = sources.into_iter();
+    let mut diagnostics = Vec::new();
+    // Sized up front: a document is ~1 KB inline and a Vec that doubles holds
+    // both buffers while it grows.
+    let mut docs = Vec::with_capacity(sources.size_hint().0);
+    let mut files = Vec::with_capacity(sources.size_hint().0);
+    for (file, value) in sources {
+        match parse_value(&file, 1, HashMap::new(), value, &mut diagnostics) {
+            Ok(Some(doc)) => docs.push(doc),
+            Ok(None) => {}
+            Err(d) => diagnostics.push(d),
+        }
+        files.push(file);
+    }
+    finish(docs, diagnostics, &files)
 }
 
 /// Loads `sources` after `diagnostics` already found (e.g. unreadable files).
@@ -306,30 +332,44 @@ fn load_with(sources: &[(PathBuf, String)], mut diagnostics: Vec<Diagnostic>) ->
     for (file, text) in sources {
         docs.extend(parse_file(file, text, &mut diagnostics));
     }
+    let files: Vec<PathBuf> = sources.iter().map(|(f, _)| f.clone()).collect();
+    finish(docs, diagnostics, &files)
+}
+
+/// Cross-document checks and the model; `files` in reading order.
+fn finish(docs: Vec<Document>, mut diagnostics: Vec<Diagnostic>, files: &[PathBuf]) -> Loaded {
     let docs = cross_check(docs, &mut diagnostics);
     // Report in reading order: by file (as given), then line.
-    let file_order: HashMap<PathBuf, usize> = sources
-        .iter()
-        .enumerate()
-        .map(|(i, (f, _))| (f.clone(), i))
-        .collect();
-    diagnostics.sort_by_key(|d| (file_order.get(&d.file).copied().unwrap_or(0), d.line));
-    let resources: Vec<Resource> = docs.iter().map(|d| d.resource.clone()).collect();
-    let model = convert::to_model(&resources);
-    let mut policy_sources = HashMap::new();
-    for (doc, policy) in docs
+    if !diagnostics.is_empty() {
+        let file_order: HashMap<&Path, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_path(), i))
+            .collect();
+        diagnostics.sort_by_key(|d| {
+            (
+                file_order.get(d.file.as_path()).copied().unwrap_or(0),
+                d.line,
+            )
+        });
+    }
+    // Where each policy came from, in document order (as the model lists them).
+    let locations: Vec<SourceLocation> = docs
         .iter()
         .filter(|d| policy_kind(d.kind).is_some())
-        .zip(&model.policies)
-    {
-        policy_sources.insert(
-            policy.id.clone(),
-            SourceLocation {
-                file: doc.file.clone(),
-                line: doc.line,
-            },
-        );
-    }
+        .map(|d| SourceLocation {
+            file: d.file.clone(),
+            line: d.line,
+        })
+        .collect();
+    let model = convert::to_model(docs.iter().map(|d| &d.resource));
+    drop(docs);
+    let policy_sources = model
+        .policies
+        .iter()
+        .map(|p| p.id.clone())
+        .zip(locations)
+        .collect();
     Loaded {
         model,
         diagnostics,
