@@ -523,7 +523,7 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
     inner.last_error = None;
     inner.kept = kept;
     inner.endpoints = compiled.endpoints.clone();
-    let view = Arc::new(View::new(loaded.model.clone(), compiled));
+    let view = Arc::new(View::new(&loaded.model, compiled));
     inner.good = loaded;
     *lock(&shared.view) = view;
     reconcile_interfaces(&mut inner, true);
@@ -735,7 +735,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         .endpoints
         .iter()
         .map(|e| {
-            let m = view.model.endpoints.get(e.endpoint_index);
+            let m = inner.good.model.endpoints.get(e.endpoint_index);
             let a = inner.attached.get(&e.interface);
             EndpointStatus {
                 endpoint: m.map(|m| m.key()).unwrap_or_default(),

@@ -257,7 +257,6 @@ impl Matcher {
 pub struct View {
     /// None before the first successful compile.
     pub compiled: Option<Compiled>,
-    pub model: Model,
     /// Address -> (namespace, name, labels) of the endpoint or network set owning it.
     by_ip: HashMap<IpAddr, usize>,
     owners: Vec<(Option<String>, String, Labels)>,
@@ -266,7 +265,9 @@ pub struct View {
 }
 
 impl View {
-    pub fn new(model: Model, compiled: Compiled) -> View {
+    /// Keeps only what enrichment needs (not the model: at 100k pods that is
+    /// ~120 MB the daemon already holds as its last good state).
+    pub fn new(model: &Model, compiled: Compiled) -> View {
         let mut owners = Vec::new();
         let mut by_ip = HashMap::new();
         for e in &model.endpoints {
@@ -297,7 +298,6 @@ impl View {
             .collect();
         View {
             compiled: Some(compiled),
-            model,
             by_ip,
             owners,
             by_id,
