@@ -88,7 +88,10 @@ use std::time::{Duration, Instant};
 use agent_common::{action, limits, verdict_flags, Verdict, POLICY_NONE};
 use ipnet::IpNet;
 
-use crate::dataplane::tables::{PeerMatch, PortMatch as Ports, RuleEntry, Table, TableSet};
+use crate::dataplane::tables::{
+    port_range_prefixes, PeerMatch, PortMatch as Ports, RuleEntry, SourcePortEntry, Table,
+    TableSet,
+};
 use crate::eval::{
     policy_flow_log_name, ApplicableTier, DecidedBy, EndVerdict, Evaluator, Packet, PolicySet,
     EPHEMERAL_PORT, NO_MATCH_PROFILE, PROFILE_TIER,
@@ -132,6 +135,8 @@ pub struct Limits {
     pub rule_keys: usize,
     /// Encoded keys of one endpoint.
     pub keys_per_endpoint: usize,
+    /// Encoded keys in `SPORTS_*`.
+    pub source_port_keys: usize,
 }
 
 impl Default for Limits {
@@ -141,6 +146,7 @@ impl Default for Limits {
             peer_prefixes: limits::MAX_PEER_PREFIXES as usize,
             rule_keys: limits::MAX_RULE_ENTRIES as usize,
             keys_per_endpoint: MAX_KEYS_PER_ENDPOINT,
+            source_port_keys: limits::MAX_SOURCE_PORT_ENTRIES as usize,
         }
     }
 }
@@ -172,18 +178,23 @@ pub struct CompiledEndpoint {
     /// Staged policies change this endpoint: set `HAS_STAGED` (pending entries exist).
     pub has_staged: bool,
     pub host: bool,
+    /// Its rules tell source ports apart: set `SOURCE_PORTS` (`SPORTS_*` entries exist).
+    pub source_ports: bool,
 }
 
 impl CompiledEndpoint {
     /// The `ENDPOINTS` value for this endpoint.
     pub fn info(&self) -> agent_common::EndpointInfo {
-        use agent_common::endpoint_flags::{HAS_STAGED, HOST_ENDPOINT};
+        use agent_common::endpoint_flags::{HAS_STAGED, HOST_ENDPOINT, SOURCE_PORTS};
         let mut flags = 0;
         if self.has_staged {
             flags |= HAS_STAGED;
         }
         if self.host {
             flags |= HOST_ENDPOINT;
+        }
+        if self.source_ports {
+            flags |= SOURCE_PORTS;
         }
         agent_common::EndpointInfo { id: self.id, flags }
     }
@@ -199,6 +210,8 @@ pub struct CompileStats {
     /// `RuleEntry` values, and the LPM keys they encode to.
     pub rule_entries: usize,
     pub rule_keys: usize,
+    /// Encoded `SPORTS_*` keys.
+    pub source_port_keys: usize,
     /// Evaluator calls made.
     pub evaluations: usize,
     /// Per compiled endpoint (same order as `Compiled::endpoints`): encoded keys.
@@ -275,11 +288,17 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
             id: k as u32 + 1,
             evaluations: 0,
             out: Vec::new(),
+            sports: Vec::new(),
         };
         for direction in [Direction::Ingress, Direction::Egress] {
             ctx.direction(direction, has_staged)?;
         }
-        Ok((ctx.out, ctx.evaluations, has_staged))
+        Ok(EndpointOut {
+            rules: ctx.out,
+            sports: ctx.sports,
+            evaluations: ctx.evaluations,
+            has_staged,
+        })
     };
     // Endpoints are independent: spread them over the CPUs (results stay in order).
     let threads = std::thread::available_parallelism()
@@ -316,15 +335,34 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
     }
 
     let mut rules = Vec::new();
+    let mut sports = Vec::new();
     let mut endpoints = Vec::new();
     let mut total_keys = 0usize;
+    let mut total_sport_keys = 0usize;
     for (k, result) in results.into_iter().enumerate() {
         let (index, endpoint, interface) = targets[k];
-        let (mut out, evaluations, has_staged) = result.expect("every endpoint compiled")?;
+        let EndpointOut {
+            rules: mut out,
+            sports: mut sport_entries,
+            evaluations,
+            has_staged,
+        } = result.expect("every endpoint compiled")?;
         let keys: usize = out
             .iter()
             .map(|e| e.keys().map(|k| k.len()).unwrap_or(0))
             .sum();
+        total_sport_keys += sport_entries
+            .iter()
+            .map(|e| e.keys().map(|k| k.len()).unwrap_or(0))
+            .sum::<usize>();
+        if total_sport_keys > limits.source_port_keys {
+            return Err(CompileError::Capacity {
+                endpoint: endpoint.key(),
+                limit: "source-port entries (SPORTS map)",
+                needed: total_sport_keys,
+                max: limits.source_port_keys,
+            });
+        }
         if keys > limits.keys_per_endpoint {
             return Err(CompileError::Capacity {
                 endpoint: endpoint.key(),
@@ -351,15 +389,19 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
             interface: interface.clone(),
             has_staged,
             host: endpoint.kind == EndpointKind::Host,
+            source_ports: !sport_entries.is_empty(),
         });
+        sports.append(&mut sport_entries);
     }
     stats.rule_entries = rules.len();
     stats.rule_keys = total_keys;
+    stats.source_port_keys = total_sport_keys;
     stats.duration = started.elapsed();
     Ok(Compiled {
         tables: TableSet {
             peers: peers.emitted,
             rules,
+            sports,
         },
         endpoints,
         policies: names.policies.clone(),
@@ -376,7 +418,13 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
 }
 
 /// One endpoint's entries, evaluator calls, and whether it has staged policy.
-type EndpointResult = Result<(Vec<RuleEntry>, usize, bool), CompileError>;
+struct EndpointOut {
+    rules: Vec<RuleEntry>,
+    sports: Vec<SourcePortEntry>,
+    evaluations: usize,
+    has_staged: bool,
+}
+type EndpointResult = Result<EndpointOut, CompileError>;
 
 /// Same tiers, same default actions, same policies (by identity) in the same order.
 fn same_tiers(a: &[ApplicableTier], b: &[ApplicableTier]) -> bool {
@@ -933,10 +981,11 @@ fn kind(p: u8) -> Kind {
     }
 }
 
-/// The packet the evaluator is asked about for protocol `p` and kernel port value `v`.
-fn packet(p: u8, v: u16) -> Packet {
+/// The packet the evaluator is asked about for protocol `p`, source port `sport`
+/// (port protocols only) and kernel port value `v`.
+fn packet(p: u8, sport: u16, v: u16) -> Packet {
     match kind(p) {
-        Kind::Ports => Packet::with_ports(p, EPHEMERAL_PORT, v),
+        Kind::Ports => Packet::with_ports(p, sport, v),
         Kind::Icmp => Packet::icmp(p, (v >> 8) as u8, (v & 0xff) as u8),
         Kind::Other => Packet {
             protocol: p,
@@ -945,10 +994,38 @@ fn packet(p: u8, v: u16) -> Packet {
     }
 }
 
-/// One protocol's dimension: intervals `[start, next start)` of the kernel port value.
+/// Whether rule `r` can match protocol `p` at all.
+fn may_match(r: &Rule, p: u8) -> bool {
+    r.protocol.is_none_or(|q| q == p) && r.not_protocol != Some(p)
+}
+
+/// One (protocol, source-port class) dimension: intervals `[start, next start)`
+/// of the kernel port value.
 struct Dim {
     protocol: u8,
+    /// The source-port class (0 where the protocol has one class) and a port of it.
+    source_port_class: u8,
+    source_port: u16,
+    /// Source-port classes of this protocol (the dims of one protocol are adjacent).
+    classes: usize,
     starts: Vec<u16>,
+}
+
+/// One port protocol's source-port classes on an endpoint and direction.
+struct SourcePorts {
+    /// Per class: a port of it (the evaluator's source port for the class).
+    representatives: Vec<u16>,
+    /// `(first, last, class)`, covering every port, in port order.
+    intervals: Vec<(u16, u16, u8)>,
+}
+
+impl SourcePorts {
+    fn single() -> Self {
+        SourcePorts {
+            representatives: vec![EPHEMERAL_PORT],
+            intervals: vec![(0, u16::MAX, 0)],
+        }
+    }
 }
 
 impl Dim {
@@ -975,6 +1052,7 @@ struct EndpointCompiler<'a, 'm> {
     id: u32,
     evaluations: usize,
     out: Vec<RuleEntry>,
+    sports: Vec<SourcePortEntry>,
 }
 
 impl<'m> EndpointCompiler<'_, 'm> {
@@ -1014,28 +1092,124 @@ impl<'m> EndpointCompiler<'_, 'm> {
         }
     }
 
+    /// Port protocol `p`'s source-port classes: the ports split at every bound of
+    /// a source-port match of `rules` (ranges; named ports: every endpoint's port
+    /// of that name, as the peer's (ingress) or the endpoint's own (egress) may be
+    /// any of them), intervals in the same matches share a class.
+    fn source_ports(&self, rules: &[(String, &'m Rule)], p: u8) -> Result<SourcePorts, CompileError> {
+        let mut atoms: BTreeSet<(u32, u32)> = BTreeSet::new();
+        for (_, r) in rules.iter().filter(|(_, r)| may_match(r, p)) {
+            for m in r.source.ports.iter().chain(&r.source.not_ports) {
+                match m {
+                    PortMatch::Range(range) => {
+                        atoms.insert((u32::from(range.first), u32::from(range.last)));
+                    }
+                    PortMatch::Named(name) => {
+                        for np in self
+                            .model
+                            .endpoints
+                            .iter()
+                            .flat_map(|e| &e.named_ports)
+                            .filter(|np| &np.name == name && np.protocol == p)
+                        {
+                            atoms.insert((u32::from(np.port), u32::from(np.port)));
+                        }
+                    }
+                }
+            }
+        }
+        if atoms.is_empty() {
+            return Ok(SourcePorts::single());
+        }
+        let mut cuts: BTreeSet<u32> = BTreeSet::from([0]);
+        for &(first, last) in &atoms {
+            cuts.insert(first);
+            cuts.insert(last + 1);
+        }
+        let starts: Vec<u32> = cuts.into_iter().filter(|&c| c <= 0xffff).collect();
+        // Group the intervals by the atoms containing them (first appearance order).
+        let mut group_of: HashMap<Vec<bool>, usize> = HashMap::new();
+        let mut groups: Vec<Vec<(u16, u16)>> = Vec::new();
+        let mut interval_group = Vec::with_capacity(starts.len());
+        for (i, &start) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).map_or(0xffff, |next| next - 1);
+            let signature: Vec<bool> = atoms
+                .iter()
+                .map(|&(first, last)| first <= start && start <= last)
+                .collect();
+            let next = groups.len();
+            let g = *group_of.entry(signature).or_insert_with(|| {
+                groups.push(Vec::new());
+                next
+            });
+            groups[g].push((start as u16, end as u16));
+            interval_group.push(g);
+        }
+        if groups.len() > usize::from(u8::MAX) + 1 {
+            return Err(CompileError::Capacity {
+                endpoint: self.endpoint.key(),
+                limit: "source-port classes per direction and protocol (RuleKey::source_port_class)",
+                needed: groups.len(),
+                max: usize::from(u8::MAX) + 1,
+            });
+        }
+        // Class 0 covers every port in SPORTS_* with one entry, so it goes to the
+        // group whose intervals would cost the most prefixes; the rest keep their order.
+        let cost = |g: &Vec<(u16, u16)>| -> usize {
+            g.iter()
+                .map(|&(a, b)| port_range_prefixes(a, b).len())
+                .sum()
+        };
+        let zero = (0..groups.len())
+            .max_by_key(|&g| (cost(&groups[g]), std::cmp::Reverse(g)))
+            .expect("at least one interval");
+        let class_of = |g: usize| -> u8 {
+            match g.cmp(&zero) {
+                std::cmp::Ordering::Equal => 0,
+                std::cmp::Ordering::Less => g as u8 + 1,
+                std::cmp::Ordering::Greater => g as u8,
+            }
+        };
+        let mut representatives = vec![0u16; groups.len()];
+        for (g, intervals) in groups.iter().enumerate() {
+            // The usual ephemeral port where the class has it (same questions as
+            // for an endpoint without source-port rules), else its first port.
+            representatives[usize::from(class_of(g))] = if intervals
+                .iter()
+                .any(|&(a, b)| (a..=b).contains(&EPHEMERAL_PORT))
+            {
+                EPHEMERAL_PORT
+            } else {
+                intervals[0].0
+            };
+        }
+        Ok(SourcePorts {
+            representatives,
+            intervals: starts
+                .iter()
+                .zip(&interval_group)
+                .enumerate()
+                .map(|(i, (&start, &g))| {
+                    let end = starts.get(i + 1).map_or(0xffff, |next| next - 1);
+                    (start as u16, end as u16, class_of(g))
+                })
+                .collect(),
+        })
+    }
+
     fn direction(&mut self, direction: Direction, has_staged: bool) -> Result<(), CompileError> {
         let rules = self.rules(direction);
         let failsafes = self.failsafes(direction);
-        for (owner, r) in &rules {
-            if !r.source.ports.is_empty() || !r.source.not_ports.is_empty() {
-                return Err(CompileError::Unsupported {
-                    endpoint: self.endpoint.key(),
-                    policy: owner.clone(),
-                    what: format!(
-                        "a {direction:?} rule on source ports (the dataplane keys on destination ports only)"
-                    ),
-                });
-            }
-        }
 
         // Protocols the rules tell apart.
         let mut protocols: BTreeSet<u8> = BTreeSet::new();
         for (_, r) in &rules {
             protocols.extend(r.protocol);
             protocols.extend(r.not_protocol);
-            let d = &r.destination;
-            if r.protocol.is_none() && (!d.ports.is_empty() || !d.not_ports.is_empty()) {
+            let has_ports = |e: &crate::model::ir::EntityRule| {
+                !e.ports.is_empty() || !e.not_ports.is_empty()
+            };
+            if r.protocol.is_none() && (has_ports(&r.destination) || has_ports(&r.source)) {
                 protocols.extend(PORT_PROTOCOLS);
             }
             if r.protocol.is_none() && (r.icmp.is_some() || r.not_icmp.is_some()) {
@@ -1053,17 +1227,21 @@ impl<'m> EndpointCompiler<'_, 'm> {
             })
             .unwrap_or(255);
 
-        // Port breakpoints per protocol.
-        let dims: Vec<Dim> = protocols
-            .iter()
-            .map(|&p| {
+        // Port breakpoints per protocol, one dimension per source-port class.
+        let mut dims: Vec<Dim> = Vec::new();
+        for &p in &protocols {
+            let sources = if kind(p) == Kind::Ports {
+                self.source_ports(&rules, p)?
+            } else {
+                SourcePorts::single()
+            };
+            let starts = {
                 let mut cuts: BTreeSet<u32> = BTreeSet::from([0]);
                 let mut cut = |a: u32, b: u32| {
                     cuts.insert(a);
                     cuts.insert(b);
                 };
-                let may_match =
-                    |r: &Rule| r.protocol.is_none_or(|q| q == p) && r.not_protocol != Some(p);
+                let may_match = |r: &Rule| may_match(r, p);
                 match kind(p) {
                     Kind::Ports => {
                         for (_, r) in rules.iter().filter(|(_, r)| may_match(r)) {
@@ -1103,16 +1281,40 @@ impl<'m> EndpointCompiler<'_, 'm> {
                     }
                     Kind::Other => {}
                 }
-                Dim {
+                cuts.into_iter()
+                    .filter(|&c| c <= 0xffff)
+                    .map(|c| c as u16)
+                    .collect::<Vec<u16>>()
+            };
+            let classes = sources.representatives.len();
+            for (c, &source_port) in sources.representatives.iter().enumerate() {
+                dims.push(Dim {
                     protocol: p,
-                    starts: cuts
-                        .into_iter()
-                        .filter(|&c| c <= 0xffff)
-                        .map(|c| c as u16)
-                        .collect(),
+                    source_port_class: c as u8,
+                    source_port,
+                    classes,
+                    starts: starts.clone(),
+                });
+            }
+            if classes > 1 {
+                // Every port is covered: class 0 by the entry for all ports (the
+                // class costing the most prefixes), the others by narrower entries.
+                let entry = |first, last, class| SourcePortEntry {
+                    endpoint_id: self.id,
+                    direction,
+                    protocol: p,
+                    first,
+                    last,
+                    class,
+                };
+                self.sports.push(entry(0, u16::MAX, 0));
+                for &(first, last, class) in &sources.intervals {
+                    if class != 0 {
+                        self.sports.push(entry(first, last, class));
+                    }
                 }
-            })
-            .collect();
+            }
+        }
 
         // Group classes by the signature bits these rules read.
         let mut used: BTreeSet<usize> = BTreeSet::new();
@@ -1206,18 +1408,28 @@ impl<'m> EndpointCompiler<'_, 'm> {
         }
         let mut first: Option<Row> = None;
         for local in locals {
-            let mut ask = |p: u8, v: u16| {
+            let mut ask = |p: u8, sport: u16, v: u16| {
                 self.evaluations += 1;
-                let end =
-                    self.eval
-                        .evaluate_end(set, self.index, direction, peer, local, &packet(p, v));
+                let end = self.eval.evaluate_end(
+                    set,
+                    self.index,
+                    direction,
+                    peer,
+                    local,
+                    &packet(p, sport, v),
+                );
                 self.names.verdict(&end)
             };
             let row = Row {
-                other: ask(other, 0),
+                other: ask(other, EPHEMERAL_PORT, 0),
                 cells: dims
                     .iter()
-                    .map(|d| d.starts.iter().map(|&s| ask(d.protocol, s)).collect())
+                    .map(|d| {
+                        d.starts
+                            .iter()
+                            .map(|&s| ask(d.protocol, d.source_port, s))
+                            .collect()
+                    })
                     .collect(),
             };
             match &first {
@@ -1268,6 +1480,7 @@ impl<'m> EndpointCompiler<'_, 'm> {
             table,
             peer: PeerMatch::Any,
             protocol: None,
+            source_port_class: None,
             ports: Ports::Any,
             verdict: wildcard.other,
         };
@@ -1298,6 +1511,9 @@ impl<'m> EndpointCompiler<'_, 'm> {
 }
 
 /// Emits the maximal runs of equal verdict in `row` that `keep(dim, intervals, verdict)` selects.
+/// A protocol with several source-port classes whose every cell has one verdict
+/// gets one entry for all its classes (when any of its runs is kept): the entry
+/// holds each cell's own verdict, so it is right where a miss would also be.
 fn push_runs(
     out: &mut Vec<RuleEntry>,
     base: RuleEntry,
@@ -1305,30 +1521,69 @@ fn push_runs(
     row: &Row,
     keep: impl Fn(usize, std::ops::RangeInclusive<usize>, Verdict) -> bool,
 ) {
-    for (d, dim) in dims.iter().enumerate() {
-        let cells = &row.cells[d];
-        let mut i = 0;
-        while i < cells.len() {
-            let mut j = i;
-            while j + 1 < cells.len() && cells[j + 1] == cells[i] {
-                j += 1;
-            }
-            if keep(d, i..=j, cells[i]) {
-                let (first, last) = (dim.starts[i], dim.end(j));
-                let ports = if kind(dim.protocol) == Kind::Other || (first, last) == (0, u16::MAX) {
-                    Ports::Any
-                } else {
-                    Ports::Range(first, last)
-                };
+    let mut d = 0;
+    while d < dims.len() {
+        let dim = &dims[d];
+        let group = d..d + dim.classes;
+        let uniform = row.cells[d][0];
+        if dim.classes > 1
+            && group
+                .clone()
+                .all(|g| row.cells[g].iter().all(|&v| v == uniform))
+        {
+            if group
+                .clone()
+                .any(|g| keep(g, 0..=row.cells[g].len() - 1, uniform))
+            {
                 out.push(RuleEntry {
                     protocol: Some(dim.protocol),
-                    ports,
-                    verdict: cells[i],
+                    source_port_class: None,
+                    ports: Ports::Any,
+                    verdict: uniform,
                     ..base
                 });
             }
-            i = j + 1;
+            d = group.end;
+            continue;
         }
+        for d in group.clone() {
+            push_dim_runs(out, base, d, &dims[d], &row.cells[d], &keep);
+        }
+        d = group.end;
+    }
+}
+
+/// [`push_runs`] for one dimension.
+fn push_dim_runs(
+    out: &mut Vec<RuleEntry>,
+    base: RuleEntry,
+    d: usize,
+    dim: &Dim,
+    cells: &[Verdict],
+    keep: &impl Fn(usize, std::ops::RangeInclusive<usize>, Verdict) -> bool,
+) {
+    let mut i = 0;
+    while i < cells.len() {
+        let mut j = i;
+        while j + 1 < cells.len() && cells[j + 1] == cells[i] {
+            j += 1;
+        }
+        if keep(d, i..=j, cells[i]) {
+            let (first, last) = (dim.starts[i], dim.end(j));
+            let ports = if kind(dim.protocol) == Kind::Other || (first, last) == (0, u16::MAX) {
+                Ports::Any
+            } else {
+                Ports::Range(first, last)
+            };
+            out.push(RuleEntry {
+                protocol: Some(dim.protocol),
+                source_port_class: Some(dim.source_port_class),
+                ports,
+                verdict: cells[i],
+                ..base
+            });
+        }
+        i = j + 1;
     }
 }
 
