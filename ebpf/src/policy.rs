@@ -65,8 +65,8 @@ use crate::maps::{
     RULES_1, SPORTS_0, SPORTS_1,
 };
 use crate::parse::{
-    parse, ParseError, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    IPPROTO_SCTP, IPPROTO_UDPLITE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    parse, ParseError, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP, IPPROTO_UDPLITE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 #[classifier]
@@ -441,12 +441,11 @@ fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
     );
     // The initiator's port, also when a reply re-judges a stale entry.
-    let source_port_class =
-        if ports && flow.endpoint.flags & endpoint_flags::SOURCE_PORTS != 0 {
-            source_port_class(generation, id, dir, protocol, flow.init_port)
-        } else {
-            0
-        };
+    let source_port_class = if ports && flow.endpoint.flags & endpoint_flags::SOURCE_PORTS != 0 {
+        source_port_class(generation, id, dir, protocol, flow.init_port)
+    } else {
+        0
+    };
     let key = RuleKey {
         endpoint_id: id,
         peer_class: class,

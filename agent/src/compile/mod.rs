@@ -89,8 +89,7 @@ use agent_common::{action, limits, verdict_flags, Verdict, POLICY_NONE};
 use ipnet::IpNet;
 
 use crate::dataplane::tables::{
-    port_range_prefixes, PeerMatch, PortMatch as Ports, RuleEntry, SourcePortEntry, Table,
-    TableSet,
+    port_range_prefixes, PeerMatch, PortMatch as Ports, RuleEntry, SourcePortEntry, Table, TableSet,
 };
 use crate::eval::{
     policy_flow_log_name, ApplicableTier, DecidedBy, EndVerdict, Evaluator, Packet, PolicySet,
@@ -1096,7 +1095,11 @@ impl<'m> EndpointCompiler<'_, 'm> {
     /// a source-port match of `rules` (ranges; named ports: every endpoint's port
     /// of that name, as the peer's (ingress) or the endpoint's own (egress) may be
     /// any of them), intervals in the same matches share a class.
-    fn source_ports(&self, rules: &[(String, &'m Rule)], p: u8) -> Result<SourcePorts, CompileError> {
+    fn source_ports(
+        &self,
+        rules: &[(String, &'m Rule)],
+        p: u8,
+    ) -> Result<SourcePorts, CompileError> {
         let mut atoms: BTreeSet<(u32, u32)> = BTreeSet::new();
         for (_, r) in rules.iter().filter(|(_, r)| may_match(r, p)) {
             for m in r.source.ports.iter().chain(&r.source.not_ports) {
@@ -1148,7 +1151,8 @@ impl<'m> EndpointCompiler<'_, 'm> {
         if groups.len() > usize::from(u8::MAX) + 1 {
             return Err(CompileError::Capacity {
                 endpoint: self.endpoint.key(),
-                limit: "source-port classes per direction and protocol (RuleKey::source_port_class)",
+                limit:
+                    "source-port classes per direction and protocol (RuleKey::source_port_class)",
                 needed: groups.len(),
                 max: usize::from(u8::MAX) + 1,
             });
@@ -1206,9 +1210,8 @@ impl<'m> EndpointCompiler<'_, 'm> {
         for (_, r) in &rules {
             protocols.extend(r.protocol);
             protocols.extend(r.not_protocol);
-            let has_ports = |e: &crate::model::ir::EntityRule| {
-                !e.ports.is_empty() || !e.not_ports.is_empty()
-            };
+            let has_ports =
+                |e: &crate::model::ir::EntityRule| !e.ports.is_empty() || !e.not_ports.is_empty();
             if r.protocol.is_none() && (has_ports(&r.destination) || has_ports(&r.source)) {
                 protocols.extend(PORT_PROTOCOLS);
             }

@@ -476,7 +476,16 @@ impl Probe {
 /// must have an address): its own address, a peer from the pools, the network
 /// sets or outside.
 pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe {
-    let endpoint_index = rng.pick(endpoints);
+    // Sometimes aimed at a rule on source ports (else they rarely decide).
+    let aim = if rng.chance(30) {
+        aim_at_source_ports(rng, model, endpoints)
+    } else {
+        None
+    };
+    let endpoint_index = match &aim {
+        Some(a) => a.endpoint_index,
+        None => rng.pick(endpoints),
+    };
     let e = &model.endpoints[endpoint_index];
     let local = rng.pick(&e.ips);
     let v6 = local.is_ipv6();
@@ -519,18 +528,155 @@ pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe 
     } else {
         rng.next_u64() as u16
     };
-    Probe {
+    let probe = Probe {
         endpoint_index,
         direction: rng.pick(&[Direction::Ingress, Direction::Egress]),
         local,
         peer,
         protocol,
-        src_port: if rng.chance(70) {
-            rng.pick(&SOURCE_PORTS)
-        } else {
-            rng.next_u64() as u16
-        },
+        src_port: random_source_port(rng, model),
         port,
+    };
+    match aim {
+        Some(a) => Probe {
+            direction: a.direction,
+            protocol: a.protocol,
+            src_port: a.src_port,
+            port: a.port,
+            ..probe
+        },
+        None => probe,
+    }
+}
+
+/// What [`aim_at_source_ports`] fixes of a probe.
+struct Aim {
+    endpoint_index: usize,
+    direction: Direction,
+    protocol: u8,
+    src_port: u16,
+    port: u16,
+}
+
+/// A rule with source ports of a policy or profile that applies to one of
+/// `endpoints`: that endpoint and direction, the rule's protocol, and ports its
+/// matches name (a bound of a range, or a named port's value).
+fn aim_at_source_ports(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Option<Aim> {
+    let mut targets: Vec<(Vec<usize>, Direction, &Rule)> = Vec::new();
+    let applies = |f: &dyn Fn(&Endpoint) -> bool| -> Vec<usize> {
+        endpoints
+            .iter()
+            .copied()
+            .filter(|&i| f(&model.endpoints[i]))
+            .collect()
+    };
+    for p in &model.policies {
+        let eps = applies(&|e| p.selector.evaluate(&e.labels));
+        for d in [Direction::Ingress, Direction::Egress] {
+            for r in p.rules(d) {
+                targets.push((eps.clone(), d, r));
+            }
+        }
+    }
+    for p in &model.profiles {
+        let eps = applies(&|e| e.profiles.contains(&p.name));
+        for (d, rules) in [
+            (Direction::Ingress, &p.ingress),
+            (Direction::Egress, &p.egress),
+        ] {
+            for r in rules {
+                targets.push((eps.clone(), d, r));
+            }
+        }
+    }
+    targets.retain(|(eps, _, r)| {
+        !eps.is_empty() && r.protocol.is_some() && !r.source.ports.is_empty()
+    });
+    if targets.is_empty() {
+        return None;
+    }
+    let (eps, direction, rule) = rng.pick(&targets);
+    let protocol = rule.protocol?;
+    let value = |rng: &mut Rng, m: &PortMatch| match m {
+        PortMatch::Range(r) => {
+            if rng.chance(50) {
+                r.first
+            } else {
+                r.last
+            }
+        }
+        PortMatch::Named(name) => {
+            let ports: Vec<u16> = model
+                .endpoints
+                .iter()
+                .flat_map(|e| &e.named_ports)
+                .filter(|np| &np.name == name)
+                .map(|np| np.port)
+                .collect();
+            if ports.is_empty() {
+                rng.pick(&PORTS)
+            } else {
+                rng.pick(&ports)
+            }
+        }
+    };
+    let src_port = {
+        let m = rng.pick(&rule.source.ports);
+        value(rng, &m)
+    };
+    let port = if rule.destination.ports.is_empty() {
+        rng.pick(&PORTS)
+    } else {
+        let m = rng.pick(&rule.destination.ports);
+        value(rng, &m)
+    };
+    Some(Aim {
+        endpoint_index: rng.pick(&eps),
+        direction,
+        protocol,
+        src_port,
+        port,
+    })
+}
+
+/// Half the time a bound of one of the model's source-port matches (or its
+/// neighbour), else mostly one of [`SOURCE_PORTS`], sometimes any port.
+pub fn random_source_port(rng: &mut Rng, model: &Model) -> u16 {
+    let mut bounds: Vec<u16> = Vec::new();
+    let rules = model
+        .policies
+        .iter()
+        .flat_map(|p| p.ingress.iter().chain(&p.egress))
+        .chain(
+            model
+                .profiles
+                .iter()
+                .flat_map(|p| p.ingress.iter().chain(&p.egress)),
+        );
+    for m in rules.flat_map(|r| r.source.ports.iter().chain(&r.source.not_ports)) {
+        match m {
+            PortMatch::Range(r) => bounds.extend([
+                r.first.saturating_sub(1),
+                r.first,
+                r.last,
+                r.last.saturating_add(1),
+            ]),
+            PortMatch::Named(name) => bounds.extend(
+                model
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| &e.named_ports)
+                    .filter(|np| &np.name == name)
+                    .flat_map(|np| [np.port, np.port + 1]),
+            ),
+        }
+    }
+    if !bounds.is_empty() && rng.chance(50) {
+        rng.pick(&bounds)
+    } else if rng.chance(70) {
+        rng.pick(&SOURCE_PORTS)
+    } else {
+        rng.next_u64() as u16
     }
 }
 

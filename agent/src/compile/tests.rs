@@ -483,7 +483,11 @@ fn source_ports(rule: &mut Rule, ports: &[(u16, u16)]) {
 
 #[test]
 fn source_port_rules_exact_range_and_not_ports() {
-    let mut p = policy(PolicyKind::GlobalNetworkPolicy, "sport", "app == 'database'");
+    let mut p = policy(
+        PolicyKind::GlobalNetworkPolicy,
+        "sport",
+        "app == 'database'",
+    );
     p.egress_type = true;
     // Ingress: DNS answers (UDP from port 53), TCP from 1000-2000 except 1500 to 5432.
     let mut dns = rule(Action::Allow);
@@ -552,7 +556,11 @@ fn source_port_rules_exact_range_and_not_ports() {
         (proto::TCP, 2001, 5432, "default|gnp:sport|deny|-1"),
         (proto::TCP, 1000, 5433, "default|gnp:sport|deny|-1"),
     ] {
-        assert_eq!(d(Ingress, protocol, sport, port), want, "{protocol} {sport} -> {port}");
+        assert_eq!(
+            d(Ingress, protocol, sport, port),
+            want,
+            "{protocol} {sport} -> {port}"
+        );
     }
     for (sport, want) in [
         (0, "default|gnp:sport|allow|0"),
@@ -560,7 +568,11 @@ fn source_port_rules_exact_range_and_not_ports() {
         (1023, "default|gnp:sport|deny|-1"),
         (1024, "default|gnp:sport|allow|0"),
     ] {
-        assert_eq!(d(Egress, proto::TCP, sport, 443), want, "egress from {sport}");
+        assert_eq!(
+            d(Egress, proto::TCP, sport, 443),
+            want,
+            "egress from {sport}"
+        );
     }
     // UDP ingress: {53} and the rest; TCP ingress: 1000-1499|1501-2000, 1500, rest.
     let classes = |dir, protocol| {
@@ -582,7 +594,13 @@ fn source_port_rules_exact_range_and_not_ports() {
     let probes = grid(
         &model,
         &c,
-        &["10.65.0.1", "10.65.0.3", "8.8.8.8", "fd65::1", "2001:db8::1"],
+        &[
+            "10.65.0.1",
+            "10.65.0.3",
+            "8.8.8.8",
+            "fd65::1",
+            "2001:db8::1",
+        ],
         &[53, 443, 5432, 5433],
     );
     assert!(probes.len() > 1000);
@@ -629,7 +647,10 @@ fn named_source_ports_are_the_peers_on_ingress_and_own_on_egress() {
     assert!(!d(db, Ingress, "10.65.0.2", 9200));
     assert!(d(db, Ingress, "10.65.0.1", 9200));
     assert!(!d(db, Ingress, "10.65.0.1", 9100));
-    assert!(!d(db, Ingress, "8.8.8.8", 9100), "no endpoint, no named port");
+    assert!(
+        !d(db, Ingress, "8.8.8.8", 9100),
+        "no endpoint, no named port"
+    );
     assert!(d(db, Ingress, "fd65::2", 9100));
     // Egress: the source is the endpoint itself.
     assert!(d(backend, Egress, "10.65.0.3", 9100));
@@ -754,7 +775,10 @@ fn capacity_limits_are_errors() {
     };
     assert_eq!(
         limit_of(compile_with_limits(&sport, &l)),
-        ("source-port entries (SPORTS map)", "prod/database".to_string())
+        (
+            "source-port entries (SPORTS map)",
+            "prod/database".to_string()
+        )
     );
 }
 
