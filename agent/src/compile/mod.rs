@@ -1,7 +1,7 @@
 //! The policy compiler: the validated [`Model`] -> BPF map contents
-//! ([`TableSet`]: peer classes and per-endpoint decision tables, enforced and
-//! pending), exact by construction: every table cell is the reference
-//! evaluator's answer for a representative packet of that cell.
+//! ([`TableSet`]: peer classes, per-endpoint source-port classes and decision
+//! tables, enforced and pending), exact by construction: every table cell is
+//! the reference evaluator's answer for a representative packet of that cell.
 //!
 //! # Peer classes
 //! Every prefix a predicate can distinguish is collected: endpoint IPs (/32,
@@ -22,9 +22,31 @@
 //! signature bits the endpoint's applicable rules (both sets, profiles,
 //! failsafes) actually read; one representative per group is evaluated. The
 //! dimensions: the protocols those rules can tell apart (plus a representative
-//! "other" protocol), and per protocol the intervals between all port
+//! "other" protocol), for port protocols each source-port class of the protocol
+//! (below), and per protocol the intervals between all destination-port
 //! breakpoints (range ends, named ports, failsafe ports; for ICMP the kernel's
-//! `type << 8 | code` value split at every type and type/code mentioned).
+//! `type << 8 | code` value split at every type and type/code mentioned). A
+//! cell is evaluated with a representative packet: the class's representative
+//! source port (the usual ephemeral port where the class has it), the
+//! interval's first port.
+//!
+//! # Source-port classes
+//! Per endpoint, direction and port protocol (TCP, UDP, SCTP, UDPLite), the
+//! source-port space is split at the bounds of every source `ports`/`notPorts`
+//! match of the rules the endpoint can consult (both sets, profiles; a named
+//! port contributes every endpoint's port of that name and protocol: on ingress
+//! it is the peer's, on egress the endpoint's own). Intervals contained in the
+//! same matches form one class, so every predicate on source ports is constant
+//! on a class (for named ports: a class holding two ports holds no named port).
+//! A protocol with one class needs nothing (class 0, what the kernel uses for
+//! endpoints without [`agent_common::endpoint_flags::SOURCE_PORTS`]): tables of
+//! endpoints without source-port rules are exactly what they were before source
+//! ports existed. Otherwise `SPORTS_*` gets an entry covering every port with
+//! class 0 (given to the class whose intervals would cost the most LPM
+//! prefixes) and narrower ones for the other classes (at most 256, the key's
+//! byte), and the endpoint gets `SOURCE_PORTS`. A kernel miss means class 0: it
+//! happens only for unclassified protocols, and while the flag is raised ahead
+//! of the tables that need it (the tables before use class 0 only).
 //!
 //! # Encoding (wildcard class)
 //! The kernel probes the peer's class (longest prefix), and only on a miss the
@@ -38,6 +60,11 @@
 //! - otherwise: its own any-protocol entry plus its runs that differ from its own
 //!   "other" verdict — it never falls back.
 //!
+//! Runs are per (protocol, source-port class) and carry the class
+//! (`RuleKey::source_port_class`, prefix 96 + port bits); a protocol with several
+//! source-port classes and one verdict in all its cells gets a single entry for
+//! all classes (prefix 88) instead.
+//!
 //! Pending entries exist only for endpoints where a staged policy changes the
 //! applicable policy list ([`CompiledEndpoint::has_staged`]).
 //!
@@ -49,22 +76,29 @@
 //! `u16::MAX` is the kernel's own "no table entry".
 //!
 //! # Not compiled (errors, never silently wrong tables)
-//! - A decisive rule that constrains source ports (the kernel keys on the
-//!   destination port only): [`CompileError::Unsupported`].
 //! - An endpoint with several addresses of one family whose verdicts differ by
 //!   which of its own addresses a packet uses (the kernel keys on the endpoint,
 //!   not its address): [`CompileError::Unsupported`].
 //! - IPv6 nets inside `::ffff:0:0/96` (the kernel stores IPv4 there).
+//! - More than 256 source-port classes for one endpoint, direction and protocol
+//!   (one byte of the rule key), or more `SPORTS_*` entries than fit:
+//!   [`CompileError::Capacity`].
 //!
 //! A family an endpoint has no address of is evaluated with the unspecified
 //! address (`0.0.0.0` / `::`) as the local address. IPv6 packets with
-//! IPv4-mapped addresses are classified like IPv4 by the kernel.
+//! IPv4-mapped addresses are classified like IPv4 by the kernel. The kernel
+//! judges a flow's source port as the initiator's (also when a reply re-judges a
+//! flow after a policy change), non-first fragments as ports 0/0.
 //!
 //! # Cost
 //! Endpoints are compiled independently (in parallel, results in model order).
 //! Measured (`compile::tests::compile_time`, release, a loaded 2-core VM, CPU
 //! time): 100 endpoints x 50 policies 34 ms (40k evaluations, 4.1k keys);
 //! 300 x 100 0.16 s; 1000 x 200 1.6 s (0.9M evaluations, 120k keys).
+//!
+//! Source-port classes multiply a port protocol's evaluations (and, where verdicts
+//! differ, its entries) by the number of its classes; endpoints without
+//! source-port rules pay nothing.
 //!
 //! Scaling limit: entries grow with (classes an endpoint treats unlike the
 //! wildcard) x (port runs), because the kernel keys the table on the global
@@ -76,10 +110,11 @@
 //! already computes those groups (`class_group` in `EndpointCompiler::direction`).
 //!
 //! # Tests
-//! `compile::tests` (scenarios, and random models checked against the
-//! evaluator through [`testgen::TableModel`], a userspace model of the kernel's
-//! lookups) and `tests/tests/bpf_differential.rs` (the same, through the real
-//! programs with BPF_PROG_TEST_RUN).
+//! `compile::tests` (scenarios, and random models, with source-port rules and
+//! probes aimed at them, checked against the evaluator through
+//! [`testgen::TableModel`], a userspace model of the kernel's lookups) and
+//! `tests/tests/bpf_differential.rs` (the same, through the real programs with
+//! BPF_PROG_TEST_RUN).
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
