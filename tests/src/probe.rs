@@ -443,11 +443,11 @@ fn tcp_probe(dst: SocketAddr, timeout: Duration) -> TcpProbe {
     TcpProbe::Connected
 }
 
-fn udp_probe(dst: SocketAddr, timeout: Duration) -> UdpProbe {
+fn udp_probe(dst: SocketAddr, src_port: u16, timeout: Duration) -> UdpProbe {
     let bind: SocketAddr = if dst.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
+        SocketAddr::new([0, 0, 0, 0].into(), src_port)
     } else {
-        "[::]:0".parse().unwrap()
+        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), src_port)
     };
     let sock = UdpSocket::bind(bind).expect("udp_request: bind");
     set_recverr(sock.as_raw_fd(), dst.is_ipv4()).expect("udp_request: IP_RECVERR");
@@ -516,8 +516,19 @@ impl Netns {
     /// Sends one UDP datagram from this namespace to `dst:port` and waits up to
     /// `timeout` for it to be echoed back.
     pub fn udp_request(&self, dst: impl Into<IpAddr>, port: u16, timeout: Duration) -> UdpProbe {
+        self.udp_request_from(dst, port, 0, timeout)
+    }
+
+    /// [`Netns::udp_request`] from source port `src_port` (0: any free port).
+    pub fn udp_request_from(
+        &self,
+        dst: impl Into<IpAddr>,
+        port: u16,
+        src_port: u16,
+        timeout: Duration,
+    ) -> UdpProbe {
         let dst = SocketAddr::new(dst.into(), port);
-        self.run(move || udp_probe(dst, timeout))
+        self.run(move || udp_probe(dst, src_port, timeout))
     }
 
     /// Opens a TCP connection from this namespace to `dst:port` (connect timeout
