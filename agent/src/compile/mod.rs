@@ -1631,13 +1631,14 @@ pub fn summary(c: &Compiled) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "{} endpoints, {} classes ({} of {} prefixes emitted), {} entries ({} keys), {} evaluations in {:?}",
+        "{} endpoints, {} classes ({} of {} prefixes emitted), {} entries ({} keys), {} source-port keys, {} evaluations in {:?}",
         c.endpoints.len(),
         s.classes,
         s.peer_prefixes,
         s.prefixes_collected,
         s.rule_entries,
         s.rule_keys,
+        s.source_port_keys,
         s.evaluations,
         s.duration
     );
