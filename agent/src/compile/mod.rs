@@ -1165,22 +1165,29 @@ impl<'m> EndpointCompiler<'_, 'm> {
             cuts.insert(last + 1);
         }
         let starts: Vec<u32> = cuts.into_iter().filter(|&c| c <= 0xffff).collect();
+        let intervals: Vec<(u16, u16)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start)| {
+                let end = starts.get(i + 1).map_or(0xffff, |next| next - 1);
+                (start as u16, end as u16)
+            })
+            .collect();
         // Group the intervals by the atoms containing them (first appearance order).
         let mut group_of: HashMap<Vec<bool>, usize> = HashMap::new();
         let mut groups: Vec<Vec<(u16, u16)>> = Vec::new();
-        let mut interval_group = Vec::with_capacity(starts.len());
-        for (i, &start) in starts.iter().enumerate() {
-            let end = starts.get(i + 1).map_or(0xffff, |next| next - 1);
+        let mut interval_group = Vec::with_capacity(intervals.len());
+        for &(start, end) in &intervals {
             let signature: Vec<bool> = atoms
                 .iter()
-                .map(|&(first, last)| first <= start && start <= last)
+                .map(|&(first, last)| first <= u32::from(start) && u32::from(start) <= last)
                 .collect();
             let next = groups.len();
             let g = *group_of.entry(signature).or_insert_with(|| {
                 groups.push(Vec::new());
                 next
             });
-            groups[g].push((start as u16, end as u16));
+            groups[g].push((start, end));
             interval_group.push(g);
         }
         if groups.len() > usize::from(u8::MAX) + 1 {
@@ -1224,14 +1231,10 @@ impl<'m> EndpointCompiler<'_, 'm> {
         }
         Ok(SourcePorts {
             representatives,
-            intervals: starts
+            intervals: intervals
                 .iter()
                 .zip(&interval_group)
-                .enumerate()
-                .map(|(i, (&start, &g))| {
-                    let end = starts.get(i + 1).map_or(0xffff, |next| next - 1);
-                    (start as u16, end as u16, class_of(g))
-                })
+                .map(|(&(first, last), &g)| (first, last, class_of(g)))
                 .collect(),
         })
     }
