@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use agent::compile::testgen::TableModel;
 use agent::compile::{compile, Compiled};
-use agent::eval::{Evaluator, Packet, PolicySet};
+use agent::eval::{Evaluator, Packet, PolicySet, EPHEMERAL_PORT};
 use agent::model::ir::{proto, Direction, Model};
 
 fn load() -> Model {
@@ -44,6 +44,7 @@ fn seed_scenario_tables() {
             pending,
             ip(peer),
             proto::TCP,
+            EPHEMERAL_PORT,
             port,
         ))
     };
@@ -97,6 +98,7 @@ fn seed_scenario_tables() {
                                 pending && e.has_staged,
                                 *peer,
                                 proto::TCP,
+                                EPHEMERAL_PORT,
                                 port,
                             );
                             assert_eq!(got, want, "{} {dir:?} {peer} {port} {set:?}", me.key());

@@ -47,17 +47,18 @@ pub mod counter {
 //
 // Maps (all defined in ebpf/src/maps.rs, filled by agent/src/dataplane/):
 //
-// | map                  | type               | key                     | value            |
-// | -------------------- | ------------------ | ----------------------- | ---------------- |
-// | `ENDPOINTS`          | HashMap            | ifindex `u32`           | [`EndpointInfo`] |
-// | `ACTIVE`             | Array[1]           | `0u32`                  | [`ActiveTables`] |
-// | `PEERS_0`/`PEERS_1`  | LpmTrie            | `{prefix_len, [u8;16]}` | peer class `u32` |
-// | `RULES_0`/`RULES_1`  | LpmTrie            | `{prefix_len, RuleKey}` | [`Verdict`]      |
-// | `CONNTRACK`          | LruHashMap         | [`CtKey`]               | [`CtValue`]      |
-// | `FLOW_EVENTS`        | RingBuf            | -                       | [`FlowEvent`]    |
-// | `DP_COUNTERS`        | PerCpuArray<u64>   | [`stat`] index          | count            |
-// | `EVENT_BUDGET`       | PerCpuArray[1]     | `0u32`                  | [`TokenBucket`]  |
-// | `FRAGMENTS`          | LruHashMap         | [`FragKey`]             | [`FragValue`]    |
+// | map                   | type             | key                           | value                  |
+// | --------------------- | ---------------- | ----------------------------- | ---------------------- |
+// | `ENDPOINTS`           | HashMap          | ifindex `u32`                 | [`EndpointInfo`]       |
+// | `ACTIVE`              | Array[1]         | `0u32`                        | [`ActiveTables`]       |
+// | `PEERS_0`/`PEERS_1`   | LpmTrie          | `{prefix_len, [u8;16]}`       | peer class `u32`       |
+// | `RULES_0`/`RULES_1`   | LpmTrie          | `{prefix_len, RuleKey}`       | [`Verdict`]            |
+// | `SPORTS_0`/`SPORTS_1` | LpmTrie          | `{prefix_len, SourcePortKey}` | source-port class `u8` |
+// | `CONNTRACK`           | LruHashMap       | [`CtKey`]                     | [`CtValue`]            |
+// | `FLOW_EVENTS`         | RingBuf          | -                             | [`FlowEvent`]          |
+// | `DP_COUNTERS`         | PerCpuArray<u64> | [`stat`] index                | count                  |
+// | `EVENT_BUDGET`        | PerCpuArray[1]   | `0u32`                        | [`TokenBucket`]        |
+// | `FRAGMENTS`           | LruHashMap       | [`FragKey`]                   | [`FragValue`]          |
 //
 // LPM keys are aya's `Key<T>` = `#[repr(C, packed)] { prefix_len: u32, data: T }`.
 // Addresses are 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so an
@@ -73,7 +74,16 @@ pub mod counter {
 //   override (e.g. host-endpoint failsafes must be present in every class that
 //   has entries for that protocol, or be the only entries for it).
 // - Within one class, overlapping entries resolve by longest prefix: any protocol
-//   (80) < protocol (96) < port prefixes (96 + bits); a range is several prefixes.
+//   (80) < protocol (88) < protocol + source-port class (96) < port prefixes
+//   (96 + bits); a range is several prefixes.
+// - Source ports: on endpoints with `endpoint_flags::SOURCE_PORTS`, a port
+//   protocol's (TCP, UDP, SCTP, UDPLite) flow first gets its source-port class
+//   from `SPORTS_*` {endpoint, direction, protocol, initiator's source port}
+//   (longest prefix; a miss is class 0), which goes into
+//   `RuleKey::source_port_class`. Everything else uses class 0, so tables of
+//   endpoints without source-port rules never see another class.
+// - `SPORTS_*` flips with `PEERS_*`/`RULES_*` (same `ACTIVE` generation): the
+//   classes are only meaningful to the tables they were compiled with.
 // - The kernel reads `ACTIVE` once per packet; userspace rewrites the inactive
 //   copy only at the next update, so an update must not follow the previous one
 //   within a packet's lifetime (microseconds).
@@ -84,6 +94,7 @@ pub mod limits {
     pub const MAX_ENDPOINTS: u32 = 4096;
     pub const MAX_PEER_PREFIXES: u32 = 65536;
     pub const MAX_RULE_ENTRIES: u32 = 262144;
+    pub const MAX_SOURCE_PORT_ENTRIES: u32 = 65536;
     pub const MAX_CONNTRACK: u32 = 262144;
     /// Datagrams in flight in fragments (Cilium's default for its IPv4 fragment map).
     pub const MAX_FRAGMENTS: u32 = 8192;
@@ -106,6 +117,13 @@ pub mod endpoint_flags {
     /// opposite directions of a workload's (TC ingress = traffic into the host =
     /// its ingress policy). Failsafes are compiled into the table.
     pub const HOST_ENDPOINT: u32 = 2;
+    /// Rules of this endpoint tell source ports apart: new flows of port
+    /// protocols look their source-port class up in `SPORTS_*` (else class 0).
+    /// Userspace raises it before installing tables that need it and lowers it
+    /// after installing tables that no longer do; while it is set without
+    /// `SPORTS_*` entries the lookup misses, giving class 0, which is what such
+    /// tables use.
+    pub const SOURCE_PORTS: u32 = 4;
 }
 
 /// Value of `ACTIVE[0]`: which copy of the tables is live, and the policy epoch.
@@ -113,7 +131,7 @@ pub mod endpoint_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ActiveTables {
-    /// 0: `PEERS_0`/`RULES_0` are live; 1: `PEERS_1`/`RULES_1`.
+    /// 0: `PEERS_0`/`RULES_0`/`SPORTS_0` are live; 1: the `_1` copies.
     pub generation: u32,
     /// Bumped on every policy change; conntrack entries of an older epoch are re-judged.
     pub epoch: u32,
@@ -154,10 +172,13 @@ pub const PEER_CLASS_WORLD: u32 = 0;
 /// | bits of prefix | matches                                              |
 /// | -------------- | ---------------------------------------------------- |
 /// | 80             | endpoint, peer class, direction, table (any protocol) |
-/// | 88             | ... + protocol (any port)                            |
+/// | 88             | ... + protocol (any source-port class, any port)     |
+/// | 96             | ... + source-port class (any port)                   |
 /// | 96 + k         | ... + the first k (0..=16) bits of the port          |
 ///
-/// `_pad` is always zero and is part of every prefix of 96 bits or more.
+/// `source_port_class` is 0 for every protocol without ports and on endpoints
+/// without [`endpoint_flags::SOURCE_PORTS`], so their entries sit at 96 + k with
+/// a zero byte there (88 is only used for "every class of this protocol").
 /// The kernel looks up with prefix_len [`RuleKey::FULL_PREFIX`] (128, `_pad2` zero).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -171,7 +192,8 @@ pub struct RuleKey {
     pub table: u8,
     /// IP protocol number.
     pub protocol: u8,
-    pub _pad: u8,
+    /// Class of the initiator's source port (`SPORTS_*`), 0 when not classified.
+    pub source_port_class: u8,
     /// Destination port of the flow, big-endian; for ICMP/ICMPv6 `type << 8 | code`
     /// (a type-only rule is an 8-bit port prefix).
     pub port: [u8; 2],
@@ -181,12 +203,38 @@ pub struct RuleKey {
 impl RuleKey {
     /// Prefix length covering endpoint, class, direction and table.
     pub const ANY_PROTOCOL_PREFIX: u32 = 80;
-    /// Prefix length covering the protocol too (any port).
+    /// Prefix length covering the protocol (any source-port class, any port).
+    pub const PROTOCOL_PREFIX: u32 = 88;
+    /// Prefix length covering the protocol and source-port class (any port).
     pub const ANY_PORT_PREFIX: u32 = 96;
     /// Prefix length of an exact port.
     pub const EXACT_PORT_PREFIX: u32 = 112;
     /// Prefix length the kernel looks up with.
     pub const FULL_PREFIX: u32 = 128;
+}
+
+/// Data part of the `SPORTS_*` LPM key (8 bytes, 64 bits); the value is the
+/// source-port class (`u8`, [`RuleKey::source_port_class`]). Classes are per
+/// (endpoint, direction, protocol); prefix 48 covers every port of that protocol,
+/// 48 + k the first k bits of the port. The kernel looks up with
+/// [`SourcePortKey::FULL_PREFIX`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourcePortKey {
+    pub endpoint_id: u32,
+    /// [`direction`] of the policy judging the flow.
+    pub direction: u8,
+    /// IP protocol number (TCP, UDP, SCTP, UDPLite).
+    pub protocol: u8,
+    /// The initiator's source port, big-endian.
+    pub port: [u8; 2],
+}
+
+impl SourcePortKey {
+    /// Prefix length covering endpoint, direction and protocol (any port).
+    pub const ANY_PORT_PREFIX: u32 = 48;
+    /// Prefix length the kernel looks up with (an exact port).
+    pub const FULL_PREFIX: u32 = 64;
 }
 
 /// Value of `RULES_*`: a verdict and what decided it (enough to name the deciding
@@ -452,6 +500,7 @@ mod user {
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::ActiveTables {}
     unsafe impl aya::Pod for super::RuleKey {}
+    unsafe impl aya::Pod for super::SourcePortKey {}
     unsafe impl aya::Pod for super::Verdict {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
@@ -489,9 +538,16 @@ mod tests {
         assert_eq!(offset_of!(RuleKey, direction), 8);
         assert_eq!(offset_of!(RuleKey, table), 9);
         assert_eq!(offset_of!(RuleKey, protocol), 10);
+        assert_eq!(offset_of!(RuleKey, source_port_class), 11);
         assert_eq!(offset_of!(RuleKey, port), 12);
         assert_eq!(RuleKey::ANY_PROTOCOL_PREFIX, 8 * 10);
+        assert_eq!(RuleKey::PROTOCOL_PREFIX, 8 * 11);
         assert_eq!(RuleKey::ANY_PORT_PREFIX, 8 * 12);
+        assert_eq!(size_of::<SourcePortKey>(), 8);
+        assert_eq!(offset_of!(SourcePortKey, direction), 4);
+        assert_eq!(offset_of!(SourcePortKey, protocol), 5);
+        assert_eq!(offset_of!(SourcePortKey, port), 6);
+        assert_eq!(SourcePortKey::ANY_PORT_PREFIX, 8 * 6);
         assert_eq!(size_of::<Verdict>(), 12);
         assert_eq!(offset_of!(Verdict, tier), 2);
         assert_eq!(offset_of!(Verdict, policy), 4);

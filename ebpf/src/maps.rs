@@ -1,8 +1,11 @@
 //! Maps of the policy dataplane (layout documented in `agent_common`).
 use agent_common::{
-    limits::{MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_PEER_PREFIXES, MAX_RULE_ENTRIES},
-    stat, ActiveTables, CtKey, CtValue, EndpointInfo, FragKey, FragValue, RuleKey, TokenBucket,
-    Verdict,
+    limits::{
+        MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_PEER_PREFIXES, MAX_RULE_ENTRIES,
+        MAX_SOURCE_PORT_ENTRIES,
+    },
+    stat, ActiveTables, CtKey, CtValue, EndpointInfo, FragKey, FragValue, RuleKey, SourcePortKey,
+    TokenBucket, Verdict,
 };
 use aya_ebpf::{
     macros::map,
@@ -24,6 +27,13 @@ pub static PEERS_1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PEER_
 pub static RULES_0: LpmTrie<RuleKey, Verdict> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
 #[map]
 pub static RULES_1: LpmTrie<RuleKey, Verdict> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
+
+#[map]
+pub static SPORTS_0: LpmTrie<SourcePortKey, u8> =
+    LpmTrie::with_max_entries(MAX_SOURCE_PORT_ENTRIES, 0);
+#[map]
+pub static SPORTS_1: LpmTrie<SourcePortKey, u8> =
+    LpmTrie::with_max_entries(MAX_SOURCE_PORT_ENTRIES, 0);
 
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);

@@ -3,9 +3,11 @@
 //! (TC egress = its ingress policy). Same code, a direction constant.
 //!
 //! Per packet: endpoint lookup, parse, conntrack, then for new (or stale-epoch)
-//! flows one peer-class LPM lookup and one or two decision-table LPM lookups
-//! (own class, then the wildcard class), the same again in the pending table
-//! when the endpoint has staged policy, an event, and a conntrack write.
+//! flows one peer-class LPM lookup, on endpoints with `SOURCE_PORTS` (port
+//! protocols only) one source-port-class LPM lookup, and one or two
+//! decision-table LPM lookups (own class, then the wildcard class), the same
+//! again in the pending table when the endpoint has staged policy, an event,
+//! and a conntrack write.
 //! No loops over rules: a fixed number of map lookups per packet.
 //!
 //! Decisions (documented here; the map layout is in `agent_common`):
@@ -33,8 +35,13 @@
 //!   also where its replies leave). Each side records allowed/denied/reported, so
 //!   a denied flow is dropped by one lookup too and reported once per side.
 //! - An entry from an older epoch is re-judged at its next packet, in the flow's
-//!   original orientation (initiator, responder, `judged_port`) whichever way that
-//!   packet goes: a policy change cuts flows it now denies, and replies with them.
+//!   original orientation (initiator, responder, `judged_port`, and the
+//!   initiator's source port from the key) whichever way that packet goes: a
+//!   policy change cuts flows it now denies, and replies with them.
+//! - Source ports: the initiator's source port picks a source-port class
+//!   (`SPORTS_*`, per endpoint, direction and protocol) that is part of the
+//!   decision-table key; endpoints without `SOURCE_PORTS` and protocols without
+//!   ports use class 0 (non-first fragments: the class of port 0).
 //! - TCP packets without an entry are judged as a new flow in the orientation of
 //!   that packet, SYN or not (mid-flow pickup, e.g. flows older than the
 //!   dataplane; maps are meant to be pinned, so agent restarts keep entries).
@@ -55,8 +62,9 @@
 
 use agent_common::{
     action, active_flags, ct_flags, ct_timeout, direction, endpoint_flags, event_flags, stat,
-    table, tcp_state, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent, RuleKey, Verdict,
-    DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC, PEER_CLASS_ANY, PEER_CLASS_WORLD,
+    table, tcp_state, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent, RuleKey,
+    SourcePortKey, Verdict, DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC, PEER_CLASS_ANY,
+    PEER_CLASS_WORLD,
 };
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
@@ -69,10 +77,11 @@ use aya_ebpf::{
 
 use crate::maps::{
     bump, ACTIVE, CONNTRACK, ENDPOINTS, EVENT_BUDGET, FLOW_EVENTS, PEERS_0, PEERS_1, RULES_0,
-    RULES_1,
+    RULES_1, SPORTS_0, SPORTS_1,
 };
 use crate::parse::{
-    parse, quoted, ParseError, Parsed, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    parse, quoted, ParseError, Parsed, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 #[classifier]
@@ -427,6 +436,30 @@ fn peer_class(generation: u32, addr: &[u8; 16]) -> u32 {
     }
 }
 
+/// The class of the initiator's source port; 0 on a miss (tables that do not
+/// classify this endpoint's source ports use only class 0).
+#[inline(always)]
+fn source_port_class(generation: u32, endpoint_id: u32, dir: u8, protocol: u8, port: u16) -> u8 {
+    let key = Key::new(
+        SourcePortKey::FULL_PREFIX,
+        SourcePortKey {
+            endpoint_id,
+            direction: dir,
+            protocol,
+            port: port.to_be_bytes(),
+        },
+    );
+    let hit = if generation == 0 {
+        SPORTS_0.get(&key)
+    } else {
+        SPORTS_1.get(&key)
+    };
+    match hit {
+        Some(c) => *c,
+        None => 0,
+    }
+}
+
 #[inline(always)]
 fn rule_lookup(generation: u32, key: &Key<RuleKey>) -> Option<Verdict> {
     let hit = if generation == 0 {
@@ -437,27 +470,9 @@ fn rule_lookup(generation: u32, key: &Key<RuleKey>) -> Option<Verdict> {
     hit.copied()
 }
 
-/// The verdict of one table: the peer's class, then the wildcard class.
+/// The verdict of one table (`key.table`): the peer's class, then the wildcard class.
 #[inline(always)]
-fn verdict(
-    generation: u32,
-    endpoint_id: u32,
-    class: u32,
-    dir: u8,
-    tbl: u8,
-    protocol: u8,
-    port: u16,
-) -> Option<Verdict> {
-    let data = RuleKey {
-        endpoint_id,
-        peer_class: class,
-        direction: dir,
-        table: tbl,
-        protocol,
-        _pad: 0,
-        port: port.to_be_bytes(),
-        _pad2: [0; 2],
-    };
+fn verdict(generation: u32, data: RuleKey) -> Option<Verdict> {
     if let Some(v) = rule_lookup(generation, &Key::new(RuleKey::FULL_PREFIX, data)) {
         return Some(v);
     }
@@ -480,7 +495,27 @@ fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
     let protocol = flow.pkt.protocol;
     let port = flow.judged_port;
     let id = flow.endpoint.id;
-    let enforced = match verdict(generation, id, class, dir, table::ENFORCED, protocol, port) {
+    let ports = matches!(
+        protocol,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
+    );
+    // The initiator's port, also when a reply re-judges a stale entry.
+    let source_port_class = if ports && flow.endpoint.flags & endpoint_flags::SOURCE_PORTS != 0 {
+        source_port_class(generation, id, dir, protocol, flow.init_port)
+    } else {
+        0
+    };
+    let key = RuleKey {
+        endpoint_id: id,
+        peer_class: class,
+        direction: dir,
+        table: table::ENFORCED,
+        protocol,
+        source_port_class,
+        port: port.to_be_bytes(),
+        _pad2: [0; 2],
+    };
+    let enforced = match verdict(generation, key) {
         Some(v) => v,
         None => {
             bump(stat::NO_TABLE_ENTRY);
@@ -518,7 +553,11 @@ fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
         // Observe only: the pending verdict never changes what the packet gets.
         bump(stat::STAGED_LOOKUPS);
         event.flags |= event_flags::HAS_PENDING;
-        event.pending = match verdict(generation, id, class, dir, table::PENDING, protocol, port) {
+        let key = RuleKey {
+            table: table::PENDING,
+            ..key
+        };
+        event.pending = match verdict(generation, key) {
             Some(v) => v,
             None => Verdict::NO_ENTRY,
         };

@@ -4,10 +4,12 @@
 //! The policy: one workload (the server) whose ingress policy has N rules, each
 //! allowing TCP from a distinct /32 peer to a distinct port, then a deny. The
 //! packets: a new flow matching the LAST rule (what a linear scan pays most
-//! for), a new flow that no rule allows, an established flow, and the new flow
+//! for), a new flow that no rule allows, an established flow, the new flow
 //! again with the staged pass on (a staged policy selects the server: a second
 //! table lookup and a ring-buffer event per packet, drained between batches so
-//! every event is really written, never the cheaper ring-full path). The design
+//! every event is really written, never the cheaper ring-full path), and the
+//! first again with the source-port lookup on (`SOURCE_PORTS` and a populated
+//! `SPORTS` trie whose entries keep every port in class 0). The design
 //! claims the cost is flat in N: the compiler resolved order, tiers and rules
 //! into one class lookup and one table lookup. Ratios within one run are what
 //! to read (shared, noisy machines), not absolute numbers.
@@ -16,10 +18,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use agent::compile::compile;
-use agent::dataplane::{Dataplane, Hook};
+use agent::dataplane::{Dataplane, Hook, SourcePortEntry};
+use agent::model::ir::Direction;
 use agent::model::load::load_sources;
-use agent_common::endpoint_flags::HAS_STAGED;
-use agent_common::{active_flags, stat, EndpointInfo};
+use agent_common::{active_flags, endpoint_flags, stat, EndpointInfo};
 use aya::programs::{TestRun, TestRunOptions};
 use lab::packet::Packet;
 
@@ -171,7 +173,7 @@ fn main() {
     compile_scale();
     println!("ns/packet over {REPEAT} runs of BPF_PROG_TEST_RUN (includes ~35 ns of harness)");
     println!(
-        "{:>6} {:>8} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "{:>6} {:>8} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "rules",
         "classes",
         "keys",
@@ -179,7 +181,8 @@ fn main() {
         "new(last)",
         "new(denied)",
         "established",
-        "new+staged"
+        "new+staged",
+        "new(+sport)"
     );
     let mut first_new = None;
     // 1024 rules per direction is Calico's limit.
@@ -195,7 +198,7 @@ fn main() {
             LOOPBACK,
             EndpointInfo {
                 id: ep.id,
-                flags: ep.info().flags & !HAS_STAGED,
+                flags: ep.info().flags & !endpoint_flags::HAS_STAGED,
             },
         )
         .unwrap();
@@ -216,9 +219,43 @@ fn main() {
         let new_staged = ns_per_staged_packet(&mut dp, &allowed);
         dp.set_active_flags(0).unwrap();
         let established = ns_per_packet(&mut dp, &allowed);
+
+        // The same verdicts with the source-port lookup on: class 0 everywhere,
+        // from a trie of a few hundred prefixes.
+        let mut tables = compiled.tables.clone();
+        tables.sports = (0..64u16)
+            .map(|i| SourcePortEntry {
+                endpoint_id: ep.id,
+                direction: Direction::Ingress,
+                protocol: 6,
+                first: 1000 + i * 601,
+                last: 1000 + i * 601 + 300,
+                class: 0,
+            })
+            .collect();
+        dp.install(&tables).unwrap();
+        dp.set_endpoint(
+            LOOPBACK,
+            EndpointInfo {
+                id: ep.id,
+                flags: (ep.info().flags & !endpoint_flags::HAS_STAGED)
+                    | endpoint_flags::SOURCE_PORTS,
+            },
+        )
+        .unwrap();
+        dp.set_active_flags(active_flags::NO_CT_INSERT).unwrap();
+        // Another source port: the established measurement left an entry for `allowed`.
+        let fresh = Packet::tcp(
+            IpAddr::V4(peer(last)),
+            40_001,
+            IpAddr::V4(SERVER),
+            10_000 + last as u16,
+        )
+        .frame();
+        let new_sport = ns_per_packet(&mut dp, &fresh);
         let base = *first_new.get_or_insert(new_last);
         println!(
-            "{rules:>6} {:>8} {:>8} {:>8.1}ms {:>9} ns {:>9} ns {:>9} ns {:>9} ns   (new/new@1 rule = {:.2})",
+            "{rules:>6} {:>8} {:>8} {:>8.1}ms {:>9} ns {:>9} ns {:>9} ns {:>9} ns {:>9} ns   (new/new@1 rule = {:.2})",
             compiled.stats.classes,
             compiled.stats.rule_keys,
             compile_ms,
@@ -226,6 +263,7 @@ fn main() {
             new_denied,
             established,
             new_staged,
+            new_sport,
             new_last as f64 / base as f64
         );
     }

@@ -443,12 +443,13 @@ fn tcp_probe(dst: SocketAddr, timeout: Duration) -> TcpProbe {
     TcpProbe::Connected
 }
 
-/// `len`: the datagram's size (at least the probe's marker; padded after it).
-fn udp_probe(dst: SocketAddr, len: usize, timeout: Duration) -> UdpProbe {
+/// `src_port`: 0 for any free port. `len`: the datagram's size (at least the
+/// probe's marker; padded after it).
+fn udp_probe(dst: SocketAddr, src_port: u16, len: usize, timeout: Duration) -> UdpProbe {
     let bind: SocketAddr = if dst.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
+        SocketAddr::new([0, 0, 0, 0].into(), src_port)
     } else {
-        "[::]:0".parse().unwrap()
+        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), src_port)
     };
     let sock = UdpSocket::bind(bind).expect("udp_request: bind");
     set_recverr(sock.as_raw_fd(), dst.is_ipv4()).expect("udp_request: IP_RECVERR");
@@ -520,8 +521,19 @@ impl Netns {
     /// Sends one UDP datagram from this namespace to `dst:port` and waits up to
     /// `timeout` for it to be echoed back.
     pub fn udp_request(&self, dst: impl Into<IpAddr>, port: u16, timeout: Duration) -> UdpProbe {
+        self.udp_request_from(dst, port, 0, timeout)
+    }
+
+    /// [`Netns::udp_request`] from source port `src_port` (0: any free port).
+    pub fn udp_request_from(
+        &self,
+        dst: impl Into<IpAddr>,
+        port: u16,
+        src_port: u16,
+        timeout: Duration,
+    ) -> UdpProbe {
         let dst = SocketAddr::new(dst.into(), port);
-        self.run(move || udp_probe(dst, 0, timeout))
+        self.run(move || udp_probe(dst, src_port, 0, timeout))
     }
 
     /// Like [`Netns::udp_request`] with a datagram of `len` bytes (e.g. larger than
@@ -534,7 +546,7 @@ impl Netns {
         timeout: Duration,
     ) -> UdpProbe {
         let dst = SocketAddr::new(dst.into(), port);
-        self.run(move || udp_probe(dst, len, timeout))
+        self.run(move || udp_probe(dst, 0, len, timeout))
     }
 
     /// Opens a TCP connection from this namespace to `dst:port` (connect timeout

@@ -1,7 +1,8 @@
 //! The policy dataplane (`from_endpoint` / `to_endpoint`) through the verifier and
 //! BPF_PROG_TEST_RUN with hand-filled tables: verdicts, port prefixes, ICMP,
 //! peer classes, wildcard class, fail-closed misses, conntrack, generation flips,
-//! staged (pending) lookups and events, malformed packets, IPv6 extension headers.
+//! staged (pending) lookups and events, malformed packets, IPv6 extension headers,
+//! source-port classes (from a compiled policy).
 //!
 //! BPF_PROG_TEST_RUN runs TC programs on an skb of the loopback device, so the
 //! endpoint under test is registered as ifindex 1.
@@ -56,6 +57,7 @@ fn entry(
         table,
         peer,
         protocol,
+        source_port_class: protocol.map(|_| 0),
         ports,
         verdict,
     }
@@ -188,6 +190,7 @@ fn base_tables() -> TableSet {
                 allow(21, 0),
             ),
         ],
+        sports: vec![],
     }
 }
 
@@ -759,6 +762,7 @@ fn related_tables() -> TableSet {
             e(Ingress, TCP, PortMatch::Range(8080, 8080), 3),
             e(Ingress, UDP, PortMatch::Range(9999, 9999), 4),
         ],
+        sports: Vec::new(),
     }
 }
 
@@ -1217,6 +1221,7 @@ fn pod_to_pod_needs_both_sides() {
         table: Table::Enforced,
         peer: PeerMatch::Class(1),
         protocol: Some(protocol),
+        source_port_class: Some(0),
         ports,
         verdict,
     };
@@ -1227,6 +1232,7 @@ fn pod_to_pod_needs_both_sides() {
             rule(1, Egress, TCP, PortMatch::Any, allow(1, 0)),
             rule(2, Ingress, TCP, PortMatch::Range(80, 80), allow(2, 0)),
         ],
+        sports: vec![],
     })
     .unwrap();
     let (pa, pb) = (ip("10.65.0.10"), ip("10.65.0.20"));
@@ -1369,4 +1375,165 @@ fn attaches_to_an_interface_with_tcx() {
         Err(agent::dataplane::DataplaneError::Program { .. })
             | Err(agent::dataplane::DataplaneError::NoInterface(_))
     ));
+}
+
+/// A datastore with one policed pod (10.65.0.10, fd65::10) whose ingress takes
+/// UDP only from source port `dns_port` and TCP to 5432 only from source ports
+/// 1000-2000, and whose egress allows TCP only from unprivileged source ports.
+fn source_port_model(dns_port: u16) -> agent::model::ir::Model {
+    let yaml = format!(
+        "apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {{name: db, namespace: prod, labels: {{app: db}}}}
+spec: {{interfaceName: calidb, ipNetworks: [10.65.0.10/32, fd65::10/128]}}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: by-source-port}}
+spec:
+  order: 10
+  selector: app == 'db'
+  types: [Ingress, Egress]
+  ingress:
+    - {{action: Allow, protocol: UDP, source: {{ports: [{dns_port}]}}}}
+    - {{action: Allow, protocol: TCP, source: {{ports: ['1000:2000']}}, destination: {{ports: [5432]}}}}
+  egress:
+    - {{action: Allow, protocol: TCP, source: {{notPorts: ['1:1023']}}}}
+"
+    );
+    let loaded =
+        agent::model::load::load_sources(&[(std::path::PathBuf::from("sport.yaml"), yaml)]);
+    assert!(
+        loaded
+            .diagnostics
+            .iter()
+            .all(|d| d.severity != agent::model::Severity::Error),
+        "{:?}",
+        loaded.diagnostics
+    );
+    loaded.model
+}
+
+#[test]
+fn source_port_rules_from_a_compiled_policy() {
+    use agent::compile::compile;
+    let c = compile(&source_port_model(53)).unwrap();
+    let db = &c.endpoints[0];
+    assert!(db.source_ports);
+    // HAS_STAGED on top (no pending entries): every new flow is reported, so
+    // allows name their deciding rule too.
+    let mut info = db.info();
+    info.flags |= endpoint_flags::HAS_STAGED;
+    let mut dp = Dataplane::load().expect("both programs through the verifier (needs root)");
+    dp.set_endpoint(LOOPBACK, info).unwrap();
+    dp.install(&c.tables).unwrap();
+    let (me4, me6) = (ip("10.65.0.10"), ip("fd65::10"));
+    let judge = |dp: &mut Dataplane, hook, p: &Packet| {
+        let rc = run(dp, hook, p);
+        let events = dp.drain_events();
+        assert_eq!(events.len(), 1, "{p:?}: {events:?}");
+        (rc, c.describe(&events[0].enforced), events[0].src_port)
+    };
+    let allowed = |rule: i32| {
+        (
+            TC_ACT_OK,
+            format!("default|gnp:by-source-port|allow|{rule}"),
+        )
+    };
+    let denied = || {
+        (
+            TC_ACT_SHOT,
+            "default|gnp:by-source-port|deny|-1".to_string(),
+        )
+    };
+    for (peer, me) in [(ip("8.8.8.8"), me4), (ip("2001:db8::53"), me6)] {
+        for (protocol, sport, dport, want) in [
+            (UDP, 53, 33000, allowed(0)),
+            (UDP, 52, 33000, denied()),
+            (UDP, 54, 53, denied()),
+            (TCP, 53, 5432, denied()),
+            (TCP, 999, 5432, denied()),
+            (TCP, 1000, 5432, allowed(1)),
+            (TCP, 1777, 5432, allowed(1)),
+            (TCP, 2000, 5432, allowed(1)),
+            (TCP, 2001, 5432, denied()),
+            (TCP, 1000, 5433, denied()),
+        ] {
+            let mut p = Packet::tcp(peer, sport, me, dport);
+            p.protocol = protocol;
+            if protocol == UDP {
+                p.tcp_flags = 0;
+            }
+            let (rc, by, src_port) = judge(&mut dp, Hook::ToEndpoint, &p);
+            assert_eq!((rc, by), want, "ingress {p:?}");
+            assert_eq!(src_port, sport);
+        }
+        // Egress: the pod's own source port.
+        for (sport, want) in [(40000, allowed(0)), (1023, denied()), (1024, allowed(0))] {
+            let p = Packet::tcp(me, sport, peer, 443);
+            let (rc, by, _) = judge(&mut dp, Hook::FromEndpoint, &p);
+            assert_eq!((rc, by), want, "egress {p:?}");
+        }
+    }
+
+    // Stale conntrack entries are re-judged with the initiator's source port,
+    // whichever way the next packet goes.
+    let query_answer = Packet::udp(ip("9.9.9.9"), 53, me4, 33001);
+    let (rc, ..) = judge(&mut dp, Hook::ToEndpoint, &query_answer);
+    assert_eq!(rc, TC_ACT_OK);
+    let back = query_answer.reply(); // from port 33001: no rule allows that
+    assert_eq!(
+        run(&mut dp, Hook::FromEndpoint, &back),
+        TC_ACT_OK,
+        "tracked"
+    );
+    let outbound = Packet::tcp(me4, 40001, ip("1.1.1.1"), 443);
+    assert_eq!(judge(&mut dp, Hook::FromEndpoint, &outbound).0, TC_ACT_OK);
+    let answer = outbound.reply().flags(SYN | ACK); // from 443: privileged
+    assert_eq!(
+        run(&mut dp, Hook::ToEndpoint, &answer),
+        TC_ACT_OK,
+        "tracked"
+    );
+    // Same policy again (a flip and an epoch bump): both flows survive, though
+    // the packets' own source ports (33001, 443) would not be allowed.
+    dp.install(&c.tables).unwrap();
+    let (rc, by, src_port) = judge(&mut dp, Hook::FromEndpoint, &back);
+    assert_eq!((rc, by, src_port), (allowed(0).0, allowed(0).1, 53));
+    let (rc, by, src_port) = judge(&mut dp, Hook::ToEndpoint, &answer);
+    assert_eq!((rc, by, src_port), (allowed(0).0, allowed(0).1, 40001));
+    // Now DNS answers must come from port 5353: the established one is cut.
+    let c2 = compile(&source_port_model(5353)).unwrap();
+    assert_eq!(c2.endpoints[0].id, db.id);
+    dp.install(&c2.tables).unwrap();
+    let (rc, by, src_port) = judge(&mut dp, Hook::FromEndpoint, &back);
+    assert_eq!((rc, by, src_port), (denied().0, denied().1, 53));
+    assert_eq!(run(&mut dp, Hook::ToEndpoint, &query_answer), TC_ACT_SHOT);
+    let from_5353 = Packet::udp(ip("9.9.9.9"), 5353, me4, 33002);
+    assert_eq!(judge(&mut dp, Hook::ToEndpoint, &from_5353).0, TC_ACT_OK);
+}
+
+#[test]
+fn source_port_class_is_zero_without_entries_or_without_the_flag() {
+    use agent::compile::compile;
+    // The flag raised before tables that need it are live (as the daemon does):
+    // no SPORTS entry for the endpoint, class 0, all those tables use.
+    let mut dp = load(endpoint_flags::SOURCE_PORTS);
+    dp.install(&base_tables()).unwrap();
+    let ssh = Packet::tcp(ip("10.65.1.5"), 1234, ip("10.65.0.10"), 22);
+    assert_eq!(run(&mut dp, Hook::ToEndpoint, &ssh), TC_ACT_OK);
+    // Source-port tables without the flag: every source port is class 0, and
+    // port 53's class is not (a control for the test above).
+    let c = compile(&source_port_model(53)).unwrap();
+    let id = c.endpoints[0].id;
+    dp.set_endpoint(LOOPBACK, EndpointInfo { id, flags: 0 })
+        .unwrap();
+    dp.install(&c.tables).unwrap();
+    let sim = agent::compile::testgen::TableModel::new(&c.tables).unwrap();
+    assert_ne!(sim.source_port_class(id, Direction::Ingress, UDP, 53), 0);
+    let dns = Packet::udp(ip("8.8.8.8"), 53, ip("10.65.0.10"), 33000);
+    assert_eq!(run(&mut dp, Hook::ToEndpoint, &dns), TC_ACT_SHOT);
+    dp.set_endpoint(LOOPBACK, c.endpoints[0].info()).unwrap();
+    let dns = Packet::udp(ip("8.8.8.8"), 53, ip("10.65.0.10"), 33001);
+    assert_eq!(run(&mut dp, Hook::ToEndpoint, &dns), TC_ACT_OK);
 }

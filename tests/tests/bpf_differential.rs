@@ -9,10 +9,14 @@
 //! the same model minus its staged policies returns the same code (and, with
 //! reporting forced on, reports every enforced verdict, allows included).
 //!
-//! Default: 200 models x 100 packets (about 19k cases, a few seconds).
+//! Models have source-port rules (ranges, notPorts, named ports) and packets
+//! varied source ports (rule bounds and their neighbours, random ones); the run
+//! asserts that, in both families, some cases' verdicts depend on the source port.
+//!
+//! Default: 200 models x 100 packets (about 20k cases, a few seconds).
 //! `DIFF_SEED=<n>` replays a run; `DIFF_MODELS` / `DIFF_PACKETS` resize it.
 
-use agent::compile::testgen::{random_model, random_probe, Probe, Rng, Shape};
+use agent::compile::testgen::{random_model, random_probe, random_source_port, Probe, Rng, Shape};
 use agent::compile::{compile, CompileError, CompiledEndpoint};
 use agent::dataplane::{Dataplane, FlowRecord, Hook};
 use agent::eval::{Evaluator, PolicySet};
@@ -93,6 +97,9 @@ fn kernel_verdicts_equal_the_evaluator() {
     let (mut cases, mut unsupported, mut allowed, mut staged_events, mut deny_events) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut pending_differs = 0u64;
+    // Cases on endpoints with source-port classes, and (IPv4, IPv6) cases whose
+    // enforced verdict another (random) source port changes.
+    let (mut sport_cases, mut sport_decides) = (0u64, [0u64; 2]);
     for round in 0..models {
         let model_seed = rng.next_u64();
         let mut mrng = Rng::new(model_seed);
@@ -100,10 +107,8 @@ fn kernel_verdicts_equal_the_evaluator() {
         let ctx = format!("DIFF_SEED={seed} round {round} (model seed {model_seed:#x})");
         let c = match compile(&model) {
             Ok(c) => c,
-            // The generator makes these on purpose (source ports, two addresses).
-            Err(CompileError::Unsupported { what, .. })
-                if what.contains("source ports") || what.contains("own addresses") =>
-            {
+            // The generator makes these on purpose (two addresses).
+            Err(CompileError::Unsupported { what, .. }) if what.contains("own addresses") => {
                 unsupported += 1;
                 continue;
             }
@@ -151,6 +156,21 @@ fn kernel_verdicts_equal_the_evaluator() {
                 c.verdict_of(&end)
             };
             let (enforced, pending) = (ask(PolicySet::Enforced), ask(PolicySet::Pending));
+            if ep.source_ports {
+                sport_cases += 1;
+                let src_port = random_source_port(&mut mrng, &model);
+                let end = eval.evaluate_end(
+                    PolicySet::Enforced,
+                    p.endpoint_index,
+                    p.direction,
+                    p.peer,
+                    p.local,
+                    &Probe { src_port, ..p }.packet(),
+                );
+                if c.verdict_of(&end) != enforced {
+                    sport_decides[usize::from(p.local.is_ipv6())] += 1;
+                }
+            }
             let (hook, bytes) = frame(&p, ep.host);
             let rc = run_as(&mut dp, ep, 0, hook, &bytes);
             let events: Vec<FlowRecord> = dp.drain_events();
@@ -226,7 +246,8 @@ fn kernel_verdicts_equal_the_evaluator() {
     eprintln!(
         "bpf_differential: {cases} cases ({allowed} allowed), {staged_events} staged events \
          ({pending_differs} with a different pending verdict), {deny_events} deny events checked, \
-         {unsupported} models unsupported"
+         {unsupported} models unsupported; {sport_cases} cases on endpoints with source-port \
+         classes, (IPv4, IPv6) {sport_decides:?} decided by the source port"
     );
     assert!(cases >= models * packets / 2, "too few cases: {cases}");
     assert!(
@@ -234,4 +255,8 @@ fn kernel_verdicts_equal_the_evaluator() {
         "{allowed} of {cases} allowed"
     );
     assert!(staged_events > 0 && pending_differs > 0);
+    assert!(
+        sport_decides.iter().all(|&n| n > 0),
+        "source ports never decided: {sport_decides:?}"
+    );
 }

@@ -299,15 +299,16 @@ fn a_compile_failure_keeps_the_previous_tables() {
     let agent = Agent::start(&lab, &dir);
     agent.wait_attached(3);
     assert_seed_enforced(&s);
-    // Valid YAML the compiler refuses (the dataplane keys on destination ports
-    // only): it would also deny backend -> database, but nothing changes.
+    // Valid YAML the compiler refuses (an IPv6 net inside ::ffff:0:0/96, where
+    // the kernel keeps IPv4): its first rule would also deny backend -> database,
+    // but nothing changes.
     agent.write_file(
-        "40-source-ports.yaml",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: by-source-port\nspec:\n  order: 1\n  selector: app == 'database'\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      protocol: TCP\n      source:\n        ports: [1234]\n",
+        "40-mapped-net.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: by-mapped-net\nspec:\n  order: 1\n  selector: app == 'database'\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      protocol: TCP\n    - action: Deny\n      source:\n        nets: ['::ffff:10.65.0.0/120']\n",
     );
     let st = agent.wait_status("the compile error", |s| !s["last_error"].is_null());
     assert!(
-        st["last_error"].as_str().unwrap().contains("source ports"),
+        st["last_error"].as_str().unwrap().contains("::ffff:0:0/96"),
         "{st:#}"
     );
     assert_eq!(st["policies"]["enforced"], 1, "{st:#}");
@@ -315,7 +316,7 @@ fn a_compile_failure_keeps_the_previous_tables() {
     assert!(text.contains("NOT APPLIED"), "{text}");
     assert_seed_enforced(&s);
     // Removing it clears the error.
-    std::fs::remove_file(dir.join("40-source-ports.yaml")).unwrap();
+    std::fs::remove_file(dir.join("40-mapped-net.yaml")).unwrap();
     agent.wait_status("the error cleared", |s| s["last_error"].is_null());
     assert_seed_enforced(&s);
 }

@@ -1,7 +1,8 @@
 //! `agent run` enforcing beyond TCP, with real traffic in a lab: UDP ports,
-//! ICMP and ICMPv6 types, IPv4 and IPv6, fragmented datagrams, PMTU discovery
-//! through ICMP errors related to a flow, and a host endpoint under a deny-all
-//! policy whose failsafe SSH port stays reachable (the lockout protection).
+//! UDP source ports, ICMP and ICMPv6 types, IPv4 and IPv6, fragmented datagrams,
+//! PMTU discovery through ICMP errors related to a flow, and a host endpoint
+//! under a deny-all policy whose failsafe SSH port stays reachable (the lockout
+//! protection).
 mod common;
 
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ kind: WorkloadEndpoint
 metadata: {name: web, namespace: prod, labels: {app: web}}
 spec: {interfaceName: caliweb, ipNetworks: [10.65.0.50/32, fd65::50/128]}
 ---
-# dns: only UDP 53 in (both families).
+# dns: only UDP 53 in (both families), and 5353 from source ports 1000-2000.
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
 metadata: {name: dns-udp-53}
@@ -39,6 +40,7 @@ spec:
   types: [Ingress]
   ingress:
     - {action: Allow, protocol: UDP, destination: {ports: [53]}}
+    - {action: Allow, protocol: UDP, source: {ports: ['1000:2000']}, destination: {ports: [5353]}}
 ---
 # web: no echo requests (v4 or v6), HTTP allowed.
 apiVersion: projectcalico.org/v3
@@ -101,6 +103,7 @@ fn udp_icmp_ipv6_and_host_endpoint_failsafe() {
             UdpProbe::Replied,
             "{dst}:53"
         );
+        // From an ephemeral port (32768 and up): denied.
         assert_eq!(
             client.udp_request(dst, 5353, SHORT_TIMEOUT),
             UdpProbe::TimedOut,
@@ -113,6 +116,18 @@ fn udp_icmp_ipv6_and_host_endpoint_failsafe() {
             UdpProbe::Replied,
             "{dst}:53, fragmented"
         );
+        for (src_port, want) in [(1500, UdpProbe::Replied), (2001, UdpProbe::TimedOut)] {
+            let timeout = if want == UdpProbe::Replied {
+                PROBE_TIMEOUT
+            } else {
+                SHORT_TIMEOUT
+            };
+            assert_eq!(
+                client.udp_request_from(dst, 5353, src_port, timeout),
+                want,
+                "{dst}:5353 from port {src_port}"
+            );
+        }
     }
     let tracked = agent.status()["counters"]["fragments_tracked"].clone();
     assert!(

@@ -1,7 +1,7 @@
 //! The policy compiler: the validated [`Model`] -> BPF map contents
-//! ([`TableSet`]: peer classes and per-endpoint decision tables, enforced and
-//! pending), exact by construction: every table cell is the reference
-//! evaluator's answer for a representative packet of that cell.
+//! ([`TableSet`]: peer classes, per-endpoint source-port classes and decision
+//! tables, enforced and pending), exact by construction: every table cell is
+//! the reference evaluator's answer for a representative packet of that cell.
 //!
 //! # Peer classes
 //! Every prefix a predicate can distinguish is collected: endpoint IPs (/32,
@@ -22,13 +22,35 @@
 //! signature bits the endpoint's applicable rules (both sets, profiles,
 //! failsafes) actually read; one representative per group is evaluated. The
 //! dimensions: the protocols those rules can tell apart (plus a representative
-//! "other" protocol), and per protocol the intervals between all port
+//! "other" protocol), for port protocols each source-port class of the protocol
+//! (below), and per protocol the intervals between all destination-port
 //! breakpoints (range ends, named ports, failsafe ports; for ICMP the kernel's
 //! `type << 8 | code` value split at every type and type/code mentioned).
 //! A group is evaluated only at the breakpoints of the rules that can match its
 //! peers (family, nets and selectors on the peer's side); the other intervals
 //! copy their left neighbour, since the answer cannot change there. So N rules
 //! of distinct (peer, port) cost O(N) evaluations, not groups x intervals.
+//! A cell is evaluated with a representative packet: the class's representative
+//! source port (the usual ephemeral port where the class has it), the
+//! interval's first port.
+//!
+//! # Source-port classes
+//! Per endpoint, direction and port protocol (TCP, UDP, SCTP, UDPLite), the
+//! source-port space is split at the bounds of every source `ports`/`notPorts`
+//! match of the rules the endpoint can consult (both sets, profiles; a named
+//! port contributes every endpoint's port of that name and protocol: on ingress
+//! it is the peer's, on egress the endpoint's own). Intervals contained in the
+//! same matches form one class, so every predicate on source ports is constant
+//! on a class (for named ports: a class holding two ports holds no named port).
+//! A protocol with one class needs nothing (class 0, what the kernel uses for
+//! endpoints without [`agent_common::endpoint_flags::SOURCE_PORTS`]): tables of
+//! endpoints without source-port rules are exactly what they were before source
+//! ports existed. Otherwise `SPORTS_*` gets an entry covering every port with
+//! class 0 (given to the class whose intervals would cost the most LPM
+//! prefixes) and narrower ones for the other classes (at most 256, the key's
+//! byte), and the endpoint gets `SOURCE_PORTS`. A kernel miss means class 0: it
+//! happens only for unclassified protocols, and while the flag is raised ahead
+//! of the tables that need it (the tables before use class 0 only).
 //!
 //! # Encoding (wildcard class)
 //! The kernel probes the peer's class (longest prefix), and only on a miss the
@@ -42,6 +64,11 @@
 //! - otherwise: its own any-protocol entry plus its runs that differ from its own
 //!   "other" verdict — it never falls back.
 //!
+//! Runs are per (protocol, source-port class) and carry the class
+//! (`RuleKey::source_port_class`, prefix 96 + port bits); a protocol with several
+//! source-port classes and one verdict in all its cells gets a single entry for
+//! all classes (prefix 88) instead.
+//!
 //! Pending entries exist only for endpoints where a staged policy changes the
 //! applicable policy list ([`CompiledEndpoint::has_staged`]).
 //!
@@ -53,22 +80,29 @@
 //! `u16::MAX` is the kernel's own "no table entry".
 //!
 //! # Not compiled (errors, never silently wrong tables)
-//! - A decisive rule that constrains source ports (the kernel keys on the
-//!   destination port only): [`CompileError::Unsupported`].
 //! - An endpoint with several addresses of one family whose verdicts differ by
 //!   which of its own addresses a packet uses (the kernel keys on the endpoint,
 //!   not its address): [`CompileError::Unsupported`].
 //! - IPv6 nets inside `::ffff:0:0/96` (the kernel stores IPv4 there).
+//! - More than 256 source-port classes for one endpoint, direction and protocol
+//!   (one byte of the rule key), or more `SPORTS_*` entries than fit:
+//!   [`CompileError::Capacity`].
 //!
 //! A family an endpoint has no address of is evaluated with the unspecified
 //! address (`0.0.0.0` / `::`) as the local address. IPv6 packets with
-//! IPv4-mapped addresses are classified like IPv4 by the kernel.
+//! IPv4-mapped addresses are classified like IPv4 by the kernel. The kernel
+//! judges a flow's source port as the initiator's (also when a reply re-judges a
+//! flow after a policy change), non-first fragments as ports 0/0.
 //!
 //! # Cost
 //! Endpoints are compiled independently (in parallel, results in model order).
 //! Measured (`compile::tests::compile_time`, release, a loaded 2-core VM, CPU
 //! time): 100 endpoints x 50 policies 34 ms (40k evaluations, 4.1k keys);
 //! 300 x 100 0.16 s; 1000 x 200 1.6 s (0.9M evaluations, 120k keys).
+//!
+//! Source-port classes multiply a port protocol's evaluations (and, where verdicts
+//! differ, its entries) by the number of its classes; endpoints without
+//! source-port rules pay nothing.
 //!
 //! Scaling limit: entries grow with (classes an endpoint treats unlike the
 //! wildcard) x (port runs), because the kernel keys the table on the global
@@ -80,10 +114,11 @@
 //! already computes those groups (`class_group` in `EndpointCompiler::direction`).
 //!
 //! # Tests
-//! `compile::tests` (scenarios, and random models checked against the
-//! evaluator through [`testgen::TableModel`], a userspace model of the kernel's
-//! lookups) and `tests/tests/bpf_differential.rs` (the same, through the real
-//! programs with BPF_PROG_TEST_RUN).
+//! `compile::tests` (scenarios, and random models, with source-port rules and
+//! probes aimed at them, checked against the evaluator through
+//! [`testgen::TableModel`], a userspace model of the kernel's lookups) and
+//! `tests/tests/bpf_differential.rs` (the same, through the real programs with
+//! BPF_PROG_TEST_RUN).
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -92,7 +127,9 @@ use std::time::{Duration, Instant};
 use agent_common::{action, limits, verdict_flags, Verdict, POLICY_NONE};
 use ipnet::IpNet;
 
-use crate::dataplane::tables::{PeerMatch, PortMatch as Ports, RuleEntry, Table, TableSet};
+use crate::dataplane::tables::{
+    port_range_prefixes, PeerMatch, PortMatch as Ports, RuleEntry, SourcePortEntry, Table, TableSet,
+};
 use crate::eval::{
     policy_flow_log_name, ApplicableTier, DecidedBy, EndVerdict, Evaluator, Packet, PolicySet,
     EPHEMERAL_PORT, NO_MATCH_PROFILE, PROFILE_TIER,
@@ -136,6 +173,8 @@ pub struct Limits {
     pub rule_keys: usize,
     /// Encoded keys of one endpoint.
     pub keys_per_endpoint: usize,
+    /// Encoded keys in `SPORTS_*`.
+    pub source_port_keys: usize,
 }
 
 impl Default for Limits {
@@ -145,6 +184,7 @@ impl Default for Limits {
             peer_prefixes: limits::MAX_PEER_PREFIXES as usize,
             rule_keys: limits::MAX_RULE_ENTRIES as usize,
             keys_per_endpoint: MAX_KEYS_PER_ENDPOINT,
+            source_port_keys: limits::MAX_SOURCE_PORT_ENTRIES as usize,
         }
     }
 }
@@ -176,18 +216,23 @@ pub struct CompiledEndpoint {
     /// Staged policies change this endpoint: set `HAS_STAGED` (pending entries exist).
     pub has_staged: bool,
     pub host: bool,
+    /// Its rules tell source ports apart: set `SOURCE_PORTS` (`SPORTS_*` entries exist).
+    pub source_ports: bool,
 }
 
 impl CompiledEndpoint {
     /// The `ENDPOINTS` value for this endpoint.
     pub fn info(&self) -> agent_common::EndpointInfo {
-        use agent_common::endpoint_flags::{HAS_STAGED, HOST_ENDPOINT};
+        use agent_common::endpoint_flags::{HAS_STAGED, HOST_ENDPOINT, SOURCE_PORTS};
         let mut flags = 0;
         if self.has_staged {
             flags |= HAS_STAGED;
         }
         if self.host {
             flags |= HOST_ENDPOINT;
+        }
+        if self.source_ports {
+            flags |= SOURCE_PORTS;
         }
         agent_common::EndpointInfo { id: self.id, flags }
     }
@@ -203,6 +248,8 @@ pub struct CompileStats {
     /// `RuleEntry` values, and the LPM keys they encode to.
     pub rule_entries: usize,
     pub rule_keys: usize,
+    /// Encoded `SPORTS_*` keys.
+    pub source_port_keys: usize,
     /// Evaluator calls made.
     pub evaluations: usize,
     /// Per compiled endpoint (same order as `Compiled::endpoints`): encoded keys.
@@ -279,11 +326,17 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
             id: k as u32 + 1,
             evaluations: 0,
             out: Vec::new(),
+            sports: Vec::new(),
         };
         for direction in [Direction::Ingress, Direction::Egress] {
             ctx.direction(direction, has_staged)?;
         }
-        Ok((ctx.out, ctx.evaluations, has_staged))
+        Ok(EndpointOut {
+            rules: ctx.out,
+            sports: ctx.sports,
+            evaluations: ctx.evaluations,
+            has_staged,
+        })
     };
     // Endpoints are independent: spread them over the CPUs (results stay in order).
     let threads = std::thread::available_parallelism()
@@ -320,15 +373,34 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
     }
 
     let mut rules = Vec::new();
+    let mut sports = Vec::new();
     let mut endpoints = Vec::new();
     let mut total_keys = 0usize;
+    let mut total_sport_keys = 0usize;
     for (k, result) in results.into_iter().enumerate() {
         let (index, endpoint, interface) = targets[k];
-        let (mut out, evaluations, has_staged) = result.expect("every endpoint compiled")?;
+        let EndpointOut {
+            rules: mut out,
+            sports: mut sport_entries,
+            evaluations,
+            has_staged,
+        } = result.expect("every endpoint compiled")?;
         let keys: usize = out
             .iter()
             .map(|e| e.keys().map(|k| k.len()).unwrap_or(0))
             .sum();
+        total_sport_keys += sport_entries
+            .iter()
+            .map(|e| e.keys().map(|k| k.len()).unwrap_or(0))
+            .sum::<usize>();
+        if total_sport_keys > limits.source_port_keys {
+            return Err(CompileError::Capacity {
+                endpoint: endpoint.key(),
+                limit: "source-port entries (SPORTS map)",
+                needed: total_sport_keys,
+                max: limits.source_port_keys,
+            });
+        }
         if keys > limits.keys_per_endpoint {
             return Err(CompileError::Capacity {
                 endpoint: endpoint.key(),
@@ -355,15 +427,19 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
             interface: interface.clone(),
             has_staged,
             host: endpoint.kind == EndpointKind::Host,
+            source_ports: !sport_entries.is_empty(),
         });
+        sports.append(&mut sport_entries);
     }
     stats.rule_entries = rules.len();
     stats.rule_keys = total_keys;
+    stats.source_port_keys = total_sport_keys;
     stats.duration = started.elapsed();
     Ok(Compiled {
         tables: TableSet {
             peers: peers.emitted,
             rules,
+            sports,
         },
         endpoints,
         policies: names.policies.clone(),
@@ -380,7 +456,13 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
 }
 
 /// One endpoint's entries, evaluator calls, and whether it has staged policy.
-type EndpointResult = Result<(Vec<RuleEntry>, usize, bool), CompileError>;
+struct EndpointOut {
+    rules: Vec<RuleEntry>,
+    sports: Vec<SourcePortEntry>,
+    evaluations: usize,
+    has_staged: bool,
+}
+type EndpointResult = Result<EndpointOut, CompileError>;
 
 /// Same tiers, same default actions, same policies (by identity) in the same order.
 fn same_tiers(a: &[ApplicableTier], b: &[ApplicableTier]) -> bool {
@@ -937,10 +1019,11 @@ fn kind(p: u8) -> Kind {
     }
 }
 
-/// The packet the evaluator is asked about for protocol `p` and kernel port value `v`.
-fn packet(p: u8, v: u16) -> Packet {
+/// The packet the evaluator is asked about for protocol `p`, source port `sport`
+/// (port protocols only) and kernel port value `v`.
+fn packet(p: u8, sport: u16, v: u16) -> Packet {
     match kind(p) {
-        Kind::Ports => Packet::with_ports(p, EPHEMERAL_PORT, v),
+        Kind::Ports => Packet::with_ports(p, sport, v),
         Kind::Icmp => Packet::icmp(p, (v >> 8) as u8, (v & 0xff) as u8),
         Kind::Other => Packet {
             protocol: p,
@@ -949,12 +1032,42 @@ fn packet(p: u8, v: u16) -> Packet {
     }
 }
 
-/// One protocol's dimension: intervals `[start, next start)` of the kernel port value.
+/// Whether rule `r` can match protocol `p` at all.
+fn may_match(r: &Rule, p: u8) -> bool {
+    r.protocol.is_none_or(|q| q == p) && r.not_protocol != Some(p)
+}
+
+/// One (protocol, source-port class) dimension: intervals `[start, next start)`
+/// of the kernel port value.
 struct Dim {
     protocol: u8,
+    /// The source-port class (0 where the protocol has one class) and a port of it.
+    source_port_class: u8,
+    source_port: u16,
+    /// Source-port classes of this protocol (the dims of one protocol are adjacent).
+    classes: usize,
+    /// Index of `protocol` in the direction's protocol list (for per-rule cuts).
+    protocol_index: usize,
     starts: Vec<u16>,
     /// Starts every peer group evaluates at (0 and the failsafes' breakpoints).
     always: BTreeSet<u16>,
+}
+
+/// One port protocol's source-port classes on an endpoint and direction.
+struct SourcePorts {
+    /// Per class: a port of it (the evaluator's source port for the class).
+    representatives: Vec<u16>,
+    /// `(first, last, class)`, covering every port, in port order.
+    intervals: Vec<(u16, u16, u8)>,
+}
+
+impl SourcePorts {
+    fn single() -> Self {
+        SourcePorts {
+            representatives: vec![EPHEMERAL_PORT],
+            intervals: vec![(0, u16::MAX, 0)],
+        }
+    }
 }
 
 impl Dim {
@@ -981,6 +1094,7 @@ struct EndpointCompiler<'a, 'm> {
     id: u32,
     evaluations: usize,
     out: Vec<RuleEntry>,
+    sports: Vec<SourcePortEntry>,
 }
 
 impl<'m> EndpointCompiler<'_, 'm> {
@@ -1024,7 +1138,7 @@ impl<'m> EndpointCompiler<'_, 'm> {
     /// port values; empty if `r` cannot match `p`.
     fn cuts(&self, r: &Rule, p: u8) -> BTreeSet<u32> {
         let mut cuts = BTreeSet::new();
-        if r.protocol.is_some_and(|q| q != p) || r.not_protocol == Some(p) {
+        if !may_match(r, p) {
             return cuts;
         }
         let mut cut = |a: u32, b: u32| {
@@ -1066,28 +1180,131 @@ impl<'m> EndpointCompiler<'_, 'm> {
         cuts
     }
 
+    /// Port protocol `p`'s source-port classes: the ports split at every bound of
+    /// a source-port match of `rules` (ranges; named ports: every endpoint's port
+    /// of that name, as the peer's (ingress) or the endpoint's own (egress) may be
+    /// any of them), intervals in the same matches share a class.
+    fn source_ports(
+        &self,
+        rules: &[(String, &'m Rule)],
+        p: u8,
+    ) -> Result<SourcePorts, CompileError> {
+        let mut atoms: BTreeSet<(u32, u32)> = BTreeSet::new();
+        for (_, r) in rules.iter().filter(|(_, r)| may_match(r, p)) {
+            for m in r.source.ports.iter().chain(&r.source.not_ports) {
+                match m {
+                    PortMatch::Range(range) => {
+                        atoms.insert((u32::from(range.first), u32::from(range.last)));
+                    }
+                    PortMatch::Named(name) => {
+                        for np in self
+                            .model
+                            .endpoints
+                            .iter()
+                            .flat_map(|e| &e.named_ports)
+                            .filter(|np| &np.name == name && np.protocol == p)
+                        {
+                            atoms.insert((u32::from(np.port), u32::from(np.port)));
+                        }
+                    }
+                }
+            }
+        }
+        if atoms.is_empty() {
+            return Ok(SourcePorts::single());
+        }
+        let mut cuts: BTreeSet<u32> = BTreeSet::from([0]);
+        for &(first, last) in &atoms {
+            cuts.insert(first);
+            cuts.insert(last + 1);
+        }
+        let starts: Vec<u32> = cuts.into_iter().filter(|&c| c <= 0xffff).collect();
+        let intervals: Vec<(u16, u16)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start)| {
+                let end = starts.get(i + 1).map_or(0xffff, |next| next - 1);
+                (start as u16, end as u16)
+            })
+            .collect();
+        // Group the intervals by the atoms containing them (first appearance order).
+        let mut group_of: HashMap<Vec<bool>, usize> = HashMap::new();
+        let mut groups: Vec<Vec<(u16, u16)>> = Vec::new();
+        let mut interval_group = Vec::with_capacity(intervals.len());
+        for &(start, end) in &intervals {
+            let signature: Vec<bool> = atoms
+                .iter()
+                .map(|&(first, last)| first <= u32::from(start) && u32::from(start) <= last)
+                .collect();
+            let next = groups.len();
+            let g = *group_of.entry(signature).or_insert_with(|| {
+                groups.push(Vec::new());
+                next
+            });
+            groups[g].push((start, end));
+            interval_group.push(g);
+        }
+        if groups.len() > usize::from(u8::MAX) + 1 {
+            return Err(CompileError::Capacity {
+                endpoint: self.endpoint.key(),
+                limit:
+                    "source-port classes per direction and protocol (RuleKey::source_port_class)",
+                needed: groups.len(),
+                max: usize::from(u8::MAX) + 1,
+            });
+        }
+        // Class 0 covers every port in SPORTS_* with one entry, so it goes to the
+        // group whose intervals would cost the most prefixes; the rest keep their order.
+        let cost = |g: &Vec<(u16, u16)>| -> usize {
+            g.iter()
+                .map(|&(a, b)| port_range_prefixes(a, b).len())
+                .sum()
+        };
+        let zero = (0..groups.len())
+            .max_by_key(|&g| (cost(&groups[g]), std::cmp::Reverse(g)))
+            .expect("at least one interval");
+        let class_of = |g: usize| -> u8 {
+            match g.cmp(&zero) {
+                std::cmp::Ordering::Equal => 0,
+                std::cmp::Ordering::Less => g as u8 + 1,
+                std::cmp::Ordering::Greater => g as u8,
+            }
+        };
+        let mut representatives = vec![0u16; groups.len()];
+        for (g, intervals) in groups.iter().enumerate() {
+            // The usual ephemeral port where the class has it (same questions as
+            // for an endpoint without source-port rules), else its first port.
+            representatives[usize::from(class_of(g))] = if intervals
+                .iter()
+                .any(|&(a, b)| (a..=b).contains(&EPHEMERAL_PORT))
+            {
+                EPHEMERAL_PORT
+            } else {
+                intervals[0].0
+            };
+        }
+        Ok(SourcePorts {
+            representatives,
+            intervals: intervals
+                .iter()
+                .zip(&interval_group)
+                .map(|(&(first, last), &g)| (first, last, class_of(g)))
+                .collect(),
+        })
+    }
+
     fn direction(&mut self, direction: Direction, has_staged: bool) -> Result<(), CompileError> {
         let rules = self.rules(direction);
         let failsafes = self.failsafes(direction);
-        for (owner, r) in &rules {
-            if !r.source.ports.is_empty() || !r.source.not_ports.is_empty() {
-                return Err(CompileError::Unsupported {
-                    endpoint: self.endpoint.key(),
-                    policy: owner.clone(),
-                    what: format!(
-                        "a {direction:?} rule on source ports (the dataplane keys on destination ports only)"
-                    ),
-                });
-            }
-        }
 
         // Protocols the rules tell apart.
         let mut protocols: BTreeSet<u8> = BTreeSet::new();
         for (_, r) in &rules {
             protocols.extend(r.protocol);
             protocols.extend(r.not_protocol);
-            let d = &r.destination;
-            if r.protocol.is_none() && (!d.ports.is_empty() || !d.not_ports.is_empty()) {
+            let has_ports =
+                |e: &crate::model::ir::EntityRule| !e.ports.is_empty() || !e.not_ports.is_empty();
+            if r.protocol.is_none() && (has_ports(&r.destination) || has_ports(&r.source)) {
                 protocols.extend(PORT_PROTOCOLS);
             }
             if r.protocol.is_none() && (r.icmp.is_some() || r.not_icmp.is_some()) {
@@ -1105,40 +1322,69 @@ impl<'m> EndpointCompiler<'_, 'm> {
             })
             .unwrap_or(255);
 
-        // Port breakpoints per protocol: those of each rule (kept per rule, so
-        // that a peer group evaluates only at the breakpoints of the rules that
-        // can match it), of the failsafes, and 0.
-        let rule_cuts: Vec<Vec<BTreeSet<u32>>> = rules
-            .iter()
-            .map(|(_, r)| protocols.iter().map(|&p| self.cuts(r, p)).collect())
-            .collect();
-        let dims: Vec<Dim> = protocols
-            .iter()
-            .enumerate()
-            .map(|(d, &p)| {
-                let mut cuts: BTreeSet<u32> = BTreeSet::from([0]);
+        // Destination-port breakpoints per protocol: those of each rule (kept per
+        // rule, so that a peer group evaluates only at the breakpoints of the
+        // rules that can match it), of the failsafes, and 0. One dimension per
+        // (protocol, source-port class).
+        let mut rule_cuts: Vec<Vec<BTreeSet<u32>>> = Vec::new(); // [protocol][rule]
+        let mut dims: Vec<Dim> = Vec::new();
+        for (protocol_index, &p) in protocols.iter().enumerate() {
+            let sources = if kind(p) == Kind::Ports {
+                self.source_ports(&rules, p)?
+            } else {
+                SourcePorts::single()
+            };
+            let mut always: BTreeSet<u32> = BTreeSet::from([0]);
+            if kind(p) == Kind::Ports {
                 for f in failsafes.iter().filter(|f| f.protocol == p) {
-                    cuts.extend([u32::from(f.port), u32::from(f.port) + 1]);
+                    always.extend([u32::from(f.port), u32::from(f.port) + 1]);
                 }
-                let always: BTreeSet<u32> = cuts.clone();
-                for rc in &rule_cuts {
-                    cuts.extend(&rc[d]);
-                }
-                Dim {
+            }
+            let cuts: Vec<BTreeSet<u32>> = rules.iter().map(|(_, r)| self.cuts(r, p)).collect();
+            let mut all = always.clone();
+            for c in &cuts {
+                all.extend(c);
+            }
+            let ports = |s: &BTreeSet<u32>| -> Vec<u16> {
+                s.iter()
+                    .filter(|&&c| c <= 0xffff)
+                    .map(|&c| c as u16)
+                    .collect()
+            };
+            let starts = ports(&all);
+            let always: BTreeSet<u16> = ports(&always).into_iter().collect();
+            rule_cuts.push(cuts);
+            let classes = sources.representatives.len();
+            for (c, &source_port) in sources.representatives.iter().enumerate() {
+                dims.push(Dim {
                     protocol: p,
-                    starts: cuts
-                        .into_iter()
-                        .filter(|&c| c <= 0xffff)
-                        .map(|c| c as u16)
-                        .collect(),
-                    always: always
-                        .into_iter()
-                        .filter(|&c| c <= 0xffff)
-                        .map(|c| c as u16)
-                        .collect(),
+                    protocol_index,
+                    source_port_class: c as u8,
+                    source_port,
+                    classes,
+                    starts: starts.clone(),
+                    always: always.clone(),
+                });
+            }
+            if classes > 1 {
+                // Every port is covered: class 0 by the entry for all ports (the
+                // class costing the most prefixes), the others by narrower entries.
+                let entry = |first, last, class| SourcePortEntry {
+                    endpoint_id: self.id,
+                    direction,
+                    protocol: p,
+                    first,
+                    last,
+                    class,
+                };
+                self.sports.push(entry(0, u16::MAX, 0));
+                for &(first, last, class) in &sources.intervals {
+                    if class != 0 {
+                        self.sports.push(entry(first, last, class));
+                    }
                 }
-            })
-            .collect();
+            }
+        }
 
         // Group classes by the signature bits these rules read.
         let mut used: BTreeSet<usize> = BTreeSet::new();
@@ -1205,7 +1451,8 @@ impl<'m> EndpointCompiler<'_, 'm> {
                         continue;
                     }
                     for (d, dim) in dims.iter().enumerate() {
-                        for &c in rule_cuts[k][d].iter().filter(|&&c| c <= 0xffff) {
+                        let cuts = &rule_cuts[dim.protocol_index][k];
+                        for &c in cuts.iter().filter(|&&c| c <= 0xffff) {
                             if let Ok(i) = dim.starts.binary_search(&(c as u16)) {
                                 needed[d][i] = true;
                             }
@@ -1263,15 +1510,20 @@ impl<'m> EndpointCompiler<'_, 'm> {
         }
         let mut first: Option<Row> = None;
         for local in locals {
-            let mut ask = |p: u8, v: u16| {
+            let mut ask = |p: u8, sport: u16, v: u16| {
                 self.evaluations += 1;
-                let end =
-                    self.eval
-                        .evaluate_end(set, self.index, direction, peer, local, &packet(p, v));
+                let end = self.eval.evaluate_end(
+                    set,
+                    self.index,
+                    direction,
+                    peer,
+                    local,
+                    &packet(p, sport, v),
+                );
                 self.names.verdict(&end)
             };
             let row = Row {
-                other: ask(other, 0),
+                other: ask(other, EPHEMERAL_PORT, 0),
                 cells: dims
                     .iter()
                     .zip(needed)
@@ -1280,7 +1532,7 @@ impl<'m> EndpointCompiler<'_, 'm> {
                         for (&s, &ask_here) in d.starts.iter().zip(needed) {
                             let v = match cells.last() {
                                 Some(&previous) if !ask_here => previous,
-                                _ => ask(d.protocol, s),
+                                _ => ask(d.protocol, d.source_port, s),
                             };
                             cells.push(v);
                         }
@@ -1336,6 +1588,7 @@ impl<'m> EndpointCompiler<'_, 'm> {
             table,
             peer: PeerMatch::Any,
             protocol: None,
+            source_port_class: None,
             ports: Ports::Any,
             verdict: wildcard.other,
         };
@@ -1385,6 +1638,9 @@ fn may_match_peer(r: &Rule, direction: Direction, sig: &Signature, atoms: &Atoms
 }
 
 /// Emits the maximal runs of equal verdict in `row` that `keep(dim, intervals, verdict)` selects.
+/// A protocol with several source-port classes whose every cell has one verdict
+/// gets one entry for all its classes (when any of its runs is kept): the entry
+/// holds each cell's own verdict, so it is right where a miss would also be.
 fn push_runs(
     out: &mut Vec<RuleEntry>,
     base: RuleEntry,
@@ -1392,30 +1648,69 @@ fn push_runs(
     row: &Row,
     keep: impl Fn(usize, std::ops::RangeInclusive<usize>, Verdict) -> bool,
 ) {
-    for (d, dim) in dims.iter().enumerate() {
-        let cells = &row.cells[d];
-        let mut i = 0;
-        while i < cells.len() {
-            let mut j = i;
-            while j + 1 < cells.len() && cells[j + 1] == cells[i] {
-                j += 1;
-            }
-            if keep(d, i..=j, cells[i]) {
-                let (first, last) = (dim.starts[i], dim.end(j));
-                let ports = if kind(dim.protocol) == Kind::Other || (first, last) == (0, u16::MAX) {
-                    Ports::Any
-                } else {
-                    Ports::Range(first, last)
-                };
+    let mut d = 0;
+    while d < dims.len() {
+        let dim = &dims[d];
+        let group = d..d + dim.classes;
+        let uniform = row.cells[d][0];
+        if dim.classes > 1
+            && group
+                .clone()
+                .all(|g| row.cells[g].iter().all(|&v| v == uniform))
+        {
+            if group
+                .clone()
+                .any(|g| keep(g, 0..=row.cells[g].len() - 1, uniform))
+            {
                 out.push(RuleEntry {
                     protocol: Some(dim.protocol),
-                    ports,
-                    verdict: cells[i],
+                    source_port_class: None,
+                    ports: Ports::Any,
+                    verdict: uniform,
                     ..base
                 });
             }
-            i = j + 1;
+            d = group.end;
+            continue;
         }
+        for d in group.clone() {
+            push_dim_runs(out, base, d, &dims[d], &row.cells[d], &keep);
+        }
+        d = group.end;
+    }
+}
+
+/// [`push_runs`] for one dimension.
+fn push_dim_runs(
+    out: &mut Vec<RuleEntry>,
+    base: RuleEntry,
+    d: usize,
+    dim: &Dim,
+    cells: &[Verdict],
+    keep: &impl Fn(usize, std::ops::RangeInclusive<usize>, Verdict) -> bool,
+) {
+    let mut i = 0;
+    while i < cells.len() {
+        let mut j = i;
+        while j + 1 < cells.len() && cells[j + 1] == cells[i] {
+            j += 1;
+        }
+        if keep(d, i..=j, cells[i]) {
+            let (first, last) = (dim.starts[i], dim.end(j));
+            let ports = if kind(dim.protocol) == Kind::Other || (first, last) == (0, u16::MAX) {
+                Ports::Any
+            } else {
+                Ports::Range(first, last)
+            };
+            out.push(RuleEntry {
+                protocol: Some(dim.protocol),
+                source_port_class: Some(dim.source_port_class),
+                ports,
+                verdict: cells[i],
+                ..base
+            });
+        }
+        i = j + 1;
     }
 }
 
@@ -1425,13 +1720,14 @@ pub fn summary(c: &Compiled) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "{} endpoints, {} classes ({} of {} prefixes emitted), {} entries ({} keys), {} evaluations in {:?}",
+        "{} endpoints, {} classes ({} of {} prefixes emitted), {} entries ({} keys), {} source-port keys, {} evaluations in {:?}",
         c.endpoints.len(),
         s.classes,
         s.peer_prefixes,
         s.prefixes_collected,
         s.rule_entries,
         s.rule_keys,
+        s.source_port_keys,
         s.evaluations,
         s.duration
     );

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use agent_common::{RuleKey, Verdict, PEER_CLASS_ANY, PEER_CLASS_WORLD};
+use agent_common::{RuleKey, SourcePortKey, Verdict, PEER_CLASS_ANY, PEER_CLASS_WORLD};
 use ipnet::IpNet;
 
 use crate::dataplane::tables::{addr_bytes, direction_code, TableError, TableSet};
@@ -95,6 +95,12 @@ pub const PORTS: [u16; 20] = [
     22, 53, 67, 68, 80, 81, 179, 999, 1000, 1500, 2000, 2001, 6443, 8000, 8080, 8100, 8101, 9000,
     0, 65535,
 ];
+/// Source ports of probes: the bounds of [`port_match`]'s ranges and named
+/// ports (and their neighbours), the evaluator's usual ephemeral port, extremes.
+pub const SOURCE_PORTS: [u16; 27] = [
+    0, 1, 2, 22, 23, 52, 53, 54, 79, 80, 81, 999, 1000, 1023, 1024, 2000, 2001, 6443, 7999, 8000,
+    8080, 8100, 8101, 9000, 9001, 40000, 65535,
+];
 pub const ICMP_TYPES: [u8; 6] = [0, 3, 8, 11, 128, 129];
 pub const ICMP_CODES: [u8; 3] = [0, 1, 4];
 
@@ -116,7 +122,7 @@ fn net(rng: &mut Rng) -> IpNet {
 /// Options for [`random_model`].
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
-    /// Percent of rules with source ports (the compiler rejects those).
+    /// Percent of port-protocol rules with source ports (and, half as often, notPorts).
     pub source_ports: u64,
     /// Percent of endpoints with two addresses of a family.
     pub two_addresses: u64,
@@ -125,7 +131,7 @@ pub struct Shape {
 impl Default for Shape {
     fn default() -> Self {
         Shape {
-            source_ports: 2,
+            source_ports: 25,
             two_addresses: 5,
         }
     }
@@ -419,7 +425,10 @@ pub fn random_rule(rng: &mut Rng, shape: Shape) -> Rule {
     };
     let mut source = random_entity(rng, false);
     if ports && rng.chance(shape.source_ports) {
-        source.ports = vec![port_match(rng)];
+        source.ports = (0..1 + rng.below(2)).map(|_| port_match(rng)).collect();
+    }
+    if ports && rng.chance(shape.source_ports / 2) {
+        source.not_ports = vec![port_match(rng)];
     }
     Rule {
         action,
@@ -467,7 +476,16 @@ impl Probe {
 /// must have an address): its own address, a peer from the pools, the network
 /// sets or outside.
 pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe {
-    let endpoint_index = rng.pick(endpoints);
+    // Sometimes aimed at a rule on source ports (else they rarely decide).
+    let aim = if rng.chance(30) {
+        aim_at_source_ports(rng, model, endpoints)
+    } else {
+        None
+    };
+    let endpoint_index = match &aim {
+        Some(a) => a.endpoint_index,
+        None => rng.pick(endpoints),
+    };
     let e = &model.endpoints[endpoint_index];
     let local = rng.pick(&e.ips);
     let v6 = local.is_ipv6();
@@ -510,14 +528,155 @@ pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe 
     } else {
         rng.next_u64() as u16
     };
-    Probe {
+    let probe = Probe {
         endpoint_index,
         direction: rng.pick(&[Direction::Ingress, Direction::Egress]),
         local,
         peer,
         protocol,
-        src_port: 1024 + (rng.next_u64() % 60000) as u16,
+        src_port: random_source_port(rng, model),
         port,
+    };
+    match aim {
+        Some(a) => Probe {
+            direction: a.direction,
+            protocol: a.protocol,
+            src_port: a.src_port,
+            port: a.port,
+            ..probe
+        },
+        None => probe,
+    }
+}
+
+/// What [`aim_at_source_ports`] fixes of a probe.
+struct Aim {
+    endpoint_index: usize,
+    direction: Direction,
+    protocol: u8,
+    src_port: u16,
+    port: u16,
+}
+
+/// A rule with source ports of a policy or profile that applies to one of
+/// `endpoints`: that endpoint and direction, the rule's protocol, and ports its
+/// matches name (a bound of a range, or a named port's value).
+fn aim_at_source_ports(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Option<Aim> {
+    let mut targets: Vec<(Vec<usize>, Direction, &Rule)> = Vec::new();
+    let applies = |f: &dyn Fn(&Endpoint) -> bool| -> Vec<usize> {
+        endpoints
+            .iter()
+            .copied()
+            .filter(|&i| f(&model.endpoints[i]))
+            .collect()
+    };
+    for p in &model.policies {
+        let eps = applies(&|e| p.selector.evaluate(&e.labels));
+        for d in [Direction::Ingress, Direction::Egress] {
+            for r in p.rules(d) {
+                targets.push((eps.clone(), d, r));
+            }
+        }
+    }
+    for p in &model.profiles {
+        let eps = applies(&|e| e.profiles.contains(&p.name));
+        for (d, rules) in [
+            (Direction::Ingress, &p.ingress),
+            (Direction::Egress, &p.egress),
+        ] {
+            for r in rules {
+                targets.push((eps.clone(), d, r));
+            }
+        }
+    }
+    targets.retain(|(eps, _, r)| {
+        !eps.is_empty() && r.protocol.is_some() && !r.source.ports.is_empty()
+    });
+    if targets.is_empty() {
+        return None;
+    }
+    let (eps, direction, rule) = rng.pick(&targets);
+    let protocol = rule.protocol?;
+    let value = |rng: &mut Rng, m: &PortMatch| match m {
+        PortMatch::Range(r) => {
+            if rng.chance(50) {
+                r.first
+            } else {
+                r.last
+            }
+        }
+        PortMatch::Named(name) => {
+            let ports: Vec<u16> = model
+                .endpoints
+                .iter()
+                .flat_map(|e| &e.named_ports)
+                .filter(|np| &np.name == name)
+                .map(|np| np.port)
+                .collect();
+            if ports.is_empty() {
+                rng.pick(&PORTS)
+            } else {
+                rng.pick(&ports)
+            }
+        }
+    };
+    let src_port = {
+        let m = rng.pick(&rule.source.ports);
+        value(rng, &m)
+    };
+    let port = if rule.destination.ports.is_empty() {
+        rng.pick(&PORTS)
+    } else {
+        let m = rng.pick(&rule.destination.ports);
+        value(rng, &m)
+    };
+    Some(Aim {
+        endpoint_index: rng.pick(&eps),
+        direction,
+        protocol,
+        src_port,
+        port,
+    })
+}
+
+/// Half the time a bound of one of the model's source-port matches (or its
+/// neighbour), else mostly one of [`SOURCE_PORTS`], sometimes any port.
+pub fn random_source_port(rng: &mut Rng, model: &Model) -> u16 {
+    let mut bounds: Vec<u16> = Vec::new();
+    let rules = model
+        .policies
+        .iter()
+        .flat_map(|p| p.ingress.iter().chain(&p.egress))
+        .chain(
+            model
+                .profiles
+                .iter()
+                .flat_map(|p| p.ingress.iter().chain(&p.egress)),
+        );
+    for m in rules.flat_map(|r| r.source.ports.iter().chain(&r.source.not_ports)) {
+        match m {
+            PortMatch::Range(r) => bounds.extend([
+                r.first.saturating_sub(1),
+                r.first,
+                r.last,
+                r.last.saturating_add(1),
+            ]),
+            PortMatch::Named(name) => bounds.extend(
+                model
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| &e.named_ports)
+                    .filter(|np| &np.name == name)
+                    .flat_map(|np| [np.port, np.port + 1]),
+            ),
+        }
+    }
+    if !bounds.is_empty() && rng.chance(50) {
+        rng.pick(&bounds)
+    } else if rng.chance(70) {
+        rng.pick(&SOURCE_PORTS)
+    } else {
+        rng.next_u64() as u16
     }
 }
 
@@ -525,6 +684,19 @@ pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe 
 pub struct TableModel {
     peers: HashMap<(u32, [u8; 16]), u32>,
     rules: HashMap<(u32, [u8; 16]), Verdict>,
+    sports: HashMap<(u32, [u8; 8]), u8>,
+    /// Endpoints with `SPORTS_*` entries: the compiler sets `SOURCE_PORTS` on
+    /// exactly these (`compile::tests` checks it).
+    source_port_endpoints: std::collections::HashSet<u32>,
+}
+
+fn sport_key_bytes(k: &SourcePortKey) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..4].copy_from_slice(&k.endpoint_id.to_ne_bytes());
+    b[4] = k.direction;
+    b[5] = k.protocol;
+    b[6..8].copy_from_slice(&k.port);
+    b
 }
 
 fn key_bytes(k: &RuleKey) -> [u8; 16] {
@@ -534,14 +706,14 @@ fn key_bytes(k: &RuleKey) -> [u8; 16] {
     b[8] = k.direction;
     b[9] = k.table;
     b[10] = k.protocol;
-    b[11] = k._pad;
+    b[11] = k.source_port_class;
     b[12..14].copy_from_slice(&k.port);
     b[14..16].copy_from_slice(&k._pad2);
     b
 }
 
 /// The first `len` bits of `b` (LPM tries compare data as a big-endian bit string).
-fn mask(mut b: [u8; 16], len: u32) -> [u8; 16] {
+fn mask<const N: usize>(mut b: [u8; N], len: u32) -> [u8; N] {
     for (i, byte) in b.iter_mut().enumerate() {
         let bit = (i * 8) as u32;
         if bit >= len {
@@ -567,7 +739,41 @@ impl TableModel {
                 .iter()
                 .map(|(l, k, v)| ((*l, mask(key_bytes(k), *l)), *v))
                 .collect(),
+            sports: enc
+                .sports
+                .iter()
+                .map(|(l, k, c)| ((*l, mask(sport_key_bytes(k), *l)), *c))
+                .collect(),
+            source_port_endpoints: enc.sports.iter().map(|(_, k, _)| k.endpoint_id).collect(),
         })
+    }
+
+    /// The source-port class the kernel uses (0 without `SOURCE_PORTS`, for
+    /// protocols without ports, and on a miss).
+    pub fn source_port_class(
+        &self,
+        endpoint_id: u32,
+        direction: Direction,
+        protocol: u8,
+        src_port: u16,
+    ) -> u8 {
+        let ports = matches!(
+            protocol,
+            proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE
+        );
+        if !ports || !self.source_port_endpoints.contains(&endpoint_id) {
+            return 0;
+        }
+        let b = sport_key_bytes(&SourcePortKey {
+            endpoint_id,
+            direction: direction_code(direction),
+            protocol,
+            port: src_port.to_be_bytes(),
+        });
+        (0..=SourcePortKey::FULL_PREFIX)
+            .rev()
+            .find_map(|l| self.sports.get(&(l, mask(b, l))).copied())
+            .unwrap_or(0)
     }
 
     pub fn class(&self, peer: IpAddr) -> u32 {
@@ -585,7 +791,9 @@ impl TableModel {
             .find_map(|l| self.rules.get(&(l, mask(b, l))).copied())
     }
 
-    /// What the kernel decides: own class, then the wildcard class, else `NO_ENTRY`.
+    /// What the kernel decides for a flow from source port `src_port` to `port`
+    /// (ICMP: `type << 8 | code`): own class, then the wildcard class, else `NO_ENTRY`.
+    #[allow(clippy::too_many_arguments)]
     pub fn lookup(
         &self,
         endpoint_id: u32,
@@ -593,6 +801,7 @@ impl TableModel {
         pending: bool,
         peer: IpAddr,
         protocol: u8,
+        src_port: u16,
         port: u16,
     ) -> Verdict {
         let key = RuleKey {
@@ -601,7 +810,7 @@ impl TableModel {
             direction: direction_code(direction),
             table: u8::from(pending),
             protocol,
-            _pad: 0,
+            source_port_class: self.source_port_class(endpoint_id, direction, protocol, src_port),
             port: port.to_be_bytes(),
             _pad2: [0; 2],
         };

@@ -3,8 +3,8 @@ use std::net::IpAddr;
 use super::testgen::{random_model, random_probe, Rng, Shape, TableModel};
 use super::*;
 use crate::model::ir::{
-    EntityRule, Labels, NetworkSet, Policy, PolicyKind, PortRange, StagedAction, Tier, TierDefault,
-    LABEL_NAMESPACE,
+    EntityRule, Labels, NamedPort, NetworkSet, Policy, PolicyKind, PortRange, StagedAction, Tier,
+    TierDefault, LABEL_NAMESPACE,
 };
 use crate::selector::parse;
 
@@ -123,6 +123,12 @@ fn seed() -> Model {
 fn agree(model: &Model, c: &Compiled, probes: &[Probe]) {
     let sim = TableModel::new(&c.tables).expect("tables encode");
     let eval = Evaluator::new(model);
+    // TableModel does the source-port lookup for endpoints with entries: the
+    // kernel does it for the flagged ones.
+    for e in &c.endpoints {
+        let has_entries = c.tables.sports.iter().any(|s| s.endpoint_id == e.id);
+        assert_eq!(e.source_ports, has_entries, "{e:?}");
+    }
     for p in probes {
         let ep = c
             .endpoints
@@ -140,7 +146,15 @@ fn agree(model: &Model, c: &Compiled, probes: &[Probe]) {
             ));
             // Endpoints without staged policy: the pending verdict is the enforced one.
             let pending = pending && ep.has_staged;
-            let got = sim.lookup(ep.id, p.direction, pending, p.peer, p.protocol, p.port);
+            let got = sim.lookup(
+                ep.id,
+                p.direction,
+                pending,
+                p.peer,
+                p.protocol,
+                p.src_port,
+                p.port,
+            );
             assert_eq!(
                 got,
                 want,
@@ -188,6 +202,7 @@ fn seed_scenario() {
             pending,
             ip(peer),
             proto::TCP,
+            EPHEMERAL_PORT,
             port,
         );
         c.describe(&v)
@@ -354,6 +369,7 @@ fn port_ranges_are_compressed() {
             false,
             ip("1.2.3.4"),
             proto::TCP,
+            EPHEMERAL_PORT,
             port,
         );
         assert_eq!(v.action == action::ALLOW, allow, "port {port}");
@@ -391,7 +407,7 @@ fn failsafes_on_a_host_endpoint_under_deny_all() {
     assert!(c.endpoints[0].host);
     let sim = TableModel::new(&c.tables).unwrap();
     let d = |dir, peer: &str, protocol, port| {
-        c.describe(&sim.lookup(1, dir, false, ip(peer), protocol, port))
+        c.describe(&sim.lookup(1, dir, false, ip(peer), protocol, EPHEMERAL_PORT, port))
     };
     use Direction::*;
     assert_eq!(
@@ -425,21 +441,285 @@ fn failsafes_on_a_host_endpoint_under_deny_all() {
     );
 }
 
+/// Every combination of the compiled endpoints' addresses, the given peers, TCP
+/// and UDP, the test source ports and `ports`, both directions.
+fn grid(model: &Model, c: &Compiled, peers: &[&str], ports: &[u16]) -> Vec<Probe> {
+    let mut out = Vec::new();
+    for e in &c.endpoints {
+        for local in &model.endpoints[e.endpoint_index].ips {
+            for peer in peers.iter().map(|p| ip(p)) {
+                if peer.is_ipv6() != local.is_ipv6() {
+                    continue;
+                }
+                for d in [Direction::Ingress, Direction::Egress] {
+                    for protocol in [proto::TCP, proto::UDP] {
+                        for &src_port in &super::testgen::SOURCE_PORTS {
+                            for &port in ports {
+                                out.push(Probe {
+                                    endpoint_index: e.endpoint_index,
+                                    direction: d,
+                                    local: *local,
+                                    peer,
+                                    protocol,
+                                    src_port,
+                                    port,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn source_ports(rule: &mut Rule, ports: &[(u16, u16)]) {
+    rule.source.ports = ports
+        .iter()
+        .map(|&(first, last)| PortMatch::Range(PortRange { first, last }))
+        .collect();
+}
+
 #[test]
-fn source_ports_are_unsupported() {
-    let mut model = seed();
-    model.policies[0].ingress[0].source.ports = vec![PortMatch::Range(PortRange {
+fn source_port_rules_exact_range_and_not_ports() {
+    let mut p = policy(
+        PolicyKind::GlobalNetworkPolicy,
+        "sport",
+        "app == 'database'",
+    );
+    p.egress_type = true;
+    // Ingress: DNS answers (UDP from port 53), TCP from 1000-2000 except 1500 to 5432.
+    let mut dns = rule(Action::Allow);
+    dns.protocol = Some(proto::UDP);
+    source_ports(&mut dns, &[(53, 53)]);
+    let mut range = tcp_ports(Action::Allow, 5432, 5432);
+    source_ports(&mut range, &[(1000, 2000)]);
+    range.source.not_ports = vec![PortMatch::Range(PortRange {
+        first: 1500,
+        last: 1500,
+    })];
+    p.ingress = vec![dns, range];
+    // Egress: anything but privileged source ports.
+    let mut unprivileged = rule(Action::Allow);
+    unprivileged.protocol = Some(proto::TCP);
+    unprivileged.source.not_ports = vec![PortMatch::Range(PortRange {
         first: 1,
         last: 1023,
     })];
+    p.egress = vec![unprivileged];
+    let model = Model {
+        tiers: tiers(),
+        policies: vec![p],
+        endpoints: vec![
+            pod("frontend", &["10.65.0.1", "fd65::1"]),
+            pod("database", &["10.65.0.3", "fd65::3"]),
+        ],
+        ..Model::default()
+    };
+    let c = compile(&model).unwrap();
+    let sim = TableModel::new(&c.tables).unwrap();
+    let (frontend, database) = (&c.endpoints[0], &c.endpoints[1]);
+    assert!(database.source_ports && !frontend.source_ports);
+    assert!(database.info().flags & agent_common::endpoint_flags::SOURCE_PORTS != 0);
+    // The frontend's tables are what they would be without source ports: class 0 only.
+    assert!(c.tables.sports.iter().all(|s| s.endpoint_id == database.id));
+    assert!(c
+        .tables
+        .rules
+        .iter()
+        .filter(|r| r.endpoint_id == frontend.id)
+        .all(|r| r.source_port_class == r.protocol.map(|_| 0)));
+    let d = |dir, protocol, sport, port| {
+        c.describe(&sim.lookup(
+            database.id,
+            dir,
+            false,
+            ip("10.65.0.1"),
+            protocol,
+            sport,
+            port,
+        ))
+    };
+    use Direction::*;
+    for (protocol, sport, port, want) in [
+        (proto::UDP, 53, 33000, "default|gnp:sport|allow|0"),
+        (proto::UDP, 52, 33000, "default|gnp:sport|deny|-1"),
+        (proto::UDP, 54, 53, "default|gnp:sport|deny|-1"),
+        (proto::TCP, 53, 5432, "default|gnp:sport|deny|-1"),
+        (proto::TCP, 999, 5432, "default|gnp:sport|deny|-1"),
+        (proto::TCP, 1000, 5432, "default|gnp:sport|allow|1"),
+        (proto::TCP, 1499, 5432, "default|gnp:sport|allow|1"),
+        (proto::TCP, 1500, 5432, "default|gnp:sport|deny|-1"),
+        (proto::TCP, 1501, 5432, "default|gnp:sport|allow|1"),
+        (proto::TCP, 2000, 5432, "default|gnp:sport|allow|1"),
+        (proto::TCP, 2001, 5432, "default|gnp:sport|deny|-1"),
+        (proto::TCP, 1000, 5433, "default|gnp:sport|deny|-1"),
+    ] {
+        assert_eq!(
+            d(Ingress, protocol, sport, port),
+            want,
+            "{protocol} {sport} -> {port}"
+        );
+    }
+    for (sport, want) in [
+        (0, "default|gnp:sport|allow|0"),
+        (1, "default|gnp:sport|deny|-1"),
+        (1023, "default|gnp:sport|deny|-1"),
+        (1024, "default|gnp:sport|allow|0"),
+    ] {
+        assert_eq!(
+            d(Egress, proto::TCP, sport, 443),
+            want,
+            "egress from {sport}"
+        );
+    }
+    // UDP ingress: {53} and the rest; TCP ingress: 1000-1499|1501-2000, 1500, rest.
+    let classes = |dir, protocol| {
+        let mut v: Vec<u8> = (0..=u16::MAX)
+            .map(|port| sim.source_port_class(database.id, dir, protocol, port))
+            .collect();
+        v.sort();
+        v.dedup();
+        v.len()
+    };
+    assert_eq!(classes(Ingress, proto::UDP), 2);
+    assert_eq!(classes(Ingress, proto::TCP), 3);
+    assert_eq!(classes(Egress, proto::TCP), 2);
+    assert_eq!(classes(Egress, proto::UDP), 1);
+    assert_eq!(
+        sim.source_port_class(database.id, Ingress, proto::ICMP, 53),
+        0
+    );
+    let probes = grid(
+        &model,
+        &c,
+        &[
+            "10.65.0.1",
+            "10.65.0.3",
+            "8.8.8.8",
+            "fd65::1",
+            "2001:db8::1",
+        ],
+        &[53, 443, 5432, 5433],
+    );
+    assert!(probes.len() > 1000);
+    agree(&model, &c, &probes);
+}
+
+#[test]
+fn named_source_ports_are_the_peers_on_ingress_and_own_on_egress() {
+    let mut p = policy(PolicyKind::GlobalNetworkPolicy, "metrics", "has(app)");
+    p.egress_type = true;
+    let mut from_metrics = rule(Action::Allow);
+    from_metrics.protocol = Some(proto::TCP);
+    from_metrics.source.ports = vec![PortMatch::Named("metrics".into())];
+    p.ingress = vec![from_metrics.clone()];
+    p.egress = vec![from_metrics];
+    let named = |port| NamedPort {
+        name: "metrics".into(),
+        protocol: proto::TCP,
+        port,
+    };
+    let mut backend = pod("backend", &["10.65.0.2", "fd65::2"]);
+    backend.named_ports = vec![named(9100)];
+    let mut frontend = pod("frontend", &["10.65.0.1", "fd65::1"]);
+    frontend.named_ports = vec![named(9200)];
+    let model = Model {
+        tiers: tiers(),
+        policies: vec![p],
+        endpoints: vec![frontend, backend, pod("database", &["10.65.0.3"])],
+        ..Model::default()
+    };
+    let c = compile(&model).unwrap();
+    assert!(c.endpoints.iter().all(|e| e.source_ports));
+    let sim = TableModel::new(&c.tables).unwrap();
+    let db = c.endpoints[2].id;
+    let backend = c.endpoints[1].id;
+    let d = |id, dir, peer: &str, sport| {
+        sim.lookup(id, dir, false, ip(peer), proto::TCP, sport, 80)
+            .action
+            == action::ALLOW
+    };
+    use Direction::*;
+    // Ingress: the source is the peer, so its own "metrics" port counts.
+    assert!(d(db, Ingress, "10.65.0.2", 9100));
+    assert!(!d(db, Ingress, "10.65.0.2", 9200));
+    assert!(d(db, Ingress, "10.65.0.1", 9200));
+    assert!(!d(db, Ingress, "10.65.0.1", 9100));
+    assert!(
+        !d(db, Ingress, "8.8.8.8", 9100),
+        "no endpoint, no named port"
+    );
+    assert!(d(db, Ingress, "fd65::2", 9100));
+    // Egress: the source is the endpoint itself.
+    assert!(d(backend, Egress, "10.65.0.3", 9100));
+    assert!(d(backend, Egress, "8.8.8.8", 9100));
+    assert!(!d(backend, Egress, "10.65.0.3", 9200));
+    let mut probes = grid(
+        &model,
+        &c,
+        &["10.65.0.1", "10.65.0.2", "8.8.8.8", "fd65::1", "fd65::2"],
+        &[80],
+    );
+    for e in &c.endpoints {
+        for sport in [9099, 9100, 9101, 9199, 9200, 9201] {
+            for d in [Ingress, Egress] {
+                for peer in ["10.65.0.1", "10.65.0.2", "8.8.8.8"] {
+                    let local = model.endpoints[e.endpoint_index].ips[0].to_string();
+                    let mut p = probe(e.endpoint_index, d, &local, peer, proto::TCP, 80);
+                    p.src_port = sport;
+                    probes.push(p);
+                }
+            }
+        }
+    }
+    agree(&model, &c, &probes);
+}
+
+#[test]
+fn too_many_source_port_classes_is_a_capacity_error() {
+    let mut model = seed();
+    // 300 distinct source ports: 301 classes, more than the key's byte holds.
+    let r = &mut model.policies[0].ingress[0];
+    r.source.ports = (0..300u16)
+        .map(|i| {
+            PortMatch::Range(PortRange {
+                first: 10000 + 2 * i,
+                last: 10000 + 2 * i,
+            })
+        })
+        .collect();
     match compile(&model) {
-        Err(CompileError::Unsupported {
-            endpoint, policy, ..
+        Err(CompileError::Capacity {
+            endpoint,
+            limit,
+            needed,
+            max,
         }) => {
             assert_eq!(endpoint, "prod/database");
-            assert_eq!(policy, model.policies[0].id.to_string());
+            assert!(limit.contains("source-port classes"), "{limit}");
+            assert_eq!((needed, max), (301, 256));
         }
         other => panic!("{other:?}"),
+    }
+    // 255 ports still fit (256 classes).
+    model.policies[0].ingress[0].source.ports.truncate(255);
+    let c = compile(&model).unwrap();
+    let sim = TableModel::new(&c.tables).unwrap();
+    let db = c.endpoints[2].id;
+    for sport in [9999, 10000, 10001, 10508, 10509, 10510] {
+        let want = sport % 2 == 0 && (10000..10510).contains(&sport);
+        let v = sim.lookup(
+            db,
+            Direction::Ingress,
+            false,
+            ip("10.65.0.2"),
+            proto::TCP,
+            sport,
+            8080,
+        );
+        assert_eq!(v.action == action::ALLOW, want, "source port {sport}");
     }
 }
 
@@ -481,6 +761,25 @@ fn capacity_limits_are_errors() {
         "rule entries (RULES map)"
     );
     assert!(compile_with_limits(&model, &Limits::default()).is_ok());
+    // Source-port entries: the database gets some with a rule on source ports.
+    let mut sport = model.clone();
+    sport.policies[0].ingress[0].source.ports = vec![PortMatch::Range(PortRange {
+        first: 1,
+        last: 1023,
+    })];
+    let c = compile(&sport).unwrap();
+    assert!(c.stats.source_port_keys > 1);
+    let l = Limits {
+        source_port_keys: c.stats.source_port_keys - 1,
+        ..Limits::default()
+    };
+    assert_eq!(
+        limit_of(compile_with_limits(&sport, &l)),
+        (
+            "source-port entries (SPORTS map)",
+            "prod/database".to_string()
+        )
+    );
 }
 
 #[test]
@@ -560,7 +859,7 @@ fn network_sets_and_nets_make_classes() {
     let c = compile(&model).unwrap();
     let sim = TableModel::new(&c.tables).unwrap();
     let v = |peer: &str| {
-        sim.lookup(1, Direction::Ingress, false, ip(peer), proto::UDP, 5)
+        sim.lookup(1, Direction::Ingress, false, ip(peer), proto::UDP, 9, 5)
             .action
     };
     assert_eq!(v("10.9.9.9"), action::ALLOW);
@@ -575,23 +874,22 @@ fn random_models_agree_with_the_evaluator() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_1234_u64);
     let mut rng = Rng::new(seed);
-    let (mut compiled, mut unsupported) = (0, 0);
+    let (mut compiled, mut unsupported, mut with_source_ports) = (0, 0, 0);
     for round in 0..150 {
         let model_seed = rng.next_u64();
         let mut mrng = Rng::new(model_seed);
         let model = random_model(&mut mrng, Shape::default());
         let c = match compile(&model) {
             Ok(c) => c,
-            // The generator makes these on purpose (source ports, two addresses).
-            Err(CompileError::Unsupported { what, .. })
-                if what.contains("source ports") || what.contains("own addresses") =>
-            {
+            // The generator makes these on purpose (two addresses).
+            Err(CompileError::Unsupported { what, .. }) if what.contains("own addresses") => {
                 unsupported += 1;
                 continue;
             }
             Err(e) => panic!("round {round} model seed {model_seed:#x}: {e}"),
         };
         compiled += 1;
+        with_source_ports += usize::from(c.endpoints.iter().any(|e| e.source_ports));
         let eps: Vec<usize> = c
             .endpoints
             .iter()
@@ -610,10 +908,16 @@ fn random_models_agree_with_the_evaluator() {
             panic!("round {round}, model seed {model_seed:#x}: {msg}\n{model:#?}");
         }
     }
-    eprintln!("{compiled} models compiled, {unsupported} unsupported");
+    eprintln!(
+        "{compiled} models compiled ({with_source_ports} with source-port classes), {unsupported} unsupported"
+    );
     assert!(
-        compiled > 120,
+        compiled > 130,
         "{compiled} compiled, {unsupported} unsupported"
+    );
+    assert!(
+        with_source_ports > compiled / 4,
+        "{with_source_ports} of {compiled}"
     );
 }
 

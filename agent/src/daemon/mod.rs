@@ -470,6 +470,7 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
     let result = if unchanged {
         inner.dp.active()
     } else {
+        raise_source_port_flags(&mut inner, &compiled);
         inner.dp.install(&compiled.tables)
     };
     if result.is_ok() {
@@ -548,6 +549,28 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
     }
 }
 
+/// Sets `SOURCE_PORTS` on attached endpoints whose new tables classify source
+/// ports, before those tables go live (the entries are rewritten after the flip):
+/// with the old tables the lookup misses and gives class 0, all they use, while
+/// the new tables without the flag would judge every source port as class 0.
+/// Flags no longer needed are lowered after the flip, just as safely.
+fn raise_source_port_flags(inner: &mut Inner, compiled: &crate::compile::Compiled) {
+    use agent_common::endpoint_flags::SOURCE_PORTS;
+    for e in compiled.endpoints.iter().filter(|e| e.source_ports) {
+        let Some(ifindex) = inner.attached.get(&e.interface).map(|a| a.ifindex) else {
+            continue;
+        };
+        if let Some(mut info) = inner.dp.endpoint(ifindex) {
+            if info.flags & SOURCE_PORTS == 0 {
+                info.flags |= SOURCE_PORTS;
+                if let Err(err) = inner.dp.set_endpoint(ifindex, info) {
+                    tracing::error!(interface = %e.interface, error = %err, "raising SOURCE_PORTS");
+                }
+            }
+        }
+    }
+}
+
 /// Gives each endpoint the id it had in the previous compile (or, on the first
 /// compile after adopting pinned state, the id its interface has in the pinned
 /// ENDPOINTS map), and never reuses a retired id.
@@ -614,6 +637,16 @@ fn stabilize_ids(
         .retain_mut(|r| match map.get(&r.endpoint_id) {
             Some(&id) => {
                 r.endpoint_id = id;
+                true
+            }
+            None => false,
+        });
+    compiled
+        .tables
+        .sports
+        .retain_mut(|s| match map.get(&s.endpoint_id) {
+            Some(&id) => {
+                s.endpoint_id = id;
                 true
             }
             None => false,

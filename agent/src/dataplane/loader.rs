@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use agent_common::{
     active_flags, ct_timeout, event_flags, stat, ActiveTables, CtKey, CtValue, EndpointInfo,
-    FlowEvent, RuleKey, Verdict,
+    FlowEvent, RuleKey, SourcePortKey, Verdict,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -99,13 +99,15 @@ impl Hook {
 /// The maps shared between agent generations: pinned under `<bpffs>/maps/NAME`
 /// and reused by the next `agent run` (and by upgraded programs). The slice maps
 /// of `agent debug-drop` are not pinned.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     "ENDPOINTS",
     "ACTIVE",
     "PEERS_0",
     "PEERS_1",
     "RULES_0",
     "RULES_1",
+    "SPORTS_0",
+    "SPORTS_1",
     "CONNTRACK",
     "FLOW_EVENTS",
     "DP_COUNTERS",
@@ -642,6 +644,29 @@ impl Dataplane {
         let key = |e: &(u32, RuleKey, Verdict)| format!("{e:?}");
         live.sort_by_cached_key(key);
         want.sort_by_cached_key(key);
+        if live != want {
+            return Ok(false);
+        }
+        let sports_name = if active.generation == 0 {
+            "SPORTS_0"
+        } else {
+            "SPORTS_1"
+        };
+        let map = self
+            .ebpf
+            .map(sports_name)
+            .ok_or(missing("map", sports_name))?;
+        let sports: LpmTrie<_, SourcePortKey, u8> =
+            LpmTrie::try_from(map).map_err(map_err(sports_name))?;
+        let mut live: Vec<(u32, SourcePortKey, u8)> = sports
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.prefix_len(), k.data(), v)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(sports_name))?;
+        let mut want = encoded.sports.clone();
+        let key = |e: &(u32, SourcePortKey, u8)| format!("{e:?}");
+        live.sort_by_cached_key(key);
+        want.sort_by_cached_key(key);
         Ok(live == want)
     }
 
@@ -743,6 +768,27 @@ impl Dataplane {
                 rules
                     .insert(&Key::new(*len, *key), verdict, 0)
                     .map_err(map_err(rules_name))?;
+            }
+        }
+        {
+            let sports_name = if next == 0 { "SPORTS_0" } else { "SPORTS_1" };
+            let map = self
+                .ebpf
+                .map_mut(sports_name)
+                .ok_or(missing("map", sports_name))?;
+            let mut sports: LpmTrie<_, SourcePortKey, u8> =
+                LpmTrie::try_from(map).map_err(map_err(sports_name))?;
+            let old: Vec<Key<SourcePortKey>> = sports
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(sports_name))?;
+            for k in &old {
+                sports.remove(k).map_err(map_err(sports_name))?;
+            }
+            for (len, key, class) in &encoded.sports {
+                sports
+                    .insert(&Key::new(*len, *key), class, 0)
+                    .map_err(map_err(sports_name))?;
             }
         }
         let live = ActiveTables {

@@ -10,7 +10,9 @@ pub mod slice;
 pub mod tables;
 
 pub use loader::{monotonic_coarse_ns, Counters, CtSweep, Dataplane, FlowRecord, Hook, Links};
-pub use tables::{port_range_prefixes, PeerMatch, PortMatch, RuleEntry, Table, TableSet};
+pub use tables::{
+    port_range_prefixes, PeerMatch, PortMatch, RuleEntry, SourcePortEntry, Table, TableSet,
+};
 
 /// The eBPF object, compiled from `ebpf/` for the BPF target at build time.
 pub static EBPF_OBJECT: &[u8] =

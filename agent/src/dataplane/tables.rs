@@ -1,9 +1,10 @@
-//! What the compiler hands the loader: peer classes and decision-table entries,
-//! and their encoding into the `PEERS_*` / `RULES_*` LPM keys.
+//! What the compiler hands the loader: peer classes, source-port classes and
+//! decision-table entries, and their encoding into the `PEERS_*` / `SPORTS_*` /
+//! `RULES_*` LPM keys.
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use agent_common::{direction, table, RuleKey, Verdict, PEER_CLASS_ANY};
+use agent_common::{direction, table, RuleKey, SourcePortKey, Verdict, PEER_CLASS_ANY};
 use ipnet::IpNet;
 
 use crate::model::ir::Direction;
@@ -47,10 +48,29 @@ pub struct RuleEntry {
     pub direction: Direction,
     pub table: Table,
     pub peer: PeerMatch,
-    /// IP protocol; `None` = every protocol (then `ports` must be `Any`).
+    /// IP protocol; `None` = every protocol (then `ports` must be `Any` and
+    /// `source_port_class` `None`).
     pub protocol: Option<u8>,
+    /// The flow's source-port class (`SourcePortEntry`); `None` = every class
+    /// (then `ports` must be `Any`). 0 on endpoints without source-port classes
+    /// and for protocols without ports (the kernel's value there).
+    pub source_port_class: Option<u8>,
     pub ports: PortMatch,
     pub verdict: Verdict,
+}
+
+/// Source ports `first..=last` of `protocol` on this endpoint and direction have
+/// source-port class `class`; ports of a classified protocol that no entry covers
+/// are class 0, as are all ports of the others. Entries of one (endpoint,
+/// direction, protocol) may overlap: the narrower one wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourcePortEntry {
+    pub endpoint_id: u32,
+    pub direction: Direction,
+    pub protocol: u8,
+    pub first: u16,
+    pub last: u16,
+    pub class: u8,
 }
 
 /// A complete set of tables, written into the inactive copy and switched to at once.
@@ -59,6 +79,8 @@ pub struct TableSet {
     /// Address prefix -> peer class (longest prefix wins; no match = class 0).
     pub peers: Vec<(IpNet, u32)>,
     pub rules: Vec<RuleEntry>,
+    /// Source-port classes (only endpoints flagged `SOURCE_PORTS` have entries).
+    pub sports: Vec<SourcePortEntry>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +89,12 @@ pub enum TableError {
     EmptyRange(u16, u16),
     #[error("a rule entry for every protocol cannot name ports")]
     PortsWithoutProtocol,
+    #[error("a rule entry for every protocol cannot name a source-port class")]
+    SourcePortClassWithoutProtocol,
+    #[error("a rule entry for every source-port class cannot name ports")]
+    PortsWithoutSourcePortClass,
+    #[error("conflicting source-port classes for the same key: {0:?}")]
+    SourcePortConflict(SourcePortKey),
     #[error("conflicting verdicts for the same key: {0:?}")]
     Conflict(Box<RuleKey>),
     #[error("peer prefix {0} is listed twice with different classes")]
@@ -150,14 +178,21 @@ impl RuleEntry {
                 Table::Pending => table::PENDING,
             },
             protocol: self.protocol.unwrap_or(0),
-            _pad: 0,
+            source_port_class: self.source_port_class.unwrap_or(0),
             port: [0; 2],
             _pad2: [0; 2],
         };
         let Some(_) = self.protocol else {
-            return match self.ports {
-                PortMatch::Any => Ok(vec![(RuleKey::ANY_PROTOCOL_PREFIX, base)]),
+            return match (self.ports, self.source_port_class) {
+                (PortMatch::Any, None) => Ok(vec![(RuleKey::ANY_PROTOCOL_PREFIX, base)]),
+                (_, Some(_)) => Err(TableError::SourcePortClassWithoutProtocol),
                 _ => Err(TableError::PortsWithoutProtocol),
+            };
+        };
+        let Some(_) = self.source_port_class else {
+            return match self.ports {
+                PortMatch::Any => Ok(vec![(RuleKey::PROTOCOL_PREFIX, base)]),
+                _ => Err(TableError::PortsWithoutSourcePortClass),
             };
         };
         let with_port = |value: u16, bits: u8| {
@@ -188,16 +223,40 @@ impl RuleEntry {
     }
 }
 
+impl SourcePortEntry {
+    /// The (prefix_len, key) pairs this entry is stored as.
+    pub fn keys(&self) -> Result<Vec<(u32, SourcePortKey)>, TableError> {
+        if self.first > self.last {
+            return Err(TableError::EmptyRange(self.first, self.last));
+        }
+        Ok(port_range_prefixes(self.first, self.last)
+            .into_iter()
+            .map(|(value, bits)| {
+                (
+                    SourcePortKey::ANY_PORT_PREFIX + u32::from(bits),
+                    SourcePortKey {
+                        endpoint_id: self.endpoint_id,
+                        direction: direction_code(self.direction),
+                        protocol: self.protocol,
+                        port: value.to_be_bytes(),
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
 /// The encoded contents of one copy of the tables, checked for conflicts and capacity.
 #[derive(Debug, Default)]
 pub struct Encoded {
     pub peers: Vec<(u32, [u8; 16], u32)>,
     pub rules: Vec<(u32, RuleKey, Verdict)>,
+    pub sports: Vec<(u32, SourcePortKey, u8)>,
 }
 
 impl TableSet {
     pub fn encode(&self) -> Result<Encoded, TableError> {
-        use agent_common::limits::{MAX_PEER_PREFIXES, MAX_RULE_ENTRIES};
+        use agent_common::limits::{MAX_PEER_PREFIXES, MAX_RULE_ENTRIES, MAX_SOURCE_PORT_ENTRIES};
         let mut peers: HashMap<(u32, [u8; 16]), u32> = HashMap::new();
         let mut out = Encoded::default();
         for (net, class) in &self.peers {
@@ -223,6 +282,25 @@ impl TableSet {
                     None => out.rules.push((len, key, entry.verdict)),
                 }
             }
+        }
+        let mut sports: HashMap<(u32, SourcePortKey), u8> = HashMap::new();
+        for entry in &self.sports {
+            for (len, key) in entry.keys()? {
+                match sports.insert((len, key), entry.class) {
+                    Some(old) if old != entry.class => {
+                        return Err(TableError::SourcePortConflict(key))
+                    }
+                    Some(_) => {}
+                    None => out.sports.push((len, key, entry.class)),
+                }
+            }
+        }
+        if out.sports.len() > MAX_SOURCE_PORT_ENTRIES as usize {
+            return Err(TableError::Capacity {
+                what: "source-port entries",
+                count: out.sports.len(),
+                max: MAX_SOURCE_PORT_ENTRIES,
+            });
         }
         if out.peers.len() > MAX_PEER_PREFIXES as usize {
             return Err(TableError::Capacity {
@@ -306,6 +384,7 @@ mod tests {
             table: Table::Enforced,
             peer: PeerMatch::Any,
             protocol: Some(1),
+            source_port_class: Some(0),
             ports: PortMatch::Icmp {
                 icmp_type: 8,
                 code: None,
@@ -319,15 +398,81 @@ mod tests {
         assert_eq!(k[0].1.peer_class, u32::MAX);
         let any = RuleEntry {
             protocol: None,
+            source_port_class: None,
             ports: PortMatch::Any,
             ..e
         };
         assert_eq!(any.keys().unwrap()[0].0, 80);
         let bad = RuleEntry {
             protocol: None,
+            source_port_class: None,
             ..e
         };
         assert_eq!(bad.keys(), Err(TableError::PortsWithoutProtocol));
+        let bad = RuleEntry {
+            protocol: None,
+            ports: PortMatch::Any,
+            ..e
+        };
+        assert_eq!(bad.keys(), Err(TableError::SourcePortClassWithoutProtocol));
+    }
+
+    #[test]
+    fn source_port_class_keys() {
+        let e = RuleEntry {
+            endpoint_id: 7,
+            direction: Direction::Ingress,
+            table: Table::Enforced,
+            peer: PeerMatch::Class(2),
+            protocol: Some(17),
+            source_port_class: Some(3),
+            ports: PortMatch::Range(53, 53),
+            verdict: Verdict::default(),
+        };
+        let k = e.keys().unwrap();
+        assert_eq!(k.len(), 1);
+        assert_eq!((k[0].0, k[0].1.source_port_class), (112, 3));
+        let any_port = RuleEntry {
+            ports: PortMatch::Any,
+            ..e
+        };
+        assert_eq!(any_port.keys().unwrap()[0].0, 96);
+        let every_class = RuleEntry {
+            source_port_class: None,
+            ports: PortMatch::Any,
+            ..e
+        };
+        let k = every_class.keys().unwrap();
+        assert_eq!((k[0].0, k[0].1.source_port_class), (88, 0));
+        let bad = RuleEntry {
+            source_port_class: None,
+            ..e
+        };
+        assert_eq!(bad.keys(), Err(TableError::PortsWithoutSourcePortClass));
+        let s = SourcePortEntry {
+            endpoint_id: 7,
+            direction: Direction::Egress,
+            protocol: 6,
+            first: 1024,
+            last: 65535,
+            class: 1,
+        };
+        let k = s.keys().unwrap();
+        assert_eq!(k.len(), 6);
+        assert_eq!(k[0].0, 48 + 6);
+        assert_eq!(k[0].1.port, 1024u16.to_be_bytes());
+        assert_eq!((k[0].1.direction, k[0].1.protocol), (1, 6));
+        let all = SourcePortEntry {
+            first: 0,
+            last: 65535,
+            ..s
+        };
+        assert_eq!(all.keys().unwrap()[0].0, 48);
+        let t = TableSet {
+            sports: vec![s, SourcePortEntry { class: 2, ..s }],
+            ..TableSet::default()
+        };
+        assert!(matches!(t.encode(), Err(TableError::SourcePortConflict(_))));
     }
 
     #[test]
@@ -338,14 +483,15 @@ mod tests {
             table: Table::Enforced,
             peer: PeerMatch::Class(3),
             protocol: Some(6),
+            source_port_class: Some(0),
             ports: PortMatch::Range(80, 80),
             verdict: Verdict::default(),
         };
         let mut other = e;
         other.verdict.action = 9;
         let t = TableSet {
-            peers: vec![],
             rules: vec![e, e, other],
+            ..TableSet::default()
         };
         assert!(matches!(t.encode(), Err(TableError::Conflict(_))));
     }
