@@ -1134,6 +1134,33 @@ impl<'m> EndpointCompiler<'_, 'm> {
         }
     }
 
+    /// The inclusive port ranges `matches` can match for protocol `p`: a named
+    /// port stands for every endpoint's port of that name and protocol (whose
+    /// port it is depends on the peer, so all of them are breakpoints).
+    fn port_ranges<'r>(
+        &self,
+        matches: impl Iterator<Item = &'r PortMatch>,
+        p: u8,
+    ) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for m in matches {
+            match m {
+                PortMatch::Range(range) => {
+                    out.push((u32::from(range.first), u32::from(range.last)))
+                }
+                PortMatch::Named(name) => out.extend(
+                    self.model
+                        .endpoints
+                        .iter()
+                        .flat_map(|e| &e.named_ports)
+                        .filter(|np| &np.name == name && np.protocol == p)
+                        .map(|np| (u32::from(np.port), u32::from(np.port))),
+                ),
+            }
+        }
+        out
+    }
+
     /// The breakpoints (interval starts) `r` puts into protocol `p`'s kernel
     /// port values; empty if `r` cannot match `p`.
     fn cuts(&self, r: &Rule, p: u8) -> BTreeSet<u32> {
@@ -1147,23 +1174,9 @@ impl<'m> EndpointCompiler<'_, 'm> {
         };
         match kind(p) {
             Kind::Ports => {
-                for m in r.destination.ports.iter().chain(&r.destination.not_ports) {
-                    match m {
-                        PortMatch::Range(range) => {
-                            cut(u32::from(range.first), u32::from(range.last) + 1)
-                        }
-                        PortMatch::Named(name) => {
-                            for np in self
-                                .model
-                                .endpoints
-                                .iter()
-                                .flat_map(|e| &e.named_ports)
-                                .filter(|np| &np.name == name && np.protocol == p)
-                            {
-                                cut(u32::from(np.port), u32::from(np.port) + 1);
-                            }
-                        }
-                    }
+                let matches = r.destination.ports.iter().chain(&r.destination.not_ports);
+                for (first, last) in self.port_ranges(matches, p) {
+                    cut(first, last + 1);
                 }
             }
             Kind::Icmp => {
@@ -1191,24 +1204,8 @@ impl<'m> EndpointCompiler<'_, 'm> {
     ) -> Result<SourcePorts, CompileError> {
         let mut atoms: BTreeSet<(u32, u32)> = BTreeSet::new();
         for (_, r) in rules.iter().filter(|(_, r)| may_match(r, p)) {
-            for m in r.source.ports.iter().chain(&r.source.not_ports) {
-                match m {
-                    PortMatch::Range(range) => {
-                        atoms.insert((u32::from(range.first), u32::from(range.last)));
-                    }
-                    PortMatch::Named(name) => {
-                        for np in self
-                            .model
-                            .endpoints
-                            .iter()
-                            .flat_map(|e| &e.named_ports)
-                            .filter(|np| &np.name == name && np.protocol == p)
-                        {
-                            atoms.insert((u32::from(np.port), u32::from(np.port)));
-                        }
-                    }
-                }
-            }
+            let matches = r.source.ports.iter().chain(&r.source.not_ports);
+            atoms.extend(self.port_ranges(matches, p));
         }
         if atoms.is_empty() {
             return Ok(SourcePorts::single());
