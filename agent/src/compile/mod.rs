@@ -1,6 +1,6 @@
 //! The policy compiler: the validated [`Model`] -> BPF map contents
-//! ([`TableSet`]: peer classes, per-endpoint source-port classes and decision
-//! tables, enforced and pending), exact by construction: every table cell is
+//! ([`TableSet`]: peer classes, per-endpoint peer groups, source-port classes
+//! and decision tables, enforced and pending), exact by construction: every table cell is
 //! the reference evaluator's answer for a representative packet of that cell.
 //!
 //! # Peer classes
@@ -52,12 +52,24 @@
 //! happens only for unclassified protocols, and while the flag is raised ahead
 //! of the tables that need it (the tables before use class 0 only).
 //!
-//! # Encoding (wildcard class)
-//! The kernel probes the peer's class (longest prefix), and only on a miss the
-//! wildcard class. Per (endpoint, direction, table) the function shared by the
-//! most classes is stored complete under [`PeerMatch::Any`] (an any-protocol
-//! entry with its "other protocols" verdict plus, per protocol, its port runs
-//! that differ from that). Every other class stores exceptions only:
+//! # Encoding (peer groups, wildcard group)
+//! The table is keyed by a per-(endpoint, direction) *peer group*, not the
+//! global class: `GROUPS_*` maps (endpoint, class, direction) to a group, a miss
+//! meaning the wildcard group ([`PeerMatch::Any`]). Per table the row shared by
+//! the most classes is the wildcard row. Each distinct tuple of rows (enforced,
+//! and pending when the endpoint has staged policy: one group serves both
+//! tables) other than the wildcard rows' tuple gets a group (1.., in class
+//! order), its classes a `GROUPS_*` entry each, and its rows entries once,
+//! however many classes share them. So entries grow with (distinct rows) x
+//! (port runs), and `GROUPS_*` with the classes an endpoint treats unlike its
+//! wildcard.
+//!
+//! The kernel probes the peer's group (unless it is the wildcard), and only on
+//! a miss the wildcard group, so a group's entries are exceptions only. Per
+//! table, the wildcard row is stored complete under [`PeerMatch::Any`] (an
+//! any-protocol entry with its "other protocols" verdict plus, per protocol,
+//! its port runs that differ from that). A group whose row in a table equals
+//! the wildcard row has no entries there (the miss is right); otherwise:
 //! - if its "other protocols" verdict equals the wildcard's: just the port runs
 //!   (maximal runs of equal verdict) that differ somewhere from the wildcard —
 //!   everything else misses and falls back to the wildcard, which is right;
@@ -85,8 +97,8 @@
 //!   not its address): [`CompileError::Unsupported`].
 //! - IPv6 nets inside `::ffff:0:0/96` (the kernel stores IPv4 there).
 //! - More than 256 source-port classes for one endpoint, direction and protocol
-//!   (one byte of the rule key), or more `SPORTS_*` entries than fit:
-//!   [`CompileError::Capacity`].
+//!   (one byte of the rule key), or more `SPORTS_*`, `GROUPS_*` or `RULES_*`
+//!   entries than fit: [`CompileError::Capacity`].
 //!
 //! A family an endpoint has no address of is evaluated with the unspecified
 //! address (`0.0.0.0` / `::`) as the local address. IPv6 packets with
@@ -104,14 +116,17 @@
 //! differ, its entries) by the number of its classes; endpoints without
 //! source-port rules pay nothing.
 //!
-//! Scaling limit: entries grow with (classes an endpoint treats unlike the
-//! wildcard) x (port runs), because the kernel keys the table on the global
-//! class. When labels make nearly every pod its own class (e.g. many
-//! `pod in {..}` selectors), 300 pods x 100 policies already exceed the
-//! 262144-key RULES map (a Capacity error, never a partial table). A per-endpoint
-//! indirection (endpoint, direction, class) -> local group in the kernel, with
-//! the table keyed by group, would make it (groups x port runs); the compiler
-//! already computes those groups (`class_group` in `EndpointCompiler::direction`).
+//! Labels that make nearly every pod its own class (many `pod in {..}`
+//! selectors) cost `GROUPS_*` entries (one per class an endpoint treats unlike
+//! its wildcard), not rule entries per class: `testgen::per_pod_label_model`
+//! at 300 pods x 100 policies needs 51,990 rule keys and 244,800 group entries
+//! (keyed by the global class it needed 263,607 rule keys, over the 262,144 of
+//! `RULES_*`). Scaling limit: group entries grow with endpoints x directions x
+//! classes treated unlike the wildcard — about half of them here, since every
+//! peer of the other family differs from an IPv4 wildcard row — so 1,000 such
+//! pods x 200 policies exceed the 262,144-entry `GROUPS_*` map (a Capacity
+//! error, never a partial table). A wildcard per family (the kernel knows the
+//! packet's family) would roughly halve that.
 //!
 //! # Tests
 //! `compile::tests` (scenarios, and random models, with source-port rules and
@@ -254,7 +269,7 @@ pub struct CompileStats {
     pub rule_keys: usize,
     /// Encoded `SPORTS_*` keys.
     pub source_port_keys: usize,
-    /// `GROUPS_*` entries.
+    /// `GROUPS_*` entries (classes an endpoint treats unlike its wildcard).
     pub group_entries: usize,
     /// Evaluator calls made.
     pub evaluations: usize,
