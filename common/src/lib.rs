@@ -54,6 +54,7 @@ pub mod counter {
 // | `PEERS_0`/`PEERS_1`   | LpmTrie          | `{prefix_len, [u8;16]}`       | peer class `u32`       |
 // | `RULES_0`/`RULES_1`   | LpmTrie          | `{prefix_len, RuleKey}`       | [`Verdict`]            |
 // | `SPORTS_0`/`SPORTS_1` | LpmTrie          | `{prefix_len, SourcePortKey}` | source-port class `u8` |
+// | `GROUPS_0`/`GROUPS_1` | HashMap          | [`GroupKey`]                  | peer group `u32`       |
 // | `CONNTRACK`           | LruHashMap       | [`CtKey`]                     | [`CtValue`]            |
 // | `FLOW_EVENTS`         | RingBuf          | -                             | [`FlowEvent`]          |
 // | `DP_COUNTERS`         | PerCpuArray<u64> | [`stat`] index                | count                  |
@@ -68,12 +69,18 @@ pub mod counter {
 // agent::dataplane::TableSet):
 // - One peer-class partition serves both tables (enforced and pending): classes
 //   must distinguish every net/selector of enforced AND staged policies.
-// - Lookup order: RULES[class] (longest prefix), then RULES[PEER_CLASS_ANY]
-//   (longest prefix), else deny with Verdict::NO_ENTRY. A class-specific entry
-//   always beats an ANY entry, even a longer one: ANY is a fallback, not an
-//   override (e.g. host-endpoint failsafes must be present in every class that
-//   has entries for that protocol, or be the only entries for it).
-// - Within one class, overlapping entries resolve by longest prefix: any protocol
+// - Peer groups: the decision table is keyed by a per-(endpoint, direction)
+//   group, not the global class, so classes an endpoint treats alike share
+//   entries. GROUPS[{endpoint, class, direction}] gives the group; a miss
+//   means PEER_GROUP_ANY (the wildcard: the endpoint's most common row). One
+//   group serves both tables (enforced and pending).
+// - Lookup order: RULES[group] (longest prefix; skipped when the group is
+//   PEER_GROUP_ANY), then RULES[PEER_GROUP_ANY] (longest prefix), else deny
+//   with Verdict::NO_ENTRY. A group-specific entry always beats an ANY entry,
+//   even a longer one: ANY is a fallback, not an override (e.g. host-endpoint
+//   failsafes must be present in every group that has entries for that
+//   protocol, or be the only entries for it).
+// - Within one group, overlapping entries resolve by longest prefix: any protocol
 //   (80) < protocol (88) < protocol + source-port class (96) < port prefixes
 //   (96 + bits); a range is several prefixes.
 // - Source ports: on endpoints with `endpoint_flags::SOURCE_PORTS`, a port
@@ -82,8 +89,9 @@ pub mod counter {
 //   (longest prefix; a miss is class 0), which goes into
 //   `RuleKey::source_port_class`. Everything else uses class 0, so tables of
 //   endpoints without source-port rules never see another class.
-// - `SPORTS_*` flips with `PEERS_*`/`RULES_*` (same `ACTIVE` generation): the
-//   classes are only meaningful to the tables they were compiled with.
+// - `SPORTS_*` and `GROUPS_*` flip with `PEERS_*`/`RULES_*` (same `ACTIVE`
+//   generation): classes and groups are only meaningful to the tables they
+//   were compiled with.
 // - The kernel reads `ACTIVE` once per packet; userspace rewrites the inactive
 //   copy only at the next update, so an update must not follow the previous one
 //   within a packet's lifetime (microseconds).
@@ -95,6 +103,8 @@ pub mod limits {
     pub const MAX_PEER_PREFIXES: u32 = 65536;
     pub const MAX_RULE_ENTRIES: u32 = 262144;
     pub const MAX_SOURCE_PORT_ENTRIES: u32 = 65536;
+    /// `GROUPS_*`: (endpoint, class, direction) pairs not in the wildcard group.
+    pub const MAX_GROUP_ENTRIES: u32 = 262144;
     pub const MAX_CONNTRACK: u32 = 262144;
     /// Datagrams in flight in fragments (Cilium's default for its IPv4 fragment map).
     pub const MAX_FRAGMENTS: u32 = 8192;
@@ -131,7 +141,7 @@ pub mod endpoint_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ActiveTables {
-    /// 0: `PEERS_0`/`RULES_0`/`SPORTS_0` are live; 1: the `_1` copies.
+    /// 0: `PEERS_0`/`RULES_0`/`SPORTS_0`/`GROUPS_0` are live; 1: the `_1` copies.
     pub generation: u32,
     /// Bumped on every policy change; conntrack entries of an older epoch are re-judged.
     pub epoch: u32,
@@ -161,17 +171,32 @@ pub mod table {
     pub const PENDING: u8 = 1;
 }
 
-/// Peer class stored for "any peer": probed when the peer's own class misses.
-pub const PEER_CLASS_ANY: u32 = u32::MAX;
+/// Peer group stored for "any peer" (the wildcard): a class without a `GROUPS_*`
+/// entry is in it, and it is probed when the peer's own group misses.
+pub const PEER_GROUP_ANY: u32 = u32::MAX;
 /// Class of an address no `PEERS_*` prefix covers.
 pub const PEER_CLASS_WORLD: u32 = 0;
+
+/// Key of `GROUPS_*` (12 bytes): the value is the peer group (`u32`,
+/// [`RuleKey::peer_group`]) that `peer_class` belongs to for this endpoint and
+/// direction; classes without an entry are in [`PEER_GROUP_ANY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct GroupKey {
+    pub endpoint_id: u32,
+    /// Peer class from `PEERS_*`.
+    pub peer_class: u32,
+    /// [`direction`].
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
 
 /// Data part of the `RULES_*` LPM key (16 bytes, 128 bits). Field order is the
 /// prefix order, so an entry can stop matching at any of these points:
 ///
 /// | bits of prefix | matches                                              |
 /// | -------------- | ---------------------------------------------------- |
-/// | 80             | endpoint, peer class, direction, table (any protocol) |
+/// | 80             | endpoint, peer group, direction, table (any protocol) |
 /// | 88             | ... + protocol (any source-port class, any port)     |
 /// | 96             | ... + source-port class (any port)                   |
 /// | 96 + k         | ... + the first k (0..=16) bits of the port          |
@@ -184,8 +209,8 @@ pub const PEER_CLASS_WORLD: u32 = 0;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct RuleKey {
     pub endpoint_id: u32,
-    /// Peer class from `PEERS_*`, or [`PEER_CLASS_ANY`].
-    pub peer_class: u32,
+    /// Peer group from `GROUPS_*` (per endpoint and direction), or [`PEER_GROUP_ANY`].
+    pub peer_group: u32,
     /// [`direction`].
     pub direction: u8,
     /// [`table`].
@@ -201,7 +226,7 @@ pub struct RuleKey {
 }
 
 impl RuleKey {
-    /// Prefix length covering endpoint, class, direction and table.
+    /// Prefix length covering endpoint, group, direction and table.
     pub const ANY_PROTOCOL_PREFIX: u32 = 80;
     /// Prefix length covering the protocol (any source-port class, any port).
     pub const PROTOCOL_PREFIX: u32 = 88;
@@ -263,7 +288,7 @@ pub mod action {
 }
 
 pub mod verdict_flags {
-    /// Set by the kernel: no table entry matched (not even the wildcard class); denied.
+    /// Set by the kernel: no table entry matched (not even the wildcard group); denied.
     pub const NO_ENTRY: u8 = 1;
 }
 
@@ -501,6 +526,7 @@ mod user {
     unsafe impl aya::Pod for super::ActiveTables {}
     unsafe impl aya::Pod for super::RuleKey {}
     unsafe impl aya::Pod for super::SourcePortKey {}
+    unsafe impl aya::Pod for super::GroupKey {}
     unsafe impl aya::Pod for super::Verdict {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
@@ -534,7 +560,10 @@ mod tests {
         assert_eq!(size_of::<EndpointInfo>(), 8);
         assert_eq!(size_of::<ActiveTables>(), 16);
         assert_eq!(size_of::<RuleKey>(), 16);
-        assert_eq!(offset_of!(RuleKey, peer_class), 4);
+        assert_eq!(offset_of!(RuleKey, peer_group), 4);
+        assert_eq!(size_of::<GroupKey>(), 12);
+        assert_eq!(offset_of!(GroupKey, peer_class), 4);
+        assert_eq!(offset_of!(GroupKey, direction), 8);
         assert_eq!(offset_of!(RuleKey, direction), 8);
         assert_eq!(offset_of!(RuleKey, table), 9);
         assert_eq!(offset_of!(RuleKey, protocol), 10);

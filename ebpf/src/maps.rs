@@ -1,11 +1,11 @@
 //! Maps of the policy dataplane (layout documented in `agent_common`).
 use agent_common::{
     limits::{
-        MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_PEER_PREFIXES, MAX_RULE_ENTRIES,
-        MAX_SOURCE_PORT_ENTRIES,
+        MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_GROUP_ENTRIES, MAX_PEER_PREFIXES,
+        MAX_RULE_ENTRIES, MAX_SOURCE_PORT_ENTRIES,
     },
-    stat, ActiveTables, CtKey, CtValue, EndpointInfo, FragKey, FragValue, RuleKey, SourcePortKey,
-    TokenBucket, Verdict,
+    stat, ActiveTables, CtKey, CtValue, EndpointInfo, FragKey, FragValue, GroupKey, RuleKey,
+    SourcePortKey, TokenBucket, Verdict,
 };
 use aya_ebpf::{
     macros::map,
@@ -34,6 +34,11 @@ pub static SPORTS_0: LpmTrie<SourcePortKey, u8> =
 #[map]
 pub static SPORTS_1: LpmTrie<SourcePortKey, u8> =
     LpmTrie::with_max_entries(MAX_SOURCE_PORT_ENTRIES, 0);
+
+#[map]
+pub static GROUPS_0: HashMap<GroupKey, u32> = HashMap::with_max_entries(MAX_GROUP_ENTRIES, 0);
+#[map]
+pub static GROUPS_1: HashMap<GroupKey, u32> = HashMap::with_max_entries(MAX_GROUP_ENTRIES, 0);
 
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);

@@ -3,11 +3,12 @@
 //! (TC egress = its ingress policy). Same code, a direction constant.
 //!
 //! Per packet: endpoint lookup, parse, conntrack, then for new (or stale-epoch)
-//! flows one peer-class LPM lookup, on endpoints with `SOURCE_PORTS` (port
-//! protocols only) one source-port-class LPM lookup, and one or two
-//! decision-table LPM lookups (own class, then the wildcard class), the same
-//! again in the pending table when the endpoint has staged policy, an event,
-//! and a conntrack write.
+//! flows one peer-class LPM lookup, one peer-group hash lookup (the class's
+//! group for this endpoint and direction; a miss is the wildcard group), on
+//! endpoints with `SOURCE_PORTS` (port protocols only) one source-port-class
+//! LPM lookup, and one or two decision-table LPM lookups (own group unless it
+//! is the wildcard, then the wildcard group), the same again in the pending
+//! table when the endpoint has staged policy, an event, and a conntrack write.
 //! No loops over rules: a fixed number of map lookups per packet.
 //!
 //! Decisions (documented here; the map layout is in `agent_common`):
@@ -62,9 +63,9 @@
 
 use agent_common::{
     action, active_flags, ct_flags, ct_timeout, direction, endpoint_flags, event_flags, stat,
-    table, tcp_state, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent, RuleKey,
-    SourcePortKey, Verdict, DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC, PEER_CLASS_ANY,
-    PEER_CLASS_WORLD,
+    table, tcp_state, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent, GroupKey, RuleKey,
+    SourcePortKey, Verdict, DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC, PEER_CLASS_WORLD,
+    PEER_GROUP_ANY,
 };
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
@@ -76,8 +77,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    bump, ACTIVE, CONNTRACK, ENDPOINTS, EVENT_BUDGET, FLOW_EVENTS, PEERS_0, PEERS_1, RULES_0,
-    RULES_1, SPORTS_0, SPORTS_1,
+    bump, ACTIVE, CONNTRACK, ENDPOINTS, EVENT_BUDGET, FLOW_EVENTS, GROUPS_0, GROUPS_1, PEERS_0,
+    PEERS_1, RULES_0, RULES_1, SPORTS_0, SPORTS_1,
 };
 use crate::parse::{
     parse, quoted, ParseError, Parsed, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
@@ -460,6 +461,30 @@ fn source_port_class(generation: u32, endpoint_id: u32, dir: u8, protocol: u8, p
     }
 }
 
+/// The peer class's group for this endpoint and direction; a miss is the
+/// wildcard group (classes treated like the endpoint's most common row).
+#[inline(always)]
+fn peer_group(generation: u32, endpoint_id: u32, dir: u8, class: u32) -> u32 {
+    let key = GroupKey {
+        endpoint_id,
+        peer_class: class,
+        direction: dir,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain u32 values, read once.
+    let hit = unsafe {
+        if generation == 0 {
+            GROUPS_0.get(&key)
+        } else {
+            GROUPS_1.get(&key)
+        }
+    };
+    match hit {
+        Some(g) => *g,
+        None => PEER_GROUP_ANY,
+    }
+}
+
 #[inline(always)]
 fn rule_lookup(generation: u32, key: &Key<RuleKey>) -> Option<Verdict> {
     let hit = if generation == 0 {
@@ -470,14 +495,17 @@ fn rule_lookup(generation: u32, key: &Key<RuleKey>) -> Option<Verdict> {
     hit.copied()
 }
 
-/// The verdict of one table (`key.table`): the peer's class, then the wildcard class.
+/// The verdict of one table (`key.table`): the peer's group (unless it is the
+/// wildcard), then the wildcard group.
 #[inline(always)]
 fn verdict(generation: u32, data: RuleKey) -> Option<Verdict> {
-    if let Some(v) = rule_lookup(generation, &Key::new(RuleKey::FULL_PREFIX, data)) {
-        return Some(v);
+    if data.peer_group != PEER_GROUP_ANY {
+        if let Some(v) = rule_lookup(generation, &Key::new(RuleKey::FULL_PREFIX, data)) {
+            return Some(v);
+        }
     }
     let any = RuleKey {
-        peer_class: PEER_CLASS_ANY,
+        peer_group: PEER_GROUP_ANY,
         ..data
     };
     rule_lookup(generation, &Key::new(RuleKey::FULL_PREFIX, any))
@@ -491,10 +519,10 @@ fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
     let dir = flow.side.policy_dir;
     // The peer is the far end of the flow as seen from the judging endpoint.
     let peer = if flow.sender { flow.resp } else { flow.init };
-    let class = peer_class(generation, peer);
+    let id = flow.endpoint.id;
+    let group = peer_group(generation, id, dir, peer_class(generation, peer));
     let protocol = flow.pkt.protocol;
     let port = flow.judged_port;
-    let id = flow.endpoint.id;
     let ports = matches!(
         protocol,
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
@@ -507,7 +535,7 @@ fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
     };
     let key = RuleKey {
         endpoint_id: id,
-        peer_class: class,
+        peer_group: group,
         direction: dir,
         table: table::ENFORCED,
         protocol,

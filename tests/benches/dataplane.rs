@@ -124,7 +124,7 @@ fn ns_per_staged_packet(dp: &mut Dataplane, frame: &[u8]) -> u64 {
 /// Compile time and table size against endpoints x policies, with shared
 /// labels (few classes) and with a label per pod (a class per pod).
 fn compile_scale() {
-    use agent::compile::testgen::{scale_model, Rng};
+    use agent::compile::testgen::{per_pod_label_model, scale_model};
     println!("\ncompile (release build; CPU time includes the parallel endpoint workers)");
     for (endpoints, policies, unique) in [
         (10, 10, false),
@@ -134,25 +134,12 @@ fn compile_scale() {
         (300, 100, true),
         (1000, 200, true),
     ] {
-        let mut model = scale_model(endpoints, policies, 7);
-        if unique {
+        let model = if unique {
             // Every pod its own label, and 50 policies admitting 20 named pods each.
-            for (i, ep) in model.endpoints.iter_mut().enumerate() {
-                ep.labels.insert("pod".into(), i.to_string());
-            }
-            let mut rng = Rng::new(5);
-            for k in 0..50 {
-                let mut pol = model.policies[k].clone();
-                pol.id.name = format!("pods{k}");
-                let names: Vec<String> = (0..20)
-                    .map(|_| format!("'{}'", rng.below(endpoints)))
-                    .collect();
-                pol.ingress[0].source.selector = Some(
-                    agent::selector::parse(&format!("pod in {{{}}}", names.join(","))).unwrap(),
-                );
-                model.policies.push(pol);
-            }
-        }
+            per_pod_label_model(endpoints, policies, 7)
+        } else {
+            scale_model(endpoints, policies, 7)
+        };
         let label =
             format!("{endpoints} endpoints x {policies} policies (label per pod: {unique})");
         match compile(&model) {
@@ -160,8 +147,8 @@ fn compile_scale() {
                 let s = &c.stats;
                 let max = s.keys_per_endpoint.iter().max().copied().unwrap_or(0);
                 println!(
-                    "  {label}: {:?}; {} classes, {} peer prefixes, {} keys (max {max}/endpoint), {} evaluations",
-                    s.duration, s.classes, s.peer_prefixes, s.rule_keys, s.evaluations
+                    "  {label}: {:?}; {} classes, {} peer prefixes, {} group entries, {} keys (max {max}/endpoint), {} evaluations",
+                    s.duration, s.classes, s.peer_prefixes, s.group_entries, s.rule_keys, s.evaluations
                 );
             }
             Err(e) => println!("  {label}: {e}"),

@@ -107,7 +107,7 @@ fn base_tables() -> TableSet {
             entry(
                 Egress,
                 Enforced,
-                Class(2),
+                Group(2),
                 Some(TCP),
                 PortMatch::Range(8000, 8099),
                 allow(10, 0),
@@ -115,7 +115,7 @@ fn base_tables() -> TableSet {
             entry(
                 Egress,
                 Enforced,
-                Class(2),
+                Group(2),
                 Some(TCP),
                 PortMatch::Any,
                 deny(10, -1),
@@ -124,7 +124,7 @@ fn base_tables() -> TableSet {
             entry(
                 Egress,
                 Enforced,
-                Class(3),
+                Group(3),
                 Some(TCP),
                 PortMatch::Range(443, 443),
                 allow(11, 0),
@@ -176,7 +176,7 @@ fn base_tables() -> TableSet {
             entry(
                 Ingress,
                 Enforced,
-                Class(1),
+                Group(1),
                 None,
                 PortMatch::Any,
                 allow(20, 0),
@@ -191,7 +191,10 @@ fn base_tables() -> TableSet {
             ),
         ],
         sports: vec![],
+        groups: vec![],
     }
+    // Hand-written: group n is class n.
+    .with_identity_groups()
 }
 
 #[test]
@@ -364,7 +367,7 @@ fn icmpv6_nd_and_mld_pass_like_calico_the_rest_is_policy() {
         },
         allow(15, 0),
     ));
-    dp.install(&t).unwrap();
+    dp.install(&t.clone().with_identity_groups()).unwrap();
     // Link-local peers (class 0): no table entry covers ICMPv6 with them.
     let (me, gw) = (ip("fe80::10"), ip("fe80::ecee:eeff:feee:eeee"));
     for icmp_type in [130, 131, 132, 133, 135, 136] {
@@ -527,12 +530,12 @@ fn non_first_fragments_are_judged_with_port_zero() {
     t.rules.push(entry(
         Direction::Egress,
         Table::Enforced,
-        PeerMatch::Class(2),
+        PeerMatch::Group(2),
         Some(UDP),
         PortMatch::Any,
         allow(14, 0),
     ));
-    dp.install(&t).unwrap();
+    dp.install(&t.clone().with_identity_groups()).unwrap();
     let me = ip("10.65.0.10");
     // Class 2 allows all of UDP: a later fragment passes; to the world only port 53
     // is allowed, so a later fragment (port unknown, judged as 0) is dropped.
@@ -683,7 +686,7 @@ fn conntrack_hits_replies_and_epoch_flip() {
     let before = dp.active().unwrap();
     let mut t = base_tables();
     t.rules.remove(0);
-    let after = dp.install(&t).unwrap();
+    let after = dp.install(&t.clone().with_identity_groups()).unwrap();
     assert_eq!(after.generation, before.generation ^ 1);
     assert_eq!(after.epoch, before.epoch + 1);
     assert_eq!(
@@ -763,6 +766,7 @@ fn related_tables() -> TableSet {
             e(Ingress, UDP, PortMatch::Range(9999, 9999), 4),
         ],
         sports: Vec::new(),
+        groups: Vec::new(),
     }
 }
 
@@ -905,7 +909,7 @@ fn staged_tables() -> TableSet {
     t.rules.push(entry(
         Egress,
         Table::Pending,
-        Class(2),
+        Group(2),
         Some(TCP),
         PortMatch::Range(8000, 8049),
         deny(30, 0),
@@ -913,12 +917,12 @@ fn staged_tables() -> TableSet {
     t.rules.push(entry(
         Egress,
         Table::Pending,
-        Class(2),
+        Group(2),
         Some(TCP),
         PortMatch::Range(9000, 9000),
         allow(30, 1),
     ));
-    t
+    t.with_identity_groups()
 }
 
 #[test]
@@ -1219,21 +1223,25 @@ fn pod_to_pod_needs_both_sides() {
         endpoint_id: id,
         direction: dir,
         table: Table::Enforced,
-        peer: PeerMatch::Class(1),
+        peer: PeerMatch::Group(1),
         protocol: Some(protocol),
         source_port_class: Some(0),
         ports,
         verdict,
     };
-    dp.install(&TableSet {
-        peers: vec![("10.65.0.0/24".parse().unwrap(), 1)],
-        rules: vec![
-            // A may send any TCP to class 1; B accepts only port 80 from class 1.
-            rule(1, Egress, TCP, PortMatch::Any, allow(1, 0)),
-            rule(2, Ingress, TCP, PortMatch::Range(80, 80), allow(2, 0)),
-        ],
-        sports: vec![],
-    })
+    dp.install(
+        &TableSet {
+            peers: vec![("10.65.0.0/24".parse().unwrap(), 1)],
+            rules: vec![
+                // A may send any TCP to class 1; B accepts only port 80 from class 1.
+                rule(1, Egress, TCP, PortMatch::Any, allow(1, 0)),
+                rule(2, Ingress, TCP, PortMatch::Range(80, 80), allow(2, 0)),
+            ],
+            sports: vec![],
+            groups: vec![],
+        }
+        .with_identity_groups(),
+    )
     .unwrap();
     let (pa, pb) = (ip("10.65.0.10"), ip("10.65.0.20"));
 

@@ -16,12 +16,14 @@
 //! Default: 200 models x 100 packets (about 20k cases, a few seconds).
 //! `DIFF_SEED=<n>` replays a run; `DIFF_MODELS` / `DIFF_PACKETS` resize it.
 
-use agent::compile::testgen::{random_model, random_probe, random_source_port, Probe, Rng, Shape};
+use agent::compile::testgen::{
+    random_model, random_probe, random_source_port, Probe, Rng, Shape, TableModel,
+};
 use agent::compile::{compile, CompileError, CompiledEndpoint};
 use agent::dataplane::{Dataplane, FlowRecord, Hook};
 use agent::eval::{Evaluator, PolicySet};
 use agent::model::ir::{Direction, Model};
-use agent_common::{action, active_flags, endpoint_flags, Verdict};
+use agent_common::{action, active_flags, endpoint_flags, Verdict, PEER_GROUP_ANY};
 use aya::programs::{TestRun, TestRunOptions};
 use lab::packet::Packet;
 
@@ -100,6 +102,9 @@ fn kernel_verdicts_equal_the_evaluator() {
     // Cases on endpoints with source-port classes, and (IPv4, IPv6) cases whose
     // enforced verdict another (random) source port changes.
     let (mut sport_cases, mut sport_decides) = (0u64, [0u64; 2]);
+    // (endpoint, direction) tables with several peer groups besides the
+    // wildcard, and cases whose peer is in a group of its own (not the wildcard).
+    let (mut multi_group_tables, mut own_group_cases) = (0u64, 0u64);
     for round in 0..models {
         let model_seed = rng.next_u64();
         let mut mrng = Rng::new(model_seed);
@@ -123,6 +128,18 @@ fn kernel_verdicts_equal_the_evaluator() {
         assert!(cp.endpoints.iter().all(|e| !e.has_staged));
         dp.install(&c.tables).unwrap();
         plain.install(&cp.tables).unwrap();
+        let sim = TableModel::new(&c.tables).unwrap();
+        let mut groups: std::collections::HashMap<
+            (u32, Direction),
+            std::collections::HashSet<u32>,
+        > = std::collections::HashMap::new();
+        for g in &c.tables.groups {
+            groups
+                .entry((g.endpoint_id, g.direction))
+                .or_default()
+                .insert(g.group);
+        }
+        multi_group_tables += groups.values().filter(|g| g.len() >= 2).count() as u64;
         dp.drain_events();
         plain.drain_events();
 
@@ -156,6 +173,9 @@ fn kernel_verdicts_equal_the_evaluator() {
                 c.verdict_of(&end)
             };
             let (enforced, pending) = (ask(PolicySet::Enforced), ask(PolicySet::Pending));
+            if sim.group(ep.id, p.direction, sim.class(p.peer)) != PEER_GROUP_ANY {
+                own_group_cases += 1;
+            }
             if ep.source_ports {
                 sport_cases += 1;
                 let src_port = random_source_port(&mut mrng, &model);
@@ -247,7 +267,13 @@ fn kernel_verdicts_equal_the_evaluator() {
         "bpf_differential: {cases} cases ({allowed} allowed), {staged_events} staged events \
          ({pending_differs} with a different pending verdict), {deny_events} deny events checked, \
          {unsupported} models unsupported; {sport_cases} cases on endpoints with source-port \
-         classes, (IPv4, IPv6) {sport_decides:?} decided by the source port"
+         classes, (IPv4, IPv6) {sport_decides:?} decided by the source port; \
+         {multi_group_tables} tables with several peer groups, {own_group_cases} cases in a \
+         peer group other than the wildcard"
+    );
+    assert!(
+        multi_group_tables > 0 && own_group_cases > cases / 20,
+        "peer groups barely exercised: {multi_group_tables} tables, {own_group_cases} cases"
     );
     assert!(cases >= models * packets / 2, "too few cases: {cases}");
     assert!(

@@ -1,6 +1,6 @@
 //! The policy compiler: the validated [`Model`] -> BPF map contents
-//! ([`TableSet`]: peer classes, per-endpoint source-port classes and decision
-//! tables, enforced and pending), exact by construction: every table cell is
+//! ([`TableSet`]: peer classes, per-endpoint peer groups, source-port classes
+//! and decision tables, enforced and pending), exact by construction: every table cell is
 //! the reference evaluator's answer for a representative packet of that cell.
 //!
 //! # Peer classes
@@ -52,12 +52,24 @@
 //! happens only for unclassified protocols, and while the flag is raised ahead
 //! of the tables that need it (the tables before use class 0 only).
 //!
-//! # Encoding (wildcard class)
-//! The kernel probes the peer's class (longest prefix), and only on a miss the
-//! wildcard class. Per (endpoint, direction, table) the function shared by the
-//! most classes is stored complete under [`PeerMatch::Any`] (an any-protocol
-//! entry with its "other protocols" verdict plus, per protocol, its port runs
-//! that differ from that). Every other class stores exceptions only:
+//! # Encoding (peer groups, wildcard group)
+//! The table is keyed by a per-(endpoint, direction) *peer group*, not the
+//! global class: `GROUPS_*` maps (endpoint, class, direction) to a group, a miss
+//! meaning the wildcard group ([`PeerMatch::Any`]). Per table the row shared by
+//! the most classes is the wildcard row. Each distinct tuple of rows (enforced,
+//! and pending when the endpoint has staged policy: one group serves both
+//! tables) other than the wildcard rows' tuple gets a group (1.., in class
+//! order), its classes a `GROUPS_*` entry each, and its rows entries once,
+//! however many classes share them. So entries grow with (distinct rows) x
+//! (port runs), and `GROUPS_*` with the classes an endpoint treats unlike its
+//! wildcard.
+//!
+//! The kernel probes the peer's group (unless it is the wildcard), and only on
+//! a miss the wildcard group, so a group's entries are exceptions only. Per
+//! table, the wildcard row is stored complete under [`PeerMatch::Any`] (an
+//! any-protocol entry with its "other protocols" verdict plus, per protocol,
+//! its port runs that differ from that). A group whose row in a table equals
+//! the wildcard row has no entries there (the miss is right); otherwise:
 //! - if its "other protocols" verdict equals the wildcard's: just the port runs
 //!   (maximal runs of equal verdict) that differ somewhere from the wildcard —
 //!   everything else misses and falls back to the wildcard, which is right;
@@ -85,8 +97,8 @@
 //!   not its address): [`CompileError::Unsupported`].
 //! - IPv6 nets inside `::ffff:0:0/96` (the kernel stores IPv4 there).
 //! - More than 256 source-port classes for one endpoint, direction and protocol
-//!   (one byte of the rule key), or more `SPORTS_*` entries than fit:
-//!   [`CompileError::Capacity`].
+//!   (one byte of the rule key), or more `SPORTS_*`, `GROUPS_*` or `RULES_*`
+//!   entries than fit: [`CompileError::Capacity`].
 //!
 //! A family an endpoint has no address of is evaluated with the unspecified
 //! address (`0.0.0.0` / `::`) as the local address. IPv6 packets with
@@ -104,14 +116,17 @@
 //! differ, its entries) by the number of its classes; endpoints without
 //! source-port rules pay nothing.
 //!
-//! Scaling limit: entries grow with (classes an endpoint treats unlike the
-//! wildcard) x (port runs), because the kernel keys the table on the global
-//! class. When labels make nearly every pod its own class (e.g. many
-//! `pod in {..}` selectors), 300 pods x 100 policies already exceed the
-//! 262144-key RULES map (a Capacity error, never a partial table). A per-endpoint
-//! indirection (endpoint, direction, class) -> local group in the kernel, with
-//! the table keyed by group, would make it (groups x port runs); the compiler
-//! already computes those groups (`class_group` in `EndpointCompiler::direction`).
+//! Labels that make nearly every pod its own class (many `pod in {..}`
+//! selectors) cost `GROUPS_*` entries (one per class an endpoint treats unlike
+//! its wildcard), not rule entries per class: `testgen::per_pod_label_model`
+//! at 300 pods x 100 policies needs 51,990 rule keys and 244,800 group entries
+//! (keyed by the global class it needed 263,607 rule keys, over the 262,144 of
+//! `RULES_*`). Scaling limit: group entries grow with endpoints x directions x
+//! classes treated unlike the wildcard — about half of them here, since every
+//! peer of the other family differs from an IPv4 wildcard row — so 1,000 such
+//! pods x 200 policies exceed the 262,144-entry `GROUPS_*` map (a Capacity
+//! error, never a partial table). A wildcard per family (the kernel knows the
+//! packet's family) would roughly halve that.
 //!
 //! # Tests
 //! `compile::tests` (scenarios, and random models, with source-port rules and
@@ -128,7 +143,8 @@ use agent_common::{action, limits, verdict_flags, Verdict, POLICY_NONE};
 use ipnet::IpNet;
 
 use crate::dataplane::tables::{
-    port_range_prefixes, PeerMatch, PortMatch as Ports, RuleEntry, SourcePortEntry, Table, TableSet,
+    port_range_prefixes, GroupEntry, PeerMatch, PortMatch as Ports, RuleEntry, SourcePortEntry,
+    Table, TableSet,
 };
 use crate::eval::{
     policy_flow_log_name, ApplicableTier, DecidedBy, EndVerdict, Evaluator, Packet, PolicySet,
@@ -175,6 +191,8 @@ pub struct Limits {
     pub keys_per_endpoint: usize,
     /// Encoded keys in `SPORTS_*`.
     pub source_port_keys: usize,
+    /// Entries in `GROUPS_*` (classes an endpoint does not treat like its wildcard).
+    pub group_entries: usize,
 }
 
 impl Default for Limits {
@@ -185,6 +203,7 @@ impl Default for Limits {
             rule_keys: limits::MAX_RULE_ENTRIES as usize,
             keys_per_endpoint: MAX_KEYS_PER_ENDPOINT,
             source_port_keys: limits::MAX_SOURCE_PORT_ENTRIES as usize,
+            group_entries: limits::MAX_GROUP_ENTRIES as usize,
         }
     }
 }
@@ -250,6 +269,8 @@ pub struct CompileStats {
     pub rule_keys: usize,
     /// Encoded `SPORTS_*` keys.
     pub source_port_keys: usize,
+    /// `GROUPS_*` entries (classes an endpoint treats unlike its wildcard).
+    pub group_entries: usize,
     /// Evaluator calls made.
     pub evaluations: usize,
     /// Per compiled endpoint (same order as `Compiled::endpoints`): encoded keys.
@@ -327,6 +348,7 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
             evaluations: 0,
             out: Vec::new(),
             sports: Vec::new(),
+            groups: Vec::new(),
         };
         for direction in [Direction::Ingress, Direction::Egress] {
             ctx.direction(direction, has_staged)?;
@@ -334,6 +356,7 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
         Ok(EndpointOut {
             rules: ctx.out,
             sports: ctx.sports,
+            groups: ctx.groups,
             evaluations: ctx.evaluations,
             has_staged,
         })
@@ -374,6 +397,7 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
 
     let mut rules = Vec::new();
     let mut sports = Vec::new();
+    let mut groups = Vec::new();
     let mut endpoints = Vec::new();
     let mut total_keys = 0usize;
     let mut total_sport_keys = 0usize;
@@ -382,9 +406,19 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
         let EndpointOut {
             rules: mut out,
             sports: mut sport_entries,
+            groups: mut group_entries,
             evaluations,
             has_staged,
         } = result.expect("every endpoint compiled")?;
+        if groups.len() + group_entries.len() > limits.group_entries {
+            return Err(CompileError::Capacity {
+                endpoint: endpoint.key(),
+                limit: "peer-group entries (GROUPS map)",
+                needed: groups.len() + group_entries.len(),
+                max: limits.group_entries,
+            });
+        }
+        groups.append(&mut group_entries);
         let keys: usize = out
             .iter()
             .map(|e| e.keys().map(|k| k.len()).unwrap_or(0))
@@ -434,12 +468,14 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
     stats.rule_entries = rules.len();
     stats.rule_keys = total_keys;
     stats.source_port_keys = total_sport_keys;
+    stats.group_entries = groups.len();
     stats.duration = started.elapsed();
     Ok(Compiled {
         tables: TableSet {
             peers: peers.emitted,
             rules,
             sports,
+            groups,
         },
         endpoints,
         policies: names.policies.clone(),
@@ -459,6 +495,7 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
 struct EndpointOut {
     rules: Vec<RuleEntry>,
     sports: Vec<SourcePortEntry>,
+    groups: Vec<GroupEntry>,
     evaluations: usize,
     has_staged: bool,
 }
@@ -1095,6 +1132,7 @@ struct EndpointCompiler<'a, 'm> {
     evaluations: usize,
     out: Vec<RuleEntry>,
     sports: Vec<SourcePortEntry>,
+    groups: Vec<GroupEntry>,
 }
 
 impl<'m> EndpointCompiler<'_, 'm> {
@@ -1468,6 +1506,7 @@ impl<'m> EndpointCompiler<'_, 'm> {
         } else {
             &[(Table::Enforced, PolicySet::Enforced)]
         };
+        let mut rows_of: Vec<(Table, Vec<Row>)> = Vec::with_capacity(tables.len());
         for &(table, set) in tables {
             let mut rows: Vec<Row> = Vec::with_capacity(group_rep.len());
             for &ci in &group_rep {
@@ -1475,8 +1514,9 @@ impl<'m> EndpointCompiler<'_, 'm> {
                 let needed = &needed_of_group[class_group[ci]];
                 rows.push(self.row(set, direction, peer, &dims, needed, other)?);
             }
-            self.emit(direction, table, &dims, &rows, &class_group);
+            rows_of.push((table, rows));
         }
+        self.emit(direction, &dims, &rows_of, &class_group);
         Ok(())
     }
 
@@ -1554,62 +1594,108 @@ impl<'m> EndpointCompiler<'_, 'm> {
         Ok(first.expect("at least one local address"))
     }
 
-    /// Writes one (direction, table): the most common row under the wildcard
-    /// class, the others as exceptions (see the module docs).
+    /// Writes one direction (both tables): per table the most common row under
+    /// the wildcard group; every distinct (enforced, pending) pair of rows other
+    /// than the wildcards' gets a local group, its classes `GROUPS_*` entries,
+    /// and its rows exceptions to the wildcard rows (see the module docs).
     fn emit(
         &mut self,
         direction: Direction,
-        table: Table,
         dims: &[Dim],
-        rows: &[Row],
+        tables: &[(Table, Vec<Row>)],
         class_group: &[usize],
     ) {
-        let mut count = vec![0usize; rows.len()];
+        let signature_groups = tables[0].1.len();
+        let mut count = vec![0usize; signature_groups];
         for &g in class_group {
             count[g] += 1;
         }
-        // Groups with equal rows count together.
-        let mut same: HashMap<&Row, usize> = HashMap::new();
-        for (g, row) in rows.iter().enumerate() {
-            *same.entry(row).or_default() += count[g];
-        }
-        let wildcard = rows
-            .iter()
-            .enumerate()
-            .max_by_key(|(g, row)| (same[row], std::cmp::Reverse(*g)))
-            .map(|(_, row)| row.clone())
-            .expect("at least the two root classes");
-        let base = RuleEntry {
-            endpoint_id: self.id,
-            direction,
-            table,
-            peer: PeerMatch::Any,
-            protocol: None,
-            source_port_class: None,
-            ports: Ports::Any,
-            verdict: wildcard.other,
-        };
-        self.out.push(base);
-        push_runs(&mut self.out, base, dims, &wildcard, |_, _, v| {
-            v != wildcard.other
-        });
-        for (ci, &g) in class_group.iter().enumerate() {
-            let row = &rows[g];
-            if *row == wildcard {
-                continue;
+        // Per table: each signature group's row as the first signature group with
+        // an equal row, and the wildcard (the row of the most classes).
+        let mut row_ids: Vec<Vec<usize>> = Vec::with_capacity(tables.len());
+        let mut wildcards: Vec<usize> = Vec::with_capacity(tables.len());
+        for (table, rows) in tables {
+            let mut first: HashMap<&Row, usize> = HashMap::new();
+            let ids: Vec<usize> = rows
+                .iter()
+                .enumerate()
+                .map(|(g, row)| *first.entry(row).or_insert(g))
+                .collect();
+            let mut same = vec![0usize; rows.len()];
+            for (g, &id) in ids.iter().enumerate() {
+                same[id] += count[g];
             }
-            let entry = RuleEntry {
-                peer: PeerMatch::Class(ci as u32 + 1),
+            let wildcard = (0..rows.len())
+                .max_by_key(|&g| (same[ids[g]], std::cmp::Reverse(g)))
+                .map(|g| ids[g])
+                .expect("at least the two root classes");
+            let row = &rows[wildcard];
+            let base = RuleEntry {
+                endpoint_id: self.id,
+                direction,
+                table: *table,
+                peer: PeerMatch::Any,
+                protocol: None,
+                source_port_class: None,
+                ports: Ports::Any,
                 verdict: row.other,
-                ..base
             };
-            if row.other == wildcard.other {
-                push_runs(&mut self.out, entry, dims, row, |d, mut range, _| {
-                    range.any(|i| row.cells[d][i] != wildcard.cells[d][i])
-                });
+            self.out.push(base);
+            push_runs(&mut self.out, base, dims, row, |_, _, v| v != row.other);
+            row_ids.push(ids);
+            wildcards.push(wildcard);
+        }
+        // Local groups: one per distinct tuple of rows (one per table, since
+        // GROUPS_* serves both tables), numbered 1.. in class order.
+        let mut local: HashMap<Vec<usize>, u32> = HashMap::new();
+        let mut representative: Vec<usize> = Vec::new(); // local group - 1 -> signature group
+        let mut group_of: Vec<Option<u32>> = Vec::with_capacity(signature_groups);
+        for g in 0..signature_groups {
+            let tuple: Vec<usize> = row_ids.iter().map(|ids| ids[g]).collect();
+            group_of.push(if tuple == wildcards {
+                None
             } else {
-                self.out.push(entry);
-                push_runs(&mut self.out, entry, dims, row, |_, _, v| v != row.other);
+                Some(*local.entry(tuple).or_insert_with(|| {
+                    representative.push(g);
+                    representative.len() as u32
+                }))
+            });
+        }
+        for (ci, &g) in class_group.iter().enumerate() {
+            if let Some(group) = group_of[g] {
+                self.groups.push(GroupEntry {
+                    endpoint_id: self.id,
+                    direction,
+                    class: ci as u32 + 1,
+                    group,
+                });
+            }
+        }
+        for (k, &g) in representative.iter().enumerate() {
+            for (t, (table, rows)) in tables.iter().enumerate() {
+                let row = &rows[g];
+                let wildcard = &rows[wildcards[t]];
+                if row == wildcard {
+                    continue; // a miss falls back to the wildcard: right
+                }
+                let entry = RuleEntry {
+                    endpoint_id: self.id,
+                    direction,
+                    table: *table,
+                    peer: PeerMatch::Group(k as u32 + 1),
+                    protocol: None,
+                    source_port_class: None,
+                    ports: Ports::Any,
+                    verdict: row.other,
+                };
+                if row.other == wildcard.other {
+                    push_runs(&mut self.out, entry, dims, row, |d, mut range, _| {
+                        range.any(|i| row.cells[d][i] != wildcard.cells[d][i])
+                    });
+                } else {
+                    self.out.push(entry);
+                    push_runs(&mut self.out, entry, dims, row, |_, _, v| v != row.other);
+                }
             }
         }
     }
@@ -1717,11 +1803,12 @@ pub fn summary(c: &Compiled) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "{} endpoints, {} classes ({} of {} prefixes emitted), {} entries ({} keys), {} source-port keys, {} evaluations in {:?}",
+        "{} endpoints, {} classes ({} of {} prefixes emitted), {} group entries, {} entries ({} keys), {} source-port keys, {} evaluations in {:?}",
         c.endpoints.len(),
         s.classes,
         s.peer_prefixes,
         s.prefixes_collected,
+        s.group_entries,
         s.rule_entries,
         s.rule_keys,
         s.source_port_keys,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use agent_common::{RuleKey, SourcePortKey, Verdict, PEER_CLASS_ANY, PEER_CLASS_WORLD};
+use agent_common::{GroupKey, RuleKey, SourcePortKey, Verdict, PEER_CLASS_WORLD, PEER_GROUP_ANY};
 use ipnet::IpNet;
 
 use crate::dataplane::tables::{addr_bytes, direction_code, TableError, TableSet};
@@ -685,6 +685,7 @@ pub struct TableModel {
     peers: HashMap<(u32, [u8; 16]), u32>,
     rules: HashMap<(u32, [u8; 16]), Verdict>,
     sports: HashMap<(u32, [u8; 8]), u8>,
+    groups: HashMap<GroupKey, u32>,
     /// Endpoints with `SPORTS_*` entries: the compiler sets `SOURCE_PORTS` on
     /// exactly these (`compile::tests` checks it).
     source_port_endpoints: std::collections::HashSet<u32>,
@@ -702,7 +703,7 @@ fn sport_key_bytes(k: &SourcePortKey) -> [u8; 8] {
 fn key_bytes(k: &RuleKey) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[0..4].copy_from_slice(&k.endpoint_id.to_ne_bytes());
-    b[4..8].copy_from_slice(&k.peer_class.to_ne_bytes());
+    b[4..8].copy_from_slice(&k.peer_group.to_ne_bytes());
     b[8] = k.direction;
     b[9] = k.table;
     b[10] = k.protocol;
@@ -744,6 +745,7 @@ impl TableModel {
                 .iter()
                 .map(|(l, k, c)| ((*l, mask(sport_key_bytes(k), *l)), *c))
                 .collect(),
+            groups: enc.groups.iter().copied().collect(),
             source_port_endpoints: enc.sports.iter().map(|(_, k, _)| k.endpoint_id).collect(),
         })
     }
@@ -784,6 +786,17 @@ impl TableModel {
             .unwrap_or(PEER_CLASS_WORLD)
     }
 
+    /// The class's group for the endpoint and direction (a miss: the wildcard).
+    pub fn group(&self, endpoint_id: u32, direction: Direction, class: u32) -> u32 {
+        let key = GroupKey {
+            endpoint_id,
+            peer_class: class,
+            direction: direction_code(direction),
+            _pad: [0; 3],
+        };
+        self.groups.get(&key).copied().unwrap_or(PEER_GROUP_ANY)
+    }
+
     fn longest(&self, key: &RuleKey) -> Option<Verdict> {
         let b = key_bytes(key);
         (0..=128u32)
@@ -792,7 +805,8 @@ impl TableModel {
     }
 
     /// What the kernel decides for a flow from source port `src_port` to `port`
-    /// (ICMP: `type << 8 | code`): own class, then the wildcard class, else `NO_ENTRY`.
+    /// (ICMP: `type << 8 | code`): the peer's class, its group, then own group
+    /// (unless the wildcard), then the wildcard group, else `NO_ENTRY`.
     #[allow(clippy::too_many_arguments)]
     pub fn lookup(
         &self,
@@ -804,9 +818,10 @@ impl TableModel {
         src_port: u16,
         port: u16,
     ) -> Verdict {
+        let group = self.group(endpoint_id, direction, self.class(peer));
         let key = RuleKey {
             endpoint_id,
-            peer_class: self.class(peer),
+            peer_group: group,
             direction: direction_code(direction),
             table: u8::from(pending),
             protocol,
@@ -814,15 +829,41 @@ impl TableModel {
             port: port.to_be_bytes(),
             _pad2: [0; 2],
         };
-        self.longest(&key)
-            .or_else(|| {
-                self.longest(&RuleKey {
-                    peer_class: PEER_CLASS_ANY,
-                    ..key
-                })
+        let own = if group == PEER_GROUP_ANY {
+            None
+        } else {
+            self.longest(&key)
+        };
+        own.or_else(|| {
+            self.longest(&RuleKey {
+                peer_group: PEER_GROUP_ANY,
+                ..key
             })
-            .unwrap_or(Verdict::NO_ENTRY)
+        })
+        .unwrap_or(Verdict::NO_ENTRY)
     }
+}
+
+/// [`scale_model`] where every pod has its own label (`pod=<i>`), plus 50
+/// copies of its first policies admitting 20 named pods each (`pod in {..}`):
+/// nearly every pod becomes its own peer class.
+pub fn per_pod_label_model(endpoints: usize, policies: usize, seed: u64) -> Model {
+    let mut model = scale_model(endpoints, policies, seed);
+    for (i, ep) in model.endpoints.iter_mut().enumerate() {
+        ep.labels.insert("pod".into(), i.to_string());
+    }
+    let mut rng = Rng::new(5);
+    for k in 0..50.min(policies) {
+        let mut pol = model.policies[k].clone();
+        pol.id.name = format!("pods{k}");
+        let names: Vec<String> = (0..20)
+            .map(|_| format!("'{}'", rng.below(endpoints)))
+            .collect();
+        pol.ingress[0].source.selector =
+            Some(parse(&format!("pod in {{{}}}", names.join(","))).unwrap());
+        model.policies.push(pol);
+    }
+    model
 }
 
 /// A larger, regular model for timing the compiler: `endpoints` workloads over 10

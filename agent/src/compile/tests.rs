@@ -937,6 +937,49 @@ fn larger_model_compiles_in_parallel_deterministically_and_agrees() {
     agree(&model, &a, &probes);
 }
 
+/// Every pod its own class (`pod in {..}` selectors over a label per pod):
+/// the decision table is keyed by per-endpoint groups of equal rows, so 300
+/// pods x 100 policies fit the default limits (keyed by the global class they
+/// needed 263607 keys, over the 262144 of `RULES_*`), and the tables agree
+/// with the evaluator.
+#[test]
+fn a_class_per_pod_fits_through_peer_groups() {
+    let model = super::testgen::per_pod_label_model(300, 100, 7);
+    let c = compile(&model).unwrap();
+    assert!(c.stats.classes > 300, "{}", c.stats.classes);
+    assert!(c.stats.rule_keys < 262144 / 2, "{}", summary(&c));
+    assert_eq!(c.stats.group_entries, c.tables.groups.len());
+    // Several groups per endpoint and direction, each from one distinct row.
+    let mut per: std::collections::HashMap<(u32, Direction), std::collections::BTreeSet<u32>> =
+        Default::default();
+    for g in &c.tables.groups {
+        per.entry((g.endpoint_id, g.direction))
+            .or_default()
+            .insert(g.group);
+    }
+    assert!(per.values().any(|gs| gs.len() > 2), "{per:?}");
+    let eps: Vec<usize> = c.endpoints.iter().map(|e| e.endpoint_index).collect();
+    let mut rng = Rng::new(17);
+    let probes: Vec<Probe> = (0..3000)
+        .map(|_| random_probe(&mut rng, &model, &eps))
+        .collect();
+    agree(&model, &c, &probes);
+    // The group entries have their own limit, and name the endpoint.
+    let l = Limits {
+        group_entries: c.stats.group_entries - 1,
+        ..Limits::default()
+    };
+    match compile_with_limits(&model, &l) {
+        Err(CompileError::Capacity {
+            limit, needed, max, ..
+        }) => {
+            assert_eq!(limit, "peer-group entries (GROUPS map)");
+            assert_eq!((needed, max), (c.stats.group_entries, l.group_entries));
+        }
+        other => panic!("{:?}", other.map(|c| summary(&c))),
+    }
+}
+
 /// One policy of N rules, each a distinct peer /32 with its own port: every
 /// peer is its own group and the port axis has ~2N intervals, but a group only
 /// evaluates at the breakpoints of the rules that can match it, so evaluator

@@ -651,6 +651,16 @@ fn stabilize_ids(
             }
             None => false,
         });
+    compiled
+        .tables
+        .groups
+        .retain_mut(|g| match map.get(&g.endpoint_id) {
+            Some(&id) => {
+                g.endpoint_id = id;
+                true
+            }
+            None => false,
+        });
     inner.stable_ids = next_stable;
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use agent_common::{
     active_flags, ct_timeout, event_flags, stat, ActiveTables, CtKey, CtValue, EndpointInfo,
-    FlowEvent, RuleKey, SourcePortKey, Verdict,
+    FlowEvent, GroupKey, RuleKey, SourcePortKey, Verdict,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -99,7 +99,7 @@ impl Hook {
 /// The maps shared between agent generations: pinned under `<bpffs>/maps/NAME`
 /// and reused by the next `agent run` (and by upgraded programs). The slice maps
 /// of `agent debug-drop` are not pinned.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 15] = [
     "ENDPOINTS",
     "ACTIVE",
     "PEERS_0",
@@ -108,6 +108,8 @@ pub const PINNED_MAPS: [&str; 13] = [
     "RULES_1",
     "SPORTS_0",
     "SPORTS_1",
+    "GROUPS_0",
+    "GROUPS_1",
     "CONNTRACK",
     "FLOW_EVENTS",
     "DP_COUNTERS",
@@ -667,6 +669,28 @@ impl Dataplane {
         let key = |e: &(u32, SourcePortKey, u8)| format!("{e:?}");
         live.sort_by_cached_key(key);
         want.sort_by_cached_key(key);
+        if live != want {
+            return Ok(false);
+        }
+        let groups_name = if active.generation == 0 {
+            "GROUPS_0"
+        } else {
+            "GROUPS_1"
+        };
+        let map = self
+            .ebpf
+            .map(groups_name)
+            .ok_or(missing("map", groups_name))?;
+        let groups: HashMap<_, GroupKey, u32> =
+            HashMap::try_from(map).map_err(map_err(groups_name))?;
+        let mut live: Vec<(GroupKey, u32)> = groups
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(groups_name))?;
+        let mut want = encoded.groups.clone();
+        let key = |e: &(GroupKey, u32)| (e.0.endpoint_id, e.0.peer_class, e.0.direction);
+        live.sort_by_key(key);
+        want.sort_by_key(key);
         Ok(live == want)
     }
 
@@ -789,6 +813,25 @@ impl Dataplane {
                 sports
                     .insert(&Key::new(*len, *key), class, 0)
                     .map_err(map_err(sports_name))?;
+            }
+        }
+        {
+            let groups_name = if next == 0 { "GROUPS_0" } else { "GROUPS_1" };
+            let map = self
+                .ebpf
+                .map_mut(groups_name)
+                .ok_or(missing("map", groups_name))?;
+            let mut groups: HashMap<_, GroupKey, u32> =
+                HashMap::try_from(map).map_err(map_err(groups_name))?;
+            let old: Vec<GroupKey> = groups
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(groups_name))?;
+            for k in &old {
+                groups.remove(k).map_err(map_err(groups_name))?;
+            }
+            for (key, group) in &encoded.groups {
+                groups.insert(key, group, 0).map_err(map_err(groups_name))?;
             }
         }
         let live = ActiveTables {

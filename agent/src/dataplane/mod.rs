@@ -11,7 +11,8 @@ pub mod tables;
 
 pub use loader::{monotonic_coarse_ns, Counters, CtSweep, Dataplane, FlowRecord, Hook, Links};
 pub use tables::{
-    port_range_prefixes, PeerMatch, PortMatch, RuleEntry, SourcePortEntry, Table, TableSet,
+    port_range_prefixes, GroupEntry, PeerMatch, PortMatch, RuleEntry, SourcePortEntry, Table,
+    TableSet,
 };
 
 /// The eBPF object, compiled from `ebpf/` for the BPF target at build time.

@@ -1,10 +1,10 @@
-//! What the compiler hands the loader: peer classes, source-port classes and
-//! decision-table entries, and their encoding into the `PEERS_*` / `SPORTS_*` /
-//! `RULES_*` LPM keys.
+//! What the compiler hands the loader: peer classes, per-endpoint peer groups,
+//! source-port classes and decision-table entries, and their encoding into the
+//! `PEERS_*` / `SPORTS_*` / `RULES_*` LPM keys and `GROUPS_*` hash keys.
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use agent_common::{direction, table, RuleKey, SourcePortKey, Verdict, PEER_CLASS_ANY};
+use agent_common::{direction, table, GroupKey, RuleKey, SourcePortKey, Verdict, PEER_GROUP_ANY};
 use ipnet::IpNet;
 
 use crate::model::ir::Direction;
@@ -21,9 +21,11 @@ pub enum Table {
 /// Which peers an entry covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PeerMatch {
-    /// A class from `TableSet::peers` (0 = addresses no prefix covers).
-    Class(u32),
-    /// Probed when the peer's own class has no entry.
+    /// A peer group of the entry's endpoint and direction (`TableSet::groups`
+    /// maps classes to it).
+    Group(u32),
+    /// The wildcard group: classes without a group entry, and the fallback
+    /// probed when the peer's own group has no entry.
     Any,
 }
 
@@ -39,8 +41,8 @@ pub enum PortMatch {
 }
 
 /// One cell of an endpoint's decision table. Entries may overlap: the most specific
-/// one wins (exact class over `PeerMatch::Any` — a separate probe —, then within one
-/// class the longest prefix: protocol over any protocol, a narrower port prefix over
+/// one wins (own group over `PeerMatch::Any` — a separate probe —, then within one
+/// group the longest prefix: protocol over any protocol, a narrower port prefix over
 /// a wider one). The compiler must make every overlap mean "exception to the wider".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleEntry {
@@ -73,6 +75,27 @@ pub struct SourcePortEntry {
     pub class: u8,
 }
 
+/// Peer class `class` is in group `group` for this endpoint and direction (both
+/// tables); classes without an entry are in the wildcard group (`PeerMatch::Any`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupEntry {
+    pub endpoint_id: u32,
+    pub direction: Direction,
+    pub class: u32,
+    pub group: u32,
+}
+
+impl GroupEntry {
+    pub fn key(&self) -> GroupKey {
+        GroupKey {
+            endpoint_id: self.endpoint_id,
+            peer_class: self.class,
+            direction: direction_code(self.direction),
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// A complete set of tables, written into the inactive copy and switched to at once.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TableSet {
@@ -81,6 +104,8 @@ pub struct TableSet {
     pub rules: Vec<RuleEntry>,
     /// Source-port classes (only endpoints flagged `SOURCE_PORTS` have entries).
     pub sports: Vec<SourcePortEntry>,
+    /// Peer groups (classes an endpoint treats like its wildcard have none).
+    pub groups: Vec<GroupEntry>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,6 +126,10 @@ pub enum TableError {
     PeerConflict(IpNet),
     #[error("peer class {0} is reserved (u32::MAX is the wildcard)")]
     ReservedClass(u32),
+    #[error("peer group {0} is reserved (u32::MAX is the wildcard)")]
+    ReservedGroup(u32),
+    #[error("conflicting peer groups for the same key: {0:?}")]
+    GroupConflict(GroupKey),
     #[error("{what}: {count} entries exceed the map's capacity of {max}")]
     Capacity {
         what: &'static str,
@@ -165,12 +194,12 @@ impl RuleEntry {
     pub fn keys(&self) -> Result<Vec<(u32, RuleKey)>, TableError> {
         let base = RuleKey {
             endpoint_id: self.endpoint_id,
-            peer_class: match self.peer {
-                PeerMatch::Class(c) if c == PEER_CLASS_ANY => {
-                    return Err(TableError::ReservedClass(c))
+            peer_group: match self.peer {
+                PeerMatch::Group(g) if g == PEER_GROUP_ANY => {
+                    return Err(TableError::ReservedGroup(g))
                 }
-                PeerMatch::Class(c) => c,
-                PeerMatch::Any => PEER_CLASS_ANY,
+                PeerMatch::Group(g) => g,
+                PeerMatch::Any => PEER_GROUP_ANY,
             },
             direction: direction_code(self.direction),
             table: match self.table {
@@ -252,15 +281,39 @@ pub struct Encoded {
     pub peers: Vec<(u32, [u8; 16], u32)>,
     pub rules: Vec<(u32, RuleKey, Verdict)>,
     pub sports: Vec<(u32, SourcePortKey, u8)>,
+    pub groups: Vec<(GroupKey, u32)>,
 }
 
 impl TableSet {
+    /// For hand-written tables: puts every class that a `PeerMatch::Group(g)`
+    /// entry names by number (g) into group g of that entry's endpoint and
+    /// direction, so that "group g" reads as "class g".
+    pub fn with_identity_groups(mut self) -> Self {
+        let mut seen: std::collections::HashSet<GroupEntry> = self.groups.iter().copied().collect();
+        for r in &self.rules {
+            if let PeerMatch::Group(g) = r.peer {
+                let e = GroupEntry {
+                    endpoint_id: r.endpoint_id,
+                    direction: r.direction,
+                    class: g,
+                    group: g,
+                };
+                if seen.insert(e) {
+                    self.groups.push(e);
+                }
+            }
+        }
+        self
+    }
+
     pub fn encode(&self) -> Result<Encoded, TableError> {
-        use agent_common::limits::{MAX_PEER_PREFIXES, MAX_RULE_ENTRIES, MAX_SOURCE_PORT_ENTRIES};
+        use agent_common::limits::{
+            MAX_GROUP_ENTRIES, MAX_PEER_PREFIXES, MAX_RULE_ENTRIES, MAX_SOURCE_PORT_ENTRIES,
+        };
         let mut peers: HashMap<(u32, [u8; 16]), u32> = HashMap::new();
         let mut out = Encoded::default();
         for (net, class) in &self.peers {
-            if *class == PEER_CLASS_ANY {
+            if *class == u32::MAX {
                 return Err(TableError::ReservedClass(*class));
             }
             let net = net.trunc();
@@ -294,6 +347,25 @@ impl TableSet {
                     None => out.sports.push((len, key, entry.class)),
                 }
             }
+        }
+        let mut groups: HashMap<GroupKey, u32> = HashMap::new();
+        for entry in &self.groups {
+            if entry.group == PEER_GROUP_ANY {
+                return Err(TableError::ReservedGroup(entry.group));
+            }
+            let key = entry.key();
+            match groups.insert(key, entry.group) {
+                Some(old) if old != entry.group => return Err(TableError::GroupConflict(key)),
+                Some(_) => {}
+                None => out.groups.push((key, entry.group)),
+            }
+        }
+        if out.groups.len() > MAX_GROUP_ENTRIES as usize {
+            return Err(TableError::Capacity {
+                what: "peer-group entries",
+                count: out.groups.len(),
+                max: MAX_GROUP_ENTRIES,
+            });
         }
         if out.sports.len() > MAX_SOURCE_PORT_ENTRIES as usize {
             return Err(TableError::Capacity {
@@ -395,7 +467,7 @@ mod tests {
         assert_eq!(k.len(), 1);
         assert_eq!(k[0].0, 104);
         assert_eq!(k[0].1.port, [8, 0]);
-        assert_eq!(k[0].1.peer_class, u32::MAX);
+        assert_eq!(k[0].1.peer_group, u32::MAX);
         let any = RuleEntry {
             protocol: None,
             source_port_class: None,
@@ -423,7 +495,7 @@ mod tests {
             endpoint_id: 7,
             direction: Direction::Ingress,
             table: Table::Enforced,
-            peer: PeerMatch::Class(2),
+            peer: PeerMatch::Group(2),
             protocol: Some(17),
             source_port_class: Some(3),
             ports: PortMatch::Range(53, 53),
@@ -481,7 +553,7 @@ mod tests {
             endpoint_id: 1,
             direction: Direction::Egress,
             table: Table::Enforced,
-            peer: PeerMatch::Class(3),
+            peer: PeerMatch::Group(3),
             protocol: Some(6),
             source_port_class: Some(0),
             ports: PortMatch::Range(80, 80),
