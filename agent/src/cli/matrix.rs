@@ -144,16 +144,7 @@ pub fn run(args: MatrixArgs) -> ExitCode {
 /// The destination ports the policies mention (see the module docs), or TCP/80.
 pub fn default_ports(model: &Model) -> Vec<PortSpec> {
     let mut ports = BTreeSet::new();
-    let rules = model
-        .policies
-        .iter()
-        .flat_map(|p| p.ingress.iter().chain(&p.egress))
-        .chain(
-            model
-                .profiles
-                .iter()
-                .flat_map(|p| p.ingress.iter().chain(&p.egress)),
-        );
+    let rules = model.all_rules();
     for rule in rules {
         let protocol = rule
             .protocol

@@ -643,16 +643,7 @@ fn aim_at_source_ports(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Opt
 /// neighbour), else mostly one of [`SOURCE_PORTS`], sometimes any port.
 pub fn random_source_port(rng: &mut Rng, model: &Model) -> u16 {
     let mut bounds: Vec<u16> = Vec::new();
-    let rules = model
-        .policies
-        .iter()
-        .flat_map(|p| p.ingress.iter().chain(&p.egress))
-        .chain(
-            model
-                .profiles
-                .iter()
-                .flat_map(|p| p.ingress.iter().chain(&p.egress)),
-        );
+    let rules = model.all_rules();
     for m in rules.flat_map(|r| r.source.ports.iter().chain(&r.source.not_ports)) {
         match m {
             PortMatch::Range(r) => bounds.extend([

@@ -370,3 +370,18 @@ pub struct Model {
     pub network_sets: Vec<NetworkSet>,
     pub failsafes: Failsafes,
 }
+
+impl Model {
+    /// Every rule of every policy (enforced and staged) and profile, both directions.
+    pub fn all_rules(&self) -> impl Iterator<Item = &Rule> {
+        let policies = self
+            .policies
+            .iter()
+            .flat_map(|p| p.ingress.iter().chain(&p.egress));
+        let profiles = self
+            .profiles
+            .iter()
+            .flat_map(|p| p.ingress.iter().chain(&p.egress));
+        policies.chain(profiles)
+    }
+}
