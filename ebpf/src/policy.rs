@@ -154,6 +154,28 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
 }
 
 /// True when `(a, ap) <= (b, bp)` (addresses compared as big-endian numbers).
+/// The conntrack key of a packet (src, sport) -> (dst, dport): the lower
+/// (address, port) side first, so both directions share it; and whether the
+/// packet's source is that lower side.
+#[inline(always)]
+fn ct_key(src: &[u8; 16], sport: u16, dst: &[u8; 16], dport: u16, protocol: u8) -> (CtKey, bool) {
+    let src_is_lo = lower_or_equal(src, sport, dst, dport);
+    let (addr_lo, port_lo, addr_hi, port_hi) = if src_is_lo {
+        (*src, sport, *dst, dport)
+    } else {
+        (*dst, dport, *src, sport)
+    };
+    let key = CtKey {
+        addr_lo,
+        addr_hi,
+        port_lo,
+        port_hi,
+        protocol,
+        _pad: [0; 3],
+    };
+    (key, src_is_lo)
+}
+
 #[inline(always)]
 fn lower_or_equal(a: &[u8; 16], ap: u16, b: &[u8; 16], bp: u16) -> bool {
     let (a0, a1) = halves(a);
@@ -232,26 +254,7 @@ fn related_approved(ctx: &TcContext, pkt: &Parsed, hook_dir: u8) -> bool {
     let Some(q) = quoted(ctx, pkt) else {
         return false;
     };
-    let q_is_lo = lower_or_equal(&q.src, q.sport, &q.dst, q.dport);
-    let key = if q_is_lo {
-        CtKey {
-            addr_lo: q.src,
-            addr_hi: q.dst,
-            port_lo: q.sport,
-            port_hi: q.dport,
-            protocol: q.protocol,
-            _pad: [0; 3],
-        }
-    } else {
-        CtKey {
-            addr_lo: q.dst,
-            addr_hi: q.src,
-            port_lo: q.dport,
-            port_hi: q.sport,
-            protocol: q.protocol,
-            _pad: [0; 3],
-        }
-    };
+    let (key, q_is_lo) = ct_key(&q.src, q.sport, &q.dst, q.dport, q.protocol);
     // SAFETY: read-only use of the map value.
     let Some(ct) = (unsafe { CONNTRACK.get(&key) }) else {
         return false;
@@ -279,26 +282,7 @@ fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook_dir: u8) -> 
     // bpf_ktime_get_ns in a VM); events carry the precise time.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let pkt_is_lo = lower_or_equal(&pkt.src, pkt.ct_sport, &pkt.dst, pkt.ct_dport);
-    let key = if pkt_is_lo {
-        CtKey {
-            addr_lo: pkt.src,
-            addr_hi: pkt.dst,
-            port_lo: pkt.ct_sport,
-            port_hi: pkt.ct_dport,
-            protocol: pkt.protocol,
-            _pad: [0; 3],
-        }
-    } else {
-        CtKey {
-            addr_lo: pkt.dst,
-            addr_hi: pkt.src,
-            port_lo: pkt.ct_dport,
-            port_hi: pkt.ct_sport,
-            protocol: pkt.protocol,
-            _pad: [0; 3],
-        }
-    };
+    let (key, pkt_is_lo) = ct_key(&pkt.src, pkt.ct_sport, &pkt.dst, pkt.ct_dport, pkt.protocol);
 
     if pkt.track {
         if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
