@@ -360,33 +360,19 @@ impl TableSet {
                 None => out.groups.push((key, entry.group)),
             }
         }
-        if out.groups.len() > MAX_GROUP_ENTRIES as usize {
-            return Err(TableError::Capacity {
-                what: "peer-group entries",
-                count: out.groups.len(),
-                max: MAX_GROUP_ENTRIES,
-            });
-        }
-        if out.sports.len() > MAX_SOURCE_PORT_ENTRIES as usize {
-            return Err(TableError::Capacity {
-                what: "source-port entries",
-                count: out.sports.len(),
-                max: MAX_SOURCE_PORT_ENTRIES,
-            });
-        }
-        if out.peers.len() > MAX_PEER_PREFIXES as usize {
-            return Err(TableError::Capacity {
-                what: "peer prefixes",
-                count: out.peers.len(),
-                max: MAX_PEER_PREFIXES,
-            });
-        }
-        if out.rules.len() > MAX_RULE_ENTRIES as usize {
-            return Err(TableError::Capacity {
-                what: "rule entries",
-                count: out.rules.len(),
-                max: MAX_RULE_ENTRIES,
-            });
+        for (what, count, max) in [
+            ("peer-group entries", out.groups.len(), MAX_GROUP_ENTRIES),
+            (
+                "source-port entries",
+                out.sports.len(),
+                MAX_SOURCE_PORT_ENTRIES,
+            ),
+            ("peer prefixes", out.peers.len(), MAX_PEER_PREFIXES),
+            ("rule entries", out.rules.len(), MAX_RULE_ENTRIES),
+        ] {
+            if count > max as usize {
+                return Err(TableError::Capacity { what, count, max });
+            }
         }
         Ok(out)
     }
