@@ -391,6 +391,14 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneE
     move |source| DataplaneError::Map { name, source }
 }
 
+/// The same entries in any order (map iteration order is the kernel's).
+fn same_entries<T: std::fmt::Debug + PartialEq>(mut live: Vec<T>, mut want: Vec<T>) -> bool {
+    let key = |e: &T| format!("{e:?}");
+    live.sort_by_cached_key(key);
+    want.sort_by_cached_key(key);
+    live == want
+}
+
 fn missing(what: &'static str, name: &'static str) -> DataplaneError {
     DataplaneError::Missing { what, name }
 }
@@ -608,90 +616,42 @@ impl Dataplane {
     /// established flows are not re-judged needlessly).
     pub fn live_tables_equal(&self, tables: &TableSet) -> Result<bool, DataplaneError> {
         let encoded = tables.encode()?;
-        let active = self.active()?;
-        let (peers_name, rules_name) = if active.generation == 0 {
-            ("PEERS_0", "RULES_0")
-        } else {
-            ("PEERS_1", "RULES_1")
-        };
-        let map = self
-            .ebpf
-            .map(peers_name)
-            .ok_or(missing("map", peers_name))?;
-        let peers: LpmTrie<_, [u8; 16], u32> =
-            LpmTrie::try_from(map).map_err(map_err(peers_name))?;
-        let mut live: Vec<(u32, [u8; 16], u32)> = peers
-            .iter()
-            .map(|r| r.map(|(k, v)| (k.prefix_len(), k.data(), v)))
-            .collect::<Result<_, _>>()
-            .map_err(map_err(peers_name))?;
-        let mut want = encoded.peers.clone();
-        live.sort();
-        want.sort();
-        if live != want {
+        let live = usize::from(self.active()?.generation != 0);
+        let copy = |names: [&'static str; 2]| names[live];
+        let peers: Vec<(u32, [u8; 16], u32)> = self.lpm_entries(copy(["PEERS_0", "PEERS_1"]))?;
+        if !same_entries(peers, encoded.peers.clone()) {
             return Ok(false);
         }
-        let map = self
-            .ebpf
-            .map(rules_name)
-            .ok_or(missing("map", rules_name))?;
-        let rules: LpmTrie<_, RuleKey, Verdict> =
-            LpmTrie::try_from(map).map_err(map_err(rules_name))?;
-        let mut live: Vec<(u32, RuleKey, Verdict)> = rules
-            .iter()
-            .map(|r| r.map(|(k, v)| (k.prefix_len(), k.data(), v)))
-            .collect::<Result<_, _>>()
-            .map_err(map_err(rules_name))?;
-        let mut want = encoded.rules.clone();
-        let key = |e: &(u32, RuleKey, Verdict)| format!("{e:?}");
-        live.sort_by_cached_key(key);
-        want.sort_by_cached_key(key);
-        if live != want {
+        let rules: Vec<(u32, RuleKey, Verdict)> = self.lpm_entries(copy(["RULES_0", "RULES_1"]))?;
+        if !same_entries(rules, encoded.rules.clone()) {
             return Ok(false);
         }
-        let sports_name = if active.generation == 0 {
-            "SPORTS_0"
-        } else {
-            "SPORTS_1"
-        };
-        let map = self
-            .ebpf
-            .map(sports_name)
-            .ok_or(missing("map", sports_name))?;
-        let sports: LpmTrie<_, SourcePortKey, u8> =
-            LpmTrie::try_from(map).map_err(map_err(sports_name))?;
-        let mut live: Vec<(u32, SourcePortKey, u8)> = sports
-            .iter()
-            .map(|r| r.map(|(k, v)| (k.prefix_len(), k.data(), v)))
-            .collect::<Result<_, _>>()
-            .map_err(map_err(sports_name))?;
-        let mut want = encoded.sports.clone();
-        let key = |e: &(u32, SourcePortKey, u8)| format!("{e:?}");
-        live.sort_by_cached_key(key);
-        want.sort_by_cached_key(key);
-        if live != want {
+        let sports: Vec<(u32, SourcePortKey, u8)> =
+            self.lpm_entries(copy(["SPORTS_0", "SPORTS_1"]))?;
+        if !same_entries(sports, encoded.sports.clone()) {
             return Ok(false);
         }
-        let groups_name = if active.generation == 0 {
-            "GROUPS_0"
-        } else {
-            "GROUPS_1"
-        };
-        let map = self
-            .ebpf
-            .map(groups_name)
-            .ok_or(missing("map", groups_name))?;
-        let groups: HashMap<_, GroupKey, u32> =
-            HashMap::try_from(map).map_err(map_err(groups_name))?;
-        let mut live: Vec<(GroupKey, u32)> = groups
+        let name = copy(["GROUPS_0", "GROUPS_1"]);
+        let map = self.ebpf.map(name).ok_or(missing("map", name))?;
+        let groups: HashMap<_, GroupKey, u32> = HashMap::try_from(map).map_err(map_err(name))?;
+        let live: Vec<(GroupKey, u32)> = groups
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(map_err(groups_name))?;
-        let mut want = encoded.groups.clone();
-        let key = |e: &(GroupKey, u32)| (e.0.endpoint_id, e.0.peer_class, e.0.direction);
-        live.sort_by_key(key);
-        want.sort_by_key(key);
-        Ok(live == want)
+            .map_err(map_err(name))?;
+        Ok(same_entries(live, encoded.groups.clone()))
+    }
+
+    /// Every entry of the LPM trie `name` as (prefix length, key, value).
+    fn lpm_entries<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(u32, K, V)>, DataplaneError> {
+        let map = self.ebpf.map(name).ok_or(missing("map", name))?;
+        let trie: LpmTrie<_, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+        trie.iter()
+            .map(|r| r.map(|(k, v)| (k.prefix_len(), k.data(), v)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(name))
     }
 
     /// Polices the interface `ifindex` as endpoint `info` (replaces an earlier entry).
