@@ -380,6 +380,21 @@ fn metrics_and_an_endpoint_leaving_the_datastore() {
         metrics.contains("agent_conntrack_swept_total "),
         "{metrics}"
     );
+    // The periodic sweep (every 10 s, on its own handle of the pinned map) has
+    // seen the flows of the probes above, still within their timeouts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let st = agent.status();
+        if st["conntrack"]["entries"].as_u64().is_some_and(|n| n > 0) {
+            assert_eq!(st["conntrack"]["max"], 262144, "{st:#}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no conntrack sweep saw the live flows: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // Take prod/frontend out of the datastore: its interface is released.
     let file = dir.join("00-endpoints.yaml");

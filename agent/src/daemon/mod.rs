@@ -325,15 +325,26 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         });
     }
     {
+        // Its own handle on the pinned map: a sweep of a full table takes a
+        // while and must not hold up event draining or reloads.
+        let mut conntrack = crate::dataplane::pinned_conntrack(&opts.bpffs)?;
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(CONNTRACK_SWEEP);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let shared = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || sweep_conntrack(&shared)).await;
+        std::thread::spawn(move || loop {
+            std::thread::sleep(CONNTRACK_SWEEP);
+            let sweep = crate::dataplane::sweep_conntrack(
+                &mut conntrack,
+                crate::dataplane::monotonic_coarse_ns(),
+            );
+            if sweep.removed > 0 {
+                tracing::debug!(
+                    removed = sweep.removed,
+                    live = sweep.live,
+                    "conntrack sweep"
+                );
             }
+            let mut inner = lock(&shared.inner);
+            inner.conntrack_live = sweep.live;
+            inner.conntrack_swept += sweep.removed as u64;
         });
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -372,28 +383,6 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!(bpffs = %opts.bpffs.display(), "programs stay attached and enforcing (pinned); `agent cleanup` removes them");
     }
     Ok(())
-}
-
-/// Deletes idle conntrack entries (the kernel already ignores them).
-fn sweep_conntrack(shared: &Shared) {
-    let mut inner = lock(&shared.inner);
-    match inner
-        .dp
-        .sweep_conntrack(crate::dataplane::monotonic_coarse_ns())
-    {
-        Ok(sweep) => {
-            inner.conntrack_live = sweep.live;
-            inner.conntrack_swept += sweep.removed as u64;
-            if sweep.removed > 0 {
-                tracing::debug!(
-                    removed = sweep.removed,
-                    live = sweep.live,
-                    "conntrack sweep"
-                );
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "conntrack sweep"),
-    }
 }
 
 /// Moves flow events from the ring buffer into the flow table and to subscribers.

@@ -1,6 +1,7 @@
 //! The policy dataplane: loads `from_endpoint` / `to_endpoint`, attaches them to
 //! interfaces, fills the maps (double-buffered tables, one atomic switch per
 //! update), reads counters and flow events.
+use std::borrow::BorrowMut;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,49 @@ use crate::model::ir::Direction;
 pub struct CtSweep {
     pub live: usize,
     pub removed: usize,
+}
+
+/// Deletes conntrack entries idle longer than their timeout
+/// (`ct_timeout::idle`) at `now_ns` (CLOCK_MONOTONIC_COARSE, the kernel's clock
+/// for `last_seen_ns`; see [`monotonic_coarse_ns`]).
+///
+/// The kernel already treats such an entry as a miss, so deleting it changes no
+/// verdict; it frees the slot before LRU pressure would evict a live flow. Each
+/// entry is re-read just before its delete, so one refreshed by a packet since
+/// the scan is kept (a packet landing in the microseconds between that read and
+/// the delete would be re-judged as a new flow).
+pub fn sweep_conntrack<T: BorrowMut<MapData>>(
+    ct: &mut HashMap<T, CtKey, CtValue>,
+    now_ns: u64,
+) -> CtSweep {
+    let expired = |k: &CtKey, v: &CtValue| {
+        now_ns.saturating_sub(v.last_seen_ns) > ct_timeout::idle(k.protocol, v.tcp_state)
+    };
+    let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).collect();
+    let mut sweep = CtSweep::default();
+    for key in keys {
+        match ct.get(&key, 0) {
+            // A failed delete: evicted meanwhile by LRU.
+            Ok(v) if expired(&key, &v) => {
+                if ct.remove(&key).is_ok() {
+                    sweep.removed += 1;
+                }
+            }
+            Ok(_) => sweep.live += 1,
+            Err(_) => {}
+        }
+    }
+    sweep
+}
+
+/// The pinned `CONNTRACK` map under `pin_dir` as a handle of its own, so that a
+/// sweep can run without holding the [`Dataplane`].
+pub fn pinned_conntrack(
+    pin_dir: &Path,
+) -> Result<HashMap<MapData, CtKey, CtValue>, DataplaneError> {
+    let data =
+        MapData::from_pin(pin_dir.join("maps").join("CONNTRACK")).map_err(map_err("CONNTRACK"))?;
+    HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err("CONNTRACK"))
 }
 
 /// CLOCK_MONOTONIC_COARSE in ns: the clock of `CtValue::last_seen_ns`
@@ -812,35 +856,9 @@ impl Dataplane {
         HashMap::try_from(map).map_err(map_err("CONNTRACK"))
     }
 
-    /// Deletes conntrack entries idle longer than their timeout
-    /// (`ct_timeout::idle`) at `now_ns` (CLOCK_MONOTONIC_COARSE, the kernel's
-    /// clock for `last_seen_ns`; see [`monotonic_coarse_ns`]).
-    ///
-    /// The kernel already treats such an entry as a miss, so deleting it changes
-    /// no verdict; it frees the slot before LRU pressure would evict a live
-    /// flow. Each entry is re-read just before its delete, so one refreshed by a
-    /// packet since the scan is kept (a packet landing in the microseconds
-    /// between that read and the delete would be re-judged as a new flow).
+    /// [`sweep_conntrack`] on this dataplane's conntrack map.
     pub fn sweep_conntrack(&mut self, now_ns: u64) -> Result<CtSweep, DataplaneError> {
-        let expired = |k: &CtKey, v: &CtValue| {
-            now_ns.saturating_sub(v.last_seen_ns) > ct_timeout::idle(k.protocol, v.tcp_state)
-        };
-        let mut ct = self.conntrack()?;
-        let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).collect();
-        let mut sweep = CtSweep::default();
-        for key in keys {
-            match ct.get(&key, 0) {
-                // A failed delete: evicted meanwhile by LRU.
-                Ok(v) if expired(&key, &v) => {
-                    if ct.remove(&key).is_ok() {
-                        sweep.removed += 1;
-                    }
-                }
-                Ok(_) => sweep.live += 1,
-                Err(_) => {}
-            }
-        }
-        Ok(sweep)
+        Ok(sweep_conntrack(&mut self.conntrack()?, now_ns))
     }
 
     /// Counters summed over CPUs.

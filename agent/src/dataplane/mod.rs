@@ -9,7 +9,10 @@ pub mod loader;
 pub mod slice;
 pub mod tables;
 
-pub use loader::{monotonic_coarse_ns, Counters, CtSweep, Dataplane, FlowRecord, Hook, Links};
+pub use loader::{
+    monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, Counters, CtSweep, Dataplane,
+    FlowRecord, Hook, Links,
+};
 pub use tables::{
     port_range_prefixes, GroupEntry, PeerMatch, PortMatch, RuleEntry, SourcePortEntry, Table,
     TableSet,
