@@ -753,90 +753,23 @@ impl Dataplane {
         let encoded = tables.encode()?;
         let active = self.active()?;
         let next = active.generation ^ 1;
-        let (peers_name, rules_name) = if next == 0 {
-            ("PEERS_0", "RULES_0")
-        } else {
-            ("PEERS_1", "RULES_1")
-        };
-        {
-            let map = self
-                .ebpf
-                .map_mut(peers_name)
-                .ok_or(missing("map", peers_name))?;
-            let mut peers: LpmTrie<_, [u8; 16], u32> =
-                LpmTrie::try_from(map).map_err(map_err(peers_name))?;
-            let old: Vec<Key<[u8; 16]>> = peers
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(map_err(peers_name))?;
-            for k in &old {
-                peers.remove(k).map_err(map_err(peers_name))?;
-            }
-            for (len, addr, class) in &encoded.peers {
-                peers
-                    .insert(&Key::new(*len, *addr), class, 0)
-                    .map_err(map_err(peers_name))?;
-            }
+        let copy = |names: [&'static str; 2]| names[next as usize];
+        self.refill_lpm(copy(["PEERS_0", "PEERS_1"]), &encoded.peers)?;
+        self.refill_lpm(copy(["RULES_0", "RULES_1"]), &encoded.rules)?;
+        self.refill_lpm(copy(["SPORTS_0", "SPORTS_1"]), &encoded.sports)?;
+        let name = copy(["GROUPS_0", "GROUPS_1"]);
+        let map = self.ebpf.map_mut(name).ok_or(missing("map", name))?;
+        let mut groups: HashMap<_, GroupKey, u32> =
+            HashMap::try_from(map).map_err(map_err(name))?;
+        let old: Vec<GroupKey> = groups
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(name))?;
+        for k in &old {
+            groups.remove(k).map_err(map_err(name))?;
         }
-        {
-            let map = self
-                .ebpf
-                .map_mut(rules_name)
-                .ok_or(missing("map", rules_name))?;
-            let mut rules: LpmTrie<_, RuleKey, Verdict> =
-                LpmTrie::try_from(map).map_err(map_err(rules_name))?;
-            let old: Vec<Key<RuleKey>> = rules
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(map_err(rules_name))?;
-            for k in &old {
-                rules.remove(k).map_err(map_err(rules_name))?;
-            }
-            for (len, key, verdict) in &encoded.rules {
-                rules
-                    .insert(&Key::new(*len, *key), verdict, 0)
-                    .map_err(map_err(rules_name))?;
-            }
-        }
-        {
-            let sports_name = if next == 0 { "SPORTS_0" } else { "SPORTS_1" };
-            let map = self
-                .ebpf
-                .map_mut(sports_name)
-                .ok_or(missing("map", sports_name))?;
-            let mut sports: LpmTrie<_, SourcePortKey, u8> =
-                LpmTrie::try_from(map).map_err(map_err(sports_name))?;
-            let old: Vec<Key<SourcePortKey>> = sports
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(map_err(sports_name))?;
-            for k in &old {
-                sports.remove(k).map_err(map_err(sports_name))?;
-            }
-            for (len, key, class) in &encoded.sports {
-                sports
-                    .insert(&Key::new(*len, *key), class, 0)
-                    .map_err(map_err(sports_name))?;
-            }
-        }
-        {
-            let groups_name = if next == 0 { "GROUPS_0" } else { "GROUPS_1" };
-            let map = self
-                .ebpf
-                .map_mut(groups_name)
-                .ok_or(missing("map", groups_name))?;
-            let mut groups: HashMap<_, GroupKey, u32> =
-                HashMap::try_from(map).map_err(map_err(groups_name))?;
-            let old: Vec<GroupKey> = groups
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(map_err(groups_name))?;
-            for k in &old {
-                groups.remove(k).map_err(map_err(groups_name))?;
-            }
-            for (key, group) in &encoded.groups {
-                groups.insert(key, group, 0).map_err(map_err(groups_name))?;
-            }
+        for (key, group) in &encoded.groups {
+            groups.insert(key, group, 0).map_err(map_err(name))?;
         }
         let live = ActiveTables {
             generation: next,
@@ -845,6 +778,29 @@ impl Dataplane {
         };
         self.set_active(live)?;
         Ok(live)
+    }
+
+    /// Replaces every entry of the LPM trie `name` with `entries`
+    /// (prefix length, key, value).
+    fn refill_lpm<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        entries: &[(u32, K, V)],
+    ) -> Result<(), DataplaneError> {
+        let map = self.ebpf.map_mut(name).ok_or(missing("map", name))?;
+        let mut trie: LpmTrie<_, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+        let old: Vec<Key<K>> = trie
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(name))?;
+        for k in &old {
+            trie.remove(k).map_err(map_err(name))?;
+        }
+        for (len, key, value) in entries {
+            trie.insert(&Key::new(*len, *key), value, 0)
+                .map_err(map_err(name))?;
+        }
+        Ok(())
     }
 
     /// The conntrack table (LRU hash), for inspection, flushing and tests.
