@@ -94,18 +94,25 @@ fn require_ci_capabilities() -> Result<()> {
     Ok(())
 }
 
-/// Runs cargo from the workspace root with the inherited toolchain.
+/// Runs cargo from the workspace root with the pinned userspace toolchain
+/// (`toolchain.toml`), whatever toolchain `cargo xtask` itself started on.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+    let status = pinned_cargo()?
         .args(args)
         .current_dir(workspace_root())
         .status()
-        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// `cargo` through rustup's proxy, on the pinned userspace toolchain.
+pub fn pinned_cargo() -> Result<Command> {
+    let mut cmd = Command::new("cargo");
+    cmd.env("RUSTUP_TOOLCHAIN", setup::user_channel()?);
+    Ok(cmd)
 }
 
 pub fn workspace_root() -> std::path::PathBuf {

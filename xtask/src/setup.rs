@@ -117,14 +117,28 @@ fn ensure_toolchain(channel: &str, components: &[&str]) -> Result<()> {
     for c in components {
         cmd.args(["--component", c]);
     }
-    run_cmd(&mut cmd)
+    run_cmd(&mut cmd).with_context(|| {
+        format!(
+            "rustup could not install the pinned toolchain {channel} (download refused or \
+             failed: see rustup's message above). The build needs it; install it by hand with \
+             `rustup toolchain install {channel} --profile minimal{}` on a machine that can \
+             download it, then run this again",
+            components
+                .iter()
+                .map(|c| format!(" --component {c}"))
+                .collect::<String>()
+        )
+    })
+}
+
+/// The userspace channel pinned in `toolchain.toml` (see that file for why it
+/// is not a rust-toolchain.toml).
+pub fn user_channel() -> Result<String> {
+    pinned_channel("toolchain.toml")
 }
 
 fn user_toolchain() -> Result<()> {
-    ensure_toolchain(
-        &pinned_channel("rust-toolchain.toml")?,
-        USER_TOOLCHAIN_COMPONENTS,
-    )
+    ensure_toolchain(&user_channel()?, USER_TOOLCHAIN_COMPONENTS)
 }
 
 fn ebpf_toolchain() -> Result<()> {
@@ -141,9 +155,8 @@ fn bpf_linker() -> Result<()> {
     eprintln!(
         "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)"
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_cmd(
-        Command::new(cargo)
+        crate::pinned_cargo()?
             .args([
                 "install",
                 "bpf-linker",
