@@ -331,16 +331,28 @@ fn metrics_and_an_endpoint_leaving_the_datastore() {
     let agent = Agent::start_with(&lab, &dir, &["--metrics", "127.0.0.1:9464"]);
     agent.wait_attached(3);
     assert_seed_enforced(&s);
-    let scrape = || {
-        lab.node().run(|| {
+    let get = |path: &str| {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        lab.node().run(move || {
             use std::io::{Read, Write};
             let mut c = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
-            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            c.write_all(request.as_bytes()).unwrap();
             let mut body = String::new();
             c.read_to_string(&mut body).unwrap();
             body
         })
     };
+    let scrape = || get("/metrics");
+    // Health like felix and cilium-agent: live, ready once the tables are
+    // installed (they are: the endpoints are attached), nothing else served.
+    let healthz = get("/healthz");
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let readyz = get("/readyz");
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    assert!(readyz.ends_with("ready\n"), "{readyz}");
+    let other = get("/debug/pprof");
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
     // frontend -> backend is allowed but the staged lockdown would deny it;
     // frontend -> database (in assert_seed_enforced) is an enforced deny.
     let _backend = s.backend.tcp_listen(8080);

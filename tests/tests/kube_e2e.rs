@@ -8,7 +8,7 @@
 //! 127.0.0.1:API_PORT from the root namespace: the kubeconfig stays as is.
 //! Pods are lab namespaces; the test creates their Pod objects (spec.nodeName =
 //! the agent's node) and patches their status with the pod IPs, as a kubelet would.
-//! Calico's kinds come from projectcalico.org/v3 (deploy/crds.yaml) or, in the
+//! Calico's kinds come from projectcalico.org/v3 (the standalone overlay's CRDs) or, in the
 //! `crd` tests, from stand-ins for Calico's crd.projectcalico.org/v1 CRDs
 //! (tests/crds/); a server with only the latter is a cluster running Calico
 //! without its API server.
@@ -188,11 +188,33 @@ fn shared_server() -> &'static ApiServer {
     S.get_or_init(private_server)
 }
 
-/// A fresh API server with deploy/crds.yaml applied.
+/// The projectcalico.org/v3 CRDs of deploy/overlays/standalone.
+fn crd_v3_file() -> PathBuf {
+    repo().join("deploy/overlays/standalone/crds.yaml")
+}
+
+/// A fresh API server with the standalone overlay's v3 CRDs applied.
 fn private_server() -> ApiServer {
     let s = ApiServer::start();
-    apply_file(&s.client(), &repo().join("deploy/crds.yaml"), false);
+    apply_file(&s.client(), &crd_v3_file(), false);
     s
+}
+
+/// The resource files of a kustomization directory, bases first (its
+/// `resources`, followed recursively). Patches are not rendered: the kubectl
+/// that embeds kustomize cannot be built here (only kube-apiserver can).
+fn kustomize_files(dir: &Path) -> Vec<PathBuf> {
+    let k = &docs_of(&dir.join("kustomization.yaml"))[0];
+    let mut files = Vec::new();
+    for r in k["resources"].as_array().expect("resources") {
+        let path = dir.join(r.as_str().unwrap());
+        if path.is_dir() {
+            files.extend(kustomize_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// Stand-ins for the crd.projectcalico.org/v1 CRDs Calico installs.
@@ -823,21 +845,29 @@ fn deploy_manifests_dry_run() {
     // Namespaced objects need their namespace to exist (a dry run creates nothing).
     namespace(&client, "calico-system", json!({}));
     let mut n = 0;
-    for file in ["crds.yaml", "rbac.yaml", "daemonset.yaml"] {
-        for doc in docs_of(&repo().join("deploy").join(file)) {
-            let what = format!("{file}: {} {}", doc["kind"], doc["metadata"]["name"]);
-            match dry_run_create(&client, doc.clone()) {
-                Ok(()) => n += 1,
-                // Objects this fixture already created for real.
-                Err(e) if e.contains("AlreadyExists") || e.contains("already exists") => n += 1,
-                Err(e) => panic!("{what}: {e}"),
+    for overlay in ["standalone", "with-calico"] {
+        for file in kustomize_files(&repo().join("deploy/overlays").join(overlay)) {
+            for doc in docs_of(&file) {
+                let what = format!(
+                    "{}: {} {}",
+                    file.display(),
+                    doc["kind"],
+                    doc["metadata"]["name"]
+                );
+                match dry_run_create(&client, doc.clone()) {
+                    Ok(()) => n += 1,
+                    // Objects this fixture already created for real.
+                    Err(e) if e.contains("AlreadyExists") || e.contains("already exists") => n += 1,
+                    Err(e) => panic!("{what}: {e}"),
+                }
             }
         }
     }
-    assert!(n >= 15, "{n} objects");
+    // standalone: 9 CRDs + 6 base objects; with-calico: the 6 base objects.
+    assert_eq!(n, 21, "objects in both overlays");
 
     // RBAC for real, then act as the agent (token `agent-token` of start-apiserver.sh).
-    apply_file(&client, &repo().join("deploy/rbac.yaml"), false);
+    apply_file(&client, &repo().join("deploy/base/rbac.yaml"), false);
     let kc = std::fs::read_to_string(&server.kubeconfig)
         .unwrap()
         .replace("token: admin-token", "token: agent-token");
@@ -1266,6 +1296,46 @@ fn kubernetes_calico_api_crd_explicit_ignores_v3() {
     }
     agent.wait_policies(2, 0);
     wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+}
+
+/// Installed beside Calico's v1 CRDs holding a policy while projectcalico.org/v3
+/// is served but empty (v3 CRDs from an earlier standalone install, or a
+/// recent Calico's own): `auto` reads v1, where the policy is, says why, and
+/// enforces it.
+#[test]
+fn kubernetes_auto_reads_the_group_holding_calicos_policies() {
+    lab::require_root();
+    let server = private_server();
+    let client = server.client();
+    apply_file(&client, &crd_v1_file(), false);
+    let lab = Lab::new();
+    let node = format!("node-{}", lab.id());
+    let s = seed(&lab, &client, "prod", &node);
+    let _db = s.database.tcp_listen(8080);
+    apply(
+        &client,
+        v1_gnp(
+            "default.database-deny-frontend",
+            "GlobalNetworkPolicy",
+            json!({"selector": "app == 'database'", "types": ["Ingress"],
+                   "ingress": [{"action": "Deny", "source": {"selector": "app == 'frontend'"}},
+                               {"action": "Allow"}]}),
+        ),
+    );
+    let agent = Agent::start_with(&lab, &server, &node, &[]);
+    agent.wait_endpoints(&["prod/backend", "prod/database", "prod/frontend"]);
+    let st = agent.wait_policies_status(1, 0);
+    let datastore = st["datastore"].as_str().unwrap_or_default();
+    assert!(
+        datastore.contains("crd.projectcalico.org/v1")
+            && datastore.contains("crd.projectcalico.org/v1 holds policies"),
+        "{st:#}"
+    );
+    wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::TimedOut);
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
 }
 
 // ------------------------------------------- more kinds from the cluster

@@ -16,8 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aya::programs::tc::TcAttachType;
-use aya::programs::SchedClassifier;
 use common::*;
 use lab::{Lab, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
 
@@ -193,20 +191,6 @@ fn pinned_links(bpffs: &Path) -> Vec<(String, u32, u32)> {
         .unwrap_or_default();
     out.sort();
     out
-}
-
-/// Programs attached with TCX to `iface` in the node namespace (ingress + egress).
-fn tcx_programs(lab: &Lab, iface: &str) -> Vec<u32> {
-    let iface = iface.to_string();
-    lab.node().run(move || {
-        let c = std::ffi::CString::new(iface).unwrap();
-        let mut ids = Vec::new();
-        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
-            let (_, progs) = SchedClassifier::query_tcx(c.as_c_str(), t).unwrap();
-            ids.extend(progs.iter().map(|p| p.id()));
-        }
-        ids
-    })
 }
 
 #[test]
@@ -423,7 +407,7 @@ fn cleanup_and_detach_on_exit_leave_nothing_attached() {
 fn an_incompatible_pinned_map_is_a_clear_error() {
     lab::require_root();
     let bpffs = Path::new("/sys/fs/bpf").join(format!("agent-incompat-{}", std::process::id()));
-    agent::dataplane::loader::prepare_pin_dir(&bpffs).unwrap();
+    agent::dataplane::host::prepare_pin_dir(&bpffs).unwrap();
     // A hash map pinned where ACTIVE (an array) belongs, as an older or newer
     // build with another layout would leave it.
     let ebpf = aya::EbpfLoader::new()

@@ -48,6 +48,7 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             require_ci_capabilities()?;
+            setup::bpffs()?;
             lint()?;
             let mut cmd = vec!["test", "--workspace", "--exclude", "agent-ebpf"];
             cmd.extend(args.iter().map(String::as_str));
@@ -60,10 +61,12 @@ fn main() -> Result<()> {
         Task::Bench => {
             setup::run()?;
             require_ci_capabilities()?;
+            setup::bpffs()?;
             cargo(&["bench", "-p", "agent-tests", "--bench", "dataplane"])
         }
         Task::Demo => {
             setup::run()?;
+            setup::bpffs()?;
             cargo(&["build", "--release", "--bin", "agent"])?;
             demo::run()
         }

@@ -35,9 +35,7 @@ pub fn run() -> Result<()> {
     debian_packages()?;
     user_toolchain()?;
     ebpf_toolchain()?;
-    bpf_linker()?;
-    bpffs()?;
-    Ok(())
+    bpf_linker()
 }
 
 fn debian_packages() -> Result<()> {
@@ -170,8 +168,10 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-/// bpffs is not mounted on a fresh machine; the agent pins maps and links there.
-fn bpffs() -> Result<()> {
+/// bpffs is not mounted on a fresh machine; the agent pins maps and links
+/// there. Tests, the demo and benchmarks need it; building does not (a build
+/// container cannot mount it).
+pub fn bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if mounts
         .lines()

@@ -211,7 +211,7 @@ fn cleanup(bpffs: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("nothing pinned at {}", bpffs.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let _lock = crate::dataplane::loader::lock_pin_dir(bpffs)?;
+    let _lock = crate::dataplane::host::lock_pin_dir(bpffs)?;
     let done = crate::dataplane::loader::cleanup(bpffs)?;
     println!(
         "removed {} links (detached) and {} maps pinned at {}",

@@ -30,6 +30,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ use crate::flows::{unix_now_ns, Flow, FlowTable, View};
 use crate::model::ir::{FailsafePort, Failsafes};
 use crate::model::{Diagnostic, Loaded, Severity};
 
+mod http;
 pub mod protocol;
 mod server;
 
@@ -196,6 +198,8 @@ pub(crate) struct Shared {
     flows: Mutex<FlowTable>,
     tx: broadcast::Sender<Arc<Flow>>,
     started_ns: u64,
+    /// When the event loop last ticked (unix ns): `/healthz`.
+    heartbeat_ns: AtomicU64,
     /// The Kubernetes datastore's view (for its problems in the status).
     kube: Mutex<Option<KubeSnapshot>>,
 }
@@ -220,8 +224,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    crate::dataplane::loader::prepare_pin_dir(&opts.bpffs)?;
-    let _lock = crate::dataplane::loader::lock_pin_dir(&opts.bpffs)?;
+    crate::dataplane::host::check_kernel()?;
+    crate::dataplane::host::prepare_pin_dir(&opts.bpffs)?;
+    let _lock = crate::dataplane::host::lock_pin_dir(&opts.bpffs)?;
     let dp = Dataplane::load_pinned(&opts.bpffs)
         .context("loading the eBPF programs with pinned maps (needs root)")?;
     if dp.adopted() {
@@ -277,6 +282,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         flows: Mutex::new(FlowTable::default()),
         tx,
         started_ns: unix_now_ns(),
+        heartbeat_ns: AtomicU64::new(unix_now_ns()),
         kube: Mutex::new(None),
     });
     let mut source = Source::start(&opts.datastore).await?;
@@ -298,8 +304,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("metrics on {addr}"))?;
-        tracing::info!(%addr, "metrics");
-        tokio::spawn(server::serve_metrics(l, shared.clone()));
+        tracing::info!(%addr, "metrics (/metrics) and health (/healthz, /readyz)");
+        tokio::spawn(http::serve(l, shared.clone()));
     }
     {
         let shared = shared.clone();
@@ -309,6 +315,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 drain(&shared);
+                shared.heartbeat_ns.store(unix_now_ns(), Ordering::Relaxed);
             }
         });
     }
@@ -751,6 +758,26 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
 }
 
 /// The report behind `agent status`.
+/// `/readyz`: the datastore's first sync is complete and a compile of it is
+/// installed in the kernel; otherwise what is missing.
+fn readiness(shared: &Shared) -> Result<(), String> {
+    let unlisted: Vec<String> = lock(&shared.kube)
+        .as_ref()
+        .map(KubeSnapshot::unsynced)
+        .unwrap_or_default();
+    if !unlisted.is_empty() {
+        return Err(format!("not listed yet: {}", unlisted.join(", ")));
+    }
+    let inner = lock(&shared.inner);
+    if !inner.installed_once {
+        return Err(match &inner.last_error {
+            Some(e) => format!("no policy tables installed yet: {e}"),
+            None => "no policy tables installed yet".into(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn status(shared: &Shared) -> Status {
     use protocol::*;
     let view = lock(&shared.view).clone();

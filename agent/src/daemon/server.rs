@@ -1,4 +1,4 @@
-//! The Unix socket (JSON lines, see [`super::protocol`]) and the metrics endpoint.
+//! The Unix socket (JSON lines, see [`super::protocol`]).
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::protocol::{ErrorReply, Request, DEFAULT_LAST};
@@ -160,108 +160,4 @@ async fn flows(
             }
         }
     }
-}
-
-/// Prometheus text format on every request to any path.
-pub(super) async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
-            let body = metrics_text(&shared);
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
-}
-
-fn metrics_text(shared: &Shared) -> String {
-    use std::fmt::Write;
-    let s = status(shared);
-    let mut out = String::new();
-    out.push_str("# HELP agent_dataplane_total Kernel counters summed over CPUs.\n# TYPE agent_dataplane_total counter\n");
-    for (k, v) in &s.counters {
-        let _ = writeln!(out, "agent_dataplane_total{{counter=\"{k}\"}} {v}");
-    }
-    let gauges = [
-        ("agent_endpoints", s.endpoints.len() as u64),
-        (
-            "agent_endpoints_attached",
-            s.endpoints.iter().filter(|e| e.attached).count() as u64,
-        ),
-        ("agent_policies_enforced", s.policies.enforced as u64),
-        ("agent_policies_staged", s.policies.staged as u64),
-        ("agent_peer_prefixes", s.tables.peer_prefixes as u64),
-        ("agent_rule_keys", s.tables.rule_keys as u64),
-        ("agent_flows_tracked", s.flows.tracked as u64),
-        ("agent_conntrack_entries", s.conntrack.entries as u64),
-        (
-            "agent_datastore_errors",
-            s.diagnostics
-                .iter()
-                .filter(|d| d.severity == "error")
-                .count() as u64,
-        ),
-        (
-            "agent_last_update_failed",
-            u64::from(s.last_error.is_some()),
-        ),
-    ];
-    for (k, v) in gauges {
-        let _ = writeln!(out, "# TYPE {k} gauge\n{k} {v}");
-    }
-    let _ = writeln!(
-        out,
-        "# TYPE agent_flow_events_total counter\nagent_flow_events_total {}",
-        s.flows.events
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE agent_reloads_total counter\nagent_reloads_total {}",
-        s.reloads
-    );
-    let _ = writeln!(
-        out,
-        "# HELP agent_conntrack_swept_total Idle conntrack entries deleted.\n# TYPE agent_conntrack_swept_total counter\nagent_conntrack_swept_total {}",
-        s.conntrack.swept
-    );
-    {
-        let inner = lock(&shared.inner);
-        let _ = writeln!(
-            out,
-            "# HELP agent_compile_seconds Duration of the last compile that was installed.\n# TYPE agent_compile_seconds gauge\nagent_compile_seconds {}",
-            inner.compile_seconds
-        );
-        let _ = writeln!(
-            out,
-            "# HELP agent_swap_seconds Duration of the last table install (fill inactive copy, flip).\n# TYPE agent_swap_seconds gauge\nagent_swap_seconds {}",
-            inner.swap_seconds
-        );
-    }
-    out.push_str("# HELP agent_flows_total New flows the kernel reported, by policy set (enforced or pending), action and deciding rule.\n# TYPE agent_flows_total counter\n");
-    let flows = lock(&shared.flows);
-    let mut pending_denies = 0;
-    for ((set, action, rule), n) in &flows.verdicts {
-        let rule = rule.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = writeln!(
-            out,
-            "agent_flows_total{{set=\"{set}\",action=\"{action}\",rule=\"{rule}\"}} {n}"
-        );
-        if *set == "pending" && action == "deny" {
-            pending_denies += n;
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP agent_pending_denies_total New flows a staged (pending) policy set would deny.\n# TYPE agent_pending_denies_total counter\nagent_pending_denies_total {pending_denies}"
-    );
-    out
 }

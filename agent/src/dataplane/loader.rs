@@ -20,6 +20,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
+use super::host::prepare_pin_dir;
 use super::tables::{direction_code, TableSet};
 use super::{DataplaneError, EBPF_OBJECT};
 use crate::model::ir::Direction;
@@ -160,64 +161,6 @@ pub const PINNED_MAPS: [&str; 15] = [
     "EVENT_BUDGET",
     "FRAGMENTS",
 ];
-
-/// bpffs' magic number (`statfs.f_type`).
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    r == 0 && st.f_type as i64 == BPF_FS_MAGIC
-}
-
-/// Makes sure `dir` (and `dir/maps`, `dir/links`) exist on a bpffs, mounting
-/// bpffs at /sys/fs/bpf first when `dir` is below it and it is not mounted.
-pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
-    let sys = Path::new("/sys/fs/bpf");
-    if dir.starts_with(sys) && !is_bpffs(sys) {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status()
-            .map_err(|e| DataplaneError::Pin(format!("running mount -t bpf: {e}")))?;
-        if !status.success() {
-            return Err(DataplaneError::Pin(
-                "mounting bpffs at /sys/fs/bpf failed".into(),
-            ));
-        }
-    }
-    for d in [dir.to_path_buf(), dir.join("maps"), dir.join("links")] {
-        std::fs::create_dir_all(&d)
-            .map_err(|e| DataplaneError::Pin(format!("creating {}: {e}", d.display())))?;
-    }
-    if !is_bpffs(dir) {
-        return Err(DataplaneError::Pin(format!(
-            "{} is not on a bpf filesystem (mount one with `mount -t bpf bpf DIR`)",
-            dir.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Takes an exclusive lock on the pin directory (flock on the directory itself),
-/// held while the returned file is open: one agent per pin directory.
-pub fn lock_pin_dir(dir: &Path) -> Result<std::fs::File, DataplaneError> {
-    use std::os::fd::AsRawFd as _;
-    let f = std::fs::File::open(dir)
-        .map_err(|e| DataplaneError::Pin(format!("opening {}: {e}", dir.display())))?;
-    // SAFETY: plain syscall on an open descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(DataplaneError::Pin(format!(
-            "another agent is running on {} (stop it first, or pass another --bpffs)",
-            dir.display()
-        )));
-    }
-    Ok(f)
-}
 
 /// A pinned link file: `<bpffs>/links/if<ifindex>_<from|to>` (bpffs does not
 /// allow dots in names, so interface names are not used).

@@ -3,8 +3,11 @@
 //!
 //! - `loader`: the policy dataplane (`Dataplane`): programs `from_endpoint` /
 //!   `to_endpoint`, double-buffered tables, counters, flow events.
+//! - `host`: what the host must provide (kernel version, a bpffs that outlives
+//!   the agent), checked before anything is loaded.
 //! - `tables`: what the compiler produces (`TableSet`) and its encoding.
 //! - `slice`: the first slice (`slice_drop`), used by `agent debug-drop`.
+pub mod host;
 pub mod loader;
 pub mod slice;
 pub mod tables;
@@ -45,6 +48,8 @@ pub enum DataplaneError {
     },
     #[error("policy tables: {0}")]
     Table(#[from] tables::TableError),
+    #[error("host: {0}")]
+    Host(String),
     #[error("pinning: {0}")]
     Pin(String),
     #[error("interface {0:?} not found")]

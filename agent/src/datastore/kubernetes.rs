@@ -50,6 +50,8 @@ use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 
+use super::calico_api::Choice;
+pub use super::calico_api::{choose_calico_group, resolve_calico_api};
 use crate::model::ir::EndpointKind;
 use crate::model::load::load_values;
 use crate::model::Loaded;
@@ -241,8 +243,9 @@ pub enum CalicoApi {
 }
 
 /// A resolved [`CalicoApi`]: the group Calico's kinds are read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CalicoGroup {
+    #[default]
     V3,
     CrdV1,
 }
@@ -287,90 +290,6 @@ impl std::fmt::Display for CalicoGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.api_version())
     }
-}
-
-/// The resource every Calico installation serves in a group: what `auto` looks for.
-const PROBE_RESOURCE: &str = "globalnetworkpolicies";
-
-/// `auto`: the group to use given the resources the API server lists for
-/// projectcalico.org/v3 and crd.projectcalico.org/v1 (`None`: group-version not
-/// served, or its discovery failed). An error says what was looked for.
-pub fn choose_calico_group(
-    v3: Option<&[String]>,
-    crd_v1: Option<&[String]>,
-) -> Result<CalicoGroup, String> {
-    let serves = |r: Option<&[String]>| r.is_some_and(|r| r.iter().any(|n| n == PROBE_RESOURCE));
-    if serves(v3) {
-        Ok(CalicoGroup::V3)
-    } else if serves(crd_v1) {
-        Ok(CalicoGroup::CrdV1)
-    } else {
-        Err(format!(
-            "Calico's API not found: looked for {PROBE_RESOURCE} in projectcalico.org/v3 \
-             (Calico API server, or deploy/crds.yaml) ({}) and in crd.projectcalico.org/v1 \
-             (Calico's CRDs) ({}); install one, or choose with --calico-api v3|crd",
-            describe_discovered(v3),
-            describe_discovered(crd_v1)
-        ))
-    }
-}
-
-fn describe_discovered(r: Option<&[String]>) -> String {
-    match r {
-        None => "group-version not served".into(),
-        Some([]) => "served, no resources".into(),
-        Some(r) => format!("served: {}", r.join(", ")),
-    }
-}
-
-/// Resolves `auto` with API discovery (retried for [`INITIAL_SYNC`] while the
-/// API server cannot be reached); `v3` and `crd` are taken as they are.
-pub async fn resolve_calico_api(client: &Client, want: CalicoApi) -> anyhow::Result<CalicoGroup> {
-    match want {
-        CalicoApi::V3 => return Ok(CalicoGroup::V3),
-        CalicoApi::Crd => return Ok(CalicoGroup::CrdV1),
-        CalicoApi::Auto => {}
-    }
-    let deadline = tokio::time::Instant::now() + INITIAL_SYNC;
-    let groups = loop {
-        match client.list_api_groups().await {
-            Ok(g) => break g,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "API discovery failed; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => {
-                return Err(anyhow::anyhow!(e).context(
-                    "--calico-api auto: listing the API server's groups (to choose between \
-                     projectcalico.org/v3 and crd.projectcalico.org/v1)",
-                ))
-            }
-        }
-    };
-    let mut found: [Option<Vec<String>>; 2] = [None, None];
-    for (slot, (group, version)) in found.iter_mut().zip([(V3_GROUP, "v3"), (CRD_GROUP, "v1")]) {
-        let listed = groups
-            .groups
-            .iter()
-            .any(|g| g.name == group && g.versions.iter().any(|v| v.version == version));
-        if !listed {
-            continue;
-        }
-        match client
-            .list_api_group_resources(&format!("{group}/{version}"))
-            .await
-        {
-            Ok(r) => *slot = Some(r.resources.into_iter().map(|r| r.name).collect()),
-            // E.g. Calico's aggregated API server registered but down.
-            Err(e) => {
-                tracing::warn!(group, version, error = %e, "API group listed but its discovery failed")
-            }
-        }
-    }
-    let group = choose_calico_group(found[0].as_deref(), found[1].as_deref())
-        .map_err(anyhow::Error::msg)?;
-    tracing::info!(api = %group, "--calico-api auto: reading Calico's resources from {group}");
-    Ok(group)
 }
 
 /// The projectcalico.org/v3 name of a policy stored in crd.projectcalico.org/v1
@@ -556,6 +475,8 @@ struct State {
     interfaces: BTreeMap<Key, String>,
     /// Kinds whose watch is failing now, with the error.
     failing: BTreeMap<String, String>,
+    /// How Calico's group was chosen (`--calico-api`), for the status.
+    calico_api: Choice,
 }
 
 /// The running watchers and their view of the cluster.
@@ -601,9 +522,18 @@ impl KubeSnapshot {
         }
     }
 
-    /// `kubernetes (node N, Calico API G)`, for the status.
+    /// `kubernetes (node N, Calico API G: why)`, for the status.
     pub fn describe(&self) -> String {
-        format!("kubernetes (node {}, Calico API {})", self.node, self.group)
+        let why = lock(&self.state).calico_api.why.clone();
+        format!(
+            "kubernetes (node {}, Calico API {}: {why})",
+            self.node, self.group
+        )
+    }
+
+    /// Kinds (labels) whose first list has not completed.
+    pub fn unsynced(&self) -> Vec<String> {
+        unsynced(self.group, &self.state)
     }
 
     /// Kinds not listed yet and failing watches, one line each.
@@ -623,8 +553,26 @@ impl KubeSnapshot {
                 .iter()
                 .map(|(k, e)| format!("{k}: watch failing, retrying (last state kept): {e}")),
         );
+        out.extend(st.calico_api.unread.iter().map(|p| {
+            format!(
+                "{p}: held only by the Calico API group not read ({} is), NOT enforced; \
+                 choose with --calico-api",
+                self.group
+            )
+        }));
         out
     }
+}
+
+fn unsynced(group: CalicoGroup, state: &Mutex<State>) -> Vec<String> {
+    let st = lock(state);
+    group
+        .kinds()
+        .iter()
+        .map(Kind::label)
+        .chain(["Pod".to_string()])
+        .filter(|k| !st.synced.contains(k))
+        .collect()
 }
 
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
@@ -649,8 +597,12 @@ impl KubeDatastore {
     /// their first lists.
     pub async fn start(opts: &KubeOptions) -> anyhow::Result<KubeDatastore> {
         let client = client(opts.kubeconfig.as_deref()).await?;
-        let group = resolve_calico_api(&client, opts.calico_api).await?;
-        let state = Arc::new(Mutex::new(State::default()));
+        let choice = resolve_calico_api(&client, opts.calico_api, INITIAL_SYNC).await?;
+        let group = choice.group;
+        let state = Arc::new(Mutex::new(State {
+            calico_api: choice,
+            ..State::default()
+        }));
         let (tx, rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         for kind in group.kinds() {
@@ -720,14 +672,7 @@ impl KubeDatastore {
 
     /// Kinds (labels) whose first list has not completed.
     pub fn unsynced(&self) -> Vec<String> {
-        let st = lock(&self.state);
-        self.group
-            .kinds()
-            .iter()
-            .map(Kind::label)
-            .chain(["Pod".to_string()])
-            .filter(|k| !st.synced.contains(k))
-            .collect()
+        unsynced(self.group, &self.state)
     }
 
     pub fn snapshot(&self) -> KubeSnapshot {
@@ -1098,7 +1043,7 @@ pub async fn promote(
 ) -> anyhow::Result<String> {
     use crate::model::ir::PolicyKind as P;
     use kube::api::{DeleteParams, Patch, PatchParams};
-    let group = resolve_calico_api(&client, api).await?;
+    let group = resolve_calico_api(&client, api, INITIAL_SYNC).await?.group;
     let (staged, enforced) = match kind {
         P::StagedGlobalNetworkPolicy => (
             group.kind("StagedGlobalNetworkPolicy"),
@@ -1455,48 +1400,6 @@ mod tests {
         assert_eq!(
             d.file,
             PathBuf::from("kubernetes:crd.projectcalico.org/GlobalNetworkPolicy/default.bad")
-        );
-    }
-
-    #[test]
-    fn auto_prefers_v3_then_crd_and_says_what_it_looked_for() {
-        let gnp = vec!["globalnetworkpolicies".to_string(), "tiers".to_string()];
-        let other = vec!["ippools".to_string()];
-        assert_eq!(
-            choose_calico_group(Some(&gnp), Some(&gnp)),
-            Ok(CalicoGroup::V3)
-        );
-        assert_eq!(choose_calico_group(Some(&gnp), None), Ok(CalicoGroup::V3));
-        assert_eq!(
-            choose_calico_group(None, Some(&gnp)),
-            Ok(CalicoGroup::CrdV1)
-        );
-        // A v3 group without policies (e.g. only IP pools) does not count.
-        assert_eq!(
-            choose_calico_group(Some(&other), Some(&gnp)),
-            Ok(CalicoGroup::CrdV1)
-        );
-        let e = choose_calico_group(Some(&other), None).unwrap_err();
-        for want in [
-            "globalnetworkpolicies",
-            "projectcalico.org/v3",
-            "crd.projectcalico.org/v1",
-            "served: ippools",
-            "group-version not served",
-            "--calico-api",
-        ] {
-            assert!(e.contains(want), "{want:?} missing in: {e}");
-        }
-        assert_eq!(CalicoGroup::CrdV1.kinds().len(), KINDS.len());
-        assert_eq!(
-            CalicoGroup::CrdV1.kind("HostEndpoint").api_version(),
-            "crd.projectcalico.org/v1"
-        );
-        assert_eq!(
-            CalicoGroup::CrdV1
-                .kind("networking.k8s.io/NetworkPolicy")
-                .api_version(),
-            "networking.k8s.io/v1"
         );
     }
 

@@ -371,3 +371,20 @@ pub fn assert_seed_enforced(s: &Seed) {
         "frontend -> database:8080"
     );
 }
+
+/// Programs attached with TCX to `iface` in the node namespace (ingress + egress).
+pub fn tcx_programs(lab: &Lab, iface: &str) -> Vec<u32> {
+    let iface = iface.to_string();
+    lab.node().run(move || {
+        let c = std::ffi::CString::new(iface).unwrap();
+        let mut ids = Vec::new();
+        for t in [
+            aya::programs::tc::TcAttachType::Ingress,
+            aya::programs::tc::TcAttachType::Egress,
+        ] {
+            let (_, progs) = aya::programs::SchedClassifier::query_tcx(c.as_c_str(), t).unwrap();
+            ids.extend(progs.iter().map(|p| p.id()));
+        }
+        ids
+    })
+}
