@@ -16,6 +16,11 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("{pin}: no `channel = \"...\"` line"))?
         .to_owned();
     println!("cargo::rerun-if-changed={manifest_dir}/../common/src");
+    // aya-build replays the nested cargo's stderr as `cargo::warning` lines,
+    // so its "Compiling ..." progress would show as ~40 warnings on every
+    // build. Quiet it: compiler diagnostics still come through (on stdout, as
+    // JSON), and so do errors.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "agent-ebpf",

@@ -316,3 +316,32 @@ fn a_host_endpoint_denies_by_default_but_keeps_failsafe_ssh() {
         ["0|__PROFILE__|pro:__NO_MATCH__|deny|0"]
     );
 }
+
+#[test]
+fn namespaces_carry_the_api_servers_name_label() {
+    // The Namespace documents above have no kubernetes.io/metadata.name label
+    // (API servers before 1.21 did not set it); the selector still matches.
+    let m = world_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-from-dev
+  namespace: prod
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+    - from:
+        - namespaceSelector:
+            matchLabels: {kubernetes.io/metadata.name: dev}
+"#,
+    );
+    assert_eq!(
+        tcp(&m, "dev/client", "prod/web", 8080).enforced.action,
+        Allow
+    );
+    assert_eq!(
+        tcp(&m, "prod/client", "prod/web", 8080).enforced.action,
+        Deny
+    );
+}

@@ -6,7 +6,7 @@
 //! probers; here the plain before/after).
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -15,8 +15,7 @@ use lab::{Lab, TcpProbe};
 
 /// Runs `agent run` via `prefix` (a command that changes namespaces) and
 /// returns its output; it must exit on its own well within the test's time.
-fn run_refused(prefix: &[&str], dir: &Path, bpffs: &Path) -> Output {
-    let socket = dir.parent().unwrap().join("refused.sock");
+fn run_refused(prefix: &[&str], dir: &Path, socket: &Path, bpffs: &Path) -> Output {
     let mut child = Command::new(prefix[0])
         .args(&prefix[1..])
         .arg(agent_bin())
@@ -24,7 +23,7 @@ fn run_refused(prefix: &[&str], dir: &Path, bpffs: &Path) -> Output {
         .arg("--datastore")
         .arg(dir)
         .arg("--socket")
-        .arg(&socket)
+        .arg(socket)
         .arg("--bpffs")
         .arg(bpffs)
         .stdin(Stdio::null())
@@ -76,7 +75,13 @@ fn ip_netns_exec_is_refused_before_touching_the_kernel() {
     let bpffs = Agent::bpffs_for(&dir);
     // `ip netns exec` remounts /sys: /sys/fs/bpf there is no bpffs, and one
     // mounted there would die with the agent.
-    let out = run_refused(&["ip", "netns", "exec", lab.node().name()], &dir, &bpffs);
+    let socket = dir.parent().unwrap().join("refused.sock");
+    let out = run_refused(
+        &["ip", "netns", "exec", lab.node().name()],
+        &dir,
+        &socket,
+        &bpffs,
+    );
     assert_refused_cleanly(
         &lab,
         &out,
@@ -115,7 +120,8 @@ fn a_bpffs_private_to_the_agents_mount_namespace_is_refused() {
         "-c",
         script.as_str(),
     ];
-    let out = run_refused(&prefix, &dir, &bpffs);
+    let socket = dir.parent().unwrap().join("refused.sock");
+    let out = run_refused(&prefix, &dir, &socket, &bpffs);
     assert_refused_cleanly(&lab, &out, &bpffs, "which only this mount namespace holds");
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
@@ -135,4 +141,31 @@ fn started_with_nsenter_the_programs_outlive_a_sigkill() {
     wait_tcp(&seed.frontend, &seed.database, 8080, TcpProbe::TimedOut);
     wait_tcp(&seed.backend, &seed.database, 8080, TcpProbe::Connected);
     // Dropping `agent` runs `agent cleanup` on its pins and removes the datastore.
+}
+
+/// A second agent on the same socket (another pin directory) is refused
+/// before it loads or attaches anything: the first one's programs are the
+/// only ones on the interfaces and nothing is pinned for the second.
+#[test]
+fn a_second_agent_on_the_same_socket_changes_nothing() {
+    lab::require_root();
+    let lab = Lab::new();
+    let _seed = seed_pods(&lab);
+    let dir = Agent::seed_datastore("second-agent");
+    let first = Agent::start(&lab, &dir);
+    first.wait_attached(3);
+    let before = tcx_programs(&lab, "calidemodb");
+    let bpffs = PathBuf::from(format!("{}-second", Agent::bpffs_for(&dir).display()));
+    let socket = dir.parent().unwrap().join("agent.sock");
+    let node = format!("--net={}", lab.node().path().display());
+    let out = run_refused(&["nsenter", node.as_str()], &dir, &socket, &bpffs);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("another agent is serving"), "{stderr}");
+    assert!(
+        !bpffs.join("maps/ACTIVE").exists(),
+        "the refused agent pinned maps"
+    );
+    assert_eq!(tcx_programs(&lab, "calidemodb"), before, "programs changed");
+    let _ = std::fs::remove_dir_all(&bpffs);
 }

@@ -1,6 +1,5 @@
 //! The command line: `agent <command>`.
 mod check;
-mod debug;
 pub mod flows;
 mod promote;
 
@@ -106,9 +105,6 @@ pub enum Command {
     Flows(flows::FlowsArgs),
     /// The running daemon's endpoints, policies, tables, counters and rejected documents.
     Status(flows::StatusArgs),
-    /// Attach the first-slice program and drop one port (development aid).
-    #[command(hide = true)]
-    DebugDrop(debug::DebugDropArgs),
     /// Evaluate a Calico selector against labels: prints `true` or `false`.
     Selector(selector::SelectorArgs),
     /// What one connection gets, enforced and pending (staged promoted), with traces.
@@ -182,7 +178,6 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Cleanup { bpffs } => cleanup(&bpffs),
         Command::Flows(args) => flows::run_flows(args),
         Command::Status(args) => flows::run_status(args),
-        Command::DebugDrop(args) => debug::run(args).map(|()| ExitCode::SUCCESS),
         Command::Selector(args) => Ok(selector::run(args)),
         Command::Eval(args) => Ok(eval::run(args)),
         Command::Matrix(args) => Ok(matrix::run(args)),
@@ -223,7 +218,7 @@ fn cleanup(bpffs: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 fn probe() -> anyhow::Result<ExitCode> {
-    crate::dataplane::slice::SliceDropper::load()?;
+    crate::dataplane::Dataplane::load()?;
     println!("eBPF programs loaded and verified");
     Ok(ExitCode::SUCCESS)
 }

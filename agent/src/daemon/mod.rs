@@ -224,9 +224,13 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    // Every check that can refuse the start comes before the kernel is
+    // touched (programs loaded, maps pinned, interfaces attached), so a
+    // refused agent changes nothing.
     crate::dataplane::host::check_kernel()?;
     crate::dataplane::host::prepare_pin_dir(&opts.bpffs)?;
     let _lock = crate::dataplane::host::lock_pin_dir(&opts.bpffs)?;
+    let listener = server::bind(&opts.socket)?;
     let dp = Dataplane::load_pinned(&opts.bpffs)
         .context("loading the eBPF programs with pinned maps (needs root)")?;
     if dp.adopted() {
@@ -297,7 +301,6 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || reload(&shared, loader.load())).await?;
     }
 
-    let listener = server::bind(&opts.socket)?;
     tracing::info!(socket = %opts.socket.display(), "listening");
     tokio::spawn(server::serve(listener, shared.clone()));
     if let Some(addr) = opts.metrics {

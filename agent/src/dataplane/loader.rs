@@ -142,8 +142,7 @@ impl Hook {
 }
 
 /// The maps shared between agent generations: pinned under `<bpffs>/maps/NAME`
-/// and reused by the next `agent run` (and by upgraded programs). The slice maps
-/// of `agent debug-drop` are not pinned.
+/// and reused by the next `agent run` (and by upgraded programs).
 pub const PINNED_MAPS: [&str; 15] = [
     "ENDPOINTS",
     "ACTIVE",

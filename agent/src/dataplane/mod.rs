@@ -6,10 +6,8 @@
 //! - `host`: what the host must provide (kernel version, a bpffs that outlives
 //!   the agent), checked before anything is loaded.
 //! - `tables`: what the compiler produces (`TableSet`) and its encoding.
-//! - `slice`: the first slice (`slice_drop`), used by `agent debug-drop`.
 pub mod host;
 pub mod loader;
-pub mod slice;
 pub mod tables;
 
 pub use loader::{

@@ -457,8 +457,18 @@ fn namespace_labels(ns: &str, namespaces: &BTreeMap<String, res::StringMap>) -> 
         .map(|l| prefixed(NAMESPACE_LABEL_PREFIX, l))
         .unwrap_or_default();
     l.insert(format!("{NAMESPACE_LABEL_PREFIX}{LABEL_NAME}"), ns.into());
+    // The API server (1.21+) sets it on every Namespace; older servers and
+    // hand-written datastores do not, and the most common namespaceSelector
+    // would then match nothing.
+    l.entry(format!(
+        "{NAMESPACE_LABEL_PREFIX}{K8S_NAMESPACE_NAME_LABEL}"
+    ))
+    .or_insert_with(|| ns.into());
     l
 }
+
+/// The label Kubernetes puts on every Namespace: its name.
+const K8S_NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 fn named_ports(ports: &[res::EndpointPort]) -> Vec<NamedPort> {
     ports
