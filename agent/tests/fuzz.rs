@@ -239,7 +239,7 @@ static LOWERING_CLEAN: AtomicUsize = AtomicUsize::new(0);
 
 /// What every load must satisfy, whatever the input.
 fn check_loaded(file: &Path, text: &str, l: &Loaded) -> Result<(), TestCaseError> {
-    let lines = text.split_inclusive('\n').count().max(1);
+    let lines = model::yaml::lines(text).count().max(1);
     for d in &l.diagnostics {
         prop_assert_eq!(&d.file, file, "{}", d);
         prop_assert!(

@@ -169,7 +169,7 @@ struct Edits {
 
 impl Edits {
     fn delete_document(&mut self, files: &BTreeMap<PathBuf, String>, doc: &Located) {
-        let lines: Vec<&str> = files[&doc.file].split_inclusive('\n').collect();
+        let lines: Vec<&str> = yaml::lines(&files[&doc.file]).collect();
         let range = doc.chunk.line_range.clone();
         for i in range.clone() {
             self.delete.insert((doc.file.clone(), i));
@@ -206,8 +206,7 @@ impl Edits {
         new: &str,
     ) -> Result<(), PromoteError> {
         let line_no = doc.lines[field];
-        let line = files[&doc.file]
-            .split_inclusive('\n')
+        let line = yaml::lines(&files[&doc.file])
             .nth(line_no - 1)
             .unwrap_or("");
         let trimmed = line.trim_start();
@@ -240,7 +239,7 @@ impl Edits {
             .collect();
         for file in touched {
             let mut out = String::new();
-            for (i, line) in files[file].split_inclusive('\n').enumerate() {
+            for (i, line) in yaml::lines(&files[file]).enumerate() {
                 let key = (file.clone(), i);
                 if self.delete.contains(&key) {
                     continue;
@@ -354,8 +353,7 @@ pub fn promote(
                 )?;
             }
             if let Some(line_no) = staged.lines.get("spec.stagedAction") {
-                let line = files[&staged.file]
-                    .split_inclusive('\n')
+                let line = yaml::lines(&files[&staged.file])
                     .nth(line_no - 1)
                     .unwrap_or("");
                 if !line.trim_start().starts_with("stagedAction:") {

@@ -1539,3 +1539,28 @@ fn a_configmap_mount_loads_each_document_once() {
     let l = load_paths(&[d]);
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
 }
+
+/// The bounds leave room for big legitimate documents: a GlobalNetworkSet of
+/// 100,000 nets (~1.9 MB, one document) loads.
+#[test]
+fn a_network_set_of_100000_nets_is_within_the_bounds() {
+    let mut text = String::from(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: big\n  labels: {role: blocked}\nspec:\n  nets:\n",
+    );
+    for i in 0..100_000u32 {
+        let [_, a, b, c] = i.to_be_bytes();
+        text.push_str(&format!("    - 10.{a}.{b}.{c}/32\n"));
+    }
+    assert!(text.len() < load::MAX_FILE_BYTES);
+    let chunks = yaml::split_documents(&text);
+    let node = yaml::parse_chunk(&chunks[0]).unwrap().unwrap();
+    let nets = node.to_json()["spec"]["nets"].as_array().unwrap().len();
+    assert_eq!(nets, 100_000);
+    // Through the loader: no parse error (validation has its own cap on nets).
+    let l = load(&text);
+    assert!(
+        l.diagnostics.iter().all(|d| !d.field.is_empty()),
+        "{:#?}",
+        l.diagnostics
+    );
+}

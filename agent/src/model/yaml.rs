@@ -23,6 +23,30 @@ pub fn split_documents(text: &str) -> Vec<Chunk> {
     split_documents_bounded(text, usize::MAX).0
 }
 
+/// The lines of `text`, each with its line break, as YAML counts them: a line
+/// ends at `\n`, `\r\n` or a lone `\r` (so that the lines of diagnostics,
+/// which come from the YAML parser, and of the split match).
+pub fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let c = bytes[i];
+            i += 1;
+            if c == b'\n' || (c == b'\r' && bytes.get(i) != Some(&b'\n')) {
+                let line = &text[start..i];
+                start = i;
+                return Some(line);
+            }
+        }
+        (start < bytes.len()).then(|| {
+            let line = &text[start..];
+            start = bytes.len();
+            line
+        })
+    })
+}
+
 /// [`split_documents`], keeping at most `max` chunks; with the 1-based line of
 /// the first chunk left out, if any.
 pub fn split_documents_bounded(text: &str, max: usize) -> (Vec<Chunk>, Option<usize>) {
@@ -44,7 +68,7 @@ pub fn split_documents_bounded(text: &str, max: usize) -> (Vec<Chunk>, Option<us
         }
     };
     let (mut i, mut offset) = (0, 0);
-    for line in text.split_inclusive('\n') {
+    for line in lines(text) {
         let l = line.trim_end_matches(['\n', '\r']);
         if l == "---" || l.starts_with("--- ") || l.starts_with("---\t") || l == "..." {
             flush(start, (i, offset), &mut chunks);
@@ -691,6 +715,23 @@ mod tests {
             .unwrap()
             .to_json();
         assert_eq!(j, serde_json::json!({"a": ".inf", "b": 1500.0}));
+    }
+
+    #[test]
+    fn a_lone_carriage_return_ends_a_line_as_in_yaml() {
+        let text = "a: 1\rb: 2\r\nc: [\n";
+        assert_eq!(
+            lines(text).collect::<Vec<_>>(),
+            ["a: 1\r", "b: 2\r\n", "c: [\n"]
+        );
+        let text = "a: 1\r---\rb: 2\rc: [\n";
+        let chunks = split_documents(text);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1].first_line, 3);
+        let err = parse_chunk(&chunks[1]).unwrap_err();
+        assert!(err.line <= 5, "{err:?}");
+        assert_eq!(lines("").count(), 0);
+        assert_eq!(lines("x").collect::<Vec<_>>(), ["x"]);
     }
 
     #[test]
