@@ -284,3 +284,115 @@ spec:
         "{out:?}"
     );
 }
+
+/// The regression corpus of issue 12 (a 20,000-level block sequence killed
+/// `agent check`; an alias bomb grew to gigabytes): errors with file and line.
+#[test]
+fn check_reports_hostile_files_instead_of_crashing() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let started = std::time::Instant::now();
+    let out = agent(&[
+        "check",
+        corpus.to_str().unwrap(),
+        examples().to_str().unwrap(),
+    ]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = stdout(&out);
+    for (file, line) in [
+        ("deep-block-sequence.yaml", 3),
+        ("deep-flow-sequence.yaml", 2),
+        ("alias-bomb.yaml", 10),
+        ("non-finite-ports.yaml", 11),
+        ("leading-zero-cidr.yaml", 10),
+    ] {
+        let at = format!("{}:{line}: error:", corpus.join(file).display());
+        assert!(text.contains(&at), "no `{at}` in\n{text}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("overflow"),
+        "{stderr}"
+    );
+}
+
+/// A fake daemon that answers one `status` request with `reply`.
+fn fake_daemon(socket: &Path, reply: String) -> std::thread::JoinHandle<()> {
+    use std::io::{BufRead, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&stream)
+            .read_line(&mut line)
+            .unwrap();
+        let _ = stream.write_all(reply.as_bytes());
+    })
+}
+
+/// `agent status | head -1`: the reader goes away after one line; the agent
+/// ends quietly (SIGPIPE, as Unix tools do), no panic and no backtrace.
+#[test]
+fn status_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    // Long enough (~300 KB) to fill the pipe many times over.
+    let diagnostics: Vec<serde_json::Value> = (0..3000)
+        .map(|i| {
+            serde_json::json!({"severity": "error", "file": format!("/etc/policy/{i}.yaml"),
+                "line": 1, "resource": "", "field": "", "message": "x".repeat(80)})
+        })
+        .collect();
+    let status = serde_json::json!({
+        "datastore": "/etc/policy", "started": "now", "last_reload": "now", "reloads": 1,
+        "last_error": null, "generation": 1, "epoch": 1, "endpoints": [],
+        "policies": {"enforced": 0, "staged": 0, "tiers": 0},
+        "tables": {"peer_prefixes": 0, "peer_prefixes_max": 1, "peer_classes": 0,
+            "rule_entries": 0, "rule_keys": 0, "rule_keys_max": 1, "endpoints_max": 1},
+        "counters": {}, "flows": {"tracked": 0, "events": 0, "subscribers": 0},
+        "kept_last_good": [], "diagnostics": diagnostics,
+    });
+    let server = fake_daemon(&socket, format!("{status}\n"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["status", "--socket", socket.to_str().unwrap()])
+        .env("RUST_LOG", "off")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("datastore:"), "{first}");
+    drop(reader);
+    let out = child.wait_with_output().unwrap();
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr, "", "{:?}", out.status);
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
+}
+
+/// Any command's output into a pipe nobody reads: the same quiet end.
+#[test]
+fn check_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["check", corpus.to_str().unwrap()])
+        .env("RUST_LOG", "off")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
+}

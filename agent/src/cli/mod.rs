@@ -114,6 +114,13 @@ pub enum Command {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
+    // A command whose output is cut short (`agent status | head -1`) ends
+    // quietly, as Unix tools do, instead of panicking in `println!` on EPIPE
+    // (Rust ignores SIGPIPE by default). Not the daemon: it writes to clients'
+    // sockets, and a client that goes away must not stop it.
+    if !matches!(cli.command, Command::Run { .. }) {
+        restore_sigpipe();
+    }
     // Logs go to stderr; RUST_LOG filters, AGENT_LOG_FORMAT=json switches to JSON lines.
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -188,6 +195,15 @@ pub fn main(cli: Cli) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// SIGPIPE back to its default action (end the process quietly).
+fn restore_sigpipe() {
+    // SAFETY: called first thing, before any thread is started; sets a
+    // signal's disposition only.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -14,23 +14,45 @@ use super::{lock, status, Shared};
 use crate::flows::{unix_now_ns, FlowQuery, Matcher};
 
 /// Binds the socket: parent directory created (0700), a stale socket removed,
-/// refuses to start when another agent answers on it; mode 0600.
+/// refuses to start when another agent answers on it; mode 0600. Only ever
+/// removes a socket: a regular file, directory or symlink at `path` is refused.
 pub(super) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+        Ok(m) if !m.file_type().is_socket() => {
+            let what = if m.is_dir() {
+                "a directory"
+            } else if m.file_type().is_symlink() {
+                "a symlink"
+            } else if m.is_file() {
+                "a regular file"
+            } else {
+                "not a socket"
+            };
             anyhow::bail!(
-                "another agent is serving {} (stop it, or pass --socket)",
+                "{} is {what}, not a socket: refusing to replace it (pass another --socket, \
+                 or remove it yourself if it is not needed)",
                 path.display()
             );
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another agent is serving {} (stop it, or pass --socket)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
     }
     // SAFETY: umask is process-wide and only narrowed around bind.
     let old = unsafe { libc::umask(0o177) };
@@ -159,5 +181,42 @@ async fn flows(
                 buf.clear();
             }
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_never_removes_anything_but_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file, a directory and a symlink are left alone, with a clear error.
+        let file = dir.path().join("file");
+        std::fs::write(&file, "precious").unwrap();
+        let err = bind(&file).unwrap_err().to_string();
+        assert!(err.contains("a regular file, not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+        let sub = dir.path().join("dir");
+        std::fs::create_dir(&sub).unwrap();
+        let err = bind(&sub).unwrap_err().to_string();
+        assert!(err.contains("a directory, not a socket"), "{err}");
+        assert!(sub.is_dir());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let err = bind(&link).unwrap_err().to_string();
+        assert!(err.contains("a symlink, not a socket"), "{err}");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+
+        // A live socket is refused; a stale one is replaced.
+        let sock = dir.path().join("agent.sock");
+        let live = bind(&sock).unwrap();
+        let err = bind(&sock).unwrap_err().to_string();
+        assert!(err.contains("another agent is serving"), "{err}");
+        drop(live);
+        let again = bind(&sock).unwrap();
+        drop(again);
     }
 }

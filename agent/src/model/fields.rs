@@ -76,16 +76,48 @@ pub fn port(p: &IntOrString) -> Result<PortMatch, String> {
 }
 
 /// A CIDR or a bare IP (a host route), masked to its network.
+///
+/// As Go's `net.ParseCIDR`/`net.ParseIP` (and so Calico): an IPv4 field with a
+/// leading zero (`010.1.2.3`, ambiguous between decimal and octal) is refused.
 pub fn net(s: &str) -> Result<IpNet, String> {
+    let invalid = || {
+        format!(
+            "`{s}` is not a valid network; accepted: a CIDR like 10.0.0.0/8 or fd00::/64, or an IP"
+        )
+    };
+    if has_leading_zero(s) {
+        return Err(format!(
+            "`{s}` is not a valid network: an IPv4 field has a leading zero (ambiguous: \
+             decimal or octal?); write it without (e.g. 10.65.0.10/32)"
+        ));
+    }
     if let Ok(n) = s.parse::<IpNet>() {
         return Ok(n.trunc());
     }
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    Err(format!(
-        "`{s}` is not a valid network; accepted: a CIDR like 10.0.0.0/8 or fd00::/64, or an IP"
-    ))
+    Err(invalid())
+}
+
+/// Whether the IPv4 part of an address or CIDR has a field with a leading zero
+/// (`010.1.2.3`), which Go's parser (and so Calico and Kubernetes) refuses.
+pub fn has_leading_zero(s: &str) -> bool {
+    let addr = s.split_once('/').map_or(s, |(a, _)| a);
+    // The dotted-quad part (also the tail of an IPv4-mapped IPv6 address).
+    let quad = addr.rsplit(':').next().unwrap_or(addr);
+    quad.contains('.')
+        && quad
+            .split('.')
+            .any(|octet| octet.len() > 1 && octet.starts_with('0'))
+}
+
+/// A strict CIDR (`a.b.c.d/n` or IPv6), as Kubernetes' ipBlock takes it.
+pub fn cidr(s: &str) -> Option<IpNet> {
+    if has_leading_zero(s) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 pub fn ip_version_of(n: &IpNet) -> u8 {
@@ -247,6 +279,27 @@ mod tests {
         assert_eq!(net("fd00::1").unwrap().to_string(), "fd00::1/128");
         assert!(net("10.0.0.0/33").is_err());
         assert!(net("nope").is_err());
+    }
+
+    #[test]
+    fn nets_with_leading_zeros_are_refused_as_calico_does() {
+        for bad in [
+            "010.065.000.010/32",
+            "010.065.000.010",
+            "10.0.0.01/32",
+            "00.0.0.0/0",
+            "::ffff:010.1.2.3",
+        ] {
+            let err = net(bad).unwrap_err();
+            assert!(err.contains("leading zero"), "{bad}: {err}");
+        }
+        assert_eq!(net("10.65.0.10/32").unwrap().to_string(), "10.65.0.10/32");
+        assert_eq!(net("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
+        assert_eq!(net("10.0.100.0/24").unwrap().to_string(), "10.0.100.0/24");
+        assert_eq!(
+            net("::ffff:10.1.2.3").unwrap().to_string(),
+            "::ffff:10.1.2.3/128"
+        );
     }
 
     #[test]

@@ -58,9 +58,19 @@ pub fn resource_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
 }
 
 /// Every `.yaml`/`.yml` file under `dir`, recursively, sorted by path.
+///
+/// Names starting with `.` are skipped, files and directories alike: that is
+/// how Kubernetes lays out a mounted ConfigMap (`..2024_01_01_00_00_00.1/`
+/// holding the files, `..data` a symlink to it, and each file a symlink into
+/// `..data/`), which would otherwise load every document three times; editors'
+/// hidden files (`.#a.yaml`) are not policy either.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let path = entry.path();
         if path.is_dir() {
             walk(&path, out)?;
         } else if matches!(
@@ -108,10 +118,32 @@ fn file_error(file: &Path, message: String) -> Diagnostic {
     }
 }
 
+/// At most this many bytes are read from one file (a GlobalNetworkSet of
+/// 100,000 nets is ~3 MB).
+pub const MAX_FILE_BYTES: usize = 16 << 20;
+/// At most this many documents are loaded from one file.
+pub const MAX_DOCUMENTS: usize = 50_000;
+
 /// Parses and validates every document of one file's text.
 pub fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+    if text.len() > MAX_FILE_BYTES {
+        diags.push(too_big(file, text.len() as u64));
+        return Vec::new();
+    }
+    let (chunks, over) = yaml::split_documents_bounded(text, MAX_DOCUMENTS);
+    if let Some(line) = over {
+        diags.push(Diagnostic {
+            line,
+            ..file_error(
+                file,
+                format!(
+                    "more than {MAX_DOCUMENTS} documents in one file; the documents from this                      line on are not loaded: split the file"
+                ),
+            )
+        });
+    }
     let mut docs = Vec::new();
-    for chunk in yaml::split_documents(text) {
+    for chunk in chunks {
         match parse_document(file, &chunk, diags) {
             Ok(Some(doc)) => docs.push(doc),
             Ok(None) => {}
@@ -119,6 +151,70 @@ pub fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
         }
     }
     docs
+}
+
+fn too_big(file: &Path, len: u64) -> Diagnostic {
+    file_error(
+        file,
+        format!(
+            "the file is {len} bytes; at most {MAX_FILE_BYTES} bytes ({} MiB) are read from \
+             one file: split it into several files",
+            MAX_FILE_BYTES >> 20
+        ),
+    )
+}
+
+/// Reads a file of at most [`MAX_FILE_BYTES`] (without reading more of a larger one).
+fn read_bounded(file: &Path) -> Result<String, Diagnostic> {
+    use std::io::Read;
+    let f = std::fs::File::open(file)
+        .map_err(|e| file_error(file, format!("cannot read file: {e}")))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_error(file, format!("cannot read file: {e}")))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        let len = std::fs::metadata(file).map_or(bytes.len() as u64, |m| m.len());
+        return Err(too_big(file, len));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        file_error(
+            file,
+            "cannot read file: stream did not contain valid UTF-8".into(),
+        )
+    })
+}
+
+/// Bounds a document given as a JSON value (the Kubernetes datastore's objects)
+/// as YAML documents are bounded: at most [`yaml::MAX_DEPTH`] levels and
+/// [`yaml::MAX_NODES`] values. Walks with its own stack (never recurses).
+fn check_value_bounds(value: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value as J;
+    let mut stack = vec![(value, 0usize)];
+    let mut nodes = 0usize;
+    while let Some((v, depth)) = stack.pop() {
+        nodes += 1;
+        if nodes > yaml::MAX_NODES {
+            return Err(format!(
+                "the object has more than {} values; split it into several objects",
+                yaml::MAX_NODES
+            ));
+        }
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            J::Array(items) => Box::new(items.iter()),
+            J::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > yaml::MAX_DEPTH {
+            return Err(format!(
+                "arrays and objects nest more than {} levels deep (a resource needs fewer \
+                 than 10); flatten the object",
+                yaml::MAX_DEPTH
+            ));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(())
 }
 
 fn parse_document(
@@ -316,6 +412,11 @@ pub fn load_values(sources: impl IntoIterator<Item = (PathBuf, serde_json::Value
     let mut docs = Vec::with_capacity(sources.size_hint().0);
     let mut files = Vec::with_capacity(sources.size_hint().0);
     for (file, value) in sources {
+        if let Err(message) = check_value_bounds(&value) {
+            diagnostics.push(file_error(&file, message));
+            files.push(file);
+            continue;
+        }
         match parse_value(&file, 1, HashMap::new(), value, &mut diagnostics) {
             Ok(Some(doc)) => docs.push(doc),
             Ok(None) => {}
@@ -394,9 +495,9 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
     let files = collect_files(paths, &mut diags);
     let mut sources = Vec::new();
     for f in files {
-        match std::fs::read_to_string(&f) {
+        match read_bounded(&f) {
             Ok(text) => sources.push((f, text)),
-            Err(e) => diags.push(file_error(&f, format!("cannot read file: {e}"))),
+            Err(d) => diags.push(d),
         }
     }
     load_with(&sources, diags)

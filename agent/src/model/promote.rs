@@ -169,7 +169,7 @@ struct Edits {
 
 impl Edits {
     fn delete_document(&mut self, files: &BTreeMap<PathBuf, String>, doc: &Located) {
-        let lines: Vec<&str> = files[&doc.file].split_inclusive('\n').collect();
+        let lines: Vec<&str> = yaml::lines(&files[&doc.file]).collect();
         let range = doc.chunk.line_range.clone();
         for i in range.clone() {
             self.delete.insert((doc.file.clone(), i));
@@ -206,8 +206,7 @@ impl Edits {
         new: &str,
     ) -> Result<(), PromoteError> {
         let line_no = doc.lines[field];
-        let line = files[&doc.file]
-            .split_inclusive('\n')
+        let line = yaml::lines(&files[&doc.file])
             .nth(line_no - 1)
             .unwrap_or("");
         let trimmed = line.trim_start();
@@ -240,20 +239,60 @@ impl Edits {
             .collect();
         for file in touched {
             let mut out = String::new();
-            for (i, line) in files[file].split_inclusive('\n').enumerate() {
+            for (i, line) in yaml::lines(&files[file]).enumerate() {
                 let key = (file.clone(), i);
                 if self.delete.contains(&key) {
                     continue;
                 }
                 out.push_str(self.replace.get(&key).map_or(line, String::as_str));
             }
-            // Write to a sibling and rename, so a crash never leaves half a file.
-            let tmp = file.with_extension("promote.tmp");
-            std::fs::write(&tmp, out).map_err(|e| PromoteError::Io(tmp.clone(), e))?;
-            std::fs::rename(&tmp, file).map_err(|e| PromoteError::Io(file.clone(), e))?;
+            replace_file(file, out.as_bytes())?;
         }
         Ok(())
     }
+}
+
+/// Replaces the contents of `file` atomically, as an editor that saves in place
+/// would: through a symlink (the link stays, its target is rewritten) and
+/// keeping the file's mode and owner (a 0600 file stays 0600). The new text is
+/// written to a hidden sibling of the real file, then renamed over it, so a
+/// crash never leaves half a file.
+fn replace_file(file: &Path, contents: &[u8]) -> Result<(), PromoteError> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| PromoteError::Io(p, e)
+    };
+    let target = std::fs::canonicalize(file).map_err(io(file))?;
+    let meta = std::fs::metadata(&target).map_err(io(&target))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Hidden (dot) name: the loader and watchers skip it while it exists.
+    let tmp = target.with_file_name(format!(".{name}.promote.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    let written = (|| {
+        f.write_all(contents)?;
+        // The umask may have narrowed the mode; the owner is kept where we may.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(PromoteError::Io(target, e));
+    }
+    Ok(())
 }
 
 /// Promotes the staged policy `kind`/`name` (in `namespace`, default `default`,
@@ -314,8 +353,7 @@ pub fn promote(
                 )?;
             }
             if let Some(line_no) = staged.lines.get("spec.stagedAction") {
-                let line = files[&staged.file]
-                    .split_inclusive('\n')
+                let line = yaml::lines(&files[&staged.file])
                     .nth(line_no - 1)
                     .unwrap_or("");
                 if !line.trim_start().starts_with("stagedAction:") {
@@ -391,6 +429,55 @@ metadata:
         let mut v: Vec<String> = l.model.policies.iter().map(|p| p.id.to_string()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn promote_writes_through_symlinks_and_keeps_the_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let real = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let staged = write(real.path(), "a.yaml", STAGED);
+        let enforced = write(real.path(), "b.yaml", ENFORCED);
+        for f in [&staged, &enforced] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let link_a = dir.path().join("a.yaml");
+        let link_b = dir.path().join("b.yaml");
+        std::os::unix::fs::symlink(&staged, &link_a).unwrap();
+        std::os::unix::fs::symlink(&enforced, &link_b).unwrap();
+        promote(
+            dir.path(),
+            PolicyKind::StagedGlobalNetworkPolicy,
+            "lockdown",
+            None,
+        )
+        .unwrap();
+        for (link, file) in [(&link_a, &staged), (&link_b, &enforced)] {
+            let meta = std::fs::symlink_metadata(link).unwrap();
+            assert!(meta.file_type().is_symlink(), "{} replaced", link.display());
+            assert_eq!(std::fs::read_link(link).unwrap(), *file);
+            let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        let text = std::fs::read_to_string(&staged).unwrap();
+        assert!(text.contains("kind: GlobalNetworkPolicy\n"), "{text}");
+        assert!(!text.contains("StagedGlobalNetworkPolicy"), "{text}");
+        assert!(!std::fs::read_to_string(&enforced)
+            .unwrap()
+            .contains("name: lockdown"));
+        // No temporary file is left behind, in either directory.
+        for d in [real.path(), dir.path()] {
+            let mut names: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["a.yaml", "b.yaml"]);
+        }
+        assert_eq!(
+            policy_names(dir.path()),
+            ["gnp:after", "gnp:before", "gnp:lockdown", "gnp:other"]
+        );
     }
 
     #[test]

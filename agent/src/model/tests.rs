@@ -1334,3 +1334,233 @@ fn cross_document_checks_also_report_on_invalid_documents() {
     assert_eq!(errors(&l).len(), 1);
     assert_eq!(l.model.policies[0].order, Some(2.0));
 }
+
+// ---- Bounded parsing and Calico's number and address grammar (issue 12) ----
+
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
+
+fn error_lines(l: &Loaded) -> Vec<(String, usize, String)> {
+    errors(l)
+        .iter()
+        .map(|d| {
+            let file = d.file.file_name().unwrap().to_string_lossy().into_owned();
+            (file, d.line, d.message.clone())
+        })
+        .collect()
+}
+
+/// The crash cases of issue 12 (a 20,000-level block sequence, a 548-byte
+/// alias bomb, ...) are errors naming file and line, on a thread with the
+/// daemon's blocking-thread stack (2 MiB), and the rest of the datastore loads.
+#[test]
+fn hostile_documents_are_errors_and_the_rest_of_the_datastore_loads() {
+    let (l, elapsed) = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let started = std::time::Instant::now();
+            let l = load_paths(&[EXAMPLES, CORPUS]);
+            (l, started.elapsed())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+    let errs = error_lines(&l);
+    let has = |file: &str, line: usize, text: &str| {
+        assert!(
+            errs.iter()
+                .any(|(f, l, m)| f == file && *l == line && m.contains(text)),
+            "no `{text}` at {file}:{line} in {errs:#?}"
+        )
+    };
+    has("deep-block-sequence.yaml", 3, "nest more than 64 levels");
+    has("deep-flow-sequence.yaml", 2, "nest more than 64 levels");
+    has("deep-mapping.yaml", 66, "nest more than 64 levels");
+    has("deep-aliases.yaml", 3, "nest more than 64 levels");
+    has("alias-bomb.yaml", 10, "copy more than 100000 nodes");
+    has(
+        "non-finite-ports.yaml",
+        11,
+        "`1e400` is not a finite number",
+    );
+    has("non-finite-ports.yaml", 22, "`.nan` is not a finite number");
+    has("non-finite-ports.yaml", 33, "`.inf` is not a finite number");
+    has("leading-zero-cidr.yaml", 10, "leading zero");
+    // Everything from the examples loads as it does alone.
+    let alone = load_paths(&[EXAMPLES]);
+    assert_eq!(l.model.policies.len(), alone.model.policies.len());
+    assert_eq!(l.model.endpoints.len(), alone.model.endpoints.len());
+}
+
+#[test]
+fn ports_must_be_finite_integers_not_named_inf_or_nan() {
+    for v in ["1e400", ".nan", ".inf", ".NaN", "-.inf"] {
+        let text = format!(
+            "{GNP_HEAD}  ingress:\n    - action: Deny\n      protocol: TCP\n      destination:\n        ports: [{v}]\n"
+        );
+        let l = load(&text);
+        assert!(l.model.policies.is_empty(), "{v}: {:#?}", l.model.policies);
+        let e = errors(&l);
+        assert_eq!(e.len(), 1, "{v}: {:#?}", l.diagnostics);
+        assert!(e[0].message.contains("not a finite number"), "{v}: {e:?}");
+        assert_eq!(e[0].line, text.lines().count(), "{v}: {e:?}");
+    }
+    // A named port spelled like one stays a named port when quoted.
+    let text = format!(
+        "{GNP_HEAD}  ingress:\n    - action: Deny\n      protocol: TCP\n      destination:\n        ports: ['inf']\n"
+    );
+    assert!(errors(&load(&text)).is_empty());
+}
+
+#[test]
+fn nets_with_leading_zeros_are_rejected_everywhere() {
+    let gnp = format!(
+        "{GNP_HEAD}  ingress:\n    - action: Deny\n      source:\n        nets: [010.065.000.010/32]\n"
+    );
+    let (line, field, message) = only_error(&gnp);
+    assert_eq!(line, gnp.lines().count());
+    assert_eq!(field, "spec.ingress[0].source.nets[0]");
+    assert!(message.contains("leading zero"), "{message}");
+    let knp = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: k
+spec:
+  podSelector: {}
+  ingress:
+    - from:
+        - ipBlock:
+            cidr: 010.0.0.0/8
+";
+    let (line, field, _) = only_error(knp);
+    assert_eq!(
+        (line, field.as_str()),
+        (10, "spec.ingress[0].from[0].ipBlock.cidr")
+    );
+    let wep = "apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: w
+  namespace: default
+spec:
+  interfaceName: caliw
+  ipNetworks: [10.0.0.01/32]
+";
+    let (line, field, message) = only_error(wep);
+    assert_eq!((line, field.as_str()), (8, "spec.ipNetworks[0]"));
+    assert!(message.contains("leading zero"), "{message}");
+}
+
+#[test]
+fn a_file_over_the_size_bound_is_an_error_and_not_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    let mut text = String::from("# padding\n");
+    while text.len() <= load::MAX_FILE_BYTES {
+        text.push_str("# ...................................................................\n");
+    }
+    std::fs::write(&big, &text).unwrap();
+    std::fs::write(dir.path().join("ok.yaml"), GNP_HEAD).unwrap();
+    let l = load_paths(&[dir.path()]);
+    let errs = error_lines(&l);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].0, "big.yaml");
+    assert!(
+        errs[0].2.contains("at most 16777216 bytes (16 MiB)"),
+        "{errs:?}"
+    );
+    assert_eq!(l.model.policies.len(), 1);
+}
+
+#[test]
+fn documents_past_the_per_file_bound_are_an_error() {
+    let mut text = "#\n---\n".repeat(load::MAX_DOCUMENTS);
+    let line = text.lines().count() + 1;
+    text.push_str(GNP_HEAD);
+    let l = load(&text);
+    let errs = error_lines(&l);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].1, line);
+    assert!(errs[0].2.contains("more than 50000 documents"), "{errs:?}");
+    assert!(l.model.policies.is_empty());
+}
+
+/// Kubernetes objects reach the same loader as JSON values: the same bounds.
+#[test]
+fn kubernetes_objects_are_bounded_like_yaml_documents() {
+    let mut deep = serde_json::json!("x");
+    for _ in 0..200 {
+        deep = serde_json::json!([deep]);
+    }
+    let doc = |name: &str, spec: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        })
+    };
+    let l = load::load_values([
+        (
+            PathBuf::from("kubernetes:GlobalNetworkPolicy/deep"),
+            doc("deep", serde_json::json!({"selector": deep})),
+        ),
+        (
+            PathBuf::from("kubernetes:GlobalNetworkPolicy/ok"),
+            doc("ok", serde_json::json!({})),
+        ),
+    ]);
+    let e = errors(&l);
+    assert_eq!(e.len(), 1, "{:#?}", l.diagnostics);
+    assert_eq!(
+        e[0].file,
+        PathBuf::from("kubernetes:GlobalNetworkPolicy/deep")
+    );
+    assert!(e[0].message.contains("nest more than 64 levels"), "{e:?}");
+    assert_eq!(l.model.policies.len(), 1);
+}
+
+/// Kubernetes mounts a ConfigMap as `..<timestamp>/` (the files), `..data` (a
+/// symlink to it) and one symlink per file into `..data/`: each document loads once.
+#[test]
+fn a_configmap_mount_loads_each_document_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stamp = d.join("..2024_01_01_00_00_00.123456789");
+    std::fs::create_dir(&stamp).unwrap();
+    std::fs::write(stamp.join("gnp.yaml"), GNP_HEAD).unwrap();
+    std::os::unix::fs::symlink("..2024_01_01_00_00_00.123456789", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/gnp.yaml", d.join("gnp.yaml")).unwrap();
+    let l = load_paths(&[d]);
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    assert_eq!(l.model.policies.len(), 1);
+    // Hidden files are skipped too (an editor's lock or backup file).
+    std::fs::write(d.join(".#gnp.yaml"), GNP_HEAD).unwrap();
+    let l = load_paths(&[d]);
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+}
+
+/// The bounds leave room for big legitimate documents: a GlobalNetworkSet of
+/// 100,000 nets (~1.9 MB, one document) loads.
+#[test]
+fn a_network_set_of_100000_nets_is_within_the_bounds() {
+    let mut text = String::from(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: big\n  labels: {role: blocked}\nspec:\n  nets:\n",
+    );
+    for i in 0..100_000u32 {
+        let [_, a, b, c] = i.to_be_bytes();
+        text.push_str(&format!("    - 10.{a}.{b}.{c}/32\n"));
+    }
+    assert!(text.len() < load::MAX_FILE_BYTES);
+    let chunks = yaml::split_documents(&text);
+    let node = yaml::parse_chunk(&chunks[0]).unwrap().unwrap();
+    let nets = node.to_json()["spec"]["nets"].as_array().unwrap().len();
+    assert_eq!(nets, 100_000);
+    // Through the loader: no parse error (validation has its own cap on nets).
+    let l = load(&text);
+    assert!(
+        l.diagnostics.iter().all(|d| !d.field.is_empty()),
+        "{:#?}",
+        l.diagnostics
+    );
+}

@@ -830,17 +830,17 @@ fn k8s_peers(v: &mut Issues, path: &str, peers: &[K8sPeer]) {
                         "ipBlock cannot be combined with podSelector or namespaceSelector",
                     );
                 }
-                match b.cidr.parse::<ipnet::IpNet>() {
-                    Err(_) => v.error(
+                match fields::cidr(&b.cidr).ok_or(()) {
+                    Err(()) => v.error(
                         format!("{p}.ipBlock.cidr"),
                         format!(
-                            "`{}` is not a valid CIDR; accepted: e.g. 10.0.0.0/8",
+                            "`{}` is not a valid CIDR (no leading zeros); accepted: e.g. 10.0.0.0/8",
                             b.cidr
                         ),
                     ),
                     Ok(cidr) => {
                         for (j, ex) in b.except.iter().enumerate() {
-                            let ok = ex.parse::<ipnet::IpNet>().is_ok_and(|e| {
+                            let ok = fields::cidr(ex).is_some_and(|e| {
                                 cidr.contains(&e) && e.prefix_len() > cidr.prefix_len()
                             });
                             if !ok {

@@ -3,7 +3,7 @@
 //! remembers the line of every field, then handed to serde as JSON.
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// One `---`-separated document of a file, as text.
@@ -20,30 +20,72 @@ pub struct Chunk {
 /// a space and content) or `...`. The separator line belongs to no chunk unless
 /// it carries content after `--- `.
 pub fn split_documents(text: &str) -> Vec<Chunk> {
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    split_documents_bounded(text, usize::MAX).0
+}
+
+/// The lines of `text`, each with its line break, as YAML counts them: a line
+/// ends at `\n`, `\r\n` or a lone `\r` (so that the lines of diagnostics,
+/// which come from the YAML parser, and of the split match).
+pub fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let c = bytes[i];
+            i += 1;
+            if c == b'\n' || (c == b'\r' && bytes.get(i) != Some(&b'\n')) {
+                let line = &text[start..i];
+                start = i;
+                return Some(line);
+            }
+        }
+        (start < bytes.len()).then(|| {
+            let line = &text[start..];
+            start = bytes.len();
+            line
+        })
+    })
+}
+
+/// [`split_documents`], keeping at most `max` chunks; with the 1-based line of
+/// the first chunk left out, if any.
+pub fn split_documents_bounded(text: &str, max: usize) -> (Vec<Chunk>, Option<usize>) {
     let mut chunks = Vec::new();
-    let mut start = 0;
-    let flush = |from: usize, to: usize, chunks: &mut Vec<Chunk>| {
-        if from < to {
+    let mut over = None;
+    // (line index, byte offset) where the current chunk starts.
+    let mut start = (0, 0);
+    let mut flush = |from: (usize, usize), to: (usize, usize), chunks: &mut Vec<Chunk>| {
+        if from.0 < to.0 {
+            if chunks.len() >= max {
+                over.get_or_insert(from.0 + 1);
+                return;
+            }
             chunks.push(Chunk {
-                first_line: from + 1,
-                line_range: from..to,
-                text: lines[from..to].concat(),
+                first_line: from.0 + 1,
+                line_range: from.0..to.0,
+                text: text[from.1..to.1].to_string(),
             });
         }
     };
-    for (i, line) in lines.iter().enumerate() {
+    let (mut i, mut offset) = (0, 0);
+    for line in lines(text) {
         let l = line.trim_end_matches(['\n', '\r']);
         if l == "---" || l.starts_with("--- ") || l.starts_with("---\t") || l == "..." {
-            flush(start, i, &mut chunks);
+            flush(start, (i, offset), &mut chunks);
             // `--- {a: 1}` starts a document on the separator line itself.
             let rest = l.get(3..).unwrap_or("").trim();
             let has_content = l != "..." && !rest.is_empty() && !rest.starts_with('#');
-            start = if has_content { i } else { i + 1 };
+            start = if has_content {
+                (i, offset)
+            } else {
+                (i + 1, offset + line.len())
+            };
         }
+        i += 1;
+        offset += line.len();
     }
-    flush(start, lines.len(), &mut chunks);
-    chunks
+    flush(start, (i, offset), &mut chunks);
+    (chunks, over)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,7 +114,25 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// At most this many nested sequences and mappings in a document. A Calico
+/// resource needs fewer than 10; the bound keeps every walk over the tree
+/// (conversion, serde, drop) far from the end of the stack.
+pub const MAX_DEPTH: usize = 64;
+/// At most this many nodes copied by anchors and aliases in one document: an
+/// alias is a copy of its anchor's whole subtree, so a few hundred bytes of
+/// nested aliases ("billion laughs") could otherwise expand to gigabytes.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+/// At most this many nodes in one document, aliases included (a GlobalNetworkSet
+/// of 100,000 nets is ~100,000 nodes).
+pub const MAX_NODES: usize = 2_000_000;
+
 /// Parses one chunk. `Ok(None)` when it holds no document (only comments or blank lines).
+///
+/// Bounded: nesting deeper than [`MAX_DEPTH`], aliases copying more than
+/// [`MAX_ALIAS_NODES`] nodes or more than [`MAX_NODES`] nodes in all stop the
+/// parse with an error at the line where the bound was crossed. The events are
+/// pulled one at a time (yaml-rust2's own `Parser::load` recurses once per
+/// level, and would overflow the stack on deep input before any check).
 pub fn parse_chunk(chunk: &Chunk) -> Result<Option<Node>, SyntaxError> {
     let mut builder = Builder {
         line_offset: chunk.first_line - 1,
@@ -80,12 +140,32 @@ pub fn parse_chunk(chunk: &Chunk) -> Result<Option<Node>, SyntaxError> {
         anchors: HashMap::new(),
         docs: Vec::new(),
         error: None,
+        fatal: None,
+        copied: 0,
+        nodes: 0,
     };
     let mut parser = Parser::new_from_str(&chunk.text);
-    parser.load(&mut builder, true).map_err(|e| SyntaxError {
-        line: e.marker().line() + chunk.first_line - 1,
-        message: format!("YAML syntax error: {}", e.info()),
-    })?;
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
+            line: e.marker().line() + chunk.first_line - 1,
+            // yaml-rust2's scanner has a bound of its own on flow nesting (it
+            // looks ahead), hit before ours: the same error in the same words.
+            message: if e.info() == "recursion limit exceeded" {
+                depth_message()
+            } else {
+                format!("YAML syntax error: {}", e.info())
+            },
+        })?;
+        match ev {
+            Event::StreamEnd => break,
+            // Anchors are per document.
+            Event::DocumentStart => builder.anchors.clear(),
+            _ => builder.on_event(ev, mark),
+        }
+        if let Some(e) = builder.fatal.take() {
+            return Err(e);
+        }
+    }
     if let Some(e) = builder.error {
         return Err(e);
     }
@@ -99,34 +179,80 @@ pub fn parse_chunk(chunk: &Chunk) -> Result<Option<Node>, SyntaxError> {
     }
 }
 
-enum Open {
-    Seq(usize, usize, Vec<Node>),
-    /// anchor, line, entries, pending key
-    Map(
-        usize,
-        usize,
-        Vec<(String, usize, Node)>,
-        Option<(String, usize)>,
-    ),
+fn depth_message() -> String {
+    format!(
+        "sequences and mappings nest more than {MAX_DEPTH} levels deep (a resource needs \
+         fewer than 10); fix the indentation or flatten the document"
+    )
+}
+
+enum Items {
+    Seq(Vec<Node>),
+    /// Entries, and the pending key (with its line) waiting for its value.
+    Map(Vec<(String, usize, Node)>, Option<(String, usize)>),
+}
+
+/// A sequence or mapping being built.
+struct Open {
+    anchor: usize,
+    line: usize,
+    items: Items,
+    /// Nodes in this subtree so far (itself included).
+    size: usize,
+    /// Levels of collections inside it so far (0: only scalars).
+    height: usize,
+}
+
+/// A finished anchored node, with its size and height (see [`Open`]).
+struct Anchored {
+    node: Node,
+    size: usize,
+    height: usize,
 }
 
 struct Builder {
     line_offset: usize,
     stack: Vec<Open>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
     docs: Vec<Node>,
+    /// The first error of the document; parsing goes on (a later syntax error wins).
     error: Option<SyntaxError>,
+    /// A bound was crossed: parsing stops at once.
+    fatal: Option<SyntaxError>,
+    /// Nodes copied by anchors and aliases.
+    copied: usize,
+    /// Nodes in the document, copies included.
+    nodes: usize,
 }
 
 impl Builder {
-    fn push_node(&mut self, node: Node, anchor: usize) {
+    /// `size`/`height`: the node's, as in [`Open`] (1 and 0 for a scalar).
+    fn push_node(&mut self, node: Node, anchor: usize, size: usize, height: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            if !self.copy(size, node.line) {
+                return;
+            }
+            let kept = Anchored {
+                node: node.clone(),
+                size,
+                height,
+            };
+            self.anchors.insert(anchor, kept);
+        }
+        if let Some(open) = self.stack.last_mut() {
+            open.size += size;
+            open.height = open.height.max(height);
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
-            Some(Open::Seq(_, _, items)) => items.push(node),
-            Some(Open::Map(_, _, entries, pending)) => match pending.take() {
+            Some(Open {
+                items: Items::Seq(items),
+                ..
+            }) => items.push(node),
+            Some(Open {
+                items: Items::Map(entries, pending),
+                ..
+            }) => match pending.take() {
                 None => {
                     let key = match &node.value {
                         Value::Str(s) => s.clone(),
@@ -154,50 +280,144 @@ impl Builder {
             },
         }
     }
-}
 
-impl MarkedEventReceiver for Builder {
+    /// Like Calico (whose YAML becomes JSON), a value must be a finite number:
+    /// `.inf`, `.nan` or `1e400` would otherwise become the strings `inf`/`NaN`
+    /// (e.g. a named port that never matches).
+    fn check_finite(&mut self, value: &Value, text: &str, line: usize) {
+        let is_key = matches!(
+            self.stack.last(),
+            Some(Open {
+                items: Items::Map(_, None),
+                ..
+            })
+        );
+        if matches!(value, Value::Float(f) if !f.is_finite()) && !is_key {
+            self.error.get_or_insert(SyntaxError {
+                line,
+                message: format!(
+                    "`{text}` is not a finite number (`.inf`, `.nan` and numbers beyond ~1.8e308 \
+                     cannot be represented); write a number, or quote it if a string is meant"
+                ),
+            });
+        }
+    }
+
+    /// Counts `size` copied nodes; false (and a fatal error) past the bound.
+    fn copy(&mut self, size: usize, line: usize) -> bool {
+        self.copied = self.copied.saturating_add(size);
+        if self.copied > MAX_ALIAS_NODES {
+            self.fatal.get_or_insert(SyntaxError {
+                line,
+                message: format!(
+                    "anchors and aliases copy more than {MAX_ALIAS_NODES} nodes (each alias is \
+                     a full copy of its anchor; nested aliases multiply); write the repeated \
+                     parts out or use fewer, smaller aliases"
+                ),
+            });
+            return false;
+        }
+        true
+    }
+
+    /// Counts `size` more nodes in the document; false (and a fatal error) past the bound.
+    fn count(&mut self, size: usize, line: usize) -> bool {
+        self.nodes = self.nodes.saturating_add(size);
+        if self.nodes > MAX_NODES {
+            self.fatal.get_or_insert(SyntaxError {
+                line,
+                message: format!(
+                    "the document has more than {MAX_NODES} values; split it into several documents"
+                ),
+            });
+            return false;
+        }
+        true
+    }
+
+    /// False (and a fatal error) when `height` more levels at the current depth
+    /// would nest deeper than [`MAX_DEPTH`].
+    fn check_depth(&mut self, height: usize, line: usize) -> bool {
+        if self.stack.len() + height > MAX_DEPTH {
+            self.fatal.get_or_insert(SyntaxError {
+                line,
+                message: depth_message(),
+            });
+            return false;
+        }
+        true
+    }
+
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let line = mark.line() + self.line_offset;
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
                 let value = if style == TScalarStyle::Plain {
-                    resolve_plain(&text)
+                    let value = resolve_plain(&text);
+                    self.check_finite(&value, &text, line);
+                    value
                 } else {
                     Value::Str(text)
                 };
-                self.push_node(Node { line, value }, anchor);
+                if self.count(1, line) {
+                    self.push_node(Node { line, value }, anchor, 1, 0);
+                }
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().unwrap_or(Node {
+                let Some((size, height)) = self.anchors.get(&id).map(|a| (a.size, a.height)) else {
+                    return self.push_node(
+                        Node {
+                            line,
+                            value: Value::Null,
+                        },
+                        0,
+                        1,
+                        0,
+                    );
+                };
+                if !self.check_depth(height, line) || !self.copy(size, line) {
+                    return;
+                }
+                let Some(anchored) = self.anchors.get(&id) else {
+                    return;
+                };
+                let node = Node {
                     line,
-                    value: Value::Null,
-                });
-                self.push_node(Node { line, ..node }, 0);
+                    ..anchored.node.clone()
+                };
+                if self.count(size, line) {
+                    self.push_node(node, 0, size, height);
+                }
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(anchor, line, Vec::new())),
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Open::Map(anchor, line, Vec::new(), None))
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if !self.check_depth(1, line) || !self.count(1, line) {
+                    return;
+                }
+                let items = match ev {
+                    Event::SequenceStart(..) => Items::Seq(Vec::new()),
+                    _ => Items::Map(Vec::new(), None),
+                };
+                self.stack.push(Open {
+                    anchor,
+                    line,
+                    items,
+                    size: 1,
+                    height: 0,
+                });
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (anchor, node) = match self.stack.pop() {
-                    Some(Open::Seq(a, line, items)) => (
-                        a,
-                        Node {
-                            line,
-                            value: Value::Seq(items),
-                        },
-                    ),
-                    Some(Open::Map(a, line, entries, _)) => (
-                        a,
-                        Node {
-                            line,
-                            value: Value::Map(entries),
-                        },
-                    ),
-                    None => return,
+                let Some(open) = self.stack.pop() else {
+                    return;
                 };
-                self.push_node(node, anchor);
+                let value = match open.items {
+                    Items::Seq(items) => Value::Seq(items),
+                    Items::Map(entries, _) => Value::Map(entries),
+                };
+                let node = Node {
+                    line: open.line,
+                    value,
+                };
+                self.push_node(node, open.anchor, open.size, open.height + 1);
             }
             _ => {}
         }
@@ -385,5 +605,141 @@ mod tests {
         assert_eq!(line_of(&idx, "spec.ingress[0].source.selector"), 4);
         assert_eq!(line_of(&idx, "spec.ingress[0].action"), 4);
         assert_eq!(line_of(&idx, "spec"), 2);
+    }
+
+    fn parse_text(text: &str) -> Result<Option<Node>, SyntaxError> {
+        parse_chunk(&split_documents(text)[0])
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack: far less than the 2 MiB of
+    /// the daemon's blocking threads, so a parse that recursed per level would
+    /// overflow here long before its input got near the bounds.
+    fn small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for (what, text, line) in [
+            (
+                "block",
+                format!("a: 1\nspec:\n{}x\n", "- ".repeat(20_000)),
+                3,
+            ),
+            (
+                "flow",
+                format!("a: 1\nspec: {}{}\n", "[".repeat(20_000), "]".repeat(20_000)),
+                2,
+            ),
+            (
+                "mapping",
+                format!(
+                    "a: 1\nb: {}x: 1{}\n",
+                    "{b: ".repeat(5_000),
+                    "}".repeat(5_000)
+                ),
+                2,
+            ),
+        ] {
+            let err = small_stack(move || parse_text(&text)).unwrap_err();
+            assert_eq!(err.line, line, "{what}: {err:?}");
+            assert!(
+                err.message.contains("nest more than 64 levels"),
+                "{what}: {err:?}"
+            );
+        }
+        // At the bound itself, it parses.
+        let ok = format!("{}x\n", "- ".repeat(MAX_DEPTH));
+        assert!(parse_text(&ok).unwrap().is_some());
+        let over = format!("{}x\n", "- ".repeat(MAX_DEPTH + 1));
+        assert!(parse_text(&over).is_err());
+    }
+
+    #[test]
+    fn alias_bomb_is_an_error_not_gigabytes() {
+        let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+            let items = vec![format!("*{prev}"); 9].join(", ");
+            text.push_str(&format!("{name}: &{name} [{items}]\n"));
+        }
+        let started = std::time::Instant::now();
+        let err = small_stack(move || parse_text(&text)).unwrap_err();
+        assert!(
+            err.message.contains("copy more than 100000 nodes"),
+            "{err:?}"
+        );
+        // The line where the budget ran out: `e`, whose 9 aliases copy 66,429
+        // nodes (on top of the copies before).
+        assert_eq!(err.line, 5, "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Ordinary aliases still work.
+        let j = parse_text("x: &p [80, 443]\ny: *p\n")
+            .unwrap()
+            .unwrap()
+            .to_json();
+        assert_eq!(j, serde_json::json!({"x": [80, 443], "y": [80, 443]}));
+    }
+
+    #[test]
+    fn aliases_cannot_nest_deeper_than_the_bound() {
+        // Each anchor is 40 levels deep; using one inside another would be 80.
+        let text = format!(
+            "a: &a {}x{}\nb: &b {}*a{}\n",
+            "[".repeat(40),
+            "]".repeat(40),
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let err = parse_text(&text).unwrap_err();
+        assert_eq!(err.line, 2, "{err:?}");
+        assert!(err.message.contains("nest more than 64 levels"), "{err:?}");
+    }
+
+    #[test]
+    fn non_finite_numbers_are_errors() {
+        for v in ["1e400", ".nan", ".inf", "-.Inf", ".NaN"] {
+            let err = parse_text(&format!("a: 1\nports: [{v}]\n")).unwrap_err();
+            assert_eq!(err.line, 2, "{v}: {err:?}");
+            assert!(err.message.contains("not a finite number"), "{v}: {err:?}");
+            let err = parse_text(&format!("a: 1\nport: {v}\n")).unwrap_err();
+            assert_eq!(err.line, 2, "{v}: {err:?}");
+        }
+        // Quoted, they are strings; finite floats stay numbers.
+        let j = parse_text("a: '.inf'\nb: 1.5e3\n")
+            .unwrap()
+            .unwrap()
+            .to_json();
+        assert_eq!(j, serde_json::json!({"a": ".inf", "b": 1500.0}));
+    }
+
+    #[test]
+    fn a_lone_carriage_return_ends_a_line_as_in_yaml() {
+        let text = "a: 1\rb: 2\r\nc: [\n";
+        assert_eq!(
+            lines(text).collect::<Vec<_>>(),
+            ["a: 1\r", "b: 2\r\n", "c: [\n"]
+        );
+        let text = "a: 1\r---\rb: 2\rc: [\n";
+        let chunks = split_documents(text);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1].first_line, 3);
+        let err = parse_chunk(&chunks[1]).unwrap_err();
+        assert!(err.line <= 5, "{err:?}");
+        assert_eq!(lines("").count(), 0);
+        assert_eq!(lines("x").collect::<Vec<_>>(), ["x"]);
+    }
+
+    #[test]
+    fn split_stops_at_the_document_bound() {
+        let (chunks, over) = split_documents_bounded("a: 1\n---\nb: 2\n---\nc: 3\n", 2);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(over, Some(5));
+        let (chunks, over) = split_documents_bounded("a: 1\n---\nb: 2\n", 2);
+        assert_eq!((chunks.len(), over), (2, None));
     }
 }
