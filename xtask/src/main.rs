@@ -84,7 +84,24 @@ fn lint() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ])
+    ])?;
+    // The kernel crate only builds for the BPF target, with its own nightly.
+    cargo_on(
+        &setup::ebpf_channel()?,
+        &[
+            "clippy",
+            "--package",
+            "agent-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
 }
 
 /// The integration tests need root, BPF and network namespaces. They fail
@@ -100,7 +117,13 @@ fn require_ci_capabilities() -> Result<()> {
 /// Runs cargo from the workspace root with the pinned userspace toolchain
 /// (`toolchain.toml`), whatever toolchain `cargo xtask` itself started on.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let status = pinned_cargo()?
+    cargo_on(&setup::user_channel()?, args)
+}
+
+/// Runs cargo from the workspace root on `channel`.
+fn cargo_on(channel: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .env("RUSTUP_TOOLCHAIN", channel)
         .args(args)
         .current_dir(workspace_root())
         .status()

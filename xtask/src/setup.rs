@@ -139,8 +139,13 @@ fn user_toolchain() -> Result<()> {
     ensure_toolchain(&user_channel()?, USER_TOOLCHAIN_COMPONENTS)
 }
 
+/// The eBPF nightly pinned in `ebpf/rust-toolchain.toml`.
+pub fn ebpf_channel() -> Result<String> {
+    pinned_channel("ebpf/rust-toolchain.toml")
+}
+
 fn ebpf_toolchain() -> Result<()> {
-    ensure_toolchain(&pinned_channel("ebpf/rust-toolchain.toml")?, &["rust-src"])
+    ensure_toolchain(&ebpf_channel()?, &["rust-src", "clippy"])
 }
 
 fn bpf_linker() -> Result<()> {
