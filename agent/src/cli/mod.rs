@@ -35,6 +35,9 @@ pub enum Command {
         /// warns when policy would deny a failsafe port of a host endpoint.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Warnings fail too (exit 1), e.g. in CI before a policy is applied.
+        #[arg(long)]
+        strict: bool,
     },
     /// Promote a staged policy to its enforced kind, editing the YAML files in place
     /// (or, with `--datastore kubernetes`, applying the enforced object and deleting the staged one).
@@ -134,7 +137,11 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     let result = match cli.command {
         Command::Probe => probe(),
-        Command::Check { paths, config } => check::run(&paths, config.as_deref()),
+        Command::Check {
+            paths,
+            config,
+            strict,
+        } => check::run(&paths, config.as_deref(), strict),
         Command::Promote {
             datastore,
             kubeconfig,

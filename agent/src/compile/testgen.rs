@@ -295,6 +295,7 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
         endpoints,
         network_sets,
         failsafes,
+        namespaces: Default::default(),
     }
 }
 
@@ -969,5 +970,6 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
         endpoints: eps,
         network_sets: vec![],
         failsafes: Default::default(),
+        namespaces: Default::default(),
     }
 }

@@ -730,6 +730,7 @@ where
         key(a).total_cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
     });
     model.tiers = tiers;
+    model.namespaces = namespaces.keys().cloned().collect();
     model.profiles = profiles.into_values().collect();
     model.failsafes = Failsafes::default();
     model

@@ -369,6 +369,8 @@ pub struct Model {
     pub endpoints: Vec<Endpoint>,
     pub network_sets: Vec<NetworkSet>,
     pub failsafes: Failsafes,
+    /// Names of the Namespace documents loaded.
+    pub namespaces: std::collections::BTreeSet<String>,
 }
 
 impl Model {

@@ -25,6 +25,7 @@ pub mod convert;
 pub mod fields;
 pub mod ir;
 pub mod lint;
+pub mod lint_matches;
 pub mod load;
 pub mod promote;
 pub mod resources;
@@ -32,6 +33,7 @@ pub mod validate;
 pub mod yaml;
 
 pub use lint::lint;
+pub use lint_matches::lint_matches;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
