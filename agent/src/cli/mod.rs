@@ -2,6 +2,7 @@
 mod check;
 pub mod flows;
 mod promote;
+pub mod safe_mode;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,9 @@ pub enum Command {
         #[arg(long, default_value = crate::daemon::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
+    /// Safe mode: write (`on`) or remove (`off`) the allow-everything policy;
+    /// `off` refuses while policy would then deny failsafe or management traffic.
+    SafeMode(safe_mode::SafeModeArgs),
     /// Flow records from the running daemon (like `hubble observe`).
     Flows(flows::FlowsArgs),
     /// The running daemon's endpoints, policies, tables, counters and rejected documents.
@@ -190,6 +194,7 @@ pub fn main(cli: Cli) -> ExitCode {
             .map(|()| ExitCode::SUCCESS)
         }),
         Command::Cleanup { bpffs } => cleanup(&bpffs),
+        Command::SafeMode(args) => safe_mode::run(&args),
         Command::Flows(args) => flows::run_flows(args),
         Command::Status(args) => flows::run_status(args),
         Command::Selector(args) => Ok(selector::run(args)),
