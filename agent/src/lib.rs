@@ -16,4 +16,5 @@ pub mod eval;
 pub mod flows;
 pub mod lockout;
 pub mod model;
+pub mod rollout;
 pub mod selector;

@@ -60,6 +60,18 @@ pub enum Command {
         /// Namespace of a namespaced staged policy (default: `default`).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        #[command(flatten)]
+        confirm: promote::ConfirmArgs,
+    },
+    /// Confirm a promotion made with `--confirm-within`: it stays.
+    Confirm {
+        /// Directory of YAML files holding the policies.
+        #[arg(long)]
+        datastore: PathBuf,
+        /// KIND/NAME as given to `agent promote`.
+        target: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
     },
     /// The daemon: watch a datastore (a directory or Kubernetes), enforce it in eBPF, serve flows and status.
     Run {
@@ -152,13 +164,20 @@ pub fn main(cli: Cli) -> ExitCode {
             calico_api,
             target,
             namespace,
+            confirm,
         } => promote::run(
             &datastore,
             kubeconfig.as_deref(),
             calico_api,
             &target,
             namespace.as_deref(),
+            &confirm,
         ),
+        Command::Confirm {
+            datastore,
+            target,
+            namespace,
+        } => promote::confirm(&datastore, &target, namespace.as_deref()),
         Command::Run {
             datastore,
             node,

@@ -1,10 +1,65 @@
-//! `agent promote --datastore DIR KIND/NAME [-n NAMESPACE]`.
+//! `agent promote --datastore DIR KIND/NAME [-n NAMESPACE]` (optionally
+//! commit-confirmed: [`crate::rollout`]) and `agent confirm`.
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::model::ir::PolicyKind;
 use crate::model::promote;
+use crate::rollout::{self, Check};
+
+/// Commit-confirmed promotion (file datastore).
+#[derive(Debug, Default, clap::Args)]
+pub struct ConfirmArgs {
+    /// Undo the promotion unless it is confirmed within this time (e.g. 2m):
+    /// the running agent restores the staged version.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub confirm_within: Option<Duration>,
+    /// A check the agent runs after the promotion (repeatable): tcp:ADDR:PORT
+    /// or dns:NAME. Any failing reverts at once; all passing for --settle confirms.
+    #[arg(long = "confirm-if")]
+    pub confirm_if: Vec<Check>,
+    /// How long every --confirm-if check must pass to confirm.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub settle: Duration,
+    /// Confirm a pending promotion of this policy (as `agent confirm`).
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+/// The journal key of a target: `KIND/[namespace/]name`, whichever way it was named.
+fn target_key(kind: PolicyKind, name: &str, namespace: Option<&str>) -> String {
+    match promote::is_namespaced(kind).then(|| namespace.unwrap_or("default")) {
+        Some(ns) => format!("{}/{ns}/{name}", kind.as_str()),
+        None => format!("{}/{name}", kind.as_str()),
+    }
+}
+
+fn parse_target(target: &str) -> anyhow::Result<(PolicyKind, &str)> {
+    let (kind, name) = target
+        .split_once('/')
+        .context("expected KIND/NAME, e.g. StagedGlobalNetworkPolicy/lockdown")?;
+    Ok((promote::staged_kind(kind)?, name))
+}
+
+/// `agent confirm KIND/NAME`: the pending promotion stays.
+pub fn confirm(
+    datastore: &Path,
+    target: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let (kind, name) = parse_target(target)?;
+    let key = target_key(kind, name, namespace);
+    if rollout::confirm(datastore, &key)? {
+        println!("confirmed {key}: the promotion stays");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{key} has no promotion awaiting confirmation (already confirmed or reverted)");
+        Ok(ExitCode::from(1))
+    }
+}
 
 /// Promotes a staged policy in the YAML files under `datastore` (in place), or in
 /// the cluster when `datastore` is `kubernetes`.
@@ -14,12 +69,17 @@ pub fn run(
     calico_api: crate::datastore::kubernetes::CalicoApi,
     target: &str,
     namespace: Option<&str>,
+    confirm_args: &ConfirmArgs,
 ) -> anyhow::Result<ExitCode> {
-    let (kind, name) = target
-        .split_once('/')
-        .context("expected KIND/NAME, e.g. StagedGlobalNetworkPolicy/lockdown")?;
-    let kind = promote::staged_kind(kind)?;
+    let (kind, name) = parse_target(target)?;
+    if confirm_args.confirm {
+        return confirm(Path::new(datastore), target, namespace);
+    }
     if datastore == "kubernetes" {
+        anyhow::ensure!(
+            confirm_args.confirm_within.is_none(),
+            "--confirm-within works with a directory datastore only (not yet in the cluster)"
+        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -30,7 +90,41 @@ pub fn run(
         println!("{report}");
         return Ok(ExitCode::SUCCESS);
     }
-    let report = promote::promote(Path::new(datastore), kind, name, namespace)?;
+    let dir = Path::new(datastore);
+    let promotion = || promote::promote(dir, kind, name, namespace);
+    let Some(within) = confirm_args.confirm_within else {
+        println!("{}", promotion()?);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let key = target_key(kind, name, namespace);
+    let (report, pending) = rollout::begin(
+        dir,
+        &key,
+        promotion,
+        within,
+        confirm_args.confirm_if.clone(),
+        confirm_args.settle,
+    )?;
     println!("{report}");
+    println!(
+        "awaiting confirmation: the running agent restores the staged version in {} unless \
+         `agent confirm --datastore {datastore} {target}{}` runs first{}",
+        humantime::format_duration(within),
+        namespace.map(|n| format!(" -n {n}")).unwrap_or_default(),
+        if pending.checks.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; checks: {} (any failing reverts at once, all passing for {} confirms)",
+                pending
+                    .checks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                humantime::format_duration(confirm_args.settle)
+            )
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -88,7 +88,7 @@ fn yaml_type(kind: PolicyKind) -> (&'static str, &'static str) {
     }
 }
 
-fn is_namespaced(kind: PolicyKind) -> bool {
+pub fn is_namespaced(kind: PolicyKind) -> bool {
     !matches!(
         kind,
         PolicyKind::GlobalNetworkPolicy | PolicyKind::StagedGlobalNetworkPolicy
@@ -257,7 +257,7 @@ impl Edits {
 /// keeping the file's mode and owner (a 0600 file stays 0600). The new text is
 /// written to a hidden sibling of the real file, then renamed over it, so a
 /// crash never leaves half a file.
-fn replace_file(file: &Path, contents: &[u8]) -> Result<(), PromoteError> {
+pub(crate) fn replace_file(file: &Path, contents: &[u8]) -> Result<(), PromoteError> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let io = |p: &Path| {
