@@ -91,12 +91,41 @@ enum Loader {
     Kubernetes(KubeSnapshot),
 }
 
+/// A load, with what the datastore kept of the last good state.
+struct Load {
+    loaded: Loaded,
+    /// Documents kept from their last good version (files: by file).
+    kept: Vec<String>,
+    /// Problems of the datastore itself (files: the directory is missing).
+    problems: Vec<String>,
+}
+
 impl Loader {
-    fn load(&self) -> Loaded {
+    /// A fresh load; `previous`: the documents of the load that is installed.
+    fn load(&self, previous: &[crate::model::load::Document]) -> Load {
         match self {
-            Self::Files(dir) => FileDatastore::new(dir).load(),
-            Self::Kubernetes(k) => k.load(),
+            Self::Files(dir) => {
+                let l = FileDatastore::new(dir).load_keeping(previous);
+                Load {
+                    loaded: l.loaded,
+                    kept: l.kept,
+                    problems: l.problem.into_iter().collect(),
+                }
+            }
+            Self::Kubernetes(k) => Load {
+                loaded: k.load(),
+                kept: Vec::new(),
+                problems: Vec::new(),
+            },
         }
+    }
+
+    /// Loads keeping the last good state `shared` has installed.
+    fn load_for(&self, shared: &Shared) -> Load {
+        let previous = std::mem::take(&mut lock(&shared.inner).good.documents);
+        let load = self.load(&previous);
+        lock(&shared.inner).good.documents = previous;
+        load
     }
 }
 
@@ -159,6 +188,8 @@ struct Inner {
     diagnostics: Vec<Diagnostic>,
     /// Resources carried over from their last good state.
     kept: Vec<String>,
+    /// Problems of the files datastore (the directory is missing).
+    file_problems: Vec<String>,
     /// Why the latest load was not installed, if it was not.
     last_error: Option<String>,
     reloads: u64,
@@ -251,6 +282,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             good: Loaded::default(),
             diagnostics: Vec::new(),
             kept: Vec::new(),
+            file_problems: Vec::new(),
             last_error: None,
             reloads: 0,
             last_reload_ns: 0,
@@ -288,7 +320,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     {
         let shared = shared.clone();
         let loader = loader.clone();
-        tokio::task::spawn_blocking(move || reload(&shared, loader.load())).await?;
+        tokio::task::spawn_blocking(move || reload(&shared, loader.load_for(&shared))).await?;
     }
 
     let listener = server::bind(&opts.socket)?;
@@ -358,7 +390,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                 tracing::info!("datastore changed; reloading");
                 let shared = shared.clone();
                 let loader = loader.clone();
-                tokio::task::spawn_blocking(move || reload(&shared, loader.load())).await?;
+                tokio::task::spawn_blocking(move || reload(&shared, loader.load_for(&shared)))
+                    .await?;
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); break; }
             _ = sigterm.recv() => { tracing::info!("terminated; stopping"); break; }
@@ -400,7 +433,15 @@ fn drain(shared: &Shared) {
 }
 
 /// Takes a fresh load of the datastore, compiles and installs. Never loosens on failure.
-fn reload(shared: &Shared, mut loaded: Loaded) {
+fn reload(shared: &Shared, load: Load) {
+    let Load {
+        mut loaded,
+        kept: kept_documents,
+        problems,
+    } = load;
+    for p in &problems {
+        tracing::warn!("datastore: {p}");
+    }
     for d in &loaded.diagnostics {
         match d.severity {
             Severity::Error => tracing::warn!(
@@ -418,7 +459,13 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
     inner.reloads += 1;
     inner.last_reload_ns = unix_now_ns();
     inner.diagnostics = loaded.diagnostics.clone();
-    let kept = keep_last_good(&mut loaded, &inner.good);
+    inner.file_problems = problems;
+    let mut kept = kept_documents;
+    for k in keep_last_good(&mut loaded, &inner.good) {
+        if !kept.contains(&k) {
+            kept.push(k);
+        }
+    }
     for k in &kept {
         tracing::warn!(resource = %k, "keeping the last good version of a rejected resource");
     }
@@ -758,11 +805,12 @@ pub(crate) fn status(shared: &Shared) -> Status {
         let f = lock(&shared.flows);
         (f.len(), f.events)
     };
-    let datastore_problems = lock(&shared.kube)
+    let mut datastore_problems = lock(&shared.kube)
         .as_ref()
         .map(KubeSnapshot::problems)
         .unwrap_or_default();
     let inner = lock(&shared.inner);
+    datastore_problems.extend(inner.file_problems.iter().cloned());
     let endpoints = inner
         .endpoints
         .iter()
