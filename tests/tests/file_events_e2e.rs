@@ -328,3 +328,64 @@ fn a_tightening_is_applied_while_a_file_is_appended_every_100ms() {
         TcpProbe::TimedOut
     );
 }
+
+/// Issue 12 item 4, the status part: a restarted agent whose first compile
+/// fails keeps the earlier agent's pinned tables enforcing, and its status says
+/// so and lists the interfaces they police (it used to show no endpoints).
+#[test]
+fn a_restart_whose_compile_fails_reports_what_is_enforced() {
+    lab::require_root();
+    let lab = lab::Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let dir = Agent::seed_datastore("adopted-status");
+    let mut first = Agent::start(&lab, &dir);
+    first.wait_attached(3);
+    assert_seed_enforced(&s);
+    first.keep_state();
+    first.kill9();
+    // Valid YAML the compiler refuses (see daemon_e2e's compile failure).
+    std::fs::write(
+        dir.join("40-mapped-net.yaml"),
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: by-mapped-net\nspec:\n  order: 1\n  selector: app == 'database'\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      source:\n        nets: ['::ffff:10.65.0.0/120']\n",
+    )
+    .unwrap();
+    let second = Agent::start_on(&lab, &dir, &first.bpffs, &[]);
+    let st = second.wait_status("the compile error", |st| !st["last_error"].is_null());
+    let err = st["last_error"].as_str().unwrap();
+    assert!(err.contains("::ffff:0:0/96"), "{st:#}");
+    assert!(
+        err.contains("earlier agent's pinned tables stay enforced"),
+        "{st:#}"
+    );
+    let mut interfaces: Vec<&str> = st["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["attached"] == true)
+        .map(|e| e["interface"].as_str().unwrap())
+        .collect();
+    interfaces.sort();
+    assert_eq!(
+        interfaces,
+        ["calidemoback", "calidemodb", "calidemofront"],
+        "{st:#}"
+    );
+    assert_seed_enforced(&s);
+    // Fixed: this agent's own state, by name.
+    std::fs::remove_file(dir.join("40-mapped-net.yaml")).unwrap();
+    let st = second.wait_status("the error cleared", |st| st["last_error"].is_null());
+    let mut names: Vec<&str> = st["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["endpoint"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["prod/backend", "prod/database", "prod/frontend"],
+        "{st:#}"
+    );
+    assert_seed_enforced(&s);
+}

@@ -797,6 +797,51 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
     }
 }
 
+/// The interfaces an earlier agent's pinned links police (read from the pins
+/// and the ENDPOINTS map), for the status before this agent's first install.
+fn adopted_endpoints(inner: &Inner) -> Vec<protocol::EndpointStatus> {
+    use agent_common::endpoint_flags::{HAS_STAGED, HOST_ENDPOINT};
+    let Some(dir) = inner.dp.pin_dir() else {
+        return Vec::new();
+    };
+    let ifindexes: std::collections::BTreeSet<u32> = crate::dataplane::loader::pinned_links(dir)
+        .into_iter()
+        .map(|(ifindex, _, _)| ifindex)
+        .collect();
+    ifindexes
+        .into_iter()
+        .map(|ifindex| {
+            let info = inner.dp.endpoint(ifindex);
+            let flags = info.map_or(0, |i| i.flags);
+            protocol::EndpointStatus {
+                endpoint: "(adopted from an earlier agent)".into(),
+                kind: if flags & HOST_ENDPOINT != 0 { "host" } else { "workload" }.into(),
+                interface: if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}")),
+                id: info.map_or(0, |i| i.id),
+                ifindex: Some(ifindex),
+                attached: true,
+                has_staged: flags & HAS_STAGED != 0,
+                error: Some(
+                    "policed by an earlier agent's pinned tables; this agent's are not installed yet"
+                        .into(),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn if_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// The report behind `agent status`.
 pub(crate) fn status(shared: &Shared) -> Status {
     use protocol::*;
@@ -811,7 +856,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         .unwrap_or_default();
     let inner = lock(&shared.inner);
     datastore_problems.extend(inner.file_problems.iter().cloned());
-    let endpoints = inner
+    let mut endpoints: Vec<EndpointStatus> = inner
         .endpoints
         .iter()
         .map(|e| {
@@ -829,6 +874,23 @@ pub(crate) fn status(shared: &Shared) -> Status {
             }
         })
         .collect();
+    // Until this agent installs its own tables, an earlier agent's pinned
+    // tables and links police the interfaces: say so, and list them.
+    let adopted_only = !inner.installed_once && inner.dp.adopted();
+    if adopted_only {
+        endpoints.extend(adopted_endpoints(&inner));
+    }
+    let last_error = inner.last_error.clone().map(|e| {
+        if adopted_only {
+            format!(
+                "{e}; an earlier agent's pinned tables stay enforced on {} interfaces \
+                 (listed; this agent's policy is not applied)",
+                endpoints.len()
+            )
+        } else {
+            e
+        }
+    });
     let counters = match inner.dp.counters() {
         Ok(c) => c.named().map(|(k, v)| (k.to_string(), v)).collect(),
         Err(_) => Default::default(),
@@ -844,7 +906,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         started: crate::flows::rfc3339(shared.started_ns),
         last_reload: crate::flows::rfc3339(inner.last_reload_ns),
         reloads: inner.reloads,
-        last_error: inner.last_error.clone(),
+        last_error,
         generation: inner.generation,
         epoch: inner.epoch,
         endpoints,
