@@ -427,15 +427,20 @@ pub fn finish_keeping(parsed: Parsed, previous: &[Document]) -> (Loaded, Vec<Str
         .collect();
     let mut kept = Vec::new();
     let mut kept_docs = Vec::new();
+    // What the failed files still hold as valid documents.
+    let held: std::collections::HashSet<(&Path, DocKey)> = if failed.is_empty() {
+        Default::default()
+    } else {
+        docs.iter()
+            .filter(|d| d.valid && failed.iter().any(|f| d.file.starts_with(f)))
+            .map(|d| (d.file.as_path(), d.key()))
+            .collect()
+    };
     for p in previous {
         if !failed.iter().any(|f| p.file.starts_with(f)) {
             continue;
         }
-        let key = p.key();
-        let held = docs
-            .iter()
-            .any(|d| d.valid && d.file == p.file && d.key() == key);
-        if !held {
+        if !held.contains(&(p.file.as_path(), p.key())) {
             kept.push(p.id.clone());
             kept_docs.push(p.clone());
         }
