@@ -389,3 +389,73 @@ fn a_restart_whose_compile_fails_reports_what_is_enforced() {
     );
     assert_seed_enforced(&s);
 }
+
+/// Issue 12 item 4: a capacity failure caused by new endpoints (more than the
+/// ENDPOINTS map holds) no longer stops updates for the others: the new
+/// endpoints beyond the limit are left out (and shown with the error), the
+/// enforced ones stay, and a tightening still applies.
+#[test]
+fn endpoints_beyond_capacity_do_not_stop_updates_for_the_others() {
+    lab::require_root();
+    let lab = lab::Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let dir = Agent::seed_datastore("capacity");
+    let agent = Agent::start(&lab, &dir);
+    agent.wait_attached(3);
+    assert_seed_enforced(&s);
+    let max = agent.status()["tables"]["endpoints_max"].as_u64().unwrap() as usize;
+    let extra = max + 4;
+    let mut text = String::new();
+    for n in 0..extra {
+        text.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: filler-{n}\n  namespace: prod\n  labels:\n    app: filler\nspec:\n  interfaceName: calfill{n}\n  ipNetworks: [10.66.{}.{}/32]\n---\n",
+            n / 250,
+            n % 250 + 1
+        ));
+    }
+    agent.write_file("50-many.yaml", &text);
+    let st = agent.wait_status("endpoints left out", |st| {
+        st["endpoints"].as_array().unwrap().iter().any(|e| {
+            e["error"]
+                .as_str()
+                .is_some_and(|x| x.contains("not enforced"))
+        })
+    });
+    assert!(st["last_error"].is_null(), "{}", st["last_error"]);
+    let endpoints = st["endpoints"].as_array().unwrap();
+    let left_out = endpoints
+        .iter()
+        .filter(|e| {
+            e["error"]
+                .as_str()
+                .is_some_and(|x| x.contains("not enforced"))
+        })
+        .count();
+    assert_eq!(left_out, extra + 3 - max);
+    for iface in ["calidemofront", "calidemoback", "calidemodb"] {
+        assert!(
+            endpoints
+                .iter()
+                .any(|e| e["interface"] == iface && e["attached"] == true && e["error"].is_null()),
+            "{iface} not enforced"
+        );
+    }
+    assert_seed_enforced(&s);
+    // A tightening still applies.
+    agent.write_file(
+        "05-deny-backend.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: deny-backend\nspec:\n  order: 1\n  selector: app == 'database'\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      source:\n        selector: app == 'backend'\n",
+    );
+    wait_tcp_within(
+        &s.backend,
+        &s.database,
+        8080,
+        TcpProbe::TimedOut,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        s.frontend.tcp_connect(s.database.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut
+    );
+}

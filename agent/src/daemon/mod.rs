@@ -45,6 +45,7 @@ use crate::flows::{unix_now_ns, Flow, FlowTable, View};
 use crate::model::ir::{FailsafePort, Failsafes};
 use crate::model::{Diagnostic, Loaded, Severity};
 
+mod isolate;
 pub mod protocol;
 mod server;
 
@@ -190,6 +191,8 @@ struct Inner {
     kept: Vec<String>,
     /// Problems of the files datastore (the directory is missing).
     file_problems: Vec<String>,
+    /// Endpoints left out of the installed compile (see [`isolate`]).
+    left_out: Vec<isolate::LeftOut>,
     /// Why the latest load was not installed, if it was not.
     last_error: Option<String>,
     reloads: u64,
@@ -283,6 +286,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             diagnostics: Vec::new(),
             kept: Vec::new(),
             file_problems: Vec::new(),
+            left_out: Vec::new(),
             last_error: None,
             reloads: 0,
             last_reload_ns: 0,
@@ -469,7 +473,27 @@ fn reload(shared: &Shared, load: Load) {
     for k in &kept {
         tracing::warn!(resource = %k, "keeping the last good version of a rejected resource");
     }
-    let mut compiled = match compile(&loaded.model) {
+    // Endpoints this agent enforces now: a compile error about any other one
+    // leaves that one out instead of holding up every change.
+    let mut enforced: std::collections::HashSet<String> = inner
+        .endpoints
+        .iter()
+        .filter_map(|e| inner.good.model.endpoints.get(e.endpoint_index))
+        .map(|m| m.key())
+        .collect();
+    if !inner.installed_once && inner.dp.adopted() {
+        // Before the first install after a restart: those an earlier agent's
+        // pinned links police.
+        let pinned = loaded.model.endpoints.iter().filter(|e| {
+            e.interface.as_deref().is_some_and(|i| {
+                let idx = if_index(i);
+                idx != 0 && inner.dp.has_pinned_link(idx)
+            })
+        });
+        enforced.extend(pinned.map(|e| e.key()));
+    }
+    let compiled = isolate::compile_leaving_out(&mut loaded.model, &enforced, compile);
+    let (mut compiled, left_out) = match compiled {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "compile failed; the previous tables stay enforced");
@@ -477,6 +501,14 @@ fn reload(shared: &Shared, load: Load) {
             return;
         }
     };
+    if let Some(first) = left_out.first() {
+        tracing::warn!(
+            endpoints = left_out.len(),
+            first = %first.endpoint,
+            "endpoints left out (not enforced): {}",
+            first.reason
+        );
+    }
     stabilize_ids(&mut inner, &loaded.model, &mut compiled);
     let warnings: Vec<String> = crate::lockout::check(&loaded.model, &inner.management)
         .iter()
@@ -559,6 +591,7 @@ fn reload(shared: &Shared, load: Load) {
     );
     inner.last_error = None;
     inner.kept = kept;
+    inner.left_out = left_out;
     inner.endpoints = compiled.endpoints.clone();
     let view = Arc::new(View::new(&loaded.model, compiled));
     inner.good = loaded;
@@ -874,6 +907,16 @@ pub(crate) fn status(shared: &Shared) -> Status {
             }
         })
         .collect();
+    endpoints.extend(inner.left_out.iter().map(|l| EndpointStatus {
+        endpoint: l.endpoint.clone(),
+        kind: if l.host { "host" } else { "workload" }.into(),
+        interface: l.interface.clone(),
+        id: 0,
+        ifindex: None,
+        attached: false,
+        has_staged: false,
+        error: Some(l.reason.clone()),
+    }));
     // Until this agent installs its own tables, an earlier agent's pinned
     // tables and links police the interfaces: say so, and list them.
     let adopted_only = !inner.installed_once && inner.dp.adopted();
