@@ -47,6 +47,7 @@ use crate::model::ir::{FailsafePort, Failsafes};
 use crate::model::{Diagnostic, Loaded, Severity};
 
 mod http;
+mod isolate;
 pub mod protocol;
 mod server;
 
@@ -93,12 +94,41 @@ enum Loader {
     Kubernetes(KubeSnapshot),
 }
 
+/// A load, with what the datastore kept of the last good state.
+struct Load {
+    loaded: Loaded,
+    /// Documents kept from their last good version (files: by file).
+    kept: Vec<String>,
+    /// Problems of the datastore itself (files: the directory is missing).
+    problems: Vec<String>,
+}
+
 impl Loader {
-    fn load(&self) -> Loaded {
+    /// A fresh load; `previous`: the documents of the load that is installed.
+    fn load(&self, previous: &[crate::model::load::Document]) -> Load {
         match self {
-            Self::Files(dir) => FileDatastore::new(dir).load(),
-            Self::Kubernetes(k) => k.load(),
+            Self::Files(dir) => {
+                let l = FileDatastore::new(dir).load_keeping(previous);
+                Load {
+                    loaded: l.loaded,
+                    kept: l.kept,
+                    problems: l.problem.into_iter().collect(),
+                }
+            }
+            Self::Kubernetes(k) => Load {
+                loaded: k.load(),
+                kept: Vec::new(),
+                problems: Vec::new(),
+            },
         }
+    }
+
+    /// Loads keeping the last good state `shared` has installed.
+    fn load_for(&self, shared: &Shared) -> Load {
+        let previous = std::mem::take(&mut lock(&shared.inner).good.documents);
+        let load = self.load(&previous);
+        lock(&shared.inner).good.documents = previous;
+        load
     }
 }
 
@@ -161,6 +191,10 @@ struct Inner {
     diagnostics: Vec<Diagnostic>,
     /// Resources carried over from their last good state.
     kept: Vec<String>,
+    /// Problems of the files datastore (the directory is missing).
+    file_problems: Vec<String>,
+    /// Endpoints left out of the installed compile (see [`isolate`]).
+    left_out: Vec<isolate::LeftOut>,
     /// Why the latest load was not installed, if it was not.
     last_error: Option<String>,
     reloads: u64,
@@ -260,6 +294,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             good: Loaded::default(),
             diagnostics: Vec::new(),
             kept: Vec::new(),
+            file_problems: Vec::new(),
+            left_out: Vec::new(),
             last_error: None,
             reloads: 0,
             last_reload_ns: 0,
@@ -298,7 +334,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     {
         let shared = shared.clone();
         let loader = loader.clone();
-        tokio::task::spawn_blocking(move || reload(&shared, loader.load())).await?;
+        tokio::task::spawn_blocking(move || reload(&shared, loader.load_for(&shared))).await?;
     }
 
     tracing::info!(socket = %opts.socket.display(), "listening");
@@ -368,7 +404,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                 tracing::info!("datastore changed; reloading");
                 let shared = shared.clone();
                 let loader = loader.clone();
-                tokio::task::spawn_blocking(move || reload(&shared, loader.load())).await?;
+                tokio::task::spawn_blocking(move || reload(&shared, loader.load_for(&shared)))
+                    .await?;
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); break; }
             _ = sigterm.recv() => { tracing::info!("terminated; stopping"); break; }
@@ -410,7 +447,15 @@ fn drain(shared: &Shared) {
 }
 
 /// Takes a fresh load of the datastore, compiles and installs. Never loosens on failure.
-fn reload(shared: &Shared, mut loaded: Loaded) {
+fn reload(shared: &Shared, load: Load) {
+    let Load {
+        mut loaded,
+        kept: kept_documents,
+        problems,
+    } = load;
+    for p in &problems {
+        tracing::warn!("datastore: {p}");
+    }
     for d in &loaded.diagnostics {
         match d.severity {
             Severity::Error => tracing::warn!(
@@ -428,11 +473,37 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
     inner.reloads += 1;
     inner.last_reload_ns = unix_now_ns();
     inner.diagnostics = loaded.diagnostics.clone();
-    let kept = keep_last_good(&mut loaded, &inner.good);
+    inner.file_problems = problems;
+    let mut kept = kept_documents;
+    for k in keep_last_good(&mut loaded, &inner.good) {
+        if !kept.contains(&k) {
+            kept.push(k);
+        }
+    }
     for k in &kept {
         tracing::warn!(resource = %k, "keeping the last good version of a rejected resource");
     }
-    let mut compiled = match compile(&loaded.model) {
+    // Endpoints this agent enforces now: a compile error about any other one
+    // leaves that one out instead of holding up every change.
+    let mut enforced: std::collections::HashSet<String> = inner
+        .endpoints
+        .iter()
+        .filter_map(|e| inner.good.model.endpoints.get(e.endpoint_index))
+        .map(|m| m.key())
+        .collect();
+    if !inner.installed_once && inner.dp.adopted() {
+        // Before the first install after a restart: those an earlier agent's
+        // pinned links police.
+        let pinned = loaded.model.endpoints.iter().filter(|e| {
+            e.interface.as_deref().is_some_and(|i| {
+                let idx = if_index(i);
+                idx != 0 && inner.dp.has_pinned_link(idx)
+            })
+        });
+        enforced.extend(pinned.map(|e| e.key()));
+    }
+    let compiled = isolate::compile_leaving_out(&mut loaded.model, &enforced, compile);
+    let (mut compiled, left_out) = match compiled {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "compile failed; the previous tables stay enforced");
@@ -440,6 +511,14 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
             return;
         }
     };
+    if let Some(first) = left_out.first() {
+        tracing::warn!(
+            endpoints = left_out.len(),
+            first = %first.endpoint,
+            "endpoints left out (not enforced): {}",
+            first.reason
+        );
+    }
     stabilize_ids(&mut inner, &loaded.model, &mut compiled);
     let warnings: Vec<String> = crate::lockout::check(&loaded.model, &inner.management)
         .iter()
@@ -522,6 +601,7 @@ fn reload(shared: &Shared, mut loaded: Loaded) {
     );
     inner.last_error = None;
     inner.kept = kept;
+    inner.left_out = left_out;
     inner.endpoints = compiled.endpoints.clone();
     let view = Arc::new(View::new(&loaded.model, compiled));
     inner.good = loaded;
@@ -760,6 +840,51 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
     }
 }
 
+/// The interfaces an earlier agent's pinned links police (read from the pins
+/// and the ENDPOINTS map), for the status before this agent's first install.
+fn adopted_endpoints(inner: &Inner) -> Vec<protocol::EndpointStatus> {
+    use agent_common::endpoint_flags::{HAS_STAGED, HOST_ENDPOINT};
+    let Some(dir) = inner.dp.pin_dir() else {
+        return Vec::new();
+    };
+    let ifindexes: std::collections::BTreeSet<u32> = crate::dataplane::loader::pinned_links(dir)
+        .into_iter()
+        .map(|(ifindex, _, _)| ifindex)
+        .collect();
+    ifindexes
+        .into_iter()
+        .map(|ifindex| {
+            let info = inner.dp.endpoint(ifindex);
+            let flags = info.map_or(0, |i| i.flags);
+            protocol::EndpointStatus {
+                endpoint: "(adopted from an earlier agent)".into(),
+                kind: if flags & HOST_ENDPOINT != 0 { "host" } else { "workload" }.into(),
+                interface: if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}")),
+                id: info.map_or(0, |i| i.id),
+                ifindex: Some(ifindex),
+                attached: true,
+                has_staged: flags & HAS_STAGED != 0,
+                error: Some(
+                    "policed by an earlier agent's pinned tables; this agent's are not installed yet"
+                        .into(),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn if_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// The report behind `agent status`.
 /// `/readyz`: the datastore's first sync is complete and a compile of it is
 /// installed in the kernel; otherwise what is missing.
@@ -788,12 +913,13 @@ pub(crate) fn status(shared: &Shared) -> Status {
         let f = lock(&shared.flows);
         (f.len(), f.events)
     };
-    let datastore_problems = lock(&shared.kube)
+    let mut datastore_problems = lock(&shared.kube)
         .as_ref()
         .map(KubeSnapshot::problems)
         .unwrap_or_default();
     let inner = lock(&shared.inner);
-    let endpoints = inner
+    datastore_problems.extend(inner.file_problems.iter().cloned());
+    let mut endpoints: Vec<EndpointStatus> = inner
         .endpoints
         .iter()
         .map(|e| {
@@ -811,6 +937,33 @@ pub(crate) fn status(shared: &Shared) -> Status {
             }
         })
         .collect();
+    endpoints.extend(inner.left_out.iter().map(|l| EndpointStatus {
+        endpoint: l.endpoint.clone(),
+        kind: if l.host { "host" } else { "workload" }.into(),
+        interface: l.interface.clone(),
+        id: 0,
+        ifindex: None,
+        attached: false,
+        has_staged: false,
+        error: Some(l.reason.clone()),
+    }));
+    // Until this agent installs its own tables, an earlier agent's pinned
+    // tables and links police the interfaces: say so, and list them.
+    let adopted_only = !inner.installed_once && inner.dp.adopted();
+    if adopted_only {
+        endpoints.extend(adopted_endpoints(&inner));
+    }
+    let last_error = inner.last_error.clone().map(|e| {
+        if adopted_only {
+            format!(
+                "{e}; an earlier agent's pinned tables stay enforced on {} interfaces \
+                 (listed; this agent's policy is not applied)",
+                endpoints.len()
+            )
+        } else {
+            e
+        }
+    });
     let counters = match inner.dp.counters() {
         Ok(c) => c.named().map(|(k, v)| (k.to_string(), v)).collect(),
         Err(_) => Default::default(),
@@ -826,7 +979,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         started: crate::flows::rfc3339(shared.started_ns),
         last_reload: crate::flows::rfc3339(inner.last_reload_ns),
         reloads: inner.reloads,
-        last_error: inner.last_error.clone(),
+        last_error,
         generation: inner.generation,
         epoch: inner.epoch,
         endpoints,

@@ -48,7 +48,19 @@ impl Document {
     pub fn name(&self) -> &str {
         &self.resource.metadata().name
     }
+
+    /// The identity duplicates are checked by.
+    pub fn key(&self) -> DocKey {
+        (
+            self.kind,
+            self.namespace().map(str::to_string),
+            self.name().to_string(),
+        )
+    }
 }
+
+/// A document's identity: kind, namespace (namespaced kinds), name.
+pub type DocKey = (ResourceKind, Option<String>, String);
 
 pub fn resource_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
     match namespace {
@@ -274,7 +286,6 @@ fn parse_value(
         .is_namespaced()
         .then(|| meta_str("namespace").unwrap_or("default"));
     let id = resource_id(kind.name(), namespace, name);
-
     let resource = kind.parse(value).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -311,15 +322,35 @@ fn parse_value(
 /// Checks between documents: duplicates, tiers that do not exist, profiles
 /// that do not exist. Returns the documents that survive, in order. Works in
 /// place (a document is large, and the Kubernetes datastore has one per pod).
-fn cross_check(mut docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
-    let mut seen: HashMap<(ResourceKind, Option<&str>, &str), (&Path, usize)> = HashMap::new();
+///
+/// Of documents with the same identity the one from the file in `owners`
+/// (where the last good state had it) wins, else the first in reading order:
+/// a new file never takes over a resource another file already defines.
+fn cross_check(
+    mut docs: Vec<Document>,
+    diags: &mut Vec<Diagnostic>,
+    owners: &HashMap<DocKey, PathBuf>,
+) -> Vec<Document> {
+    // The winner of each identity: its owner's document, else the first.
+    let mut winner: HashMap<DocKey, usize> = HashMap::new();
+    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.valid) {
+        let key = doc.key();
+        let owned = owners.get(&key).is_some_and(|f| *f == doc.file);
+        match winner.get(&key) {
+            Some(&w) if !owned || owners.get(&key).is_some_and(|f| *f == docs[w].file) => {}
+            _ => {
+                winner.insert(key, i);
+            }
+        }
+    }
     // Valid documents are loaded unless a check below drops them; invalid ones
     // get the checks too (reported, never loaded); duplicates only their report.
     let mut load: Vec<bool> = docs.iter().map(|d| d.valid).collect();
     let mut checked = vec![true; docs.len()];
     for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.valid) {
-        let key = (doc.kind, doc.namespace(), doc.name());
-        if let Some((file, line)) = seen.get(&key) {
+        let w = winner[&doc.key()];
+        if w != i {
+            let (file, line) = (&docs[w].file, docs[w].line);
             let message = format!(
                 "duplicate resource: {} is already defined at {}:{line}",
                 doc.id,
@@ -328,9 +359,7 @@ fn cross_check(mut docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Docu
             diags.push(doc.diagnostic(Severity::Error, "metadata.name", message));
             load[i] = false;
             checked[i] = false;
-            continue;
         }
-        seen.insert(key, (&doc.file, doc.line));
     }
 
     let defined = |kind: ResourceKind| -> BTreeSet<&str> {
@@ -424,22 +453,135 @@ pub fn load_values(sources: impl IntoIterator<Item = (PathBuf, serde_json::Value
         }
         files.push(file);
     }
-    finish(docs, diagnostics, &files)
+    finish(docs, diagnostics, &files, &HashMap::new(), false)
 }
 
 /// Loads `sources` after `diagnostics` already found (e.g. unreadable files).
-fn load_with(sources: &[(PathBuf, String)], mut diagnostics: Vec<Diagnostic>) -> Loaded {
+fn load_with(sources: &[(PathBuf, String)], diagnostics: Vec<Diagnostic>) -> Loaded {
+    finish_keeping(parse_sources(sources, diagnostics), &[]).0
+}
+
+/// Every document of a set of files, parsed and validated each on its own,
+/// before the checks between documents.
+#[derive(Clone, Debug, Default)]
+pub struct Parsed {
+    /// The files in reading order.
+    pub files: Vec<PathBuf>,
+    /// Valid and invalid documents, in reading order.
+    pub docs: Vec<Document>,
+    /// Diagnostics so far (unreadable files and directories, parse and
+    /// validation errors).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn parse_sources(sources: &[(PathBuf, String)], mut diagnostics: Vec<Diagnostic>) -> Parsed {
     let mut docs = Vec::new();
     for (file, text) in sources {
         docs.extend(parse_file(file, text, &mut diagnostics));
     }
-    let files: Vec<PathBuf> = sources.iter().map(|(f, _)| f.clone()).collect();
-    finish(docs, diagnostics, &files)
+    Parsed {
+        files: sources.iter().map(|(f, _)| f.clone()).collect(),
+        docs,
+        diagnostics,
+    }
 }
 
-/// Cross-document checks and the model; `files` in reading order.
-fn finish(docs: Vec<Document>, mut diagnostics: Vec<Diagnostic>, files: &[PathBuf]) -> Loaded {
-    let docs = cross_check(docs, &mut diagnostics);
+/// Reads and parses every `.yaml`/`.yml` file named by `paths` (directories expanded).
+pub fn parse_paths<P: AsRef<Path>>(paths: &[P]) -> Parsed {
+    let mut diags = Vec::new();
+    let files = collect_files(paths, &mut diags);
+    let mut sources = Vec::new();
+    for f in files {
+        match read_bounded(&f) {
+            Ok(text) => sources.push((f, text)),
+            Err(d) => diags.push(d),
+        }
+    }
+    parse_sources(&sources, diags)
+}
+
+/// Finishes a load (checks between documents, the model), keeping the last
+/// good state where the new one is broken. `previous` are the documents of the
+/// last good load ([`Loaded::documents`]):
+/// - every file (or directory) with an error (unreadable, not YAML, a document
+///   that fails to parse or validate) keeps each document it held in
+///   `previous` that it no longer holds as a valid document: a document cut
+///   short, made invalid, or gone from a file that is now broken keeps its last
+///   good version. Matched by file, so a name cut short or changed by the
+///   damage does not matter. (A file that is validly edited or deleted loses
+///   what it no longer holds: that is an intended change.)
+/// - of documents with the same identity, the one in the file that held it in
+///   `previous` wins (a new document with a name already in use is the
+///   duplicate, reported with its file and line), else the first one read.
+///
+/// Returns the load and the identities of the documents kept from `previous`.
+pub fn finish_keeping(parsed: Parsed, previous: &[Document]) -> (Loaded, Vec<String>) {
+    let Parsed {
+        files,
+        mut docs,
+        diagnostics,
+    } = parsed;
+    let failed: BTreeSet<&Path> = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.file.as_path())
+        .collect();
+    let mut kept = Vec::new();
+    let mut kept_docs = Vec::new();
+    // What the failed files still hold as valid documents.
+    let held: std::collections::HashSet<(&Path, DocKey)> = if failed.is_empty() {
+        Default::default()
+    } else {
+        docs.iter()
+            .filter(|d| d.valid && failed.iter().any(|f| d.file.starts_with(f)))
+            .map(|d| (d.file.as_path(), d.key()))
+            .collect()
+    };
+    for p in previous {
+        if !failed.iter().any(|f| p.file.starts_with(f)) {
+            continue;
+        }
+        if !held.contains(&(p.file.as_path(), p.key())) {
+            kept.push(p.id.clone());
+            kept_docs.push(p.clone());
+        }
+    }
+    if !kept_docs.is_empty() {
+        docs.extend(kept_docs);
+        // Back in reading order (one directory: by path), so duplicates and
+        // the model's order are as if the kept documents had been read.
+        let order: HashMap<&Path, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_path(), i))
+            .collect();
+        let mut indexed: Vec<(usize, Document)> = docs
+            .into_iter()
+            .map(|d| {
+                (
+                    order.get(d.file.as_path()).copied().unwrap_or(usize::MAX),
+                    d,
+                )
+            })
+            .collect();
+        indexed.sort_by(|(a, x), (b, y)| (a, &x.file, x.line).cmp(&(b, &y.file, y.line)));
+        docs = indexed.into_iter().map(|(_, d)| d).collect();
+    }
+    let owners: HashMap<DocKey, PathBuf> =
+        previous.iter().map(|d| (d.key(), d.file.clone())).collect();
+    (finish(docs, diagnostics, &files, &owners, true), kept)
+}
+
+/// Cross-document checks and the model; `files` in reading order. With
+/// `keep_documents` the documents that made the model are kept in it.
+fn finish(
+    docs: Vec<Document>,
+    mut diagnostics: Vec<Diagnostic>,
+    files: &[PathBuf],
+    owners: &HashMap<DocKey, PathBuf>,
+    keep_documents: bool,
+) -> Loaded {
+    let docs = cross_check(docs, &mut diagnostics, owners);
     // Report in reading order: by file (as given), then line.
     if !diagnostics.is_empty() {
         let file_order: HashMap<&Path, usize> = files
@@ -464,7 +606,7 @@ fn finish(docs: Vec<Document>, mut diagnostics: Vec<Diagnostic>, files: &[PathBu
         })
         .collect();
     let model = convert::to_model(docs.iter().map(|d| &d.resource));
-    drop(docs);
+    let documents = if keep_documents { docs } else { Vec::new() };
     let policy_sources = model
         .policies
         .iter()
@@ -475,6 +617,7 @@ fn finish(docs: Vec<Document>, mut diagnostics: Vec<Diagnostic>, files: &[PathBu
         model,
         diagnostics,
         policy_sources,
+        documents,
     }
 }
 
@@ -491,14 +634,5 @@ pub fn policy_kind(kind: ResourceKind) -> Option<PolicyKind> {
 }
 
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
-    let mut diags = Vec::new();
-    let files = collect_files(paths, &mut diags);
-    let mut sources = Vec::new();
-    for f in files {
-        match read_bounded(&f) {
-            Ok(text) => sources.push((f, text)),
-            Err(d) => diags.push(d),
-        }
-    }
-    load_with(&sources, diags)
+    finish_keeping(parse_paths(paths), &[]).0
 }

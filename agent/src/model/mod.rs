@@ -82,6 +82,9 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     /// Where each loaded policy is defined (for diagnostics about policies, e.g. [`lint`]).
     pub policy_sources: HashMap<ir::PolicyId, SourceLocation>,
+    /// The documents the model was made from (files only: what the next load
+    /// keeps, by file, where it is broken; see [`load::finish_keeping`]).
+    pub documents: Vec<load::Document>,
 }
 
 /// A document's place in the input.
