@@ -624,6 +624,9 @@ fn endpoint_labels_are_the_full_set() {
         w["api"],
         labels(&[
             ("app", "api"),
+            // Set by the API server on every Namespace (1.21+), by the model
+            // where the datastore lacks it.
+            ("pcns.kubernetes.io/metadata.name", "prod"),
             ("pcns.projectcalico.org/name", "prod"),
             ("pcns.team", "red"),
             ("pcsa.projectcalico.org/name", "api"),
