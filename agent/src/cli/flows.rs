@@ -320,6 +320,9 @@ pub fn status_text(s: &Status) -> String {
     for p in &s.datastore_problems {
         let _ = writeln!(o, "DATASTORE:   {p}");
     }
+    for p in &s.promotions {
+        let _ = writeln!(o, "promotion:   {p}");
+    }
     match &s.last_error {
         Some(e) => {
             let _ = writeln!(o, "NOT APPLIED: {e} (the previous tables stay enforced)");

@@ -46,6 +46,7 @@ use crate::flows::{unix_now_ns, Flow, FlowTable, View};
 use crate::model::ir::{FailsafePort, Failsafes};
 use crate::model::{Diagnostic, Loaded, Severity};
 
+mod confirmations;
 mod http;
 mod isolate;
 pub mod protocol;
@@ -234,6 +235,8 @@ pub(crate) struct Shared {
     started_ns: u64,
     /// When the event loop last ticked (unix ns): `/healthz`.
     heartbeat_ns: AtomicU64,
+    /// Commit-confirmed promotions (file datastore).
+    confirmations: Mutex<confirmations::Confirmations>,
     /// The Kubernetes datastore's view (for its problems in the status).
     kube: Mutex<Option<KubeSnapshot>>,
 }
@@ -323,6 +326,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         tx,
         started_ns: unix_now_ns(),
         heartbeat_ns: AtomicU64::new(unix_now_ns()),
+        confirmations: Mutex::new(Default::default()),
         kube: Mutex::new(None),
     });
     let mut source = Source::start(&opts.datastore).await?;
@@ -392,6 +396,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             inner.conntrack_live = sweep.live;
             inner.conntrack_swept += sweep.removed as u64;
         });
+    }
+    if let DatastoreSpec::Dir(dir) = &opts.datastore {
+        confirmations::spawn(dir.clone(), shared.clone());
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -1013,5 +1020,6 @@ pub(crate) fn status(shared: &Shared) -> Status {
         pinning: inner.pinning.clone(),
         lockout_warnings: inner.lockout_warnings.clone(),
         datastore_problems,
+        promotions: lock(&shared.confirmations).lines(),
     }
 }

@@ -159,6 +159,10 @@ pub struct Status {
     /// failing watches); what was read last stays enforced meanwhile.
     #[serde(default)]
     pub datastore_problems: Vec<String>,
+    /// Commit-confirmed promotions: pending ones, then recent confirmations
+    /// and reverts (`agent promote --confirm-within`).
+    #[serde(default)]
+    pub promotions: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
