@@ -225,6 +225,11 @@ impl Agent {
 }
 
 impl Agent {
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// `kill -9`: the process dies at once; its pinned state stays.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
