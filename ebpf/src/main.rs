@@ -11,6 +11,7 @@
 mod maps;
 mod parse;
 mod policy;
+mod service;
 
 use agent_common::{counter, DropEvent, PortKey};
 use aya_ebpf::{

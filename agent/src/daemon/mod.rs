@@ -47,6 +47,7 @@ use crate::model::{Diagnostic, Loaded, Severity};
 
 pub mod protocol;
 mod server;
+pub mod services;
 
 pub use protocol::{Request, Status};
 
@@ -143,6 +144,8 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
     /// Failsafe ports (from `--config`; Calico's defaults otherwise).
     pub failsafes: Failsafes,
+    /// Service frontends and data interfaces (from `--config`).
+    pub services: services::ServiceConfig,
 }
 
 /// An interface the programs are attached to.
@@ -188,6 +191,8 @@ struct Inner {
     /// Conntrack entries left by the last sweep, and entries swept since start.
     conntrack_live: usize,
     conntrack_swept: u64,
+    services: services::ServiceConfig,
+    post_nat: services::PostNat,
 }
 
 pub(crate) struct Shared {
@@ -222,8 +227,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     }
     crate::dataplane::loader::prepare_pin_dir(&opts.bpffs)?;
     let _lock = crate::dataplane::loader::lock_pin_dir(&opts.bpffs)?;
-    let dp = Dataplane::load_pinned(&opts.bpffs)
+    let mut dp = Dataplane::load_pinned(&opts.bpffs)
         .context("loading the eBPF programs with pinned maps (needs root)")?;
+    let mut post_nat = services::PostNat::default();
+    services::start(&mut dp, &opts.services, &mut post_nat)?;
     if dp.adopted() {
         tracing::info!(bpffs = %opts.bpffs.display(), "found pinned state of an earlier agent; adopting it (it stays enforced meanwhile)");
     } else {
@@ -272,6 +279,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             next_id: 1,
             conntrack_live: 0,
             conntrack_swept: 0,
+            services: opts.services.clone(),
+            post_nat,
         }),
         view: Mutex::new(Arc::new(View::default())),
         flows: Mutex::new(FlowTable::default()),
@@ -367,10 +376,16 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&opts.socket);
     if opts.detach_on_exit {
         let mut inner = lock(&shared.inner);
-        let Inner { dp, attached, .. } = &mut *inner;
+        let Inner {
+            dp,
+            attached,
+            post_nat,
+            ..
+        } = &mut *inner;
         for (name, a) in attached.drain() {
             detach(dp, &name, a);
         }
+        services::detach_all(post_nat);
         match crate::dataplane::loader::cleanup(&opts.bpffs) {
             Ok(c) => tracing::info!(
                 links = c.links,
@@ -687,8 +702,12 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
         attached,
         attach_errors,
         pinning,
+        services: service_config,
+        post_nat,
         ..
     } = inner;
+    let endpoint_ifs = desired.keys().cloned().collect();
+    services::reconcile(dp, service_config, post_nat, &endpoint_ifs);
     let adopted_links = &mut pinning.adopted_links;
     // Gone from the datastore, vanished or re-created.
     let names: Vec<String> = attached.keys().cloned().collect();
@@ -830,5 +849,24 @@ pub(crate) fn status(shared: &Shared) -> Status {
         pinning: inner.pinning.clone(),
         lockout_warnings: inner.lockout_warnings.clone(),
         datastore_problems,
+        services: ServiceStatus {
+            frontends: inner.services.nets.iter().map(|n| n.to_string()).collect(),
+            post_nat: inner
+                .post_nat
+                .attached()
+                .into_iter()
+                .map(|(n, i)| format!("{n}={i}"))
+                .collect(),
+            errors: {
+                let mut e: Vec<String> = inner
+                    .post_nat
+                    .errors
+                    .iter()
+                    .map(|(n, e)| format!("{n}: {e}"))
+                    .collect();
+                e.sort();
+                e
+            },
+        },
     }
 }

@@ -159,6 +159,19 @@ pub struct Status {
     /// failing watches); what was read last stays enforced meanwhile.
     #[serde(default)]
     pub datastore_problems: Vec<String>,
+    /// Service flows judged after the node's DNAT (empty: none configured).
+    #[serde(default)]
+    pub services: ServiceStatus,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Frontend prefixes (ClusterIP ranges, external IPs).
+    pub frontends: Vec<String>,
+    /// Data interfaces with the post-DNAT program (`name` = ifindex).
+    pub post_nat: Vec<String>,
+    /// Data interfaces where attaching it failed, with the error.
+    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -4,8 +4,10 @@
 //! - `loader`: the policy dataplane (`Dataplane`): programs `from_endpoint` /
 //!   `to_endpoint`, double-buffered tables, counters, flow events.
 //! - `tables`: what the compiler produces (`TableSet`) and its encoding.
+//! - `service`: Service frontends and the post-DNAT program on data interfaces.
 //! - `slice`: the first slice (`slice_drop`), used by `agent debug-drop`.
 pub mod loader;
+pub mod service;
 pub mod slice;
 pub mod tables;
 

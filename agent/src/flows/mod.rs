@@ -85,6 +85,11 @@ pub struct Flow {
     pub pending_differs: bool,
     #[serde(default)]
     pub fragment: bool,
+    /// The Service frontend (ClusterIP or external IP, and port) the client
+    /// addressed, when the flow was judged after the node's DNAT: `dst` is
+    /// then the backend it chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Peer>,
 }
 
 /// What a client asks for.
@@ -472,6 +477,7 @@ impl FlowTable {
             pending,
             pending_differs,
             fragment: r.fragment,
+            service: r.service.map(|(ip, port)| view.peer(ip, port)),
         });
         self.seq += 1;
         self.flows.insert(key.clone(), (self.seq, flow.clone()));
