@@ -165,6 +165,24 @@ fn run_ok(cmd: &mut std::process::Command, what: &str) {
     );
 }
 
+/// The log without terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 enum Mode {
     Nftables,
     Iptables,
@@ -203,7 +221,7 @@ fn is_service_flow(f: &Value, frontend: IpAddr, backend: IpAddr) -> bool {
         && f["direction"] == "egress"
 }
 
-fn services_are_judged_after_dnat(mode: Mode) {
+fn services_are_judged_after_dnat(mode: Mode, restart: bool) {
     lab::require_root();
     let lab = Lab::new();
     let client = lab.add_pod_at("prod", "client", 10, "caliclient");
@@ -217,7 +235,7 @@ fn services_are_judged_after_dnat(mode: Mode) {
     let dir = Agent::datastore_with("svc", &[("00-svc.yaml", DATASTORE)]);
     let config = dir.parent().unwrap().join("agent.yaml");
     std::fs::write(&config, CONFIG).unwrap();
-    let agent = Agent::start_with(&lab, &dir, &["--config", config.to_str().unwrap()]);
+    let mut agent = Agent::start_with(&lab, &dir, &["--config", config.to_str().unwrap()]);
     agent.wait_attached(3);
     let st = agent.status();
     assert_eq!(
@@ -312,14 +330,63 @@ fn services_are_judged_after_dnat(mode: Mode) {
     for c in ["service_deferred", "service_judged"] {
         assert!(st["counters"][c].as_u64().unwrap() >= 6, "{c}: {st:#}");
     }
+    if !restart {
+        return;
+    }
+
+    // kill -9: the pinned programs (post_nat on eth1 included) keep judging
+    // Service flows; a new agent adopts the pinned links and maps.
+    let pin = agent
+        .bpffs
+        .join("links")
+        .join(format!("if{}_postnat", remote.node_ifindex));
+    assert!(pin.exists(), "{}", pin.display());
+    agent.kill9();
+    agent.keep_state();
+    let check = |what: &str| {
+        for v in 0..2 {
+            for (svc, want) in [
+                (&to_server, TcpProbe::Connected),
+                (&to_remote, TcpProbe::Connected),
+                (&to_other, TcpProbe::TimedOut),
+            ] {
+                let f = svc.frontends[v];
+                let t = if want == TcpProbe::Connected {
+                    PROBE_TIMEOUT
+                } else {
+                    SHORT_TIMEOUT
+                };
+                assert_eq!(client.tcp_connect(f, 80, t), want, "{what}: {f}");
+            }
+        }
+    };
+    check("no agent running");
+    let bpffs = agent.bpffs.clone();
+    let second = Agent::start_on(&lab, &dir, &bpffs, &["--config", config.to_str().unwrap()]);
+    second.wait_attached(3);
+    let st = second.wait_status("post_nat adopted on eth1", |s| {
+        s["services"]["post_nat"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i.as_str().unwrap().starts_with("eth1=")))
+    });
+    assert!(pin.exists(), "{st:#}");
+    let log = strip_ansi(&second.log_text());
+    assert!(
+        log.lines().any(|l| l.contains("post_nat attached")
+            && l.contains("interface=eth1 ")
+            && l.contains("adopted=true")),
+        "{log}"
+    );
+    check("after the restart");
 }
 
+/// Also: a restart (kill -9, then a new agent adopting the pinned state).
 #[test]
 fn services_nftables_mode_local_and_remote_backends() {
-    services_are_judged_after_dnat(Mode::Nftables);
+    services_are_judged_after_dnat(Mode::Nftables, true);
 }
 
 #[test]
 fn services_iptables_mode_local_and_remote_backends() {
-    services_are_judged_after_dnat(Mode::Iptables);
+    services_are_judged_after_dnat(Mode::Iptables, false);
 }
