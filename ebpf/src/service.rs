@@ -78,26 +78,35 @@ pub fn post_nat(ctx: TcContext) -> i32 {
     if mark(&ctx) & SERVICE_DEFER_MARK == 0 {
         return TC_ACT_OK;
     }
-    let Ok(pkt) = parse(&ctx) else {
-        // The mark is ours: clear it even when the packet is not judged.
-        clear_mark(&ctx);
-        return TC_ACT_OK;
-    };
-    if let Some((false, _)) = post_dnat(&ctx, &pkt) {
-        bump(stat::DENIED);
-        return TC_ACT_SHOT;
+    match parse(&ctx) {
+        Ok(pkt) => {
+            if let Some((false, _)) = post_dnat(&ctx, &pkt) {
+                bump(stat::DENIED);
+                return TC_ACT_SHOT;
+            }
+        }
+        // The mark is ours: clear it even when the packet is not judged here
+        // (`to_endpoint` drops what does not parse).
+        Err(_) => clear_mark(&ctx),
     }
+    back_to_endpoint(&ctx)
+}
+
+/// After `post_nat` on a pod's interface (it was tail-called by `to_endpoint`):
+/// back to `to_endpoint` for the backend's ingress. On a data interface: pass.
+#[inline(always)]
+fn back_to_endpoint(ctx: &TcContext) -> i32 {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
     // SAFETY: only presence is checked.
-    if unsafe { ENDPOINTS.get(&ifindex) }.is_some() {
-        // SAFETY: ctx is this program's context. Returns only on failure.
-        unsafe { SERVICE_PROGS.tail_call(&ctx, service_prog::TO_ENDPOINT) };
-        // The backend's ingress cannot be judged: fail closed.
-        bump(stat::DENIED);
-        return TC_ACT_SHOT;
+    if unsafe { ENDPOINTS.get(&ifindex) }.is_none() {
+        return TC_ACT_OK;
     }
-    TC_ACT_OK
+    // SAFETY: ctx is this program's context. Returns only on failure.
+    unsafe { SERVICE_PROGS.tail_call(ctx, service_prog::TO_ENDPOINT) };
+    // The backend's ingress cannot be judged: fail closed.
+    bump(stat::DENIED);
+    TC_ACT_SHOT
 }
 
 /// At a pod's `to_endpoint`: a marked packet goes to `post_nat` (which comes

@@ -311,6 +311,14 @@ fn services_are_judged_after_dnat(mode: Mode, restart: bool) {
             assert_eq!(rec["reporter"]["endpoint"], "prod/client", "{rec:#}");
         }
     }
+    let by_service = agent.flows(&["--last", "1000", "--to", "10.96.0.10"]);
+    assert!(
+        !by_service.is_empty()
+            && by_service
+                .iter()
+                .all(|r| r["service"]["ip"] == "10.96.0.10" && r["dst"]["ip"] == "10.65.0.20"),
+        "--to a ClusterIP: {by_service:#?}"
+    );
     let denied = agent.flows(&["--last", "1000", "--verdict", "deny"]);
     assert!(
         !denied.iter().any(|r| {

@@ -253,7 +253,11 @@ impl Matcher {
                 .labels_of(peer.ip)
                 .is_some_and(|labels| sel.evaluate(labels)),
         };
-        peer_ok(&self.from, &flow.src) && peer_ok(&self.to, &flow.dst)
+        // `--to` a Service address (or its net) also finds the flows DNATed
+        // away from it (`dst` is then the backend).
+        let to_service = matches!(&self.to, Some(PeerFilter::Net(_)))
+            && flow.service.as_ref().is_some_and(|s| peer_ok(&self.to, s));
+        peer_ok(&self.from, &flow.src) && (peer_ok(&self.to, &flow.dst) || to_service)
     }
 }
 
