@@ -80,7 +80,7 @@ pub fn post_nat(ctx: TcContext) -> i32 {
     }
     match parse(&ctx) {
         Ok(pkt) => {
-            if let Some((false, _)) = post_dnat(&ctx, &pkt) {
+            if post_dnat(&ctx, &pkt) == Some(false) {
                 bump(stat::DENIED);
                 return TC_ACT_SHOT;
             }
@@ -154,10 +154,10 @@ pub fn defer(ctx: &TcContext, pkt: &Parsed, ifindex: u32, endpoint: &EndpointInf
 }
 
 /// Step 2, at a post-DNAT hook: for a packet `from_endpoint` deferred, the
-/// client's egress verdict on its post-DNAT tuple and the frontend it
-/// addressed; None for every other packet.
+/// client's egress verdict on its post-DNAT tuple (the event and conntrack
+/// entries carry the frontend); None for every other packet.
 #[inline(always)]
-pub fn post_dnat(ctx: &TcContext, pkt: &Parsed) -> Option<(bool, Frontend)> {
+fn post_dnat(ctx: &TcContext, pkt: &Parsed) -> Option<bool> {
     if mark(ctx) & SERVICE_DEFER_MARK == 0 {
         return None;
     }
@@ -169,14 +169,7 @@ pub fn post_dnat(ctx: &TcContext, pkt: &Parsed) -> Option<(bool, Frontend)> {
         return None;
     };
     let _ = DEFERRED.remove(&key);
-    let allow = crate::policy::judge_deferred(pkt, &d);
-    Some((
-        allow,
-        Frontend {
-            addr: d.frontend,
-            port: d.frontend_port,
-        },
-    ))
+    Some(crate::policy::judge_deferred(pkt, &d))
 }
 
 /// The backend of a client->frontend conntrack entry.
