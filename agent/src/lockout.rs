@@ -22,6 +22,18 @@ use crate::model::ir::{proto, Direction, EndpointKind, FailsafePort, Failsafes, 
 pub struct AgentConfig {
     pub failsafe_inbound: Option<Vec<FailsafeEntry>>,
     pub failsafe_outbound: Option<Vec<FailsafeEntry>>,
+    /// Service ClusterIP ranges (kube-controller-manager's
+    /// `--service-cluster-ip-range`): flows to them are judged after the
+    /// node's DNAT (see `crate::daemon::services`).
+    #[serde(rename = "serviceClusterIPRanges")]
+    pub service_cluster_ip_ranges: Option<Vec<String>>,
+    /// Services' external and load-balancer IPs (addresses or CIDRs), judged
+    /// like ClusterIPs.
+    #[serde(rename = "serviceExternalIPs")]
+    pub service_external_ips: Option<Vec<String>>,
+    /// Interfaces a packet to a remote Service backend can leave the node by
+    /// (globs with a trailing `*`); Calico's `bpfDataIfacePattern` by default.
+    pub data_interfaces: Option<Vec<String>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -23,6 +23,10 @@
 // | `DP_COUNTERS`         | PerCpuArray<u64> | [`stat`] index                | count                  |
 // | `EVENT_BUDGET`        | PerCpuArray[1]   | `0u32`                        | [`TokenBucket`]        |
 // | `FRAGMENTS`           | LruHashMap       | [`FragKey`]                   | [`FragValue`]          |
+// | `SERVICE_NETS`        | LpmTrie          | `{prefix_len, [u8;16]}`       | `1u8`                  |
+// | `DEFERRED`            | LruHashMap       | [`DeferKey`]                  | [`DeferValue`]         |
+// | `SERVICE_FLOWS`       | LruHashMap       | [`CtKey`] (client->frontend)  | [`ServiceFlow`]        |
+// | `SERVICE_PROGS`       | ProgramArray[2]  | [`service_prog`] index        | program fd             |
 //
 // LPM keys are aya's `Key<T>` = `#[repr(C, packed)] { prefix_len: u32, data: T }`.
 // Addresses are 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so an
@@ -71,6 +75,13 @@ pub mod limits {
     pub const MAX_CONNTRACK: u32 = 262144;
     /// Datagrams in flight in fragments (Cilium's default for its IPv4 fragment map).
     pub const MAX_FRAGMENTS: u32 = 8192;
+    /// Service frontend prefixes (ClusterIP ranges, external IPs).
+    pub const MAX_SERVICE_NETS: u32 = 4096;
+    /// Service flows between `from_endpoint` and their post-DNAT hook (entries
+    /// live microseconds: the post-DNAT hook deletes them).
+    pub const MAX_DEFERRED: u32 = 65536;
+    /// Client->frontend conntrack entries' backends (one per Service flow).
+    pub const MAX_SERVICE_FLOWS: u32 = 262144;
 }
 
 /// Value of `ENDPOINTS`: the policed endpoint behind an interface.
@@ -311,6 +322,10 @@ pub mod ct_flags {
     pub const RECEIVER_REPORTED: u16 = 1 << 5;
     /// The initiator is `addr_lo`/`port_lo` (else `addr_hi`/`port_hi`).
     pub const INITIATOR_LO: u16 = 1 << 8;
+    /// A client->Service-frontend entry: the responder is a frontend that the
+    /// node's DNAT replaced; its sender side (the client's egress policy) is
+    /// judged against the backend recorded in `SERVICE_FLOWS`, never the frontend.
+    pub const SERVICE: u16 = 1 << 9;
 }
 
 pub mod tcp_state {
@@ -384,6 +399,60 @@ pub struct FragValue {
     pub seen_ns: u64,
 }
 
+/// Bit of `skb->mark` that `from_endpoint` sets on a packet whose verdict it
+/// deferred to the post-DNAT hook (a `DEFERRED` entry exists for it); that hook
+/// clears it. Other packets never pay a map lookup at the post-DNAT hooks.
+/// Outside kube-proxy's (0x4000, 0x8000) and Calico's default (0xffff0000) bits.
+pub const SERVICE_DEFER_MARK: u32 = 0x0020_0000;
+
+/// Slots of `SERVICE_PROGS` (tail calls, filled by the agent after loading).
+/// A pod's `to_endpoint` hands a deferred packet to `post_nat` (its own verifier
+/// budget and stack), which judges the client's egress and hands it back to
+/// `to_endpoint` (mark cleared) for the backend's ingress.
+pub mod service_prog {
+    pub const POST_NAT: u32 = 0;
+    pub const TO_ENDPOINT: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Key of `DEFERRED`: a new flow from a pod to a Service frontend, by what
+/// survives kube-proxy's DNAT: protocol, client address and source port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DeferKey {
+    pub addr: [u8; 16],
+    /// Conntrack source port (host order).
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// Value of `DEFERRED`: the frontend the client addressed, and the client
+/// endpoint whose egress policy the post-DNAT hook judges.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DeferValue {
+    pub frontend: [u8; 16],
+    /// Frontend port (host order).
+    pub frontend_port: u16,
+    pub _pad: [u8; 2],
+    /// The client's host-side interface (for the flow event).
+    pub ifindex: u32,
+    pub endpoint: EndpointInfo,
+}
+
+/// Value of `SERVICE_FLOWS` (keyed by the client->frontend conntrack key): the
+/// backend the node's DNAT chose, so that a stale client->frontend entry is
+/// re-judged against it at whichever of the client's hooks sees it first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceFlow {
+    pub backend: [u8; 16],
+    /// Backend port (host order).
+    pub backend_port: u16,
+    pub _pad: [u8; 6],
+}
+
 /// Ring-buffer record for a new flow on an endpoint with staged policy (both
 /// verdicts) or a denied new flow (rate-limited). Addresses and ports are those
 /// of the flow as judged (initiator -> responder).
@@ -409,6 +478,17 @@ pub struct FlowEvent {
     pub pending: Verdict,
     /// `bpf_ktime_get_ns`.
     pub timestamp_ns: u64,
+    /// With `event_flags::SERVICE`: the Service frontend the client addressed
+    /// (`dst`/`dst_port` are then the backend the node's DNAT chose).
+    pub service: [u8; 16],
+    pub service_port: u16,
+    pub _pad: [u8; 6],
+}
+
+impl FlowEvent {
+    /// Size of the record before `service` was added (programs of an older
+    /// agent still attached during an upgrade write these).
+    pub const V1_SIZE: usize = 80;
 }
 
 pub mod event_flags {
@@ -416,6 +496,8 @@ pub mod event_flags {
     /// Packet was a non-first fragment judged with port 0 (its first fragment
     /// was not seen: see `FRAGMENTS`).
     pub const FRAGMENT: u8 = 2;
+    /// The flow was addressed to a Service frontend (`FlowEvent::service`).
+    pub const SERVICE: u8 = 4;
 }
 
 /// Per-CPU token bucket limiting deny events (`EVENT_BUDGET[0]`).
@@ -453,8 +535,20 @@ pub mod stat {
     /// Non-first fragments judged with the ports of their first fragment (a
     /// subset of `FRAGMENTS`; the rest are judged with port 0).
     pub const FRAGMENTS_TRACKED: u32 = 16;
+    /// New flows to a Service frontend passed on by `from_endpoint` to be
+    /// judged after DNAT.
+    pub const SERVICE_DEFERRED: u32 = 17;
+    /// Deferred flows judged at a post-DNAT hook against the chosen backend.
+    pub const SERVICE_JUDGED: u32 = 18;
+    /// Marked packets whose `DEFERRED` entry was gone (e.g. the source was
+    /// SNATed): their client side is judged at the reply instead.
+    pub const SERVICE_UNMATCHED: u32 = 19;
+    /// Replies from a frontend without a client->frontend entry: the client's
+    /// egress is judged there, against the frontend (no post-DNAT hook saw it,
+    /// e.g. a backend in the node's own network namespace).
+    pub const SERVICE_REPLY_JUDGED: u32 = 20;
     /// Counters in use (`NAMES`), at most `CAPACITY`.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 21;
     /// Size of `DP_COUNTERS`: room for new counters, so that adding one does not
     /// change the pinned map's layout (which would make an upgrade need a cleanup).
     pub const CAPACITY: u32 = 64;
@@ -477,6 +571,10 @@ pub mod stat {
         "ct_stale",
         "icmp_related",
         "fragments_tracked",
+        "service_deferred",
+        "service_judged",
+        "service_unmatched",
+        "service_reply_judged",
     ];
 }
 
@@ -495,6 +593,9 @@ mod user {
     unsafe impl aya::Pod for super::TokenBucket {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}
+    unsafe impl aya::Pod for super::DeferKey {}
+    unsafe impl aya::Pod for super::DeferValue {}
+    unsafe impl aya::Pod for super::ServiceFlow {}
 }
 
 #[cfg(test)]
@@ -534,7 +635,15 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(offset_of!(CtValue, judged_port), 8);
         assert_eq!(offset_of!(CtValue, last_seen_ns), 16);
-        assert_eq!(size_of::<FlowEvent>(), 80);
+        assert_eq!(size_of::<FlowEvent>(), 104);
+        assert_eq!(offset_of!(FlowEvent, service), FlowEvent::V1_SIZE);
+        assert_eq!(offset_of!(FlowEvent, service_port), 96);
+        assert_eq!(size_of::<DeferKey>(), 20);
+        assert_eq!(offset_of!(DeferKey, protocol), 18);
+        assert_eq!(size_of::<DeferValue>(), 32);
+        assert_eq!(offset_of!(DeferValue, ifindex), 20);
+        assert_eq!(offset_of!(DeferValue, endpoint), 24);
+        assert_eq!(size_of::<ServiceFlow>(), 24);
         assert_eq!(offset_of!(FlowEvent, src_port), 32);
         assert_eq!(offset_of!(FlowEvent, direction), 38);
         assert_eq!(offset_of!(FlowEvent, ifindex), 40);

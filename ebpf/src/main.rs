@@ -8,6 +8,7 @@
 mod maps;
 mod parse;
 mod policy;
+mod service;
 
 #[cfg(not(test))]
 #[panic_handler]

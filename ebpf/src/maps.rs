@@ -1,15 +1,16 @@
 //! Maps of the policy dataplane (layout documented in `agent_common`).
 use agent_common::{
     limits::{
-        MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_GROUP_ENTRIES, MAX_PEER_PREFIXES,
-        MAX_RULE_ENTRIES, MAX_SOURCE_PORT_ENTRIES,
+        MAX_CONNTRACK, MAX_DEFERRED, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_GROUP_ENTRIES,
+        MAX_PEER_PREFIXES, MAX_RULE_ENTRIES, MAX_SERVICE_FLOWS, MAX_SERVICE_NETS,
+        MAX_SOURCE_PORT_ENTRIES,
     },
-    stat, ActiveTables, CtKey, CtValue, EndpointInfo, FragKey, FragValue, GroupKey, RuleKey,
-    SourcePortKey, TokenBucket, Verdict,
+    service_prog, stat, ActiveTables, CtKey, CtValue, DeferKey, DeferValue, EndpointInfo, FragKey,
+    FragValue, GroupKey, RuleKey, ServiceFlow, SourcePortKey, TokenBucket, Verdict,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
 #[map]
@@ -57,6 +58,25 @@ pub static EVENT_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entrie
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragValue> =
     LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
+
+/// Service frontend prefixes (see `service`); not double-buffered: a frontend
+/// only changes where a flow is judged, never its tables.
+#[map]
+pub static SERVICE_NETS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_SERVICE_NETS, 0);
+
+/// New flows to a frontend between `from_endpoint` and their post-DNAT hook.
+#[map]
+pub static DEFERRED: LruHashMap<DeferKey, DeferValue> =
+    LruHashMap::with_max_entries(MAX_DEFERRED, 0);
+
+/// The backend of each client->frontend conntrack entry.
+#[map]
+pub static SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlow> =
+    LruHashMap::with_max_entries(MAX_SERVICE_FLOWS, 0);
+
+/// `post_nat` and `to_endpoint`, for the tail calls of a deferred packet.
+#[map]
+pub static SERVICE_PROGS: ProgramArray = ProgramArray::with_max_entries(service_prog::COUNT, 0);
 
 #[inline(always)]
 pub fn bump(index: u32) {

@@ -57,14 +57,24 @@
 //!   a TCP-only policy); the quoted packet must have been sent by the error's
 //!   destination. Any other ICMP is judged per packet by type/code, untracked
 //!   (unlike Calico, which drops errors quoting no known flow).
+//! - Services (`service`): at a workload's `from_endpoint` a new flow of TCP,
+//!   UDP or SCTP to a Service frontend (`SERVICE_NETS`) is not judged; it is
+//!   recorded in `DEFERRED` and marked, and judged at the first TC egress after
+//!   the node's DNAT (the backend's `to_endpoint` via the `post_nat` tail call,
+//!   or `post_nat` on a data interface) against the backend. That writes the
+//!   backend-tuple entry and a client->frontend entry (`ct_flags::SERVICE`),
+//!   whose sender side is re-judged against the backend in `SERVICE_FLOWS`
+//!   after a policy change. A reply from a frontend without such an entry
+//!   judges the client's egress at its `to_endpoint`, against the frontend.
+//!   Established flows pay nothing more; new flows one `SERVICE_NETS` lookup.
 //! - Events: one per newly judged flow side on endpoints with `HAS_STAGED`
 //!   (enforced + pending verdicts), and for denied new flows (per-CPU token
 //!   bucket). Ring buffer full: counted, never blocks.
 
 use agent_common::{
     action, active_flags, ct_flags, ct_timeout, direction, endpoint_flags, event_flags, stat,
-    table, tcp_state, ActiveTables, CtKey, CtValue, EndpointInfo, FlowEvent, GroupKey, RuleKey,
-    SourcePortKey, Verdict, DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC, PEER_CLASS_WORLD,
+    table, tcp_state, ActiveTables, CtKey, CtValue, DeferValue, EndpointInfo, FlowEvent, GroupKey,
+    RuleKey, SourcePortKey, Verdict, DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC, PEER_CLASS_WORLD,
     PEER_GROUP_ANY,
 };
 use aya_ebpf::{
@@ -84,6 +94,7 @@ use crate::parse::{
     parse, quoted, ParseError, Parsed, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
     TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
+use crate::service::{self, Frontend};
 
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
@@ -111,11 +122,15 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
     // A host endpoint's interface is the host's own: its TC ingress carries
     // traffic INTO the host (the host's ingress policy), the opposite of a
     // workload's host-side veth, where TC ingress is what the pod sends.
-    let hook_dir = if endpoint.flags & endpoint_flags::HOST_ENDPOINT != 0 {
-        hook_dir ^ 1
-    } else {
-        hook_dir
-    };
+    // TC egress of an endpoint interface is a post-DNAT point: a flow that a
+    // client's `from_endpoint` deferred is judged by `post_nat` first, which
+    // returns here (see `service`); nothing else pays more than a field read.
+    if hook_dir == direction::INGRESS {
+        service::hand_to_post_nat(ctx);
+    }
+    let host = endpoint.flags & endpoint_flags::HOST_ENDPOINT != 0;
+    let raw_hook = hook_dir;
+    let hook_dir = if host { hook_dir ^ 1 } else { hook_dir };
     let pkt = match parse(ctx) {
         Ok(p) => p,
         Err(ParseError::NotIp) => {
@@ -143,7 +158,15 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
         bump(stat::ALLOWED);
         return TC_ACT_OK;
     }
-    let allowed = police(&pkt, ifindex, &endpoint, hook_dir);
+    let hook = Hook {
+        ctx,
+        dir: hook_dir,
+        // A workload's own packets, before the node's DNAT.
+        defers: !host && raw_hook == direction::EGRESS,
+        // What a workload receives, after the node's reverse NAT.
+        client_replies: !host && raw_hook == direction::INGRESS,
+    };
+    let allowed = police(&pkt, ifindex, &endpoint, &hook);
     if allowed {
         bump(stat::ALLOWED);
         TC_ACT_OK
@@ -158,7 +181,13 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
 /// (address, port) side first, so both directions share it; and whether the
 /// packet's source is that lower side.
 #[inline(always)]
-fn ct_key(src: &[u8; 16], sport: u16, dst: &[u8; 16], dport: u16, protocol: u8) -> (CtKey, bool) {
+pub(crate) fn ct_key(
+    src: &[u8; 16],
+    sport: u16,
+    dst: &[u8; 16],
+    dport: u16,
+    protocol: u8,
+) -> (CtKey, bool) {
     let src_is_lo = lower_or_equal(src, sport, dst, dport);
     let (addr_lo, port_lo, addr_hi, port_hi) = if src_is_lo {
         (*src, sport, *dst, dport)
@@ -217,7 +246,7 @@ fn next_tcp_state(state: u8, flags: u8, forward: bool) -> u8 {
 }
 
 /// The side of a flow a hook judges, and the bits recording it.
-struct Side {
+pub(crate) struct Side {
     allowed: u16,
     denied: u16,
     reported: u16,
@@ -226,7 +255,7 @@ struct Side {
 }
 
 #[inline(always)]
-fn side(sender: bool) -> Side {
+pub(crate) fn side(sender: bool) -> Side {
     if sender {
         Side {
             allowed: ct_flags::SENDER_ALLOWED,
@@ -271,9 +300,23 @@ fn related_approved(ctx: &TcContext, pkt: &Parsed, hook_dir: u8) -> bool {
     ct.flags & side(sender).allowed != 0
 }
 
+/// Where a packet is being policed.
+pub(crate) struct Hook<'a> {
+    ctx: &'a TcContext,
+    /// Policy direction of this hook for this endpoint.
+    dir: u8,
+    /// A workload's `from_endpoint`: new flows to a Service frontend are
+    /// deferred to the post-DNAT hook.
+    defers: bool,
+    /// A workload's `to_endpoint`: a reply from a frontend without a
+    /// client->frontend entry judges the client's egress (see `service`).
+    client_replies: bool,
+}
+
 /// Decides one packet; true = allow.
 #[inline(always)]
-fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook_dir: u8) -> bool {
+fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook: &Hook) -> bool {
+    let hook_dir = hook.dir;
     let active = match ACTIVE.get(0) {
         Some(a) => *a,
         None => ActiveTables::default(),
@@ -311,15 +354,32 @@ fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook_dir: u8) -> 
                     // Policy changed since: forget every side's decision, re-judge.
                     bump(stat::CT_STALE);
                     ct.epoch = active.epoch;
-                    ct.flags &= ct_flags::INITIATOR_LO;
+                    ct.flags &= ct_flags::INITIATOR_LO | ct_flags::SERVICE;
                 }
                 // Judge this side of the known flow, in its original orientation.
-                let (init, resp, init_port) = if forward {
-                    (&pkt.src, &pkt.dst, pkt.ct_sport)
+                let (init, mut resp, init_port, resp_port) = if forward {
+                    (&pkt.src, &pkt.dst, pkt.ct_sport, pkt.ct_dport)
                 } else {
-                    (&pkt.dst, &pkt.src, pkt.ct_dport)
+                    (&pkt.dst, &pkt.src, pkt.ct_dport, pkt.ct_sport)
                 };
-                let judged_port = ct.judged_port;
+                let mut judged_port = ct.judged_port;
+                let mut frontend = None;
+                // A client->frontend entry: the client's egress is judged against
+                // the backend DNAT chose (if that record was evicted, against the
+                // frontend, as a flow no post-DNAT hook saw).
+                let backend = if ct.flags & ct_flags::SERVICE != 0 && sender {
+                    service::backend_of(&key)
+                } else {
+                    None
+                };
+                if let Some(b) = &backend {
+                    frontend = Some(Frontend {
+                        addr: *resp,
+                        port: resp_port,
+                    });
+                    resp = &b.backend;
+                    judged_port = b.backend_port;
+                }
                 let mut flow = Flow {
                     init,
                     resp,
@@ -332,6 +392,7 @@ fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook_dir: u8) -> 
                     now,
                     side: &s,
                     sender,
+                    frontend,
                 };
                 let (allow, reported) = judge(&mut flow, ct.flags & s.reported != 0);
                 ct.flags |= if allow { s.allowed } else { s.denied };
@@ -347,6 +408,15 @@ fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook_dir: u8) -> 
     // is not a SYN: a flow picked up mid-way, e.g. one older than the dataplane, is
     // judged like a new one in the orientation of the packet seen first).
     bump(stat::NEW_FLOWS);
+    let service_ports = pkt.track && service::has_ports(pkt.protocol);
+    if hook.defers && service_ports && service::is_frontend(&pkt.dst) {
+        if service::defer(hook.ctx, pkt, ifindex, endpoint) {
+            return true;
+        }
+    }
+    if hook.client_replies && service_ports && service::is_frontend(&pkt.src) {
+        return judge_unseen_reply(pkt, ifindex, endpoint, &active, now, &key, pkt_is_lo);
+    }
     let sender = hook_dir == direction::EGRESS;
     let s = side(sender);
     let mut flow = Flow {
@@ -361,36 +431,171 @@ fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook_dir: u8) -> 
         now,
         side: &s,
         sender,
+        frontend: None,
     };
     let (allow, reported) = judge(&mut flow, false);
     if pkt.track && active.flags & active_flags::NO_CT_INSERT == 0 {
-        let mut flags = if allow { s.allowed } else { s.denied };
-        if reported {
-            flags |= s.reported;
-        }
+        let mut flags = side_flags(&s, allow, reported);
         if pkt_is_lo {
             flags |= ct_flags::INITIATOR_LO;
         }
-        let state = if pkt.protocol != IPPROTO_TCP {
-            tcp_state::NONE
-        } else if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            tcp_state::SYN_SENT
-        } else {
-            next_tcp_state(tcp_state::ESTABLISHED, pkt.tcp_flags, true)
-        };
-        let value = CtValue {
-            epoch: active.epoch,
+        ct_insert(
+            &key,
             flags,
-            tcp_state: state,
-            _pad: 0,
-            judged_port: pkt.judge_port,
-            _pad2: [0; 6],
-            last_seen_ns: now,
-        };
-        // Full LRU: the kernel evicts; an error here only costs a re-judgement later.
-        let _ = CONNTRACK.insert(&key, &value, BPF_ANY as u64);
+            new_tcp_state(pkt),
+            pkt.judge_port,
+            &active,
+            now,
+        );
     }
     allow
+}
+
+/// Reply from a Service frontend to a client without a client->frontend
+/// conntrack entry: no post-DNAT hook judged the client's flow (its backend is
+/// in the node's own network namespace, its source was SNATed, it left by an
+/// interface without `post_nat`, or the entry was evicted). The client's egress
+/// is judged here, against the frontend (all there is to go by), in the flow's
+/// orientation, and recorded for the flow's later packets both ways.
+#[inline(always)]
+fn judge_unseen_reply(
+    pkt: &Parsed,
+    ifindex: u32,
+    endpoint: &EndpointInfo,
+    active: &ActiveTables,
+    now: u64,
+    key: &CtKey,
+    pkt_is_lo: bool,
+) -> bool {
+    bump(stat::SERVICE_REPLY_JUDGED);
+    let s = side(true);
+    let mut flow = Flow {
+        init: &pkt.dst,
+        resp: &pkt.src,
+        init_port: pkt.ct_dport,
+        judged_port: pkt.ct_sport,
+        pkt,
+        ifindex,
+        endpoint,
+        active,
+        now,
+        side: &s,
+        sender: true,
+        frontend: None,
+    };
+    let (allow, reported) = judge(&mut flow, false);
+    if active.flags & active_flags::NO_CT_INSERT == 0 {
+        let mut flags = side_flags(&s, allow, reported) | ct_flags::SERVICE;
+        if !pkt_is_lo {
+            flags |= ct_flags::INITIATOR_LO;
+        }
+        let state = if pkt.protocol == IPPROTO_TCP {
+            next_tcp_state(tcp_state::SYN_SENT, pkt.tcp_flags, false)
+        } else {
+            tcp_state::NONE
+        };
+        ct_insert(key, flags, state, pkt.ct_sport, active, now);
+    }
+    allow
+}
+
+/// A flow deferred by `from_endpoint`, at its post-DNAT hook: judges the
+/// client's egress (enforced and staged) against this packet's tuple, the
+/// backend DNAT chose, and records the verdict for the backend tuple and for
+/// the client->frontend tuple (the client's later packets and the reverse-NATed
+/// replies), with the backend in `SERVICE_FLOWS` for re-judging after a policy
+/// change. Returns whether the client's egress allows it.
+#[inline(always)]
+pub(crate) fn judge_deferred(pkt: &Parsed, d: &DeferValue) -> bool {
+    let active = match ACTIVE.get(0) {
+        Some(a) => *a,
+        None => ActiveTables::default(),
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let s = side(true);
+    let mut flow = Flow {
+        init: &pkt.src,
+        resp: &pkt.dst,
+        init_port: pkt.ct_sport,
+        judged_port: pkt.judge_port,
+        pkt,
+        ifindex: d.ifindex,
+        endpoint: &d.endpoint,
+        active: &active,
+        now,
+        side: &s,
+        sender: true,
+        frontend: Some(Frontend {
+            addr: d.frontend,
+            port: d.frontend_port,
+        }),
+    };
+    let (allow, reported) = judge(&mut flow, false);
+    bump(stat::SERVICE_JUDGED);
+    if active.flags & active_flags::NO_CT_INSERT != 0 {
+        return allow;
+    }
+    let flags = side_flags(&s, allow, reported);
+    let state = new_tcp_state(pkt);
+    let (bkey, b_lo) = ct_key(&pkt.src, pkt.ct_sport, &pkt.dst, pkt.ct_dport, pkt.protocol);
+    let lo = if b_lo { ct_flags::INITIATOR_LO } else { 0 };
+    ct_insert(&bkey, flags | lo, state, pkt.judge_port, &active, now);
+    let (fkey, f_lo) = ct_key(
+        &pkt.src,
+        pkt.ct_sport,
+        &d.frontend,
+        d.frontend_port,
+        pkt.protocol,
+    );
+    let lo = if f_lo { ct_flags::INITIATOR_LO } else { 0 };
+    let flags = flags | lo | ct_flags::SERVICE;
+    ct_insert(&fkey, flags, state, pkt.judge_port, &active, now);
+    service::remember_backend(&fkey, &pkt.dst, pkt.ct_dport);
+    allow
+}
+
+#[inline(always)]
+fn side_flags(s: &Side, allow: bool, reported: bool) -> u16 {
+    let mut flags = if allow { s.allowed } else { s.denied };
+    if reported {
+        flags |= s.reported;
+    }
+    flags
+}
+
+/// TCP state of a flow whose first packet (as seen here) is `pkt`.
+#[inline(always)]
+fn new_tcp_state(pkt: &Parsed) -> u8 {
+    if pkt.protocol != IPPROTO_TCP {
+        tcp_state::NONE
+    } else if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        tcp_state::SYN_SENT
+    } else {
+        next_tcp_state(tcp_state::ESTABLISHED, pkt.tcp_flags, true)
+    }
+}
+
+#[inline(always)]
+fn ct_insert(
+    key: &CtKey,
+    flags: u16,
+    state: u8,
+    judged_port: u16,
+    active: &ActiveTables,
+    now: u64,
+) {
+    let value = CtValue {
+        epoch: active.epoch,
+        flags,
+        tcp_state: state,
+        _pad: 0,
+        judged_port,
+        _pad2: [0; 6],
+        last_seen_ns: now,
+    };
+    // Full LRU: the kernel evicts; an error here only costs a re-judgement later.
+    let _ = CONNTRACK.insert(key, &value, BPF_ANY as u64);
 }
 
 struct Flow<'a> {
@@ -405,6 +610,8 @@ struct Flow<'a> {
     now: u64,
     side: &'a Side,
     sender: bool,
+    /// The Service frontend the client addressed, when `resp` is its backend.
+    frontend: Option<Frontend>,
 }
 
 #[inline(always)]
@@ -496,7 +703,10 @@ fn verdict(generation: u32, data: RuleKey) -> Option<Verdict> {
 }
 
 /// Runs the enforced (and, for endpoints with staged policy, the pending) lookup
-/// and reports the flow. Returns (allowed, reported).
+/// and reports the flow. Returns (allowed, reported). Inlined at up to four
+/// places of a program (known flow, new flow, deferred Service flow, unseen
+/// Service reply): the event is written in place in the ring buffer so that
+/// the copies fit the 512-byte BPF stack together.
 #[inline(always)]
 fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
     let generation = flow.active.generation;
@@ -542,34 +752,20 @@ fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
     if !staged && allow {
         return (allow, false);
     }
-    let mut event = FlowEvent {
-        src: *flow.init,
-        dst: *flow.resp,
-        src_port: flow.init_port,
-        dst_port: port,
-        protocol,
-        ip_version: flow.pkt.ip_version,
-        direction: dir,
-        flags: 0,
-        ifindex: flow.ifindex,
-        endpoint_id: id,
-        enforced,
-        pending: Verdict::default(),
-        // SAFETY: helper without arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-    };
+    let mut flags = 0;
     if flow.pkt.fragment {
-        event.flags |= event_flags::FRAGMENT;
+        flags |= event_flags::FRAGMENT;
     }
+    let mut pending = Verdict::default();
     if staged {
         // Observe only: the pending verdict never changes what the packet gets.
         bump(stat::STAGED_LOOKUPS);
-        event.flags |= event_flags::HAS_PENDING;
+        flags |= event_flags::HAS_PENDING;
         let key = RuleKey {
             table: table::PENDING,
             ..key
         };
-        event.pending = match verdict(generation, key) {
+        pending = match verdict(generation, key) {
             Some(v) => v,
             None => Verdict::NO_ENTRY,
         };
@@ -577,10 +773,42 @@ fn judge(flow: &mut Flow, already_reported: bool) -> (bool, bool) {
         bump(stat::EVENTS_RATE_LIMITED);
         return (allow, false);
     }
-    if FLOW_EVENTS.output(&event, 0).is_err() {
+    // Written in place in the ring buffer: a stack copy of the event would
+    // not fit the BPF stack next to the callers' frames.
+    let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
         bump(stat::RINGBUF_FULL);
         return (allow, false);
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: an exclusive reservation of size_of::<FlowEvent>(); every field is written.
+    unsafe {
+        (*e).src = *flow.init;
+        (*e).dst = *flow.resp;
+        (*e).src_port = flow.init_port;
+        (*e).dst_port = port;
+        (*e).protocol = protocol;
+        (*e).ip_version = flow.pkt.ip_version;
+        (*e).direction = dir;
+        (*e).ifindex = flow.ifindex;
+        (*e).endpoint_id = id;
+        (*e).enforced = enforced;
+        (*e).pending = pending;
+        (*e).timestamp_ns = bpf_ktime_get_ns();
+        (*e)._pad = [0; 6];
+        match &flow.frontend {
+            Some(f) => {
+                flags |= event_flags::SERVICE;
+                (*e).service = f.addr;
+                (*e).service_port = f.port;
+            }
+            None => {
+                (*e).service = [0; 16];
+                (*e).service_port = 0;
+            }
+        }
+        (*e).flags = flags;
     }
+    entry.submit(0);
     bump(stat::EVENTS);
     (allow, true)
 }

@@ -19,6 +19,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "iperf3",
     "nftables",
+    // tests/tests/service_e2e.rs: kube-proxy's iptables mode (iptables-nft).
+    "iptables",
     "bpftool",
     // The Kubernetes tests: ../shared/kube/start-apiserver.sh (etcd, certificates,
     // readiness); build-apiserver.sh installs its own build dependencies (Go).

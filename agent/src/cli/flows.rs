@@ -253,6 +253,9 @@ pub fn compact(f: &Flow, color: bool) -> String {
         f.reporter.endpoint,
         verdict_text(&f.enforced),
     );
+    if let Some(svc) = &f.service {
+        s.push_str(&format!("  via service {}", peer(svc, port)));
+    }
     if let Some(p) = &f.pending {
         let text = format!("pending: {}", verdict_text(p));
         if f.pending_differs {

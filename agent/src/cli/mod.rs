@@ -189,6 +189,7 @@ pub fn main(cli: Cli) -> ExitCode {
             detach_on_exit,
             config,
         } => load_failsafes(config.as_deref()).and_then(|failsafes| {
+            let services = crate::daemon::services::ServiceConfig::load(config.as_deref())?;
             let datastore = if datastore == "kubernetes" {
                 crate::daemon::DatastoreSpec::Kubernetes(
                     crate::datastore::kubernetes::KubeOptions {
@@ -209,6 +210,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 bpffs,
                 detach_on_exit,
                 failsafes,
+                services,
             })
             .map(|()| ExitCode::SUCCESS)
         }),

@@ -51,6 +51,7 @@ mod http;
 mod isolate;
 pub mod protocol;
 mod server;
+pub mod services;
 
 pub use protocol::{Request, Status};
 
@@ -176,6 +177,8 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
     /// Failsafe ports (from `--config`; Calico's defaults otherwise).
     pub failsafes: Failsafes,
+    /// Service frontends and data interfaces (from `--config`).
+    pub services: services::ServiceConfig,
 }
 
 /// An interface the programs are attached to.
@@ -225,6 +228,8 @@ struct Inner {
     /// Conntrack entries left by the last sweep, and entries swept since start.
     conntrack_live: usize,
     conntrack_swept: u64,
+    services: services::ServiceConfig,
+    post_nat: services::PostNat,
 }
 
 pub(crate) struct Shared {
@@ -268,8 +273,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     crate::dataplane::host::prepare_pin_dir(&opts.bpffs)?;
     let _lock = crate::dataplane::host::lock_pin_dir(&opts.bpffs)?;
     let listener = server::bind(&opts.socket)?;
-    let dp = Dataplane::load_pinned(&opts.bpffs)
+    let mut dp = Dataplane::load_pinned(&opts.bpffs)
         .context("loading the eBPF programs with pinned maps (needs root)")?;
+    let mut post_nat = services::PostNat::default();
+    services::start(&mut dp, &opts.services, &mut post_nat)?;
     if dp.adopted() {
         tracing::info!(bpffs = %opts.bpffs.display(), "found pinned state of an earlier agent; adopting it (it stays enforced meanwhile)");
     } else {
@@ -320,6 +327,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             next_id: 1,
             conntrack_live: 0,
             conntrack_swept: 0,
+            services: opts.services.clone(),
+            post_nat,
         }),
         view: Mutex::new(Arc::new(View::default())),
         flows: Mutex::new(FlowTable::default()),
@@ -421,10 +430,16 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&opts.socket);
     if opts.detach_on_exit {
         let mut inner = lock(&shared.inner);
-        let Inner { dp, attached, .. } = &mut *inner;
+        let Inner {
+            dp,
+            attached,
+            post_nat,
+            ..
+        } = &mut *inner;
         for (name, a) in attached.drain() {
             detach(dp, &name, a);
         }
+        services::detach_all(post_nat);
         match crate::dataplane::loader::cleanup(&opts.bpffs) {
             Ok(c) => tracing::info!(
                 links = c.links,
@@ -784,8 +799,12 @@ fn reconcile_interfaces(inner: &mut Inner, update: bool) {
         attached,
         attach_errors,
         pinning,
+        services: service_config,
+        post_nat,
         ..
     } = inner;
+    let endpoint_ifs = desired.keys().cloned().collect();
+    services::reconcile(dp, service_config, post_nat, &endpoint_ifs);
     let adopted_links = &mut pinning.adopted_links;
     // Gone from the datastore, vanished or re-created.
     let names: Vec<String> = attached.keys().cloned().collect();
@@ -1021,5 +1040,24 @@ pub(crate) fn status(shared: &Shared) -> Status {
         lockout_warnings: inner.lockout_warnings.clone(),
         datastore_problems,
         promotions: lock(&shared.confirmations).lines(),
+        services: ServiceStatus {
+            frontends: inner.services.nets.iter().map(|n| n.to_string()).collect(),
+            post_nat: inner
+                .post_nat
+                .attached()
+                .into_iter()
+                .map(|(n, i)| format!("{n}={i}"))
+                .collect(),
+            errors: {
+                let mut e: Vec<String> = inner
+                    .post_nat
+                    .errors
+                    .iter()
+                    .map(|(n, e)| format!("{n}: {e}"))
+                    .collect();
+                e.sort();
+                e
+            },
+        },
     }
 }

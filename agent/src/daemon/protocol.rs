@@ -163,6 +163,19 @@ pub struct Status {
     /// and reverts (`agent promote --confirm-within`).
     #[serde(default)]
     pub promotions: Vec<String>,
+    /// Service flows judged after the node's DNAT (empty: none configured).
+    #[serde(default)]
+    pub services: ServiceStatus,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Frontend prefixes (ClusterIP ranges, external IPs).
+    pub frontends: Vec<String>,
+    /// Data interfaces with the post-DNAT program (`name` = ifindex).
+    pub post_nat: Vec<String>,
+    /// Data interfaces where attaching it failed, with the error.
+    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -143,7 +143,7 @@ impl Hook {
 
 /// The maps shared between agent generations: pinned under `<bpffs>/maps/NAME`
 /// and reused by the next `agent run` (and by upgraded programs).
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 19] = [
     "ENDPOINTS",
     "ACTIVE",
     "PEERS_0",
@@ -159,6 +159,10 @@ pub const PINNED_MAPS: [&str; 15] = [
     "DP_COUNTERS",
     "EVENT_BUDGET",
     "FRAGMENTS",
+    "SERVICE_NETS",
+    "DEFERRED",
+    "SERVICE_FLOWS",
+    "SERVICE_PROGS",
 ];
 
 /// A pinned link file: `<bpffs>/links/if<ifindex>_<from|to>` (bpffs does not
@@ -207,7 +211,7 @@ fn live_pinned_link(path: &Path, ifindex: u32, hook: Hook) -> Option<FdLink> {
 /// Detaches the link pinned at `path` at once (`BPF_LINK_DETACH` on a fresh fd,
 /// so the result does not wait for the deferred release of the unlinked pin),
 /// then removes the pin. A link whose interface is gone is already detached.
-fn detach_pinned(path: &Path) -> std::io::Result<()> {
+pub(super) fn detach_pinned(path: &Path) -> std::io::Result<()> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     use std::os::unix::ffi::OsStrExt as _;
     const BPF_OBJ_GET: libc::c_long = 7;
@@ -241,7 +245,14 @@ pub struct Cleanup {
 /// from any network namespace.
 pub fn cleanup(dir: &Path) -> Result<Cleanup, DataplaneError> {
     let mut done = Cleanup::default();
-    for (_, _, path) in pinned_links(dir) {
+    let post_nat = super::service::pinned_post_nat_links(dir)
+        .into_iter()
+        .map(|(_, p)| p);
+    for path in pinned_links(dir)
+        .into_iter()
+        .map(|(_, _, p)| p)
+        .chain(post_nat)
+    {
         detach_pinned(&path)
             .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
         done.links += 1;
@@ -316,6 +327,9 @@ pub struct FlowRecord {
     pub pending: Option<Verdict>,
     pub fragment: bool,
     pub timestamp_ns: u64,
+    /// The Service frontend (address, port) the client addressed, when the
+    /// flow was judged after DNAT (`dst` is then the backend).
+    pub service: Option<(IpAddr, u16)>,
 }
 
 impl From<&FlowEvent> for FlowRecord {
@@ -344,6 +358,7 @@ impl From<&FlowEvent> for FlowRecord {
             pending: (e.flags & event_flags::HAS_PENDING != 0).then_some(e.pending),
             fragment: e.flags & event_flags::FRAGMENT != 0,
             timestamp_ns: e.timestamp_ns,
+            service: (e.flags & event_flags::SERVICE != 0).then(|| (ip(e.service), e.service_port)),
         }
     }
 }
@@ -366,14 +381,14 @@ impl Counters {
 /// links and frees the maps. With one ([`Dataplane::load_pinned`]) the maps and
 /// links live on in bpffs and the next agent adopts them.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     events: RingBuf<MapData>,
     pin_dir: Option<PathBuf>,
     /// The maps were already pinned (an earlier agent's state was found).
     adopted: bool,
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
 
@@ -385,7 +400,7 @@ fn same_entries<T: std::fmt::Debug + PartialEq>(mut live: Vec<T>, mut want: Vec<
     live == want
 }
 
-fn missing(what: &'static str, name: &'static str) -> DataplaneError {
+pub(super) fn missing(what: &'static str, name: &'static str) -> DataplaneError {
     DataplaneError::Missing { what, name }
 }
 
@@ -447,6 +462,13 @@ impl Dataplane {
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
+        this.post_nat_program()?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: super::service::POST_NAT,
+                source,
+            })?;
+        this.fill_service_progs()?;
         Ok(this)
     }
 
@@ -779,9 +801,39 @@ impl Dataplane {
     pub fn drain_events(&mut self) -> Vec<FlowRecord> {
         let mut out = Vec::new();
         while let Some(item) = self.events.next() {
-            if item.len() >= std::mem::size_of::<FlowEvent>() {
-                // SAFETY: the kernel wrote a FlowEvent; read_unaligned copes with any alignment.
-                let event = unsafe { (item.as_ptr() as *const FlowEvent).read_unaligned() };
+            // Older programs (still attached during an upgrade) write the
+            // shorter record without the Service fields: read what is there.
+            if item.len() >= FlowEvent::V1_SIZE {
+                let mut event = FlowEvent {
+                    src: [0; 16],
+                    dst: [0; 16],
+                    src_port: 0,
+                    dst_port: 0,
+                    protocol: 0,
+                    ip_version: 0,
+                    direction: 0,
+                    flags: 0,
+                    ifindex: 0,
+                    endpoint_id: 0,
+                    enforced: Verdict::default(),
+                    pending: Verdict::default(),
+                    timestamp_ns: 0,
+                    service: [0; 16],
+                    service_port: 0,
+                    _pad: [0; 6],
+                };
+                let n = item.len().min(std::mem::size_of::<FlowEvent>());
+                // SAFETY: FlowEvent is plain old data; at most its size is copied.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        item.as_ptr(),
+                        (&mut event as *mut FlowEvent).cast::<u8>(),
+                        n,
+                    )
+                };
+                if n < std::mem::size_of::<FlowEvent>() {
+                    event.flags &= !event_flags::SERVICE;
+                }
                 out.push(FlowRecord::from(&event));
             }
         }

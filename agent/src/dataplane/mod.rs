@@ -6,8 +6,10 @@
 //! - `host`: what the host must provide (kernel version, a bpffs that outlives
 //!   the agent), checked before anything is loaded.
 //! - `tables`: what the compiler produces (`TableSet`) and its encoding.
+//! - `service`: Service frontends and the post-DNAT program on data interfaces.
 pub mod host;
 pub mod loader;
+pub mod service;
 pub mod tables;
 
 pub use loader::{

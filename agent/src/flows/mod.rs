@@ -85,6 +85,11 @@ pub struct Flow {
     pub pending_differs: bool,
     #[serde(default)]
     pub fragment: bool,
+    /// The Service frontend (ClusterIP or external IP, and port) the client
+    /// addressed, when the flow was judged after the node's DNAT: `dst` is
+    /// then the backend it chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Peer>,
 }
 
 /// What a client asks for.
@@ -248,7 +253,11 @@ impl Matcher {
                 .labels_of(peer.ip)
                 .is_some_and(|labels| sel.evaluate(labels)),
         };
-        peer_ok(&self.from, &flow.src) && peer_ok(&self.to, &flow.dst)
+        // `--to` a Service address (or its net) also finds the flows DNATed
+        // away from it (`dst` is then the backend).
+        let to_service = matches!(&self.to, Some(PeerFilter::Net(_)))
+            && flow.service.as_ref().is_some_and(|s| peer_ok(&self.to, s));
+        peer_ok(&self.from, &flow.src) && (peer_ok(&self.to, &flow.dst) || to_service)
     }
 }
 
@@ -472,6 +481,7 @@ impl FlowTable {
             pending,
             pending_differs,
             fragment: r.fragment,
+            service: r.service.map(|(ip, port)| view.peer(ip, port)),
         });
         self.seq += 1;
         self.flows.insert(key.clone(), (self.seq, flow.clone()));
