@@ -409,10 +409,12 @@ fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook: &Hook) -> b
     // judged like a new one in the orientation of the packet seen first).
     bump(stat::NEW_FLOWS);
     let service_ports = pkt.track && service::has_ports(pkt.protocol);
-    if hook.defers && service_ports && service::is_frontend(&pkt.dst) {
-        if service::defer(hook.ctx, pkt, ifindex, endpoint) {
-            return true;
-        }
+    if hook.defers
+        && service_ports
+        && service::is_frontend(&pkt.dst)
+        && service::defer(hook.ctx, pkt, ifindex, endpoint)
+    {
+        return true;
     }
     if hook.client_replies && service_ports && service::is_frontend(&pkt.src) {
         return judge_unseen_reply(pkt, ifindex, endpoint, &active, now, &key, pkt_is_lo);
