@@ -52,18 +52,11 @@ pub fn lint(loaded: &Loaded) -> Vec<Diagnostic> {
             else {
                 continue;
             };
-            let (file, line) = loaded
-                .policy_sources
-                .get(&p.id)
-                .map(|s| (s.file.clone(), s.line))
-                .unwrap_or_default();
-            out.push(Diagnostic {
-                severity: Severity::Warning,
-                file,
-                line,
-                resource: resource_id(p.id.kind.as_str(), p.id.namespace.as_deref(), &p.id.name),
-                field: "spec.order".into(),
-                message: format!(
+            out.push(policy_warning(
+                loaded,
+                &p.id,
+                "spec.order".into(),
+                format!(
                     "has no order, so Calico evaluates it after {} (order {net_order}), which \
                      allows everything ({}) on endpoints both select (e.g. {}): the allow \
                      decides first and this policy never applies there; give this policy an \
@@ -83,10 +76,32 @@ pub fn lint(loaded: &Loaded) -> Vec<Diagnostic> {
                         .join(" and "),
                     endpoint.key(),
                 ),
-            });
+            ));
         }
     }
     out
+}
+
+/// A warning about policy `id`, at the file and line that define it.
+pub(super) fn policy_warning(
+    loaded: &Loaded,
+    id: &super::ir::PolicyId,
+    field: String,
+    message: String,
+) -> Diagnostic {
+    let (file, line) = loaded
+        .policy_sources
+        .get(id)
+        .map(|s| (s.file.clone(), s.line))
+        .unwrap_or_default();
+    Diagnostic {
+        severity: Severity::Warning,
+        file,
+        line,
+        resource: resource_id(id.kind.as_str(), id.namespace.as_deref(), &id.name),
+        field,
+        message,
+    }
 }
 
 #[cfg(test)]

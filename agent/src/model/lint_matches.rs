@@ -9,8 +9,9 @@
 use std::collections::BTreeSet;
 
 use super::ir::{Direction, Endpoint, EntityRule, Model, Policy, PortMatch, Rule, StagedAction};
+use super::lint::policy_warning;
 use super::load::resource_id;
-use super::{Diagnostic, Loaded, Severity};
+use super::{Diagnostic, Loaded};
 use crate::selector::{Node, Selector};
 
 /// The warnings of the module docs, one per problem, with file and line of
@@ -28,19 +29,7 @@ pub fn lint_matches(loaded: &Loaded) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for p in &model.policies {
         let mut warn = |field: String, message: String| {
-            let (file, line) = loaded
-                .policy_sources
-                .get(&p.id)
-                .map(|s| (s.file.clone(), s.line))
-                .unwrap_or_default();
-            out.push(Diagnostic {
-                severity: Severity::Warning,
-                file,
-                line,
-                resource: resource_id(p.id.kind.as_str(), p.id.namespace.as_deref(), &p.id.name),
-                field,
-                message,
-            });
+            out.push(policy_warning(loaded, &p.id, field, message))
         };
         if !model.endpoints.is_empty() {
             selectors(model, p, &keys, &mut warn);
