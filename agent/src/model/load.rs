@@ -76,19 +76,49 @@ pub fn resource_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
 /// holding the files, `..data` a symlink to it, and each file a symlink into
 /// `..data/`), which would otherwise load every document three times; editors'
 /// hidden files (`.#a.yaml`) are not policy either.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+///
+/// Symlinks are followed inside the directory only: a file or directory that
+/// resolves outside it is reported (its changes would not be watched) and not
+/// read, and a directory reached twice (a link loop) is read once.
+fn walk(
+    dir: &Path,
+    root: &Path,
+    visited: &mut BTreeSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_name().as_encoded_bytes().starts_with(b".") {
             continue;
         }
         let path = entry.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if matches!(
+        let is_yaml = matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
-        ) {
+        );
+        if !path.is_dir() && !is_yaml {
+            continue;
+        }
+        let Ok(real) = std::fs::canonicalize(&path) else {
+            continue; // A dangling link: nothing to read.
+        };
+        if !real.starts_with(root) {
+            diags.push(file_error(
+                &path,
+                format!(
+                    "links to {}, outside the datastore {}: changes there would not be seen, \
+                     so it is not read; copy it in, or point the datastore at a directory \
+                     that holds it",
+                    real.display(),
+                    root.display()
+                ),
+            ));
+        } else if real.is_dir() {
+            if visited.insert(real) {
+                walk(&path, root, visited, out, diags)?;
+            }
+        } else {
             out.push(path);
         }
     }
@@ -103,7 +133,9 @@ pub fn collect_files<P: AsRef<Path>>(paths: &[P], diags: &mut Vec<Diagnostic>) -
         let p = p.as_ref();
         let mut found = Vec::new();
         if p.is_dir() {
-            if let Err(e) = walk(p, &mut found) {
+            let root = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let mut visited = BTreeSet::from([root.clone()]);
+            if let Err(e) = walk(p, &root, &mut visited, &mut found, diags) {
                 diags.push(file_error(p, format!("cannot read directory: {e}")));
             }
             found.sort();

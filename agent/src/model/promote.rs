@@ -434,10 +434,14 @@ metadata:
     #[test]
     fn promote_writes_through_symlinks_and_keeps_the_mode() {
         use std::os::unix::fs::PermissionsExt;
-        let real = tempfile::tempdir().unwrap();
+        // The files live in a hidden directory of the datastore, each linked
+        // from its top (a mounted ConfigMap's layout); links out of the
+        // datastore are not read at all (load::walk).
         let dir = tempfile::tempdir().unwrap();
-        let staged = write(real.path(), "a.yaml", STAGED);
-        let enforced = write(real.path(), "b.yaml", ENFORCED);
+        let real_dir = dir.path().join("..real");
+        std::fs::create_dir(&real_dir).unwrap();
+        let staged = write(&real_dir, "a.yaml", STAGED);
+        let enforced = write(&real_dir, "b.yaml", ENFORCED);
         for f in [&staged, &enforced] {
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
@@ -466,13 +470,16 @@ metadata:
             .unwrap()
             .contains("name: lockdown"));
         // No temporary file is left behind, in either directory.
-        for d in [real.path(), dir.path()] {
+        for (d, want) in [
+            (real_dir.as_path(), &["a.yaml", "b.yaml"][..]),
+            (dir.path(), &["..real", "a.yaml", "b.yaml"][..]),
+        ] {
             let mut names: Vec<String> = std::fs::read_dir(d)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
             names.sort();
-            assert_eq!(names, ["a.yaml", "b.yaml"]);
+            assert_eq!(names, want);
         }
         assert_eq!(
             policy_names(dir.path()),

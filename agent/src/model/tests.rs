@@ -1543,6 +1543,39 @@ fn a_configmap_mount_loads_each_document_once() {
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
 }
 
+/// A symlink out of the datastore is not read (its changes would not be
+/// watched): an error naming both places; a link loop inside it is read once.
+#[test]
+fn symlinks_out_of_the_datastore_are_refused_and_loops_read_once() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("gnp.yaml"), GNP_HEAD).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::os::unix::fs::symlink(outside.path().join("gnp.yaml"), d.join("linked.yaml")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), d.join("linked-dir")).unwrap();
+    std::os::unix::fs::symlink(".", d.join("loop")).unwrap();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::write(
+        d.join("sub/own.yaml"),
+        GNP_HEAD.replace("name: p", "name: own"),
+    )
+    .unwrap();
+    let l = load_paths(&[d]);
+    let refused: Vec<_> = l
+        .diagnostics
+        .iter()
+        .filter(|x| x.message.contains("outside the datastore"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{:#?}", l.diagnostics);
+    assert!(refused.iter().any(|x| x.file.ends_with("linked.yaml")));
+    assert!(refused.iter().any(|x| x.file.ends_with("linked-dir")));
+    assert_eq!(
+        l.model.policies.len(),
+        1,
+        "sub/own.yaml once, through the loop too"
+    );
+}
+
 /// The bounds leave room for big legitimate documents: a GlobalNetworkSet of
 /// 100,000 nets (~1.9 MB, one document) loads.
 #[test]
