@@ -65,8 +65,9 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/agent";
 /// Where the policies and endpoints come from.
 #[derive(Clone, Debug)]
 pub enum DatastoreSpec {
-    /// A directory of YAML documents, watched.
-    Dir(PathBuf),
+    /// A directory of YAML documents, watched, and this node's name
+    /// (other nodes' workload endpoints are peers only).
+    Dir(PathBuf, String),
     /// The Kubernetes API server (see [`crate::datastore::kubernetes`]).
     Kubernetes(KubeOptions),
 }
@@ -74,7 +75,7 @@ pub enum DatastoreSpec {
 impl std::fmt::Display for DatastoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::Dir(d, _) => write!(f, "{}", d.display()),
             Self::Kubernetes(k) => write!(f, "kubernetes (node {})", k.node),
         }
     }
@@ -82,21 +83,25 @@ impl std::fmt::Display for DatastoreSpec {
 
 /// A running datastore: where reloads come from and how a load is made.
 enum Source {
-    Files(FileDatastore, Changes),
+    Files(FileDatastore, String, Changes),
     Kubernetes(KubeDatastore),
 }
 
 /// Makes a load (cheap to clone; runs in a blocking task).
 #[derive(Clone)]
 enum Loader {
-    Files(PathBuf),
+    Files(PathBuf, String),
     Kubernetes(KubeSnapshot),
 }
 
 impl Loader {
     fn load(&self) -> Loaded {
         match self {
-            Self::Files(dir) => FileDatastore::new(dir).load(),
+            Self::Files(dir, node) => {
+                let mut loaded = FileDatastore::new(dir).load();
+                crate::model::node::keep_this_node(&mut loaded, node);
+                loaded
+            }
             Self::Kubernetes(k) => k.load(),
         }
     }
@@ -105,11 +110,11 @@ impl Loader {
 impl Source {
     async fn start(spec: &DatastoreSpec) -> anyhow::Result<Source> {
         Ok(match spec {
-            DatastoreSpec::Dir(dir) => {
+            DatastoreSpec::Dir(dir, node) => {
                 let ds = FileDatastore::new(dir);
                 // Watch before the first load so no change between the two is missed.
                 let changes = ds.watch().context("watching the datastore")?;
-                Source::Files(ds, changes)
+                Source::Files(ds, node.clone(), changes)
             }
             DatastoreSpec::Kubernetes(opts) => Source::Kubernetes(
                 KubeDatastore::start(opts)
@@ -121,14 +126,14 @@ impl Source {
 
     fn loader(&self) -> Loader {
         match self {
-            Self::Files(ds, _) => Loader::Files(ds.dir.clone()),
+            Self::Files(ds, node, _) => Loader::Files(ds.dir.clone(), node.clone()),
             Self::Kubernetes(k) => Loader::Kubernetes(k.snapshot()),
         }
     }
 
     async fn next(&mut self) -> Option<()> {
         match self {
-            Self::Files(_, c) => c.next().await,
+            Self::Files(_, _, c) => c.next().await,
             Self::Kubernetes(k) => k.next().await,
         }
     }
@@ -217,7 +222,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
-    if let DatastoreSpec::Dir(dir) = &opts.datastore {
+    if let DatastoreSpec::Dir(dir, _) = &opts.datastore {
         anyhow::ensure!(
             dir.is_dir(),
             "datastore {} is not a directory",

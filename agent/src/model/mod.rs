@@ -22,10 +22,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub mod convert;
+pub mod crd;
 pub mod fields;
 pub mod ir;
 pub mod lint;
+pub mod list;
 pub mod load;
+pub mod names;
+pub mod node;
+pub mod pod;
 pub mod promote;
 pub mod resources;
 pub mod validate;

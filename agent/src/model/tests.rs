@@ -624,6 +624,7 @@ fn endpoint_labels_are_the_full_set() {
         w["api"],
         labels(&[
             ("app", "api"),
+            ("pcns.kubernetes.io/metadata.name", "prod"),
             ("pcns.projectcalico.org/name", "prod"),
             ("pcns.team", "red"),
             ("pcsa.projectcalico.org/name", "api"),
