@@ -75,7 +75,7 @@ pub enum DatastoreSpec {
 impl std::fmt::Display for DatastoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Dir(d, _) => write!(f, "{}", d.display()),
+            Self::Dir(d, node) => write!(f, "{} (node {node})", d.display()),
             Self::Kubernetes(k) => write!(f, "kubernetes (node {})", k.node),
         }
     }
