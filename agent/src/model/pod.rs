@@ -3,7 +3,8 @@
 //! own code ([`PodInfo::from_pod`], [`workload_endpoint`]): labels, service
 //! account, `status.podIPs`, named container ports, and `spec.nodeName` as the
 //! endpoint's `spec.node`. The interface is Calico's name for the pod
-//! (`cali` + sha1("ns.pod")[:11]): a files datastore has no host routes to read.
+//! (`cali` + the first 11 hex digits of sha1("ns.pod")): a files datastore has
+//! no host routes to read.
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
