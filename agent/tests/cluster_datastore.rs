@@ -423,3 +423,68 @@ fn a_pod_with_two_endpoints_is_addressed_by_their_names() {
         ]
     );
 }
+
+#[test]
+fn a_bad_pod_names_the_endpoint_it_would_be_and_its_line() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  containers: nope\nstatus:\n  podIP: 10.0.0.1\n";
+    let l = load(text);
+    let e = &l.diagnostics[0];
+    assert_eq!(
+        (e.severity, e.line, e.resource.as_str(), e.field.as_str()),
+        (
+            Severity::Error,
+            7,
+            "WorkloadEndpoint/shop/web",
+            "spec.containers"
+        )
+    );
+    assert!(e.message.starts_with("Pod: "), "{e}");
+    assert!(l.model.endpoints.is_empty());
+}
+
+/// `kubectl get ns,networkpolicies -o yaml` as printed: server fields, status.
+#[test]
+fn kubectl_namespaces_and_network_policies_load() {
+    let text = r#"apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata:
+    creationTimestamp: "2026-11-20T09:00:00Z"
+    labels:
+      kubernetes.io/metadata.name: shop
+      team: red
+    name: shop
+    resourceVersion: "42"
+    uid: 1f2e3d4c-0000-1111-2222-333344445555
+  spec:
+    finalizers:
+    - kubernetes
+  status:
+    phase: Active
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy"}
+    creationTimestamp: "2026-11-20T09:01:00Z"
+    generation: 1
+    name: db
+    namespace: shop
+    resourceVersion: "43"
+    uid: 2f2e3d4c-0000-1111-2222-333344445555
+  spec:
+    podSelector:
+      matchLabels:
+        app: db
+    policyTypes:
+    - Ingress
+kind: List
+metadata:
+  resourceVersion: ""
+"#;
+    let l = load(text);
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    assert_eq!(l.model.policies.len(), 1);
+}

@@ -287,7 +287,7 @@ fn parse_value(
         ));
     }
     let value = crd::to_v3(value);
-    let value = match pod_document(file, &lines, value, diags)? {
+    let value = match pod::document(file, &lines, value, diags)? {
         Some(value) => value,
         None => return Ok(None),
     };
@@ -338,60 +338,6 @@ fn parse_value(
     }
     doc.valid = !failed;
     Ok(Some(doc))
-}
-
-/// A v1 Pod as its WorkloadEndpoint document (`None`, with a warning, for a
-/// pod that gets none); any other document unchanged.
-fn pod_document(
-    file: &Path,
-    lines: &HashMap<String, usize>,
-    value: serde_json::Value,
-    diags: &mut Vec<Diagnostic>,
-) -> Result<Option<serde_json::Value>, Diagnostic> {
-    let text = |key: &str| value.get(key).and_then(|n| n.as_str());
-    if (text("apiVersion"), text("kind")) != (Some("v1"), Some("Pod")) {
-        return Ok(Some(value));
-    }
-    let meta = |key: &str| {
-        value
-            .pointer(&format!("/metadata/{key}"))
-            .and_then(|n| n.as_str())
-    };
-    let id = resource_id(
-        "Pod",
-        Some(meta("namespace").unwrap_or("default")),
-        meta("name").unwrap_or(""),
-    );
-    let diagnostic = |severity, field: &str, message: String| Diagnostic {
-        severity,
-        file: file.to_path_buf(),
-        // A pod with no field at fault is pointed at by its name.
-        line: line_of(
-            lines,
-            if field.is_empty() {
-                "metadata.name"
-            } else {
-                field
-            },
-        ),
-        resource: id.clone(),
-        field: field.into(),
-        message,
-    };
-    match pod::to_workload_endpoint(value) {
-        Ok(Some(wep)) => Ok(Some(wep)),
-        Ok(None) => {
-            diags.push(diagnostic(
-                Severity::Warning,
-                "",
-                "this pod gets no workload endpoint (host network, finished, or no IP yet), \
-                 as in Calico; it is left out"
-                    .into(),
-            ));
-            Ok(None)
-        }
-        Err((field, message)) => Err(diagnostic(Severity::Error, &field, message)),
-    }
 }
 
 /// Checks between documents: duplicates, tiers that do not exist, profiles

@@ -5,10 +5,71 @@
 //! endpoint's `spec.node`. The interface is Calico's name for the pod
 //! (`cali` + the first 11 hex digits of sha1("ns.pod")): a files datastore has
 //! no host routes to read.
+use std::collections::HashMap;
+use std::path::Path;
+
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
+use super::load::resource_id;
+use super::yaml::line_of;
+use super::{Diagnostic, Severity};
 use crate::datastore::kubernetes::{calico_interface, workload_endpoint, PodInfo};
+
+/// A v1 Pod document as its WorkloadEndpoint document (`None`, with a warning,
+/// for a pod that gets none); any other document unchanged. `lines`: where the
+/// Pod's fields are.
+pub fn document(
+    file: &Path,
+    lines: &HashMap<String, usize>,
+    value: Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Option<Value>, Diagnostic> {
+    let text = |key: &str| value.get(key).and_then(Value::as_str);
+    if (text("apiVersion"), text("kind")) != (Some("v1"), Some("Pod")) {
+        return Ok(Some(value));
+    }
+    let meta = |key: &str| {
+        value
+            .pointer(&format!("/metadata/{key}"))
+            .and_then(Value::as_str)
+    };
+    let namespace = meta("namespace").unwrap_or("default").to_string();
+    let name = meta("name").unwrap_or("").to_string();
+    let diagnostic = |severity, kind: &str, field: &str, message: String| Diagnostic {
+        severity,
+        file: file.to_path_buf(),
+        // A pod with no field at fault is pointed at by its name.
+        line: line_of(
+            lines,
+            if field.is_empty() {
+                "metadata.name"
+            } else {
+                field
+            },
+        ),
+        resource: resource_id(kind, Some(&namespace), &name),
+        field: field.into(),
+        message,
+    };
+    match to_workload_endpoint(value) {
+        Ok(Some(wep)) => Ok(Some(wep)),
+        Ok(None) => {
+            let message = "this pod gets no workload endpoint (host network, finished, or no IP \
+                           yet), as in Calico; it is left out";
+            diags.push(diagnostic(Severity::Warning, "Pod", "", message.into()));
+            Ok(None)
+        }
+        // Named as the endpoint it would be, as its other errors are, so that a
+        // running agent keeps that endpoint's last good version.
+        Err((field, message)) => Err(diagnostic(
+            Severity::Error,
+            "WorkloadEndpoint",
+            &field,
+            format!("Pod: {message}"),
+        )),
+    }
+}
 
 /// Why a Pod failed to convert: the field and the message.
 pub type PodError = (String, String);
