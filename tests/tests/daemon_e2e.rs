@@ -97,9 +97,14 @@ fn seed_scenario_enforces_reports_staged_and_promotes() {
     );
     let policy = agent.flows(&["--last", "100", "--policy", "backend-lockdown-staged"]);
     assert!(!policy.is_empty(), "--policy");
-    assert!(agent
-        .flows(&["--last", "100", "--from", "prod/nobody"])
-        .is_empty());
+    // An endpoint the agent does not know is an error, not an empty result.
+    let nobody = agent.cli(&["flows", "--last", "100", "--from", "prod/nobody"]);
+    assert!(!nobody.status.success());
+    let err = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        err.contains("no endpoint or network set \"prod/nobody\" is known to the agent"),
+        "{err}"
+    );
     // The compact form is one line per record and shows both verdicts.
     let out = agent.cli(&["flows", "--last", "100", "--pending-diff"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -3,8 +3,9 @@
 //! enforced policies and under the pending set (every staged policy promoted),
 //! and prints both with their traces.
 //!
-//! `--from` / `--to` take `namespace/name` (workload endpoint), `name` (host
-//! endpoint) or an IP. Errors in the arguments exit 2; load diagnostics go to
+//! `--from` / `--to` take `namespace/pod` of a workload endpoint (or its
+//! WorkloadEndpoint name), `name` (host endpoint) or an IP; an unknown name
+//! is an error suggesting the closest ones. `--datastore -` reads standard input. Errors in the arguments exit 2; load diagnostics go to
 //! stderr and evaluation continues with what loaded.
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,9 @@ use crate::eval::{
     policy_flow_log_name, DecidedBy, EndVerdict, Evaluator, Flow, FlowVerdict, Outcome, Packet,
     EPHEMERAL_PORT,
 };
-use crate::model::ir::{proto, Endpoint, EndpointKind, Model};
+use crate::model::ir::{proto, Endpoint, Model};
+use crate::model::load::STDIN;
+use crate::model::names::{find_endpoint, UnknownName};
 
 /// Exit status for usage errors (unknown endpoint, bad protocol, ...).
 pub(super) const EXIT_USAGE: u8 = 2;
@@ -32,13 +35,15 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Directory of policy resources (YAML), read recursively.
+    /// Directory of policy resources (YAML), read recursively; `-`: standard input.
     #[arg(long, value_name = "DIR")]
     pub datastore: PathBuf,
-    /// Source: `namespace/name` of a workload endpoint, a host endpoint name, or an IP.
+    /// Source: `namespace/pod` of a workload endpoint (or its WorkloadEndpoint name), a host
+    /// endpoint name, or an IP.
     #[arg(long, value_name = "SRC")]
     pub from: String,
-    /// Destination: `namespace/name` of a workload endpoint, a host endpoint name, or an IP.
+    /// Destination: `namespace/pod` of a workload endpoint (or its WorkloadEndpoint name), a
+    /// host endpoint name, or an IP.
     #[arg(long, value_name = "DST")]
     pub to: String,
     /// TCP, UDP, SCTP, UDPLite, ICMP, ICMPv6 (any case) or a protocol number 1-255.
@@ -64,8 +69,8 @@ pub struct EvalArgs {
 pub enum EvalError {
     #[error("datastore {0} is not a directory")]
     NoDatastore(PathBuf),
-    #[error("no endpoint {0:?} (expected namespace/name of a workload endpoint, a host endpoint name, or an IP)")]
-    UnknownEndpoint(String),
+    #[error("no endpoint {name:?} (expected namespace/pod of a workload endpoint, a host endpoint name, or an IP){near}", name = .0.name, near = .0)]
+    UnknownEndpoint(UnknownName),
     #[error("endpoint {endpoint} has no IPv{family} address")]
     NoAddress { endpoint: String, family: u8 },
     #[error("--from and --to are of different IP families")]
@@ -105,7 +110,7 @@ pub(super) fn usage_error(e: &EvalError) -> ExitCode {
 
 /// Loads the datastore, printing every diagnostic to stderr; what loaded is used.
 pub(super) fn load_datastore(dir: &Path) -> Result<Model, EvalError> {
-    if !dir.is_dir() {
+    if dir != Path::new(STDIN) && !dir.is_dir() {
         return Err(EvalError::NoDatastore(dir.to_path_buf()));
     }
     let loaded = crate::model::load_paths(&[dir]);
@@ -191,18 +196,9 @@ fn resolve_target<'m>(model: &'m Model, text: &str) -> Result<Target<'m>, EvalEr
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(Target::Ip(ip));
     }
-    let wanted = |e: &&Endpoint| match text.split_once('/') {
-        Some((ns, name)) => {
-            e.kind == EndpointKind::Workload && e.namespace.as_deref() == Some(ns) && e.name == name
-        }
-        None => e.kind == EndpointKind::Host && e.name == text,
-    };
-    model
-        .endpoints
-        .iter()
-        .find(wanted)
+    find_endpoint(&model.endpoints, text)
         .map(Target::Endpoint)
-        .ok_or_else(|| EvalError::UnknownEndpoint(text.into()))
+        .map_err(EvalError::UnknownEndpoint)
 }
 
 /// The family of the flow: an IP argument's, else IPv4 when both endpoints have one.
@@ -333,6 +329,7 @@ pub fn describe_decision(by: &DecidedBy) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ir::EndpointKind;
 
     #[test]
     fn protocols_parse_by_name_in_any_case_or_number() {
@@ -401,6 +398,8 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             named_ports: vec![],
             profiles: vec!["kns.prod".into()],
+            pod: None,
+            node: None,
         }
     }
 
@@ -490,7 +489,19 @@ mod tests {
         };
         assert_eq!(
             flow_from_args(&model, &unknown),
-            Err(EvalError::UnknownEndpoint("prod/zz".into()))
+            Err(EvalError::UnknownEndpoint(UnknownName {
+                name: "prod/zz".into(),
+                suggestions: vec![]
+            }))
+        );
+        let typo = EvalArgs {
+            from: "prod/bb".into(),
+            ..unknown
+        };
+        assert_eq!(
+            flow_from_args(&model, &typo).unwrap_err().to_string(),
+            "no endpoint \"prod/bb\" (expected namespace/pod of a workload endpoint, a host \
+             endpoint name, or an IP); did you mean prod/b?"
         );
         let v6 = EvalArgs {
             from: "fd00::1".into(),

@@ -7,6 +7,7 @@
 //! it names none), and named ports resolved against the endpoints that define
 //! them; TCP/80 when the policies mention none. Each endpoint is addressed by
 //! its first IPv4 address (`--ipv6`: IPv6); endpoints without one are left out.
+//! Rows and columns are named `namespace/pod` ([`crate::model::ir::Endpoint::key`]).
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
@@ -23,7 +24,7 @@ use crate::model::ir::{proto, EndpointKind, Model, PortMatch};
 
 #[derive(Debug, Args)]
 pub struct MatrixArgs {
-    /// Directory of policy resources (YAML), read recursively.
+    /// Directory of policy resources (YAML), read recursively; `-`: standard input.
     #[arg(long, value_name = "DIR")]
     pub datastore: PathBuf,
     /// Destination port to test, e.g. TCP/8080 or 8080 for TCP (repeatable). Default: every
@@ -334,6 +335,8 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             named_ports: vec![],
             profiles: vec!["kns.prod".into()],
+            pod: None,
+            node: None,
         }
     }
 

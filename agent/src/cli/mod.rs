@@ -30,6 +30,7 @@ pub enum Command {
     Probe,
     /// Validate policy YAML files and directories; one line per problem, exit 1 on errors.
     Check {
+        /// Files and directories; `-` reads standard input.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// The agent's config file (failsafe ports), as given to `agent run --config`;
@@ -79,7 +80,8 @@ pub enum Command {
         /// (policies, endpoints, ...), watched for changes.
         #[arg(long)]
         datastore: String,
-        /// With `--datastore kubernetes`: this node's name; pods scheduled here are enforced
+        /// This node's name: pods scheduled here (`spec.nodeName`; in a directory, workload
+        /// endpoints with this `spec.node` or none) are enforced, all others are peers only
         /// (default: $NODE_NAME, else the host name).
         #[arg(long, env = "NODE_NAME")]
         node: Option<String>,
@@ -190,18 +192,19 @@ pub fn main(cli: Cli) -> ExitCode {
             config,
         } => load_failsafes(config.as_deref()).and_then(|failsafes| {
             let services = crate::daemon::services::ServiceConfig::load(config.as_deref())?;
+            let node = node
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(crate::datastore::kubernetes::default_node_name);
             let datastore = if datastore == "kubernetes" {
                 crate::daemon::DatastoreSpec::Kubernetes(
                     crate::datastore::kubernetes::KubeOptions {
-                        node: node
-                            .filter(|n| !n.is_empty())
-                            .unwrap_or_else(crate::datastore::kubernetes::default_node_name),
+                        node,
                         kubeconfig,
                         calico_api,
                     },
                 )
             } else {
-                crate::daemon::DatastoreSpec::Dir(datastore.into())
+                crate::daemon::DatastoreSpec::Dir(datastore.into(), node)
             };
             crate::daemon::run(crate::daemon::RunOptions {
                 datastore,

@@ -216,6 +216,8 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
             ips,
             named_ports,
             profiles,
+            pod: None,
+            node: None,
         });
     }
     let mut network_sets = vec![NetworkSet {
@@ -888,6 +890,8 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
                     port: 8080,
                 }],
                 profiles: vec![format!("kns.{ns}")],
+                pod: None,
+                node: None,
             }
         })
         .collect();

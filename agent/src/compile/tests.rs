@@ -26,6 +26,8 @@ fn pod(name: &str, ips: &[&str]) -> Endpoint {
         ips: ips.iter().map(|s| ip(s)).collect(),
         named_ports: vec![],
         profiles: vec!["kns.prod".into()],
+        pod: None,
+        node: None,
     }
 }
 
@@ -391,6 +393,8 @@ fn failsafes_on_a_host_endpoint_under_deny_all() {
         ips: vec![ip("192.168.1.10")],
         named_ports: vec![],
         profiles: vec![],
+        pod: None,
+        node: None,
     };
     let mut model = Model {
         tiers: tiers(),

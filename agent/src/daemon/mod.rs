@@ -68,8 +68,9 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/agent";
 /// Where the policies and endpoints come from.
 #[derive(Clone, Debug)]
 pub enum DatastoreSpec {
-    /// A directory of YAML documents, watched.
-    Dir(PathBuf),
+    /// A directory of YAML documents, watched, and this node's name
+    /// (other nodes' workload endpoints are peers only).
+    Dir(PathBuf, String),
     /// The Kubernetes API server (see [`crate::datastore::kubernetes`]).
     Kubernetes(KubeOptions),
 }
@@ -77,7 +78,7 @@ pub enum DatastoreSpec {
 impl std::fmt::Display for DatastoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::Dir(d, node) => write!(f, "{} (node {node})", d.display()),
             Self::Kubernetes(k) => write!(f, "kubernetes (node {})", k.node),
         }
     }
@@ -85,14 +86,14 @@ impl std::fmt::Display for DatastoreSpec {
 
 /// A running datastore: where reloads come from and how a load is made.
 enum Source {
-    Files(FileDatastore, Changes),
+    Files(FileDatastore, String, Changes),
     Kubernetes(KubeDatastore),
 }
 
 /// Makes a load (cheap to clone; runs in a blocking task).
 #[derive(Clone)]
 enum Loader {
-    Files(PathBuf),
+    Files(PathBuf, String),
     Kubernetes(KubeSnapshot),
 }
 
@@ -109,8 +110,9 @@ impl Loader {
     /// A fresh load; `previous`: the documents of the load that is installed.
     fn load(&self, previous: &[crate::model::load::Document]) -> Load {
         match self {
-            Self::Files(dir) => {
-                let l = FileDatastore::new(dir).load_keeping(previous);
+            Self::Files(dir, node) => {
+                let mut l = FileDatastore::new(dir).load_keeping(previous);
+                crate::model::node::keep_this_node(&mut l.loaded, node);
                 Load {
                     loaded: l.loaded,
                     kept: l.kept,
@@ -137,11 +139,11 @@ impl Loader {
 impl Source {
     async fn start(spec: &DatastoreSpec) -> anyhow::Result<Source> {
         Ok(match spec {
-            DatastoreSpec::Dir(dir) => {
+            DatastoreSpec::Dir(dir, node) => {
                 let ds = FileDatastore::new(dir);
                 // Watch before the first load so no change between the two is missed.
                 let changes = ds.watch().context("watching the datastore")?;
-                Source::Files(ds, changes)
+                Source::Files(ds, node.clone(), changes)
             }
             DatastoreSpec::Kubernetes(opts) => Source::Kubernetes(
                 KubeDatastore::start(opts)
@@ -153,14 +155,14 @@ impl Source {
 
     fn loader(&self) -> Loader {
         match self {
-            Self::Files(ds, _) => Loader::Files(ds.dir.clone()),
+            Self::Files(ds, node, _) => Loader::Files(ds.dir.clone(), node.clone()),
             Self::Kubernetes(k) => Loader::Kubernetes(k.snapshot()),
         }
     }
 
     async fn next(&mut self) -> Option<()> {
         match self {
-            Self::Files(_, c) => c.next().await,
+            Self::Files(_, _, c) => c.next().await,
             Self::Kubernetes(k) => k.next().await,
         }
     }
@@ -259,7 +261,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
-    if let DatastoreSpec::Dir(dir) = &opts.datastore {
+    if let DatastoreSpec::Dir(dir, _) = &opts.datastore {
         anyhow::ensure!(
             dir.is_dir(),
             "datastore {} is not a directory",
@@ -406,7 +408,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             inner.conntrack_swept += sweep.removed as u64;
         });
     }
-    if let DatastoreSpec::Dir(dir) = &opts.datastore {
+    if let DatastoreSpec::Dir(dir, _) = &opts.datastore {
         confirmations::spawn(dir.clone(), shared.clone());
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -127,13 +127,13 @@ async fn flows(
     w: &mut (impl AsyncWriteExt + Unpin),
     mut r: impl AsyncBufReadExt + Unpin,
 ) -> std::io::Result<()> {
-    let matcher = match Matcher::new(&q.filter) {
+    let view = lock(&shared.view).clone();
+    let matcher = match Matcher::new(&q.filter).and_then(|m| m.resolve(&view)) {
         Ok(m) => m,
         Err(e) => return write_line(w, &ErrorReply { error: e }).await,
     };
     // Subscribe before reading the history so nothing falls between the two.
     let mut rx = shared.tx.subscribe();
-    let view = lock(&shared.view).clone();
     let history = lock(&shared.flows).history();
     let cutoff = q
         .since_ms

@@ -323,7 +323,7 @@ pub fn v3_policy_name<'a>(stored: &'a str, tier: Option<&str>) -> &'a str {
 }
 
 /// Kinds whose names follow Calico's tiered policy naming in crd.projectcalico.org/v1.
-fn tiered_name(kind: &Kind) -> bool {
+pub fn tiered_name(kind: &Kind) -> bool {
     kind.group == CRD_GROUP
         && matches!(
             kind.kind,

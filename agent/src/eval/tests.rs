@@ -40,6 +40,8 @@ fn pod(ns: &str, name: &str, ips: &[&str]) -> Endpoint {
         ips: ips.iter().map(|s| ip(s)).collect(),
         named_ports: vec![],
         profiles: vec![format!("kns.{ns}")],
+        pod: None,
+        node: None,
     }
 }
 
@@ -53,6 +55,8 @@ fn host(name: &str, ips: &[&str]) -> Endpoint {
         ips: ips.iter().map(|s| ip(s)).collect(),
         named_ports: vec![],
         profiles: vec![],
+        pod: None,
+        node: None,
     }
 }
 

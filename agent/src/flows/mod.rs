@@ -216,6 +216,19 @@ impl Matcher {
         })
     }
 
+    /// Checks `namespace/name` filters against the endpoints and network sets
+    /// the agent knows, and names them as records do (`namespace/pod`, also
+    /// when given the WorkloadEndpoint name): a name that matches nothing is an
+    /// error, never an empty result.
+    pub fn resolve(mut self, view: &View) -> Result<Matcher, String> {
+        for filter in [&mut self.from, &mut self.to].into_iter().flatten() {
+            if let PeerFilter::Endpoint { namespace, name } = filter {
+                (*namespace, *name) = view.owner_named(namespace, name)?;
+            }
+        }
+        Ok(self)
+    }
+
     pub fn matches(&self, flow: &Flow, view: &View) -> bool {
         let f = &self.filter;
         if let Some(v) = &f.verdict {
@@ -271,6 +284,9 @@ pub struct View {
     owners: Vec<(Option<String>, String, Labels)>,
     /// Endpoint id -> (endpoint key, interface).
     by_id: HashMap<u32, (String, String)>,
+    /// `namespace/name` filters accept -> the owner's `namespace/name` shown
+    /// in records: endpoints by pod and by WorkloadEndpoint name, network sets.
+    names: HashMap<String, (String, String)>,
 }
 
 impl View {
@@ -279,13 +295,28 @@ impl View {
     pub fn new(model: &Model, compiled: Compiled) -> View {
         let mut owners = Vec::new();
         let mut by_ip = HashMap::new();
+        let mut names = HashMap::new();
         for e in &model.endpoints {
-            owners.push((e.namespace.clone(), e.name.clone(), e.labels.clone()));
+            // Shown as the pod (`namespace/pod`), as everywhere else.
+            let shown = e.pod.clone().unwrap_or_else(|| e.name.clone());
+            if let Some(ns) = &e.namespace {
+                for alias in [e.key(), e.resource_key()] {
+                    names
+                        .entry(alias)
+                        .or_insert_with(|| (ns.clone(), shown.clone()));
+                }
+            }
+            owners.push((e.namespace.clone(), shown, e.labels.clone()));
             for ip in &e.ips {
                 by_ip.entry(*ip).or_insert(owners.len() - 1);
             }
         }
         for s in &model.network_sets {
+            if let Some(ns) = &s.namespace {
+                names
+                    .entry(format!("{ns}/{}", s.name))
+                    .or_insert_with(|| (ns.clone(), s.name.clone()));
+            }
             owners.push((s.namespace.clone(), s.name.clone(), s.labels.clone()));
             for net in &s.nets {
                 if net.prefix_len() == net.max_prefix_len() {
@@ -310,7 +341,21 @@ impl View {
             by_ip,
             owners,
             by_id,
+            names,
         }
+    }
+
+    /// The owner (`namespace`, shown name) a `namespace/name` filter means, or
+    /// an error naming the closest known names.
+    fn owner_named(&self, namespace: &str, name: &str) -> Result<(String, String), String> {
+        let text = format!("{namespace}/{name}");
+        self.names.get(&text).cloned().ok_or_else(|| {
+            let near = crate::model::names::UnknownName {
+                suggestions: crate::model::names::closest(&text, self.names.keys().cloned()),
+                name: text.clone(),
+            };
+            format!("no endpoint or network set {text:?} is known to the agent{near}")
+        })
     }
 
     pub fn labels_of(&self, ip: IpAddr) -> Option<&Labels> {

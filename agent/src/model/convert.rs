@@ -677,6 +677,8 @@ where
                     ips: ips(&s.ip_networks),
                     named_ports: named_ports(&s.ports),
                     profiles: endpoint_profiles,
+                    pod: s.pod.clone().filter(|p| !p.is_empty()),
+                    node: s.node.clone().filter(|n| !n.is_empty()),
                 });
             }
             Resource::HostEndpoint(o) => {
@@ -690,6 +692,8 @@ where
                     ips: ips(&s.expected_ips),
                     named_ports: named_ports(&s.ports),
                     profiles: s.profiles.clone(),
+                    pod: None,
+                    node: s.node.clone().filter(|n| !n.is_empty()),
                 });
             }
             Resource::GlobalNetworkSet(o) => model.network_sets.push(NetworkSet {
@@ -733,6 +737,7 @@ where
     model.namespaces = namespaces.keys().cloned().collect();
     model.profiles = profiles.into_values().collect();
     model.failsafes = Failsafes::default();
+    super::names::unique_pod_addresses(&mut model.endpoints);
     model
 }
 

@@ -284,11 +284,27 @@ pub struct Endpoint {
     pub named_ports: Vec<NamedPort>,
     /// Profiles in order; a workload in namespace N without explicit profiles gets `kns.N`.
     pub profiles: Vec<String>,
+    /// The pod a workload endpoint belongs to (`spec.pod`, or the Pod's name):
+    /// users address it as `namespace/pod`, whatever the WorkloadEndpoint is
+    /// called (`node1-k8s-web-eth0`). None when unset or shared with another
+    /// endpoint's address (then the WorkloadEndpoint name is used).
+    pub pod: Option<String>,
+    /// The node a workload endpoint runs on (`spec.node`); None: this node.
+    pub node: Option<String>,
 }
 
 impl Endpoint {
-    /// `namespace/name` for workloads, `name` for host endpoints.
+    /// How the endpoint is addressed and shown: `namespace/pod` for workloads
+    /// (`namespace/name` without a pod), `name` for host endpoints.
     pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.pod.as_deref().unwrap_or(&self.name)),
+            None => self.name.clone(),
+        }
+    }
+
+    /// `namespace/name` with the WorkloadEndpoint's own name (accepted too).
+    pub fn resource_key(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("{ns}/{}", self.name),
             None => self.name.clone(),

@@ -8,6 +8,7 @@ use super::ir::PolicyKind;
 use super::resources::{Resource, ResourceKind};
 use super::validate::{self, Issue};
 use super::yaml::{self, line_of};
+use super::{crd, list, pod};
 use super::{Diagnostic, Loaded, Severity, SourceLocation};
 
 /// A document that parsed and validated, with where it came from.
@@ -132,7 +133,7 @@ pub fn collect_files<P: AsRef<Path>>(paths: &[P], diags: &mut Vec<Diagnostic>) -
     for p in paths {
         let p = p.as_ref();
         let mut found = Vec::new();
-        if p.is_dir() {
+        if p != Path::new(STDIN) && p.is_dir() {
             let root = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
             let mut visited = BTreeSet::from([root.clone()]);
             if let Err(e) = walk(p, &root, &mut visited, &mut found, diags) {
@@ -188,11 +189,7 @@ pub fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
     }
     let mut docs = Vec::new();
     for chunk in chunks {
-        match parse_document(file, &chunk, diags) {
-            Ok(Some(doc)) => docs.push(doc),
-            Ok(None) => {}
-            Err(d) => diags.push(d),
-        }
+        parse_document(file, &chunk, &mut docs, diags);
     }
     docs
 }
@@ -208,11 +205,21 @@ fn too_big(file: &Path, len: u64) -> Diagnostic {
     )
 }
 
-/// Reads a file of at most [`MAX_FILE_BYTES`] (without reading more of a larger one).
+/// The path that names standard input (`agent check -`, `--datastore -`).
+pub const STDIN: &str = "-";
+
+/// Reads a file (or standard input, [`STDIN`]) of at most [`MAX_FILE_BYTES`]
+/// (without reading more of a larger one).
 fn read_bounded(file: &Path) -> Result<String, Diagnostic> {
     use std::io::Read;
-    let f = std::fs::File::open(file)
-        .map_err(|e| file_error(file, format!("cannot read file: {e}")))?;
+    let f: Box<dyn Read> = if file == Path::new(STDIN) {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(file)
+                .map_err(|e| file_error(file, format!("cannot read file: {e}")))?,
+        )
+    };
     let mut bytes = Vec::new();
     f.take(MAX_FILE_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
@@ -261,22 +268,42 @@ fn check_value_bounds(value: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The documents of one chunk: one, or a List's items.
 fn parse_document(
     file: &Path,
     chunk: &yaml::Chunk,
+    docs: &mut Vec<Document>,
     diags: &mut Vec<Diagnostic>,
-) -> Result<Option<Document>, Diagnostic> {
+) {
     let node = match yaml::parse_chunk(chunk) {
         Ok(Some(node)) => node,
-        Ok(None) => return Ok(None),
+        Ok(None) => return,
         Err(e) => {
-            return Err(Diagnostic {
+            return diags.push(Diagnostic {
                 line: e.line,
                 ..file_error(file, e.message)
             })
         }
     };
-    parse_value(file, node.line, node.line_index(), node.to_json(), diags)
+    let nodes = match list::items(&node) {
+        None => std::slice::from_ref(&node),
+        Some(Ok(items)) => items,
+        Some(Err(message)) => {
+            let line = line_of(&node.line_index(), "items");
+            return diags.push(Diagnostic {
+                line,
+                field: "items".into(),
+                ..file_error(file, message)
+            });
+        }
+    };
+    for n in nodes {
+        match parse_value(file, n.line, n.line_index(), n.to_json(), diags) {
+            Ok(Some(doc)) => docs.push(doc),
+            Ok(None) => {}
+            Err(d) => diags.push(d),
+        }
+    }
 }
 
 /// Checks one document given as a JSON value (`line` and `lines`: where it and
@@ -303,6 +330,11 @@ fn parse_value(
             "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
         ));
     }
+    let value = crd::to_v3(value);
+    let value = match pod::document(file, &lines, value, diags)? {
+        Some(value) => value,
+        None => return Ok(None),
+    };
     let text_field = |key: &str| value.get(key).and_then(|n| n.as_str()).unwrap_or("");
     let (api_version, kind_str) = (text_field("apiVersion"), text_field("kind"));
     for (field, value) in [("apiVersion", api_version), ("kind", kind_str)] {

@@ -6,6 +6,12 @@
 //! rules, per document) -> [`load`] (cross-document checks) -> [`convert`] (the
 //! model) -> [`lint`] (warnings). [`promote`] edits staged policies in place.
 //!
+//! A datastore can describe a cluster: [`list`] unpacks `kind: List`, [`pod`]
+//! turns v1 Pods into WorkloadEndpoints (the Kubernetes datastore's code),
+//! [`crd`] reads crd.projectcalico.org/v1 documents as projectcalico.org/v3,
+//! [`node`] keeps only this node's workload endpoints enforced (`agent run
+//! --node`), and [`names`] is how users name endpoints (`namespace/pod`).
+//!
 //! Where this differs from, or decides beyond, Calico:
 //! - A policy whose `tier` names no Tier (and no built-in tier) is an error and
 //!   is left out, as Calico's API server refuses it.
@@ -22,11 +28,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub mod convert;
+pub mod crd;
 pub mod fields;
 pub mod ir;
 pub mod lint;
 pub mod lint_matches;
+pub mod list;
 pub mod load;
+pub mod names;
+pub mod node;
+pub mod pod;
 pub mod promote;
 pub mod resources;
 pub mod validate;

@@ -429,8 +429,9 @@ impl ResourceKind {
                      projectcalico.org/v3 GlobalNetworkPolicy, NetworkPolicy, \
                      StagedGlobalNetworkPolicy, StagedNetworkPolicy, \
                      StagedKubernetesNetworkPolicy, Tier, Profile, WorkloadEndpoint, \
-                     HostEndpoint, GlobalNetworkSet, NetworkSet; networking.k8s.io/v1 \
-                     NetworkPolicy; v1 Namespace, ServiceAccount"
+                     HostEndpoint, GlobalNetworkSet, NetworkSet (or the same kinds under \
+                     crd.projectcalico.org/v1); networking.k8s.io/v1 NetworkPolicy; v1 \
+                     Namespace, ServiceAccount, Pod, List"
                 ))
             }
         };

@@ -726,10 +726,13 @@ fn workload_endpoint(v: &mut Issues, s: &WorkloadEndpointSpec) {
         "spec.allowSpoofedSourcePrefixes",
         &s.allow_spoofed_source_prefixes,
     );
-    if s.interface_name.is_empty() {
+    // An endpoint of another node is only a peer here (`agent run --node`):
+    // nothing is attached to it, so it needs no interface.
+    if s.interface_name.is_empty() && s.node.as_deref().is_none_or(str::is_empty) {
         v.error(
             "spec.interfaceName",
-            "interfaceName is required for a WorkloadEndpoint",
+            "interfaceName is required for a WorkloadEndpoint without `spec.node` \
+             (one with `spec.node` needs it only on that node)",
         );
     }
     if let Some(id) = &s.container_id {

@@ -1,0 +1,42 @@
+//! `agent run --node NAME` on a files datastore: the datastore describes the
+//! cluster, this agent enforces only its node's workload endpoints.
+//!
+//! A WorkloadEndpoint whose `spec.node` names another node is a peer only (its
+//! labels and addresses still match selectors): its interface is dropped, so
+//! nothing is attached or compiled for it, as the Kubernetes datastore does with
+//! other nodes' pods. One without `spec.node` is this node's, as before nodes
+//! were known. Host endpoints keep theirs: a HostEndpoint's `node` is not used
+//! to choose (the lockout checks read every host endpoint). The offline
+//! commands (eval, matrix) do not call this: there every endpoint is policed.
+use std::path::PathBuf;
+
+use super::ir::EndpointKind;
+use super::load::resource_id;
+use super::{Diagnostic, Loaded, Severity};
+
+/// Drops the interfaces of other nodes' workload endpoints; warns about this
+/// node's endpoints that have no interface (they cannot be enforced).
+pub fn keep_this_node(loaded: &mut Loaded, node: &str) {
+    for e in &mut loaded.model.endpoints {
+        if e.kind != EndpointKind::Workload {
+            continue;
+        }
+        let here = e.node.as_deref().is_none_or(|n| n == node);
+        if !here {
+            e.interface = None;
+        } else if e.interface.is_none() {
+            loaded.diagnostics.push(Diagnostic {
+                severity: Severity::Warning,
+                // The model does not keep where an endpoint was defined.
+                file: PathBuf::from(format!("--node {node}")),
+                line: 1,
+                resource: resource_id("WorkloadEndpoint", e.namespace.as_deref(), &e.name),
+                field: "spec.interfaceName".into(),
+                message: format!(
+                    "{} runs on this node ({node}) but has no interfaceName: it is not enforced",
+                    e.key()
+                ),
+            });
+        }
+    }
+}
