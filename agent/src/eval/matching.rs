@@ -225,3 +225,46 @@ pub fn failsafe_match<'f>(
             && f.net.is_none_or(|net| net.contains(&remote))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_ranges_merge_nested_and_adjacent_nets_per_family() {
+        let nets: Vec<IpNet> = [
+            "10.0.0.0/25",
+            "10.0.0.128/25",
+            "10.0.0.7/32",
+            "10.0.2.0/24",
+            "0.0.0.0/32",
+            "255.255.255.255/32",
+            "::/128",
+            "fd00::/64",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let r = NetRanges::new(&nets);
+        assert_eq!(r.ranges.len(), 6, "{:?}", r.ranges);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (a, want) in [
+            ("10.0.0.0", true),
+            ("10.0.0.255", true),
+            ("10.0.1.0", false),
+            ("10.0.2.77", true),
+            ("9.255.255.255", false),
+            ("0.0.0.0", true),
+            ("0.0.0.1", false),
+            ("255.255.255.255", true),
+            ("::", true),
+            ("::1", false),
+            ("::a00:1", false), // 10.0.0.1's bits, but IPv6
+            ("fd00::ffff", true),
+            ("fd00:0:0:1::", false),
+        ] {
+            assert_eq!(r.contains(ip(a)), want, "{a}");
+        }
+        assert!(!NetRanges::default().contains(ip("10.0.0.1")));
+    }
+}
