@@ -1565,18 +1565,24 @@ fn feed_neighbours(n: usize, i: usize) -> Vec<IpAddr> {
         .collect()
 }
 
-/// A GlobalNetworkSet of 100,000 nets (a threat feed) with a policy denying it
-/// both ways, compiled and installed: the kernel holds exactly the compiled
-/// tables (every net a `PEERS` prefix), packets to and from addresses in its
-/// first, middle and last nets (IPv4 /32 and /24, IPv6 /64) are dropped, and
-/// packets to and from addresses just outside them pass.
+/// A network set of 100,000 nets (a threat feed; a GlobalNetworkSet with a
+/// global policy, then a NetworkSet with a namespaced one) denied both ways,
+/// compiled and installed: the kernel holds exactly the compiled tables (every
+/// net a `PEERS` prefix), packets to and from addresses in its first, middle
+/// and last nets (IPv4 /32 and /24, IPv6 /64) are dropped, and packets to and
+/// from addresses just outside them pass.
 #[test]
 fn network_set_of_100k_nets_is_enforced() {
+    for namespaced in [false, true] {
+        feed_is_enforced(100_000, namespaced);
+    }
+}
+
+fn feed_is_enforced(n: usize, namespaced: bool) {
     use agent::compile::{compile, feed};
-    let n = 100_000;
     let loaded = agent::model::load::load_sources(&[(
         std::path::PathBuf::from("feed.yaml"),
-        feed::yaml(n, 1, false),
+        feed::yaml(n, 1, namespaced),
     )]);
     assert!(loaded
         .diagnostics
