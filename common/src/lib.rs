@@ -67,7 +67,12 @@
 /// Capacities of the dataplane maps (per copy for `PEERS_*` / `RULES_*`).
 pub mod limits {
     pub const MAX_ENDPOINTS: u32 = 4096;
-    pub const MAX_PEER_PREFIXES: u32 = 65536;
+    /// `PEERS_*`: network sets hold up to hundreds of thousands of nets (threat
+    /// feeds), so room for a million prefixes. LPM tries are not preallocated:
+    /// the kernel allocates a node per prefix (plus at most one branch node per
+    /// prefix) as entries are inserted, so this bound costs nothing until used
+    /// (docs/benchmarks.md, "Network sets", has the measured cost).
+    pub const MAX_PEER_PREFIXES: u32 = 1 << 20;
     pub const MAX_RULE_ENTRIES: u32 = 262144;
     pub const MAX_SOURCE_PORT_ENTRIES: u32 = 65536;
     /// `GROUPS_*`: (endpoint, class, direction) pairs not in the wildcard group.

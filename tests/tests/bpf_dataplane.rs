@@ -1545,3 +1545,84 @@ fn source_port_class_is_zero_without_entries_or_without_the_flag() {
     let dns = Packet::udp(ip("8.8.8.8"), 53, ip("10.65.0.10"), 33001);
     assert_eq!(run(&mut dp, Hook::ToEndpoint, &dns), TC_ACT_OK);
 }
+
+/// Addresses right next to feed net `i` that the first `n` nets do not hold.
+fn feed_neighbours(n: usize, i: usize) -> Vec<IpAddr> {
+    use agent::compile::feed;
+    let net = feed::net(i);
+    let (first, last) = match (net.network(), net.broadcast()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b))),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b)),
+        _ => unreachable!("one family"),
+    };
+    [first - 1, last + 1]
+        .into_iter()
+        .map(|a| match net.network() {
+            IpAddr::V4(_) => IpAddr::V4((a as u32).into()),
+            IpAddr::V6(_) => IpAddr::V6(a.into()),
+        })
+        .filter(|&a| !feed::holds(n, a))
+        .collect()
+}
+
+/// A network set of 100,000 nets (a threat feed; a GlobalNetworkSet with a
+/// global policy, then a NetworkSet with a namespaced one) denied both ways,
+/// compiled and installed: the kernel holds exactly the compiled tables (every
+/// net a `PEERS` prefix), packets to and from addresses in its first, middle
+/// and last nets (IPv4 /32 and /24, IPv6 /64) are dropped, and packets to and
+/// from addresses just outside them pass.
+#[test]
+fn network_set_of_100k_nets_is_enforced() {
+    for namespaced in [false, true] {
+        feed_is_enforced(100_000, namespaced);
+    }
+}
+
+fn feed_is_enforced(n: usize, namespaced: bool) {
+    use agent::compile::{compile, feed};
+    let loaded = agent::model::load::load_sources(&[(
+        std::path::PathBuf::from("feed.yaml"),
+        feed::yaml(n, 1, namespaced),
+    )]);
+    assert!(loaded
+        .diagnostics
+        .iter()
+        .all(|d| d.severity != agent::model::Severity::Error));
+    let c = compile(&loaded.model).unwrap();
+    assert!(c.stats.peer_prefixes > n);
+    let mut dp = Dataplane::load().expect("both programs through the verifier (needs root)");
+    dp.set_endpoint(LOOPBACK, c.endpoints[0].info()).unwrap();
+    dp.install(&c.tables).unwrap();
+    assert!(dp.live_tables_equal(&c.tables).unwrap());
+    let mut sport = 20_000;
+    let mut judge = |dp: &mut Dataplane, peer: IpAddr, want: u32| {
+        sport += 1;
+        let me = feed::endpoint_ip(0, peer.is_ipv6());
+        let out = Packet::tcp(me, sport, peer, 443);
+        assert_eq!(run(dp, Hook::FromEndpoint, &out), want, "to {peer}");
+        let into = Packet::tcp(peer, sport, me, 8080);
+        assert_eq!(run(dp, Hook::ToEndpoint, &into), want, "from {peer}");
+    };
+    let samples = [
+        0,
+        1,
+        7,
+        8,
+        9,
+        n / 2,
+        n / 2 + 7,
+        n / 2 + 9,
+        n - 3,
+        n - 2,
+        n - 1,
+    ];
+    for i in samples {
+        judge(&mut dp, feed::inside(i), TC_ACT_SHOT);
+        for outside in feed_neighbours(n, i) {
+            judge(&mut dp, outside, TC_ACT_OK);
+        }
+    }
+    for outside in ["1.1.1.1", "128.0.0.1", "2001:db9::1", "10.65.0.200"] {
+        judge(&mut dp, ip(outside), TC_ACT_OK);
+    }
+}

@@ -4,15 +4,74 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::model::ir::{EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, PortMatch, Rule};
 use crate::selector::Selector;
 
 use super::Packet;
 
-/// Which endpoints own which IPs, built once per model.
+/// Which endpoints own which IPs, and each network set's nets as ranges, built
+/// once per model.
 #[derive(Clone, Debug, Default)]
 pub struct IpIndex {
     owners: HashMap<IpAddr, Vec<usize>>,
+    /// Per `model.network_sets` entry.
+    sets: Vec<NetRanges>,
+}
+
+/// Nets as sorted, disjoint address ranges (both families in one `u128` space,
+/// IPv4 below 2^32 and tagged apart), so that "is this IP in one of the nets" is
+/// a binary search: network sets hold up to hundreds of thousands of nets, and
+/// the evaluator asks this for every selector rule it checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetRanges {
+    /// `(v6, first, last)`, sorted, non-overlapping, non-adjacent.
+    ranges: Vec<(bool, u128, u128)>,
+}
+
+impl NetRanges {
+    pub fn new<'n>(nets: impl IntoIterator<Item = &'n IpNet>) -> Self {
+        let mut all: Vec<(bool, u128, u128)> = nets.into_iter().map(range_of).collect();
+        all.sort_unstable();
+        let mut ranges: Vec<(bool, u128, u128)> = Vec::with_capacity(all.len());
+        for (v6, first, last) in all {
+            match ranges.last_mut() {
+                Some(r) if r.0 == v6 && r.2.checked_add(1).is_none_or(|next| first <= next) => {
+                    r.2 = r.2.max(last);
+                }
+                _ => ranges.push((v6, first, last)),
+            }
+        }
+        NetRanges { ranges }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (v6, value) = match ip {
+            IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+            IpAddr::V6(a) => (true, u128::from(a)),
+        };
+        // The last range starting at or before the address.
+        let after = self
+            .ranges
+            .partition_point(|&(f, first, _)| (f, first) <= (v6, value));
+        after > 0 && {
+            let (f, _, last) = self.ranges[after - 1];
+            f == v6 && value <= last
+        }
+    }
+}
+
+/// A net as `(v6, first address, last address)`.
+fn range_of(net: &IpNet) -> (bool, u128, u128) {
+    match net.trunc() {
+        IpNet::V4(n) => (
+            false,
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        ),
+        IpNet::V6(n) => (true, u128::from(n.network()), u128::from(n.broadcast())),
+    }
 }
 
 impl IpIndex {
@@ -26,7 +85,17 @@ impl IpIndex {
                 }
             }
         }
-        IpIndex { owners }
+        let sets = model
+            .network_sets
+            .iter()
+            .map(|s| NetRanges::new(&s.nets))
+            .collect();
+        IpIndex { owners, sets }
+    }
+
+    /// Whether network set `set` (index into `model.network_sets`) holds `ip`.
+    pub fn set_contains(&self, set: usize, ip: IpAddr) -> bool {
+        self.sets[set].contains(ip)
     }
 
     /// Every endpoint that has this IP, in model order.
@@ -114,9 +183,12 @@ impl RuleMatcher<'_> {
             .iter()
             .any(|&i| selector.evaluate(&self.model.endpoints[i].labels));
         endpoint_match
-            || self.model.network_sets.iter().any(|set| {
-                set.nets.iter().any(|n| n.contains(&ip)) && selector.evaluate(&set.labels)
-            })
+            || self
+                .model
+                .network_sets
+                .iter()
+                .enumerate()
+                .any(|(k, set)| selector.evaluate(&set.labels) && self.ips.set_contains(k, ip))
     }
 
     /// A packet without ports (ICMP, other protocols) is in no port list.
@@ -152,4 +224,47 @@ pub fn failsafe_match<'f>(
             && packet.dst_port == Some(f.port)
             && f.net.is_none_or(|net| net.contains(&remote))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_ranges_merge_nested_and_adjacent_nets_per_family() {
+        let nets: Vec<IpNet> = [
+            "10.0.0.0/25",
+            "10.0.0.128/25",
+            "10.0.0.7/32",
+            "10.0.2.0/24",
+            "0.0.0.0/32",
+            "255.255.255.255/32",
+            "::/128",
+            "fd00::/64",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let r = NetRanges::new(&nets);
+        assert_eq!(r.ranges.len(), 6, "{:?}", r.ranges);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (a, want) in [
+            ("10.0.0.0", true),
+            ("10.0.0.255", true),
+            ("10.0.1.0", false),
+            ("10.0.2.77", true),
+            ("9.255.255.255", false),
+            ("0.0.0.0", true),
+            ("0.0.0.1", false),
+            ("255.255.255.255", true),
+            ("::", true),
+            ("::1", false),
+            ("::a00:1", false), // 10.0.0.1's bits, but IPv6
+            ("fd00::ffff", true),
+            ("fd00:0:0:1::", false),
+        ] {
+            assert_eq!(r.contains(ip(a)), want, "{a}");
+        }
+        assert!(!NetRanges::default().contains(ip("10.0.0.1")));
+    }
 }

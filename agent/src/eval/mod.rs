@@ -33,7 +33,7 @@ mod order;
 #[cfg(test)]
 mod tests;
 
-pub use matching::IpIndex;
+pub use matching::{IpIndex, NetRanges};
 pub use order::{policy_order, set_members, PreparedSet, PreparedTier};
 
 use matching::{failsafe_match, RuleMatcher};

@@ -1019,6 +1019,32 @@ fn staged_delete_must_have_an_empty_spec() {
     assert_eq!(field, "spec.stagedAction");
 }
 
+/// A network set is not bound by a rule's 256 nets (Calico has no cap; threat
+/// feeds hold tens of thousands: `compile::tests::network_set_of_100k_nets_is_compiled`
+/// loads 100,000); above the sanity bound it is one clear error, without
+/// parsing every entry.
+#[test]
+fn network_sets_hold_up_to_a_million_nets() {
+    let head = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: feed\nspec:\n";
+    let nets: Vec<String> = (0..300)
+        .map(|i| format!("10.1.{}.{}/32", i / 256, i % 256))
+        .collect();
+    let ok = load(&format!("{head}  nets: [{}]\n", nets.join(", ")));
+    assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
+    assert_eq!(ok.model.network_sets[0].nets.len(), 300);
+    let mut set: resources::Object<resources::NetworkSetSpec> =
+        serde_yaml::from_str(&format!("{head}  nets: []\n")).unwrap();
+    set.spec.nets = vec!["not a net".into(); validate::MAX_SET_NETS + 1];
+    let issues = validate::validate(&resources::Resource::GlobalNetworkSet(set));
+    assert_eq!(issues.len(), 1, "{:?}", &issues[..issues.len().min(3)]);
+    assert_eq!(issues[0].field, "spec.nets");
+    assert!(
+        issues[0].message.contains("at most 1000000"),
+        "{}",
+        issues[0].message
+    );
+}
+
 #[test]
 fn network_sets_cannot_set_the_namespace_label() {
     let (line, field, _) = only_error(

@@ -9,7 +9,13 @@ use crate::selector;
 
 pub const MAX_RULES_PER_DIRECTION: usize = 1024;
 pub const MAX_SELECTOR_LEN: usize = 1024;
+/// Nets of one rule's `nets`/`notNets` list.
 pub const MAX_NETS: usize = 256;
+/// Nets of one (Global)NetworkSet. Calico has no cap (threat feeds hold tens of
+/// thousands); this is a sanity bound far above that, so a runaway generator is
+/// refused with a clear error instead of exhausting memory. The compiler's
+/// `PEERS_*` capacity (`limits::MAX_PEER_PREFIXES`) bounds what can be enforced.
+pub const MAX_SET_NETS: usize = 1_000_000;
 pub const MAX_PORTS: usize = 50;
 
 const DELETE_FIELD: &str = "spec.stagedAction";
@@ -114,7 +120,7 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
         Resource::WorkloadEndpoint(o) => workload_endpoint(&mut v, &o.spec),
         Resource::HostEndpoint(o) => host_endpoint(&mut v, &o.spec),
         Resource::GlobalNetworkSet(o) | Resource::NetworkSet(o) => {
-            nets(&mut v, "spec.nets", &o.spec.nets, None);
+            set_nets(&mut v, &o.spec.nets);
             if meta.labels.contains_key(LABEL_NAMESPACE) {
                 v.error(
                     format!("metadata.labels.{LABEL_NAMESPACE}"),
@@ -505,6 +511,22 @@ fn rule(v: &mut Issues, path: &str, r: &Rule, ctx: RuleContext) {
     }
 }
 
+/// A network set's nets: each one checked, unless there are more than the
+/// sanity bound (then one error, without parsing a million entries).
+fn set_nets(v: &mut Issues, list: &[String]) {
+    if list.len() > MAX_SET_NETS {
+        v.error(
+            "spec.nets",
+            format!(
+                "{} nets; a network set holds at most {MAX_SET_NETS} (split it into several sets with the same labels)",
+                list.len()
+            ),
+        );
+        return;
+    }
+    nets_of(v, "spec.nets", list, None);
+}
+
 fn nets(v: &mut Issues, path: &str, nets: &[String], ip_version: Option<u8>) -> (bool, bool) {
     if nets.len() > MAX_NETS {
         v.error(
@@ -512,6 +534,11 @@ fn nets(v: &mut Issues, path: &str, nets: &[String], ip_version: Option<u8>) -> 
             format!("{} nets; at most {MAX_NETS} are accepted", nets.len()),
         );
     }
+    nets_of(v, path, nets, ip_version)
+}
+
+/// Checks each net; returns the IP families used.
+fn nets_of(v: &mut Issues, path: &str, nets: &[String], ip_version: Option<u8>) -> (bool, bool) {
     let (mut v4, mut v6) = (false, false);
     for (i, n) in nets.iter().enumerate() {
         match fields::net(n) {

@@ -1,0 +1,431 @@
+//! Peer classes: the collected prefixes, their regions' signatures, and the
+//! classes and `PEERS_*` prefixes they give (see the module docs of
+//! [`super`], "Peer classes").
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use super::{CompileError, Limits};
+use crate::model::ir::{Model, Rule};
+use crate::selector::Selector;
+
+/// A collected prefix as an interval of one family's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Prefix {
+    v6: bool,
+    start: u128,
+    len: u8,
+    end: u128,
+}
+
+impl Prefix {
+    fn of(net: &IpNet) -> Prefix {
+        let net = net.trunc();
+        match net {
+            IpNet::V4(n) => Prefix {
+                v6: false,
+                start: u128::from(u32::from(n.network())),
+                end: u128::from(u32::from(n.broadcast())),
+                len: n.prefix_len(),
+            },
+            IpNet::V6(n) => Prefix {
+                v6: true,
+                start: u128::from(n.network()),
+                end: u128::from(n.broadcast()),
+                len: n.prefix_len(),
+            },
+        }
+    }
+
+    fn addr(v6: bool, value: u128) -> IpAddr {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(value))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(value as u32))
+        }
+    }
+
+    fn net(&self) -> IpNet {
+        IpNet::new(Self::addr(self.v6, self.start), self.len).expect("valid prefix length")
+    }
+
+    /// Whether `other` lies inside this prefix (or is it).
+    fn contains(&self, other: &Prefix) -> bool {
+        self.v6 == other.v6 && self.start <= other.start && other.end <= self.end
+    }
+}
+
+/// IPv6 nets the kernel cannot tell from IPv4 (it stores IPv4 as `::ffff:a.b.c.d`).
+fn in_v4_mapped_space(net: &IpNet) -> bool {
+    match net.trunc() {
+        IpNet::V6(n) => {
+            n.prefix_len() >= 96 && n.network().segments()[..6] == [0, 0, 0, 0, 0, 0xffff]
+        }
+        IpNet::V4(_) => false,
+    }
+}
+
+/// Signature atoms: nets and selectors that rules (and failsafes) test peers with.
+#[derive(Default)]
+pub(super) struct Atoms {
+    nets: Vec<IpNet>,
+    net_index: HashMap<IpNet, usize>,
+    selectors: Vec<Selector>,
+    selector_index: HashMap<Selector, usize>,
+}
+
+impl Atoms {
+    fn net(&mut self, n: &IpNet) -> usize {
+        let n = n.trunc();
+        let next = self.nets.len();
+        *self.net_index.entry(n).or_insert_with(|| {
+            self.nets.push(n);
+            next
+        })
+    }
+    fn selector(&mut self, s: &Selector) -> usize {
+        let next = self.selectors.len();
+        *self.selector_index.entry(s.clone()).or_insert_with(|| {
+            self.selectors.push(s.clone());
+            next
+        })
+    }
+    /// Bit index of an atom in a signature.
+    pub(super) fn net_bit(&self, n: &IpNet) -> usize {
+        self.net_index[&n.trunc()]
+    }
+    pub(super) fn selector_bit(&self, s: &Selector) -> usize {
+        self.nets.len() + self.selector_index[s]
+    }
+    fn bits(&self) -> usize {
+        self.nets.len() + self.selectors.len()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Signature {
+    pub(super) v6: bool,
+    bits: Vec<u64>,
+    /// (name, protocol, port) of the endpoints owning the address, sorted.
+    pub(super) named_ports: Vec<(String, u8, u16)>,
+}
+
+impl Signature {
+    pub(super) fn bit(&self, i: usize) -> bool {
+        self.bits[i / 64] >> (i % 64) & 1 == 1
+    }
+}
+
+pub(super) struct Class {
+    /// An address whose longest collected prefix has this class.
+    pub(super) representative: IpAddr,
+    pub(super) signature: Signature,
+}
+
+pub(super) struct PeerClasses {
+    pub(super) atoms: Atoms,
+    /// Index = class id - 1.
+    pub(super) classes: Vec<Class>,
+    pub(super) emitted: Vec<(IpNet, u32)>,
+    pub(super) collected: usize,
+}
+
+/// The rules that can be consulted for some compiled endpoint (one with an
+/// interface): those of policies (enforced or staged) selecting such an
+/// endpoint, and of the profiles such endpoints use. Only their nets and
+/// selectors need telling apart.
+fn relevant_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
+    let compiled = || model.endpoints.iter().filter(|e| e.interface.is_some());
+    let policies = model
+        .policies
+        .iter()
+        .filter(move |p| compiled().any(|e| p.selector.evaluate(&e.labels)))
+        .flat_map(|p| {
+            p.ingress
+                .iter()
+                .chain(&p.egress)
+                .map(move |r| (p.id.to_string(), r))
+        });
+    let profiles = model
+        .profiles
+        .iter()
+        .filter(move |p| compiled().any(|e| e.profiles.contains(&p.name)))
+        .flat_map(|p| {
+            p.ingress
+                .iter()
+                .chain(&p.egress)
+                .map(move |r| (format!("pro:{}", p.name), r))
+        });
+    policies.chain(profiles)
+}
+
+impl PeerClasses {
+    /// Classifies every collected prefix's region. Each prefix's signature is
+    /// inherited from its enclosing prefixes (a stack, since prefixes come
+    /// sorted) plus what the prefix itself adds, so the cost is linear in the
+    /// prefixes (times nesting depth), not prefixes x nets: network sets hold up
+    /// to hundreds of thousands of nets.
+    pub(super) fn build(model: &Model, limits: &Limits) -> Result<Self, CompileError> {
+        let Collected {
+            atoms,
+            prefixes,
+            listed_by,
+        } = collect(model)?;
+        let owners = Owners::new(model, &atoms);
+        let mut classes = ClassTable::default();
+        let mut emitted = Vec::new();
+        // Enclosing prefixes with their inherited signature bits.
+        let mut chain: Vec<(Prefix, Vec<u64>)> = Vec::new();
+        // Enclosing emitted prefixes: (prefix, class).
+        let mut stack: Vec<(Prefix, u32)> = Vec::new();
+        for (i, p) in prefixes.iter().enumerate() {
+            while chain.last().is_some_and(|(q, _)| !q.contains(p)) {
+                chain.pop();
+            }
+            let mut bits = chain
+                .last()
+                .map_or_else(|| vec![0u64; owners.words], |(_, b)| b.clone());
+            if let Some(&k) = atoms.net_index.get(&p.net()) {
+                set_bit(&mut bits, k);
+            }
+            for &s in &listed_by[i] {
+                or_bits(&mut bits, &owners.set_bits[s]);
+            }
+            chain.push((*p, bits));
+            let Some(rep) = uncovered_address(&prefixes, i) else {
+                continue; // every address of P has a longer collected prefix
+            };
+            let r = Prefix::addr(p.v6, rep);
+            let signature = owners.signature(model, p.v6, r, &chain[chain.len() - 1].1);
+            let class = classes.class_of(r, signature);
+            while stack.last().is_some_and(|(q, _)| !q.contains(p)) {
+                stack.pop();
+            }
+            if stack.last().is_some_and(|(_, c)| *c == class) {
+                continue; // LPM lands on the enclosing prefix, same class
+            }
+            stack.push((*p, class));
+            emitted.push((p.net(), class));
+        }
+        if emitted.len() > limits.peer_prefixes {
+            return Err(CompileError::Capacity {
+                endpoint: "*".into(),
+                limit: "peer prefixes (PEERS map)",
+                needed: emitted.len(),
+                max: limits.peer_prefixes,
+            });
+        }
+        Ok(PeerClasses {
+            atoms,
+            classes: classes.classes,
+            emitted,
+            collected: prefixes.len(),
+        })
+    }
+}
+
+fn set_bit(bits: &mut [u64], b: usize) {
+    bits[b / 64] |= 1 << (b % 64);
+}
+
+fn or_bits(bits: &mut [u64], other: &[u64]) {
+    for (w, o) in bits.iter_mut().zip(other) {
+        *w |= o;
+    }
+}
+
+/// What [`PeerClasses::build`] collects from the model.
+struct Collected {
+    atoms: Atoms,
+    /// Sorted by family, start, length: a prefix's enclosing ones come before it.
+    prefixes: Vec<Prefix>,
+    /// Parallel to `prefixes`: the network sets (indexes) listing the prefix.
+    listed_by: Vec<Vec<usize>>,
+}
+
+/// Collects the prefixes (endpoint addresses, network-set nets, the nets of
+/// relevant rules and of failsafes, both roots) and the atoms.
+fn collect(model: &Model) -> Result<Collected, CompileError> {
+    let mut atoms = Atoms::default();
+    let mut prefixes: BTreeMap<Prefix, Vec<usize>> = BTreeMap::new();
+    let mapped = |what: String, net: &IpNet| CompileError::Unsupported {
+        endpoint: "*".into(),
+        policy: what,
+        what: format!("IPv6 net {net} inside ::ffff:0:0/96 (where the kernel keeps IPv4)"),
+    };
+    for root in ["0.0.0.0/0", "::/0"] {
+        prefixes.insert(Prefix::of(&root.parse().expect("root prefix")), Vec::new());
+    }
+    for e in &model.endpoints {
+        for ip in &e.ips {
+            let net = IpNet::from(*ip);
+            if in_v4_mapped_space(&net) {
+                return Err(mapped(format!("endpoint {}", e.key()), &net));
+            }
+            prefixes.entry(Prefix::of(&net)).or_default();
+        }
+    }
+    for (k, s) in model.network_sets.iter().enumerate() {
+        for n in &s.nets {
+            if in_v4_mapped_space(n) {
+                return Err(mapped(format!("network set {}", s.name), n));
+            }
+            let sets = prefixes.entry(Prefix::of(n)).or_default();
+            if sets.last() != Some(&k) {
+                sets.push(k);
+            }
+        }
+    }
+    for (owner, rule) in relevant_rules(model) {
+        for side in [&rule.source, &rule.destination] {
+            for n in side.nets.iter().chain(&side.not_nets) {
+                if in_v4_mapped_space(n) {
+                    return Err(mapped(owner.clone(), n));
+                }
+                prefixes.entry(Prefix::of(n)).or_default();
+                atoms.net(n);
+            }
+            for s in side.selector.iter().chain(&side.not_selector) {
+                atoms.selector(s);
+            }
+        }
+    }
+    for f in model
+        .failsafes
+        .inbound
+        .iter()
+        .chain(&model.failsafes.outbound)
+    {
+        if let Some(n) = &f.net {
+            if in_v4_mapped_space(n) {
+                return Err(mapped("failsafe".into(), n));
+            }
+            prefixes.entry(Prefix::of(n)).or_default();
+            atoms.net(n);
+        }
+    }
+    let (prefixes, listed_by) = prefixes.into_iter().unzip();
+    Ok(Collected {
+        atoms,
+        prefixes,
+        listed_by,
+    })
+}
+
+/// The selector bits endpoints and network sets give the addresses they own.
+struct Owners {
+    /// Words of a signature's bits.
+    words: usize,
+    /// Per endpoint: the selectors matching its labels.
+    endpoint_bits: Vec<Vec<u64>>,
+    /// Per network set: the selectors matching its labels.
+    set_bits: Vec<Vec<u64>>,
+    /// Endpoints (indexes) owning each address.
+    by_ip: HashMap<IpAddr, Vec<usize>>,
+}
+
+impl Owners {
+    fn new(model: &Model, atoms: &Atoms) -> Self {
+        let words = atoms.bits().div_ceil(64);
+        let selector_bits = |labels: &crate::model::ir::Labels| {
+            let mut bits = vec![0u64; words];
+            for (k, s) in atoms.selectors.iter().enumerate() {
+                if s.evaluate(labels) {
+                    set_bit(&mut bits, atoms.nets.len() + k);
+                }
+            }
+            bits
+        };
+        let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+        for (i, e) in model.endpoints.iter().enumerate() {
+            for ip in &e.ips {
+                by_ip.entry(*ip).or_default().push(i);
+            }
+        }
+        Owners {
+            words,
+            endpoint_bits: model
+                .endpoints
+                .iter()
+                .map(|e| selector_bits(&e.labels))
+                .collect(),
+            set_bits: model
+                .network_sets
+                .iter()
+                .map(|s| selector_bits(&s.labels))
+                .collect(),
+            by_ip,
+        }
+    }
+
+    /// The signature of address `r` whose enclosing prefixes give it `inherited`
+    /// (nets and network-set selectors); its owning endpoints add their
+    /// selectors and named ports.
+    fn signature(&self, model: &Model, v6: bool, r: IpAddr, inherited: &[u64]) -> Signature {
+        let mut bits = inherited.to_vec();
+        let own: &[usize] = self.by_ip.get(&r).map(Vec::as_slice).unwrap_or(&[]);
+        for &e in own {
+            or_bits(&mut bits, &self.endpoint_bits[e]);
+        }
+        let mut named_ports: Vec<(String, u8, u16)> = own
+            .iter()
+            .flat_map(|&e| &model.endpoints[e].named_ports)
+            .map(|np| (np.name.clone(), np.protocol, np.port))
+            .collect();
+        named_ports.sort();
+        named_ports.dedup();
+        Signature {
+            v6,
+            bits,
+            named_ports,
+        }
+    }
+}
+
+/// Classes by signature, numbered 1.. in order of first appearance.
+#[derive(Default)]
+struct ClassTable {
+    class_of_sig: HashMap<Signature, u32>,
+    classes: Vec<Class>,
+}
+
+impl ClassTable {
+    fn class_of(&mut self, representative: IpAddr, signature: Signature) -> u32 {
+        if let Some(&c) = self.class_of_sig.get(&signature) {
+            return c;
+        }
+        let c = self.classes.len() as u32 + 1;
+        self.class_of_sig.insert(signature.clone(), c);
+        self.classes.push(Class {
+            representative,
+            signature,
+        });
+        c
+    }
+}
+
+/// An address of `prefixes[i]` inside no longer collected prefix (prefixes are
+/// sorted by family, start, length, so the ones inside P follow it).
+fn uncovered_address(prefixes: &[Prefix], i: usize) -> Option<u128> {
+    let p = prefixes[i];
+    let mut cur = p.start;
+    let mut j = i + 1;
+    while j < prefixes.len() {
+        let c = prefixes[j];
+        if c.v6 != p.v6 || c.start > p.end {
+            break;
+        }
+        if c.start > cur {
+            return Some(cur);
+        }
+        if c.end >= cur {
+            cur = c.end.checked_add(1)?;
+            if cur > p.end {
+                return None;
+            }
+        }
+        j += 1;
+    }
+    (cur <= p.end).then_some(cur)
+}
