@@ -4,7 +4,8 @@
 //!
 //! It follows the lesson "Ship it safely": an enforced policy doing real work,
 //! a staged lockdown that changes nothing while its would-be verdicts stream in
-//! `agent flows`, promotion by changing one word, and safe mode.
+//! `agent flows`, promotion by changing one word (commit-confirmed), a bad
+//! promotion that undoes itself, and safe mode as a command.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -144,6 +145,22 @@ impl Daemon {
     }
 }
 
+/// Waits until `agent status` reports a reverted promotion.
+fn wait_reverted(socket: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let out = Command::new(agent_bin())
+            .args(["status", "--socket", socket, "-o", "json"])
+            .output()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if status["promotions"].to_string().contains("reverted") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the agent did not revert the bad promotion")
+}
+
 /// Gives the agent's directory watcher time to recompile and swap the tables.
 fn settle() {
     std::thread::sleep(Duration::from_millis(1500));
@@ -225,13 +242,15 @@ fn walkthrough(work: &Path, datastore: &Path) -> Result<()> {
     say("The same answer offline, from the reference evaluator:");
     agent(&["matrix", "--datastore", ds, "--port", "TCP/8080", "--diff"])?;
 
-    heading("Promote: change one word");
-    say("The lockdown only denies what we intend (frontend and database -> backend). Promote it:\n`agent promote` rewrites kind: StagedGlobalNetworkPolicy -> GlobalNetworkPolicy in place;\nthe running agent sees the file change and swaps its tables atomically.");
+    heading("Promote: change one word, commit-confirmed");
+    say("The lockdown only denies what we intend (frontend and database -> backend). Promote it:\n`agent promote` rewrites kind: StagedGlobalNetworkPolicy -> GlobalNetworkPolicy in place;\nthe running agent sees the file change and swaps its tables atomically. With\n--confirm-within, the agent itself undoes the promotion unless it is confirmed in time\n(\"commit confirmed\"): if the promotion cut your own access, it comes back by itself.");
     agent(&[
         "promote",
         "--datastore",
         ds,
         "StagedGlobalNetworkPolicy/backend-lockdown-staged",
+        "--confirm-within",
+        "2m",
     ])?;
     settle();
     probe(&frontend, &backend, 8080, TcpProbe::TimedOut)?;
@@ -247,20 +266,45 @@ fn walkthrough(work: &Path, datastore: &Path) -> Result<()> {
         "--last",
         "3",
     ])?;
+    say("Still reachable, everything as intended: confirm.");
+    agent(&[
+        "confirm",
+        "--datastore",
+        ds,
+        "StagedGlobalNetworkPolicy/backend-lockdown-staged",
+    ])?;
 
-    heading("Safe mode");
-    say("Before experimenting with denies, apply an allow-everything policy at a very high order\n(100000): every real policy with an order is consulted first. The catch, straight from\nCalico's ordering: a policy WITHOUT `order` sorts after it (unset = infinity), so for such\na policy's endpoints the safety net decides first - `agent check` warns:");
-    std::fs::copy(
-        workspace_root().join("safe-mode/zzz-final-allow-everything.yaml"),
-        datastore.join("zzz-final-allow-everything.yaml"),
+    heading("A bad promotion undoes itself");
+    say("A careless lockdown of prod/database (no rules: it would deny backend too), promoted with\na check the agent runs itself: backend's path to the database must stay open. The check\nfails as soon as the lockdown is enforced, so the agent restores the staged version at once.");
+    std::fs::write(
+        datastore.join("30-database-lockdown-staged.yaml"),
+        "apiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata:\n  name: database-lockdown\nspec:\n  selector: app == 'database'\n  types: [Ingress]\n",
     )?;
-    agent(&["check", ds])?;
+    settle();
+    let check = format!("tcp:{}:8080", database.ipv4);
+    agent(&[
+        "promote",
+        "--datastore",
+        ds,
+        "sgnp/database-lockdown",
+        "--confirm-within",
+        "5m",
+        "--confirm-if",
+        &check,
+    ])?;
+    wait_reverted(socket)?;
+    agent(&["status", "--socket", socket])?;
+    probe(&backend, &database, 8080, TcpProbe::Connected)?;
+
+    heading("Safe mode, as a command");
+    say("Before experimenting with denies, put an allow-everything net at a very high order\n(100000): every policy with an order is consulted first. The catch, straight from Calico's\nordering: a policy WITHOUT `order` sorts after it (unset = infinity), so the net decides\nfirst for its endpoints - `agent safe-mode on` names every such policy:");
+    agent(&["safe-mode", "on", "--datastore", ds])?;
     settle();
     say("Indeed: with the net in place, nothing is denied any more.");
     probe(&frontend, &database, 8080, TcpProbe::Connected)?;
     probe(&frontend, &backend, 8080, TcpProbe::Connected)?;
-    say("Remove the allow-all last; enforcement is back:");
-    std::fs::remove_file(datastore.join("zzz-final-allow-everything.yaml"))?;
+    say("Remove the net last. `agent safe-mode off` first checks that no policy would then deny\nfailsafe or management traffic of a host endpoint (it refuses, naming the rule, unless\n--force); here there is none. Enforcement is back:");
+    agent(&["safe-mode", "off", "--datastore", ds])?;
     settle();
     probe(&frontend, &database, 8080, TcpProbe::TimedOut)?;
     probe(&backend, &database, 8080, TcpProbe::Connected)?;
