@@ -63,6 +63,11 @@ pub struct EvalArgs {
     pub icmp_code: Option<u8>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: OutputFormat,
+    /// Pending = only these staged policies promoted (repeatable; KIND/NAME or
+    /// KIND/NAMESPACE/NAME, e.g. sgnp/default-deny, snp/shop/api-allow).
+    /// Default: every staged policy.
+    #[arg(long = "staged", value_name = "KIND/NAME")]
+    pub staged: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,10 +89,14 @@ pub enum EvalError {
 }
 
 pub fn run(args: EvalArgs) -> ExitCode {
-    let model = match load_datastore(&args.datastore) {
+    let mut model = match load_datastore(&args.datastore) {
         Ok(model) => model,
         Err(e) => return usage_error(&e),
     };
+    if let Err(e) = super::staged::select(&mut model, &args.staged) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let flow = match flow_from_args(&model, &args) {
         Ok(flow) => flow,
         Err(e) => return usage_error(&e),
@@ -353,6 +362,7 @@ mod tests {
             icmp_type: None,
             icmp_code: None,
             output: OutputFormat::Text,
+            staged: Vec::new(),
         }
     }
 

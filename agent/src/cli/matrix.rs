@@ -40,6 +40,11 @@ pub struct MatrixArgs {
     pub ipv6: bool,
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: OutputFormat,
+    /// Pending = only these staged policies promoted (repeatable; KIND/NAME or
+    /// KIND/NAMESPACE/NAME, e.g. sgnp/default-deny, snp/shop/api-allow).
+    /// Default: every staged policy.
+    #[arg(long = "staged", value_name = "KIND/NAME")]
+    pub staged: Vec<String>,
 }
 
 /// A destination port of a protocol.
@@ -111,10 +116,14 @@ struct MatrixOutput<'a> {
 }
 
 pub fn run(args: MatrixArgs) -> ExitCode {
-    let model = match load_datastore(&args.datastore) {
+    let mut model = match load_datastore(&args.datastore) {
         Ok(model) => model,
         Err(e) => return usage_error(&e),
     };
+    if let Err(e) = super::staged::select(&mut model, &args.staged) {
+        eprintln!("error: {e}");
+        return ExitCode::from(super::eval::EXIT_USAGE);
+    }
     let ports = if args.ports.is_empty() {
         default_ports(&model)
     } else {

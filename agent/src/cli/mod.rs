@@ -3,6 +3,7 @@ mod check;
 pub mod flows;
 mod promote;
 pub mod safe_mode;
+mod staged;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
