@@ -94,6 +94,39 @@ fn each_staged_policy_is_previewed_alone_or_together() {
         pending(d, "prod/backend", "prod/database", &[database]),
         "deny"
     );
+    // The blame: each differing flow names the staged policy that changes it.
+    let blame = |from: &str, to: &str| {
+        let out = agent(
+            d,
+            &[
+                "eval",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--protocol",
+                "TCP",
+                "--port",
+                "8080",
+                "-o",
+                "json",
+            ],
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["changed_by"].clone()
+    };
+    assert_eq!(
+        blame("prod/frontend", "prod/backend"),
+        serde_json::json!(["sgnp/backend-lockdown-staged"])
+    );
+    assert_eq!(
+        blame("prod/backend", "prod/database"),
+        serde_json::json!(["sgnp/database-lockdown"])
+    );
+    assert_eq!(
+        blame("prod/backend", "prod/frontend"),
+        serde_json::json!([])
+    );
     // Both named: as the default.
     assert_eq!(
         pending(d, "prod/backend", "prod/database", &[backend, database]),

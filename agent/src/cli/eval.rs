@@ -102,12 +102,30 @@ pub fn run(args: EvalArgs) -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let verdict = Evaluator::new(&model).evaluate_flow(&flow);
+    // Who changes this flow: each staged policy promoted alone.
+    let changed_by = if verdict.pending.action == verdict.enforced.action {
+        Vec::new()
+    } else {
+        super::staged::changed_by(&model, |alone| {
+            let v = Evaluator::new(alone).evaluate_flow(&flow);
+            v.pending.action != v.enforced.action
+        })
+    };
     match args.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&verdict).expect("verdicts serialize")
-        ),
-        OutputFormat::Text => print!("{}", render_text(&verdict)),
+        OutputFormat::Json => {
+            let mut json = serde_json::to_value(&verdict).expect("verdicts serialize");
+            json["changed_by"] = serde_json::json!(changed_by);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).expect("verdicts serialize")
+            )
+        }
+        OutputFormat::Text => {
+            print!("{}", render_text(&verdict));
+            if !changed_by.is_empty() {
+                println!("changed by: {}", changed_by.join(", "));
+            }
+        }
     }
     ExitCode::SUCCESS
 }

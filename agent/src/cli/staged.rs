@@ -71,6 +71,25 @@ pub fn select(model: &mut Model, targets: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// The staged policies whose promotion alone changes what `differs` tests
+/// (the right blame for a pending verdict, issue: "who changes this flow?").
+/// Empty when no single one does (only a combination changes it).
+pub fn changed_by(model: &Model, differs: impl Fn(&Model) -> bool) -> Vec<String> {
+    model
+        .policies
+        .iter()
+        .filter(|p| p.id.kind.is_staged())
+        .filter(|candidate| {
+            let mut alone = model.clone();
+            alone
+                .policies
+                .retain(|p| !p.id.kind.is_staged() || p.id == candidate.id);
+            differs(&alone)
+        })
+        .map(|p| display(&p.id))
+        .collect()
+}
+
 /// `sgnp/name` or `snp/namespace/name`, as `--staged` takes it.
 fn display(id: &PolicyId) -> String {
     match &id.namespace {
