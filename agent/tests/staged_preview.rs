@@ -42,8 +42,8 @@ fn agent(dir: &Path, args: &[&str]) -> Output {
         .expect("run agent")
 }
 
-/// The pending action of `from -> to` TCP/8080 with `staged` selected.
-fn pending(dir: &Path, from: &str, to: &str, staged: &[&str]) -> String {
+/// `agent eval` of `from -> to` TCP/8080 with `staged` selected, as JSON.
+fn eval(dir: &Path, from: &str, to: &str, staged: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "eval",
         "--from",
@@ -64,7 +64,15 @@ fn pending(dir: &Path, from: &str, to: &str, staged: &[&str]) -> String {
     assert!(out.status.success(), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["enforced"]["action"], "allow", "{json:#}");
-    json["pending"]["action"].as_str().unwrap().to_string()
+    json
+}
+
+/// The pending action of `from -> to` TCP/8080 with `staged` selected.
+fn pending(dir: &Path, from: &str, to: &str, staged: &[&str]) -> String {
+    eval(dir, from, to, staged)["pending"]["action"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -95,26 +103,7 @@ fn each_staged_policy_is_previewed_alone_or_together() {
         "deny"
     );
     // The blame: each differing flow names the staged policy that changes it.
-    let blame = |from: &str, to: &str| {
-        let out = agent(
-            d,
-            &[
-                "eval",
-                "--from",
-                from,
-                "--to",
-                to,
-                "--protocol",
-                "TCP",
-                "--port",
-                "8080",
-                "-o",
-                "json",
-            ],
-        );
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        json["changed_by"].clone()
-    };
+    let blame = |from: &str, to: &str| eval(d, from, to, &[])["changed_by"].clone();
     assert_eq!(
         blame("prod/frontend", "prod/backend"),
         serde_json::json!(["sgnp/backend-lockdown-staged"])
