@@ -98,7 +98,7 @@ pub enum Command {
         /// Unix socket for `agent flows` / `agent status` (mode 0600).
         #[arg(long, default_value = crate::daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9091).
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9908).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
         /// Pin directory on a bpffs for maps and links (bpffs is mounted at
