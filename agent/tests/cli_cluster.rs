@@ -84,7 +84,7 @@ fn eval(from: &str, to: &str) -> Output {
 fn check_reads_standard_input() {
     let ok = agent(&["check", "-"], CLUSTER);
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
-    assert!(text(&ok.stderr).contains("1 policies, 2 endpoints loaded; 0 errors"));
+    assert!(text(&ok.stderr).contains("1 policy, 2 endpoints loaded; 0 errors"));
     let bad = agent(
         &["check", "-"],
         &CLUSTER.replace("action: Allow", "action: Nope"),

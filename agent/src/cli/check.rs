@@ -31,12 +31,15 @@ pub fn run(
         .iter()
         .filter(|d| d.severity == Severity::Error)
         .count();
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     eprintln!(
-        "{} policies, {} endpoints loaded; {errors} errors, {} warnings, {} lockout warnings",
-        loaded.model.policies.len(),
-        loaded.model.endpoints.len(),
-        diagnostics.len() - errors,
-        lockouts.len()
+        "{}, {} loaded; {}, {}, {}",
+        count(loaded.model.policies.len(), "policy", "policies"),
+        count(loaded.model.endpoints.len(), "endpoint", "endpoints"),
+        count(errors, "error", "errors"),
+        count(diagnostics.len() - errors, "warning", "warnings"),
+        count(lockouts.len(), "lockout warning", "lockout warnings")
     );
     let warnings = diagnostics.len() - errors + lockouts.len();
     Ok(if errors > 0 || (strict && warnings > 0) {
