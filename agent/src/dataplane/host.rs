@@ -6,7 +6,7 @@
 //! only holds when the pins live on a bpffs mount that some longer-lived
 //! mount namespace also holds: the host's (or, in a container, one propagated
 //! to and from the host's). Two common ways to break it silently:
-//! - `ip netns exec NODE agent run`: `ip` gives the command a mount namespace
+//! - the agent started with `ip netns exec NODE`: `ip` gives the command a mount namespace
 //!   of its own with a fresh /sys, so /sys/fs/bpf there is an empty directory;
 //!   a bpffs mounted on it dies with the agent (and the programs with it).
 //! - a container whose /sys/fs/bpf is not the host's bpffs mounted with
