@@ -582,17 +582,20 @@ mod tests {
         );
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// A file appended every 50 ms does not hold a policy change up, and a
     /// policy file rewritten all the time is still reloaded within `MAX_WAIT`.
     #[test]
     fn a_busy_directory_still_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let ds = FileDatastore::new(dir.path());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        runtime().block_on(async {
             let mut changes = ds.watch().unwrap();
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let writer = {
@@ -625,11 +628,7 @@ mod tests {
     fn a_log_file_alone_triggers_no_reload() {
         let dir = tempfile::tempdir().unwrap();
         let ds = FileDatastore::new(dir.path());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        runtime().block_on(async {
             let mut changes = ds.watch().unwrap();
             for n in 0..5 {
                 std::fs::write(dir.path().join("log.txt"), format!("{n}\n")).unwrap();
