@@ -2,7 +2,6 @@
 //! [`crate::model::load_paths`] and watched for changes (files added, changed,
 //! removed, renamed; editors' atomic saves), with the last good state of a
 //! document kept while its new text is rejected.
-pub mod calico_api;
 pub mod kubernetes;
 
 use std::collections::HashSet;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::Client;
 
-use super::kubernetes::{v3_policy_name, CalicoApi, CalicoGroup, Kind, CRD_GROUP, V3_GROUP};
+use super::names::{v3_policy_name, CalicoApi, CalicoGroup, Kind, CRD_GROUP, V3_GROUP};
 
 /// The resource every Calico installation serves in a group.
 const PROBE_RESOURCE: &str = "globalnetworkpolicies";

@@ -1,0 +1,175 @@
+//! `agent promote` against the cluster.
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+
+use super::discovery::resolve_calico_api;
+use super::names::{model_name, tiered_name, CalicoApi, CalicoGroup, Kind, V3_GROUP};
+use super::watch::INITIAL_SYNC;
+use crate::model::ir::PolicyKind;
+
+/// `agent promote` against the cluster: the staged policy `kind`/`name` becomes
+/// its enforced kind (server-side apply, field manager `agent-promote`) and the
+/// staged object is deleted. `stagedAction: Delete` deletes the enforced
+/// namesake and the staged object; `Ignore` is refused. Returns what was done.
+///
+/// Calico's kinds are read from and written to the group `api` resolves to (the
+/// one `agent run --calico-api` reads). In crd.projectcalico.org/v1 `name` is the
+/// policy's v3 name (as `agent status` shows it) or its stored name; the
+/// enforced object is stored under the enforced namesake's stored name if there
+/// is one, else under the staged object's (so `default.<name>` stays tiered).
+pub async fn promote(
+    client: Client,
+    api: CalicoApi,
+    kind: PolicyKind,
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<String> {
+    let group = resolve_calico_api(&client, api, INITIAL_SYNC).await?.group;
+    let (staged, enforced) = staged_and_enforced(group, kind)?;
+    let ns = staged.namespaced.then(|| namespace.unwrap_or("default"));
+    let scope = Scope { client, ns };
+    let (staged_api, enforced_api) = (scope.api(&staged), scope.api(&enforced));
+    let obj = find_policy(&staged_api, &staged, name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{} not found", scope.describe(&staged, name)))?;
+    let staged_name = obj.name_any();
+    let v3_name = model_name(&staged, &obj);
+    let namesake = find_policy(&enforced_api, &enforced, &v3_name).await?;
+    let mut spec = obj.data.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let action = spec
+        .get("stagedAction")
+        .and_then(Value::as_str)
+        .unwrap_or("Set")
+        .to_string();
+    if let Some(m) = spec.as_object_mut() {
+        m.remove("stagedAction");
+    }
+    let done = match action.as_str() {
+        "Ignore" => anyhow::bail!(
+            "{} has stagedAction Ignore: promoting it changes nothing that is enforced",
+            scope.describe(&staged, &staged_name)
+        ),
+        "Delete" => match namesake {
+            Some(o) => {
+                let n = o.name_any();
+                enforced_api.delete(&n, &DeleteParams::default()).await?;
+                format!("deleted {} (staged Delete)", scope.describe(&enforced, &n))
+            }
+            None => format!(
+                "deleted {} (staged Delete); it did not exist",
+                scope.describe(&enforced, &v3_name)
+            ),
+        },
+        _ => {
+            let target = namesake.map_or(staged_name.clone(), |o| o.name_any());
+            let doc = enforced_document(&enforced, &target, ns, &obj, spec);
+            enforced_api
+                .patch(
+                    &target,
+                    &PatchParams::apply("agent-promote").force(),
+                    &Patch::Apply(&doc),
+                )
+                .await?;
+            format!("promoted to {}", scope.describe(&enforced, &target))
+        }
+    };
+    staged_api
+        .delete(&staged_name, &DeleteParams::default())
+        .await?;
+    Ok(format!("{done}; removed the staged policy"))
+}
+
+/// A staged kind and the kind it is promoted to, in `group`.
+fn staged_and_enforced(group: CalicoGroup, kind: PolicyKind) -> anyhow::Result<(Kind, Kind)> {
+    use PolicyKind as P;
+    Ok(match kind {
+        P::StagedGlobalNetworkPolicy => (
+            group.kind("StagedGlobalNetworkPolicy"),
+            group.kind("GlobalNetworkPolicy"),
+        ),
+        P::StagedNetworkPolicy => (
+            group.kind("StagedNetworkPolicy"),
+            group.kind("NetworkPolicy"),
+        ),
+        P::StagedKubernetesNetworkPolicy => (
+            group.kind("StagedKubernetesNetworkPolicy"),
+            group.kind("networking.k8s.io/NetworkPolicy"),
+        ),
+        other => anyhow::bail!("{} is not a staged kind", other.as_str()),
+    })
+}
+
+/// Where a promotion reads and writes: the client and the namespace (`None`:
+/// cluster-scoped kinds).
+struct Scope<'a> {
+    client: Client,
+    ns: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    fn api(&self, k: &Kind) -> Api<DynamicObject> {
+        match self.ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &k.api_resource()),
+            None => Api::all_with(self.client.clone(), &k.api_resource()),
+        }
+    }
+
+    /// `Kind[.group] [ns/]name`, the group only when it is not core or projectcalico.org.
+    fn describe(&self, k: &Kind, name: &str) -> String {
+        let group = if k.group.is_empty() || k.group == V3_GROUP {
+            String::new()
+        } else {
+            format!(".{}", k.group)
+        };
+        match self.ns {
+            Some(ns) => format!("{}{group} {ns}/{name}", k.kind),
+            None => format!("{}{group} {name}", k.kind),
+        }
+    }
+}
+
+/// The enforced object applied for the staged `obj`: stored as `target`, with
+/// the staged object's labels and `spec` (its `stagedAction` removed).
+fn enforced_document(
+    enforced: &Kind,
+    target: &str,
+    ns: Option<&str>,
+    obj: &DynamicObject,
+    spec: Value,
+) -> Value {
+    let mut meta = json!({"name": target});
+    if let Some(ns) = ns {
+        meta["namespace"] = json!(ns);
+    }
+    if let Some(l) = obj.metadata.labels.as_ref().filter(|l| !l.is_empty()) {
+        meta["labels"] = json!(l);
+    }
+    json!({
+        "apiVersion": enforced.api_version(),
+        "kind": enforced.kind,
+        "metadata": meta,
+        "spec": spec,
+    })
+}
+
+/// The policy of `kind` whose model name (or stored name) is `name`: in
+/// crd.projectcalico.org/v1 a default-tier policy `x` may be stored as
+/// `default.x` or `x` (see [`v3_policy_name`]); elsewhere the name is the name.
+async fn find_policy(
+    api: &Api<DynamicObject>,
+    kind: &Kind,
+    name: &str,
+) -> anyhow::Result<Option<DynamicObject>> {
+    if !tiered_name(kind) {
+        return Ok(api.get_opt(name).await?);
+    }
+    for stored in [format!("default.{name}"), name.to_string()] {
+        if let Some(o) = api.get_opt(&stored).await? {
+            if model_name(kind, &o) == name || stored == name {
+                return Ok(Some(o));
+            }
+        }
+    }
+    Ok(None)
+}
