@@ -9,6 +9,7 @@
 //! - Ready: the datastore completed its first sync (every watched kind listed,
 //!   Kubernetes) and a compile of it is installed in the kernel. Not ready
 //!   says which is missing.
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,8 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use super::{lock, status, Shared};
+use super::health::{readiness, status};
+use super::state::{lock, Shared};
 use crate::flows::unix_now_ns;
 
 /// How long the event loop may go without a tick before `/healthz` fails.
@@ -58,7 +60,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    match tokio::task::spawn_blocking(move || super::readiness(&shared)).await {
+    match tokio::task::spawn_blocking(move || readiness(&shared)).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
         Ok(Err(why)) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -69,9 +71,16 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
 }
 
 fn metrics_text(shared: &Shared) -> String {
-    use std::fmt::Write;
     let s = status(shared);
     let mut out = String::new();
+    write_status_metrics(&mut out, &s);
+    write_timings(&mut out, shared);
+    write_flow_verdicts(&mut out, shared);
+    out
+}
+
+/// Kernel counters, gauges and counters of the status report.
+fn write_status_metrics(out: &mut String, s: &super::Status) {
     out.push_str("# HELP agent_dataplane_total Kernel counters summed over CPUs.\n# TYPE agent_dataplane_total counter\n");
     for (k, v) in &s.counters {
         let _ = writeln!(out, "agent_dataplane_total{{counter=\"{k}\"}} {v}");
@@ -118,19 +127,25 @@ fn metrics_text(shared: &Shared) -> String {
         "# HELP agent_conntrack_swept_total Idle conntrack entries deleted.\n# TYPE agent_conntrack_swept_total counter\nagent_conntrack_swept_total {}",
         s.conntrack.swept
     );
-    {
-        let inner = lock(&shared.inner);
-        let _ = writeln!(
-            out,
-            "# HELP agent_compile_seconds Duration of the last compile that was installed.\n# TYPE agent_compile_seconds gauge\nagent_compile_seconds {}",
-            inner.compile_seconds
-        );
-        let _ = writeln!(
-            out,
-            "# HELP agent_swap_seconds Duration of the last table install (fill inactive copy, flip).\n# TYPE agent_swap_seconds gauge\nagent_swap_seconds {}",
-            inner.swap_seconds
-        );
-    }
+}
+
+/// How long the last installed compile and its install took.
+fn write_timings(out: &mut String, shared: &Shared) {
+    let inner = lock(&shared.inner);
+    let _ = writeln!(
+        out,
+        "# HELP agent_compile_seconds Duration of the last compile that was installed.\n# TYPE agent_compile_seconds gauge\nagent_compile_seconds {}",
+        inner.health.compile_seconds
+    );
+    let _ = writeln!(
+        out,
+        "# HELP agent_swap_seconds Duration of the last table install (fill inactive copy, flip).\n# TYPE agent_swap_seconds gauge\nagent_swap_seconds {}",
+        inner.health.swap_seconds
+    );
+}
+
+/// New flows by policy set, action and deciding rule, and the pending denies among them.
+fn write_flow_verdicts(out: &mut String, shared: &Shared) {
     out.push_str("# HELP agent_flows_total New flows the kernel reported, by policy set (enforced or pending), action and deciding rule.\n# TYPE agent_flows_total counter\n");
     let flows = lock(&shared.flows);
     let mut pending_denies = 0;
@@ -148,5 +163,4 @@ fn metrics_text(shared: &Shared) -> String {
         out,
         "# HELP agent_pending_denies_total New flows a staged (pending) policy set would deny.\n# TYPE agent_pending_denies_total counter\nagent_pending_denies_total {pending_denies}"
     );
-    out
 }
