@@ -2,13 +2,19 @@
 //! its TC programs to interfaces, and reading its maps and ring buffer.
 //!
 //! - `loader`: the policy dataplane (`Dataplane`): programs `from_endpoint` /
-//!   `to_endpoint`, double-buffered tables, counters, flow events.
+//!   `to_endpoint`, double-buffered tables, counters.
+//! - `pins`: what outlives the agent in bpffs (maps, links) and its cleanup.
+//! - `conntrack`: the conntrack map and its sweep of idle entries.
+//! - `events`: flow events from the ring buffer.
 //! - `host`: what the host must provide (kernel version, a bpffs that outlives
 //!   the agent), checked before anything is loaded.
 //! - `tables`: what the compiler produces (`TableSet`) and its encoding.
 //! - `service`: Service frontends and the post-DNAT program on data interfaces.
+pub mod conntrack;
+pub mod events;
 pub mod host;
 pub mod loader;
+pub mod pins;
 pub mod service;
 pub mod tables;
 
