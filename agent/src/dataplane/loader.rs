@@ -16,7 +16,6 @@ use aya::{
 
 pub use super::conntrack::{monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, CtSweep};
 pub use super::events::FlowRecord;
-use super::host::prepare_pin_dir;
 pub(super) use super::pins::detach_pinned;
 pub use super::pins::{cleanup, link_pin_path, pinned_links, Cleanup, Links, PINNED_MAPS};
 use super::tables::TableSet;
@@ -128,9 +127,17 @@ impl Dataplane {
     /// maps an earlier agent pinned there: conntrack, tables, endpoints, ACTIVE
     /// keep their contents). Fails with a clear error when a pinned map's layout
     /// differs from this build's (see `agent cleanup`).
+    ///
+    /// `dir` must have been prepared with [`super::host::prepare_pin_dir`]
+    /// (the daemon does so once, before it takes the pin directory's lock).
     pub fn load_pinned(dir: &Path) -> Result<Self, DataplaneError> {
-        prepare_pin_dir(dir)?;
         let maps = dir.join("maps");
+        if !maps.is_dir() {
+            return Err(DataplaneError::Pin(format!(
+                "{} is not a prepared pin directory (no maps/ in it)",
+                dir.display()
+            )));
+        }
         let adopted = maps.join("ACTIVE").exists();
         let mut loader = EbpfLoader::new();
         for name in PINNED_MAPS {
