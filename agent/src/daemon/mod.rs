@@ -222,26 +222,28 @@ async fn reload_in_background(shared: &Arc<Shared>, loader: &Loader) -> anyhow::
 
 /// Drains flow events every [`EVENT_POLL`]; its ticks are the `/healthz` heartbeat.
 fn spawn_event_drain(shared: Arc<Shared>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVENT_POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            drain(&shared);
-            shared.heartbeat_ns.store(unix_now_ns(), Ordering::Relaxed);
-        }
+    spawn_every(EVENT_POLL, move || {
+        drain(&shared);
+        shared.heartbeat_ns.store(unix_now_ns(), Ordering::Relaxed);
     });
 }
 
 /// Re-resolves endpoint interfaces every [`INTERFACE_POLL`].
 fn spawn_interface_poll(shared: Arc<Shared>) {
+    spawn_every(INTERFACE_POLL, move || {
+        interfaces::reconcile_interfaces(&mut lock(&shared.inner), false);
+    });
+}
+
+/// Runs `f` every `period` on the runtime (a late tick delays the next ones
+/// instead of bunching them up).
+fn spawn_every(period: Duration, mut f: impl FnMut() + Send + 'static) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(INTERFACE_POLL);
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let mut inner = lock(&shared.inner);
-            interfaces::reconcile_interfaces(&mut inner, false);
+            f();
         }
     });
 }

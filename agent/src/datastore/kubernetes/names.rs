@@ -19,25 +19,26 @@ pub const V3_GROUP: &str = "projectcalico.org";
 /// The group of the CRDs Calico stores its resources in.
 pub const CRD_GROUP: &str = "crd.projectcalico.org";
 
-const fn calico(kind: &'static str, plural: &'static str, namespaced: bool) -> Kind {
-    Kind {
-        group: V3_GROUP,
-        version: "v3",
-        kind,
-        plural,
-        namespaced,
-    }
-}
-
-const fn crd(kind: &'static str, plural: &'static str, namespaced: bool) -> Kind {
-    Kind {
-        group: CRD_GROUP,
-        version: "v1",
-        kind,
-        plural,
-        namespaced,
-    }
-}
+/// Calico's kinds read, as (kind, plural, namespaced): the same in both groups.
+const CALICO_KINDS: [(&str, &str, bool); 9] = [
+    ("GlobalNetworkPolicy", "globalnetworkpolicies", false),
+    ("NetworkPolicy", "networkpolicies", true),
+    (
+        "StagedGlobalNetworkPolicy",
+        "stagedglobalnetworkpolicies",
+        false,
+    ),
+    ("StagedNetworkPolicy", "stagednetworkpolicies", true),
+    (
+        "StagedKubernetesNetworkPolicy",
+        "stagedkubernetesnetworkpolicies",
+        true,
+    ),
+    ("Tier", "tiers", false),
+    ("GlobalNetworkSet", "globalnetworksets", false),
+    ("NetworkSet", "networksets", true),
+    ("HostEndpoint", "hostendpoints", false),
+];
 
 const K8S_NETWORK_POLICY: Kind = Kind {
     group: "networking.k8s.io",
@@ -61,54 +62,33 @@ const SERVICE_ACCOUNT: Kind = Kind {
     namespaced: true,
 };
 
-/// Every kind read besides Pods (which are reduced to [`PodInfo`]), with
+/// [`CALICO_KINDS`] from `group`/`version`, then the Kubernetes kinds.
+const fn kinds(group: &'static str, version: &'static str) -> [Kind; 12] {
+    let mut all = [K8S_NETWORK_POLICY; 12];
+    let mut i = 0;
+    while i < CALICO_KINDS.len() {
+        let (kind, plural, namespaced) = CALICO_KINDS[i];
+        all[i] = Kind {
+            group,
+            version,
+            kind,
+            plural,
+            namespaced,
+        };
+        i += 1;
+    }
+    all[9] = K8S_NETWORK_POLICY;
+    all[10] = NAMESPACE;
+    all[11] = SERVICE_ACCOUNT;
+    all
+}
+
+/// Every kind read besides Pods (which are reduced to [`super::PodInfo`]), with
 /// Calico's kinds from projectcalico.org/v3.
-pub const KINDS: &[Kind] = &[
-    calico("GlobalNetworkPolicy", "globalnetworkpolicies", false),
-    calico("NetworkPolicy", "networkpolicies", true),
-    calico(
-        "StagedGlobalNetworkPolicy",
-        "stagedglobalnetworkpolicies",
-        false,
-    ),
-    calico("StagedNetworkPolicy", "stagednetworkpolicies", true),
-    calico(
-        "StagedKubernetesNetworkPolicy",
-        "stagedkubernetesnetworkpolicies",
-        true,
-    ),
-    calico("Tier", "tiers", false),
-    calico("GlobalNetworkSet", "globalnetworksets", false),
-    calico("NetworkSet", "networksets", true),
-    calico("HostEndpoint", "hostendpoints", false),
-    K8S_NETWORK_POLICY,
-    NAMESPACE,
-    SERVICE_ACCOUNT,
-];
+pub const KINDS: &[Kind] = &kinds(V3_GROUP, "v3");
 
 /// [`KINDS`] with Calico's kinds from crd.projectcalico.org/v1.
-pub const CRD_KINDS: &[Kind] = &[
-    crd("GlobalNetworkPolicy", "globalnetworkpolicies", false),
-    crd("NetworkPolicy", "networkpolicies", true),
-    crd(
-        "StagedGlobalNetworkPolicy",
-        "stagedglobalnetworkpolicies",
-        false,
-    ),
-    crd("StagedNetworkPolicy", "stagednetworkpolicies", true),
-    crd(
-        "StagedKubernetesNetworkPolicy",
-        "stagedkubernetesnetworkpolicies",
-        true,
-    ),
-    crd("Tier", "tiers", false),
-    crd("GlobalNetworkSet", "globalnetworksets", false),
-    crd("NetworkSet", "networksets", true),
-    crd("HostEndpoint", "hostendpoints", false),
-    K8S_NETWORK_POLICY,
-    NAMESPACE,
-    SERVICE_ACCOUNT,
-];
+pub const CRD_KINDS: &[Kind] = &kinds(CRD_GROUP, "v1");
 
 /// Where Calico's resources are read from (`agent run`) and written to (`agent promote`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -283,6 +263,33 @@ pub fn document(kind: &Kind, o: &DynamicObject) -> Value {
 mod tests {
     use super::*;
     use crate::datastore::kubernetes::test_fixtures::crd_object;
+
+    #[test]
+    fn both_groups_read_the_same_kinds() {
+        assert_eq!((KINDS.len(), CRD_KINDS.len()), (12, 12));
+        for (v3, v1) in KINDS.iter().zip(CRD_KINDS).take(9) {
+            assert_eq!(
+                (v3.kind, v3.plural, v3.namespaced),
+                (v1.kind, v1.plural, v1.namespaced)
+            );
+            assert_eq!(v3.api_version(), "projectcalico.org/v3");
+            assert_eq!(v1.api_version(), "crd.projectcalico.org/v1");
+        }
+        assert_eq!(KINDS[9..], CRD_KINDS[9..]);
+        let k8s: Vec<String> = KINDS[9..].iter().map(Kind::label).collect();
+        assert_eq!(
+            k8s,
+            [
+                "networking.k8s.io/NetworkPolicy",
+                "/Namespace",
+                "/ServiceAccount"
+            ]
+        );
+        assert_eq!(
+            CalicoGroup::CrdV1.kind("HostEndpoint").plural,
+            "hostendpoints"
+        );
+    }
 
     #[test]
     fn v1_policy_names_map_to_v3_names_as_calico_does() {
