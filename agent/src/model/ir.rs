@@ -12,7 +12,6 @@
 //! - `serviceAccountSelector` / `serviceAccounts.selector` become selectors over
 //!   `pcsa.`-prefixed labels, `serviceAccounts.names` becomes
 //!   `projectcalico.org/serviceaccount in {..}`.
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -26,7 +25,7 @@ pub const LABEL_SERVICE_ACCOUNT: &str = "projectcalico.org/serviceaccount";
 pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
 
-pub type Labels = BTreeMap<String, String>;
+pub use crate::selector::Labels;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,7 +136,21 @@ impl fmt::Display for PolicyId {
     /// As in Calico's flow-log traces: `np:<namespace>/<name>` for namespaced
     /// kinds, `gnp:<name>` (no slash) for cluster-scoped ones.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::eval::policy_flow_log_name(self))
+        f.write_str(&flow_log_name(
+            self.kind.code(),
+            self.namespace.as_deref(),
+            &self.name,
+        ))
+    }
+}
+
+/// Calico's flow-log name of a policy or profile: `np:ns/name` when namespaced,
+/// `gnp:name` / `pro:kns.ns` when not (calico lma/pkg/api policy hits; note
+/// there is no `/` for cluster-scoped kinds).
+pub fn flow_log_name(kind_code: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind_code}:{ns}/{name}"),
+        None => format!("{kind_code}:{name}"),
     }
 }
 
