@@ -1,5 +1,5 @@
-//! Parsing of the small field grammars (protocols, ports, nets, names), shared
-//! by validation (which reports the error) and conversion (which relies on it).
+//! Parsing of the small field grammars (protocols, ports, nets, names): each
+//! gives the value or the error message [`super::lower`] reports.
 use ipnet::IpNet;
 
 use super::ir::{proto, PortMatch, PortRange};
@@ -80,6 +80,12 @@ pub fn port(p: &IntOrString) -> Result<PortMatch, String> {
 /// As Go's `net.ParseCIDR`/`net.ParseIP` (and so Calico): an IPv4 field with a
 /// leading zero (`010.1.2.3`, ambiguous between decimal and octal) is refused.
 pub fn net(s: &str) -> Result<IpNet, String> {
+    net_as_written(s).map(|n| n.trunc())
+}
+
+/// A CIDR or a bare IP, as [`net`] but not masked: the address as written
+/// and its prefix (`10.0.0.5/24`), for fields that hold addresses.
+pub fn net_as_written(s: &str) -> Result<IpNet, String> {
     let invalid = || {
         format!(
             "`{s}` is not a valid network; accepted: a CIDR like 10.0.0.0/8 or fd00::/64, or an IP"
@@ -92,7 +98,7 @@ pub fn net(s: &str) -> Result<IpNet, String> {
         ));
     }
     if let Ok(n) = s.parse::<IpNet>() {
-        return Ok(n.trunc());
+        return Ok(n);
     }
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Ok(IpNet::from(ip));

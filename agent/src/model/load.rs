@@ -3,10 +3,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::convert::{self, namespace_of};
+use super::assemble;
 use super::ir::PolicyKind;
+use super::lower::{self, namespace_of, Issue, Lowered};
 use super::resources::{Resource, ResourceKind};
-use super::validate::{self, Issue};
 use super::yaml::{self, line_of};
 use super::{crd, list, pod};
 use super::{Diagnostic, Loaded, Severity, SourceLocation};
@@ -22,12 +22,17 @@ pub struct Document {
     pub id: String,
     pub resource: Resource,
     pub lines: HashMap<String, usize>,
-    /// False when validation found an error: the document is only kept to
-    /// report cross-document problems too, and never reaches the model.
-    pub valid: bool,
+    /// What the document contributes to the model; None when it has an
+    /// error: it is then only kept to report cross-document problems too, and
+    /// never reaches the model.
+    pub lowered: Option<Lowered>,
 }
 
 impl Document {
+    pub fn is_valid(&self) -> bool {
+        self.lowered.is_some()
+    }
+
     fn diagnostic(&self, severity: Severity, field: &str, message: String) -> Diagnostic {
         Diagnostic {
             severity,
@@ -350,15 +355,10 @@ fn parse_value(
         .is_namespaced()
         .then(|| meta_str("namespace").unwrap_or("default"));
     let id = resource_id(kind.name(), namespace, name);
-    let resource = kind.parse(value).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        let mut message = e.inner().to_string();
-        if message.contains("untagged enum IntOrString") {
-            message = "expected an integer or a string".into();
-        }
-        at(&field, &id, message)
-    })?;
+    let resource = kind
+        .parse(value)
+        .map_err(|e| at(&e.field, &id, e.message))?;
+    let (lowered, issues) = lower::lower(&resource);
     let doc = Document {
         file: file.to_path_buf(),
         line,
@@ -366,11 +366,8 @@ fn parse_value(
         id,
         resource,
         lines,
-        valid: true,
+        lowered,
     };
-    let mut doc = doc;
-    let issues = validate::validate(&doc.resource);
-    let failed = issues.iter().any(|i| i.severity == Severity::Error);
     for Issue {
         severity,
         field,
@@ -379,7 +376,6 @@ fn parse_value(
     {
         diags.push(doc.diagnostic(severity, &field, message));
     }
-    doc.valid = !failed;
     Ok(Some(doc))
 }
 
@@ -397,7 +393,7 @@ fn cross_check(
 ) -> Vec<Document> {
     // The winner of each identity: its owner's document, else the first.
     let mut winner: HashMap<DocKey, usize> = HashMap::new();
-    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.valid) {
+    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.is_valid()) {
         let key = doc.key();
         let owned = owners.get(&key).is_some_and(|f| *f == doc.file);
         match winner.get(&key) {
@@ -409,9 +405,9 @@ fn cross_check(
     }
     // Valid documents are loaded unless a check below drops them; invalid ones
     // get the checks too (reported, never loaded); duplicates only their report.
-    let mut load: Vec<bool> = docs.iter().map(|d| d.valid).collect();
+    let mut load: Vec<bool> = docs.iter().map(|d| d.is_valid()).collect();
     let mut checked = vec![true; docs.len()];
-    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.valid) {
+    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.is_valid()) {
         let w = winner[&doc.key()];
         if w != i {
             let (file, line) = (&docs[w].file, docs[w].line);
@@ -446,7 +442,7 @@ fn cross_check(
         // DECISION: like Calico's API server, a policy in a tier that does not
         // exist is rejected (error, left out), not silently given a default order.
         if let Some(t) = tier {
-            if !tiers.contains(t) && !convert::is_builtin_tier(t) {
+            if !tiers.contains(t) && !lower::is_builtin_tier(t) {
                 diags.push(doc.diagnostic(
                     Severity::Error,
                     "spec.tier",
@@ -597,7 +593,7 @@ pub fn finish_keeping(parsed: Parsed, previous: &[Document]) -> (Loaded, Vec<Str
         Default::default()
     } else {
         docs.iter()
-            .filter(|d| d.valid && failed.iter().any(|f| d.file.starts_with(f)))
+            .filter(|d| d.is_valid() && failed.iter().any(|f| d.file.starts_with(f)))
             .map(|d| (d.file.as_path(), d.key()))
             .collect()
     };
@@ -669,7 +665,7 @@ fn finish(
             line: d.line,
         })
         .collect();
-    let model = convert::to_model(docs.iter().map(|d| &d.resource));
+    let model = assemble::to_model(docs.iter().filter_map(|d| d.lowered.as_ref()));
     let documents = if keep_documents { docs } else { Vec::new() };
     let policy_sources = model
         .policies

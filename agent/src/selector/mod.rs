@@ -8,7 +8,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-
 /// An endpoint's (or network set's) labels, as selectors see them.
 pub type Labels = std::collections::BTreeMap<String, String>;
 
