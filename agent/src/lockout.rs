@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::eval::{DecidedBy, Evaluator, Packet, PolicySet, Verdict};
-use crate::model::ir::{proto, Direction, EndpointKind, FailsafePort, Failsafes, Model};
+use crate::model::ir::{Direction, EndpointKind, FailsafePort, Failsafes, Model, Protocol};
 
 /// The agent's own config file (`agent run --config`, `agent check --config`),
 /// felix-style: `failsafeInbound` / `failsafeOutbound` lists of
@@ -64,14 +64,13 @@ impl AgentConfig {
             list.iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    let protocol = match e.protocol.to_ascii_lowercase().as_str() {
-                        "tcp" => proto::TCP,
-                        "udp" => proto::UDP,
-                        "sctp" => proto::SCTP,
-                        other => anyhow::bail!(
-                            "{which}[{i}].protocol: {other:?} is not tcp, udp or sctp"
-                        ),
+                    let Some(protocol) =
+                        Protocol::from_name_ignore_case(&e.protocol).filter(|p| p.has_rule_ports())
+                    else {
+                        let other = e.protocol.to_ascii_lowercase();
+                        anyhow::bail!("{which}[{i}].protocol: {other:?} is not tcp, udp or sctp")
                     };
+                    let protocol = protocol.0;
                     let net = match &e.net {
                         None => None,
                         Some(n) => Some(
@@ -120,12 +119,10 @@ pub struct LockoutWarning {
 
 impl std::fmt::Display for LockoutWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proto = match self.protocol {
-            proto::TCP => "tcp",
-            proto::UDP => "udp",
-            proto::SCTP => "sctp",
-            _ => "?",
-        };
+        let proto = Protocol(self.protocol)
+            .name()
+            .filter(|_| Protocol(self.protocol).has_rule_ports())
+            .map_or_else(|| "?".to_string(), str::to_ascii_lowercase);
         let (dir, prep) = match self.direction {
             Direction::Ingress => ("inbound", "from"),
             Direction::Egress => ("outbound", "to"),
@@ -258,6 +255,7 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ir::proto;
 
     #[test]
     fn config_parses_and_defaults() {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use super::policy::{from_spec, staged_action, staged_delete_is_empty};
 use super::policy::{DEFAULT_TIER, K8S_POLICY_ORDER};
 use super::{check_labels, each, fields, namespace_of, Issues, Lowered};
-use crate::model::ir::{PolicyId, PolicyKind, PortMatch, StagedAction, LABEL_ORCHESTRATOR};
+use crate::model::ir::LABEL_ORCHESTRATOR;
+use crate::model::ir::{PolicyId, PolicyKind, PortMatch, Protocol, StagedAction};
 use crate::model::resources::{self as res, IntOrString, K8sPolicySpec, Object, PolicySpec};
 
 pub(super) fn policy(
@@ -228,7 +229,7 @@ fn ports(v: &mut Issues, path: &str, ports: &[res::K8sPort]) -> Option<K8sPorts>
         let p = format!("{path}[{i}]");
         // TCP is the implicit default of a NetworkPolicyPort.
         let protocol = port.protocol.as_deref().unwrap_or("TCP");
-        let protocol_ok = matches!(protocol, "TCP" | "UDP" | "SCTP");
+        let protocol_ok = Protocol::from_name(protocol).is_some_and(Protocol::has_rule_ports);
         if !protocol_ok {
             v.error(
                 format!("{p}.protocol"),
