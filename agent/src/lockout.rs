@@ -165,25 +165,7 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
     };
     let ev = Evaluator::new(&off);
     let mut out = Vec::new();
-    let inbound = model
-        .failsafes
-        .inbound
-        .iter()
-        .map(|f| (Direction::Ingress, f, true));
-    let outbound = model
-        .failsafes
-        .outbound
-        .iter()
-        .map(|f| (Direction::Egress, f, true));
-    let mgmt = management.iter().map(|f| {
-        let covered = model
-            .failsafes
-            .inbound
-            .iter()
-            .any(|g| g.protocol == f.protocol && g.port == f.port && g.net.is_none());
-        (Direction::Ingress, f, covered)
-    });
-    let ports: Vec<_> = inbound.chain(outbound).chain(mgmt).collect();
+    let ports = checked_ports(model, management);
     for (i, ep) in off.endpoints.iter().enumerate() {
         if ep.kind != EndpointKind::Host {
             continue;
@@ -207,21 +189,8 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
                 if end.action != Verdict::Deny {
                     continue;
                 }
-                let denied_by = match &end.decided_by {
-                    DecidedBy::PolicyRule { policy, rule, .. } => {
-                        format!("{} rule {rule}", crate::eval::policy_flow_log_name(policy))
-                    }
-                    DecidedBy::EndOfTier { tier, policy } => format!(
-                        "the end of tier {tier} (last policy {})",
-                        crate::eval::policy_flow_log_name(policy)
-                    ),
-                    DecidedBy::ProfileRule { profile, rule } => {
-                        format!("profile {profile} rule {rule}")
-                    }
-                    DecidedBy::NoMatch => {
-                        "the host endpoint's default deny (no policy or profile allows it)".into()
-                    }
-                    DecidedBy::Failsafe { .. } => continue,
+                let Some(denied_by) = denied_by(&end.decided_by) else {
+                    continue;
                 };
                 let w = LockoutWarning {
                     endpoint: ep.key(),
@@ -234,15 +203,7 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
                     failsafe,
                 };
                 // A pending-set warning that repeats the enforced one adds nothing.
-                if set == PolicySet::Pending
-                    && out.iter().any(|o: &LockoutWarning| {
-                        o.endpoint == w.endpoint
-                            && o.direction == w.direction
-                            && o.port == w.port
-                            && o.protocol == w.protocol
-                            && o.denied_by == w.denied_by
-                    })
-                {
+                if set == PolicySet::Pending && out.iter().any(|o| repeats(o, &w)) {
                     continue;
                 }
                 out.push(w);
@@ -250,6 +211,56 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
         }
     }
     out
+}
+
+/// The ports to check: (direction, port, whether a failsafe entry covers it).
+fn checked_ports<'a>(
+    model: &'a Model,
+    management: &'a [FailsafePort],
+) -> Vec<(Direction, &'a FailsafePort, bool)> {
+    let inbound = model
+        .failsafes
+        .inbound
+        .iter()
+        .map(|f| (Direction::Ingress, f, true));
+    let outbound = model
+        .failsafes
+        .outbound
+        .iter()
+        .map(|f| (Direction::Egress, f, true));
+    let mgmt = management.iter().map(|f| {
+        let covered = model
+            .failsafes
+            .inbound
+            .iter()
+            .any(|g| g.protocol == f.protocol && g.port == f.port && g.net.is_none());
+        (Direction::Ingress, f, covered)
+    });
+    inbound.chain(outbound).chain(mgmt).collect()
+}
+
+/// What denied the traffic, as the warning says it; None for a failsafe.
+fn denied_by(decided_by: &DecidedBy) -> Option<String> {
+    Some(match decided_by {
+        DecidedBy::PolicyRule { policy, rule, .. } => format!("{policy} rule {rule}"),
+        DecidedBy::EndOfTier { tier, policy } => {
+            format!("the end of tier {tier} (last policy {policy})")
+        }
+        DecidedBy::ProfileRule { profile, rule } => format!("profile {profile} rule {rule}"),
+        DecidedBy::NoMatch => {
+            "the host endpoint's default deny (no policy or profile allows it)".into()
+        }
+        DecidedBy::Failsafe { .. } => return None,
+    })
+}
+
+/// Whether `b` says what `a` already says (same port, same cause).
+fn repeats(a: &LockoutWarning, b: &LockoutWarning) -> bool {
+    a.endpoint == b.endpoint
+        && a.direction == b.direction
+        && a.port == b.port
+        && a.protocol == b.protocol
+        && a.denied_by == b.denied_by
 }
 
 #[cfg(test)]

@@ -103,18 +103,7 @@ fn namespace_profiles<'a>(cx: &mut Context, documents: impl IntoIterator<Item = 
     }
     for ns in needed {
         let name = format!("kns.{ns}");
-        let allow_all = || {
-            vec![Rule {
-                action: Action::Allow,
-                ip_version: None,
-                protocol: None,
-                not_protocol: None,
-                icmp: None,
-                not_icmp: None,
-                source: EntityRule::default(),
-                destination: EntityRule::default(),
-            }]
-        };
+        let allow_all = || vec![Rule::matching_all(Action::Allow)];
         let labels_to_apply = namespace_labels(ns, &cx.namespaces);
         cx.profiles.entry(name.clone()).or_insert_with(|| Profile {
             name,

@@ -283,6 +283,22 @@ pub struct Rule {
     pub destination: EntityRule,
 }
 
+impl Rule {
+    /// A rule that matches every packet and does `action`.
+    pub fn matching_all(action: Action) -> Rule {
+        Rule {
+            action,
+            ip_version: None,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: EntityRule::default(),
+            destination: EntityRule::default(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub id: PolicyId,

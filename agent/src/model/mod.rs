@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 pub mod assemble;
 pub mod crd;
 pub mod fields;
+pub mod files;
 pub mod ir;
 pub mod lint;
 pub mod lint_matches;
