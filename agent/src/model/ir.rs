@@ -1,6 +1,6 @@
 //! The validated, normalised policy model that every later stage consumes
 //! (evaluator, compiler, matrix). Built from the YAML resources by
-//! `model::convert`; nothing downstream looks at raw resources.
+//! `model::lower` and `model::assemble`; nothing downstream looks at raw resources.
 //!
 //! Normalisation follows Calico's calculation graph (felix/calc): scoping that
 //! the YAML expresses with several fields is folded into one selector over an

@@ -1,6 +1,6 @@
 //! Typed resources, field for field as Calico's and Kubernetes' JSON tags.
 //! Unknown fields are errors (`deny_unknown_fields`); enumerations stay strings
-//! here so validation can say which values are accepted.
+//! here so lowering (`super::lower`) can say which values are accepted.
 use std::collections::BTreeMap;
 
 use serde::Deserialize;

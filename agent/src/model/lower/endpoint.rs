@@ -34,14 +34,18 @@ fn profile_names(v: &mut Issues, profiles: &[String]) {
 
 pub(super) fn workload(v: &mut Issues, o: &Object<WorkloadEndpointSpec>) -> Option<Workload> {
     let s = &o.spec;
+    let networks: Vec<Option<IpNet>> = (s.ip_networks.iter().enumerate())
+        .map(|(i, n)| v.ok(format!("spec.ipNetworks[{i}]"), fields::net_as_written(n)))
+        .collect();
     // Calico: a workload's networks are single addresses.
-    let addresses = each(&s.ip_networks, |i, n| {
-        let net = v.ok(format!("spec.ipNetworks[{i}]"), fields::net_as_written(n))?;
+    let addresses = each(&networks, |i, net| {
+        let net = (*net)?;
         if net.prefix_len() != net.max_prefix_len() {
             v.error(
                 format!("spec.ipNetworks[{i}]"),
                 format!(
-                    "`{n}` holds more than one address; accepted: a /32 or /128 (or a bare IP)"
+                    "`{}` holds more than one address; accepted: a /32 or /128 (or a bare IP)",
+                    s.ip_networks[i]
                 ),
             );
             return None;
