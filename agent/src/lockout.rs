@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::eval::{DecidedBy, Evaluator, Packet, PolicySet, Verdict};
-use crate::model::ir::{proto, Direction, EndpointKind, FailsafePort, Failsafes, Model};
+use crate::model::ir::{Direction, EndpointKind, FailsafePort, Failsafes, Model, Protocol};
 
 /// The agent's own config file (`agent run --config`, `agent check --config`),
 /// felix-style: `failsafeInbound` / `failsafeOutbound` lists of
@@ -64,14 +64,13 @@ impl AgentConfig {
             list.iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    let protocol = match e.protocol.to_ascii_lowercase().as_str() {
-                        "tcp" => proto::TCP,
-                        "udp" => proto::UDP,
-                        "sctp" => proto::SCTP,
-                        other => anyhow::bail!(
-                            "{which}[{i}].protocol: {other:?} is not tcp, udp or sctp"
-                        ),
+                    let Some(protocol) =
+                        Protocol::from_name_ignore_case(&e.protocol).filter(|p| p.has_rule_ports())
+                    else {
+                        let other = e.protocol.to_ascii_lowercase();
+                        anyhow::bail!("{which}[{i}].protocol: {other:?} is not tcp, udp or sctp")
                     };
+                    let protocol = protocol.0;
                     let net = match &e.net {
                         None => None,
                         Some(n) => Some(
@@ -120,12 +119,10 @@ pub struct LockoutWarning {
 
 impl std::fmt::Display for LockoutWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proto = match self.protocol {
-            proto::TCP => "tcp",
-            proto::UDP => "udp",
-            proto::SCTP => "sctp",
-            _ => "?",
-        };
+        let proto = Protocol(self.protocol)
+            .name()
+            .filter(|_| Protocol(self.protocol).has_rule_ports())
+            .map_or_else(|| "?".to_string(), str::to_ascii_lowercase);
         let (dir, prep) = match self.direction {
             Direction::Ingress => ("inbound", "from"),
             Direction::Egress => ("outbound", "to"),
@@ -168,25 +165,7 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
     };
     let ev = Evaluator::new(&off);
     let mut out = Vec::new();
-    let inbound = model
-        .failsafes
-        .inbound
-        .iter()
-        .map(|f| (Direction::Ingress, f, true));
-    let outbound = model
-        .failsafes
-        .outbound
-        .iter()
-        .map(|f| (Direction::Egress, f, true));
-    let mgmt = management.iter().map(|f| {
-        let covered = model
-            .failsafes
-            .inbound
-            .iter()
-            .any(|g| g.protocol == f.protocol && g.port == f.port && g.net.is_none());
-        (Direction::Ingress, f, covered)
-    });
-    let ports: Vec<_> = inbound.chain(outbound).chain(mgmt).collect();
+    let ports = checked_ports(model, management);
     for (i, ep) in off.endpoints.iter().enumerate() {
         if ep.kind != EndpointKind::Host {
             continue;
@@ -210,21 +189,8 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
                 if end.action != Verdict::Deny {
                     continue;
                 }
-                let denied_by = match &end.decided_by {
-                    DecidedBy::PolicyRule { policy, rule, .. } => {
-                        format!("{} rule {rule}", crate::eval::policy_flow_log_name(policy))
-                    }
-                    DecidedBy::EndOfTier { tier, policy } => format!(
-                        "the end of tier {tier} (last policy {})",
-                        crate::eval::policy_flow_log_name(policy)
-                    ),
-                    DecidedBy::ProfileRule { profile, rule } => {
-                        format!("profile {profile} rule {rule}")
-                    }
-                    DecidedBy::NoMatch => {
-                        "the host endpoint's default deny (no policy or profile allows it)".into()
-                    }
-                    DecidedBy::Failsafe { .. } => continue,
+                let Some(denied_by) = denied_by(&end.decided_by) else {
+                    continue;
                 };
                 let w = LockoutWarning {
                     endpoint: ep.key(),
@@ -237,15 +203,7 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
                     failsafe,
                 };
                 // A pending-set warning that repeats the enforced one adds nothing.
-                if set == PolicySet::Pending
-                    && out.iter().any(|o: &LockoutWarning| {
-                        o.endpoint == w.endpoint
-                            && o.direction == w.direction
-                            && o.port == w.port
-                            && o.protocol == w.protocol
-                            && o.denied_by == w.denied_by
-                    })
-                {
+                if set == PolicySet::Pending && out.iter().any(|o| repeats(o, &w)) {
                     continue;
                 }
                 out.push(w);
@@ -255,9 +213,60 @@ pub fn check(model: &Model, management: &[FailsafePort]) -> Vec<LockoutWarning> 
     out
 }
 
+/// The ports to check: (direction, port, whether a failsafe entry covers it).
+fn checked_ports<'a>(
+    model: &'a Model,
+    management: &'a [FailsafePort],
+) -> Vec<(Direction, &'a FailsafePort, bool)> {
+    let inbound = model
+        .failsafes
+        .inbound
+        .iter()
+        .map(|f| (Direction::Ingress, f, true));
+    let outbound = model
+        .failsafes
+        .outbound
+        .iter()
+        .map(|f| (Direction::Egress, f, true));
+    let mgmt = management.iter().map(|f| {
+        let covered = model
+            .failsafes
+            .inbound
+            .iter()
+            .any(|g| g.protocol == f.protocol && g.port == f.port && g.net.is_none());
+        (Direction::Ingress, f, covered)
+    });
+    inbound.chain(outbound).chain(mgmt).collect()
+}
+
+/// What denied the traffic, as the warning says it; None for a failsafe.
+fn denied_by(decided_by: &DecidedBy) -> Option<String> {
+    Some(match decided_by {
+        DecidedBy::PolicyRule { policy, rule, .. } => format!("{policy} rule {rule}"),
+        DecidedBy::EndOfTier { tier, policy } => {
+            format!("the end of tier {tier} (last policy {policy})")
+        }
+        DecidedBy::ProfileRule { profile, rule } => format!("profile {profile} rule {rule}"),
+        DecidedBy::NoMatch => {
+            "the host endpoint's default deny (no policy or profile allows it)".into()
+        }
+        DecidedBy::Failsafe { .. } => return None,
+    })
+}
+
+/// Whether `b` says what `a` already says (same port, same cause).
+fn repeats(a: &LockoutWarning, b: &LockoutWarning) -> bool {
+    a.endpoint == b.endpoint
+        && a.direction == b.direction
+        && a.port == b.port
+        && a.protocol == b.protocol
+        && a.denied_by == b.denied_by
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ir::proto;
 
     #[test]
     fn config_parses_and_defaults() {

@@ -17,7 +17,7 @@ use crate::eval::{
     policy_flow_log_name, DecidedBy, EndVerdict, Evaluator, Flow, FlowVerdict, Outcome, Packet,
     EPHEMERAL_PORT,
 };
-use crate::model::ir::{proto, Endpoint, Model};
+use crate::model::ir::{proto, Endpoint, Model, Protocol};
 use crate::model::load::STDIN;
 use crate::model::names::{find_endpoint, UnknownName};
 
@@ -152,16 +152,8 @@ pub(super) fn load_datastore(dir: &Path) -> Result<Model, EvalError> {
 
 /// Protocol names (any case) or numbers 1-255.
 pub fn parse_protocol(text: &str) -> Result<u8, String> {
-    let named = match text.to_ascii_lowercase().as_str() {
-        "tcp" => Some(proto::TCP),
-        "udp" => Some(proto::UDP),
-        "icmp" => Some(proto::ICMP),
-        "icmpv6" => Some(proto::ICMPV6),
-        "sctp" => Some(proto::SCTP),
-        "udplite" => Some(proto::UDPLITE),
-        _ => None,
-    };
-    named
+    Protocol::from_name_ignore_case(text)
+        .map(|p| p.0)
         .or_else(|| text.parse::<u8>().ok().filter(|&n| n >= 1))
         .ok_or_else(|| {
             format!("unknown protocol {text:?} (TCP, UDP, SCTP, UDPLite, ICMP, ICMPv6 or 1-255)")
@@ -170,15 +162,7 @@ pub fn parse_protocol(text: &str) -> Result<u8, String> {
 
 /// Calico's name for a protocol number, or the number.
 pub fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        proto::TCP => "TCP".into(),
-        proto::UDP => "UDP".into(),
-        proto::ICMP => "ICMP".into(),
-        proto::ICMPV6 => "ICMPv6".into(),
-        proto::SCTP => "SCTP".into(),
-        proto::UDPLITE => "UDPLite".into(),
-        n => n.to_string(),
-    }
+    Protocol(protocol).to_string()
 }
 
 pub fn has_ports(protocol: u8) -> bool {

@@ -166,19 +166,12 @@ impl fmt::Display for TraceEntry {
     }
 }
 
-/// Calico's flow-log name of a policy or profile: `np:ns/name` when namespaced,
-/// `gnp:name` / `pro:kns.ns` when not (calico lma/pkg/api policy hits; note
-/// there is no `/` for cluster-scoped kinds, unlike `PolicyId`'s Display).
-pub fn flow_log_name(kind_code: &str, namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(ns) => format!("{kind_code}:{ns}/{name}"),
-        None => format!("{kind_code}:{name}"),
-    }
-}
+pub use crate::model::ir::flow_log_name;
 
-/// [`flow_log_name`] of a policy, with the kind code it has in traces.
+/// [`flow_log_name`] of a policy, with the kind code it has in traces
+/// (`PolicyId`'s Display).
 pub fn policy_flow_log_name(id: &PolicyId) -> String {
-    flow_log_name(id.kind.code(), id.namespace.as_deref(), &id.name)
+    id.to_string()
 }
 
 impl serde::Serialize for TraceEntry {

@@ -177,22 +177,14 @@ pub struct Matcher {
 }
 
 pub fn protocol_name(p: u8) -> String {
-    match p {
-        1 => "ICMP".into(),
-        6 => "TCP".into(),
-        17 => "UDP".into(),
-        58 => "ICMPv6".into(),
-        132 => "SCTP".into(),
-        136 => "UDPLite".into(),
-        n => n.to_string(),
-    }
+    crate::model::ir::Protocol(p).to_string()
 }
 
 pub fn protocol_number(s: &str) -> Option<u8> {
     if let Ok(n) = s.parse::<u8>() {
         return Some(n);
     }
-    (0..=255u8).find(|&p| protocol_name(p).eq_ignore_ascii_case(s))
+    crate::model::ir::Protocol::from_name_ignore_case(s).map(|p| p.0)
 }
 
 impl Matcher {

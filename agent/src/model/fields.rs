@@ -1,8 +1,8 @@
-//! Parsing of the small field grammars (protocols, ports, nets, names), shared
-//! by validation (which reports the error) and conversion (which relies on it).
+//! Parsing of the small field grammars (protocols, ports, nets, names): each
+//! gives the value or the error message [`super::lower`] reports.
 use ipnet::IpNet;
 
-use super::ir::{proto, PortMatch, PortRange};
+use super::ir::{PortMatch, PortRange, Protocol};
 use super::resources::IntOrString;
 
 pub const PROTOCOL_NAMES: &str = "TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or a number 1-255";
@@ -18,22 +18,16 @@ pub fn protocol(p: &IntOrString) -> Result<u8, String> {
         IntOrString::Str(s) if s.parse::<i64>().is_ok() => {
             protocol(&IntOrString::Int(s.parse().unwrap_or_default()))
         }
-        IntOrString::Str(s) => match s.as_str() {
-            "TCP" => Ok(proto::TCP),
-            "UDP" => Ok(proto::UDP),
-            "ICMP" => Ok(proto::ICMP),
-            "ICMPv6" => Ok(proto::ICMPV6),
-            "SCTP" => Ok(proto::SCTP),
-            "UDPLite" => Ok(proto::UDPLITE),
-            _ => Err(format!(
+        IntOrString::Str(s) => Protocol::from_name(s).map(|p| p.0).ok_or_else(|| {
+            format!(
                 "protocol `{s}` is not valid (names are case-sensitive); accepted: {PROTOCOL_NAMES}"
-            )),
-        },
+            )
+        }),
     }
 }
 
 pub fn supports_ports(protocol: Option<u8>) -> bool {
-    matches!(protocol, Some(proto::TCP | proto::UDP | proto::SCTP))
+    protocol.is_some_and(|p| Protocol(p).has_rule_ports())
 }
 
 const PORT_ACCEPTED: &str =
@@ -80,6 +74,12 @@ pub fn port(p: &IntOrString) -> Result<PortMatch, String> {
 /// As Go's `net.ParseCIDR`/`net.ParseIP` (and so Calico): an IPv4 field with a
 /// leading zero (`010.1.2.3`, ambiguous between decimal and octal) is refused.
 pub fn net(s: &str) -> Result<IpNet, String> {
+    net_as_written(s).map(|n| n.trunc())
+}
+
+/// A CIDR or a bare IP, as [`net`] but not masked: the address as written
+/// and its prefix (`10.0.0.5/24`), for fields that hold addresses.
+pub fn net_as_written(s: &str) -> Result<IpNet, String> {
     let invalid = || {
         format!(
             "`{s}` is not a valid network; accepted: a CIDR like 10.0.0.0/8 or fd00::/64, or an IP"
@@ -92,7 +92,7 @@ pub fn net(s: &str) -> Result<IpNet, String> {
         ));
     }
     if let Ok(n) = s.parse::<IpNet>() {
-        return Ok(n.trunc());
+        return Ok(n);
     }
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Ok(IpNet::from(ip));
@@ -253,6 +253,25 @@ mod tests {
         assert!(protocol(&s("tcp")).is_err());
         assert!(protocol(&IntOrString::Int(0)).is_err());
         assert!(protocol(&IntOrString::Int(256)).is_err());
+    }
+
+    #[test]
+    fn protocol_names_and_numbers_map_both_ways() {
+        for n in 0..=255u8 {
+            let p = Protocol(n);
+            match p.name() {
+                Some(name) => {
+                    assert_eq!(Protocol::from_name(name), Some(p));
+                    let lower = name.to_ascii_lowercase();
+                    assert_eq!(Protocol::from_name_ignore_case(&lower), Some(p));
+                    assert_eq!(p.to_string(), name);
+                }
+                None => assert_eq!(p.to_string(), n.to_string()),
+            }
+        }
+        assert_eq!(Protocol::from_name("tcp"), None);
+        assert_eq!(Protocol::from_name("ICMPv6"), Some(Protocol::ICMPV6));
+        assert!(Protocol::SCTP.has_rule_ports() && !Protocol::UDPLITE.has_rule_ports());
     }
 
     #[test]

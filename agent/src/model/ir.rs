@@ -1,6 +1,6 @@
 //! The validated, normalised policy model that every later stage consumes
 //! (evaluator, compiler, matrix). Built from the YAML resources by
-//! `model::convert`; nothing downstream looks at raw resources.
+//! `model::lower` and `model::assemble`; nothing downstream looks at raw resources.
 //!
 //! Normalisation follows Calico's calculation graph (felix/calc): scoping that
 //! the YAML expresses with several fields is folded into one selector over an
@@ -12,7 +12,6 @@
 //! - `serviceAccountSelector` / `serviceAccounts.selector` become selectors over
 //!   `pcsa.`-prefixed labels, `serviceAccounts.names` becomes
 //!   `projectcalico.org/serviceaccount in {..}`.
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -26,7 +25,7 @@ pub const LABEL_SERVICE_ACCOUNT: &str = "projectcalico.org/serviceaccount";
 pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
 
-pub type Labels = BTreeMap<String, String>;
+pub use crate::selector::Labels;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,7 +136,21 @@ impl fmt::Display for PolicyId {
     /// As in Calico's flow-log traces: `np:<namespace>/<name>` for namespaced
     /// kinds, `gnp:<name>` (no slash) for cluster-scoped ones.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::eval::policy_flow_log_name(self))
+        f.write_str(&flow_log_name(
+            self.kind.code(),
+            self.namespace.as_deref(),
+            &self.name,
+        ))
+    }
+}
+
+/// Calico's flow-log name of a policy or profile: `np:ns/name` when namespaced,
+/// `gnp:name` / `pro:kns.ns` when not (calico lma/pkg/api policy hits; note
+/// there is no `/` for cluster-scoped kinds).
+pub fn flow_log_name(kind_code: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind_code}:{ns}/{name}"),
+        None => format!("{kind_code}:{name}"),
     }
 }
 
@@ -167,13 +180,79 @@ pub struct IcmpMatch {
     pub code: Option<u8>,
 }
 
+/// An IP protocol: its number (what packets and the model carry) and the
+/// names Calico uses for the common ones. The one place protocol names and
+/// numbers are mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Protocol(pub u8);
+
+impl Protocol {
+    pub const ICMP: Self = Self(1);
+    pub const TCP: Self = Self(6);
+    pub const UDP: Self = Self(17);
+    pub const ICMPV6: Self = Self(58);
+    pub const SCTP: Self = Self(132);
+    pub const UDPLITE: Self = Self(136);
+
+    /// Calico's names, exact case.
+    const NAMED: [(Self, &'static str); 6] = [
+        (Self::TCP, "TCP"),
+        (Self::UDP, "UDP"),
+        (Self::ICMP, "ICMP"),
+        (Self::ICMPV6, "ICMPv6"),
+        (Self::SCTP, "SCTP"),
+        (Self::UDPLITE, "UDPLite"),
+    ];
+
+    /// A protocol by Calico's name, exact case (`TCP`, `ICMPv6`, `UDPLite`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMED
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(p, _)| *p)
+    }
+
+    /// A protocol by name in any case (`tcp`, `icmpv6`), as command lines take it.
+    pub fn from_name_ignore_case(name: &str) -> Option<Self> {
+        Self::NAMED
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(p, _)| *p)
+    }
+
+    /// Calico's name, when the protocol has one.
+    pub fn name(self) -> Option<&'static str> {
+        Self::NAMED
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map(|(_, n)| *n)
+    }
+
+    /// Whether Calico rules may match this protocol's ports (TCP, UDP, SCTP).
+    pub fn has_rule_ports(self) -> bool {
+        matches!(self, Self::TCP | Self::UDP | Self::SCTP)
+    }
+}
+
+impl fmt::Display for Protocol {
+    /// Calico's name, or the number.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// Protocol numbers as the model's fields hold them.
 pub mod proto {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ICMPV6: u8 = 58;
-    pub const SCTP: u8 = 132;
-    pub const UDPLITE: u8 = 136;
+    use super::Protocol;
+    pub const ICMP: u8 = Protocol::ICMP.0;
+    pub const TCP: u8 = Protocol::TCP.0;
+    pub const UDP: u8 = Protocol::UDP.0;
+    pub const ICMPV6: u8 = Protocol::ICMPV6.0;
+    pub const SCTP: u8 = Protocol::SCTP.0;
+    pub const UDPLITE: u8 = Protocol::UDPLITE.0;
 }
 
 /// One side (source or destination) of a rule. Every present field must
@@ -202,6 +281,22 @@ pub struct Rule {
     pub not_icmp: Option<IcmpMatch>,
     pub source: EntityRule,
     pub destination: EntityRule,
+}
+
+impl Rule {
+    /// A rule that matches every packet and does `action`.
+    pub fn matching_all(action: Action) -> Rule {
+        Rule {
+            action,
+            ip_version: None,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: EntityRule::default(),
+            destination: EntityRule::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -3,10 +3,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::convert::{self, namespace_of};
+use super::assemble;
+use super::files::{check_value_bounds, file_error, read_bounded, too_big};
+pub use super::files::{collect_files, MAX_FILE_BYTES, STDIN};
 use super::ir::PolicyKind;
+use super::lower::{self, namespace_of, Issue, Lowered};
 use super::resources::{Resource, ResourceKind};
-use super::validate::{self, Issue};
 use super::yaml::{self, line_of};
 use super::{crd, list, pod};
 use super::{Diagnostic, Loaded, Severity, SourceLocation};
@@ -22,12 +24,17 @@ pub struct Document {
     pub id: String,
     pub resource: Resource,
     pub lines: HashMap<String, usize>,
-    /// False when validation found an error: the document is only kept to
-    /// report cross-document problems too, and never reaches the model.
-    pub valid: bool,
+    /// What the document contributes to the model; None when it has an
+    /// error: it is then only kept to report cross-document problems too, and
+    /// never reaches the model.
+    pub lowered: Option<Lowered>,
 }
 
 impl Document {
+    pub fn is_valid(&self) -> bool {
+        self.lowered.is_some()
+    }
+
     fn diagnostic(&self, severity: Severity, field: &str, message: String) -> Diagnostic {
         Diagnostic {
             severity,
@@ -70,102 +77,6 @@ pub fn resource_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
     }
 }
 
-/// Every `.yaml`/`.yml` file under `dir`, recursively, sorted by path.
-///
-/// Names starting with `.` are skipped, files and directories alike: that is
-/// how Kubernetes lays out a mounted ConfigMap (`..2024_01_01_00_00_00.1/`
-/// holding the files, `..data` a symlink to it, and each file a symlink into
-/// `..data/`), which would otherwise load every document three times; editors'
-/// hidden files (`.#a.yaml`) are not policy either.
-///
-/// Symlinks are followed inside the directory only: a file or directory that
-/// resolves outside it is reported (its changes would not be watched) and not
-/// read, and a directory reached twice (a link loop) is read once.
-fn walk(
-    dir: &Path,
-    root: &Path,
-    visited: &mut BTreeSet<PathBuf>,
-    out: &mut Vec<PathBuf>,
-    diags: &mut Vec<Diagnostic>,
-) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_name().as_encoded_bytes().starts_with(b".") {
-            continue;
-        }
-        let path = entry.path();
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
-        if !path.is_dir() && !is_yaml {
-            continue;
-        }
-        let Ok(real) = std::fs::canonicalize(&path) else {
-            continue; // A dangling link: nothing to read.
-        };
-        if !real.starts_with(root) {
-            diags.push(file_error(
-                &path,
-                format!(
-                    "links to {}, outside the datastore {}: changes there would not be seen, \
-                     so it is not read; copy it in, or point the datastore at a directory \
-                     that holds it",
-                    real.display(),
-                    root.display()
-                ),
-            ));
-        } else if real.is_dir() {
-            if visited.insert(real) {
-                walk(&path, root, visited, out, diags)?;
-            }
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// The files named by `paths` (directories expanded), each once, in order.
-pub fn collect_files<P: AsRef<Path>>(paths: &[P], diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut seen = BTreeSet::new();
-    for p in paths {
-        let p = p.as_ref();
-        let mut found = Vec::new();
-        if p != Path::new(STDIN) && p.is_dir() {
-            let root = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            let mut visited = BTreeSet::from([root.clone()]);
-            if let Err(e) = walk(p, &root, &mut visited, &mut found, diags) {
-                diags.push(file_error(p, format!("cannot read directory: {e}")));
-            }
-            found.sort();
-        } else {
-            found.push(p.to_path_buf());
-        }
-        for f in found {
-            if seen.insert(f.clone()) {
-                files.push(f);
-            }
-        }
-    }
-    files
-}
-
-fn file_error(file: &Path, message: String) -> Diagnostic {
-    Diagnostic {
-        severity: Severity::Error,
-        file: file.to_path_buf(),
-        line: 1,
-        resource: String::new(),
-        field: String::new(),
-        message,
-    }
-}
-
-/// At most this many bytes are read from one file (a GlobalNetworkSet of
-/// 100,000 nets is ~3 MB).
-pub const MAX_FILE_BYTES: usize = 16 << 20;
 /// At most this many documents are loaded from one file.
 pub const MAX_DOCUMENTS: usize = 50_000;
 
@@ -192,80 +103,6 @@ pub fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
         parse_document(file, &chunk, &mut docs, diags);
     }
     docs
-}
-
-fn too_big(file: &Path, len: u64) -> Diagnostic {
-    file_error(
-        file,
-        format!(
-            "the file is {len} bytes; at most {MAX_FILE_BYTES} bytes ({} MiB) are read from \
-             one file: split it into several files",
-            MAX_FILE_BYTES >> 20
-        ),
-    )
-}
-
-/// The path that names standard input (`agent check -`, `--datastore -`).
-pub const STDIN: &str = "-";
-
-/// Reads a file (or standard input, [`STDIN`]) of at most [`MAX_FILE_BYTES`]
-/// (without reading more of a larger one).
-fn read_bounded(file: &Path) -> Result<String, Diagnostic> {
-    use std::io::Read;
-    let f: Box<dyn Read> = if file == Path::new(STDIN) {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(
-            std::fs::File::open(file)
-                .map_err(|e| file_error(file, format!("cannot read file: {e}")))?,
-        )
-    };
-    let mut bytes = Vec::new();
-    f.take(MAX_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| file_error(file, format!("cannot read file: {e}")))?;
-    if bytes.len() > MAX_FILE_BYTES {
-        let len = std::fs::metadata(file).map_or(bytes.len() as u64, |m| m.len());
-        return Err(too_big(file, len));
-    }
-    String::from_utf8(bytes).map_err(|_| {
-        file_error(
-            file,
-            "cannot read file: stream did not contain valid UTF-8".into(),
-        )
-    })
-}
-
-/// Bounds a document given as a JSON value (the Kubernetes datastore's objects)
-/// as YAML documents are bounded: at most [`yaml::MAX_DEPTH`] levels and
-/// [`yaml::MAX_NODES`] values. Walks with its own stack (never recurses).
-fn check_value_bounds(value: &serde_json::Value) -> Result<(), String> {
-    use serde_json::Value as J;
-    let mut stack = vec![(value, 0usize)];
-    let mut nodes = 0usize;
-    while let Some((v, depth)) = stack.pop() {
-        nodes += 1;
-        if nodes > yaml::MAX_NODES {
-            return Err(format!(
-                "the object has more than {} values; split it into several objects",
-                yaml::MAX_NODES
-            ));
-        }
-        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
-            J::Array(items) => Box::new(items.iter()),
-            J::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        if depth + 1 > yaml::MAX_DEPTH {
-            return Err(format!(
-                "arrays and objects nest more than {} levels deep (a resource needs fewer \
-                 than 10); flatten the object",
-                yaml::MAX_DEPTH
-            ));
-        }
-        stack.extend(children.map(|c| (c, depth + 1)));
-    }
-    Ok(())
 }
 
 /// The documents of one chunk: one, or a List's items.
@@ -350,15 +187,10 @@ fn parse_value(
         .is_namespaced()
         .then(|| meta_str("namespace").unwrap_or("default"));
     let id = resource_id(kind.name(), namespace, name);
-    let resource = kind.parse(value).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        let mut message = e.inner().to_string();
-        if message.contains("untagged enum IntOrString") {
-            message = "expected an integer or a string".into();
-        }
-        at(&field, &id, message)
-    })?;
+    let resource = kind
+        .parse(value)
+        .map_err(|e| at(&e.field, &id, e.message))?;
+    let (lowered, issues) = lower::lower(&resource);
     let doc = Document {
         file: file.to_path_buf(),
         line,
@@ -366,11 +198,8 @@ fn parse_value(
         id,
         resource,
         lines,
-        valid: true,
+        lowered,
     };
-    let mut doc = doc;
-    let issues = validate::validate(&doc.resource);
-    let failed = issues.iter().any(|i| i.severity == Severity::Error);
     for Issue {
         severity,
         field,
@@ -379,7 +208,6 @@ fn parse_value(
     {
         diags.push(doc.diagnostic(severity, &field, message));
     }
-    doc.valid = !failed;
     Ok(Some(doc))
 }
 
@@ -395,9 +223,40 @@ fn cross_check(
     diags: &mut Vec<Diagnostic>,
     owners: &HashMap<DocKey, PathBuf>,
 ) -> Vec<Document> {
+    // Valid documents are loaded unless a check below drops them; invalid ones
+    // get the checks too (reported, never loaded); duplicates only their report.
+    let mut load: Vec<bool> = docs.iter().map(|d| d.is_valid()).collect();
+    let checked = duplicates(&docs, diags, owners, &mut load);
+    let defined = |kind: ResourceKind| -> BTreeSet<&str> {
+        docs.iter()
+            .zip(&load)
+            .filter(|(d, l)| **l && d.kind == kind)
+            .map(|(d, _)| d.name())
+            .collect()
+    };
+    let (tiers, profiles) = (defined(ResourceKind::Tier), defined(ResourceKind::Profile));
+    let dropped: Vec<bool> = docs
+        .iter()
+        .zip(&checked)
+        .map(|(doc, checked)| *checked && !references(doc, &tiers, &profiles, diags))
+        .collect();
+    let mut keep = load.into_iter().zip(dropped).map(|(l, d)| l && !d);
+    docs.retain(|_| keep.next().unwrap_or(false));
+    docs
+}
+
+/// Reports every valid document whose identity another one (the owner's, else
+/// the first) already has, and unmarks it in `load`. Returns which documents
+/// get the other checks (all but those duplicates).
+fn duplicates(
+    docs: &[Document],
+    diags: &mut Vec<Diagnostic>,
+    owners: &HashMap<DocKey, PathBuf>,
+    load: &mut [bool],
+) -> Vec<bool> {
     // The winner of each identity: its owner's document, else the first.
     let mut winner: HashMap<DocKey, usize> = HashMap::new();
-    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.valid) {
+    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.is_valid()) {
         let key = doc.key();
         let owned = owners.get(&key).is_some_and(|f| *f == doc.file);
         match winner.get(&key) {
@@ -407,11 +266,8 @@ fn cross_check(
             }
         }
     }
-    // Valid documents are loaded unless a check below drops them; invalid ones
-    // get the checks too (reported, never loaded); duplicates only their report.
-    let mut load: Vec<bool> = docs.iter().map(|d| d.valid).collect();
     let mut checked = vec![true; docs.len()];
-    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.valid) {
+    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.is_valid()) {
         let w = winner[&doc.key()];
         if w != i {
             let (file, line) = (&docs[w].file, docs[w].line);
@@ -425,40 +281,39 @@ fn cross_check(
             checked[i] = false;
         }
     }
+    checked
+}
 
-    let defined = |kind: ResourceKind| -> BTreeSet<&str> {
-        docs.iter()
-            .zip(&load)
-            .filter(|(d, l)| **l && d.kind == kind)
-            .map(|(d, _)| d.name())
-            .collect()
+/// Checks what a document names in others (its tier, its profiles); false
+/// when it must be left out.
+fn references(
+    doc: &Document,
+    tiers: &BTreeSet<&str>,
+    profiles: &BTreeSet<&str>,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let tier = match &doc.resource {
+        Resource::GlobalNetworkPolicy(o)
+        | Resource::StagedGlobalNetworkPolicy(o)
+        | Resource::NetworkPolicy(o)
+        | Resource::StagedNetworkPolicy(o) => o.spec.tier.as_deref(),
+        _ => None,
     };
-    let (tiers, profiles) = (defined(ResourceKind::Tier), defined(ResourceKind::Profile));
-    let mut dropped = vec![false; docs.len()];
-    for (i, doc) in docs.iter().enumerate().filter(|(i, _)| checked[*i]) {
-        let tier = match &doc.resource {
-            Resource::GlobalNetworkPolicy(o) | Resource::StagedGlobalNetworkPolicy(o) => {
-                o.spec.tier.as_deref()
-            }
-            Resource::NetworkPolicy(o) | Resource::StagedNetworkPolicy(o) => o.spec.tier.as_deref(),
-            _ => None,
-        };
-        // DECISION: like Calico's API server, a policy in a tier that does not
-        // exist is rejected (error, left out), not silently given a default order.
-        if let Some(t) = tier {
-            if !tiers.contains(t) && !convert::is_builtin_tier(t) {
-                diags.push(doc.diagnostic(
-                    Severity::Error,
-                    "spec.tier",
-                    format!(
-                        "tier `{t}` does not exist; define a Tier named `{t}` or use one of \
-                         kube-admin, default, kube-baseline"
-                    ),
-                ));
-                dropped[i] = true;
-            }
-        }
-        if let Resource::WorkloadEndpoint(o) = &doc.resource {
+    // DECISION: like Calico's API server, a policy in a tier that does not
+    // exist is rejected (error, left out), not silently given a default order.
+    if let Some(t) = tier.filter(|t| !tiers.contains(t) && !lower::is_builtin_tier(t)) {
+        diags.push(doc.diagnostic(
+            Severity::Error,
+            "spec.tier",
+            format!(
+                "tier `{t}` does not exist; define a Tier named `{t}` or use one of \
+                 kube-admin, default, kube-baseline"
+            ),
+        ));
+        return false;
+    }
+    let endpoint_profiles = match &doc.resource {
+        Resource::WorkloadEndpoint(o) => {
             if o.spec.ip_networks.is_empty() {
                 diags.push(doc.diagnostic(
                     Severity::Warning,
@@ -466,25 +321,21 @@ fn cross_check(
                     "a WorkloadEndpoint without ipNetworks is left out (as Calico does) until it has an address".into(),
                 ));
             }
+            &o.spec.profiles
         }
-        let endpoint_profiles = match &doc.resource {
-            Resource::WorkloadEndpoint(o) => &o.spec.profiles,
-            Resource::HostEndpoint(o) => &o.spec.profiles,
-            _ => continue,
-        };
-        for (j, p) in endpoint_profiles.iter().enumerate() {
-            if !profiles.contains(p.as_str()) && !p.starts_with("kns.") {
-                diags.push(doc.diagnostic(
-                    Severity::Warning,
-                    &format!("spec.profiles[{j}]"),
-                    format!("profile `{p}` is not defined; it is skipped (no rules)"),
-                ));
-            }
+        Resource::HostEndpoint(o) => &o.spec.profiles,
+        _ => return true,
+    };
+    for (j, p) in endpoint_profiles.iter().enumerate() {
+        if !profiles.contains(p.as_str()) && !p.starts_with("kns.") {
+            diags.push(doc.diagnostic(
+                Severity::Warning,
+                &format!("spec.profiles[{j}]"),
+                format!("profile `{p}` is not defined; it is skipped (no rules)"),
+            ));
         }
     }
-    let mut keep = load.into_iter().zip(dropped).map(|(l, d)| l && !d);
-    docs.retain(|_| keep.next().unwrap_or(false));
-    docs
+    true
 }
 
 /// Loads in-memory sources (file name, text), as [`super::load_paths`] does files.
@@ -597,7 +448,7 @@ pub fn finish_keeping(parsed: Parsed, previous: &[Document]) -> (Loaded, Vec<Str
         Default::default()
     } else {
         docs.iter()
-            .filter(|d| d.valid && failed.iter().any(|f| d.file.starts_with(f)))
+            .filter(|d| d.is_valid() && failed.iter().any(|f| d.file.starts_with(f)))
             .map(|d| (d.file.as_path(), d.key()))
             .collect()
     };
@@ -669,7 +520,7 @@ fn finish(
             line: d.line,
         })
         .collect();
-    let model = convert::to_model(docs.iter().map(|d| &d.resource));
+    let model = assemble::to_model(docs.iter().filter_map(|d| d.lowered.as_ref()));
     let documents = if keep_documents { docs } else { Vec::new() };
     let policy_sources = model
         .policies

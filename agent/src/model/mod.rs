@@ -1,10 +1,12 @@
 //! Policy resources: typed YAML (projectcalico.org/v3, networking.k8s.io/v1, v1),
-//! validation with Calico's rules, and conversion to the normalised [`ir::Model`].
+//! checked with Calico's rules and lowered to the normalised [`ir::Model`].
 //!
 //! The stages: [`yaml`] (documents with the line of every field) -> [`resources`]
-//! (serde types, unknown fields rejected) -> [`validate`] (Calico's validator.go
-//! rules, per document) -> [`load`] (cross-document checks) -> [`convert`] (the
-//! model) -> [`lint`] (warnings). [`promote`] edits staged policies in place.
+//! (serde types, unknown fields rejected) -> [`lower`] (per document, in one
+//! pass: Calico's validator.go rules and its conversion to the model's terms)
+//! -> [`load`] (cross-document checks) -> [`assemble`] (the model: labels and
+//! profiles that come from other documents) -> [`lint`] (warnings). [`promote`]
+//! edits staged policies in place.
 //!
 //! A datastore can describe a cluster: [`list`] unpacks `kind: List`, [`pod`]
 //! turns v1 Pods into WorkloadEndpoints (the Kubernetes datastore's code),
@@ -27,20 +29,21 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub mod convert;
+pub mod assemble;
 pub mod crd;
 pub mod fields;
+pub mod files;
 pub mod ir;
 pub mod lint;
 pub mod lint_matches;
 pub mod list;
 pub mod load;
+pub mod lower;
 pub mod names;
 pub mod node;
 pub mod pod;
 pub mod promote;
 pub mod resources;
-pub mod validate;
 pub mod yaml;
 
 pub use lint::lint;

@@ -1,6 +1,6 @@
 //! Typed resources, field for field as Calico's and Kubernetes' JSON tags.
 //! Unknown fields are errors (`deny_unknown_fields`); enumerations stay strings
-//! here so validation can say which values are accepted.
+//! here so lowering (`super::lower`) can say which values are accepted.
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -119,16 +119,18 @@ pub struct Rule {
     pub metadata: Option<RuleMetadata>,
 }
 
-/// GlobalNetworkPolicy and StagedGlobalNetworkPolicy spec.
+/// The spec of every Calico policy kind: GlobalNetworkPolicy, NetworkPolicy
+/// and their staged kinds. The fields only cluster-scoped kinds have are
+/// refused in namespaced kinds as unknown fields (see [`ResourceKind::parse`]).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GlobalPolicySpec {
+pub struct PolicySpec {
     pub tier: Option<String>,
     pub order: Option<f64>,
     #[serde(default)]
     pub selector: String,
-    #[serde(default)]
-    pub namespace_selector: String,
+    /// Cluster-scoped kinds only.
+    pub namespace_selector: Option<String>,
     #[serde(default)]
     pub service_account_selector: String,
     pub types: Option<Vec<String>>,
@@ -136,37 +138,48 @@ pub struct GlobalPolicySpec {
     pub ingress: Vec<Rule>,
     #[serde(default)]
     pub egress: Vec<Rule>,
-    #[serde(default)]
-    pub do_not_track: bool,
-    #[serde(rename = "preDNAT", default)]
-    pub pre_dnat: bool,
-    #[serde(default)]
-    pub apply_on_forward: bool,
+    /// Cluster-scoped kinds only.
+    pub do_not_track: Option<bool>,
+    /// Cluster-scoped kinds only.
+    #[serde(rename = "preDNAT")]
+    pub pre_dnat: Option<bool>,
+    /// Cluster-scoped kinds only.
+    pub apply_on_forward: Option<bool>,
     #[serde(default)]
     pub performance_hints: Vec<String>,
     /// Staged kinds only.
     pub staged_action: Option<String>,
 }
 
-/// NetworkPolicy and StagedNetworkPolicy spec.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NamespacedPolicySpec {
-    pub tier: Option<String>,
-    pub order: Option<f64>,
-    #[serde(default)]
-    pub selector: String,
-    #[serde(default)]
-    pub service_account_selector: String,
-    pub types: Option<Vec<String>>,
-    #[serde(default)]
-    pub ingress: Vec<Rule>,
-    #[serde(default)]
-    pub egress: Vec<Rule>,
-    #[serde(default)]
-    pub performance_hints: Vec<String>,
-    /// Staged kinds only.
-    pub staged_action: Option<String>,
+/// The fields of a namespaced policy's spec, as serde names them in
+/// "unknown field" errors.
+const NAMESPACED_POLICY_FIELDS: &[&str] = &[
+    "tier",
+    "order",
+    "selector",
+    "serviceAccountSelector",
+    "types",
+    "ingress",
+    "egress",
+    "performanceHints",
+    "stagedAction",
+];
+
+impl PolicySpec {
+    /// The first field set that only cluster-scoped kinds have (in the order
+    /// serde meets them), as `(field, message)` of an unknown-field error.
+    fn cluster_only_field(&self) -> Option<(String, String)> {
+        let set = [
+            ("applyOnForward", self.apply_on_forward.is_some()),
+            ("doNotTrack", self.do_not_track.is_some()),
+            ("namespaceSelector", self.namespace_selector.is_some()),
+            ("preDNAT", self.pre_dnat.is_some()),
+        ];
+        let (field, _) = set.into_iter().find(|(_, set)| *set)?;
+        let message =
+            <serde_json::Error as serde::de::Error>::unknown_field(field, NAMESPACED_POLICY_FIELDS);
+        Some((format!("spec.{field}"), message.to_string()))
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -368,10 +381,10 @@ pub const API_K8S_CORE: &str = "v1";
 /// A parsed document of a known kind.
 #[derive(Clone, Debug)]
 pub enum Resource {
-    GlobalNetworkPolicy(Object<GlobalPolicySpec>),
-    StagedGlobalNetworkPolicy(Object<GlobalPolicySpec>),
-    NetworkPolicy(Object<NamespacedPolicySpec>),
-    StagedNetworkPolicy(Object<NamespacedPolicySpec>),
+    GlobalNetworkPolicy(Object<PolicySpec>),
+    StagedGlobalNetworkPolicy(Object<PolicySpec>),
+    NetworkPolicy(Object<PolicySpec>),
+    StagedNetworkPolicy(Object<PolicySpec>),
     KubernetesNetworkPolicy(Object<K8sPolicySpec>),
     StagedKubernetesNetworkPolicy(Object<K8sPolicySpec>),
     Tier(Object<TierSpec>),
@@ -475,7 +488,25 @@ impl ResourceKind {
     }
 
     /// Deserializes a document of this kind.
-    pub fn parse(
+    pub fn parse(self, json: serde_json::Value) -> Result<Resource, ParseError> {
+        let resource = self.deserialize(json).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            let mut message = e.inner().to_string();
+            if message.contains("untagged enum IntOrString") {
+                message = "expected an integer or a string".into();
+            }
+            ParseError { field, message }
+        })?;
+        if let Resource::NetworkPolicy(o) | Resource::StagedNetworkPolicy(o) = &resource {
+            if let Some((field, message)) = o.spec.cluster_only_field() {
+                return Err(ParseError { field, message });
+            }
+        }
+        Ok(resource)
+    }
+
+    fn deserialize(
         self,
         json: serde_json::Value,
     ) -> Result<Resource, serde_path_to_error::Error<serde_json::Error>> {
@@ -501,11 +532,39 @@ impl ResourceKind {
     }
 }
 
+/// A document that does not deserialize: the field (dotted path) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub field: String,
+    pub message: String,
+}
+
 impl Resource {
+    pub fn kind(&self) -> ResourceKind {
+        match self {
+            Self::GlobalNetworkPolicy(_) => ResourceKind::GlobalNetworkPolicy,
+            Self::StagedGlobalNetworkPolicy(_) => ResourceKind::StagedGlobalNetworkPolicy,
+            Self::NetworkPolicy(_) => ResourceKind::NetworkPolicy,
+            Self::StagedNetworkPolicy(_) => ResourceKind::StagedNetworkPolicy,
+            Self::KubernetesNetworkPolicy(_) => ResourceKind::KubernetesNetworkPolicy,
+            Self::StagedKubernetesNetworkPolicy(_) => ResourceKind::StagedKubernetesNetworkPolicy,
+            Self::Tier(_) => ResourceKind::Tier,
+            Self::Profile(_) => ResourceKind::Profile,
+            Self::WorkloadEndpoint(_) => ResourceKind::WorkloadEndpoint,
+            Self::HostEndpoint(_) => ResourceKind::HostEndpoint,
+            Self::GlobalNetworkSet(_) => ResourceKind::GlobalNetworkSet,
+            Self::NetworkSet(_) => ResourceKind::NetworkSet,
+            Self::Namespace(_) => ResourceKind::Namespace,
+            Self::ServiceAccount(_) => ResourceKind::ServiceAccount,
+        }
+    }
+
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
-            Self::GlobalNetworkPolicy(o) | Self::StagedGlobalNetworkPolicy(o) => &o.metadata,
-            Self::NetworkPolicy(o) | Self::StagedNetworkPolicy(o) => &o.metadata,
+            Self::GlobalNetworkPolicy(o)
+            | Self::StagedGlobalNetworkPolicy(o)
+            | Self::NetworkPolicy(o)
+            | Self::StagedNetworkPolicy(o) => &o.metadata,
             Self::KubernetesNetworkPolicy(o) | Self::StagedKubernetesNetworkPolicy(o) => {
                 &o.metadata
             }

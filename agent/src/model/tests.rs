@@ -351,6 +351,58 @@ fn host_endpoint_policy_modes() {
     assert!(ok.model.policies[0].do_not_track && ok.model.policies[0].apply_on_forward);
 }
 
+/// One spec type serves every Calico policy kind; the cluster-scoped fields
+/// are still unknown fields in a namespaced policy, with serde's message.
+#[test]
+fn namespaced_policies_refuse_cluster_scoped_fields() {
+    for (field, value) in [
+        ("doNotTrack", "false"),
+        ("preDNAT", "true"),
+        ("applyOnForward", "true"),
+        ("namespaceSelector", "all()"),
+    ] {
+        let text = format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: p\n  \
+             namespace: prod\nspec:\n  selector: all()\n  {field}: {value}\n"
+        );
+        let (line, got, msg) = only_error(&text);
+        assert_eq!((line, got.as_str()), (8, format!("spec.{field}").as_str()));
+        assert!(
+            msg.starts_with(&format!("unknown field `{field}`, expected one of `tier`")),
+            "{msg}"
+        );
+    }
+    let staged_delete =
+        gnp("  stagedAction: Delete\n  doNotTrack: false\n  namespaceSelector: ''\n")
+            .replace("kind: Global", "kind: StagedGlobal");
+    let l = load(&staged_delete);
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    let staged_delete = gnp("  stagedAction: Delete\n  applyOnForward: true\n")
+        .replace("kind: Global", "kind: StagedGlobal");
+    assert_eq!(only_error(&staged_delete).1, "spec.stagedAction");
+}
+
+/// A document with an error lowers to nothing, and each wrong value is
+/// reported: nothing stands in for it (an unknown action is not Allow, an
+/// unknown protocol is not "any protocol").
+#[test]
+fn a_wrong_value_lowers_to_nothing() {
+    for rule in [
+        "    - action: allow\n",
+        "    - action: Allow\n      protocol: tcp\n",
+        "    - action: Allow\n      notProtocol: 300\n",
+        "    - action: Allow\n      protocol: TCP\n      destination:\n        ports: [0]\n",
+        "    - action: Allow\n      source:\n        selector: 'a =='\n",
+    ] {
+        let text = gnp(&format!("  ingress:\n{rule}"));
+        let doc: resources::Object<resources::PolicySpec> = serde_yaml::from_str(&text).unwrap();
+        let (lowered, issues) = lower::lower(&resources::Resource::GlobalNetworkPolicy(doc));
+        assert!(lowered.is_none(), "{rule}");
+        assert_eq!(issues.len(), 1, "{rule}: {issues:?}");
+        assert!(load(&text).model.policies.is_empty(), "{rule}");
+    }
+}
+
 #[test]
 fn types_and_staged_action_values() {
     let (_, field, _) = only_error(&gnp("  types: [ingress]\n"));
@@ -1034,8 +1086,8 @@ fn network_sets_hold_up_to_a_million_nets() {
     assert_eq!(ok.model.network_sets[0].nets.len(), 300);
     let mut set: resources::Object<resources::NetworkSetSpec> =
         serde_yaml::from_str(&format!("{head}  nets: []\n")).unwrap();
-    set.spec.nets = vec!["not a net".into(); validate::MAX_SET_NETS + 1];
-    let issues = validate::validate(&resources::Resource::GlobalNetworkSet(set));
+    set.spec.nets = vec!["not a net".into(); lower::MAX_SET_NETS + 1];
+    let (_, issues) = lower::lower(&resources::Resource::GlobalNetworkSet(set));
     assert_eq!(issues.len(), 1, "{:?}", &issues[..issues.len().min(3)]);
     assert_eq!(issues[0].field, "spec.nets");
     assert!(

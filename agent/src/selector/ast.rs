@@ -1,7 +1,7 @@
 //! The selector syntax tree: evaluation and Calico's canonical printing.
 use std::fmt;
 
-use crate::model::ir::Labels;
+use super::Labels;
 
 /// One node of a parsed selector. The shapes mirror Calico's AST
 /// (`libcalico-go/lib/selector/parser/ast.go`) so that printing gives

@@ -8,7 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::model::ir::Labels;
+/// An endpoint's (or network set's) labels, as selectors see them.
+pub type Labels = std::collections::BTreeMap<String, String>;
 
 mod ast;
 mod lexer;

@@ -1,0 +1,186 @@
+//! Lowered documents -> [`ir::Model`]: what needs more than one document
+//! (Calico's calculation graph): namespace and service-account labels, the
+//! `kns.<namespace>` profiles, labels inherited from profiles, tier order.
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ir::*;
+use super::lower::{builtin_tiers, Lowered, Workload};
+
+/// Label Calico puts on a namespace's / service account's profile (`pcns.`/`pcsa.` prefixed).
+pub const LABEL_NAME: &str = "projectcalico.org/name";
+/// The label Kubernetes puts on every Namespace: its name.
+const K8S_NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// What documents contribute to other documents.
+#[derive(Default)]
+struct Context {
+    namespaces: BTreeMap<String, Labels>,
+    service_accounts: BTreeMap<(String, String), Labels>,
+    profiles: BTreeMap<String, Profile>,
+}
+
+/// Builds the model from lowered documents (in load order; iterated a few
+/// times, so a cheap iterator over references).
+pub fn to_model<'a, I>(documents: I) -> Model
+where
+    I: IntoIterator<Item = &'a Lowered> + Clone,
+{
+    let mut cx = context(documents.clone());
+    namespace_profiles(&mut cx, documents.clone());
+    let mut model = Model::default();
+    let mut tiers: BTreeMap<String, Tier> = builtin_tiers()
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    for d in documents {
+        match d {
+            Lowered::Tier(t) => {
+                tiers.insert(t.name.clone(), t.clone());
+            }
+            Lowered::Policy(p) => model.policies.push(p.clone()),
+            // Calico leaves out workloads without addresses (nothing to render yet).
+            Lowered::Workload(w) if w.endpoint.ips.is_empty() => {}
+            Lowered::Workload(w) => model.endpoints.push(workload(&cx, w)),
+            Lowered::Host(h) => {
+                let mut h = h.clone();
+                h.labels = with_inherited(h.labels, &h.profiles, &cx.profiles);
+                model.endpoints.push(h);
+            }
+            Lowered::NetworkSet(s) => model.network_sets.push(network_set(&cx, s)),
+            Lowered::Profile(_) | Lowered::Namespace { .. } | Lowered::ServiceAccount { .. } => {}
+        }
+    }
+    let mut tiers: Vec<Tier> = tiers.into_values().collect();
+    // Calico's tier order: by order (unset last), then name.
+    tiers.sort_by(|a, b| {
+        let key = |t: &Tier| t.order.unwrap_or(f64::INFINITY);
+        key(a).total_cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
+    });
+    model.tiers = tiers;
+    model.namespaces = cx.namespaces.into_keys().collect();
+    model.profiles = cx.profiles.into_values().collect();
+    model.failsafes = Failsafes::default();
+    super::names::unique_pod_addresses(&mut model.endpoints);
+    model
+}
+
+fn context<'a>(documents: impl IntoIterator<Item = &'a Lowered>) -> Context {
+    let mut cx = Context::default();
+    for d in documents {
+        match d {
+            Lowered::Namespace { name, labels } => {
+                cx.namespaces.insert(name.clone(), labels.clone());
+            }
+            Lowered::ServiceAccount {
+                namespace,
+                name,
+                labels,
+            } => {
+                let key = (namespace.clone(), name.clone());
+                cx.service_accounts.insert(key, labels.clone());
+            }
+            Lowered::Profile(p) => {
+                cx.profiles.insert(p.name.clone(), p.clone());
+            }
+            _ => {}
+        }
+    }
+    cx
+}
+
+/// Every workload without explicit profiles uses kns.<namespace>; Calico makes
+/// that profile from the Namespace: allow everything, apply the pcns.* labels.
+/// A `kns.<ns>` profile an endpoint names explicitly is also Calico's namespace profile.
+fn namespace_profiles<'a>(cx: &mut Context, documents: impl IntoIterator<Item = &'a Lowered>) {
+    let mut needed = BTreeSet::new();
+    for d in documents {
+        let profiles = match d {
+            Lowered::Workload(w) => &w.endpoint.profiles,
+            Lowered::Host(h) => &h.profiles,
+            _ => continue,
+        };
+        needed.extend(profiles.iter().filter_map(|p| p.strip_prefix("kns.")));
+    }
+    for ns in needed {
+        let name = format!("kns.{ns}");
+        let allow_all = || vec![Rule::matching_all(Action::Allow)];
+        let labels_to_apply = namespace_labels(ns, &cx.namespaces);
+        cx.profiles.entry(name.clone()).or_insert_with(|| Profile {
+            name,
+            ingress: allow_all(),
+            egress: allow_all(),
+            labels_to_apply,
+        });
+    }
+}
+
+fn prefixed(prefix: &str, labels: &Labels) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+        .collect()
+}
+
+/// Labels a namespace contributes: `pcns.<label>` and `pcns.projectcalico.org/name`.
+fn namespace_labels(ns: &str, namespaces: &BTreeMap<String, Labels>) -> Labels {
+    let mut l = namespaces
+        .get(ns)
+        .map(|l| prefixed(NAMESPACE_LABEL_PREFIX, l))
+        .unwrap_or_default();
+    l.insert(format!("{NAMESPACE_LABEL_PREFIX}{LABEL_NAME}"), ns.into());
+    // The API server (1.21+) sets it on every Namespace; older servers and
+    // hand-written datastores do not, and the most common namespaceSelector
+    // would then match nothing.
+    l.entry(format!(
+        "{NAMESPACE_LABEL_PREFIX}{K8S_NAMESPACE_NAME_LABEL}"
+    ))
+    .or_insert_with(|| ns.into());
+    l
+}
+
+/// Own labels win over inherited ones; earlier profiles over later ones.
+fn with_inherited(own: Labels, profiles: &[String], by_name: &BTreeMap<String, Profile>) -> Labels {
+    let mut labels = Labels::new();
+    for p in profiles.iter().rev() {
+        if let Some(p) = by_name.get(p) {
+            labels.extend(p.labels_to_apply.clone());
+        }
+    }
+    labels.extend(own);
+    labels
+}
+
+/// A workload's full label set: namespace labels, service-account labels,
+/// its own, then what its profiles apply (under its own).
+fn workload(cx: &Context, w: &Workload) -> Endpoint {
+    let mut e = w.endpoint.clone();
+    let ns = e.namespace.clone().unwrap_or_default();
+    let mut own = namespace_labels(&ns, &cx.namespaces);
+    if let Some(sa) = &w.service_account {
+        if let Some(l) = cx.service_accounts.get(&(ns.clone(), sa.clone())) {
+            own.extend(prefixed(SERVICE_ACCOUNT_LABEL_PREFIX, l));
+        }
+        own.insert(
+            format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{LABEL_NAME}"),
+            sa.clone(),
+        );
+        own.insert(LABEL_SERVICE_ACCOUNT.into(), sa.clone());
+    }
+    own.append(&mut e.labels);
+    own.insert(LABEL_NAMESPACE.into(), ns);
+    own.insert(LABEL_ORCHESTRATOR.into(), w.orchestrator.clone());
+    e.labels = with_inherited(own, &e.profiles, &cx.profiles);
+    e
+}
+
+/// A namespaced set also has the namespace's labels and `projectcalico.org/namespace`.
+fn network_set(cx: &Context, s: &NetworkSet) -> NetworkSet {
+    let mut s = s.clone();
+    if let Some(ns) = &s.namespace {
+        let mut labels = namespace_labels(ns, &cx.namespaces);
+        labels.append(&mut s.labels);
+        labels.insert(LABEL_NAMESPACE.into(), ns.clone());
+        s.labels = labels;
+    }
+    s
+}
