@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::model::ir::StagedAction;
 use crate::model::load_paths;

@@ -16,8 +16,11 @@ pub struct PodInfo {
     pub labels: Box<[(Box<str>, Box<str>)]>,
     pub service_account: Option<Box<str>>,
     pub ips: Box<[IpAddr]>,
-    /// Named container ports: (name, IP protocol number, port).
-    pub ports: Box<[(Box<str>, u8, u16)]>,
+    /// Named container ports: (name, protocol as the pod spec names it, port).
+    /// The name is passed through, not mapped with a default, so a protocol the
+    /// model does not know is refused when the endpoint is lowered instead of
+    /// silently becoming TCP.
+    pub ports: Box<[(Box<str>, Box<str>, u16)]>,
 }
 
 impl PodInfo {
@@ -62,13 +65,10 @@ impl PodInfo {
                 let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
                     continue;
                 };
-                let proto = match p.protocol.as_deref().unwrap_or("TCP") {
-                    "UDP" => 17,
-                    "SCTP" => 132,
-                    _ => 6,
-                };
+                // The API server defaults an unset protocol to TCP.
+                let proto = p.protocol.as_deref().unwrap_or("TCP");
                 if let Ok(port) = u16::try_from(p.container_port) {
-                    ports.push((name.into(), proto, port));
+                    ports.push((name.into(), proto.into(), port));
                 }
             }
         }
@@ -98,7 +98,9 @@ impl PodInfo {
             + self
                 .ports
                 .iter()
-                .map(|(n, _, _)| std::mem::size_of::<(Box<str>, u8, u16)>() + n.len())
+                .map(|(n, p, _)| {
+                    std::mem::size_of::<(Box<str>, Box<str>, u16)>() + n.len() + p.len()
+                })
                 .sum::<usize>()
     }
 }
@@ -124,14 +126,7 @@ pub fn workload_endpoint(key: &Key, pod: &PodInfo, interface: &str, node: &str) 
     let ports: Vec<Value> = pod
         .ports
         .iter()
-        .map(|(name, proto, port)| {
-            let p = match proto {
-                17 => "UDP",
-                132 => "SCTP",
-                _ => "TCP",
-            };
-            json!({"name": name, "protocol": p, "port": port})
-        })
+        .map(|(name, proto, port)| json!({"name": name, "protocol": proto, "port": port}))
         .collect();
     let mut spec = json!({
         "orchestrator": "k8s",
