@@ -112,7 +112,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
+pub(super) fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
     UnixStream::connect(socket).with_context(|| {
         format!(
             "connecting to the agent at {} (is `agent run` running? are you root? --socket)",
@@ -121,14 +121,14 @@ fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
     })
 }
 
-fn send(stream: &mut UnixStream, req: &Request) -> anyhow::Result<()> {
+pub(super) fn send(stream: &mut UnixStream, req: &Request) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     stream.write_all(&line)?;
     Ok(())
 }
 
-fn check_error(line: &str) -> anyhow::Result<()> {
+pub(super) fn check_error(line: &str) -> anyhow::Result<()> {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
         if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
             anyhow::bail!("agent: {e}");

@@ -11,6 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::protocol::{ErrorReply, Request, DEFAULT_LAST};
 use super::{lock, status, Shared};
+use crate::flows::report::{self, History, ReportQuery, StagedReport};
 use crate::flows::{unix_now_ns, FlowQuery, Matcher};
 
 /// Binds the socket: parent directory created (0700), a stale socket removed,
@@ -117,8 +118,33 @@ async fn client(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> 
             write_line(&mut w, &s).await?;
         }
         Request::Flows(q) => flows(q, &shared, &mut w, r).await?,
+        Request::StagedReport(q) => match staged_report(q, &shared).await {
+            Ok(report) => write_line(&mut w, &report).await?,
+            Err(error) => write_line(&mut w, &ErrorReply { error }).await?,
+        },
     }
     w.shutdown().await
+}
+
+/// Judges the recorded connections per staged policy with the evaluator, on
+/// a blocking thread (the model is cloned: the event loop is not held up).
+async fn staged_report(q: ReportQuery, shared: &Shared) -> Result<StagedReport, String> {
+    let model = lock(&shared.inner).good.model.clone();
+    let (records, dropped_until_ns) = {
+        let table = lock(&shared.flows);
+        (table.history(), table.dropped_until_ns)
+    };
+    let complete_from_ns = shared.started_ns.max(dropped_until_ns);
+    tokio::task::spawn_blocking(move || {
+        let history = History {
+            records: &records,
+            complete_from_ns,
+            now_ns: unix_now_ns(),
+        };
+        report::live(&model, &q, &history)
+    })
+    .await
+    .map_err(|e| format!("the report failed: {e}"))?
 }
 
 async fn flows(

@@ -18,6 +18,8 @@ use crate::dataplane::FlowRecord;
 use crate::model::ir::{Direction, Labels, Model};
 use crate::selector::Selector;
 
+pub mod report;
+
 /// Flows kept for `--last` / `--since` queries.
 pub const HISTORY: usize = 10_000;
 
@@ -458,6 +460,9 @@ pub struct FlowTable {
     /// `enforced` or `pending`. The kernel reports denied flows, and every flow
     /// of an endpoint with staged policy.
     pub verdicts: BTreeMap<(&'static str, String, String), u64>,
+    /// The last report (unix ns) of the newest record dropped to keep the
+    /// history bounded: from then on the history is complete.
+    pub dropped_until_ns: u64,
 }
 
 impl FlowTable {
@@ -536,7 +541,9 @@ impl FlowTable {
                 break;
             };
             if self.flows.get(&key).is_some_and(|(s, _)| *s == seq) {
-                self.flows.remove(&key);
+                if let Some((_, gone)) = self.flows.remove(&key) {
+                    self.dropped_until_ns = self.dropped_until_ns.max(gone.last_seen_ns);
+                }
             }
         }
         flow
