@@ -203,8 +203,7 @@ fn require_clean(
         )
     })?;
     let covered = Duration::from_millis(report.window.covered_ms.unwrap_or(0));
-    // Whole seconds: the request and the reply are a moment apart.
-    if covered.as_secs() < period.as_secs() {
+    if covered < Duration::from_millis(period.as_millis() as u64) {
         eprintln!(
             "refusing to promote {policy}: the agent's records cover only {} of the {} \
              --require-clean asks for ({})",

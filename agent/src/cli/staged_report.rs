@@ -142,7 +142,7 @@ pub fn offline(
             )],
             ..Window::default()
         },
-        policies: report::per_policy(model, &targets, &observed),
+        policies: report::per_policy(model, &targets, &observed, false),
     })
 }
 

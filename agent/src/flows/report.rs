@@ -141,9 +141,14 @@ pub fn policy_name(id: &PolicyId) -> String {
 }
 
 /// One report per staged policy in `targets` (every staged policy when empty),
-/// in the model's order. Unknown targets are the caller's to refuse.
-pub fn per_policy(model: &Model, targets: &[PolicyId], observed: &[Observed]) -> Vec<PolicyReport> {
-    let live = observed.iter().any(|o| o.seen.is_some());
+/// in the model's order. Unknown targets are the caller's to refuse. `live`:
+/// `observed` is traffic (then selected endpoints with traffic are counted).
+pub fn per_policy(
+    model: &Model,
+    targets: &[PolicyId],
+    observed: &[Observed],
+    live: bool,
+) -> Vec<PolicyReport> {
     model
         .policies
         .iter()
@@ -361,6 +366,6 @@ pub fn live(model: &Model, query: &ReportQuery, history: &History) -> Result<Sta
     let observed = connections(history.records, from);
     Ok(StagedReport {
         window,
-        policies: per_policy(model, &targets, &observed),
+        policies: per_policy(model, &targets, &observed, true),
     })
 }
