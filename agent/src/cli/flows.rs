@@ -36,7 +36,8 @@ pub struct FlowsArgs {
     /// Enforced verdict.
     #[arg(long, value_parser = ["allow", "deny"])]
     pub verdict: Option<String>,
-    /// Only flows whose pending (staged) verdict differs from the enforced one.
+    /// Only connections whose pending (staged) verdict differs from the enforced one, end
+    /// to end: source egress and destination ingress judged together.
     #[arg(long)]
     pub pending_diff: bool,
     /// A policy name (matches either trace).
