@@ -140,6 +140,24 @@ fn each_staged_policy_reports_its_would_be_denies_and_gates_its_promotion() {
         "{c:#}"
     );
     assert_eq!(policy(&after, DATABASE)["selected_with_traffic"], 1);
+    // The flow records blame the right policy, and `--staged` keeps only
+    // the connections the named one changes.
+    let diff = agent.flows(&["--last", "100", "--pending-diff"]);
+    for (src, dst, by) in [
+        ("frontend", "backend", BACKEND),
+        ("backend", "database", DATABASE),
+    ] {
+        let f = diff
+            .iter()
+            .find(|f| is_flow(f, src, dst, 8080))
+            .unwrap_or_else(|| panic!("{src} -> {dst} in {diff:#?}"));
+        assert_eq!(f["changed_by"], serde_json::json!([by]), "{f:#}");
+    }
+    let only = agent.flows(&["--last", "100", "--pending-diff", "--staged", DATABASE]);
+    assert!(
+        !only.is_empty() && only.iter().all(|f| is_flow(f, "backend", "database", 8080)),
+        "{only:#?}"
+    );
     // Each policy alone.
     let (code, alone) = report(&agent, &[DATABASE]);
     assert_eq!(code, 3);

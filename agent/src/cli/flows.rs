@@ -40,6 +40,11 @@ pub struct FlowsArgs {
     /// to end: source egress and destination ingress judged together.
     #[arg(long)]
     pub pending_diff: bool,
+    /// Judge pending with only these staged policies promoted (repeatable; KIND/NAME, e.g.
+    /// sgnp/default-deny, snp/shop/api-allow), by the evaluator: `pending_differs`,
+    /// --pending-diff and `changed_by` follow them.
+    #[arg(long = "staged", value_name = "KIND/NAME")]
+    pub staged: Vec<String>,
     /// A policy name (matches either trace).
     #[arg(long)]
     pub policy: Option<String>,
@@ -150,6 +155,7 @@ pub fn run_flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         filter: FlowFilter {
             verdict: args.verdict.clone(),
             pending_diff: args.pending_diff,
+            staged: args.staged.clone(),
             policy: args.policy.clone(),
             from: args.from.clone(),
             to: args.to.clone(),
@@ -270,6 +276,9 @@ pub fn compact(f: &Flow, color: bool) -> String {
         } else {
             s.push_str(&format!("  {text}"));
         }
+    }
+    if !f.changed_by.is_empty() {
+        s.push_str(&format!("  changed by {}", f.changed_by.join(", ")));
     }
     if f.count > 1 {
         s.push_str(&format!("  (x{})", f.count));

@@ -11,8 +11,9 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::protocol::{ErrorReply, Request, DEFAULT_LAST};
 use super::{lock, status, Shared};
+use crate::flows::blame::Blame;
 use crate::flows::report::{self, History, ReportQuery, StagedReport};
-use crate::flows::{unix_now_ns, FlowQuery, Matcher};
+use crate::flows::{unix_now_ns, Flow, FlowQuery, Matcher};
 
 /// Binds the socket: parent directory created (0700), a stale socket removed,
 /// refuses to start when another agent answers on it; mode 0600. Only ever
@@ -158,6 +159,22 @@ async fn flows(
         Ok(m) => m,
         Err(e) => return write_line(w, &ErrorReply { error: e }).await,
     };
+    // Blame (and `--staged`) by the evaluator, on the model at query time:
+    // only when the query is about staged policy (it clones the model).
+    let wants_blame = q.filter.pending_diff || !q.filter.staged.is_empty();
+    let blame = match wants_blame.then(|| {
+        let model = lock(&shared.inner).good.model.clone();
+        Blame::new(&model, &q.filter.staged)
+    }) {
+        Some(Err(e)) => return write_line(w, &ErrorReply { error: e }).await,
+        Some(Ok(b)) => Some(b),
+        None => None,
+    };
+    let judge = blame.as_ref().map(Blame::judge);
+    let annotate = |f: Arc<Flow>| match &judge {
+        Some(j) => Arc::new(j.annotate(&f)),
+        None => f,
+    };
     // Subscribe before reading the history so nothing falls between the two.
     let mut rx = shared.tx.subscribe();
     let history = lock(&shared.flows).history();
@@ -167,6 +184,7 @@ async fn flows(
     let mut selected: Vec<_> = history
         .into_iter()
         .filter(|f| cutoff.is_none_or(|c| f.last_seen_ns >= c))
+        .map(&annotate)
         .filter(|f| matcher.matches(f, &view))
         .collect();
     let last = match (q.last, q.since_ms, q.follow) {
@@ -191,6 +209,7 @@ async fn flows(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(f) => {
+                    let f = annotate(f);
                     let view = lock(&shared.view).clone();
                     if matcher.matches(&f, &view) {
                         write_line(w, f.as_ref()).await?;

@@ -18,6 +18,7 @@ use crate::dataplane::FlowRecord;
 use crate::model::ir::{Direction, Labels, Model};
 use crate::selector::Selector;
 
+pub mod blame;
 pub mod connection;
 pub mod report;
 
@@ -92,6 +93,10 @@ pub struct Flow {
     /// other end's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<connection::ConnectionVerdict>,
+    /// The staged policies whose promotion alone changes the connection (by
+    /// the evaluator; filled in for `--pending-diff` and `--staged` queries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_by: Vec<String>,
     #[serde(default)]
     pub fragment: bool,
     /// The Service frontend (ClusterIP or external IP, and port) the client
@@ -125,6 +130,10 @@ pub struct FlowFilter {
     /// Only flows whose pending verdict differs from the enforced one.
     #[serde(default)]
     pub pending_diff: bool,
+    /// Pending = only these staged policies promoted (`KIND/NAME`), judged by
+    /// the evaluator; empty: every staged policy (the kernel's verdict).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staged: Vec<String>,
     /// Policy name (or any part of a trace, e.g. `gnp:/name`) in either trace.
     #[serde(default)]
     pub policy: Option<String>,
@@ -549,6 +558,7 @@ impl FlowTable {
             pending,
             pending_differs: false,
             connection: None,
+            changed_by: Vec::new(),
             fragment: r.fragment,
             service: r.service.map(|(ip, port)| view.peer(ip, port)),
         };

@@ -268,22 +268,31 @@ fn port_text(p: &Packet) -> String {
     }
 }
 
+/// The connection a flow record is of, as the evaluator takes it.
+pub fn connection_of(r: &super::Flow) -> Flow {
+    let packet = match r.icmp {
+        Some((t, c)) => Packet::icmp(r.protocol_number, t, c),
+        None if crate::cli::eval::has_ports(r.protocol_number) => {
+            Packet::with_ports(r.protocol_number, r.src.port, r.dst.port)
+        }
+        None => Packet {
+            protocol: r.protocol_number,
+            ..Packet::default()
+        },
+    };
+    Flow {
+        src: r.src.ip,
+        dst: r.dst.ip,
+        packet,
+    }
+}
+
 /// The daemon's flow records as connections: records of one 5-tuple (its
 /// source egress and destination ingress hooks, both on this node) are one
 /// connection, counted once (the larger count of its hooks).
 pub fn connections(records: &[std::sync::Arc<super::Flow>], since_ns: u64) -> Vec<Observed> {
     let mut by_tuple: BTreeMap<(IpAddr, u16, IpAddr, u16, u8), Observed> = BTreeMap::new();
     for r in records.iter().filter(|r| r.last_seen_ns >= since_ns) {
-        let packet = match r.icmp {
-            Some((t, c)) => Packet::icmp(r.protocol_number, t, c),
-            None if crate::cli::eval::has_ports(r.protocol_number) => {
-                Packet::with_ports(r.protocol_number, r.src.port, r.dst.port)
-            }
-            None => Packet {
-                protocol: r.protocol_number,
-                ..Packet::default()
-            },
-        };
         let seen = Seen {
             count: r.count,
             first_ns: r.first_seen_ns,
@@ -297,11 +306,7 @@ pub fn connections(records: &[std::sync::Arc<super::Flow>], since_ns: u64) -> Ve
             r.protocol_number,
         );
         let o = by_tuple.entry(key).or_insert_with(|| Observed {
-            flow: Flow {
-                src: r.src.ip,
-                dst: r.dst.ip,
-                packet,
-            },
+            flow: connection_of(r),
             seen: Some(seen.clone()),
         });
         if let Some(s) = &mut o.seen {
