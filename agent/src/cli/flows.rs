@@ -36,9 +36,15 @@ pub struct FlowsArgs {
     /// Enforced verdict.
     #[arg(long, value_parser = ["allow", "deny"])]
     pub verdict: Option<String>,
-    /// Only flows whose pending (staged) verdict differs from the enforced one.
+    /// Only connections whose pending (staged) verdict differs from the enforced one, end
+    /// to end: source egress and destination ingress judged together.
     #[arg(long)]
     pub pending_diff: bool,
+    /// Judge pending with only these staged policies promoted (repeatable; KIND/NAME, e.g.
+    /// sgnp/default-deny, snp/shop/api-allow), by the evaluator: `pending_differs`,
+    /// --pending-diff and `changed_by` follow them.
+    #[arg(long = "staged", value_name = "KIND/NAME")]
+    pub staged: Vec<String>,
     /// A policy name (matches either trace).
     #[arg(long)]
     pub policy: Option<String>,
@@ -112,7 +118,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
+pub(super) fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
     UnixStream::connect(socket).with_context(|| {
         format!(
             "connecting to the agent at {} (is `agent run` running? are you root? --socket)",
@@ -121,14 +127,14 @@ fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
     })
 }
 
-fn send(stream: &mut UnixStream, req: &Request) -> anyhow::Result<()> {
+pub(super) fn send(stream: &mut UnixStream, req: &Request) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     stream.write_all(&line)?;
     Ok(())
 }
 
-fn check_error(line: &str) -> anyhow::Result<()> {
+pub(super) fn check_error(line: &str) -> anyhow::Result<()> {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
         if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
             anyhow::bail!("agent: {e}");
@@ -149,6 +155,7 @@ pub fn run_flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         filter: FlowFilter {
             verdict: args.verdict.clone(),
             pending_diff: args.pending_diff,
+            staged: args.staged.clone(),
             policy: args.policy.clone(),
             from: args.from.clone(),
             to: args.to.clone(),
@@ -269,6 +276,9 @@ pub fn compact(f: &Flow, color: bool) -> String {
         } else {
             s.push_str(&format!("  {text}"));
         }
+    }
+    if !f.changed_by.is_empty() {
+        s.push_str(&format!("  changed by {}", f.changed_by.join(", ")));
     }
     if f.count > 1 {
         s.push_str(&format!("  (x{})", f.count));

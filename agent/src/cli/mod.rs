@@ -1,9 +1,11 @@
 //! The command line: `agent <command>`.
 mod check;
+mod diff;
 pub mod flows;
 mod promote;
 pub mod safe_mode;
-mod staged;
+pub(crate) mod staged;
+mod staged_report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +66,8 @@ pub enum Command {
         namespace: Option<String>,
         #[command(flatten)]
         confirm: promote::ConfirmArgs,
+        #[command(flatten)]
+        gate: promote::GateArgs,
     },
     /// Confirm a promotion made with `--confirm-within`: it stays.
     Confirm {
@@ -133,6 +137,11 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Connectivity matrix of all workload endpoints, enforced and pending side by side.
     Matrix(matrix::MatrixArgs),
+    /// Staged policies: what promoting each would change (`agent staged report`).
+    Staged {
+        #[command(subcommand)]
+        command: staged_report::StagedCommand,
+    },
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -173,6 +182,7 @@ pub fn main(cli: Cli) -> ExitCode {
             target,
             namespace,
             confirm,
+            gate,
         } => promote::run(
             &datastore,
             kubeconfig.as_deref(),
@@ -180,6 +190,7 @@ pub fn main(cli: Cli) -> ExitCode {
             &target,
             namespace.as_deref(),
             &confirm,
+            &gate,
         ),
         Command::Confirm {
             datastore,
@@ -230,6 +241,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Selector(args) => Ok(selector::run(args)),
         Command::Eval(args) => Ok(eval::run(args)),
         Command::Matrix(args) => Ok(matrix::run(args)),
+        Command::Staged { command } => staged_report::run(command),
     };
     match result {
         Ok(code) => code,

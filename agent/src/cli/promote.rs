@@ -29,6 +29,21 @@ pub struct ConfirmArgs {
     pub confirm: bool,
 }
 
+/// Look before promoting: `--dry-run`, `--require-clean`.
+#[derive(Debug, Default, clap::Args)]
+pub struct GateArgs {
+    /// Print the change (the file diff) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse (exit 3) unless the running agent's records of this past period (e.g. 24h)
+    /// show no connection the promotion would newly deny or allow (`agent staged report`).
+    #[arg(long, value_name = "DURATION", value_parser = super::flows::parse_duration)]
+    pub require_clean: Option<Duration>,
+    /// The running agent's socket, for --require-clean.
+    #[arg(long, default_value = crate::daemon::DEFAULT_SOCKET)]
+    pub socket: std::path::PathBuf,
+}
+
 /// The journal key of a target: `KIND/[namespace/]name`, whichever way it was named.
 fn target_key(kind: PolicyKind, name: &str, namespace: Option<&str>) -> String {
     match promote::is_namespaced(kind).then(|| namespace.unwrap_or("default")) {
@@ -70,10 +85,19 @@ pub fn run(
     target: &str,
     namespace: Option<&str>,
     confirm_args: &ConfirmArgs,
+    gate: &GateArgs,
 ) -> anyhow::Result<ExitCode> {
     let (kind, name) = parse_target(target)?;
     if confirm_args.confirm {
         return confirm(Path::new(datastore), target, namespace);
+    }
+    if let Some(within) = gate.require_clean {
+        if let Some(refused) = require_clean(gate, kind, name, namespace, within)? {
+            return Ok(refused);
+        }
+    }
+    if gate.dry_run {
+        return dry_run(datastore, kind, name, namespace);
     }
     if datastore == "kubernetes" {
         anyhow::ensure!(
@@ -127,4 +151,75 @@ pub fn run(
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--dry-run`: what the promotion would write, as a diff per file.
+fn dry_run(
+    datastore: &str,
+    kind: PolicyKind,
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        datastore != "kubernetes",
+        "--dry-run works with a directory datastore only (not yet in the cluster)"
+    );
+    let (report, changes) = promote::plan(Path::new(datastore), kind, name, namespace)?;
+    for c in &changes {
+        print!(
+            "{}",
+            super::diff::unified(&c.file.display().to_string(), &c.before, &c.after)
+        );
+    }
+    println!("dry run, nothing written; without --dry-run: {report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--require-clean`: the running agent's report for this policy over the
+/// period; `Some(exit code)` when the promotion is refused.
+fn require_clean(
+    gate: &GateArgs,
+    kind: PolicyKind,
+    name: &str,
+    namespace: Option<&str>,
+    period: Duration,
+) -> anyhow::Result<Option<ExitCode>> {
+    let id = crate::model::ir::PolicyId {
+        kind,
+        namespace: promote::is_namespaced(kind).then(|| namespace.unwrap_or("default").into()),
+        name: name.into(),
+    };
+    let policy = crate::flows::report::policy_name(&id);
+    let query = crate::flows::report::ReportQuery {
+        staged: vec![policy.clone()],
+        since_ms: Some(period.as_millis() as u64),
+    };
+    let report = super::staged_report::fetch(&gate.socket, &query).with_context(|| {
+        format!(
+            "--require-clean needs the running agent's flow records (`agent run`) at {}; \
+             without them nothing shows the promotion is safe (drop --require-clean to \
+             promote anyway, or see `agent staged report --datastore DIR {policy}`)",
+            gate.socket.display()
+        )
+    })?;
+    let covered = Duration::from_millis(report.window.covered_ms.unwrap_or(0));
+    if covered < Duration::from_millis(period.as_millis() as u64) {
+        eprintln!(
+            "refusing to promote {policy}: the agent's records cover only {} of the {} \
+             --require-clean asks for ({})",
+            humantime::format_duration(Duration::from_secs(covered.as_secs())),
+            humantime::format_duration(period),
+            report.window.notes.join("; ")
+        );
+        return Ok(Some(ExitCode::from(1)));
+    }
+    if !report.changes() {
+        return Ok(None);
+    }
+    eprintln!(
+        "refusing to promote {policy}: in the last {} it would have changed these connections:",
+        humantime::format_duration(period)
+    );
+    eprint!("{}", super::staged_report::render(&report));
+    Ok(Some(super::staged_report::exit_code(&report)))
 }

@@ -5,6 +5,7 @@
 //! Done on the model, before the evaluator sees it: the staged policies not
 //! named are dropped, so "pending" (every staged policy promoted) means
 //! exactly the named ones. Nothing per policy is needed in the kernel.
+use crate::flows::report::policy_name as display;
 use crate::model::ir::{Model, PolicyId};
 use crate::model::lint_matches::closest;
 use crate::model::promote::{is_namespaced, staged_kind};
@@ -44,6 +45,16 @@ pub fn select(model: &mut Model, targets: &[String]) -> Result<(), String> {
     if targets.is_empty() {
         return Ok(());
     }
+    let wanted = resolve(model, targets)?;
+    model
+        .policies
+        .retain(|p| !p.id.kind.is_staged() || wanted.contains(&p.id));
+    Ok(())
+}
+
+/// The staged policies `targets` name; an unknown name is an error with the
+/// closest staged policies.
+pub fn resolve(model: &Model, targets: &[String]) -> Result<Vec<PolicyId>, String> {
     let wanted = targets
         .iter()
         .map(|t| parse(t))
@@ -65,10 +76,7 @@ pub fn select(model: &mut Model, targets: &[String]) -> Result<(), String> {
             return Err(format!("--staged: no staged policy {}{hint}", display(id)));
         }
     }
-    model
-        .policies
-        .retain(|p| !p.id.kind.is_staged() || wanted.contains(&p.id));
-    Ok(())
+    Ok(wanted)
 }
 
 /// The staged policies whose promotion alone changes what `differs` tests
@@ -88,14 +96,6 @@ pub fn changed_by(model: &Model, differs: impl Fn(&Model) -> bool) -> Vec<String
         })
         .map(|p| display(&p.id))
         .collect()
-}
-
-/// `sgnp/name` or `snp/namespace/name`, as `--staged` takes it.
-fn display(id: &PolicyId) -> String {
-    match &id.namespace {
-        Some(ns) => format!("{}/{ns}/{}", id.kind.code(), id.name),
-        None => format!("{}/{}", id.kind.code(), id.name),
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 //!   (a [`crate::flows::FlowQuery`]) -> [`crate::flows::Flow`] lines: the
 //!   matching history (the last N, or those seen in the last MS ms; with neither
 //!   and no follow, the last 20), then with `follow` every new or updated flow.
+//! - `{"type":"staged_report", "staged":[KIND/NAME..], "since_ms":MS?}` (a
+//!   [`crate::flows::report::ReportQuery`]) -> one
+//!   [`crate::flows::report::StagedReport`] line: the recorded connections
+//!   each staged policy alone would newly deny or allow.
 //! - A bad request -> one `{"error":"..."}` line.
 //!
 //! The socket is mode 0600 (root only).
@@ -25,6 +29,8 @@ pub const DEFAULT_LAST: usize = 20;
 pub enum Request {
     Status,
     Flows(FlowQuery),
+    #[serde(rename = "staged_report")]
+    StagedReport(crate::flows::report::ReportQuery),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -11,7 +11,9 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::protocol::{ErrorReply, Request, DEFAULT_LAST};
 use super::{lock, status, Shared};
-use crate::flows::{unix_now_ns, FlowQuery, Matcher};
+use crate::flows::blame::Blame;
+use crate::flows::report::{self, History, ReportQuery, StagedReport};
+use crate::flows::{unix_now_ns, Flow, FlowQuery, Matcher};
 
 /// Binds the socket: parent directory created (0700), a stale socket removed,
 /// refuses to start when another agent answers on it; mode 0600. Only ever
@@ -117,8 +119,33 @@ async fn client(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> 
             write_line(&mut w, &s).await?;
         }
         Request::Flows(q) => flows(q, &shared, &mut w, r).await?,
+        Request::StagedReport(q) => match staged_report(q, &shared).await {
+            Ok(report) => write_line(&mut w, &report).await?,
+            Err(error) => write_line(&mut w, &ErrorReply { error }).await?,
+        },
     }
     w.shutdown().await
+}
+
+/// Judges the recorded connections per staged policy with the evaluator, on
+/// a blocking thread (the model is cloned: the event loop is not held up).
+async fn staged_report(q: ReportQuery, shared: &Shared) -> Result<StagedReport, String> {
+    let model = lock(&shared.inner).good.model.clone();
+    let (records, dropped_until_ns) = {
+        let table = lock(&shared.flows);
+        (table.history(), table.dropped_until_ns)
+    };
+    let complete_from_ns = shared.started_ns.max(dropped_until_ns);
+    tokio::task::spawn_blocking(move || {
+        let history = History {
+            records: &records,
+            complete_from_ns,
+            now_ns: unix_now_ns(),
+        };
+        report::live(&model, &q, &history)
+    })
+    .await
+    .map_err(|e| format!("the report failed: {e}"))?
 }
 
 async fn flows(
@@ -132,6 +159,22 @@ async fn flows(
         Ok(m) => m,
         Err(e) => return write_line(w, &ErrorReply { error: e }).await,
     };
+    // Blame (and `--staged`) by the evaluator, on the model at query time:
+    // only when the query is about staged policy (it clones the model).
+    let wants_blame = q.filter.pending_diff || !q.filter.staged.is_empty();
+    let blame = match wants_blame.then(|| {
+        let model = lock(&shared.inner).good.model.clone();
+        Blame::new(&model, &q.filter.staged)
+    }) {
+        Some(Err(e)) => return write_line(w, &ErrorReply { error: e }).await,
+        Some(Ok(b)) => Some(b),
+        None => None,
+    };
+    let judge = blame.as_ref().map(Blame::judge);
+    let annotate = |f: Arc<Flow>| match &judge {
+        Some(j) => Arc::new(j.annotate(&f)),
+        None => f,
+    };
     // Subscribe before reading the history so nothing falls between the two.
     let mut rx = shared.tx.subscribe();
     let history = lock(&shared.flows).history();
@@ -141,6 +184,7 @@ async fn flows(
     let mut selected: Vec<_> = history
         .into_iter()
         .filter(|f| cutoff.is_none_or(|c| f.last_seen_ns >= c))
+        .map(&annotate)
         .filter(|f| matcher.matches(f, &view))
         .collect();
     let last = match (q.last, q.since_ms, q.follow) {
@@ -165,6 +209,7 @@ async fn flows(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(f) => {
+                    let f = annotate(f);
                     let view = lock(&shared.view).clone();
                     if matcher.matches(&f, &view) {
                         write_line(w, f.as_ref()).await?;

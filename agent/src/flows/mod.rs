@@ -18,6 +18,10 @@ use crate::dataplane::FlowRecord;
 use crate::model::ir::{Direction, Labels, Model};
 use crate::selector::Selector;
 
+pub mod blame;
+pub mod connection;
+pub mod report;
+
 /// Flows kept for `--last` / `--since` queries.
 pub const HISTORY: usize = 10_000;
 
@@ -82,7 +86,17 @@ pub struct Flow {
     /// reporter has no staged policy (then it equals `enforced`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<FlowVerdict>,
+    /// The connection's pending verdict differs from its enforced one, end to
+    /// end (see [`connection`]): not this hook's alone.
     pub pending_differs: bool,
+    /// The connection end to end: this hook and, when this agent saw it, the
+    /// other end's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<connection::ConnectionVerdict>,
+    /// The staged policies whose promotion alone changes the connection (by
+    /// the evaluator; filled in for `--pending-diff` and `--staged` queries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_by: Vec<String>,
     #[serde(default)]
     pub fragment: bool,
     /// The Service frontend (ClusterIP or external IP, and port) the client
@@ -116,6 +130,10 @@ pub struct FlowFilter {
     /// Only flows whose pending verdict differs from the enforced one.
     #[serde(default)]
     pub pending_diff: bool,
+    /// Pending = only these staged policies promoted (`KIND/NAME`), judged by
+    /// the evaluator; empty: every staged policy (the kernel's verdict).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staged: Vec<String>,
     /// Policy name (or any part of a trace, e.g. `gnp:/name`) in either trace.
     #[serde(default)]
     pub policy: Option<String>,
@@ -437,10 +455,24 @@ struct FlowKey {
     direction: Direction,
 }
 
+impl FlowKey {
+    fn conn(&self) -> connection::ConnKey {
+        connection::ConnKey {
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+        }
+    }
+}
+
 /// The aggregated flows and their bounded history.
 #[derive(Default)]
 pub struct FlowTable {
     flows: HashMap<FlowKey, (u64, Arc<Flow>)>,
+    /// The hook records of each connection (see [`connection`]).
+    conns: HashMap<connection::ConnKey, Vec<FlowKey>>,
     /// (sequence, key) in update order; entries whose sequence is stale are skipped.
     order: VecDeque<(u64, FlowKey)>,
     seq: u64,
@@ -450,6 +482,9 @@ pub struct FlowTable {
     /// `enforced` or `pending`. The kernel reports denied flows, and every flow
     /// of an endpoint with staged policy.
     pub verdicts: BTreeMap<(&'static str, String, String), u64>,
+    /// The last report (unix ns) of the newest record dropped to keep the
+    /// history bounded: from then on the history is complete.
+    pub dropped_until_ns: u64,
 }
 
 impl FlowTable {
@@ -469,9 +504,6 @@ impl FlowTable {
         let now = monotonic_to_unix_ns(r.timestamp_ns);
         let enforced = view.verdict(&r.enforced);
         let pending = r.pending.as_ref().map(|v| view.verdict(v));
-        let pending_differs = pending
-            .as_ref()
-            .is_some_and(|p| p.action != enforced.action);
         let (first_seen_ns, count) = match self.flows.get(&key) {
             Some((_, f)) => (f.first_seen_ns, f.count + 1),
             None => (now, 1),
@@ -494,7 +526,7 @@ impl FlowTable {
                 format!("if#{}", r.ifindex),
             )
         });
-        let flow = Arc::new(Flow {
+        let flow = Flow {
             time: rfc3339(now),
             first_seen: rfc3339(first_seen_ns),
             first_seen_ns,
@@ -516,10 +548,13 @@ impl FlowTable {
             },
             enforced,
             pending,
-            pending_differs,
+            pending_differs: false,
+            connection: None,
+            changed_by: Vec::new(),
             fragment: r.fragment,
             service: r.service.map(|(ip, port)| view.peer(ip, port)),
-        });
+        };
+        let flow = self.join(&key, flow);
         self.seq += 1;
         self.flows.insert(key.clone(), (self.seq, flow.clone()));
         self.order.push_back((self.seq, key));
@@ -528,10 +563,50 @@ impl FlowTable {
                 break;
             };
             if self.flows.get(&key).is_some_and(|(s, _)| *s == seq) {
-                self.flows.remove(&key);
+                if let Some((_, gone)) = self.flows.remove(&key) {
+                    self.dropped_until_ns = self.dropped_until_ns.max(gone.last_seen_ns);
+                    self.forget_hook(&key);
+                }
             }
         }
         flow
+    }
+
+    /// Judges `flow` with the other hook records of its connection; those
+    /// kept are updated in place (not sent to followers again).
+    fn join(&mut self, key: &FlowKey, flow: Flow) -> Arc<Flow> {
+        let hooks = self.conns.entry(key.conn()).or_default();
+        if !hooks.contains(key) {
+            hooks.push(key.clone());
+        }
+        let others: Vec<FlowKey> = hooks
+            .iter()
+            .filter(|k| *k != key && self.flows.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut all: Vec<Flow> = others
+            .iter()
+            .map(|k| Flow::clone(&self.flows[k].1))
+            .collect();
+        all.push(flow);
+        connection::join(&mut all);
+        let flow = Arc::new(all.pop().expect("the new record"));
+        for (k, updated) in others.iter().zip(all) {
+            if let Some((_, f)) = self.flows.get_mut(k) {
+                *f = Arc::new(updated);
+            }
+        }
+        flow
+    }
+
+    fn forget_hook(&mut self, key: &FlowKey) {
+        let conn = key.conn();
+        if let Some(hooks) = self.conns.get_mut(&conn) {
+            hooks.retain(|k| k != key);
+            if hooks.is_empty() {
+                self.conns.remove(&conn);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -553,6 +628,64 @@ impl FlowTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verdict(a: u8) -> Verdict {
+        Verdict {
+            action: a,
+            flags: 0,
+            tier: 0,
+            policy: 0,
+            rule: 0,
+        }
+    }
+
+    /// One hook's record of 10.0.0.1:40000 -> 10.0.0.2:80 TCP.
+    fn hook(direction: Direction, enforced: u8, pending: Option<u8>) -> FlowRecord {
+        FlowRecord {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            src_port: 40000,
+            dst_port: 80,
+            protocol: 6,
+            ifindex: if direction == Direction::Egress { 1 } else { 2 },
+            endpoint_id: if direction == Direction::Egress { 1 } else { 2 },
+            direction,
+            enforced: verdict(enforced),
+            pending: pending.map(verdict),
+            fragment: false,
+            timestamp_ns: 0,
+            service: None,
+        }
+    }
+
+    #[test]
+    fn a_connection_denied_at_one_end_does_not_differ_because_of_the_other() {
+        use agent_common::action::{ALLOW, DENY};
+        let view = View::default();
+        let mut table = FlowTable::default();
+        // The source's staged policy would deny it: alone, that differs.
+        let egress = table.add(&hook(Direction::Egress, ALLOW, Some(DENY)), &view);
+        assert!(egress.pending_differs);
+        // The destination denies it today: end to end it is denied either way.
+        let ingress = table.add(&hook(Direction::Ingress, DENY, None), &view);
+        assert!(!ingress.pending_differs);
+        let c = ingress.connection.as_ref().unwrap();
+        assert_eq!(
+            (c.enforced.as_str(), c.pending.as_str(), c.hooks),
+            ("deny", "deny", 2)
+        );
+        // The source's kept record is judged again, with both hooks.
+        let history = table.history();
+        assert_eq!(history.len(), 2);
+        assert!(history.iter().all(|f| !f.pending_differs), "{history:#?}");
+
+        // Allowed today at both ends, denied by the source's staged policy: differs.
+        let mut table = FlowTable::default();
+        table.add(&hook(Direction::Egress, ALLOW, Some(DENY)), &view);
+        let ingress = table.add(&hook(Direction::Ingress, ALLOW, None), &view);
+        assert!(ingress.pending_differs);
+        assert!(table.history().iter().all(|f| f.pending_differs));
+    }
 
     #[test]
     fn rfc3339_known_dates() {

@@ -230,13 +230,15 @@ impl Edits {
         Ok(())
     }
 
-    fn apply(self, files: &BTreeMap<PathBuf, String>) -> Result<(), PromoteError> {
+    /// The touched files: (file, text before, text after).
+    fn render(self, files: &BTreeMap<PathBuf, String>) -> Vec<FileChange> {
         let touched: BTreeSet<&PathBuf> = self
             .replace
             .keys()
             .map(|(f, _)| f)
             .chain(self.delete.iter().map(|(f, _)| f))
             .collect();
+        let mut changes = Vec::new();
         for file in touched {
             let mut out = String::new();
             for (i, line) in yaml::lines(&files[file]).enumerate() {
@@ -246,10 +248,22 @@ impl Edits {
                 }
                 out.push_str(self.replace.get(&key).map_or(line, String::as_str));
             }
-            replace_file(file, out.as_bytes())?;
+            changes.push(FileChange {
+                file: file.clone(),
+                before: files[file].clone(),
+                after: out,
+            });
         }
-        Ok(())
+        changes
     }
+}
+
+/// One file a promotion rewrites.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileChange {
+    pub file: PathBuf,
+    pub before: String,
+    pub after: String,
 }
 
 /// Replaces the contents of `file` atomically, as an editor that saves in place
@@ -303,6 +317,20 @@ pub fn promote(
     name: &str,
     namespace: Option<&str>,
 ) -> Result<PromoteReport, PromoteError> {
+    let (report, changes) = plan(datastore, kind, name, namespace)?;
+    for c in &changes {
+        replace_file(&c.file, c.after.as_bytes())?;
+    }
+    Ok(report)
+}
+
+/// What [`promote`] would write, without writing it (`agent promote --dry-run`).
+pub fn plan(
+    datastore: &Path,
+    kind: PolicyKind,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<(PromoteReport, Vec<FileChange>), PromoteError> {
     if !kind.is_staged() {
         return Err(PromoteError::NotStagedKind(kind.as_str().into()));
     }
@@ -368,8 +396,7 @@ pub fn promote(
             report.rewritten = Some((staged.file.clone(), staged.lines["kind"]));
         }
     }
-    edits.apply(&files)?;
-    Ok(report)
+    Ok((report, edits.render(&files)))
 }
 
 #[cfg(test)]
