@@ -130,7 +130,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> 
 /// Judges the recorded connections per staged policy with the evaluator, on
 /// a blocking thread (the model is cloned: the event loop is not held up).
 async fn staged_report(q: ReportQuery, shared: &Shared) -> Result<StagedReport, String> {
-    let model = lock(&shared.inner).good.model.clone();
+    let model = lock(&shared.inner).enforced.good.model.clone();
     let (records, dropped_until_ns) = {
         let table = lock(&shared.flows);
         (table.history(), table.dropped_until_ns)
@@ -163,7 +163,7 @@ async fn flows(
     // only when the query is about staged policy (it clones the model).
     let wants_blame = q.filter.pending_diff || !q.filter.staged.is_empty();
     let blame = match wants_blame.then(|| {
-        let model = lock(&shared.inner).good.model.clone();
+        let model = lock(&shared.inner).enforced.good.model.clone();
         Blame::new(&model, &q.filter.staged)
     }) {
         Some(Err(e)) => return write_line(w, &ErrorReply { error: e }).await,
