@@ -141,7 +141,7 @@ fn scan_from(ctx: &TcContext, key: ScanCtKey, first: u32) -> i32 {
                 }
             };
             // SAFETY: SCAN_JUMP holds classifiers only. Returns on failure.
-            let _ = unsafe { SCAN_JUMP.tail_call(ctx, 0) };
+            unsafe { SCAN_JUMP.tail_call(ctx, 0) };
             TC_ACT_SHOT
         }
     }
