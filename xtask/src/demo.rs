@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use lab::{Lab, Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
+use lab::{Lab, Pod, Server, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
 
 use crate::workspace_root;
 
@@ -187,14 +187,39 @@ fn walkthrough(work: &Path, datastore: &Path) -> Result<()> {
     let ds = datastore.to_str().context("non-UTF-8 temp path")?;
     let socket_path = work.join("agent.sock");
     let socket = socket_path.to_str().context("non-UTF-8 temp path")?;
+    let (lab, [frontend, backend, database], _servers) = build_lab();
+    show_policies(ds)?;
+    let daemon = start_agent(&lab, datastore, &socket_path, work)?;
+    let steps = Walkthrough {
+        datastore,
+        ds,
+        socket,
+        frontend,
+        backend,
+        database,
+    };
+    steps.observe()?;
+    steps.watch_flows()?;
+    steps.promote()?;
+    steps.bad_promotion()?;
+    steps.safe_mode()?;
 
+    heading("Clean up");
+    drop(daemon);
+    drop(lab);
+    say("Agent stopped, lab namespaces deleted. Stage -> observe -> promote is the safe rollout loop.");
+    Ok(())
+}
+
+/// The lab: a node and three pods, servers on backend and database.
+fn build_lab() -> (Lab, [Pod; 3], [Server; 2]) {
     heading("The lab");
     say("A node (its own network namespace) with three pods in namespace prod, each a network\nnamespace wired like Calico wires pods: host-side veth, /32 route, proxy ARP, 169.254.1.1.");
     let lab = Lab::new();
     let frontend = lab.add_pod_at("prod", "frontend", 10, "calidemofront");
     let backend = lab.add_pod_at("prod", "backend", 20, "calidemoback");
     let database = lab.add_pod_at("prod", "database", 30, "calidemodb");
-    let _servers = [backend.tcp_listen(8080), database.tcp_listen(8080)];
+    let servers = [backend.tcp_listen(8080), database.tcp_listen(8080)];
     for pod in [&frontend, &backend, &database] {
         println!(
             "    {}/{}: {} {} on {}",
@@ -202,116 +227,154 @@ fn walkthrough(work: &Path, datastore: &Path) -> Result<()> {
         );
     }
 
+    (lab, [frontend, backend, database], servers)
+}
+
+fn show_policies(ds: &str) -> Result<()> {
     heading("The policies (the embedded default, examples/)");
     say("Enforced, GlobalNetworkPolicy database-allow-from-backend: prod/database accepts ingress\nonly from prod/backend on TCP 8080. Staged, StagedGlobalNetworkPolicy backend-lockdown-staged:\nwould default-deny prod/backend's ingress - but only previews that.");
     agent(&["check", ds])?;
+    Ok(())
+}
 
+fn start_agent(lab: &Lab, datastore: &Path, socket_path: &Path, work: &Path) -> Result<Daemon> {
+    let socket = socket_path.to_str().context("non-UTF-8 temp path")?;
     heading("Start the agent");
     say("`agent run` compiles the policies into per-endpoint BPF decision tables and attaches TC\nprograms (TCX) to each pod's host-side interface. It runs in the node's network namespace.");
-    let mut daemon = Daemon::start(&lab, datastore, &socket_path, work.join("agent.log"))?;
+    let mut daemon = Daemon::start(lab, datastore, socket_path, work.join("agent.log"))?;
     daemon.wait_ready(socket)?;
     agent(&["status", "--socket", socket])?;
 
-    heading("What to observe: real traffic");
-    say("The enforced policy is doing real work; the staged lockdown blocks nothing:");
-    probe(&backend, &database, 8080, TcpProbe::Connected)?;
-    probe(&frontend, &database, 8080, TcpProbe::TimedOut)?;
-    probe(&frontend, &backend, 8080, TcpProbe::Connected)?;
-    probe(&database, &backend, 8080, TcpProbe::Connected)?;
+    Ok(daemon)
+}
 
-    heading("Watch the would-be verdicts: agent flows");
-    say("Every new flow is judged twice in the kernel: enforced (what happened) and pending (what\nwould happen if the staged policy were promoted). Only the first changes the packet's fate.\nThe flows where they differ are exactly what the lockdown would stop:");
-    agent(&[
-        "flows",
-        "--socket",
-        socket,
-        "--pending-diff",
-        "--last",
-        "10",
-    ])?;
-    say("And the enforced deny from the real policy:");
-    agent(&[
-        "flows",
-        "--socket",
-        socket,
-        "--verdict",
-        "deny",
-        "--last",
-        "5",
-    ])?;
-    say("The same answer offline, from the reference evaluator:");
-    agent(&["matrix", "--datastore", ds, "--port", "TCP/8080", "--diff"])?;
+/// What the walkthrough's steps after the start share.
+struct Walkthrough<'a> {
+    datastore: &'a Path,
+    ds: &'a str,
+    socket: &'a str,
+    frontend: Pod,
+    backend: Pod,
+    database: Pod,
+}
 
-    heading("Promote: change one word, commit-confirmed");
-    say("The lockdown only denies what we intend (frontend and database -> backend). Promote it:\n`agent promote` rewrites kind: StagedGlobalNetworkPolicy -> GlobalNetworkPolicy in place;\nthe running agent sees the file change and swaps its tables atomically. With\n--confirm-within, the agent itself undoes the promotion unless it is confirmed in time\n(\"commit confirmed\"): if the promotion cut your own access, it comes back by itself.");
-    agent(&[
-        "promote",
-        "--datastore",
-        ds,
-        "StagedGlobalNetworkPolicy/backend-lockdown-staged",
-        "--confirm-within",
-        "2m",
-    ])?;
-    settle();
-    probe(&frontend, &backend, 8080, TcpProbe::TimedOut)?;
-    probe(&backend, &database, 8080, TcpProbe::Connected)?;
-    agent(&[
-        "flows",
-        "--socket",
-        socket,
-        "--to",
-        "prod/backend",
-        "--verdict",
-        "deny",
-        "--last",
-        "3",
-    ])?;
-    say("Still reachable, everything as intended: confirm.");
-    agent(&[
-        "confirm",
-        "--datastore",
-        ds,
-        "StagedGlobalNetworkPolicy/backend-lockdown-staged",
-    ])?;
+impl Walkthrough<'_> {
+    fn observe(&self) -> Result<()> {
+        heading("What to observe: real traffic");
+        say("The enforced policy is doing real work; the staged lockdown blocks nothing:");
+        probe(&self.backend, &self.database, 8080, TcpProbe::Connected)?;
+        probe(&self.frontend, &self.database, 8080, TcpProbe::TimedOut)?;
+        probe(&self.frontend, &self.backend, 8080, TcpProbe::Connected)?;
+        probe(&self.database, &self.backend, 8080, TcpProbe::Connected)?;
+        Ok(())
+    }
 
-    heading("A bad promotion undoes itself");
-    say("A careless lockdown of prod/database (no rules: it would deny backend too), promoted with\na check the agent runs itself: backend's path to the database must stay open. The check\nfails as soon as the lockdown is enforced, so the agent restores the staged version at once.");
-    std::fs::write(
-        datastore.join("30-database-lockdown-staged.yaml"),
-        "apiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata:\n  name: database-lockdown\nspec:\n  selector: app == 'database'\n  types: [Ingress]\n",
-    )?;
-    settle();
-    let check = format!("tcp:{}:8080", database.ipv4);
-    agent(&[
-        "promote",
-        "--datastore",
-        ds,
-        "sgnp/database-lockdown",
-        "--confirm-within",
-        "5m",
-        "--confirm-if",
-        &check,
-    ])?;
-    wait_reverted(socket)?;
-    agent(&["status", "--socket", socket])?;
-    probe(&backend, &database, 8080, TcpProbe::Connected)?;
+    fn watch_flows(&self) -> Result<()> {
+        heading("Watch the would-be verdicts: agent flows");
+        say("Every new flow is judged twice in the kernel: enforced (what happened) and pending (what\nwould happen if the staged policy were promoted). Only the first changes the packet's fate.\nThe flows where they differ are exactly what the lockdown would stop:");
+        agent(&[
+            "flows",
+            "--socket",
+            self.socket,
+            "--pending-diff",
+            "--last",
+            "10",
+        ])?;
+        say("And the enforced deny from the real policy:");
+        agent(&[
+            "flows",
+            "--socket",
+            self.socket,
+            "--verdict",
+            "deny",
+            "--last",
+            "5",
+        ])?;
+        say("The same answer offline, from the reference evaluator:");
+        agent(&[
+            "matrix",
+            "--datastore",
+            self.ds,
+            "--port",
+            "TCP/8080",
+            "--diff",
+        ])?;
+        Ok(())
+    }
 
-    heading("Safe mode, as a command");
-    say("Before experimenting with denies, put an allow-everything net at a very high order\n(100000): every policy with an order is consulted first. The catch, straight from Calico's\nordering: a policy WITHOUT `order` sorts after it (unset = infinity), so the net decides\nfirst for its endpoints - `agent safe-mode on` names every such policy:");
-    agent(&["safe-mode", "on", "--datastore", ds])?;
-    settle();
-    say("Indeed: with the net in place, nothing is denied any more.");
-    probe(&frontend, &database, 8080, TcpProbe::Connected)?;
-    probe(&frontend, &backend, 8080, TcpProbe::Connected)?;
-    say("Remove the net last. `agent safe-mode off` first checks that no policy would then deny\nfailsafe or management traffic of a host endpoint (it refuses, naming the rule, unless\n--force); here there is none. Enforcement is back:");
-    agent(&["safe-mode", "off", "--datastore", ds])?;
-    settle();
-    probe(&frontend, &database, 8080, TcpProbe::TimedOut)?;
-    probe(&backend, &database, 8080, TcpProbe::Connected)?;
+    fn promote(&self) -> Result<()> {
+        heading("Promote: change one word, commit-confirmed");
+        say("The lockdown only denies what we intend (frontend and database -> backend). Promote it:\n`agent promote` rewrites kind: StagedGlobalNetworkPolicy -> GlobalNetworkPolicy in place;\nthe running agent sees the file change and swaps its tables atomically. With\n--confirm-within, the agent itself undoes the promotion unless it is confirmed in time\n(\"commit confirmed\"): if the promotion cut your own access, it comes back by itself.");
+        agent(&[
+            "promote",
+            "--datastore",
+            self.ds,
+            "StagedGlobalNetworkPolicy/backend-lockdown-staged",
+            "--confirm-within",
+            "2m",
+        ])?;
+        settle();
+        probe(&self.frontend, &self.backend, 8080, TcpProbe::TimedOut)?;
+        probe(&self.backend, &self.database, 8080, TcpProbe::Connected)?;
+        agent(&[
+            "flows",
+            "--socket",
+            self.socket,
+            "--to",
+            "prod/backend",
+            "--verdict",
+            "deny",
+            "--last",
+            "3",
+        ])?;
+        say("Still reachable, everything as intended: confirm.");
+        agent(&[
+            "confirm",
+            "--datastore",
+            self.ds,
+            "StagedGlobalNetworkPolicy/backend-lockdown-staged",
+        ])?;
+        Ok(())
+    }
 
-    heading("Clean up");
-    drop(daemon);
-    drop(lab);
-    say("Agent stopped, lab namespaces deleted. Stage -> observe -> promote is the safe rollout loop.");
-    Ok(())
+    fn bad_promotion(&self) -> Result<()> {
+        heading("A bad promotion undoes itself");
+        say("A careless lockdown of prod/database (no rules: it would deny backend too), promoted with\na check the agent runs itself: backend's path to the database must stay open. The check\nfails as soon as the lockdown is enforced, so the agent restores the staged version at once.");
+        std::fs::write(
+            self.datastore.join("30-database-lockdown-staged.yaml"),
+            "apiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata:\n  name: database-lockdown\nspec:\n  selector: app == 'database'\n  types: [Ingress]\n",
+        )?;
+        settle();
+        let check = format!("tcp:{}:8080", self.database.ipv4);
+        agent(&[
+            "promote",
+            "--datastore",
+            self.ds,
+            "sgnp/database-lockdown",
+            "--confirm-within",
+            "5m",
+            "--confirm-if",
+            &check,
+        ])?;
+        wait_reverted(self.socket)?;
+        agent(&["status", "--socket", self.socket])?;
+        probe(&self.backend, &self.database, 8080, TcpProbe::Connected)?;
+        Ok(())
+    }
+
+    fn safe_mode(&self) -> Result<()> {
+        heading("Safe mode, as a command");
+        say("Before experimenting with denies, put an allow-everything net at a very high order\n(100000): every policy with an order is consulted first. The catch, straight from Calico's\nordering: a policy WITHOUT `order` sorts after it (unset = infinity), so the net decides\nfirst for its endpoints - `agent safe-mode on` names every such policy:");
+        agent(&["safe-mode", "on", "--datastore", self.ds])?;
+        settle();
+        say("Indeed: with the net in place, nothing is denied any more.");
+        probe(&self.frontend, &self.database, 8080, TcpProbe::Connected)?;
+        probe(&self.frontend, &self.backend, 8080, TcpProbe::Connected)?;
+        say("Remove the net last. `agent safe-mode off` first checks that no policy would then deny\nfailsafe or management traffic of a host endpoint (it refuses, naming the rule, unless\n--force); here there is none. Enforcement is back:");
+        agent(&["safe-mode", "off", "--datastore", self.ds])?;
+        settle();
+        probe(&self.frontend, &self.database, 8080, TcpProbe::TimedOut)?;
+        probe(&self.backend, &self.database, 8080, TcpProbe::Connected)?;
+        Ok(())
+    }
 }

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | lint`.
+//! Project tasks: `cargo xtask setup | build | test | demo | lint | bench`.
 //!
 //! Every task that needs the toolchain runs `setup` first; `setup` checks
 //! what is installed and only installs what is missing, so it is a fast no-op
 //! on a prepared machine.
+mod bench;
 mod demo;
 mod setup;
 
@@ -34,8 +35,16 @@ enum Task {
     Lint,
     /// The walkthrough: a lab with three pods, real traffic, the agent enforcing.
     Demo,
-    /// Benchmarks: ns per packet in the kernel program against rule count.
-    Bench,
+    /// Benchmarks: ns per packet in the kernel programs against rule count
+    /// (target/bench/dataplane.json), then the plot and tables of docs/benchmarks.md.
+    Bench {
+        /// Fewer, shorter batches (a few minutes) and no compile-scale table.
+        #[arg(long)]
+        quick: bool,
+        /// Only regenerate docs/benchmarks.md and its plot from the last run's JSON.
+        #[arg(long)]
+        report_only: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -58,11 +67,13 @@ fn main() -> Result<()> {
             setup::run()?;
             lint()
         }
-        Task::Bench => {
-            setup::run()?;
-            require_ci_capabilities()?;
-            setup::bpffs()?;
-            cargo(&["bench", "-p", "agent-tests", "--bench", "dataplane"])
+        Task::Bench { quick, report_only } => {
+            if !report_only {
+                setup::run()?;
+                require_ci_capabilities()?;
+                setup::bpffs()?;
+            }
+            bench::run(quick, report_only)
         }
         Task::Demo => {
             setup::run()?;

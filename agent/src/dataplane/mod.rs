@@ -31,6 +31,10 @@ pub use tables::{
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
+/// Bench-only programs (`floor`, `linear_scan`; `ebpf/src/bench.rs`), for `cargo xtask bench`.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf-bench"));
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("loading the eBPF object: {0}")]
