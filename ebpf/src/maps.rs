@@ -1,4 +1,6 @@
-//! Maps of the policy dataplane (layout documented in `agent_common`).
+//! Maps of the policy dataplane (layout documented in `agent_common`). The
+//! double-buffered tables (`*_0` / `*_1`) are read through `tables`, which
+//! picks the live copy.
 use agent_common::{
     limits::{
         MAX_CONNTRACK, MAX_DEFERRED, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_GROUP_ENTRIES,
@@ -77,11 +79,3 @@ pub static SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlow> =
 /// `post_nat` and `to_endpoint`, for the tail calls of a deferred packet.
 #[map]
 pub static SERVICE_PROGS: ProgramArray = ProgramArray::with_max_entries(service_prog::COUNT, 0);
-
-#[inline(always)]
-pub fn bump(index: u32) {
-    if let Some(c) = DP_COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *c += 1 };
-    }
-}

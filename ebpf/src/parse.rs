@@ -1,25 +1,15 @@
 //! Packet parsing with direct packet access (bounds-checked against `data_end`).
 use core::mem::size_of;
 
-use agent_common::{ct_timeout, FragKey, FragValue};
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use agent_common::{ct_timeout, ip_proto, FragKey, FragValue};
+use aya_ebpf::programs::TcContext;
 
+use crate::coarse_now;
 use crate::maps::FRAGMENTS;
 
-pub const ETH_HLEN: usize = 14;
+const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPPROTO_SCTP: u8 = 132;
-pub const IPPROTO_UDPLITE: u8 = 136;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 /// At most this many IPv6 extension headers are skipped; more is malformed.
 const MAX_IPV6_EXT: usize = 8;
@@ -50,6 +40,25 @@ pub struct Parsed {
     pub nd_or_mld: bool,
     /// ICMP/ICMPv6 error: offset of the packet it quotes (see [`quoted`]), else 0.
     pub quote_offset: usize,
+}
+
+impl Parsed {
+    /// Before parsing: nothing known, tracked.
+    const EMPTY: Parsed = Parsed {
+        src: [0; 16],
+        dst: [0; 16],
+        ct_sport: 0,
+        ct_dport: 0,
+        judge_port: 0,
+        protocol: 0,
+        ip_version: 0,
+        tcp_flags: 0,
+        fragment: false,
+        fragment_tracked: false,
+        track: true,
+        nd_or_mld: false,
+        quote_offset: 0,
+    };
 }
 
 /// The packet an ICMP error quotes (its IP header and first 8 bytes of L4), in
@@ -95,97 +104,145 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
         // A frame shorter than an Ethernet header is not IP either.
         Err(_) => return Err(ParseError::Malformed),
     };
-    let mut p = Parsed {
-        src: [0; 16],
-        dst: [0; 16],
-        ct_sport: 0,
-        ct_dport: 0,
-        judge_port: 0,
-        protocol: 0,
-        ip_version: 0,
-        tcp_flags: 0,
-        fragment: false,
-        fragment_tracked: false,
-        track: true,
-        nd_or_mld: false,
-        quote_offset: 0,
-    };
-    let l4: usize;
-    // The datagram's fragment identity: (kind, id, protocol of the fragments).
-    let frag: (Frag, u32, u8);
-    match ethertype {
-        ETH_P_IP => {
-            let h = ptr_at::<[u8; 20]>(ctx, ETH_HLEN)?;
-            // SAFETY: bounds checked by ptr_at.
-            let h = unsafe { &*h };
-            let ihl = usize::from(h[0] & 0x0f) * 4;
-            if h[0] >> 4 != 4 || ihl < 20 {
-                return Err(ParseError::Malformed);
-            }
-            let flags_offset = u16::from_be_bytes([h[6], h[7]]);
-            let kind = if flags_offset & 0x1fff != 0 {
-                Frag::Later
-            } else if flags_offset & 0x2000 != 0 {
-                Frag::First
-            } else {
-                Frag::None
-            };
-            frag = (kind, u32::from(u16::from_be_bytes([h[4], h[5]])), h[9]);
-            p.protocol = h[9];
-            p.ip_version = 4;
-            p.src[10] = 0xff;
-            p.src[11] = 0xff;
-            p.dst[10] = 0xff;
-            p.dst[11] = 0xff;
-            p.src[12..].copy_from_slice(&h[12..16]);
-            p.dst[12..].copy_from_slice(&h[16..20]);
-            l4 = ETH_HLEN + ihl;
-            // The options must be there too.
-            ptr_at::<u8>(ctx, l4 - 1)?;
-        }
-        ETH_P_IPV6 => {
-            let h = ptr_at::<[u8; 40]>(ctx, ETH_HLEN)?;
-            // SAFETY: bounds checked by ptr_at.
-            let h = unsafe { &*h };
-            if h[0] >> 4 != 6 {
-                return Err(ParseError::Malformed);
-            }
-            p.ip_version = 6;
-            p.src.copy_from_slice(&h[8..24]);
-            p.dst.copy_from_slice(&h[24..40]);
-            let chain = ipv6_chain(ctx, h[6], ETH_HLEN + 40)?;
-            frag = (chain.frag, chain.frag_id, chain.frag_next);
-            p.protocol = chain.next;
-            l4 = chain.off;
-        }
+    let mut p = Parsed::EMPTY;
+    let (l4, frag) = match ethertype {
+        ETH_P_IP => ipv4(ctx, &mut p)?,
+        ETH_P_IPV6 => ipv6(ctx, &mut p)?,
         _ => return Err(ParseError::NotIp),
-    }
-    if frag.0 == Frag::Later {
-        // No L4 header: the first fragment's, if it was seen (it normally comes
-        // first; out of order, or lost, the fragment is judged with port 0).
-        let key = frag_key(&p, frag.1, frag.2);
-        // SAFETY: plain values copied out at once.
-        let first = unsafe { FRAGMENTS.get(&key) }.copied();
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
-        match first {
-            Some(v) if now.saturating_sub(v.seen_ns) <= ct_timeout::FRAGMENT => {
-                p.fragment_tracked = true;
-                p.protocol = v.protocol;
-                p.ct_sport = v.ct_sport;
-                p.ct_dport = v.ct_dport;
-                p.judge_port = v.judge_port;
-                p.track = v.track != 0;
-            }
-            _ => {
-                p.fragment = true;
-                p.track = false;
-            }
-        }
+    };
+    if frag.kind == Frag::Later {
+        later_fragment(&mut p, &frag);
         return Ok(p);
     }
+    transport(ctx, &mut p, l4)?;
+    if frag.kind == Frag::First {
+        remember_first_fragment(&p, &frag);
+    }
+    Ok(p)
+}
+
+/// A datagram's fragment identity: which fragment, the identification and the
+/// protocol the fragments carry.
+struct FragId {
+    kind: Frag,
+    id: u32,
+    protocol: u8,
+}
+
+/// The IPv4 header: addresses and protocol into `p`; the offset of the L4
+/// header and the fragment identity.
+#[inline(always)]
+fn ipv4(ctx: &TcContext, p: &mut Parsed) -> Result<(usize, FragId), ParseError> {
+    let h = ptr_at::<[u8; 20]>(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let h = unsafe { &*h };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Err(ParseError::Malformed);
+    }
+    let flags_offset = u16::from_be_bytes([h[6], h[7]]);
+    let kind = if flags_offset & 0x1fff != 0 {
+        Frag::Later
+    } else if flags_offset & 0x2000 != 0 {
+        Frag::First
+    } else {
+        Frag::None
+    };
+    let frag = FragId {
+        kind,
+        id: u32::from(u16::from_be_bytes([h[4], h[5]])),
+        protocol: h[9],
+    };
+    p.protocol = h[9];
+    p.ip_version = 4;
+    (p.src, p.dst) = ipv4_addresses(h);
+    let l4 = ETH_HLEN + ihl;
+    // The options must be there too.
+    ptr_at::<u8>(ctx, l4 - 1)?;
+    Ok((l4, frag))
+}
+
+/// The IPv6 header and extension headers, like [`ipv4`].
+#[inline(always)]
+fn ipv6(ctx: &TcContext, p: &mut Parsed) -> Result<(usize, FragId), ParseError> {
+    let h = ptr_at::<[u8; 40]>(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let h = unsafe { &*h };
+    if h[0] >> 4 != 6 {
+        return Err(ParseError::Malformed);
+    }
+    p.ip_version = 6;
+    p.src.copy_from_slice(&h[8..24]);
+    p.dst.copy_from_slice(&h[24..40]);
+    let chain = ipv6_chain(ctx, h[6], ETH_HLEN + 40)?;
+    p.protocol = chain.next;
+    let frag = FragId {
+        kind: chain.frag,
+        id: chain.frag_id,
+        protocol: chain.frag_next,
+    };
+    Ok((chain.off, frag))
+}
+
+/// The source and destination of an IPv4 header, IPv4-mapped.
+#[inline(always)]
+fn ipv4_addresses(h: &[u8; 20]) -> ([u8; 16], [u8; 16]) {
+    let mut src = [0; 16];
+    let mut dst = [0; 16];
+    src[10] = 0xff;
+    src[11] = 0xff;
+    dst[10] = 0xff;
+    dst[11] = 0xff;
+    src[12..].copy_from_slice(&h[12..16]);
+    dst[12..].copy_from_slice(&h[16..20]);
+    (src, dst)
+}
+
+/// A non-first fragment has no L4 header: it takes its first fragment's
+/// protocol and ports, if that was seen (it normally comes first; out of
+/// order, or lost, the fragment is judged with port 0 and not tracked).
+#[inline(always)]
+fn later_fragment(p: &mut Parsed, frag: &FragId) {
+    let key = frag_key(p, frag);
+    // SAFETY: plain values copied out at once.
+    let first = unsafe { FRAGMENTS.get(&key) }.copied();
+    match first {
+        Some(v) if coarse_now().saturating_sub(v.seen_ns) <= ct_timeout::FRAGMENT => {
+            p.fragment_tracked = true;
+            p.protocol = v.protocol;
+            p.ct_sport = v.ct_sport;
+            p.ct_dport = v.ct_dport;
+            p.judge_port = v.judge_port;
+            p.track = v.track != 0;
+        }
+        _ => {
+            p.fragment = true;
+            p.track = false;
+        }
+    }
+}
+
+/// A first fragment's protocol and ports, for its later fragments: recorded
+/// whatever the verdict, so that they get the same one.
+#[inline(always)]
+fn remember_first_fragment(p: &Parsed, frag: &FragId) {
+    let value = FragValue {
+        ct_sport: p.ct_sport,
+        ct_dport: p.ct_dport,
+        judge_port: p.judge_port,
+        protocol: p.protocol,
+        track: u8::from(p.track),
+        seen_ns: coarse_now(),
+    };
+    // Full LRU: the kernel evicts; a failure only costs later fragments their ports.
+    let _ = FRAGMENTS.insert(&frag_key(p, frag), &value, 0);
+}
+
+/// The L4 header at `l4`: ports, TCP flags, ICMP type and code.
+#[inline(always)]
+fn transport(ctx: &TcContext, p: &mut Parsed, l4: usize) -> Result<(), ParseError> {
     match p.protocol {
-        IPPROTO_TCP => {
+        ip_proto::TCP => {
             let t = ptr_at::<[u8; 20]>(ctx, l4)?;
             // SAFETY: bounds checked by ptr_at.
             let t = unsafe { &*t };
@@ -194,7 +251,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             p.tcp_flags = t[13];
             p.judge_port = p.ct_dport;
         }
-        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+        ip_proto::UDP | ip_proto::SCTP | ip_proto::UDPLITE => {
             let t = ptr_at::<[u8; 4]>(ctx, l4)?;
             // SAFETY: bounds checked by ptr_at.
             let t = unsafe { &*t };
@@ -202,54 +259,51 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
             p.ct_dport = u16::from_be_bytes([t[2], t[3]]);
             p.judge_port = p.ct_dport;
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let t = ptr_at::<[u8; 8]>(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            let t = unsafe { &*t };
-            p.judge_port = u16::from_be_bytes([t[0], t[1]]);
-            let echo = if p.protocol == IPPROTO_ICMP {
-                t[0] == 8 || t[0] == 0
-            } else {
-                t[0] == 128 || t[0] == 129
-            };
-            if echo {
-                let id = u16::from_be_bytes([t[4], t[5]]);
-                p.ct_sport = id;
-                p.ct_dport = id;
-            } else {
-                p.track = false;
-            }
-            // Router advertisements (134), redirects (137) and MLDv2 reports
-            // (143) are left to policy, as in Calico.
-            p.nd_or_mld =
-                p.protocol == IPPROTO_ICMPV6 && matches!(t[0], 130 | 131 | 132 | 133 | 135 | 136);
-            // The error types Linux conntrack (and Calico) relate to a flow.
-            let error = if p.protocol == IPPROTO_ICMP {
-                matches!(t[0], 3 | 4 | 5 | 11 | 12)
-            } else {
-                t[0] < 128
-            };
-            if error {
-                p.quote_offset = l4 + 8;
-            }
-        }
+        ip_proto::ICMP | ip_proto::ICMPV6 => icmp(ctx, p, l4)?,
         _ => {}
     }
-    if frag.0 == Frag::First {
-        // Recorded whatever the verdict: later fragments then get the same one.
-        let value = FragValue {
-            ct_sport: p.ct_sport,
-            ct_dport: p.ct_dport,
-            judge_port: p.judge_port,
-            protocol: p.protocol,
-            track: u8::from(p.track),
-            // SAFETY: helper without arguments.
-            seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        };
-        // Full LRU: the kernel evicts; a failure only costs later fragments their ports.
-        let _ = FRAGMENTS.insert(&frag_key(&p, frag.1, frag.2), &value, 0);
+    Ok(())
+}
+
+/// An ICMP or ICMPv6 header: echoes are tracked by identifier, errors quote a
+/// packet, other messages are judged per packet by type and code.
+#[inline(always)]
+fn icmp(ctx: &TcContext, p: &mut Parsed, l4: usize) -> Result<(), ParseError> {
+    let t = ptr_at::<[u8; 8]>(ctx, l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let t = unsafe { &*t };
+    p.judge_port = u16::from_be_bytes([t[0], t[1]]);
+    if is_echo(p.protocol, t[0]) {
+        let id = u16::from_be_bytes([t[4], t[5]]);
+        p.ct_sport = id;
+        p.ct_dport = id;
+    } else {
+        p.track = false;
     }
-    Ok(p)
+    // Router advertisements (134), redirects (137) and MLDv2 reports
+    // (143) are left to policy, as in Calico.
+    p.nd_or_mld =
+        p.protocol == ip_proto::ICMPV6 && matches!(t[0], 130 | 131 | 132 | 133 | 135 | 136);
+    // The error types Linux conntrack (and Calico) relate to a flow.
+    let error = if p.protocol == ip_proto::ICMP {
+        matches!(t[0], 3 | 4 | 5 | 11 | 12)
+    } else {
+        t[0] < 128
+    };
+    if error {
+        p.quote_offset = l4 + 8;
+    }
+    Ok(())
+}
+
+/// Echo request or reply (ICMP 8/0, ICMPv6 128/129).
+#[inline(always)]
+fn is_echo(protocol: u8, icmp_type: u8) -> bool {
+    if protocol == ip_proto::ICMP {
+        icmp_type == 8 || icmp_type == 0
+    } else {
+        icmp_type == 128 || icmp_type == 129
+    }
 }
 
 /// Whether a packet is a fragment, and which.
@@ -264,12 +318,12 @@ enum Frag {
 }
 
 #[inline(always)]
-fn frag_key(p: &Parsed, id: u32, protocol: u8) -> FragKey {
+fn frag_key(p: &Parsed, frag: &FragId) -> FragKey {
     FragKey {
         src: p.src,
         dst: p.dst,
-        id,
-        protocol,
+        id: frag.id,
+        protocol: frag.protocol,
         _pad: [0; 3],
     }
 }
@@ -372,12 +426,7 @@ pub fn quoted(ctx: &TcContext, p: &Parsed) -> Option<Quoted> {
             return None;
         }
         q.protocol = h[9];
-        q.src[10] = 0xff;
-        q.src[11] = 0xff;
-        q.dst[10] = 0xff;
-        q.dst[11] = 0xff;
-        q.src[12..].copy_from_slice(&h[12..16]);
-        q.dst[12..].copy_from_slice(&h[16..20]);
+        (q.src, q.dst) = ipv4_addresses(h);
         off + ihl
     } else {
         let h = ptr_at::<[u8; 40]>(ctx, off).ok()?;
@@ -396,23 +445,18 @@ pub fn quoted(ctx: &TcContext, p: &Parsed) -> Option<Quoted> {
         chain.off
     };
     match q.protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP | ip_proto::UDPLITE => {
             let t = ptr_at::<[u8; 4]>(ctx, l4).ok()?;
             // SAFETY: bounds checked by ptr_at.
             let t = unsafe { &*t };
             q.sport = u16::from_be_bytes([t[0], t[1]]);
             q.dport = u16::from_be_bytes([t[2], t[3]]);
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
             let t = ptr_at::<[u8; 8]>(ctx, l4).ok()?;
             // SAFETY: bounds checked by ptr_at.
             let t = unsafe { &*t };
-            let echo = if q.protocol == IPPROTO_ICMP {
-                t[0] == 8 || t[0] == 0
-            } else {
-                t[0] == 128 || t[0] == 129
-            };
-            if !echo {
+            if !is_echo(q.protocol, t[0]) {
                 return None;
             }
             let id = u16::from_be_bytes([t[4], t[5]]);

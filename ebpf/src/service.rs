@@ -45,7 +45,8 @@
 //! workload's `to_endpoint`, for step 4), a deferred one a map write, a map
 //! lookup and delete and the usual judgement at its post-DNAT hook.
 use agent_common::{
-    service_prog, stat, CtKey, DeferKey, DeferValue, EndpointInfo, ServiceFlow, SERVICE_DEFER_MARK,
+    ip_proto, service_prog, stat, CtKey, DeferKey, DeferValue, EndpointInfo, ServiceFlow,
+    SERVICE_DEFER_MARK,
 };
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
@@ -55,15 +56,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::maps::{bump, DEFERRED, ENDPOINTS, SERVICE_FLOWS, SERVICE_NETS, SERVICE_PROGS};
-use crate::parse::{parse, Parsed, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
-
-/// The frontend (ClusterIP or external IP, and port) a client addressed.
-#[derive(Clone, Copy)]
-pub struct Frontend {
-    pub addr: [u8; 16],
-    pub port: u16,
-}
+use crate::events::bump;
+use crate::maps::{DEFERRED, ENDPOINTS, SERVICE_FLOWS, SERVICE_NETS, SERVICE_PROGS};
+use crate::parse::{parse, Parsed};
 
 /// TC egress of the node's data interfaces (uplink, tunnels): the post-DNAT
 /// hook of flows to remote backends. Acts only on packets `from_endpoint`
@@ -124,7 +119,7 @@ pub fn hand_to_post_nat(ctx: &TcContext) {
 /// Protocols kube-proxy load-balances (the only ones deferred).
 #[inline(always)]
 pub fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
+    matches!(protocol, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP)
 }
 
 /// Whether `addr` is in a Service frontend prefix.
