@@ -20,7 +20,16 @@ pub struct PodInfo {
     /// The name is passed through, not mapped with a default, so a protocol the
     /// model does not know is refused when the endpoint is lowered instead of
     /// silently becoming TCP.
-    pub ports: Box<[(Box<str>, Box<str>, u16)]>,
+    pub ports: Box<[PodPort]>,
+}
+
+/// A named container port of a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodPort {
+    pub name: Box<str>,
+    /// As the pod spec names it (`TCP`, `UDP`, `SCTP`).
+    pub protocol: Box<str>,
+    pub port: u16,
 }
 
 impl PodInfo {
@@ -68,7 +77,11 @@ impl PodInfo {
                 // The API server defaults an unset protocol to TCP.
                 let proto = p.protocol.as_deref().unwrap_or("TCP");
                 if let Ok(port) = u16::try_from(p.container_port) {
-                    ports.push((name.into(), proto.into(), port));
+                    ports.push(PodPort {
+                        name: name.into(),
+                        protocol: proto.into(),
+                        port,
+                    });
                 }
             }
         }
@@ -98,9 +111,7 @@ impl PodInfo {
             + self
                 .ports
                 .iter()
-                .map(|(n, p, _)| {
-                    std::mem::size_of::<(Box<str>, Box<str>, u16)>() + n.len() + p.len()
-                })
+                .map(|p| std::mem::size_of::<PodPort>() + p.name.len() + p.protocol.len())
                 .sum::<usize>()
     }
 }
@@ -126,7 +137,7 @@ pub fn workload_endpoint(key: &Key, pod: &PodInfo, interface: &str, node: &str) 
     let ports: Vec<Value> = pod
         .ports
         .iter()
-        .map(|(name, proto, port)| json!({"name": name, "protocol": proto, "port": port}))
+        .map(|p| json!({"name": p.name, "protocol": p.protocol, "port": p.port}))
         .collect();
     let mut spec = json!({
         "orchestrator": "k8s",
