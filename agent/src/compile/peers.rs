@@ -208,14 +208,12 @@ impl PeerClasses {
             stack.push((*p, class));
             emitted.push((p.net(), class));
         }
-        if emitted.len() > limits.peer_prefixes {
-            return Err(CompileError::Capacity {
-                endpoint: "*".into(),
-                limit: "peer prefixes (PEERS map)",
-                needed: emitted.len(),
-                max: limits.peer_prefixes,
-            });
-        }
+        super::budget::check(
+            || "*".into(),
+            "peer prefixes (PEERS map)",
+            emitted.len(),
+            limits.peer_prefixes,
+        )?;
         Ok(PeerClasses {
             atoms,
             classes: classes.classes,

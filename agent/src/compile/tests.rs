@@ -2,6 +2,15 @@ use std::net::IpAddr;
 
 use super::testgen::{random_model, random_probe, Rng, Shape, TableModel};
 use super::*;
+use agent_common::{action, Verdict, POLICY_NONE};
+use ipnet::IpNet;
+
+use crate::dataplane::tables::{PeerMatch, PortMatch as Ports, RuleEntry, Table};
+use crate::eval::{Evaluator, Packet, PolicySet, EPHEMERAL_PORT};
+use crate::model::ir::{
+    proto, Action, Direction, Endpoint, EndpointKind, FailsafePort, Model, PolicyId, PortMatch,
+    Rule,
+};
 use crate::model::ir::{
     EntityRule, Labels, NamedPort, NetworkSet, Policy, PolicyKind, PortRange, StagedAction, Tier,
     TierDefault, LABEL_NAMESPACE,
