@@ -133,7 +133,7 @@
 //! # Tests
 //! `compile::tests` (scenarios, and random models, with source-port rules and
 //! probes aimed at them, checked against the evaluator through
-//! [`testgen::TableModel`], a userspace model of the kernel's lookups) and
+//! `testgen::TableModel`, a userspace model of the kernel's lookups) and
 //! `tests/tests/bpf_differential.rs` (the same, through the real programs with
 //! BPF_PROG_TEST_RUN).
 use std::fmt::Write as _;
@@ -146,13 +146,13 @@ use crate::model::ir::{EndpointKind, Model, PolicyId};
 mod budget;
 mod emit;
 mod endpoint;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testkit"))]
 pub mod feed;
 mod names;
 mod peers;
 mod ports;
 mod source_ports;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testkit"))]
 pub mod testgen;
 #[cfg(test)]
 mod tests;
