@@ -2,7 +2,7 @@
 //! the peer classes grouped by what its rules read, and per group a row of
 //! evaluator answers over the port space (see the module docs of `compile`,
 //! "Decision tables").
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::Verdict;
@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use super::emit::Row;
 use super::names::Names;
-use super::peers::{Atoms, PeerClasses, Signature};
+use super::peers::{ones, set_bit, Atoms, PeerClasses, Signature};
 use super::ports::{self, packet, Dim, Layout};
 use super::source_ports::SourcePorts;
 use super::CompileError;
@@ -191,16 +191,16 @@ impl<'m> EndpointCompiler<'_, 'm> {
     /// Groups the peer classes by the signature bits `rules` and `failsafes`
     /// read (and named ports, when a rule names one).
     fn peer_groups(&self, rules: &[(String, &Rule)], failsafes: &[FailsafePort]) -> PeerGroups {
-        let mut used: BTreeSet<usize> = BTreeSet::new();
-        let mut named = false;
         let atoms = &self.peers.atoms;
+        let mut used = vec![0u64; atoms.words()];
+        let mut named = false;
         for (_, r) in rules {
             for side in [&r.source, &r.destination] {
                 for n in side.nets.iter().chain(&side.not_nets) {
-                    used.insert(atoms.net_bit(n));
+                    set_bit(&mut used, atoms.net_bit(n));
                 }
                 for s in side.selector.iter().chain(&side.not_selector) {
-                    used.insert(atoms.selector_bit(s));
+                    set_bit(&mut used, atoms.selector_bit(s));
                 }
                 named |= side
                     .ports
@@ -211,10 +211,10 @@ impl<'m> EndpointCompiler<'_, 'm> {
         }
         for f in failsafes {
             if let Some(n) = &f.net {
-                used.insert(atoms.net_bit(n));
+                set_bit(&mut used, atoms.net_bit(n));
             }
         }
-        type GroupKey = (bool, Vec<bool>, Vec<(String, u8, u16)>);
+        type GroupKey = (bool, Vec<u64>, Vec<(String, u8, u16)>);
         let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
         let mut representatives: Vec<usize> = Vec::new();
         let mut class_group: Vec<usize> = Vec::with_capacity(self.peers.classes.len());
@@ -222,7 +222,7 @@ impl<'m> EndpointCompiler<'_, 'm> {
             let sig = &class.signature;
             let key: GroupKey = (
                 sig.v6,
-                used.iter().map(|&b| sig.bit(b)).collect(),
+                sig.masked(&used),
                 if named {
                     sig.named_ports.clone()
                 } else {
@@ -247,6 +247,9 @@ impl<'m> EndpointCompiler<'_, 'm> {
     /// Between them the evaluator's answer is constant, so the other cells
     /// copy their left neighbour instead of asking again — this keeps a
     /// policy of N (peer, port) rules at O(N) evaluations, not O(N^2).
+    /// A rule is tried only on the groups holding one of its peer-side nets or
+    /// its selector (an index from bit to groups), so N rules of distinct peers
+    /// cost O(N), not groups x rules.
     fn needed(
         &self,
         direction: Direction,
@@ -254,29 +257,62 @@ impl<'m> EndpointCompiler<'_, 'm> {
         layout: &Layout,
         groups: &PeerGroups,
     ) -> Vec<Vec<Vec<bool>>> {
-        let atoms = &self.peers.atoms;
         let dims = &layout.dims;
-        groups
+        let signatures: Vec<&Signature> = groups
             .representatives
             .iter()
-            .map(|&ci| {
-                let sig = &self.peers.classes[ci].signature;
-                let mut needed: Vec<Vec<bool>> = dims
-                    .iter()
-                    .map(|dim| dim.starts.iter().map(|s| dim.always.contains(s)).collect())
-                    .collect();
-                for (k, (_, r)) in rules.iter().enumerate() {
-                    if !may_match_peer(r, direction, sig, atoms) {
-                        continue;
+            .map(|&ci| &self.peers.classes[ci].signature)
+            .collect();
+        let tests: Vec<PeerTest> = rules
+            .iter()
+            .map(|(_, r)| PeerTest::new(r, direction, &self.peers.atoms))
+            .collect();
+        let mark = |needed: &mut [Vec<bool>], k: usize| {
+            for (d, dim) in dims.iter().enumerate() {
+                let cuts = &layout.rule_cuts[dim.protocol_index][k];
+                for &c in cuts.iter().filter(|&&c| c <= 0xffff) {
+                    if let Ok(i) = dim.starts.binary_search(&(c as u16)) {
+                        needed[d][i] = true;
                     }
-                    for (d, dim) in dims.iter().enumerate() {
-                        let cuts = &layout.rule_cuts[dim.protocol_index][k];
-                        for &c in cuts.iter().filter(|&&c| c <= 0xffff) {
-                            if let Ok(i) = dim.starts.binary_search(&(c as u16)) {
-                                needed[d][i] = true;
-                            }
-                        }
-                    }
+                }
+            }
+        };
+        // Rules that may match every peer mark the base every group starts from.
+        let mut base: Vec<Vec<bool>> = dims
+            .iter()
+            .map(|dim| dim.starts.iter().map(|s| dim.always.contains(s)).collect())
+            .collect();
+        let with_bit = groups_with_bit(&tests, &signatures, self.peers.atoms.words());
+        let mut rules_of_group: Vec<Vec<usize>> = vec![Vec::new(); signatures.len()];
+        for (k, test) in tests.iter().enumerate() {
+            if test.matches_every_peer() {
+                mark(&mut base, k);
+                continue;
+            }
+            let candidates: Vec<usize> = match test.positive_bits() {
+                Some(bits) => {
+                    let mut c: Vec<usize> = bits
+                        .iter()
+                        .flat_map(|b| with_bit.get(b).into_iter().flatten().copied())
+                        .collect();
+                    c.sort_unstable();
+                    c.dedup();
+                    c
+                }
+                None => (0..signatures.len()).collect(),
+            };
+            for g in candidates {
+                if test.matches(signatures[g]) {
+                    rules_of_group[g].push(k);
+                }
+            }
+        }
+        rules_of_group
+            .iter()
+            .map(|ks| {
+                let mut needed = base.clone();
+                for &k in ks {
+                    mark(&mut needed, k);
                 }
                 needed
             })
@@ -358,21 +394,81 @@ impl<'m> EndpointCompiler<'_, 'm> {
     }
 }
 
-/// False when no packet from/to a peer with signature `sig` can match `r`
-/// (its family, or its nets/selectors on the peer's side, exclude the peer);
-/// true when it may (conservative: the local side is not looked at).
-fn may_match_peer(r: &Rule, direction: Direction, sig: &Signature, atoms: &Atoms) -> bool {
-    if r.ip_version.is_some_and(|v| (v == 6) != sig.v6) {
-        return false;
+/// What a rule asks of the peer (its family, its nets and selectors on the
+/// peer's side), as signature bits.
+struct PeerTest {
+    v6: Option<bool>,
+    nets: Vec<usize>,
+    not_nets: Vec<usize>,
+    selector: Option<usize>,
+    not_selector: Option<usize>,
+}
+
+impl PeerTest {
+    fn new(r: &Rule, direction: Direction, atoms: &Atoms) -> Self {
+        let side = match direction {
+            Direction::Ingress => &r.source,
+            Direction::Egress => &r.destination,
+        };
+        let nets = |nets: &[IpNet]| nets.iter().map(|n| atoms.net_bit(n)).collect();
+        let selector = |s: &Option<Selector>| s.as_ref().map(|s| atoms.selector_bit(s));
+        PeerTest {
+            v6: r.ip_version.map(|v| v == 6),
+            nets: nets(&side.nets),
+            not_nets: nets(&side.not_nets),
+            selector: selector(&side.selector),
+            not_selector: selector(&side.not_selector),
+        }
     }
-    let side = match direction {
-        Direction::Ingress => &r.source,
-        Direction::Egress => &r.destination,
-    };
-    let net = |n: &IpNet| sig.bit(atoms.net_bit(n));
-    let selector = |s: &Selector| sig.bit(atoms.selector_bit(s));
-    (side.nets.is_empty() || side.nets.iter().any(net))
-        && !side.not_nets.iter().any(net)
-        && side.selector.as_ref().is_none_or(selector)
-        && !side.not_selector.as_ref().is_some_and(selector)
+
+    /// False when no packet from/to a peer with signature `sig` can match the
+    /// rule; true when it may (conservative: the local side is not looked at).
+    fn matches(&self, sig: &Signature) -> bool {
+        self.v6.is_none_or(|v6| v6 == sig.v6)
+            && (self.nets.is_empty() || self.nets.iter().any(|&b| sig.bit(b)))
+            && !self.not_nets.iter().any(|&b| sig.bit(b))
+            && self.selector.is_none_or(|b| sig.bit(b))
+            && !self.not_selector.is_some_and(|b| sig.bit(b))
+    }
+
+    /// [`PeerTest::matches`] is true for every signature.
+    fn matches_every_peer(&self) -> bool {
+        self.v6.is_none()
+            && self.nets.is_empty()
+            && self.not_nets.is_empty()
+            && self.selector.is_none()
+            && self.not_selector.is_none()
+    }
+
+    /// Bits one of which a matching peer must have (its nets, else its
+    /// selector), or None if there are none.
+    fn positive_bits(&self) -> Option<Vec<usize>> {
+        if !self.nets.is_empty() {
+            Some(self.nets.clone())
+        } else {
+            self.selector.map(|b| vec![b])
+        }
+    }
+}
+
+/// For every bit some test needs positively, the groups (indexes into
+/// `signatures`) whose signature has it.
+fn groups_with_bit(
+    tests: &[PeerTest],
+    signatures: &[&Signature],
+    words: usize,
+) -> HashMap<usize, Vec<usize>> {
+    let mut positive = vec![0u64; words];
+    for bits in tests.iter().filter_map(PeerTest::positive_bits) {
+        for b in bits {
+            set_bit(&mut positive, b);
+        }
+    }
+    let mut with_bit: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (g, sig) in signatures.iter().enumerate() {
+        for b in ones(&sig.masked(&positive)) {
+            with_bit.entry(b).or_default().push(g);
+        }
+    }
+    with_bit
 }
