@@ -101,6 +101,10 @@ impl Atoms {
     fn bits(&self) -> usize {
         self.nets.len() + self.selectors.len()
     }
+    /// Words of a signature's bits.
+    pub(super) fn words(&self) -> usize {
+        self.bits().div_ceil(64)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -115,6 +119,25 @@ impl Signature {
     pub(super) fn bit(&self, i: usize) -> bool {
         self.bits[i / 64] >> (i % 64) & 1 == 1
     }
+
+    /// The words of the bits, each and-ed with `mask`'s.
+    pub(super) fn masked(&self, mask: &[u64]) -> Vec<u64> {
+        self.bits.iter().zip(mask).map(|(b, m)| b & m).collect()
+    }
+}
+
+/// The indexes of the bits set in `words`.
+pub(super) fn ones(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
+    words.iter().enumerate().flat_map(|(w, &word)| {
+        let mut rest = word;
+        std::iter::from_fn(move || {
+            (rest != 0).then(|| {
+                let b = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                w * 64 + b
+            })
+        })
+    })
 }
 
 pub(super) struct Class {
@@ -208,14 +231,12 @@ impl PeerClasses {
             stack.push((*p, class));
             emitted.push((p.net(), class));
         }
-        if emitted.len() > limits.peer_prefixes {
-            return Err(CompileError::Capacity {
-                endpoint: "*".into(),
-                limit: "peer prefixes (PEERS map)",
-                needed: emitted.len(),
-                max: limits.peer_prefixes,
-            });
-        }
+        super::budget::check(
+            || "*".into(),
+            "peer prefixes (PEERS map)",
+            emitted.len(),
+            limits.peer_prefixes,
+        )?;
         Ok(PeerClasses {
             atoms,
             classes: classes.classes,
@@ -225,7 +246,7 @@ impl PeerClasses {
     }
 }
 
-fn set_bit(bits: &mut [u64], b: usize) {
+pub(super) fn set_bit(bits: &mut [u64], b: usize) {
     bits[b / 64] |= 1 << (b % 64);
 }
 

@@ -2,6 +2,15 @@ use std::net::IpAddr;
 
 use super::testgen::{random_model, random_probe, Rng, Shape, TableModel};
 use super::*;
+use agent_common::{action, Verdict, POLICY_NONE};
+use ipnet::IpNet;
+
+use crate::dataplane::tables::{PeerMatch, PortMatch as Ports, RuleEntry, Table};
+use crate::eval::{Evaluator, PolicySet, EPHEMERAL_PORT};
+use crate::model::ir::{
+    proto, Action, Direction, Endpoint, EndpointKind, FailsafePort, Model, PolicyId, PortMatch,
+    Rule,
+};
 use crate::model::ir::{
     EntityRule, Labels, NamedPort, NetworkSet, Policy, PolicyKind, PortRange, StagedAction, Tier,
     TierDefault, LABEL_NAMESPACE,
@@ -1028,95 +1037,4 @@ fn many_distinct_peer_port_rules_cost_linear_evaluations() {
         }
     }
     agree(&model, &c, &probes);
-}
-
-/// Addresses right next to feed net `i` that the first `n` nets do not hold.
-fn feed_neighbours(n: usize, i: usize) -> Vec<IpAddr> {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-    let net = feed::net(i);
-    let around: Vec<IpAddr> = match net {
-        IpNet::V4(v) => {
-            let (first, last) = (u32::from(v.network()), u32::from(v.broadcast()));
-            vec![
-                Ipv4Addr::from(first - 1).into(),
-                Ipv4Addr::from(last + 1).into(),
-            ]
-        }
-        IpNet::V6(v) => {
-            let (first, last) = (u128::from(v.network()), u128::from(v.broadcast()));
-            vec![
-                Ipv6Addr::from(first - 1).into(),
-                Ipv6Addr::from(last + 1).into(),
-            ]
-        }
-    };
-    around.into_iter().filter(|&a| !feed::holds(n, a)).collect()
-}
-
-/// A threat feed of 100,000 nets, as a GlobalNetworkSet (global policy) and as
-/// a NetworkSet (namespaced policy), is accepted and compiled into the tables:
-/// addresses in its first, middle and last nets (IPv4 /32 and /24, IPv6 /64)
-/// are denied by rule 0 both ways, addresses just outside them allowed by
-/// rule 1, on every endpoint, as the evaluator says.
-#[test]
-fn network_set_of_100k_nets_is_compiled() {
-    let n = 100_000;
-    for namespaced in [false, true] {
-        let yaml = feed::yaml(n, 2, namespaced);
-        let loaded = crate::model::load::load_sources(&[("feed.yaml".into(), yaml)]);
-        let errors: Vec<_> = loaded
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == crate::model::Severity::Error)
-            .take(3)
-            .collect();
-        assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(loaded.model.network_sets[0].nets.len(), n);
-        let model = &loaded.model;
-        let c = compile(model).unwrap();
-        assert!(c.stats.peer_prefixes > n, "{}", summary(&c));
-        let sim = TableModel::new(&c.tables).unwrap();
-        let eval = Evaluator::new(model);
-        let samples = [
-            0,
-            1,
-            7,
-            8,
-            9,
-            n / 2,
-            n / 2 + 7,
-            n / 2 + 9,
-            n - 3,
-            n - 2,
-            n - 1,
-        ];
-        for e in &c.endpoints {
-            for i in samples {
-                let outside = feed_neighbours(n, i);
-                assert!(!outside.is_empty());
-                let fixed = ["1.1.1.1", "128.0.0.1", "2001:db9::1", "10.65.0.200"].map(ip);
-                for (peer, deny) in std::iter::once((feed::inside(i), true))
-                    .chain(outside.into_iter().chain(fixed).map(|a| (a, false)))
-                {
-                    for direction in [Direction::Ingress, Direction::Egress] {
-                        let got = sim.lookup(e.id, direction, false, peer, proto::TCP, 40000, 443);
-                        let local = feed::endpoint_ip(e.endpoint_index, peer.is_ipv6());
-                        let packet = Packet::with_ports(proto::TCP, 40000, 443);
-                        let want = eval.evaluate_end(
-                            PolicySet::Enforced,
-                            e.endpoint_index,
-                            direction,
-                            peer,
-                            local,
-                            &packet,
-                        );
-                        assert_eq!(got, c.verdict_of(&want), "{peer} {direction:?}");
-                        let rule = if deny { 0 } else { 1 };
-                        let action = if deny { action::DENY } else { action::ALLOW };
-                        assert_eq!((got.action, got.rule), (action, rule), "{peer}");
-                    }
-                }
-            }
-        }
-    }
 }
