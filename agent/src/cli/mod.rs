@@ -3,6 +3,7 @@ mod check;
 mod diff;
 pub mod flows;
 mod promote;
+mod run;
 pub mod safe_mode;
 pub(crate) mod staged;
 mod staged_report;
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 pub mod eval;
 pub mod matrix;
 pub mod selector;
+mod status;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,45 +82,7 @@ pub enum Command {
         namespace: Option<String>,
     },
     /// The daemon: watch a datastore (a directory or Kubernetes), enforce it in eBPF, serve flows and status.
-    Run {
-        /// `kubernetes` (watch the API server), or a directory of YAML documents
-        /// (policies, endpoints, ...), watched for changes.
-        #[arg(long)]
-        datastore: String,
-        /// This node's name: pods scheduled here (`spec.nodeName`; in a directory, workload
-        /// endpoints with this `spec.node` or none) are enforced, all others are peers only
-        /// (default: $NODE_NAME, else the host name).
-        #[arg(long, env = "NODE_NAME")]
-        node: Option<String>,
-        /// With `--datastore kubernetes`: the kubeconfig (default: in-cluster, else
-        /// $KUBECONFIG or ~/.kube/config).
-        #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: Option<PathBuf>,
-        /// With `--datastore kubernetes`: where Calico's resources are: `v3`
-        /// (projectcalico.org/v3, Calico's API server), `crd` (crd.projectcalico.org/v1,
-        /// the CRDs Calico stores them in) or `auto` (v3 if served, else crd).
-        #[arg(long, value_enum, default_value_t = crate::datastore::kubernetes::CalicoApi::Auto)]
-        calico_api: crate::datastore::kubernetes::CalicoApi,
-        /// Unix socket for `agent flows` / `agent status` (mode 0600).
-        #[arg(long, default_value = crate::daemon::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9908).
-        #[arg(long)]
-        metrics: Option<std::net::SocketAddr>,
-        /// Pin directory on a bpffs for maps and links (bpffs is mounted at
-        /// /sys/fs/bpf if needed). A new agent on the same directory adopts the
-        /// pinned state without a gap in enforcement.
-        #[arg(long, default_value = crate::daemon::DEFAULT_BPFFS)]
-        bpffs: PathBuf,
-        /// On a clean stop (SIGTERM, ctrl-c) detach the programs and remove the
-        /// pinned state. By default they stay attached and enforcing.
-        #[arg(long)]
-        detach_on_exit: bool,
-        /// The agent's own config (YAML): `failsafeInbound`, `failsafeOutbound`
-        /// lists of `{protocol, port, net}`; Calico's defaults when unset.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Run(run::RunArgs),
     /// Detach the programs and remove everything pinned under the pin directory.
     Cleanup {
         #[arg(long, default_value = crate::daemon::DEFAULT_BPFFS)]
@@ -149,25 +113,10 @@ pub fn main(cli: Cli) -> ExitCode {
     // quietly, as Unix tools do, instead of panicking in `println!` on EPIPE
     // (Rust ignores SIGPIPE by default). Not the daemon: it writes to clients'
     // sockets, and a client that goes away must not stop it.
-    if !matches!(cli.command, Command::Run { .. }) {
+    if !matches!(cli.command, Command::Run(_)) {
         restore_sigpipe();
     }
-    // Logs go to stderr; RUST_LOG filters, AGENT_LOG_FORMAT=json switches to JSON lines.
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    // Colours only on a terminal, and never with NO_COLOR set (no-color.org):
-    // logs sent to a file or a collector stay plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    if std::env::var("AGENT_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    init_logging();
     let result = match cli.command {
         Command::Probe => probe(),
         Command::Check {
@@ -197,43 +146,7 @@ pub fn main(cli: Cli) -> ExitCode {
             target,
             namespace,
         } => promote::confirm(&datastore, &target, namespace.as_deref()),
-        Command::Run {
-            datastore,
-            node,
-            kubeconfig,
-            calico_api,
-            socket,
-            metrics,
-            bpffs,
-            detach_on_exit,
-            config,
-        } => load_failsafes(config.as_deref()).and_then(|failsafes| {
-            let services = crate::daemon::services::ServiceConfig::load(config.as_deref())?;
-            let node = node
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(crate::datastore::kubernetes::default_node_name);
-            let datastore = if datastore == "kubernetes" {
-                crate::daemon::DatastoreSpec::Kubernetes(
-                    crate::datastore::kubernetes::KubeOptions {
-                        node,
-                        kubeconfig,
-                        calico_api,
-                    },
-                )
-            } else {
-                crate::daemon::DatastoreSpec::Dir(datastore.into(), node)
-            };
-            crate::daemon::run(crate::daemon::RunOptions {
-                datastore,
-                socket,
-                metrics,
-                bpffs,
-                detach_on_exit,
-                failsafes,
-                services,
-            })
-            .map(|()| ExitCode::SUCCESS)
-        }),
+        Command::Run(args) => run::run(args),
         Command::Cleanup { bpffs } => cleanup(&bpffs),
         Command::SafeMode(args) => safe_mode::run(&args),
         Command::Flows(args) => flows::run_flows(args),
@@ -249,6 +162,25 @@ pub fn main(cli: Cli) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Logs go to stderr; RUST_LOG filters, AGENT_LOG_FORMAT=json switches to JSON lines.
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal, and never with NO_COLOR set (no-color.org):
+    // logs sent to a file or a collector stay plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr);
+    if std::env::var("AGENT_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 
