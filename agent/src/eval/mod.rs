@@ -350,7 +350,7 @@ impl<'m> Evaluator<'m> {
         dst: IpAddr,
     ) -> Option<Vec<usize>> {
         let prefilters = self.prefilters.as_ref()?;
-        let position = policy_position(self.model, policy);
+        let position = policy_position(self.model, policy)?;
         let slot = match direction {
             Direction::Ingress => &prefilters[position][0],
             Direction::Egress => &prefilters[position][1],
@@ -604,18 +604,16 @@ impl<'m> Evaluator<'m> {
 
 /// The position in `model.policies` of one of its entries: prepared sets and
 /// applicable tiers hold references into that vector, so the address says which.
-fn policy_position(model: &Model, policy: &Policy) -> usize {
+/// None for a policy that is not an entry (then every rule is scanned: slower,
+/// never a different verdict).
+fn policy_position(model: &Model, policy: &Policy) -> Option<usize> {
     let offset = (policy as *const Policy as usize).wrapping_sub(model.policies.as_ptr() as usize);
     let position = offset / std::mem::size_of::<Policy>();
-    assert!(
-        model
-            .policies
-            .get(position)
-            .is_some_and(|p| std::ptr::eq(p, policy)),
-        "policy {:?} is not an entry of the evaluator's model",
-        policy.id
-    );
-    position
+    model
+        .policies
+        .get(position)
+        .is_some_and(|p| std::ptr::eq(p, policy))
+        .then_some(position)
 }
 
 /// Rules of a profile in a direction. A `kns.<namespace>` profile that the
