@@ -30,6 +30,7 @@ use crate::model::ir::{
 
 mod matching;
 mod order;
+mod prefilter;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,7 @@ pub use matching::{IpIndex, NetRanges};
 pub use order::{policy_order, set_members, PreparedSet, PreparedTier};
 
 use matching::{failsafe_match, RuleMatcher};
+use prefilter::RulePrefilter;
 
 /// The tier name Calico gives profiles in traces.
 pub const PROFILE_TIER: &str = "__PROFILE__";
@@ -291,6 +293,9 @@ pub struct FlowVerdict {
 /// Per endpoint: the applicable tiers for ingress and egress, computed on first use.
 type ApplicableCache<'m> = Vec<OnceLock<[Vec<ApplicableTier<'m>>; 2]>>;
 
+/// Per `model.policies` entry: its ingress and egress rule prefilters, built on first use.
+type PrefilterCache = Vec<[OnceLock<RulePrefilter>; 2]>;
+
 /// A model prepared for many questions: both policy sets sorted, IPs indexed,
 /// applicable policies cached per endpoint. Deterministic; `Sync`.
 pub struct Evaluator<'m> {
@@ -300,6 +305,8 @@ pub struct Evaluator<'m> {
     pending: PreparedSet<'m>,
     enforced_cache: ApplicableCache<'m>,
     pending_cache: ApplicableCache<'m>,
+    /// None: scan every rule (the reference the prefilter is tested against).
+    prefilters: Option<PrefilterCache>,
 }
 
 impl<'m> Evaluator<'m> {
@@ -316,7 +323,40 @@ impl<'m> Evaluator<'m> {
             pending: PreparedSet::new(model, PolicySet::Pending),
             enforced_cache: empty_cache(),
             pending_cache: empty_cache(),
+            prefilters: Some(
+                (0..model.policies.len())
+                    .map(|_| [OnceLock::new(), OnceLock::new()])
+                    .collect(),
+            ),
         }
+    }
+
+    /// An evaluator that tests every rule in turn, without the prefilter.
+    #[cfg(test)]
+    fn scanning_every_rule(model: &'m Model) -> Self {
+        Evaluator {
+            prefilters: None,
+            ..Evaluator::new(model)
+        }
+    }
+
+    /// The rules of `policy` (an entry of `model.policies`) in `direction`
+    /// that may match a packet from `src` to `dst`, in order; None: all of them.
+    fn candidate_rules(
+        &self,
+        policy: &Policy,
+        direction: Direction,
+        src: IpAddr,
+        dst: IpAddr,
+    ) -> Option<Vec<usize>> {
+        let prefilters = self.prefilters.as_ref()?;
+        let position = policy_position(self.model, policy)?;
+        let slot = match direction {
+            Direction::Ingress => &prefilters[position][0],
+            Direction::Egress => &prefilters[position][1],
+        };
+        slot.get_or_init(|| RulePrefilter::new(policy.rules(direction)))
+            .candidates(src, dst)
     }
 
     pub fn model(&self) -> &'m Model {
@@ -394,7 +434,7 @@ impl<'m> Evaluator<'m> {
             return end.finish(Verdict::Allow, verdict);
         }
         let tiers = self.applicable_policies(set, endpoint_index, direction);
-        if let Some((action, by)) = evaluate_tiers(tiers, &matcher, &mut end) {
+        if let Some((action, by)) = self.evaluate_tiers(tiers, &matcher, &mut end) {
             return end.finish(action, by);
         }
         let (action, by) = self.evaluate_profiles(endpoint, &matcher, &mut end);
@@ -457,6 +497,79 @@ impl<'m> Evaluator<'m> {
         })
     }
 
+    /// The tiers in order (phase by phase). Returns the decision, or None when
+    /// every tier passed (then the profiles decide).
+    fn evaluate_tiers(
+        &self,
+        tiers: &[ApplicableTier],
+        matcher: &RuleMatcher,
+        end: &mut EndEvaluation,
+    ) -> Option<(Verdict, DecidedBy)> {
+        for tier in tiers {
+            match self.first_decisive_rule(tier, matcher, end.direction) {
+                Some((policy, index, Action::Pass)) => {
+                    end.record_policy(tier, policy, TraceAction::Pass, index as i64);
+                }
+                Some((policy, index, action)) => {
+                    let (verdict, traced) = if action == Action::Allow {
+                        (Verdict::Allow, TraceAction::Allow)
+                    } else {
+                        (Verdict::Deny, TraceAction::Deny)
+                    };
+                    end.record_policy(tier, policy, traced, index as i64);
+                    let by = DecidedBy::PolicyRule {
+                        tier: tier.name.clone(),
+                        policy: policy.id.clone(),
+                        rule: index,
+                    };
+                    return Some((verdict, by));
+                }
+                // Untracked and pre-DNAT tiers without a decision pass on.
+                None if tier.phase != Phase::Normal => {}
+                None => {
+                    // No rule decided: the tier's default, attributed to its last applicable policy.
+                    let last = tier
+                        .policies
+                        .last()
+                        .expect("applicable tiers are non-empty");
+                    match tier.default_action {
+                        TierDefault::Pass => {
+                            end.record_policy(tier, last, TraceAction::Pass, END_OF_TIER_RULE)
+                        }
+                        TierDefault::Deny => {
+                            end.record_policy(tier, last, TraceAction::Deny, END_OF_TIER_RULE);
+                            let by = DecidedBy::EndOfTier {
+                                tier: tier.name.clone(),
+                                policy: last.id.clone(),
+                            };
+                            return Some((Verdict::Deny, by));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The first Allow, Deny or Pass rule in the tier that matches (Log rules only log).
+    fn first_decisive_rule<'t>(
+        &self,
+        tier: &ApplicableTier<'t>,
+        matcher: &RuleMatcher,
+        direction: Direction,
+    ) -> Option<(&'t Policy, usize, Action)> {
+        tier.policies.iter().find_map(|policy| {
+            let rules = policy.rules(direction);
+            let decides =
+                |&(_, rule): &(usize, &Rule)| rule.action != Action::Log && matcher.matches(rule);
+            let decisive = match self.candidate_rules(policy, direction, matcher.src, matcher.dst) {
+                Some(candidates) => candidates.into_iter().map(|i| (i, &rules[i])).find(decides),
+                None => rules.iter().enumerate().find(decides),
+            };
+            decisive.map(|(index, rule)| (*policy, index, rule.action))
+        })
+    }
+
     /// After the tiers: the endpoint's profiles in order. A profile Pass counts
     /// as deny; no decision (or no profile) denies.
     fn evaluate_profiles(
@@ -487,6 +600,20 @@ impl<'m> Evaluator<'m> {
         end.record_profile(NO_MATCH_PROFILE, TraceAction::Deny, 0);
         (Verdict::Deny, DecidedBy::NoMatch)
     }
+}
+
+/// The position in `model.policies` of one of its entries: prepared sets and
+/// applicable tiers hold references into that vector, so the address says which.
+/// None for a policy that is not an entry (then every rule is scanned: slower,
+/// never a different verdict).
+fn policy_position(model: &Model, policy: &Policy) -> Option<usize> {
+    let offset = (policy as *const Policy as usize).wrapping_sub(model.policies.as_ptr() as usize);
+    let position = offset / std::mem::size_of::<Policy>();
+    model
+        .policies
+        .get(position)
+        .is_some_and(|p| std::ptr::eq(p, policy))
+        .then_some(position)
 }
 
 /// Rules of a profile in a direction. A `kns.<namespace>` profile that the
@@ -542,75 +669,6 @@ fn applicable_tiers<'m>(
             })
         })
         .collect()
-}
-
-/// The tiers in order (phase by phase). Returns the decision, or None when
-/// every tier passed (then the profiles decide).
-fn evaluate_tiers(
-    tiers: &[ApplicableTier],
-    matcher: &RuleMatcher,
-    end: &mut EndEvaluation,
-) -> Option<(Verdict, DecidedBy)> {
-    for tier in tiers {
-        match first_decisive_rule(tier, matcher, end.direction) {
-            Some((policy, index, Action::Pass)) => {
-                end.record_policy(tier, policy, TraceAction::Pass, index as i64);
-            }
-            Some((policy, index, action)) => {
-                let (verdict, traced) = if action == Action::Allow {
-                    (Verdict::Allow, TraceAction::Allow)
-                } else {
-                    (Verdict::Deny, TraceAction::Deny)
-                };
-                end.record_policy(tier, policy, traced, index as i64);
-                let by = DecidedBy::PolicyRule {
-                    tier: tier.name.clone(),
-                    policy: policy.id.clone(),
-                    rule: index,
-                };
-                return Some((verdict, by));
-            }
-            // Untracked and pre-DNAT tiers without a decision pass on.
-            None if tier.phase != Phase::Normal => {}
-            None => {
-                // No rule decided: the tier's default, attributed to its last applicable policy.
-                let last = tier
-                    .policies
-                    .last()
-                    .expect("applicable tiers are non-empty");
-                match tier.default_action {
-                    TierDefault::Pass => {
-                        end.record_policy(tier, last, TraceAction::Pass, END_OF_TIER_RULE)
-                    }
-                    TierDefault::Deny => {
-                        end.record_policy(tier, last, TraceAction::Deny, END_OF_TIER_RULE);
-                        let by = DecidedBy::EndOfTier {
-                            tier: tier.name.clone(),
-                            policy: last.id.clone(),
-                        };
-                        return Some((Verdict::Deny, by));
-                    }
-                }
-            }
-        }
-    }
-    None
-}
-
-/// The first Allow, Deny or Pass rule in the tier that matches (Log rules only log).
-fn first_decisive_rule<'m>(
-    tier: &ApplicableTier<'m>,
-    matcher: &RuleMatcher,
-    direction: Direction,
-) -> Option<(&'m Policy, usize, Action)> {
-    tier.policies.iter().find_map(|policy| {
-        policy
-            .rules(direction)
-            .iter()
-            .enumerate()
-            .find(|(_, rule)| rule.action != Action::Log && matcher.matches(rule))
-            .map(|(index, rule)| (*policy, index, rule.action))
-    })
 }
 
 /// The trace of one end under construction.
