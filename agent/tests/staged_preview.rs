@@ -4,17 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const DATABASE_LOCKDOWN: &str = "apiVersion: projectcalico.org/v3
-kind: StagedGlobalNetworkPolicy
-metadata:
-  name: database-lockdown
-spec:
-  order: 1
-  selector: app == 'database'
-  types: [Ingress]
-  ingress:
-    - {action: Deny, source: {selector: app == 'backend'}}
-";
+/// A second staged policy beside the seed scenario's (shared by the staged-policy tests).
+const DATABASE_LOCKDOWN: &str = include_str!("fixtures/database-lockdown.yaml");
 
 fn datastore() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

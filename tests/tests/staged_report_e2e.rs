@@ -13,17 +13,8 @@ use common::*;
 use lab::{Lab, TcpProbe, PROBE_TIMEOUT};
 use serde_json::Value;
 
-const DATABASE_LOCKDOWN: &str = "apiVersion: projectcalico.org/v3
-kind: StagedGlobalNetworkPolicy
-metadata:
-  name: database-lockdown
-spec:
-  order: 1
-  selector: app == 'database'
-  types: [Ingress]
-  ingress:
-    - {action: Deny, source: {selector: app == 'backend'}}
-";
+/// A second staged policy beside the seed scenario's (shared by the staged-policy tests).
+const DATABASE_LOCKDOWN: &str = include_str!("../../agent/tests/fixtures/database-lockdown.yaml");
 
 const BACKEND: &str = "sgnp/backend-lockdown-staged";
 const DATABASE: &str = "sgnp/database-lockdown";
