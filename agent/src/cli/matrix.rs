@@ -1,26 +1,20 @@
 //! `agent matrix`: the connectivity matrix of all workload endpoints (rows =
-//! from, columns = to), enforced and pending side by side, per destination port.
+//! from, columns = to), enforced and pending side by side, per destination
+//! port, computed by [`crate::eval::matrix`] (ports, addressing and names are
+//! described there).
 //!
-//! Ports: `--port PROTO/N` (repeatable; a bare `N` means TCP). Without
-//! `--port`, every port the policies mention as a destination port is used: a
-//! single port or the first port of a range (with the rule's protocol, TCP if
-//! it names none), and named ports resolved against the endpoints that define
-//! them; TCP/80 when the policies mention none. Each endpoint is addressed by
-//! its first IPv4 address (`--ipv6`: IPv6); endpoints without one are left out.
-//! Rows and columns are named `namespace/pod` ([`crate::model::ir::Endpoint::key`]).
-use std::collections::BTreeSet;
-use std::fmt;
-use std::net::IpAddr;
+//! Ports: `--port PROTO/N` (repeatable; a bare `N` means TCP); without it the
+//! ports the policies mention. `--ipv6`: endpoints by their first IPv6 address.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
-use super::eval::{
-    first_ip, has_ports, load_datastore, parse_protocol, protocol_name, usage_error, OutputFormat,
+use super::eval::{load_datastore, usage_error, OutputFormat};
+pub use crate::eval::matrix::{
+    compute, default_ports, parse_port_spec, Cell, Matrix, PortMatrix, PortSpec,
 };
-use crate::eval::{Evaluator, Flow, Packet, Verdict};
-use crate::model::ir::{proto, EndpointKind, Model, PortMatch};
+use crate::eval::Verdict;
 
 #[derive(Debug, Args)]
 pub struct MatrixArgs {
@@ -47,74 +41,6 @@ pub struct MatrixArgs {
     pub staged: Vec<String>,
 }
 
-/// A destination port of a protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortSpec {
-    pub protocol: u8,
-    pub port: u16,
-}
-
-impl fmt::Display for PortSpec {
-    /// `TCP/8080`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", protocol_name(self.protocol), self.port)
-    }
-}
-
-impl serde::Serialize for PortSpec {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// `PROTO/N` (PROTO: a protocol with ports) or a bare `N` for TCP.
-pub fn parse_port_spec(text: &str) -> Result<PortSpec, String> {
-    let (protocol, port) = match text.split_once('/') {
-        Some((p, n)) => (parse_protocol(p)?, n),
-        None => (proto::TCP, text),
-    };
-    if !has_ports(protocol) {
-        return Err(format!("protocol {} has no ports", protocol_name(protocol)));
-    }
-    let port = port
-        .parse::<u16>()
-        .ok()
-        .filter(|&p| p >= 1)
-        .ok_or_else(|| format!("bad port {port:?} (1-65535)"))?;
-    Ok(PortSpec { protocol, port })
-}
-
-/// One cell: the flow from one endpoint to another on one port.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Cell {
-    pub from: String,
-    pub to: String,
-    pub enforced: Verdict,
-    pub pending: Verdict,
-}
-
-impl Cell {
-    fn differs(&self) -> bool {
-        self.enforced != self.pending
-    }
-}
-
-/// The matrix for one port.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct PortMatrix {
-    pub port: PortSpec,
-    /// Endpoint keys, the rows and columns in order.
-    pub endpoints: Vec<String>,
-    /// Every ordered pair of distinct endpoints (all of them, or only differing ones with `--diff`).
-    pub cells: Vec<Cell>,
-}
-
-/// `-o json`: `{"ports": [<PortMatrix>...]}`.
-#[derive(serde::Serialize)]
-struct MatrixOutput<'a> {
-    ports: &'a [PortMatrix],
-}
-
 pub fn run(args: MatrixArgs) -> ExitCode {
     let mut model = match load_datastore(&args.datastore) {
         Ok(model) => model,
@@ -138,7 +64,7 @@ pub fn run(args: MatrixArgs) -> ExitCode {
     match (args.output, args.diff) {
         (OutputFormat::Json, _) => println!(
             "{}",
-            serde_json::to_string_pretty(&MatrixOutput { ports: &matrices })
+            serde_json::to_string_pretty(&Matrix { ports: matrices })
                 .expect("matrices serialize")
         ),
         (OutputFormat::Text, true) => print!("{}", render_diff(&matrices)),
@@ -149,83 +75,6 @@ pub fn run(args: MatrixArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-/// The destination ports the policies mention (see the module docs), or TCP/80.
-pub fn default_ports(model: &Model) -> Vec<PortSpec> {
-    let mut ports = BTreeSet::new();
-    let rules = model.all_rules();
-    for rule in rules {
-        let protocol = rule
-            .protocol
-            .filter(|&p| has_ports(p))
-            .unwrap_or(proto::TCP);
-        for port in &rule.destination.ports {
-            match port {
-                PortMatch::Range(r) => {
-                    ports.insert(PortSpec {
-                        protocol,
-                        port: r.first,
-                    });
-                }
-                PortMatch::Named(name) => {
-                    let defined = model.endpoints.iter().flat_map(|e| &e.named_ports);
-                    for np in defined.filter(|np| &np.name == name) {
-                        ports.insert(PortSpec {
-                            protocol: np.protocol,
-                            port: np.port,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    if ports.is_empty() {
-        ports.insert(PortSpec {
-            protocol: proto::TCP,
-            port: 80,
-        });
-    }
-    ports.into_iter().collect()
-}
-
-/// The matrices: workload endpoints sorted by key, each addressed by its first IP of the family.
-pub fn compute(model: &Model, ports: &[PortSpec], ipv4: bool) -> Vec<PortMatrix> {
-    let evaluator = Evaluator::new(model);
-    let mut endpoints: Vec<(String, IpAddr)> = model
-        .endpoints
-        .iter()
-        .filter(|e| e.kind == EndpointKind::Workload)
-        .filter_map(|e| first_ip(e, ipv4).map(|ip| (e.key(), ip)))
-        .collect();
-    endpoints.sort();
-    ports
-        .iter()
-        .map(|&port| {
-            let packet = Packet::with_ports(port.protocol, crate::eval::EPHEMERAL_PORT, port.port);
-            let mut cells = Vec::new();
-            for (from, src) in &endpoints {
-                for (to, dst) in endpoints.iter().filter(|(to, _)| to != from) {
-                    let v = evaluator.evaluate_flow(&Flow {
-                        src: *src,
-                        dst: *dst,
-                        packet,
-                    });
-                    cells.push(Cell {
-                        from: from.clone(),
-                        to: to.clone(),
-                        enforced: v.enforced.action,
-                        pending: v.pending.action,
-                    });
-                }
-            }
-            PortMatrix {
-                port,
-                endpoints: endpoints.iter().map(|(k, _)| k.clone()).collect(),
-                cells,
-            }
-        })
-        .collect()
 }
 
 fn mark(v: Verdict) -> char {
@@ -308,6 +157,7 @@ pub fn render_diff(matrices: &[PortMatrix]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ir::{proto, EndpointKind, Model, PortMatch};
     use crate::model::ir::{
         Endpoint, EntityRule, Policy, PolicyId, PolicyKind, PortRange, Rule, Tier, TierDefault,
     };

@@ -28,6 +28,7 @@ use crate::model::ir::{
 };
 
 mod matching;
+pub mod matrix;
 mod order;
 mod prefilter;
 #[cfg(test)]
