@@ -6,9 +6,11 @@
 //! - [`eval`]: the reference evaluator, the semantics in plain Rust (the oracle).
 //! - [`compile`]: policies x endpoints -> peer classes and decision tables (BPF map contents).
 //! - [`dataplane`]: BPF programs and maps, loading and attaching.
+//! - [`console`]: the web console (flows, staged report, matrix) over a data source.
 //! - [`cli`]: the command line.
 pub mod cli;
 pub mod compile;
+pub mod console;
 pub mod daemon;
 pub mod dataplane;
 pub mod datastore;

@@ -27,6 +27,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-server",
     "openssl",
     "curl",
+    // tests/tests/console_e2e.rs: the web console in headless Chromium.
+    "chromium",
 ];
 
 const USER_TOOLCHAIN_COMPONENTS: &[&str] = &["clippy", "rustfmt"];

@@ -64,8 +64,7 @@ pub fn run(args: MatrixArgs) -> ExitCode {
     match (args.output, args.diff) {
         (OutputFormat::Json, _) => println!(
             "{}",
-            serde_json::to_string_pretty(&Matrix { ports: matrices })
-                .expect("matrices serialize")
+            serde_json::to_string_pretty(&Matrix { ports: matrices }).expect("matrices serialize")
         ),
         (OutputFormat::Text, true) => print!("{}", render_diff(&matrices)),
         (OutputFormat::Text, false) => {

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::daemon::{DatastoreSpec, RunOptions};
+use crate::console::Auth;
+use crate::daemon::{ConsoleOptions, DatastoreSpec, RunOptions};
 use crate::datastore::kubernetes::{default_node_name, CalicoApi, KubeOptions};
 
 #[derive(Debug, Args)]
@@ -46,9 +47,25 @@ pub struct RunArgs {
     /// lists of `{protocol, port, net}`; Calico's defaults when unset.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Serve the web console (live flows, staged report, connectivity matrix) on this
+    /// address, e.g. 127.0.0.1:9909 (reach it with `kubectl port-forward`). Off by default;
+    /// an address other than loopback requires --console-token-file.
+    #[arg(long, value_name = "ADDR")]
+    pub console: Option<std::net::SocketAddr>,
+    /// A file holding the console's token (at least 16 printable characters): every
+    /// request must send `Authorization: Bearer TOKEN` or log in once at /?token=TOKEN.
+    #[arg(long, value_name = "FILE", requires = "console")]
+    pub console_token_file: Option<PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let console = match args.console {
+        Some(addr) => Some(ConsoleOptions {
+            addr,
+            auth: Auth::for_address(addr, args.console_token_file.as_deref())?,
+        }),
+        None => None,
+    };
     let failsafes = super::load_failsafes(args.config.as_deref())?;
     let services = crate::daemon::services::ServiceConfig::load(args.config.as_deref())?;
     let node = args
@@ -72,6 +89,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         detach_on_exit: args.detach_on_exit,
         failsafes,
         services,
+        console,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -47,6 +47,7 @@ use crate::flows::{unix_now_ns, FlowTable, View};
 use crate::model::ir::{FailsafePort, Failsafes};
 
 mod confirmations;
+mod console;
 mod enforce;
 mod health;
 mod http;
@@ -64,6 +65,7 @@ use health::status;
 use source::{Loader, Source};
 use state::{lock, Config, Enforcement, Health, Inner, Interfaces, Shared};
 
+pub use console::ConsoleOptions;
 pub use protocol::{Request, Status};
 pub use source::DatastoreSpec;
 
@@ -90,6 +92,8 @@ pub struct RunOptions {
     pub failsafes: Failsafes,
     /// Service frontends and data interfaces (from `--config`).
     pub services: services::ServiceConfig,
+    /// The web console (`--console`), off by default.
+    pub console: Option<ConsoleOptions>,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -134,6 +138,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             .with_context(|| format!("metrics on {addr}"))?;
         tracing::info!(%addr, "metrics (/metrics) and health (/healthz, /readyz)");
         tokio::spawn(http::serve(l, shared.clone()));
+    }
+    if let Some(console) = &opts.console {
+        console::start(console, shared.clone(), opts.datastore.clone()).await?;
     }
     spawn_event_drain(shared.clone());
     spawn_interface_poll(shared.clone());
@@ -182,6 +189,7 @@ fn new_shared(opts: &RunOptions, mut dp: Dataplane) -> anyhow::Result<Shared> {
     let management: Vec<FailsafePort> = opts
         .metrics
         .iter()
+        .chain(opts.console.iter().map(|c| &c.addr))
         .map(|a| FailsafePort {
             protocol: crate::model::ir::proto::TCP,
             port: a.port(),

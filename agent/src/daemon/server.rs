@@ -11,9 +11,9 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::protocol::{ErrorReply, Request, DEFAULT_LAST};
 use super::{lock, status, Shared};
-use crate::flows::blame::Blame;
+use crate::flows::blame::{Blame, Judge};
 use crate::flows::report::{self, History, ReportQuery, StagedReport};
-use crate::flows::{unix_now_ns, Flow, FlowQuery, Matcher};
+use crate::flows::{unix_now_ns, Flow, FlowFilter, FlowQuery, Matcher, View};
 
 /// Binds the socket: parent directory created (0700), a stale socket removed,
 /// refuses to start when another agent answers on it; mode 0600. Only ever
@@ -129,7 +129,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> 
 
 /// Judges the recorded connections per staged policy with the evaluator, on
 /// a blocking thread (the model is cloned: the event loop is not held up).
-async fn staged_report(q: ReportQuery, shared: &Shared) -> Result<StagedReport, String> {
+pub(super) async fn staged_report(q: ReportQuery, shared: &Shared) -> Result<StagedReport, String> {
     let model = lock(&shared.inner).enforced.good.model.clone();
     let (records, dropped_until_ns) = {
         let table = lock(&shared.flows);
@@ -148,35 +148,44 @@ async fn staged_report(q: ReportQuery, shared: &Shared) -> Result<StagedReport, 
     .map_err(|e| format!("the report failed: {e}"))?
 }
 
-async fn flows(
-    q: FlowQuery,
-    shared: &Shared,
-    w: &mut (impl AsyncWriteExt + Unpin),
-    mut r: impl AsyncBufReadExt + Unpin,
-) -> std::io::Result<()> {
-    let view = lock(&shared.view).clone();
-    let matcher = match Matcher::new(&q.filter).and_then(|m| m.resolve(&view)) {
-        Ok(m) => m,
-        Err(e) => return write_line(w, &ErrorReply { error: e }).await,
-    };
-    // Blame (and `--staged`) by the evaluator, on the model at query time:
-    // only when the query is about staged policy (it clones the model).
-    let wants_blame = q.filter.pending_diff || !q.filter.staged.is_empty();
-    let blame = match wants_blame.then(|| {
-        let model = lock(&shared.inner).enforced.good.model.clone();
-        Blame::new(&model, &q.filter.staged)
-    }) {
-        Some(Err(e)) => return write_line(w, &ErrorReply { error: e }).await,
-        Some(Ok(b)) => Some(b),
-        None => None,
-    };
-    let judge = blame.as_ref().map(Blame::judge);
-    let annotate = |f: Arc<Flow>| match &judge {
+/// A flows query's filter, compiled against the daemon's view, with the
+/// models that blame staged policies when the query is about staged policy.
+pub(super) struct Selection {
+    pub(super) matcher: Matcher,
+    pub(super) blame: Option<Blame>,
+}
+
+impl Selection {
+    pub(super) fn new(filter: &FlowFilter, shared: &Shared, view: &View) -> Result<Self, String> {
+        let matcher = Matcher::new(filter).and_then(|m| m.resolve(view))?;
+        // Blame (and `--staged`) by the evaluator, on the model at query time:
+        // only when the query is about staged policy (it clones the model).
+        let blame = if filter.pending_diff || !filter.staged.is_empty() {
+            let model = lock(&shared.inner).enforced.good.model.clone();
+            Some(Blame::new(&model, &filter.staged)?)
+        } else {
+            None
+        };
+        Ok(Selection { matcher, blame })
+    }
+}
+
+fn annotate(judge: Option<&Judge>, f: Arc<Flow>) -> Arc<Flow> {
+    match judge {
         Some(j) => Arc::new(j.annotate(&f)),
         None => f,
-    };
-    // Subscribe before reading the history so nothing falls between the two.
-    let mut rx = shared.tx.subscribe();
+    }
+}
+
+/// The history's records that match, oldest first: the last `q.last`, or
+/// those seen in the last `q.since_ms` (see [`super::protocol`]).
+pub(super) fn matching_history(
+    q: &FlowQuery,
+    selection: &Selection,
+    judge: Option<&Judge>,
+    shared: &Shared,
+    view: &View,
+) -> Vec<Arc<Flow>> {
     let history = lock(&shared.flows).history();
     let cutoff = q
         .since_ms
@@ -184,8 +193,8 @@ async fn flows(
     let mut selected: Vec<_> = history
         .into_iter()
         .filter(|f| cutoff.is_none_or(|c| f.last_seen_ns >= c))
-        .map(&annotate)
-        .filter(|f| matcher.matches(f, &view))
+        .map(|f| annotate(judge, f))
+        .filter(|f| selection.matcher.matches(f, view))
         .collect();
     let last = match (q.last, q.since_ms, q.follow) {
         (Some(n), _, _) => Some(n),
@@ -197,6 +206,24 @@ async fn flows(
         let skip = selected.len().saturating_sub(n);
         selected.drain(..skip);
     }
+    selected
+}
+
+async fn flows(
+    q: FlowQuery,
+    shared: &Shared,
+    w: &mut (impl AsyncWriteExt + Unpin),
+    mut r: impl AsyncBufReadExt + Unpin,
+) -> std::io::Result<()> {
+    let view = lock(&shared.view).clone();
+    let selection = match Selection::new(&q.filter, shared, &view) {
+        Ok(s) => s,
+        Err(e) => return write_line(w, &ErrorReply { error: e }).await,
+    };
+    let judge = selection.blame.as_ref().map(Blame::judge);
+    // Subscribe before reading the history so nothing falls between the two.
+    let mut rx = shared.tx.subscribe();
+    let selected = matching_history(&q, &selection, judge.as_ref(), shared, &view);
     for f in &selected {
         write_line(w, f.as_ref()).await?;
     }
@@ -209,9 +236,9 @@ async fn flows(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(f) => {
-                    let f = annotate(f);
+                    let f = annotate(judge.as_ref(), f);
                     let view = lock(&shared.view).clone();
-                    if matcher.matches(&f, &view) {
+                    if selection.matcher.matches(&f, &view) {
                         write_line(w, f.as_ref()).await?;
                     }
                 }

@@ -164,3 +164,10 @@ pub fn compute(model: &Model, ports: &[PortSpec], ipv4: bool) -> Vec<PortMatrix>
         .collect()
 }
 
+/// The matrix on the ports the policies mention ([`default_ports`]), each
+/// endpoint by its first IPv4 address (the web console's).
+pub fn of_model(model: &Model) -> Matrix {
+    Matrix {
+        ports: compute(model, &default_ports(model), true),
+    }
+}
