@@ -204,6 +204,10 @@ fn the_console_shows_the_staged_would_be_deny_and_refuses_strangers() {
         s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
         TcpProbe::Connected
     );
+    assert_ne!(
+        s.frontend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
     wait_reported_deny(&lab);
 
     // The page, as a browser renders it after its script ran.
@@ -234,7 +238,15 @@ fn the_console_shows_the_staged_would_be_deny_and_refuses_strangers() {
         "{flows}"
     );
     assert!(
-        !dom.contains("class=\"error\">f"),
+        flows.contains("<td>prod/frontend</td><td>prod/database</td>"),
+        "the enforced deny: {flows}"
+    );
+    assert!(
+        flows.contains(&format!("<td>{BACKEND_LOCKDOWN}</td>")),
+        "changed by: {flows}"
+    );
+    assert!(
+        dom.contains("<span id=\"error\" class=\"error\"></span>"),
         "an API call failed: {dom}"
     );
 
@@ -245,7 +257,7 @@ fn the_console_shows_the_staged_would_be_deny_and_refuses_strangers() {
         &login,
         &[
             &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,1500",
+            "--window-size=1280,1100",
             "--hide-scrollbars",
         ],
     );

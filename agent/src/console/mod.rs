@@ -70,7 +70,7 @@ pub trait ConsoleData: Send + Sync + 'static {
     /// The flow records matching `query`'s filter, oldest first: the last
     /// `query.last` of them, or those seen in the last `query.since_ms` ms
     /// (the console always sets one). `query.follow` is never set (the
-    /// console polls).
+    /// console polls). Fill in `changed_by` where pending differs, if you can.
     fn flows(&self, query: FlowQuery) -> impl Future<Output = anyhow::Result<Vec<Flow>>> + Send;
 
     /// Per staged policy, the recorded connections its promotion alone would

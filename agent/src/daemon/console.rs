@@ -35,7 +35,13 @@ impl ConsoleData for DaemonData {
         // Blame evaluates every record: on a blocking thread.
         blocking(move || {
             let view = lock(&shared.view).clone();
-            let selection = Selection::new(&q.filter, &shared, &view).map_err(BadQuery)?;
+            let mut selection = Selection::new(&q.filter, &shared, &view).map_err(BadQuery)?;
+            // The console names the staged policies behind every record whose
+            // pending verdict differs (`changed_by`), not only when asked.
+            if selection.blame.is_none() {
+                let model = lock(&shared.inner).enforced.good.model.clone();
+                selection.blame = Some(Blame::new(&model, &[]).map_err(BadQuery)?);
+            }
             let judge = selection.blame.as_ref().map(Blame::judge);
             let records = matching_history(&q, &selection, judge.as_ref(), &shared, &view);
             Ok(records.iter().map(|f| Flow::clone(f)).collect())

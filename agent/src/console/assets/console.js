@@ -67,8 +67,8 @@ const stagedNames = new Set();
 async function refreshReport() {
   const r = await api("api/report");
   const w = r.window;
-  const out = [el("p", { class: "window" },
-    w.from ? `window: ${w.from} .. ${w.to}` : "window: none", ...(w.notes || []).map((n) => el("span", { class: "note" }, ` ${n}`)))];
+  const out = [el("p", { class: "window" }, w.from ? `window: ${w.from} .. ${w.to}` : "window: none"),
+    ...(w.notes || []).map((n) => el("p", { class: "note" }, n))];
   if (!r.policies.length) out.push(el("p", { class: "empty" }, "no staged policy"));
   out.push(...r.policies.map(renderPolicy));
   $("report").replaceChildren(...out);
