@@ -148,6 +148,8 @@ mod emit;
 mod endpoint;
 #[cfg(any(test, feature = "testkit"))]
 pub mod feed;
+#[cfg(test)]
+mod golden;
 mod names;
 mod peers;
 mod ports;
