@@ -218,7 +218,9 @@ fn changed_entries(a: &Compiled, b: &Compiled) -> usize {
     };
     let peers =
         |v: &[(u32, [u8; 16], u32)]| -> Vec<_> { v.iter().map(|&(l, k, x)| ((l, k), x)).collect() };
-    let count = |(stale, write): (Vec<_>, Vec<_>)| stale.len() + write.len();
+    fn count<K, V>((stale, write): (Vec<K>, Vec<V>)) -> usize {
+        stale.len() + write.len()
+    }
     count(changes(&pairs(&a.rules), &pairs(&b.rules)))
         + count(changes(&peers(&a.peers), &peers(&b.peers)))
         + count(changes(&a.groups, &b.groups))
@@ -289,7 +291,8 @@ fn capacity() {
         "{:>34} {:>7} {:>11} {:>16} {:>16} {:>18} {:>10}",
         "model", "local", "compile", "PEERS prefixes", "RULES keys", "GROUPS entries", "peak RSS"
     );
-    let models: [(&str, fn() -> Model); 2] = [
+    type MakeModel = fn() -> Model;
+    let models: [(&str, MakeModel); 2] = [
         ("10,000 pods x 1,000 policies", || {
             agent::compile::testgen::scale_model(10_000, 1_000, 1)
         }),
