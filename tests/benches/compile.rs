@@ -10,6 +10,12 @@
 //! a NetworkSet) compiles to tables that agree with the evaluator (a scale
 //! check moved here from the unit tests, where it took ~14 s in a debug build).
 //!
+//! Then, per size, the peak RSS of that step (the kernel's high-water mark,
+//! reset before each), network sets of 10,000 and 100,000 nets, the cost of
+//! one changed policy at 10,000 rules and of one added pod at 1,000 pods
+//! (compile and install, with the map entries the install wrote), and what
+//! 10,000 pods x 1,000 policies need of the maps (issue 15, item 3).
+//!
 //! `cargo +1.99.0 bench -p agent-tests --bench compile [-- N...]` (release).
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -18,10 +24,10 @@ use std::time::{Duration, Instant};
 use std::net::IpAddr;
 
 use agent::compile::testgen::TableModel;
-use agent::compile::{compile, feed, summary};
+use agent::compile::{compile, compile_with_limits, feed, summary, Compiled, Limits};
 use agent::dataplane::Dataplane;
 use agent::eval::{Evaluator, Packet, PolicySet};
-use agent::model::ir::{proto, Direction};
+use agent::model::ir::{proto, Direction, Model};
 use agent::model::load::load_sources;
 use agent::model::Severity;
 use agent_common::action;
@@ -76,6 +82,41 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
+/// CPU time of the whole process so far (all threads): on this shared
+/// machine wall time includes waiting for a core, CPU time much less so.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak RSS since the last [`reset_peak`], in MiB.
+fn peak_mib() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or("-".into(), |kib| format!("{} MiB", kib / 1024))
+}
+
+/// Installs `c` (as root), returning the time taken and the map entries the
+/// install wrote or deleted in the inactive copy, against what it held.
+fn install(dataplane: &mut Option<Dataplane>, c: &Compiled) -> String {
+    dataplane.as_mut().map_or("-".into(), |dp| {
+        let started = Instant::now();
+        dp.install(&c.tables).expect("installs");
+        ms(started.elapsed())
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -97,37 +138,187 @@ fn main() {
     // One kernel load for all sizes (as root; else the install column is `-`).
     let mut dataplane = Dataplane::load().ok();
     println!(
-        "{:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>12}",
-        "rules", "load", "compile", "encode", "install", "classes", "keys", "evaluations"
+        "{:>7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>12} {:>10}",
+        "rules",
+        "load",
+        "compile",
+        "(CPU)",
+        "encode",
+        "install",
+        "classes",
+        "keys",
+        "evaluations",
+        "peak RSS"
     );
     for rules in sizes {
+        reset_peak();
         let yaml = datastore(rules);
         let started = Instant::now();
         let loaded = load_sources(&[(PathBuf::from("compile.yaml"), yaml)]);
         let load = started.elapsed();
         assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_time());
         let compiled = compile(&loaded.model).expect("compiles");
-        let compile_time = started.elapsed();
+        let (compile_time, compile_cpu) = (started.elapsed(), cpu_time() - cpu);
         let started = Instant::now();
         let encoded = compiled.tables.encode().expect("encodes");
         let encode = started.elapsed();
-        let install = dataplane.as_mut().map_or("-".into(), |dp| {
-            let started = Instant::now();
-            dp.install(&compiled.tables).expect("installs");
-            ms(started.elapsed())
-        });
+        let install = install(&mut dataplane, &compiled);
         let s = &compiled.stats;
         assert_eq!(encoded.rules.len(), s.rule_keys);
         println!(
-            "{rules:>7} {:>11} {:>11} {:>11} {install:>11} {:>9} {:>9} {:>12}",
+            "{rules:>7} {:>11} {:>11} {:>11} {:>11} {install:>11} {:>9} {:>9} {:>12} {:>10}",
             ms(load),
             ms(compile_time),
+            ms(compile_cpu),
             ms(encode),
             s.classes,
             s.rule_keys,
-            s.evaluations
+            s.evaluations,
+            peak_mib()
         );
+    }
+    network_sets(&mut dataplane);
+    one_change(&mut dataplane);
+    capacity();
+}
+
+/// Load, compile, install and peak RSS of a datastore of one network set of
+/// 10,000 and 100,000 nets (the `netsets` bench's feed, 2 endpoints).
+fn network_sets(dataplane: &mut Option<Dataplane>) {
+    println!(
+        "{:>7} {:>11} {:>11} {:>11} {:>9} {:>10}",
+        "nets", "load", "compile", "install", "classes", "peak RSS"
+    );
+    for n in [10_000, 100_000] {
+        reset_peak();
+        let started = Instant::now();
+        let loaded = load_sources(&[("feed.yaml".into(), feed::yaml(n, 2, false))]);
+        let load = started.elapsed();
+        let started = Instant::now();
+        let c = compile(&loaded.model).expect("compiles");
+        let compile_time = started.elapsed();
+        let install = install(dataplane, &c);
+        println!(
+            "{n:>7} {:>11} {:>11} {install:>11} {:>9} {:>10}",
+            ms(load),
+            ms(compile_time),
+            c.stats.classes,
+            peak_mib()
+        );
+    }
+}
+
+/// Map entries (all tables) that differ between two compiles.
+fn changed_entries(a: &Compiled, b: &Compiled) -> usize {
+    use agent::dataplane::tables::changes;
+    let (a, b) = (a.tables.encode().unwrap(), b.tables.encode().unwrap());
+    let pairs = |v: &[(u32, agent_common::RuleKey, agent_common::Verdict)]| -> Vec<_> {
+        v.iter().map(|&(l, k, x)| ((l, k), x)).collect()
+    };
+    let peers =
+        |v: &[(u32, [u8; 16], u32)]| -> Vec<_> { v.iter().map(|&(l, k, x)| ((l, k), x)).collect() };
+    fn count<K, V>((stale, write): (Vec<K>, Vec<V>)) -> usize {
+        stale.len() + write.len()
+    }
+    count(changes(&pairs(&a.rules), &pairs(&b.rules)))
+        + count(changes(&peers(&a.peers), &peers(&b.peers)))
+        + count(changes(&a.groups, &b.groups))
+}
+
+/// Compile and install after one change: one policy's rule moved to another
+/// port at 10,000 rules, and one pod added to 1,000 pods x 100 policies. Both
+/// installs follow an install of the tables before the change into both
+/// copies, so the install writes only what changed.
+fn one_change(dataplane: &mut Option<Dataplane>) {
+    let loaded = load_sources(&[(PathBuf::from("compile.yaml"), datastore(10_000))]);
+    let mut model = loaded.model;
+    let pods = agent::compile::testgen::scale_model(1_000, 100, 1);
+    let mut more = pods.clone();
+    let mut pod = more.endpoints[0].clone();
+    pod.name = "pod-added".into();
+    pod.interface = Some("cali-added".into());
+    pod.ips = vec!["10.80.0.1".parse().unwrap(), "fd00::8:1".parse().unwrap()];
+    more.endpoints.push(pod);
+    let before = compile(&model).expect("compiles");
+    let policy = &mut model.policies[3];
+    let rule = &mut policy.ingress[500];
+    rule.destination.ports = vec![agent::model::ir::PortMatch::Range(
+        agent::model::ir::PortRange {
+            first: 9_999,
+            last: 9_999,
+        },
+    )];
+    println!(
+        "{:>26} {:>11} {:>11} {:>11} {:>15}",
+        "change", "compile", "(CPU)", "install", "entries changed"
+    );
+    for (what, before, after) in [
+        ("one policy, 10,000 rules", Ok(before), &model),
+        ("one pod added, 1,000 pods", compile(&pods), &more),
+    ] {
+        let before = before.expect("compiles");
+        for _ in 0..2 {
+            install(dataplane, &before);
+        }
+        let (started, cpu) = (Instant::now(), cpu_time());
+        let after_c = compile(after).expect("compiles");
+        let (compile_time, compile_cpu) = (started.elapsed(), cpu_time() - cpu);
+        let install = install(dataplane, &after_c);
+        println!(
+            "{what:>26} {:>11} {:>11} {install:>11} {:>15}",
+            ms(compile_time),
+            ms(compile_cpu),
+            changed_entries(&before, &after_c)
+        );
+    }
+}
+
+/// What 10,000 pods x 1,000 policies need of the maps: the whole cluster's
+/// pods are peers, `local` of them are on this node (have an interface).
+/// Compiled without limits; each figure against the map's size.
+fn capacity() {
+    let unlimited = Limits {
+        endpoints: usize::MAX,
+        peer_prefixes: usize::MAX,
+        rule_keys: usize::MAX,
+        keys_per_endpoint: usize::MAX,
+        source_port_keys: usize::MAX,
+        group_entries: usize::MAX,
+    };
+    let d = Limits::default();
+    println!(
+        "{:>34} {:>7} {:>11} {:>16} {:>16} {:>18} {:>10}",
+        "model", "local", "compile", "PEERS prefixes", "RULES keys", "GROUPS entries", "peak RSS"
+    );
+    type MakeModel = fn() -> Model;
+    let models: [(&str, MakeModel); 2] = [
+        ("10,000 pods x 1,000 policies", || {
+            agent::compile::testgen::scale_model(10_000, 1_000, 1)
+        }),
+        ("same, a label per pod", || {
+            agent::compile::testgen::per_pod_label_model(10_000, 1_000, 1)
+        }),
+    ];
+    for (what, make) in models {
+        for local in [110, 1_000] {
+            reset_peak();
+            let mut model = make();
+            for e in &mut model.endpoints[local..] {
+                e.interface = None;
+            }
+            let started = Instant::now();
+            let c = compile_with_limits(&model, &unlimited).expect("compiles");
+            let s = &c.stats;
+            println!(
+                "{what:>34} {local:>7} {:>11} {:>16} {:>16} {:>18} {:>10}",
+                ms(started.elapsed()),
+                format!("{} / {}", s.peer_prefixes, d.peer_prefixes),
+                format!("{} / {}", s.rule_keys, d.rule_keys),
+                format!("{} / {}", s.group_entries, d.group_entries),
+                peak_mib()
+            );
+        }
     }
 }
 

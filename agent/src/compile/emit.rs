@@ -10,12 +10,26 @@ use super::ports::{kind, Dim, Kind};
 use crate::dataplane::tables::{GroupEntry, PeerMatch, PortMatch as Ports, RuleEntry, Table};
 use crate::model::ir::Direction;
 
-/// A table function of one peer group: "other protocols" verdict and one verdict
-/// per (protocol, interval).
+/// One dimension's verdicts as maximal runs: (first interval index, verdict),
+/// ascending from interval 0, neighbours differing. Canonical, so two runs
+/// are equal exactly when their cells are; a row costs its runs, not its
+/// intervals (the port axis has ~N intervals at N port rules, and most
+/// groups differ in few of them).
+pub(super) type Runs = Vec<(u32, Verdict)>;
+
+/// A table function of one peer group: "other protocols" verdict and per
+/// (protocol, source-port class) dimension its verdicts over the intervals.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(super) struct Row {
     pub(super) other: Verdict,
-    pub(super) cells: Vec<Vec<Verdict>>,
+    pub(super) cells: Vec<Runs>,
+}
+
+/// Whether `runs` (of a dimension of at least `last + 1` intervals) holds a
+/// verdict other than `v` somewhere in intervals `first..=last`.
+fn differs_within(runs: &Runs, first: u32, last: u32, v: Verdict) -> bool {
+    let k = runs.partition_point(|&(start, _)| start <= first) - 1;
+    runs[k].1 != v || runs.get(k + 1).is_some_and(|&(start, _)| start <= last)
 }
 
 impl EndpointCompiler<'_, '_> {
@@ -53,7 +67,7 @@ impl EndpointCompiler<'_, '_> {
                 verdict: row.other,
             };
             self.out.push(base);
-            push_runs(&mut self.out, base, dims, row, |_, _, v| v != row.other);
+            push_runs(&mut self.out, base, dims, row, |_, _, _, v| v != row.other);
             row_ids.push(ids);
             wildcards.push(wildcard);
         }
@@ -76,12 +90,13 @@ impl EndpointCompiler<'_, '_> {
                     verdict: row.other,
                 };
                 if row.other == wildcard.other {
-                    push_runs(&mut self.out, entry, dims, row, |d, mut range, _| {
-                        range.any(|i| row.cells[d][i] != wildcard.cells[d][i])
+                    // The row is `v` over the run: kept where the wildcard is not.
+                    push_runs(&mut self.out, entry, dims, row, |d, first, last, v| {
+                        differs_within(&wildcard.cells[d], first, last, v)
                     });
                 } else {
                     self.out.push(entry);
-                    push_runs(&mut self.out, entry, dims, row, |_, _, v| v != row.other);
+                    push_runs(&mut self.out, entry, dims, row, |_, _, _, v| v != row.other);
                 }
             }
         }
@@ -148,7 +163,8 @@ fn wildcard_row(rows: &[Row], count: &[usize]) -> (Vec<usize>, usize) {
     (ids, wildcard)
 }
 
-/// Emits the maximal runs of equal verdict in `row` that `keep(dim, intervals, verdict)` selects.
+/// Emits the maximal runs of equal verdict in `row` that
+/// `keep(dim, first interval, last interval, verdict)` selects.
 /// A protocol with several source-port classes whose every cell has one verdict
 /// gets one entry for all its classes (when any of its runs is kept): the entry
 /// holds each cell's own verdict, so it is right where a miss would also be.
@@ -157,22 +173,16 @@ fn push_runs(
     base: RuleEntry,
     dims: &[Dim],
     row: &Row,
-    keep: impl Fn(usize, std::ops::RangeInclusive<usize>, Verdict) -> bool,
+    keep: impl Fn(usize, u32, u32, Verdict) -> bool,
 ) {
     let mut d = 0;
     while d < dims.len() {
         let dim = &dims[d];
         let group = d..d + dim.classes;
-        let uniform = row.cells[d][0];
-        if dim.classes > 1
-            && group
-                .clone()
-                .all(|g| row.cells[g].iter().all(|&v| v == uniform))
-        {
-            if group
-                .clone()
-                .any(|g| keep(g, 0..=row.cells[g].len() - 1, uniform))
-            {
+        let uniform = row.cells[d][0].1;
+        if dim.classes > 1 && group.clone().all(|g| row.cells[g] == [(0, uniform)]) {
+            let last = |g: usize| dims[g].starts.len() as u32 - 1;
+            if group.clone().any(|g| keep(g, 0, last(g), uniform)) {
                 out.push(RuleEntry {
                     protocol: Some(dim.protocol),
                     source_port_class: None,
@@ -197,17 +207,15 @@ fn push_dim_runs(
     base: RuleEntry,
     d: usize,
     dim: &Dim,
-    cells: &[Verdict],
-    keep: &impl Fn(usize, std::ops::RangeInclusive<usize>, Verdict) -> bool,
+    runs: &Runs,
+    keep: &impl Fn(usize, u32, u32, Verdict) -> bool,
 ) {
-    let mut i = 0;
-    while i < cells.len() {
-        let mut j = i;
-        while j + 1 < cells.len() && cells[j + 1] == cells[i] {
-            j += 1;
-        }
-        if keep(d, i..=j, cells[i]) {
-            let (first, last) = (dim.starts[i], dim.end(j));
+    for (k, &(i, v)) in runs.iter().enumerate() {
+        let j = runs
+            .get(k + 1)
+            .map_or(dim.starts.len() as u32 - 1, |&(next, _)| next - 1);
+        if keep(d, i, j, v) {
+            let (first, last) = (dim.starts[i as usize], dim.end(j as usize));
             let ports = if kind(dim.protocol) == Kind::Other || (first, last) == (0, u16::MAX) {
                 Ports::Any
             } else {
@@ -217,10 +225,9 @@ fn push_dim_runs(
                 protocol: Some(dim.protocol),
                 source_port_class: Some(dim.source_port_class),
                 ports,
-                verdict: cells[i],
+                verdict: v,
                 ..base
             });
         }
-        i = j + 1;
     }
 }

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use agent_common::Verdict;
 use ipnet::IpNet;
 
-use super::emit::Row;
+use super::emit::{Row, Runs};
 use super::names::Names;
 use super::peers::{ones, set_bit, Atoms, PeerClasses, Signature};
 use super::ports::{self, packet, Dim, Layout};
@@ -115,6 +114,46 @@ struct PeerGroups {
     class_group: Vec<usize>,
 }
 
+/// Where each peer group must ask the evaluator (see [`EndpointCompiler::needed`]),
+/// kept as the rules per group rather than per-group cell masks, so memory
+/// stays linear in rules, not groups x intervals.
+struct Needed<'l> {
+    layout: &'l Layout,
+    /// Per dimension: the interval indexes every group asks at, ascending.
+    base: Vec<Vec<u32>>,
+    /// Per group: the rules (indexes) that may match its peers.
+    rules_of_group: Vec<Vec<usize>>,
+}
+
+impl Needed<'_> {
+    /// Adds the interval indexes the `rules` cut at to `needed` (per dimension,
+    /// kept sorted and without duplicates).
+    fn mark(&self, needed: &mut [Vec<u32>], rules: &[usize]) {
+        for (d, dim) in self.layout.dims.iter().enumerate() {
+            let before = needed[d].len();
+            for &k in rules {
+                let cuts = &self.layout.rule_cuts[dim.protocol_index][k];
+                for &c in cuts.iter().filter(|&&c| c <= 0xffff) {
+                    if let Ok(i) = dim.starts.binary_search(&(c as u16)) {
+                        needed[d].push(i as u32);
+                    }
+                }
+            }
+            if needed[d].len() != before {
+                needed[d].sort_unstable();
+                needed[d].dedup();
+            }
+        }
+    }
+
+    /// Group `g`'s interval indexes per dimension, ascending.
+    fn of_group(&self, g: usize) -> Vec<Vec<u32>> {
+        let mut needed = self.base.clone();
+        self.mark(&mut needed, &self.rules_of_group[g]);
+        needed
+    }
+}
+
 impl<'m> EndpointCompiler<'_, 'm> {
     /// The decisive rules the endpoint's end can consult in this direction, with
     /// their owner's name (both sets and the profiles).
@@ -175,14 +214,16 @@ impl<'m> EndpointCompiler<'_, 'm> {
         } else {
             &[(Table::Enforced, PolicySet::Enforced)]
         };
-        let mut rows_of: Vec<(Table, Vec<Row>)> = Vec::with_capacity(tables.len());
-        for &(table, set) in tables {
-            let mut rows: Vec<Row> = Vec::with_capacity(groups.representatives.len());
-            for (g, &ci) in groups.representatives.iter().enumerate() {
-                let peer = self.peers.classes[ci].representative;
-                rows.push(self.row(set, direction, peer, &layout.dims, &needed[g], other)?);
+        let mut rows_of: Vec<(Table, Vec<Row>)> = tables
+            .iter()
+            .map(|&(table, _)| (table, Vec::with_capacity(groups.representatives.len())))
+            .collect();
+        for (g, &ci) in groups.representatives.iter().enumerate() {
+            let peer = self.peers.classes[ci].representative;
+            let asked = needed.of_group(g);
+            for (&(_, set), (_, rows)) in tables.iter().zip(&mut rows_of) {
+                rows.push(self.row(set, direction, peer, &layout.dims, &asked, other)?);
             }
-            rows_of.push((table, rows));
         }
         self.emit(direction, &layout.dims, &rows_of, &groups.class_group);
         Ok(())
@@ -250,14 +291,13 @@ impl<'m> EndpointCompiler<'_, 'm> {
     /// A rule is tried only on the groups holding one of its peer-side nets or
     /// its selector (an index from bit to groups), so N rules of distinct peers
     /// cost O(N), not groups x rules.
-    fn needed(
+    fn needed<'l>(
         &self,
         direction: Direction,
         rules: &[(String, &Rule)],
-        layout: &Layout,
+        layout: &'l Layout,
         groups: &PeerGroups,
-    ) -> Vec<Vec<Vec<bool>>> {
-        let dims = &layout.dims;
+    ) -> Needed<'l> {
         let signatures: Vec<&Signature> = groups
             .representatives
             .iter()
@@ -267,26 +307,25 @@ impl<'m> EndpointCompiler<'_, 'm> {
             .iter()
             .map(|(_, r)| PeerTest::new(r, direction, &self.peers.atoms))
             .collect();
-        let mark = |needed: &mut [Vec<bool>], k: usize| {
-            for (d, dim) in dims.iter().enumerate() {
-                let cuts = &layout.rule_cuts[dim.protocol_index][k];
-                for &c in cuts.iter().filter(|&&c| c <= 0xffff) {
-                    if let Ok(i) = dim.starts.binary_search(&(c as u16)) {
-                        needed[d][i] = true;
-                    }
-                }
-            }
+        let mut needed = Needed {
+            layout,
+            base: layout
+                .dims
+                .iter()
+                .map(|dim| {
+                    (0..dim.starts.len() as u32)
+                        .filter(|&i| dim.always.contains(&dim.starts[i as usize]))
+                        .collect()
+                })
+                .collect(),
+            rules_of_group: vec![Vec::new(); signatures.len()],
         };
-        // Rules that may match every peer mark the base every group starts from.
-        let mut base: Vec<Vec<bool>> = dims
-            .iter()
-            .map(|dim| dim.starts.iter().map(|s| dim.always.contains(s)).collect())
-            .collect();
         let with_bit = groups_with_bit(&tests, &signatures, self.peers.atoms.words());
-        let mut rules_of_group: Vec<Vec<usize>> = vec![Vec::new(); signatures.len()];
+        let mut every_peer: Vec<usize> = Vec::new();
         for (k, test) in tests.iter().enumerate() {
             if test.matches_every_peer() {
-                mark(&mut base, k);
+                // Rules that may match every peer mark the base every group starts from.
+                every_peer.push(k);
                 continue;
             }
             let candidates: Vec<usize> = match test.positive_bits() {
@@ -303,20 +342,14 @@ impl<'m> EndpointCompiler<'_, 'm> {
             };
             for g in candidates {
                 if test.matches(signatures[g]) {
-                    rules_of_group[g].push(k);
+                    needed.rules_of_group[g].push(k);
                 }
             }
         }
-        rules_of_group
-            .iter()
-            .map(|ks| {
-                let mut needed = base.clone();
-                for &k in ks {
-                    mark(&mut needed, k);
-                }
-                needed
-            })
-            .collect()
+        let mut base = std::mem::take(&mut needed.base);
+        needed.mark(&mut base, &every_peer);
+        needed.base = base;
+        needed
     }
 
     /// The evaluator's function for one peer, checked to be the same for every
@@ -327,7 +360,7 @@ impl<'m> EndpointCompiler<'_, 'm> {
         direction: Direction,
         peer: IpAddr,
         dims: &[Dim],
-        needed: &[Vec<bool>],
+        needed: &[Vec<u32>],
         other: u8,
     ) -> Result<Row, CompileError> {
         let mut locals: Vec<IpAddr> = self
@@ -364,15 +397,18 @@ impl<'m> EndpointCompiler<'_, 'm> {
                     .iter()
                     .zip(needed)
                     .map(|(d, needed)| {
-                        let mut cells: Vec<Verdict> = Vec::with_capacity(d.starts.len());
-                        for (&s, &ask_here) in d.starts.iter().zip(needed) {
-                            let v = match cells.last() {
-                                Some(&previous) if !ask_here => previous,
-                                _ => ask(d.protocol, d.source_port, s),
-                            };
-                            cells.push(v);
+                        // The first interval is always asked; the others only
+                        // where needed (else they copy their left neighbour).
+                        let asked =
+                            std::iter::once(0).chain(needed.iter().copied().filter(|&i| i != 0));
+                        let mut runs: Runs = Vec::with_capacity(needed.len());
+                        for i in asked {
+                            let v = ask(d.protocol, d.source_port, d.starts[i as usize]);
+                            if runs.last().is_none_or(|&(_, previous)| previous != v) {
+                                runs.push((i, v));
+                            }
                         }
-                        cells
+                        runs
                     })
                     .collect(),
             };

@@ -336,7 +336,8 @@ impl Dataplane {
         self.set_active(active)
     }
 
-    /// Writes `tables` into the inactive copy (cleared first), then switches to it
+    /// Writes `tables` into the inactive copy (only the entries that differ from
+    /// what it holds, the tables of two installs ago), then switches to it
     /// and bumps the epoch in one map write. Returns the new live state. On an error
     /// the live copy is untouched.
     pub fn install(&mut self, tables: &TableSet) -> Result<ActiveTables, DataplaneError> {
@@ -349,14 +350,15 @@ impl Dataplane {
         self.refill_lpm(copy(["SPORTS_0", "SPORTS_1"]), &encoded.sports)?;
         let name = copy(["GROUPS_0", "GROUPS_1"]);
         let mut groups: HashMap<_, GroupKey, u32> = self.map_mut_as(name)?;
-        let old: Vec<GroupKey> = groups
-            .keys()
+        let old: Vec<(GroupKey, u32)> = groups
+            .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(name))?;
-        for k in &old {
+        let (stale, write) = super::tables::changes(&old, &encoded.groups);
+        for k in &stale {
             groups.remove(k).map_err(map_err(name))?;
         }
-        for (key, group) in &encoded.groups {
+        for (key, group) in &write {
             groups.insert(key, group, 0).map_err(map_err(name))?;
         }
         let live = ActiveTables {
@@ -368,22 +370,29 @@ impl Dataplane {
         Ok(live)
     }
 
-    /// Replaces every entry of the LPM trie `name` with `entries`
-    /// (prefix length, key, value).
-    fn refill_lpm<K: aya::Pod, V: aya::Pod>(
+    /// Makes the LPM trie `name` hold exactly `entries` (prefix length, key,
+    /// value), writing only the entries that differ from what it holds.
+    fn refill_lpm<K, V>(
         &mut self,
         name: &'static str,
         entries: &[(u32, K, V)],
-    ) -> Result<(), DataplaneError> {
+    ) -> Result<(), DataplaneError>
+    where
+        K: aya::Pod + Eq + std::hash::Hash,
+        V: aya::Pod + PartialEq,
+    {
         let mut trie: LpmTrie<_, K, V> = self.map_mut_as(name)?;
-        let old: Vec<Key<K>> = trie
-            .keys()
+        let old: Vec<((u32, K), V)> = trie
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
             .collect::<Result<_, _>>()
             .map_err(map_err(name))?;
-        for k in &old {
-            trie.remove(k).map_err(map_err(name))?;
+        let new: Vec<((u32, K), V)> = entries.iter().map(|&(l, k, v)| ((l, k), v)).collect();
+        let (stale, write) = super::tables::changes(&old, &new);
+        for (len, key) in stale {
+            trie.remove(&Key::new(len, key)).map_err(map_err(name))?;
         }
-        for (len, key, value) in entries {
+        for ((len, key), value) in &write {
             trie.insert(&Key::new(*len, *key), value, 0)
                 .map_err(map_err(name))?;
         }

@@ -284,6 +284,31 @@ pub struct Encoded {
     pub groups: Vec<(GroupKey, u32)>,
 }
 
+/// What turns a map holding `old` into one holding `new` (both without
+/// duplicate keys): the keys to delete (in `old`, not in `new`) and the
+/// entries to write (absent from `old`, or with another value there). An
+/// install writes only these, so a small policy change costs a few map
+/// writes, not a rewrite of every table.
+pub fn changes<K, V>(old: &[(K, V)], new: &[(K, V)]) -> (Vec<K>, Vec<(K, V)>)
+where
+    K: Copy + Eq + std::hash::Hash,
+    V: Copy + PartialEq,
+{
+    let held: HashMap<K, V> = old.iter().copied().collect();
+    let wanted: std::collections::HashSet<K> = new.iter().map(|(k, _)| *k).collect();
+    let stale = old
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    let write = new
+        .iter()
+        .filter(|(k, v)| held.get(k) != Some(v))
+        .copied()
+        .collect();
+    (stale, write)
+}
+
 impl TableSet {
     /// For hand-written tables: puts every class that a `PeerMatch::Group(g)`
     /// entry names by number (g) into group g of that entry's endpoint and
@@ -531,6 +556,20 @@ mod tests {
             ..TableSet::default()
         };
         assert!(matches!(t.encode(), Err(TableError::SourcePortConflict(_))));
+    }
+
+    #[test]
+    fn changes_delete_stale_keys_and_write_only_new_or_changed_entries() {
+        let old = [(1, 'a'), (2, 'b'), (3, 'c')];
+        let new = [(2, 'b'), (3, 'x'), (4, 'd')];
+        let (stale, write) = changes(&old, &new);
+        assert_eq!(stale, vec![1]);
+        assert_eq!(write, vec![(3, 'x'), (4, 'd')]);
+        let (stale, write) = changes(&new, &new);
+        assert!(stale.is_empty() && write.is_empty());
+        let (stale, write) = changes(&[], &new);
+        assert!(stale.is_empty());
+        assert_eq!(write, new.to_vec());
     }
 
     #[test]
