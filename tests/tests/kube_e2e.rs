@@ -1567,7 +1567,7 @@ fn kubernetes_services_and_v1beta1_endpoint_slices_are_watched() {
         &client,
         json!({"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": "web", "namespace": ns},
-               "spec": {"ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "web"}}}),
+               "spec": {"ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}], "selector": {"app": "web"}}}),
     );
     let slice = |ip: &str| {
         json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
