@@ -1547,3 +1547,90 @@ fn kubernetes_tier_pass_and_global_network_set() {
     wait_tcp(&s.backend, &s.database, 8080, TcpProbe::Connected);
     wait_tcp(&s.frontend, &s.database, 8080, TcpProbe::TimedOut);
 }
+
+/// Services and EndpointSlices from a real v1.20 API server: discovery finds
+/// discovery.k8s.io/v1beta1 (v1 arrived in 1.21), the Service's ClusterIP (set
+/// by the server) becomes a frontend and a `destination.services` rule
+/// resolves to the slice's backend; changing the slice re-resolves it.
+#[test]
+fn kubernetes_services_and_v1beta1_endpoint_slices_are_watched() {
+    use agent::datastore::kubernetes::{CalicoApi, KubeDatastore, KubeOptions};
+    let server = shared_server();
+    let client = server.client();
+    let ns = format!(
+        "svc{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    namespace(&client, &ns, json!({}));
+    apply(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": ns},
+               "spec": {"ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}], "selector": {"app": "web"}}}),
+    );
+    let slice = |ip: &str| {
+        json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+               "metadata": {"name": "web-1", "namespace": ns,
+                            "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+               "ports": [{"name": "", "port": 8080, "protocol": "TCP"}]})
+    };
+    apply(&client, slice("10.65.7.20"));
+    apply(
+        &client,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy",
+               "metadata": {"name": "to-web", "namespace": ns},
+               "spec": {"selector": "all()", "types": ["Egress"],
+                        "egress": [{"action": "Allow", "destination": {"services": {"name": "web"}}}]}}),
+    );
+    let opts = KubeOptions {
+        node: "no-such-node".into(),
+        kubeconfig: Some(server.kubeconfig.clone()),
+        calico_api: CalicoApi::V3,
+    };
+    let mut ds = rt()
+        .block_on(KubeDatastore::start(&opts))
+        .expect("datastore");
+    assert!(ds.unsynced().is_empty(), "{:?}", ds.unsynced());
+    let backends_of = |ds: &KubeDatastore| {
+        let l = ds.load();
+        let svc = l
+            .model
+            .services
+            .iter()
+            .find(|s| s.namespace == ns && s.name == "web")
+            .cloned();
+        let rule_nets = l
+            .model
+            .policies
+            .iter()
+            .find(|p| p.id.name == "to-web" && p.id.namespace.as_deref() == Some(ns.as_str()))
+            .map(|p| p.egress[0].destination.nets.clone());
+        (svc, rule_nets, l.diagnostics)
+    };
+    let (svc, nets, diags) = backends_of(&ds);
+    let svc = svc.unwrap_or_else(|| panic!("Service not in the model: {diags:#?}"));
+    assert_eq!(svc.frontends.len(), 1, "the server's ClusterIP: {svc:?}");
+    assert!(svc.frontends[0].to_string().starts_with("10."), "{svc:?}");
+    assert_eq!(svc.backends[0].ports, vec![(6, 8080)]);
+    assert_eq!(nets, Some(vec!["10.65.7.20/32".parse().unwrap()]));
+    // The slice changes: the rule follows.
+    apply(&client, slice("10.65.7.21"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        rt().block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ds.next()).await;
+        });
+        let (_, nets, _) = backends_of(&ds);
+        if nets == Some(vec!["10.65.7.21/32".parse().unwrap()]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rule did not follow the slice: {nets:?}"
+        );
+    }
+    delete(&client, "v1", "Namespace", None, &ns);
+}

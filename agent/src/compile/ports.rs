@@ -48,7 +48,9 @@ pub(super) fn may_match(r: &Rule, p: u8) -> bool {
 /// The protocols `rules` and `failsafes` tell apart.
 pub(super) fn protocols(rules: &[(String, &Rule)], failsafes: &[FailsafePort]) -> BTreeSet<u8> {
     let mut protocols: BTreeSet<u8> = BTreeSet::new();
-    let has_ports = |e: &EntityRule| !e.ports.is_empty() || !e.not_ports.is_empty();
+    let has_ports = |e: &EntityRule| {
+        !e.ports.is_empty() || !e.not_ports.is_empty() || e.service_ports.is_some()
+    };
     for (_, r) in rules {
         protocols.extend(r.protocol);
         protocols.extend(r.not_protocol);
@@ -115,6 +117,14 @@ fn cuts(model: &Model, r: &Rule, p: u8) -> BTreeSet<u32> {
             let matches = r.destination.ports.iter().chain(&r.destination.not_ports);
             for (first, last) in port_ranges(model, matches, p) {
                 cut(first, last + 1);
+            }
+            // A destination `services` match: each backend port of `p`.
+            let backend_ports = r.destination.service_ports.iter().flatten();
+            for &(_, port) in backend_ports
+                .flat_map(|s| &s.ports)
+                .filter(|(q, _)| *q == p)
+            {
+                cut(u32::from(port), u32::from(port) + 1);
             }
         }
         Kind::Icmp => {

@@ -290,7 +290,7 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
             net: Some(net(rng)),
         });
     }
-    Model {
+    let mut model = Model {
         tiers,
         policies,
         profiles,
@@ -298,7 +298,73 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
         network_sets,
         failsafes,
         namespaces: Default::default(),
+        services: Vec::new(),
+    };
+    with_services(rng, &mut model);
+    model
+}
+
+/// Two Services over some endpoints' addresses (and an outside one), one set
+/// of ports per backend set, and some rules' peer side turned into a
+/// `services` match (one naming a Service that does not exist), resolved as
+/// the loader resolves them.
+fn with_services(rng: &mut Rng, model: &mut Model) {
+    use crate::model::ir::{BackendSet, Service, ServiceRef};
+    let addresses: Vec<IpAddr> = model
+        .endpoints
+        .iter()
+        .flat_map(|e| e.ips.iter().copied())
+        .chain(OUTSIDE.iter().map(|s| s.parse().unwrap()))
+        .collect();
+    for name in ["s1", "s2"] {
+        let backends = (0..1 + rng.below(2))
+            .map(|_| BackendSet {
+                addresses: (0..1 + rng.below(3))
+                    .map(|_| rng.pick(&addresses))
+                    .collect(),
+                ports: (0..1 + rng.below(2))
+                    .map(|_| (rng.pick(&[proto::TCP, proto::UDP]), rng.pick(&PORTS)))
+                    .collect(),
+            })
+            .collect();
+        model.services.push(Service {
+            namespace: "n1".into(),
+            name: name.into(),
+            frontends: Vec::new(),
+            defined: true,
+            backends,
+        });
     }
+    let rules = model.policies.iter_mut().flat_map(|p| {
+        let (ingress, egress) = (&mut p.ingress, &mut p.egress);
+        ingress
+            .iter_mut()
+            .map(|r| (r, false))
+            .chain(egress.iter_mut().map(|r| (r, true)))
+    });
+    for (rule, egress) in rules {
+        if !rng.chance(20) {
+            continue;
+        }
+        let side = if egress {
+            &mut rule.destination
+        } else {
+            &mut rule.source
+        };
+        *side = EntityRule {
+            ports: if egress {
+                Vec::new()
+            } else {
+                side.ports.clone()
+            },
+            services: Some(ServiceRef {
+                namespace: "n1".into(),
+                name: rng.pick(&["s1", "s2", "gone"]).into(),
+            }),
+            ..EntityRule::default()
+        };
+    }
+    crate::model::services::resolve_rules(model);
 }
 
 fn random_policy(
@@ -975,5 +1041,6 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
         network_sets: vec![],
         failsafes: Default::default(),
         namespaces: Default::default(),
+        services: Vec::new(),
     }
 }

@@ -170,11 +170,10 @@ fn service_status(inner: &Inner) -> ServiceStatus {
         .collect();
     errors.sort();
     ServiceStatus {
-        frontends: inner
-            .config
-            .services
-            .nets
+        frontends: post_nat
+            .frontends
             .iter()
+            .flatten()
             .map(|n| n.to_string())
             .collect(),
         post_nat: post_nat

@@ -53,12 +53,14 @@ pub(super) fn reconcile_interfaces(inner: &mut Inner, update: bool) {
         config,
         interfaces,
         health,
+        enforced,
         ..
     } = inner;
     let endpoint_ifs = desired.keys().cloned().collect();
+    let frontends = enforced.good.model.service_frontends();
     services::reconcile(
         dp,
-        &config.services,
+        &config.services.with_frontends(&frontends),
         &mut interfaces.post_nat,
         &endpoint_ifs,
     );

@@ -1,7 +1,9 @@
 //! Service traffic in the daemon: the frontend prefixes from the agent config
-//! (`serviceClusterIPRanges`, `serviceExternalIPs`) and the `post_nat`
-//! program on the node's data interfaces (`dataInterfaces`), the post-DNAT
-//! hook of flows to remote backends (design: `ebpf/src/service.rs`).
+//! (`serviceClusterIPRanges`, `serviceExternalIPs`) and from the Services of
+//! the installed model (ClusterIPs, externalIPs, LoadBalancer ingress IPs of
+//! `v1 Service` objects or documents), and the `post_nat` program on the
+//! node's data interfaces (`dataInterfaces`), the post-DNAT hook of flows to
+//! remote backends (design: `ebpf/src/service.rs`).
 //!
 //! Order matters at start: `post_nat` is attached before the frontends are
 //! written, so no flow is deferred while its post-DNAT hook is missing. With
@@ -57,6 +59,18 @@ impl ServiceConfig {
             data_interfaces,
         })
     }
+
+    /// The config's frontends and `frontends` (the model's Services), each once.
+    pub fn with_frontends(&self, frontends: &[std::net::IpAddr]) -> ServiceConfig {
+        let mut nets = self.nets.clone();
+        nets.extend(frontends.iter().map(|ip| IpNet::from(*ip)));
+        nets.sort();
+        nets.dedup();
+        ServiceConfig {
+            nets,
+            data_interfaces: self.data_interfaces.clone(),
+        }
+    }
 }
 
 /// A CIDR, or an address (a /32 or /128).
@@ -78,6 +92,8 @@ pub(crate) struct PostNat {
     pub errors: HashMap<String, String>,
     /// Pins of earlier agents on interfaces no longer wanted were removed.
     pruned: bool,
+    /// The frontends written to the kernel (config and Services), once written.
+    pub frontends: Option<Vec<IpNet>>,
 }
 
 impl PostNat {
@@ -137,6 +153,7 @@ pub(crate) fn reconcile(
             }
         }
     }
+    write_frontends(dp, cfg, state);
     if !state.pruned {
         let keep: HashSet<u32> = state.links.values().map(|l| l.ifindex).collect();
         let n = dp.prune_post_nat(&keep);
@@ -150,6 +167,22 @@ pub(crate) fn reconcile(
     }
 }
 
+/// Writes the frontends when they changed (after `post_nat` is attached, so
+/// that no flow is deferred while its post-DNAT hook is missing). A failure is
+/// logged and retried at the next reconcile.
+fn write_frontends(dp: &mut Dataplane, cfg: &ServiceConfig, state: &mut PostNat) {
+    if state.frontends.as_ref() == Some(&cfg.nets) {
+        return;
+    }
+    match dp.set_service_nets(&cfg.nets) {
+        Ok(()) => {
+            tracing::info!(frontends = cfg.nets.len(), "Service frontends written");
+            state.frontends = Some(cfg.nets.clone());
+        }
+        Err(e) => tracing::error!(error = %e, "writing the Service frontends"),
+    }
+}
+
 /// At start: the post-DNAT hooks first, then the frontends.
 pub(crate) fn start(
     dp: &mut Dataplane,
@@ -159,6 +192,7 @@ pub(crate) fn start(
     reconcile(dp, cfg, state, &HashSet::new());
     dp.set_service_nets(&cfg.nets)
         .context("writing the Service frontends")?;
+    state.frontends = Some(cfg.nets.clone());
     if !cfg.nets.is_empty() {
         tracing::info!(
             frontends = cfg.nets.len(),

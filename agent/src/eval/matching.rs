@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::ir::{EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, PortMatch, Rule};
+use crate::model::ir::{
+    BackendSet, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, PortMatch, Rule,
+};
 use crate::selector::Selector;
 
 use super::Packet;
@@ -172,6 +174,19 @@ impl RuleMatcher<'_> {
                 .is_none_or(|s| !self.ip_in_selected_set(ip, s))
             && (entity.ports.is_empty() || self.port_in(&entity.ports, ip, port))
             && !self.port_in(&entity.not_ports, ip, port)
+            && entity
+                .service_ports
+                .as_ref()
+                .is_none_or(|sets| self.reaches_backend(sets, ip, port))
+    }
+
+    /// A destination `services` match: the packet goes to one of the
+    /// Service's backends on one of its ports (felix's `ip,proto:port` set).
+    fn reaches_backend(&self, sets: &[BackendSet], ip: IpAddr, port: Option<u16>) -> bool {
+        port.is_some_and(|port| {
+            sets.iter()
+                .any(|s| s.serves(ip, self.packet.protocol, port))
+        })
     }
 
     /// Calico matches selectors through IP sets: the IPs of every endpoint and

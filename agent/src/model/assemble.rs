@@ -27,7 +27,10 @@ where
 {
     let mut cx = context(documents.clone());
     namespace_profiles(&mut cx, documents.clone());
-    let mut model = Model::default();
+    let mut model = Model {
+        services: super::services::collect(documents.clone()),
+        ..Model::default()
+    };
     let mut tiers: BTreeMap<String, Tier> = builtin_tiers()
         .into_iter()
         .map(|t| (t.name.clone(), t))
@@ -47,9 +50,14 @@ where
                 model.endpoints.push(h);
             }
             Lowered::NetworkSet(s) => model.network_sets.push(network_set(&cx, s)),
-            Lowered::Profile(_) | Lowered::Namespace { .. } | Lowered::ServiceAccount { .. } => {}
+            Lowered::Profile(_)
+            | Lowered::Namespace { .. }
+            | Lowered::ServiceAccount { .. }
+            | Lowered::Service(_)
+            | Lowered::Backends { .. } => {}
         }
     }
+
     let mut tiers: Vec<Tier> = tiers.into_values().collect();
     // Calico's tier order: by order (unset last), then name.
     tiers.sort_by(|a, b| {
@@ -61,6 +69,7 @@ where
     model.profiles = cx.profiles.into_values().collect();
     model.failsafes = Failsafes::default();
     super::names::unique_pod_addresses(&mut model.endpoints);
+    super::services::resolve_rules(&mut model);
     model
 }
 

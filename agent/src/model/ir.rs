@@ -268,6 +268,65 @@ pub struct EntityRule {
     pub not_selector: Option<Selector>,
     pub ports: Vec<PortMatch>,
     pub not_ports: Vec<PortMatch>,
+    /// Calico's `services` match (name, namespace defaulted). Resolved by
+    /// `model::assemble` from the Service's backends: their addresses go into
+    /// `nets` (none: `not_nets` holds both roots, so nothing matches), and on
+    /// a rule's destination `service_ports` holds the backend sets, whose
+    /// (address, protocol, port) a packet must hit, as felix's IP set of
+    /// `ip,proto:port` members does.
+    pub services: Option<ServiceRef>,
+    pub service_ports: Option<Vec<BackendSet>>,
+}
+
+/// A Service named by a rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Backends that share their ports: one EndpointSlice, or one subset of a v1
+/// Endpoints object. Every address serves every (protocol, port).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct BackendSet {
+    pub addresses: Vec<IpAddr>,
+    /// (protocol, port).
+    pub ports: Vec<(u8, u16)>,
+}
+
+impl BackendSet {
+    /// Whether a packet to `ip`, `protocol`, `port` reaches one of these backends.
+    pub fn serves(&self, ip: IpAddr, protocol: u8, port: u16) -> bool {
+        self.addresses.contains(&ip) && self.ports.contains(&(protocol, port))
+    }
+}
+
+/// A Kubernetes Service: the addresses clients connect to (its frontends) and
+/// the backends its EndpointSlices (or Endpoints) list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// ClusterIPs, externalIPs and LoadBalancer ingress IPs.
+    pub frontends: Vec<IpAddr>,
+    /// Whether a Service document defines it (backends may come without one).
+    pub defined: bool,
+    pub backends: Vec<BackendSet>,
+}
+
+impl Service {
+    pub fn key(&self) -> ServiceRef {
+        ServiceRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -482,6 +541,8 @@ pub struct Model {
     pub failsafes: Failsafes,
     /// Names of the Namespace documents loaded.
     pub namespaces: std::collections::BTreeSet<String>,
+    /// Services (and backends of Services without a document), by namespace and name.
+    pub services: Vec<Service>,
 }
 
 impl Model {
@@ -496,5 +557,17 @@ impl Model {
             .iter()
             .flat_map(|p| p.ingress.iter().chain(&p.egress));
         policies.chain(profiles)
+    }
+
+    /// Every Service frontend address (ClusterIPs, external and LoadBalancer IPs).
+    pub fn service_frontends(&self) -> Vec<IpAddr> {
+        let mut all: Vec<IpAddr> = self
+            .services
+            .iter()
+            .flat_map(|s| s.frontends.iter().copied())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
     }
 }

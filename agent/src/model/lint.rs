@@ -25,6 +25,7 @@ fn allows_everything(p: &Policy, dir: Direction) -> bool {
 }
 
 /// Lints over a loaded model:
+/// - a `services` match naming a Service that does not exist (it matches nothing);
 /// - a policy without `order` on endpoints that an ordered allow-everything
 ///   policy (a safe-mode net) in the same tier also selects: Calico sorts an
 ///   unset order *after* every number, so the net decides first and the
@@ -78,6 +79,17 @@ pub fn lint(loaded: &Loaded) -> Vec<Diagnostic> {
                 ),
             ));
         }
+    }
+    for (id, field, service) in super::services::missing(model) {
+        out.push(policy_warning(
+            loaded,
+            &id,
+            field,
+            format!(
+                "Service {service} does not exist (no Service, EndpointSlice or Endpoints \
+                 document names it): this match matches nothing until it does"
+            ),
+        ));
     }
     out
 }

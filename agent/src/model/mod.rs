@@ -21,8 +21,10 @@
 //!   `KubernetesNetworkPolicy`, trace code `knp`), not Calico's `knp.default.` name;
 //!   it gets Calico's order 1000 in tier `default`.
 //! - `Pass` in a profile is a warning (it acts as Deny there); Calico accepts it.
-//! - `http` rule matches and `services` entity matches are rejected: this agent
-//!   has no L7 proxy and no service index.
+//! - `http` rule matches are rejected: this agent has no L7 proxy.
+//! - `services` rule matches resolve to the Service's EndpointSlices (or v1
+//!   Endpoints) documents, see [`services`]; a `services` match in a
+//!   cluster-scoped policy must name the namespace.
 //! - Policies with `types` lacking a direction that has rules get a warning
 //!   (Calico ignores those rules silently).
 use std::collections::HashMap;
@@ -44,6 +46,7 @@ pub mod node;
 pub mod pod;
 pub mod promote;
 pub mod resources;
+pub mod services;
 pub mod yaml;
 
 pub use lint::lint;
@@ -124,5 +127,7 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
     load::load_paths(paths)
 }
 
+#[cfg(test)]
+mod services_tests;
 #[cfg(test)]
 mod tests;

@@ -395,6 +395,49 @@ pub enum Resource {
     NetworkSet(Object<NetworkSetSpec>),
     Namespace(Object<serde_json::Value>),
     ServiceAccount(ServiceAccountObject),
+    Service(KubeObject<k8s_openapi::api::core::v1::Service>),
+    EndpointSlice(KubeObject<k8s_openapi::api::discovery::v1::EndpointSlice>),
+    Endpoints(KubeObject<k8s_openapi::api::core::v1::Endpoints>),
+}
+
+/// A Kubernetes object read with k8s-openapi's types (v1.33): Services and
+/// their endpoints carry many fields that do not matter to policy, which
+/// those types know (and ignore when unknown). `metadata` is its name,
+/// namespace and labels in this crate's terms.
+#[derive(Clone, Debug)]
+pub struct KubeObject<T> {
+    pub metadata: ObjectMeta,
+    pub object: Box<T>,
+}
+
+/// The API version EndpointSlices had before v1.21 (the same fields as v1,
+/// plus per-endpoint `topology`, which policy does not read).
+pub const API_DISCOVERY_V1BETA1: &str = "discovery.k8s.io/v1beta1";
+pub const API_DISCOVERY: &str = "discovery.k8s.io/v1";
+
+fn kube_object<T>(
+    mut json: serde_json::Value,
+) -> Result<KubeObject<T>, serde_path_to_error::Error<serde_json::Error>>
+where
+    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>
+        + k8s_openapi::Resource
+        + serde::de::DeserializeOwned,
+{
+    if json.get("apiVersion").and_then(|v| v.as_str()) == Some(API_DISCOVERY_V1BETA1) {
+        json["apiVersion"] = T::API_VERSION.into();
+    }
+    let object: T = serde_path_to_error::deserialize(json)?;
+    let meta = object.metadata();
+    let metadata = ObjectMeta {
+        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        ..ObjectMeta::default()
+    };
+    Ok(KubeObject {
+        metadata,
+        object: Box::new(object),
+    })
 }
 
 /// Which resource type a document's `apiVersion` and `kind` name.
@@ -414,6 +457,9 @@ pub enum ResourceKind {
     NetworkSet,
     Namespace,
     ServiceAccount,
+    Service,
+    EndpointSlice,
+    Endpoints,
 }
 
 impl ResourceKind {
@@ -436,6 +482,9 @@ impl ResourceKind {
             (API_K8S_NETWORKING, "NetworkPolicy") => KubernetesNetworkPolicy,
             (API_K8S_CORE, "Namespace") => Namespace,
             (API_K8S_CORE, "ServiceAccount") => ServiceAccount,
+            (API_K8S_CORE, "Service") => Service,
+            (API_K8S_CORE, "Endpoints") => Endpoints,
+            (API_DISCOVERY | API_DISCOVERY_V1BETA1, "EndpointSlice") => EndpointSlice,
             _ => {
                 return Err(format!(
                     "unknown resource type apiVersion `{api_version}` kind `{kind}`; accepted: \
@@ -444,7 +493,8 @@ impl ResourceKind {
                      StagedKubernetesNetworkPolicy, Tier, Profile, WorkloadEndpoint, \
                      HostEndpoint, GlobalNetworkSet, NetworkSet (or the same kinds under \
                      crd.projectcalico.org/v1); networking.k8s.io/v1 NetworkPolicy; v1 \
-                     Namespace, ServiceAccount, Pod, List"
+                     Namespace, ServiceAccount, Pod, Service, Endpoints, List; \
+                     discovery.k8s.io/v1 (or v1beta1) EndpointSlice"
                 ))
             }
         };
@@ -463,6 +513,9 @@ impl ResourceKind {
                 | WorkloadEndpoint
                 | NetworkSet
                 | ServiceAccount
+                | Service
+                | EndpointSlice
+                | Endpoints
         )
     }
 
@@ -484,6 +537,9 @@ impl ResourceKind {
             NetworkSet => "NetworkSet",
             Namespace => "Namespace",
             ServiceAccount => "ServiceAccount",
+            Service => "Service",
+            EndpointSlice => "EndpointSlice",
+            Endpoints => "Endpoints",
         }
     }
 
@@ -528,6 +584,9 @@ impl ResourceKind {
             Self::NetworkSet => Resource::NetworkSet(de(json)?),
             Self::Namespace => Resource::Namespace(de(json)?),
             Self::ServiceAccount => Resource::ServiceAccount(de(json)?),
+            Self::Service => Resource::Service(kube_object(json)?),
+            Self::EndpointSlice => Resource::EndpointSlice(kube_object(json)?),
+            Self::Endpoints => Resource::Endpoints(kube_object(json)?),
         })
     }
 }
@@ -556,6 +615,9 @@ impl Resource {
             Self::NetworkSet(_) => ResourceKind::NetworkSet,
             Self::Namespace(_) => ResourceKind::Namespace,
             Self::ServiceAccount(_) => ResourceKind::ServiceAccount,
+            Self::Service(_) => ResourceKind::Service,
+            Self::EndpointSlice(_) => ResourceKind::EndpointSlice,
+            Self::Endpoints(_) => ResourceKind::Endpoints,
         }
     }
 
@@ -575,6 +637,9 @@ impl Resource {
             Self::GlobalNetworkSet(o) | Self::NetworkSet(o) => &o.metadata,
             Self::Namespace(o) => &o.metadata,
             Self::ServiceAccount(o) => &o.metadata,
+            Self::Service(o) => &o.metadata,
+            Self::EndpointSlice(o) => &o.metadata,
+            Self::Endpoints(o) => &o.metadata,
         }
     }
 }

@@ -1026,8 +1026,11 @@ fn unsupported_calico_features_are_rejected_clearly() {
         "  ingress:\n    - action: Allow\n      http: {methods: [GET]}\n",
     ));
     assert_eq!(field, "spec.ingress[0].http");
-    let (_, field, _) = only_error(&gnp("  egress:\n    - action: Allow\n      destination:\n        services: {name: kubernetes, namespace: default}\n"));
-    assert_eq!(field, "spec.egress[0].destination.services");
+    // A cluster-scoped policy's `services` must name the namespace.
+    let (_, field, _) = only_error(&gnp(
+        "  egress:\n    - action: Allow\n      destination:\n        services: {name: kubernetes}\n",
+    ));
+    assert_eq!(field, "spec.egress[0].destination.services.namespace");
 }
 
 #[test]

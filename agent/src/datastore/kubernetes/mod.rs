@@ -7,7 +7,11 @@
 //!   NetworkSet, HostEndpoint, from one of two API groups ([`CalicoApi`]):
 //!   projectcalico.org/v3 (Calico's API server, or CRDs of that group) or
 //!   crd.projectcalico.org/v1 (the CRDs Calico itself stores them in);
-//! - networking.k8s.io/v1 NetworkPolicy; v1 Namespace, ServiceAccount, Pod.
+//! - networking.k8s.io/v1 NetworkPolicy; v1 Namespace, ServiceAccount, Pod;
+//! - v1 Service and the endpoints kind discovery finds ([`services`]):
+//!   EndpointSlice discovery.k8s.io/v1, else v1beta1 (Kubernetes 1.20), else
+//!   v1 Endpoints. Services' frontends are deferred to the post-DNAT hook and
+//!   Calico's `services` match resolves to their backends.
 //!
 //! How objects become model input: every object is reduced to the document a
 //! user would write in the files datastore (apiVersion, kind, metadata.name,
@@ -50,6 +54,7 @@ pub mod names;
 pub mod pods;
 mod promote;
 pub mod routes;
+pub mod services;
 #[cfg(test)]
 mod test_fixtures;
 mod view;

@@ -28,6 +28,9 @@ pub(super) struct State {
     pub(super) failing: BTreeMap<String, String>,
     /// How Calico's group was chosen (`--calico-api`), for the status.
     pub(super) calico_api: Choice,
+    /// Labels of the kinds watched besides the group's and Pods (Services and
+    /// the endpoints kind discovery chose).
+    pub(super) extra_kinds: Vec<String>,
 }
 
 pub(super) fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -87,6 +90,7 @@ impl KubeSnapshot {
             .iter()
             .map(Kind::label)
             .chain(["Pod".to_string()])
+            .chain(st.extra_kinds.iter().cloned())
             .filter(|k| !st.synced.contains(k) && !st.failing.contains_key(k))
             .map(|k| format!("{k}: not listed yet"))
             .collect();
@@ -113,6 +117,7 @@ pub(super) fn unsynced(group: CalicoGroup, state: &Mutex<State>) -> Vec<String> 
         .iter()
         .map(Kind::label)
         .chain(["Pod".to_string()])
+        .chain(st.extra_kinds.iter().cloned())
         .filter(|k| !st.synced.contains(k))
         .collect()
 }

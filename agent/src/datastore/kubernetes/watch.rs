@@ -18,6 +18,7 @@ use super::discovery::resolve_calico_api;
 use super::names::{document, CalicoApi, CalicoGroup};
 use super::pods::PodInfo;
 use super::routes::host_routes;
+use super::services;
 use super::view::{local_interfaces, lock, unsynced, KubeSnapshot, State};
 use super::{client, Key};
 use crate::model::Loaded;
@@ -120,6 +121,19 @@ impl KubeDatastore {
                 state.clone(),
                 tx.clone(),
                 move |o: DynamicObject| Some(Stored::Doc(document(&k, &o))),
+            )));
+        }
+        let (endpoints, why) = services::endpoints_kind(&client).await;
+        tracing::info!(kind = %endpoints.label(), version = endpoints.version, why = %why, "watching Services and their endpoints as {}", endpoints.api_version());
+        for kind in [services::SERVICE, endpoints] {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
+            lock(&state).extra_kinds.push(kind.label());
+            tasks.push(tokio::spawn(watch(
+                api,
+                kind.label(),
+                state.clone(),
+                tx.clone(),
+                move |o: DynamicObject| Some(Stored::Doc(services::document(&kind, &o))),
             )));
         }
         let node = opts.node.clone();

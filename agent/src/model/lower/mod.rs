@@ -21,6 +21,9 @@ mod endpoint;
 mod k8s;
 mod policy;
 mod rule;
+mod service;
+
+pub use service::SERVICE_NAME_LABEL;
 
 pub use endpoint::Workload;
 pub use policy::{builtin_tiers, default_types, is_builtin_tier, DEFAULT_TIER, K8S_POLICY_ORDER};
@@ -109,6 +112,16 @@ pub enum Lowered {
         name: String,
         labels: Labels,
     },
+    /// A Service (its frontends; no backends yet).
+    Service(ir::Service),
+    /// The backends an EndpointSlice or Endpoints object gives a Service.
+    Backends {
+        service: ir::ServiceRef,
+        sets: Vec<ir::BackendSet>,
+        /// From an EndpointSlice (else v1 Endpoints: used only when the
+        /// Service has no slice).
+        slice: bool,
+    },
 }
 
 /// Checks and converts one document: what it contributes to the model (None
@@ -192,6 +205,23 @@ fn spec(v: &mut Issues, resource: &Resource) -> Option<Lowered> {
             name: meta.name.clone(),
             labels: o.metadata.labels.clone(),
         }),
+        Resource::Service(o) => service::service(v, o).map(Lowered::Service),
+        Resource::EndpointSlice(o) => {
+            let (service, sets) = service::endpoint_slice(v, o)?;
+            Some(Lowered::Backends {
+                service,
+                sets,
+                slice: true,
+            })
+        }
+        Resource::Endpoints(o) => {
+            let (service, sets) = service::endpoints(v, o)?;
+            Some(Lowered::Backends {
+                service,
+                sets,
+                slice: false,
+            })
+        }
     }
 }
 

@@ -176,6 +176,7 @@ fn rule(v: &mut Issues, path: &str, r: &res::Rule, ctx: RuleContext) -> Option<i
             "HTTP match rules need an application-layer proxy and are not supported",
         );
     }
+    services_placement(v, path, r);
     let side = |v: &mut Issues, name: &str, e: &res::EntityRule| {
         let path = format!("{path}.{name}");
         entity(v, &path, e, known_protocol, known_version, ctx)
@@ -307,12 +308,7 @@ fn entity(
     let service_accounts = optional(e.service_accounts.as_ref(), |sa| {
         service_accounts(v, path, sa, capped)
     });
-    if e.services.is_some() {
-        v.error(
-            format!("{path}.services"),
-            "service matches are not supported by this agent; use selectors or nets",
-        );
-    }
+    let services = optional(e.services.as_ref(), |m| services(v, path, e, m, ctx));
     let lowered = (|| {
         let not_selector_set = !e.not_selector.is_empty();
         let selector = endpoint_selector(
@@ -329,9 +325,90 @@ fn entity(
             not_selector: not_selector?,
             ports: in_ports?,
             not_ports: not_ports?,
+            services: services?,
+            service_ports: None,
         })
     })();
     (families, lowered)
+}
+
+/// `services` (Calico's ServiceMatch): a name, and a namespace that defaults
+/// to a namespaced policy's own. As Calico's validator: nothing else that
+/// names the peer (selectors, nets, service accounts) on the same side.
+fn services(
+    v: &mut Issues,
+    path: &str,
+    e: &res::EntityRule,
+    m: &res::ServiceMatch,
+    ctx: RuleContext,
+) -> Option<ir::ServiceRef> {
+    let field = format!("{path}.services");
+    let clashes = [
+        (
+            "selector/notSelector",
+            !e.selector.is_empty() || !e.not_selector.is_empty(),
+        ),
+        ("nets/notNets", !e.nets.is_empty() || !e.not_nets.is_empty()),
+        ("namespaceSelector", !e.namespace_selector.is_empty()),
+        ("serviceAccounts", e.service_accounts.is_some()),
+    ];
+    for (what, _) in clashes.iter().filter(|(_, set)| *set) {
+        v.error(
+            &field,
+            format!("cannot specify {what} and services on the same rule side; the Service's endpoints are the peers"),
+        );
+    }
+    if m.name.is_empty() {
+        v.error(format!("{field}.name"), "must specify a service name");
+        return None;
+    }
+    let namespace = match (m.namespace.as_str(), ctx.namespace) {
+        ("", Some(own)) => own.to_string(),
+        ("", None) => {
+            v.error(
+                format!("{field}.namespace"),
+                "a cluster-scoped policy or profile must name the Service's namespace",
+            );
+            return None;
+        }
+        (ns, _) => ns.to_string(),
+    };
+    Some(ir::ServiceRef {
+        namespace,
+        name: m.name.clone(),
+    })
+}
+
+/// Calico: `services` only where the Service's endpoints are the peer (an
+/// ingress rule's source, an egress rule's destination), and a destination
+/// Service brings its own ports.
+fn services_placement(v: &mut Issues, path: &str, r: &res::Rule) {
+    let egress = path.contains("egress");
+    if egress && r.source.services.is_some() {
+        v.error(
+            format!("{path}.source.services"),
+            "not allowed in egress rule source",
+        );
+    }
+    if !egress && r.destination.services.is_some() {
+        v.error(
+            format!("{path}.destination.services"),
+            "not allowed in ingress rule destination",
+        );
+    }
+    if r.destination.services.is_some() {
+        for (field, set) in [
+            ("ports", !r.destination.ports.is_empty()),
+            ("notPorts", !r.destination.not_ports.is_empty()),
+        ] {
+            if set {
+                v.error(
+                    format!("{path}.destination.{field}"),
+                    format!("cannot specify {field} with a service selector: the Service's endpoints bring their ports"),
+                );
+            }
+        }
+    }
 }
 
 /// `serviceAccounts`: by selector over `pcsa.` labels and/or by names.
