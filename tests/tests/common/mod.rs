@@ -115,6 +115,9 @@ impl Agent {
             .arg(&socket)
             .arg("--bpffs")
             .arg(bpffs)
+            // Beside the datastore: removed with it, kept across restarts.
+            .arg("--flow-history")
+            .arg(base.join("flows"))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
