@@ -20,6 +20,7 @@ pub mod blame;
 pub mod connection;
 pub mod history;
 pub mod report;
+pub mod suggest;
 mod table;
 
 pub use table::FlowTable;
