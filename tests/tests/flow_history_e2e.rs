@@ -13,16 +13,6 @@ use serde_json::Value;
 const DATABASE_LOCKDOWN: &str = include_str!("../../agent/tests/fixtures/database-lockdown.yaml");
 const DATABASE: &str = "sgnp/database-lockdown";
 
-/// `agent staged report ARGS -o json`: (exit code, report).
-fn report(agent: &Agent, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["staged", "report", "-o", "json"];
-    all.extend_from_slice(args);
-    let out = agent.cli(&all);
-    let code = out.status.code().expect("exit code");
-    assert!(code == 0 || code == 3, "agent staged report: {out:?}");
-    (code, serde_json::from_slice(&out.stdout).expect("JSON"))
-}
-
 /// `from -> to:port` of each connection `name` would newly deny.
 fn denied(report: &Value, name: &str) -> Vec<String> {
     let p = report["policies"]
@@ -71,7 +61,7 @@ fn the_staged_report_and_flow_records_survive_a_restart_and_a_torn_segment() {
     let want = ["prod/backend -> prod/database:8080"];
     let deadline = Instant::now() + Duration::from_secs(10);
     let before = loop {
-        let (code, r) = report(&first, &[]);
+        let (code, r) = staged_report(&first, &[]);
         if code == 3 && denied(&r, DATABASE) == want {
             break r;
         }
@@ -100,7 +90,7 @@ fn the_staged_report_and_flow_records_survive_a_restart_and_a_torn_segment() {
     );
     // No new traffic: the connection from before the restart is still in the
     // report, whose window still starts where it did, with the restart noted.
-    let (code, after) = report(&second, &[]);
+    let (code, after) = staged_report(&second, &[]);
     assert_eq!(code, 3, "{after:#}");
     assert_eq!(denied(&after, DATABASE), want, "{after:#}");
     assert_eq!(after["window"]["from"], from_before.as_str(), "{after:#}");

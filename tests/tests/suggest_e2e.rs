@@ -15,18 +15,6 @@ use serde_json::Value;
 const BACKEND: &str = "snp/prod/suggested-backend";
 const DATABASE: &str = "snp/prod/suggested-database";
 
-fn report(agent: &Agent, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["staged", "report", "-o", "json"];
-    all.extend_from_slice(args);
-    let out = agent.cli(&all);
-    let code = out.status.code().expect("exit code");
-    assert!(
-        code == 0 || code == 3,
-        "agent staged report {args:?}: {out:?}"
-    );
-    (code, serde_json::from_slice(&out.stdout).expect("JSON"))
-}
-
 fn suggest(agent: &Agent, extra: &[&str]) -> String {
     let mut args = vec!["staged", "suggest", "--namespace", "prod"];
     args.extend_from_slice(extra);
@@ -108,7 +96,7 @@ fn a_suggestion_keeps_the_observed_traffic_and_denies_new_traffic() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, r) = report(&agent, &[BACKEND]);
+        let (code, r) = staged_report(&agent, &[BACKEND]);
         let denied = r["policies"][0]["newly_denied"].to_string();
         if code == 3 && denied.contains("prod/database") {
             break;

@@ -51,8 +51,9 @@ pub struct RunArgs {
     /// /var/lib/agent/flows-<its name>); `none`: in memory only.
     #[arg(long, value_name = "DIR")]
     pub flow_history: Option<PathBuf>,
-    /// Bound of the flow history on disk, e.g. 512MiB, 2GiB, 100000000 (bytes).
-    #[arg(long, value_parser = parse_bytes, default_value = "512MiB")]
+    /// Bound of the flow history on disk, e.g. 512MiB, 2GiB, 100000000 (bytes). A record
+    /// update is ~1 KB: the default holds ~1M, a day of ~12 new connections a second.
+    #[arg(long, value_parser = parse_bytes, default_value = "1GiB")]
     pub flow_history_max_bytes: u64,
     /// Records older than this leave the flow history on disk (e.g. 48h, 7d).
     #[arg(long, value_parser = super::flows::parse_duration, default_value = "48h")]

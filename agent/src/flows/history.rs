@@ -32,7 +32,7 @@ use super::{unix_now_ns, Flow};
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Records waiting for the writer; more are counted as missed.
 const CHANNEL: usize = 65_536;
-pub const DEFAULT_MAX_BYTES: u64 = 512 * 1024 * 1024;
+pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(48 * 3600);
 
 #[derive(Clone, Debug)]
