@@ -45,6 +45,10 @@ pub mod active_flags {
     /// Never create conntrack entries: every packet is judged as a new flow.
     /// For benchmarks and tests of the new-flow path only.
     pub const NO_CT_INSERT: u32 = 1;
+    /// Report allowed new flows too (`agent run --flows all`), rate-limited
+    /// like denied ones; by default only denied flows and flows of endpoints
+    /// with staged policy are reported. Read on new flows only.
+    pub const REPORT_ALLOWED: u32 = 2;
 }
 
 /// Policy direction as seen by the endpoint (matches `model::ir::Direction`).

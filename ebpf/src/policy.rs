@@ -69,11 +69,13 @@
 //!   Established flows pay nothing more; new flows one `SERVICE_NETS` lookup.
 //! - Events: one per newly judged flow side on endpoints with `HAS_STAGED`
 //!   (enforced + pending verdicts), and for denied new flows (per-CPU token
-//!   bucket). Ring buffer full: counted, never blocks.
+//!   bucket); under `active_flags::REPORT_ALLOWED` (`--flows all`) for allowed
+//!   new flows too (sharing the deny budget). Ring buffer full: counted, never
+//!   blocks.
 
 use agent_common::{
-    action, ct_flags, direction, endpoint_flags, event_flags, ip_proto, stat, table, tcp_state,
-    CtKey, CtSide, CtValue, DeferValue, EndpointInfo, RuleKey, Verdict,
+    action, active_flags, ct_flags, direction, endpoint_flags, event_flags, ip_proto, stat, table,
+    tcp_state, CtKey, CtSide, CtValue, DeferValue, EndpointInfo, RuleKey, Verdict,
 };
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
@@ -412,7 +414,9 @@ fn judge(flow: &Flow, already_reported: bool) -> (bool, bool) {
         return (allow, true);
     }
     let staged = flow.at.endpoint.flags & endpoint_flags::HAS_STAGED != 0 && !flow.pkt.fragment;
-    if !staged && allow {
+    // Allowed flows of endpoints without staged policy are reported only
+    // under `--flows all` (then rate-limited like denied ones, below).
+    if !staged && allow && flow.at.active.flags & active_flags::REPORT_ALLOWED == 0 {
         return (allow, false);
     }
     let mut flags = 0;

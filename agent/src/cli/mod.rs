@@ -7,6 +7,7 @@ mod run;
 pub mod safe_mode;
 pub(crate) mod staged;
 mod staged_report;
+mod suggest;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

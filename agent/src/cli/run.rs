@@ -56,6 +56,78 @@ pub struct RunArgs {
     /// request must send `Authorization: Bearer TOKEN` or log in once at /?token=TOKEN.
     #[arg(long, value_name = "FILE", requires = "console")]
     pub console_token_file: Option<PathBuf>,
+    /// Keep the flow records in this directory, so they (and `agent staged report`'s window)
+    /// survive restarts. Default: /var/lib/agent/flows (with another `--bpffs`:
+    /// /var/lib/agent/flows-<its name>); `none`: in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub flow_history: Option<PathBuf>,
+    /// Bound of the flow history on disk, e.g. 512MiB, 2GiB, 100000000 (bytes). A record
+    /// update is ~1 KB: the default holds ~1M, a day of ~12 new connections a second.
+    #[arg(long, value_parser = parse_bytes, default_value = "1GiB")]
+    pub flow_history_max_bytes: u64,
+    /// Records older than this leave the flow history on disk (e.g. 48h, 7d).
+    #[arg(long, value_parser = super::flows::parse_duration, default_value = "48h")]
+    pub flow_history_max_age: std::time::Duration,
+    /// Which new flows the kernel reports: `denied` (denied flows, and every flow of an
+    /// endpoint with staged policy) or `all` (allowed ones too, rate-limited like denied
+    /// ones: to see the traffic before writing policy).
+    #[arg(long, value_enum, default_value_t = FlowsRecorded::Denied)]
+    pub flows: FlowsRecorded,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowsRecorded {
+    Denied,
+    All,
+}
+
+/// `512MiB`, `2GiB`, `64KiB`, `1G` or a number of bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 512MiB or 1000000"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err(format!(
+            "{s:?}: the flow history needs room (more than 0 bytes)"
+        )),
+        Some(b) => Ok(b),
+        None => Err(format!("{s:?}: too large")),
+    }
+}
+
+/// Where the flow history goes: the flag, or a directory named after the pin
+/// directory (two agents on one host with their own `--bpffs` do not share it).
+fn flow_history(args: &RunArgs) -> Option<crate::flows::history::HistoryOptions> {
+    let dir = match &args.flow_history {
+        Some(d) if d.as_os_str() == "none" => return None,
+        Some(d) => d.clone(),
+        None if args.bpffs.as_os_str() == crate::daemon::DEFAULT_BPFFS => {
+            PathBuf::from("/var/lib/agent/flows")
+        }
+        None => {
+            let name = args.bpffs.file_name().unwrap_or_default().to_string_lossy();
+            PathBuf::from(format!("/var/lib/agent/flows-{name}"))
+        }
+    };
+    Some(crate::flows::history::HistoryOptions {
+        dir,
+        max_bytes: args.flow_history_max_bytes,
+        max_age: args.flow_history_max_age,
+    })
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -67,6 +139,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let failsafes = super::load_failsafes(args.config.as_deref())?;
+    let flow_history = flow_history(&args);
     let services = crate::daemon::services::ServiceConfig::load(args.config.as_deref())?;
     let node = args
         .node
@@ -90,6 +163,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         failsafes,
         services,
         console,
+        flow_history,
+        flows_all: args.flows == FlowsRecorded::All,
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "0", "12XB", "MiB", "99999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 }

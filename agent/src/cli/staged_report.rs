@@ -32,6 +32,9 @@ pub enum StagedCommand {
     /// Per staged policy: the connections it would newly deny and newly allow, the endpoints
     /// it selects; exit 0 when nothing would change, 3 when something would.
     Report(ReportArgs),
+    /// A StagedNetworkPolicy per workload of a namespace allowing exactly the traffic
+    /// observed into it (from the running agent's records or `agent flows -o json`), as YAML.
+    Suggest(super::suggest::SuggestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -60,7 +63,10 @@ pub struct ReportArgs {
 }
 
 pub fn run(command: StagedCommand) -> anyhow::Result<ExitCode> {
-    let StagedCommand::Report(args) = command;
+    let args = match command {
+        StagedCommand::Report(args) => args,
+        StagedCommand::Suggest(args) => return super::suggest::run(args),
+    };
     let report = match &args.datastore {
         Some(dir) => {
             let offline = load_datastore(dir)

@@ -22,6 +22,9 @@ pub(super) fn drain(shared: &Shared) {
     let mut flows = lock(&shared.flows);
     for r in &records {
         let flow = flows.add(r, &view);
+        if let Some(h) = &shared.history {
+            h.record(r.ifindex, &flow);
+        }
         let _ = shared.tx.send(flow);
     }
 }

@@ -94,6 +94,11 @@ pub struct RunOptions {
     pub services: services::ServiceConfig,
     /// The web console (`--console`), off by default.
     pub console: Option<ConsoleOptions>,
+    /// Flow records on disk (None: in memory only).
+    pub flow_history: Option<crate::flows::history::HistoryOptions>,
+    /// Record every new flow, not only denied flows and flows of endpoints
+    /// with staged policy (`--flows all`).
+    pub flows_all: bool,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -201,7 +206,10 @@ fn new_shared(opts: &RunOptions, mut dp: Dataplane) -> anyhow::Result<Shared> {
         management,
         services: opts.services.clone(),
     };
+    dp.set_report_allowed(opts.flows_all)
+        .context("setting the flow-reporting switch")?;
     let (tx, _) = broadcast::channel(4096);
+    let (flows, history) = open_history(opts)?;
     Ok(Shared {
         inner: Mutex::new(Inner {
             dp,
@@ -211,13 +219,39 @@ fn new_shared(opts: &RunOptions, mut dp: Dataplane) -> anyhow::Result<Shared> {
             health,
         }),
         view: Mutex::new(Arc::new(View::default())),
-        flows: Mutex::new(FlowTable::default()),
+        flows: Mutex::new(flows),
+        history,
+        flows_all: opts.flows_all,
         tx,
         started_ns: unix_now_ns(),
         heartbeat_ns: AtomicU64::new(unix_now_ns()),
         confirmations: Mutex::new(Default::default()),
         kube: Mutex::new(None),
     })
+}
+
+/// The flow table with the records kept on disk, and the writer that keeps
+/// adding to them (none without `--flow-history`).
+fn open_history(
+    opts: &RunOptions,
+) -> anyhow::Result<(FlowTable, Option<crate::flows::history::HistoryWriter>)> {
+    use crate::flows::history;
+    let mut table = FlowTable::default();
+    let Some(h) = &opts.flow_history else {
+        return Ok((table, None));
+    };
+    let loaded = history::load(&h.dir);
+    tracing::info!(
+        dir = %h.dir.display(),
+        records = loaded.records.len(),
+        bytes = loaded.bytes,
+        "flow history read back"
+    );
+    let last_ns = loaded.last_ns;
+    table.restore(loaded.records);
+    let writer = history::HistoryWriter::start(h, last_ns)
+        .with_context(|| format!("flow history in {}", h.dir.display()))?;
+    Ok((table, Some(writer)))
 }
 
 /// A fresh load and [`reload`] in a blocking task, awaited.
@@ -285,6 +319,11 @@ fn spawn_conntrack_sweep(shared: Arc<Shared>, bpffs: &std::path::Path) -> anyhow
 /// unless `--detach-on-exit`.
 fn stop(shared: &Shared, opts: &RunOptions) {
     let _ = std::fs::remove_file(&opts.socket);
+    if let Some(h) = &shared.history {
+        // Drain what is left in the ring buffer first, then write it all.
+        drain(shared);
+        h.close();
+    }
     if opts.detach_on_exit {
         interfaces::detach_all(&mut lock(&shared.inner));
         match crate::dataplane::loader::cleanup(&opts.bpffs) {

@@ -129,23 +129,52 @@ async fn client(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> 
 
 /// Judges the recorded connections per staged policy with the evaluator, on
 /// a blocking thread (the model is cloned: the event loop is not held up).
-pub(super) async fn staged_report(q: ReportQuery, shared: &Shared) -> Result<StagedReport, String> {
+/// With a history on disk, its records are read back too: the window then
+/// reaches back past restarts and past the in-memory bound.
+pub(super) async fn staged_report(q: ReportQuery, shared: &Arc<Shared>) -> Result<StagedReport, String> {
     let model = lock(&shared.inner).enforced.good.model.clone();
-    let (records, dropped_until_ns) = {
+    let (memory, dropped_until_ns) = {
         let table = lock(&shared.flows);
         (table.history(), table.dropped_until_ns)
     };
-    let complete_from_ns = shared.started_ns.max(dropped_until_ns);
+    let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
+        let mut notes = vec![recorded_note(shared.flows_all)];
+        let (records, complete_from_ns) = match &shared.history {
+            None => (memory, shared.started_ns.max(dropped_until_ns)),
+            Some(h) => {
+                let disk = crate::flows::history::load(&h.dir);
+                notes.extend(disk.notes);
+                let from = disk.complete_from_ns.unwrap_or(shared.started_ns);
+                // Both: the newest second may not be on disk yet. A record
+                // in both counts once (connections are merged by 5-tuple).
+                let mut all: Vec<Arc<Flow>> =
+                    disk.records.into_iter().map(|(_, f)| Arc::new(f)).collect();
+                all.extend(memory);
+                (all, from)
+            }
+        };
         let history = History {
             records: &records,
             complete_from_ns,
             now_ns: unix_now_ns(),
+            notes,
         };
         report::live(&model, &q, &history)
     })
     .await
     .map_err(|e| format!("the report failed: {e}"))?
+}
+
+/// What the agent records, for the report's window.
+fn recorded_note(all: bool) -> String {
+    if all {
+        "connections this node's agent recorded: every new flow (--flows all)".into()
+    } else {
+        "connections this node's agent recorded: denied flows, and every flow of an \
+         endpoint with staged policy (`agent run --flows all` records all)"
+            .into()
+    }
 }
 
 /// A flows query's filter, compiled against the daemon's view, with the

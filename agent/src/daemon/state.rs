@@ -94,6 +94,9 @@ pub(crate) struct Shared {
     pub(super) inner: Mutex<Inner>,
     pub(super) view: Mutex<Arc<View>>,
     pub(super) flows: Mutex<FlowTable>,
+    /// The flow records on disk (`--flow-history`), and how `--flows` records.
+    pub(super) history: Option<crate::flows::history::HistoryWriter>,
+    pub(super) flows_all: bool,
     pub(super) tx: broadcast::Sender<Arc<Flow>>,
     pub(super) started_ns: u64,
     /// When the event loop last ticked (unix ns): `/healthz`.

@@ -332,7 +332,20 @@ impl Dataplane {
     /// Benchmark/test knob: `agent_common::active_flags` (e.g. `NO_CT_INSERT`).
     pub fn set_active_flags(&mut self, flags: u32) -> Result<(), DataplaneError> {
         let mut active = self.active()?;
-        active.flags = flags & active_flags::NO_CT_INSERT;
+        active.flags = flags & (active_flags::NO_CT_INSERT | active_flags::REPORT_ALLOWED);
+        self.set_active(active)
+    }
+
+    /// `agent run --flows all`: the kernel reports allowed new flows too
+    /// (`REPORT_ALLOWED`); set or cleared at every start, as the flag outlives
+    /// the agent in the pinned `ACTIVE`. Other flags are kept.
+    pub fn set_report_allowed(&mut self, on: bool) -> Result<(), DataplaneError> {
+        let mut active = self.active()?;
+        if on {
+            active.flags |= active_flags::REPORT_ALLOWED;
+        } else {
+            active.flags &= !active_flags::REPORT_ALLOWED;
+        }
         self.set_active(active)
     }
 

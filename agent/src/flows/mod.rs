@@ -18,7 +18,9 @@ use crate::selector::Selector;
 
 pub mod blame;
 pub mod connection;
+pub mod history;
 pub mod report;
+pub mod suggest;
 mod table;
 
 pub use table::FlowTable;
@@ -37,6 +39,9 @@ pub struct Peer {
     /// Endpoint (workload or host endpoint) or network set owning the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The owner's labels (what `agent staged suggest` builds selectors from).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 /// A verdict as shown to users.
@@ -380,6 +385,7 @@ impl View {
             port,
             namespace: owner.and_then(|o| o.0.clone()),
             name: owner.map(|o| o.1.clone()),
+            labels: owner.map(|o| o.2.clone()).unwrap_or_default(),
         }
     }
 

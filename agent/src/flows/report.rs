@@ -338,6 +338,8 @@ pub struct History<'a> {
     /// newest record dropped to keep the history bounded, whichever is later.
     pub complete_from_ns: u64,
     pub now_ns: u64,
+    /// What the agent records (`--flows`), restarts and gaps, for the window.
+    pub notes: Vec<String>,
 }
 
 /// The live report: the records of the window, judged per staged policy.
@@ -348,11 +350,7 @@ pub fn live(model: &Model, query: &ReportQuery, history: &History) -> Result<Sta
         .since_ms
         .map(|ms| now.saturating_sub(ms.saturating_mul(1_000_000)));
     let from = asked_from.unwrap_or(0).max(history.complete_from_ns);
-    let mut notes = vec![
-        "connections this node's agent recorded: denied flows, and every flow of an \
-         endpoint with staged policy"
-            .to_string(),
-    ];
+    let mut notes = history.notes.clone();
     if asked_from.is_some_and(|a| a < from) {
         notes.push(format!(
             "records before {} are not kept (the agent started then, or older records \

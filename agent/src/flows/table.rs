@@ -160,6 +160,38 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
+    /// Takes records back from the history on disk (interface index, record;
+    /// oldest first): the newest [`HISTORY`] of them, as they were (not counted
+    /// as events again). Records whose direction is unknown are skipped.
+    pub fn restore(&mut self, records: Vec<(u32, Flow)>) {
+        let skip = records.len().saturating_sub(HISTORY);
+        for (ifindex, flow) in records.into_iter().skip(skip) {
+            let direction = match flow.direction.as_str() {
+                "ingress" => Direction::Ingress,
+                "egress" => Direction::Egress,
+                _ => continue,
+            };
+            let key = FlowKey {
+                src: flow.src.ip,
+                dst: flow.dst.ip,
+                src_port: flow.src.port,
+                dst_port: flow.dst.port,
+                protocol: flow.protocol_number,
+                endpoint_id: flow.reporter.endpoint_id,
+                ifindex,
+                direction,
+            };
+            let hooks = self.conns.entry(key.conn()).or_default();
+            if !hooks.contains(&key) {
+                hooks.push(key.clone());
+            }
+            self.seq += 1;
+            self.flows.insert(key.clone(), (self.seq, Arc::new(flow)));
+            self.order.push_back((self.seq, key));
+        }
+        self.evict();
+    }
+
     /// Records in update order (oldest first).
     pub fn history(&self) -> Vec<Arc<Flow>> {
         let mut v: Vec<_> = self.flows.values().cloned().collect();

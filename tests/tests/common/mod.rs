@@ -115,6 +115,9 @@ impl Agent {
             .arg(&socket)
             .arg("--bpffs")
             .arg(bpffs)
+            // Beside the datastore: removed with it, kept across restarts.
+            .arg("--flow-history")
+            .arg(base.join("flows"))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -338,6 +341,22 @@ pub fn wait_tcp_within(from: &Pod, to: &Pod, port: u16, want: TcpProbe, limit: D
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `agent staged report ARGS -o json`: (exit code, report); exit 0 or 3 only.
+pub fn staged_report(agent: &Agent, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["staged", "report", "-o", "json"];
+    all.extend_from_slice(args);
+    let out = agent.cli(&all);
+    let code = out.status.code().expect("exit code");
+    assert!(
+        code == 0 || code == 3,
+        "agent staged report {args:?}: {out:?}"
+    );
+    (
+        code,
+        serde_json::from_slice(&out.stdout).expect("JSON report"),
+    )
 }
 
 pub fn is_flow(f: &Value, src: &str, dst: &str, port: u64) -> bool {

@@ -1,0 +1,371 @@
+//! Flow history on disk: the daemon's flow records in JSON-lines segment
+//! files (`flows-<started unix ns>.jsonl`) in one directory, so the records,
+//! the staged report's window and `--require-clean` survive restarts.
+//!
+//! - Writing never blocks the event path: records go through a bounded
+//!   channel (`try_send`; a full channel is counted and written down as a gap)
+//!   to a writer thread that keeps the latest version of each record and writes
+//!   them once per [`FLUSH_EVERY`] (a record updated 100 times in a second is
+//!   one line).
+//! - A segment is rotated at 1/16 of the byte bound or 1/48 of the age bound;
+//!   after each write the oldest segments go while the directory holds more than
+//!   the byte bound, and any whose last write is older than the age bound.
+//! - Reading keeps the last line of each record (later lines are newer
+//!   versions). Records are complete from the start of the oldest segment
+//!   kept: the first agent's start, or the rotation after which older segments
+//!   were pruned. A line that does not parse (a crash mid-write, a damaged
+//!   file) is skipped with a warning, never fatal.
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{unix_now_ns, Flow};
+
+/// How often the writer writes what it received.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Records waiting for the writer; more are counted as missed.
+const CHANNEL: usize = 65_536;
+pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(48 * 3600);
+
+#[derive(Clone, Debug)]
+pub struct HistoryOptions {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+}
+
+/// One line of a segment.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Line {
+    /// An agent started writing here; `previous_ns`: the last line written
+    /// before (the previous agent stopped or died after it).
+    Start {
+        at_ns: u64,
+        previous_ns: Option<u64>,
+    },
+    /// Records the writer could not take (it fell behind) up to `at_ns`.
+    Gap { at_ns: u64, missed: u64 },
+    /// A record's latest version; `ifindex` completes its key.
+    Flow { ifindex: u32, flow: Box<Flow> },
+}
+
+/// What the directory holds.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The latest version of each record (interface index, record), oldest first.
+    pub records: Vec<(u32, Flow)>,
+    /// Records are complete from here (unix ns): the oldest segment's start.
+    pub complete_from_ns: Option<u64>,
+    /// The newest line's time.
+    pub last_ns: Option<u64>,
+    /// Restarts and gaps, for the report's window.
+    pub notes: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Key of a record on disk: the in-memory table's, with the interface.
+type DiskKey = (
+    u32,
+    u32,
+    String,
+    std::net::IpAddr,
+    u16,
+    std::net::IpAddr,
+    u16,
+    u8,
+);
+
+fn disk_key(ifindex: u32, f: &Flow) -> DiskKey {
+    (
+        ifindex,
+        f.reporter.endpoint_id,
+        f.direction.clone(),
+        f.src.ip,
+        f.src.port,
+        f.dst.ip,
+        f.dst.port,
+        f.protocol_number,
+    )
+}
+
+/// The segment files of `dir`, oldest first.
+fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut v = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let started = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("flows-")?.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(started) = started {
+            v.push((started, path));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Reads every segment of `dir` (missing: empty). Unreadable lines and files
+/// are skipped with a warning.
+pub fn load(dir: &Path) -> Loaded {
+    let mut out = Loaded::default();
+    let files = match segments(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "flow history unreadable; starting without it");
+            return out;
+        }
+    };
+    let mut latest: HashMap<DiskKey, (u32, Flow)> = HashMap::new();
+    out.complete_from_ns = files.first().map(|(started, _)| *started);
+    for (_, path) in &files {
+        read_segment(path, &mut latest, &mut out);
+    }
+    let mut records: Vec<(u32, Flow)> = latest.into_values().collect();
+    records.sort_by_key(|(_, f)| f.last_seen_ns);
+    out.records = records;
+    out
+}
+
+fn read_segment(path: &Path, latest: &mut HashMap<DiskKey, (u32, Flow)>, out: &mut Loaded) {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "flow history segment unreadable; skipped");
+            return;
+        }
+    };
+    out.bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bad = 0usize;
+    for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let parsed = line
+            .map_err(|e| e.to_string())
+            .and_then(|l| serde_json::from_slice::<Line>(&l).map_err(|e| e.to_string()));
+        let line = match parsed {
+            Ok(l) => l,
+            Err(e) => {
+                if bad == 0 {
+                    tracing::warn!(file = %path.display(), line = n + 1, error = %e, "flow history: unreadable line skipped (a crash mid-write?)");
+                }
+                bad += 1;
+                continue;
+            }
+        };
+        match line {
+            Line::Start { at_ns, previous_ns } => {
+                if let Some(prev) = previous_ns {
+                    out.notes.push(format!(
+                        "the agent was restarted at {} (last record written {}): flows in \
+                         between are kept as far as the kernel's event ring held them",
+                        super::rfc3339(at_ns),
+                        super::rfc3339(prev)
+                    ));
+                }
+                out.last_ns = Some(at_ns);
+            }
+            Line::Gap { at_ns, missed } => out.notes.push(format!(
+                "{missed} flow records were not written to the history (the writer fell \
+                 behind) until {}",
+                super::rfc3339(at_ns)
+            )),
+            Line::Flow { ifindex, flow } => {
+                out.last_ns = out.last_ns.max(Some(flow.last_seen_ns));
+                latest.insert(disk_key(ifindex, &flow), (ifindex, *flow));
+            }
+        }
+    }
+    if bad > 1 {
+        tracing::warn!(file = %path.display(), lines = bad, "flow history: unreadable lines skipped");
+    }
+}
+
+/// A record for the writer: (interface index, record).
+type Queued = (u32, Arc<Flow>);
+
+/// The daemon's side: hands records to the writer thread.
+pub struct HistoryWriter {
+    /// None once closed. Locked per record: uncontended (the event drain is
+    /// the only writer).
+    tx: Mutex<Option<SyncSender<Queued>>>,
+    missed: Arc<AtomicU64>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub dir: PathBuf,
+}
+
+impl HistoryWriter {
+    /// Starts the writer on `opts.dir` (created if missing); `previous_ns`:
+    /// the newest line already there.
+    pub fn start(opts: &HistoryOptions, previous_ns: Option<u64>) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&opts.dir)?;
+        let mut store = Store::open(opts.clone())?;
+        store.write(&Line::Start {
+            at_ns: unix_now_ns(),
+            previous_ns,
+        })?;
+        store.flush()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL);
+        let missed = Arc::new(AtomicU64::new(0));
+        let counter = missed.clone();
+        let thread = std::thread::Builder::new()
+            .name("flow-history".into())
+            .spawn(move || store.run(rx, &counter))?;
+        Ok(HistoryWriter {
+            tx: Mutex::new(Some(tx)),
+            missed,
+            thread: Mutex::new(Some(thread)),
+            dir: opts.dir.clone(),
+        })
+    }
+
+    /// Queues a record; never blocks (a full queue is counted as missed).
+    pub fn record(&self, ifindex: u32, flow: &Arc<Flow>) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = tx.as_ref() else { return };
+        if let Err(TrySendError::Full(_)) = tx.try_send((ifindex, flow.clone())) {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes what is queued and stops the writer (a clean stop).
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer thread's state: the current segment and the bounds.
+struct Store {
+    opts: HistoryOptions,
+    file: BufWriter<File>,
+    path: PathBuf,
+    bytes: u64,
+    opened: Instant,
+}
+
+impl Store {
+    fn open(opts: HistoryOptions) -> std::io::Result<Store> {
+        let path = opts.dir.join(format!("flows-{:020}.jsonl", unix_now_ns()));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Store {
+            opts,
+            file: BufWriter::new(file),
+            path,
+            bytes: 0,
+            opened: Instant::now(),
+        })
+    }
+
+    fn write(&mut self, line: &Line) -> std::io::Result<()> {
+        let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        self.file.write_all(&text)?;
+        self.bytes += text.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+
+    /// Until the daemon's side is dropped: collect for [`FLUSH_EVERY`], write.
+    fn run(mut self, rx: Receiver<Queued>, missed: &AtomicU64) {
+        let mut pending: HashMap<DiskKey, (u32, Arc<Flow>)> = HashMap::new();
+        let mut last_flush = Instant::now();
+        loop {
+            let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
+            let closed = match rx.recv_timeout(wait) {
+                Ok((ifindex, flow)) => {
+                    pending.insert(disk_key(ifindex, &flow), (ifindex, flow));
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            if closed || last_flush.elapsed() >= FLUSH_EVERY {
+                if let Err(e) = self.write_batch(&mut pending, missed) {
+                    tracing::error!(dir = %self.opts.dir.display(), error = %e, "writing the flow history");
+                }
+                last_flush = Instant::now();
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    /// Writes the batch, then rotates and prunes as the bounds say.
+    fn write_batch(
+        &mut self,
+        pending: &mut HashMap<DiskKey, (u32, Arc<Flow>)>,
+        missed: &AtomicU64,
+    ) -> std::io::Result<()> {
+        let lost = missed.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            self.write(&Line::Gap {
+                at_ns: unix_now_ns(),
+                missed: lost,
+            })?;
+        }
+        let mut batch: Vec<(u32, Arc<Flow>)> = pending.drain().map(|(_, v)| v).collect();
+        batch.sort_by_key(|(_, f)| f.last_seen_ns);
+        for (ifindex, flow) in batch {
+            self.write(&Line::Flow {
+                ifindex,
+                flow: Box::new(Flow::clone(&flow)),
+            })?;
+        }
+        self.flush()?;
+        let segment_bytes = (self.opts.max_bytes / 16).max(4096);
+        let segment_age = self.opts.max_age / 48;
+        if self.bytes >= segment_bytes || self.opened.elapsed() >= segment_age {
+            *self = Store::open(self.opts.clone())?;
+        }
+        prune(&self.opts, &self.path)
+    }
+}
+
+/// Removes the oldest segments (never `current`) beyond the byte bound, and
+/// those last written longer ago than the age bound.
+fn prune(opts: &HistoryOptions, current: &Path) -> std::io::Result<()> {
+    let files = segments(&opts.dir)?;
+    let sizes: Vec<(PathBuf, u64, Option<SystemTime>)> = files
+        .into_iter()
+        .filter_map(|(_, p)| {
+            let m = std::fs::metadata(&p).ok()?;
+            Some((p, m.len(), m.modified().ok()))
+        })
+        .collect();
+    let mut total: u64 = sizes.iter().map(|(_, len, _)| len).sum();
+    for (path, len, modified) in &sizes {
+        if path == current {
+            break;
+        }
+        let too_old = modified
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > opts.max_age);
+        if total > opts.max_bytes || too_old {
+            std::fs::remove_file(path)?;
+            total -= len;
+            tracing::debug!(file = %path.display(), "flow history segment pruned");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod tests;
