@@ -120,4 +120,11 @@ fn the_nftables_chain_holds_the_policy_in_order() {
         script.contains("    drop\n  }\n}\n"),
         "the drop ends the last chain"
     );
+
+    // The agent's datastore of the same list loads cleanly, with every rule.
+    let yaml = traffic::datastore_yaml(&rules);
+    assert_eq!(yaml.matches("action: Allow").count(), 2_500);
+    assert_eq!(yaml.matches("action: Deny").count(), 1);
+    let loaded = load_sources(&[(PathBuf::from("bench.yaml"), yaml)]);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
 }
