@@ -82,7 +82,7 @@ fn nftables_chain_gives_the_agents_verdicts_and_loadgen_counts_traffic() {
     );
 
     for lab in &labs {
-        let rate = lab
+        let (rate, _) = lab
             .connection_rate(0.2, 2)
             .unwrap_or_else(|e| panic!("{}: {e:#}", lab.variant.name()));
         assert!(rate > 0.0, "{}: no connection in 0.2 s", lab.variant.name());

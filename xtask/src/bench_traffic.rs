@@ -27,6 +27,8 @@ const END: &str = "<!-- END traffic -->";
 pub const DEFAULT_RULES: [usize; 3] = [10, 1_000, 10_000];
 const CONNECTIONS: &str = "connections_per_s";
 const THROUGHPUT: &str = "gbit_per_s";
+/// Connection attempts without a handshake within 1 s, per batch.
+const FAILURES: &str = "connect_failures";
 /// Client threads opening connections (the machine has 2 CPUs).
 const CONNECT_THREADS: usize = 2;
 
@@ -36,7 +38,7 @@ struct Plan {
     seconds: f64,
 }
 
-pub fn run(quick: bool, report_only: bool, rules: &[usize]) -> Result<()> {
+pub fn run(quick: bool, report_only: bool, no_build: bool, rules: &[usize]) -> Result<()> {
     let root = workspace_root();
     if !report_only {
         let plan = if quick {
@@ -50,7 +52,7 @@ pub fn run(quick: bool, report_only: bool, rules: &[usize]) -> Result<()> {
                 seconds: 2.0,
             }
         };
-        let results = measure(&plan, rules)?;
+        let results = measure(&plan, rules, no_build)?;
         std::fs::create_dir_all(root.join("target/bench"))?;
         std::fs::write(root.join(JSON), serde_json::to_string_pretty(&results)?)?;
         let mut command = String::from("cargo xtask bench --traffic");
@@ -85,19 +87,21 @@ pub fn run(quick: bool, report_only: bool, rules: &[usize]) -> Result<()> {
 }
 
 /// Builds the programs, sets up every lab, runs the batches; the JSON list.
-fn measure(plan: &Plan, rules: &[usize]) -> Result<Vec<serde_json::Value>> {
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "agent",
-        "--bin",
-        "agent",
-        "-p",
-        "agent-tests",
-        "--bin",
-        "loadgen",
-    ])?;
+fn measure(plan: &Plan, rules: &[usize], no_build: bool) -> Result<Vec<serde_json::Value>> {
+    if !no_build {
+        cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "agent",
+            "--bin",
+            "agent",
+            "-p",
+            "agent-tests",
+            "--bin",
+            "loadgen",
+        ])?;
+    }
     let release = workspace_root().join("target/release");
     let tools = Tools {
         agent: release.join("agent"),
@@ -125,16 +129,17 @@ fn measure(plan: &Plan, rules: &[usize]) -> Result<Vec<serde_json::Value>> {
         for group in labs.chunks(Variant::ALL.len()) {
             for k in 0..group.len() {
                 let lab = &group[(k + batch) % group.len()];
-                let rate = lab.connection_rate(plan.seconds, CONNECT_THREADS)?;
+                let (rate, failed) = lab.connection_rate(plan.seconds, CONNECT_THREADS)?;
                 let gbits = lab.throughput(plan.seconds)?;
                 println!(
-                    "batch {batch}: {:>8} at {:>6} rules: {rate:>8.0} connections/s {gbits:>6.2} Gbit/s",
+                    "batch {batch}: {:>8} at {:>6} rules: {rate:>8.0} connections/s ({failed} failed) {gbits:>6.2} Gbit/s",
                     lab.variant.name(),
                     lab.rules
                 );
                 let key = |m| (lab.variant, lab.rules, m);
                 samples.entry(key(CONNECTIONS)).or_default().push(rate);
                 samples.entry(key(THROUGHPUT)).or_default().push(gbits);
+                samples.entry(key(FAILURES)).or_default().push(failed);
             }
         }
     }

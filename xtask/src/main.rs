@@ -53,6 +53,10 @@ enum Task {
         /// With --traffic: the rule counts (default 10,1000,10000).
         #[arg(long, value_delimiter = ',', requires = "traffic")]
         rules: Vec<usize>,
+        /// With --traffic: use target/release/{agent,loadgen} as they are (a build from
+        /// inside `cargo xtask` sees other environment variables and may rebuild everything).
+        #[arg(long, requires = "traffic")]
+        no_build: bool,
     },
 }
 
@@ -81,6 +85,7 @@ fn main() -> Result<()> {
             report_only,
             traffic,
             rules,
+            no_build,
         } => {
             if !report_only {
                 setup::run()?;
@@ -93,7 +98,7 @@ fn main() -> Result<()> {
                 } else {
                     rules
                 };
-                bench_traffic::run(quick, report_only, &rules)
+                bench_traffic::run(quick, report_only, no_build, &rules)
             } else {
                 bench::run(quick, report_only)
             }
