@@ -62,6 +62,7 @@
 mod netns;
 pub mod packet;
 mod probe;
+pub mod traffic;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -254,7 +254,7 @@ fn targets(results: &Results) -> String {
 }
 
 /// 10000 as "10,000".
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -267,7 +267,7 @@ fn thousands(n: u64) -> String {
 }
 
 /// `nproc`, `uname -r` and the CPU model of this machine.
-fn machine() -> Result<String> {
+pub(crate) fn machine() -> Result<String> {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading the kernel release")?;

@@ -4,6 +4,7 @@
 //! what is installed and only installs what is missing, so it is a fast no-op
 //! on a prepared machine.
 mod bench;
+mod bench_traffic;
 mod demo;
 mod setup;
 
@@ -36,7 +37,8 @@ enum Task {
     /// The walkthrough: a lab with three pods, real traffic, the agent enforcing.
     Demo,
     /// Benchmarks: ns per packet in the kernel programs against rule count
-    /// (target/bench/dataplane.json), then the plot and tables of docs/benchmarks.md.
+    /// (target/bench/dataplane.json), then the plot and tables of docs/benchmarks.md;
+    /// with --traffic, real traffic through a lab node instead (target/bench/traffic.json).
     Bench {
         /// Fewer, shorter batches (a few minutes) and no compile-scale table.
         #[arg(long)]
@@ -44,6 +46,17 @@ enum Task {
         /// Only regenerate docs/benchmarks.md and its plot from the last run's JSON.
         #[arg(long)]
         report_only: bool,
+        /// Real traffic instead: connections/s and Gbit/s through a lab node with no
+        /// program, the agent and an nftables chain (target/bench/traffic.json).
+        #[arg(long)]
+        traffic: bool,
+        /// With --traffic: the rule counts (default 10,1000,10000).
+        #[arg(long, value_delimiter = ',', requires = "traffic")]
+        rules: Vec<usize>,
+        /// With --traffic: use target/release/{agent,loadgen} as they are (a build from
+        /// inside `cargo xtask` sees other environment variables and may rebuild everything).
+        #[arg(long, requires = "traffic")]
+        no_build: bool,
     },
 }
 
@@ -67,13 +80,28 @@ fn main() -> Result<()> {
             setup::run()?;
             lint()
         }
-        Task::Bench { quick, report_only } => {
+        Task::Bench {
+            quick,
+            report_only,
+            traffic,
+            rules,
+            no_build,
+        } => {
             if !report_only {
                 setup::run()?;
                 require_ci_capabilities()?;
                 setup::bpffs()?;
             }
-            bench::run(quick, report_only)
+            if traffic {
+                let rules = if rules.is_empty() {
+                    bench_traffic::DEFAULT_RULES.to_vec()
+                } else {
+                    rules
+                };
+                bench_traffic::run(quick, report_only, no_build, &rules)
+            } else {
+                bench::run(quick, report_only)
+            }
         }
         Task::Demo => {
             setup::run()?;
