@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
-/// At most this many IPv6 extension headers are followed (the kernel's `MAX_IPV6_EXT`).
+/// The upper-layer header must be reached within this many steps along the
+/// IPv6 extension headers (the kernel's `MAX_IPV6_EXT`): at most 7 of them.
 pub const MAX_IPV6_EXT: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,5 +237,5 @@ fn ipv6(f: &[u8]) -> Result<Ip, Decoded> {
             }
         }
     }
-    Err(Decoded::Malformed("more than 8 IPv6 extension headers"))
+    Err(Decoded::Malformed("more than 7 IPv6 extension headers"))
 }
