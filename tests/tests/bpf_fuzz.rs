@@ -16,12 +16,15 @@
 //!   (counted MALFORMED): fail closed;
 //! - every other frame gets exactly the reference evaluator's enforced verdict
 //!   for what it carries (a later fragment: its first fragment's protocol and
-//!   ports, or port 0; ICMPv6 neighbour discovery/MLD: allowed before policy);
+//!   ports, or port 0; ICMPv6 neighbour discovery/MLD: allowed before policy),
+//!   with the endpoint's own address as the local end (the kernel keys on the
+//!   endpoint, not on the packet's local address);
 //! - a cut-short frame is dropped or judged as the whole frame.
 //!
 //! `FUZZ_CASES=N` sets the number of generated cases (default 3,000), spread
 //! over the models; `PROPTEST_RNG_SEED` replays a run.
 use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent::compile::testgen::{random_model, random_probe, Probe, Rng, Shape};
 use agent::compile::{compile, Compiled, CompiledEndpoint};
@@ -81,7 +84,7 @@ struct Installed<'m> {
     eval: Evaluator<'m>,
     endpoints: Vec<usize>,
     /// The model's IPv4 addresses (endpoints and nets), for IPv4-mapped IPv6.
-    v4: Vec<std::net::Ipv4Addr>,
+    v4: Vec<Ipv4Addr>,
 }
 
 struct Rig {
@@ -211,10 +214,24 @@ fn evaluate(
     direction: Direction,
     j: &reference::Judged,
 ) -> bool {
-    let (local, peer) = match direction {
-        Direction::Egress => (j.src, j.dst),
-        Direction::Ingress => (j.dst, j.src),
+    let peer = match direction {
+        Direction::Egress => j.dst,
+        Direction::Ingress => j.src,
     };
+    // The kernel keys on the endpoint, not on the packet's local address: a
+    // packet is judged as if it used the endpoint's own address of its family
+    // (the unspecified address when it has none), as the compiler evaluates.
+    let unspecified: IpAddr = if peer.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let local = at.model.endpoints[ep.endpoint_index]
+        .ips
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4() == peer.is_ipv4())
+        .unwrap_or(unspecified);
     let probe = Probe {
         endpoint_index: ep.endpoint_index,
         direction,
@@ -272,12 +289,12 @@ fn install<'m>(dp: &mut Dataplane, model: &'m Model) -> Installed<'m> {
         .map(|e| e.endpoint_index)
         .filter(|&i| !model.endpoints[i].ips.is_empty())
         .collect();
-    let mut v4: Vec<std::net::Ipv4Addr> = model
+    let mut v4: Vec<Ipv4Addr> = model
         .endpoints
         .iter()
         .flat_map(|e| &e.ips)
         .filter_map(|a| match a {
-            std::net::IpAddr::V4(a) => Some(*a),
+            IpAddr::V4(a) => Some(*a),
             _ => None,
         })
         .collect();
