@@ -48,6 +48,7 @@ use crate::model::ir::{FailsafePort, Failsafes};
 
 mod confirmations;
 mod enforce;
+mod freeze;
 mod health;
 mod http;
 mod interfaces;
