@@ -548,7 +548,7 @@ fn an_enforced_endpoint_whose_compile_fails_keeps_its_tables_and_the_others_upda
         Duration::from_secs(30),
     );
     // ...and the database still judges by its old policy (the failed version
-    // would let the frontend in).
+    // would let the frontend in on other ports).
     assert_eq!(
         s.frontend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
         TcpProbe::TimedOut
