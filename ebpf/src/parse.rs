@@ -174,6 +174,12 @@ fn ipv6(ctx: &TcContext, p: &mut Parsed) -> Result<(usize, FragId), ParseError> 
     p.ip_version = 6;
     p.src.copy_from_slice(&h[8..24]);
     p.dst.copy_from_slice(&h[24..40]);
+    // IPv4 addresses are keyed IPv4-mapped: an IPv6 header carrying one would
+    // be judged as that IPv4 peer. They never appear on the wire (Linux drops
+    // them as sources too): malformed.
+    if is_v4_mapped(&p.src) || is_v4_mapped(&p.dst) {
+        return Err(ParseError::Malformed);
+    }
     let chain = ipv6_chain(ctx, h[6], ETH_HLEN + 40)?;
     p.protocol = chain.next;
     let frag = FragId {
@@ -182,6 +188,12 @@ fn ipv6(ctx: &TcContext, p: &mut Parsed) -> Result<(usize, FragId), ParseError> 
         protocol: chain.frag_next,
     };
     Ok((chain.off, frag))
+}
+
+/// `::ffff:a.b.c.d`, the form IPv4 addresses take in the lookup keys.
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
 /// The source and destination of an IPv4 header, IPv4-mapped.
@@ -437,6 +449,9 @@ pub fn quoted(ctx: &TcContext, p: &Parsed) -> Option<Quoted> {
         }
         q.src.copy_from_slice(&h[8..24]);
         q.dst.copy_from_slice(&h[24..40]);
+        if is_v4_mapped(&q.src) || is_v4_mapped(&q.dst) {
+            return None;
+        }
         let chain = ipv6_chain(ctx, h[6], off + 40).ok()?;
         if chain.frag == Frag::Later {
             return None;

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lab::{Pod, TcpProbe, SHORT_TIMEOUT};
+use lab::{Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
 use serde_json::Value;
 
 const POLICY_FILE: &str = "10-database-allow-from-backend.yaml";
@@ -457,5 +457,131 @@ fn endpoints_beyond_capacity_do_not_stop_updates_for_the_others() {
     assert_eq!(
         s.frontend.tcp_connect(s.database.ipv4, 8080, SHORT_TIMEOUT),
         TcpProbe::TimedOut
+    );
+}
+
+/// The status entry of the endpoint on `iface`.
+fn endpoint_on<'a>(s: &'a Value, iface: &str) -> &'a Value {
+    s["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["interface"] == iface)
+        .unwrap_or_else(|| panic!("no endpoint on {iface}: {s:#}"))
+}
+
+/// Polls the status until `check` holds (60 s: a compile of ~100,000 keys in a
+/// debug build takes a while).
+fn wait_status_long(agent: &Agent, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = agent.status();
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 12 item 4, for endpoints already enforced: a new version of the
+/// database's policy that cannot compile for it (more rule keys than one
+/// endpoint may use; it would also let the frontend in on 32,768 ports) leaves the database on
+/// its last good tables (the frontend stays denied, status says so), while a
+/// tightening for the backend applies at once; once the input is fixed, both
+/// are on their new versions.
+#[test]
+fn an_enforced_endpoint_whose_compile_fails_keeps_its_tables_and_the_others_update() {
+    lab::require_root();
+    let lab = lab::Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let dir = Agent::seed_datastore("frozen");
+    let agent = Agent::start(&lab, &dir);
+    agent.wait_attached(3);
+    assert_seed_enforced(&s);
+    let prober = DeniedProber::start(&s.frontend, &s.database);
+    let before = agent.status()["generation"].as_u64();
+    // Ranges 1:2, 5:6, ... (2 keys each) on three protocols, 50 a rule and
+    // 328 rules a protocol (Calico's bounds): 98,304 keys for the database.
+    let even: Vec<String> = (0..16384u32)
+        .map(|k| format!("'{}:{}'", 4 * k + 1, 4 * k + 2))
+        .collect();
+    let mut rules = String::new();
+    for proto in ["TCP", "UDP", "SCTP"] {
+        for ports in even.chunks(50) {
+            rules.push_str(&format!(
+                "    - action: Allow\n      protocol: {proto}\n      source:\n        selector: app == 'frontend'\n      destination:\n        ports: [{}]\n",
+                ports.join(", ")
+            ));
+        }
+    }
+    let huge = format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: database-from-frontend\nspec:\n  selector: app == 'database'\n  types: [Ingress]\n  ingress:\n{rules}"
+    );
+    agent.write_file("30-database-from-frontend.yaml", &huge);
+    agent.write_file(
+        "05-backend-egress-deny.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: backend-egress-deny\nspec:\n  order: 1\n  selector: app == 'backend'\n  types: [Egress]\n  egress:\n    - action: Deny\n      destination:\n        selector: app == 'database'\n",
+    );
+    let st = wait_status_long(&agent, "the database on its last good tables", |st| {
+        !endpoint_on(st, "calidemodb")["last_good"].is_null()
+    });
+    assert!(st["last_error"].is_null(), "{}", st["last_error"]);
+    let db = endpoint_on(&st, "calidemodb");
+    assert!(db["error"].as_str().unwrap().contains("exceeded"), "{db:#}");
+    assert_eq!(db["last_good"]["generation"].as_u64(), before, "{db:#}");
+    assert_eq!(db["attached"], true);
+    for iface in ["calidemofront", "calidemoback"] {
+        assert!(endpoint_on(&st, iface)["last_good"].is_null());
+        assert!(endpoint_on(&st, iface)["error"].is_null());
+    }
+    // The backend's tightening is enforced...
+    wait_tcp_within(
+        &s.backend,
+        &s.database,
+        8080,
+        TcpProbe::TimedOut,
+        Duration::from_secs(30),
+    );
+    // ...and the database still judges by its old policy (the failed version
+    // would let the frontend in on other ports).
+    assert_eq!(
+        s.frontend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::TimedOut
+    );
+    assert_eq!(
+        agent.status()["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| !e["last_good"].is_null())
+            .count(),
+        1
+    );
+    prober.stop_and_assert_none_through(5);
+    // Fixed input: the database's new version (frontend on 8080 only) compiles.
+    agent.write_file(
+        "30-database-from-frontend.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: database-from-frontend\nspec:\n  selector: app == 'database'\n  types: [Ingress]\n  ingress:\n    - action: Allow\n      protocol: TCP\n      source:\n        selector: app == 'frontend'\n      destination:\n        ports: [8080]\n",
+    );
+    let st = wait_status_long(&agent, "the database on its new version", |st| {
+        endpoint_on(st, "calidemodb")["last_good"].is_null()
+    });
+    assert!(endpoint_on(&st, "calidemodb")["error"].is_null(), "{st:#}");
+    wait_tcp_within(
+        &s.frontend,
+        &s.database,
+        8080,
+        TcpProbe::Connected,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv4, 8080, SHORT_TIMEOUT),
+        TcpProbe::TimedOut,
+        "the backend's tightening stays"
     );
 }

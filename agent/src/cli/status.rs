@@ -88,18 +88,34 @@ fn endpoint_line(e: &EndpointStatus) -> String {
         "waiting for interface".into()
     };
     format!(
-        "{:<28} {:<8} {:<16} id {:<4} {}{}{}",
+        "{:<28} {:<8} {:<16} id {:<4} {}{}{}{}",
         e.endpoint,
         e.kind,
         e.interface,
         e.id,
         state,
         if e.has_staged { ", staged" } else { "" },
+        e.last_good
+            .as_ref()
+            .map(|g| format!(
+                ", LAST GOOD tables of generation {} (for {})",
+                g.generation,
+                age(g.since_ns)
+            ))
+            .unwrap_or_default(),
         e.error
             .as_deref()
             .map(|x| format!(", error: {x}"))
             .unwrap_or_default()
     )
+}
+
+/// How long ago `unix_ns` was, in whole seconds.
+fn age(unix_ns: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{}s", now.saturating_sub(unix_ns) / 1_000_000_000)
 }
 
 /// The kernel's counters, flow records and conntrack.

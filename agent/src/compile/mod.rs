@@ -102,7 +102,7 @@
 //!
 //! A family an endpoint has no address of is evaluated with the unspecified
 //! address (`0.0.0.0` / `::`) as the local address. IPv6 packets with
-//! IPv4-mapped addresses are classified like IPv4 by the kernel. The kernel
+//! IPv4-mapped addresses are dropped by the kernel as malformed. The kernel
 //! judges a flow's source port as the initiator's (also when a reply re-judges a
 //! flow after a policy change), non-first fragments as ports 0/0.
 //!

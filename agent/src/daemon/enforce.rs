@@ -3,10 +3,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::freeze::{self, Frozen};
 use super::interfaces::{if_index, prune, reconcile_interfaces};
 use super::isolate::{self, LeftOut};
 use super::source::Load;
-use super::state::{lock, Inner, Shared};
+use super::state::{lock, Enforcement, Inner, Shared};
 use crate::compile::{compile, Compiled};
 use crate::datastore::keep_last_good;
 use crate::flows::{unix_now_ns, View};
@@ -40,8 +41,11 @@ pub(super) fn reload(shared: &Shared, load: Load) {
     let mut inner = lock(&shared.inner);
     let kept = record_load(&mut inner, &mut loaded, problems, kept);
     let enforced = enforced_endpoints(&inner, &loaded);
-    let compiled = isolate::compile_leaving_out(&mut loaded.model, &enforced, compile);
-    let (mut compiled, left_out) = match compiled {
+    // Enforced endpoints that fail are frozen only when their installed tables
+    // are at hand (not before this agent's first install).
+    let freeze = inner.enforced.last.is_some();
+    let compiled = isolate::compile_leaving_out(&mut loaded.model, &enforced, freeze, compile);
+    let (mut compiled, mut left_out) = match compiled {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "compile failed; the previous tables stay enforced");
@@ -59,6 +63,7 @@ pub(super) fn reload(shared: &Shared, load: Load) {
     }
     let Inner { dp, enforced, .. } = &mut *inner;
     enforced.ids.apply(dp, &loaded.model, &mut compiled);
+    let frozen = freeze_failed(enforced, &mut loaded, &mut compiled, &mut left_out);
     check_lockout(&mut inner, &loaded);
     // Enrich events of the outgoing tables with the outgoing names.
     drop(inner);
@@ -72,7 +77,63 @@ pub(super) fn reload(shared: &Shared, load: Load) {
     log_installed(&inner, &loaded, &compiled);
     inner.health.last_error = None;
     inner.health.kept = kept;
+    inner.enforced.frozen = frozen;
     apply(shared, &mut inner, loaded, compiled, left_out);
+}
+
+/// Enforced endpoints `left_out` by the compile keep their installed tables:
+/// copied into `compiled` (with their stable ids), their interfaces given back
+/// in `loaded`'s model and taken off `left_out`. Returns them for the status,
+/// keeping since when each has been frozen.
+fn freeze_failed(
+    enforced: &mut Enforcement,
+    loaded: &mut Loaded,
+    compiled: &mut Compiled,
+    left_out: &mut Vec<LeftOut>,
+) -> Vec<Frozen> {
+    let Some(last) = &enforced.last else {
+        return Vec::new();
+    };
+    let wanted: Vec<(String, String)> = left_out
+        .iter()
+        .filter(|l| l.enforced)
+        .map(|l| (l.endpoint.clone(), l.interface.clone()))
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let kept = freeze::keep_frozen(compiled, last, &loaded.model, &wanted);
+    let mut frozen = Vec::new();
+    for l in left_out.iter().filter(|l| kept.contains(&l.endpoint)) {
+        if let Some(m) = loaded
+            .model
+            .endpoints
+            .iter_mut()
+            .find(|m| m.key() == l.endpoint)
+        {
+            m.interface = Some(l.interface.clone());
+        }
+        if let Some(e) = compiled
+            .endpoints
+            .iter()
+            .find(|e| e.interface == l.interface)
+        {
+            enforced
+                .ids
+                .keep(l.endpoint.clone(), l.interface.clone(), e.id);
+        }
+        let before = enforced.frozen.iter().find(|f| f.endpoint == l.endpoint);
+        tracing::warn!(endpoint = %l.endpoint, "keeping the last good tables of an enforced endpoint: {}", l.reason);
+        frozen.push(Frozen {
+            endpoint: l.endpoint.clone(),
+            interface: l.interface.clone(),
+            since_generation: before.map_or(enforced.generation, |f| f.since_generation),
+            since_ns: before.map_or(enforced.installed_ns, |f| f.since_ns),
+            error: l.reason.clone(),
+        });
+    }
+    left_out.retain(|l| !kept.contains(&l.endpoint));
+    frozen
 }
 
 /// Logs the datastore's problems and each rejected document or warning.
@@ -231,6 +292,8 @@ fn apply(
     installed.rule_keys = compiled.stats.rule_keys;
     installed.left_out = left_out;
     installed.endpoints = compiled.endpoints.clone();
+    installed.installed_ns = unix_now_ns();
+    installed.last = Some(compiled.clone());
     let view = Arc::new(View::new(&loaded.model, compiled));
     installed.good = loaded;
     *lock(&shared.view) = view;

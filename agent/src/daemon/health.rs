@@ -4,8 +4,8 @@ use agent_common::limits;
 
 use super::interfaces::adopted_endpoints;
 use super::protocol::{
-    ConntrackStatus, DiagnosticOut, EndpointStatus, FlowStats, PolicyCounts, ServiceStatus, Status,
-    TableStatus,
+    ConntrackStatus, DiagnosticOut, EndpointStatus, FlowStats, LastGood, PolicyCounts,
+    ServiceStatus, Status, TableStatus,
 };
 use super::state::{lock, Inner, Shared};
 use crate::datastore::kubernetes::KubeSnapshot;
@@ -107,6 +107,8 @@ fn endpoint_statuses(inner: &Inner, adopted_only: bool) -> Vec<EndpointStatus> {
         .map(|e| {
             let m = installed.good.model.endpoints.get(e.endpoint_index);
             let a = inner.interfaces.attached.get(&e.interface);
+            let frozen = installed.frozen.iter().find(|f| f.interface == e.interface);
+            let interface_error = inner.interfaces.errors.get(&e.interface).cloned();
             EndpointStatus {
                 endpoint: m.map(|m| m.key()).unwrap_or_default(),
                 kind: kind(e.host),
@@ -115,7 +117,11 @@ fn endpoint_statuses(inner: &Inner, adopted_only: bool) -> Vec<EndpointStatus> {
                 ifindex: a.map(|a| a.ifindex),
                 attached: a.is_some(),
                 has_staged: e.has_staged,
-                error: inner.interfaces.errors.get(&e.interface).cloned(),
+                error: interface_error.or_else(|| frozen.map(|f| f.error.clone())),
+                last_good: frozen.map(|f| LastGood {
+                    generation: f.since_generation,
+                    since_ns: f.since_ns,
+                }),
             }
         })
         .collect();
@@ -128,6 +134,7 @@ fn endpoint_statuses(inner: &Inner, adopted_only: bool) -> Vec<EndpointStatus> {
         attached: false,
         has_staged: false,
         error: Some(l.reason.clone()),
+        last_good: None,
     }));
     if adopted_only {
         endpoints.extend(adopted_endpoints(&inner.dp));

@@ -91,6 +91,10 @@ fn write_status_metrics(out: &mut String, s: &super::Status) {
             "agent_endpoints_attached",
             s.endpoints.iter().filter(|e| e.attached).count() as u64,
         ),
+        (
+            "agent_endpoints_on_last_good_tables",
+            s.endpoints.iter().filter(|e| e.last_good.is_some()).count() as u64,
+        ),
         ("agent_policies_enforced", s.policies.enforced as u64),
         ("agent_policies_staged", s.policies.staged as u64),
         ("agent_peer_prefixes", s.tables.peer_prefixes as u64),

@@ -208,6 +208,7 @@ pub(super) fn adopted_endpoints(dp: &Dataplane) -> Vec<protocol::EndpointStatus>
                     "policed by an earlier agent's pinned tables; this agent's are not installed yet"
                         .into(),
                 ),
+                last_good: None,
             }
         })
         .collect()

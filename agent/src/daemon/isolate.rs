@@ -1,9 +1,10 @@
 //! Failures stay local: a compile error that names an endpoint this agent
 //! does not enforce yet (a capacity limit reached by a new endpoint, a rule the
 //! compiler cannot handle for it) leaves that endpoint out of the compile
-//! instead of holding up every other change. Endpoints that are enforced are
-//! never left out (that would loosen them): an error naming one still keeps the
-//! previous tables, as before.
+//! instead of holding up every other change. An enforced endpoint is left out
+//! only when its installed tables can be carried over (see [`super::freeze`]):
+//! it keeps them, marked `enforced`; otherwise (no installed compile yet, after
+//! a restart) an error naming one keeps the previous tables everywhere.
 use std::collections::HashSet;
 
 use crate::compile::{CompileError, Compiled};
@@ -21,14 +22,19 @@ pub struct LeftOut {
     pub host: bool,
     pub interface: String,
     pub reason: String,
+    /// Enforced already: it keeps its installed tables (frozen), not left unpoliced.
+    pub enforced: bool,
 }
 
 /// Compiles `model`; on an error naming endpoints not in `enforced` (keys),
 /// leaves them out (their interface is dropped from `model`: they stay peers
-/// that selectors see, unpoliced as they already were) and tries again.
+/// that selectors see, unpoliced as they already were) and tries again. With
+/// `freeze`, an error naming an enforced endpoint leaves it out too (the
+/// caller carries its installed tables over).
 pub fn compile_leaving_out(
     model: &mut Model,
     enforced: &HashSet<String>,
+    freeze: bool,
     compile: impl Fn(&Model) -> Result<Compiled, CompileError>,
 ) -> Result<(Compiled, Vec<LeftOut>), CompileError> {
     let mut left_out = Vec::new();
@@ -37,7 +43,8 @@ pub fn compile_leaving_out(
         match compile(model) {
             Ok(c) => return Ok((c, left_out)),
             Err(e) => {
-                if retries >= MAX_RETRIES || !leave_out(model, &e, enforced, &mut left_out) {
+                let taken = leave_out(model, &e, enforced, freeze, &mut left_out);
+                if retries >= MAX_RETRIES || !taken {
                     return Err(e);
                 }
                 retries += 1;
@@ -52,16 +59,22 @@ fn leave_out(
     model: &mut Model,
     err: &CompileError,
     enforced: &HashSet<String>,
+    freeze: bool,
     left_out: &mut Vec<LeftOut>,
 ) -> bool {
-    let reason = format!("not enforced: {err}");
     let mut take = |e: &mut crate::model::ir::Endpoint| {
+        let was_enforced = enforced.contains(&e.key());
         if let Some(interface) = e.interface.take() {
             left_out.push(LeftOut {
                 endpoint: e.key(),
                 host: e.kind == EndpointKind::Host,
                 interface,
-                reason: reason.clone(),
+                reason: if was_enforced {
+                    format!("last good version enforced: {err}")
+                } else {
+                    format!("not enforced: {err}")
+                },
+                enforced: was_enforced,
             });
         }
     };
@@ -96,7 +109,7 @@ fn leave_out(
             any
         }
         CompileError::Capacity { endpoint, .. } | CompileError::Unsupported { endpoint, .. } => {
-            if enforced.contains(endpoint) {
+            if enforced.contains(endpoint) && !freeze {
                 return false;
             }
             let mut any = false;
@@ -152,7 +165,7 @@ mod tests {
     fn new_endpoints_beyond_the_endpoints_map_are_left_out_not_the_enforced_ones() {
         // `a` and `d` are enforced; `b`, `c`, `e` are new; room for 3.
         let mut m = model(&["b", "a", "c", "d", "e"]);
-        let (compiled, left) = compile_leaving_out(&mut m, &enforced(&["a", "d"]), |m| {
+        let (compiled, left) = compile_leaving_out(&mut m, &enforced(&["a", "d"]), true, |m| {
             compile_with_limits(m, &limits(3))
         })
         .unwrap();
@@ -172,7 +185,7 @@ mod tests {
     #[test]
     fn an_error_naming_an_enforced_endpoint_is_not_worked_around() {
         let mut m = model(&["a", "b", "c"]);
-        let err = compile_leaving_out(&mut m, &enforced(&["a", "b", "c"]), |m| {
+        let err = compile_leaving_out(&mut m, &enforced(&["a", "b", "c"]), false, |m| {
             compile_with_limits(m, &limits(2))
         })
         .unwrap_err();
@@ -183,7 +196,7 @@ mod tests {
     #[test]
     fn an_error_naming_a_new_endpoint_leaves_only_it_out() {
         let mut m = model(&["a", "b", "c"]);
-        let (compiled, left) = compile_leaving_out(&mut m, &enforced(&["a", "c"]), |m| {
+        let (compiled, left) = compile_leaving_out(&mut m, &enforced(&["a", "c"]), true, |m| {
             // A stand-in for a rule the compiler cannot handle for `b`.
             if m.endpoints
                 .iter()
@@ -202,5 +215,33 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].interface, "calib");
         assert!(left[0].reason.contains("cannot compile something"));
+    }
+
+    #[test]
+    fn with_freeze_an_error_naming_an_enforced_endpoint_leaves_only_it_out_marked_enforced() {
+        let mut m = model(&["a", "b", "c"]);
+        let (compiled, left) =
+            compile_leaving_out(&mut m, &enforced(&["a", "b", "c"]), true, |m| {
+                if m.endpoints
+                    .iter()
+                    .any(|e| e.name == "b" && e.interface.is_some())
+                {
+                    return Err(CompileError::Capacity {
+                        endpoint: "prod/b".into(),
+                        limit: "rule keys of one endpoint",
+                        needed: 9,
+                        max: 8,
+                    });
+                }
+                crate::compile::compile(m)
+            })
+            .unwrap();
+        assert_eq!(compiled.endpoints.len(), 2);
+        assert_eq!(left.len(), 1);
+        assert!(left[0].enforced, "{left:?}");
+        assert!(
+            left[0].reason.starts_with("last good version enforced"),
+            "{left:?}"
+        );
     }
 }

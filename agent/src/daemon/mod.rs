@@ -49,6 +49,7 @@ use crate::model::ir::{FailsafePort, Failsafes};
 mod confirmations;
 mod console;
 mod enforce;
+mod freeze;
 mod health;
 mod http;
 mod interfaces;

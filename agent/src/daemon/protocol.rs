@@ -51,6 +51,19 @@ pub struct EndpointStatus {
     pub has_staged: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// An enforced endpoint whose new version failed (`error`): the tables it
+    /// keeps are the ones installed at this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good: Option<LastGood>,
+}
+
+/// Which version an endpoint kept on its last good tables enforces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastGood {
+    /// The tables generation its enforced version was installed with.
+    pub generation: u32,
+    /// When that was (unix ns).
+    pub since_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

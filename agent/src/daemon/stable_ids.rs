@@ -71,6 +71,12 @@ impl StableIds {
         self.ids = next_ids;
     }
 
+    /// Keeps `id` for (endpoint key, interface): a frozen endpoint copied into
+    /// the compile after [`StableIds::apply`] (ids are never handed out twice).
+    pub(super) fn keep(&mut self, key: String, interface: String, id: u32) {
+        self.ids.insert((key, interface), id);
+    }
+
     /// Seeds the ids from the pinned entries of an earlier agent.
     fn seed_from_pinned(
         &mut self,

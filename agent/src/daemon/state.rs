@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use super::{confirmations, isolate, protocol, services, stable_ids::StableIds};
-use crate::compile::CompiledEndpoint;
+use super::{confirmations, freeze, isolate, protocol, services, stable_ids::StableIds};
+use crate::compile::{Compiled, CompiledEndpoint};
 use crate::dataplane::{Dataplane, Links};
 use crate::datastore::kubernetes::KubeSnapshot;
 use crate::flows::{Flow, FlowTable, View};
@@ -46,6 +46,12 @@ pub(super) struct Enforcement {
     pub(super) endpoints: Vec<CompiledEndpoint>,
     /// Endpoints left out of the installed compile (see [`isolate`]).
     pub(super) left_out: Vec<isolate::LeftOut>,
+    /// The installed compile (frozen endpoints' tables are copied from it).
+    pub(super) last: Option<Compiled>,
+    /// Enforced endpoints kept on their last good tables (see [`freeze`]).
+    pub(super) frozen: Vec<freeze::Frozen>,
+    /// When the tables were last installed (unix ns).
+    pub(super) installed_ns: u64,
     pub(super) peer_prefixes: usize,
     pub(super) rule_keys: usize,
     pub(super) generation: u32,
