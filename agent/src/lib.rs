@@ -6,6 +6,7 @@
 //! - [`eval`]: the reference evaluator, the semantics in plain Rust (the oracle).
 //! - [`compile`]: policies x endpoints -> peer classes and decision tables (BPF map contents).
 //! - [`dataplane`]: BPF programs and maps, loading and attaching.
+//! - [`relay`]: every node's flow records in one place (`agent relay`).
 //! - [`cli`]: the command line.
 pub mod cli;
 pub mod compile;
@@ -16,5 +17,6 @@ pub mod eval;
 pub mod flows;
 pub mod lockout;
 pub mod model;
+pub mod relay;
 pub mod rollout;
 pub mod selector;

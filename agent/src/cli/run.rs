@@ -46,6 +46,13 @@ pub struct RunArgs {
     /// lists of `{protocol, port, net}`; Calico's defaults when unset.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Push flow records to the cluster's relay (HOST:PORT, `agent relay`); the agent
+    /// keeps its own history and re-sends what the relay missed when it is back.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub relay: Option<String>,
+    /// The agent's certificates for the relay: ca.crt, tls.crt, tls.key.
+    #[arg(long, value_name = "DIR", default_value = super::relay::DEFAULT_TLS_DIR)]
+    pub relay_tls_dir: PathBuf,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -55,6 +62,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .node
         .filter(|n| !n.is_empty())
         .unwrap_or_else(default_node_name);
+    let relay = args.relay.map(|addr| crate::relay::push::PushOptions {
+        addr,
+        tls_dir: args.relay_tls_dir,
+        node: node.clone(),
+    });
     let datastore = if args.datastore == "kubernetes" {
         DatastoreSpec::Kubernetes(KubeOptions {
             node,
@@ -72,6 +84,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         detach_on_exit: args.detach_on_exit,
         failsafes,
         services,
+        relay,
     })?;
     Ok(ExitCode::SUCCESS)
 }
