@@ -275,7 +275,11 @@ pub fn compact(f: &Flow, color: bool) -> String {
     };
     let port = f.icmp.is_none();
     let dir = &f.direction;
-    let node = f.node.as_ref().map(|n| format!("{n}  ")).unwrap_or_default();
+    let node = f
+        .node
+        .as_ref()
+        .map(|n| format!("{n}  "))
+        .unwrap_or_default();
     let mut s = format!(
         "{node}{}  {} -> {}  {proto}  {} {dir}  enforced: {}",
         short_time(&f.time),
@@ -316,7 +320,11 @@ fn table_row(f: &Flow) -> String {
         Some(p) => verdict_text(p),
         None => "-".into(),
     };
-    let node = f.node.as_ref().map(|n| format!("{n:<16} ")).unwrap_or_default();
+    let node = f
+        .node
+        .as_ref()
+        .map(|n| format!("{n:<16} "))
+        .unwrap_or_default();
     format!(
         "{node}{:<23} {:<34} {:<34} {:<6} {:<28} {:<40} {pending}",
         f.time,

@@ -88,7 +88,10 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         Some(RelayCommand::Certs { out, relay_dns }) => {
             let w = crate::relay::certs::write(&out, &relay_dns)?;
             println!("relay (--tls-dir): {}", w.relay.display());
-            println!("agents and clients (--relay-tls-dir): {}", w.agent.display());
+            println!(
+                "agents and clients (--relay-tls-dir): {}",
+                w.agent.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         None => serve(args.serve),

@@ -45,7 +45,12 @@ pub fn write(out: &Path, relay_names: &[String]) -> anyhow::Result<Written> {
 
     let mut names: Vec<String> = DEFAULT_RELAY_NAMES.iter().map(|s| s.to_string()).collect();
     names.extend(relay_names.iter().cloned());
-    let relay = leaf(&ca, names, "agent relay", ExtendedKeyUsagePurpose::ServerAuth)?;
+    let relay = leaf(
+        &ca,
+        names,
+        "agent relay",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
     let agent = leaf(
         &ca,
         vec!["agent".into()],

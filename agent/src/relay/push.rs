@@ -191,7 +191,10 @@ fn take_new(feed: &mut Feed, outbox: &mut Outbox) -> bool {
             Err(TryRecvError::Empty) => return true,
             Err(TryRecvError::Closed) => return false,
             Err(TryRecvError::Lagged(n)) => {
-                tracing::debug!(missed = n, "relay pusher fell behind; taking the whole history");
+                tracing::debug!(
+                    missed = n,
+                    "relay pusher fell behind; taking the whole history"
+                );
                 for f in (feed.history)() {
                     outbox.add(f);
                 }

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::store::RelayStore;
-use crate::daemon::protocol::DEFAULT_LAST;
 use crate::datastore::kubernetes::KubeSnapshot;
 use crate::flows::blame::{Blame, Judge};
 use crate::flows::report::{self, History, ReportQuery, StagedReport};
@@ -129,16 +128,7 @@ impl RelayView {
             .filter(|f| cutoff.is_none_or(|c| f.last_seen_ns >= c))
             .filter_map(|f| plan.pick(judge.as_ref(), f))
             .collect();
-        let last = match (q.last, q.since_ms, q.follow) {
-            (Some(n), _, _) => Some(n),
-            (None, None, false) => Some(DEFAULT_LAST),
-            (None, None, true) => Some(0),
-            (None, Some(_), _) => None,
-        };
-        if let Some(n) = last {
-            let skip = selected.len().saturating_sub(n);
-            selected.drain(..skip);
-        }
+        crate::daemon::protocol::keep_last(q, &mut selected);
         selected
     }
 
@@ -149,14 +139,21 @@ impl RelayView {
         q: &ReportQuery,
         node: Option<&str>,
     ) -> Result<StagedReport, String> {
-        let model = self.source.model().ok_or(
-            "the staged report needs the policies: start the relay with --datastore",
-        )?;
+        let model = self
+            .source
+            .model()
+            .ok_or("the staged report needs the policies: start the relay with --datastore")?;
         let records = self.store.records(node);
         let now_ns = unix_now_ns();
         // Complete from the oldest record kept (agents re-send what they
-        // hold), or after the newest one a bound dropped.
-        let oldest = records.iter().map(|r| r.first_seen_ns).min().unwrap_or(now_ns);
+        // hold), or after the newest one a bound dropped. A record's first
+        // and last report are converted from the kernel's clock separately
+        // and may be a few µs apart either way: take the earlier.
+        let oldest = records
+            .iter()
+            .map(|r| r.first_seen_ns.min(r.last_seen_ns))
+            .min()
+            .unwrap_or(now_ns);
         let history = History {
             records: &records,
             complete_from_ns: oldest.max(self.store.complete_from_ns(node)),
@@ -234,7 +231,10 @@ mod tests {
         // Denied end to end either way: no difference on either record.
         for f in &all {
             let c = f.connection.as_ref().unwrap();
-            assert_eq!((c.enforced.as_str(), c.pending.as_str(), c.hooks), ("deny", "deny", 2));
+            assert_eq!(
+                (c.enforced.as_str(), c.pending.as_str(), c.hooks),
+                ("deny", "deny", 2)
+            );
             assert!(!f.pending_differs, "{f:#?}");
         }
         let q = FlowQuery {
@@ -244,7 +244,9 @@ mod tests {
         let n2 = view.flows(&q, Some("n2")).unwrap();
         assert_eq!(n2.len(), 1);
         assert_eq!(n2[0].node.as_deref(), Some("n2"));
-        let err = view.staged_report(&ReportQuery::default(), None).unwrap_err();
+        let err = view
+            .staged_report(&ReportQuery::default(), None)
+            .unwrap_err();
         assert!(err.contains("--datastore"), "{err}");
     }
 }

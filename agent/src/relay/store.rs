@@ -140,7 +140,11 @@ impl RelayStore {
             .flat_map(|(_, h)| h.flows.values().map(|(_, f)| f.clone()))
             .collect();
         all.sort_by(|a, b| {
-            (a.last_seen_ns, &a.node, a.first_seen_ns).cmp(&(b.last_seen_ns, &b.node, b.first_seen_ns))
+            (a.last_seen_ns, &a.node, a.first_seen_ns).cmp(&(
+                b.last_seen_ns,
+                &b.node,
+                b.first_seen_ns,
+            ))
         });
         all
     }
@@ -217,14 +221,20 @@ pub(crate) mod tests {
     #[test]
     fn a_repeated_batch_is_stored_once_and_acked_the_same() {
         let store = RelayStore::default();
-        let batch = vec![(1, flow("10.0.0.1", 1000, 10)), (2, flow("10.0.0.1", 1001, 20))];
+        let batch = vec![
+            (1, flow("10.0.0.1", 1000, 10)),
+            (2, flow("10.0.0.1", 1001, 20)),
+        ];
         assert_eq!(store.push("n1", "boot-a", 0, batch.clone()), 2);
         assert_eq!(store.push("n1", "boot-a", 0, batch), 2);
         let records = store.records(None);
         assert_eq!(records.len(), 2);
         assert!(records.iter().all(|f| f.node.as_deref() == Some("n1")));
         // Part old, part new: only the new part is stored.
-        let more = vec![(2, flow("10.0.0.1", 1001, 20)), (3, flow("10.0.0.1", 1002, 30))];
+        let more = vec![
+            (2, flow("10.0.0.1", 1001, 20)),
+            (3, flow("10.0.0.1", 1002, 30)),
+        ];
         assert_eq!(store.push("n1", "boot-a", 2, more), 3);
         assert_eq!(store.records(Some("n1")).len(), 3);
     }
@@ -233,10 +243,15 @@ pub(crate) mod tests {
     fn an_agent_ahead_of_the_relay_is_told_where_to_resend_from() {
         // A restarted relay has nothing: the agent's batch after seq 7 is refused with 0.
         let store = RelayStore::default();
-        assert_eq!(store.push("n1", "boot-a", 7, vec![(8, flow("10.0.0.1", 1, 80))]), 0);
+        assert_eq!(
+            store.push("n1", "boot-a", 7, vec![(8, flow("10.0.0.1", 1, 80))]),
+            0
+        );
         assert!(store.records(None).is_empty());
         // The agent re-sends everything it holds from there.
-        let all = (1..=8).map(|s| (s, flow("10.0.0.1", s as u16, s * 10))).collect();
+        let all = (1..=8)
+            .map(|s| (s, flow("10.0.0.1", s as u16, s * 10)))
+            .collect();
         assert_eq!(store.push("n1", "boot-a", 0, all), 8);
         assert_eq!(store.records(None).len(), 8);
     }
@@ -257,7 +272,12 @@ pub(crate) mod tests {
     #[test]
     fn nodes_are_merged_in_time_order_and_bounded_each() {
         let store = RelayStore::new(2);
-        store.push("n1", "a", 0, vec![(1, flow("10.0.0.1", 1, 10)), (2, flow("10.0.0.1", 2, 30))]);
+        store.push(
+            "n1",
+            "a",
+            0,
+            vec![(1, flow("10.0.0.1", 1, 10)), (2, flow("10.0.0.1", 2, 30))],
+        );
         store.push("n2", "b", 0, vec![(1, flow("10.0.0.2", 1, 20))]);
         let order: Vec<(u64, Option<String>)> = store
             .records(None)
@@ -266,12 +286,19 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(
             order,
-            [(10, Some("n1".into())), (20, Some("n2".into())), (30, Some("n1".into()))]
+            [
+                (10, Some("n1".into())),
+                (20, Some("n2".into())),
+                (30, Some("n1".into()))
+            ]
         );
         assert_eq!(store.complete_from_ns(None), 0);
         // A third record on n1 drops its oldest; n2 keeps its own.
         store.push("n1", "a", 2, vec![(3, flow("10.0.0.1", 3, 40))]);
-        assert_eq!(store.nodes(), [("n1".to_string(), 2), ("n2".to_string(), 1)]);
+        assert_eq!(
+            store.nodes(),
+            [("n1".to_string(), 2), ("n2".to_string(), 1)]
+        );
         assert_eq!(store.complete_from_ns(Some("n1")), 10);
         assert_eq!(store.complete_from_ns(Some("n2")), 0);
         assert_eq!(store.records(Some("n2")).len(), 1);
