@@ -26,6 +26,9 @@ use crate::flows::{Flow, View, HISTORY};
 pub const BATCH: usize = 500;
 /// Pushes wait this long for more records to gather.
 pub const LINGER: Duration = Duration::from_millis(200);
+/// An idle agent pushes an empty batch this often, to learn that a restarted
+/// relay lost its records (and re-send them) without waiting for traffic.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Retry delays while the relay is unreachable.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -123,22 +126,27 @@ pub async fn run(opts: PushOptions, mut feed: Feed) -> anyhow::Result<()> {
     let mut acked = 0;
     let mut reachable: Option<bool> = None;
     let mut backoff = BACKOFF_MIN;
+    let mut heartbeat_due = false;
     tracing::info!(relay = %opts.addr, node = %opts.node, %boot_id, "pushing flow records to the relay");
     loop {
         if !take_new(&mut feed, &mut outbox) {
             return Ok(());
         }
         let batch = outbox.after(acked, BATCH);
-        if batch.is_empty() {
+        if batch.is_empty() && !heartbeat_due {
             // Wait for the next record, then let a few more gather.
-            match feed.rx.recv().await {
-                Ok(f) => outbox.add(f),
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
+            match tokio::time::timeout(HEARTBEAT, feed.rx.recv()).await {
+                Ok(Ok(f)) => outbox.add(f),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(()),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Err(_) => heartbeat_due = true,
             }
-            tokio::time::sleep(LINGER).await;
+            if !heartbeat_due {
+                tokio::time::sleep(LINGER).await;
+            }
             continue;
         }
+        heartbeat_due = false;
         let view = (feed.view)();
         let labels = |ip| view.labels_of(ip).cloned().unwrap_or_default();
         let request = PushRequest {
