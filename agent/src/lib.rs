@@ -7,6 +7,7 @@
 //! - [`compile`]: policies x endpoints -> peer classes and decision tables (BPF map contents).
 //! - [`dataplane`]: BPF programs and maps, loading and attaching.
 //! - [`console`]: the web console (flows, staged report, matrix) over a data source.
+//! - [`relay`]: every node's flow records in one place (`agent relay`).
 //! - [`cli`]: the command line.
 pub mod cli;
 pub mod compile;
@@ -18,5 +19,6 @@ pub mod eval;
 pub mod flows;
 pub mod lockout;
 pub mod model;
+pub mod relay;
 pub mod rollout;
 pub mod selector;

@@ -863,8 +863,9 @@ fn deploy_manifests_dry_run() {
             }
         }
     }
-    // standalone: 9 CRDs + 6 base objects; with-calico: the 6 base objects.
-    assert_eq!(n, 21, "objects in both overlays");
+    // standalone: 9 CRDs + 8 base objects (6 of the agent, the relay's
+    // Deployment and Service); with-calico: the 8 base objects.
+    assert_eq!(n, 25, "objects in both overlays");
 
     // RBAC for real, then act as the agent (token `agent-token` of start-apiserver.sh).
     apply_file(&client, &repo().join("deploy/base/rbac.yaml"), false);

@@ -62,6 +62,8 @@ pub struct FlowsArgs {
     pub protocol: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value = "compact")]
     pub output: FlowFormat,
+    #[command(flatten)]
+    pub relay: super::relay::RelayClientArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -163,17 +165,16 @@ pub fn run_flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             protocol: args.protocol.clone(),
         },
     };
+    if args.relay.relay.is_some() {
+        return super::relay::flows(&args, &query);
+    }
     let mut stream = connect(&args.socket)?;
     send(&mut stream, &Request::Flows(query))?;
     let color = std::io::stdout().is_terminal();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.output == FlowFormat::Table {
-        writeln!(
-            out,
-            "{:<23} {:<34} {:<34} {:<6} {:<28} {:<40} PENDING",
-            "TIME", "SOURCE", "DESTINATION", "PROTO", "REPORTER", "ENFORCED"
-        )?;
+        table_header(&mut out, false)?;
     }
     for line in BufReader::new(stream).lines() {
         let line = line?;
@@ -186,11 +187,7 @@ pub fn run_flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             FlowFormat::Compact | FlowFormat::Table => {
                 let flow: Flow = serde_json::from_str(&line)
                     .with_context(|| format!("unexpected record from the agent: {line}"))?;
-                if args.output == FlowFormat::Compact {
-                    writeln!(out, "{}", compact(&flow, color))
-                } else {
-                    writeln!(out, "{}", table_row(&flow))
-                }
+                print_flow(&mut out, &flow, args.output, color)
             }
         };
         if res.is_err() {
@@ -202,6 +199,32 @@ pub fn run_flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The table's header; `node`: a NODE column first (records from the relay).
+pub(super) fn table_header(out: &mut impl Write, node: bool) -> std::io::Result<()> {
+    if node {
+        write!(out, "{:<16} ", "NODE")?;
+    }
+    writeln!(
+        out,
+        "{:<23} {:<34} {:<34} {:<6} {:<28} {:<40} PENDING",
+        "TIME", "SOURCE", "DESTINATION", "PROTO", "REPORTER", "ENFORCED"
+    )
+}
+
+/// One record in `format`.
+pub(super) fn print_flow(
+    out: &mut impl Write,
+    flow: &Flow,
+    format: FlowFormat,
+    color: bool,
+) -> std::io::Result<()> {
+    match format {
+        FlowFormat::Json => writeln!(out, "{}", serde_json::to_string(flow)?),
+        FlowFormat::Compact => writeln!(out, "{}", compact(flow, color)),
+        FlowFormat::Table => writeln!(out, "{}", table_row(flow)),
+    }
 }
 
 fn peer(p: &crate::flows::Peer, port: bool) -> String {
@@ -252,8 +275,13 @@ pub fn compact(f: &Flow, color: bool) -> String {
     };
     let port = f.icmp.is_none();
     let dir = &f.direction;
+    let node = f
+        .node
+        .as_ref()
+        .map(|n| format!("{n}  "))
+        .unwrap_or_default();
     let mut s = format!(
-        "{}  {} -> {}  {proto}  {} {dir}  enforced: {}",
+        "{node}{}  {} -> {}  {proto}  {} {dir}  enforced: {}",
         short_time(&f.time),
         peer(&f.src, port),
         peer(&f.dst, port),
@@ -292,8 +320,13 @@ fn table_row(f: &Flow) -> String {
         Some(p) => verdict_text(p),
         None => "-".into(),
     };
+    let node = f
+        .node
+        .as_ref()
+        .map(|n| format!("{n:<16} "))
+        .unwrap_or_default();
     format!(
-        "{:<23} {:<34} {:<34} {:<6} {:<28} {:<40} {pending}",
+        "{node}{:<23} {:<34} {:<34} {:<6} {:<28} {:<40} {pending}",
         f.time,
         peer(&f.src, true),
         peer(&f.dst, true),

@@ -3,6 +3,7 @@ mod check;
 mod diff;
 pub mod flows;
 mod promote;
+pub mod relay;
 mod run;
 pub mod safe_mode;
 pub(crate) mod staged;
@@ -107,6 +108,9 @@ pub enum Command {
         #[command(subcommand)]
         command: staged_report::StagedCommand,
     },
+    /// The cluster's flow relay: agents push their records to it (`agent run --relay`);
+    /// `agent flows --relay` and `agent staged report --relay` read every node's.
+    Relay(relay::RelayArgs),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -114,7 +118,7 @@ pub fn main(cli: Cli) -> ExitCode {
     // quietly, as Unix tools do, instead of panicking in `println!` on EPIPE
     // (Rust ignores SIGPIPE by default). Not the daemon: it writes to clients'
     // sockets, and a client that goes away must not stop it.
-    if !matches!(cli.command, Command::Run(_)) {
+    if !matches!(cli.command, Command::Run(_) | Command::Relay(_)) {
         restore_sigpipe();
     }
     init_logging();
@@ -156,6 +160,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Eval(args) => Ok(eval::run(args)),
         Command::Matrix(args) => Ok(matrix::run(args)),
         Command::Staged { command } => staged_report::run(command),
+        Command::Relay(args) => relay::run(args),
     };
     match result {
         Ok(code) => code,

@@ -73,6 +73,13 @@ pub struct RunArgs {
     /// ones: to see the traffic before writing policy).
     #[arg(long, value_enum, default_value_t = FlowsRecorded::Denied)]
     pub flows: FlowsRecorded,
+    /// Push flow records to the cluster's relay (HOST:PORT, `agent relay`); the agent
+    /// keeps its own history and re-sends what the relay missed when it is back.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub relay: Option<String>,
+    /// The agent's certificates for the relay: ca.crt, tls.crt, tls.key.
+    #[arg(long, value_name = "DIR", default_value = super::relay::DEFAULT_TLS_DIR)]
+    pub relay_tls_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -145,6 +152,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .node
         .filter(|n| !n.is_empty())
         .unwrap_or_else(default_node_name);
+    let relay = args.relay.map(|addr| crate::relay::push::PushOptions {
+        addr,
+        tls_dir: args.relay_tls_dir,
+        node: node.clone(),
+    });
     let datastore = if args.datastore == "kubernetes" {
         DatastoreSpec::Kubernetes(KubeOptions {
             node,
@@ -165,6 +177,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         console,
         flow_history,
         flows_all: args.flows == FlowsRecorded::All,
+        relay,
     })?;
     Ok(ExitCode::SUCCESS)
 }

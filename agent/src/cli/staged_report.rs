@@ -49,7 +49,7 @@ pub struct ReportArgs {
     pub since: Option<Duration>,
     /// Offline: judge every pair of workload endpoints of this directory's connectivity
     /// matrix instead of the running agent's records.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "relay")]
     pub datastore: Option<PathBuf>,
     /// Offline: destination ports to judge, as `agent matrix --port` (default: the ports the
     /// policies mention).
@@ -60,6 +60,8 @@ pub struct ReportArgs {
     pub socket: PathBuf,
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub relay: super::relay::RelayClientArgs,
 }
 
 pub fn run(command: StagedCommand) -> anyhow::Result<ExitCode> {
@@ -80,13 +82,16 @@ pub fn run(command: StagedCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        None => fetch(
-            &args.socket,
-            &ReportQuery {
+        None => {
+            let query = ReportQuery {
                 staged: args.staged.clone(),
                 since_ms: args.since.map(|d| d.as_millis() as u64),
-            },
-        )?,
+            };
+            match &args.relay.relay {
+                Some(_) => super::relay::staged_report(&args.relay, &query)?,
+                None => fetch(&args.socket, &query)?,
+            }
+        }
     };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),

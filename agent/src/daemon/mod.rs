@@ -100,6 +100,8 @@ pub struct RunOptions {
     /// Record every new flow, not only denied flows and flows of endpoints
     /// with staged policy (`--flows all`).
     pub flows_all: bool,
+    /// Push flow records to the cluster's relay (`--relay`).
+    pub relay: Option<crate::relay::push::PushOptions>,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -149,6 +151,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         console::start(console, shared.clone(), opts.datastore.clone()).await?;
     }
     spawn_event_drain(shared.clone());
+    if let Some(relay) = &opts.relay {
+        spawn_relay_push(shared.clone(), relay.clone());
+    }
     spawn_interface_poll(shared.clone());
     spawn_conntrack_sweep(shared.clone(), &opts.bpffs)?;
     if let DatastoreSpec::Dir(dir, _) = &opts.datastore {
@@ -268,6 +273,24 @@ fn spawn_event_drain(shared: Arc<Shared>) {
     spawn_every(EVENT_POLL, move || {
         drain(&shared);
         shared.heartbeat_ns.store(unix_now_ns(), Ordering::Relaxed);
+    });
+}
+
+/// Pushes the flow records to the relay (see [`crate::relay::push`]); the
+/// daemon works the same whether the relay answers or not.
+fn spawn_relay_push(shared: Arc<Shared>, opts: crate::relay::push::PushOptions) {
+    let feed = crate::relay::push::Feed {
+        rx: shared.tx.subscribe(),
+        history: Box::new({
+            let shared = shared.clone();
+            move || lock(&shared.flows).history()
+        }),
+        view: Box::new(move || lock(&shared.view).clone()),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = crate::relay::push::run(opts, feed).await {
+            tracing::error!(error = %format!("{e:#}"), "relay pusher stopped");
+        }
     });
 }
 

@@ -24,6 +24,22 @@ use crate::model::{Diagnostic, Severity};
 /// Records sent for a flows query with neither `last`, `since_ms` nor `follow`.
 pub const DEFAULT_LAST: usize = 20;
 
+/// Keeps the history records a flows query gets (oldest first): the last N
+/// (`last`; [`DEFAULT_LAST`] with neither `last`, `since_ms` nor `follow`;
+/// none when only following), or all of them with `since_ms`.
+pub fn keep_last<T>(q: &crate::flows::FlowQuery, selected: &mut Vec<T>) {
+    let last = match (q.last, q.since_ms, q.follow) {
+        (Some(n), _, _) => Some(n),
+        (None, None, false) => Some(DEFAULT_LAST),
+        (None, None, true) => Some(0),
+        (None, Some(_), _) => None,
+    };
+    if let Some(n) = last {
+        let skip = selected.len().saturating_sub(n);
+        selected.drain(..skip);
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Request {

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::protocol::{ErrorReply, Request, DEFAULT_LAST};
+use super::protocol::{ErrorReply, Request};
 use super::{lock, status, Shared};
 use crate::flows::blame::{Blame, Judge};
 use crate::flows::report::{self, History, ReportQuery, StagedReport};
@@ -225,16 +225,7 @@ pub(super) fn matching_history(
         .map(|f| annotate(judge, f))
         .filter(|f| selection.matcher.matches(f, view))
         .collect();
-    let last = match (q.last, q.since_ms, q.follow) {
-        (Some(n), _, _) => Some(n),
-        (None, None, false) => Some(DEFAULT_LAST),
-        (None, None, true) => Some(0),
-        (None, Some(_), _) => None,
-    };
-    if let Some(n) = last {
-        let skip = selected.len().saturating_sub(n);
-        selected.drain(..skip);
-    }
+    super::protocol::keep_last(q, &mut selected);
     selected
 }
 

@@ -110,6 +110,10 @@ pub struct Flow {
     /// then the backend it chose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Peer>,
+    /// The node whose agent recorded it: set by the relay (`agent flows
+    /// --relay`); absent in a node's own records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What a client asks for.
@@ -309,6 +313,28 @@ impl View {
     /// Keeps only what enrichment needs (not the model: at 100k pods that is
     /// ~120 MB the daemon already holds as its last good state).
     pub fn new(model: &Model, compiled: Compiled) -> View {
+        let by_id = compiled
+            .endpoints
+            .iter()
+            .map(|c| {
+                let key = model
+                    .endpoints
+                    .get(c.endpoint_index)
+                    .map(|e| e.key())
+                    .unwrap_or_default();
+                (c.id, (key, c.interface.clone()))
+            })
+            .collect();
+        View {
+            compiled: Some(compiled),
+            by_id,
+            ..View::for_model(model)
+        }
+    }
+
+    /// Names and labels only, without a compile (the relay's view of the
+    /// cluster, for filters).
+    pub fn for_model(model: &Model) -> View {
         let mut owners = Vec::new();
         let mut by_ip = HashMap::new();
         let mut names = HashMap::new();
@@ -340,23 +366,11 @@ impl View {
                 }
             }
         }
-        let by_id = compiled
-            .endpoints
-            .iter()
-            .map(|c| {
-                let key = model
-                    .endpoints
-                    .get(c.endpoint_index)
-                    .map(|e| e.key())
-                    .unwrap_or_default();
-                (c.id, (key, c.interface.clone()))
-            })
-            .collect();
         View {
-            compiled: Some(compiled),
+            compiled: None,
             by_ip,
             owners,
-            by_id,
+            by_id: HashMap::new(),
             names,
         }
     }

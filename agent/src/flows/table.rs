@@ -237,5 +237,6 @@ fn record(r: &FlowRecord, view: &View, first_seen_ns: u64, count: u64) -> Flow {
         changed_by: Vec::new(),
         fragment: r.fragment,
         service: r.service.map(|(ip, port)| view.peer(ip, port)),
+        node: None,
     }
 }

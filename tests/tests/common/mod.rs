@@ -29,6 +29,21 @@ pub fn agent_bin() -> PathBuf {
         cmd.args(["build", "-p", "agent", "--bin", "agent", "--target-dir"])
             .arg(target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // What `cargo test` sets for this test, not for a build: ring's build
+        // script reruns when these change (rebuilding it and all above it on
+        // every test run, then again on the next `cargo test`).
+        for var in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_MANIFEST_LINKS",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_PKG_VERSION_MINOR",
+            "CARGO_PKG_VERSION_PATCH",
+            "CARGO_PKG_VERSION_PRE",
+        ] {
+            cmd.env_remove(var);
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
