@@ -131,7 +131,10 @@ async fn client(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> 
 /// a blocking thread (the model is cloned: the event loop is not held up).
 /// With a history on disk, its records are read back too: the window then
 /// reaches back past restarts and past the in-memory bound.
-pub(super) async fn staged_report(q: ReportQuery, shared: &Arc<Shared>) -> Result<StagedReport, String> {
+pub(super) async fn staged_report(
+    q: ReportQuery,
+    shared: &Arc<Shared>,
+) -> Result<StagedReport, String> {
     let model = lock(&shared.inner).enforced.good.model.clone();
     let (memory, dropped_until_ns) = {
         let table = lock(&shared.flows);

@@ -39,6 +39,7 @@ fn flow(port: u16, count: u64) -> Arc<Flow> {
         changed_by: Vec::new(),
         fragment: false,
         service: None,
+        node: None,
     })
 }
 

@@ -50,6 +50,7 @@ fn flow(src: Peer, dst: Peer, action: &str) -> Flow {
         changed_by: Vec::new(),
         fragment: false,
         service: None,
+        node: None,
     }
 }
 

@@ -14,7 +14,14 @@ pub fn to_record(flow: &Flow, node: &str, labels: &dyn Fn(IpAddr) -> Labels) -> 
         port: p.port.into(),
         namespace: p.namespace.clone(),
         name: p.name.clone(),
-        labels: labels(p.ip).into_iter().collect(),
+        // The record's own labels; older records carry none: the view's.
+        labels: if p.labels.is_empty() {
+            labels(p.ip)
+        } else {
+            p.labels.clone()
+        }
+        .into_iter()
+        .collect(),
     };
     let verdict = |v: &FlowVerdict| proto::Verdict {
         action: v.action.clone(),
@@ -68,6 +75,7 @@ pub fn from_record(r: proto::FlowRecord) -> Result<Flow, String> {
             port: narrow(p.port, &format!("{field}.port"))?,
             namespace: p.namespace,
             name: p.name,
+            labels: p.labels.into_iter().collect(),
         })
     };
     let verdict = |v: proto::Verdict| FlowVerdict {

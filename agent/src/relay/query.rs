@@ -154,21 +154,22 @@ impl RelayView {
             .map(|r| r.first_seen_ns.min(r.last_seen_ns))
             .min()
             .unwrap_or(now_ns);
-        let history = History {
-            records: &records,
-            complete_from_ns: oldest.max(self.store.complete_from_ns(node)),
-            now_ns,
-        };
-        let mut report = report::live(&model, q, &history)?;
         let mut nodes: Vec<String> = records.iter().filter_map(|r| r.node.clone()).collect();
         nodes.sort();
         nodes.dedup();
-        report.window.notes.push(format!(
+        let merged = format!(
             "merged by the relay from {} node{}: {}",
             nodes.len(),
             if nodes.len() == 1 { "" } else { "s" },
             nodes.join(", ")
-        ));
+        );
+        let history = History {
+            records: &records,
+            complete_from_ns: oldest.max(self.store.complete_from_ns(node)),
+            now_ns,
+            notes: vec![merged],
+        };
+        let report = report::live(&model, q, &history)?;
         Ok(report)
     }
 }

@@ -185,6 +185,7 @@ pub(crate) mod tests {
             port,
             namespace: Some("shop".into()),
             name: Some(format!("pod-{ip}")),
+            labels: Default::default(),
         };
         Flow {
             time: crate::flows::rfc3339(t),
