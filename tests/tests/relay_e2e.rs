@@ -45,6 +45,8 @@ items:
 const STAGED: &str = include_str!("../../examples/20-backend-lockdown-staged.yaml");
 const ENFORCED: &str = include_str!("../../examples/10-database-allow-from-backend.yaml");
 const PORT: u16 = 7443;
+/// The relay's web console (`--console`), on the node's loopback.
+const CONSOLE_PORT: u16 = 9909;
 /// The veth between the two node namespaces (private, inside namespaces the test made).
 const RELAY_IP: &str = "192.168.77.1";
 const N2_IP: &str = "192.168.77.2";
@@ -75,6 +77,7 @@ impl Relay {
             .arg(tls)
             .arg("--datastore")
             .arg(datastore)
+            .args(["--console", &format!("127.0.0.1:{CONSOLE_PORT}")])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -294,6 +297,30 @@ fn two_nodes_one_relay_merged_report_restart_and_mtls() {
             .contains("2 nodes: n1, n2"),
         "{report:#}"
     );
+    // The web console served by the relay: both nodes, the merged report.
+    let get = |path: &str| {
+        let o = n1
+            .node()
+            .command("curl")
+            .args(["-sS", "--max-time", "20", "--fail"])
+            .arg(format!("http://127.0.0.1:{CONSOLE_PORT}{path}"))
+            .output()
+            .expect("running curl");
+        assert!(o.status.success(), "GET {path}: {o:?}");
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    assert_eq!(get("/api/nodes")["nodes"], serde_json::json!(["n1", "n2"]));
+    let console_report = get("/api/report").to_string();
+    for want in [
+        "prod/web",
+        "prod/api",
+        "prod/frontend",
+        "prod/backend",
+        "promote",
+    ] {
+        assert!(console_report.contains(want), "{want}: {console_report}");
+    }
+
     // The text form, as locally.
     let text = relay_cli(&n1, &agent_tls, &["staged", "report", policy]);
     assert_eq!(text.status.code(), Some(3), "{text:?}");

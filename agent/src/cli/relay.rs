@@ -66,6 +66,14 @@ pub struct ServeArgs {
     /// Records kept per node (the oldest go first).
     #[arg(long, default_value_t = HISTORY)]
     pub history: usize,
+    /// Serve the web console over every node's records on this address, e.g.
+    /// 127.0.0.1:9909 (reach it with `kubectl port-forward`). Off by default; an
+    /// address other than loopback requires --console-token-file.
+    #[arg(long, value_name = "ADDR")]
+    pub console: Option<SocketAddr>,
+    /// A file holding the console's token (see `agent run --console-token-file`).
+    #[arg(long, value_name = "FILE", requires = "console")]
+    pub console_token_file: Option<PathBuf>,
 }
 
 /// `--relay` for `agent flows` and `agent staged report`.
@@ -127,6 +135,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let view = RelayView::new(Arc::new(RelayStore::new(args.history)), source);
+        if let Some(addr) = args.console {
+            let datastore = args.datastore.clone().unwrap_or_default();
+            start_console(addr, args.console_token_file.as_deref(), &view, datastore).await?;
+        }
         let stop = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -140,6 +152,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         crate::relay::server::serve(args.listen, &args.tls_dir, view, stop).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--console ADDR`: the web console over the relay's view, in the background.
+async fn start_console(
+    addr: SocketAddr,
+    token_file: Option<&std::path::Path>,
+    view: &RelayView,
+    datastore: String,
+) -> anyhow::Result<()> {
+    let auth = crate::console::Auth::for_address(addr, token_file)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--console {addr}: {e}"))?;
+    let data = Arc::new(crate::relay::console::RelayConsole {
+        view: view.clone(),
+        datastore,
+    });
+    tracing::info!(%addr, token = auth.has_token(), "web console");
+    tokio::spawn(crate::console::serve(
+        listener,
+        crate::console::router(data, auth),
+    ));
+    Ok(())
 }
 
 /// `agent flows --relay`: the relay's records, printed as the node's are.

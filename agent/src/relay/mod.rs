@@ -14,11 +14,13 @@
 //! - [`query`]: [`RelayView`], filtered flows and the staged report over the
 //!   store, judged with the datastore's model (for the console and gRPC);
 //! - [`server`]: the gRPC services and `agent relay`'s main loop;
+//! - [`console`]: the web console over the same view (`agent relay --console`);
 //! - [`client`]: the query client `agent flows --relay` uses;
 //! - [`tls`]: mTLS settings from a certificate directory; [`certs`]: creating
 //!   that directory (`agent relay certs`).
 pub mod certs;
 pub mod client;
+pub mod console;
 pub mod convert;
 pub mod push;
 pub mod query;
