@@ -246,7 +246,7 @@ fn open_history(
     let Some(h) = &opts.flow_history else {
         return Ok((table, None));
     };
-    let loaded = history::load(&h.dir);
+    let loaded = history::load_newest(&h.dir, crate::flows::HISTORY);
     tracing::info!(
         dir = %h.dir.display(),
         records = loaded.records.len(),

@@ -146,7 +146,10 @@ pub(super) async fn staged_report(
         let (records, complete_from_ns) = match &shared.history {
             None => (memory, shared.started_ns.max(dropped_until_ns)),
             Some(h) => {
-                let disk = crate::flows::history::load(&h.dir);
+                let disk = crate::flows::history::load_newest(
+                    &h.dir,
+                    crate::flows::history::REPORT_RECORDS,
+                );
                 notes.extend(disk.notes);
                 let from = disk.complete_from_ns.unwrap_or(shared.started_ns);
                 // Both: the newest second may not be on disk yet. A record

@@ -30,8 +30,14 @@ use super::{unix_now_ns, Flow};
 
 /// How often the writer writes what it received.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Records waiting for the writer; more are counted as missed.
-const CHANNEL: usize = 65_536;
+/// Records waiting for the writer; more are counted as missed. Each holds a
+/// record the in-memory table may already have dropped: the bound is the
+/// queue's memory (65,536 let a flood of denied flows grow the agent by
+/// ~200 MB in the soak test).
+const CHANNEL: usize = 4_096;
+/// Records a live staged report reads back from disk at most (the newest):
+/// its memory is bounded; an older window is reported as incomplete.
+pub const REPORT_RECORDS: usize = 50_000;
 pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(48 * 3600);
 
@@ -118,6 +124,13 @@ fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 /// Reads every segment of `dir` (missing: empty). Unreadable lines and files
 /// are skipped with a warning.
 pub fn load(dir: &Path) -> Loaded {
+    load_newest(dir, usize::MAX)
+}
+
+/// As [`load`], keeping at most `max` records (the newest): memory stays
+/// bounded however large the history on disk. When older records had to go,
+/// the records are complete only from the newest of them on.
+pub fn load_newest(dir: &Path, max: usize) -> Loaded {
     let mut out = Loaded::default();
     let files = match segments(dir) {
         Ok(f) => f,
@@ -127,18 +140,71 @@ pub fn load(dir: &Path) -> Loaded {
             return out;
         }
     };
-    let mut latest: HashMap<DiskKey, (u32, Flow)> = HashMap::new();
+    let mut latest = Newest::new(max);
     out.complete_from_ns = files.first().map(|(started, _)| *started);
     for (_, path) in &files {
         read_segment(path, &mut latest, &mut out);
     }
-    let mut records: Vec<(u32, Flow)> = latest.into_values().collect();
+    if let Some(dropped) = latest.dropped_until_ns {
+        out.complete_from_ns = out.complete_from_ns.max(Some(dropped));
+        out.notes.push(format!(
+            "only the newest {max} records on disk were read: complete from {}",
+            super::rfc3339(dropped)
+        ));
+    }
+    let mut records: Vec<(u32, Flow)> = latest.map.into_values().map(|(_, r)| r).collect();
     records.sort_by_key(|(_, f)| f.last_seen_ns);
     out.records = records;
     out
 }
 
-fn read_segment(path: &Path, latest: &mut HashMap<DiskKey, (u32, Flow)>, out: &mut Loaded) {
+/// The latest version of each record, at most `max` of them: the ones
+/// updated longest ago go first (lines are written roughly in time order).
+struct Newest {
+    map: HashMap<DiskKey, (u64, (u32, Flow))>,
+    order: std::collections::VecDeque<(u64, DiskKey)>,
+    seq: u64,
+    max: usize,
+    /// The last report of the newest record that had to go.
+    dropped_until_ns: Option<u64>,
+}
+
+impl Newest {
+    fn new(max: usize) -> Newest {
+        Newest {
+            map: HashMap::new(),
+            order: Default::default(),
+            seq: 0,
+            max: max.max(1),
+            dropped_until_ns: None,
+        }
+    }
+
+    fn insert(&mut self, ifindex: u32, flow: Flow) {
+        self.seq += 1;
+        let key = disk_key(ifindex, &flow);
+        self.order.push_back((self.seq, key.clone()));
+        self.map.insert(key, (self.seq, (ifindex, flow)));
+        while self.map.len() > self.max {
+            let Some((seq, key)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&key).is_some_and(|(s, _)| *s == seq) {
+                if let Some((_, (_, gone))) = self.map.remove(&key) {
+                    self.dropped_until_ns = self.dropped_until_ns.max(Some(gone.last_seen_ns));
+                }
+            }
+        }
+        // Updates of the same records leave stale entries behind: drop them.
+        if self.order.len() > 2 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.order
+                .retain(|(seq, key)| map.get(key).is_some_and(|(s, _)| s == seq));
+        }
+    }
+}
+
+fn read_segment(path: &Path, latest: &mut Newest, out: &mut Loaded) {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -181,7 +247,7 @@ fn read_segment(path: &Path, latest: &mut HashMap<DiskKey, (u32, Flow)>, out: &m
             )),
             Line::Flow { ifindex, flow } => {
                 out.last_ns = out.last_ns.max(Some(flow.last_seen_ns));
-                latest.insert(disk_key(ifindex, &flow), (ifindex, *flow));
+                latest.insert(ifindex, *flow);
             }
         }
     }

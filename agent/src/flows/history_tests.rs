@@ -174,3 +174,32 @@ fn segments_older_than_the_age_bound_go() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(load(tmp.path()).records.is_empty());
 }
+
+#[test]
+fn reading_back_keeps_the_newest_records_within_a_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(tmp.path(), DEFAULT_MAX_BYTES, DEFAULT_MAX_AGE);
+    let w = HistoryWriter::start(&opts, None).unwrap();
+    let flows: Vec<Arc<Flow>> = (0..30).map(|i| flow(40000 + i, 1)).collect();
+    for f in &flows {
+        w.record(3, f);
+    }
+    // An update of an old record makes it one of the newest.
+    let again = flow(40000, 2);
+    w.record(3, &again);
+    w.close();
+    assert_eq!(load(tmp.path()).records.len(), 30);
+    let bounded = load_newest(tmp.path(), 10);
+    let mut ports: Vec<u16> = bounded.records.iter().map(|(_, f)| f.src.port).collect();
+    ports.sort();
+    let mut want: Vec<u16> = (40021..40030).collect();
+    want.insert(0, 40000);
+    assert_eq!(ports, want, "{bounded:#?}");
+    // Complete only from the newest record that had to go (port 40020).
+    assert!(bounded.complete_from_ns >= Some(flows[20].last_seen_ns));
+    assert!(
+        bounded.notes.iter().any(|n| n.contains("only the newest 10")),
+        "{:?}",
+        bounded.notes
+    );
+}
