@@ -49,6 +49,7 @@ use std::path::Path;
 
 use kube::Client;
 
+pub mod confirm;
 pub mod discovery;
 pub mod names;
 pub mod pods;
@@ -66,7 +67,7 @@ pub use names::{
     CRD_KINDS, KINDS, V3_GROUP,
 };
 pub use pods::{calico_interface, workload_endpoint, PodInfo};
-pub use promote::promote;
+pub use promote::{confirm_promotion, promote};
 pub use routes::host_routes;
 pub use view::{localize, KubeSnapshot};
 pub use watch::{
