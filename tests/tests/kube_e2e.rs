@@ -1139,16 +1139,19 @@ fn kubernetes_commit_confirmed_promotion_reverts_once() {
     let early = race_reverters(&client);
     assert!(early.is_empty(), "{early:?}");
     // `agent confirm --datastore kubernetes` (kubeconfig from $KUBECONFIG).
-    let out = Command::new(agent_bin())
-        .args([
-            "confirm",
-            "--datastore",
-            "kubernetes",
-            "sgnp/confirm-test-kept",
-        ])
-        .env("KUBECONFIG", &server.kubeconfig)
-        .output()
-        .unwrap();
+    let confirm_kept = || {
+        Command::new(agent_bin())
+            .args([
+                "confirm",
+                "--datastore",
+                "kubernetes",
+                "sgnp/confirm-test-kept",
+            ])
+            .env("KUBECONFIG", &server.kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let out = confirm_kept();
     assert!(
         out.status.success(),
         "{}",
@@ -1224,16 +1227,7 @@ fn kubernetes_commit_confirmed_promotion_reverts_once() {
     )
     .is_none());
     assert!(race_reverters(&client).is_empty());
-    let out = Command::new(agent_bin())
-        .args([
-            "confirm",
-            "--datastore",
-            "kubernetes",
-            "sgnp/confirm-test-kept",
-        ])
-        .env("KUBECONFIG", &server.kubeconfig)
-        .output()
-        .unwrap();
+    let out = confirm_kept();
     assert_eq!(out.status.code(), Some(1), "nothing left to confirm");
     for (kind, name) in [
         ("StagedGlobalNetworkPolicy", "confirm-test-gone"),
@@ -1404,6 +1398,50 @@ fn kubernetes_crd_v1_auto_enforces_and_promotes() {
     .is_none());
     agent.wait_policies(1, 0);
     wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+
+    // Commit-confirmed in v1: the running agent shows it pending, then (holding
+    // the Lease) reverts it: the staged object back, the enforced one gone.
+    namespace(&client, "calico-system", json!({}));
+    apply(
+        &client,
+        v1_gnp(
+            "default.confirm-probe",
+            "StagedGlobalNetworkPolicy",
+            json!({"selector": "app == 'none'", "types": ["Ingress"]}),
+        ),
+    );
+    agent.wait_policies(1, 1);
+    let out = promote(&server, &["sgnp/confirm-probe", "--confirm-within", "3s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let promotions = |s: &Value| s["promotions"].to_string();
+    agent.wait_status("the pending confirmation", |s| {
+        promotions(s).contains("confirm-probe awaits confirmation")
+    });
+    agent.wait_status_for(Duration::from_secs(20), "the revert", |s| {
+        promotions(s).contains("confirm-probe reverted")
+    });
+    assert!(get(
+        &client,
+        V1,
+        "StagedGlobalNetworkPolicy",
+        None,
+        "default.confirm-probe"
+    )
+    .is_some());
+    assert!(get(
+        &client,
+        V1,
+        "GlobalNetworkPolicy",
+        None,
+        "default.confirm-probe"
+    )
+    .is_none());
+    assert!(agent.log_text().contains("promotion reverted"));
+    agent.wait_policies(1, 1);
 }
 
 /// Both groups installed (auto would pick v3): `--calico-api crd` reads only

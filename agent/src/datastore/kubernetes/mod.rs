@@ -43,8 +43,9 @@
 //! their names, objects as documents), [`discovery`] (`--calico-api auto`: which
 //! group holds the policies), [`pods`] (Pod -> [`PodInfo`] -> WorkloadEndpoint),
 //! [`routes`] (this node's host routes: local pods' interfaces), `view` (what
-//! the watchers keep and the model built from it), `watch` (the watchers) and
-//! `promote` (`agent promote` against the cluster).
+//! the watchers keep and the model built from it), `watch` (the watchers),
+//! `promote` (`agent promote` against the cluster) and [`confirm`]
+//! (commit-confirmed promotion: the record, the Lease, the revert).
 use std::path::Path;
 
 use kube::Client;
