@@ -897,16 +897,7 @@ fn deploy_manifests_dry_run() {
     // Deployment and Service); with-calico: the 10 base objects.
     assert_eq!(n, 29, "objects in both overlays");
 
-    // RBAC for real, then act as the agent (token `agent-token` of start-apiserver.sh).
-    apply_file(&client, &repo().join("deploy/base/rbac.yaml"), false);
-    let kc = std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .replace("token: admin-token", "token: agent-token");
-    let agent_kc = server.run_dir.join("agent-kubeconfig");
-    std::fs::write(&agent_kc, kc).unwrap();
-    let agent_client = rt()
-        .block_on(agent::datastore::kubernetes::client(Some(&agent_kc)))
-        .unwrap();
+    let agent_client = as_agent(server);
     // Both groups of Calico's kinds (`--calico-api v3|crd`).
     apply_file(&client, &crd_v1_file(), false);
     let kinds = agent::datastore::kubernetes::KINDS
@@ -929,6 +920,26 @@ fn deploy_manifests_dry_run() {
         ))
         .expect_err("the agent must not write policies");
     assert!(err.to_string().contains("forbidden"), "{err}");
+}
+
+/// deploy/base/rbac.yaml applied for real, and a client acting as the agent
+/// (token `agent-token` of start-apiserver.sh).
+fn as_agent(server: &ApiServer) -> Client {
+    apply_file(
+        &server.client(),
+        &repo().join("deploy/base/rbac.yaml"),
+        false,
+    );
+    let kc = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .replace("token: admin-token", "token: agent-token");
+    let agent_kc = server.run_dir.join(format!(
+        "agent-kubeconfig-{}",
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(&agent_kc, kc).unwrap();
+    rt().block_on(agent::datastore::kubernetes::client(Some(&agent_kc)))
+        .unwrap()
 }
 
 fn get(
@@ -1096,6 +1107,8 @@ fn kubernetes_commit_confirmed_promotion_reverts_once() {
     let ns = "confirm-test";
     namespace(&client, ns, json!({}));
     namespace(&client, confirm::LEASE_NAMESPACE, json!({}));
+    // The reverters act as the agent: its RBAC must be enough for the revert.
+    let agent_client = as_agent(server);
     let v3 = "projectcalico.org/v3";
     // A namesake the promotion replaces, and a global one with none.
     apply(
@@ -1167,7 +1180,7 @@ fn kubernetes_commit_confirmed_promotion_reverts_once() {
                         "renewTime": "2020-01-01T00:00:00.000000Z"}}),
     );
     std::thread::sleep(Duration::from_millis(3300));
-    let outcomes = race_reverters(&client);
+    let outcomes = race_reverters(&agent_client);
     let mut targets: Vec<&str> = outcomes.iter().map(|o| o.target.as_str()).collect();
     targets.sort();
     assert_eq!(

@@ -229,7 +229,17 @@ pub async fn tick(
         }
         let done = revert(client, &p).await;
         leases.delete(&lease, &DeleteParams::default()).await?;
-        if let Some(reason) = done? {
+        // A failed revert (e.g. RBAC) stays pending: retried next tick, shown
+        // by `agent status`, and no other target waits for it.
+        let reason = match done {
+            Ok(reason) => reason,
+            Err(e) => {
+                tracing::error!(target = %p.record.target, error = %e, "REVERT FAILED; retrying");
+                waiting.push(p.record);
+                continue;
+            }
+        };
+        if let Some(reason) = reason {
             outcomes.push(Outcome {
                 target: p.record.target.clone(),
                 action: "reverted",
