@@ -1148,6 +1148,25 @@ fn kubernetes_commit_confirmed_promotion_reverts_once() {
     let np = get(&client, v3, "NetworkPolicy", Some(ns), "lockdown").expect("promoted");
     assert_eq!(np.data["spec"]["selector"], "app == 'new'");
     assert!(np.annotations().contains_key(confirm::ANNOTATION));
+    // A promotion over one awaiting confirmation is refused (its record stays).
+    let again = json!({"apiVersion": v3, "kind": "StagedGlobalNetworkPolicy",
+                       "metadata": {"name": "confirm-test-kept"},
+                       "spec": {"selector": "all()", "types": ["Ingress"]}});
+    apply(&client, again);
+    let out = promote(server, &["sgnp/confirm-test-kept"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already awaits confirmation"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    delete(
+        &client,
+        v3,
+        "StagedGlobalNetworkPolicy",
+        None,
+        "confirm-test-kept",
+    );
     // Before the deadline nothing is reverted; the three wait.
     let early = race_reverters(&client);
     assert!(early.is_empty(), "{early:?}");

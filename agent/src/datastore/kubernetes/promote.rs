@@ -44,6 +44,7 @@ pub async fn promote(
     let staged_name = obj.name_any();
     let v3_name = model_name(&staged, &obj);
     let namesake = find_policy(&enforced_api, &enforced, &v3_name).await?;
+    refuse_pending(&scope, &enforced, &v3_name, namesake.as_ref())?;
     let mut spec = obj.data.get("spec").cloned().unwrap_or_else(|| json!({}));
     let action = spec
         .get("stagedAction")
@@ -99,6 +100,25 @@ pub async fn promote(
         .delete(&staged_name, &DeleteParams::default())
         .await?;
     Ok(format!("{done}; removed the staged policy"))
+}
+
+/// A promotion over one still awaiting confirmation would lose what the
+/// pending one's revert restores: refused.
+fn refuse_pending(
+    scope: &Scope<'_>,
+    enforced: &Kind,
+    v3_name: &str,
+    namesake: Option<&DynamicObject>,
+) -> anyhow::Result<()> {
+    match namesake.map(confirm::record_of).transpose()?.flatten() {
+        Some(pending) => anyhow::bail!(
+            "{} already awaits confirmation (promoted from {}): `agent confirm` it or let it \
+             revert first",
+            scope.describe(enforced, v3_name),
+            pending.target
+        ),
+        None => Ok(()),
+    }
 }
 
 /// `agent confirm` against the cluster: removes the pending-confirmation record
