@@ -25,7 +25,7 @@ use common::{agent_bin, seed_pods_in, wait_tcp_within, Seed};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use kube::Client;
+use kube::{Client, ResourceExt};
 use lab::{Lab, Pod, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
 use serde_json::{json, Value};
 
@@ -893,20 +893,11 @@ fn deploy_manifests_dry_run() {
             }
         }
     }
-    // standalone: 9 CRDs + 8 base objects (6 of the agent, the relay's
-    // Deployment and Service); with-calico: the 8 base objects.
-    assert_eq!(n, 25, "objects in both overlays");
+    // standalone: 9 CRDs + 10 base objects (8 of the agent, the relay's
+    // Deployment and Service); with-calico: the 10 base objects.
+    assert_eq!(n, 29, "objects in both overlays");
 
-    // RBAC for real, then act as the agent (token `agent-token` of start-apiserver.sh).
-    apply_file(&client, &repo().join("deploy/base/rbac.yaml"), false);
-    let kc = std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .replace("token: admin-token", "token: agent-token");
-    let agent_kc = server.run_dir.join("agent-kubeconfig");
-    std::fs::write(&agent_kc, kc).unwrap();
-    let agent_client = rt()
-        .block_on(agent::datastore::kubernetes::client(Some(&agent_kc)))
-        .unwrap();
+    let agent_client = as_agent(server);
     // Both groups of Calico's kinds (`--calico-api v3|crd`).
     apply_file(&client, &crd_v1_file(), false);
     let kinds = agent::datastore::kubernetes::KINDS
@@ -929,6 +920,26 @@ fn deploy_manifests_dry_run() {
         ))
         .expect_err("the agent must not write policies");
     assert!(err.to_string().contains("forbidden"), "{err}");
+}
+
+/// deploy/base/rbac.yaml applied for real, and a client acting as the agent
+/// (token `agent-token` of start-apiserver.sh).
+fn as_agent(server: &ApiServer) -> Client {
+    apply_file(
+        &server.client(),
+        &repo().join("deploy/base/rbac.yaml"),
+        false,
+    );
+    let kc = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .replace("token: admin-token", "token: agent-token");
+    let agent_kc = server.run_dir.join(format!(
+        "agent-kubeconfig-{}",
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(&agent_kc, kc).unwrap();
+    rt().block_on(agent::datastore::kubernetes::client(Some(&agent_kc)))
+        .unwrap()
 }
 
 fn get(
@@ -1066,6 +1077,196 @@ fn kubernetes_promote() {
         None,
         "promote-test-ignored",
     );
+}
+
+/// Both reverters' outcomes for `target`, racing on the same server.
+fn race_reverters(client: &Client) -> Vec<agent::rollout::Outcome> {
+    use agent::datastore::kubernetes::{confirm, CalicoGroup};
+    let tick = |holder: &'static str| {
+        let client = client.clone();
+        async move {
+            confirm::tick(&client, CalicoGroup::V3, holder, confirm::LEASE_NAMESPACE)
+                .await
+                .unwrap_or_else(|e| panic!("reverter {holder}: {e}"))
+        }
+    };
+    let ((a, _), (b, _)) =
+        rt().block_on(async { futures::join!(tick("agent-a"), tick("agent-b")) });
+    a.into_iter().chain(b).collect()
+}
+
+/// `agent promote --datastore kubernetes --confirm-within`: the promotion is
+/// recorded on the enforced object; past the deadline two reverters racing on
+/// the real API server revert each target exactly once (one Lease holder),
+/// taking over a Lease a dead holder left; a confirmed promotion stays.
+#[test]
+fn kubernetes_commit_confirmed_promotion_reverts_once() {
+    use agent::datastore::kubernetes::confirm;
+    let server = shared_server();
+    let client = server.client();
+    let ns = "confirm-test";
+    namespace(&client, ns, json!({}));
+    namespace(&client, confirm::LEASE_NAMESPACE, json!({}));
+    // The reverters act as the agent: its RBAC must be enough for the revert.
+    let agent_client = as_agent(server);
+    let v3 = "projectcalico.org/v3";
+    // A namesake the promotion replaces, and a global one with none.
+    apply(
+        &client,
+        json!({"apiVersion": v3, "kind": "NetworkPolicy",
+               "metadata": {"name": "lockdown", "namespace": ns},
+               "spec": {"selector": "app == 'old'", "types": ["Ingress"]}}),
+    );
+    apply(
+        &client,
+        json!({"apiVersion": v3, "kind": "StagedNetworkPolicy",
+               "metadata": {"name": "lockdown", "namespace": ns, "labels": {"team": "a"}},
+               "spec": {"stagedAction": "Set", "selector": "app == 'new'", "types": ["Ingress"]}}),
+    );
+    for name in ["confirm-test-gone", "confirm-test-kept"] {
+        apply(
+            &client,
+            json!({"apiVersion": v3, "kind": "StagedGlobalNetworkPolicy",
+                   "metadata": {"name": name},
+                   "spec": {"selector": "all()", "types": ["Egress"]}}),
+        );
+    }
+    for args in [
+        &["snp/lockdown", "-n", ns, "--confirm-within", "3s"][..],
+        &["sgnp/confirm-test-gone", "--confirm-within", "3s"],
+        &["sgnp/confirm-test-kept", "--confirm-within", "3s"],
+    ] {
+        let out = promote(server, args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("awaiting confirmation"), "{stdout}");
+    }
+    let np = get(&client, v3, "NetworkPolicy", Some(ns), "lockdown").expect("promoted");
+    assert_eq!(np.data["spec"]["selector"], "app == 'new'");
+    assert!(np.annotations().contains_key(confirm::ANNOTATION));
+    // A promotion over one awaiting confirmation is refused (its record stays).
+    let again = json!({"apiVersion": v3, "kind": "StagedGlobalNetworkPolicy",
+                       "metadata": {"name": "confirm-test-kept"},
+                       "spec": {"selector": "all()", "types": ["Ingress"]}});
+    apply(&client, again);
+    let out = promote(server, &["sgnp/confirm-test-kept"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already awaits confirmation"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    delete(
+        &client,
+        v3,
+        "StagedGlobalNetworkPolicy",
+        None,
+        "confirm-test-kept",
+    );
+    // Before the deadline nothing is reverted; the three wait.
+    let early = race_reverters(&client);
+    assert!(early.is_empty(), "{early:?}");
+    // `agent confirm --datastore kubernetes` (kubeconfig from $KUBECONFIG).
+    let confirm_kept = || {
+        Command::new(agent_bin())
+            .args([
+                "confirm",
+                "--datastore",
+                "kubernetes",
+                "sgnp/confirm-test-kept",
+            ])
+            .env("KUBECONFIG", &server.kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let out = confirm_kept();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A Lease a dead agent left for the namespaced target: expired, taken over.
+    let lease = confirm::lease_name("StagedNetworkPolicy confirm-test/lockdown");
+    apply(
+        &client,
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": lease, "namespace": confirm::LEASE_NAMESPACE},
+               "spec": {"holderIdentity": "dead-agent", "leaseDurationSeconds": 1,
+                        "renewTime": "2020-01-01T00:00:00.000000Z"}}),
+    );
+    std::thread::sleep(Duration::from_millis(3300));
+    let outcomes = race_reverters(&agent_client);
+    let mut targets: Vec<&str> = outcomes.iter().map(|o| o.target.as_str()).collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            "StagedGlobalNetworkPolicy confirm-test-gone",
+            "StagedNetworkPolicy confirm-test/lockdown"
+        ],
+        "each unconfirmed promotion reverted exactly once: {outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| o.action == "reverted"));
+    // Exactly as before: the staged objects back, the namesake restored, the
+    // enforced policy without a namesake gone, no record and no Lease left.
+    let staged =
+        get(&client, v3, "StagedNetworkPolicy", Some(ns), "lockdown").expect("staged back");
+    assert_eq!(staged.data["spec"]["selector"], "app == 'new'");
+    assert_eq!(staged.data["spec"]["stagedAction"], "Set");
+    assert_eq!(staged.labels()["team"], "a");
+    let np = get(&client, v3, "NetworkPolicy", Some(ns), "lockdown").expect("namesake back");
+    assert_eq!(np.data["spec"]["selector"], "app == 'old'");
+    assert!(!np.annotations().contains_key(confirm::ANNOTATION));
+    assert!(get(
+        &client,
+        v3,
+        "StagedGlobalNetworkPolicy",
+        None,
+        "confirm-test-gone"
+    )
+    .is_some());
+    assert!(get(
+        &client,
+        v3,
+        "GlobalNetworkPolicy",
+        None,
+        "confirm-test-gone"
+    )
+    .is_none());
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), confirm::LEASE_NAMESPACE);
+    assert!(rt().block_on(leases.get_opt(&lease)).unwrap().is_none());
+    // The confirmed one stays, without its record; nothing is left to revert.
+    let kept = get(
+        &client,
+        v3,
+        "GlobalNetworkPolicy",
+        None,
+        "confirm-test-kept",
+    )
+    .expect("kept");
+    assert!(!kept.annotations().contains_key(confirm::ANNOTATION));
+    assert!(get(
+        &client,
+        v3,
+        "StagedGlobalNetworkPolicy",
+        None,
+        "confirm-test-kept"
+    )
+    .is_none());
+    assert!(race_reverters(&client).is_empty());
+    let out = confirm_kept();
+    assert_eq!(out.status.code(), Some(1), "nothing left to confirm");
+    for (kind, name) in [
+        ("StagedGlobalNetworkPolicy", "confirm-test-gone"),
+        ("GlobalNetworkPolicy", "confirm-test-kept"),
+    ] {
+        delete(&client, v3, kind, None, name);
+    }
 }
 
 // ------------------------------------------------- crd.projectcalico.org/v1
@@ -1229,6 +1430,50 @@ fn kubernetes_crd_v1_auto_enforces_and_promotes() {
     .is_none());
     agent.wait_policies(1, 0);
     wait_tcp(&s.frontend, &s.backend, 8080, TcpProbe::TimedOut);
+
+    // Commit-confirmed in v1: the running agent shows it pending, then (holding
+    // the Lease) reverts it: the staged object back, the enforced one gone.
+    namespace(&client, "calico-system", json!({}));
+    apply(
+        &client,
+        v1_gnp(
+            "default.confirm-probe",
+            "StagedGlobalNetworkPolicy",
+            json!({"selector": "app == 'none'", "types": ["Ingress"]}),
+        ),
+    );
+    agent.wait_policies(1, 1);
+    let out = promote(&server, &["sgnp/confirm-probe", "--confirm-within", "3s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let promotions = |s: &Value| s["promotions"].to_string();
+    agent.wait_status("the pending confirmation", |s| {
+        promotions(s).contains("confirm-probe awaits confirmation")
+    });
+    agent.wait_status_for(Duration::from_secs(20), "the revert", |s| {
+        promotions(s).contains("confirm-probe reverted")
+    });
+    assert!(get(
+        &client,
+        V1,
+        "StagedGlobalNetworkPolicy",
+        None,
+        "default.confirm-probe"
+    )
+    .is_some());
+    assert!(get(
+        &client,
+        V1,
+        "GlobalNetworkPolicy",
+        None,
+        "default.confirm-probe"
+    )
+    .is_none());
+    assert!(agent.log_text().contains("promotion reverted"));
+    agent.wait_policies(1, 1);
 }
 
 /// Both groups installed (auto would pick v3): `--calico-api crd` reads only

@@ -75,7 +75,7 @@ pub enum Command {
     },
     /// Confirm a promotion made with `--confirm-within`: it stays.
     Confirm {
-        /// Directory of YAML files holding the policies.
+        /// Directory of YAML files holding the policies, or `kubernetes` ($KUBECONFIG).
         #[arg(long)]
         datastore: PathBuf,
         /// KIND/NAME as given to `agent promote`.

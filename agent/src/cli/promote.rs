@@ -59,12 +59,18 @@ fn parse_target(target: &str) -> anyhow::Result<(PolicyKind, &str)> {
     Ok((promote::staged_kind(kind)?, name))
 }
 
-/// `agent confirm KIND/NAME`: the pending promotion stays.
+/// `agent confirm KIND/NAME`: the pending promotion stays. `--datastore
+/// kubernetes` reads the kubeconfig from $KUBECONFIG (or in-cluster) and finds
+/// Calico's group itself; `agent promote --confirm` also takes `--kubeconfig`.
 pub fn confirm(
     datastore: &Path,
     target: &str,
     namespace: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
+    if datastore == Path::new("kubernetes") {
+        let api = crate::datastore::kubernetes::CalicoApi::Auto;
+        return confirm_in_cluster(None, api, target, namespace);
+    }
     let (kind, name) = parse_target(target)?;
     let key = target_key(kind, name, namespace);
     if rollout::confirm(datastore, &key)? {
@@ -72,6 +78,36 @@ pub fn confirm(
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("{key} has no promotion awaiting confirmation (already confirmed or reverted)");
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// `agent confirm --datastore kubernetes`: removes the pending record from the
+/// enforced object ([`crate::datastore::kubernetes::confirm`]).
+fn confirm_in_cluster(
+    kubeconfig: Option<&Path>,
+    calico_api: crate::datastore::kubernetes::CalicoApi,
+    target: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let (kind, name) = parse_target(target)?;
+    let confirmed = block_on(async {
+        let client = crate::datastore::kubernetes::client(kubeconfig).await?;
+        crate::datastore::kubernetes::confirm_promotion(client, calico_api, kind, name, namespace)
+            .await
+    })?;
+    if confirmed {
+        println!("confirmed {target}: the promotion stays");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{target} has no promotion awaiting confirmation in the cluster (already confirmed or reverted)");
         Ok(ExitCode::from(1))
     }
 }
@@ -88,6 +124,9 @@ pub fn run(
     gate: &GateArgs,
 ) -> anyhow::Result<ExitCode> {
     let (kind, name) = parse_target(target)?;
+    if confirm_args.confirm && datastore == "kubernetes" {
+        return confirm_in_cluster(kubeconfig, calico_api, target, namespace);
+    }
     if confirm_args.confirm {
         return confirm(Path::new(datastore), target, namespace);
     }
@@ -101,17 +140,24 @@ pub fn run(
     }
     if datastore == "kubernetes" {
         anyhow::ensure!(
-            confirm_args.confirm_within.is_none(),
-            "--confirm-within works with a directory datastore only (not yet in the cluster)"
+            confirm_args.confirm_if.is_empty(),
+            "--confirm-if works with a directory datastore only (not yet in the cluster)"
         );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let report = rt.block_on(async {
+        let within = confirm_args.confirm_within;
+        let report = block_on(async {
             let client = crate::datastore::kubernetes::client(kubeconfig).await?;
-            crate::datastore::kubernetes::promote(client, calico_api, kind, name, namespace).await
+            crate::datastore::kubernetes::promote(client, calico_api, kind, name, namespace, within)
+                .await
         })?;
         println!("{report}");
+        if let Some(within) = within {
+            println!(
+                "awaiting confirmation: an agent of the cluster restores the staged policy in {} \
+                 unless `agent confirm --datastore kubernetes {target}{}` runs first",
+                humantime::format_duration(within),
+                namespace.map(|n| format!(" -n {n}")).unwrap_or_default(),
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let dir = Path::new(datastore);

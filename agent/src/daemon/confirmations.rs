@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{lock, Shared};
+use crate::datastore::kubernetes::KubeOptions;
 use crate::rollout::{Outcome, Supervisor, TICK};
 
 /// Outcomes kept for `agent status`.
@@ -49,8 +50,7 @@ pub(super) fn spawn(datastore: PathBuf, shared: Arc<Shared>) {
                     }
                 }
             }
-            let mut view = lock(&shared.confirmations);
-            view.pending = waiting
+            let pending = waiting
                 .iter()
                 .map(|p| {
                     format!(
@@ -72,11 +72,64 @@ pub(super) fn spawn(datastore: PathBuf, shared: Arc<Shared>) {
                     )
                 })
                 .collect();
-            view.recent.extend(outcomes);
-            let excess = view.recent.len().saturating_sub(RECENT);
-            view.recent.drain(..excess);
-            drop(view);
+            publish(&shared, pending, outcomes);
             std::thread::sleep(TICK);
+        }
+    });
+}
+
+/// What `agent status` shows: `pending` replaces the pending lines, `outcomes`
+/// join the recent ones.
+fn publish(shared: &Shared, pending: Vec<String>, outcomes: Vec<Outcome>) {
+    let mut view = lock(&shared.confirmations);
+    view.pending = pending;
+    view.recent.extend(outcomes);
+    let excess = view.recent.len().saturating_sub(RECENT);
+    view.recent.drain(..excess);
+}
+
+/// The Kubernetes datastore's side ([`crate::datastore::kubernetes::confirm`]):
+/// every tick, revert what is past its deadline when this agent wins the
+/// target's Lease; list what waits for `agent status`.
+pub(super) fn spawn_kube(opts: KubeOptions, shared: Arc<Shared>) {
+    use crate::datastore::kubernetes::{self as k8s, confirm};
+    tokio::spawn(async move {
+        let holder = format!("{}/{}", opts.node, std::process::id());
+        // Connected once, again after an error.
+        let mut connected = None;
+        loop {
+            tokio::time::sleep(confirm::TICK).await;
+            let looked = async {
+                if connected.is_none() {
+                    let client = k8s::client(opts.kubeconfig.as_deref()).await?;
+                    let found =
+                        k8s::resolve_calico_api(&client, opts.calico_api, k8s::INITIAL_SYNC)
+                            .await?;
+                    connected = Some((client, found.group));
+                }
+                let (client, group) = connected.as_ref().expect("connected above");
+                confirm::tick(client, *group, &holder, confirm::LEASE_NAMESPACE).await
+            };
+            let looked = looked.await;
+            if looked.is_err() {
+                connected = None;
+            }
+            match looked {
+                Ok((outcomes, waiting)) => {
+                    let pending = waiting
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{} awaits confirmation until {}",
+                                r.target,
+                                crate::flows::rfc3339(r.deadline_unix_ms * 1_000_000)
+                            )
+                        })
+                        .collect();
+                    publish(&shared, pending, outcomes);
+                }
+                Err(e) => tracing::warn!(error = %e, "pending confirmations in the cluster"),
+            }
         }
     });
 }

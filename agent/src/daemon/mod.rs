@@ -159,6 +159,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     if let DatastoreSpec::Dir(dir, _) = &opts.datastore {
         confirmations::spawn(dir.clone(), shared.clone());
     }
+    if let DatastoreSpec::Kubernetes(k) = &opts.datastore {
+        confirmations::spawn_kube(k.clone(), shared.clone());
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {

@@ -43,12 +43,14 @@
 //! their names, objects as documents), [`discovery`] (`--calico-api auto`: which
 //! group holds the policies), [`pods`] (Pod -> [`PodInfo`] -> WorkloadEndpoint),
 //! [`routes`] (this node's host routes: local pods' interfaces), `view` (what
-//! the watchers keep and the model built from it), `watch` (the watchers) and
-//! `promote` (`agent promote` against the cluster).
+//! the watchers keep and the model built from it), `watch` (the watchers),
+//! `promote` (`agent promote` against the cluster) and [`confirm`]
+//! (commit-confirmed promotion: the record, the Lease, the revert).
 use std::path::Path;
 
 use kube::Client;
 
+pub mod confirm;
 pub mod discovery;
 pub mod names;
 pub mod pods;
@@ -66,7 +68,7 @@ pub use names::{
     CRD_KINDS, KINDS, V3_GROUP,
 };
 pub use pods::{calico_interface, workload_endpoint, PodInfo};
-pub use promote::promote;
+pub use promote::{confirm_promotion, promote};
 pub use routes::host_routes;
 pub use view::{localize, KubeSnapshot};
 pub use watch::{

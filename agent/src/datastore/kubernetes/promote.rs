@@ -3,6 +3,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
+use std::time::Duration;
+
+use super::confirm;
 use super::discovery::resolve_calico_api;
 use super::names::{model_name, tiered_name, CalicoApi, CalicoGroup, Kind, V3_GROUP};
 use super::watch::INITIAL_SYNC;
@@ -18,12 +21,17 @@ use crate::model::ir::PolicyKind;
 /// policy's v3 name (as `agent status` shows it) or its stored name; the
 /// enforced object is stored under the enforced namesake's stored name if there
 /// is one, else under the staged object's (so `default.<name>` stays tiered).
+///
+/// With `confirm_within`, the enforced object carries a pending-confirmation
+/// record ([`super::confirm`]) in the same apply: an agent reverts it unless it
+/// is confirmed in time.
 pub async fn promote(
     client: Client,
     api: CalicoApi,
     kind: PolicyKind,
     name: &str,
     namespace: Option<&str>,
+    confirm_within: Option<Duration>,
 ) -> anyhow::Result<String> {
     let group = resolve_calico_api(&client, api, INITIAL_SYNC).await?.group;
     let (staged, enforced) = staged_and_enforced(group, kind)?;
@@ -36,6 +44,7 @@ pub async fn promote(
     let staged_name = obj.name_any();
     let v3_name = model_name(&staged, &obj);
     let namesake = find_policy(&enforced_api, &enforced, &v3_name).await?;
+    refuse_pending(&scope, &enforced, &v3_name, namesake.as_ref())?;
     let mut spec = obj.data.get("spec").cloned().unwrap_or_else(|| json!({}));
     let action = spec
         .get("stagedAction")
@@ -50,6 +59,11 @@ pub async fn promote(
             "{} has stagedAction Ignore: promoting it changes nothing that is enforced",
             scope.describe(&staged, &staged_name)
         ),
+        "Delete" if confirm_within.is_some() => anyhow::bail!(
+            "{} has stagedAction Delete: --confirm-within is not yet supported for a \
+             deletion in the cluster (promote without it, or use a directory datastore)",
+            scope.describe(&staged, &staged_name)
+        ),
         "Delete" => match namesake {
             Some(o) => {
                 let n = o.name_any();
@@ -62,8 +76,16 @@ pub async fn promote(
             ),
         },
         _ => {
-            let target = namesake.map_or(staged_name.clone(), |o| o.name_any());
-            let doc = enforced_document(&enforced, &target, ns, &obj, spec);
+            let target = namesake
+                .as_ref()
+                .map_or(staged_name.clone(), |o| o.name_any());
+            let mut doc = enforced_document(&enforced, &target, ns, &obj, spec);
+            if let Some(within) = confirm_within {
+                let described = scope.describe(&staged, &staged_name);
+                let rec = confirm::record(described, within, &obj, namesake.as_ref());
+                doc["metadata"]["annotations"] =
+                    json!({confirm::ANNOTATION: serde_json::to_string(&rec)?});
+            }
             enforced_api
                 .patch(
                     &target,
@@ -78,6 +100,45 @@ pub async fn promote(
         .delete(&staged_name, &DeleteParams::default())
         .await?;
     Ok(format!("{done}; removed the staged policy"))
+}
+
+/// A promotion over one still awaiting confirmation would lose what the
+/// pending one's revert restores: refused.
+fn refuse_pending(
+    scope: &Scope<'_>,
+    enforced: &Kind,
+    v3_name: &str,
+    namesake: Option<&DynamicObject>,
+) -> anyhow::Result<()> {
+    match namesake.map(confirm::record_of).transpose()?.flatten() {
+        Some(pending) => anyhow::bail!(
+            "{} already awaits confirmation (promoted from {}): `agent confirm` it or let it \
+             revert first",
+            scope.describe(enforced, v3_name),
+            pending.target
+        ),
+        None => Ok(()),
+    }
+}
+
+/// `agent confirm` against the cluster: removes the pending-confirmation record
+/// of the promoted staged policy `kind`/`name` from its enforced object. False
+/// when there is none (confirmed already, reverted, or never asked for).
+pub async fn confirm_promotion(
+    client: Client,
+    api: CalicoApi,
+    kind: PolicyKind,
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<bool> {
+    let group = resolve_calico_api(&client, api, INITIAL_SYNC).await?.group;
+    let (staged, enforced) = staged_and_enforced(group, kind)?;
+    let ns = staged.namespaced.then(|| namespace.unwrap_or("default"));
+    let scope = Scope { client, ns };
+    let Some(obj) = find_policy(&scope.api(&enforced), &enforced, name).await? else {
+        return Ok(false);
+    };
+    confirm::confirm(&scope.client, &enforced, &obj).await
 }
 
 /// A staged kind and the kind it is promoted to, in `group`.
