@@ -198,7 +198,10 @@ fn reading_back_keeps_the_newest_records_within_a_bound() {
     // Complete only from the newest record that had to go (port 40020).
     assert!(bounded.complete_from_ns >= Some(flows[20].last_seen_ns));
     assert!(
-        bounded.notes.iter().any(|n| n.contains("only the newest 10")),
+        bounded
+            .notes
+            .iter()
+            .any(|n| n.contains("only the newest 10")),
         "{:?}",
         bounded.notes
     );
