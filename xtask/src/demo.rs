@@ -111,6 +111,9 @@ impl Daemon {
             .arg(socket)
             .arg("--bpffs")
             .arg(&bpffs)
+            // The demo's records go with its work directory, not /var/lib/agent.
+            .arg("--flow-history")
+            .arg(datastore.with_file_name("flows"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(&log)?)

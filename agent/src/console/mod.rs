@@ -35,32 +35,10 @@ pub use auth::Auth;
 
 /// What the console shows, wherever it comes from.
 ///
-/// To serve the console from another process (e.g. a relay holding many
-/// nodes' records), implement these five methods and pass the value to
-/// [`router`]:
-///
-/// ```ignore
-/// struct RelayData { store: Arc<Store>, model: Arc<RwLock<Model>> }
-/// impl ConsoleData for RelayData {
-///     fn flows(&self, q: FlowQuery) -> impl Future<Output = anyhow::Result<Vec<Flow>>> + Send {
-///         let store = self.store.clone();
-///         async move { store.query(&q).map_err(|e| BadQuery(e).into()) }
-///     }
-///     fn staged_report(&self, q: ReportQuery) -> impl Future<Output = anyhow::Result<StagedReport>> + Send {
-///         let (records, model) = (self.store.history(), self.model.read().clone());
-///         async move { crate::flows::report::live(&model, &q, &records.as_history()).map_err(|e| BadQuery(e).into()) }
-///     }
-///     fn matrix(&self) -> impl Future<Output = anyhow::Result<Matrix>> + Send {
-///         let model = self.model.read().clone();
-///         async move { Ok(crate::eval::matrix::of_model(&model)) }
-///     }
-///     fn nodes(&self) -> impl Future<Output = anyhow::Result<Vec<String>>> + Send {
-///         let nodes = self.store.nodes();
-///         async move { Ok(nodes) }
-///     }
-///     fn promote_datastore(&self) -> String { "kubernetes".into() }
-/// }
-/// ```
+/// To serve the console from another process, implement these five methods
+/// and pass the value to [`router`]: the daemon's (`crate::daemon`, its
+/// `console.rs`) and the relay's ([`crate::relay::console::RelayConsole`],
+/// every node's records) are the two implementations.
 ///
 /// The futures are `Send` (the server runs them on a multi-threaded
 /// runtime); do blocking or CPU-heavy work (evaluating a model) in
