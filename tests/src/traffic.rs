@@ -446,6 +446,9 @@ impl AgentRun {
             .arg(base.join("agent.sock"))
             .arg("--bpffs")
             .arg(&bpffs)
+            // Nothing on the host's disk: the bench needs no records kept.
+            .arg("--flow-history")
+            .arg("none")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)

@@ -481,6 +481,9 @@ impl Agent {
             .arg(&socket)
             .arg("--bpffs")
             .arg(&bpffs)
+            // Beside the socket and log: removed with them, never in /var/lib/agent.
+            .arg("--flow-history")
+            .arg(base.join("flows"))
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("KUBECONFIG")
