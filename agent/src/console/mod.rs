@@ -91,6 +91,14 @@ pub fn router<D: ConsoleData>(data: Arc<D>, auth: Auth) -> Router {
         .layer(axum::middleware::from_fn_with_state(auth, auth::check))
 }
 
+/// Runs `f` on a blocking thread: a [`ConsoleData`] evaluating a model or
+/// filtering many records must not hold up the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
 /// Serves `router` on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
     if let Err(e) = axum::serve(listener, router).await {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::server::{matching_history, staged_report, Selection};
 use super::state::{lock, Shared};
 use super::DatastoreSpec;
-use crate::console::{self, Auth, BadQuery, ConsoleData};
+use crate::console::{self, blocking, Auth, BadQuery, ConsoleData};
 use crate::eval::matrix::Matrix;
 use crate::flows::blame::Blame;
 use crate::flows::report::{ReportQuery, StagedReport};
@@ -78,12 +78,6 @@ impl ConsoleData for DaemonData {
             DatastoreSpec::Kubernetes(_) => "kubernetes".into(),
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f).await?
 }
 
 /// Binds `opts.addr` and serves the console there in the background.

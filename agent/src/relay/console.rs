@@ -4,7 +4,7 @@
 //! gRPC query service answers from.
 use std::future::Future;
 
-use crate::console::{BadQuery, ConsoleData};
+use crate::console::{blocking, BadQuery, ConsoleData};
 use crate::eval::matrix::Matrix;
 use crate::flows::report::{ReportQuery, StagedReport};
 use crate::flows::{Flow, FlowQuery};
@@ -57,11 +57,4 @@ impl ConsoleData for RelayConsole {
     fn promote_datastore(&self) -> String {
         self.datastore.clone()
     }
-}
-
-/// Evaluating a model or filtering every node's records: off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f).await?
 }
