@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::eval::{DecidedBy, Evaluator, Packet, PolicySet, Verdict};
 use crate::model::ir::{Direction, EndpointKind, FailsafePort, Failsafes, Model, Protocol};
+use crate::model::yaml;
 
 /// The agent's own config file (`agent run --config`, `agent check --config`),
 /// felix-style: `failsafeInbound` / `failsafeOutbound` lists of
@@ -49,9 +50,30 @@ impl AgentConfig {
     pub fn load(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        let de = serde_yaml::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))
+        AgentConfig::parse(&text)
+            .map_err(|(line, message)| anyhow::anyhow!("{}:{line}: {message}", path.display()))
+    }
+
+    /// The config in `text` (one YAML document, read by the model's YAML
+    /// parser), or the line and text of what is wrong with it.
+    fn parse(text: &str) -> Result<AgentConfig, (usize, String)> {
+        let nodes = yaml::parse_all(text).map_err(|e| (e.line, e.message))?;
+        let node = match nodes.as_slice() {
+            [node] => node,
+            [] => return Err((1, "the config is empty: write a mapping with `failsafeInbound`, `failsafeOutbound`, ...".into())),
+            [_, second, ..] => {
+                return Err((second.line, "a second YAML document: the config is one mapping".into()))
+            }
+        };
+        let lines = node.line_index();
+        serde_path_to_error::deserialize(node.to_json()).map_err(|e| {
+            let field = e.path().to_string();
+            let line = yaml::line_of(&lines, &field);
+            match field.as_str() {
+                "." => (line, e.inner().to_string()),
+                _ => (line, format!("{field}: {}", e.inner())),
+            }
+        })
     }
 
     /// The failsafe lists this config gives (Calico's defaults where unset).
@@ -270,7 +292,7 @@ mod tests {
 
     #[test]
     fn config_parses_and_defaults() {
-        let c: AgentConfig = serde_yaml::from_str(
+        let c = AgentConfig::parse(
             "failsafeInbound:\n- {protocol: tcp, port: 2222, net: 10.0.0.0/8}\n",
         )
         .unwrap();
@@ -279,9 +301,27 @@ mod tests {
         assert_eq!(f.inbound[0].port, 2222);
         assert_eq!(f.inbound[0].net, Some("10.0.0.0/8".parse().unwrap()));
         assert_eq!(f.outbound, Failsafes::default().outbound);
-        let bad: AgentConfig =
-            serde_yaml::from_str("failsafeOutbound:\n- {protocol: icmp, port: 1}\n").unwrap();
+        let bad = AgentConfig::parse("failsafeOutbound:\n- {protocol: icmp, port: 1}\n").unwrap();
         assert!(bad.failsafes().is_err());
+    }
+
+    /// What is wrong with a config file, with its line.
+    #[test]
+    fn config_errors_name_the_line() {
+        let e =
+            AgentConfig::parse("failsafeInbound:\n- protocol: tcp\n  port: http\n").unwrap_err();
+        assert_eq!(e.0, 3, "{e:?}");
+        assert!(e.1.starts_with("failsafeInbound[0].port: "), "{e:?}");
+        let e = AgentConfig::parse("failsafeInbound: []\ntypo: 1\n").unwrap_err();
+        assert!(e.1.contains("unknown field `typo`"), "{e:?}");
+        assert_eq!(AgentConfig::parse("# nothing\n").unwrap_err().0, 1);
+        assert_eq!(
+            AgentConfig::parse("failsafeInbound: []\n---\nfailsafeOutbound: []\n")
+                .unwrap_err()
+                .0,
+            3
+        );
+        assert!(AgentConfig::parse("failsafeInbound: [\n").is_err());
     }
 
     const HOST: &str = r#"

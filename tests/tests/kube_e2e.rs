@@ -219,9 +219,12 @@ fn kustomize_render(dir: &Path) -> Vec<(PathBuf, Value)> {
     }
     for p in k["patches"].as_array().into_iter().flatten() {
         let target = &p["target"];
-        let ops: json_patch::Patch =
-            serde_yaml::from_str(p["patch"].as_str().expect("inline patch"))
-                .unwrap_or_else(|e| panic!("{}: patch {p}: {e}", dir.display()));
+        let ops: json_patch::Patch = yaml_documents(p["patch"].as_str().expect("inline patch"))
+            .and_then(|docs| match <[Value; 1]>::try_from(docs) {
+                Ok([doc]) => serde_json::from_value(doc).map_err(|e| e.to_string()),
+                Err(docs) => Err(format!("{} documents, not one", docs.len())),
+            })
+            .unwrap_or_else(|e| panic!("{}: patch {p}: {e}", dir.display()));
         let mut hits = 0;
         for (_, doc) in docs
             .iter_mut()
@@ -322,13 +325,17 @@ fn delete(client: &Client, api_version: &str, kind: &str, ns: Option<&str>, name
 
 fn docs_of(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| {
-            let v = <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap();
-            serde_json::to_value(v).unwrap()
-        })
+    yaml_documents(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
         .filter(|v: &Value| v.is_object())
         .collect()
+}
+
+/// The documents of a YAML text as JSON, read by the agent's own YAML parser.
+fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
+    let docs = agent::model::yaml::parse_all(text).map_err(|e| format!("line {}: {e}", e.line))?;
+    Ok(docs.iter().map(|d| d.to_json()).collect())
 }
 
 /// Applies every document of a file; CRDs are waited for until they serve.

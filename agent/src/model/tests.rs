@@ -382,6 +382,13 @@ fn namespaced_policies_refuse_cluster_scoped_fields() {
     assert_eq!(only_error(&staged_delete).1, "spec.stagedAction");
 }
 
+/// The one document of `text`, read as the loader reads it (YAML, then JSON).
+fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    let docs = yaml::parse_all(text).unwrap();
+    assert_eq!(docs.len(), 1, "{text}");
+    serde_json::from_value(docs[0].to_json()).unwrap()
+}
+
 /// A document with an error lowers to nothing, and each wrong value is
 /// reported: nothing stands in for it (an unknown action is not Allow, an
 /// unknown protocol is not "any protocol").
@@ -395,7 +402,7 @@ fn a_wrong_value_lowers_to_nothing() {
         "    - action: Allow\n      source:\n        selector: 'a =='\n",
     ] {
         let text = gnp(&format!("  ingress:\n{rule}"));
-        let doc: resources::Object<resources::PolicySpec> = serde_yaml::from_str(&text).unwrap();
+        let doc: resources::Object<resources::PolicySpec> = from_yaml(&text);
         let (lowered, issues) = lower::lower(&resources::Resource::GlobalNetworkPolicy(doc));
         assert!(lowered.is_none(), "{rule}");
         assert_eq!(issues.len(), 1, "{rule}: {issues:?}");
@@ -1088,7 +1095,7 @@ fn network_sets_hold_up_to_a_million_nets() {
     assert!(ok.diagnostics.is_empty(), "{:#?}", ok.diagnostics);
     assert_eq!(ok.model.network_sets[0].nets.len(), 300);
     let mut set: resources::Object<resources::NetworkSetSpec> =
-        serde_yaml::from_str(&format!("{head}  nets: []\n")).unwrap();
+        from_yaml(&format!("{head}  nets: []\n"));
     set.spec.nets = vec!["not a net".into(); lower::MAX_SET_NETS + 1];
     let (_, issues) = lower::lower(&resources::Resource::GlobalNetworkSet(set));
     assert_eq!(issues.len(), 1, "{:?}", &issues[..issues.len().min(3)]);

@@ -114,6 +114,16 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// Every document of `text`, parsed, empty ones left out; the first syntax
+/// error stops it. For text read whole (a config file, a manifest), where one
+/// bad document is a bad file.
+pub fn parse_all(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    split_documents(text)
+        .iter()
+        .filter_map(|chunk| parse_chunk(chunk).transpose())
+        .collect()
+}
+
 /// At most this many nested sequences and mappings in a document. A Calico
 /// resource needs fewer than 10; the bound keeps every walk over the tree
 /// (conversion, serde, drop) far from the end of the stack.
