@@ -3,7 +3,7 @@
 use std::borrow::BorrowMut;
 use std::path::Path;
 
-use agent_common::{ct_timeout, CtKey, CtValue};
+use agent_common::{CtKey, CtValue};
 use aya::maps::{HashMap, MapData};
 
 use super::loader::{map_err, Dataplane};
@@ -17,7 +17,7 @@ pub struct CtSweep {
 }
 
 /// Deletes conntrack entries idle longer than their timeout
-/// (`ct_timeout::idle`) at `now_ns` (CLOCK_MONOTONIC_COARSE, the kernel's clock
+/// ([`CtValue::is_idle`], the kernel's own rule) at `now_ns` (CLOCK_MONOTONIC_COARSE, the kernel's clock
 /// for `last_seen_ns`; see [`monotonic_coarse_ns`]).
 ///
 /// The kernel already treats such an entry as a miss, so deleting it changes no
@@ -29,9 +29,7 @@ pub fn sweep_conntrack<T: BorrowMut<MapData>>(
     ct: &mut HashMap<T, CtKey, CtValue>,
     now_ns: u64,
 ) -> CtSweep {
-    let expired = |k: &CtKey, v: &CtValue| {
-        now_ns.saturating_sub(v.last_seen_ns) > ct_timeout::idle(k.protocol, v.tcp_state)
-    };
+    let expired = |k: &CtKey, v: &CtValue| v.is_idle(k.protocol, now_ns);
     let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).collect();
     let mut sweep = CtSweep::default();
     for key in keys {
