@@ -851,7 +851,7 @@ fn kubernetes_api_server_restart() {
         None,
         "backend-lockdown-staged",
     );
-    // The watchers retry at most 5 s apart (WatchBackoff; kube-rs' default grows
+    // The watchers retry at most 5 s apart (watch_backoff; kube-rs' default grows
     // to 30 s): the change is seen well within 20 s of the server's return.
     agent.wait_status_for(Duration::from_secs(20), "2 enforced, 0 staged", |s| {
         s["policies"]["enforced"] == 2 && s["policies"]["staged"] == 0

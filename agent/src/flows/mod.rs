@@ -439,29 +439,11 @@ pub fn unix_now_ns() -> u64 {
         .as_nanos() as u64
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T22:42:22.123Z`.
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T22:42:22.123Z` (any
+/// `u64` of nanoseconds is before the year 2555, well inside what humantime
+/// formats).
 pub fn rfc3339(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let ms = (unix_ns / 1_000_000) % 1000;
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(unix_ns)).to_string()
 }
 
 #[cfg(test)]
@@ -535,6 +517,7 @@ mod tests {
             rfc3339(1_709_251_199_123_000_000),
             "2024-02-29T23:59:59.123Z"
         );
+        assert_eq!(rfc3339(u64::MAX), "2554-07-21T23:34:33.709Z");
     }
 
     #[test]

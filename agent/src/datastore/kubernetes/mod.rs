@@ -1,7 +1,7 @@
 //! The Kubernetes datastore: kube-rs watchers on the API server.
 //!
 //! Watched (cluster-wide, list + watch, re-listed after 410 Gone and API-server
-//! restarts, retried with [`WatchBackoff`]: 0.5 s doubling to at most 5 s, jittered):
+//! restarts, retried with [`watch_backoff`]: 0.5 s doubling to at most 5 s, jittered):
 //! - Calico's GlobalNetworkPolicy, NetworkPolicy, StagedGlobalNetworkPolicy,
 //!   StagedNetworkPolicy, StagedKubernetesNetworkPolicy, Tier, GlobalNetworkSet,
 //!   NetworkSet, HostEndpoint, from one of two API groups ([`CalicoApi`]):
@@ -72,7 +72,7 @@ pub use promote::{confirm_promotion, promote};
 pub use routes::host_routes;
 pub use view::{localize, KubeSnapshot};
 pub use watch::{
-    KubeDatastore, KubeOptions, WatchBackoff, BACKOFF_MAX, BACKOFF_MIN, DEBOUNCE, INITIAL_SYNC,
+    watch_backoff, KubeDatastore, KubeOptions, BACKOFF_MAX, BACKOFF_MIN, DEBOUNCE, INITIAL_SYNC,
     ROUTE_POLL,
 };
 

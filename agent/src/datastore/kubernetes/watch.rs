@@ -38,46 +38,20 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Retry delays of a failing watch: [`BACKOFF_MIN`] doubling up to
-/// [`BACKOFF_MAX`], each drawn uniformly from [d/2, d] so that the watchers of
+/// [`BACKOFF_MAX`], each drawn uniformly from [d/2, d) so that the watchers of
 /// many nodes do not retry in step (kube-rs' default goes up to 30 s). Reset by
 /// the first event after a failure.
-#[derive(Debug)]
-pub struct WatchBackoff {
-    step: Duration,
-    rng: u64,
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0);
-        WatchBackoff {
-            step: BACKOFF_MIN,
-            rng: h.finish() | 1,
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        // xorshift64: enough for jitter.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let frac = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        let d = self.step.mul_f64(0.5 + 0.5 * frac);
-        self.step = (self.step * 2).min(BACKOFF_MAX);
-        Some(d)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.step = BACKOFF_MIN;
-    }
+///
+/// kube-runtime's exponential backoff (backon): its jitter adds up to 100 % to
+/// each delay, so the base is half of each step.
+pub fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN / 2)
+        .with_max_delay(BACKOFF_MAX / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 #[derive(Clone, Debug)]
@@ -263,7 +237,7 @@ async fn watch<K, F>(
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     F: Fn(K) -> Option<Stored>,
 {
-    let stream = watcher::watcher(api, watcher::Config::default()).backoff(WatchBackoff::default());
+    let stream = watcher::watcher(api, watcher::Config::default()).backoff(watch_backoff());
     futures::pin_mut!(stream);
     let mut buffer: Option<Vec<(Key, Stored)>> = None;
     let mut failing = false;
@@ -331,7 +305,7 @@ mod tests {
     #[test]
     fn watch_backoff_is_jittered_capped_at_5s_and_resets() {
         use kube::runtime::utils::Backoff;
-        let mut b = WatchBackoff::default();
+        let mut b = watch_backoff();
         let first: Vec<Duration> = b.by_ref().take(12).collect();
         for (i, d) in first.iter().enumerate() {
             let step = (BACKOFF_MIN * 2u32.pow(i as u32)).min(BACKOFF_MAX);
