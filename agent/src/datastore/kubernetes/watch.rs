@@ -119,25 +119,11 @@ impl KubeDatastore {
             tx.clone(),
             move |p: Pod| PodInfo::from_pod(&p, &node).map(Stored::Pod),
         )));
-        // Routes change without any API event (the CNI adds the veth after the pod
-        // object has its IP): rebuild when a local pod's interface would change.
-        {
-            let (state, tx, node) = (state.clone(), tx.clone(), opts.node.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(ROUTE_POLL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let routes = host_routes();
-                    let st = lock(&state);
-                    let now = local_interfaces(&st, &routes);
-                    if now != st.interfaces {
-                        tracing::info!(node, "a local pod's host route changed");
-                        let _ = tx.send(());
-                    }
-                }
-            }));
-        }
+        tasks.push(tokio::spawn(poll_routes(
+            state.clone(),
+            tx.clone(),
+            opts.node.clone(),
+        )));
         let ds = KubeDatastore {
             node: opts.node.clone(),
             group,
@@ -145,23 +131,28 @@ impl KubeDatastore {
             rx,
             tasks,
         };
+        ds.wait_initial_sync().await;
+        Ok(ds)
+    }
+
+    /// Waits up to [`INITIAL_SYNC`] for every kind's first list; warns about
+    /// those still missing then (they load when they list).
+    async fn wait_initial_sync(&self) {
         let deadline = tokio::time::Instant::now() + INITIAL_SYNC;
         loop {
-            let missing = ds.unsynced();
+            let missing = self.unsynced();
             if missing.is_empty() {
-                break;
+                return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
+                return tracing::warn!(
                     kinds = ?missing,
                     "no initial list yet (CRD not installed, no permission or API server \
                      unreachable); starting without them, they load when they list"
                 );
-                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(ds)
     }
 
     /// Kinds (labels) whose first list has not completed.
@@ -198,6 +189,24 @@ impl Drop for KubeDatastore {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// Routes change without any API event (the CNI adds the veth after the pod
+/// object has its IP): signals a rebuild when a local pod's interface would
+/// change, checking every [`ROUTE_POLL`].
+async fn poll_routes(state: Arc<Mutex<State>>, tx: mpsc::UnboundedSender<()>, node: String) {
+    let mut tick = tokio::time::interval(ROUTE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let routes = host_routes();
+        let st = lock(&state);
+        let now = local_interfaces(&st, &routes);
+        if now != st.interfaces {
+            tracing::info!(node, "a local pod's host route changed");
+            let _ = tx.send(());
         }
     }
 }
