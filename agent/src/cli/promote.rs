@@ -139,26 +139,7 @@ pub fn run(
         return dry_run(datastore, kind, name, namespace);
     }
     if datastore == "kubernetes" {
-        anyhow::ensure!(
-            confirm_args.confirm_if.is_empty(),
-            "--confirm-if works with a directory datastore only (not yet in the cluster)"
-        );
-        let within = confirm_args.confirm_within;
-        let report = block_on(async {
-            let client = crate::datastore::kubernetes::client(kubeconfig).await?;
-            crate::datastore::kubernetes::promote(client, calico_api, kind, name, namespace, within)
-                .await
-        })?;
-        println!("{report}");
-        if let Some(within) = within {
-            println!(
-                "awaiting confirmation: an agent of the cluster restores the staged policy in {} \
-                 unless `agent confirm --datastore kubernetes {target}{}` runs first",
-                humantime::format_duration(within),
-                namespace.map(|n| format!(" -n {n}")).unwrap_or_default(),
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+        return promote_in_cluster(kubeconfig, calico_api, target, namespace, confirm_args);
     }
     let dir = Path::new(datastore);
     let promotion = || promote::promote(dir, kind, name, namespace);
@@ -196,6 +177,37 @@ pub fn run(
             )
         }
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Promotes a staged policy in the cluster (`--datastore kubernetes`).
+fn promote_in_cluster(
+    kubeconfig: Option<&Path>,
+    calico_api: crate::datastore::kubernetes::CalicoApi,
+    target: &str,
+    namespace: Option<&str>,
+    confirm_args: &ConfirmArgs,
+) -> anyhow::Result<ExitCode> {
+    let (kind, name) = parse_target(target)?;
+    anyhow::ensure!(
+        confirm_args.confirm_if.is_empty(),
+        "--confirm-if works with a directory datastore only (not yet in the cluster)"
+    );
+    let within = confirm_args.confirm_within;
+    let report = block_on(async {
+        let client = crate::datastore::kubernetes::client(kubeconfig).await?;
+        crate::datastore::kubernetes::promote(client, calico_api, kind, name, namespace, within)
+            .await
+    })?;
+    println!("{report}");
+    if let Some(within) = within {
+        println!(
+            "awaiting confirmation: an agent of the cluster restores the staged policy in {} \
+             unless `agent confirm --datastore kubernetes {target}{}` runs first",
+            humantime::format_duration(within),
+            namespace.map(|n| format!(" -n {n}")).unwrap_or_default(),
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
