@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use agent::eval::{Evaluator, Flow, Packet, Verdict};
 use agent::model::ir::Model;
 
-const WORLD: &str = r#"
+#[path = "support/services.rs"]
+mod services;
+
+/// The workload endpoints.
+const ENDPOINTS: &str = r#"
 apiVersion: projectcalico.org/v3
 kind: WorkloadEndpoint
 metadata: {name: client, namespace: shop, labels: {app: client}}
@@ -23,31 +27,10 @@ apiVersion: projectcalico.org/v3
 kind: WorkloadEndpoint
 metadata: {name: db, namespace: data, labels: {app: db}}
 spec: {interfaceName: calidb, ipNetworks: [10.0.2.1/32]}
----
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Service
-  metadata: {name: web, namespace: shop}
-  spec: {clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: web-x, namespace: shop, labels: {kubernetes.io/service-name: web}}
-  addressType: IPv4
-  endpoints: [{addresses: [10.0.1.1]}]
-  ports: [{port: 8080, protocol: TCP}]
-- apiVersion: v1
-  kind: Service
-  metadata: {name: db, namespace: data}
-  spec: {clusterIP: 10.96.0.20, ports: [{port: 5432}]}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: db-x, namespace: data, labels: {kubernetes.io/service-name: db}}
-  addressType: IPv4
-  endpoints: [{addresses: [10.0.2.1]}]
-  ports: [{port: 5432, protocol: TCP}]
----
+"#;
+
+/// The policies.
+const POLICIES: &str = r#"
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata: {name: client-egress, namespace: shop}
@@ -76,8 +59,15 @@ spec:
         notPorts: [22]
 "#;
 
+/// Endpoints, the Services `web` (backend `web_backend`) and `db`, and the policies.
+fn world(web_backend: &str) -> String {
+    let web = services::service_items("shop", "web", "10.96.0.10", 80, 8080, &[web_backend]);
+    let db = services::service_items("data", "db", "10.96.0.20", 5432, 5432, &["10.0.2.1"]);
+    format!("{ENDPOINTS}---\napiVersion: v1\nkind: List\nitems:\n{web}{db}---\n{POLICIES}")
+}
+
 fn model() -> Model {
-    let l = agent::model::load::load_sources(&[(PathBuf::from("t.yaml"), WORLD.to_string())]);
+    let l = agent::model::load::load_sources(&[(PathBuf::from("t.yaml"), world("10.0.1.1"))]);
     assert!(!l.has_errors(), "{:#?}", l.diagnostics);
     l.model
 }
@@ -152,10 +142,7 @@ fn source_services_are_the_backends_addresses() {
 
 #[test]
 fn a_service_whose_endpoints_change_re_resolves_on_the_next_load() {
-    let moved = WORLD.replace(
-        "endpoints: [{addresses: [10.0.1.1]}]",
-        "endpoints: [{addresses: [10.0.2.1]}]",
-    );
+    let moved = world("10.0.2.1");
     let l = agent::model::load::load_sources(&[(PathBuf::from("t.yaml"), moved)]);
     assert!(!l.has_errors(), "{:#?}", l.diagnostics);
     assert_eq!(

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use lab::{Lab, TcpProbe, PROBE_TIMEOUT};
@@ -80,24 +80,27 @@ fn bearer() -> String {
 
 /// Polls `/api/report` until the backend lockdown would newly deny frontend -> backend (10 s).
 fn wait_reported_deny(lab: &Lab) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let fetch = || {
         let (status, body) = get(lab, "/api/report", &[("Authorization", &bearer())]);
         assert_eq!(status, 200, "{body}");
-        let report: Value = serde_json::from_str(&body).expect("JSON report");
-        let denies = report["policies"]
+        serde_json::from_str::<Value>(&body).expect("JSON report")
+    };
+    let denies = |report: &Value| {
+        report["policies"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|p| p["policy"] == BACKEND_LOCKDOWN)
             .flat_map(|p| p["newly_denied"].as_array().unwrap().clone())
-            .any(|c| c["from"] == "prod/frontend" && c["to"] == "prod/backend");
-        if denies {
-            return report;
-        }
-        assert!(Instant::now() < deadline, "no would-be deny in {report:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            .any(|c| c["from"] == "prod/frontend" && c["to"] == "prod/backend")
+    };
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        fetch,
+        denies,
+        |report| format!("no would-be deny in {report:#}"),
+    )
 }
 
 /// Runs headless Chromium in the node namespace on `url` with `extra` flags,

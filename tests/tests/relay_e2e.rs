@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use lab::{Lab, TcpProbe};
@@ -129,23 +129,17 @@ fn json_lines(out: &Output) -> Vec<Value> {
 /// Polls `what` (a relay query) until `done` holds (20 s); returns its last answer.
 fn wait_for<T: std::fmt::Debug>(
     what: &str,
-    mut query: impl FnMut() -> T,
+    query: impl FnMut() -> T,
     done: impl Fn(&T) -> bool,
     context: impl Fn() -> String,
 ) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = query();
-        if done(&got) {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {got:#?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        query,
+        done,
+        |got| format!("timed out waiting for {what}: {got:#?}\n{}", context()),
+    )
 }
 
 /// (node, source, source port, destination, destination port) of each record.

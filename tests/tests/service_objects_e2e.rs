@@ -5,11 +5,14 @@
 //! ClusterIP is judged against the backend the DNAT chose and passes, while
 //! the `other` Service's backend is denied (through its ClusterIP and directly).
 mod common;
+#[path = "../../agent/tests/support/services.rs"]
+mod services;
 
 use common::Agent;
 use lab::{Lab, TcpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
 
-const DATASTORE: &str = r#"
+/// The namespace and its workload endpoints.
+const ENDPOINTS: &str = r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: prod}
@@ -28,31 +31,10 @@ apiVersion: projectcalico.org/v3
 kind: WorkloadEndpoint
 metadata: {name: other, namespace: prod, labels: {app: other}}
 spec: {interfaceName: caliother, ipNetworks: [10.65.0.30/32]}
----
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Service
-  metadata: {name: web, namespace: prod}
-  spec: {clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: web-1, namespace: prod, labels: {kubernetes.io/service-name: web}}
-  addressType: IPv4
-  endpoints: [{addresses: [10.65.0.20], conditions: {ready: true}}]
-  ports: [{port: 8080, protocol: TCP}]
-- apiVersion: v1
-  kind: Service
-  metadata: {name: other, namespace: prod}
-  spec: {clusterIP: 10.96.0.11, ports: [{port: 80, targetPort: 8080}]}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: other-1, namespace: prod, labels: {kubernetes.io/service-name: other}}
-  addressType: IPv4
-  endpoints: [{addresses: [10.65.0.30], conditions: {ready: true}}]
-  ports: [{port: 8080, protocol: TCP}]
----
+"#;
+
+/// The client may reach the Service `web` only.
+const POLICY: &str = r#"
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata: {name: client-egress, namespace: prod}
@@ -64,6 +46,13 @@ spec:
       destination:
         services: {name: web}
 "#;
+
+/// Endpoints, the Services `web` (backend `server`) and `other`, and the policy.
+fn datastore() -> String {
+    let web = services::service_items("prod", "web", "10.96.0.10", 80, 8080, &["10.65.0.20"]);
+    let other = services::service_items("prod", "other", "10.96.0.11", 80, 8080, &["10.65.0.30"]);
+    format!("{ENDPOINTS}---\napiVersion: v1\nkind: List\nitems:\n{web}{other}---\n{POLICY}")
+}
 
 /// kube-proxy's nftables mode reduced to its effect: DNAT at prerouting.
 const NFT: &str = "table ip kube-proxy-test {
@@ -99,7 +88,7 @@ fn service_documents_give_frontends_and_the_services_match_allows_only_its_backe
         "nft: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = Agent::datastore_with("svcobj", &[("00-svc.yaml", DATASTORE)]);
+    let dir = Agent::datastore_with("svcobj", &[("00-svc.yaml", &datastore())]);
     let agent = Agent::start_with(&lab, &dir, &[]);
     agent.wait_attached(3);
     let st = agent.status();

@@ -7,7 +7,7 @@
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use lab::{Lab, TcpProbe, PROBE_TIMEOUT};
@@ -18,22 +18,6 @@ const DATABASE_LOCKDOWN: &str = include_str!("../../agent/tests/fixtures/databas
 
 const BACKEND: &str = "sgnp/backend-lockdown-staged";
 const DATABASE: &str = "sgnp/database-lockdown";
-
-/// `agent staged report ARGS -o json`: (exit code, report).
-fn report(agent: &Agent, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["staged", "report", "-o", "json"];
-    all.extend_from_slice(args);
-    let out = agent.cli(&all);
-    let code = out.status.code().expect("exit code");
-    assert!(
-        code == 0 || code == 3,
-        "agent staged report {args:?}: {out:?}"
-    );
-    (
-        code,
-        serde_json::from_slice(&out.stdout).expect("JSON report"),
-    )
-}
 
 fn policy<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["policies"]
@@ -56,15 +40,14 @@ fn denied(report: &Value, name: &str) -> Vec<String> {
 
 /// Polls the report until it exits 3 with `want` for `name` (10 s).
 fn wait_denied(agent: &Agent, name: &str, want: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, r) = report(agent, &[]);
-        if code == 3 && denied(&r, name) == want {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "{name}: want {want:?}: {r:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (_, r) = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || staged_report(agent, &[]),
+        |(code, r)| *code == 3 && denied(r, name) == want,
+        |(_, r)| format!("{name}: want {want:?}: {r:#}"),
+    );
+    r
 }
 
 fn promote(agent: &Agent, within: &str) -> Output {
@@ -95,7 +78,7 @@ fn each_staged_policy_reports_its_would_be_denies_and_gates_its_promotion() {
     std::thread::sleep(Duration::from_secs(3));
 
     // Before any traffic: nothing would change (exit 0), for both policies.
-    let (code, before) = report(&agent, &[]);
+    let (code, before) = staged_report(&agent, &[]);
     assert_eq!(code, 0, "{before:#}");
     for name in [BACKEND, DATABASE] {
         let p = policy(&before, name);
@@ -150,7 +133,7 @@ fn each_staged_policy_reports_its_would_be_denies_and_gates_its_promotion() {
         "{only:#?}"
     );
     // Each policy alone.
-    let (code, alone) = report(&agent, &[DATABASE]);
+    let (code, alone) = staged_report(&agent, &[DATABASE]);
     assert_eq!(code, 3);
     assert_eq!(alone["policies"].as_array().unwrap().len(), 1, "{alone:#}");
 
@@ -177,7 +160,7 @@ fn each_staged_policy_reports_its_would_be_denies_and_gates_its_promotion() {
     // Once the window holds no such traffic, the promotion goes through and
     // the database lockdown enforces.
     std::thread::sleep(Duration::from_secs(4));
-    let (code, quiet) = report(&agent, &["--since", "3s"]);
+    let (code, quiet) = staged_report(&agent, &["--since", "3s"]);
     assert_eq!(code, 0, "{quiet:#}");
     let done = promote(&agent, "3s");
     assert!(done.status.success(), "{done:?}");

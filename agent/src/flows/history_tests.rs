@@ -1,5 +1,6 @@
 use super::*;
-use crate::flows::{FlowVerdict, Peer, Reporter};
+use crate::flows::test_flows::tcp_flow;
+use crate::flows::{Peer, Reporter};
 
 fn flow(port: u16, count: u64) -> Arc<Flow> {
     let now = unix_now_ns();
@@ -10,37 +11,21 @@ fn flow(port: u16, count: u64) -> Arc<Flow> {
         name: Some("api".into()),
         labels: Default::default(),
     };
-    let verdict = FlowVerdict {
-        action: "allow".into(),
-        trace: "tier default: policy gnp:/x rule 0".into(),
-        no_entry: false,
+    let mut flow = tcp_flow(
+        peer("10.0.0.1", port),
+        peer("10.0.0.2", 8080),
+        "allow",
+        now,
+        now,
+    );
+    flow.count = count;
+    flow.enforced.trace = "tier default: policy gnp:/x rule 0".into();
+    flow.reporter = Reporter {
+        endpoint: "shop/api".into(),
+        interface: "veth0".into(),
+        endpoint_id: 7,
     };
-    Arc::new(Flow {
-        time: crate::flows::rfc3339(now),
-        first_seen: crate::flows::rfc3339(now),
-        first_seen_ns: now,
-        last_seen_ns: now,
-        count,
-        src: peer("10.0.0.1", port),
-        dst: peer("10.0.0.2", 8080),
-        protocol: "TCP".into(),
-        protocol_number: 6,
-        icmp: None,
-        reporter: Reporter {
-            endpoint: "shop/api".into(),
-            interface: "veth0".into(),
-            endpoint_id: 7,
-        },
-        direction: "ingress".into(),
-        enforced: verdict,
-        pending: None,
-        pending_differs: false,
-        connection: None,
-        changed_by: Vec::new(),
-        fragment: false,
-        service: None,
-        node: None,
-    })
+    Arc::new(flow)
 }
 
 fn options(dir: &Path, max_bytes: u64, max_age: Duration) -> HistoryOptions {

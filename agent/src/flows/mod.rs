@@ -447,6 +447,9 @@ pub fn rfc3339(unix_ns: u64) -> String {
 }
 
 #[cfg(test)]
+mod test_flows;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::dataplane::FlowRecord;

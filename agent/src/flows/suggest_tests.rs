@@ -1,5 +1,5 @@
 use super::*;
-use crate::flows::{FlowVerdict, Reporter};
+use crate::flows::test_flows::tcp_flow;
 
 fn peer(
     ip: &str,
@@ -21,36 +21,9 @@ fn peer(
 }
 
 fn flow(src: Peer, dst: Peer, action: &str) -> Flow {
-    let verdict = FlowVerdict {
-        action: action.into(),
-        trace: String::new(),
-        no_entry: false,
-    };
     Flow {
-        time: rfc3339(2_000_000_000),
-        first_seen: rfc3339(1_000_000_000),
-        first_seen_ns: 1_000_000_000,
-        last_seen_ns: 2_000_000_000,
         count: 2,
-        src,
-        dst,
-        protocol: "TCP".into(),
-        protocol_number: 6,
-        icmp: None,
-        reporter: Reporter {
-            endpoint: "x".into(),
-            interface: "y".into(),
-            endpoint_id: 1,
-        },
-        direction: "ingress".into(),
-        enforced: verdict,
-        pending: None,
-        pending_differs: false,
-        connection: None,
-        changed_by: Vec::new(),
-        fragment: false,
-        service: None,
-        node: None,
+        ..tcp_flow(src, dst, action, 1_000_000_000, 2_000_000_000)
     }
 }
 

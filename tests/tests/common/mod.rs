@@ -340,21 +340,38 @@ pub fn wait_tcp(from: &Pod, to: &Pod, port: u16, want: TcpProbe) {
 
 /// Polls until a fresh TCP connection gets `want`, for at most `limit`.
 pub fn wait_tcp_within(from: &Pod, to: &Pod, port: u16, want: TcpProbe, limit: Duration) {
+    wait_until(
+        limit,
+        Duration::from_millis(100),
+        || from.tcp_connect(to.ipv4, port, SHORT_TIMEOUT),
+        |got| *got == want,
+        |got| {
+            format!(
+                "{}/{} -> {}/{}:{port}: {got:?}, want {want:?}",
+                from.namespace, from.name, to.namespace, to.name
+            )
+        },
+    );
+}
+
+/// Asks `query` every `every` until `done` holds of its answer, for at most
+/// `limit`, and returns that answer; past `limit`, fails with `failure` of the
+/// last answer.
+pub fn wait_until<T>(
+    limit: Duration,
+    every: Duration,
+    mut query: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+    failure: impl Fn(&T) -> String,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
-        let got = from.tcp_connect(to.ipv4, port, SHORT_TIMEOUT);
-        if got == want {
-            return;
+        let got = query();
+        if done(&got) {
+            return got;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{}/{} -> {}/{}:{port}: {got:?}, want {want:?}",
-            from.namespace,
-            from.name,
-            to.namespace,
-            to.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "{}", failure(&got));
+        std::thread::sleep(every);
     }
 }
 
@@ -380,17 +397,14 @@ pub fn is_flow(f: &Value, src: &str, dst: &str, port: u64) -> bool {
 
 /// Polls `agent flows ARGS` until a record satisfies `pred` (10 s).
 pub fn wait_flow(agent: &Agent, args: &[&str], what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let flows = agent.flows(args);
-        if let Some(f) = flows.iter().find(|f| pred(f)) {
-            return f.clone();
-        }
-        if Instant::now() > deadline {
-            panic!("no flow {what} in {flows:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let flows = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || agent.flows(args),
+        |flows| flows.iter().any(&pred),
+        |flows| format!("no flow {what} in {flows:#?}"),
+    );
+    flows.into_iter().find(|f| pred(f)).unwrap()
 }
 
 pub fn assert_seed_enforced(s: &Seed) {
