@@ -1,5 +1,5 @@
 //! `agent flows` and `agent status`: clients of the daemon's Unix socket.
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -170,7 +170,7 @@ pub fn run_flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     }
     let mut stream = connect(&args.socket)?;
     send(&mut stream, &Request::Flows(query))?;
-    let color = std::io::stdout().is_terminal();
+    let color = super::colour(&std::io::stdout());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.output == FlowFormat::Table {

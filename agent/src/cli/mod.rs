@@ -175,19 +175,22 @@ pub fn main(cli: Cli) -> ExitCode {
 fn init_logging() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    // Colours only on a terminal, and never with NO_COLOR set (no-color.org):
-    // logs sent to a file or a collector stay plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour)
+        .with_ansi(colour(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if std::env::var("AGENT_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// Whether to colour what goes to `stream`: only on a terminal, and never with
+/// NO_COLOR set (no-color.org), so that output sent to a file, a pipe or a log
+/// collector stays plain text.
+pub fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// SIGPIPE back to its default action (end the process quietly).

@@ -1,7 +1,7 @@
 //! `agent relay`: the cluster's flow relay (see [`crate::relay`]), `agent
 //! relay certs` (its mTLS certificates), and the `--relay` options of `agent
 //! flows` and `agent staged report`.
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -181,7 +181,7 @@ async fn start_console(
 pub fn flows(args: &FlowsArgs, query: &FlowQuery) -> anyhow::Result<ExitCode> {
     let relay = &args.relay;
     let addr = relay.relay.as_deref().unwrap_or_default();
-    let color = std::io::stdout().is_terminal();
+    let color = super::colour(&std::io::stdout());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.output == FlowFormat::Table {

@@ -46,8 +46,10 @@ fn datastore(o: &mut String, s: &Status) -> fmt::Result {
         Some(e) => writeln!(o, "NOT APPLIED: {e} (the previous tables stay enforced)")?,
         None => writeln!(
             o,
-            "tables:      generation {} epoch {} (latest datastore state enforced)",
-            s.generation, s.epoch
+            // `generation` is which of the two table copies is live (0 or 1),
+            // not a count: the epoch is the count of installs.
+            "tables:      epoch {} in copy {} of 2 (latest datastore state enforced)",
+            s.epoch, s.generation
         )?,
     }
     writeln!(
@@ -98,7 +100,7 @@ fn endpoint_line(e: &EndpointStatus) -> String {
         e.last_good
             .as_ref()
             .map(|g| format!(
-                ", LAST GOOD tables of generation {} (for {})",
+                ", LAST GOOD tables of copy {} (for {})",
                 g.generation,
                 age(g.since_ns)
             ))

@@ -149,14 +149,8 @@ impl From<&Diagnostic> for DiagnosticOut {
 
 impl std::fmt::Display for DiagnosticOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}:", self.file, self.line, self.severity)?;
-        if !self.resource.is_empty() {
-            write!(f, " {}", self.resource)?;
-        }
-        if !self.field.is_empty() {
-            write!(f, " {}", self.field)?;
-        }
-        write!(f, ": {}", self.message)
+        let at = (&self.resource[..], &self.field[..]);
+        crate::model::write_diagnostic(f, &self.file, self.line, &self.severity, at, &self.message)
     }
 }
 

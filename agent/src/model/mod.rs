@@ -79,15 +79,32 @@ impl fmt::Display for Diagnostic {
             Severity::Warning => "warning",
             Severity::Error => "error",
         };
-        write!(f, "{}:{}: {sev}:", self.file.display(), self.line)?;
-        if !self.resource.is_empty() {
-            write!(f, " {}", self.resource)?;
-        }
-        if !self.field.is_empty() {
-            write!(f, " {}", self.field)?;
-        }
-        write!(f, ": {}", self.message)
+        let file = self.file.display();
+        let at = (&self.resource[..], &self.field[..]);
+        write_diagnostic(f, &file, self.line, sev, at, &self.message)
     }
+}
+
+/// `file:line: severity: [resource] [field]: message`, the one format of a
+/// diagnostic wherever it is printed (`agent check`, `agent status`); without
+/// resource and field, `file:line: severity: message`.
+pub fn write_diagnostic(
+    f: &mut fmt::Formatter<'_>,
+    file: &dyn fmt::Display,
+    line: usize,
+    severity: &str,
+    (resource, field): (&str, &str),
+    message: &str,
+) -> fmt::Result {
+    write!(f, "{file}:{line}: {severity}:")?;
+    let at: Vec<&str> = [resource, field]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !at.is_empty() {
+        write!(f, " {}:", at.join(" "))?;
+    }
+    write!(f, " {message}")
 }
 
 /// The result of loading a set of files: the model built from every document

@@ -162,6 +162,21 @@ fn diagnostic_display_format() {
         ),
         "{d}"
     );
+    // A file-level problem has no resource or field: one colon after the severity.
+    let d = Diagnostic {
+        severity: Severity::Error,
+        file: PathBuf::from("gone.yaml"),
+        line: 1,
+        resource: String::new(),
+        field: String::new(),
+        message: "cannot read file".into(),
+    };
+    assert_eq!(d.to_string(), "gone.yaml:1: error: cannot read file");
+    let d = Diagnostic {
+        field: "items".into(),
+        ..d
+    };
+    assert_eq!(d.to_string(), "gone.yaml:1: error: items: cannot read file");
 }
 
 #[test]
