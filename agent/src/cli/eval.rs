@@ -338,7 +338,7 @@ pub fn describe_decision(by: &DecidedBy) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::ir::EndpointKind;
 
@@ -400,7 +400,8 @@ mod tests {
         );
     }
 
-    fn pod(name: &str, ip: &str) -> Endpoint {
+    /// A workload `prod/NAME` labelled `app=NAME` at `ip`.
+    pub(crate) fn pod(name: &str, ip: &str) -> Endpoint {
         Endpoint {
             kind: EndpointKind::Workload,
             namespace: Some("prod".into()),
@@ -418,16 +419,7 @@ mod tests {
     /// `prod/b` denies all ingress; a staged namesake would allow it.
     fn deny_b_model() -> Model {
         use crate::model::ir::{Action, Policy, PolicyId, PolicyKind, Rule, StagedAction};
-        let rule = |action| Rule {
-            action,
-            ip_version: None,
-            protocol: None,
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
-            source: Default::default(),
-            destination: Default::default(),
-        };
+        let rule = Rule::matching_all;
         let policy = |kind, action, staged_action| Policy {
             id: PolicyId {
                 kind,

@@ -156,10 +156,9 @@ pub fn render_diff(matrices: &[PortMatrix]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ir::{proto, EndpointKind, Model, PortMatch};
-    use crate::model::ir::{
-        Endpoint, EntityRule, Policy, PolicyId, PolicyKind, PortRange, Rule, Tier, TierDefault,
-    };
+    use crate::cli::eval::tests::pod;
+    use crate::model::ir::{proto, Model, PortMatch};
+    use crate::model::ir::{Policy, PolicyId, PolicyKind, PortRange, Rule, Tier, TierDefault};
     use crate::selector::Selector;
 
     #[test]
@@ -183,32 +182,11 @@ mod tests {
         assert!(parse_port_spec("tcp/x").is_err());
     }
 
-    fn pod(name: &str, ip: &str) -> Endpoint {
-        Endpoint {
-            kind: EndpointKind::Workload,
-            namespace: Some("prod".into()),
-            name: name.into(),
-            labels: [("app".to_string(), name.to_string())].into(),
-            interface: None,
-            ips: vec![ip.parse().unwrap()],
-            named_ports: vec![],
-            profiles: vec!["kns.prod".into()],
-            pod: None,
-            node: None,
-        }
-    }
-
     /// `b` has a staged deny-all ingress policy; the enforced set allows everything.
     fn staged_lockdown_model() -> Model {
         let mut only_8080 = Rule {
-            action: crate::model::ir::Action::Allow,
-            ip_version: None,
             protocol: Some(proto::TCP),
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
-            source: EntityRule::default(),
-            destination: EntityRule::default(),
+            ..Rule::matching_all(crate::model::ir::Action::Allow)
         };
         only_8080.destination.ports = vec![PortMatch::Range(PortRange {
             first: 8080,

@@ -447,7 +447,7 @@ pub fn rfc3339(unix_ns: u64) -> String {
 }
 
 #[cfg(test)]
-mod test_flows;
+pub(crate) mod test_flows;
 
 #[cfg(test)]
 mod tests {

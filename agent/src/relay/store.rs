@@ -176,7 +176,8 @@ impl RelayStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::flows::{FlowVerdict, Peer, Reporter};
+    use crate::flows::test_flows::tcp_flow;
+    use crate::flows::{Peer, Reporter};
 
     /// A record of `src` -> 10.0.0.9:80 reported at `t` ns.
     pub(crate) fn flow(src: &str, src_port: u16, t: u64) -> Flow {
@@ -187,36 +188,14 @@ pub(crate) mod tests {
             name: Some(format!("pod-{ip}")),
             labels: Default::default(),
         };
-        Flow {
-            time: crate::flows::rfc3339(t),
-            first_seen: crate::flows::rfc3339(t),
-            first_seen_ns: t,
-            last_seen_ns: t,
-            count: 1,
-            src: peer(src, src_port),
-            dst: peer("10.0.0.9", 80),
-            protocol: "TCP".into(),
-            protocol_number: 6,
-            icmp: None,
-            reporter: Reporter {
-                endpoint: "shop/api".into(),
-                interface: "veth1".into(),
-                endpoint_id: 1,
-            },
-            direction: "ingress".into(),
-            enforced: FlowVerdict {
-                action: "allow".into(),
-                trace: "default|gnp:/allow|allow|0".into(),
-                no_entry: false,
-            },
-            pending: None,
-            pending_differs: false,
-            connection: None,
-            changed_by: Vec::new(),
-            fragment: false,
-            service: None,
-            node: None,
-        }
+        let mut flow = tcp_flow(peer(src, src_port), peer("10.0.0.9", 80), "allow", t, t);
+        flow.enforced.trace = "default|gnp:/allow|allow|0".into();
+        flow.reporter = Reporter {
+            endpoint: "shop/api".into(),
+            interface: "veth1".into(),
+            endpoint_id: 1,
+        };
+        flow
     }
 
     #[test]
