@@ -225,12 +225,8 @@ const STEPS: [(&str, &str); 3] = [
 /// cost alone (each step program minus `floor`), per family at 10,000 rules.
 fn steps(results: &Results) -> String {
     let mut md = String::from(
-        "
-### Established, step by step (10,000 rules; a step: its program minus `floor`)
-
-         | | ipv4 | ipv6 |
-|---|---:|---:|
-",
+        "\n### Established, step by step (10,000 rules; a step: its program minus `floor`)\n\n\
+         | | ipv4 | ipv6 |\n|---|---:|---:|\n",
     );
     let at = |family: &str, name: &str| results.get(family, name, 10_000);
     let row = |what: &str, value: &dyn Fn(&str) -> Option<f64>| {
