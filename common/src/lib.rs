@@ -15,7 +15,9 @@
 // | `ENDPOINTS`           | HashMap          | ifindex `u32`                 | [`EndpointInfo`]       |
 // | `ACTIVE`              | Array[1]         | `0u32`                        | [`ActiveTables`]       |
 // | `PEERS_0`/`PEERS_1`   | LpmTrie          | `{prefix_len, [u8;16]}`       | peer class `u32`       |
+// | `PEER_HOSTS_0`/`_1`   | HashMap          | address `[u8;16]`             | peer class `u32`       |
 // | `RULES_0`/`RULES_1`   | LpmTrie          | `{prefix_len, RuleKey}`       | [`Verdict`]            |
+// | `RULE_PORTS_0`/`_1`   | HashMap          | [`RuleKey`]                   | [`Verdict`]            |
 // | `SPORTS_0`/`SPORTS_1` | LpmTrie          | `{prefix_len, SourcePortKey}` | source-port class `u8` |
 // | `GROUPS_0`/`GROUPS_1` | HashMap          | [`GroupKey`]                  | peer group `u32`       |
 // | `CONNTRACK`           | LruHashMap       | [`CtKey`]                     | [`CtValue`]            |
@@ -34,6 +36,12 @@
 //
 // Notes for whoever fills the tables (the compiler, through
 // agent::dataplane::TableSet):
+// - Exact-match hashes in front of two tries (agent::dataplane::exact): host
+//   prefixes (prefix_len 128: an IPv4 /32, an IPv6 /128) go to `PEER_HOSTS_*`,
+//   shorter ones to `PEERS_*`; exact-port rule keys (prefix_len 112, the
+//   longest a rule key has) to `RULE_PORTS_*`, shorter ones to `RULES_*`. The
+//   kernel asks the hash first (its entries are the longest match there can
+//   be), then the trie. They flip with the other tables.
 // - One peer-class partition serves both tables (enforced and pending): classes
 //   must distinguish every net/selector of enforced AND staged policies.
 // - Peer groups: the decision table is keyed by a per-(endpoint, direction)

@@ -14,16 +14,20 @@
 //!   `linear_scan_chunk`, the flow and position kept in per-CPU `SCAN_STATE`.
 //!   Only what the bench needs is parsed: IPv4 and IPv6 without extension
 //!   headers, TCP and UDP ports.
+//! - `step_endpoint`, `step_clock`, `step_counters`: one step of the agent's
+//!   established path each, alone (minus `floor`: what that step costs).
 #![no_std]
 #![no_main]
 
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, map},
-    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::TcContext,
+    EbpfContext,
 };
 
 /// More than the bench's largest rule count (10,000 rules and a deny).
@@ -92,8 +96,53 @@ static SCAN_CONNTRACK: LruHashMap<ScanCtKey, u8> = LruHashMap::with_max_entries(
 
 /// In a private module like the agent's programs: the macro's exported
 /// wrappers take the context as a raw pointer.
+/// `step_endpoint`'s stand-in for the agent's `ENDPOINTS` (same key and map type).
+#[map]
+static STEP_ENDPOINTS: HashMap<u32, u64> = HashMap::with_max_entries(4_096, 0);
+
+/// `step_counters`' stand-in for the agent's `DP_COUNTERS`.
+#[map]
+static STEP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(32, 0);
+
 mod programs {
     use super::*;
+
+    /// One step of the agent's established path alone, on top of `floor`:
+    /// the `ENDPOINTS` lookup (a hash map keyed by the ifindex).
+    #[classifier]
+    pub fn step_endpoint(ctx: TcContext) -> i32 {
+        // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+        let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
+        // SAFETY: only presence is checked.
+        match unsafe { STEP_ENDPOINTS.get(&ifindex) } {
+            Some(_) => TC_ACT_OK,
+            None => TC_ACT_SHOT,
+        }
+    }
+
+    /// The clock the agent's conntrack ages entries in.
+    #[classifier]
+    pub fn step_clock(_ctx: TcContext) -> i32 {
+        // SAFETY: helper without arguments.
+        if unsafe { bpf_ktime_get_coarse_ns() } == 0 {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_OK
+        }
+    }
+
+    /// The three per-CPU counter bumps of an established packet (packets,
+    /// conntrack hits, allowed).
+    #[classifier]
+    pub fn step_counters(_ctx: TcContext) -> i32 {
+        for index in [0, 5, 9] {
+            if let Some(c) = STEP_COUNTERS.get_ptr_mut(index) {
+                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+                unsafe { *c += 1 };
+            }
+        }
+        TC_ACT_OK
+    }
 
     #[classifier]
     pub fn floor(_ctx: TcContext) -> i32 {

@@ -11,6 +11,7 @@ use agent_common::{
     FragValue, GroupKey, RuleKey, ServiceFlow, SourcePortKey, TokenBucket, Verdict,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
@@ -25,6 +26,26 @@ pub static ACTIVE: Array<ActiveTables> = Array::with_max_entries(1, 0);
 pub static PEERS_0: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PEER_PREFIXES, 0);
 #[map]
 pub static PEERS_1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PEER_PREFIXES, 0);
+
+/// The host prefixes (/32, /128) of the peer table, exact-match: asked before
+/// `PEERS_*`, which then holds only shorter prefixes (see `tables`). Not
+/// preallocated (like the tries): memory follows the entries.
+#[map]
+pub static PEER_HOSTS_0: HashMap<[u8; 16], u32> =
+    HashMap::with_max_entries(MAX_PEER_PREFIXES, BPF_F_NO_PREALLOC);
+#[map]
+pub static PEER_HOSTS_1: HashMap<[u8; 16], u32> =
+    HashMap::with_max_entries(MAX_PEER_PREFIXES, BPF_F_NO_PREALLOC);
+
+/// The exact-port entries of the rule table (prefix 112, the longest a rule
+/// key has), exact-match: asked before `RULES_*`, which then holds only
+/// shorter keys. Not preallocated.
+#[map]
+pub static RULE_PORTS_0: HashMap<RuleKey, Verdict> =
+    HashMap::with_max_entries(MAX_RULE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+pub static RULE_PORTS_1: HashMap<RuleKey, Verdict> =
+    HashMap::with_max_entries(MAX_RULE_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static RULES_0: LpmTrie<RuleKey, Verdict> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);

@@ -3,11 +3,13 @@
 //! (TC egress = its ingress policy). Same code, a direction constant.
 //!
 //! Per packet: endpoint lookup, parse, conntrack, then for new (or stale-epoch)
-//! flows one peer-class LPM lookup, one peer-group hash lookup (the class's
+//! flows one peer-class lookup (a hash of host addresses, then on a miss an
+//! LPM trie of shorter prefixes), one peer-group hash lookup (the class's
 //! group for this endpoint and direction; a miss is the wildcard group), on
 //! endpoints with `SOURCE_PORTS` (port protocols only) one source-port-class
-//! LPM lookup, and one or two decision-table LPM lookups (own group unless it
-//! is the wildcard, then the wildcard group), the same again in the pending
+//! LPM lookup, and one or two decision-table lookups (own group unless it is
+//! the wildcard, then the wildcard group; each an exact-port hash, then on a
+//! miss an LPM trie of shorter keys), the same again in the pending
 //! table when the endpoint has staged policy, an event, and a conntrack write.
 //! No loops over rules: a fixed number of map lookups per packet.
 //!

@@ -8,7 +8,8 @@ use agent_common::{
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::maps::{
-    ACTIVE, GROUPS_0, GROUPS_1, PEERS_0, PEERS_1, RULES_0, RULES_1, SPORTS_0, SPORTS_1,
+    ACTIVE, GROUPS_0, GROUPS_1, PEERS_0, PEERS_1, PEER_HOSTS_0, PEER_HOSTS_1, RULES_0, RULES_1,
+    RULE_PORTS_0, RULE_PORTS_1, SPORTS_0, SPORTS_1,
 };
 
 /// `ACTIVE[0]`, read once per packet (all zero before userspace wrote it).
@@ -51,9 +52,20 @@ impl Tables {
         }
     }
 
-    /// The class of `addr` (`PEERS_*`); an address no prefix covers is "world".
+    /// The class of `addr`; an address no prefix covers is "world". Host
+    /// prefixes are in the hash `PEER_HOSTS_*` (flat in their number, where a
+    /// trie deepens), shorter ones in the trie `PEERS_*`: a host prefix is the
+    /// longest an address can match, so a hit is the answer and a miss leaves
+    /// it to the trie (`agent::dataplane::exact`).
     #[inline(always)]
     pub fn peer_class(&self, addr: &[u8; 16]) -> u32 {
+        // SAFETY: a plain u32, copied out at once.
+        let host = self.live(&PEER_HOSTS_0, &PEER_HOSTS_1, |m| {
+            unsafe { m.get(addr) }.copied()
+        });
+        if let Some(class) = host {
+            return class;
+        }
         let key = Key::new(128, *addr);
         self.live(&PEERS_0, &PEERS_1, |m| m.get(&key).copied())
             .unwrap_or(PEER_CLASS_WORLD)
@@ -96,19 +108,29 @@ impl Tables {
     #[inline(always)]
     pub fn verdict(&self, data: RuleKey) -> Option<Verdict> {
         if data.peer_group != PEER_GROUP_ANY {
-            if let Some(v) = self.rule(&Key::new(RuleKey::FULL_PREFIX, data)) {
+            if let Some(v) = self.rule(data) {
                 return Some(v);
             }
         }
-        let any = RuleKey {
+        self.rule(RuleKey {
             peer_group: PEER_GROUP_ANY,
             ..data
-        };
-        self.rule(&Key::new(RuleKey::FULL_PREFIX, any))
+        })
     }
 
+    /// The longest entry matching `data` in one group: exact-port entries are
+    /// in the hash `RULE_PORTS_*` (the longest prefix a rule key has, so a hit
+    /// is the answer), shorter ones in the trie `RULES_*`.
     #[inline(always)]
-    fn rule(&self, key: &Key<RuleKey>) -> Option<Verdict> {
-        self.live(&RULES_0, &RULES_1, |m| m.get(key).copied())
+    fn rule(&self, data: RuleKey) -> Option<Verdict> {
+        // SAFETY: plain values, copied out at once.
+        let exact = self.live(&RULE_PORTS_0, &RULE_PORTS_1, |m| {
+            unsafe { m.get(&data) }.copied()
+        });
+        if exact.is_some() {
+            return exact;
+        }
+        let key = Key::new(RuleKey::FULL_PREFIX, data);
+        self.live(&RULES_0, &RULES_1, |m| m.get(&key).copied())
     }
 }

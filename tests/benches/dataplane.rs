@@ -21,7 +21,10 @@
 //!   Calico's (`ebpf/src/bench.rs`), the same packet as `new_flow`;
 //! - `conntrack_hit`: that program on a flow its conntrack holds: parsing and
 //!   one conntrack lookup, the reference for `established`;
-//! - `floor`: an empty classifier (the harness and a program call).
+//! - `floor`: an empty classifier (the harness and a program call);
+//! - `step_endpoint`, `step_clock`, `step_counters`: one step of the agent's
+//!   established path alone (the `ENDPOINTS` lookup, the conntrack clock, the
+//!   three counter bumps), to attribute `established` minus `conntrack_hit`.
 //!
 //! The design claims the agent's cost is flat in N: the compiler resolved
 //! order, tiers and rules into one class lookup and one table lookup. Ratios
@@ -62,7 +65,7 @@ struct Sample {
 }
 
 /// The measurements, in the order of a batch.
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 11] = [
     "floor",
     "new_flow",
     "new_flow_denied",
@@ -71,6 +74,9 @@ const NAMES: [&str; 8] = [
     "linear_scan",
     "conntrack_hit",
     "new_flow_sport",
+    "step_endpoint",
+    "step_clock",
+    "step_counters",
 ];
 
 /// One (family, rules) point: the agent's program with its tables, the
@@ -91,7 +97,7 @@ struct Point {
     sport: Vec<u8>,
     tracked: Vec<u8>,
     /// ns per run of each of `NAMES`, one entry per batch.
-    batches: Vec<[f64; 8]>,
+    batches: Vec<[f64; 11]>,
 }
 
 fn agent_ns(dp: &mut Dataplane, frame: &[u8], repeat: u32) -> f64 {
@@ -176,7 +182,7 @@ impl Point {
     }
 
     /// One batch of every measurement, in the order of `NAMES`.
-    fn batch(&mut self, repeat: u32) -> [f64; 8] {
+    fn batch(&mut self, repeat: u32) -> [f64; 11] {
         let enforced = self.info.flags & !endpoint_flags::HAS_STAGED;
         let floor = self.scan.run("floor", &self.new, repeat).1;
         self.set(enforced, active_flags::NO_CT_INSERT);
@@ -193,6 +199,7 @@ impl Point {
             active_flags::NO_CT_INSERT,
         );
         let sport = agent_ns(&mut self.dp, &self.sport, repeat);
+        let steps = setup::STEPS.map(|step| self.scan.run(step, &self.new, repeat).1);
         [
             floor,
             new,
@@ -202,10 +209,13 @@ impl Point {
             linear,
             ct_hit,
             sport,
+            steps[0],
+            steps[1],
+            steps[2],
         ]
     }
 
-    fn medians(&self) -> [f64; 8] {
+    fn medians(&self) -> [f64; 11] {
         std::array::from_fn(|i| {
             let mut v: Vec<f64> = self.batches.iter().map(|b| b[i]).collect();
             v.sort_by(f64::total_cmp);

@@ -208,8 +208,45 @@ fn report(results: &Results, command: &str) -> Result<String> {
             md.push('\n');
         }
     }
+    md.push_str(&steps(results));
     md.push_str(&targets(results));
     Ok(md)
+}
+
+/// Programs that run one step of the established path alone (minus `floor`:
+/// what the step costs), at 10,000 rules.
+const STEPS: [(&str, &str); 3] = [
+    ("step_endpoint", "`ENDPOINTS` lookup (hash, ifindex key)"),
+    ("step_clock", "conntrack clock (`bpf_ktime_get_coarse_ns`)"),
+    ("step_counters", "three per-CPU counter bumps"),
+];
+
+/// `established` minus `conntrack_hit`, and what the steps of the difference
+/// cost alone (each step program minus `floor`), per family at 10,000 rules.
+fn steps(results: &Results) -> String {
+    let mut md = String::from(
+        "\n### Established, step by step (10,000 rules; a step: its program minus `floor`)\n\n\
+         | | ipv4 | ipv6 |\n|---|---:|---:|\n",
+    );
+    let at = |family: &str, name: &str| results.get(family, name, 10_000);
+    let row = |what: &str, value: &dyn Fn(&str) -> Option<f64>| {
+        let cells: Vec<String> = FAMILIES
+            .iter()
+            .map(|f| value(f).map_or("–".to_owned(), |v| format!("{v:.0}")))
+            .collect();
+        format!(
+            "| {what} | {} |
+",
+            cells.join(" | ")
+        )
+    };
+    md.push_str(&row("`established` minus `conntrack_hit`", &|f| {
+        Some(at(f, "established")? - at(f, "conntrack_hit")?)
+    }));
+    for (name, what) in STEPS {
+        md.push_str(&row(what, &|f| Some(at(f, name)? - at(f, "floor")?)));
+    }
+    md
 }
 
 /// The issue's three per-packet targets, per family: the ratio and met or missed.

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use agent_common::{GroupKey, RuleKey, SourcePortKey, Verdict, PEER_CLASS_WORLD, PEER_GROUP_ANY};
 use ipnet::IpNet;
 
+use crate::dataplane::exact::{self, HOST_PREFIX};
 use crate::dataplane::tables::{addr_bytes, direction_code, TableError, TableSet};
 use crate::eval::Packet;
 use crate::model::ir::{
@@ -742,7 +743,13 @@ pub fn random_source_port(rng: &mut Rng, model: &Model) -> u16 {
 
 /// The kernel's lookups over encoded tables, in userspace.
 pub struct TableModel {
+    /// `PEER_HOSTS_*`: host prefixes, exact.
+    peer_hosts: HashMap<[u8; 16], u32>,
+    /// `PEERS_*`: the shorter prefixes, longest match.
     peers: HashMap<(u32, [u8; 16]), u32>,
+    /// `RULE_PORTS_*`: exact-port keys, exact.
+    rule_ports: HashMap<RuleKey, Verdict>,
+    /// `RULES_*`: the shorter keys, longest match.
     rules: HashMap<(u32, [u8; 16]), Verdict>,
     sports: HashMap<(u32, [u8; 8]), u8>,
     groups: HashMap<GroupKey, u32>,
@@ -789,14 +796,18 @@ fn mask<const N: usize>(mut b: [u8; N], len: u32) -> [u8; N] {
 impl TableModel {
     pub fn new(tables: &TableSet) -> Result<Self, TableError> {
         let enc = tables.encode()?;
+        let peers = exact::peers(&enc.peers);
+        let rules = exact::rules(&enc.rules);
         Ok(TableModel {
-            peers: enc
-                .peers
+            peer_hosts: peers.exact.into_iter().collect(),
+            peers: peers
+                .prefixes
                 .iter()
                 .map(|(l, a, c)| ((*l, mask(*a, *l)), *c))
                 .collect(),
-            rules: enc
-                .rules
+            rule_ports: rules.exact.into_iter().collect(),
+            rules: rules
+                .prefixes
                 .iter()
                 .map(|(l, k, v)| ((*l, mask(key_bytes(k), *l)), *v))
                 .collect(),
@@ -838,9 +849,13 @@ impl TableModel {
             .unwrap_or(0)
     }
 
+    /// The host hash, then the trie of shorter prefixes (the kernel's order).
     pub fn class(&self, peer: IpAddr) -> u32 {
         let a = addr_bytes(peer);
-        (0..=128u32)
+        if let Some(class) = self.peer_hosts.get(&a) {
+            return *class;
+        }
+        (0..HOST_PREFIX)
             .rev()
             .find_map(|l| self.peers.get(&(l, mask(a, l))).copied())
             .unwrap_or(PEER_CLASS_WORLD)
@@ -857,9 +872,13 @@ impl TableModel {
         self.groups.get(&key).copied().unwrap_or(PEER_GROUP_ANY)
     }
 
+    /// The exact-port hash, then the trie of shorter keys (the kernel's order).
     fn longest(&self, key: &RuleKey) -> Option<Verdict> {
+        if let Some(v) = self.rule_ports.get(key) {
+            return Some(*v);
+        }
         let b = key_bytes(key);
-        (0..=128u32)
+        (0..RuleKey::EXACT_PORT_PREFIX)
             .rev()
             .find_map(|l| self.rules.get(&(l, mask(b, l))).copied())
     }

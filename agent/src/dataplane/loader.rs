@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use agent_common::{
-    active_flags, stat, ActiveTables, EndpointInfo, GroupKey, RuleKey, SourcePortKey, Verdict,
+    active_flags, stat, ActiveTables, EndpointInfo, RuleKey, SourcePortKey, Verdict,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
@@ -16,6 +16,7 @@ use aya::{
 
 pub use super::conntrack::{monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, CtSweep};
 pub use super::events::FlowRecord;
+use super::exact;
 pub(super) use super::pins::detach_pinned;
 pub use super::pins::{cleanup, link_pin_path, pinned_links, Cleanup, Links, PINNED_MAPS};
 use super::tables::TableSet;
@@ -269,12 +270,16 @@ impl Dataplane {
         let encoded = tables.encode()?;
         let live = usize::from(self.active()?.generation != 0);
         let copy = |names: [&'static str; 2]| names[live];
+        let want = exact::peers(&encoded.peers);
         let peers: Vec<(u32, [u8; 16], u32)> = self.lpm_entries(copy(["PEERS_0", "PEERS_1"]))?;
-        if !same_entries(peers, encoded.peers.clone()) {
+        let hosts = self.hash_entries(copy(["PEER_HOSTS_0", "PEER_HOSTS_1"]))?;
+        if !same_entries(peers, want.prefixes) || !same_entries(hosts, want.exact) {
             return Ok(false);
         }
+        let want = exact::rules(&encoded.rules);
         let rules: Vec<(u32, RuleKey, Verdict)> = self.lpm_entries(copy(["RULES_0", "RULES_1"]))?;
-        if !same_entries(rules, encoded.rules.clone()) {
+        let ports = self.hash_entries(copy(["RULE_PORTS_0", "RULE_PORTS_1"]))?;
+        if !same_entries(rules, want.prefixes) || !same_entries(ports, want.exact) {
             return Ok(false);
         }
         let sports: Vec<(u32, SourcePortKey, u8)> =
@@ -282,13 +287,17 @@ impl Dataplane {
         if !same_entries(sports, encoded.sports.clone()) {
             return Ok(false);
         }
-        let name = copy(["GROUPS_0", "GROUPS_1"]);
-        let groups: HashMap<_, GroupKey, u32> = self.map_as(name)?;
-        let live: Vec<(GroupKey, u32)> = groups
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(name))?;
-        Ok(same_entries(live, encoded.groups.clone()))
+        let groups = self.hash_entries(copy(["GROUPS_0", "GROUPS_1"]))?;
+        Ok(same_entries(groups, encoded.groups.clone()))
+    }
+
+    /// Every entry of the hash map `name`.
+    fn hash_entries<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>, DataplaneError> {
+        let map: HashMap<_, K, V> = self.map_as(name)?;
+        map.iter().collect::<Result<_, _>>().map_err(map_err(name))
     }
 
     /// Every entry of the LPM trie `name` as (prefix length, key, value).
@@ -358,22 +367,14 @@ impl Dataplane {
         let active = self.active()?;
         let next = active.generation ^ 1;
         let copy = |names: [&'static str; 2]| names[next as usize];
-        self.refill_lpm(copy(["PEERS_0", "PEERS_1"]), &encoded.peers)?;
-        self.refill_lpm(copy(["RULES_0", "RULES_1"]), &encoded.rules)?;
+        let peers = exact::peers(&encoded.peers);
+        self.refill_lpm(copy(["PEERS_0", "PEERS_1"]), &peers.prefixes)?;
+        self.refill_hash(copy(["PEER_HOSTS_0", "PEER_HOSTS_1"]), &peers.exact)?;
+        let rules = exact::rules(&encoded.rules);
+        self.refill_lpm(copy(["RULES_0", "RULES_1"]), &rules.prefixes)?;
+        self.refill_hash(copy(["RULE_PORTS_0", "RULE_PORTS_1"]), &rules.exact)?;
         self.refill_lpm(copy(["SPORTS_0", "SPORTS_1"]), &encoded.sports)?;
-        let name = copy(["GROUPS_0", "GROUPS_1"]);
-        let mut groups: HashMap<_, GroupKey, u32> = self.map_mut_as(name)?;
-        let old: Vec<(GroupKey, u32)> = groups
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(name))?;
-        let (stale, write) = super::tables::changes(&old, &encoded.groups);
-        for k in &stale {
-            groups.remove(k).map_err(map_err(name))?;
-        }
-        for (key, group) in &write {
-            groups.insert(key, group, 0).map_err(map_err(name))?;
-        }
+        self.refill_hash(copy(["GROUPS_0", "GROUPS_1"]), &encoded.groups)?;
         let live = ActiveTables {
             generation: next,
             epoch: active.epoch.wrapping_add(1),
@@ -408,6 +409,29 @@ impl Dataplane {
         for ((len, key), value) in &write {
             trie.insert(&Key::new(*len, *key), value, 0)
                 .map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the hash map `name` hold exactly `entries`, writing only the
+    /// entries that differ from what it holds.
+    fn refill_hash<K, V>(
+        &mut self,
+        name: &'static str,
+        entries: &[(K, V)],
+    ) -> Result<(), DataplaneError>
+    where
+        K: aya::Pod + Eq + std::hash::Hash,
+        V: aya::Pod + PartialEq,
+    {
+        let old = self.hash_entries(name)?;
+        let (stale, write) = super::tables::changes(&old, entries);
+        let mut map: HashMap<_, K, V> = self.map_mut_as(name)?;
+        for k in &stale {
+            map.remove(k).map_err(map_err(name))?;
+        }
+        for (key, value) in &write {
+            map.insert(key, value, 0).map_err(map_err(name))?;
         }
         Ok(())
     }

@@ -9,9 +9,11 @@
 //! - `host`: what the host must provide (kernel version, a bpffs that outlives
 //!   the agent), checked before anything is loaded.
 //! - `tables`: what the compiler produces (`TableSet`) and its encoding.
+//! - `exact`: the peer and rule tables split between an exact-match hash and an LPM trie.
 //! - `service`: Service frontends and the post-DNAT program on data interfaces.
 pub mod conntrack;
 pub mod events;
+pub mod exact;
 pub mod host;
 pub mod loader;
 pub mod pins;

@@ -17,13 +17,17 @@ use super::DataplaneError;
 
 /// The maps shared between agent generations: pinned under `<bpffs>/maps/NAME`
 /// and reused by the next `agent run` (and by upgraded programs).
-pub const PINNED_MAPS: [&str; 19] = [
+pub const PINNED_MAPS: [&str; 23] = [
     "ENDPOINTS",
     "ACTIVE",
     "PEERS_0",
     "PEERS_1",
+    "PEER_HOSTS_0",
+    "PEER_HOSTS_1",
     "RULES_0",
     "RULES_1",
+    "RULE_PORTS_0",
+    "RULE_PORTS_1",
     "SPORTS_0",
     "SPORTS_1",
     "GROUPS_0",

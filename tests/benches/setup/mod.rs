@@ -182,6 +182,10 @@ pub struct ScanPrograms {
     _jump: ProgramArray<MapData>,
 }
 
+/// The programs of `ebpf/src/bench.rs` that each run one step of the agent's
+/// established path alone.
+pub const STEPS: [&str; 3] = ["step_endpoint", "step_clock", "step_counters"];
+
 /// `ScanRule` of `ebpf/src/bench.rs`: address and mask (16 bytes each, in
 /// packet order), first and last port, protocol, allow, padding.
 type ScanRule = [u8; 40];
@@ -192,7 +196,10 @@ type ScanCtKey = [u8; 40];
 impl ScanPrograms {
     pub fn load() -> ScanPrograms {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).expect("bench object (needs root)");
-        for name in ["floor", "linear_scan", "linear_scan_chunk"] {
+        for name in ["floor", "linear_scan", "linear_scan_chunk"]
+            .into_iter()
+            .chain(STEPS)
+        {
             let prog: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             prog.load()
                 .unwrap_or_else(|e| panic!("{name} through the verifier: {e}"));
@@ -204,6 +211,9 @@ impl ScanPrograms {
             .try_into()
             .unwrap();
         jump.set(0, chunk.fd().unwrap(), 0).unwrap();
+        let mut endpoints: HashMap<_, u32, u64> =
+            HashMap::try_from(ebpf.map_mut("STEP_ENDPOINTS").unwrap()).unwrap();
+        endpoints.insert(&LOOPBACK, &1, 0).unwrap();
         ScanPrograms { ebpf, _jump: jump }
     }
 
