@@ -70,7 +70,6 @@ impl AgentConfig {
                         let other = e.protocol.to_ascii_lowercase();
                         anyhow::bail!("{which}[{i}].protocol: {other:?} is not tcp, udp or sctp")
                     };
-                    let protocol = protocol.0;
                     let net = match &e.net {
                         None => None,
                         Some(n) => Some(
@@ -106,7 +105,7 @@ impl AgentConfig {
 pub struct LockoutWarning {
     pub endpoint: String,
     pub direction: Direction,
-    pub protocol: u8,
+    pub protocol: Protocol,
     pub port: u16,
     pub peer: IpAddr,
     pub set: PolicySet,
@@ -119,9 +118,9 @@ pub struct LockoutWarning {
 
 impl std::fmt::Display for LockoutWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proto = Protocol(self.protocol)
-            .name()
-            .filter(|_| Protocol(self.protocol).has_rule_ports())
+        let proto = Some(self.protocol)
+            .filter(|p| p.has_rule_ports())
+            .and_then(Protocol::name)
             .map_or_else(|| "?".to_string(), str::to_ascii_lowercase);
         let (dir, prep) = match self.direction {
             Direction::Ingress => ("inbound", "from"),
@@ -266,7 +265,7 @@ fn repeats(a: &LockoutWarning, b: &LockoutWarning) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ir::proto;
+    use crate::model::ir::Protocol;
 
     #[test]
     fn config_parses_and_defaults() {
@@ -330,24 +329,24 @@ spec:
 "#,
         );
         m.failsafes.inbound = vec![FailsafePort {
-            protocol: proto::TCP,
+            protocol: Protocol::TCP,
             port: 22,
             net: Some("10.0.0.0/8".parse().unwrap()),
         }];
         m.failsafes.outbound = vec![
             FailsafePort {
-                protocol: proto::UDP,
+                protocol: Protocol::UDP,
                 port: 53,
                 net: None,
             },
             FailsafePort {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 6443,
                 net: None,
             },
         ];
         let mgmt = [FailsafePort {
-            protocol: proto::TCP,
+            protocol: Protocol::TCP,
             port: 9091,
             net: None,
         }];

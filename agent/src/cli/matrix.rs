@@ -156,10 +156,10 @@ pub fn render_diff(matrices: &[PortMatrix]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ir::{proto, EndpointKind, Model, PortMatch};
     use crate::model::ir::{
         Endpoint, EntityRule, Policy, PolicyId, PolicyKind, PortRange, Rule, Tier, TierDefault,
     };
+    use crate::model::ir::{EndpointKind, Model, PortMatch, Protocol};
     use crate::selector::Selector;
 
     #[test]
@@ -167,14 +167,14 @@ mod tests {
         assert_eq!(
             parse_port_spec("udp/53"),
             Ok(PortSpec {
-                protocol: proto::UDP,
+                protocol: Protocol::UDP,
                 port: 53
             })
         );
         assert_eq!(
             parse_port_spec("8080"),
             Ok(PortSpec {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 8080
             })
         );
@@ -203,7 +203,7 @@ mod tests {
         let mut only_8080 = Rule {
             action: crate::model::ir::Action::Allow,
             ip_version: None,
-            protocol: Some(proto::TCP),
+            protocol: Some(Protocol::TCP),
             not_protocol: None,
             icmp: None,
             not_icmp: None,
@@ -249,7 +249,7 @@ mod tests {
         assert_eq!(
             default_ports(&m),
             [PortSpec {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 8080
             }]
         );
@@ -261,11 +261,11 @@ mod tests {
         let m = staged_lockdown_model();
         let ports = [
             PortSpec {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 8080,
             },
             PortSpec {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 22,
             },
         ];

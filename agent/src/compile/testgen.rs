@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use crate::dataplane::tables::{addr_bytes, direction_code, TableError, TableSet};
 use crate::eval::Packet;
 use crate::model::ir::{
-    proto, Action, Direction, Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Labels,
-    Model, NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile,
+    Action, Direction, Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Labels, Model,
+    NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile, Protocol,
     Rule, StagedAction, Tier, TierDefault, LABEL_NAMESPACE,
 };
 use crate::selector::{parse, Selector};
@@ -182,14 +182,14 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
         if rng.chance(50) {
             named_ports.push(NamedPort {
                 name: "http".into(),
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: rng.pick(&[80, 8080]),
             });
         }
         if rng.chance(30) {
             named_ports.push(NamedPort {
                 name: "dns".into(),
-                protocol: proto::UDP,
+                protocol: Protocol::UDP,
                 port: 53,
             });
         }
@@ -285,7 +285,7 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
     let mut failsafes = crate::model::ir::Failsafes::default();
     if rng.chance(30) {
         failsafes.inbound.push(FailsafePort {
-            protocol: proto::TCP,
+            protocol: Protocol::TCP,
             port: 8080,
             net: Some(net(rng)),
         });
@@ -323,7 +323,7 @@ fn with_services(rng: &mut Rng, model: &mut Model) {
                     .map(|_| rng.pick(&addresses))
                     .collect(),
                 ports: (0..1 + rng.below(2))
-                    .map(|_| (rng.pick(&[proto::TCP, proto::UDP]), rng.pick(&PORTS)))
+                    .map(|_| (rng.pick(&[Protocol::TCP, Protocol::UDP]), rng.pick(&PORTS)))
                     .collect(),
             })
             .collect();
@@ -478,16 +478,16 @@ pub fn random_rule(rng: &mut Rng, shape: Shape) -> Rule {
     let protocol = rng.pick(&[
         None,
         None,
-        Some(proto::TCP),
-        Some(proto::TCP),
-        Some(proto::UDP),
-        Some(proto::ICMP),
-        Some(proto::ICMPV6),
-        Some(proto::SCTP),
-        Some(47),
+        Some(Protocol::TCP),
+        Some(Protocol::TCP),
+        Some(Protocol::UDP),
+        Some(Protocol::ICMP),
+        Some(Protocol::ICMPV6),
+        Some(Protocol::SCTP),
+        Some(Protocol::from_number(47)),
     ]);
-    let ports = matches!(protocol, Some(proto::TCP | proto::UDP | proto::SCTP));
-    let icmp = matches!(protocol, Some(proto::ICMP | proto::ICMPV6));
+    let ports = protocol.is_some_and(Protocol::has_rule_ports);
+    let icmp = protocol.is_some_and(Protocol::is_icmp);
     let icmp_match = |rng: &mut Rng| IcmpMatch {
         icmp_type: rng.pick(&ICMP_TYPES),
         code: rng.chance(50).then(|| rng.pick(&ICMP_CODES)),
@@ -503,7 +503,8 @@ pub fn random_rule(rng: &mut Rng, shape: Shape) -> Rule {
         action,
         ip_version: rng.pick(&[None, None, None, Some(4), Some(6)]),
         protocol,
-        not_protocol: (protocol.is_none() && rng.chance(15)).then(|| rng.pick(&[6, 17, 1])),
+        not_protocol: (protocol.is_none() && rng.chance(15))
+            .then(|| rng.pick(&[Protocol::TCP, Protocol::UDP, Protocol::ICMP])),
         icmp: (icmp && rng.chance(60)).then(|| icmp_match(rng)),
         not_icmp: (icmp && rng.chance(15)).then(|| icmp_match(rng)),
         source,
@@ -526,18 +527,7 @@ pub struct Probe {
 
 impl Probe {
     pub fn packet(&self) -> Packet {
-        match self.protocol {
-            proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE => {
-                Packet::with_ports(self.protocol, self.src_port, self.port)
-            }
-            proto::ICMP | proto::ICMPV6 => {
-                Packet::icmp(self.protocol, (self.port >> 8) as u8, self.port as u8)
-            }
-            p => Packet {
-                protocol: p,
-                ..Packet::default()
-            },
-        }
+        super::ports::packet(self.protocol, self.src_port, self.port)
     }
 }
 
@@ -578,12 +568,12 @@ pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe 
     peers.sort();
     peers.dedup();
     let peer = rng.pick(&peers);
-    let icmp = if v6 { proto::ICMPV6 } else { proto::ICMP };
+    let icmp = if v6 { Protocol::ICMPV6 } else { Protocol::ICMP }.number();
     let protocol = rng.pick(&[
-        proto::TCP,
-        proto::TCP,
-        proto::UDP,
-        proto::SCTP,
+        Protocol::TCP.number(),
+        Protocol::TCP.number(),
+        Protocol::UDP.number(),
+        Protocol::SCTP.number(),
         icmp,
         icmp,
         47,
@@ -665,7 +655,7 @@ fn aim_at_source_ports(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Opt
         return None;
     }
     let (eps, direction, rule) = rng.pick(&targets);
-    let protocol = rule.protocol?;
+    let protocol = rule.protocol?.number();
     let value = |rng: &mut Rng, m: &PortMatch| match m {
         PortMatch::Range(r) => {
             if rng.chance(50) {
@@ -819,10 +809,7 @@ impl TableModel {
         protocol: u8,
         src_port: u16,
     ) -> u8 {
-        let ports = matches!(
-            protocol,
-            proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE
-        );
+        let ports = Protocol::from_number(protocol).carries_ports();
         if !ports || !self.source_port_endpoints.contains(&endpoint_id) {
             return 0;
         }
@@ -952,7 +939,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
                 ],
                 named_ports: vec![NamedPort {
                     name: "http".into(),
-                    protocol: proto::TCP,
+                    protocol: Protocol::TCP,
                     port: 8080,
                 }],
                 profiles: vec![format!("kns.{ns}")],
@@ -968,7 +955,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
         let tcp = |ports: Vec<PortMatch>, src: EntityRule| Rule {
             action: Action::Allow,
             ip_version: None,
-            protocol: Some(proto::TCP),
+            protocol: Some(Protocol::TCP),
             not_protocol: None,
             icmp: None,
             not_icmp: None,
@@ -1002,7 +989,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
             ),
         ];
         let mut dns = tcp(vec![port(53)], EntityRule::default());
-        dns.protocol = Some(proto::UDP);
+        dns.protocol = Some(Protocol::UDP);
         let egress = vec![dns, tcp(vec![port(5432)], EntityRule::default())];
         let mut egress = egress;
         egress[1].destination.selector = Some(from(&mut rng));

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use crate::dataplane::tables::{PeerMatch, PortMatch as Ports, RuleEntry, Table};
 use crate::eval::{Evaluator, PolicySet, EPHEMERAL_PORT};
 use crate::model::ir::{
-    proto, Action, Direction, Endpoint, EndpointKind, FailsafePort, Model, PolicyId, PortMatch,
+    Action, Direction, Endpoint, EndpointKind, FailsafePort, Model, PolicyId, PortMatch, Protocol,
     Rule,
 };
 use crate::model::ir::{
@@ -96,7 +96,7 @@ fn policy(kind: PolicyKind, name: &str, selector: &str) -> Policy {
 
 fn tcp_ports(action: Action, first: u16, last: u16) -> Rule {
     let mut r = rule(action);
-    r.protocol = Some(proto::TCP);
+    r.protocol = Some(Protocol::TCP);
     r.destination.ports = vec![PortMatch::Range(PortRange { first, last })];
     r
 }
@@ -212,7 +212,7 @@ fn seed_scenario() {
             Direction::Ingress,
             pending,
             ip(peer),
-            proto::TCP,
+            Protocol::TCP.number(),
             EPHEMERAL_PORT,
             port,
         );
@@ -257,7 +257,8 @@ fn seed_scenario() {
     ]
     .iter()
     .flat_map(|&(e, local, peer, port)| {
-        [Direction::Ingress, Direction::Egress].map(|d| probe(e, d, local, peer, proto::TCP, port))
+        [Direction::Ingress, Direction::Egress]
+            .map(|d| probe(e, d, local, peer, Protocol::TCP.number(), port))
     })
     .collect();
     agree(&model, &c, &probes);
@@ -351,7 +352,7 @@ fn port_ranges_are_compressed() {
     assert!(ingress.iter().all(|r| r.peer == PeerMatch::Any));
     let tcp: Vec<Ports> = ingress
         .iter()
-        .filter(|r| r.protocol == Some(proto::TCP))
+        .filter(|r| r.protocol == Some(Protocol::TCP.number()))
         .map(|r| r.ports)
         .collect();
     assert_eq!(
@@ -379,7 +380,7 @@ fn port_ranges_are_compressed() {
             Direction::Ingress,
             false,
             ip("1.2.3.4"),
-            proto::TCP,
+            Protocol::TCP.number(),
             EPHEMERAL_PORT,
             port,
         );
@@ -412,7 +413,7 @@ fn failsafes_on_a_host_endpoint_under_deny_all() {
         ..Model::default()
     };
     model.failsafes.inbound.push(FailsafePort {
-        protocol: proto::TCP,
+        protocol: Protocol::TCP,
         port: 9999,
         net: Some("10.0.0.0/8".parse().unwrap()),
     });
@@ -424,32 +425,32 @@ fn failsafes_on_a_host_endpoint_under_deny_all() {
     };
     use Direction::*;
     assert_eq!(
-        d(Ingress, "1.2.3.4", proto::TCP, 22),
+        d(Ingress, "1.2.3.4", Protocol::TCP.number(), 22),
         "__FAILSAFE__|failsafe:tcp/22|allow|-1"
     );
     assert_eq!(
-        d(Ingress, "1.2.3.4", proto::TCP, 23),
+        d(Ingress, "1.2.3.4", Protocol::TCP.number(), 23),
         "default|gnp:deny-all|deny|0"
     );
     assert_eq!(
-        d(Ingress, "1.2.3.4", proto::UDP, 68),
+        d(Ingress, "1.2.3.4", Protocol::UDP.number(), 68),
         "__FAILSAFE__|failsafe:udp/68|allow|-1"
     );
     assert_eq!(
-        d(Egress, "1.2.3.4", proto::UDP, 53),
+        d(Egress, "1.2.3.4", Protocol::UDP.number(), 53),
         "__FAILSAFE__|failsafe:udp/53|allow|-1"
     );
     assert_eq!(
-        d(Egress, "1.2.3.4", proto::TCP, 22),
+        d(Egress, "1.2.3.4", Protocol::TCP.number(), 22),
         "default|gnp:deny-all|deny|0"
     );
     // A failsafe limited to a net.
     assert_eq!(
-        d(Ingress, "10.1.2.3", proto::TCP, 9999),
+        d(Ingress, "10.1.2.3", Protocol::TCP.number(), 9999),
         "__FAILSAFE__|failsafe:tcp/9999|allow|-1"
     );
     assert_eq!(
-        d(Ingress, "11.1.2.3", proto::TCP, 9999),
+        d(Ingress, "11.1.2.3", Protocol::TCP.number(), 9999),
         "default|gnp:deny-all|deny|0"
     );
 }
@@ -465,7 +466,7 @@ fn grid(model: &Model, c: &Compiled, peers: &[&str], ports: &[u16]) -> Vec<Probe
                     continue;
                 }
                 for d in [Direction::Ingress, Direction::Egress] {
-                    for protocol in [proto::TCP, proto::UDP] {
+                    for protocol in [Protocol::TCP.number(), Protocol::UDP.number()] {
                         for &src_port in &super::testgen::SOURCE_PORTS {
                             for &port in ports {
                                 out.push(Probe {
@@ -504,7 +505,7 @@ fn source_port_rules_exact_range_and_not_ports() {
     p.egress_type = true;
     // Ingress: DNS answers (UDP from port 53), TCP from 1000-2000 except 1500 to 5432.
     let mut dns = rule(Action::Allow);
-    dns.protocol = Some(proto::UDP);
+    dns.protocol = Some(Protocol::UDP);
     source_ports(&mut dns, &[(53, 53)]);
     let mut range = tcp_ports(Action::Allow, 5432, 5432);
     source_ports(&mut range, &[(1000, 2000)]);
@@ -515,7 +516,7 @@ fn source_port_rules_exact_range_and_not_ports() {
     p.ingress = vec![dns, range];
     // Egress: anything but privileged source ports.
     let mut unprivileged = rule(Action::Allow);
-    unprivileged.protocol = Some(proto::TCP);
+    unprivileged.protocol = Some(Protocol::TCP);
     unprivileged.source.not_ports = vec![PortMatch::Range(PortRange {
         first: 1,
         last: 1023,
@@ -556,21 +557,21 @@ fn source_port_rules_exact_range_and_not_ports() {
     };
     use Direction::*;
     for (protocol, sport, port, want) in [
-        (proto::UDP, 53, 33000, "default|gnp:sport|allow|0"),
-        (proto::UDP, 52, 33000, "default|gnp:sport|deny|-1"),
-        (proto::UDP, 54, 53, "default|gnp:sport|deny|-1"),
-        (proto::TCP, 53, 5432, "default|gnp:sport|deny|-1"),
-        (proto::TCP, 999, 5432, "default|gnp:sport|deny|-1"),
-        (proto::TCP, 1000, 5432, "default|gnp:sport|allow|1"),
-        (proto::TCP, 1499, 5432, "default|gnp:sport|allow|1"),
-        (proto::TCP, 1500, 5432, "default|gnp:sport|deny|-1"),
-        (proto::TCP, 1501, 5432, "default|gnp:sport|allow|1"),
-        (proto::TCP, 2000, 5432, "default|gnp:sport|allow|1"),
-        (proto::TCP, 2001, 5432, "default|gnp:sport|deny|-1"),
-        (proto::TCP, 1000, 5433, "default|gnp:sport|deny|-1"),
+        (Protocol::UDP, 53, 33000, "default|gnp:sport|allow|0"),
+        (Protocol::UDP, 52, 33000, "default|gnp:sport|deny|-1"),
+        (Protocol::UDP, 54, 53, "default|gnp:sport|deny|-1"),
+        (Protocol::TCP, 53, 5432, "default|gnp:sport|deny|-1"),
+        (Protocol::TCP, 999, 5432, "default|gnp:sport|deny|-1"),
+        (Protocol::TCP, 1000, 5432, "default|gnp:sport|allow|1"),
+        (Protocol::TCP, 1499, 5432, "default|gnp:sport|allow|1"),
+        (Protocol::TCP, 1500, 5432, "default|gnp:sport|deny|-1"),
+        (Protocol::TCP, 1501, 5432, "default|gnp:sport|allow|1"),
+        (Protocol::TCP, 2000, 5432, "default|gnp:sport|allow|1"),
+        (Protocol::TCP, 2001, 5432, "default|gnp:sport|deny|-1"),
+        (Protocol::TCP, 1000, 5433, "default|gnp:sport|deny|-1"),
     ] {
         assert_eq!(
-            d(Ingress, protocol, sport, port),
+            d(Ingress, protocol.number(), sport, port),
             want,
             "{protocol} {sport} -> {port}"
         );
@@ -582,7 +583,7 @@ fn source_port_rules_exact_range_and_not_ports() {
         (1024, "default|gnp:sport|allow|0"),
     ] {
         assert_eq!(
-            d(Egress, proto::TCP, sport, 443),
+            d(Egress, Protocol::TCP.number(), sport, 443),
             want,
             "egress from {sport}"
         );
@@ -596,12 +597,12 @@ fn source_port_rules_exact_range_and_not_ports() {
         v.dedup();
         v.len()
     };
-    assert_eq!(classes(Ingress, proto::UDP), 2);
-    assert_eq!(classes(Ingress, proto::TCP), 3);
-    assert_eq!(classes(Egress, proto::TCP), 2);
-    assert_eq!(classes(Egress, proto::UDP), 1);
+    assert_eq!(classes(Ingress, Protocol::UDP.number()), 2);
+    assert_eq!(classes(Ingress, Protocol::TCP.number()), 3);
+    assert_eq!(classes(Egress, Protocol::TCP.number()), 2);
+    assert_eq!(classes(Egress, Protocol::UDP.number()), 1);
     assert_eq!(
-        sim.source_port_class(database.id, Ingress, proto::ICMP, 53),
+        sim.source_port_class(database.id, Ingress, Protocol::ICMP.number(), 53),
         0
     );
     let probes = grid(
@@ -625,13 +626,13 @@ fn named_source_ports_are_the_peers_on_ingress_and_own_on_egress() {
     let mut p = policy(PolicyKind::GlobalNetworkPolicy, "metrics", "has(app)");
     p.egress_type = true;
     let mut from_metrics = rule(Action::Allow);
-    from_metrics.protocol = Some(proto::TCP);
+    from_metrics.protocol = Some(Protocol::TCP);
     from_metrics.source.ports = vec![PortMatch::Named("metrics".into())];
     p.ingress = vec![from_metrics.clone()];
     p.egress = vec![from_metrics];
     let named = |port| NamedPort {
         name: "metrics".into(),
-        protocol: proto::TCP,
+        protocol: Protocol::TCP,
         port,
     };
     let mut backend = pod("backend", &["10.65.0.2", "fd65::2"]);
@@ -650,7 +651,7 @@ fn named_source_ports_are_the_peers_on_ingress_and_own_on_egress() {
     let db = c.endpoints[2].id;
     let backend = c.endpoints[1].id;
     let d = |id, dir, peer: &str, sport| {
-        sim.lookup(id, dir, false, ip(peer), proto::TCP, sport, 80)
+        sim.lookup(id, dir, false, ip(peer), Protocol::TCP.number(), sport, 80)
             .action
             == action::ALLOW
     };
@@ -680,7 +681,14 @@ fn named_source_ports_are_the_peers_on_ingress_and_own_on_egress() {
             for d in [Ingress, Egress] {
                 for peer in ["10.65.0.1", "10.65.0.2", "8.8.8.8"] {
                     let local = model.endpoints[e.endpoint_index].ips[0].to_string();
-                    let mut p = probe(e.endpoint_index, d, &local, peer, proto::TCP, 80);
+                    let mut p = probe(
+                        e.endpoint_index,
+                        d,
+                        &local,
+                        peer,
+                        Protocol::TCP.number(),
+                        80,
+                    );
                     p.src_port = sport;
                     probes.push(p);
                 }
@@ -728,7 +736,7 @@ fn too_many_source_port_classes_is_a_capacity_error() {
             Direction::Ingress,
             false,
             ip("10.65.0.2"),
-            proto::TCP,
+            Protocol::TCP.number(),
             sport,
             8080,
         );
@@ -803,7 +811,16 @@ fn verdicts_that_depend_on_the_local_address_are_unsupported() {
     let c = compile(&model).unwrap();
     let probes: Vec<Probe> = ["10.65.0.3", "10.65.0.33"]
         .iter()
-        .map(|local| probe(2, Direction::Ingress, local, "10.65.0.2", proto::TCP, 8080))
+        .map(|local| {
+            probe(
+                2,
+                Direction::Ingress,
+                local,
+                "10.65.0.2",
+                Protocol::TCP.number(),
+                8080,
+            )
+        })
         .collect();
     agree(&model, &c, &probes);
     // A rule on one of them: the kernel cannot see which one a packet uses.
@@ -872,8 +889,16 @@ fn network_sets_and_nets_make_classes() {
     let c = compile(&model).unwrap();
     let sim = TableModel::new(&c.tables).unwrap();
     let v = |peer: &str| {
-        sim.lookup(1, Direction::Ingress, false, ip(peer), proto::UDP, 9, 5)
-            .action
+        sim.lookup(
+            1,
+            Direction::Ingress,
+            false,
+            ip(peer),
+            Protocol::UDP.number(),
+            9,
+            5,
+        )
+        .action
     };
     assert_eq!(v("10.9.9.9"), action::ALLOW);
     assert_eq!(v("10.1.2.3"), action::DENY);
@@ -1031,7 +1056,7 @@ fn many_distinct_peer_port_rules_cost_linear_evaluations() {
                 Direction::Ingress,
                 "10.65.0.3",
                 &peer(i),
-                proto::TCP,
+                Protocol::TCP.number(),
                 p,
             ));
         }

@@ -6,8 +6,8 @@ use ipnet::IpNet;
 
 use super::*;
 use crate::model::ir::{
-    proto, Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, NamedPort,
-    NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile, Rule, StagedAction,
+    Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, NamedPort, NetworkSet,
+    Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile, Protocol, Rule, StagedAction,
     Tier, TierDefault, LABEL_NAMESPACE,
 };
 use crate::selector::Selector;
@@ -214,14 +214,11 @@ fn traces(v: &EndVerdict) -> Vec<String> {
 
 /// A packet of another protocol, without ports (pol_prog's `packetNoPorts(253, ..)`).
 fn no_ports() -> Packet {
-    Packet {
-        protocol: 253,
-        ..Packet::default()
-    }
+    Packet::without_ports(Protocol::from_number(253))
 }
 
 fn icmp(t: u8, c: u8) -> Packet {
-    Packet::icmp(proto::ICMP, t, c)
+    Packet::icmp(Protocol::ICMP, t, c)
 }
 
 use Verdict::{Allow, Deny};
@@ -398,7 +395,7 @@ fn pass_to_nowhere_ends_in_profiles_and_no_profile_denies() {
 #[test]
 fn a_tier_with_no_decision_ends_with_deny_at_rule_minus_one() {
     let selective = Rule {
-        protocol: Some(proto::UDP),
+        protocol: Some(Protocol::UDP),
         ..allow()
     };
     let v = server_ingress(
@@ -492,11 +489,11 @@ fn profiles_apply_in_order_and_a_profile_pass_counts_as_deny() {
             name: "first".into(),
             ingress: vec![
                 Rule {
-                    protocol: Some(proto::UDP),
+                    protocol: Some(Protocol::UDP),
                     ..pass()
                 },
                 Rule {
-                    protocol: Some(proto::ICMP),
+                    protocol: Some(Protocol::ICMP),
                     ..deny()
                 },
             ],
@@ -645,7 +642,7 @@ fn protocol_and_not_protocol() {
         vec![gnp(
             "tcp",
             vec![Rule {
-                protocol: Some(proto::TCP),
+                protocol: Some(Protocol::TCP),
                 ..allow()
             }],
         )]
@@ -654,7 +651,7 @@ fn protocol_and_not_protocol() {
         vec![gnp(
             "not-tcp",
             vec![Rule {
-                not_protocol: Some(proto::TCP),
+                not_protocol: Some(Protocol::TCP),
                 ..allow()
             }],
         )]
@@ -674,7 +671,7 @@ fn protocol_and_not_protocol() {
 fn icmp_type_and_code() {
     let with = |icmp_match: IcmpMatch, negate: bool| {
         let mut r = Rule {
-            protocol: Some(proto::ICMP),
+            protocol: Some(Protocol::ICMP),
             ..allow()
         };
         if negate {
@@ -711,7 +708,7 @@ fn icmp_type_and_code() {
         Allow
     );
     // ICMP rules do not match ICMPv6.
-    let v6_echo = Packet::icmp(proto::ICMPV6, 8, 0);
+    let v6_echo = Packet::icmp(Protocol::ICMPV6, 8, 0);
     assert_eq!(action_of(with(echo, false), CLIENT6, v6_echo), Deny);
 }
 
@@ -868,7 +865,7 @@ fn named_port_model(policies: Vec<Policy>) -> Model {
     let mut m = model(client_server(), policies);
     m.endpoints[1].named_ports.push(NamedPort {
         name: "http".into(),
-        protocol: proto::TCP,
+        protocol: Protocol::TCP,
         port: 8080,
     });
     m
@@ -943,7 +940,7 @@ fn named_source_ports_resolve_against_the_source_endpoint() {
             Direction::Egress,
             ip(CLIENT),
             ip(SERVER),
-            &Packet::with_ports(proto::TCP, src_port, 5555),
+            &Packet::with_ports(Protocol::TCP, src_port, 5555),
         )
         .action
     };
@@ -957,7 +954,7 @@ fn destination_port_ranges_and_not_ports() {
     let ranges = || vec![range(80, 81), range(90, 90)];
     let to = |negate: bool| {
         let mut r = Rule {
-            protocol: Some(proto::TCP),
+            protocol: Some(Protocol::TCP),
             ..allow()
         };
         if negate {
@@ -1018,19 +1015,19 @@ fn destination_port_ranges_and_not_ports() {
 fn source_port_ranges() {
     // pol_prog "allow from tcp:80-81".
     let mut r = Rule {
-        protocol: Some(proto::TCP),
+        protocol: Some(Protocol::TCP),
         ..allow()
     };
     r.source.ports = vec![range(80, 81)];
     let p = || vec![gnp("src-ports", vec![r.clone()])];
-    let from = |port| Packet::with_ports(proto::TCP, port, 31245);
+    let from = |port| Packet::with_ports(Protocol::TCP, port, 31245);
     assert_eq!(action_of(p(), CLIENT, from(80)), Allow);
     assert_eq!(action_of(p(), CLIENT, from(81)), Allow);
     assert_eq!(action_of(p(), CLIENT6, from(80)), Allow);
     assert_eq!(action_of(p(), CLIENT, from(79)), Deny);
     assert_eq!(action_of(p(), CLIENT, from(82)), Deny);
     assert_eq!(
-        action_of(p(), CLIENT, Packet::with_ports(proto::UDP, 80, 1)),
+        action_of(p(), CLIENT, Packet::with_ports(Protocol::UDP, 80, 1)),
         Deny
     );
 }
@@ -1070,7 +1067,7 @@ fn a_host_endpoint_without_policy_or_profile_denies_except_failsafes() {
     assert_eq!(
         ssh.decided_by,
         DecidedBy::Failsafe {
-            protocol: proto::TCP,
+            protocol: Protocol::TCP,
             port: 22
         }
     );
@@ -1123,7 +1120,7 @@ fn failsafe_ssh_survives_a_deny_all_policy_on_the_host() {
 fn a_failsafe_with_a_net_only_covers_that_net() {
     let mut m = host_model(vec![]);
     m.failsafes.inbound = vec![FailsafePort {
-        protocol: proto::TCP,
+        protocol: Protocol::TCP,
         port: 22,
         net: Some(net("192.168.0.0/24")),
     }];
@@ -1407,7 +1404,7 @@ fn seed_model() -> Model {
     let mut database = prod_pod("database", "10.65.0.30", "fd65::30");
     database.named_ports.push(NamedPort {
         name: "http".into(),
-        protocol: proto::TCP,
+        protocol: Protocol::TCP,
         port: 8080,
     });
     let endpoints = vec![
@@ -1417,7 +1414,7 @@ fn seed_model() -> Model {
     ];
     let app = |a: &str| Selector::equals("env", "prod").and(Selector::equals("app", a));
     let mut from_backend = Rule {
-        protocol: Some(proto::TCP),
+        protocol: Some(Protocol::TCP),
         ..allow()
     };
     from_backend.source.selector = Some(app("backend"));
@@ -1517,7 +1514,7 @@ mod properties {
                 Just(Action::Pass),
                 Just(Action::Log)
             ],
-            prop::option::of(prop_oneof![Just(proto::TCP), Just(proto::UDP)]),
+            prop::option::of(prop_oneof![Just(Protocol::TCP), Just(Protocol::UDP)]),
             prop::option::of((1u16..100, 0u16..20)),
             prop::option::of(selector()),
             prop::option::of(prop_oneof![Just(4u8), Just(6u8)]),
@@ -1595,7 +1592,7 @@ mod properties {
         prop_oneof![
             (1u16..120).prop_map(Packet::tcp),
             (1u16..120).prop_map(Packet::udp),
-            Just(Packet::icmp(proto::ICMP, 8, 0)),
+            Just(Packet::icmp(Protocol::ICMP, 8, 0)),
         ]
     }
 
