@@ -325,7 +325,7 @@ pub fn describe_decision(by: &DecidedBy) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ir::EndpointKind;
+    use crate::testkit::ir as testkit;
 
     #[test]
     fn protocols_parse_by_name_in_any_case_or_number() {
@@ -389,59 +389,21 @@ mod tests {
     }
 
     fn pod(name: &str, ip: &str) -> Endpoint {
-        Endpoint {
-            kind: EndpointKind::Workload,
-            namespace: Some("prod".into()),
-            name: name.into(),
-            labels: [("app".to_string(), name.to_string())].into(),
-            interface: None,
-            ips: vec![ip.parse().unwrap()],
-            named_ports: vec![],
-            profiles: vec!["kns.prod".into()],
-            pod: None,
-            node: None,
-        }
+        testkit::pod("prod", name, &[ip])
     }
 
     /// `prod/b` denies all ingress; a staged namesake would allow it.
     fn deny_b_model() -> Model {
-        use crate::model::ir::{Action, Policy, PolicyId, PolicyKind, Rule, StagedAction};
-        let rule = |action| Rule {
-            action,
-            ip_version: None,
-            protocol: None,
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
-            source: Default::default(),
-            destination: Default::default(),
-        };
-        let policy = |kind, action, staged_action| Policy {
-            id: PolicyId {
-                kind,
-                namespace: None,
-                name: "gate".into(),
-            },
-            tier: "default".into(),
-            order: None,
+        use crate::model::ir::{Action, Policy, PolicyKind, Rule};
+        let policy = |kind, action| Policy {
             selector: crate::selector::Selector::equals("app", "b"),
-            ingress_type: true,
-            egress_type: false,
-            ingress: vec![rule(action)],
-            egress: vec![],
-            staged_action,
-            do_not_track: false,
-            pre_dnat: false,
-            apply_on_forward: false,
+            ingress: vec![Rule::matching_all(action)],
+            ..testkit::policy(kind, None, "gate")
         };
         Model {
             policies: vec![
-                policy(PolicyKind::GlobalNetworkPolicy, Action::Deny, None),
-                policy(
-                    PolicyKind::StagedGlobalNetworkPolicy,
-                    Action::Allow,
-                    Some(StagedAction::Set),
-                ),
+                policy(PolicyKind::GlobalNetworkPolicy, Action::Deny),
+                policy(PolicyKind::StagedGlobalNetworkPolicy, Action::Allow),
             ],
             endpoints: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
             ..Model::default()

@@ -156,11 +156,9 @@ pub fn render_diff(matrices: &[PortMatrix]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ir::{
-        Endpoint, EntityRule, Policy, PolicyId, PolicyKind, PortRange, Rule, Tier, TierDefault,
-    };
-    use crate::model::ir::{EndpointKind, Model, PortMatch, Protocol};
+    use crate::model::ir::{Action, Endpoint, Model, Policy, PolicyKind, Protocol, TierDefault};
     use crate::selector::Selector;
+    use crate::testkit::ir as testkit;
 
     #[test]
     fn port_specs_parse_protocol_and_port() {
@@ -184,60 +182,24 @@ mod tests {
     }
 
     fn pod(name: &str, ip: &str) -> Endpoint {
-        Endpoint {
-            kind: EndpointKind::Workload,
-            namespace: Some("prod".into()),
-            name: name.into(),
-            labels: [("app".to_string(), name.to_string())].into(),
-            interface: None,
-            ips: vec![ip.parse().unwrap()],
-            named_ports: vec![],
-            profiles: vec!["kns.prod".into()],
-            pod: None,
-            node: None,
-        }
+        testkit::pod("prod", name, &[ip])
     }
 
     /// `b` has a staged deny-all ingress policy; the enforced set allows everything.
     fn staged_lockdown_model() -> Model {
-        let mut only_8080 = Rule {
-            action: crate::model::ir::Action::Allow,
-            ip_version: None,
-            protocol: Some(Protocol::TCP),
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
-            source: EntityRule::default(),
-            destination: EntityRule::default(),
+        let lockdown = Policy {
+            selector: Selector::equals("app", "b"),
+            ingress: vec![testkit::tcp_ports(Action::Allow, 8080, 8090)],
+            staged_action: None,
+            ..testkit::policy(PolicyKind::StagedGlobalNetworkPolicy, None, "lockdown")
         };
-        only_8080.destination.ports = vec![PortMatch::Range(PortRange {
-            first: 8080,
-            last: 8090,
-        })];
         Model {
-            tiers: vec![Tier {
-                name: "default".into(),
-                order: Some(1_000_000.0),
-                default_action: TierDefault::Deny,
-            }],
-            policies: vec![Policy {
-                id: PolicyId {
-                    kind: PolicyKind::StagedGlobalNetworkPolicy,
-                    namespace: None,
-                    name: "lockdown".into(),
-                },
-                tier: "default".into(),
-                order: None,
-                selector: Selector::equals("app", "b"),
-                ingress_type: true,
-                egress_type: false,
-                ingress: vec![only_8080],
-                egress: vec![],
-                staged_action: None,
-                do_not_track: false,
-                pre_dnat: false,
-                apply_on_forward: false,
-            }],
+            tiers: vec![testkit::tier(
+                "default",
+                Some(1_000_000.0),
+                TierDefault::Deny,
+            )],
+            policies: vec![lockdown],
             endpoints: vec![pod("b", "10.0.0.2"), pod("a", "10.0.0.1")],
             ..Model::default()
         }

@@ -12,10 +12,12 @@ use crate::dataplane::tables::{addr_bytes, direction_code, TableError, TableSet}
 use crate::eval::Packet;
 use crate::model::ir::{
     Action, Direction, Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Labels, Model,
-    NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile, Protocol,
-    Rule, StagedAction, Tier, TierDefault, LABEL_NAMESPACE,
+    NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, Profile, Protocol, Rule,
+    StagedAction, TierDefault, LABEL_NAMESPACE,
 };
+use crate::model::lower::builtin_tiers;
 use crate::selector::{parse, Selector};
+use crate::testkit::ir::{labels, range, tier};
 
 /// xorshift64*: small, deterministic, no dependency.
 #[derive(Clone, Debug)]
@@ -103,13 +105,6 @@ pub const SOURCE_PORTS: [u16; 27] = [
 ];
 pub const ICMP_TYPES: [u8; 6] = [0, 3, 8, 11, 128, 129];
 pub const ICMP_CODES: [u8; 3] = [0, 1, 4];
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn sel(rng: &mut Rng) -> Selector {
     parse(rng.pick(&SELECTORS)).expect("vocabulary selectors parse")
@@ -234,28 +229,12 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
             nets: vec![net(rng)],
         });
     }
-    let mut tiers = vec![
-        Tier {
-            name: "kube-admin".into(),
-            order: Some(1000.0),
-            default_action: TierDefault::Pass,
-        },
-        Tier {
-            name: "default".into(),
-            order: Some(1_000_000.0),
-            default_action: TierDefault::Deny,
-        },
-        Tier {
-            name: "kube-baseline".into(),
-            order: Some(10_000_000.0),
-            default_action: TierDefault::Pass,
-        },
-    ];
-    tiers.push(Tier {
-        name: "sec".into(),
-        order: rng.pick(&[Some(100.0), None]),
-        default_action: rng.pick(&[TierDefault::Pass, TierDefault::Deny]),
-    });
+    let mut tiers = builtin_tiers();
+    tiers.push(tier(
+        "sec",
+        rng.pick(&[Some(100.0), None]),
+        rng.pick(&[TierDefault::Pass, TierDefault::Deny]),
+    ));
     let tier_names = ["default", "default", "sec", "kube-admin", "kube-baseline"];
     let mut policies = Vec::new();
     let names = ["p-a", "p-b", "p-c", "p-d"];
@@ -435,11 +414,11 @@ fn port_match(rng: &mut Rng) -> PortMatch {
         0 => PortMatch::Named(rng.pick(&["http", "dns", "nope"]).into()),
         1 => {
             let (a, b) = rng.pick(&[(1000, 2000), (8000, 8100), (1, 1023), (53, 80)]);
-            PortMatch::Range(PortRange { first: a, last: b })
+            range(a, b)
         }
         _ => {
             let p = rng.pick(&[22, 53, 80, 8080, 6443, 9000]);
-            PortMatch::Range(PortRange { first: p, last: p })
+            range(p, p)
         }
     }
 }
@@ -953,19 +932,15 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
         let staged = i % 10 == 9;
         let from = |rng: &mut Rng| parse(&format!("app == '{}'", app(rng.below(10)))).unwrap();
         let tcp = |ports: Vec<PortMatch>, src: EntityRule| Rule {
-            action: Action::Allow,
-            ip_version: None,
             protocol: Some(Protocol::TCP),
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
             source: src,
             destination: EntityRule {
                 ports,
                 ..EntityRule::default()
             },
+            ..Rule::matching_all(Action::Allow)
         };
-        let port = |p: u16| PortMatch::Range(PortRange { first: p, last: p });
+        let port = |p: u16| range(p, p);
         let ingress = vec![
             tcp(
                 vec![
@@ -978,10 +953,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
                 },
             ),
             tcp(
-                vec![PortMatch::Range(PortRange {
-                    first: 9000,
-                    last: 9000 + (i % 20) as u16,
-                })],
+                vec![range(9000, 9000 + (i % 20) as u16)],
                 EntityRule {
                     nets: vec![format!("172.16.{}.0/24", i % 64).parse().unwrap()],
                     ..EntityRule::default()
@@ -1017,17 +989,9 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
         });
     }
     Model {
-        tiers: vec![Tier {
-            name: "default".into(),
-            order: Some(1_000_000.0),
-            default_action: TierDefault::Deny,
-        }],
+        tiers: vec![tier("default", Some(1_000_000.0), TierDefault::Deny)],
         policies: out,
-        profiles: vec![],
         endpoints: eps,
-        network_sets: vec![],
-        failsafes: Default::default(),
-        namespaces: Default::default(),
-        services: Vec::new(),
+        ..Model::default()
     }
 }

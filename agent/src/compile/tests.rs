@@ -1,5 +1,3 @@
-use std::net::IpAddr;
-
 use super::testgen::{random_model, random_probe, Rng, Shape, TableModel};
 use super::*;
 use agent_common::{action, Verdict, POLICY_NONE};
@@ -8,97 +6,22 @@ use ipnet::IpNet;
 use crate::dataplane::tables::{PeerMatch, PortMatch as Ports, RuleEntry, Table};
 use crate::eval::{Evaluator, PolicySet, EPHEMERAL_PORT};
 use crate::model::ir::{
-    Action, Direction, Endpoint, EndpointKind, FailsafePort, Model, PolicyId, PortMatch, Protocol,
-    Rule,
-};
-use crate::model::ir::{
-    EntityRule, Labels, NamedPort, NetworkSet, Policy, PolicyKind, PortRange, StagedAction, Tier,
-    TierDefault, LABEL_NAMESPACE,
+    Action, Direction, Endpoint, FailsafePort, Model, NamedPort, NetworkSet, Policy, PolicyKind,
+    PortMatch, PortRange, Protocol, Rule,
 };
 use crate::selector::parse;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+use crate::testkit::ir::{self as testkit, ip, selecting, tcp_ports};
 
 fn pod(name: &str, ips: &[&str]) -> Endpoint {
-    let labels: Labels = [("app", name), (LABEL_NAMESPACE, "prod")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Endpoint {
-        kind: EndpointKind::Workload,
-        namespace: Some("prod".into()),
-        name: name.into(),
-        labels,
-        interface: Some(format!("cali{name}")),
-        ips: ips.iter().map(|s| ip(s)).collect(),
-        named_ports: vec![],
-        profiles: vec!["kns.prod".into()],
-        pod: None,
-        node: None,
-    }
-}
-
-fn tiers() -> Vec<Tier> {
-    vec![
-        Tier {
-            name: "kube-admin".into(),
-            order: Some(1000.0),
-            default_action: TierDefault::Pass,
-        },
-        Tier {
-            name: "default".into(),
-            order: Some(1_000_000.0),
-            default_action: TierDefault::Deny,
-        },
-        Tier {
-            name: "kube-baseline".into(),
-            order: Some(10_000_000.0),
-            default_action: TierDefault::Pass,
-        },
-    ]
+    testkit::pod("prod", name, ips)
 }
 
 fn rule(action: Action) -> Rule {
-    Rule {
-        action,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        source: EntityRule::default(),
-        destination: EntityRule::default(),
-    }
+    Rule::matching_all(action)
 }
 
 fn policy(kind: PolicyKind, name: &str, selector: &str) -> Policy {
-    Policy {
-        id: PolicyId {
-            kind,
-            namespace: None,
-            name: name.into(),
-        },
-        tier: "default".into(),
-        order: None,
-        selector: parse(selector).unwrap(),
-        ingress_type: true,
-        egress_type: false,
-        ingress: vec![],
-        egress: vec![],
-        staged_action: kind.is_staged().then_some(StagedAction::Set),
-        do_not_track: false,
-        pre_dnat: false,
-        apply_on_forward: false,
-    }
-}
-
-fn tcp_ports(action: Action, first: u16, last: u16) -> Rule {
-    let mut r = rule(action);
-    r.protocol = Some(Protocol::TCP);
-    r.destination.ports = vec![PortMatch::Range(PortRange { first, last })];
-    r
+    selecting(testkit::policy(kind, None, name), parse(selector).unwrap())
 }
 
 /// prod/frontend, backend, database; enforced: backend -> database TCP 8080;
@@ -118,16 +41,14 @@ fn seed() -> Model {
         "app == 'backend' && projectcalico.org/namespace == 'prod'",
     );
     staged.id.namespace = Some("prod".into());
-    Model {
-        tiers: tiers(),
-        policies: vec![allow_db, staged],
-        endpoints: vec![
+    testkit::model(
+        vec![
             pod("frontend", &["10.65.0.1", "fd65::1"]),
             pod("backend", &["10.65.0.2", "fd65::2"]),
             pod("database", &["10.65.0.3", "fd65::3"]),
         ],
-        ..Model::default()
-    }
+        vec![allow_db, staged],
+    )
 }
 
 /// Compares every probe: tables (as the kernel reads them) vs the evaluator.
@@ -334,12 +255,7 @@ fn port_ranges_are_compressed() {
         tcp_ports(Action::Allow, 1500, 3000),
         tcp_ports(Action::Allow, 3000, 3000),
     ];
-    let model = Model {
-        tiers: tiers(),
-        policies: vec![p],
-        endpoints: vec![pod("database", &["10.65.0.3"])],
-        ..Model::default()
-    };
+    let model = testkit::model(vec![pod("database", &["10.65.0.3"])], vec![p]);
     let c = compile(&model).unwrap();
     let ingress: Vec<&RuleEntry> = c
         .tables
@@ -394,24 +310,8 @@ fn failsafes_on_a_host_endpoint_under_deny_all() {
     deny_all.egress_type = true;
     deny_all.ingress = vec![rule(Action::Deny)];
     deny_all.egress = vec![rule(Action::Deny)];
-    let host = Endpoint {
-        kind: EndpointKind::Host,
-        namespace: None,
-        name: "node1".into(),
-        labels: [("host".to_string(), "node1".to_string())].into(),
-        interface: Some("eth0".into()),
-        ips: vec![ip("192.168.1.10")],
-        named_ports: vec![],
-        profiles: vec![],
-        pod: None,
-        node: None,
-    };
-    let mut model = Model {
-        tiers: tiers(),
-        policies: vec![deny_all],
-        endpoints: vec![host],
-        ..Model::default()
-    };
+    let host = testkit::host("node1", &["192.168.1.10"]);
+    let mut model = testkit::model(vec![host], vec![deny_all]);
     model.failsafes.inbound.push(FailsafePort {
         protocol: Protocol::TCP,
         port: 9999,
@@ -522,15 +422,13 @@ fn source_port_rules_exact_range_and_not_ports() {
         last: 1023,
     })];
     p.egress = vec![unprivileged];
-    let model = Model {
-        tiers: tiers(),
-        policies: vec![p],
-        endpoints: vec![
+    let model = testkit::model(
+        vec![
             pod("frontend", &["10.65.0.1", "fd65::1"]),
             pod("database", &["10.65.0.3", "fd65::3"]),
         ],
-        ..Model::default()
-    };
+        vec![p],
+    );
     let c = compile(&model).unwrap();
     let sim = TableModel::new(&c.tables).unwrap();
     let (frontend, database) = (&c.endpoints[0], &c.endpoints[1]);
@@ -639,12 +537,10 @@ fn named_source_ports_are_the_peers_on_ingress_and_own_on_egress() {
     backend.named_ports = vec![named(9100)];
     let mut frontend = pod("frontend", &["10.65.0.1", "fd65::1"]);
     frontend.named_ports = vec![named(9200)];
-    let model = Model {
-        tiers: tiers(),
-        policies: vec![p],
-        endpoints: vec![frontend, backend, pod("database", &["10.65.0.3"])],
-        ..Model::default()
-    };
+    let model = testkit::model(
+        vec![frontend, backend, pod("database", &["10.65.0.3"])],
+        vec![p],
+    );
     let c = compile(&model).unwrap();
     assert!(c.endpoints.iter().all(|e| e.source_ports));
     let sim = TableModel::new(&c.tables).unwrap();
@@ -875,16 +771,13 @@ fn network_sets_and_nets_make_classes() {
     r.source.not_nets = vec!["10.1.2.0/24".parse().unwrap()];
     p.ingress = vec![r];
     let model = Model {
-        tiers: tiers(),
-        policies: vec![p],
-        endpoints: vec![pod("database", &["10.65.0.3"])],
         network_sets: vec![NetworkSet {
             namespace: None,
             name: "ext".into(),
-            labels: [("kind".to_string(), "ext".to_string())].into(),
-            nets: vec!["10.0.0.0/8".parse().unwrap()],
+            labels: testkit::labels(&[("kind", "ext")]),
+            nets: vec![testkit::net("10.0.0.0/8")],
         }],
-        ..Model::default()
+        ..testkit::model(vec![pod("database", &["10.65.0.3"])], vec![p])
     };
     let c = compile(&model).unwrap();
     let sim = TableModel::new(&c.tables).unwrap();

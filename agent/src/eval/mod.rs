@@ -377,21 +377,10 @@ fn profile_rules<'m>(model: &'m Model, name: &str, direction: Direction) -> &'m 
             Direction::Ingress => &profile.ingress,
             Direction::Egress => &profile.egress,
         },
-        None if name.starts_with("kns.") => ALLOW_ALL.get_or_init(|| vec![allow_all_rule()]),
+        None if name.starts_with("kns.") => {
+            ALLOW_ALL.get_or_init(|| vec![Rule::matching_all(Action::Allow)])
+        }
         None => &[],
-    }
-}
-
-fn allow_all_rule() -> Rule {
-    Rule {
-        action: Action::Allow,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        source: Default::default(),
-        destination: Default::default(),
     }
 }
 

@@ -6,98 +6,17 @@ use ipnet::IpNet;
 
 use super::*;
 use crate::model::ir::{
-    Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, NamedPort, NetworkSet,
-    Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile, Protocol, Rule, StagedAction,
-    Tier, TierDefault, LABEL_NAMESPACE,
+    Endpoint, FailsafePort, IcmpMatch, Model, NamedPort, NetworkSet, Policy, PolicyId, PolicyKind,
+    PortMatch, Profile, Protocol, Rule, StagedAction, TierDefault,
 };
 use crate::selector::Selector;
+use crate::testkit::ir::*;
 
 // ---------- builders ----------
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn labels(pairs: &[(&str, &str)]) -> crate::model::ir::Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// A pod in `ns` with `app=<name>`, the namespace label and the `kns.<ns>` profile.
-fn pod(ns: &str, name: &str, ips: &[&str]) -> Endpoint {
-    Endpoint {
-        kind: EndpointKind::Workload,
-        namespace: Some(ns.into()),
-        name: name.into(),
-        labels: labels(&[("app", name), (LABEL_NAMESPACE, ns)]),
-        interface: Some(format!("cali{name}")),
-        ips: ips.iter().map(|s| ip(s)).collect(),
-        named_ports: vec![],
-        profiles: vec![format!("kns.{ns}")],
-        pod: None,
-        node: None,
-    }
-}
-
-fn host(name: &str, ips: &[&str]) -> Endpoint {
-    Endpoint {
-        kind: EndpointKind::Host,
-        namespace: None,
-        name: name.into(),
-        labels: labels(&[("host", name)]),
-        interface: Some("eth0".into()),
-        ips: ips.iter().map(|s| ip(s)).collect(),
-        named_ports: vec![],
-        profiles: vec![],
-        pod: None,
-        node: None,
-    }
-}
-
-fn builtin_tiers() -> Vec<Tier> {
-    vec![
-        tier("kube-admin", Some(1000.0), TierDefault::Pass),
-        tier("default", Some(1_000_000.0), TierDefault::Deny),
-        tier("kube-baseline", Some(10_000_000.0), TierDefault::Pass),
-    ]
-}
-
-fn tier(name: &str, order: Option<f64>, default_action: TierDefault) -> Tier {
-    Tier {
-        name: name.into(),
-        order,
-        default_action,
-    }
-}
-
-fn model(endpoints: Vec<Endpoint>, policies: Vec<Policy>) -> Model {
-    Model {
-        tiers: builtin_tiers(),
-        policies,
-        endpoints,
-        ..Model::default()
-    }
-}
-
 fn rule(action: Action) -> Rule {
-    Rule {
-        action,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        source: EntityRule::default(),
-        destination: EntityRule::default(),
-    }
+    Rule::matching_all(action)
 }
-
 fn allow() -> Rule {
     rule(Action::Allow)
 }
@@ -106,68 +25,6 @@ fn deny() -> Rule {
 }
 fn pass() -> Rule {
     rule(Action::Pass)
-}
-
-fn range(first: u16, last: u16) -> PortMatch {
-    PortMatch::Range(PortRange { first, last })
-}
-
-fn policy(kind: PolicyKind, namespace: Option<&str>, name: &str) -> Policy {
-    Policy {
-        id: PolicyId {
-            kind,
-            namespace: namespace.map(String::from),
-            name: name.into(),
-        },
-        tier: "default".into(),
-        order: None,
-        selector: Selector::all(),
-        ingress_type: true,
-        egress_type: false,
-        ingress: vec![],
-        egress: vec![],
-        staged_action: kind.is_staged().then_some(StagedAction::Set),
-        do_not_track: false,
-        pre_dnat: false,
-        apply_on_forward: false,
-    }
-}
-
-/// A GlobalNetworkPolicy on every endpoint, ingress only, with these rules.
-fn gnp(name: &str, ingress: Vec<Rule>) -> Policy {
-    Policy {
-        ingress,
-        ..policy(PolicyKind::GlobalNetworkPolicy, None, name)
-    }
-}
-
-fn in_tier(mut p: Policy, tier: &str, order: Option<f64>) -> Policy {
-    p.tier = tier.into();
-    p.order = order;
-    p
-}
-
-fn selecting(mut p: Policy, selector: Selector) -> Policy {
-    p.selector = selector;
-    p
-}
-
-fn egress_only(mut p: Policy, egress: Vec<Rule>) -> Policy {
-    p.ingress_type = false;
-    p.egress_type = true;
-    p.egress = egress;
-    p
-}
-
-fn staged(mut p: Policy, action: Option<StagedAction>) -> Policy {
-    p.id.kind = match p.id.kind {
-        PolicyKind::GlobalNetworkPolicy => PolicyKind::StagedGlobalNetworkPolicy,
-        PolicyKind::NetworkPolicy => PolicyKind::StagedNetworkPolicy,
-        PolicyKind::KubernetesNetworkPolicy => PolicyKind::StagedKubernetesNetworkPolicy,
-        k => k,
-    };
-    p.staged_action = action;
-    p
 }
 
 const CLIENT: &str = "10.0.0.1";
