@@ -1557,16 +1557,7 @@ fn prefilter_gives_the_verdicts_and_traces_of_the_plain_scan() {
         for _ in 0..60 {
             let p = random_probe(&mut rng, &model, &endpoints);
             for set in [PolicySet::Enforced, PolicySet::Pending] {
-                let ask = |e: &Evaluator| {
-                    e.evaluate_end(
-                        set,
-                        p.endpoint_index,
-                        p.direction,
-                        p.peer,
-                        p.local,
-                        &p.packet(),
-                    )
-                };
+                let ask = |e: &Evaluator| p.evaluate(e, set);
                 let want = ask(&scanning);
                 assert_eq!(ask(&indexed), want, "round {round} {set:?} {p:?}");
                 indexed_decisions +=
