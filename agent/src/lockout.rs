@@ -266,6 +266,7 @@ fn repeats(a: &LockoutWarning, b: &LockoutWarning) -> bool {
 mod tests {
     use super::*;
     use crate::model::ir::Protocol;
+    use crate::testkit::ir::{failsafe, net};
 
     #[test]
     fn config_parses_and_defaults() {
@@ -328,28 +329,12 @@ spec:
     destination: {ports: [53]}
 "#,
         );
-        m.failsafes.inbound = vec![FailsafePort {
-            protocol: Protocol::TCP,
-            port: 22,
-            net: Some("10.0.0.0/8".parse().unwrap()),
-        }];
+        m.failsafes.inbound = vec![failsafe(Protocol::TCP, 22, Some(net("10.0.0.0/8")))];
         m.failsafes.outbound = vec![
-            FailsafePort {
-                protocol: Protocol::UDP,
-                port: 53,
-                net: None,
-            },
-            FailsafePort {
-                protocol: Protocol::TCP,
-                port: 6443,
-                net: None,
-            },
+            failsafe(Protocol::UDP, 53, None),
+            failsafe(Protocol::TCP, 6443, None),
         ];
-        let mgmt = [FailsafePort {
-            protocol: Protocol::TCP,
-            port: 9091,
-            net: None,
-        }];
+        let mgmt = [failsafe(Protocol::TCP, 9091, None)];
         let w = check(&m, &mgmt);
         let text: Vec<String> = w.iter().map(|w| w.to_string()).collect();
         assert_eq!(w.len(), 3, "{text:#?}");

@@ -12,13 +12,13 @@ use super::{CompileError, Compiled};
 use crate::dataplane::tables::{addr_bytes, direction_code, TableError, TableSet};
 use crate::eval::{EndVerdict, Evaluator, Packet, PolicySet};
 use crate::model::ir::{
-    Action, Direction, Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Labels, Model,
-    NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, Profile, Protocol, Rule,
-    StagedAction, TierDefault, LABEL_NAMESPACE,
+    Action, Direction, Endpoint, EndpointKind, EntityRule, IcmpMatch, Labels, Model, NetworkSet,
+    Policy, PolicyId, PolicyKind, PortMatch, Profile, Protocol, Rule, StagedAction, TierDefault,
+    LABEL_NAMESPACE,
 };
 use crate::model::lower::builtin_tiers;
 use crate::selector::{parse, Selector};
-use crate::testkit::ir::{labels, range, tier};
+use crate::testkit::ir::{failsafe, labels, named_port, range, tier};
 
 /// xorshift64*: small, deterministic, no dependency.
 #[derive(Clone, Debug)]
@@ -176,18 +176,10 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
         }
         let mut named_ports = Vec::new();
         if rng.chance(50) {
-            named_ports.push(NamedPort {
-                name: "http".into(),
-                protocol: Protocol::TCP,
-                port: rng.pick(&[80, 8080]),
-            });
+            named_ports.push(named_port("http", Protocol::TCP, rng.pick(&[80, 8080])));
         }
         if rng.chance(30) {
-            named_ports.push(NamedPort {
-                name: "dns".into(),
-                protocol: Protocol::UDP,
-                port: 53,
-            });
+            named_ports.push(named_port("dns", Protocol::UDP, 53));
         }
         let profiles = if host {
             vec![]
@@ -264,11 +256,9 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
     }];
     let mut failsafes = crate::model::ir::Failsafes::default();
     if rng.chance(30) {
-        failsafes.inbound.push(FailsafePort {
-            protocol: Protocol::TCP,
-            port: 8080,
-            net: Some(net(rng)),
-        });
+        failsafes
+            .inbound
+            .push(failsafe(Protocol::TCP, 8080, Some(net(rng))));
     }
     let mut model = Model {
         tiers,
@@ -940,11 +930,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
                         .unwrap(),
                     format!("fd00::{:x}", i + 1).parse().unwrap(),
                 ],
-                named_ports: vec![NamedPort {
-                    name: "http".into(),
-                    protocol: Protocol::TCP,
-                    port: 8080,
-                }],
+                named_ports: vec![named_port("http", Protocol::TCP, 8080)],
                 profiles: vec![format!("kns.{ns}")],
                 pod: None,
                 node: None,

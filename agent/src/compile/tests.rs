@@ -6,8 +6,8 @@ use ipnet::IpNet;
 use crate::dataplane::tables::{PeerMatch, PortMatch as Ports, RuleEntry, Table};
 use crate::eval::{Evaluator, PolicySet, EPHEMERAL_PORT};
 use crate::model::ir::{
-    Action, Direction, Endpoint, FailsafePort, Model, NamedPort, NetworkSet, Policy, PolicyKind,
-    PortMatch, PortRange, Protocol, Rule,
+    Action, Direction, Endpoint, Model, NetworkSet, Policy, PolicyKind, PortMatch, PortRange,
+    Protocol, Rule,
 };
 use crate::selector::parse;
 use crate::testkit::ir::{self as testkit, ip, selecting, tcp_ports};
@@ -305,11 +305,11 @@ fn failsafes_on_a_host_endpoint_under_deny_all() {
     deny_all.egress = vec![rule(Action::Deny)];
     let host = testkit::host("node1", &["192.168.1.10"]);
     let mut model = testkit::model(vec![host], vec![deny_all]);
-    model.failsafes.inbound.push(FailsafePort {
-        protocol: Protocol::TCP,
-        port: 9999,
-        net: Some("10.0.0.0/8".parse().unwrap()),
-    });
+    let only_10 = Some(testkit::net("10.0.0.0/8"));
+    model
+        .failsafes
+        .inbound
+        .push(testkit::failsafe(Protocol::TCP, 9999, only_10));
     let c = compile(&model).unwrap();
     assert!(c.endpoints[0].host);
     let sim = TableModel::new(&c.tables).unwrap();
@@ -521,11 +521,7 @@ fn named_source_ports_are_the_peers_on_ingress_and_own_on_egress() {
     from_metrics.source.ports = vec![PortMatch::Named("metrics".into())];
     p.ingress = vec![from_metrics.clone()];
     p.egress = vec![from_metrics];
-    let named = |port| NamedPort {
-        name: "metrics".into(),
-        protocol: Protocol::TCP,
-        port,
-    };
+    let named = |port| testkit::named_port("metrics", Protocol::TCP, port);
     let mut backend = pod("backend", &["10.65.0.2", "fd65::2"]);
     backend.named_ports = vec![named(9100)];
     let mut frontend = pod("frontend", &["10.65.0.1", "fd65::1"]);

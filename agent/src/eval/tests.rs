@@ -6,8 +6,8 @@ use ipnet::IpNet;
 
 use super::*;
 use crate::model::ir::{
-    Endpoint, FailsafePort, IcmpMatch, Model, NamedPort, NetworkSet, Policy, PolicyId, PolicyKind,
-    PortMatch, Profile, Protocol, Rule, StagedAction, TierDefault,
+    Endpoint, IcmpMatch, Model, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, Profile,
+    Protocol, Rule, StagedAction, TierDefault,
 };
 use crate::selector::Selector;
 use crate::testkit::ir::*;
@@ -720,11 +720,9 @@ fn a_negated_selector_matches_only_known_endpoints_and_sets() {
 /// The server has named port `http` = TCP 8080.
 fn named_port_model(policies: Vec<Policy>) -> Model {
     let mut m = model(client_server(), policies);
-    m.endpoints[1].named_ports.push(NamedPort {
-        name: "http".into(),
-        protocol: Protocol::TCP,
-        port: 8080,
-    });
+    m.endpoints[1]
+        .named_ports
+        .push(named_port("http", Protocol::TCP, 8080));
     m
 }
 
@@ -976,11 +974,7 @@ fn failsafe_ssh_survives_a_deny_all_policy_on_the_host() {
 #[test]
 fn a_failsafe_with_a_net_only_covers_that_net() {
     let mut m = host_model(vec![]);
-    m.failsafes.inbound = vec![FailsafePort {
-        protocol: Protocol::TCP,
-        port: 22,
-        net: Some(net("192.168.0.0/24")),
-    }];
+    m.failsafes.inbound = vec![failsafe(Protocol::TCP, 22, Some(net("192.168.0.0/24")))];
     assert_eq!(
         host_end(&m, Direction::Ingress, Packet::tcp(22)).action,
         Allow
@@ -1259,11 +1253,9 @@ fn seed_model() -> Model {
         e
     };
     let mut database = prod_pod("database", "10.65.0.30", "fd65::30");
-    database.named_ports.push(NamedPort {
-        name: "http".into(),
-        protocol: Protocol::TCP,
-        port: 8080,
-    });
+    database
+        .named_ports
+        .push(named_port("http", Protocol::TCP, 8080));
     let endpoints = vec![
         prod_pod("frontend", "10.65.0.10", "fd65::10"),
         prod_pod("backend", "10.65.0.20", "fd65::20"),

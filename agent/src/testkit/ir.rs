@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::model::ir::{
-    Action, Endpoint, EndpointKind, Labels, Model, Policy, PolicyId, PolicyKind, PortMatch,
-    PortRange, Protocol, Rule, StagedAction, Tier, TierDefault, LABEL_NAMESPACE,
+    Action, Endpoint, EndpointKind, FailsafePort, Labels, Model, NamedPort, Policy, PolicyId,
+    PolicyKind, PortMatch, PortRange, Protocol, Rule, StagedAction, Tier, TierDefault,
+    LABEL_NAMESPACE,
 };
 use crate::model::lower::{builtin_tiers, DEFAULT_TIER};
 use crate::selector::Selector;
@@ -58,6 +59,24 @@ pub fn host(name: &str, ips: &[&str]) -> Endpoint {
         profiles: vec![],
         pod: None,
         node: None,
+    }
+}
+
+/// An endpoint's port `name` = `protocol` `port`.
+pub fn named_port(name: &str, protocol: Protocol, port: u16) -> NamedPort {
+    NamedPort {
+        name: name.into(),
+        protocol,
+        port,
+    }
+}
+
+/// A failsafe port, from or to `net` only when given.
+pub fn failsafe(protocol: Protocol, port: u16, net: Option<IpNet>) -> FailsafePort {
+    FailsafePort {
+        protocol,
+        port,
+        net,
     }
 }
 
