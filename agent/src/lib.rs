@@ -22,3 +22,5 @@ pub mod model;
 pub mod relay;
 pub mod rollout;
 pub mod selector;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

@@ -92,7 +92,6 @@ impl AgentConfig {
                         let other = e.protocol.to_ascii_lowercase();
                         anyhow::bail!("{which}[{i}].protocol: {other:?} is not tcp, udp or sctp")
                     };
-                    let protocol = protocol.0;
                     let net = match &e.net {
                         None => None,
                         Some(n) => Some(
@@ -128,7 +127,7 @@ impl AgentConfig {
 pub struct LockoutWarning {
     pub endpoint: String,
     pub direction: Direction,
-    pub protocol: u8,
+    pub protocol: Protocol,
     pub port: u16,
     pub peer: IpAddr,
     pub set: PolicySet,
@@ -141,9 +140,9 @@ pub struct LockoutWarning {
 
 impl std::fmt::Display for LockoutWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proto = Protocol(self.protocol)
-            .name()
-            .filter(|_| Protocol(self.protocol).has_rule_ports())
+        let proto = Some(self.protocol)
+            .filter(|p| p.has_rule_ports())
+            .and_then(Protocol::name)
             .map_or_else(|| "?".to_string(), str::to_ascii_lowercase);
         let (dir, prep) = match self.direction {
             Direction::Ingress => ("inbound", "from"),
@@ -288,7 +287,8 @@ fn repeats(a: &LockoutWarning, b: &LockoutWarning) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ir::proto;
+    use crate::model::ir::Protocol;
+    use crate::testkit::ir::{failsafe, net};
 
     #[test]
     fn config_parses_and_defaults() {
@@ -369,28 +369,12 @@ spec:
     destination: {ports: [53]}
 "#,
         );
-        m.failsafes.inbound = vec![FailsafePort {
-            protocol: proto::TCP,
-            port: 22,
-            net: Some("10.0.0.0/8".parse().unwrap()),
-        }];
+        m.failsafes.inbound = vec![failsafe(Protocol::TCP, 22, Some(net("10.0.0.0/8")))];
         m.failsafes.outbound = vec![
-            FailsafePort {
-                protocol: proto::UDP,
-                port: 53,
-                net: None,
-            },
-            FailsafePort {
-                protocol: proto::TCP,
-                port: 6443,
-                net: None,
-            },
+            failsafe(Protocol::UDP, 53, None),
+            failsafe(Protocol::TCP, 6443, None),
         ];
-        let mgmt = [FailsafePort {
-            protocol: proto::TCP,
-            port: 9091,
-            net: None,
-        }];
+        let mgmt = [failsafe(Protocol::TCP, 9091, None)];
         let w = check(&m, &mgmt);
         let text: Vec<String> = w.iter().map(|w| w.to_string()).collect();
         assert_eq!(w.len(), 3, "{text:#?}");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use agent::compile::testgen::TableModel;
 use agent::compile::{compile, Compiled};
 use agent::eval::{Evaluator, Packet, PolicySet, EPHEMERAL_PORT};
-use agent::model::ir::{proto, Direction, Model};
+use agent::model::ir::{Direction, Model, Protocol};
 
 fn load() -> Model {
     let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -43,7 +43,7 @@ fn seed_scenario_tables() {
             Direction::Ingress,
             pending,
             ip(peer),
-            proto::TCP,
+            Protocol::TCP.number(),
             EPHEMERAL_PORT,
             port,
         ))
@@ -97,7 +97,7 @@ fn seed_scenario_tables() {
                                 dir,
                                 pending && e.has_staged,
                                 *peer,
-                                proto::TCP,
+                                Protocol::TCP.number(),
                                 EPHEMERAL_PORT,
                                 port,
                             );

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use agent::eval::{Evaluator, Flow, Packet, Verdict};
-use agent::model::ir::Model;
+use agent::model::ir::{Model, Protocol};
 
 #[path = "support/services.rs"]
 mod services;
@@ -102,7 +102,12 @@ fn destination_services_reach_the_backends_on_their_ports_only() {
     // The backend on another port, another protocol, or another Service's backend.
     assert_eq!(verdict(&m, client, web, Packet::tcp(80)), Verdict::Deny);
     assert_eq!(
-        verdict(&m, client, web, Packet::with_ports(17, 40000, 8080)),
+        verdict(
+            &m,
+            client,
+            web,
+            Packet::with_ports(Protocol::UDP, 40000, 8080)
+        ),
         Verdict::Deny
     );
     assert_eq!(verdict(&m, client, db, Packet::tcp(5432)), Verdict::Deny);
@@ -121,12 +126,17 @@ fn source_services_are_the_backends_addresses() {
             &m,
             "10.0.1.1",
             "10.0.2.1",
-            Packet::with_ports(6, 40000, 5432)
+            Packet::with_ports(Protocol::TCP, 40000, 5432)
         ),
         Verdict::Allow
     );
     assert_eq!(
-        verdict(&m, "10.0.1.1", "10.0.2.1", Packet::with_ports(6, 22, 5432)),
+        verdict(
+            &m,
+            "10.0.1.1",
+            "10.0.2.1",
+            Packet::with_ports(Protocol::TCP, 22, 5432)
+        ),
         Verdict::Deny
     );
     assert_eq!(
@@ -134,7 +144,7 @@ fn source_services_are_the_backends_addresses() {
             &m,
             "10.0.1.2",
             "10.0.2.1",
-            Packet::with_ports(6, 40000, 5432)
+            Packet::with_ports(Protocol::TCP, 40000, 5432)
         ),
         Verdict::Deny
     );

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use agent::eval::{Evaluator, Flow, Packet};
-use agent::model::{self, ir::Model, Loaded, Severity};
+use agent::model::{self, ir::Model, ir::Protocol, Loaded, Severity};
 use agent::selector;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
@@ -265,29 +265,14 @@ fn exercise_model(m: &Model, flows: &[(u8, u8, u16, u16, u8)]) {
     for &(s, d, sport, dport, proto) in flows {
         let src = ips[s as usize % ips.len()];
         let dst = ips[d as usize % ips.len()];
-        let protocol = [6, 17, 1, 58, 132, 136, 0, 255][proto as usize % 8];
-        let packet = match protocol {
-            1 | 58 => Packet {
-                protocol,
-                src_port: None,
-                dst_port: None,
-                icmp_type: Some(sport as u8),
-                icmp_code: Some(dport as u8),
-            },
-            6 | 17 | 132 | 136 => Packet {
-                protocol,
-                src_port: Some(sport),
-                dst_port: Some(dport),
-                icmp_type: None,
-                icmp_code: None,
-            },
-            _ => Packet {
-                protocol,
-                src_port: None,
-                dst_port: None,
-                icmp_type: None,
-                icmp_code: None,
-            },
+        let number = [6, 17, 1, 58, 132, 136, 0, 255][proto as usize % 8];
+        let protocol = Protocol::from_number(number);
+        let packet = if protocol.is_icmp() {
+            Packet::icmp(protocol, sport as u8, dport as u8)
+        } else if protocol.carries_ports() {
+            Packet::with_ports(protocol, sport, dport)
+        } else {
+            Packet::without_ports(protocol)
         };
         let _ = ev.evaluate_flow(&Flow { src, dst, packet });
         FLOWS.fetch_add(1, Ordering::Relaxed);

@@ -27,7 +27,7 @@ use agent::compile::testgen::TableModel;
 use agent::compile::{compile, compile_with_limits, feed, summary, Compiled, Limits};
 use agent::dataplane::Dataplane;
 use agent::eval::{Evaluator, Packet, PolicySet};
-use agent::model::ir::{proto, Direction, Model};
+use agent::model::ir::{Direction, Model, Protocol};
 use agent::model::load::load_sources;
 use agent::model::Severity;
 use agent_common::action;
@@ -391,9 +391,17 @@ fn network_set_of_100k_nets_is_compiled() {
                     .chain(outside.into_iter().chain(fixed).map(|a| (a, false)))
                 {
                     for direction in [Direction::Ingress, Direction::Egress] {
-                        let got = sim.lookup(e.id, direction, false, peer, proto::TCP, 40000, 443);
+                        let got = sim.lookup(
+                            e.id,
+                            direction,
+                            false,
+                            peer,
+                            Protocol::TCP.number(),
+                            40000,
+                            443,
+                        );
                         let local = feed::endpoint_ip(e.endpoint_index, peer.is_ipv6());
-                        let packet = Packet::with_ports(proto::TCP, 40000, 443);
+                        let packet = Packet::with_ports(Protocol::TCP, 40000, 443);
                         let want = eval.evaluate_end(
                             PolicySet::Enforced,
                             e.endpoint_index,

@@ -17,9 +17,9 @@
 //! `DIFF_SEED=<n>` replays a run; `DIFF_MODELS` / `DIFF_PACKETS` resize it.
 
 use agent::compile::testgen::{
-    random_model, random_probe, random_source_port, Probe, Rng, Shape, TableModel,
+    compile_random, random_model, random_probe, random_source_port, Probe, Rng, Shape, TableModel,
 };
-use agent::compile::{compile, CompileError, CompiledEndpoint};
+use agent::compile::{compile, CompiledEndpoint};
 use agent::dataplane::{Dataplane, FlowRecord, Hook};
 use agent::eval::{Evaluator, PolicySet};
 use agent::model::ir::{Direction, Model};
@@ -110,14 +110,9 @@ fn kernel_verdicts_equal_the_evaluator() {
         let mut mrng = Rng::new(model_seed);
         let model = random_model(&mut mrng, Shape::default());
         let ctx = format!("DIFF_SEED={seed} round {round} (model seed {model_seed:#x})");
-        let c = match compile(&model) {
-            Ok(c) => c,
-            // The generator makes these on purpose (two addresses).
-            Err(CompileError::Unsupported { what, .. }) if what.contains("own addresses") => {
-                unsupported += 1;
-                continue;
-            }
-            Err(e) => panic!("{ctx}: {e}"),
+        let Some(c) = compile_random(&model).unwrap_or_else(|e| panic!("{ctx}: {e}")) else {
+            unsupported += 1;
+            continue;
         };
         let plain_model = without_staged(&model);
         let cp = compile(&plain_model).unwrap_or_else(|e| panic!("{ctx}: without staged: {e}"));
@@ -161,17 +156,7 @@ fn kernel_verdicts_equal_the_evaluator() {
                 .iter()
                 .find(|e| e.endpoint_index == p.endpoint_index)
                 .unwrap();
-            let ask = |set| {
-                let end = eval.evaluate_end(
-                    set,
-                    p.endpoint_index,
-                    p.direction,
-                    p.peer,
-                    p.local,
-                    &p.packet(),
-                );
-                c.verdict_of(&end)
-            };
+            let ask = |set| c.verdict_of(&p.evaluate(&eval, set));
             let (enforced, pending) = (ask(PolicySet::Enforced), ask(PolicySet::Pending));
             if sim.group(ep.id, p.direction, sim.class(p.peer)) != PEER_GROUP_ANY {
                 own_group_cases += 1;
@@ -179,14 +164,7 @@ fn kernel_verdicts_equal_the_evaluator() {
             if ep.source_ports {
                 sport_cases += 1;
                 let src_port = random_source_port(&mut mrng, &model);
-                let end = eval.evaluate_end(
-                    PolicySet::Enforced,
-                    p.endpoint_index,
-                    p.direction,
-                    p.peer,
-                    p.local,
-                    &Probe { src_port, ..p }.packet(),
-                );
+                let end = Probe { src_port, ..p }.evaluate(&eval, PolicySet::Enforced);
                 if c.verdict_of(&end) != enforced {
                     sport_decides[usize::from(p.local.is_ipv6())] += 1;
                 }
@@ -243,14 +221,7 @@ fn kernel_verdicts_equal_the_evaluator() {
                 "staged policies changed a verdict: {}",
                 what()
             );
-            let plain_enforced = cp.verdict_of(&plain_eval.evaluate_end(
-                PolicySet::Enforced,
-                p.endpoint_index,
-                p.direction,
-                p.peer,
-                p.local,
-                &p.packet(),
-            ));
+            let plain_enforced = cp.verdict_of(&p.evaluate(&plain_eval, PolicySet::Enforced));
             assert_eq!(plain_events.len(), 1, "{}", what());
             assert_eq!(plain_events[0].enforced, plain_enforced, "{}", what());
             assert_eq!(

@@ -173,7 +173,10 @@ fn a_current_server_serves_endpoint_slices_v1_and_they_become_services() {
         s[0].backends[0].addresses,
         ["10.65.0.20".parse::<std::net::IpAddr>().unwrap()]
     );
-    assert_eq!(s[0].backends[0].ports, [(6, 8080)]);
+    assert_eq!(
+        s[0].backends[0].ports,
+        [(agent::model::ir::Protocol::TCP, 8080)]
+    );
     assert_eq!(l.model.policies.len(), 1);
     drop(ds);
     let _ = std::fs::remove_dir_all(&dir);

@@ -1900,7 +1900,10 @@ fn kubernetes_services_and_v1beta1_endpoint_slices_are_watched() {
     let svc = svc.unwrap_or_else(|| panic!("Service not in the model: {diags:#?}"));
     assert_eq!(svc.frontends.len(), 1, "the server's ClusterIP: {svc:?}");
     assert!(svc.frontends[0].to_string().starts_with("10."), "{svc:?}");
-    assert_eq!(svc.backends[0].ports, vec![(6, 8080)]);
+    assert_eq!(
+        svc.backends[0].ports,
+        vec![(agent::model::ir::Protocol::TCP, 8080)]
+    );
     assert_eq!(nets, Some(vec!["10.65.7.20/32".parse().unwrap()]));
     // The slice changes: the rule follows.
     apply(&client, slice("10.65.7.21"));

@@ -17,7 +17,7 @@ use crate::eval::{
     policy_flow_log_name, DecidedBy, EndVerdict, Evaluator, Flow, FlowVerdict, Outcome, Packet,
     EPHEMERAL_PORT,
 };
-use crate::model::ir::{proto, Endpoint, Model, Protocol};
+use crate::model::ir::{Endpoint, Model, Protocol};
 use crate::model::load::STDIN;
 use crate::model::names::{find_endpoint, UnknownName};
 
@@ -48,7 +48,7 @@ pub struct EvalArgs {
     pub to: String,
     /// TCP, UDP, SCTP, UDPLite, ICMP, ICMPv6 (any case) or a protocol number 1-255.
     #[arg(long, value_name = "PROTO", value_parser = parse_protocol)]
-    pub protocol: u8,
+    pub protocol: Protocol,
     /// Destination port (required for TCP, UDP, SCTP and UDPLite).
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
@@ -151,34 +151,20 @@ pub(super) fn load_datastore(dir: &Path) -> Result<Model, EvalError> {
 }
 
 /// Protocol names (any case) or numbers 1-255.
-pub fn parse_protocol(text: &str) -> Result<u8, String> {
+pub fn parse_protocol(text: &str) -> Result<Protocol, String> {
     Protocol::from_name_ignore_case(text)
-        .map(|p| p.0)
-        .or_else(|| text.parse::<u8>().ok().filter(|&n| n >= 1))
+        .or_else(|| {
+            let number = text.parse::<u8>().ok().filter(|&n| n >= 1);
+            number.map(Protocol::from_number)
+        })
         .ok_or_else(|| {
             format!("unknown protocol {text:?} (TCP, UDP, SCTP, UDPLite, ICMP, ICMPv6 or 1-255)")
         })
 }
 
-/// Calico's name for a protocol number, or the number.
-pub fn protocol_name(protocol: u8) -> String {
-    Protocol(protocol).to_string()
-}
-
-pub fn has_ports(protocol: u8) -> bool {
-    matches!(
-        protocol,
-        proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE
-    )
-}
-
-fn is_icmp(protocol: u8) -> bool {
-    matches!(protocol, proto::ICMP | proto::ICMPV6)
-}
-
 fn packet_from_args(args: &EvalArgs) -> Result<Packet, EvalError> {
-    let name = protocol_name(args.protocol);
-    if has_ports(args.protocol) {
+    let name = args.protocol.to_string();
+    if args.protocol.carries_ports() {
         let port = args.port.ok_or(EvalError::MissingPort(name))?;
         let source = args.source_port.unwrap_or(EPHEMERAL_PORT);
         return Ok(Packet::with_ports(args.protocol, source, port));
@@ -186,14 +172,13 @@ fn packet_from_args(args: &EvalArgs) -> Result<Packet, EvalError> {
     if args.port.is_some() || args.source_port.is_some() {
         return Err(EvalError::UnexpectedPort(name));
     }
-    if args.icmp_type.is_some() && !is_icmp(args.protocol) {
+    if args.icmp_type.is_some() && !args.protocol.is_icmp() {
         return Err(EvalError::UnexpectedIcmp(name));
     }
     Ok(Packet {
-        protocol: args.protocol,
         icmp_type: args.icmp_type,
         icmp_code: args.icmp_code,
-        ..Packet::default()
+        ..Packet::without_ports(args.protocol)
     })
 }
 
@@ -274,7 +259,7 @@ fn render_text(v: &FlowVerdict) -> String {
 }
 
 fn describe_packet(p: &Packet) -> String {
-    let mut text = protocol_name(p.protocol);
+    let mut text = p.protocol.to_string();
     if let (Some(src), Some(dst)) = (p.src_port, p.dst_port) {
         text += &format!(" {src} -> {dst}");
     }
@@ -322,7 +307,7 @@ fn render_end(what: &str, end: &EndVerdict) -> String {
 pub fn describe_decision(by: &DecidedBy) -> String {
     match by {
         DecidedBy::Failsafe { protocol, port } => {
-            format!("failsafe port {}/{port}", protocol_name(*protocol))
+            format!("failsafe port {protocol}/{port}")
         }
         DecidedBy::PolicyRule { tier, policy, rule } => {
             let policy = policy_flow_log_name(policy);
@@ -338,22 +323,22 @@ pub fn describe_decision(by: &DecidedBy) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::model::ir::EndpointKind;
+    use crate::testkit::ir as testkit;
 
     #[test]
     fn protocols_parse_by_name_in_any_case_or_number() {
-        assert_eq!(parse_protocol("tcp"), Ok(proto::TCP));
-        assert_eq!(parse_protocol("ICMPv6"), Ok(proto::ICMPV6));
-        assert_eq!(parse_protocol("UDPLite"), Ok(proto::UDPLITE));
-        assert_eq!(parse_protocol("253"), Ok(253));
+        assert_eq!(parse_protocol("tcp"), Ok(Protocol::TCP));
+        assert_eq!(parse_protocol("ICMPv6"), Ok(Protocol::ICMPV6));
+        assert_eq!(parse_protocol("UDPLite"), Ok(Protocol::UDPLITE));
+        assert_eq!(parse_protocol("253"), Ok(Protocol::from_number(253)));
         assert!(parse_protocol("0").is_err());
         assert!(parse_protocol("256").is_err());
         assert!(parse_protocol("gre").is_err());
     }
 
-    fn args(protocol: u8) -> EvalArgs {
+    fn args(protocol: Protocol) -> EvalArgs {
         EvalArgs {
             datastore: PathBuf::new(),
             from: String::new(),
@@ -371,28 +356,31 @@ pub(crate) mod tests {
     #[test]
     fn packets_need_ports_exactly_for_port_protocols() {
         assert_eq!(
-            packet_from_args(&args(proto::TCP)),
+            packet_from_args(&args(Protocol::TCP)),
             Err(EvalError::MissingPort("TCP".into()))
         );
         let tcp = EvalArgs {
             port: Some(8080),
-            ..args(proto::TCP)
+            ..args(Protocol::TCP)
         };
         assert_eq!(packet_from_args(&tcp), Ok(Packet::tcp(8080)));
         let icmp_with_port = EvalArgs {
             port: Some(1),
-            ..args(proto::ICMP)
+            ..args(Protocol::ICMP)
         };
         assert!(packet_from_args(&icmp_with_port).is_err());
         let echo = EvalArgs {
             icmp_type: Some(8),
             icmp_code: Some(0),
-            ..args(proto::ICMP)
+            ..args(Protocol::ICMP)
         };
-        assert_eq!(packet_from_args(&echo), Ok(Packet::icmp(proto::ICMP, 8, 0)));
+        assert_eq!(
+            packet_from_args(&echo),
+            Ok(Packet::icmp(Protocol::ICMP, 8, 0))
+        );
         let udp_icmp = EvalArgs {
             icmp_type: Some(8),
-            ..args(proto::SCTP)
+            ..args(Protocol::SCTP)
         };
         assert!(
             packet_from_args(&udp_icmp).is_err(),
@@ -400,52 +388,22 @@ pub(crate) mod tests {
         );
     }
 
-    /// A workload `prod/NAME` labelled `app=NAME` at `ip`.
-    pub(crate) fn pod(name: &str, ip: &str) -> Endpoint {
-        Endpoint {
-            kind: EndpointKind::Workload,
-            namespace: Some("prod".into()),
-            name: name.into(),
-            labels: [("app".to_string(), name.to_string())].into(),
-            interface: None,
-            ips: vec![ip.parse().unwrap()],
-            named_ports: vec![],
-            profiles: vec!["kns.prod".into()],
-            pod: None,
-            node: None,
-        }
+    fn pod(name: &str, ip: &str) -> Endpoint {
+        testkit::pod("prod", name, &[ip])
     }
 
     /// `prod/b` denies all ingress; a staged namesake would allow it.
     fn deny_b_model() -> Model {
-        use crate::model::ir::{Action, Policy, PolicyId, PolicyKind, Rule, StagedAction};
-        let rule = Rule::matching_all;
-        let policy = |kind, action, staged_action| Policy {
-            id: PolicyId {
-                kind,
-                namespace: None,
-                name: "gate".into(),
-            },
-            tier: "default".into(),
-            order: None,
+        use crate::model::ir::{Action, Policy, PolicyKind, Rule};
+        let policy = |kind, action| Policy {
             selector: crate::selector::Selector::equals("app", "b"),
-            ingress_type: true,
-            egress_type: false,
-            ingress: vec![rule(action)],
-            egress: vec![],
-            staged_action,
-            do_not_track: false,
-            pre_dnat: false,
-            apply_on_forward: false,
+            ingress: vec![Rule::matching_all(action)],
+            ..testkit::policy(kind, None, "gate")
         };
         Model {
             policies: vec![
-                policy(PolicyKind::GlobalNetworkPolicy, Action::Deny, None),
-                policy(
-                    PolicyKind::StagedGlobalNetworkPolicy,
-                    Action::Allow,
-                    Some(StagedAction::Set),
-                ),
+                policy(PolicyKind::GlobalNetworkPolicy, Action::Deny),
+                policy(PolicyKind::StagedGlobalNetworkPolicy, Action::Allow),
             ],
             endpoints: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
             ..Model::default()
@@ -459,7 +417,7 @@ pub(crate) mod tests {
             from: "prod/a".into(),
             to: "prod/b".into(),
             port: Some(8080),
-            ..args(proto::TCP)
+            ..args(Protocol::TCP)
         };
         let flow = flow_from_args(&model, &eval_args).unwrap();
         assert_eq!(flow.src, "10.0.0.1".parse::<IpAddr>().unwrap());
@@ -489,7 +447,7 @@ pub(crate) mod tests {
             from: "prod/zz".into(),
             to: "prod/b".into(),
             port: Some(1),
-            ..args(proto::TCP)
+            ..args(Protocol::TCP)
         };
         assert_eq!(
             flow_from_args(&model, &unknown),
@@ -511,7 +469,7 @@ pub(crate) mod tests {
             from: "fd00::1".into(),
             to: "prod/b".into(),
             port: Some(1),
-            ..args(proto::TCP)
+            ..args(Protocol::TCP)
         };
         assert_eq!(
             flow_from_args(&model, &v6),

@@ -156,24 +156,23 @@ pub fn render_diff(matrices: &[PortMatrix]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::eval::tests::pod;
-    use crate::model::ir::{proto, Model, PortMatch};
-    use crate::model::ir::{Policy, PolicyId, PolicyKind, PortRange, Rule, Tier, TierDefault};
+    use crate::model::ir::{Action, Endpoint, Model, Policy, PolicyKind, Protocol, TierDefault};
     use crate::selector::Selector;
+    use crate::testkit::ir as testkit;
 
     #[test]
     fn port_specs_parse_protocol_and_port() {
         assert_eq!(
             parse_port_spec("udp/53"),
             Ok(PortSpec {
-                protocol: proto::UDP,
+                protocol: Protocol::UDP,
                 port: 53
             })
         );
         assert_eq!(
             parse_port_spec("8080"),
             Ok(PortSpec {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 8080
             })
         );
@@ -182,40 +181,25 @@ mod tests {
         assert!(parse_port_spec("tcp/x").is_err());
     }
 
+    fn pod(name: &str, ip: &str) -> Endpoint {
+        testkit::pod("prod", name, &[ip])
+    }
+
     /// `b` has a staged deny-all ingress policy; the enforced set allows everything.
     fn staged_lockdown_model() -> Model {
-        let mut only_8080 = Rule {
-            protocol: Some(proto::TCP),
-            ..Rule::matching_all(crate::model::ir::Action::Allow)
+        let lockdown = Policy {
+            selector: Selector::equals("app", "b"),
+            ingress: vec![testkit::tcp_ports(Action::Allow, 8080, 8090)],
+            staged_action: None,
+            ..testkit::policy(PolicyKind::StagedGlobalNetworkPolicy, None, "lockdown")
         };
-        only_8080.destination.ports = vec![PortMatch::Range(PortRange {
-            first: 8080,
-            last: 8090,
-        })];
         Model {
-            tiers: vec![Tier {
-                name: "default".into(),
-                order: Some(1_000_000.0),
-                default_action: TierDefault::Deny,
-            }],
-            policies: vec![Policy {
-                id: PolicyId {
-                    kind: PolicyKind::StagedGlobalNetworkPolicy,
-                    namespace: None,
-                    name: "lockdown".into(),
-                },
-                tier: "default".into(),
-                order: None,
-                selector: Selector::equals("app", "b"),
-                ingress_type: true,
-                egress_type: false,
-                ingress: vec![only_8080],
-                egress: vec![],
-                staged_action: None,
-                do_not_track: false,
-                pre_dnat: false,
-                apply_on_forward: false,
-            }],
+            tiers: vec![testkit::tier(
+                "default",
+                Some(1_000_000.0),
+                TierDefault::Deny,
+            )],
+            policies: vec![lockdown],
             endpoints: vec![pod("b", "10.0.0.2"), pod("a", "10.0.0.1")],
             ..Model::default()
         }
@@ -227,7 +211,7 @@ mod tests {
         assert_eq!(
             default_ports(&m),
             [PortSpec {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 8080
             }]
         );
@@ -239,11 +223,11 @@ mod tests {
         let m = staged_lockdown_model();
         let ports = [
             PortSpec {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 8080,
             },
             PortSpec {
-                protocol: proto::TCP,
+                protocol: Protocol::TCP,
                 port: 22,
             },
         ];

@@ -123,7 +123,7 @@ fn off(args: &SafeModeArgs, mut loaded: Loaded) -> anyhow::Result<ExitCode> {
         .management_ports
         .iter()
         .map(|&port| FailsafePort {
-            protocol: crate::model::ir::proto::TCP,
+            protocol: crate::model::ir::Protocol::TCP,
             port,
             net: None,
         })

@@ -7,7 +7,7 @@ use agent_common::{action, verdict_flags, Verdict, POLICY_NONE};
 
 use super::{CompileError, Compiled, CompiledEndpoint};
 use crate::eval::{policy_flow_log_name, DecidedBy, EndVerdict, NO_MATCH_PROFILE, PROFILE_TIER};
-use crate::model::ir::{proto, Model, PolicyId};
+use crate::model::ir::{Model, PolicyId, Protocol};
 
 /// Reserved values of `Verdict::tier` (policy tiers index [`Compiled::tiers`]).
 pub mod tier_code {
@@ -93,7 +93,7 @@ impl Names {
             DecidedBy::Failsafe { protocol, port } => v(
                 tier_code::FAILSAFE,
                 POLICY_NONE,
-                (i32::from(*protocol) << 16) | i32::from(*port),
+                (i32::from(protocol.number()) << 16) | i32::from(*port),
             ),
             DecidedBy::PolicyRule {
                 tier: t,
@@ -174,14 +174,7 @@ impl Compiled {
     }
 }
 
+/// Calico's name in lower case (`icmpv6`), or the number.
 fn protocol_name(p: u8) -> String {
-    match p {
-        proto::TCP => "tcp".into(),
-        proto::UDP => "udp".into(),
-        proto::SCTP => "sctp".into(),
-        proto::ICMP => "icmp".into(),
-        proto::ICMPV6 => "icmpv6".into(),
-        proto::UDPLITE => "udplite".into(),
-        n => n.to_string(),
-    }
+    Protocol::from_number(p).to_string().to_ascii_lowercase()
 }

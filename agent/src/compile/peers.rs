@@ -392,7 +392,7 @@ impl Owners {
         let mut named_ports: Vec<(String, u8, u16)> = own
             .iter()
             .flat_map(|&e| &model.endpoints[e].named_ports)
-            .map(|np| (np.name.clone(), np.protocol, np.port))
+            .map(|np| (np.name.clone(), np.protocol.number(), np.port))
             .collect();
         named_ports.sort();
         named_ports.dedup();

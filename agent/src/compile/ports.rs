@@ -5,10 +5,20 @@ use std::collections::BTreeSet;
 
 use super::source_ports::SourcePorts;
 use crate::eval::Packet;
-use crate::model::ir::{proto, EntityRule, FailsafePort, Model, PortMatch, Rule};
+use crate::model::ir::{EntityRule, FailsafePort, Model, PortMatch, Protocol, Rule};
 
-pub(super) const PORT_PROTOCOLS: [u8; 4] = [proto::TCP, proto::UDP, proto::SCTP, proto::UDPLITE];
-const ICMP_PROTOCOLS: [u8; 2] = [proto::ICMP, proto::ICMPV6];
+// The compiler works in the kernel's protocol numbers (`u8`, what its tables
+// key on); the model's [`Protocol`]s become numbers where they are read here.
+
+/// The protocols a port match stands for when the rule names none.
+const PORT_PROTOCOLS: [u8; 4] = [
+    Protocol::TCP.number(),
+    Protocol::UDP.number(),
+    Protocol::SCTP.number(),
+    Protocol::UDPLITE.number(),
+];
+/// The protocols an ICMP match stands for when the rule names none.
+const ICMP_PROTOCOLS: [u8; 2] = [Protocol::ICMP.number(), Protocol::ICMPV6.number()];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -18,9 +28,10 @@ pub(super) enum Kind {
 }
 
 pub(super) fn kind(p: u8) -> Kind {
-    if PORT_PROTOCOLS.contains(&p) {
+    let p = Protocol::from_number(p);
+    if p.carries_ports() {
         Kind::Ports
-    } else if ICMP_PROTOCOLS.contains(&p) {
+    } else if p.is_icmp() {
         Kind::Icmp
     } else {
         Kind::Other
@@ -30,18 +41,17 @@ pub(super) fn kind(p: u8) -> Kind {
 /// The packet the evaluator is asked about for protocol `p`, source port `sport`
 /// (port protocols only) and kernel port value `v`.
 pub(super) fn packet(p: u8, sport: u16, v: u16) -> Packet {
+    let protocol = Protocol::from_number(p);
     match kind(p) {
-        Kind::Ports => Packet::with_ports(p, sport, v),
-        Kind::Icmp => Packet::icmp(p, (v >> 8) as u8, (v & 0xff) as u8),
-        Kind::Other => Packet {
-            protocol: p,
-            ..Packet::default()
-        },
+        Kind::Ports => Packet::with_ports(protocol, sport, v),
+        Kind::Icmp => Packet::icmp(protocol, (v >> 8) as u8, (v & 0xff) as u8),
+        Kind::Other => Packet::without_ports(protocol),
     }
 }
 
 /// Whether rule `r` can match protocol `p` at all.
 pub(super) fn may_match(r: &Rule, p: u8) -> bool {
+    let p = Protocol::from_number(p);
     r.protocol.is_none_or(|q| q == p) && r.not_protocol != Some(p)
 }
 
@@ -52,8 +62,8 @@ pub(super) fn protocols(rules: &[(String, &Rule)], failsafes: &[FailsafePort]) -
         !e.ports.is_empty() || !e.not_ports.is_empty() || e.service_ports.is_some()
     };
     for (_, r) in rules {
-        protocols.extend(r.protocol);
-        protocols.extend(r.not_protocol);
+        protocols.extend(r.protocol.map(Protocol::number));
+        protocols.extend(r.not_protocol.map(Protocol::number));
         if r.protocol.is_none() && (has_ports(&r.destination) || has_ports(&r.source)) {
             protocols.extend(PORT_PROTOCOLS);
         }
@@ -61,7 +71,7 @@ pub(super) fn protocols(rules: &[(String, &Rule)], failsafes: &[FailsafePort]) -
             protocols.extend(ICMP_PROTOCOLS);
         }
     }
-    protocols.extend(failsafes.iter().map(|f| f.protocol));
+    protocols.extend(failsafes.iter().map(|f| f.protocol.number()));
     protocols
 }
 
@@ -93,7 +103,7 @@ pub(super) fn port_ranges<'r>(
                     .endpoints
                     .iter()
                     .flat_map(|e| &e.named_ports)
-                    .filter(|np| &np.name == name && np.protocol == p)
+                    .filter(|np| &np.name == name && np.protocol.number() == p)
                     .map(|np| (u32::from(np.port), u32::from(np.port))),
             ),
         }
@@ -122,7 +132,7 @@ fn cuts(model: &Model, r: &Rule, p: u8) -> BTreeSet<u32> {
             let backend_ports = r.destination.service_ports.iter().flatten();
             for &(_, port) in backend_ports
                 .flat_map(|s| &s.ports)
-                .filter(|(q, _)| *q == p)
+                .filter(|(q, _)| q.number() == p)
             {
                 cut(u32::from(port), u32::from(port) + 1);
             }
@@ -188,7 +198,7 @@ pub(super) fn layout(
     for ((protocol_index, &p), sources) in protocols.iter().enumerate().zip(sources) {
         let mut always: BTreeSet<u32> = BTreeSet::from([0]);
         if kind(p) == Kind::Ports {
-            for f in failsafes.iter().filter(|f| f.protocol == p) {
+            for f in failsafes.iter().filter(|f| f.protocol.number() == p) {
                 always.extend([u32::from(f.port), u32::from(f.port) + 1]);
             }
         }

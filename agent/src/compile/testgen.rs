@@ -8,15 +8,18 @@ use std::net::IpAddr;
 use agent_common::{GroupKey, RuleKey, SourcePortKey, Verdict, PEER_CLASS_WORLD, PEER_GROUP_ANY};
 use ipnet::IpNet;
 
+use super::{CompileError, Compiled};
 use crate::dataplane::exact::{self, HOST_PREFIX};
 use crate::dataplane::tables::{addr_bytes, direction_code, TableError, TableSet};
-use crate::eval::Packet;
+use crate::eval::{EndVerdict, Evaluator, Packet, PolicySet};
 use crate::model::ir::{
-    proto, Action, Direction, Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Labels,
-    Model, NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile,
-    Rule, StagedAction, Tier, TierDefault, LABEL_NAMESPACE,
+    Action, Direction, Endpoint, EndpointKind, EntityRule, IcmpMatch, Labels, Model, NetworkSet,
+    Policy, PolicyId, PolicyKind, PortMatch, Profile, Protocol, Rule, StagedAction, TierDefault,
+    LABEL_NAMESPACE,
 };
+use crate::model::lower::builtin_tiers;
 use crate::selector::{parse, Selector};
+use crate::testkit::ir::{failsafe, labels, named_port, range, tier};
 
 /// xorshift64*: small, deterministic, no dependency.
 #[derive(Clone, Debug)]
@@ -105,13 +108,6 @@ pub const SOURCE_PORTS: [u16; 27] = [
 pub const ICMP_TYPES: [u8; 6] = [0, 3, 8, 11, 128, 129];
 pub const ICMP_CODES: [u8; 3] = [0, 1, 4];
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn sel(rng: &mut Rng) -> Selector {
     parse(rng.pick(&SELECTORS)).expect("vocabulary selectors parse")
 }
@@ -181,18 +177,10 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
         }
         let mut named_ports = Vec::new();
         if rng.chance(50) {
-            named_ports.push(NamedPort {
-                name: "http".into(),
-                protocol: proto::TCP,
-                port: rng.pick(&[80, 8080]),
-            });
+            named_ports.push(named_port("http", Protocol::TCP, rng.pick(&[80, 8080])));
         }
         if rng.chance(30) {
-            named_ports.push(NamedPort {
-                name: "dns".into(),
-                protocol: proto::UDP,
-                port: 53,
-            });
+            named_ports.push(named_port("dns", Protocol::UDP, 53));
         }
         let profiles = if host {
             vec![]
@@ -235,28 +223,12 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
             nets: vec![net(rng)],
         });
     }
-    let mut tiers = vec![
-        Tier {
-            name: "kube-admin".into(),
-            order: Some(1000.0),
-            default_action: TierDefault::Pass,
-        },
-        Tier {
-            name: "default".into(),
-            order: Some(1_000_000.0),
-            default_action: TierDefault::Deny,
-        },
-        Tier {
-            name: "kube-baseline".into(),
-            order: Some(10_000_000.0),
-            default_action: TierDefault::Pass,
-        },
-    ];
-    tiers.push(Tier {
-        name: "sec".into(),
-        order: rng.pick(&[Some(100.0), None]),
-        default_action: rng.pick(&[TierDefault::Pass, TierDefault::Deny]),
-    });
+    let mut tiers = builtin_tiers();
+    tiers.push(tier(
+        "sec",
+        rng.pick(&[Some(100.0), None]),
+        rng.pick(&[TierDefault::Pass, TierDefault::Deny]),
+    ));
     let tier_names = ["default", "default", "sec", "kube-admin", "kube-baseline"];
     let mut policies = Vec::new();
     let names = ["p-a", "p-b", "p-c", "p-d"];
@@ -285,11 +257,9 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
     }];
     let mut failsafes = crate::model::ir::Failsafes::default();
     if rng.chance(30) {
-        failsafes.inbound.push(FailsafePort {
-            protocol: proto::TCP,
-            port: 8080,
-            net: Some(net(rng)),
-        });
+        failsafes
+            .inbound
+            .push(failsafe(Protocol::TCP, 8080, Some(net(rng))));
     }
     let mut model = Model {
         tiers,
@@ -324,7 +294,7 @@ fn with_services(rng: &mut Rng, model: &mut Model) {
                     .map(|_| rng.pick(&addresses))
                     .collect(),
                 ports: (0..1 + rng.below(2))
-                    .map(|_| (rng.pick(&[proto::TCP, proto::UDP]), rng.pick(&PORTS)))
+                    .map(|_| (rng.pick(&[Protocol::TCP, Protocol::UDP]), rng.pick(&PORTS)))
                     .collect(),
             })
             .collect();
@@ -436,11 +406,11 @@ fn port_match(rng: &mut Rng) -> PortMatch {
         0 => PortMatch::Named(rng.pick(&["http", "dns", "nope"]).into()),
         1 => {
             let (a, b) = rng.pick(&[(1000, 2000), (8000, 8100), (1, 1023), (53, 80)]);
-            PortMatch::Range(PortRange { first: a, last: b })
+            range(a, b)
         }
         _ => {
             let p = rng.pick(&[22, 53, 80, 8080, 6443, 9000]);
-            PortMatch::Range(PortRange { first: p, last: p })
+            range(p, p)
         }
     }
 }
@@ -479,16 +449,16 @@ pub fn random_rule(rng: &mut Rng, shape: Shape) -> Rule {
     let protocol = rng.pick(&[
         None,
         None,
-        Some(proto::TCP),
-        Some(proto::TCP),
-        Some(proto::UDP),
-        Some(proto::ICMP),
-        Some(proto::ICMPV6),
-        Some(proto::SCTP),
-        Some(47),
+        Some(Protocol::TCP),
+        Some(Protocol::TCP),
+        Some(Protocol::UDP),
+        Some(Protocol::ICMP),
+        Some(Protocol::ICMPV6),
+        Some(Protocol::SCTP),
+        Some(Protocol::from_number(47)),
     ]);
-    let ports = matches!(protocol, Some(proto::TCP | proto::UDP | proto::SCTP));
-    let icmp = matches!(protocol, Some(proto::ICMP | proto::ICMPV6));
+    let ports = protocol.is_some_and(Protocol::has_rule_ports);
+    let icmp = protocol.is_some_and(Protocol::is_icmp);
     let icmp_match = |rng: &mut Rng| IcmpMatch {
         icmp_type: rng.pick(&ICMP_TYPES),
         code: rng.chance(50).then(|| rng.pick(&ICMP_CODES)),
@@ -504,7 +474,8 @@ pub fn random_rule(rng: &mut Rng, shape: Shape) -> Rule {
         action,
         ip_version: rng.pick(&[None, None, None, Some(4), Some(6)]),
         protocol,
-        not_protocol: (protocol.is_none() && rng.chance(15)).then(|| rng.pick(&[6, 17, 1])),
+        not_protocol: (protocol.is_none() && rng.chance(15))
+            .then(|| rng.pick(&[Protocol::TCP, Protocol::UDP, Protocol::ICMP])),
         icmp: (icmp && rng.chance(60)).then(|| icmp_match(rng)),
         not_icmp: (icmp && rng.chance(15)).then(|| icmp_match(rng)),
         source,
@@ -527,18 +498,30 @@ pub struct Probe {
 
 impl Probe {
     pub fn packet(&self) -> Packet {
-        match self.protocol {
-            proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE => {
-                Packet::with_ports(self.protocol, self.src_port, self.port)
-            }
-            proto::ICMP | proto::ICMPV6 => {
-                Packet::icmp(self.protocol, (self.port >> 8) as u8, self.port as u8)
-            }
-            p => Packet {
-                protocol: p,
-                ..Packet::default()
-            },
-        }
+        super::ports::packet(self.protocol, self.src_port, self.port)
+    }
+
+    /// What the evaluator answers for this probe under `set`.
+    pub fn evaluate(&self, evaluator: &Evaluator, set: PolicySet) -> EndVerdict {
+        evaluator.evaluate_end(
+            set,
+            self.endpoint_index,
+            self.direction,
+            self.peer,
+            self.local,
+            &self.packet(),
+        )
+    }
+}
+
+/// A random model compiled; None for the models [`random_model`] makes
+/// uncompilable on purpose (verdicts that depend on which of an endpoint's two
+/// own addresses a packet uses).
+pub fn compile_random(model: &Model) -> Result<Option<Compiled>, CompileError> {
+    match super::compile(model) {
+        Ok(c) => Ok(Some(c)),
+        Err(CompileError::Unsupported { what, .. }) if what.contains("own addresses") => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -579,12 +562,12 @@ pub fn random_probe(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Probe 
     peers.sort();
     peers.dedup();
     let peer = rng.pick(&peers);
-    let icmp = if v6 { proto::ICMPV6 } else { proto::ICMP };
+    let icmp = if v6 { Protocol::ICMPV6 } else { Protocol::ICMP }.number();
     let protocol = rng.pick(&[
-        proto::TCP,
-        proto::TCP,
-        proto::UDP,
-        proto::SCTP,
+        Protocol::TCP.number(),
+        Protocol::TCP.number(),
+        Protocol::UDP.number(),
+        Protocol::SCTP.number(),
         icmp,
         icmp,
         47,
@@ -666,7 +649,7 @@ fn aim_at_source_ports(rng: &mut Rng, model: &Model, endpoints: &[usize]) -> Opt
         return None;
     }
     let (eps, direction, rule) = rng.pick(&targets);
-    let protocol = rule.protocol?;
+    let protocol = rule.protocol?.number();
     let value = |rng: &mut Rng, m: &PortMatch| match m {
         PortMatch::Range(r) => {
             if rng.chance(50) {
@@ -830,10 +813,7 @@ impl TableModel {
         protocol: u8,
         src_port: u16,
     ) -> u8 {
-        let ports = matches!(
-            protocol,
-            proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE
-        );
+        let ports = Protocol::from_number(protocol).carries_ports();
         if !ports || !self.source_port_endpoints.contains(&endpoint_id) {
             return 0;
         }
@@ -969,11 +949,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
                         .unwrap(),
                     format!("fd00::{:x}", i + 1).parse().unwrap(),
                 ],
-                named_ports: vec![NamedPort {
-                    name: "http".into(),
-                    protocol: proto::TCP,
-                    port: 8080,
-                }],
+                named_ports: vec![named_port("http", Protocol::TCP, 8080)],
                 profiles: vec![format!("kns.{ns}")],
                 pod: None,
                 node: None,
@@ -985,19 +961,15 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
         let staged = i % 10 == 9;
         let from = |rng: &mut Rng| parse(&format!("app == '{}'", app(rng.below(10)))).unwrap();
         let tcp = |ports: Vec<PortMatch>, src: EntityRule| Rule {
-            action: Action::Allow,
-            ip_version: None,
-            protocol: Some(proto::TCP),
-            not_protocol: None,
-            icmp: None,
-            not_icmp: None,
+            protocol: Some(Protocol::TCP),
             source: src,
             destination: EntityRule {
                 ports,
                 ..EntityRule::default()
             },
+            ..Rule::matching_all(Action::Allow)
         };
-        let port = |p: u16| PortMatch::Range(PortRange { first: p, last: p });
+        let port = |p: u16| range(p, p);
         let ingress = vec![
             tcp(
                 vec![
@@ -1010,10 +982,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
                 },
             ),
             tcp(
-                vec![PortMatch::Range(PortRange {
-                    first: 9000,
-                    last: 9000 + (i % 20) as u16,
-                })],
+                vec![range(9000, 9000 + (i % 20) as u16)],
                 EntityRule {
                     nets: vec![format!("172.16.{}.0/24", i % 64).parse().unwrap()],
                     ..EntityRule::default()
@@ -1021,7 +990,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
             ),
         ];
         let mut dns = tcp(vec![port(53)], EntityRule::default());
-        dns.protocol = Some(proto::UDP);
+        dns.protocol = Some(Protocol::UDP);
         let egress = vec![dns, tcp(vec![port(5432)], EntityRule::default())];
         let mut egress = egress;
         egress[1].destination.selector = Some(from(&mut rng));
@@ -1049,17 +1018,9 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
         });
     }
     Model {
-        tiers: vec![Tier {
-            name: "default".into(),
-            order: Some(1_000_000.0),
-            default_action: TierDefault::Deny,
-        }],
+        tiers: vec![tier("default", Some(1_000_000.0), TierDefault::Deny)],
         policies: out,
-        profiles: vec![],
         endpoints: eps,
-        network_sets: vec![],
-        failsafes: Default::default(),
-        namespaces: Default::default(),
-        services: Vec::new(),
+        ..Model::default()
     }
 }

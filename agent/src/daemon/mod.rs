@@ -205,7 +205,7 @@ fn new_shared(opts: &RunOptions, mut dp: Dataplane) -> anyhow::Result<Shared> {
         .iter()
         .chain(opts.console.iter().map(|c| &c.addr))
         .map(|a| FailsafePort {
-            protocol: crate::model::ir::proto::TCP,
+            protocol: crate::model::ir::Protocol::TCP,
             port: a.port(),
             net: None,
         })

@@ -14,21 +14,21 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::cli::eval::{first_ip, has_ports, parse_protocol, protocol_name};
+use crate::cli::eval::{first_ip, parse_protocol};
 use crate::eval::{Evaluator, Flow, Packet, Verdict};
-use crate::model::ir::{proto, EndpointKind, Model, PortMatch};
+use crate::model::ir::{EndpointKind, Model, PortMatch, Protocol};
 
 /// A destination port of a protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortSpec {
-    pub protocol: u8,
+    pub protocol: Protocol,
     pub port: u16,
 }
 
 impl fmt::Display for PortSpec {
     /// `TCP/8080`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", protocol_name(self.protocol), self.port)
+        write!(f, "{}/{}", self.protocol, self.port)
     }
 }
 
@@ -42,10 +42,10 @@ impl serde::Serialize for PortSpec {
 pub fn parse_port_spec(text: &str) -> Result<PortSpec, String> {
     let (protocol, port) = match text.split_once('/') {
         Some((p, n)) => (parse_protocol(p)?, n),
-        None => (proto::TCP, text),
+        None => (Protocol::TCP, text),
     };
-    if !has_ports(protocol) {
-        return Err(format!("protocol {} has no ports", protocol_name(protocol)));
+    if !protocol.carries_ports() {
+        return Err(format!("protocol {protocol} has no ports"));
     }
     let port = port
         .parse::<u16>()
@@ -94,8 +94,8 @@ pub fn default_ports(model: &Model) -> Vec<PortSpec> {
     for rule in rules {
         let protocol = rule
             .protocol
-            .filter(|&p| has_ports(p))
-            .unwrap_or(proto::TCP);
+            .filter(|p| p.carries_ports())
+            .unwrap_or(Protocol::TCP);
         for port in &rule.destination.ports {
             match port {
                 PortMatch::Range(r) => {
@@ -118,7 +118,7 @@ pub fn default_ports(model: &Model) -> Vec<PortSpec> {
     }
     if ports.is_empty() {
         ports.insert(PortSpec {
-            protocol: proto::TCP,
+            protocol: Protocol::TCP,
             port: 80,
         });
     }

@@ -6,98 +6,17 @@ use ipnet::IpNet;
 
 use super::*;
 use crate::model::ir::{
-    proto, Endpoint, EndpointKind, EntityRule, FailsafePort, IcmpMatch, Model, NamedPort,
-    NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, PortRange, Profile, Rule, StagedAction,
-    Tier, TierDefault, LABEL_NAMESPACE,
+    Endpoint, IcmpMatch, Model, NetworkSet, Policy, PolicyId, PolicyKind, PortMatch, Profile,
+    Protocol, Rule, StagedAction, TierDefault,
 };
 use crate::selector::Selector;
+use crate::testkit::ir::*;
 
 // ---------- builders ----------
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn labels(pairs: &[(&str, &str)]) -> crate::model::ir::Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// A pod in `ns` with `app=<name>`, the namespace label and the `kns.<ns>` profile.
-fn pod(ns: &str, name: &str, ips: &[&str]) -> Endpoint {
-    Endpoint {
-        kind: EndpointKind::Workload,
-        namespace: Some(ns.into()),
-        name: name.into(),
-        labels: labels(&[("app", name), (LABEL_NAMESPACE, ns)]),
-        interface: Some(format!("cali{name}")),
-        ips: ips.iter().map(|s| ip(s)).collect(),
-        named_ports: vec![],
-        profiles: vec![format!("kns.{ns}")],
-        pod: None,
-        node: None,
-    }
-}
-
-fn host(name: &str, ips: &[&str]) -> Endpoint {
-    Endpoint {
-        kind: EndpointKind::Host,
-        namespace: None,
-        name: name.into(),
-        labels: labels(&[("host", name)]),
-        interface: Some("eth0".into()),
-        ips: ips.iter().map(|s| ip(s)).collect(),
-        named_ports: vec![],
-        profiles: vec![],
-        pod: None,
-        node: None,
-    }
-}
-
-fn builtin_tiers() -> Vec<Tier> {
-    vec![
-        tier("kube-admin", Some(1000.0), TierDefault::Pass),
-        tier("default", Some(1_000_000.0), TierDefault::Deny),
-        tier("kube-baseline", Some(10_000_000.0), TierDefault::Pass),
-    ]
-}
-
-fn tier(name: &str, order: Option<f64>, default_action: TierDefault) -> Tier {
-    Tier {
-        name: name.into(),
-        order,
-        default_action,
-    }
-}
-
-fn model(endpoints: Vec<Endpoint>, policies: Vec<Policy>) -> Model {
-    Model {
-        tiers: builtin_tiers(),
-        policies,
-        endpoints,
-        ..Model::default()
-    }
-}
-
 fn rule(action: Action) -> Rule {
-    Rule {
-        action,
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        source: EntityRule::default(),
-        destination: EntityRule::default(),
-    }
+    Rule::matching_all(action)
 }
-
 fn allow() -> Rule {
     rule(Action::Allow)
 }
@@ -106,68 +25,6 @@ fn deny() -> Rule {
 }
 fn pass() -> Rule {
     rule(Action::Pass)
-}
-
-fn range(first: u16, last: u16) -> PortMatch {
-    PortMatch::Range(PortRange { first, last })
-}
-
-fn policy(kind: PolicyKind, namespace: Option<&str>, name: &str) -> Policy {
-    Policy {
-        id: PolicyId {
-            kind,
-            namespace: namespace.map(String::from),
-            name: name.into(),
-        },
-        tier: "default".into(),
-        order: None,
-        selector: Selector::all(),
-        ingress_type: true,
-        egress_type: false,
-        ingress: vec![],
-        egress: vec![],
-        staged_action: kind.is_staged().then_some(StagedAction::Set),
-        do_not_track: false,
-        pre_dnat: false,
-        apply_on_forward: false,
-    }
-}
-
-/// A GlobalNetworkPolicy on every endpoint, ingress only, with these rules.
-fn gnp(name: &str, ingress: Vec<Rule>) -> Policy {
-    Policy {
-        ingress,
-        ..policy(PolicyKind::GlobalNetworkPolicy, None, name)
-    }
-}
-
-fn in_tier(mut p: Policy, tier: &str, order: Option<f64>) -> Policy {
-    p.tier = tier.into();
-    p.order = order;
-    p
-}
-
-fn selecting(mut p: Policy, selector: Selector) -> Policy {
-    p.selector = selector;
-    p
-}
-
-fn egress_only(mut p: Policy, egress: Vec<Rule>) -> Policy {
-    p.ingress_type = false;
-    p.egress_type = true;
-    p.egress = egress;
-    p
-}
-
-fn staged(mut p: Policy, action: Option<StagedAction>) -> Policy {
-    p.id.kind = match p.id.kind {
-        PolicyKind::GlobalNetworkPolicy => PolicyKind::StagedGlobalNetworkPolicy,
-        PolicyKind::NetworkPolicy => PolicyKind::StagedNetworkPolicy,
-        PolicyKind::KubernetesNetworkPolicy => PolicyKind::StagedKubernetesNetworkPolicy,
-        k => k,
-    };
-    p.staged_action = action;
-    p
 }
 
 const CLIENT: &str = "10.0.0.1";
@@ -214,14 +71,11 @@ fn traces(v: &EndVerdict) -> Vec<String> {
 
 /// A packet of another protocol, without ports (pol_prog's `packetNoPorts(253, ..)`).
 fn no_ports() -> Packet {
-    Packet {
-        protocol: 253,
-        ..Packet::default()
-    }
+    Packet::without_ports(Protocol::from_number(253))
 }
 
 fn icmp(t: u8, c: u8) -> Packet {
-    Packet::icmp(proto::ICMP, t, c)
+    Packet::icmp(Protocol::ICMP, t, c)
 }
 
 use Verdict::{Allow, Deny};
@@ -398,7 +252,7 @@ fn pass_to_nowhere_ends_in_profiles_and_no_profile_denies() {
 #[test]
 fn a_tier_with_no_decision_ends_with_deny_at_rule_minus_one() {
     let selective = Rule {
-        protocol: Some(proto::UDP),
+        protocol: Some(Protocol::UDP),
         ..allow()
     };
     let v = server_ingress(
@@ -492,11 +346,11 @@ fn profiles_apply_in_order_and_a_profile_pass_counts_as_deny() {
             name: "first".into(),
             ingress: vec![
                 Rule {
-                    protocol: Some(proto::UDP),
+                    protocol: Some(Protocol::UDP),
                     ..pass()
                 },
                 Rule {
-                    protocol: Some(proto::ICMP),
+                    protocol: Some(Protocol::ICMP),
                     ..deny()
                 },
             ],
@@ -645,7 +499,7 @@ fn protocol_and_not_protocol() {
         vec![gnp(
             "tcp",
             vec![Rule {
-                protocol: Some(proto::TCP),
+                protocol: Some(Protocol::TCP),
                 ..allow()
             }],
         )]
@@ -654,7 +508,7 @@ fn protocol_and_not_protocol() {
         vec![gnp(
             "not-tcp",
             vec![Rule {
-                not_protocol: Some(proto::TCP),
+                not_protocol: Some(Protocol::TCP),
                 ..allow()
             }],
         )]
@@ -674,7 +528,7 @@ fn protocol_and_not_protocol() {
 fn icmp_type_and_code() {
     let with = |icmp_match: IcmpMatch, negate: bool| {
         let mut r = Rule {
-            protocol: Some(proto::ICMP),
+            protocol: Some(Protocol::ICMP),
             ..allow()
         };
         if negate {
@@ -711,7 +565,7 @@ fn icmp_type_and_code() {
         Allow
     );
     // ICMP rules do not match ICMPv6.
-    let v6_echo = Packet::icmp(proto::ICMPV6, 8, 0);
+    let v6_echo = Packet::icmp(Protocol::ICMPV6, 8, 0);
     assert_eq!(action_of(with(echo, false), CLIENT6, v6_echo), Deny);
 }
 
@@ -866,11 +720,9 @@ fn a_negated_selector_matches_only_known_endpoints_and_sets() {
 /// The server has named port `http` = TCP 8080.
 fn named_port_model(policies: Vec<Policy>) -> Model {
     let mut m = model(client_server(), policies);
-    m.endpoints[1].named_ports.push(NamedPort {
-        name: "http".into(),
-        protocol: proto::TCP,
-        port: 8080,
-    });
+    m.endpoints[1]
+        .named_ports
+        .push(named_port("http", Protocol::TCP, 8080));
     m
 }
 
@@ -943,7 +795,7 @@ fn named_source_ports_resolve_against_the_source_endpoint() {
             Direction::Egress,
             ip(CLIENT),
             ip(SERVER),
-            &Packet::with_ports(proto::TCP, src_port, 5555),
+            &Packet::with_ports(Protocol::TCP, src_port, 5555),
         )
         .action
     };
@@ -957,7 +809,7 @@ fn destination_port_ranges_and_not_ports() {
     let ranges = || vec![range(80, 81), range(90, 90)];
     let to = |negate: bool| {
         let mut r = Rule {
-            protocol: Some(proto::TCP),
+            protocol: Some(Protocol::TCP),
             ..allow()
         };
         if negate {
@@ -1018,19 +870,19 @@ fn destination_port_ranges_and_not_ports() {
 fn source_port_ranges() {
     // pol_prog "allow from tcp:80-81".
     let mut r = Rule {
-        protocol: Some(proto::TCP),
+        protocol: Some(Protocol::TCP),
         ..allow()
     };
     r.source.ports = vec![range(80, 81)];
     let p = || vec![gnp("src-ports", vec![r.clone()])];
-    let from = |port| Packet::with_ports(proto::TCP, port, 31245);
+    let from = |port| Packet::with_ports(Protocol::TCP, port, 31245);
     assert_eq!(action_of(p(), CLIENT, from(80)), Allow);
     assert_eq!(action_of(p(), CLIENT, from(81)), Allow);
     assert_eq!(action_of(p(), CLIENT6, from(80)), Allow);
     assert_eq!(action_of(p(), CLIENT, from(79)), Deny);
     assert_eq!(action_of(p(), CLIENT, from(82)), Deny);
     assert_eq!(
-        action_of(p(), CLIENT, Packet::with_ports(proto::UDP, 80, 1)),
+        action_of(p(), CLIENT, Packet::with_ports(Protocol::UDP, 80, 1)),
         Deny
     );
 }
@@ -1070,7 +922,7 @@ fn a_host_endpoint_without_policy_or_profile_denies_except_failsafes() {
     assert_eq!(
         ssh.decided_by,
         DecidedBy::Failsafe {
-            protocol: proto::TCP,
+            protocol: Protocol::TCP,
             port: 22
         }
     );
@@ -1122,11 +974,7 @@ fn failsafe_ssh_survives_a_deny_all_policy_on_the_host() {
 #[test]
 fn a_failsafe_with_a_net_only_covers_that_net() {
     let mut m = host_model(vec![]);
-    m.failsafes.inbound = vec![FailsafePort {
-        protocol: proto::TCP,
-        port: 22,
-        net: Some(net("192.168.0.0/24")),
-    }];
+    m.failsafes.inbound = vec![failsafe(Protocol::TCP, 22, Some(net("192.168.0.0/24")))];
     assert_eq!(
         host_end(&m, Direction::Ingress, Packet::tcp(22)).action,
         Allow
@@ -1405,11 +1253,9 @@ fn seed_model() -> Model {
         e
     };
     let mut database = prod_pod("database", "10.65.0.30", "fd65::30");
-    database.named_ports.push(NamedPort {
-        name: "http".into(),
-        protocol: proto::TCP,
-        port: 8080,
-    });
+    database
+        .named_ports
+        .push(named_port("http", Protocol::TCP, 8080));
     let endpoints = vec![
         prod_pod("frontend", "10.65.0.10", "fd65::10"),
         prod_pod("backend", "10.65.0.20", "fd65::20"),
@@ -1417,7 +1263,7 @@ fn seed_model() -> Model {
     ];
     let app = |a: &str| Selector::equals("env", "prod").and(Selector::equals("app", a));
     let mut from_backend = Rule {
-        protocol: Some(proto::TCP),
+        protocol: Some(Protocol::TCP),
         ..allow()
     };
     from_backend.source.selector = Some(app("backend"));
@@ -1517,7 +1363,7 @@ mod properties {
                 Just(Action::Pass),
                 Just(Action::Log)
             ],
-            prop::option::of(prop_oneof![Just(proto::TCP), Just(proto::UDP)]),
+            prop::option::of(prop_oneof![Just(Protocol::TCP), Just(Protocol::UDP)]),
             prop::option::of((1u16..100, 0u16..20)),
             prop::option::of(selector()),
             prop::option::of(prop_oneof![Just(4u8), Just(6u8)]),
@@ -1595,7 +1441,7 @@ mod properties {
         prop_oneof![
             (1u16..120).prop_map(Packet::tcp),
             (1u16..120).prop_map(Packet::udp),
-            Just(Packet::icmp(proto::ICMP, 8, 0)),
+            Just(Packet::icmp(Protocol::ICMP, 8, 0)),
         ]
     }
 
@@ -1703,16 +1549,7 @@ fn prefilter_gives_the_verdicts_and_traces_of_the_plain_scan() {
         for _ in 0..60 {
             let p = random_probe(&mut rng, &model, &endpoints);
             for set in [PolicySet::Enforced, PolicySet::Pending] {
-                let ask = |e: &Evaluator| {
-                    e.evaluate_end(
-                        set,
-                        p.endpoint_index,
-                        p.direction,
-                        p.peer,
-                        p.local,
-                        &p.packet(),
-                    )
-                };
+                let ask = |e: &Evaluator| p.evaluate(e, set);
                 let want = ask(&scanning);
                 assert_eq!(ask(&indexed), want, "round {round} {set:?} {p:?}");
                 indexed_decisions +=

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::model::ir::{Direction, Endpoint, EndpointKind, Policy, PolicyId, TierDefault};
+use crate::model::ir::{
+    Direction, Endpoint, EndpointKind, Policy, PolicyId, Protocol, TierDefault,
+};
 
 /// The tier name Calico gives profiles in traces.
 pub const PROFILE_TIER: &str = "__PROFILE__";
@@ -22,10 +24,9 @@ pub enum PolicySet {
 }
 
 /// The first packet of a connection, as far as policy can see it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Packet {
-    /// IP protocol number (`model::ir::proto`).
-    pub protocol: u8,
+    pub protocol: Protocol,
     pub src_port: Option<u16>,
     pub dst_port: Option<u16>,
     pub icmp_type: Option<u8>,
@@ -35,27 +36,35 @@ pub struct Packet {
 impl Packet {
     /// A TCP packet to `dst_port` from an ephemeral source port.
     pub fn tcp(dst_port: u16) -> Self {
-        Self::with_ports(crate::model::ir::proto::TCP, EPHEMERAL_PORT, dst_port)
+        Self::with_ports(Protocol::TCP, EPHEMERAL_PORT, dst_port)
     }
     /// A UDP packet to `dst_port` from an ephemeral source port.
     pub fn udp(dst_port: u16) -> Self {
-        Self::with_ports(crate::model::ir::proto::UDP, EPHEMERAL_PORT, dst_port)
+        Self::with_ports(Protocol::UDP, EPHEMERAL_PORT, dst_port)
     }
-    pub fn with_ports(protocol: u8, src_port: u16, dst_port: u16) -> Self {
+    pub fn with_ports(protocol: Protocol, src_port: u16, dst_port: u16) -> Self {
         Packet {
-            protocol,
             src_port: Some(src_port),
             dst_port: Some(dst_port),
-            ..Packet::default()
+            ..Packet::without_ports(protocol)
         }
     }
     /// An ICMP (or ICMPv6, by `protocol`) packet of this type and code.
-    pub fn icmp(protocol: u8, icmp_type: u8, icmp_code: u8) -> Self {
+    pub fn icmp(protocol: Protocol, icmp_type: u8, icmp_code: u8) -> Self {
         Packet {
-            protocol,
             icmp_type: Some(icmp_type),
             icmp_code: Some(icmp_code),
-            ..Packet::default()
+            ..Packet::without_ports(protocol)
+        }
+    }
+    /// A packet of `protocol` with neither ports nor an ICMP type.
+    pub fn without_ports(protocol: Protocol) -> Self {
+        Packet {
+            protocol,
+            src_port: None,
+            dst_port: None,
+            icmp_type: None,
+            icmp_code: None,
         }
     }
 }
@@ -152,7 +161,7 @@ impl serde::Serialize for TraceEntry {
 #[serde(tag = "by", rename_all = "snake_case")]
 pub enum DecidedBy {
     /// A host endpoint's failsafe port, before any policy.
-    Failsafe { protocol: u8, port: u16 },
+    Failsafe { protocol: Protocol, port: u16 },
     /// An Allow or Deny rule of a policy.
     PolicyRule {
         tier: String,

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::compile::Compiled;
-use crate::model::ir::{Labels, Model};
+use crate::model::ir::{Labels, Model, Protocol};
 use crate::selector::Selector;
 
 pub mod blame;
@@ -205,14 +205,14 @@ pub struct Matcher {
 }
 
 pub fn protocol_name(p: u8) -> String {
-    crate::model::ir::Protocol(p).to_string()
+    Protocol::from_number(p).to_string()
 }
 
 pub fn protocol_number(s: &str) -> Option<u8> {
     if let Ok(n) = s.parse::<u8>() {
         return Some(n);
     }
-    crate::model::ir::Protocol::from_name_ignore_case(s).map(|p| p.0)
+    Protocol::from_name_ignore_case(s).map(Protocol::number)
 }
 
 impl Matcher {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{Evaluator, Flow, Packet, PolicySet, Verdict};
-use crate::model::ir::{Direction, Model, PolicyId};
+use crate::model::ir::{Direction, Model, PolicyId, Protocol};
 
 /// One connection to judge, with what was observed of it (live only).
 #[derive(Clone, Debug)]
@@ -215,7 +215,7 @@ fn changes(evaluator: &Evaluator, observed: &[Observed]) -> (Vec<Change>, Vec<Ch
         let name = |end: Option<String>, ip: IpAddr| end.unwrap_or_else(|| ip.to_string());
         let from = name(v.source_endpoint, o.flow.src);
         let to = name(v.destination_endpoint, o.flow.dst);
-        let protocol = super::protocol_name(o.flow.packet.protocol);
+        let protocol = o.flow.packet.protocol.to_string();
         let port = port_text(&o.flow.packet);
         let nodes: BTreeSet<String> = [o.flow.src, o.flow.dst]
             .iter()
@@ -270,15 +270,11 @@ fn port_text(p: &Packet) -> String {
 
 /// The connection a flow record is of, as the evaluator takes it.
 pub fn connection_of(r: &super::Flow) -> Flow {
+    let protocol = Protocol::from_number(r.protocol_number);
     let packet = match r.icmp {
-        Some((t, c)) => Packet::icmp(r.protocol_number, t, c),
-        None if crate::cli::eval::has_ports(r.protocol_number) => {
-            Packet::with_ports(r.protocol_number, r.src.port, r.dst.port)
-        }
-        None => Packet {
-            protocol: r.protocol_number,
-            ..Packet::default()
-        },
+        Some((t, c)) => Packet::icmp(protocol, t, c),
+        None if protocol.carries_ports() => Packet::with_ports(protocol, r.src.port, r.dst.port),
+        None => Packet::without_ports(protocol),
     };
     Flow {
         src: r.src.ip,

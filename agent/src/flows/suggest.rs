@@ -17,7 +17,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::{rfc3339, Flow, Peer};
-use crate::model::ir::Labels;
+use crate::model::ir::{Labels, Protocol};
 
 /// Labels that name a workload across restarts and rollouts, preferred for
 /// selectors (those present are all used).
@@ -163,7 +163,7 @@ fn source_of(src: &Peer, namespace: &str) -> Source {
 fn traffic_of(f: &Flow) -> Traffic {
     match f.icmp {
         Some((t, c)) => Traffic::Icmp(f.protocol.clone(), t, c),
-        None if crate::cli::eval::has_ports(f.protocol_number) => {
+        None if Protocol::from_number(f.protocol_number).carries_ports() => {
             Traffic::Ports(f.protocol.clone())
         }
         None => Traffic::Protocol(f.protocol.clone()),

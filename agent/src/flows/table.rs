@@ -8,7 +8,7 @@ use super::{
     connection, monotonic_to_unix_ns, protocol_name, rfc3339, Flow, Reporter, View, HISTORY,
 };
 use crate::dataplane::FlowRecord;
-use crate::model::ir::Direction;
+use crate::model::ir::{Direction, Protocol};
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -203,7 +203,9 @@ impl FlowTable {
 /// One kernel event as a flow record (not yet joined with its connection).
 fn record(r: &FlowRecord, view: &View, first_seen_ns: u64, count: u64) -> Flow {
     let now = monotonic_to_unix_ns(r.timestamp_ns);
-    let icmp = matches!(r.protocol, 1 | 58).then_some(((r.dst_port >> 8) as u8, r.dst_port as u8));
+    let icmp = Protocol::from_number(r.protocol)
+        .is_icmp()
+        .then_some(((r.dst_port >> 8) as u8, r.dst_port as u8));
     let (endpoint, interface) = view.by_id.get(&r.endpoint_id).cloned().unwrap_or_else(|| {
         (
             format!("endpoint#{}", r.endpoint_id),

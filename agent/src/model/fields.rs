@@ -5,29 +5,35 @@ use ipnet::IpNet;
 use super::ir::{PortMatch, PortRange, Protocol};
 use super::resources::IntOrString;
 
-pub const PROTOCOL_NAMES: &str = "TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or a number 1-255";
+/// What a protocol field accepts, for error messages.
+fn accepted_protocols() -> String {
+    let names: Vec<&str> = Protocol::names().collect();
+    format!("{} or a number 1-255", names.join(", "))
+}
 
 /// `TCP UDP ICMP ICMPv6 SCTP UDPLite` (exact case) or 1-255.
-pub fn protocol(p: &IntOrString) -> Result<u8, String> {
+pub fn protocol(p: &IntOrString) -> Result<Protocol, String> {
     match p {
-        IntOrString::Int(n) if (1..=255).contains(n) => Ok(*n as u8),
+        IntOrString::Int(n @ 1..=255) => Ok(Protocol::from_number(*n as u8)),
         IntOrString::Int(n) => Err(format!(
-            "protocol number {n} is out of range; accepted: {PROTOCOL_NAMES}"
+            "protocol number {n} is out of range; accepted: {}",
+            accepted_protocols()
         )),
         // Calico accepts a number in a string too ("6").
         IntOrString::Str(s) if s.parse::<i64>().is_ok() => {
             protocol(&IntOrString::Int(s.parse().unwrap_or_default()))
         }
-        IntOrString::Str(s) => Protocol::from_name(s).map(|p| p.0).ok_or_else(|| {
+        IntOrString::Str(s) => Protocol::from_name(s).ok_or_else(|| {
             format!(
-                "protocol `{s}` is not valid (names are case-sensitive); accepted: {PROTOCOL_NAMES}"
+                "protocol `{s}` is not valid (names are case-sensitive); accepted: {}",
+                accepted_protocols()
             )
         }),
     }
 }
 
-pub fn supports_ports(protocol: Option<u8>) -> bool {
-    protocol.is_some_and(|p| Protocol(p).has_rule_ports())
+pub fn supports_ports(protocol: Option<Protocol>) -> bool {
+    protocol.is_some_and(Protocol::has_rule_ports)
 }
 
 const PORT_ACCEPTED: &str =
@@ -246,10 +252,11 @@ mod tests {
 
     #[test]
     fn protocols_are_exact_case_or_numbers() {
-        assert_eq!(protocol(&s("TCP")), Ok(6));
-        assert_eq!(protocol(&s("ICMPv6")), Ok(58));
-        assert_eq!(protocol(&s("UDPLite")), Ok(136));
-        assert_eq!(protocol(&IntOrString::Int(255)), Ok(255));
+        let number = |p: Result<Protocol, String>| p.map(Protocol::number);
+        assert_eq!(number(protocol(&s("TCP"))), Ok(6));
+        assert_eq!(number(protocol(&s("ICMPv6"))), Ok(58));
+        assert_eq!(number(protocol(&s("UDPLite"))), Ok(136));
+        assert_eq!(number(protocol(&IntOrString::Int(255))), Ok(255));
         assert!(protocol(&s("tcp")).is_err());
         assert!(protocol(&IntOrString::Int(0)).is_err());
         assert!(protocol(&IntOrString::Int(256)).is_err());
@@ -258,7 +265,7 @@ mod tests {
     #[test]
     fn protocol_names_and_numbers_map_both_ways() {
         for n in 0..=255u8 {
-            let p = Protocol(n);
+            let p = Protocol::from_number(n);
             match p.name() {
                 Some(name) => {
                     assert_eq!(Protocol::from_name(name), Some(p));

@@ -15,6 +15,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use agent_common::ip_proto;
 use ipnet::IpNet;
 
 use crate::selector::Selector;
@@ -180,19 +181,27 @@ pub struct IcmpMatch {
     pub code: Option<u8>,
 }
 
-/// An IP protocol: its number (what packets and the model carry) and the
-/// names Calico uses for the common ones. The one place protocol names and
-/// numbers are mapped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct Protocol(pub u8);
+/// An IP protocol (IPv4 protocol, IPv6 next header): what rules, named ports,
+/// failsafes, Service backends and packets carry. The one place protocol names
+/// and numbers meet: the numbers are the kernel crate's
+/// ([`agent_common::ip_proto`]), the names Calico's, and [`Protocol::number`]
+/// is the one way back to the kernel's byte.
+///
+/// Every byte is a protocol, so the number is the representation (no second
+/// spelling of TCP can exist); the named ones are the closed set of constants
+/// below. It sorts, hashes, prints with `{:?}` and serializes as its number,
+/// exactly as the `u8` it replaced did (the compiler's pinned digests and the
+/// JSON outputs depend on that).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Protocol(u8);
 
 impl Protocol {
-    pub const ICMP: Self = Self(1);
-    pub const TCP: Self = Self(6);
-    pub const UDP: Self = Self(17);
-    pub const ICMPV6: Self = Self(58);
-    pub const SCTP: Self = Self(132);
-    pub const UDPLITE: Self = Self(136);
+    pub const ICMP: Self = Self(ip_proto::ICMP);
+    pub const TCP: Self = Self(ip_proto::TCP);
+    pub const UDP: Self = Self(ip_proto::UDP);
+    pub const ICMPV6: Self = Self(ip_proto::ICMPV6);
+    pub const SCTP: Self = Self(ip_proto::SCTP);
+    pub const UDPLITE: Self = Self(ip_proto::UDPLITE);
 
     /// Calico's names, exact case.
     const NAMED: [(Self, &'static str); 6] = [
@@ -203,6 +212,16 @@ impl Protocol {
         (Self::SCTP, "SCTP"),
         (Self::UDPLITE, "UDPLite"),
     ];
+
+    /// The protocol with this number (as packets and the kernel carry it).
+    pub const fn from_number(number: u8) -> Self {
+        Self(number)
+    }
+
+    /// The number packets and the kernel's tables carry.
+    pub const fn number(self) -> u8 {
+        self.0
+    }
 
     /// A protocol by Calico's name, exact case (`TCP`, `ICMPv6`, `UDPLite`).
     pub fn from_name(name: &str) -> Option<Self> {
@@ -220,6 +239,11 @@ impl Protocol {
             .map(|(p, _)| *p)
     }
 
+    /// Calico's names, in the order error messages list them.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Self::NAMED.iter().map(|(_, n)| *n)
+    }
+
     /// Calico's name, when the protocol has one.
     pub fn name(self) -> Option<&'static str> {
         Self::NAMED
@@ -231,6 +255,17 @@ impl Protocol {
     /// Whether Calico rules may match this protocol's ports (TCP, UDP, SCTP).
     pub fn has_rule_ports(self) -> bool {
         matches!(self, Self::TCP | Self::UDP | Self::SCTP)
+    }
+
+    /// Whether the header starts with a source and a destination port (TCP,
+    /// UDP, SCTP, UDPLite): what the kernel parses ports of.
+    pub const fn carries_ports(self) -> bool {
+        ip_proto::has_ports(self.0)
+    }
+
+    /// ICMP or ICMPv6: packets have a type and a code instead of ports.
+    pub fn is_icmp(self) -> bool {
+        matches!(self, Self::ICMP | Self::ICMPV6)
     }
 }
 
@@ -244,15 +279,18 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// Protocol numbers as the model's fields hold them.
-pub mod proto {
-    use super::Protocol;
-    pub const ICMP: u8 = Protocol::ICMP.0;
-    pub const TCP: u8 = Protocol::TCP.0;
-    pub const UDP: u8 = Protocol::UDP.0;
-    pub const ICMPV6: u8 = Protocol::ICMPV6.0;
-    pub const SCTP: u8 = Protocol::SCTP.0;
-    pub const UDPLITE: u8 = Protocol::UDPLITE.0;
+impl fmt::Debug for Protocol {
+    /// The number, as the `u8` this type replaced printed (see the type's docs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl serde::Serialize for Protocol {
+    /// The number.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u8(self.0)
+    }
 }
 
 /// One side (source or destination) of a rule. Every present field must
@@ -297,12 +335,12 @@ impl fmt::Display for ServiceRef {
 pub struct BackendSet {
     pub addresses: Vec<IpAddr>,
     /// (protocol, port).
-    pub ports: Vec<(u8, u16)>,
+    pub ports: Vec<(Protocol, u16)>,
 }
 
 impl BackendSet {
     /// Whether a packet to `ip`, `protocol`, `port` reaches one of these backends.
-    pub fn serves(&self, ip: IpAddr, protocol: u8, port: u16) -> bool {
+    pub fn serves(&self, ip: IpAddr, protocol: Protocol, port: u16) -> bool {
         self.addresses.contains(&ip) && self.ports.contains(&(protocol, port))
     }
 }
@@ -334,8 +372,8 @@ pub struct Rule {
     pub action: Action,
     /// 4 or 6: the rule does not exist for the other family.
     pub ip_version: Option<u8>,
-    pub protocol: Option<u8>,
-    pub not_protocol: Option<u8>,
+    pub protocol: Option<Protocol>,
+    pub not_protocol: Option<Protocol>,
     pub icmp: Option<IcmpMatch>,
     pub not_icmp: Option<IcmpMatch>,
     pub source: EntityRule,
@@ -417,7 +455,7 @@ pub enum EndpointKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct NamedPort {
     pub name: String,
-    pub protocol: u8,
+    pub protocol: Protocol,
     pub port: u16,
 }
 
@@ -480,7 +518,7 @@ pub struct NetworkSet {
 /// `net`) on a host endpoint is allowed before any policy.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct FailsafePort {
-    pub protocol: u8,
+    pub protocol: Protocol,
     pub port: u16,
     pub net: Option<IpNet>,
 }
@@ -499,7 +537,8 @@ impl Default for Failsafes {
             port,
             net: None,
         };
-        use proto::{TCP, UDP};
+        const TCP: Protocol = Protocol::TCP;
+        const UDP: Protocol = Protocol::UDP;
         Self {
             inbound: vec![
                 p(TCP, 22),

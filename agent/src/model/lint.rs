@@ -121,6 +121,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::model::ir::Protocol;
     use crate::model::load::load_sources;
 
     const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
@@ -189,8 +190,8 @@ spec:
         let mut l2 = l.clone();
         for p in &mut l2.model.policies {
             if p.id.name == "zzz-final-allow-everything" {
-                p.ingress[0].protocol = Some(6);
-                p.egress[0].protocol = Some(6);
+                p.ingress[0].protocol = Some(Protocol::TCP);
+                p.egress[0].protocol = Some(Protocol::TCP);
             }
         }
         assert!(lint(&l2).is_empty());

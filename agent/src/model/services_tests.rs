@@ -89,7 +89,7 @@ fn services_and_their_endpoints_load_from_a_list() {
         s[0].backends,
         vec![BackendSet {
             addresses: vec![ip("10.65.0.20"), ip("10.65.0.21")],
-            ports: vec![(proto::TCP, 8080)],
+            ports: vec![(Protocol::TCP, 8080)],
         }]
     );
     assert_eq!(
@@ -130,7 +130,7 @@ subsets:
     assert_eq!(s.len(), 2);
     assert_eq!(s[0].name, "db");
     assert!(!s[0].defined);
-    assert_eq!(s[0].backends[0].ports, vec![(proto::TCP, 5432)]);
+    assert_eq!(s[0].backends[0].ports, vec![(Protocol::TCP, 5432)]);
     assert_eq!(s[1].name, "dns");
     assert_eq!(
         s[1].backends[0].addresses,
@@ -138,7 +138,7 @@ subsets:
     );
     assert_eq!(
         s[1].backends[0].ports,
-        vec![(proto::TCP, 53), (proto::UDP, 53)]
+        vec![(Protocol::TCP, 53), (Protocol::UDP, 53)]
     );
     assert!(l.model.service_frontends().is_empty());
 }
@@ -208,7 +208,7 @@ fn services_matches_resolve_to_backends() {
     assert_eq!(dst.nets, backends);
     assert_eq!(
         dst.service_ports.as_ref().unwrap()[0].ports,
-        vec![(proto::TCP, 8080)]
+        vec![(Protocol::TCP, 8080)]
     );
     let src = &p.ingress[0].source;
     assert_eq!(src.nets, backends);

@@ -70,7 +70,7 @@ fn seed_examples_load() {
     assert_eq!(db.labels.get("pcns.env").map(String::as_str), Some("prod"));
     assert!(enforced[0].selector.evaluate(&db.labels));
     let rule = &enforced[0].ingress[0];
-    assert_eq!(rule.protocol, Some(proto::TCP));
+    assert_eq!(rule.protocol, Some(Protocol::TCP));
     let backend = m.endpoints.iter().find(|e| e.name == "backend").unwrap();
     assert!(rule
         .source
@@ -284,8 +284,8 @@ fn protocol_and_action_values() {
     let p = &ok.model.policies[0];
     assert_eq!(p.ingress[0].action, Action::Log);
     assert_eq!(p.ingress[1].action, Action::Pass);
-    assert_eq!(p.ingress[1].protocol, Some(proto::SCTP));
-    assert_eq!(p.ingress[1].not_protocol, Some(proto::UDPLITE));
+    assert_eq!(p.ingress[1].protocol, Some(Protocol::SCTP));
+    assert_eq!(p.ingress[1].not_protocol, Some(Protocol::UDPLITE));
 }
 
 #[test]
@@ -928,7 +928,7 @@ fn kubernetes_network_policy_conversion() {
     // 2 protocols (TCP, UDP; sorted) x 4 peers.
     assert_eq!(p.ingress.len(), 8);
     let tcp = &p.ingress[0];
-    assert_eq!(tcp.protocol, Some(proto::TCP));
+    assert_eq!(tcp.protocol, Some(Protocol::TCP));
     assert_eq!(
         tcp.destination.ports,
         vec![
@@ -939,7 +939,7 @@ fn kubernetes_network_policy_conversion() {
             })
         ]
     );
-    assert_eq!(p.ingress[4].protocol, Some(proto::UDP));
+    assert_eq!(p.ingress[4].protocol, Some(Protocol::UDP));
     assert_eq!(
         p.ingress[4].destination.ports,
         vec![PortMatch::Range(PortRange {

@@ -85,6 +85,7 @@ pub fn document(kind: &Kind, o: &DynamicObject) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ir::Protocol;
     use crate::model::load::load_values;
 
     fn object(kind: &Kind, name: &str, data: Value) -> DynamicObject {
@@ -120,6 +121,6 @@ mod tests {
         assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
         let s = &l.model.services[0];
         assert_eq!(s.frontends.len(), 2);
-        assert_eq!(s.backends[0].ports, vec![(6, 8080)]);
+        assert_eq!(s.backends[0].ports, vec![(Protocol::TCP, 8080)]);
     }
 }

@@ -5,7 +5,7 @@ use ipnet::IpNet;
 
 use super::{annotations, each, fields, Issues, MAX_NETS, MAX_PORTS};
 use super::{MAX_RULES_PER_DIRECTION, MAX_SELECTOR_LEN};
-use crate::model::ir::{self, proto, Action, IcmpMatch, PortMatch};
+use crate::model::ir::{self, Action, IcmpMatch, PortMatch, Protocol};
 use crate::model::ir::{LABEL_NAMESPACE, LABEL_SERVICE_ACCOUNT};
 use crate::model::ir::{NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX};
 use crate::model::resources::{self as res, IntOrString};
@@ -197,14 +197,19 @@ fn rule(v: &mut Issues, path: &str, r: &res::Rule, ctx: RuleContext) -> Option<i
 }
 
 /// Calico: the ICMP protocols pin the IP version.
-fn icmp_versions(v: &mut Issues, path: &str, protocols: [Option<u8>; 2], ip_version: Option<u8>) {
-    if protocols.contains(&Some(proto::ICMP)) && ip_version.is_some_and(|v| v != 4) {
+fn icmp_versions(
+    v: &mut Issues,
+    path: &str,
+    protocols: [Option<Protocol>; 2],
+    ip_version: Option<u8>,
+) {
+    if protocols.contains(&Some(Protocol::ICMP)) && ip_version.is_some_and(|v| v != 4) {
         v.error(
             format!("{path}.ipVersion"),
             "must set ipVersion to 4 with protocol ICMP",
         );
     }
-    if protocols.contains(&Some(proto::ICMPV6)) && ip_version.is_some_and(|v| v != 6) {
+    if protocols.contains(&Some(Protocol::ICMPV6)) && ip_version.is_some_and(|v| v != 6) {
         v.error(
             format!("{path}.ipVersion"),
             "must set ipVersion to 6 with protocol ICMPv6",
@@ -219,9 +224,9 @@ fn icmp_match(
     v: &mut Issues,
     fpath: &str,
     icmp: &res::IcmpFields,
-    protocol: Option<Option<u8>>,
+    protocol: Option<Option<Protocol>>,
 ) -> Option<Option<IcmpMatch>> {
-    if protocol.is_some_and(|p| !matches!(p, Some(proto::ICMP | proto::ICMPV6))) {
+    if protocol.is_some_and(|p| !p.is_some_and(Protocol::is_icmp)) {
         v.error(
             fpath,
             "rules that specify ICMP fields must set protocol to ICMP or ICMPv6",
@@ -278,7 +283,7 @@ fn entity(
     v: &mut Issues,
     path: &str,
     e: &res::EntityRule,
-    protocol: Option<u8>,
+    protocol: Option<Protocol>,
     ip_version: Option<u8>,
     ctx: RuleContext,
 ) -> (Families, Option<ir::EntityRule>) {
@@ -520,7 +525,7 @@ fn ports(
     v: &mut Issues,
     path: &str,
     ports: &[IntOrString],
-    protocol: Option<u8>,
+    protocol: Option<Protocol>,
     capped: bool,
 ) -> Option<Vec<PortMatch>> {
     if ports.is_empty() {

@@ -78,18 +78,16 @@ pub(super) fn service(v: &mut Issues, o: &KubeObject<Service>) -> Option<ir::Ser
 }
 
 /// A port's protocol (TCP when unset, as Kubernetes defaults it).
-fn port_protocol(v: &mut Issues, field: &str, p: Option<&str>) -> Option<u8> {
+fn port_protocol(v: &mut Issues, field: &str, p: Option<&str>) -> Option<ir::Protocol> {
     let name = p.unwrap_or("TCP");
-    match ir::Protocol::from_name(name).filter(|p| p.has_rule_ports()) {
-        Some(p) => Some(p.0),
-        None => {
-            v.error(
-                field,
-                format!("protocol `{name}` is not valid here; accepted: TCP, UDP, SCTP"),
-            );
-            None
-        }
+    let protocol = ir::Protocol::from_name(name).filter(|p| p.has_rule_ports());
+    if protocol.is_none() {
+        v.error(
+            field,
+            format!("protocol `{name}` is not valid here; accepted: TCP, UDP, SCTP"),
+        );
     }
+    protocol
 }
 
 fn port_number(v: &mut Issues, field: &str, port: i32) -> Option<u16> {
@@ -195,7 +193,7 @@ fn service_ref<T>(o: &KubeObject<T>, name: &str) -> ir::ServiceRef {
     }
 }
 
-fn backend_set(mut addresses: Vec<IpAddr>, mut ports: Vec<(u8, u16)>) -> BackendSet {
+fn backend_set(mut addresses: Vec<IpAddr>, mut ports: Vec<(ir::Protocol, u16)>) -> BackendSet {
     addresses.sort();
     addresses.dedup();
     ports.sort();
