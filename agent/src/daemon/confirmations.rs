@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{lock, Shared};
 use crate::datastore::kubernetes::KubeOptions;
-use crate::rollout::{Outcome, Supervisor, TICK};
+use crate::rollout::{awaiting_line, Outcome, Supervisor, TICK};
 
 /// Outcomes kept for `agent status`.
 const RECENT: usize = 20;
@@ -52,25 +52,7 @@ pub(super) fn spawn(datastore: PathBuf, shared: Arc<Shared>) {
             }
             let pending = waiting
                 .iter()
-                .map(|p| {
-                    format!(
-                        "{} awaits confirmation until {}{}",
-                        p.target,
-                        crate::flows::rfc3339(p.deadline_unix_ms * 1_000_000),
-                        if p.checks.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                " (checks: {})",
-                                p.checks
-                                    .iter()
-                                    .map(ToString::to_string)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        }
-                    )
-                })
+                .map(|p| awaiting_line(&p.target, p.deadline_unix_ms, &p.checks))
                 .collect();
             publish(&shared, pending, outcomes);
             std::thread::sleep(TICK);
@@ -89,12 +71,14 @@ fn publish(shared: &Shared, pending: Vec<String>, outcomes: Vec<Outcome>) {
 }
 
 /// The Kubernetes datastore's side ([`crate::datastore::kubernetes::confirm`]):
-/// every tick, revert what is past its deadline when this agent wins the
-/// target's Lease; list what waits for `agent status`.
-pub(super) fn spawn_kube(opts: KubeOptions, shared: Arc<Shared>) {
+/// every tick, run each pending promotion's checks from this node and revert
+/// or confirm what this agent decides and wins the target's Lease for (in
+/// `lease_ns`); list what waits for `agent status`.
+pub(super) fn spawn_kube(opts: KubeOptions, lease_ns: String, shared: Arc<Shared>) {
     use crate::datastore::kubernetes::{self as k8s, confirm};
     tokio::spawn(async move {
         let holder = format!("{}/{}", opts.node, std::process::id());
+        let mut supervisor = confirm::Supervisor::new(&holder, &lease_ns);
         // Connected once, again after an error.
         let mut connected = None;
         loop {
@@ -108,7 +92,7 @@ pub(super) fn spawn_kube(opts: KubeOptions, shared: Arc<Shared>) {
                     connected = Some((client, found.group));
                 }
                 let (client, group) = connected.as_ref().expect("connected above");
-                confirm::tick(client, *group, &holder, confirm::LEASE_NAMESPACE).await
+                supervisor.tick(client, *group).await
             };
             let looked = looked.await;
             if looked.is_err() {
@@ -116,16 +100,7 @@ pub(super) fn spawn_kube(opts: KubeOptions, shared: Arc<Shared>) {
             }
             match looked {
                 Ok((outcomes, waiting)) => {
-                    let pending = waiting
-                        .iter()
-                        .map(|r| {
-                            format!(
-                                "{} awaits confirmation until {}",
-                                r.target,
-                                crate::flows::rfc3339(r.deadline_unix_ms * 1_000_000)
-                            )
-                        })
-                        .collect();
+                    let pending = waiting.iter().map(|r| r.describe()).collect();
                     publish(&shared, pending, outcomes);
                 }
                 Err(e) => tracing::warn!(error = %e, "pending confirmations in the cluster"),

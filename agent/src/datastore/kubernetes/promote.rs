@@ -3,8 +3,6 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
-use std::time::Duration;
-
 use super::confirm;
 use super::discovery::resolve_calico_api;
 use super::names::{model_name, tiered_name, CalicoApi, CalicoGroup, Kind, V3_GROUP};
@@ -22,16 +20,17 @@ use crate::model::ir::PolicyKind;
 /// enforced object is stored under the enforced namesake's stored name if there
 /// is one, else under the staged object's (so `default.<name>` stays tiered).
 ///
-/// With `confirm_within`, the enforced object carries a pending-confirmation
-/// record ([`super::confirm`]) in the same apply: an agent reverts it unless it
-/// is confirmed in time.
+/// With `confirmation`, the promotion is recorded ([`super::confirm`]): on the
+/// enforced object in the same apply, or (`Delete`) on the staged object, which
+/// then stays until confirmed; an agent reverts it unless it is confirmed in
+/// time and its checks pass.
 pub async fn promote(
     client: Client,
     api: CalicoApi,
     kind: PolicyKind,
     name: &str,
     namespace: Option<&str>,
-    confirm_within: Option<Duration>,
+    confirmation: Option<confirm::Ask>,
 ) -> anyhow::Result<String> {
     let group = resolve_calico_api(&client, api, INITIAL_SYNC).await?.group;
     let (staged, enforced) = staged_and_enforced(group, kind)?;
@@ -45,6 +44,7 @@ pub async fn promote(
     let v3_name = model_name(&staged, &obj);
     let namesake = find_policy(&enforced_api, &enforced, &v3_name).await?;
     refuse_pending(&scope, &enforced, &v3_name, namesake.as_ref())?;
+    refuse_pending(&scope, &staged, &staged_name, Some(&obj))?;
     let mut spec = obj.data.get("spec").cloned().unwrap_or_else(|| json!({}));
     let action = spec
         .get("stagedAction")
@@ -54,37 +54,53 @@ pub async fn promote(
     if let Some(m) = spec.as_object_mut() {
         m.remove("stagedAction");
     }
+    let described = scope.describe(&staged, &staged_name);
+    let record = |ask: &confirm::Ask, action| {
+        let rec = confirm::record(described.clone(), ask, action, &obj, namesake.as_ref());
+        serde_json::to_string(&rec)
+    };
     let done = match action.as_str() {
         "Ignore" => anyhow::bail!(
-            "{} has stagedAction Ignore: promoting it changes nothing that is enforced",
-            scope.describe(&staged, &staged_name)
+            "{described} has stagedAction Ignore: promoting it changes nothing that is enforced"
         ),
-        "Delete" if confirm_within.is_some() => anyhow::bail!(
-            "{} has stagedAction Delete: --confirm-within is not yet supported for a \
-             deletion in the cluster (promote without it, or use a directory datastore)",
-            scope.describe(&staged, &staged_name)
-        ),
-        "Delete" => match namesake {
-            Some(o) => {
-                let n = o.name_any();
-                enforced_api.delete(&n, &DeleteParams::default()).await?;
-                format!("deleted {} (staged Delete)", scope.describe(&enforced, &n))
+        "Delete" => {
+            if let Some(ask) = &confirmation {
+                // The record first (on the staged object, unchanged since
+                // read), then the deletion it undoes: the staged object stays.
+                let patch = json!({"metadata": {
+                    "resourceVersion": obj.resource_version(),
+                    "annotations": {confirm::ANNOTATION: record(ask, confirm::Promoted::Delete)?},
+                }});
+                staged_api
+                    .patch(&staged_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
             }
-            None => format!(
-                "deleted {} (staged Delete); it did not exist",
-                scope.describe(&enforced, &v3_name)
-            ),
-        },
+            let done = match namesake {
+                Some(o) => {
+                    let n = o.name_any();
+                    enforced_api.delete(&n, &DeleteParams::default()).await?;
+                    format!("deleted {} (staged Delete)", scope.describe(&enforced, &n))
+                }
+                None => format!(
+                    "deleted {} (staged Delete); it did not exist",
+                    scope.describe(&enforced, &v3_name)
+                ),
+            };
+            if confirmation.is_some() {
+                return Ok(format!(
+                    "{done}; the staged policy stays until the deletion is confirmed"
+                ));
+            }
+            done
+        }
         _ => {
             let target = namesake
                 .as_ref()
                 .map_or(staged_name.clone(), |o| o.name_any());
             let mut doc = enforced_document(&enforced, &target, ns, &obj, spec);
-            if let Some(within) = confirm_within {
-                let described = scope.describe(&staged, &staged_name);
-                let rec = confirm::record(described, within, &obj, namesake.as_ref());
+            if let Some(ask) = &confirmation {
                 doc["metadata"]["annotations"] =
-                    json!({confirm::ANNOTATION: serde_json::to_string(&rec)?});
+                    json!({confirm::ANNOTATION: record(ask, confirm::Promoted::Set)?});
             }
             enforced_api
                 .patch(
@@ -121,9 +137,10 @@ fn refuse_pending(
     }
 }
 
-/// `agent confirm` against the cluster: removes the pending-confirmation record
-/// of the promoted staged policy `kind`/`name` from its enforced object. False
-/// when there is none (confirmed already, reverted, or never asked for).
+/// `agent confirm` against the cluster: confirms the pending promotion of the
+/// staged policy `kind`/`name` (the record removed from its enforced object, or
+/// for a staged Delete the staged object deleted). False when there is none
+/// (confirmed already, reverted, or never asked for).
 pub async fn confirm_promotion(
     client: Client,
     api: CalicoApi,
@@ -135,10 +152,15 @@ pub async fn confirm_promotion(
     let (staged, enforced) = staged_and_enforced(group, kind)?;
     let ns = staged.namespaced.then(|| namespace.unwrap_or("default"));
     let scope = Scope { client, ns };
-    let Some(obj) = find_policy(&scope.api(&enforced), &enforced, name).await? else {
-        return Ok(false);
-    };
-    confirm::confirm(&scope.client, &enforced, &obj).await
+    // `Set`: the record is on the enforced object; `Delete`: on the staged one.
+    for carrier in [enforced, staged] {
+        if let Some(obj) = find_policy(&scope.api(&carrier), &carrier, name).await? {
+            if confirm::confirm(&scope.client, &carrier, &obj).await? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// A staged kind and the kind it is promoted to, in `group`.
