@@ -1729,6 +1729,23 @@ fn kubernetes_crd_v1_auto_enforces_and_promotes() {
     )
     .is_none());
     assert!(agent.log_text().contains("promotion reverted"));
+    // The flows say why the verdicts changed: pending, then reverted.
+    let out = agent.cli(&["flows", "-o", "json", "--since", "10m"]);
+    let events: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|l| l.get("promotion").cloned())
+        .map(|p| {
+            (
+                p["event"].as_str().unwrap().into(),
+                p["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].0, "pending", "{events:?}");
+    assert_eq!(events[1].0, "reverted", "{events:?}");
+    assert!(events[1].1.contains("not confirmed in time"), "{events:?}");
     agent.wait_policies(1, 1);
 }
 
