@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::names::{CalicoGroup, Kind};
+use crate::model::promote::PromotionPlan;
 use crate::rollout::{Check, Outcome};
 
 /// The annotation holding a [`PendingRecord`] (JSON).
@@ -62,7 +63,8 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// How long the `apiserver` check waits for an answer.
 const APISERVER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the promotion did to the enforced policy.
+/// The promotion's [`PromotionPlan`], as recorded (and so what the revert
+/// restores).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Promoted {
     /// Applied the staged spec as the enforced object (which holds the record).
@@ -121,11 +123,20 @@ pub(super) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
+impl From<PromotionPlan> for Promoted {
+    fn from(plan: PromotionPlan) -> Promoted {
+        match plan {
+            PromotionPlan::Enforce => Promoted::Set,
+            PromotionPlan::DeleteEnforced => Promoted::Delete,
+        }
+    }
+}
+
 /// The record for a promotion made now.
 pub fn record(
     target: String,
     ask: &Ask,
-    action: Promoted,
+    plan: PromotionPlan,
     staged: &DynamicObject,
     enforced_before: Option<&DynamicObject>,
 ) -> PendingRecord {
@@ -134,7 +145,7 @@ pub fn record(
         deadline_unix_ms: unix_ms(SystemTime::now() + ask.within),
         staged: manifest(staged),
         enforced_before: enforced_before.map(manifest),
-        action,
+        action: plan.into(),
         checks: ask.checks.clone(),
         settle_ms: ask.settle.as_millis() as u64,
     }

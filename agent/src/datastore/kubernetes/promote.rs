@@ -8,11 +8,13 @@ use super::discovery::resolve_calico_api;
 use super::names::{model_name, tiered_name, CalicoApi, CalicoGroup, Kind, V3_GROUP};
 use super::watch::INITIAL_SYNC;
 use crate::model::ir::PolicyKind;
+use crate::model::promote::PromotionPlan;
 
-/// `agent promote` against the cluster: the staged policy `kind`/`name` becomes
-/// its enforced kind (server-side apply, field manager `agent-promote`) and the
-/// staged object is deleted. `stagedAction: Delete` deletes the enforced
-/// namesake and the staged object; `Ignore` is refused. Returns what was done.
+/// `agent promote` against the cluster, as [`PromotionPlan::of`] decides: the
+/// staged policy `kind`/`name` becomes its enforced kind (server-side apply,
+/// field manager `agent-promote`) and the staged object is deleted;
+/// `stagedAction: Delete` deletes the enforced namesake and the staged object;
+/// `Ignore` is refused. Returns what was done.
 ///
 /// Calico's kinds are read from and written to the group `api` resolves to (the
 /// one `agent run --calico-api` reads). In crd.projectcalico.org/v1 `name` is the
@@ -46,30 +48,24 @@ pub async fn promote(
     refuse_pending(&scope, &enforced, &v3_name, namesake.as_ref())?;
     refuse_pending(&scope, &staged, &staged_name, Some(&obj))?;
     let mut spec = obj.data.get("spec").cloned().unwrap_or_else(|| json!({}));
-    let action = spec
-        .get("stagedAction")
-        .and_then(Value::as_str)
-        .unwrap_or("Set")
-        .to_string();
+    let described = scope.describe(&staged, &staged_name);
+    let action = spec.get("stagedAction").and_then(Value::as_str);
+    let plan = PromotionPlan::of(action, &described)?;
     if let Some(m) = spec.as_object_mut() {
         m.remove("stagedAction");
     }
-    let described = scope.describe(&staged, &staged_name);
-    let record = |ask: &confirm::Ask, action| {
-        let rec = confirm::record(described.clone(), ask, action, &obj, namesake.as_ref());
+    let record = |ask: &confirm::Ask| {
+        let rec = confirm::record(described.clone(), ask, plan, &obj, namesake.as_ref());
         serde_json::to_string(&rec)
     };
-    let done = match action.as_str() {
-        "Ignore" => anyhow::bail!(
-            "{described} has stagedAction Ignore: promoting it changes nothing that is enforced"
-        ),
-        "Delete" => {
+    let done = match plan {
+        PromotionPlan::DeleteEnforced => {
             if let Some(ask) = &confirmation {
                 // The record first (on the staged object, unchanged since
                 // read), then the deletion it undoes: the staged object stays.
                 let patch = json!({"metadata": {
                     "resourceVersion": obj.resource_version(),
-                    "annotations": {confirm::ANNOTATION: record(ask, confirm::Promoted::Delete)?},
+                    "annotations": {confirm::ANNOTATION: record(ask)?},
                 }});
                 staged_api
                     .patch(&staged_name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -93,14 +89,13 @@ pub async fn promote(
             }
             done
         }
-        _ => {
+        PromotionPlan::Enforce => {
             let target = namesake
                 .as_ref()
                 .map_or(staged_name.clone(), |o| o.name_any());
             let mut doc = enforced_document(&enforced, &target, ns, &obj, spec);
             if let Some(ask) = &confirmation {
-                doc["metadata"]["annotations"] =
-                    json!({confirm::ANNOTATION: record(ask, confirm::Promoted::Set)?});
+                doc["metadata"]["annotations"] = json!({confirm::ANNOTATION: record(ask)?});
             }
             enforced_api
                 .patch(
