@@ -1433,6 +1433,31 @@ fn kubernetes_confirm_if_failing_reverts_at_once_and_passing_confirms() {
     let left = rt().block_on(leases.list(&Default::default())).unwrap();
     assert!(left.items.is_empty(), "no Lease left: {:?}", left.items);
     drop(open);
+
+    // `apiserver` fails for an agent whose API server does not answer.
+    let kc = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}", server.api_port),
+            &closed.to_string(),
+        );
+    let cut_off = server.run_dir.join("kubeconfig-cut-off");
+    std::fs::write(&cut_off, kc).unwrap();
+    let cut_off = rt()
+        .block_on(agent::datastore::kubernetes::client(Some(&cut_off)))
+        .unwrap();
+    let checks = [agent::rollout::Check::Apiserver];
+    let failed = rt().block_on(confirm::first_failure(&cut_off, &checks));
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|f| f.starts_with("apiserver: ")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        rt().block_on(confirm::first_failure(&agent_client, &checks)),
+        None
+    );
 }
 
 /// A staged Delete promoted with `--confirm-within`: the enforced policy is
