@@ -61,15 +61,8 @@ pub async fn promote(
     let done = match plan {
         PromotionPlan::DeleteEnforced => {
             if let Some(ask) = &confirmation {
-                // The record first (on the staged object, unchanged since
-                // read), then the deletion it undoes: the staged object stays.
-                let patch = json!({"metadata": {
-                    "resourceVersion": obj.resource_version(),
-                    "annotations": {confirm::ANNOTATION: record(ask)?},
-                }});
-                staged_api
-                    .patch(&staged_name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                // The record first, then the deletion it undoes.
+                record_on_staged(&staged_api, &obj, record(ask)?).await?;
             }
             let done = match namesake {
                 Some(o) => {
@@ -111,6 +104,27 @@ pub async fn promote(
         .delete(&staged_name, &DeleteParams::default())
         .await?;
     Ok(format!("{done}; removed the staged policy"))
+}
+
+/// A staged Delete's pending record goes on the staged object (which stays
+/// until confirmed), on the version read: a concurrent edit fails it.
+async fn record_on_staged(
+    staged_api: &Api<DynamicObject>,
+    obj: &DynamicObject,
+    record: String,
+) -> anyhow::Result<()> {
+    let patch = json!({"metadata": {
+        "resourceVersion": obj.resource_version(),
+        "annotations": {confirm::ANNOTATION: record},
+    }});
+    staged_api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
 
 /// A promotion over one still awaiting confirmation would lose what the
