@@ -38,14 +38,21 @@ pub enum Check {
     Tcp { addr: SocketAddr },
     /// `dns:NAME`: the name resolves.
     Dns { name: String },
+    /// `apiserver`: the datastore's API server answers the agent (an
+    /// authenticated GET /version through the agent's own client; Kubernetes
+    /// only: a directory datastore has no API server and refuses it).
+    Apiserver,
 }
 
 impl std::str::FromStr for Check {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("`{s}`: a check is tcp:ADDR:PORT (e.g. tcp:10.0.0.1:22, tcp:[fd00::1]:22) or dns:NAME")
+            format!("`{s}`: a check is tcp:ADDR:PORT (e.g. tcp:10.0.0.1:22, tcp:[fd00::1]:22), dns:NAME or apiserver")
         };
+        if s == "apiserver" {
+            return Ok(Check::Apiserver);
+        }
         match s.split_once(':') {
             Some(("tcp", rest)) => Ok(Check::Tcp {
                 addr: rest.parse().map_err(|_| bad())?,
@@ -61,12 +68,15 @@ impl std::fmt::Display for Check {
         match self {
             Check::Tcp { addr } => write!(f, "tcp:{addr}"),
             Check::Dns { name } => write!(f, "dns:{name}"),
+            Check::Apiserver => write!(f, "apiserver"),
         }
     }
 }
 
 impl Check {
-    /// Runs the check once (blocking, bounded by a short timeout).
+    /// Runs the check once (blocking, bounded by a short timeout). The
+    /// `apiserver` check needs the datastore's client: the Kubernetes side runs
+    /// it ([`crate::datastore::kubernetes::confirm::first_failure`]); here it fails.
     pub fn run(&self) -> Result<(), String> {
         match self {
             Check::Tcp { addr } => {
@@ -79,8 +89,26 @@ impl Check {
                 Ok(_) => Err(format!("{self}: no address")),
                 Err(e) => Err(format!("{self}: {e}")),
             },
+            Check::Apiserver => Err(format!("{self}: {NO_API_SERVER}")),
         }
     }
+}
+
+const NO_API_SERVER: &str =
+    "a directory datastore has no API server to check (`--confirm-if apiserver` needs --datastore kubernetes)";
+
+/// `agent status`: `TARGET awaits confirmation until T[ (checks: ...)]`.
+pub fn awaiting_line(target: &str, deadline_unix_ms: u64, checks: &[Check]) -> String {
+    let checks = if checks.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = checks.iter().map(ToString::to_string).collect();
+        format!(" (checks: {})", list.join(", "))
+    };
+    format!(
+        "{target} awaits confirmation until {}{checks}",
+        crate::flows::rfc3339(deadline_unix_ms * 1_000_000)
+    )
 }
 
 /// A file as the promotion found and left it.
@@ -148,6 +176,7 @@ pub fn begin(
     checks: Vec<Check>,
     settle: Duration,
 ) -> anyhow::Result<(PromoteReport, Pending)> {
+    anyhow::ensure!(!checks.contains(&Check::Apiserver), "{NO_API_SERVER}");
     let path = journal_path(datastore, target);
     anyhow::ensure!(
         !path.exists(),
@@ -306,7 +335,20 @@ mod tests {
                 name: "kubernetes.default".into()
             }
         );
-        for bad in ["tcp:10.0.0.1", "udp:1.2.3.4:5", "dns:", "ping"] {
+        assert_eq!("apiserver".parse::<Check>().unwrap(), Check::Apiserver);
+        assert_eq!(Check::Apiserver.to_string(), "apiserver");
+        let json = serde_json::to_string(&Check::Apiserver).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Check>(&json).unwrap(),
+            Check::Apiserver
+        );
+        for bad in [
+            "tcp:10.0.0.1",
+            "udp:1.2.3.4:5",
+            "dns:",
+            "ping",
+            "apiserver:x",
+        ] {
             let e = bad.parse::<Check>().unwrap_err();
             assert!(e.contains("tcp:ADDR:PORT"), "{e}");
         }
@@ -392,5 +434,25 @@ mod tests {
         assert_eq!(outcomes[0].action, "reverted");
         assert!(outcomes[0].reason.contains("check failed"), "{outcomes:?}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), staged);
+    }
+
+    #[test]
+    fn the_apiserver_check_is_refused_without_an_api_server_and_nothing_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        let staged = "apiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata:\n  name: lockdown\nspec:\n  selector: all()\n";
+        std::fs::write(&file, staged).unwrap();
+        let e = begin(
+            dir.path(),
+            "sgnp/lockdown",
+            || unreachable!("refused before promoting"),
+            Duration::from_secs(60),
+            vec![Check::Apiserver],
+            DEFAULT_SETTLE,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no API server"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), staged);
+        assert!(!journal_path(dir.path(), "sgnp/lockdown").exists());
     }
 }

@@ -921,14 +921,28 @@ fn deploy_manifests_dry_run() {
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(agent_client.clone());
     rt().block_on(pods.list(&Default::default()))
         .expect("agent lists pods");
-    let gnp = agent::datastore::kubernetes::KINDS[0];
-    let api: Api<DynamicObject> = Api::all_with(agent_client, &gnp.api_resource());
+    // Its writes are those that decide a commit-confirmed promotion (policies
+    // back as recorded, rbac.yaml); nothing else: no tier, network set or pod.
+    let forbidden = [
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "Tier",
+               "metadata": {"name": "agent-must-not"}, "spec": {"order": 1}}),
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
+               "metadata": {"name": "agent-must-not"}, "spec": {"nets": ["10.0.0.0/8"]}}),
+    ];
+    for doc in forbidden {
+        let (api, _) = api_for(&agent_client, &doc);
+        let err = rt()
+            .block_on(api.create(
+                &PostParams::default(),
+                &serde_json::from_value(doc).unwrap(),
+            ))
+            .expect_err("the agent must not write what it never restores");
+        assert!(err.to_string().contains("forbidden"), "{err}");
+    }
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(agent_client, "default");
     let err = rt()
-        .block_on(api.create(
-            &PostParams::default(),
-            &serde_json::from_value(j(GNP_DB)).unwrap(),
-        ))
-        .expect_err("the agent must not write policies");
+        .block_on(pods.delete("any", &Default::default()))
+        .expect_err("the agent must not delete pods");
     assert!(err.to_string().contains("forbidden"), "{err}");
 }
 
@@ -1279,6 +1293,270 @@ fn kubernetes_commit_confirmed_promotion_reverts_once() {
     }
 }
 
+/// One tick of two agents' supervisors racing on the same server.
+fn tick_both(
+    a: &mut agent::datastore::kubernetes::confirm::Supervisor,
+    b: &mut agent::datastore::kubernetes::confirm::Supervisor,
+    client: &Client,
+) -> Vec<agent::rollout::Outcome> {
+    use agent::datastore::kubernetes::CalicoGroup;
+    let (x, y) = rt().block_on(async {
+        futures::join!(
+            a.tick(client, CalicoGroup::V3),
+            b.tick(client, CalicoGroup::V3)
+        )
+    });
+    let (x, y) = (x.expect("agent-a"), y.expect("agent-b"));
+    x.0.into_iter().chain(y.0).collect()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `--confirm-if` in the cluster: the checks travel in the record; each agent
+/// runs them from its node. A failing check reverts at once (long before the
+/// deadline, by exactly one agent); checks passing (a TCP listener and the
+/// `apiserver` check through the agent's own client) for the settle time
+/// confirm, exactly once. Both agents act with deploy/'s RBAC.
+#[test]
+fn kubernetes_confirm_if_failing_reverts_at_once_and_passing_confirms() {
+    use agent::datastore::kubernetes::confirm::{self, Supervisor};
+    let server = private_server();
+    let client = server.client();
+    let ns = "confirm-if";
+    namespace(&client, ns, json!({}));
+    let agent_client = as_agent(&server);
+    let v3 = "projectcalico.org/v3";
+    apply(
+        &client,
+        json!({"apiVersion": v3, "kind": "StagedGlobalNetworkPolicy",
+               "metadata": {"name": "confirm-if-bad"},
+               "spec": {"selector": "all()", "types": ["Egress"]}}),
+    );
+    apply(
+        &client,
+        json!({"apiVersion": v3, "kind": "StagedNetworkPolicy",
+               "metadata": {"name": "good", "namespace": ns},
+               "spec": {"selector": "app == 'x'", "types": ["Ingress"]}}),
+    );
+    // Nothing listens on `closed`; `open` accepts (its backlog) while the test runs.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let open = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (bad_check, good_check) = (
+        format!("tcp:{closed}"),
+        format!("tcp:{}", open.local_addr().unwrap()),
+    );
+    let out = promote(
+        &server,
+        &[
+            "sgnp/confirm-if-bad",
+            "--confirm-within",
+            "1h",
+            "--confirm-if",
+            &bad_check,
+        ],
+    );
+    assert!(ok(&out).contains(&format!("checks: {bad_check}")));
+    let out = promote(
+        &server,
+        &[
+            "snp/good",
+            "-n",
+            ns,
+            "--confirm-within",
+            "1h",
+            "--settle",
+            "2s",
+            "--confirm-if",
+            &good_check,
+            "--confirm-if",
+            "apiserver",
+        ],
+    );
+    ok(&out);
+    // The checks travel with the record.
+    let np = get(&client, v3, "NetworkPolicy", Some(ns), "good").expect("promoted");
+    let rec = confirm::record_of(&np).unwrap().expect("pending");
+    assert_eq!(
+        rec.checks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [good_check.as_str(), "apiserver"]
+    );
+    assert_eq!(rec.settle_ms, 2000);
+
+    let mut a = Supervisor::new("agent-a", confirm::LEASE_NAMESPACE);
+    let mut b = Supervisor::new("agent-b", confirm::LEASE_NAMESPACE);
+    let started = Instant::now();
+    let first = tick_both(&mut a, &mut b, &agent_client);
+    assert_eq!(first.len(), 1, "only the failing one, at once: {first:?}");
+    assert_eq!(first[0].target, "StagedGlobalNetworkPolicy confirm-if-bad");
+    assert_eq!(first[0].action, "reverted");
+    assert!(
+        first[0].reason.contains("check failed") && first[0].reason.contains(&bad_check),
+        "{first:?}"
+    );
+    assert!(get(&client, v3, "GlobalNetworkPolicy", None, "confirm-if-bad").is_none());
+    assert!(get(
+        &client,
+        v3,
+        "StagedGlobalNetworkPolicy",
+        None,
+        "confirm-if-bad"
+    )
+    .is_some());
+
+    // The passing one: confirmed once the checks passed for the settle time.
+    let mut decided = Vec::new();
+    while decided.is_empty() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+        decided = tick_both(&mut a, &mut b, &agent_client);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before settling"
+    );
+    assert_eq!(decided.len(), 1, "confirmed exactly once: {decided:?}");
+    assert_eq!(decided[0].target, "StagedNetworkPolicy confirm-if/good");
+    assert_eq!(decided[0].action, "confirmed", "{decided:?}");
+    let np = get(&client, v3, "NetworkPolicy", Some(ns), "good").expect("kept");
+    assert!(!np.annotations().contains_key(confirm::ANNOTATION));
+    assert_eq!(np.data["spec"]["selector"], "app == 'x'");
+    assert!(get(&client, v3, "StagedNetworkPolicy", Some(ns), "good").is_none());
+    assert!(tick_both(&mut a, &mut b, &agent_client).is_empty());
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), confirm::LEASE_NAMESPACE);
+    let left = rt().block_on(leases.list(&Default::default())).unwrap();
+    assert!(left.items.is_empty(), "no Lease left: {:?}", left.items);
+    drop(open);
+
+    // `apiserver` fails for an agent whose API server does not answer.
+    let kc = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}", server.api_port),
+            &closed.to_string(),
+        );
+    let cut_off = server.run_dir.join("kubeconfig-cut-off");
+    std::fs::write(&cut_off, kc).unwrap();
+    let cut_off = rt()
+        .block_on(agent::datastore::kubernetes::client(Some(&cut_off)))
+        .unwrap();
+    let checks = [agent::rollout::Check::Apiserver];
+    let failed = rt().block_on(confirm::first_failure(&cut_off, &checks));
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|f| f.starts_with("apiserver: ")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        rt().block_on(confirm::first_failure(&agent_client, &checks)),
+        None
+    );
+}
+
+/// A staged Delete promoted with `--confirm-within`: the enforced policy is
+/// deleted and the staged one stays, carrying the record. Unconfirmed, one of
+/// two racing agents (deploy/'s RBAC) brings the enforced policy back exactly
+/// and keeps the staged one; confirmed (`agent confirm`), the staged one goes
+/// and the deletion stays.
+#[test]
+fn kubernetes_staged_delete_commit_confirmed() {
+    use agent::datastore::kubernetes::confirm::{self, Supervisor};
+    let server = private_server();
+    let client = server.client();
+    let ns = "delete-confirm";
+    namespace(&client, ns, json!({}));
+    let agent_client = as_agent(&server);
+    let v3 = "projectcalico.org/v3";
+    let enforced_spec = json!({"selector": "app == 'db'", "types": ["Ingress"],
+                               "ingress": [{"action": "Allow", "source": {"selector": "app == 'api'"}}]});
+    for name in ["undone", "kept"] {
+        apply(
+            &client,
+            json!({"apiVersion": v3, "kind": "NetworkPolicy",
+                   "metadata": {"name": name, "namespace": ns, "labels": {"team": "db"},
+                                "annotations": {"owner": "db-team"}},
+                   "spec": enforced_spec}),
+        );
+        apply(
+            &client,
+            json!({"apiVersion": v3, "kind": "StagedNetworkPolicy",
+                   "metadata": {"name": name, "namespace": ns},
+                   "spec": {"stagedAction": "Delete"}}),
+        );
+        let out = promote(
+            &server,
+            &[&format!("snp/{name}"), "-n", ns, "--confirm-within", "2s"],
+        );
+        let stdout = ok(&out);
+        assert!(
+            stdout.contains("stays until the deletion is confirmed"),
+            "{stdout}"
+        );
+        assert!(get(&client, v3, "NetworkPolicy", Some(ns), name).is_none());
+        let staged = get(&client, v3, "StagedNetworkPolicy", Some(ns), name).expect("stays");
+        let rec = confirm::record_of(&staged)
+            .unwrap()
+            .expect("record on the staged one");
+        assert_eq!(rec.action, confirm::Promoted::Delete);
+    }
+    // Promoting it again while it waits is refused.
+    let out = promote(&server, &["snp/undone", "-n", ns]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already awaits confirmation"));
+    let out = Command::new(agent_bin())
+        .args(["confirm", "--datastore", "kubernetes", "snp/kept", "-n", ns])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(get(&client, v3, "StagedNetworkPolicy", Some(ns), "kept").is_none());
+
+    let mut a = Supervisor::new("agent-a", confirm::LEASE_NAMESPACE);
+    let mut b = Supervisor::new("agent-b", confirm::LEASE_NAMESPACE);
+    assert!(
+        tick_both(&mut a, &mut b, &agent_client).is_empty(),
+        "before the deadline"
+    );
+    std::thread::sleep(Duration::from_millis(2300));
+    let outcomes = tick_both(&mut a, &mut b, &agent_client);
+    assert_eq!(outcomes.len(), 1, "reverted exactly once: {outcomes:?}");
+    assert_eq!(
+        outcomes[0].target,
+        "StagedNetworkPolicy delete-confirm/undone"
+    );
+    assert_eq!(outcomes[0].action, "reverted");
+    assert!(
+        outcomes[0].reason.contains("not confirmed in time"),
+        "{outcomes:?}"
+    );
+    // Exactly as before the promotion.
+    let np = get(&client, v3, "NetworkPolicy", Some(ns), "undone").expect("back");
+    assert_eq!(np.data["spec"], enforced_spec);
+    assert_eq!(np.labels()["team"], "db");
+    assert_eq!(np.annotations()["owner"], "db-team");
+    assert!(!np.annotations().contains_key(confirm::ANNOTATION));
+    let staged = get(&client, v3, "StagedNetworkPolicy", Some(ns), "undone").expect("kept");
+    assert_eq!(staged.data["spec"]["stagedAction"], "Delete");
+    assert!(!staged.annotations().contains_key(confirm::ANNOTATION));
+    // The confirmed deletion stays; nothing is left to decide.
+    assert!(get(&client, v3, "NetworkPolicy", Some(ns), "kept").is_none());
+    assert!(tick_both(&mut a, &mut b, &agent_client).is_empty());
+}
+
 // ------------------------------------------------- crd.projectcalico.org/v1
 
 const V1: &str = "crd.projectcalico.org/v1";
@@ -1483,6 +1761,23 @@ fn kubernetes_crd_v1_auto_enforces_and_promotes() {
     )
     .is_none());
     assert!(agent.log_text().contains("promotion reverted"));
+    // The flows say why the verdicts changed: pending, then reverted.
+    let out = agent.cli(&["flows", "-o", "json", "--since", "10m"]);
+    let events: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|l| l.get("promotion").cloned())
+        .map(|p| {
+            (
+                p["event"].as_str().unwrap().into(),
+                p["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].0, "pending", "{events:?}");
+    assert_eq!(events[1].0, "reverted", "{events:?}");
+    assert!(events[1].1.contains("not confirmed in time"), "{events:?}");
     agent.wait_policies(1, 1);
 }
 

@@ -88,6 +88,25 @@ fn promotions(agent: &Agent) -> String {
     agent.status()["promotions"].to_string()
 }
 
+/// The promotion lines of `agent flows -o json` (event, reason), oldest first.
+fn promotion_records(agent: &Agent, args: &[&str]) -> Vec<(String, String)> {
+    agent
+        .flows(args)
+        .iter()
+        .filter_map(|l| l.get("promotion"))
+        .map(|p| {
+            assert_eq!(
+                p["target"],
+                "StagedGlobalNetworkPolicy/backend-lockdown-staged"
+            );
+            (
+                p["event"].as_str().unwrap().to_string(),
+                p["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn an_unconfirmed_promotion_that_cuts_the_operator_is_reverted() {
     let s = setup("rollout-revert");
@@ -121,6 +140,26 @@ fn an_unconfirmed_promotion_that_cuts_the_operator_is_reverted() {
         p.contains("reverted") && p.contains("not confirmed in time"),
         "{p}"
     );
+    // The flows show why the verdicts changed: pending, then reverted.
+    let records = promotion_records(&s.agent, &["--since", "10m"]);
+    let events: Vec<&str> = records.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(events, ["pending", "reverted"], "{records:?}");
+    assert!(
+        records[0].1.contains("awaits confirmation until"),
+        "{records:?}"
+    );
+    assert!(
+        records[1].1.contains("not confirmed in time"),
+        "{records:?}"
+    );
+    let compact =
+        String::from_utf8_lossy(&s.agent.cli(&["flows", "--since", "10m"]).stdout).into_owned();
+    assert!(
+        compact.contains("PROMOTION StagedGlobalNetworkPolicy/backend-lockdown-staged reverted: not confirmed in time"),
+        "{compact}"
+    );
+    // A query selecting connections has no promotion lines.
+    assert!(promotion_records(&s.agent, &["--since", "10m", "--port", "22"]).is_empty());
 }
 
 #[test]
@@ -149,6 +188,10 @@ fn a_confirmed_promotion_stays() {
         "{}",
         promotions(&s.agent)
     );
+    let records = promotion_records(&s.agent, &["--since", "10m"]);
+    let events: Vec<&str> = records.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(events, ["pending", "confirmed"], "{records:?}");
+    assert!(records[1].1.contains("agent confirm"), "{records:?}");
 }
 
 #[test]
@@ -183,6 +226,13 @@ fn a_failing_confirm_if_check_reverts_at_once() {
     assert_eq!(
         std::fs::read_to_string(s.dir.join(FILE)).unwrap(),
         s.staged_text
+    );
+    let records = promotion_records(&s.agent, &["--since", "10m"]);
+    let reverted = records.last().expect("promotion lines");
+    assert_eq!(reverted.0, "reverted", "{records:?}");
+    assert!(
+        reverted.1.contains("check failed") && reverted.1.contains(&check),
+        "{records:?}"
     );
     wait_ssh(
         &s.admin,

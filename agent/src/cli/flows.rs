@@ -184,6 +184,11 @@ pub fn run_flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         check_error(&line)?;
         let res = match args.output {
             FlowFormat::Json => writeln!(out, "{line}"),
+            FlowFormat::Compact | FlowFormat::Table
+                if let Some(e) = crate::flows::promotion::parse_line(&line) =>
+            {
+                writeln!(out, "{}", e.compact())
+            }
             FlowFormat::Compact | FlowFormat::Table => {
                 let flow: Flow = serde_json::from_str(&line)
                     .with_context(|| format!("unexpected record from the agent: {line}"))?;

@@ -17,9 +17,11 @@ pub struct ConfirmArgs {
     /// the running agent restores the staged version.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub confirm_within: Option<Duration>,
-    /// A check the agent runs after the promotion (repeatable): tcp:ADDR:PORT
-    /// or dns:NAME. Any failing reverts at once; all passing for --settle confirms.
-    #[arg(long = "confirm-if")]
+    /// A check the agent runs after the promotion (repeatable): tcp:ADDR:PORT,
+    /// dns:NAME or apiserver (the agent's API server answers; --datastore
+    /// kubernetes only). Any failing reverts at once; all passing for --settle
+    /// confirms. In the cluster every agent runs them from its own node.
+    #[arg(long = "confirm-if", requires = "confirm_within")]
     pub confirm_if: Vec<Check>,
     /// How long every --confirm-if check must pass to confirm.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
@@ -162,20 +164,7 @@ pub fn run(
          `agent confirm --datastore {datastore} {target}{}` runs first{}",
         humantime::format_duration(within),
         namespace.map(|n| format!(" -n {n}")).unwrap_or_default(),
-        if pending.checks.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; checks: {} (any failing reverts at once, all passing for {} confirms)",
-                pending
-                    .checks
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                humantime::format_duration(confirm_args.settle)
-            )
-        }
+        checks_note(&pending.checks, confirm_args.settle)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -189,26 +178,50 @@ fn promote_in_cluster(
     confirm_args: &ConfirmArgs,
 ) -> anyhow::Result<ExitCode> {
     let (kind, name) = parse_target(target)?;
-    anyhow::ensure!(
-        confirm_args.confirm_if.is_empty(),
-        "--confirm-if works with a directory datastore only (not yet in the cluster)"
-    );
-    let within = confirm_args.confirm_within;
+    let ask =
+        confirm_args
+            .confirm_within
+            .map(|within| crate::datastore::kubernetes::confirm::Ask {
+                within,
+                checks: confirm_args.confirm_if.clone(),
+                settle: confirm_args.settle,
+            });
     let report = block_on(async {
         let client = crate::datastore::kubernetes::client(kubeconfig).await?;
-        crate::datastore::kubernetes::promote(client, calico_api, kind, name, namespace, within)
-            .await
+        crate::datastore::kubernetes::promote(
+            client,
+            calico_api,
+            kind,
+            name,
+            namespace,
+            ask.clone(),
+        )
+        .await
     })?;
     println!("{report}");
-    if let Some(within) = within {
+    if let Some(ask) = ask {
         println!(
-            "awaiting confirmation: an agent of the cluster restores the staged policy in {} \
-             unless `agent confirm --datastore kubernetes {target}{}` runs first",
-            humantime::format_duration(within),
+            "awaiting confirmation: an agent of the cluster undoes the promotion in {} \
+             unless `agent confirm --datastore kubernetes {target}{}` runs first{}",
+            humantime::format_duration(ask.within),
             namespace.map(|n| format!(" -n {n}")).unwrap_or_default(),
+            checks_note(&ask.checks, ask.settle)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `; checks: ... (any failing reverts at once, ...)`, or nothing without checks.
+fn checks_note(checks: &[Check], settle: Duration) -> String {
+    if checks.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = checks.iter().map(ToString::to_string).collect();
+    format!(
+        "; checks: {} (any failing reverts at once, all passing for {} confirms)",
+        list.join(", "),
+        humantime::format_duration(settle)
+    )
 }
 
 /// `--dry-run`: what the promotion would write, as a diff per file.

@@ -28,6 +28,11 @@ pub struct RunArgs {
     /// the CRDs Calico stores them in) or `auto` (v3 if served, else crd).
     #[arg(long, value_enum, default_value_t = CalicoApi::Auto)]
     pub calico_api: CalicoApi,
+    /// With `--datastore kubernetes`: the namespace of the Leases agents take to
+    /// revert or confirm a commit-confirmed promotion (default: $POD_NAMESPACE, as
+    /// deploy/ sets it, else calico-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::datastore::kubernetes::confirm::LEASE_NAMESPACE)]
+    pub lease_namespace: String,
     /// Unix socket for `agent flows` / `agent status` (mode 0600).
     #[arg(long, default_value = crate::daemon::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -173,6 +178,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bpffs: args.bpffs,
         detach_on_exit: args.detach_on_exit,
         failsafes,
+        lease_namespace: args.lease_namespace,
         services,
         console,
         flow_history,

@@ -87,6 +87,9 @@ fn fetch(socket: &Path, since: Option<Duration>) -> anyhow::Result<Vec<Flow>> {
     for line in BufReader::new(stream).lines() {
         let line = line?;
         super::flows::check_error(&line)?;
+        if crate::flows::promotion::parse_line(&line).is_some() {
+            continue;
+        }
         out.push(
             serde_json::from_str(&line)
                 .with_context(|| format!("unexpected record from the agent: {line}"))?,

@@ -1,22 +1,46 @@
 //! The agent's side of commit-confirmed promotion ([`crate::rollout`]): a
 //! thread that looks at the datastore's pending promotions every
 //! [`crate::rollout::TICK`], runs their checks from the agent's network
-//! namespace, reverts or confirms, and keeps what `agent status` shows.
+//! namespace, reverts or confirms, and keeps what `agent status` shows and the
+//! promotion lines of the flows stream ([`crate::flows::promotion`]).
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
+
 use super::{lock, Shared};
 use crate::datastore::kubernetes::KubeOptions;
-use crate::rollout::{Outcome, Supervisor, TICK};
+use crate::flows::promotion::PromotionEvent;
+use crate::flows::unix_now_ns;
+use crate::rollout::{awaiting_line, Outcome, Supervisor, TICK};
 
 /// Outcomes kept for `agent status`.
 const RECENT: usize = 20;
+/// Promotion events kept for `agent flows --last/--since`.
+const EVENTS: usize = 1000;
 
-/// What `agent status` shows: pending promotions and recent outcomes.
-#[derive(Default)]
+/// What `agent status` and `agent flows` show: pending promotions, recent
+/// outcomes, and the promotion events (kept, and sent to `--follow`ers).
 pub(super) struct Confirmations {
     pub pending: Vec<String>,
     pub recent: Vec<Outcome>,
+    /// Pending targets as last seen (target -> status line).
+    seen_pending: BTreeMap<String, String>,
+    pub events: VecDeque<Arc<PromotionEvent>>,
+    pub events_tx: broadcast::Sender<Arc<PromotionEvent>>,
+}
+
+impl Default for Confirmations {
+    fn default() -> Self {
+        Confirmations {
+            pending: Vec::new(),
+            recent: Vec::new(),
+            seen_pending: BTreeMap::new(),
+            events: VecDeque::new(),
+            events_tx: broadcast::channel(64).0,
+        }
+    }
 }
 
 impl Confirmations {
@@ -33,11 +57,31 @@ impl Confirmations {
         });
         self.pending.iter().cloned().chain(recent).collect()
     }
+
+    fn event(&mut self, e: PromotionEvent) {
+        let e = Arc::new(e);
+        let _ = self.events_tx.send(e.clone());
+        self.events.push_back(e);
+        if self.events.len() > EVENTS {
+            self.events.pop_front();
+        }
+    }
+}
+
+/// Why a pending promotion disappeared without an outcome of this agent's.
+struct Gone {
+    event: &'static str,
+    reason: &'static str,
 }
 
 pub(super) fn spawn(datastore: PathBuf, shared: Arc<Shared>) {
     std::thread::spawn(move || {
         let mut supervisor = Supervisor::default();
+        // Only the operator (or this agent) removes a journal.
+        let gone = Gone {
+            event: "confirmed",
+            reason: "`agent confirm`",
+        };
         loop {
             let (outcomes, waiting) = supervisor.tick(&datastore);
             for o in &outcomes {
@@ -53,48 +97,75 @@ pub(super) fn spawn(datastore: PathBuf, shared: Arc<Shared>) {
             let pending = waiting
                 .iter()
                 .map(|p| {
-                    format!(
-                        "{} awaits confirmation until {}{}",
-                        p.target,
-                        crate::flows::rfc3339(p.deadline_unix_ms * 1_000_000),
-                        if p.checks.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                " (checks: {})",
-                                p.checks
-                                    .iter()
-                                    .map(ToString::to_string)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        }
-                    )
+                    let line = awaiting_line(&p.target, p.deadline_unix_ms, &p.checks);
+                    (p.target.clone(), line)
                 })
                 .collect();
-            publish(&shared, pending, outcomes);
+            publish(&shared, pending, outcomes, &gone);
             std::thread::sleep(TICK);
         }
     });
 }
 
-/// What `agent status` shows: `pending` replaces the pending lines, `outcomes`
-/// join the recent ones.
-fn publish(shared: &Shared, pending: Vec<String>, outcomes: Vec<Outcome>) {
+/// What `agent status` shows: `pending` (target, line) replaces the pending
+/// lines, `outcomes` join the recent ones; both become promotion events, as
+/// does a pending promotion gone without an outcome here (`gone`).
+fn publish(shared: &Shared, pending: Vec<(String, String)>, outcomes: Vec<Outcome>, gone: &Gone) {
+    let now = unix_now_ns();
     let mut view = lock(&shared.confirmations);
-    view.pending = pending;
+    let now_pending: BTreeMap<String, String> = pending.into_iter().collect();
+    for (target, line) in &now_pending {
+        if !view.seen_pending.contains_key(target) {
+            let reason = line
+                .strip_prefix(target.as_str())
+                .unwrap_or(line)
+                .trim_start();
+            view.event(PromotionEvent::new(now, target, "pending", reason.into()));
+        }
+    }
+    for o in &outcomes {
+        let at = o.at_unix_ms * 1_000_000;
+        view.event(PromotionEvent::new(
+            at,
+            &o.target,
+            o.action,
+            o.reason.clone(),
+        ));
+    }
+    let vanished: Vec<String> = view
+        .seen_pending
+        .keys()
+        .filter(|t| !now_pending.contains_key(*t) && !outcomes.iter().any(|o| &o.target == *t))
+        .cloned()
+        .collect();
+    for target in vanished {
+        view.event(PromotionEvent::new(
+            now,
+            &target,
+            gone.event,
+            gone.reason.into(),
+        ));
+    }
+    view.pending = now_pending.values().cloned().collect();
+    view.seen_pending = now_pending;
     view.recent.extend(outcomes);
     let excess = view.recent.len().saturating_sub(RECENT);
     view.recent.drain(..excess);
 }
 
 /// The Kubernetes datastore's side ([`crate::datastore::kubernetes::confirm`]):
-/// every tick, revert what is past its deadline when this agent wins the
-/// target's Lease; list what waits for `agent status`.
-pub(super) fn spawn_kube(opts: KubeOptions, shared: Arc<Shared>) {
+/// every tick, run each pending promotion's checks from this node and revert
+/// or confirm what this agent decides and wins the target's Lease for (in
+/// `lease_ns`); list what waits for `agent status`.
+pub(super) fn spawn_kube(opts: KubeOptions, lease_ns: String, shared: Arc<Shared>) {
     use crate::datastore::kubernetes::{self as k8s, confirm};
     tokio::spawn(async move {
         let holder = format!("{}/{}", opts.node, std::process::id());
+        let mut supervisor = confirm::Supervisor::new(&holder, &lease_ns);
+        let gone = Gone {
+            event: "decided",
+            reason: "by `agent confirm` or another agent",
+        };
         // Connected once, again after an error.
         let mut connected = None;
         loop {
@@ -108,7 +179,7 @@ pub(super) fn spawn_kube(opts: KubeOptions, shared: Arc<Shared>) {
                     connected = Some((client, found.group));
                 }
                 let (client, group) = connected.as_ref().expect("connected above");
-                confirm::tick(client, *group, &holder, confirm::LEASE_NAMESPACE).await
+                supervisor.tick(client, *group).await
             };
             let looked = looked.await;
             if looked.is_err() {
@@ -118,15 +189,9 @@ pub(super) fn spawn_kube(opts: KubeOptions, shared: Arc<Shared>) {
                 Ok((outcomes, waiting)) => {
                     let pending = waiting
                         .iter()
-                        .map(|r| {
-                            format!(
-                                "{} awaits confirmation until {}",
-                                r.target,
-                                crate::flows::rfc3339(r.deadline_unix_ms * 1_000_000)
-                            )
-                        })
+                        .map(|r| (r.target.clone(), r.describe()))
                         .collect();
-                    publish(&shared, pending, outcomes);
+                    publish(&shared, pending, outcomes, &gone);
                 }
                 Err(e) => tracing::warn!(error = %e, "pending confirmations in the cluster"),
             }

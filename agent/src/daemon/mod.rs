@@ -102,6 +102,9 @@ pub struct RunOptions {
     pub flows_all: bool,
     /// Push flow records to the cluster's relay (`--relay`).
     pub relay: Option<crate::relay::push::PushOptions>,
+    /// With `--datastore kubernetes`: where the commit-confirmed promotion
+    /// Leases are taken (`--lease-namespace`).
+    pub lease_namespace: String,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -160,7 +163,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         confirmations::spawn(dir.clone(), shared.clone());
     }
     if let DatastoreSpec::Kubernetes(k) = &opts.datastore {
-        confirmations::spawn_kube(k.clone(), shared.clone());
+        confirmations::spawn_kube(k.clone(), opts.lease_namespace.clone(), shared.clone());
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

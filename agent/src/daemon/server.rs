@@ -12,6 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::protocol::{ErrorReply, Request};
 use super::{lock, status, Shared};
 use crate::flows::blame::{Blame, Judge};
+use crate::flows::promotion::{PromotionEvent, PromotionLine};
 use crate::flows::report::{self, History, ReportQuery, StagedReport};
 use crate::flows::{unix_now_ns, Flow, FlowFilter, FlowQuery, Matcher, View};
 
@@ -235,6 +236,43 @@ pub(super) fn matching_history(
     selected
 }
 
+/// Promotion lines go with queries that select by policy or verdict, not
+/// with those that select connections (`--from`, `--to`, `--port`,
+/// `--protocol`): a promotion is not a connection.
+fn wants_promotions(f: &FlowFilter) -> bool {
+    f.from.is_none() && f.to.is_none() && f.port.is_none() && f.protocol.is_none()
+}
+
+/// The promotion events to follow and those kept (none when the filter
+/// selects connections).
+fn promotion_events(
+    q: &FlowQuery,
+    shared: &Shared,
+) -> (
+    tokio::sync::broadcast::Receiver<Arc<PromotionEvent>>,
+    Vec<Arc<PromotionEvent>>,
+) {
+    let c = lock(&shared.confirmations);
+    let past = match wants_promotions(&q.filter) {
+        true => c.events.iter().cloned().collect(),
+        false => Vec::new(),
+    };
+    (c.events_tx.subscribe(), past)
+}
+
+async fn write_promotion(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    e: &PromotionEvent,
+) -> std::io::Result<()> {
+    write_line(
+        w,
+        &PromotionLine {
+            promotion: e.clone(),
+        },
+    )
+    .await
+}
+
 async fn flows(
     q: FlowQuery,
     shared: &Shared,
@@ -249,9 +287,24 @@ async fn flows(
     let judge = selection.blame.as_ref().map(Blame::judge);
     // Subscribe before reading the history so nothing falls between the two.
     let mut rx = shared.tx.subscribe();
+    let (mut promotions, past) = promotion_events(&q, shared);
     let selected = matching_history(&q, &selection, judge.as_ref(), shared, &view);
+    // Promotion lines where they fall among the flows (by time), from the
+    // oldest flow sent on (or the whole --since window).
+    let from_ns = match (q.since_ms, selected.first()) {
+        (Some(ms), _) => unix_now_ns().saturating_sub(ms.saturating_mul(1_000_000)),
+        (None, Some(f)) => f.last_seen_ns,
+        (None, None) => 0,
+    };
+    let mut past = past.into_iter().filter(|e| e.at_ns >= from_ns).peekable();
     for f in &selected {
+        while let Some(e) = past.next_if(|e| e.at_ns <= f.last_seen_ns) {
+            write_promotion(w, &e).await?;
+        }
         write_line(w, f.as_ref()).await?;
+    }
+    for e in past {
+        write_promotion(w, &e).await?;
     }
     if !q.follow {
         return Ok(());
@@ -271,6 +324,11 @@ async fn flows(
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "a flows client is too slow; records skipped");
                 }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            e = promotions.recv(), if wants_promotions(&q.filter) => match e {
+                Ok(e) => write_promotion(w, &e).await?,
+                Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return Ok(()),
             },
             // The client hung up (EOF) or sent something: stop.

@@ -19,6 +19,7 @@ use crate::selector::Selector;
 pub mod blame;
 pub mod connection;
 pub mod history;
+pub mod promotion;
 pub mod report;
 pub mod suggest;
 mod table;

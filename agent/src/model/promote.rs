@@ -1,11 +1,16 @@
-//! Promotion of a staged policy to its enforced kind, by editing the YAML text
-//! in place: other documents, comments and formatting stay as they were.
+//! Promotion of a staged policy to its enforced kind. What a promotion does is
+//! decided once, for the file and the cluster datastores alike, by
+//! [`PromotionPlan::of`] from the `stagedAction`; here it is carried out by
+//! editing the YAML text in place: other documents, comments and formatting
+//! stay as they were.
 //!
-//! - `stagedAction: Set` (default) or `Learn`: the staged document becomes the
-//!   enforced kind (`kind:` changed, `apiVersion:` too for Kubernetes policies,
-//!   the `stagedAction:` line dropped); an enforced namesake anywhere in the
-//!   directory is removed, since the promoted policy replaces it.
-//! - `Delete`: the enforced namesake and the staged document are removed.
+//! - [`PromotionPlan::Enforce`] (`Set`, the default, or `Learn`): the staged
+//!   document becomes the enforced kind (`kind:` changed, `apiVersion:` too for
+//!   Kubernetes policies, the `stagedAction:` line dropped); an enforced
+//!   namesake anywhere in the directory is removed, since the promoted policy
+//!   replaces it.
+//! - [`PromotionPlan::DeleteEnforced`] (`Delete`): the enforced namesake and the
+//!   staged document are removed.
 //! - `Ignore`: refused; promoting it would change nothing that is enforced.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,10 +30,46 @@ pub enum PromoteError {
     Ambiguous(String, PathBuf, PathBuf),
     #[error("{0} has stagedAction Ignore: promoting it changes nothing that is enforced; set stagedAction to Set (or Delete) first, or remove it")]
     Ignored(String),
+    #[error("{0} has stagedAction `{1}`: not one of Set, Learn, Delete, Ignore; fix it before promoting")]
+    BadStagedAction(String, String),
     #[error("{0}: cannot edit `{1}` at line {2}: only block-style `key: value` lines are edited")]
     Unsupported(PathBuf, String, usize),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+}
+
+/// What promoting a staged policy does to the enforced and staged policies,
+/// and so what a revert of it restores: one interpretation of `stagedAction`
+/// for the file datastore ([`plan`]) and the cluster
+/// (`datastore::kubernetes::promote`, whose pending record names the plan).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromotionPlan {
+    /// `Set` (the default) or `Learn`: the staged spec, without its
+    /// `stagedAction`, becomes the enforced policy and replaces an enforced
+    /// namesake; the staged policy goes. A revert puts back the staged policy
+    /// and the namesake (or removes the enforced policy when there was none).
+    Enforce,
+    /// `Delete`: the enforced namesake goes, and the staged policy with it (in
+    /// the cluster under `--confirm-within`, once confirmed). A revert puts
+    /// back the namesake (and the staged policy).
+    DeleteEnforced,
+}
+
+impl PromotionPlan {
+    /// The plan for a staged policy (`described`, for errors) whose
+    /// `stagedAction` is `action`. `Ignore` is refused: promoting it would
+    /// change nothing that is enforced; so is a value the loader rejects.
+    pub fn of(action: Option<&str>, described: &str) -> Result<PromotionPlan, PromoteError> {
+        match action {
+            None | Some("Set") | Some("Learn") => Ok(PromotionPlan::Enforce),
+            Some("Delete") => Ok(PromotionPlan::DeleteEnforced),
+            Some("Ignore") => Err(PromoteError::Ignored(described.into())),
+            Some(other) => Err(PromoteError::BadStagedAction(
+                described.into(),
+                other.into(),
+            )),
+        }
+    }
 }
 
 /// What a promotion did.
@@ -360,13 +401,13 @@ pub fn plan(
     if let Some(n) = &namesake {
         edits.delete_document(&files, n);
     }
-    match staged.staged_action.as_deref() {
-        Some("Ignore") => return Err(PromoteError::Ignored(describe(kind, namespace, name))),
-        Some("Delete") => {
+    let described = describe(kind, namespace, name);
+    match PromotionPlan::of(staged.staged_action.as_deref(), &described)? {
+        PromotionPlan::DeleteEnforced => {
             edits.delete_document(&files, &staged);
             report.removed_staged = true;
         }
-        _ => {
+        PromotionPlan::Enforce => {
             let (old_api, old_kind) = yaml_type(kind);
             let (new_api, new_kind) = yaml_type(enforced_kind);
             edits.set_value(&files, &staged, "kind", "kind", old_kind, new_kind)?;

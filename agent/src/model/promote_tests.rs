@@ -257,3 +257,40 @@ fn errors_are_reported() {
     let a = std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
     assert!(a.contains("StagedGlobalNetworkPolicy"));
 }
+
+#[test]
+fn an_unknown_staged_action_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = STAGED.replace("stagedAction: Set", "stagedAction: Sett");
+    write(dir.path(), "a.yaml", &text);
+    let err = promote(
+        dir.path(),
+        PolicyKind::StagedGlobalNetworkPolicy,
+        "lockdown",
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, PromoteError::BadStagedAction(..)), "{err}");
+    assert!(err.to_string().contains("`Sett`"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("a.yaml")).unwrap(),
+        text
+    );
+}
+
+#[test]
+fn one_plan_per_staged_action() {
+    use super::PromotionPlan as P;
+    for (action, plan) in [
+        (None, P::Enforce),
+        (Some("Set"), P::Enforce),
+        (Some("Learn"), P::Enforce),
+        (Some("Delete"), P::DeleteEnforced),
+    ] {
+        assert_eq!(P::of(action, "x").unwrap(), plan, "{action:?}");
+    }
+    assert!(matches!(
+        P::of(Some("Ignore"), "x"),
+        Err(PromoteError::Ignored(_))
+    ));
+}

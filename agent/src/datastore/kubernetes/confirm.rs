@@ -1,49 +1,88 @@
 //! Commit-confirmed promotion in the cluster (the file datastore's is
 //! [`crate::rollout`]): `agent promote --datastore kubernetes KIND/NAME
-//! --confirm-within D` applies the enforced object with an annotation
-//! ([`ANNOTATION`], a [`PendingRecord`]: the deadline, the staged object's
-//! manifest and the replaced enforced namesake's, as they were before) in the
-//! same server-side apply, so the promotion and its record are one write.
-//! `agent confirm` removes the annotation (with the object's resourceVersion:
-//! a confirm racing a revert fails instead of passing silently).
+//! --confirm-within D [--confirm-if CHECK]... [--settle S]` records the
+//! promotion in an annotation ([`ANNOTATION`], a [`PendingRecord`]: the
+//! deadline, the checks and settle time, the staged object's manifest and the
+//! replaced enforced namesake's, as they were before).
 //!
-//! The revert is an agent's job, never the CLI's (the promotion may have cut
-//! the operator off): every agent lists the enforced kinds each [`TICK`]; for a
-//! record past its deadline it creates a coordination.k8s.io/v1 Lease named
-//! after the target ([`lease_name`]). Create is atomic, so one agent wins; a
-//! Lease left by a dead holder is taken over after [`LEASE_DURATION`] (deleted
-//! with its resourceVersion as precondition: again one winner). The holder
-//! re-reads the enforced object (another agent may have reverted already and
-//! released the Lease), recreates the staged object, then restores the enforced
-//! namesake (replace, with the resourceVersion it read) or deletes the enforced
-//! object (precondition: that resourceVersion), which also removes the record.
-//! Each step is idempotent, so a holder dying half-way leaves work the next one
-//! finishes.
+//! Where the record lives depends on the staged action ([`Promoted`]):
+//! - `Set` (and `Learn`): on the enforced object, in the same server-side apply
+//!   that promotes, so the promotion and its record are one write; the staged
+//!   object is deleted. `agent confirm` removes the annotation.
+//! - `Delete`: on the staged object, which stays while the promotion awaits
+//!   confirmation (the enforced namesake is deleted once the record is
+//!   written). `agent confirm` deletes the staged object.
+//!
+//! Every write that decides (confirm, revert) carries the resourceVersion the
+//! decider read: a confirm racing a revert fails instead of passing silently.
+//!
+//! The decision is an agent's job, never the CLI's (the promotion may have cut
+//! the operator off). Every [`TICK`] each agent ([`Supervisor`]) lists the
+//! records and, for each one:
+//! - runs its checks from its own node (`tcp:`/`dns:` from the agent's network
+//!   namespace, `apiserver` through the agent's own client);
+//! - any check failing: reverts at once;
+//! - past the deadline: reverts;
+//! - every check passing on this agent for the settle time (it tracks since
+//!   when, from the first tick that saw the record): confirms.
+//!
+//! So across agents "all passing" means: the settle time passed and no agent
+//! saw a check fail in it (an agent that sees one reverts at once, which makes
+//! the record disappear for every other agent). An agent that cannot reach the
+//! API server cannot report (its revert needs the API server too): if the
+//! promotion cut only some nodes off, the others may confirm; if it cut all of
+//! them off, none confirms and the first to reconnect after the deadline
+//! reverts. With no checks only the deadline (or `agent confirm`) decides.
+//!
+//! Whoever decides first holds the target's coordination.k8s.io/v1 Lease
+//! ([`lease_name`], in `agent run --lease-namespace`, default
+//! `$POD_NAMESPACE`, else [`LEASE_NAMESPACE`]) for the act (`revert.rs`):
+//! create is atomic, so one agent wins and a target is reverted or confirmed
+//! exactly once.
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{
-    Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::names::{CalicoGroup, Kind};
-use crate::rollout::Outcome;
+use crate::model::promote::PromotionPlan;
+use crate::rollout::{Check, Outcome};
 
-/// The enforced object's annotation holding its [`PendingRecord`] (JSON).
+/// The annotation holding a [`PendingRecord`] (JSON).
 pub const ANNOTATION: &str = "policy-agent/pending-confirmation";
-/// Where agents take their revert Leases: the agent's namespace in deploy/.
+/// Where agents take their Leases unless `agent run --lease-namespace` (or
+/// `$POD_NAMESPACE`, which deploy/ sets) says otherwise.
 pub const LEASE_NAMESPACE: &str = "calico-system";
 /// After this long without renewal another agent may take a Lease over.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-/// How often agents list pending confirmations.
+/// How often agents look at pending confirmations and run their checks.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How long the `apiserver` check waits for an answer.
+const APISERVER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What `--confirm-within` records on the enforced object.
+/// The promotion's [`PromotionPlan`], as recorded (and so what the revert
+/// restores).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Promoted {
+    /// Applied the staged spec as the enforced object (which holds the record).
+    #[default]
+    Set,
+    /// Deleted the enforced namesake (the staged object holds the record).
+    Delete,
+}
+
+/// What `--confirm-within`, `--confirm-if` and `--settle` ask for.
+#[derive(Clone, Debug, Default)]
+pub struct Ask {
+    pub within: Duration,
+    pub checks: Vec<Check>,
+    pub settle: Duration,
+}
+
+/// What a commit-confirmed promotion records.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PendingRecord {
     /// `KIND [ns/]name` of the staged policy, for messages and the Lease name.
@@ -51,35 +90,64 @@ pub struct PendingRecord {
     pub deadline_unix_ms: u64,
     /// The staged object as it was (apiVersion, kind, metadata, spec).
     pub staged: Value,
-    /// The enforced namesake the promotion replaced, if there was one.
+    /// The enforced namesake the promotion replaced or deleted, if there was one.
     pub enforced_before: Option<Value>,
+    #[serde(default)]
+    pub action: Promoted,
+    /// `--confirm-if`: run by every agent from its node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
+    /// How long the checks must pass to confirm.
+    #[serde(default)]
+    pub settle_ms: u64,
 }
 
-/// A record found on an enforced object.
+impl PendingRecord {
+    /// `agent status`: `TARGET awaits confirmation until T[ (checks: ...)]`.
+    pub fn describe(&self) -> String {
+        crate::rollout::awaiting_line(&self.target, self.deadline_unix_ms, &self.checks)
+    }
+}
+
+/// A record found on an object (the enforced one, or the staged one for
+/// `Delete`: `carrier`).
 #[derive(Clone, Debug)]
 pub struct Pending {
     pub record: PendingRecord,
-    pub enforced: Kind,
+    pub carrier: Kind,
     pub name: String,
     pub namespace: Option<String>,
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
+pub(super) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-/// The record for a promotion made now, due `within` from now.
+impl From<PromotionPlan> for Promoted {
+    fn from(plan: PromotionPlan) -> Promoted {
+        match plan {
+            PromotionPlan::Enforce => Promoted::Set,
+            PromotionPlan::DeleteEnforced => Promoted::Delete,
+        }
+    }
+}
+
+/// The record for a promotion made now.
 pub fn record(
     target: String,
-    within: Duration,
+    ask: &Ask,
+    plan: PromotionPlan,
     staged: &DynamicObject,
     enforced_before: Option<&DynamicObject>,
 ) -> PendingRecord {
     PendingRecord {
         target,
-        deadline_unix_ms: unix_ms(SystemTime::now() + within),
+        deadline_unix_ms: unix_ms(SystemTime::now() + ask.within),
         staged: manifest(staged),
         enforced_before: enforced_before.map(manifest),
+        action: plan.into(),
+        checks: ask.checks.clone(),
+        settle_ms: ask.settle.as_millis() as u64,
     }
 }
 
@@ -115,7 +183,7 @@ fn manifest(obj: &DynamicObject) -> Value {
     doc
 }
 
-fn api(client: &Client, kind: &Kind, ns: Option<&str>) -> Api<DynamicObject> {
+pub(super) fn api(client: &Client, kind: &Kind, ns: Option<&str>) -> Api<DynamicObject> {
     match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &kind.api_resource()),
         None => Api::all_with(client.clone(), &kind.api_resource()),
@@ -138,55 +206,212 @@ pub fn record_of(obj: &DynamicObject) -> anyhow::Result<Option<PendingRecord>> {
         .transpose()
 }
 
-/// `agent confirm`: removes the record from `obj` (the enforced object).
-/// False when it has none.
-pub async fn confirm(
-    client: &Client,
-    enforced: &Kind,
-    obj: &DynamicObject,
-) -> anyhow::Result<bool> {
-    if record_of(obj)?.is_none() {
+/// Confirms the record on `obj` (of kind `carrier`): `Set` removes the
+/// annotation, `Delete` deletes the staged object; either with the
+/// resourceVersion read as precondition. False when `obj` has no record.
+pub async fn confirm(client: &Client, carrier: &Kind, obj: &DynamicObject) -> anyhow::Result<bool> {
+    let Some(record) = record_of(obj)? else {
         return Ok(false);
+    };
+    let api = api(client, carrier, obj.metadata.namespace.as_deref());
+    match record.action {
+        Promoted::Set => {
+            let patch = json!({"metadata": {
+                "resourceVersion": obj.resource_version(),
+                "annotations": {ANNOTATION: null},
+            }});
+            api.patch(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        }
+        Promoted::Delete => {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: obj.resource_version(),
+                    uid: None,
+                }),
+                ..Default::default()
+            };
+            api.delete(&obj.name_any(), &dp).await?;
+        }
     }
-    let patch = json!({"metadata": {
-        "resourceVersion": obj.resource_version(),
-        "annotations": {ANNOTATION: null},
-    }});
-    api(client, enforced, obj.metadata.namespace.as_deref())
-        .patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
     Ok(true)
 }
 
-/// The enforced kinds promotions write, in `group`.
-fn enforced_kinds(group: CalicoGroup) -> [Kind; 3] {
+/// The kinds that carry records in `group`: the enforced kinds (`Set`) and
+/// the staged ones (`Delete`).
+fn carrier_kinds(group: CalicoGroup) -> [(Kind, Promoted); 6] {
     [
-        group.kind("GlobalNetworkPolicy"),
-        group.kind("NetworkPolicy"),
-        group.kind("networking.k8s.io/NetworkPolicy"),
+        (group.kind("GlobalNetworkPolicy"), Promoted::Set),
+        (group.kind("NetworkPolicy"), Promoted::Set),
+        (group.kind("networking.k8s.io/NetworkPolicy"), Promoted::Set),
+        (group.kind("StagedGlobalNetworkPolicy"), Promoted::Delete),
+        (group.kind("StagedNetworkPolicy"), Promoted::Delete),
+        (
+            group.kind("StagedKubernetesNetworkPolicy"),
+            Promoted::Delete,
+        ),
     ]
 }
 
-/// Every pending confirmation in the cluster.
+/// Every pending confirmation in the cluster. A record on the wrong kind of
+/// object (a `Set` record on a staged object) is an error, never acted on.
 pub async fn pending(client: &Client, group: CalicoGroup) -> anyhow::Result<Vec<Pending>> {
     let mut out = Vec::new();
-    for kind in enforced_kinds(group) {
+    for (kind, carried) in carrier_kinds(group) {
         for obj in api(client, &kind, None).list(&Default::default()).await? {
-            if let Some(record) = record_of(&obj)? {
-                out.push(Pending {
-                    record,
-                    enforced: kind,
-                    name: obj.name_any(),
-                    namespace: obj.metadata.namespace.clone(),
-                });
-            }
+            let Some(record) = record_of(&obj)? else {
+                continue;
+            };
+            anyhow::ensure!(
+                record.action == carried,
+                "{} {}: annotation {ANNOTATION} records a {:?} promotion, which a {} never carries",
+                kind.kind,
+                obj.name_any(),
+                record.action,
+                kind.kind
+            );
+            out.push(Pending {
+                record,
+                carrier: kind,
+                name: obj.name_any(),
+                namespace: obj.metadata.namespace.clone(),
+            });
         }
     }
     Ok(out)
+}
+
+/// What an agent decided about a pending promotion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Revert(String),
+    Confirm(String),
+}
+
+/// One agent's side: runs each record's checks every tick, remembers since
+/// when they pass, and decides (module docs).
+pub struct Supervisor {
+    holder: String,
+    lease_ns: String,
+    /// Per record (target, deadline): since when every check passed here.
+    passing_since: HashMap<(String, u64), u64>,
+}
+
+impl Supervisor {
+    /// `holder` names this agent in Leases and messages (node/pid).
+    pub fn new(holder: &str, lease_ns: &str) -> Supervisor {
+        Supervisor {
+            holder: holder.into(),
+            lease_ns: lease_ns.into(),
+            passing_since: HashMap::new(),
+        }
+    }
+
+    /// One look at every record: decides, and carries out what this agent
+    /// wins the Lease for. Returns what it decided and carried out, and what
+    /// still waits.
+    pub async fn tick(
+        &mut self,
+        client: &Client,
+        group: CalicoGroup,
+    ) -> anyhow::Result<(Vec<Outcome>, Vec<PendingRecord>)> {
+        let found = pending(client, group).await?;
+        let key = |r: &PendingRecord| (r.target.clone(), r.deadline_unix_ms);
+        self.passing_since
+            .retain(|k, _| found.iter().any(|p| key(&p.record) == *k));
+        let mut outcomes = Vec::new();
+        let mut waiting = Vec::new();
+        for p in found {
+            let Some(decision) = self.decide(client, &p.record).await else {
+                waiting.push(p.record);
+                continue;
+            };
+            let acted =
+                super::revert::carry_out(client, &self.lease_ns, &self.holder, &p, decision);
+            match acted.await {
+                Ok(Some(outcome)) => {
+                    self.passing_since.remove(&key(&p.record));
+                    outcomes.push(outcome);
+                }
+                // Another agent holds the Lease, or decided already.
+                Ok(None) => {}
+                // E.g. RBAC: the record stays pending, retried next tick and
+                // shown by `agent status`; no other target waits for it.
+                Err(e) => {
+                    tracing::error!(target = %p.record.target, error = %e, "acting on a pending promotion FAILED; retrying");
+                    waiting.push(p.record);
+                }
+            }
+        }
+        Ok((outcomes, waiting))
+    }
+
+    async fn decide(&mut self, client: &Client, r: &PendingRecord) -> Option<Decision> {
+        if let Some(failed) = first_failure(client, &r.checks).await {
+            let why = format!("check failed on {}: {failed}", self.holder);
+            return Some(Decision::Revert(why));
+        }
+        let now = unix_ms(SystemTime::now());
+        if now >= r.deadline_unix_ms {
+            return Some(Decision::Revert("not confirmed in time".into()));
+        }
+        if r.checks.is_empty() {
+            return None;
+        }
+        let key = (r.target.clone(), r.deadline_unix_ms);
+        let since = *self.passing_since.entry(key).or_insert(now);
+        (now.saturating_sub(since) >= r.settle_ms).then(|| {
+            Decision::Confirm(format!(
+                "every check passed for {} on {}",
+                humantime::format_duration(Duration::from_millis(r.settle_ms)),
+                self.holder
+            ))
+        })
+    }
+}
+
+/// One look without memory (no record's checks have passed long before):
+/// reverts what is past its deadline or failing, as agent `holder`.
+pub async fn tick(
+    client: &Client,
+    group: CalicoGroup,
+    holder: &str,
+    lease_ns: &str,
+) -> anyhow::Result<(Vec<Outcome>, Vec<PendingRecord>)> {
+    Supervisor::new(holder, lease_ns).tick(client, group).await
+}
+
+/// The first failing check's message, run from here: `apiserver` through
+/// `client`, the others as [`Check::run`] does (on a blocking thread).
+pub async fn first_failure(client: &Client, checks: &[Check]) -> Option<String> {
+    for check in checks {
+        let result = match check {
+            Check::Apiserver => {
+                match tokio::time::timeout(APISERVER_TIMEOUT, client.apiserver_version()).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("{check}: {e}")),
+                    Err(_) => Err(format!(
+                        "{check}: no answer within {}",
+                        humantime::format_duration(APISERVER_TIMEOUT)
+                    )),
+                }
+            }
+            local => {
+                let c = local.clone();
+                tokio::task::spawn_blocking(move || c.run())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("{local}: {e}")))
+            }
+        };
+        if let Err(e) = result {
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// The Lease of a target: `agent-revert.` + the target, lowercased, every
@@ -204,160 +429,6 @@ pub fn lease_name(target: &str) -> String {
         })
         .collect();
     format!("agent-revert.{}", t.trim_matches('.'))
-}
-
-/// One look: reverts every record past its deadline whose Lease this agent
-/// (`holder`) wins. Returns the reverts made and what still waits.
-pub async fn tick(
-    client: &Client,
-    group: CalicoGroup,
-    holder: &str,
-    lease_ns: &str,
-) -> anyhow::Result<(Vec<Outcome>, Vec<PendingRecord>)> {
-    let now = unix_ms(SystemTime::now());
-    let mut outcomes = Vec::new();
-    let mut waiting = Vec::new();
-    for p in pending(client, group).await? {
-        if now < p.record.deadline_unix_ms {
-            waiting.push(p.record);
-            continue;
-        }
-        let leases: Api<Lease> = Api::namespaced(client.clone(), lease_ns);
-        let lease = lease_name(&p.record.target);
-        if !take_lease(&leases, &lease, holder).await? {
-            continue;
-        }
-        let done = revert(client, &p).await;
-        leases.delete(&lease, &DeleteParams::default()).await?;
-        // A failed revert (e.g. RBAC) stays pending: retried next tick, shown
-        // by `agent status`, and no other target waits for it.
-        let reason = match done {
-            Ok(reason) => reason,
-            Err(e) => {
-                tracing::error!(target = %p.record.target, error = %e, "REVERT FAILED; retrying");
-                waiting.push(p.record);
-                continue;
-            }
-        };
-        if let Some(reason) = reason {
-            outcomes.push(Outcome {
-                target: p.record.target.clone(),
-                action: "reverted",
-                reason,
-                at_unix_ms: now,
-            });
-        }
-    }
-    Ok((outcomes, waiting))
-}
-
-/// Creates the Lease (true: this holder has it); a Lease not renewed for its
-/// duration is deleted (precondition: its resourceVersion) and created again.
-async fn take_lease(leases: &Api<Lease>, name: &str, holder: &str) -> anyhow::Result<bool> {
-    let lease = Lease {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(holder.into()),
-            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
-            acquire_time: Some(MicroTime(Timestamp::now())),
-            renew_time: Some(MicroTime(Timestamp::now())),
-            ..Default::default()
-        }),
-    };
-    for _ in 0..2 {
-        match leases.create(&PostParams::default(), &lease).await {
-            Ok(_) => return Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-        let Some(held) = leases.get_opt(name).await? else {
-            continue;
-        };
-        let spec = held.spec.clone().unwrap_or_default();
-        let renewed = spec.renew_time.map_or(0, |t| t.0.as_millisecond());
-        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0)) * 1000;
-        if Timestamp::now().as_millisecond() < renewed + duration {
-            return Ok(false);
-        }
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                resource_version: held.resource_version(),
-                uid: None,
-            }),
-            ..Default::default()
-        };
-        match leases.delete(name, &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(false)
-}
-
-/// Puts the staged object back and the enforced one as it was. `None` when
-/// the record is gone (confirmed, or reverted by another agent meanwhile).
-async fn revert(client: &Client, p: &Pending) -> anyhow::Result<Option<String>> {
-    let ns = p.namespace.as_deref();
-    let enforced = api(client, &p.enforced, ns);
-    let Some(obj) = enforced.get_opt(&p.name).await? else {
-        return Ok(None);
-    };
-    if record_of(&obj)?.as_ref() != Some(&p.record) {
-        return Ok(None);
-    }
-    let staged: DynamicObject = serde_json::from_value(p.record.staged.clone())?;
-    let staged_api = api(
-        client,
-        &staged_kind(&staged)?,
-        staged.metadata.namespace.as_deref(),
-    );
-    match staged_api.create(&PostParams::default(), &staged).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
-    let restored = match &p.record.enforced_before {
-        Some(before) => {
-            let mut before: DynamicObject = serde_json::from_value(before.clone())?;
-            before.metadata.resource_version = obj.resource_version();
-            enforced
-                .replace(&p.name, &PostParams::default(), &before)
-                .await?;
-            "the enforced namesake restored"
-        }
-        None => {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    resource_version: obj.resource_version(),
-                    uid: None,
-                }),
-                ..Default::default()
-            };
-            enforced.delete(&p.name, &dp).await?;
-            "the enforced policy removed"
-        }
-    };
-    let reason = format!("not confirmed in time: the staged policy is back, {restored}");
-    tracing::warn!(target = %p.record.target, %reason, "promotion reverted");
-    Ok(Some(reason))
-}
-
-/// The kind of the recorded staged object, in its Calico group.
-fn staged_kind(staged: &DynamicObject) -> anyhow::Result<Kind> {
-    let t = staged
-        .types
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the recorded staged object has no apiVersion/kind"))?;
-    let group = if t.api_version.starts_with(super::names::CRD_GROUP) {
-        CalicoGroup::CrdV1
-    } else {
-        CalicoGroup::V3
-    };
-    Ok(group.kind(&t.kind))
 }
 
 #[cfg(test)]

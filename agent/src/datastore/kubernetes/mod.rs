@@ -44,8 +44,9 @@
 //! group holds the policies), [`pods`] (Pod -> [`PodInfo`] -> WorkloadEndpoint),
 //! [`routes`] (this node's host routes: local pods' interfaces), `view` (what
 //! the watchers keep and the model built from it), `watch` (the watchers),
-//! `promote` (`agent promote` against the cluster) and [`confirm`]
-//! (commit-confirmed promotion: the record, the Lease, the revert).
+//! `promote` (`agent promote` against the cluster), [`confirm`]
+//! (commit-confirmed promotion: the record, the checks, the decision) and
+//! `revert` (what the Lease holder does: revert or confirm).
 use std::path::Path;
 
 use kube::Client;
@@ -55,6 +56,7 @@ pub mod discovery;
 pub mod names;
 pub mod pods;
 mod promote;
+mod revert;
 pub mod routes;
 pub mod services;
 #[cfg(test)]

@@ -3,18 +3,18 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
-use std::time::Duration;
-
 use super::confirm;
 use super::discovery::resolve_calico_api;
 use super::names::{model_name, tiered_name, CalicoApi, CalicoGroup, Kind, V3_GROUP};
 use super::watch::INITIAL_SYNC;
 use crate::model::ir::PolicyKind;
+use crate::model::promote::PromotionPlan;
 
-/// `agent promote` against the cluster: the staged policy `kind`/`name` becomes
-/// its enforced kind (server-side apply, field manager `agent-promote`) and the
-/// staged object is deleted. `stagedAction: Delete` deletes the enforced
-/// namesake and the staged object; `Ignore` is refused. Returns what was done.
+/// `agent promote` against the cluster, as [`PromotionPlan::of`] decides: the
+/// staged policy `kind`/`name` becomes its enforced kind (server-side apply,
+/// field manager `agent-promote`) and the staged object is deleted;
+/// `stagedAction: Delete` deletes the enforced namesake and the staged object;
+/// `Ignore` is refused. Returns what was done.
 ///
 /// Calico's kinds are read from and written to the group `api` resolves to (the
 /// one `agent run --calico-api` reads). In crd.projectcalico.org/v1 `name` is the
@@ -22,16 +22,17 @@ use crate::model::ir::PolicyKind;
 /// enforced object is stored under the enforced namesake's stored name if there
 /// is one, else under the staged object's (so `default.<name>` stays tiered).
 ///
-/// With `confirm_within`, the enforced object carries a pending-confirmation
-/// record ([`super::confirm`]) in the same apply: an agent reverts it unless it
-/// is confirmed in time.
+/// With `confirmation`, the promotion is recorded ([`super::confirm`]): on the
+/// enforced object in the same apply, or (`Delete`) on the staged object, which
+/// then stays until confirmed; an agent reverts it unless it is confirmed in
+/// time and its checks pass.
 pub async fn promote(
     client: Client,
     api: CalicoApi,
     kind: PolicyKind,
     name: &str,
     namespace: Option<&str>,
-    confirm_within: Option<Duration>,
+    confirmation: Option<confirm::Ask>,
 ) -> anyhow::Result<String> {
     let group = resolve_calico_api(&client, api, INITIAL_SYNC).await?.group;
     let (staged, enforced) = staged_and_enforced(group, kind)?;
@@ -45,46 +46,49 @@ pub async fn promote(
     let v3_name = model_name(&staged, &obj);
     let namesake = find_policy(&enforced_api, &enforced, &v3_name).await?;
     refuse_pending(&scope, &enforced, &v3_name, namesake.as_ref())?;
+    refuse_pending(&scope, &staged, &staged_name, Some(&obj))?;
     let mut spec = obj.data.get("spec").cloned().unwrap_or_else(|| json!({}));
-    let action = spec
-        .get("stagedAction")
-        .and_then(Value::as_str)
-        .unwrap_or("Set")
-        .to_string();
+    let described = scope.describe(&staged, &staged_name);
+    let action = spec.get("stagedAction").and_then(Value::as_str);
+    let plan = PromotionPlan::of(action, &described)?;
     if let Some(m) = spec.as_object_mut() {
         m.remove("stagedAction");
     }
-    let done = match action.as_str() {
-        "Ignore" => anyhow::bail!(
-            "{} has stagedAction Ignore: promoting it changes nothing that is enforced",
-            scope.describe(&staged, &staged_name)
-        ),
-        "Delete" if confirm_within.is_some() => anyhow::bail!(
-            "{} has stagedAction Delete: --confirm-within is not yet supported for a \
-             deletion in the cluster (promote without it, or use a directory datastore)",
-            scope.describe(&staged, &staged_name)
-        ),
-        "Delete" => match namesake {
-            Some(o) => {
-                let n = o.name_any();
-                enforced_api.delete(&n, &DeleteParams::default()).await?;
-                format!("deleted {} (staged Delete)", scope.describe(&enforced, &n))
+    let record = |ask: &confirm::Ask| {
+        let rec = confirm::record(described.clone(), ask, plan, &obj, namesake.as_ref());
+        serde_json::to_string(&rec)
+    };
+    let done = match plan {
+        PromotionPlan::DeleteEnforced => {
+            if let Some(ask) = &confirmation {
+                // The record first, then the deletion it undoes.
+                record_on_staged(&staged_api, &obj, record(ask)?).await?;
             }
-            None => format!(
-                "deleted {} (staged Delete); it did not exist",
-                scope.describe(&enforced, &v3_name)
-            ),
-        },
-        _ => {
+            let done = match namesake {
+                Some(o) => {
+                    let n = o.name_any();
+                    enforced_api.delete(&n, &DeleteParams::default()).await?;
+                    format!("deleted {} (staged Delete)", scope.describe(&enforced, &n))
+                }
+                None => format!(
+                    "deleted {} (staged Delete); it did not exist",
+                    scope.describe(&enforced, &v3_name)
+                ),
+            };
+            if confirmation.is_some() {
+                return Ok(format!(
+                    "{done}; the staged policy stays until the deletion is confirmed"
+                ));
+            }
+            done
+        }
+        PromotionPlan::Enforce => {
             let target = namesake
                 .as_ref()
                 .map_or(staged_name.clone(), |o| o.name_any());
             let mut doc = enforced_document(&enforced, &target, ns, &obj, spec);
-            if let Some(within) = confirm_within {
-                let described = scope.describe(&staged, &staged_name);
-                let rec = confirm::record(described, within, &obj, namesake.as_ref());
-                doc["metadata"]["annotations"] =
-                    json!({confirm::ANNOTATION: serde_json::to_string(&rec)?});
+            if let Some(ask) = &confirmation {
+                doc["metadata"]["annotations"] = json!({confirm::ANNOTATION: record(ask)?});
             }
             enforced_api
                 .patch(
@@ -100,6 +104,27 @@ pub async fn promote(
         .delete(&staged_name, &DeleteParams::default())
         .await?;
     Ok(format!("{done}; removed the staged policy"))
+}
+
+/// A staged Delete's pending record goes on the staged object (which stays
+/// until confirmed), on the version read: a concurrent edit fails it.
+async fn record_on_staged(
+    staged_api: &Api<DynamicObject>,
+    obj: &DynamicObject,
+    record: String,
+) -> anyhow::Result<()> {
+    let patch = json!({"metadata": {
+        "resourceVersion": obj.resource_version(),
+        "annotations": {confirm::ANNOTATION: record},
+    }});
+    staged_api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
 
 /// A promotion over one still awaiting confirmation would lose what the
@@ -121,9 +146,10 @@ fn refuse_pending(
     }
 }
 
-/// `agent confirm` against the cluster: removes the pending-confirmation record
-/// of the promoted staged policy `kind`/`name` from its enforced object. False
-/// when there is none (confirmed already, reverted, or never asked for).
+/// `agent confirm` against the cluster: confirms the pending promotion of the
+/// staged policy `kind`/`name` (the record removed from its enforced object, or
+/// for a staged Delete the staged object deleted). False when there is none
+/// (confirmed already, reverted, or never asked for).
 pub async fn confirm_promotion(
     client: Client,
     api: CalicoApi,
@@ -135,10 +161,15 @@ pub async fn confirm_promotion(
     let (staged, enforced) = staged_and_enforced(group, kind)?;
     let ns = staged.namespaced.then(|| namespace.unwrap_or("default"));
     let scope = Scope { client, ns };
-    let Some(obj) = find_policy(&scope.api(&enforced), &enforced, name).await? else {
-        return Ok(false);
-    };
-    confirm::confirm(&scope.client, &enforced, &obj).await
+    // `Set`: the record is on the enforced object; `Delete`: on the staged one.
+    for carrier in [enforced, staged] {
+        if let Some(obj) = find_policy(&scope.api(&carrier), &carrier, name).await? {
+            if confirm::confirm(&scope.client, &carrier, &obj).await? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// A staged kind and the kind it is promoted to, in `group`.
