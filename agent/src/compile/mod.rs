@@ -155,6 +155,7 @@ mod endpoint;
 pub mod feed;
 #[cfg(test)]
 mod golden;
+mod ids;
 mod names;
 mod peers;
 mod ports;
@@ -167,6 +168,7 @@ mod tests;
 use budget::{Budget, EndpointUse};
 pub use budget::{Limits, MAX_KEYS_PER_ENDPOINT};
 use endpoint::{compile_endpoint, EndpointOut, Shared};
+pub use ids::EndpointIds;
 pub use names::tier_code;
 use names::Names;
 use peers::PeerClasses;
@@ -265,6 +267,16 @@ pub fn compile(model: &Model) -> Result<Compiled, CompileError> {
 
 /// [`compile`] with explicit capacity limits.
 pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, CompileError> {
+    compile_with(model, limits, &EndpointIds::default())
+}
+
+/// [`compile`] with explicit capacity limits and the endpoint ids to keep
+/// (see [`EndpointIds`]).
+pub fn compile_with(
+    model: &Model,
+    limits: &Limits,
+    ids: &EndpointIds,
+) -> Result<Compiled, CompileError> {
     let started = Instant::now();
     let eval = Evaluator::new(model);
     let names = Names::new(model)?;
@@ -275,7 +287,6 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
         peer_prefixes: peers.emitted.len(),
         ..CompileStats::default()
     };
-    // Endpoints with an interface get ids 1.. in model order.
     let targets: Vec<usize> = (0..model.endpoints.len())
         .filter(|&i| model.endpoints[i].interface.is_some())
         .collect();
@@ -295,8 +306,9 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
         names: &names,
         peers: &peers,
     };
+    let id_of = ids.assign(model, &targets);
     let results = in_parallel(targets.len(), |k| {
-        compile_endpoint(&shared, targets[k], k as u32 + 1)
+        compile_endpoint(&shared, targets[k], id_of[k])
     });
     let mut compiled = Compiled {
         tables: TableSet {
@@ -314,14 +326,7 @@ pub fn compile_with_limits(model: &Model, limits: &Limits) -> Result<Compiled, C
     };
     let mut budget = Budget::default();
     for (k, result) in results.into_iter().enumerate() {
-        compiled.add_endpoint(
-            model,
-            targets[k],
-            k as u32 + 1,
-            result?,
-            limits,
-            &mut budget,
-        )?;
+        compiled.add_endpoint(model, targets[k], id_of[k], result?, limits, &mut budget)?;
     }
     compiled.tables.peers = peers.emitted;
     let s = &mut compiled.stats;
