@@ -1,5 +1,6 @@
 //! Enforcement: a fresh load is compiled and installed into the kernel, never
 //! loosening on failure (the previous tables stay enforced).
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use super::interfaces::{if_index, prune, reconcile_interfaces};
 use super::isolate::{self, LeftOut};
 use super::source::Load;
 use super::state::{lock, Enforcement, Inner, Shared};
-use crate::compile::{compile_with, Compiled, Limits};
+use crate::compile::{Compiled, Limits};
 use crate::datastore::keep_last_good;
 use crate::flows::{unix_now_ns, View};
 use crate::model::{Loaded, Severity};
@@ -48,9 +49,13 @@ pub(super) fn reload(shared: &Shared, load: Load) {
         dp, enforced: e, ..
     } = &mut *inner;
     let ids = e.ids.for_compile(dp, &loaded.model);
+    // Incremental: endpoints whose inputs did not change since the last
+    // compile keep their entries (`compile::Compiler`).
+    let compiler = RefCell::new(std::mem::take(&mut e.compiler));
     let compiled = isolate::compile_leaving_out(&mut loaded.model, &enforced, freeze, |m| {
-        compile_with(m, &Limits::default(), &ids)
+        compiler.borrow_mut().compile(m, &Limits::default(), &ids)
     });
+    inner.enforced.compiler = compiler.into_inner();
     let (mut compiled, mut left_out) = match compiled {
         Ok(c) => c,
         Err(e) => {
