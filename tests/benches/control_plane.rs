@@ -248,7 +248,11 @@ fn churn_edit(model: &mut Model, k: usize, pods: usize, local: usize) {
     let i = local + (k * 7919) % (pods - local);
     // One change in 50 is a pod of this node (2%: its share of the cluster's
     // pods is 1%), the others peers elsewhere.
-    let i = if k.is_multiple_of(50) { (k / 50) % local } else { i };
+    let i = if k.is_multiple_of(50) {
+        (k / 50) % local
+    } else {
+        i
+    };
     let pod = &mut model.endpoints[i];
     if k.is_multiple_of(2) {
         pod.labels

@@ -132,6 +132,14 @@
 //! Measured (`compile::tests::compile_time`, release, a loaded 2-core VM, CPU
 //! time): 100 endpoints x 50 policies 34 ms (40k evaluations, 4.1k keys);
 //! 300 x 100 0.16 s; 1000 x 200 1.6 s (0.9M evaluations, 120k keys).
+//! Incremental ([`Compiler`], `tests/benches/control_plane.rs`, release, a
+//! loaded 2-core VM): at 5,000 endpoints (100 local) x 1,000 policies one
+//! change (a pod relabelled, added or removed, a policy's port) compiles in
+//! 35 ms p50 / 66 ms p99 (97 of 100 endpoints reused; the full compile 180 to
+//! 220 ms), and 50 pod changes/s at 10,000 pods keep up (lag flat at ~0.3 s
+//! p99). What remains per compile is global: evaluator indexes, names, peer
+//! classes, keys (docs/benchmarks.md, "Control plane").
+//!
 //! Peer classes cost O(prefixes x nesting depth), not prefixes x nets: a
 //! network set of 100,000 nets compiles in ~0.1 s (release; docs/benchmarks.md).
 //!
