@@ -21,6 +21,7 @@ use crate::model::ir::{
 use crate::selector::Selector;
 
 /// One endpoint's entries, evaluator calls, and whether it has staged policy.
+#[derive(Clone)]
 pub(super) struct EndpointOut {
     pub(super) rules: Vec<RuleEntry>,
     pub(super) sports: Vec<SourcePortEntry>,

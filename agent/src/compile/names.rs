@@ -75,6 +75,25 @@ impl Names {
         })
     }
 
+    /// The indexes a verdict would use for this policy, tier and profile (for
+    /// the incremental compile's keys: a change of index changes entries).
+    pub(super) fn policy_codes(&self, policy: &PolicyId, tier: &str) -> (u32, u16) {
+        (
+            self.policy_index
+                .get(policy)
+                .copied()
+                .unwrap_or(POLICY_NONE),
+            self.tier_index.get(tier).copied().unwrap_or(u16::MAX),
+        )
+    }
+
+    pub(super) fn profile_code(&self, profile: &str) -> u32 {
+        self.profile_index
+            .get(profile)
+            .copied()
+            .unwrap_or(POLICY_NONE)
+    }
+
     pub(super) fn verdict(&self, end: &EndVerdict) -> Verdict {
         let act = match end.action {
             crate::eval::Verdict::Allow => action::ALLOW,

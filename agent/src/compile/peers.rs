@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::{CompileError, Limits};
-use crate::model::ir::{Model, Rule};
+use crate::model::ir::{Failsafes, Model, Rule};
 use crate::selector::Selector;
 
 /// A collected prefix as an interval of one family's address space.
@@ -91,6 +91,17 @@ impl Atoms {
             next
         })
     }
+    /// A hash of the atom of bit `b` that does not depend on the bit's index
+    /// (which follows the collection order of the model).
+    pub(super) fn atom_hash(&self, b: usize) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match b.checked_sub(self.nets.len()) {
+            None => (0u8, self.nets[b]).hash(&mut h),
+            Some(s) => (1u8, &self.selectors[s]).hash(&mut h),
+        }
+        h.finish()
+    }
     /// Bit index of an atom in a signature.
     pub(super) fn net_bit(&self, n: &IpNet) -> usize {
         self.net_index[&n.trunc()]
@@ -120,6 +131,11 @@ impl Signature {
         self.bits[i / 64] >> (i % 64) & 1 == 1
     }
 
+    /// The words of the bits, each and-ed with `mask`'s, without a copy.
+    pub(super) fn masked_words<'a>(&'a self, mask: &'a [u64]) -> impl Iterator<Item = u64> + 'a {
+        self.bits.iter().zip(mask).map(|(b, m)| b & m)
+    }
+
     /// The words of the bits, each and-ed with `mask`'s.
     pub(super) fn masked(&self, mask: &[u64]) -> Vec<u64> {
         self.bits.iter().zip(mask).map(|(b, m)| b & m).collect()
@@ -144,6 +160,24 @@ pub(super) struct Class {
     /// An address whose longest collected prefix has this class.
     pub(super) representative: IpAddr,
     pub(super) signature: Signature,
+}
+
+/// A class's signature in terms of its atoms themselves (hashed), not their
+/// bit indexes: the same across compiles of models that differ elsewhere.
+type CanonicalSignature = (bool, Vec<u64>, Vec<(String, u8, u16)>);
+
+/// Peer-class ids from an earlier compile: a class whose signature is still
+/// there keeps its id, so an edit elsewhere does not renumber every class (and
+/// with them every endpoint's `GROUPS_*` entries). Any numbering is correct
+/// (ids are only names within one copy of the tables); this one is stable.
+/// The default numbers classes 1.. in order of first appearance.
+#[derive(Clone, Debug, Default)]
+pub struct ClassIds(HashMap<CanonicalSignature, u32>);
+
+fn canonical(hashes: &[u64], sig: &Signature) -> CanonicalSignature {
+    let mut set: Vec<u64> = ones(&sig.bits).map(|b| hashes[b]).collect();
+    set.sort_unstable();
+    (sig.v6, set, sig.named_ports.clone())
 }
 
 pub(super) struct PeerClasses {
@@ -189,7 +223,11 @@ impl PeerClasses {
     /// sorted) plus what the prefix itself adds, so the cost is linear in the
     /// prefixes (times nesting depth), not prefixes x nets: network sets hold up
     /// to hundreds of thousands of nets.
-    pub(super) fn build(model: &Model, limits: &Limits) -> Result<Self, CompileError> {
+    pub(super) fn build(
+        model: &Model,
+        limits: &Limits,
+        seed: &ClassIds,
+    ) -> Result<Self, CompileError> {
         let Collected {
             atoms,
             prefixes,
@@ -237,12 +275,96 @@ impl PeerClasses {
             emitted.len(),
             limits.peer_prefixes,
         )?;
-        Ok(PeerClasses {
+        let mut this = PeerClasses {
             atoms,
             classes: classes.classes,
             emitted,
             collected: prefixes.len(),
-        })
+        };
+        if !seed.0.is_empty() {
+            this.renumber(seed);
+        }
+        Ok(this)
+    }
+
+    fn atom_hashes(&self) -> Vec<u64> {
+        (0..self.atoms.bits())
+            .map(|b| self.atoms.atom_hash(b))
+            .collect()
+    }
+
+    /// The signature bits `rules` (either side) and `failsafes` read, in the
+    /// order they name them (independent of the model's other rules).
+    pub(super) fn bits_read(&self, rules: &[&Rule], failsafes: Option<&Failsafes>) -> Vec<usize> {
+        let mut seen = vec![0u64; self.atoms.words()];
+        let mut out = Vec::new();
+        let mut add = |b: usize| {
+            if seen[b / 64] >> (b % 64) & 1 == 0 {
+                set_bit(&mut seen, b);
+                out.push(b);
+            }
+        };
+        for r in rules {
+            for side in [&r.source, &r.destination] {
+                side.nets
+                    .iter()
+                    .chain(&side.not_nets)
+                    .for_each(|n| add(self.atoms.net_bit(n)));
+                side.selector
+                    .iter()
+                    .chain(&side.not_selector)
+                    .for_each(|s| add(self.atoms.selector_bit(s)));
+            }
+        }
+        let failsafe_nets = failsafes
+            .into_iter()
+            .flat_map(|f| f.inbound.iter().chain(&f.outbound))
+            .filter_map(|f| f.net.as_ref());
+        failsafe_nets.for_each(|n| add(self.atoms.net_bit(n)));
+        out
+    }
+
+    /// The ids of these classes, to seed the next compile with.
+    pub(super) fn ids(&self) -> ClassIds {
+        let hashes = self.atom_hashes();
+        ClassIds(
+            self.classes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (canonical(&hashes, &c.signature), i as u32 + 1))
+                .collect(),
+        )
+    }
+
+    /// Gives each class its id in `seed` where it has one (within 1..=classes,
+    /// so ids stay dense) and not taken, the others the free ids in order.
+    fn renumber(&mut self, seed: &ClassIds) {
+        let n = self.classes.len();
+        let hashes = self.atom_hashes();
+        let mut id = vec![0u32; n];
+        let mut taken = vec![false; n + 1];
+        for (i, c) in self.classes.iter().enumerate() {
+            let seeded = seed.0.get(&canonical(&hashes, &c.signature));
+            if let Some(&s) = seeded.filter(|&&s| s as usize <= n && !taken[s as usize]) {
+                id[i] = s;
+                taken[s as usize] = true;
+            }
+        }
+        let mut free = (1..=n as u32).filter(|&s| !taken[s as usize]);
+        for slot in id.iter_mut().filter(|s| **s == 0) {
+            *slot = free.next().expect("as many ids as classes");
+        }
+        let mut classes: Vec<Option<Class>> = (0..n).map(|_| None).collect();
+        for (i, c) in std::mem::take(&mut self.classes).into_iter().enumerate() {
+            classes[id[i] as usize - 1] = Some(c);
+        }
+        self.classes = classes
+            .into_iter()
+            .map(|c| c.expect("a bijection"))
+            .collect();
+        for (_, class) in &mut self.emitted {
+            *class = id[*class as usize - 1];
+        }
     }
 }
 

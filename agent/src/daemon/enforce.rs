@@ -1,5 +1,6 @@
 //! Enforcement: a fresh load is compiled and installed into the kernel, never
 //! loosening on failure (the previous tables stay enforced).
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use super::interfaces::{if_index, prune, reconcile_interfaces};
 use super::isolate::{self, LeftOut};
 use super::source::Load;
 use super::state::{lock, Enforcement, Inner, Shared};
-use crate::compile::{compile, Compiled};
+use crate::compile::{Compiled, Limits};
 use crate::datastore::keep_last_good;
 use crate::flows::{unix_now_ns, View};
 use crate::model::{Loaded, Severity};
@@ -44,7 +45,17 @@ pub(super) fn reload(shared: &Shared, load: Load) {
     // Enforced endpoints that fail are frozen only when their installed tables
     // are at hand (not before this agent's first install).
     let freeze = inner.enforced.last.is_some();
-    let compiled = isolate::compile_leaving_out(&mut loaded.model, &enforced, freeze, compile);
+    let Inner {
+        dp, enforced: e, ..
+    } = &mut *inner;
+    let ids = e.ids.for_compile(dp, &loaded.model);
+    // Incremental: endpoints whose inputs did not change since the last
+    // compile keep their entries (`compile::Compiler`).
+    let compiler = RefCell::new(std::mem::take(&mut e.compiler));
+    let compiled = isolate::compile_leaving_out(&mut loaded.model, &enforced, freeze, |m| {
+        compiler.borrow_mut().compile(m, &Limits::default(), &ids)
+    });
+    inner.enforced.compiler = compiler.into_inner();
     let (mut compiled, mut left_out) = match compiled {
         Ok(c) => c,
         Err(e) => {
@@ -61,9 +72,7 @@ pub(super) fn reload(shared: &Shared, load: Load) {
             first.reason
         );
     }
-    let Inner { dp, enforced, .. } = &mut *inner;
-    enforced.ids.apply(dp, &loaded.model, &mut compiled);
-    let frozen = freeze_failed(enforced, &mut loaded, &mut compiled, &mut left_out);
+    let frozen = freeze_failed(&inner.enforced, &mut loaded, &mut compiled, &mut left_out);
     check_lockout(&mut inner, &loaded);
     // Enrich events of the outgoing tables with the outgoing names.
     drop(inner);
@@ -86,7 +95,7 @@ pub(super) fn reload(shared: &Shared, load: Load) {
 /// in `loaded`'s model and taken off `left_out`. Returns them for the status,
 /// keeping since when each has been frozen.
 fn freeze_failed(
-    enforced: &mut Enforcement,
+    enforced: &Enforcement,
     loaded: &mut Loaded,
     compiled: &mut Compiled,
     left_out: &mut Vec<LeftOut>,
@@ -112,15 +121,6 @@ fn freeze_failed(
             .find(|m| m.key() == l.endpoint)
         {
             m.interface = Some(l.interface.clone());
-        }
-        if let Some(e) = compiled
-            .endpoints
-            .iter()
-            .find(|e| e.interface == l.interface)
-        {
-            enforced
-                .ids
-                .keep(l.endpoint.clone(), l.interface.clone(), e.id);
         }
         let before = enforced.frozen.iter().find(|f| f.endpoint == l.endpoint);
         tracing::warn!(endpoint = %l.endpoint, "keeping the last good tables of an enforced endpoint: {}", l.reason);
@@ -292,6 +292,7 @@ fn apply(
     installed.rule_keys = compiled.stats.rule_keys;
     installed.left_out = left_out;
     installed.endpoints = compiled.endpoints.clone();
+    installed.ids.installed(&loaded.model, &compiled.endpoints);
     installed.installed_ns = unix_now_ns();
     installed.last = Some(compiled.clone());
     let view = Arc::new(View::new(&loaded.model, compiled));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use super::{confirmations, freeze, isolate, protocol, services, stable_ids::StableIds};
-use crate::compile::{Compiled, CompiledEndpoint};
+use crate::compile::{Compiled, CompiledEndpoint, Compiler};
 use crate::dataplane::{Dataplane, Links};
 use crate::datastore::kubernetes::KubeSnapshot;
 use crate::flows::{Flow, FlowTable, View};
@@ -60,6 +60,8 @@ pub(super) struct Enforcement {
     pub(super) installed_once: bool,
     /// Endpoint ids that stay the same across compiles (and restarts).
     pub(super) ids: StableIds,
+    /// The incremental compiler (each endpoint's entries of the last compile).
+    pub(super) compiler: Compiler,
 }
 
 /// The interfaces the programs are attached to, and the post-NAT program's.

@@ -47,6 +47,12 @@ impl<K: Copy, V: Copy> Split<K, V> {
     }
 }
 
+/// A hash's entries back as (prefix length `exact_len`, key, value): the
+/// inverse of [`Split::of`] for what the kernel's hash holds.
+pub fn merged<K, V>(exact: Vec<(K, V)>, exact_len: u32) -> impl Iterator<Item = (u32, K, V)> {
+    exact.into_iter().map(move |(k, v)| (exact_len, k, v))
+}
+
 /// Encoded peer prefixes (`Encoded::peers`): host addresses and shorter prefixes.
 pub fn peers(entries: &[(u32, [u8; 16], u32)]) -> Split<[u8; 16], u32> {
     Split::of(entries, HOST_PREFIX)

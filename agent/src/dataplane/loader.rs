@@ -5,9 +5,7 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use agent_common::{
-    active_flags, stat, ActiveTables, EndpointInfo, RuleKey, SourcePortKey, Verdict,
-};
+use agent_common::{active_flags, stat, ActiveTables, EndpointInfo, RuleKey, Verdict};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{tc::TcAttachType, SchedClassifier},
@@ -19,7 +17,7 @@ pub use super::events::FlowRecord;
 use super::exact;
 pub(super) use super::pins::detach_pinned;
 pub use super::pins::{cleanup, link_pin_path, pinned_links, Cleanup, Links, PINNED_MAPS};
-use super::tables::TableSet;
+use super::tables::{Encoded, TableSet};
 use super::{DataplaneError, EBPF_OBJECT};
 use crate::model::ir::Direction;
 
@@ -100,6 +98,12 @@ pub struct Dataplane {
     pub(super) pin_dir: Option<PathBuf>,
     /// The maps were already pinned (an earlier agent's state was found).
     adopted: bool,
+    /// What this agent wrote into each copy of the tables (index: generation),
+    /// so an install diffs against memory instead of reading the kernel's
+    /// copy back (~0.5 s at 40k keys). `None`: not known (before this agent's
+    /// first install into it, with an adopted earlier agent's contents, or
+    /// after a failed install): read back.
+    shadow: [Option<Encoded>; 2],
 }
 
 pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -112,6 +116,24 @@ fn same_entries<T: std::fmt::Debug + PartialEq>(mut live: Vec<T>, mut want: Vec<
     live.sort_by_cached_key(key);
     want.sort_by_cached_key(key);
     live == want
+}
+
+/// One copy of the double-buffered tables (its generation).
+#[derive(Clone, Copy)]
+struct TableCopy(usize);
+
+impl TableCopy {
+    fn of(self, names: [&'static str; 2]) -> &'static str {
+        names[self.0]
+    }
+}
+
+/// The same entries in every table, in any order.
+fn same_copy(held: Encoded, want: &Encoded) -> bool {
+    same_entries(held.peers, want.peers.clone())
+        && same_entries(held.rules, want.rules.clone())
+        && same_entries(held.sports, want.sports.clone())
+        && same_entries(held.groups, want.groups.clone())
 }
 
 pub(super) fn missing(what: &'static str, name: &'static str) -> DataplaneError {
@@ -177,6 +199,7 @@ impl Dataplane {
             events,
             pin_dir,
             adopted,
+            shadow: [None, None],
         };
         for hook in Hook::ALL {
             let name = hook.program_name();
@@ -268,36 +291,8 @@ impl Dataplane {
     /// established flows are not re-judged needlessly).
     pub fn live_tables_equal(&self, tables: &TableSet) -> Result<bool, DataplaneError> {
         let encoded = tables.encode()?;
-        let live = usize::from(self.active()?.generation != 0);
-        let copy = |names: [&'static str; 2]| names[live];
-        let want = exact::peers(&encoded.peers);
-        let peers: Vec<(u32, [u8; 16], u32)> = self.lpm_entries(copy(["PEERS_0", "PEERS_1"]))?;
-        let hosts = self.hash_entries(copy(["PEER_HOSTS_0", "PEER_HOSTS_1"]))?;
-        if !same_entries(peers, want.prefixes) || !same_entries(hosts, want.exact) {
-            return Ok(false);
-        }
-        let want = exact::rules(&encoded.rules);
-        let rules: Vec<(u32, RuleKey, Verdict)> = self.lpm_entries(copy(["RULES_0", "RULES_1"]))?;
-        let ports = self.hash_entries(copy(["RULE_PORTS_0", "RULE_PORTS_1"]))?;
-        if !same_entries(rules, want.prefixes) || !same_entries(ports, want.exact) {
-            return Ok(false);
-        }
-        let sports: Vec<(u32, SourcePortKey, u8)> =
-            self.lpm_entries(copy(["SPORTS_0", "SPORTS_1"]))?;
-        if !same_entries(sports, encoded.sports.clone()) {
-            return Ok(false);
-        }
-        let groups = self.hash_entries(copy(["GROUPS_0", "GROUPS_1"]))?;
-        Ok(same_entries(groups, encoded.groups.clone()))
-    }
-
-    /// Every entry of the hash map `name`.
-    fn hash_entries<K: aya::Pod, V: aya::Pod>(
-        &self,
-        name: &'static str,
-    ) -> Result<Vec<(K, V)>, DataplaneError> {
-        let map: HashMap<_, K, V> = self.map_as(name)?;
-        map.iter().collect::<Result<_, _>>().map_err(map_err(name))
+        let live = TableCopy(usize::from(self.active()?.generation != 0));
+        Ok(same_copy(self.read_copy(live)?, &encoded))
     }
 
     /// Every entry of the LPM trie `name` as (prefix length, key, value).
@@ -362,19 +357,27 @@ impl Dataplane {
     /// what it holds, the tables of two installs ago), then switches to it
     /// and bumps the epoch in one map write. Returns the new live state. On an error
     /// the live copy is untouched.
+    ///
+    /// What the copy holds is taken from the shadow (what this agent wrote
+    /// there) when known. This agent is the copies' only writer (the pin
+    /// directory's lock; an adopted copy has no shadow and is read back), so
+    /// the shadow is exact. Should another writer change a copy anyway, a
+    /// delete of an entry it removed fails, and the copy is read back and the
+    /// install tried once more; entries it added go unseen until
+    /// [`Dataplane::shadow_matches_kernel`] is asked (that reads both copies).
     pub fn install(&mut self, tables: &TableSet) -> Result<ActiveTables, DataplaneError> {
         let encoded = tables.encode()?;
         let active = self.active()?;
         let next = active.generation ^ 1;
-        let copy = |names: [&'static str; 2]| names[next as usize];
-        let peers = exact::peers(&encoded.peers);
-        self.refill_lpm(copy(["PEERS_0", "PEERS_1"]), &peers.prefixes)?;
-        self.refill_hash(copy(["PEER_HOSTS_0", "PEER_HOSTS_1"]), &peers.exact)?;
-        let rules = exact::rules(&encoded.rules);
-        self.refill_lpm(copy(["RULES_0", "RULES_1"]), &rules.prefixes)?;
-        self.refill_hash(copy(["RULE_PORTS_0", "RULE_PORTS_1"]), &rules.exact)?;
-        self.refill_lpm(copy(["SPORTS_0", "SPORTS_1"]), &encoded.sports)?;
-        self.refill_hash(copy(["GROUPS_0", "GROUPS_1"]), &encoded.groups)?;
+        let copy = TableCopy(next as usize);
+        let written = match self.shadow[copy.0].take() {
+            Some(held) => self
+                .write_copy(copy, &held, &encoded)
+                .or_else(|_| self.rewrite_copy(copy, &encoded)),
+            None => self.rewrite_copy(copy, &encoded),
+        };
+        written?;
+        self.shadow[copy.0] = Some(encoded);
         let live = ActiveTables {
             generation: next,
             epoch: active.epoch.wrapping_add(1),
@@ -384,11 +387,78 @@ impl Dataplane {
         Ok(live)
     }
 
-    /// Makes the LPM trie `name` hold exactly `entries` (prefix length, key,
-    /// value), writing only the entries that differ from what it holds.
-    fn refill_lpm<K, V>(
+    /// Reads the copy back and writes what differs from `encoded`.
+    fn rewrite_copy(&mut self, copy: TableCopy, encoded: &Encoded) -> Result<(), DataplaneError> {
+        let held = self.read_copy(copy)?;
+        self.write_copy(copy, &held, encoded)
+    }
+
+    /// The entries of one copy of the tables, read from the kernel (the
+    /// exact-match hashes merged back into their tables: [`exact`]).
+    fn read_copy(&self, copy: TableCopy) -> Result<Encoded, DataplaneError> {
+        let mut peers: Vec<(u32, [u8; 16], u32)> =
+            self.lpm_entries(copy.of(["PEERS_0", "PEERS_1"]))?;
+        let hosts = self.hash_entries(copy.of(["PEER_HOSTS_0", "PEER_HOSTS_1"]))?;
+        peers.extend(exact::merged(hosts, exact::HOST_PREFIX));
+        let mut rules: Vec<(u32, RuleKey, Verdict)> =
+            self.lpm_entries(copy.of(["RULES_0", "RULES_1"]))?;
+        let ports = self.hash_entries(copy.of(["RULE_PORTS_0", "RULE_PORTS_1"]))?;
+        rules.extend(exact::merged(ports, RuleKey::EXACT_PORT_PREFIX));
+        Ok(Encoded {
+            peers,
+            rules,
+            sports: self.lpm_entries(copy.of(["SPORTS_0", "SPORTS_1"]))?,
+            groups: self.hash_entries(copy.of(["GROUPS_0", "GROUPS_1"]))?,
+        })
+    }
+
+    /// Turns the copy holding `held` into one holding `new`.
+    fn write_copy(
+        &mut self,
+        copy: TableCopy,
+        held: &Encoded,
+        new: &Encoded,
+    ) -> Result<(), DataplaneError> {
+        let (was, now) = (exact::peers(&held.peers), exact::peers(&new.peers));
+        self.write_lpm(
+            copy.of(["PEERS_0", "PEERS_1"]),
+            &was.prefixes,
+            &now.prefixes,
+        )?;
+        let hosts = copy.of(["PEER_HOSTS_0", "PEER_HOSTS_1"]);
+        self.write_hash(hosts, &was.exact, &now.exact)?;
+        let (was, now) = (exact::rules(&held.rules), exact::rules(&new.rules));
+        self.write_lpm(
+            copy.of(["RULES_0", "RULES_1"]),
+            &was.prefixes,
+            &now.prefixes,
+        )?;
+        let ports = copy.of(["RULE_PORTS_0", "RULE_PORTS_1"]);
+        self.write_hash(ports, &was.exact, &now.exact)?;
+        self.write_lpm(copy.of(["SPORTS_0", "SPORTS_1"]), &held.sports, &new.sports)?;
+        let groups = copy.of(["GROUPS_0", "GROUPS_1"]);
+        self.write_hash(groups, &held.groups, &new.groups)
+    }
+
+    /// Whether each copy of the tables holds what this agent's shadow says
+    /// (copies without a shadow count as matching): reads both copies back,
+    /// for checks of drift (another writer), not for every install.
+    pub fn shadow_matches_kernel(&self) -> Result<bool, DataplaneError> {
+        for (k, shadow) in self.shadow.iter().enumerate() {
+            let Some(shadow) = shadow else { continue };
+            if !same_copy(self.read_copy(TableCopy(k))?, shadow) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Makes the LPM trie `name`, holding `held` (prefix length, key, value),
+    /// hold exactly `entries`, writing only the entries that differ.
+    fn write_lpm<K, V>(
         &mut self,
         name: &'static str,
+        held: &[(u32, K, V)],
         entries: &[(u32, K, V)],
     ) -> Result<(), DataplaneError>
     where
@@ -396,13 +466,10 @@ impl Dataplane {
         V: aya::Pod + PartialEq,
     {
         let mut trie: LpmTrie<_, K, V> = self.map_mut_as(name)?;
-        let old: Vec<((u32, K), V)> = trie
-            .iter()
-            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
-            .collect::<Result<_, _>>()
-            .map_err(map_err(name))?;
-        let new: Vec<((u32, K), V)> = entries.iter().map(|&(l, k, v)| ((l, k), v)).collect();
-        let (stale, write) = super::tables::changes(&old, &new);
+        let pairs = |e: &[(u32, K, V)]| -> Vec<((u32, K), V)> {
+            e.iter().map(|&(l, k, v)| ((l, k), v)).collect()
+        };
+        let (stale, write) = super::tables::changes(&pairs(held), &pairs(entries));
         for (len, key) in stale {
             trie.remove(&Key::new(len, key)).map_err(map_err(name))?;
         }
@@ -413,19 +480,19 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the hash map `name` hold exactly `entries`, writing only the
-    /// entries that differ from what it holds.
-    fn refill_hash<K, V>(
+    /// Makes the hash map `name`, holding `held`, hold exactly `entries`,
+    /// writing only the entries that differ.
+    fn write_hash<K, V>(
         &mut self,
         name: &'static str,
+        held: &[(K, V)],
         entries: &[(K, V)],
     ) -> Result<(), DataplaneError>
     where
         K: aya::Pod + Eq + std::hash::Hash,
         V: aya::Pod + PartialEq,
     {
-        let old = self.hash_entries(name)?;
-        let (stale, write) = super::tables::changes(&old, entries);
+        let (stale, write) = super::tables::changes(held, entries);
         let mut map: HashMap<_, K, V> = self.map_mut_as(name)?;
         for k in &stale {
             map.remove(k).map_err(map_err(name))?;
@@ -434,6 +501,15 @@ impl Dataplane {
             map.insert(key, value, 0).map_err(map_err(name))?;
         }
         Ok(())
+    }
+
+    /// Every entry of the hash map `name`.
+    fn hash_entries<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>, DataplaneError> {
+        let map: HashMap<_, K, V> = self.map_as(name)?;
+        map.iter().collect::<Result<_, _>>().map_err(map_err(name))
     }
 
     /// Counters summed over CPUs.

@@ -276,7 +276,7 @@ impl SourcePortEntry {
 }
 
 /// The encoded contents of one copy of the tables, checked for conflicts and capacity.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Encoded {
     pub peers: Vec<(u32, [u8; 16], u32)>,
     pub rules: Vec<(u32, RuleKey, Verdict)>,
