@@ -110,7 +110,9 @@ fn main() {
     let locals: Vec<usize> = if args.is_empty() {
         vec![110, 1_000]
     } else {
-        args.iter().map(|a| a.parse().expect("local pods")).collect()
+        args.iter()
+            .map(|a| a.parse().expect("local pods"))
+            .collect()
     };
     let unlimited = Limits {
         endpoints: usize::MAX,
