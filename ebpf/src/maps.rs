@@ -59,10 +59,16 @@ pub static SPORTS_0: LpmTrie<SourcePortKey, u8> =
 pub static SPORTS_1: LpmTrie<SourcePortKey, u8> =
     LpmTrie::with_max_entries(MAX_SOURCE_PORT_ENTRIES, 0);
 
+/// Not preallocated (`BPF_F_NO_PREALLOC`): an element is allocated when
+/// userspace inserts it, so a copy costs its bucket array (16 bytes per
+/// `max_entries`) plus what it holds; written by userspace only, never by the
+/// programs, so allocation never happens on the packet path.
 #[map]
-pub static GROUPS_0: HashMap<GroupKey, u32> = HashMap::with_max_entries(MAX_GROUP_ENTRIES, 0);
+pub static GROUPS_0: HashMap<GroupKey, u32> =
+    HashMap::with_max_entries(MAX_GROUP_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-pub static GROUPS_1: HashMap<GroupKey, u32> = HashMap::with_max_entries(MAX_GROUP_ENTRIES, 0);
+pub static GROUPS_1: HashMap<GroupKey, u32> =
+    HashMap::with_max_entries(MAX_GROUP_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);

@@ -408,10 +408,11 @@ fn an_incompatible_pinned_map_is_a_clear_error() {
     lab::require_root();
     let bpffs = Path::new("/sys/fs/bpf").join(format!("agent-incompat-{}", std::process::id()));
     agent::dataplane::host::prepare_pin_dir(&bpffs).unwrap();
-    // A hash map pinned where ACTIVE (an array) belongs, as an older or newer
-    // build with another layout would leave it.
+    // A hash map pinned where FRAGMENTS (an LRU hash) belongs, as an older or
+    // newer build with another layout would leave it (a map outside the
+    // policy tables, which are replaced instead: see the next test).
     let ebpf = aya::EbpfLoader::new()
-        .map_pin_path("ENDPOINTS", bpffs.join("maps/ACTIVE"))
+        .map_pin_path("ENDPOINTS", bpffs.join("maps/FRAGMENTS"))
         .load(agent::dataplane::EBPF_OBJECT)
         .unwrap();
     drop(ebpf);
@@ -423,11 +424,113 @@ fn an_incompatible_pinned_map_is_a_clear_error() {
     assert!(!bpffs.exists());
     assert!(done.maps >= 1);
     assert!(
-        err.contains("the map ACTIVE pinned in")
+        err.contains("the map FRAGMENTS pinned in")
             && err.contains("map_type")
             && err.contains("agent cleanup --bpffs"),
         "{err}"
     );
+}
+
+/// Pins, in place of `maps/NAME`, a hash map of the layout `GROUPS_*` had
+/// before it lost its preallocation (12-byte key, 4-byte value, 262,144
+/// entries, no flags), as an agent of that version left it.
+fn pin_old_groups_map(bpffs: &Path, name: &str) {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    // union bpf_attr: map_create {type, key_size, value_size, max_entries, flags}.
+    let mut attr = [0u32; 32];
+    attr[..5].copy_from_slice(&[1, 12, 4, 262_144, 0]); // BPF_MAP_TYPE_HASH
+                                                        // SAFETY: a zeroed attr of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_mut_ptr(), 128) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    let path = bpffs.join("maps").join(name);
+    std::fs::remove_file(&path).unwrap();
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // obj_pin {u64 pathname; u32 bpf_fd; u32 file_flags}.
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = fd as u64;
+    // SAFETY: as above; pathname a valid C string.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_mut_ptr(), 128) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: our descriptor; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// An agent whose policy tables have another layout than the pinned ones
+/// (`GROUPS_*` of the version before this one) replaces the whole table
+/// group instead of refusing to start: the earlier agent's programs keep
+/// their own maps and enforce until the new ones are swapped into the links,
+/// so traffic sees no gap (the probers), and afterwards the pins are this
+/// build's maps, the epoch went on from the old one (conntrack re-judged).
+#[test]
+fn an_upgrade_to_another_table_layout_keeps_enforcing() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let _be = s.backend.tcp_listen(8080);
+    let dir = Agent::seed_datastore("layout");
+    let mut first = Agent::start(&lab, &dir);
+    first.wait_attached(3);
+    let bpffs = first.bpffs.clone();
+    let epoch = first.status()["epoch"].as_u64().unwrap();
+    let links_before = pinned_links(&bpffs);
+    let groups_before = aya::maps::MapInfo::from_pin(bpffs.join("maps/GROUPS_0"))
+        .unwrap()
+        .id();
+
+    let probers = Probers::start(&s);
+    std::thread::sleep(Duration::from_secs(1));
+    probers.mark("kill -9");
+    first.kill9();
+    first.keep_state();
+    // The pinned state now reads as an earlier version's.
+    for name in ["GROUPS_0", "GROUPS_1"] {
+        pin_old_groups_map(&bpffs, name);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    probers.mark("start the new agent on the old layout");
+    let second = Agent::start_on(&lab, &dir, &bpffs, &[]);
+    second.wait_attached(3);
+    probers.mark("upgraded");
+    std::thread::sleep(Duration::from_secs(1));
+    let r = probers.stop();
+    assert_clean(&r, 4);
+
+    let st = second.status();
+    assert_eq!(st["pinning"]["adopted"], true, "{st:#}");
+    assert_eq!(st["pinning"]["adopted_links"], 6, "{st:#}");
+    assert_eq!(st["pinning"]["start_flipped"], true, "{st:#}");
+    assert!(
+        st["epoch"].as_u64().unwrap() > epoch,
+        "{st:#} after {epoch}"
+    );
+    assert!(
+        second
+            .log_text()
+            .contains("pinned policy tables of another layout"),
+        "{}",
+        second.log_text()
+    );
+    // This build's maps are pinned now, fresh ones (not the first agent's).
+    let groups = aya::maps::MapInfo::from_pin(bpffs.join("maps/GROUPS_0")).unwrap();
+    assert_eq!(
+        (groups.map_flags(), groups.max_entries()),
+        (1, agent_common::limits::MAX_GROUP_ENTRIES)
+    );
+    assert_ne!(groups.id(), groups_before);
+    assert!(!bpffs.join("maps_next").exists());
+    let links_after = pinned_links(&bpffs);
+    assert_eq!(links_after.len(), 6);
+    for (b, a) in links_before.iter().zip(&links_after) {
+        assert_eq!((&b.0, b.1), (&a.0, a.1), "same pinned link");
+        assert_ne!(b.2, a.2, "{}: program swapped", a.0);
+    }
+    assert_seed_enforced(&s);
+    drop(second);
+    assert!(!bpffs.exists(), "test cleanup removes the pin dir");
 }
 
 #[test]

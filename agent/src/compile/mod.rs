@@ -156,13 +156,17 @@
 //! selectors) cost `GROUPS_*` entries (one per class an endpoint treats unlike
 //! its wildcard), not rule entries per class: `testgen::per_pod_label_model`
 //! at 300 pods x 100 policies needs 51,990 rule keys and 244,800 group entries
-//! (keyed by the global class it needed 263,607 rule keys, over the 262,144 of
-//! `RULES_*`). Scaling limit: group entries grow with endpoints x directions x
-//! classes treated unlike the wildcard — about half of them here, since every
-//! peer of the other family differs from an IPv4 wildcard row — so 1,000 such
-//! pods x 200 policies exceed the 262,144-entry `GROUPS_*` map (a Capacity
-//! error, never a partial table). A wildcard per family (the kernel knows the
-//! packet's family) would roughly halve that.
+//! (keyed by the global class it needed 263,607 rule keys). Scaling: group
+//! entries grow with endpoints x directions x classes treated unlike the
+//! wildcard; at 10,000 pods x 1,000 policies with 1,000 local pods
+//! (`tests/benches/capacity.rs`) 650,300 rule keys and 1,852,600 group
+//! entries, within `RULES_*` (1,048,576, an LPM trie: memory on use) and
+//! `GROUPS_*` (2,097,152, a hash without preallocation); beyond them a
+//! Capacity error, never a partial table. A wildcard per family was measured
+//! there and does not pay (-0.5% group entries, +64% rule keys: the entries
+//! are same-family pods named by `pod in {..}` selectors). Endpoints with
+//! identical tables (12 distinct among those 1,000) each get a copy; sharing
+//! them is the next saving (docs/benchmarks.md, "Capacity").
 //!
 //! # Tests
 //! `compile::tests` (scenarios, and random models, with source-port rules and

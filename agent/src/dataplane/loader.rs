@@ -136,6 +136,19 @@ fn same_copy(held: Encoded, want: &Encoded) -> bool {
         && same_entries(held.groups, want.groups.clone())
 }
 
+/// Loads the object with the shared maps pinned under `maps`, the table
+/// group ([`super::upgrade::TABLE_MAPS`]) under `table_group` when given.
+fn load_with_pins(maps: &Path, table_group: Option<&Path>) -> Result<Ebpf, aya::EbpfError> {
+    let mut loader = EbpfLoader::new();
+    for name in PINNED_MAPS {
+        let dir = table_group
+            .filter(|_| super::upgrade::TABLE_MAPS.contains(&name))
+            .unwrap_or(maps);
+        loader.map_pin_path(name, dir.join(name));
+    }
+    loader.load(EBPF_OBJECT)
+}
+
 pub(super) fn missing(what: &'static str, name: &'static str) -> DataplaneError {
     DataplaneError::Missing { what, name }
 }
@@ -162,11 +175,21 @@ impl Dataplane {
             )));
         }
         let adopted = maps.join("ACTIVE").exists();
-        let mut loader = EbpfLoader::new();
-        for name in PINNED_MAPS {
-            loader.map_pin_path(name, maps.join(name));
-        }
-        let ebpf = loader.load(EBPF_OBJECT).map_err(|e| match e {
+        let mut replaced = None;
+        let ebpf = match load_with_pins(&maps, None) {
+            Err(aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+                name,
+                ..
+            })) if super::upgrade::TABLE_MAPS.contains(&name.as_str()) => {
+                // An earlier agent's tables of another layout: a fresh table
+                // group beside them (see `upgrade`).
+                let next = super::upgrade::prepare_next(dir)?;
+                replaced = Some(super::upgrade::pinned_active(&maps)?);
+                load_with_pins(&maps, Some(&next))
+            }
+            other => other,
+        };
+        let ebpf = ebpf.map_err(|e| match e {
             aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
                 name,
                 property,
@@ -182,7 +205,17 @@ impl Dataplane {
             )),
             e => DataplaneError::Load(e),
         })?;
-        Self::from_ebpf(ebpf, Some(dir.to_path_buf()), adopted)
+        let mut this = Self::from_ebpf(ebpf, Some(dir.to_path_buf()), adopted)?;
+        if let Some(old) = replaced {
+            this.set_active(old)?;
+            super::upgrade::commit(dir)?;
+            tracing::info!(
+                epoch = old.epoch,
+                "pinned policy tables of another layout: replaced by a fresh table group \
+                 (the earlier agent's programs keep theirs until this agent's are attached)"
+            );
+        }
+        Ok(this)
     }
 
     fn from_ebpf(

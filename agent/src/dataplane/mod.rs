@@ -19,6 +19,7 @@ pub mod loader;
 pub mod pins;
 pub mod service;
 pub mod tables;
+pub mod upgrade;
 
 pub use loader::{
     monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, Counters, CtSweep, Dataplane,

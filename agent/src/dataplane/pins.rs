@@ -135,7 +135,9 @@ pub fn cleanup(dir: &Path) -> Result<Cleanup, DataplaneError> {
             .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
         done.links += 1;
     }
-    if let Ok(rd) = std::fs::read_dir(dir.join("maps")) {
+    let next = super::upgrade::next_dir(dir);
+    for rd in [dir.join("maps"), next.clone()].map(std::fs::read_dir) {
+        let Ok(rd) = rd else { continue };
         for e in rd.flatten() {
             std::fs::remove_file(e.path()).map_err(|err| {
                 DataplaneError::Pin(format!("removing {}: {err}", e.path().display()))
@@ -143,7 +145,7 @@ pub fn cleanup(dir: &Path) -> Result<Cleanup, DataplaneError> {
             done.maps += 1;
         }
     }
-    for d in [dir.join("links"), dir.join("maps"), dir.to_path_buf()] {
+    for d in [dir.join("links"), dir.join("maps"), next, dir.to_path_buf()] {
         match std::fs::remove_dir(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
