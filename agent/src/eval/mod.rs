@@ -9,7 +9,7 @@
 //!
 //! The free functions of the same names build a throwaway evaluator, for one-off questions.
 //!
-//! Semantics: /work/shared/SEMANTICS.md (Evaluation, Staged policies). The
+//! Semantics: docs/semantics.md (Evaluation, Staged policies). The
 //! pending set is the DECISION there: every staged policy promoted now.
 //!
 //! Per end: failsafe ports (host endpoints) first; then the applicable tiers

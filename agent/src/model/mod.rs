@@ -45,6 +45,7 @@ pub mod names;
 pub mod node;
 pub mod pod;
 pub mod promote;
+mod protocol;
 pub mod resources;
 pub mod services;
 pub mod yaml;
