@@ -194,8 +194,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// each: the compile's worker threads, the event drain and the flow history
 /// writer then hold the high-water mark of every arena. Measured in
 /// `soak_e2e` (75 s of policy churn, restarts and a denied flood): RSS peaked
-/// at 272 MiB with the default arenas and 138 MiB with one, with no growth at
-/// the end in either case (fragmentation, not a leak). `MALLOC_ARENA_MAX` in
+/// at 272 MiB with the default arenas, 205 MiB with two and 138 MiB with one,
+/// with no growth at the end in any case (fragmentation, not a leak); two
+/// spare the compile's parallel workers one shared lock. `MALLOC_ARENA_MAX` in
 /// the environment still wins (glibc reads it before `main`, and we do not
 /// override a value the operator set).
 fn limit_malloc_arenas() {
