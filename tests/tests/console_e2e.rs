@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use lab::{Lab, TcpProbe, PROBE_TIMEOUT};
+use lab::Lab;
 use serde_json::Value;
 
 /// The console's port inside the lab's node namespace (its own network stack).
@@ -199,18 +199,7 @@ fn the_console_shows_the_staged_would_be_deny_and_refuses_strangers() {
     assert_eq!((status, body.contains("port=")), (400, true), "{body}");
 
     // Real traffic: the staged lockdown would deny frontend -> backend, which is allowed now.
-    assert_eq!(
-        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
-        TcpProbe::Connected
-    );
-    assert_eq!(
-        s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
-        TcpProbe::Connected
-    );
-    assert_ne!(
-        s.frontend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
-        TcpProbe::Connected
-    );
+    seed_traffic(&s);
     wait_reported_deny(&lab);
 
     // The page, as a browser renders it after its script ran.

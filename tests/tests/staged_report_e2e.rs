@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use lab::{Lab, TcpProbe, PROBE_TIMEOUT};
+use lab::{Lab, TcpProbe};
 use serde_json::Value;
 
 /// A second staged policy beside the seed scenario's (shared by the staged-policy tests).
@@ -93,18 +93,7 @@ fn each_staged_policy_reports_its_would_be_denies_and_gates_its_promotion() {
 
     // Traffic: each policy would deny one of these connections; the enforced
     // deny of frontend -> database is not a change either would make.
-    assert_eq!(
-        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
-        TcpProbe::Connected
-    );
-    assert_eq!(
-        s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
-        TcpProbe::Connected
-    );
-    assert_ne!(
-        s.frontend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
-        TcpProbe::Connected
-    );
+    seed_traffic(&s);
     wait_denied(&agent, BACKEND, &["prod/frontend -> prod/backend:8080"]);
     let after = wait_denied(&agent, DATABASE, &["prod/backend -> prod/database:8080"]);
     let c = &policy(&after, DATABASE)["newly_denied"][0];

@@ -425,6 +425,25 @@ pub fn assert_seed_enforced(s: &Seed) {
     );
 }
 
+/// The seed's three connections under its enforced policy (the staged
+/// lockdown observes only): frontend -> backend and backend -> database
+/// connect, frontend -> database does not; a staged report or the console
+/// then has flows to show.
+pub fn seed_traffic(s: &Seed) {
+    assert_eq!(
+        s.frontend.tcp_connect(s.backend.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
+    assert_eq!(
+        s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
+    assert_ne!(
+        s.frontend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
+        TcpProbe::Connected
+    );
+}
+
 /// Programs attached with TCX to `iface` in the node namespace (ingress + egress).
 pub fn tcx_programs(lab: &Lab, iface: &str) -> Vec<u32> {
     let iface = iface.to_string();
