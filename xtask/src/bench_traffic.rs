@@ -29,6 +29,15 @@ const CONNECTIONS: &str = "connections_per_s";
 const THROUGHPUT: &str = "gbit_per_s";
 /// Connection attempts without a handshake within 1 s, per batch.
 const FAILURES: &str = "connect_failures";
+/// The agent's programs under the connection load (kernel run-time statistics):
+/// ns per program run, runs per connection, µs of program time per connection.
+const PROG_NS_PER_RUN: &str = "agent_prog_ns_per_run";
+const PROG_RUNS_PER_CONNECTION: &str = "agent_prog_runs_per_connection";
+const PROG_US_PER_CONNECTION: &str = "agent_prog_us_per_connection";
+/// The same under the one-stream load: ns per run, and the programs' share of
+/// all CPUs' time over the stream's seconds.
+const PROG_NS_PER_STREAM_RUN: &str = "agent_prog_ns_per_stream_run";
+const PROG_STREAM_CPU_SHARE: &str = "agent_prog_stream_cpu_share";
 /// Client threads opening connections (the machine has 2 CPUs).
 const CONNECT_THREADS: usize = 2;
 
@@ -123,14 +132,21 @@ fn measure(plan: &Plan, rules: &[usize], no_build: bool) -> Result<Vec<serde_jso
             labs.push(lab);
         }
     }
+    // Counts the run time of every program while this fd is open (BPF_ENABLE_STATS;
+    // no sysctl is changed, and the kernel stops counting when the bench exits).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")?;
     let mut samples: BTreeMap<(Variant, usize, &str), Vec<f64>> = BTreeMap::new();
     for batch in 0..plan.batches {
         // Rotate the order inside each rule count so no variant always goes first.
         for group in labs.chunks(Variant::ALL.len()) {
             for k in 0..group.len() {
                 let lab = &group[(k + batch) % group.len()];
+                let before = ProgramClock::read()?;
                 let (rate, failed) = lab.connection_rate(plan.seconds, CONNECT_THREADS)?;
+                let connecting = ProgramClock::read()?.since(&before);
                 let gbits = lab.throughput(plan.seconds)?;
+                let streaming = ProgramClock::read()?.since(&before).since(&connecting);
                 println!(
                     "batch {batch}: {:>8} at {:>6} rules: {rate:>8.0} connections/s ({failed} failed) {gbits:>6.2} Gbit/s",
                     lab.variant.name(),
@@ -140,6 +156,27 @@ fn measure(plan: &Plan, rules: &[usize], no_build: bool) -> Result<Vec<serde_jso
                 samples.entry(key(CONNECTIONS)).or_default().push(rate);
                 samples.entry(key(THROUGHPUT)).or_default().push(gbits);
                 samples.entry(key(FAILURES)).or_default().push(failed);
+                if lab.variant == Variant::Agent {
+                    let connections = rate * plan.seconds;
+                    for (metric, value) in [
+                        (PROG_NS_PER_RUN, connecting.ns_per_run()),
+                        (
+                            PROG_RUNS_PER_CONNECTION,
+                            connecting.runs as f64 / connections,
+                        ),
+                        (
+                            PROG_US_PER_CONNECTION,
+                            connecting.ns as f64 / connections / 1e3,
+                        ),
+                        (PROG_NS_PER_STREAM_RUN, streaming.ns_per_run()),
+                        (
+                            PROG_STREAM_CPU_SHARE,
+                            streaming.ns as f64 / (plan.seconds * cpus() * 1e9),
+                        ),
+                    ] {
+                        samples.entry(key(metric)).or_default().push(value);
+                    }
+                }
             }
         }
     }
@@ -158,6 +195,42 @@ fn measure(plan: &Plan, rules: &[usize], no_build: bool) -> Result<Vec<serde_jso
             })
         })
         .collect())
+}
+
+/// The summed run time and run count of the agent's programs (every agent's:
+/// the labs are measured one at a time, and the idle ones see no traffic).
+#[derive(Clone, Copy)]
+struct ProgramClock {
+    ns: u64,
+    runs: u64,
+}
+
+/// The agent's TC programs, by their kernel names (`ebpf/src/policy.rs`, `service.rs`).
+const AGENT_PROGRAMS: [&str; 3] = ["from_endpoint", "to_endpoint", "post_nat"];
+
+impl ProgramClock {
+    fn read() -> Result<ProgramClock> {
+        let mut clock = ProgramClock { ns: 0, runs: 0 };
+        for info in aya::programs::loaded_programs() {
+            let info = info.context("listing the loaded BPF programs")?;
+            if AGENT_PROGRAMS.contains(&info.name_as_str().unwrap_or_default()) {
+                clock.ns += info.run_time().as_nanos() as u64;
+                clock.runs += info.run_count();
+            }
+        }
+        Ok(clock)
+    }
+
+    fn since(&self, earlier: &ProgramClock) -> ProgramClock {
+        ProgramClock {
+            ns: self.ns.saturating_sub(earlier.ns),
+            runs: self.runs.saturating_sub(earlier.runs),
+        }
+    }
+
+    fn ns_per_run(&self) -> f64 {
+        self.ns as f64 / self.runs.max(1) as f64
+    }
 }
 
 /// Median, min and max by (variant, rules, metric).
@@ -238,8 +311,56 @@ fn report(m: &Medians, command: &str) -> Result<String> {
             ));
         }
     }
+    md.push_str(&program_time(m));
     md.push_str(&targets(m));
     Ok(md)
+}
+
+fn cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+/// Where a new connection's time goes: the machine's CPU time per connection
+/// under each variant, and what the kernel counted in the agent's programs.
+fn program_time(m: &Medians) -> String {
+    let cpus = cpus();
+    let mut md = format!(
+        "\n### Per new connection: CPU time, and the agent's programs in it\n\n\
+         CPU µs per connection: {cpus} CPUs' time over the connections made (the load keeps every CPU \
+         busy, so this bounds a connection's cost from above). The agent's programs: the kernel's own \
+         run-time statistics (`BPF_ENABLE_STATS`) of `from_endpoint`, `to_endpoint` and `post_nat` \
+         over the same runs.\n\n\
+         | rules | CPU µs per connection: none | agent | nftables | agent's programs, µs per connection | \
+         ns per program run | program runs per connection | ns per program run, one stream | \
+         agent's programs' share of the CPUs, one stream |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for rules in m.rule_counts() {
+        let cpu = |v: Variant| match m.get(v, rules, CONNECTIONS) {
+            Some((rate, _, _)) => format!("{:.1}", cpus * 1e6 / rate),
+            None => "–".to_owned(),
+        };
+        let agent = |metric: &str, digits: usize| match m.get(Variant::Agent, rules, metric) {
+            Some((x, _, _)) => format!("{x:.digits$}"),
+            None => "–".to_owned(),
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            thousands(rules),
+            cpu(Variant::NoProgram),
+            cpu(Variant::Agent),
+            cpu(Variant::Nftables),
+            agent(PROG_US_PER_CONNECTION, 2),
+            agent(PROG_NS_PER_RUN, 0),
+            agent(PROG_RUNS_PER_CONNECTION, 1),
+            agent(PROG_NS_PER_STREAM_RUN, 0),
+            match m.get(Variant::Agent, rules, PROG_STREAM_CPU_SHARE) {
+                Some((x, _, _)) => format!("{:.1}%", x * 100.0),
+                None => "–".to_owned(),
+            },
+        ));
+    }
+    md
 }
 
 /// Issue 15's real-traffic targets: the ratio and met or missed.
