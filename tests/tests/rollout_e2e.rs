@@ -164,7 +164,7 @@ fn an_unconfirmed_promotion_that_cuts_the_operator_is_reverted() {
 
 #[test]
 fn a_confirmed_promotion_stays() {
-    let s = setup("rollout-confirm");
+    let mut s = setup("rollout-confirm");
     let window = Duration::from_secs(10);
     let promoted = Instant::now();
     agent_cli(&s.dir, &["promote", TARGET, "--confirm-within", "10s"]);
@@ -192,6 +192,17 @@ fn a_confirmed_promotion_stays() {
     let events: Vec<&str> = records.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(events, ["pending", "confirmed"], "{records:?}");
     assert!(records[1].1.contains("agent confirm"), "{records:?}");
+
+    // The promotion's steps are in the flow history: an agent killed and
+    // started again still shows them.
+    s.agent.keep_state();
+    s.agent.kill9();
+    let restarted = Agent::start_on(&s._lab, &s.dir, &s.agent.bpffs, &[]);
+    assert_eq!(
+        promotion_records(&restarted, &["--since", "10m"]),
+        records,
+        "the promotion events after a restart"
+    );
 }
 
 #[test]

@@ -11,14 +11,13 @@ use tokio::sync::broadcast;
 
 use super::{lock, Shared};
 use crate::datastore::kubernetes::KubeOptions;
-use crate::flows::promotion::PromotionEvent;
+use crate::flows::history::HistoryWriter;
+use crate::flows::promotion::{PromotionEvent, KEPT};
 use crate::flows::unix_now_ns;
 use crate::rollout::{awaiting_line, Outcome, Supervisor, TICK};
 
 /// Outcomes kept for `agent status`.
 const RECENT: usize = 20;
-/// Promotion events kept for `agent flows --last/--since`.
-const EVENTS: usize = 1000;
 
 /// What `agent status` and `agent flows` show: pending promotions, recent
 /// outcomes, and the promotion events (kept, and sent to `--follow`ers).
@@ -58,11 +57,24 @@ impl Confirmations {
         self.pending.iter().cloned().chain(recent).collect()
     }
 
-    fn event(&mut self, e: PromotionEvent) {
+    /// Starting with the events read back from the flow history.
+    pub fn with_events(events: impl IntoIterator<Item = PromotionEvent>) -> Self {
+        let mut c = Confirmations::default();
+        c.events.extend(events.into_iter().map(Arc::new));
+        let excess = c.events.len().saturating_sub(KEPT);
+        c.events.drain(..excess);
+        c
+    }
+
+    /// Keeps the event, sends it to `--follow`ers and to the flow history.
+    fn event(&mut self, e: PromotionEvent, history: Option<&HistoryWriter>) {
         let e = Arc::new(e);
         let _ = self.events_tx.send(e.clone());
+        if let Some(h) = history {
+            h.promotion(&e);
+        }
         self.events.push_back(e);
-        if self.events.len() > EVENTS {
+        if self.events.len() > KEPT {
             self.events.pop_front();
         }
     }
@@ -112,6 +124,7 @@ pub(super) fn spawn(datastore: PathBuf, shared: Arc<Shared>) {
 /// does a pending promotion gone without an outcome here (`gone`).
 fn publish(shared: &Shared, pending: Vec<(String, String)>, outcomes: Vec<Outcome>, gone: &Gone) {
     let now = unix_now_ns();
+    let history = shared.history.as_ref();
     let mut view = lock(&shared.confirmations);
     let now_pending: BTreeMap<String, String> = pending.into_iter().collect();
     for (target, line) in &now_pending {
@@ -120,17 +133,18 @@ fn publish(shared: &Shared, pending: Vec<(String, String)>, outcomes: Vec<Outcom
                 .strip_prefix(target.as_str())
                 .unwrap_or(line)
                 .trim_start();
-            view.event(PromotionEvent::new(now, target, "pending", reason.into()));
+            view.event(
+                PromotionEvent::new(now, target, "pending", reason.into()),
+                history,
+            );
         }
     }
     for o in &outcomes {
         let at = o.at_unix_ms * 1_000_000;
-        view.event(PromotionEvent::new(
-            at,
-            &o.target,
-            o.action,
-            o.reason.clone(),
-        ));
+        view.event(
+            PromotionEvent::new(at, &o.target, o.action, o.reason.clone()),
+            history,
+        );
     }
     let vanished: Vec<String> = view
         .seen_pending
@@ -139,12 +153,10 @@ fn publish(shared: &Shared, pending: Vec<(String, String)>, outcomes: Vec<Outcom
         .cloned()
         .collect();
     for target in vanished {
-        view.event(PromotionEvent::new(
-            now,
-            &target,
-            gone.event,
-            gone.reason.into(),
-        ));
+        view.event(
+            PromotionEvent::new(now, &target, gone.event, gone.reason.into()),
+            history,
+        );
     }
     view.pending = now_pending.values().cloned().collect();
     view.seen_pending = now_pending;

@@ -221,7 +221,7 @@ fn new_shared(opts: &RunOptions, mut dp: Dataplane) -> anyhow::Result<Shared> {
     dp.set_report_allowed(opts.flows_all)
         .context("setting the flow-reporting switch")?;
     let (tx, _) = broadcast::channel(4096);
-    let (flows, history) = open_history(opts)?;
+    let (flows, history, promotions) = open_history(opts)?;
     Ok(Shared {
         inner: Mutex::new(Inner {
             dp,
@@ -237,25 +237,25 @@ fn new_shared(opts: &RunOptions, mut dp: Dataplane) -> anyhow::Result<Shared> {
         tx,
         started_ns: unix_now_ns(),
         heartbeat_ns: AtomicU64::new(unix_now_ns()),
-        confirmations: Mutex::new(Default::default()),
+        confirmations: Mutex::new(confirmations::Confirmations::with_events(promotions)),
         kube: Mutex::new(None),
     })
 }
 
-/// The flow table with the records kept on disk, and the writer that keeps
-/// adding to them (none without `--flow-history`).
-fn open_history(
-    opts: &RunOptions,
-) -> anyhow::Result<(FlowTable, Option<crate::flows::history::HistoryWriter>)> {
+/// The flow table with the records kept on disk, the writer that keeps
+/// adding to them (none without `--flow-history`), and the promotion events
+/// kept there.
+fn open_history(opts: &RunOptions) -> anyhow::Result<(FlowTable, Option<History>, Promotions)> {
     use crate::flows::history;
     let mut table = FlowTable::default();
     let Some(h) = &opts.flow_history else {
-        return Ok((table, None));
+        return Ok((table, None, Default::default()));
     };
     let loaded = history::load_newest(&h.dir, crate::flows::HISTORY);
     tracing::info!(
         dir = %h.dir.display(),
         records = loaded.records.len(),
+        promotions = loaded.promotions.len(),
         bytes = loaded.bytes,
         "flow history read back"
     );
@@ -263,8 +263,11 @@ fn open_history(
     table.restore(loaded.records);
     let writer = history::HistoryWriter::start(h, last_ns)
         .with_context(|| format!("flow history in {}", h.dir.display()))?;
-    Ok((table, Some(writer)))
+    Ok((table, Some(writer), loaded.promotions))
 }
+
+type History = crate::flows::history::HistoryWriter;
+type Promotions = std::collections::VecDeque<crate::flows::promotion::PromotionEvent>;
 
 /// A fresh load and [`reload`] in a blocking task, awaited.
 async fn reload_in_background(shared: &Arc<Shared>, loader: &Loader) -> anyhow::Result<()> {

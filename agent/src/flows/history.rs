@@ -15,6 +15,10 @@
 //!   kept: the first agent's start, or the rotation after which older segments
 //!   were pruned. A line that does not parse (a crash mid-write, a damaged
 //!   file) is skipped with a warning, never fatal.
+//! - Promotion events (`{"promotion": {..}}`, [`super::promotion`]) are written
+//!   beside the records, so `agent flows` still shows why verdicts changed
+//!   after the agent restarts (the newest [`super::promotion::KEPT`] are read
+//!   back).
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -26,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::promotion::{PromotionEvent, KEPT as PROMOTIONS_KEPT};
 use super::{unix_now_ns, Flow};
 
 /// How often the writer writes what it received.
@@ -62,6 +67,8 @@ enum Line {
     Gap { at_ns: u64, missed: u64 },
     /// A record's latest version; `ifindex` completes its key.
     Flow { ifindex: u32, flow: Box<Flow> },
+    /// A step of a commit-confirmed promotion: the flows stream's own line.
+    Promotion(PromotionEvent),
 }
 
 /// What the directory holds.
@@ -76,6 +83,8 @@ pub struct Loaded {
     /// Restarts and gaps, for the report's window.
     pub notes: Vec<String>,
     pub bytes: u64,
+    /// The newest promotion events, oldest first.
+    pub promotions: std::collections::VecDeque<PromotionEvent>,
 }
 
 /// Key of a record on disk: the in-memory table's, with the interface.
@@ -249,6 +258,13 @@ fn read_segment(path: &Path, latest: &mut Newest, out: &mut Loaded) {
                 out.last_ns = out.last_ns.max(Some(flow.last_seen_ns));
                 latest.insert(ifindex, *flow);
             }
+            Line::Promotion(event) => {
+                out.last_ns = out.last_ns.max(Some(event.at_ns));
+                out.promotions.push_back(event);
+                if out.promotions.len() > PROMOTIONS_KEPT {
+                    out.promotions.pop_front();
+                }
+            }
         }
     }
     if bad > 1 {
@@ -256,8 +272,12 @@ fn read_segment(path: &Path, latest: &mut Newest, out: &mut Loaded) {
     }
 }
 
-/// A record for the writer: (interface index, record).
-type Queued = (u32, Arc<Flow>);
+/// What the writer is handed.
+enum Queued {
+    /// A record: (interface index, record).
+    Flow(u32, Arc<Flow>),
+    Promotion(Arc<PromotionEvent>),
+}
 
 /// The daemon's side: hands records to the writer thread.
 pub struct HistoryWriter {
@@ -298,7 +318,17 @@ impl HistoryWriter {
     pub fn record(&self, ifindex: u32, flow: &Arc<Flow>) {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = tx.as_ref() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send((ifindex, flow.clone())) {
+        if let Err(TrySendError::Full(_)) = tx.try_send(Queued::Flow(ifindex, flow.clone())) {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a promotion event; never blocks. Events are rare, but a full
+    /// queue (the disk stalled) is counted as missed like records.
+    pub fn promotion(&self, event: &Arc<PromotionEvent>) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = tx.as_ref() else { return };
+        if let Err(TrySendError::Full(_)) = tx.try_send(Queued::Promotion(event.clone())) {
             self.missed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -320,6 +350,8 @@ struct Store {
     path: PathBuf,
     bytes: u64,
     opened: Instant,
+    /// Promotion events received since the last write, in order.
+    promotions: Vec<Arc<PromotionEvent>>,
 }
 
 impl Store {
@@ -332,6 +364,7 @@ impl Store {
             path,
             bytes: 0,
             opened: Instant::now(),
+            promotions: Vec::new(),
         })
     }
 
@@ -354,8 +387,12 @@ impl Store {
         loop {
             let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
             let closed = match rx.recv_timeout(wait) {
-                Ok((ifindex, flow)) => {
+                Ok(Queued::Flow(ifindex, flow)) => {
                     pending.insert(disk_key(ifindex, &flow), (ifindex, flow));
+                    false
+                }
+                Ok(Queued::Promotion(event)) => {
+                    self.promotions.push(event);
                     false
                 }
                 Err(RecvTimeoutError::Timeout) => false,
@@ -385,6 +422,9 @@ impl Store {
                 at_ns: unix_now_ns(),
                 missed: lost,
             })?;
+        }
+        for event in std::mem::take(&mut self.promotions) {
+            self.write(&Line::Promotion(PromotionEvent::clone(&event)))?;
         }
         let mut batch: Vec<(u32, Arc<Flow>)> = pending.drain().map(|(_, v)| v).collect();
         batch.sort_by_key(|(_, f)| f.last_seen_ns);

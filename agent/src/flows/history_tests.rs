@@ -191,3 +191,47 @@ fn reading_back_keeps_the_newest_records_within_a_bound() {
         bounded.notes
     );
 }
+
+#[test]
+fn promotion_events_survive_a_restart_beside_the_records() {
+    use crate::flows::promotion::{PromotionEvent, KEPT};
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = options(tmp.path(), DEFAULT_MAX_BYTES, DEFAULT_MAX_AGE);
+    let w = HistoryWriter::start(&opts, None).unwrap();
+    let event = |at_ns: u64, what: &str| {
+        Arc::new(PromotionEvent::new(
+            at_ns,
+            "sgnp/x",
+            what,
+            format!("why {at_ns}"),
+        ))
+    };
+    w.promotion(&event(1_000, "pending"));
+    w.record(3, &flow(40000, 1));
+    w.promotion(&event(2_000, "reverted"));
+    w.close();
+    let first = load(tmp.path());
+    assert_eq!(first.records.len(), 1, "{first:#?}");
+    let seen: Vec<(&str, u64)> = first
+        .promotions
+        .iter()
+        .map(|e| (e.event.as_str(), e.at_ns))
+        .collect();
+    assert_eq!(seen, [("pending", 1_000), ("reverted", 2_000)]);
+    assert_eq!(first.promotions[1].reason, "why 2000");
+
+    // More than KEPT across two agents: the newest are read back, in order.
+    let w = HistoryWriter::start(&opts, first.last_ns).unwrap();
+    for i in 0..KEPT as u64 {
+        w.promotion(&event(10_000 + i, "pending"));
+    }
+    w.close();
+    let second = load(tmp.path());
+    assert_eq!(second.promotions.len(), KEPT);
+    assert_eq!(second.promotions.front().unwrap().at_ns, 10_000);
+    assert_eq!(
+        second.promotions.back().unwrap().at_ns,
+        10_000 + KEPT as u64 - 1
+    );
+    assert_eq!(second.records.len(), 1, "records are unaffected");
+}

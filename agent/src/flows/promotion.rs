@@ -5,6 +5,10 @@
 //! records keep their format; readers that only know flows skip these lines.
 use serde::{Deserialize, Serialize};
 
+/// Promotion events an agent keeps (in memory, and read back from the flow
+/// history at start) for `agent flows --last/--since`.
+pub const KEPT: usize = 1000;
+
 /// One step of a promotion ([`crate::rollout`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromotionEvent {
