@@ -464,6 +464,18 @@ impl Agent {
 
     /// With `extra` arguments to `agent run` (e.g. `--calico-api crd`).
     fn start_with(lab: &Lab, server: &ApiServer, node: &str, extra: &[&str]) -> Agent {
+        Agent::start_env(lab, server, node, extra, &[])
+    }
+
+    /// With `extra` arguments and environment variables (e.g. `POD_NAMESPACE`,
+    /// which is otherwise removed: the test's own environment must not count).
+    fn start_env(
+        lab: &Lab,
+        server: &ApiServer,
+        node: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         forward_into_node(lab, server.api_port);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let base = std::env::temp_dir().join(format!("agent-kube-{}-{n}", std::process::id()));
@@ -495,6 +507,8 @@ impl Agent {
             .env("RUST_LOG", "info")
             .env_remove("KUBECONFIG")
             .env_remove("NODE_NAME")
+            .env_remove("POD_NAMESPACE")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())
@@ -2217,4 +2231,98 @@ fn kubernetes_services_and_v1beta1_endpoint_slices_are_watched() {
         );
     }
     delete(&client, "v1", "Namespace", None, &ns);
+}
+
+/// Another holder's live Lease on `target` in `ns`: an agent taking its Leases
+/// there must wait for it (it never reverts what another agent is deciding).
+fn live_foreign_lease(client: &Client, ns: &str, target: &str) {
+    use agent::datastore::kubernetes::confirm;
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(confirm::lease_name(target)),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("another-agent".into()),
+            lease_duration_seconds: Some(3600),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..Default::default()
+        }),
+    };
+    rt().block_on(leases.create(&Default::default(), &lease))
+        .unwrap();
+}
+
+/// Where a running agent takes the Leases that make each revert happen once:
+/// `$POD_NAMESPACE` (the DaemonSet sets it from the downward API), and
+/// `--lease-namespace` over it. Shown by a live Lease of another holder on the
+/// same target in every other namespace: the agent reverts the unconfirmed
+/// promotion only if it takes its Lease where none is held.
+#[test]
+fn kubernetes_lease_namespace_from_pod_namespace_and_flag() {
+    use agent::datastore::kubernetes::confirm;
+    lab::require_root();
+    let server = private_server();
+    let client = server.client();
+    let v3 = "projectcalico.org/v3";
+    for ns in ["lease-env", "lease-flag", confirm::LEASE_NAMESPACE] {
+        namespace(&client, ns, json!({}));
+    }
+    // (policy, POD_NAMESPACE, --lease-namespace, namespaces with a foreign Lease)
+    let cases: [(&str, &str, Option<&str>, &[&str]); 2] = [
+        (
+            "lease-by-env",
+            "lease-env",
+            None,
+            &[confirm::LEASE_NAMESPACE],
+        ),
+        (
+            "lease-by-flag",
+            "lease-env",
+            Some("lease-flag"),
+            &[confirm::LEASE_NAMESPACE, "lease-env"],
+        ),
+    ];
+    for (name, env_ns, flag, blocked) in cases {
+        apply(
+            &client,
+            json!({"apiVersion": v3, "kind": "StagedGlobalNetworkPolicy",
+                   "metadata": {"name": name},
+                   "spec": {"selector": "app == 'no-such-app'", "types": ["Ingress"]}}),
+        );
+        let target = format!("StagedGlobalNetworkPolicy {name}");
+        for ns in blocked {
+            live_foreign_lease(&client, ns, &target);
+        }
+        let lab = Lab::new();
+        let extra: Vec<&str> = flag.map_or(vec![], |f| vec!["--lease-namespace", f]);
+        let _agent = Agent::start_env(
+            &lab,
+            &server,
+            "node-lease",
+            &extra,
+            &[("POD_NAMESPACE", env_ns)],
+        );
+        ok(&promote(
+            &server,
+            &[&format!("sgnp/{name}"), "--confirm-within", "2s"],
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get(&client, v3, "GlobalNetworkPolicy", None, name).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: not reverted: the agent did not take its Lease in {:?}",
+                flag.unwrap_or(env_ns)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(
+            get(&client, v3, "StagedGlobalNetworkPolicy", None, name).is_some(),
+            "{name}: the staged version is back"
+        );
+    }
 }
