@@ -62,6 +62,7 @@
 mod netns;
 pub mod packet;
 mod probe;
+mod servers;
 pub mod traffic;
 
 use std::collections::BTreeSet;
@@ -73,9 +74,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 
 pub use netns::Netns;
-pub use probe::{PingProbe, Server, TcpProbe, UdpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
+pub use probe::{PingProbe, TcpProbe, UdpProbe, PROBE_TIMEOUT, SHORT_TIMEOUT};
+pub use servers::Server;
 
-use probe::Servers;
+use servers::Servers;
 
 pub(crate) const NETNS_DIR: &str = "/run/netns";
 
@@ -346,34 +348,54 @@ impl Lab {
         if host_if == "eth0" || host_if.starts_with("eth") && host_if[3..].parse::<u32>().is_ok() {
             bail!("host interface name {host_if} is reserved for the node's uplink and externals");
         }
-        // Reserve N and the interface name.
-        let n = {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let n = match n {
-                Some(n) => {
-                    if n == 0 || n == 255 {
-                        bail!("pod number {n} out of range 1..=254");
-                    }
-                    if st.used_n.contains(&n) {
-                        bail!("pod number {n} (10.65.0.{n}) is already used in this lab");
-                    }
-                    n
-                }
-                None => (10..=254)
-                    .find(|n| !st.used_n.contains(n))
-                    .context("no free pod address left (10.65.0.10-254)")?,
-            };
-            if st.host_ifs.contains(&host_if) {
-                bail!("host interface {host_if} already exists in this lab");
-            }
-            st.used_n.insert(n);
-            st.host_ifs.insert(host_if.clone());
-            st.namespaces.push(format!("{}-pod{n}", self.id));
-            n
-        };
+        let n = self.reserve_pod(n, &host_if)?;
         let netns = Netns::new(format!("{}-pod{n}", self.id), self.servers.clone());
         let (ipv4, ipv6) = (pod_ipv4(n), pod_ipv6(n));
+        self.wire_pod(&netns, &host_if, ipv4, ipv6)?;
+        let host_ifindex = self.node.try_ifindex(&host_if)?;
+        Ok(Pod {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            n,
+            ipv4,
+            ipv6,
+            host_if,
+            host_ifindex,
+            netns,
+        })
+    }
 
+    /// Reserves pod number `n` (or the first free one) and the host interface
+    /// name in this lab, so that parallel additions never collide.
+    fn reserve_pod(&self, n: Option<u8>, host_if: &str) -> Result<u8> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = match n {
+            Some(n) => {
+                if n == 0 || n == 255 {
+                    bail!("pod number {n} out of range 1..=254");
+                }
+                if st.used_n.contains(&n) {
+                    bail!("pod number {n} (10.65.0.{n}) is already used in this lab");
+                }
+                n
+            }
+            None => (10..=254)
+                .find(|n| !st.used_n.contains(n))
+                .context("no free pod address left (10.65.0.10-254)")?,
+        };
+        if st.host_ifs.contains(host_if) {
+            bail!("host interface {host_if} already exists in this lab");
+        }
+        st.used_n.insert(n);
+        st.host_ifs.insert(host_if.to_string());
+        st.namespaces.push(format!("{}-pod{n}", self.id));
+        Ok(n)
+    }
+
+    /// Calico's wiring of a pod: a veth whose host side (`host_if`, in the
+    /// node) answers ARP for everything (proxy ARP) and holds the pod's /32 and
+    /// /128 routes; the pod side is `eth0` with a default route via 169.254.1.1.
+    fn wire_pod(&self, netns: &Netns, host_if: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Result<()> {
         add_netns(netns.name())?;
         netns.try_set_sysctls(COMMON_SYSCTLS)?;
         // Host side: created in the node, the peer goes straight into the pod as eth0.
@@ -403,17 +425,7 @@ impl Lab {
             format!("route add default via {GATEWAY_V4} dev eth0"),
             format!("route add ::/0 via {GATEWAY_V6} dev eth0"),
         ])?;
-        let host_ifindex = self.node.try_ifindex(&host_if)?;
-        Ok(Pod {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            n,
-            ipv4,
-            ipv6,
-            host_if,
-            host_ifindex,
-            netns,
-        })
+        Ok(())
     }
 
     /// Adds an external client: a namespace connected to the node by a veth

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 
-use crate::probe::Servers;
+use crate::servers::Servers;
 
 /// One network namespace created by a [`crate::Lab`] (the node, a pod or an
 /// external client).
