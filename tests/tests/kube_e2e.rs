@@ -2326,3 +2326,113 @@ fn kubernetes_lease_namespace_from_pod_namespace_and_flag() {
         );
     }
 }
+
+/// An agent cut off from the API server cannot report its failing check, so
+/// it counts through its presence Lease (`presence`): with the agent's own
+/// RBAC, two agents keep theirs; a promotion with checks confirms once both
+/// renewed after it took effect; when one stops renewing (cut off), the other
+/// does not confirm and reverts once that Lease expires; an agent that
+/// withdrew (a clean stop) no longer counts.
+#[test]
+fn kubernetes_a_silent_agent_counts_against_confirming() {
+    use agent::datastore::kubernetes::confirm::{Supervisor, LEASE_NAMESPACE};
+    use agent::datastore::kubernetes::presence::Timing;
+    let server = private_server();
+    let client = server.client();
+    namespace(&client, LEASE_NAMESPACE, json!({}));
+    let ns = "presence";
+    namespace(&client, ns, json!({}));
+    let agent_client = as_agent(&server);
+    let timing = Timing {
+        renew_every: Duration::from_millis(500),
+        duration: Duration::from_secs(3),
+        propagation: Duration::from_secs(1),
+    };
+    let mut a = Supervisor::new("node-a/1", LEASE_NAMESPACE).with_presence("node-a", timing);
+    let mut b = Supervisor::new("node-b/2", LEASE_NAMESPACE).with_presence("node-b", timing);
+    assert!(tick_both(&mut a, &mut b, &agent_client).is_empty());
+    let open = TcpListener::bind("127.0.0.1:0").unwrap();
+    let check = format!("tcp:{}", open.local_addr().unwrap());
+    let promote_one = |name: &str| {
+        apply(
+            &client,
+            json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedNetworkPolicy",
+                   "metadata": {"name": name, "namespace": ns},
+                   "spec": {"selector": "app == 'x'", "types": ["Ingress"]}}),
+        );
+        ok(&promote(
+            &server,
+            &[
+                &format!("snp/{name}"),
+                "-n",
+                ns,
+                "--confirm-within",
+                "1h",
+                "--settle",
+                "1s",
+                "--confirm-if",
+                &check,
+            ],
+        ));
+    };
+    // Ticks (both agents, or only `a`) until something is decided.
+    let decide = |a: &mut Supervisor, b: Option<&mut Supervisor>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut b = b;
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let decided = match b.as_deref_mut() {
+                Some(b) => tick_both(a, b, &agent_client),
+                None => {
+                    rt().block_on(
+                        a.tick(&agent_client, agent::datastore::kubernetes::CalicoGroup::V3),
+                    )
+                    .expect("agent-a")
+                    .0
+                }
+            };
+            if !decided.is_empty() {
+                return decided;
+            }
+            assert!(Instant::now() < deadline, "nothing decided in 30s");
+        }
+    };
+
+    // Both agents renew: confirmed after the settle time.
+    promote_one("both-alive");
+    let decided = decide(&mut a, Some(&mut b));
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0].action, "confirmed", "{decided:?}");
+
+    // `b` is cut off (it no longer ticks): `a`'s checks pass, but it waits for
+    // `b`, then reverts when `b`'s presence expires.
+    let promoted = Instant::now();
+    promote_one("b-cut-off");
+    let decided = decide(&mut a, None);
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0].action, "reverted", "{decided:?}");
+    assert!(
+        decided[0].reason.contains("node-b stopped reporting"),
+        "{decided:?}"
+    );
+    assert!(
+        promoted.elapsed() >= Duration::from_secs(2),
+        "not before b's presence expired: {:?}",
+        promoted.elapsed()
+    );
+    assert!(get(
+        &client,
+        "projectcalico.org/v3",
+        "StagedNetworkPolicy",
+        Some(ns),
+        "b-cut-off"
+    )
+    .is_some());
+
+    // `b` stopped cleanly (withdrew its presence): it no longer counts.
+    rt().block_on(b.withdraw(&agent_client)).unwrap();
+    promote_one("b-withdrew");
+    let decided = decide(&mut a, None);
+    assert_eq!(decided[0].action, "confirmed", "{decided:?}");
+    drop(open);
+}

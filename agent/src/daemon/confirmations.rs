@@ -165,6 +165,25 @@ fn publish(shared: &Shared, pending: Vec<(String, String)>, outcomes: Vec<Outcom
     view.recent.drain(..excess);
 }
 
+/// On a clean stop: removes this agent's presence Lease, so that a node
+/// leaving the cluster does not count against pending promotions
+/// ([`crate::datastore::kubernetes::presence`]). Bounded: a stop never waits
+/// long for the API server.
+pub(super) async fn withdraw_presence(opts: &KubeOptions, lease_ns: &str) {
+    use crate::datastore::kubernetes::{self as k8s, presence};
+    let withdraw = async {
+        let client = k8s::client(opts.kubeconfig.as_deref()).await?;
+        let leases = kube::Api::namespaced(client, lease_ns);
+        presence::withdraw(&leases, &opts.node).await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), withdraw).await {
+        Ok(Ok(())) => tracing::info!("presence Lease removed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "removing this agent's presence Lease"),
+        Err(_) => tracing::warn!("removing this agent's presence Lease: no answer within 2s"),
+    }
+}
+
 /// The Kubernetes datastore's side ([`crate::datastore::kubernetes::confirm`]):
 /// every tick, run each pending promotion's checks from this node and revert
 /// or confirm what this agent decides and wins the target's Lease for (in
@@ -173,7 +192,8 @@ pub(super) fn spawn_kube(opts: KubeOptions, lease_ns: String, shared: Arc<Shared
     use crate::datastore::kubernetes::{self as k8s, confirm};
     tokio::spawn(async move {
         let holder = format!("{}/{}", opts.node, std::process::id());
-        let mut supervisor = confirm::Supervisor::new(&holder, &lease_ns);
+        let mut supervisor = confirm::Supervisor::new(&holder, &lease_ns)
+            .with_presence(&opts.node, k8s::presence::Timing::default());
         let gone = Gone {
             event: "decided",
             reason: "by `agent confirm` or another agent",

@@ -180,6 +180,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => { tracing::info!("terminated; stopping"); break; }
         }
     }
+    if let DatastoreSpec::Kubernetes(k) = &opts.datastore {
+        confirmations::withdraw_presence(k, &opts.lease_namespace).await;
+    }
     stop(&shared, &opts);
     Ok(())
 }

@@ -26,13 +26,15 @@
 //! - every check passing on this agent for the settle time (it tracks since
 //!   when, from the first tick that saw the record): confirms.
 //!
-//! So across agents "all passing" means: the settle time passed and no agent
-//! saw a check fail in it (an agent that sees one reverts at once, which makes
-//! the record disappear for every other agent). An agent that cannot reach the
-//! API server cannot report (its revert needs the API server too): if the
-//! promotion cut only some nodes off, the others may confirm; if it cut all of
-//! them off, none confirms and the first to reconnect after the deadline
-//! reverts. With no checks only the deadline (or `agent confirm`) decides.
+//! So across agents "all passing" means: the settle time passed, no agent saw
+//! a check fail in it (an agent that sees one reverts at once, which makes the
+//! record disappear for every other agent), and every agent that was present
+//! when the promotion was made has shown since that it still reaches the API
+//! server ([`super::presence`]: an agent cut off by the promotion cannot
+//! report its failing check, but its presence Lease stops being renewed, and
+//! when it expires the others revert). If the promotion cut every agent off,
+//! none confirms and the first to reconnect after the deadline reverts. With
+//! no checks only the deadline (or `agent confirm`) decides.
 //!
 //! Whoever decides first holds the target's coordination.k8s.io/v1 Lease
 //! ([`lease_name`], in `agent run --lease-namespace`, default
@@ -48,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::names::{CalicoGroup, Kind};
+use super::presence::{self, Presence, Timing};
 use crate::model::promote::PromotionPlan;
 use crate::rollout::{Check, Outcome};
 
@@ -100,6 +103,10 @@ pub struct PendingRecord {
     /// How long the checks must pass to confirm.
     #[serde(default)]
     pub settle_ms: u64,
+    /// When the promotion was made (0 in records of agents before this field:
+    /// then agents' presence is not asked).
+    #[serde(default)]
+    pub promoted_unix_ms: u64,
 }
 
 impl PendingRecord {
@@ -148,6 +155,7 @@ pub fn record(
         action: plan.into(),
         checks: ask.checks.clone(),
         settle_ms: ask.settle.as_millis() as u64,
+        promoted_unix_ms: unix_ms(SystemTime::now()),
     }
 }
 
@@ -299,6 +307,11 @@ pub struct Supervisor {
     lease_ns: String,
     /// Per record (target, deadline): since when every check passed here.
     passing_since: HashMap<(String, u64), u64>,
+    /// This agent's node and presence timing ([`presence`]); none: presence
+    /// is neither kept nor asked.
+    presence: Option<(String, Timing)>,
+    /// When this agent last renewed its presence (unix ms).
+    renewed_ms: Option<u64>,
 }
 
 impl Supervisor {
@@ -308,6 +321,53 @@ impl Supervisor {
             holder: holder.into(),
             lease_ns: lease_ns.into(),
             passing_since: HashMap::new(),
+            presence: None,
+            renewed_ms: None,
+        }
+    }
+
+    /// Keeps this agent's presence as `node` and asks every agent's before
+    /// confirming ([`presence`]).
+    pub fn with_presence(mut self, node: &str, timing: Timing) -> Supervisor {
+        self.presence = Some((node.into(), timing));
+        self
+    }
+
+    fn leases(&self, client: &Client) -> Api<k8s_openapi::api::coordination::v1::Lease> {
+        Api::namespaced(client.clone(), &self.lease_ns)
+    }
+
+    /// Renews this agent's presence when due; then, when some record asks
+    /// for it, every agent's presence.
+    async fn presences(
+        &mut self,
+        client: &Client,
+        found: &[Pending],
+    ) -> anyhow::Result<Vec<Presence>> {
+        let Some((node, timing)) = self.presence.clone() else {
+            return Ok(Vec::new());
+        };
+        let now = unix_ms(SystemTime::now());
+        let due = self
+            .renewed_ms
+            .is_none_or(|t| now >= t + timing.renew_every.as_millis() as u64);
+        if due {
+            match presence::renew(&self.leases(client), &node, &self.holder, &timing).await {
+                Ok(()) => self.renewed_ms = Some(now),
+                Err(e) => tracing::error!(error = %e, "renewing this agent's presence Lease"),
+            }
+        }
+        if !found.iter().any(|p| asks_presence(&p.record)) {
+            return Ok(Vec::new());
+        }
+        Ok(presence::list(&self.leases(client)).await?)
+    }
+
+    /// Removes this agent's presence (a clean stop).
+    pub async fn withdraw(&self, client: &Client) -> kube::Result<()> {
+        match &self.presence {
+            Some((node, _)) => presence::withdraw(&self.leases(client), node).await,
+            None => Ok(()),
         }
     }
 
@@ -320,13 +380,14 @@ impl Supervisor {
         group: CalicoGroup,
     ) -> anyhow::Result<(Vec<Outcome>, Vec<PendingRecord>)> {
         let found = pending(client, group).await?;
+        let presences = self.presences(client, &found).await?;
         let key = |r: &PendingRecord| (r.target.clone(), r.deadline_unix_ms);
         self.passing_since
             .retain(|k, _| found.iter().any(|p| key(&p.record) == *k));
         let mut outcomes = Vec::new();
         let mut waiting = Vec::new();
         for p in found {
-            let Some(decision) = self.decide(client, &p.record).await else {
+            let Some(decision) = self.decide(client, &p.record, &presences).await else {
                 waiting.push(p.record);
                 continue;
             };
@@ -350,7 +411,12 @@ impl Supervisor {
         Ok((outcomes, waiting))
     }
 
-    async fn decide(&mut self, client: &Client, r: &PendingRecord) -> Option<Decision> {
+    async fn decide(
+        &mut self,
+        client: &Client,
+        r: &PendingRecord,
+        presences: &[Presence],
+    ) -> Option<Decision> {
         if let Some(failed) = first_failure(client, &r.checks).await {
             let why = format!("check failed on {}: {failed}", self.holder);
             return Some(Decision::Revert(why));
@@ -362,9 +428,21 @@ impl Supervisor {
         if r.checks.is_empty() {
             return None;
         }
+        let mut waiting_for_agents = false;
+        if let Some((_, timing)) = self.presence.as_ref().filter(|_| asks_presence(r)) {
+            let v = presence::judge(presences, r.promoted_unix_ms as i64, now as i64, timing);
+            if !v.silent.is_empty() {
+                return Some(Decision::Revert(format!(
+                    "the agent on {} stopped reporting after the promotion (cut off from the \
+                     API server?): its checks cannot count",
+                    v.silent.join(", ")
+                )));
+            }
+            waiting_for_agents = !v.waiting_for.is_empty();
+        }
         let key = (r.target.clone(), r.deadline_unix_ms);
         let since = *self.passing_since.entry(key).or_insert(now);
-        (now.saturating_sub(since) >= r.settle_ms).then(|| {
+        (now.saturating_sub(since) >= r.settle_ms && !waiting_for_agents).then(|| {
             Decision::Confirm(format!(
                 "every check passed for {} on {}",
                 humantime::format_duration(Duration::from_millis(r.settle_ms)),
@@ -372,6 +450,12 @@ impl Supervisor {
             ))
         })
     }
+}
+
+/// Whether agents' presence counts for `r`: a record with checks (which
+/// confirm by themselves) made by a promotion that noted its time.
+fn asks_presence(r: &PendingRecord) -> bool {
+    !r.checks.is_empty() && r.promoted_unix_ms > 0
 }
 
 /// One look without memory (no record's checks have passed long before):

@@ -55,6 +55,7 @@ pub mod confirm;
 pub mod discovery;
 pub mod names;
 pub mod pods;
+pub mod presence;
 mod promote;
 mod revert;
 pub mod routes;
