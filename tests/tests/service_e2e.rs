@@ -221,7 +221,18 @@ fn is_service_flow(f: &Value, frontend: IpAddr, backend: IpAddr) -> bool {
         && f["direction"] == "egress"
 }
 
-fn services_are_judged_after_dnat(mode: Mode, restart: bool) {
+/// What the test does after checking the first agent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Nothing,
+    /// kill -9, then a new agent adopting the pinned state.
+    Restart,
+    /// The same, with the pinned tables of an earlier layout, and probes of
+    /// the Services running while the new agent starts.
+    Upgrade,
+}
+
+fn services_are_judged_after_dnat(mode: Mode, then: Then) {
     lab::require_root();
     let lab = Lab::new();
     let client = lab.add_pod_at("prod", "client", 10, "caliclient");
@@ -338,7 +349,7 @@ fn services_are_judged_after_dnat(mode: Mode, restart: bool) {
     for c in ["service_deferred", "service_judged"] {
         assert!(st["counters"][c].as_u64().unwrap() >= 6, "{c}: {st:#}");
     }
-    if !restart {
+    if then == Then::Nothing {
         return;
     }
 
@@ -370,13 +381,40 @@ fn services_are_judged_after_dnat(mode: Mode, restart: bool) {
     };
     check("no agent running");
     let bpffs = agent.bpffs.clone();
-    let second = Agent::start_on(&lab, &dir, &bpffs, &["--config", config.to_str().unwrap()]);
-    second.wait_attached(3);
-    let st = second.wait_status("post_nat adopted on eth1", |s| {
-        s["services"]["post_nat"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|i| i.as_str().unwrap().starts_with("eth1=")))
-    });
+    if then == Then::Upgrade {
+        for name in ["GROUPS_0", "GROUPS_1"] {
+            common::pin_old_groups_map(&bpffs, name);
+        }
+    }
+    let start = || {
+        let second = Agent::start_on(&lab, &dir, &bpffs, &["--config", config.to_str().unwrap()]);
+        second.wait_attached(3);
+        let st = second.wait_status("post_nat adopted on eth1", |s| {
+            s["services"]["post_nat"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i.as_str().unwrap().starts_with("eth1=")))
+        });
+        (second, st)
+    };
+    let (second, st) = match then {
+        Then::Upgrade => {
+            let allowed = [to_server.frontends[0], to_remote.frontends[0]];
+            let ((agent, st), probes) = probing(&client, &allowed, to_other.frontends[0], start);
+            assert!(
+                probes.iter().all(|(_, failed, _)| failed.is_empty()),
+                "Service verdicts during the upgrade (frontend, failed, tried): {probes:?}"
+            );
+            assert!(
+                agent
+                    .log_text()
+                    .contains("pinned policy tables of another layout"),
+                "{}",
+                agent.log_text()
+            );
+            (agent, st)
+        }
+        _ => start(),
+    };
     assert!(pin.exists(), "{st:#}");
     let log = strip_ansi(&second.log_text());
     assert!(
@@ -388,13 +426,73 @@ fn services_are_judged_after_dnat(mode: Mode, restart: bool) {
     check("after the restart");
 }
 
+/// How long a probe of an allowed Service waits during the upgrade.
+const ALLOWED_WITHIN: std::time::Duration = std::time::Duration::from_millis(900);
+
+/// A frontend, the probes that got another answer than expected (when, what),
+/// and how many were made.
+type Probed = (IpAddr, Vec<(std::time::Duration, TcpProbe)>, usize);
+
+/// Runs `during` while threads connect from `client` to each of `allowed`
+/// (port 80, expected to connect) and to `denied` (expected to time out), as
+/// fast as they can; returns what `during` returned and, per frontend, the
+/// probes that got another answer (with when) and how many were made.
+fn probing<T>(
+    client: &lab::Pod,
+    allowed: &[IpAddr],
+    denied: IpAddr,
+    during: impl FnOnce() -> T,
+) -> (T, Vec<Probed>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let probe = |frontend: IpAddr, want: TcpProbe, timeout| {
+            let stop = &stop;
+            scope.spawn(move || {
+                let (mut failed, mut tried) = (Vec::new(), 0);
+                while !stop.load(Ordering::SeqCst) {
+                    let got = client.tcp_connect(frontend, 80, timeout);
+                    tried += 1;
+                    if got != want {
+                        failed.push((started.elapsed(), got));
+                    }
+                    // ~100 a second: enough to land in any gap, not a flood
+                    // that the echo servers' accept queues fall behind.
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                (frontend, failed, tried)
+            })
+        };
+        // Under a second: a SYN dropped once would be retransmitted after 1 s
+        // and still connect within a longer timeout, hiding a short gap.
+        let mut threads: Vec<_> = allowed
+            .iter()
+            .map(|&f| probe(f, TcpProbe::Connected, ALLOWED_WITHIN))
+            .collect();
+        threads.push(probe(denied, TcpProbe::TimedOut, SHORT_TIMEOUT));
+        let t = during();
+        stop.store(true, Ordering::SeqCst);
+        let probes = threads.into_iter().map(|h| h.join().unwrap()).collect();
+        (t, probes)
+    })
+}
+
 /// Also: a restart (kill -9, then a new agent adopting the pinned state).
 #[test]
 fn services_nftables_mode_local_and_remote_backends() {
-    services_are_judged_after_dnat(Mode::Nftables, true);
+    services_are_judged_after_dnat(Mode::Nftables, Then::Restart);
 }
 
 #[test]
 fn services_iptables_mode_local_and_remote_backends() {
-    services_are_judged_after_dnat(Mode::Iptables, false);
+    services_are_judged_after_dnat(Mode::Iptables, Then::Nothing);
+}
+
+/// An upgrade to another table layout (the new agent replaces the pinned
+/// table group): Service flows keep their verdicts all through the new
+/// agent's start, the remote backend's too, whose verdict `post_nat` gives.
+#[test]
+fn services_keep_their_verdicts_through_an_upgrade_to_another_table_layout() {
+    services_are_judged_after_dnat(Mode::Nftables, Then::Upgrade);
 }

@@ -301,6 +301,9 @@ fn apply(
     reconcile_interfaces(inner, true);
     inner.enforced.installed_once = true;
     prune(inner);
+    // Every link now runs this agent's programs (an upgrade's earlier ones
+    // needed their program array until here).
+    inner.dp.release_replaced_tables();
 }
 
 /// Sets `SOURCE_PORTS` on attached endpoints whose new tables classify source

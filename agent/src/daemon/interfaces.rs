@@ -58,12 +58,15 @@ pub(super) fn reconcile_interfaces(inner: &mut Inner, update: bool) {
     } = inner;
     let endpoint_ifs = desired.keys().cloned().collect();
     let frontends = enforced.good.model.service_frontends();
-    services::reconcile(
-        dp,
-        &config.services.with_frontends(&frontends),
-        &mut interfaces.post_nat,
-        &endpoint_ifs,
-    );
+    // Replaced (empty) tables: not before this agent's first install (see `new_shared`).
+    if !dp.replaced_tables() || enforced.last.is_some() {
+        services::reconcile(
+            dp,
+            &config.services.with_frontends(&frontends),
+            &mut interfaces.post_nat,
+            &endpoint_ifs,
+        );
+    }
     forget_gone(dp, interfaces, &desired);
     for (name, ep) in &desired {
         if let Some(a) = interfaces.attached.get(name) {

@@ -191,7 +191,13 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
 /// started), nothing installed yet.
 fn new_shared(opts: &RunOptions, mut dp: Dataplane) -> anyhow::Result<Shared> {
     let mut interfaces = Interfaces::default();
-    services::start(&mut dp, &opts.services, &mut interfaces.post_nat)?;
+    // After an upgrade that replaced the tables, `post_nat` waits for the first
+    // install like the endpoint programs: swapped into its pinned link now, it
+    // would judge deferred Service flows against empty tables (deny); the
+    // earlier agent's keeps judging with the earlier tables until then.
+    if !dp.replaced_tables() {
+        services::start(&mut dp, &opts.services, &mut interfaces.post_nat)?;
+    }
     if dp.adopted() {
         tracing::info!(bpffs = %opts.bpffs.display(), "found pinned state of an earlier agent; adopting it (it stays enforced meanwhile)");
     } else {

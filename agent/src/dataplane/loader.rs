@@ -98,6 +98,13 @@ pub struct Dataplane {
     pub(super) pin_dir: Option<PathBuf>,
     /// The maps were already pinned (an earlier agent's state was found).
     adopted: bool,
+    /// The pinned table group was of another layout and was replaced by fresh
+    /// maps (`upgrade`): they stay empty until this agent's first install.
+    replaced_tables: bool,
+    /// The replaced group's program array, kept alive for the earlier
+    /// programs until this agent's are in the links
+    /// ([`super::upgrade::hold_old_program_array`]).
+    old_program_array: Option<MapData>,
     /// What this agent wrote into each copy of the tables (index: generation),
     /// so an install diffs against memory instead of reading the kernel's
     /// copy back (~0.5 s at 40k keys). `None`: not known (before this agent's
@@ -176,6 +183,7 @@ impl Dataplane {
         }
         let adopted = maps.join("ACTIVE").exists();
         let mut replaced = None;
+        let mut old_program_array = None;
         let ebpf = match load_with_pins(&maps, None) {
             Err(aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
                 name,
@@ -185,6 +193,7 @@ impl Dataplane {
                 // group beside them (see `upgrade`).
                 let next = super::upgrade::prepare_next(dir)?;
                 replaced = Some(super::upgrade::pinned_active(&maps)?);
+                old_program_array = super::upgrade::hold_old_program_array(&maps)?;
                 load_with_pins(&maps, Some(&next))
             }
             other => other,
@@ -207,6 +216,8 @@ impl Dataplane {
         })?;
         let mut this = Self::from_ebpf(ebpf, Some(dir.to_path_buf()), adopted)?;
         if let Some(old) = replaced {
+            this.replaced_tables = true;
+            this.old_program_array = old_program_array;
             this.set_active(old)?;
             super::upgrade::commit(dir)?;
             tracing::info!(
@@ -232,6 +243,8 @@ impl Dataplane {
             events,
             pin_dir,
             adopted,
+            replaced_tables: false,
+            old_program_array: None,
             shadow: [None, None],
         };
         for hook in Hook::ALL {
@@ -292,6 +305,21 @@ impl Dataplane {
     /// Whether an earlier agent's pinned maps were found and reused.
     pub fn adopted(&self) -> bool {
         self.adopted
+    }
+
+    /// Whether the pinned tables were of another layout and replaced by fresh,
+    /// empty ones: no program of this agent may go into a pinned link before
+    /// its first install (the earlier agent's programs keep their own tables).
+    pub fn replaced_tables(&self) -> bool {
+        self.replaced_tables
+    }
+
+    /// Lets go of the replaced group's program array, once this agent's
+    /// programs are in every link (no earlier program runs any more).
+    pub fn release_replaced_tables(&mut self) {
+        if self.old_program_array.take().is_some() {
+            tracing::info!("the earlier agent's program array released");
+        }
     }
 
     /// The map `name` as the typed map `T` (e.g. `Array<&MapData, ActiveTables>`).

@@ -92,6 +92,22 @@ pub fn pinned_active(maps: &Path) -> Result<ActiveTables, DataplaneError> {
     array.get(&0, 0).map_err(|e| pin_err(&path, e))
 }
 
+/// The earlier agent's program array (`SERVICE_PROGS`), held open until this
+/// agent's programs are in every link. The kernel empties a program array
+/// when no file descriptor or pin refers to it any more (to break reference
+/// cycles), and [`commit`] moves the pin away: without this handle the
+/// earlier programs' tail calls to `post_nat` (a Service flow to a local
+/// backend) would fail from the rename until their links are swapped.
+pub fn hold_old_program_array(maps: &Path) -> Result<Option<MapData>, DataplaneError> {
+    let path = maps.join("SERVICE_PROGS");
+    if !path.exists() {
+        return Ok(None);
+    }
+    MapData::from_pin(&path)
+        .map(Some)
+        .map_err(|e| pin_err(&path, e))
+}
+
 /// Moves the group's pins from `maps_next` over those under `maps`, then
 /// removes `maps_next`.
 pub fn commit(dir: &Path) -> Result<(), DataplaneError> {

@@ -460,3 +460,30 @@ pub fn tcx_programs(lab: &Lab, iface: &str) -> Vec<u32> {
         ids
     })
 }
+
+/// Pins, in place of `maps/NAME`, a hash map of the layout `GROUPS_*` had
+/// before it lost its preallocation (12-byte key, 4-byte value, 262,144
+/// entries, no flags), as an agent of that version left it.
+pub fn pin_old_groups_map(bpffs: &Path, name: &str) {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    // union bpf_attr: map_create {type, key_size, value_size, max_entries, flags}.
+    let mut attr = [0u32; 32];
+    attr[..5].copy_from_slice(&[1, 12, 4, 262_144, 0]); // BPF_MAP_TYPE_HASH
+                                                        // SAFETY: a zeroed attr of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_mut_ptr(), 128) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    let path = bpffs.join("maps").join(name);
+    std::fs::remove_file(&path).unwrap();
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // obj_pin {u64 pathname; u32 bpf_fd; u32 file_flags}.
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = fd as u64;
+    // SAFETY: as above; pathname a valid C string.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_mut_ptr(), 128) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: our descriptor; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
+}
