@@ -401,18 +401,74 @@ fn parse_sources(sources: &[(PathBuf, String)], mut diagnostics: Vec<Diagnostic>
     }
 }
 
-/// Reads and parses every `.yaml`/`.yml` file named by `paths` (directories expanded).
-pub fn parse_paths<P: AsRef<Path>>(paths: &[P]) -> Parsed {
-    let mut diags = Vec::new();
-    let files = collect_files(paths, &mut diags);
-    let mut sources = Vec::new();
-    for f in files {
-        match read_bounded(&f) {
-            Ok(text) => sources.push((f, text)),
-            Err(d) => diags.push(d),
+/// One file read and parsed on its own (no checks between documents): what
+/// the files datastore keeps per file between loads.
+#[derive(Clone, Debug)]
+pub struct ParsedFile {
+    /// The file's text, or why it could not be read.
+    pub text: Result<String, Diagnostic>,
+    /// Its documents, valid and invalid, in order.
+    pub docs: Vec<Document>,
+    /// What parsing and validating them found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ParsedFile {
+    /// Parses what reading `file` gave ([`read_file`]).
+    pub fn parse(file: &Path, text: Result<String, Diagnostic>) -> Self {
+        let mut diagnostics = Vec::new();
+        let docs = match &text {
+            Ok(text) => parse_file(file, text, &mut diagnostics),
+            Err(_) => Vec::new(),
+        };
+        Self {
+            text,
+            docs,
+            diagnostics,
         }
     }
-    parse_sources(&sources, diags)
+}
+
+/// Reads a file of at most [`MAX_FILE_BYTES`] that must be UTF-8.
+pub fn read_file(file: &Path) -> Result<String, Diagnostic> {
+    read_bounded(file)
+}
+
+/// The files of a load, each read and parsed on its own, put together in
+/// reading order (`files`: sorted as [`collect_files`] gives them) after the
+/// diagnostics of finding them (`found`): what [`parse_paths`] gives for the
+/// same files.
+pub fn parsed_from<'a>(
+    found: &[Diagnostic],
+    files: impl Iterator<Item = (&'a PathBuf, &'a ParsedFile)> + Clone,
+) -> Parsed {
+    let mut diagnostics = found.to_vec();
+    diagnostics.extend(
+        files
+            .clone()
+            .filter_map(|(_, f)| f.text.as_ref().err().cloned()),
+    );
+    let mut parsed = Parsed::default();
+    for (path, file) in files.filter(|(_, f)| f.text.is_ok()) {
+        parsed.files.push(path.clone());
+        parsed.docs.extend(file.docs.iter().cloned());
+        diagnostics.extend(file.diagnostics.iter().cloned());
+    }
+    parsed.diagnostics = diagnostics;
+    parsed
+}
+
+/// Reads and parses every `.yaml`/`.yml` file named by `paths` (directories expanded).
+pub fn parse_paths<P: AsRef<Path>>(paths: &[P]) -> Parsed {
+    let mut found = Vec::new();
+    let files: Vec<(PathBuf, ParsedFile)> = collect_files(paths, &mut found)
+        .into_iter()
+        .map(|f| {
+            let parsed = ParsedFile::parse(&f, read_file(&f));
+            (f, parsed)
+        })
+        .collect();
+    parsed_from(&found, files.iter().map(|(p, f)| (p, f)))
 }
 
 /// Finishes a load (checks between documents, the model), keeping the last
