@@ -209,13 +209,10 @@ fn load_average() -> String {
 
 /// Waits for a burst of file events to end (none for 100 ms).
 fn quiet(rt: &tokio::runtime::Runtime, changes: &mut Changes) {
-    while rt
-        .block_on(tokio::time::timeout(
-            Duration::from_millis(100),
-            changes.next(),
-        ))
-        .is_ok()
-    {}
+    rt.block_on(async {
+        let wait = Duration::from_millis(100);
+        while tokio::time::timeout(wait, changes.next()).await.is_ok() {}
+    });
 }
 
 fn file_changes(o: &Options, dp: &mut Dataplane) {
