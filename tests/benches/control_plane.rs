@@ -114,6 +114,14 @@ fn cpu_time() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// CPU time of the calling thread so far (a load runs on one thread).
+fn thread_cpu_time() -> Duration {
+    // SAFETY: clock_gettime only writes the struct it is given.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -269,6 +277,7 @@ fn file_changes(o: &Options, dp: &mut Dataplane) {
     let mut steps: Vec<(&str, Vec<Duration>)> = [
         "write to signal",
         "load (changed files)",
+        "load, thread CPU",
         "compile (incremental)",
         "install",
         "total, write to flip",
@@ -283,12 +292,15 @@ fn file_changes(o: &Options, dp: &mut Dataplane) {
         edit(dir, o, k, &mut added);
         rt.block_on(changes.next()).expect("the watcher runs");
         let signalled = t0.elapsed();
+        let load_cpu = thread_cpu_time();
         let load = ds.load_for_node(&previous, NODE);
         let loaded = t0.elapsed() - signalled;
+        let load_cpu = thread_cpu_time() - load_cpu;
         let (next, r, compiled, installed) = apply(&mut compiler, dp, &load.loaded.model, &ids);
         let times = [
             signalled,
             loaded,
+            load_cpu,
             compiled,
             installed,
             t0.elapsed(),
