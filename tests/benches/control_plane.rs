@@ -1,18 +1,25 @@
 //! Control plane: how long a datastore change takes to reach the kernel's
 //! tables, with the incremental compiler (`agent::compile::Compiler`).
 //!
-//! 1. File change to new verdict: a datastore of `--endpoints` workload
+//! 1. File change to new verdict: a directory of `--endpoints` workload
 //!    endpoints (5,000; `--local` of them, 100, on this node: the others are
 //!    peers) and `--policies` GlobalNetworkPolicies (1,000), one document per
-//!    file. Each change edits one document (a pod relabelled, a policy's port
-//!    changed, a pod added or removed again), then does what the daemon does on
-//!    a file change, timed from the edit to the flip: load every document,
-//!    keep this node's interfaces, compile (incrementally), install into real
-//!    kernel maps (only the entries that differ, from the shadow). After the
-//!    flip every packet is judged by the new tables. Not included: the file
-//!    watcher's debounce (`datastore::file_watch::DEBOUNCE`, 200 ms), which
-//!    the daemon waits before loading. In process, not through a running agent
-//!    in a network namespace: the same functions, without the watcher.
+//!    file, watched by the files datastore's own watcher
+//!    (`datastore::FileDatastore::watch`). Each change edits one file (a pod
+//!    relabelled in place, a policy's port changed by an atomic save, a pod's
+//!    file added, then removed), then does what the daemon does, timed from
+//!    the write to the flip of `ACTIVE`: wait for the watcher's signal (its
+//!    debounce, `datastore::DEBOUNCE`), load as the daemon loads
+//!    (`FileDatastore::load_for_node`: only the files the events named are
+//!    read and parsed again; the last good state kept), compile
+//!    (incrementally), install into real kernel maps (only the entries that
+//!    differ, from the shadow). After the flip every packet is judged by the
+//!    new tables. In process, not through a running agent in a network
+//!    namespace: the daemon's functions without its event loop (which runs
+//!    the same steps in a blocking task). For comparison, loads of the same
+//!    directory with every file parsed (as every load was before the
+//!    datastore kept files) and with every file read but none parsed (a load
+//!    after lost events).
 //! 2. Churn: a model of `--churn-pods` pods (10,000; 100 local) and 1,000
 //!    policies; 50 pod changes per second arrive (a pod relabelled, or given
 //!    a new address as when it is replaced; one in 50 on this node);
@@ -23,14 +30,14 @@
 //!
 //! `cargo +1.99.0 bench -p agent-tests --bench control_plane [-- --quick]` (as root).
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent::compile::testgen::scale_model;
 use agent::compile::{Compiler, EndpointIds, Limits};
 use agent::dataplane::Dataplane;
+use agent::datastore::{Changes, FileDatastore, DEBOUNCE};
 use agent::model::ir::Model;
-use agent::model::load::load_sources;
 
 const NODE: &str = "bench-node";
 
@@ -107,6 +114,14 @@ fn cpu_time() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// CPU time of the calling thread so far (a load runs on one thread).
+fn thread_cpu_time() -> Duration {
+    // SAFETY: clock_gettime only writes the struct it is given.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -133,114 +148,205 @@ fn apply(
     )
 }
 
-fn file_changes(o: &Options, dp: &mut Dataplane) {
-    let mut docs: Vec<(PathBuf, String)> = (0..o.endpoints)
-        .map(|i| {
-            (
-                format!("pod{i}.yaml").into(),
-                pod_doc(i, i % 10, i < o.local),
-            )
-        })
-        .chain((0..o.policies).map(|p| {
-            let doc = policy_doc(p, 8000 + p % 50);
-            (format!("policy{p}.yaml").into(), doc)
-        }))
-        .collect();
-    let load = |docs: &[(PathBuf, String)]| {
-        let mut l = load_sources(docs);
-        agent::model::node::keep_this_node(&mut l, NODE);
-        l.model
-    };
-    let mut compiler = Compiler::new();
-    let started = Instant::now();
-    let model = load(&docs);
-    let loaded = started.elapsed();
-    let (mut ids, _, first_compile, first_install) =
-        apply(&mut compiler, dp, &model, &EndpointIds::default());
-    println!(
-        "file change -> verdict: {} endpoints ({} local), {} policies; first load {}, compile {}, install {}",
-        o.endpoints,
-        o.local,
-        o.policies,
-        ms(loaded),
-        ms(first_compile),
-        ms(first_install)
-    );
-    let (mut total, mut loads, mut compiles, mut installs) = (vec![], vec![], vec![], vec![]);
-    let mut cpu = vec![];
-    let mut reused = 0;
-    let mut added = false;
-    for k in 0..o.changes {
-        match k % 4 {
-            0 => {
-                let i = (k * 7919) % o.endpoints;
-                docs[i].1 = pod_doc(i, (i + k) % 10, i < o.local);
-            }
-            1 => {
-                let p = (k * 104_729) % o.policies;
-                docs[o.endpoints + p].1 = policy_doc(p, 7000 + k % 500);
-            }
-            _ if added => {
-                docs.pop();
-                added = false;
-            }
-            _ => {
-                let i = o.endpoints + 10_000 + k;
-                docs.push((
-                    format!("pod{i}.yaml").into(),
-                    pod_doc(i, k % 10, k % 8 == 2),
-                ));
-                added = true;
-            }
-        }
-        let (t0, c0) = (Instant::now(), cpu_time());
-        let model = load(&docs);
-        let loaded = t0.elapsed();
-        let (next, r, compiled, installed) = apply(&mut compiler, dp, &model, &ids);
-        total.push(t0.elapsed());
-        cpu.push(cpu_time() - c0);
-        loads.push(loaded);
-        compiles.push(compiled);
-        installs.push(installed);
-        reused += r;
-        ids = next;
+/// A directory of policy files, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("control-plane-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("a temporary directory");
+        TempDir(dir)
     }
-    println!("{:>10} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
-    for (what, samples) in [
-        ("load", &mut loads),
-        ("compile", &mut compiles),
-        ("install", &mut installs),
-        ("total", &mut total),
-        ("total CPU", &mut cpu),
-    ] {
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One edit of the datastore: relabel a pod (written in place), change a
+/// policy's port (an editor's atomic save: a temporary file renamed over
+/// it), add a pod's file, remove it again.
+fn edit(dir: &Path, o: &Options, k: usize, added: &mut bool) {
+    match k % 4 {
+        0 => {
+            let i = (k * 7919) % o.endpoints;
+            let text = pod_doc(i, (i + k) % 10, i < o.local);
+            std::fs::write(dir.join(format!("pod{i}.yaml")), text).expect("writes");
+        }
+        1 => {
+            let p = (k * 104_729) % o.policies;
+            let tmp = dir.join(format!(".policy{p}.yaml.tmp"));
+            std::fs::write(&tmp, policy_doc(p, 7000 + k % 500)).expect("writes");
+            std::fs::rename(&tmp, dir.join(format!("policy{p}.yaml"))).expect("renames");
+        }
+        _ => {
+            let i = o.endpoints + 10_000 + (k & !3);
+            let file = dir.join(format!("pod{i}.yaml"));
+            if *added {
+                std::fs::remove_file(file).expect("removes");
+            } else {
+                std::fs::write(file, pod_doc(i, k % 10, k % 8 == 2)).expect("writes");
+            }
+            *added = !*added;
+        }
+    }
+}
+
+/// Samples of one step, printed as p50, p99, max.
+fn print_steps(rows: &mut [(&str, Vec<Duration>)]) {
+    println!("{:>22} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
+    for (what, samples) in rows.iter_mut() {
         let (p50, p99, max) = (
             percentile(samples, 0.5),
             percentile(samples, 0.99),
             percentile(samples, 1.0),
         );
-        println!("{what:>10} {:>10} {:>10} {:>10}", ms(p50), ms(p99), ms(max));
+        println!("{what:>22} {:>10} {:>10} {:>10}", ms(p50), ms(p99), ms(max));
     }
-    let (t0, c0) = (Instant::now(), cpu_time());
-    let _ = load(&docs);
-    println!(
-        "a load alone: {} ({} CPU)",
-        ms(t0.elapsed()),
-        ms(cpu_time() - c0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".into(),
+        |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
+}
+
+/// Waits for a burst of file events to end (none for 100 ms).
+fn quiet(rt: &tokio::runtime::Runtime, changes: &mut Changes) {
+    rt.block_on(async {
+        let wait = Duration::from_millis(100);
+        while tokio::time::timeout(wait, changes.next()).await.is_ok() {}
+    });
+}
+
+fn file_changes(o: &Options, dp: &mut Dataplane) {
+    let tmp = TempDir::new();
+    let dir = tmp.0.as_path();
+    for i in 0..o.endpoints {
+        std::fs::write(
+            dir.join(format!("pod{i}.yaml")),
+            pod_doc(i, i % 10, i < o.local),
+        )
+        .expect("writes");
+    }
+    for p in 0..o.policies {
+        std::fs::write(
+            dir.join(format!("policy{p}.yaml")),
+            policy_doc(p, 8000 + p % 50),
+        )
+        .expect("writes");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // As the daemon: watched before the first load, one datastore for all
+    // loads (it keeps each file's documents), the installed load's documents
+    // kept for the next.
+    let ds = FileDatastore::new(dir);
+    let mut changes = rt.block_on(async { ds.watch() }).expect("watches");
+    let mut compiler = Compiler::new();
+    let started = Instant::now();
+    let first = ds.load_for_node(&[], NODE);
+    let loaded = started.elapsed();
+    let (mut ids, _, first_compile, first_install) = apply(
+        &mut compiler,
+        dp,
+        &first.loaded.model,
+        &EndpointIds::default(),
     );
+    let mut previous = first.loaded.documents;
     println!(
-        "{} changes; endpoints reused per compile: {:.1} of {}",
+        "file change -> verdict: {} endpoints ({} local), {} policies in {} files; debounce {}; \
+         first load {}, compile {}, install {}; load average {}",
+        o.endpoints,
+        o.local,
+        o.policies,
+        o.endpoints + o.policies,
+        ms(DEBOUNCE),
+        ms(loaded),
+        ms(first_compile),
+        ms(first_install),
+        load_average()
+    );
+    quiet(&rt, &mut changes);
+    let mut steps: Vec<(&str, Vec<Duration>)> = [
+        "write to signal",
+        "load (changed files)",
+        "load, thread CPU",
+        "compile (incremental)",
+        "install",
+        "total, write to flip",
+        "total, process CPU",
+    ]
+    .into_iter()
+    .map(|s| (s, vec![]))
+    .collect();
+    let (mut reused, mut parsed, mut added) = (0, 0, false);
+    for k in 0..o.changes {
+        let (t0, c0) = (Instant::now(), cpu_time());
+        edit(dir, o, k, &mut added);
+        rt.block_on(changes.next()).expect("the watcher runs");
+        let signalled = t0.elapsed();
+        let load_cpu = thread_cpu_time();
+        let load = ds.load_for_node(&previous, NODE);
+        let loaded = t0.elapsed() - signalled;
+        let load_cpu = thread_cpu_time() - load_cpu;
+        let (next, r, compiled, installed) = apply(&mut compiler, dp, &load.loaded.model, &ids);
+        let times = [
+            signalled,
+            loaded,
+            load_cpu,
+            compiled,
+            installed,
+            t0.elapsed(),
+            cpu_time() - c0,
+        ];
+        for ((_, samples), t) in steps.iter_mut().zip(times) {
+            samples.push(t);
+        }
+        assert!(load.parsed_files <= 1, "{} files parsed", load.parsed_files);
+        let local_pods = load
+            .loaded
+            .model
+            .endpoints
+            .iter()
+            .filter(|e| e.interface.is_some());
+        assert!(local_pods.count() >= o.local, "local pods lost");
+        parsed += load.parsed_files;
+        reused += r;
+        ids = next;
+        previous = load.loaded.documents;
+        quiet(&rt, &mut changes);
+    }
+    print_steps(&mut steps);
+    println!(
+        "{} changes, {} files parsed again in all; endpoints reused per compile: {:.1} of {}",
         o.changes,
+        parsed,
         reused as f64 / o.changes as f64,
         o.local
     );
-    let t0 = Instant::now();
-    Compiler::new()
-        .compile(&load(&docs), &Limits::default(), &ids)
-        .expect("compiles");
-    println!(
-        "for comparison, a compile from scratch (with load): {}",
-        ms(t0.elapsed())
-    );
+    // The same directory loaded as before this datastore kept anything
+    // (every file read and parsed), and read again without the watcher's
+    // word (every file read and compared, none parsed: after lost events).
+    let mut rows: Vec<(&str, Vec<Duration>)> =
+        vec![("load, all parsed", vec![]), ("load, all read", vec![])];
+    let unwatched = FileDatastore::new(dir);
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        FileDatastore::new(dir).load_for_node(&previous, NODE);
+        rows[0].1.push(t0.elapsed());
+        let t0 = Instant::now();
+        unwatched.load_for_node(&previous, NODE);
+        rows[1].1.push(t0.elapsed());
+    }
+    print_steps(&mut rows);
+    println!("load average {}", load_average());
 }
 
 /// A pod change as a Kubernetes watch delivers it.

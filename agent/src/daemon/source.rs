@@ -38,7 +38,9 @@ pub(super) enum Source {
 /// Makes a load (cheap to clone; runs in a blocking task).
 #[derive(Clone)]
 pub(super) enum Loader {
-    Files(PathBuf, String),
+    /// The datastore shares what the watcher saw and each file's documents
+    /// with [`Source::Files`]: a load re-reads only the files that changed.
+    Files(FileDatastore, String),
     Kubernetes(KubeSnapshot),
 }
 
@@ -55,9 +57,9 @@ impl Loader {
     /// A fresh load; `previous`: the documents of the load that is installed.
     fn load(&self, previous: &[crate::model::load::Document]) -> Load {
         match self {
-            Self::Files(dir, node) => {
-                let mut l = FileDatastore::new(dir).load_keeping(previous);
-                crate::model::node::keep_this_node(&mut l.loaded, node);
+            Self::Files(ds, node) => {
+                let l = ds.load_for_node(previous, node);
+                tracing::debug!(files = l.parsed_files, "datastore files parsed again");
                 Load {
                     loaded: l.loaded,
                     kept: l.kept,
@@ -100,7 +102,7 @@ impl Source {
 
     pub(super) fn loader(&self) -> Loader {
         match self {
-            Self::Files(ds, node, _) => Loader::Files(ds.dir.clone(), node.clone()),
+            Self::Files(ds, node, _) => Loader::Files(ds.clone(), node.clone()),
             Self::Kubernetes(k) => Loader::Kubernetes(k.snapshot()),
         }
     }

@@ -1,17 +1,37 @@
 //! The files datastore: a directory of YAML documents, loaded with the last
 //! good state of a document kept while its new text is rejected.
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::model::load::{finish_keeping, parse_paths, Document, Parsed};
+use super::file_cache::{Changed, FileCache};
+use super::file_watch::Seen;
+use crate::model::load::{finish_keeping, Document, Parsed};
 use crate::model::{Diagnostic, Loaded, Severity};
 
+/// A directory of YAML documents. Clones share what is kept between loads
+/// (each file's parsed documents) and what the watcher saw change.
+#[derive(Clone)]
 pub struct FileDatastore {
     pub dir: PathBuf,
+    cache: Arc<Mutex<FileCache>>,
+    /// What changed since the last load, from [`FileDatastore::watch`]'s
+    /// events; None until watched (then every load reads every file).
+    pub(super) seen: Arc<Mutex<Option<Seen>>>,
+}
+
+/// A lock that a panic elsewhere does not poison for good (what is behind it
+/// is rebuilt on the next load when in doubt).
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FileDatastore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            cache: Arc::default(),
+            seen: Arc::default(),
+        }
     }
 
     pub fn load(&self) -> Loaded {
@@ -21,36 +41,58 @@ impl FileDatastore {
     /// Loads the directory, keeping the last good state (`previous`: the
     /// documents of the last load that was installed) where files are broken,
     /// and all of it when the directory itself is missing or unreadable (see
-    /// [`finish_keeping`]).
+    /// [`finish_keeping`]). Re-parses only the files that changed since the
+    /// last load (all files are read again unless watched).
     pub fn load_keeping(&self, previous: &[Document]) -> FileLoad {
         let problem = match std::fs::read_dir(&self.dir) {
             Ok(_) if self.dir.is_dir() => None,
             Ok(_) => Some("is not a directory".to_string()),
             Err(e) => Some(e.to_string()),
         };
+        let mut cache = lock(&self.cache);
         let parsed = match &problem {
-            None => parse_paths(&[&self.dir]),
-            Some(e) => Parsed {
-                diagnostics: vec![Diagnostic {
-                    severity: Severity::Error,
-                    file: self.dir.clone(),
-                    line: 1,
-                    resource: String::new(),
-                    field: String::new(),
-                    message: format!(
-                        "cannot read the datastore directory: {e}; the last good state stays enforced"
-                    ),
-                }],
-                ..Parsed::default()
-            },
+            None => {
+                let changed = lock(&self.seen)
+                    .as_mut()
+                    .map_or(Changed::Unknown, Seen::take);
+                cache.load(&self.dir, changed)
+            }
+            Some(e) => {
+                cache.forget();
+                Parsed {
+                    diagnostics: vec![Diagnostic {
+                        severity: Severity::Error,
+                        file: self.dir.clone(),
+                        line: 1,
+                        resource: String::new(),
+                        field: String::new(),
+                        message: format!(
+                            "cannot read the datastore directory: {e}; the last good state stays enforced"
+                        ),
+                    }],
+                    ..Parsed::default()
+                }
+            }
         };
+        let parsed_files = cache.parsed;
+        drop(cache);
         let (loaded, kept) = finish_keeping(parsed, previous);
         FileLoad {
             loaded,
             kept,
             problem: problem
                 .map(|e| format!("directory {}: {e}; last state kept", self.dir.display())),
+            parsed_files,
         }
+    }
+
+    /// A load as the daemon makes it: keeping the last good state
+    /// ([`Self::load_keeping`]), with the interfaces of `node`'s workload
+    /// endpoints only (the others are peers).
+    pub fn load_for_node(&self, previous: &[Document], node: &str) -> FileLoad {
+        let mut l = self.load_keeping(previous);
+        crate::model::node::keep_this_node(&mut l.loaded, node);
+        l
     }
 }
 
@@ -61,6 +103,9 @@ pub struct FileLoad {
     pub kept: Vec<String>,
     /// Why the directory could not be read, if it could not.
     pub problem: Option<String>,
+    /// Files read and parsed again (the others' documents were kept from the
+    /// last load).
+    pub parsed_files: usize,
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! removed, renamed; editors' atomic saves), with the last good state of a
 //! document kept while its new text is rejected.
 //!
-//! Files: `files` (loading), `file_watch` (watching), `keep_last_good`;
+//! Files: `files` (loading), `file_cache` (each file's documents kept
+//! between loads), `file_watch` (watching), `keep_last_good`;
 //! [`kubernetes`]: the Kubernetes datastore.
+mod file_cache;
 mod file_watch;
 mod files;
 mod keep_last_good;

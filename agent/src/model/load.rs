@@ -2,6 +2,7 @@
 //! becomes a diagnostic and is left out; the others still load.
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::assemble;
 use super::files::{check_value_bounds, file_error, read_bounded, too_big};
@@ -13,7 +14,9 @@ use super::yaml::{self, line_of};
 use super::{crd, list, pod};
 use super::{Diagnostic, Loaded, Severity, SourceLocation};
 
-/// A document that parsed and validated, with where it came from.
+/// A document that parsed and validated, with where it came from. Cheap to
+/// clone (what it holds is shared): the files datastore keeps every file's
+/// documents between loads and hands each load its own list.
 #[derive(Clone, Debug)]
 pub struct Document {
     pub file: PathBuf,
@@ -22,12 +25,12 @@ pub struct Document {
     pub kind: ResourceKind,
     /// `Kind/namespace/name` or `Kind/name`.
     pub id: String,
-    pub resource: Resource,
-    pub lines: HashMap<String, usize>,
+    pub resource: Arc<Resource>,
+    pub lines: Arc<HashMap<String, usize>>,
     /// What the document contributes to the model; None when it has an
     /// error: it is then only kept to report cross-document problems too, and
     /// never reaches the model.
-    pub lowered: Option<Lowered>,
+    pub lowered: Option<Arc<Lowered>>,
 }
 
 impl Document {
@@ -58,17 +61,13 @@ impl Document {
     }
 
     /// The identity duplicates are checked by.
-    pub fn key(&self) -> DocKey {
-        (
-            self.kind,
-            self.namespace().map(str::to_string),
-            self.name().to_string(),
-        )
+    pub fn key(&self) -> DocKey<'_> {
+        (self.kind, self.namespace(), self.name())
     }
 }
 
 /// A document's identity: kind, namespace (namespaced kinds), name.
-pub type DocKey = (ResourceKind, Option<String>, String);
+pub type DocKey<'a> = (ResourceKind, Option<&'a str>, &'a str);
 
 pub fn resource_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
     match namespace {
@@ -196,9 +195,9 @@ fn parse_value(
         line,
         kind,
         id,
-        resource,
-        lines,
-        lowered,
+        resource: Arc::new(resource),
+        lines: Arc::new(lines),
+        lowered: lowered.map(Arc::new),
     };
     for Issue {
         severity,
@@ -221,7 +220,7 @@ fn parse_value(
 fn cross_check(
     mut docs: Vec<Document>,
     diags: &mut Vec<Diagnostic>,
-    owners: &HashMap<DocKey, PathBuf>,
+    owners: &HashMap<DocKey, &Path>,
 ) -> Vec<Document> {
     // Valid documents are loaded unless a check below drops them; invalid ones
     // get the checks too (reported, never loaded); duplicates only their report.
@@ -251,7 +250,7 @@ fn cross_check(
 fn duplicates(
     docs: &[Document],
     diags: &mut Vec<Diagnostic>,
-    owners: &HashMap<DocKey, PathBuf>,
+    owners: &HashMap<DocKey, &Path>,
     load: &mut [bool],
 ) -> Vec<bool> {
     // The winner of each identity: its owner's document, else the first.
@@ -292,7 +291,7 @@ fn references(
     profiles: &BTreeSet<&str>,
     diags: &mut Vec<Diagnostic>,
 ) -> bool {
-    let tier = match &doc.resource {
+    let tier = match &*doc.resource {
         Resource::GlobalNetworkPolicy(o)
         | Resource::StagedGlobalNetworkPolicy(o)
         | Resource::NetworkPolicy(o)
@@ -312,7 +311,7 @@ fn references(
         ));
         return false;
     }
-    let endpoint_profiles = match &doc.resource {
+    let endpoint_profiles = match &*doc.resource {
         Resource::WorkloadEndpoint(o) => {
             if o.spec.ip_networks.is_empty() {
                 diags.push(doc.diagnostic(
@@ -401,18 +400,74 @@ fn parse_sources(sources: &[(PathBuf, String)], mut diagnostics: Vec<Diagnostic>
     }
 }
 
-/// Reads and parses every `.yaml`/`.yml` file named by `paths` (directories expanded).
-pub fn parse_paths<P: AsRef<Path>>(paths: &[P]) -> Parsed {
-    let mut diags = Vec::new();
-    let files = collect_files(paths, &mut diags);
-    let mut sources = Vec::new();
-    for f in files {
-        match read_bounded(&f) {
-            Ok(text) => sources.push((f, text)),
-            Err(d) => diags.push(d),
+/// One file read and parsed on its own (no checks between documents): what
+/// the files datastore keeps per file between loads.
+#[derive(Clone, Debug)]
+pub struct ParsedFile {
+    /// The file's text, or why it could not be read.
+    pub text: Result<String, Diagnostic>,
+    /// Its documents, valid and invalid, in order.
+    pub docs: Vec<Document>,
+    /// What parsing and validating them found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ParsedFile {
+    /// Parses what reading `file` gave ([`read_file`]).
+    pub fn parse(file: &Path, text: Result<String, Diagnostic>) -> Self {
+        let mut diagnostics = Vec::new();
+        let docs = match &text {
+            Ok(text) => parse_file(file, text, &mut diagnostics),
+            Err(_) => Vec::new(),
+        };
+        Self {
+            text,
+            docs,
+            diagnostics,
         }
     }
-    parse_sources(&sources, diags)
+}
+
+/// Reads a file of at most [`MAX_FILE_BYTES`] that must be UTF-8.
+pub fn read_file(file: &Path) -> Result<String, Diagnostic> {
+    read_bounded(file)
+}
+
+/// The files of a load, each read and parsed on its own, put together in
+/// reading order (`files`: sorted as [`collect_files`] gives them) after the
+/// diagnostics of finding them (`found`): what [`parse_paths`] gives for the
+/// same files.
+pub fn parsed_from<'a>(
+    found: &[Diagnostic],
+    files: impl Iterator<Item = (&'a PathBuf, &'a ParsedFile)> + Clone,
+) -> Parsed {
+    let mut diagnostics = found.to_vec();
+    diagnostics.extend(
+        files
+            .clone()
+            .filter_map(|(_, f)| f.text.as_ref().err().cloned()),
+    );
+    let mut parsed = Parsed::default();
+    for (path, file) in files.filter(|(_, f)| f.text.is_ok()) {
+        parsed.files.push(path.clone());
+        parsed.docs.extend(file.docs.iter().cloned());
+        diagnostics.extend(file.diagnostics.iter().cloned());
+    }
+    parsed.diagnostics = diagnostics;
+    parsed
+}
+
+/// Reads and parses every `.yaml`/`.yml` file named by `paths` (directories expanded).
+pub fn parse_paths<P: AsRef<Path>>(paths: &[P]) -> Parsed {
+    let mut found = Vec::new();
+    let files: Vec<(PathBuf, ParsedFile)> = collect_files(paths, &mut found)
+        .into_iter()
+        .map(|f| {
+            let parsed = ParsedFile::parse(&f, read_file(&f));
+            (f, parsed)
+        })
+        .collect();
+    parsed_from(&found, files.iter().map(|(p, f)| (p, f)))
 }
 
 /// Finishes a load (checks between documents, the model), keeping the last
@@ -482,8 +537,10 @@ pub fn finish_keeping(parsed: Parsed, previous: &[Document]) -> (Loaded, Vec<Str
         indexed.sort_by(|(a, x), (b, y)| (a, &x.file, x.line).cmp(&(b, &y.file, y.line)));
         docs = indexed.into_iter().map(|(_, d)| d).collect();
     }
-    let owners: HashMap<DocKey, PathBuf> =
-        previous.iter().map(|d| (d.key(), d.file.clone())).collect();
+    let owners: HashMap<DocKey, &Path> = previous
+        .iter()
+        .map(|d| (d.key(), d.file.as_path()))
+        .collect();
     (finish(docs, diagnostics, &files, &owners, true), kept)
 }
 
@@ -493,7 +550,7 @@ fn finish(
     docs: Vec<Document>,
     mut diagnostics: Vec<Diagnostic>,
     files: &[PathBuf],
-    owners: &HashMap<DocKey, PathBuf>,
+    owners: &HashMap<DocKey, &Path>,
     keep_documents: bool,
 ) -> Loaded {
     let docs = cross_check(docs, &mut diagnostics, owners);
@@ -520,7 +577,7 @@ fn finish(
             line: d.line,
         })
         .collect();
-    let model = assemble::to_model(docs.iter().filter_map(|d| d.lowered.as_ref()));
+    let model = assemble::to_model(docs.iter().filter_map(|d| d.lowered.as_deref()));
     let documents = if keep_documents { docs } else { Vec::new() };
     let policy_sources = model
         .policies
