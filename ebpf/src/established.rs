@@ -28,13 +28,17 @@
 //! in the current epoch (`conntrack::recorded_verdict`: none when judged in an
 //! older epoch or not judged yet, then the full path judges it); on a recorded
 //! verdict `conntrack::touch` and that verdict. The same calls are made here.
-use agent_common::{ip_proto, CtKey, CtSide};
+use agent_common::{ip_proto, AddrWords, CtKey, CtKeyWords, CtSide};
 use aya_ebpf::programs::TcContext;
 
 use crate::coarse_now;
 use crate::conntrack;
-use crate::parse::{be16, ipv4_addresses, is_v4_mapped, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
+use crate::parse::{be16, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 use crate::tables;
+
+/// Bytes 8..16 of an IPv4-mapped address (`0, 0, 0xff, 0xff` and the IPv4
+/// address) as a word, the IPv4 address left out.
+const V4_MAPPED: u64 = 0xffff_0000;
 
 /// What the fast path found.
 pub enum Lean {
@@ -55,7 +59,10 @@ pub fn lookup(ctx: &TcContext, hook_dir: u8) -> Lean {
         return Lean::Full;
     };
     let now = coarse_now();
-    let Some(ct) = conntrack::live_entry(&p.key, p.protocol, now) else {
+    // SAFETY: 40 initialised bytes, 8-aligned, read as a CtKey (repr(C), integers
+    // and byte arrays only, 40 bytes: `CtKeyWords`), for the lookup only.
+    let key = unsafe { &*p.key.as_ptr().cast::<CtKey>() };
+    let Some(ct) = conntrack::live_entry(key, p.protocol, now) else {
         return Lean::Missed;
     };
     let forward = ct.is_forward(p.src_is_lo);
@@ -71,7 +78,7 @@ pub fn lookup(ctx: &TcContext, hook_dir: u8) -> Lean {
 
 /// A packet's conntrack key and what following its flow needs.
 struct Keyed {
-    key: CtKey,
+    key: CtKeyWords,
     /// The packet's source is the key's lower side.
     src_is_lo: bool,
     protocol: u8,
@@ -93,16 +100,23 @@ fn read(ctx: &TcContext) -> Option<Keyed> {
             if h[0] >> 4 != 4 || ihl < 20 || fragment {
                 return None;
             }
-            let (src, dst) = ipv4_addresses(h);
+            let mapped = |a: [u8; 4]| [0, V4_MAPPED | u64::from(u32::from_le_bytes(a)) << 32];
+            let src = mapped([h[12], h[13], h[14], h[15]]);
+            let dst = mapped([h[16], h[17], h[18], h[19]]);
             (src, dst, h[9], ETH_HLEN + ihl)
         }
         ETH_P_IPV6 => {
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { &*ptr_at::<[u8; 40]>(ctx, ETH_HLEN).ok()? };
-            let mut src = [0; 16];
-            let mut dst = [0; 16];
-            src.copy_from_slice(&h[8..24]);
-            dst.copy_from_slice(&h[24..40]);
+            let word = |i: usize| {
+                let mut w = [0; 8];
+                w.copy_from_slice(&h[i..i + 8]);
+                u64::from_le_bytes(w)
+            };
+            let src = [word(8), word(16)];
+            let dst = [word(24), word(32)];
+            // `::ffff:a.b.c.d`: the first 10 bytes zero, then 0xffff.
+            let is_v4_mapped = |a: &AddrWords| a[0] == 0 && a[1] as u32 == V4_MAPPED as u32;
             if h[0] >> 4 != 6 || is_v4_mapped(&src) || is_v4_mapped(&dst) {
                 return None;
             }
@@ -125,7 +139,7 @@ fn read(ctx: &TcContext) -> Option<Keyed> {
     };
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
-    let (key, src_is_lo) = CtKey::of_packet(&src, sport, &dst, dport, protocol);
+    let (key, src_is_lo) = CtKey::words_of_packet(&src, sport, &dst, dport, protocol);
     Some(Keyed {
         key,
         src_is_lo,

@@ -192,13 +192,13 @@ fn ipv6(ctx: &TcContext, p: &mut Parsed) -> Result<(usize, FragId), ParseError> 
 
 /// `::ffff:a.b.c.d`, the form IPv4 addresses take in the lookup keys.
 #[inline(always)]
-pub(crate) fn is_v4_mapped(a: &[u8; 16]) -> bool {
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
 /// The source and destination of an IPv4 header, IPv4-mapped.
 #[inline(always)]
-pub(crate) fn ipv4_addresses(h: &[u8; 20]) -> ([u8; 16], [u8; 16]) {
+fn ipv4_addresses(h: &[u8; 20]) -> ([u8; 16], [u8; 16]) {
     let mut src = [0; 16];
     let mut dst = [0; 16];
     src[10] = 0xff;
