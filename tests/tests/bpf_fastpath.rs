@@ -63,6 +63,27 @@ impl Pair {
         self.frame(hook, &p.frame(), what)
     }
 
+    /// The pod's `syn` (allowed), the handshake's other two packets and a
+    /// reply: the flow's ACK and reply after it, both allowed.
+    fn handshake(&mut self, syn: &Packet) -> (Packet, Packet) {
+        let (ack, reply) = (syn.clone().flags(ACK), syn.reply().flags(ACK));
+        let synack = syn.reply().flags(SYN | ACK);
+        assert_eq!(self.run(Hook::FromEndpoint, syn, "SYN"), TC_ACT_OK);
+        assert_eq!(self.run(Hook::ToEndpoint, &synack, "SYN-ACK"), TC_ACT_OK);
+        assert_eq!(self.run(Hook::FromEndpoint, &ack, "ACK"), TC_ACT_OK);
+        assert_eq!(self.run(Hook::ToEndpoint, &reply, "reply"), TC_ACT_OK);
+        (ack, reply)
+    }
+
+    /// A policy change in both: TCP 8000-8099 to class 2 no longer allowed.
+    fn cut_port_8000(&mut self) {
+        let mut t = base_tables();
+        t.rules.remove(0);
+        for dp in [&mut self.fast, &mut self.full] {
+            dp.install(&t.clone().with_identity_groups()).unwrap();
+        }
+    }
+
     /// Both conntracks, the clock left out (the coarse clock may tick between
     /// the two runs of a packet).
     fn assert_same_conntrack(&mut self) {
@@ -117,15 +138,7 @@ fn fast_and_full_paths_agree_on_established_ipv4_flows() {
     let (from, to) = (Hook::FromEndpoint, Hook::ToEndpoint);
     let mut p = Pair::new();
     let syn = Packet::tcp(ip("10.65.0.10"), 40000, ip("10.65.1.5"), 8000);
-    let ack = syn.clone().flags(ACK);
-    let reply = syn.reply().flags(ACK);
-    assert_eq!(p.run(from, &syn, "SYN"), TC_ACT_OK);
-    assert_eq!(
-        p.run(to, &syn.reply().flags(SYN | ACK), "SYN-ACK"),
-        TC_ACT_OK
-    );
-    assert_eq!(p.run(from, &ack, "ACK"), TC_ACT_OK);
-    assert_eq!(p.run(to, &reply, "reply"), TC_ACT_OK);
+    let (ack, reply) = p.handshake(&syn);
     for words in [1, 10] {
         let what = format!("ACK with {words} words of IPv4 options");
         assert_eq!(
@@ -200,11 +213,7 @@ fn fast_and_full_paths_agree_on_established_ipv4_flows() {
 
     // Policy change: 8000 no longer allowed. The flow is re-judged (in its
     // own orientation, whichever way its next packet goes) and cut.
-    let mut t = base_tables();
-    t.rules.remove(0);
-    for dp in [&mut p.fast, &mut p.full] {
-        dp.install(&t.clone().with_identity_groups()).unwrap();
-    }
+    p.cut_port_8000();
     let opts = with_ipv4_options(reply.frame(), 3);
     assert_eq!(p.frame(to, &opts, "stale reply with options"), TC_ACT_SHOT);
     assert_eq!(p.run(from, &ack, "stale entry, cut"), TC_ACT_SHOT);
@@ -233,15 +242,7 @@ fn fast_and_full_paths_agree_on_established_ipv6_flows() {
     let (from, to) = (Hook::FromEndpoint, Hook::ToEndpoint);
     let mut p = Pair::new();
     let syn = Packet::tcp(ip("fd65::10"), 40000, ip("fd66::5"), 8000);
-    let ack = syn.clone().flags(ACK);
-    let reply = syn.reply().flags(ACK);
-    assert_eq!(p.run(from, &syn, "SYN"), TC_ACT_OK);
-    assert_eq!(
-        p.run(to, &syn.reply().flags(SYN | ACK), "SYN-ACK"),
-        TC_ACT_OK
-    );
-    assert_eq!(p.run(from, &ack, "ACK"), TC_ACT_OK);
-    assert_eq!(p.run(to, &reply, "reply"), TC_ACT_OK);
+    let (ack, reply) = p.handshake(&syn);
     for ext in [vec![0], vec![60], vec![0, 43, 60], vec![44]] {
         let what = format!("ACK after extension headers {ext:?}");
         assert_eq!(
@@ -280,11 +281,7 @@ fn fast_and_full_paths_agree_on_established_ipv6_flows() {
         .later_fragment(0x0777, 185, false);
     assert_eq!(p.run(to, &later, "later fragment of an answer"), TC_ACT_OK);
     // A policy change cuts the TCP flow both ways.
-    let mut t = base_tables();
-    t.rules.remove(0);
-    for dp in [&mut p.fast, &mut p.full] {
-        dp.install(&t.clone().with_identity_groups()).unwrap();
-    }
+    p.cut_port_8000();
     assert_eq!(p.run(to, &reply, "stale reply"), TC_ACT_SHOT);
     assert_eq!(p.run(from, &ack, "cut"), TC_ACT_SHOT);
     assert_eq!(p.fast.counters().unwrap().get(stat::MALFORMED), 2);
