@@ -48,6 +48,50 @@ impl CtKey {
     }
 }
 
+/// [`CtKey`] as five 64-bit words holding its bytes in memory order on a
+/// little-endian machine (the BPF target): what the established fast path
+/// builds in registers and hands to the map lookup as a key, without the
+/// byte copies of 16-byte addresses (`CtKey::of_words` is the same key).
+pub type CtKeyWords = [u64; 5];
+
+/// A 16-byte address as two words loaded from its bytes (`u64::from_le_bytes`
+/// of each half): how the fast path reads addresses from the packet.
+pub type AddrWords = [u64; 2];
+
+impl CtKey {
+    /// [`CtKey::of_packet`] on addresses in words: the key's words (see
+    /// [`CtKeyWords`]) and whether the source is the lower side. The same key
+    /// and the same order, checked against `of_packet` in the tests below.
+    #[inline(always)]
+    pub fn words_of_packet(
+        src: &AddrWords,
+        sport: u16,
+        dst: &AddrWords,
+        dport: u16,
+        protocol: u8,
+    ) -> (CtKeyWords, bool) {
+        // The address bytes as big-endian numbers: the order of `of_packet`.
+        let numeric = |a: &AddrWords| (a[0].swap_bytes(), a[1].swap_bytes());
+        let (s0, s1) = numeric(src);
+        let (d0, d1) = numeric(dst);
+        let src_is_lo = if s0 != d0 {
+            s0 < d0
+        } else if s1 != d1 {
+            s1 < d1
+        } else {
+            sport <= dport
+        };
+        let (lo, port_lo, hi, port_hi) = if src_is_lo {
+            (src, sport, dst, dport)
+        } else {
+            (dst, dport, src, sport)
+        };
+        // Bytes 32..40: port_lo, port_hi (native order), protocol, padding.
+        let tail = u64::from(port_lo) | u64::from(port_hi) << 16 | u64::from(protocol) << 32;
+        ([lo[0], lo[1], hi[0], hi[1], tail], src_is_lo)
+    }
+}
+
 /// True when `(a, ap) <= (b, bp)` (addresses compared as big-endian numbers,
 /// in two 64-bit halves: cheaper for the verifier than 16 byte compares).
 #[inline(always)]
@@ -330,6 +374,60 @@ mod tests {
         let (tcp, _) = CtKey::of_packet(&a, 1, &a, 2, ip_proto::TCP);
         let (udp, _) = CtKey::of_packet(&a, 1, &a, 2, ip_proto::UDP);
         assert_ne!(tcp, udp);
+    }
+
+    /// The key's bytes from its words, as the kernel reads them.
+    fn key_bytes(words: &CtKeyWords) -> [u8; 40] {
+        let mut bytes = [0; 40];
+        for (chunk, w) in bytes.chunks_mut(8).zip(words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        bytes
+    }
+
+    fn addr_words(a: &[u8; 16]) -> AddrWords {
+        let half = |i: usize| u64::from_le_bytes(a[i..i + 8].try_into().unwrap());
+        [half(0), half(8)]
+    }
+
+    #[test]
+    fn key_words_are_the_key_of_packet() {
+        assert_eq!(size_of::<CtKey>(), size_of::<CtKeyWords>());
+        // Addresses that tie on one half or the other, or on both.
+        let addrs = [
+            v4(10, 0, 0, 1),
+            v4(10, 0, 0, 2),
+            v4(9, 255, 255, 255),
+            v4(255, 0, 0, 0),
+            v6(1, 2),
+            v6(1, 9),
+            v6(2, 0),
+            v6(0xfd, 0xff),
+            [0xff; 16],
+            [0; 16],
+        ];
+        let ports = [0, 1, 80, 255, 256, 40000, 65535];
+        for a in &addrs {
+            for b in &addrs {
+                for (ap, bp) in ports.iter().flat_map(|&p| ports.map(|q| (p, q))) {
+                    for protocol in [ip_proto::TCP, ip_proto::UDPLITE] {
+                        let (key, a_is_lo) = CtKey::of_packet(a, ap, b, bp, protocol);
+                        let (words, w_is_lo) = CtKey::words_of_packet(
+                            &addr_words(a),
+                            ap,
+                            &addr_words(b),
+                            bp,
+                            protocol,
+                        );
+                        assert_eq!(w_is_lo, a_is_lo, "{a:?}:{ap} {b:?}:{bp}");
+                        // SAFETY: CtKey is repr(C), 40 bytes of integers, no padding bytes
+                        // left uninitialised (`_pad` is a field).
+                        let bytes: [u8; 40] = unsafe { core::mem::transmute(key) };
+                        assert_eq!(key_bytes(&words), bytes, "{a:?}:{ap} {b:?}:{bp}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -81,7 +81,9 @@ mod service;
 pub mod stat;
 mod tables;
 
-pub use conntrack::{ct_flags, ct_timeout, tcp_state, CtKey, CtSide, CtValue};
+pub use conntrack::{
+    ct_flags, ct_timeout, tcp_state, AddrWords, CtKey, CtKeyWords, CtSide, CtValue,
+};
 pub use events::{event_flags, FlowEvent, TokenBucket, DENY_EVENTS_BURST, DENY_EVENTS_PER_SEC};
 pub use fragments::{FragKey, FragValue};
 pub use packet::{ip_proto, tcp_flags};

@@ -25,6 +25,10 @@ pub mod endpoint_flags {
     /// `SPORTS_*` entries the lookup misses, giving class 0, which is what such
     /// tables use.
     pub const SOURCE_PORTS: u32 = 4;
+    /// Benchmarks and tests only (the agent never sets it): every packet of
+    /// this endpoint takes the full path, the established fast path off, so
+    /// that the two can be measured and checked against each other.
+    pub const FULL_PATH: u32 = 8;
 }
 
 /// Value of `ACTIVE[0]`: which copy of the tables is live, and the policy epoch.

@@ -33,34 +33,43 @@ pub fn live_entry<'a>(key: &CtKey, protocol: u8, now: u64) -> Option<&'a mut CtV
 /// ms), so most packets of a busy flow leave the entry's cache line clean
 /// (not written, not bounced between the CPUs of the flow's two directions).
 #[inline(always)]
-pub fn touch(ct: &mut CtValue, pkt: &Parsed, forward: bool, now: u64) {
+pub fn touch(ct: &mut CtValue, protocol: u8, tcp_flags: u8, forward: bool, now: u64) {
     if ct.last_seen_ns != now {
         ct.last_seen_ns = now;
     }
-    if pkt.protocol == ip_proto::TCP {
-        let state = tcp_state::next(ct.tcp_state, pkt.tcp_flags, forward);
+    if protocol == ip_proto::TCP {
+        let state = tcp_state::next(ct.tcp_state, tcp_flags, forward);
         if state != ct.tcp_state {
             ct.tcp_state = state;
         }
     }
 }
 
-/// The verdict `side` recorded in the current `epoch` (a conntrack hit), or
-/// None when it must be judged: not judged yet, or judged in an older epoch.
-/// Policy changed since then: every side's decision is forgotten.
+/// The verdict `side` recorded in the current `epoch` (a conntrack hit,
+/// counted), or None when it must be judged: not judged yet, or judged in an
+/// older epoch (then [`forget_if_stale`] before judging). Reads only, so the
+/// established fast path asks it too.
 #[inline(always)]
-pub fn recorded_verdict(ct: &mut CtValue, side: &CtSide, epoch: u32) -> Option<bool> {
-    if ct.epoch == epoch {
-        let recorded = side.recorded(ct.flags);
-        if recorded.is_some() {
-            bump(stat::CT_HITS);
-        }
-        return recorded;
+pub fn recorded_verdict(ct: &CtValue, side: &CtSide, epoch: u32) -> Option<bool> {
+    if ct.epoch != epoch {
+        return None;
     }
-    bump(stat::CT_STALE);
-    ct.epoch = epoch;
-    ct.flags &= ct_flags::INITIATOR_LO | ct_flags::SERVICE;
-    None
+    let recorded = side.recorded(ct.flags);
+    if recorded.is_some() {
+        bump(stat::CT_HITS);
+    }
+    recorded
+}
+
+/// An entry from an older epoch: policy changed since, every side's decision
+/// is forgotten (both sides are judged again at their next packets).
+#[inline(always)]
+pub fn forget_if_stale(ct: &mut CtValue, epoch: u32) {
+    if ct.epoch != epoch {
+        bump(stat::CT_STALE);
+        ct.epoch = epoch;
+        ct.flags &= ct_flags::INITIATOR_LO | ct_flags::SERVICE;
+    }
 }
 
 /// `ct_flags::INITIATOR_LO` when the initiator is the key's lower side.

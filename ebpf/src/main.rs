@@ -1,13 +1,15 @@
 //! TC programs attached to the host side of each endpoint's interface.
 //!
 //! `policy`: the dataplane programs `from_endpoint` / `to_endpoint` and their
-//! decision; per packet it runs `parse`, `conntrack`, the lookups in `tables`
-//! (maps in `maps`) and reports through `events`. `service`: the `post_nat`
-//! program and the deferral of flows to Service frontends.
+//! decision; per packet it runs `established` (the fast path of flows whose
+//! conntrack entry holds the verdict), else `parse`, `conntrack`, the lookups
+//! in `tables` (maps in `maps`) and reports through `events`. `service`: the
+//! `post_nat` program and the deferral of flows to Service frontends.
 #![no_std]
 #![no_main]
 
 mod conntrack;
+mod established;
 mod events;
 mod flow;
 mod maps;

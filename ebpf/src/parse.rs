@@ -7,9 +7,9 @@ use aya_ebpf::programs::TcContext;
 use crate::coarse_now;
 use crate::maps::FRAGMENTS;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 
 /// At most this many IPv6 extension headers are skipped; more is malformed.
 const MAX_IPV6_EXT: usize = 8;
@@ -81,7 +81,7 @@ pub enum ParseError {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ParseError> {
+pub(crate) fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ParseError> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -91,7 +91,7 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ParseError> {
 }
 
 #[inline(always)]
-fn be16(ctx: &TcContext, offset: usize) -> Result<u16, ParseError> {
+pub(crate) fn be16(ctx: &TcContext, offset: usize) -> Result<u16, ParseError> {
     let p = ptr_at::<[u8; 2]>(ctx, offset)?;
     // SAFETY: bounds checked by ptr_at.
     Ok(u16::from_be_bytes(unsafe { *p }))

@@ -2,7 +2,11 @@
 //! endpoint's interface = the endpoint's egress policy) and `to_endpoint`
 //! (TC egress = its ingress policy). Same code, a direction constant.
 //!
-//! Per packet: endpoint lookup, parse, conntrack, then for new (or stale-epoch)
+//! Per packet: endpoint lookup, then the established fast path (`established`:
+//! only the conntrack key read from the packet, one conntrack lookup, and the
+//! verdict this side recorded). What it does not answer (new flows, sides to
+//! judge, fragments, ICMP, IPv6 extension headers) goes on: parse, conntrack
+//! (skipped when the fast path already missed), then for new (or stale-epoch)
 //! flows one peer-class lookup (a hash of host addresses, then on a miss an
 //! LPM trie of shorter prefixes), one peer-group hash lookup (the class's
 //! group for this endpoint and direction; a miss is the wildcard group), on
@@ -88,6 +92,7 @@ use aya_ebpf::{
 
 use crate::coarse_now;
 use crate::conntrack::{self, initiator_lo};
+use crate::established::{self, Lean};
 use crate::events::{self, bump};
 use crate::flow::{Flow, Frontend, Judging};
 use crate::maps::ENDPOINTS;
@@ -124,6 +129,17 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
     if hook_dir == direction::INGRESS {
         service::hand_to_post_nat(ctx);
     }
+    let hook = Hook::of(ctx, hook_dir, &endpoint);
+    let lean = if endpoint.flags & endpoint_flags::FULL_PATH == 0 {
+        established::lookup(ctx, hook.dir)
+    } else {
+        Lean::Full
+    };
+    let ct_missed = match lean {
+        Lean::Known(allow) => return verdict(allow),
+        Lean::Missed => true,
+        Lean::Full => false,
+    };
     let pkt = match parse_counted(ctx) {
         Ok(p) => p,
         Err(tc_action) => return tc_action,
@@ -131,12 +147,11 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
     if pkt.nd_or_mld {
         return verdict(true);
     }
-    let hook = Hook::of(ctx, hook_dir, &endpoint);
     if conntrack::related_approved(ctx, &pkt, hook.dir) {
         bump(stat::ICMP_RELATED);
         return verdict(true);
     }
-    verdict(police(&pkt, ifindex, &endpoint, &hook))
+    verdict(police(&pkt, ifindex, &endpoint, &hook, ct_missed))
 }
 
 /// The parsed packet, counted; or the TC action for one that is not policed
@@ -210,10 +225,17 @@ impl<'a> Hook<'a> {
     }
 }
 
-/// Decides one packet; true = allow.
+/// Decides one packet; true = allow. `ct_missed`: the fast path already
+/// looked this packet's key up and found no live entry.
 #[inline(always)]
-fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook: &Hook) -> bool {
-    let at = Judging {
+fn police(
+    pkt: &Parsed,
+    ifindex: u32,
+    endpoint: &EndpointInfo,
+    hook: &Hook,
+    ct_missed: bool,
+) -> bool {
+    let at = &Judging {
         ifindex,
         endpoint,
         active: tables::active(),
@@ -221,12 +243,12 @@ fn police(pkt: &Parsed, ifindex: u32, endpoint: &EndpointInfo, hook: &Hook) -> b
     };
     let (key, pkt_is_lo) =
         CtKey::of_packet(&pkt.src, pkt.ct_sport, &pkt.dst, pkt.ct_dport, pkt.protocol);
-    if pkt.track {
+    if pkt.track && !ct_missed {
         if let Some(ct) = conntrack::live_entry(&key, pkt.protocol, at.now) {
-            return known_flow(pkt, hook.dir, &at, &key, ct, pkt_is_lo);
+            return known_flow(pkt, hook.dir, at, &key, ct, pkt_is_lo);
         }
     }
-    new_flow(pkt, hook, &at, &key, pkt_is_lo)
+    new_flow(pkt, hook, at, &key, pkt_is_lo)
 }
 
 /// A packet of a flow with a live conntrack entry: the verdict this side
@@ -244,10 +266,11 @@ fn known_flow(
 ) -> bool {
     let forward = ct.is_forward(pkt_is_lo);
     let side = CtSide::at_hook(hook_dir, forward);
-    conntrack::touch(ct, pkt, forward, at.now);
+    conntrack::touch(ct, pkt.protocol, pkt.tcp_flags, forward, at.now);
     if let Some(allow) = conntrack::recorded_verdict(ct, &side, at.active.epoch) {
         return allow;
     }
+    conntrack::forget_if_stale(ct, at.active.epoch);
     let (init, resp, init_port, resp_port) = if forward {
         (&pkt.src, &pkt.dst, pkt.ct_sport, pkt.ct_dport)
     } else {

@@ -16,7 +16,10 @@
 //!   cheaper ring-full path);
 //! - `new_flow_sport`: `new_flow` with the source-port lookup on (a populated
 //!   `SPORTS` trie whose entries keep every port in class 0);
-//! - `established`: the flow again once conntrack holds it;
+//! - `established`: the flow again once conntrack holds it (the established
+//!   fast path: conntrack first, the full parser only when it must judge);
+//! - `established_full`: the same packet with the fast path off (endpoint flag
+//!   `FULL_PATH`): the full parser, then the same conntrack hit, side by side;
 //! - `linear_scan`: the same rules in a first-match program of the shape of
 //!   Calico's (`ebpf/src/bench.rs`), the same packet as `new_flow`;
 //! - `conntrack_hit`: that program on a flow its conntrack holds: parsing and
@@ -65,12 +68,13 @@ struct Sample {
 }
 
 /// The measurements, in the order of a batch.
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "floor",
     "new_flow",
     "new_flow_denied",
     "new_flow_staged",
     "established",
+    "established_full",
     "linear_scan",
     "conntrack_hit",
     "new_flow_sport",
@@ -97,7 +101,7 @@ struct Point {
     sport: Vec<u8>,
     tracked: Vec<u8>,
     /// ns per run of each of `NAMES`, one entry per batch.
-    batches: Vec<[f64; 11]>,
+    batches: Vec<[f64; 12]>,
 }
 
 fn agent_ns(dp: &mut Dataplane, frame: &[u8], repeat: u32) -> f64 {
@@ -182,7 +186,7 @@ impl Point {
     }
 
     /// One batch of every measurement, in the order of `NAMES`.
-    fn batch(&mut self, repeat: u32) -> [f64; 11] {
+    fn batch(&mut self, repeat: u32) -> [f64; 12] {
         let enforced = self.info.flags & !endpoint_flags::HAS_STAGED;
         let floor = self.scan.run("floor", &self.new, repeat).1;
         self.set(enforced, active_flags::NO_CT_INSERT);
@@ -192,6 +196,8 @@ impl Point {
         let staged = staged_ns(&mut self.dp, &self.new, repeat);
         self.set(enforced, 0);
         let established = agent_ns(&mut self.dp, &self.established, repeat);
+        self.set(enforced | endpoint_flags::FULL_PATH, 0);
+        let established_full = agent_ns(&mut self.dp, &self.established, repeat);
         let linear = self.scan.run("linear_scan", &self.new, repeat).1;
         let ct_hit = self.scan.run("linear_scan", &self.tracked, repeat).1;
         self.set(
@@ -206,6 +212,7 @@ impl Point {
             denied,
             staged,
             established,
+            established_full,
             linear,
             ct_hit,
             sport,
@@ -215,7 +222,7 @@ impl Point {
         ]
     }
 
-    fn medians(&self) -> [f64; 11] {
+    fn medians(&self) -> [f64; 12] {
         std::array::from_fn(|i| {
             let mut v: Vec<f64> = self.batches.iter().map(|b| b[i]).collect();
             v.sort_by(f64::total_cmp);

@@ -25,10 +25,11 @@ const BEGIN: &str =
 const END: &str = "<!-- END dataplane -->";
 const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
 /// The measurements in the tables and plot, in column order.
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "floor",
     "conntrack_hit",
     "established",
+    "established_full",
     "new_flow",
     "new_flow_denied",
     "new_flow_staged",
@@ -36,10 +37,11 @@ const NAMES: [&str; 8] = [
     "linear_scan",
 ];
 /// Those plotted (the others sit on top of `new_flow`).
-const PLOTTED: [&str; 6] = [
+const PLOTTED: [&str; 7] = [
     "floor",
     "conntrack_hit",
     "established",
+    "established_full",
     "new_flow",
     "new_flow_staged",
     "linear_scan",
@@ -240,9 +242,17 @@ fn steps(results: &Results) -> String {
             cells.join(" | ")
         )
     };
-    md.push_str(&row("`established` minus `conntrack_hit`", &|f| {
-        Some(at(f, "established")? - at(f, "conntrack_hit")?)
-    }));
+    for (name, what) in [
+        ("established", "`established` minus `conntrack_hit`"),
+        (
+            "established_full",
+            "`established_full` (fast path off) minus `conntrack_hit`",
+        ),
+    ] {
+        md.push_str(&row(what, &|f| {
+            Some(at(f, name)? - at(f, "conntrack_hit")?)
+        }));
+    }
     for (name, what) in STEPS {
         md.push_str(&row(what, &|f| Some(at(f, name)? - at(f, "floor")?)));
     }
