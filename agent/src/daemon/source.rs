@@ -53,7 +53,7 @@ pub(super) struct Load {
 
 impl Loader {
     /// A fresh load; `previous`: the documents of the load that is installed.
-    fn load(&self, previous: &[crate::model::load::Document]) -> Load {
+    pub(super) fn load(&self, previous: &[crate::model::load::Document]) -> Load {
         match self {
             Self::Files(dir, node) => {
                 let mut l = FileDatastore::new(dir).load_keeping(previous);
