@@ -20,7 +20,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
@@ -35,6 +35,8 @@ const SERVER: (u8, &str) = (20, "calitrserver");
 const STRANGER: (u8, &str) = (30, "calitrstranger");
 /// How long a probe expected to be dropped waits.
 const PROBE_MS: u64 = 300;
+/// The pause between two rounds of probes while waiting for the policy.
+const WAIT_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Variant {
@@ -189,6 +191,23 @@ pub enum Source {
     Stranger,
 }
 
+/// How long `agent run` took to enforce the lab's policy, seen from outside.
+#[derive(Clone, Copy, Debug)]
+pub struct Startup {
+    /// The wall clock when the agent was started (its log's timestamps are
+    /// wall-clock times: steps are measured from this).
+    pub spawned: SystemTime,
+    /// From the start to the first probe the policy dropped (the probe's
+    /// start: its SYN was dropped, so the policy was enforced by then).
+    pub enforced: Duration,
+    /// From the start to the probe before it, which the policy did not drop
+    /// yet (None: the first probe was dropped): enforcement began between the two.
+    pub not_yet: Option<Duration>,
+    /// CPU time (user + system) the agent had used when the first dropped
+    /// probe returned, from /proc (10 ms ticks).
+    pub agent_cpu: Duration,
+}
+
 /// One lab of the bench: client, server and stranger pods, the policy enforced
 /// by `variant`, the loadgen server running in the server pod.
 pub struct TrafficLab {
@@ -200,6 +219,8 @@ pub struct TrafficLab {
     tools: Tools,
     _serve: Killed,
     agent: Option<AgentRun>,
+    /// With [`Variant::Agent`]: when the agent started and a probe first saw its policy.
+    pub startup: Option<Startup>,
     /// Dropped last: the namespaces go after the processes in them.
     pub lab: Lab,
 }
@@ -233,6 +254,7 @@ impl TrafficLab {
             tools: tools.clone(),
             _serve: Killed(serve),
             agent: None,
+            startup: None,
             lab,
         };
         let list = policy(rules);
@@ -266,7 +288,7 @@ impl TrafficLab {
     }
 
     /// Waits until the server answers and, with a policy, until the policy
-    /// drops a port no rule allows.
+    /// drops a port no rule allows; with the agent, notes when (see [`Startup`]).
     fn wait_enforced(&mut self) -> Result<()> {
         let limit = match self.variant {
             Variant::Agent => self.tools.agent_ready,
@@ -275,10 +297,15 @@ impl TrafficLab {
         let deadline = Instant::now() + limit;
         let server = self.server.ipv4.into();
         let denied_port = sink_port(self.rules) + 1;
+        let mut previous = None;
         loop {
             let up = self.probe(Source::Client, server, connect_port(self.rules))? == "connected";
+            let probed = Instant::now();
             let denied = self.probe(Source::Client, server, denied_port)? == "timeout";
             if up && (denied || self.variant == Variant::NoProgram) {
+                if let Some(agent) = &self.agent {
+                    self.startup = Some(agent.startup(probed, previous));
+                }
                 return Ok(());
             }
             if let Some(agent) = &mut self.agent {
@@ -291,8 +318,15 @@ impl TrafficLab {
                     self.rules
                 );
             }
-            std::thread::sleep(Duration::from_millis(200));
+            previous = Some(probed);
+            std::thread::sleep(WAIT_POLL);
         }
+    }
+
+    /// The agent's log so far (`RUST_LOG=info`, JSON lines), with [`Variant::Agent`].
+    pub fn agent_log(&self) -> Option<String> {
+        let agent = self.agent.as_ref()?;
+        std::fs::read_to_string(&agent.log).ok()
     }
 
     fn pod(&self, from: Source) -> &Netns {
@@ -408,6 +442,17 @@ fn fields<const N: usize>(line: &str, keys: [&str; N]) -> Result<[f64; N]> {
     Ok(out)
 }
 
+/// User + system CPU time of process `pid` (/proc/PID/stat fields 14 and 15).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis(ticks * 1000 / per_second))
+}
+
 /// A child process killed (and reaped) on drop.
 struct Killed(Child);
 
@@ -422,6 +467,7 @@ impl Drop for Killed {
 /// directory; killed and its pins removed (`agent cleanup`) on drop.
 struct AgentRun {
     child: Killed,
+    spawned: (SystemTime, Instant),
     agent: PathBuf,
     base: PathBuf,
     bpffs: PathBuf,
@@ -436,6 +482,7 @@ impl AgentRun {
         std::fs::write(datastore.join("bench.yaml"), yaml)?;
         let bpffs = Path::new("/sys/fs/bpf").join(format!("{}-traffic", lab.id()));
         let log = base.join("agent.log");
+        let spawned = (SystemTime::now(), Instant::now());
         let child = lab
             .node()
             .command(agent)
@@ -450,6 +497,8 @@ impl AgentRun {
             .arg("--flow-history")
             .arg("none")
             .env("RUST_LOG", "info")
+            // Timestamps to the microsecond, parsed by the startup bench.
+            .env("AGENT_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?)
@@ -457,11 +506,24 @@ impl AgentRun {
             .context("starting agent run")?;
         Ok(AgentRun {
             child: Killed(child),
+            spawned,
             agent: agent.to_path_buf(),
             base,
             bpffs,
             log,
         })
+    }
+
+    /// [`Startup`] for a policy first seen by the probe started at `seen`
+    /// (the one before it started at `before`).
+    fn startup(&self, seen: Instant, before: Option<Instant>) -> Startup {
+        let (wall, started) = self.spawned;
+        Startup {
+            spawned: wall,
+            enforced: seen - started,
+            not_yet: before.map(|b| b - started),
+            agent_cpu: process_cpu(self.child.0.id()).unwrap_or_default(),
+        }
     }
 
     fn check_running(&mut self) -> Result<()> {

@@ -143,6 +143,8 @@ fn flow_history(args: &RunArgs) -> Option<crate::flows::history::HistoryOptions>
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // The first line of the log: startup step timings count from it.
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "agent run starting");
     limit_malloc_arenas();
     let console = match args.console {
         Some(addr) => Some(ConsoleOptions {

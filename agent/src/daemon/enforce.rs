@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::freeze::{self, Frozen};
 use super::interfaces::{if_index, prune, reconcile_interfaces};
@@ -31,8 +32,9 @@ pub(super) fn drain(shared: &Shared) {
     }
 }
 
-/// Takes a fresh load of the datastore, compiles and installs. Never loosens on failure.
-pub(super) fn reload(shared: &Shared, load: Load) {
+/// Takes a fresh load of the datastore (which took `load_time`), compiles and
+/// installs. Never loosens on failure.
+pub(super) fn reload(shared: &Shared, load: Load, load_time: Duration) {
     let Load {
         mut loaded,
         kept,
@@ -48,6 +50,7 @@ pub(super) fn reload(shared: &Shared, load: Load) {
     let Inner {
         dp, enforced: e, ..
     } = &mut *inner;
+    let compiling = Instant::now();
     let ids = e.ids.for_compile(dp, &loaded.model);
     // Incremental: endpoints whose inputs did not change since the last
     // compile keep their entries (`compile::Compiler`).
@@ -74,6 +77,10 @@ pub(super) fn reload(shared: &Shared, load: Load) {
     }
     let frozen = freeze_failed(&inner.enforced, &mut loaded, &mut compiled, &mut left_out);
     check_lockout(&mut inner, &loaded);
+    let times = StepTimes {
+        load: load_time,
+        compile: compiling.elapsed(),
+    };
     // Enrich events of the outgoing tables with the outgoing names.
     drop(inner);
     drain(shared);
@@ -83,11 +90,20 @@ pub(super) fn reload(shared: &Shared, load: Load) {
         inner.health.last_error = Some(format!("install: {e}"));
         return;
     }
-    log_installed(&inner, &loaded, &compiled);
+    log_installed(&inner, &loaded, &compiled, &times);
     inner.health.last_error = None;
     inner.health.kept = kept;
     inner.enforced.frozen = frozen;
+    let first = !inner.enforced.installed_once;
+    let applying = Instant::now();
     apply(shared, &mut inner, loaded, compiled, left_out);
+    if first {
+        tracing::info!(
+            ms = super::millis(applying.elapsed()),
+            attached = inner.interfaces.attached.len(),
+            "first tables enforced: endpoint interfaces attached"
+        );
+    }
 }
 
 /// Enforced endpoints `left_out` by the compile keep their installed tables:
@@ -257,7 +273,16 @@ fn install(inner: &mut Inner, compiled: &Compiled) -> Result<(), crate::dataplan
     Ok(())
 }
 
-fn log_installed(inner: &Inner, loaded: &Loaded, compiled: &Compiled) {
+/// How long a reload's steps before the install took (wall time).
+struct StepTimes {
+    /// Reading and parsing the datastore.
+    load: Duration,
+    /// From the load to the tables (the compile and the checks around it).
+    compile: Duration,
+}
+
+/// With the time of each step: the datastore load, the compile, the install.
+fn log_installed(inner: &Inner, loaded: &Loaded, compiled: &Compiled, times: &StepTimes) {
     let enforced = loaded
         .model
         .policies
@@ -274,6 +299,9 @@ fn log_installed(inner: &Inner, loaded: &Loaded, compiled: &Compiled) {
             .filter(|d| d.severity == Severity::Error)
             .count(),
         generation = inner.enforced.generation,
+        load_ms = super::millis(times.load),
+        compile_ms = super::millis(times.compile),
+        install_ms = super::millis(Duration::from_secs_f64(inner.health.swap_seconds)),
         "tables installed"
     );
 }

@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::broadcast;
@@ -130,16 +130,40 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     crate::dataplane::host::prepare_pin_dir(&opts.bpffs)?;
     let _lock = crate::dataplane::host::lock_pin_dir(&opts.bpffs)?;
     let listener = server::bind(&opts.socket)?;
-    let dp = Dataplane::load_pinned(&opts.bpffs)
-        .context("loading the eBPF programs with pinned maps (needs root)")?;
-    let shared = Arc::new(new_shared(&opts, dp)?);
+    // Watching starts before the first load (no change between the two is
+    // missed) and before the kernel is touched (a datastore that cannot
+    // start refuses the start).
     let mut source = Source::start(&opts.datastore).await?;
     let loader = source.loader();
+    // The first load reads and parses the datastore while the kernel verifies
+    // the programs (the longest step of a start; docs/benchmarks.md, "Compile
+    // time"). Nothing is installed before both are done.
+    let first_load = {
+        let loader = loader.clone();
+        tokio::task::spawn_blocking(move || {
+            let loading = Instant::now();
+            (loader.load(&[]), loading.elapsed())
+        })
+    };
+    let loading = Instant::now();
+    let bpffs = opts.bpffs.clone();
+    let dp = tokio::task::spawn_blocking(move || Dataplane::load_pinned(&bpffs))
+        .await?
+        .context("loading the eBPF programs with pinned maps (needs root)")?;
+    tracing::info!(
+        ms = millis(loading.elapsed()),
+        "eBPF programs loaded (verified)"
+    );
+    let shared = Arc::new(new_shared(&opts, dp)?);
     if let Loader::Kubernetes(k) = &loader {
         *lock(&shared.kube) = Some(k.clone());
         lock(&shared.inner).health.datastore = k.describe();
     }
-    reload_in_background(&shared, &loader).await?;
+    let (load, load_time) = first_load.await?;
+    {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || reload(&shared, load, load_time)).await?;
+    }
 
     tracing::info!(socket = %opts.socket.display(), "listening");
     tokio::spawn(server::serve(listener, shared.clone()));
@@ -282,8 +306,18 @@ type Promotions = std::collections::VecDeque<crate::flows::promotion::PromotionE
 async fn reload_in_background(shared: &Arc<Shared>, loader: &Loader) -> anyhow::Result<()> {
     let shared = shared.clone();
     let loader = loader.clone();
-    tokio::task::spawn_blocking(move || reload(&shared, loader.load_for(&shared))).await?;
+    tokio::task::spawn_blocking(move || {
+        let loading = Instant::now();
+        let load = loader.load_for(&shared);
+        reload(&shared, load, loading.elapsed())
+    })
+    .await?;
     Ok(())
+}
+
+/// A duration in milliseconds, for the logs' step timings.
+pub(super) fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 /// Drains flow events every [`EVENT_POLL`]; its ticks are the `/healthz` heartbeat.

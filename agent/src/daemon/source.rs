@@ -55,7 +55,7 @@ pub(super) struct Load {
 
 impl Loader {
     /// A fresh load; `previous`: the documents of the load that is installed.
-    fn load(&self, previous: &[crate::model::load::Document]) -> Load {
+    pub(super) fn load(&self, previous: &[crate::model::load::Document]) -> Load {
         match self {
             Self::Files(ds, node) => {
                 let l = ds.load_for_node(previous, node);

@@ -184,6 +184,7 @@ impl Dataplane {
         let adopted = maps.join("ACTIVE").exists();
         let mut replaced = None;
         let mut old_program_array = None;
+        let creating = std::time::Instant::now();
         let ebpf = match load_with_pins(&maps, None) {
             Err(aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
                 name,
@@ -214,6 +215,7 @@ impl Dataplane {
             )),
             e => DataplaneError::Load(e),
         })?;
+        tracing::debug!(ms = ?creating.elapsed(), "maps created or opened");
         let mut this = Self::from_ebpf(ebpf, Some(dir.to_path_buf()), adopted)?;
         if let Some(old) = replaced {
             this.replaced_tables = true;
@@ -247,20 +249,37 @@ impl Dataplane {
             old_program_array: None,
             shadow: [None, None],
         };
-        for hook in Hook::ALL {
-            let name = hook.program_name();
-            this.program(hook)?
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-        }
-        this.post_nat_program()?
-            .load()
-            .map_err(|source| DataplaneError::Program {
-                name: super::service::POST_NAT,
-                source,
-            })?;
+        this.load_programs()?;
         this.fill_service_progs()?;
         Ok(this)
+    }
+
+    /// Loads `from_endpoint`, `to_endpoint` and the post-NAT program through
+    /// the kernel's verifier, the longest step of an agent's start (~1.6 s of
+    /// CPU for each hook's program on the 2-core VM of docs/benchmarks.md,
+    /// "Compile time"). One after the other: loading them on threads of their
+    /// own was measured slower there (3.0 to 4.0 s against 2.2 to 2.7 s to a
+    /// started agent, alternating runs), the verifications competing for the
+    /// same cores and caches.
+    fn load_programs(&mut self) -> Result<(), DataplaneError> {
+        for name in [
+            Hook::FromEndpoint.program_name(),
+            Hook::ToEndpoint.program_name(),
+            super::service::POST_NAT,
+        ] {
+            let started = std::time::Instant::now();
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(missing("program", name))?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            tracing::debug!(name, ms = ?started.elapsed(), "program verified and loaded");
+        }
+        Ok(())
     }
 
     pub fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {
