@@ -134,7 +134,7 @@ fn measure(plan: &Plan, rules: &[usize], no_build: bool) -> Result<Vec<serde_jso
     }
     // Counts the run time of every program while this fd is open (BPF_ENABLE_STATS;
     // no sysctl is changed, and the kernel stops counting when the bench exits).
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+    let _stats = crate::bpf_stats::enable()
         .context("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")?;
     let mut samples: BTreeMap<(Variant, usize, &str), Vec<f64>> = BTreeMap::new();
     for batch in 0..plan.batches {
@@ -211,11 +211,11 @@ const AGENT_PROGRAMS: [&str; 3] = ["from_endpoint", "to_endpoint", "post_nat"];
 impl ProgramClock {
     fn read() -> Result<ProgramClock> {
         let mut clock = ProgramClock { ns: 0, runs: 0 };
-        for info in aya::programs::loaded_programs() {
-            let info = info.context("listing the loaded BPF programs")?;
-            if AGENT_PROGRAMS.contains(&info.name_as_str().unwrap_or_default()) {
-                clock.ns += info.run_time().as_nanos() as u64;
-                clock.runs += info.run_count();
+        let programs = crate::bpf_stats::programs().context("listing the loaded BPF programs")?;
+        for (name, ns, runs) in programs {
+            if AGENT_PROGRAMS.contains(&name.as_str()) {
+                clock.ns += ns;
+                clock.runs += runs;
             }
         }
         Ok(clock)

@@ -5,6 +5,7 @@
 //! on a prepared machine.
 mod bench;
 mod bench_traffic;
+mod bpf_stats;
 mod demo;
 mod setup;
 
