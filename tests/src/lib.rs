@@ -256,6 +256,12 @@ const COMMON_SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv6/conf/default/accept_ra", "0"),
     ("net/ipv4/icmp_ratelimit", "0"),
     ("net/ipv6/icmp/ratelimit", "0"),
+    // The namespace's budget of ICMP errors (v4 and v6 together; 50 at once and
+    // 1,000 a second by default): a burst of probes to closed ports must all be
+    // answered. Set in the lab's namespaces only (per namespace, like the two
+    // above; the host's own stay as they are).
+    ("net/ipv4/icmp_msgs_burst", "10000"),
+    ("net/ipv4/icmp_msgs_per_sec", "100000"),
 ];
 
 impl Lab {
