@@ -316,19 +316,20 @@ impl HistoryWriter {
 
     /// Queues a record; never blocks (a full queue is counted as missed).
     pub fn record(&self, ifindex: u32, flow: &Arc<Flow>) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = tx.as_ref() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(Queued::Flow(ifindex, flow.clone())) {
-            self.missed.fetch_add(1, Ordering::Relaxed);
-        }
+        self.send(Queued::Flow(ifindex, flow.clone()));
     }
 
     /// Queues a promotion event; never blocks. Events are rare, but a full
     /// queue (the disk stalled) is counted as missed like records.
     pub fn promotion(&self, event: &Arc<PromotionEvent>) {
+        self.send(Queued::Promotion(event.clone()));
+    }
+
+    /// Hands `q` to the writer unless closed; a full queue is counted as missed.
+    fn send(&self, q: Queued) {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = tx.as_ref() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(Queued::Promotion(event.clone())) {
+        if let Err(TrySendError::Full(_)) = tx.try_send(q) {
             self.missed.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -432,9 +432,13 @@ impl Supervisor {
         if let Some((_, timing)) = self.presence.as_ref().filter(|_| asks_presence(r)) {
             let v = presence::judge(presences, r.promoted_unix_ms as i64, now as i64, timing);
             if !v.silent.is_empty() {
+                let (agents, its) = match v.silent.len() {
+                    1 => ("the agent", "its"),
+                    _ => ("the agents", "their"),
+                };
                 return Some(Decision::Revert(format!(
-                    "the agent on {} stopped reporting after the promotion (cut off from the \
-                     API server?): its checks cannot count",
+                    "{agents} on {} stopped reporting after the promotion (cut off from the \
+                     API server?): {its} checks cannot count",
                     v.silent.join(", ")
                 )));
             }
