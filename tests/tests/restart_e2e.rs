@@ -260,18 +260,20 @@ fn sigkill_restart_keeps_enforcing_and_established_flows() {
     assert_clean(&r, 4);
 
     // Adopted: same maps and links, identical policy so no flip and no epoch bump,
-    // every link now runs the new agent's programs.
+    // and the same build: every link keeps the programs the first agent
+    // verified (`dataplane::reuse`).
     let st = second.status();
     assert_eq!(st["pinning"]["adopted"], true, "{st:#}");
+    assert_eq!(st["pinning"]["programs_reused"], true, "{st:#}");
     assert_eq!(st["pinning"]["adopted_links"], 6, "{st:#}");
     assert_eq!(st["pinning"]["start_flipped"], false, "{st:#}");
     assert_eq!(st["epoch"], epoch, "{st:#}");
     let links_after = pinned_links(&bpffs);
     assert_eq!(links_after.len(), 6);
-    for (b, a) in links_before.iter().zip(&links_after) {
-        assert_eq!((&b.0, b.1), (&a.0, a.1), "same pinned link");
-        assert_ne!(b.2, a.2, "{}: program swapped", a.0);
-    }
+    assert_eq!(
+        links_after, links_before,
+        "same links, same verified programs"
+    );
     assert_seed_enforced(&s);
     drop(second);
     assert!(!bpffs.exists(), "test cleanup removes the pin dir");
@@ -317,6 +319,14 @@ fn upgrade_restart_with_changed_policy_swaps_programs_and_prunes() {
         .filter(|d| !d.contains("name: frontend"))
         .collect();
     std::fs::write(&eps, kept.join("\n---\n")).unwrap();
+    // And the build changes: its object has another name among the kept
+    // verified programs, so the earlier build's are not taken.
+    let objects = object_dirs(&bpffs);
+    let [earlier] = objects.as_slice() else {
+        panic!("one object's programs pinned: {objects:?}")
+    };
+    let other_build = earlier.with_file_name("0123456789abcdef");
+    std::fs::rename(earlier, &other_build).unwrap();
 
     probers.mark("start the new agent on the pinned state");
     let second = Agent::start_on(&lab, &dir, &bpffs, &[]);
@@ -330,6 +340,12 @@ fn upgrade_restart_with_changed_policy_swaps_programs_and_prunes() {
     assert_eq!(st["pinning"]["start_flipped"], true, "{st:#}");
     assert_eq!(st["epoch"].as_u64().unwrap(), epoch + 1, "{st:#}");
     assert!(st["last_error"].is_null(), "{st:#}");
+    assert_eq!(st["pinning"]["programs_reused"], false, "{st:#}");
+    assert_eq!(
+        &object_dirs(&bpffs),
+        &objects,
+        "this build's verified programs kept, the other build's unpinned"
+    );
 
     // frontend is no longer an endpoint: its programs are detached...
     assert!(tcx_programs(&lab, "calidemofront").is_empty());
@@ -349,6 +365,60 @@ fn upgrade_restart_with_changed_policy_swaps_programs_and_prunes() {
         s.backend.tcp_connect(s.database.ipv4, 8080, PROBE_TIMEOUT),
         TcpProbe::Connected
     );
+}
+
+/// The directories of verified programs kept for a restart, one per object.
+fn object_dirs(bpffs: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(bpffs.join("progs"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// A restart of the same build takes the programs the earlier agent verified
+/// instead of verifying them again, but only on the maps they were verified
+/// with: a map that had to be created afresh makes the next agent verify its
+/// own programs (the earlier ones would write to a map nobody reads).
+#[test]
+fn a_restart_reuses_verified_programs_only_on_the_same_maps() {
+    lab::require_root();
+    let lab = Lab::new();
+    let s = seed_pods(&lab);
+    let _db = s.database.tcp_listen(8080);
+    let _be = s.backend.tcp_listen(8080);
+    let dir = Agent::seed_datastore("reuse");
+    let mut first = Agent::start(&lab, &dir);
+    first.wait_attached(3);
+    let bpffs = first.bpffs.clone();
+    let st = first.status();
+    assert_eq!(st["pinning"]["programs_reused"], false, "{st:#}");
+    assert!(first.terminate().success(), "{}", first.log_text());
+    first.keep_state();
+    assert_eq!(object_dirs(&bpffs).len(), 1);
+    let links = pinned_links(&bpffs);
+    assert_eq!(links.len(), 6, "{links:?}");
+
+    let mut second = Agent::start_on(&lab, &dir, &bpffs, &[]);
+    second.wait_attached(3);
+    let st = second.status();
+    assert_eq!(st["pinning"]["programs_reused"], true, "{st:#}");
+    assert_eq!(pinned_links(&bpffs), links, "same links, same programs");
+    assert_seed_enforced(&s);
+    assert!(second.terminate().success(), "{}", second.log_text());
+    second.keep_state();
+
+    std::fs::remove_file(bpffs.join("maps/DP_COUNTERS")).unwrap();
+    let third = Agent::start_on(&lab, &dir, &bpffs, &[]);
+    third.wait_attached(3);
+    let st = third.status();
+    assert_eq!(st["pinning"]["adopted"], true, "{st:#}");
+    assert_eq!(st["pinning"]["programs_reused"], false, "{st:#}");
+    for (b, a) in links.iter().zip(&pinned_links(&bpffs)) {
+        assert_eq!((&b.0, b.1), (&a.0, a.1), "same pinned link");
+        assert_ne!(b.2, a.2, "{}: verified afresh and swapped in", a.0);
+    }
+    assert_seed_enforced(&s);
 }
 
 #[test]
@@ -474,6 +544,8 @@ fn an_upgrade_to_another_table_layout_keeps_enforcing() {
 
     let st = second.status();
     assert_eq!(st["pinning"]["adopted"], true, "{st:#}");
+    // Programs bound to the replaced tables are not reused.
+    assert_eq!(st["pinning"]["programs_reused"], false, "{st:#}");
     assert_eq!(st["pinning"]["adopted_links"], 6, "{st:#}");
     assert_eq!(st["pinning"]["start_flipped"], true, "{st:#}");
     assert!(

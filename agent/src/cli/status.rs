@@ -60,8 +60,8 @@ fn datastore(o: &mut String, s: &Status) -> fmt::Result {
 }
 
 fn adoption(p: &PinStatus) -> String {
-    match (p.adopted, p.start_flipped) {
-        (false, _) => "fresh start".to_string(),
+    let state = match (p.adopted, p.start_flipped) {
+        (false, _) => return "fresh start".to_string(),
         (true, Some(false)) => format!(
             "adopted an earlier agent's state ({} links swapped, identical tables kept: no epoch bump)",
             p.adopted_links
@@ -70,6 +70,11 @@ fn adoption(p: &PinStatus) -> String {
             "adopted an earlier agent's state ({} links swapped, tables reinstalled)",
             p.adopted_links
         ),
+    };
+    if p.programs_reused {
+        format!("{state}; its verified programs reused")
+    } else {
+        state
     }
 }
 

@@ -152,6 +152,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         .context("loading the eBPF programs with pinned maps (needs root)")?;
     tracing::info!(
         ms = millis(loading.elapsed()),
+        reused = dp.programs_reused(),
         "eBPF programs loaded (verified)"
     );
     let shared = Arc::new(new_shared(&opts, dp)?);
@@ -232,6 +233,7 @@ fn new_shared(opts: &RunOptions, mut dp: Dataplane) -> anyhow::Result<Shared> {
         pinning: protocol::PinStatus {
             bpffs: Some(opts.bpffs.display().to_string()),
             adopted: dp.adopted(),
+            programs_reused: dp.programs_reused(),
             ..Default::default()
         },
         ..Health::default()

@@ -213,7 +213,12 @@ pub struct PinStatus {
     pub bpffs: Option<String>,
     /// An earlier agent's pinned maps were found and reused.
     pub adopted: bool,
-    /// Pinned links whose program was swapped for this agent's (BPF_LINK_UPDATE).
+    /// The programs were the ones an earlier agent verified from this same
+    /// object and left pinned (`dataplane::reuse`), not verified again.
+    #[serde(default)]
+    pub programs_reused: bool,
+    /// Pinned links whose program was swapped for this agent's (BPF_LINK_UPDATE;
+    /// with reused programs, the same program stays).
     pub adopted_links: usize,
     /// On adoption: whether the first install flipped the tables (and bumped the
     /// epoch); false when the pinned live tables already matched the policy.

@@ -2,6 +2,7 @@
 //! interfaces, fills the maps (double-buffered tables, one atomic switch per
 //! update) and reads counters. What is pinned and the links: [`super::pins`];
 //! conntrack: [`super::conntrack`]; flow events: [`super::events`].
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
@@ -18,8 +19,15 @@ use super::exact;
 pub(super) use super::pins::detach_pinned;
 pub use super::pins::{cleanup, link_pin_path, pinned_links, Cleanup, Links, PINNED_MAPS};
 use super::tables::{Encoded, TableSet};
-use super::{DataplaneError, EBPF_OBJECT};
+use super::{reuse, DataplaneError, EBPF_OBJECT};
 use crate::model::ir::Direction;
+
+/// The programs the agent loads: the two endpoint hooks' and the post-NAT one.
+const PROGRAMS: [&str; 3] = [
+    Hook::FromEndpoint.program_name(),
+    Hook::ToEndpoint.program_name(),
+    super::service::POST_NAT,
+];
 
 /// The two programs, by the hook of the endpoint interface's host side they run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,7 +41,7 @@ pub enum Hook {
 impl Hook {
     pub const ALL: [Hook; 2] = [Hook::FromEndpoint, Hook::ToEndpoint];
 
-    pub fn program_name(self) -> &'static str {
+    pub const fn program_name(self) -> &'static str {
         match self {
             Hook::FromEndpoint => "from_endpoint",
             Hook::ToEndpoint => "to_endpoint",
@@ -105,6 +113,9 @@ pub struct Dataplane {
     /// programs until this agent's are in the links
     /// ([`super::upgrade::hold_old_program_array`]).
     old_program_array: Option<MapData>,
+    /// Programs an earlier agent verified from this same object, taken from
+    /// their pins instead of the object's (`reuse`); empty when loaded here.
+    reused: BTreeMap<&'static str, SchedClassifier>,
     /// What this agent wrote into each copy of the tables (index: generation),
     /// so an install diffs against memory instead of reading the kernel's
     /// copy back (~0.5 s at 40k keys). `None`: not known (before this agent's
@@ -163,7 +174,7 @@ pub(super) fn missing(what: &'static str, name: &'static str) -> DataplaneError 
 impl Dataplane {
     /// Loads the object and both programs (through the verifier); attaches nothing.
     pub fn load() -> Result<Self, DataplaneError> {
-        Self::from_ebpf(Ebpf::load(EBPF_OBJECT)?, None, false)
+        Self::from_ebpf(Ebpf::load(EBPF_OBJECT)?, None, false, false)
     }
 
     /// Loads the object with its shared maps pinned in `dir/maps` (reusing the
@@ -216,7 +227,8 @@ impl Dataplane {
             e => DataplaneError::Load(e),
         })?;
         tracing::debug!(ms = ?creating.elapsed(), "maps created or opened");
-        let mut this = Self::from_ebpf(ebpf, Some(dir.to_path_buf()), adopted)?;
+        let may_reuse = adopted && replaced.is_none();
+        let mut this = Self::from_ebpf(ebpf, Some(dir.to_path_buf()), adopted, may_reuse)?;
         if let Some(old) = replaced {
             this.replaced_tables = true;
             this.old_program_array = old_program_array;
@@ -235,6 +247,7 @@ impl Dataplane {
         mut ebpf: Ebpf,
         pin_dir: Option<PathBuf>,
         adopted: bool,
+        may_reuse: bool,
     ) -> Result<Self, DataplaneError> {
         let events = ebpf
             .take_map("FLOW_EVENTS")
@@ -247,11 +260,44 @@ impl Dataplane {
             adopted,
             replaced_tables: false,
             old_program_array: None,
+            reused: BTreeMap::new(),
             shadow: [None, None],
         };
-        this.load_programs()?;
+        this.load_or_reuse_programs(may_reuse)?;
         this.fill_service_progs()?;
         Ok(this)
+    }
+
+    /// With a pin directory: the programs an earlier agent verified from this
+    /// object, when it left them pinned for the maps this agent opened
+    /// (`may_reuse`: the maps were adopted, not created); else loaded through
+    /// the verifier and pinned for the next agent (see `reuse`).
+    fn load_or_reuse_programs(&mut self, may_reuse: bool) -> Result<(), DataplaneError> {
+        let Some(pin_dir) = self.pin_dir.clone() else {
+            return self.load_programs();
+        };
+        let dir = reuse::object_dir(&pin_dir, EBPF_OBJECT);
+        let reused = may_reuse
+            .then(|| reuse::pinned_map_ids(&pin_dir.join("maps"), &PINNED_MAPS))
+            .flatten()
+            .and_then(|ids| reuse::take_pinned(&dir, &PROGRAMS, &ids));
+        if let Some(programs) = reused {
+            tracing::debug!(dir = %dir.display(), "programs reused: verified by an earlier agent");
+            self.reused = programs;
+            return Ok(());
+        }
+        self.load_programs()?;
+        let loaded = self.ebpf.programs_mut().filter_map(|(name, program)| {
+            let name = PROGRAMS.into_iter().find(|&p| p == name)?;
+            Some((name, <&mut SchedClassifier>::try_from(program).ok()?))
+        });
+        reuse::pin_verified(&pin_dir, &dir, loaded);
+        Ok(())
+    }
+
+    /// The programs were taken from an earlier agent's pins, not verified here.
+    pub fn programs_reused(&self) -> bool {
+        !self.reused.is_empty()
     }
 
     /// Loads `from_endpoint`, `to_endpoint` and the post-NAT program through
@@ -262,11 +308,7 @@ impl Dataplane {
     /// started agent, alternating runs), the verifications competing for the
     /// same cores and caches.
     fn load_programs(&mut self) -> Result<(), DataplaneError> {
-        for name in [
-            Hook::FromEndpoint.program_name(),
-            Hook::ToEndpoint.program_name(),
-            super::service::POST_NAT,
-        ] {
+        for name in PROGRAMS {
             let started = std::time::Instant::now();
             let program: &mut SchedClassifier = self
                 .ebpf
@@ -283,7 +325,17 @@ impl Dataplane {
     }
 
     pub fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {
-        let name = hook.program_name();
+        self.classifier(hook.program_name())
+    }
+
+    /// The loaded program `name`: the reused one, else the object's.
+    pub(super) fn classifier(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut SchedClassifier, DataplaneError> {
+        if let Some(program) = self.reused.get_mut(name) {
+            return Ok(program);
+        }
         let program = self
             .ebpf
             .program_mut(name)

@@ -4,6 +4,7 @@
 //! - `loader`: the policy dataplane (`Dataplane`): programs `from_endpoint` /
 //!   `to_endpoint`, double-buffered tables, counters.
 //! - `pins`: what outlives the agent in bpffs (maps, links) and its cleanup.
+//! - `reuse`: programs an earlier agent verified, taken again on a restart.
 //! - `conntrack`: the conntrack map and its sweep of idle entries.
 //! - `events`: flow events from the ring buffer.
 //! - `host`: what the host must provide (kernel version, a bpffs that outlives
@@ -17,6 +18,7 @@ pub mod exact;
 pub mod host;
 pub mod loader;
 pub mod pins;
+pub mod reuse;
 pub mod service;
 pub mod tables;
 pub mod upgrade;

@@ -1,5 +1,6 @@
-//! What outlives the agent in bpffs: the shared maps (`<bpffs>/maps/NAME`) and
-//! the TCX links (`<bpffs>/links/if<ifindex>_<from|to>`); adopting an earlier
+//! What outlives the agent in bpffs: the shared maps (`<bpffs>/maps/NAME`),
+//! the TCX links (`<bpffs>/links/if<ifindex>_<from|to>`) and the verified
+//! programs kept for a restart (`<bpffs>/progs/`, see `reuse`); adopting an earlier
 //! agent's links, pruning those of interfaces gone, and removing everything.
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -135,6 +136,14 @@ pub fn cleanup(dir: &Path) -> Result<Cleanup, DataplaneError> {
             .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
         done.links += 1;
     }
+    // Unpinned before the maps they use; attached nowhere any more (the links
+    // went first), they are unloaded.
+    let progs = super::reuse::progs_dir(dir);
+    for object in std::fs::read_dir(&progs).into_iter().flatten().flatten() {
+        super::reuse::remove_pinned_dir(&object.path()).map_err(|e| {
+            DataplaneError::Pin(format!("removing {}: {e}", object.path().display()))
+        })?;
+    }
     let next = super::upgrade::next_dir(dir);
     for rd in [dir.join("maps"), next.clone()].map(std::fs::read_dir) {
         let Ok(rd) = rd else { continue };
@@ -145,7 +154,13 @@ pub fn cleanup(dir: &Path) -> Result<Cleanup, DataplaneError> {
             done.maps += 1;
         }
     }
-    for d in [dir.join("links"), dir.join("maps"), next, dir.to_path_buf()] {
+    for d in [
+        dir.join("links"),
+        dir.join("maps"),
+        progs,
+        next,
+        dir.to_path_buf(),
+    ] {
         match std::fs::remove_dir(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

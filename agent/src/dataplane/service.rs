@@ -158,16 +158,7 @@ impl Dataplane {
     }
 
     pub fn post_nat_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        let program = self
-            .ebpf
-            .program_mut(POST_NAT)
-            .ok_or(missing("program", POST_NAT))?;
-        program
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: POST_NAT,
-                source,
-            })
+        self.classifier(POST_NAT)
     }
 
     /// Makes `nets` the Service frontend prefixes: new ones are added before
