@@ -274,6 +274,13 @@ fn sigkill_restart_keeps_enforcing_and_established_flows() {
         links_after, links_before,
         "same links, same verified programs"
     );
+    // The tables compiled while the programs loaded, with the pinned endpoint
+    // ids, are the live ones (no flip above).
+    let log = second.log_text();
+    assert!(
+        log.contains("first compile done while the programs were verified"),
+        "{log}"
+    );
     assert_seed_enforced(&s);
     drop(second);
     assert!(!bpffs.exists(), "test cleanup removes the pin dir");

@@ -44,6 +44,20 @@ pub const PINNED_MAPS: [&str; 23] = [
     "SERVICE_PROGS",
 ];
 
+/// The entries of the ENDPOINTS map an earlier agent pinned under `dir`, by
+/// ifindex, when its state is there to adopt (the same test as
+/// [`Dataplane::adopted`]: `ACTIVE` is pinned); read without loading anything.
+pub fn pinned_endpoints(dir: &Path) -> Option<std::collections::HashMap<u32, EndpointInfo>> {
+    let maps = dir.join("maps");
+    if !maps.join("ACTIVE").exists() {
+        return None;
+    }
+    let map = aya::maps::MapData::from_pin(maps.join("ENDPOINTS")).ok()?;
+    let map: HashMap<_, u32, EndpointInfo> =
+        HashMap::try_from(aya::maps::Map::HashMap(map)).ok()?;
+    map.iter().collect::<Result<_, _>>().ok()
+}
+
 /// A pinned link file: `<bpffs>/links/if<ifindex>_<from|to>` (bpffs does not
 /// allow dots in names, so interface names are not used).
 pub fn link_pin_path(dir: &Path, ifindex: u32, hook: Hook) -> PathBuf {
