@@ -12,7 +12,9 @@
 //! - **start**: spawn to the first log line (exec, dynamic linking, argument parsing);
 //! - **programs**: loading the eBPF programs (the kernel's verifier) and pinning;
 //! - **load**: reading and parsing the datastore (YAML to model);
-//! - **compile**: model to tables;
+//! - **ahead**: the first compile, run beside the verifier (`daemon::ahead`);
+//! - **compile**: model to tables in the first reload (after **ahead**: the
+//!   incremental compile over its cached entries);
 //! - **install**: writing the tables into the kernel's maps and flipping;
 //! - **attach**: endpoint entries and TCX links of the interfaces;
 //! - **logged**: spawn to the end of the first install and attach, from the log;
@@ -20,7 +22,13 @@
 //!   began after the probe before it; both are shown: `after..by`);
 //! - **CPU**: the agent's user + system CPU time by then.
 //!
-//! `cargo +1.99.0 bench -p agent-tests --bench startup [-- [--runs N] [--agent PATH...] RULES...]`
+//! With `--restart`, each start is followed by a restart (SIGTERM, then a new
+//! agent on the same pins and datastore, as a DaemonSet's rolling restart
+//! does): a row `restart` with the same steps, from the new agent's own log
+//! up to its first tables enforced. Its probe column is `-`: the earlier
+//! agent's programs enforce the policy all along, so no probe can tell.
+//!
+//! `cargo +1.99.0 bench -p agent-tests --bench startup [-- [--runs N] [--restart] [--agent PATH...] RULES...]`
 //! (as root; builds the release agent first). With `--agent` (repeatable) the
 //! given agent binaries instead, run in turn at each size (before/after
 //! comparisons in one session; steps an agent does not log are `-`).
@@ -36,10 +44,13 @@ fn main() {
     let mut runs = 1;
     let mut sizes = Vec::new();
     let mut agents: Vec<PathBuf> = Vec::new();
+    let mut restart = false;
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(a) = args.next() {
         if a == "--runs" {
             runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N");
+        } else if a == "--restart" {
+            restart = true;
         } else if a == "--agent" {
             agents.push(args.next().expect("--agent PATH").into());
         } else {
@@ -54,11 +65,12 @@ fn main() {
     }
     println!("load average before: {}", load_average());
     println!(
-        "{:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>17} {:>9}  agent",
+        "{:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>17} {:>9}  agent",
         "rules",
         "start",
         "programs",
         "load",
+        "ahead",
         "compile",
         "install",
         "attach",
@@ -73,32 +85,34 @@ fn main() {
                 loadgen: env!("CARGO_BIN_EXE_loadgen").into(),
                 agent_ready: Duration::from_secs(120),
             };
-            let lab = TrafficLab::new(Variant::Agent, rules, &tools)
+            let mut lab = TrafficLab::new(Variant::Agent, rules, &tools)
                 .unwrap_or_else(|e| panic!("agent lab at {rules} rules: {e:#}"));
             let startup = lab.startup.expect("the agent lab notes its startup");
             let log = lab.agent_log().unwrap_or_default();
-            let steps = Steps::from_log(&log, startup.spawned);
-            let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
             let probe = match startup.not_yet {
                 Some(before) => format!("{}..{}", ms(before), ms(startup.enforced)),
                 None => format!("..{}", ms(startup.enforced)),
             };
-            println!(
-                "{rules:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {probe:>17} {:>9}  {}",
-                steps.start,
-                steps.programs,
-                steps.load,
-                steps.compile,
-                steps.install,
-                steps.attach,
-                steps.logged,
-                ms(startup.agent_cpu),
-                agent.display(),
-            );
+            let steps = Steps::from_log(&log, startup.spawned);
+            steps.print(rules, &probe, startup.agent_cpu, agent);
+            if restart {
+                let (spawned, cpu) = lab
+                    .restart_agent(ENFORCED)
+                    .unwrap_or_else(|e| panic!("restart at {rules} rules: {e:#}"));
+                let log = lab.agent_log().unwrap_or_default();
+                Steps::from_log(&log, spawned).print(rules, "restart", cpu, agent);
+            }
         }
     }
     println!("load average after: {}", load_average());
     println!("(milliseconds; wall time except CPU)");
+}
+
+const INSTALLED: &str = "tables installed";
+const ENFORCED: &str = "first tables enforced: endpoint interfaces attached";
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e3)
 }
 
 /// The startup steps in the agent's log, in ms (see the module docs).
@@ -106,6 +120,7 @@ struct Steps {
     start: String,
     programs: String,
     load: String,
+    ahead: String,
     compile: String,
     install: String,
     attach: String,
@@ -137,17 +152,34 @@ impl Steps {
                 .and_then(|l| l["fields"][name].as_f64())
                 .map_or("-".into(), |v| format!("{v:.0}"))
         };
-        const INSTALLED: &str = "tables installed";
-        const ENFORCED: &str = "first tables enforced: endpoint interfaces attached";
         Steps {
             start: since_spawn("agent run starting"),
             programs: field("eBPF programs loaded (verified)", "ms"),
             load: field(INSTALLED, "load_ms"),
+            ahead: field("first compile done while the programs were verified", "ms"),
             compile: field(INSTALLED, "compile_ms"),
             install: field(INSTALLED, "install_ms"),
             attach: field(ENFORCED, "ms"),
             logged: since_spawn(ENFORCED),
         }
+    }
+}
+
+impl Steps {
+    fn print(&self, rules: usize, probe: &str, cpu: Duration, agent: &std::path::Path) {
+        println!(
+            "{rules:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {probe:>17} {:>9}  {}",
+            self.start,
+            self.programs,
+            self.load,
+            self.ahead,
+            self.compile,
+            self.install,
+            self.attach,
+            self.logged,
+            ms(cpu),
+            agent.display(),
+        );
     }
 }
 

@@ -323,6 +323,26 @@ impl TrafficLab {
         }
     }
 
+    /// Restarts the agent (see [`AgentRun::restart`]) and waits until its log
+    /// says the first tables are enforced (the policy stays enforced by the
+    /// earlier agent's programs meanwhile, so a probe cannot tell); the new
+    /// agent's spawn time and CPU time then. [`Self::agent_log`] is the new log.
+    pub fn restart_agent(&mut self, done: &str) -> Result<(SystemTime, Duration)> {
+        let limit = self.tools.agent_ready;
+        let agent = self.agent.as_mut().context("no agent in this lab")?;
+        agent.restart(&self.lab)?;
+        let deadline = Instant::now() + limit;
+        while !std::fs::read_to_string(&agent.log)?.contains(done) {
+            agent.check_running()?;
+            if Instant::now() > deadline {
+                bail!("the restarted agent did not log {done:?} within {limit:?}");
+            }
+            std::thread::sleep(WAIT_POLL);
+        }
+        let cpu = process_cpu(agent.child.0.id()).unwrap_or_default();
+        Ok((agent.spawned.0, cpu))
+    }
+
     /// The agent's log so far (`RUST_LOG=info`, JSON lines), with [`Variant::Agent`].
     pub fn agent_log(&self) -> Option<String> {
         let agent = self.agent.as_ref()?;
@@ -483,27 +503,7 @@ impl AgentRun {
         let bpffs = Path::new("/sys/fs/bpf").join(format!("{}-traffic", lab.id()));
         let log = base.join("agent.log");
         let spawned = (SystemTime::now(), Instant::now());
-        let child = lab
-            .node()
-            .command(agent)
-            .arg("run")
-            .arg("--datastore")
-            .arg(&datastore)
-            .arg("--socket")
-            .arg(base.join("agent.sock"))
-            .arg("--bpffs")
-            .arg(&bpffs)
-            // Nothing on the host's disk: the bench needs no records kept.
-            .arg("--flow-history")
-            .arg("none")
-            .env("RUST_LOG", "info")
-            // Timestamps to the microsecond, parsed by the startup bench.
-            .env("AGENT_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::options().append(true).open(&log)?)
-            .spawn()
-            .context("starting agent run")?;
+        let child = Self::spawn(lab, agent, &base, &bpffs, &log)?;
         Ok(AgentRun {
             child: Killed(child),
             spawned,
@@ -512,6 +512,52 @@ impl AgentRun {
             bpffs,
             log,
         })
+    }
+
+    /// `agent run` on the lab's datastore and pins, logging to `log`.
+    fn spawn(lab: &Lab, agent: &Path, base: &Path, bpffs: &Path, log: &Path) -> Result<Child> {
+        lab.node()
+            .command(agent)
+            .arg("run")
+            .arg("--datastore")
+            .arg(base.join("datastore"))
+            .arg("--socket")
+            .arg(base.join("agent.sock"))
+            .arg("--bpffs")
+            .arg(bpffs)
+            // Nothing on the host's disk: the bench needs no records kept.
+            .arg("--flow-history")
+            .arg("none")
+            .env("RUST_LOG", "info")
+            // Timestamps to the microsecond, parsed by the startup bench.
+            .env("AGENT_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log)?)
+            .stderr(std::fs::File::options().append(true).open(log)?)
+            .spawn()
+            .context("starting agent run")
+    }
+
+    /// Stops the agent as a restart does (SIGTERM: its programs stay attached,
+    /// enforcing) and starts another on the same pins and datastore, logging
+    /// to a fresh file.
+    fn restart(&mut self, lab: &Lab) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = self.child.0.wait()?;
+        if !status.success() {
+            bail!("agent run stopped with {status} on SIGTERM");
+        }
+        self.log = self.base.join("agent-restarted.log");
+        self.spawned = (SystemTime::now(), Instant::now());
+        self.child = Killed(Self::spawn(
+            lab,
+            &self.agent,
+            &self.base,
+            &self.bpffs,
+            &self.log,
+        )?);
+        Ok(())
     }
 
     /// [`Startup`] for a policy first seen by the probe started at `seen`
