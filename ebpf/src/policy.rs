@@ -95,7 +95,7 @@ use crate::conntrack::{self, initiator_lo};
 use crate::established::{self, Lean};
 use crate::events::{self, bump};
 use crate::flow::{Flow, Frontend, Judging};
-use crate::maps::ENDPOINTS;
+use crate::maps::{ENDPOINTS, PARSED};
 use crate::parse::{parse, ParseError, Parsed};
 use crate::service;
 use crate::tables::{self, Tables};
@@ -129,29 +129,135 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
     if hook_dir == direction::INGRESS {
         service::hand_to_post_nat(ctx);
     }
-    let hook = Hook::of(ctx, hook_dir, &endpoint);
-    let lean = if endpoint.flags & endpoint_flags::FULL_PATH == 0 {
-        established::lookup(ctx, hook.dir)
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    let ct_missed = if endpoint.flags & endpoint_flags::FULL_PATH == 0 {
+        let dir = Hook::policy_dir(hook_dir, &endpoint);
+        // SAFETY: `skb` is this run's context.
+        match unsafe { fast_path(skb, u32::from(dir)) } {
+            FAST_ALLOWED => return verdict(true),
+            FAST_DENIED => return verdict(false),
+            FAST_MISSED => true,
+            _ => false,
+        }
     } else {
-        Lean::Full
+        false
     };
-    let ct_missed = match lean {
-        Lean::Known(allow) => return verdict(allow),
-        Lean::Missed => true,
-        Lean::Full => false,
+    let Some(pkt) = PARSED.get_ptr_mut(0) else {
+        // Never: index 0 of a one-entry array.
+        return verdict(false);
     };
-    let pkt = match parse_counted(ctx) {
-        Ok(p) => p,
-        Err(tc_action) => return tc_action,
+    // SAFETY: `skb` is this run's context, `pkt` this CPU's map value.
+    let parsed = unsafe { parse_packet(skb, pkt) };
+    if parsed != PARSED_OK {
+        return parsed;
+    }
+    let args = u32::from(hook_dir) | u32::from(ct_missed) << 8;
+    // SAFETY: as above.
+    unsafe { police_packet(skb, pkt, endpoint.id, endpoint.flags, args) }
+}
+
+/// [`fast_path`]'s answers: the verdict this side recorded, or (`FAST_MISSED`)
+/// no live conntrack entry for a packet read whole, or the full path decides.
+const FAST_DENIED: i32 = 0;
+const FAST_ALLOWED: i32 = 1;
+const FAST_MISSED: i32 = 2;
+const FAST_FULL: i32 = 3;
+
+/// The established fast path (`established::lookup`) at a hook of policy
+/// direction `dir`. A BTF global function like [`parse_packet`]: verified
+/// once, and with a frame of its own beside the policy path's (the frames of
+/// a call chain share 512 bytes of stack).
+///
+/// # Safety
+/// `skb` is the running program's context.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn fast_path(skb: *mut __sk_buff, dir: u32) -> i32 {
+    match established::lookup(&context(skb), dir as u8) {
+        Lean::Known(true) => FAST_ALLOWED,
+        Lean::Known(false) => FAST_DENIED,
+        Lean::Missed => FAST_MISSED,
+        Lean::Full => FAST_FULL,
+    }
+}
+
+/// [`parse_packet`]'s answer for a packet to police (any other is a TC action).
+const PARSED_OK: i32 = -1;
+
+/// Parses the packet into `*out`: [`PARSED_OK`], or the TC action for a packet
+/// that is not policed (not IP: passes) or malformed (dropped), counted.
+///
+/// A BTF global function (`no_mangle`, never inlined): the kernel verifies it
+/// once, on its own, and its caller sees only an unknown result and unknown
+/// contents of `*out`. Inlined, every way through the parser (IP version,
+/// each IPv6 extension header, fragment kinds, L4 protocols) carried its own
+/// constants into the policy path and the verifier walked that path again for
+/// each (docs/benchmarks.md, "Start to enforced").
+///
+/// # Safety
+/// `skb` is the running program's context, `out` null or valid for writes.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn parse_packet(skb: *mut __sk_buff, out: *mut Parsed) -> i32 {
+    // SAFETY: the caller's promise; the verifier needs the null check.
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return TC_ACT_SHOT;
     };
+    match parse_counted(&context(skb)) {
+        Ok(p) => {
+            *out = p;
+            PARSED_OK
+        }
+        Err(tc_action) => tc_action,
+    }
+}
+
+/// The context a global function was given (never null: the kernel's).
+#[inline(always)]
+fn context(skb: *mut __sk_buff) -> TcContext {
+    // SAFETY: the verifier types the argument as this run's context.
+    TcContext::new(unsafe { core::ptr::NonNull::new_unchecked(skb) })
+}
+
+/// Decides a parsed packet of the endpoint (`endpoint_id`, `endpoint_flags`)
+/// at the hook of TC direction `args & 0xff`; `args >> 8`: the fast path
+/// already missed its conntrack key. Returns the TC action, counted.
+///
+/// A BTF global function like [`parse_packet`], for the same reason: the
+/// policy path is verified once for any packet, not once per way through
+/// the parser.
+///
+/// # Safety
+/// `skb` is the running program's context, `pkt` null or valid for reads.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn police_packet(
+    skb: *mut __sk_buff,
+    pkt: *const Parsed,
+    endpoint_id: u32,
+    endpoint_flags: u32,
+    args: u32,
+) -> i32 {
+    // SAFETY: the caller's promise; the verifier needs the null check.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return TC_ACT_SHOT;
+    };
+    let ctx = context(skb);
+    let endpoint = EndpointInfo {
+        id: endpoint_id,
+        flags: endpoint_flags,
+    };
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*skb).ifindex };
+    let hook = Hook::of(&ctx, (args & 0xff) as u8, &endpoint);
     if pkt.nd_or_mld {
         return verdict(true);
     }
-    if conntrack::related_approved(ctx, &pkt, hook.dir) {
+    if conntrack::related_approved(&ctx, pkt, hook.dir) {
         bump(stat::ICMP_RELATED);
         return verdict(true);
     }
-    verdict(police(&pkt, ifindex, &endpoint, &hook, ct_missed))
+    verdict(police(pkt, ifindex, &endpoint, &hook, args >> 8 != 0))
 }
 
 /// The parsed packet, counted; or the TC action for one that is not policed
@@ -206,6 +312,16 @@ struct Hook<'a> {
 }
 
 impl<'a> Hook<'a> {
+    /// The policy direction of TC direction `tc_dir` on `endpoint`'s interface.
+    #[inline(always)]
+    fn policy_dir(tc_dir: u8, endpoint: &EndpointInfo) -> u8 {
+        if endpoint.flags & endpoint_flags::HOST_ENDPOINT != 0 {
+            tc_dir ^ 1
+        } else {
+            tc_dir
+        }
+    }
+
     /// The hook of direction `tc_dir` (a workload's view: TC ingress is what
     /// the pod sends) on `endpoint`'s interface.
     #[inline(always)]
@@ -216,7 +332,7 @@ impl<'a> Hook<'a> {
         let host = endpoint.flags & endpoint_flags::HOST_ENDPOINT != 0;
         Hook {
             ctx,
-            dir: if host { tc_dir ^ 1 } else { tc_dir },
+            dir: Self::policy_dir(tc_dir, endpoint),
             // A workload's own packets, before the node's DNAT.
             defers: !host && tc_dir == direction::EGRESS,
             // What a workload receives, after the node's reverse NAT.

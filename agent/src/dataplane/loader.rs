@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use agent_common::{active_flags, stat, ActiveTables, EndpointInfo, RuleKey, Verdict};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{tc::TcAttachType, SchedClassifier},
+    programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
 
@@ -17,63 +17,9 @@ pub use super::events::FlowRecord;
 use super::exact;
 pub(super) use super::pins::detach_pinned;
 pub use super::pins::{cleanup, link_pin_path, pinned_links, Cleanup, Links, PINNED_MAPS};
+pub use super::programs::Hook;
 use super::tables::{Encoded, TableSet};
 use super::{DataplaneError, EBPF_OBJECT};
-use crate::model::ir::Direction;
-
-/// The two programs, by the hook of the endpoint interface's host side they run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Hook {
-    /// TC ingress: what the endpoint sends (its egress policy).
-    FromEndpoint,
-    /// TC egress: what the endpoint receives (its ingress policy).
-    ToEndpoint,
-}
-
-impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::FromEndpoint, Hook::ToEndpoint];
-
-    pub fn program_name(self) -> &'static str {
-        match self {
-            Hook::FromEndpoint => "from_endpoint",
-            Hook::ToEndpoint => "to_endpoint",
-        }
-    }
-
-    pub fn attach_type(self) -> TcAttachType {
-        match self {
-            Hook::FromEndpoint => TcAttachType::Ingress,
-            Hook::ToEndpoint => TcAttachType::Egress,
-        }
-    }
-
-    /// The endpoint policy direction this hook enforces. On a host endpoint's
-    /// interface (the host's own) the hooks judge the opposite directions of a
-    /// workload's host-side veth: TC ingress carries traffic into the host.
-    pub fn direction(self, host_endpoint: bool) -> Direction {
-        match (self, host_endpoint) {
-            (Hook::FromEndpoint, false) | (Hook::ToEndpoint, true) => Direction::Egress,
-            (Hook::ToEndpoint, false) | (Hook::FromEndpoint, true) => Direction::Ingress,
-        }
-    }
-
-    /// The hook whose packets `direction`'s policy judges.
-    pub fn judging(direction: Direction, host_endpoint: bool) -> Hook {
-        if Hook::FromEndpoint.direction(host_endpoint) == direction {
-            Hook::FromEndpoint
-        } else {
-            Hook::ToEndpoint
-        }
-    }
-
-    /// The short name used in link pin file names (`if<ifindex>_<short>`).
-    pub fn short(self) -> &'static str {
-        match self {
-            Hook::FromEndpoint => "from",
-            Hook::ToEndpoint => "to",
-        }
-    }
-}
 
 /// Per-CPU counters summed, indexed by `agent_common::stat`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,37 +195,9 @@ impl Dataplane {
             old_program_array: None,
             shadow: [None, None],
         };
-        this.load_programs()?;
+        super::programs::load_programs(&mut this.ebpf)?;
         this.fill_service_progs()?;
         Ok(this)
-    }
-
-    /// Loads `from_endpoint`, `to_endpoint` and the post-NAT program through
-    /// the kernel's verifier, the longest step of an agent's start (~1.6 s of
-    /// CPU for each hook's program on the 2-core VM of docs/benchmarks.md,
-    /// "Compile time"). One after the other: loading them on threads of their
-    /// own was measured slower there (3.0 to 4.0 s against 2.2 to 2.7 s to a
-    /// started agent, alternating runs), the verifications competing for the
-    /// same cores and caches.
-    fn load_programs(&mut self) -> Result<(), DataplaneError> {
-        for name in [
-            Hook::FromEndpoint.program_name(),
-            Hook::ToEndpoint.program_name(),
-            super::service::POST_NAT,
-        ] {
-            let started = std::time::Instant::now();
-            let program: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(missing("program", name))?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            tracing::debug!(name, ms = ?started.elapsed(), "program verified and loaded");
-        }
-        Ok(())
     }
 
     pub fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {

@@ -17,6 +17,7 @@ pub mod exact;
 pub mod host;
 pub mod loader;
 pub mod pins;
+mod programs;
 pub mod service;
 pub mod tables;
 pub mod upgrade;
