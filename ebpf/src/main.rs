@@ -1,7 +1,7 @@
 //! TC programs attached to the host side of each endpoint's interface.
 //!
-//! `policy`: the dataplane programs `from_endpoint` / `to_endpoint` and their
-//! decision; per packet it runs `established` (the fast path of flows whose
+//! `hooks`: the dataplane programs `from_endpoint` / `to_endpoint`; `policy`:
+//! their decision; per packet it runs `established` (the fast path of flows whose
 //! conntrack entry holds the verdict), else `parse`, `conntrack`, the lookups
 //! in `tables` (maps in `maps`) and reports through `events`. `service`: the
 //! `post_nat` program and the deferral of flows to Service frontends.
@@ -12,6 +12,7 @@ mod conntrack;
 mod established;
 mod events;
 mod flow;
+mod hooks;
 mod maps;
 mod parse;
 mod policy;

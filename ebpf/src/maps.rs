@@ -16,6 +16,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
+use crate::parse::Parsed;
+
 #[map]
 pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
@@ -106,3 +108,10 @@ pub static SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlow> =
 /// `post_nat` and `to_endpoint`, for the tail calls of a deferred packet.
 #[map]
 pub static SERVICE_PROGS: ProgramArray = ProgramArray::with_max_entries(service_prog::COUNT, 0);
+
+/// The parsed packet between `policy::parse_packet` and `policy::police_packet`
+/// (one per CPU, rewritten by every packet that gets that far; never pinned):
+/// the two are verified as functions of their own, and on the stack it would
+/// add to both frames, over the 512-byte limit of a call chain.
+#[map]
+pub static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);

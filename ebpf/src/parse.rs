@@ -14,6 +14,12 @@ pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 /// At most this many IPv6 extension headers are skipped; more is malformed.
 const MAX_IPV6_EXT: usize = 8;
 
+/// Beyond any header offset the parser accepts (at most ~16.5 KiB: 8 IPv6
+/// extension headers of at most 2 KiB), and low enough that offsets grown
+/// from it (a quoted packet's own headers) stay under the verifier's packet
+/// offset limit (0xffff).
+const MAX_HEADER_OFFSET: usize = 0x7fff;
+
 /// What the policy path needs from a packet.
 pub struct Parsed {
     pub src: [u8; 16],
@@ -418,7 +424,9 @@ fn ipv6_chain(ctx: &TcContext, mut next: u8, mut off: usize) -> Result<Ipv6Chain
 #[inline(always)]
 pub fn quoted(ctx: &TcContext, p: &Parsed) -> Option<Quoted> {
     let off = p.quote_offset;
-    if off == 0 {
+    // The bound tells the verifier what the parser's own checks did (the
+    // parse is verified apart: `policy::parse_packet`).
+    if off == 0 || off > MAX_HEADER_OFFSET {
         return None;
     }
     let ip_version = p.ip_version;

@@ -83,120 +83,21 @@ use agent_common::{
     action, active_flags, ct_flags, direction, endpoint_flags, event_flags, ip_proto, stat, table,
     tcp_state, CtKey, CtSide, CtValue, DeferValue, EndpointInfo, RuleKey, Verdict,
 };
-use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-    EbpfContext,
-};
+use aya_ebpf::programs::TcContext;
 
 use crate::coarse_now;
 use crate::conntrack::{self, initiator_lo};
-use crate::established::{self, Lean};
 use crate::events::{self, bump};
 use crate::flow::{Flow, Frontend, Judging};
-use crate::maps::ENDPOINTS;
-use crate::parse::{parse, ParseError, Parsed};
+use crate::parse::Parsed;
 use crate::service;
 use crate::tables::{self, Tables};
 
-#[classifier]
-pub fn from_endpoint(ctx: TcContext) -> i32 {
-    handle(&ctx, direction::EGRESS)
-}
-
-#[classifier]
-pub fn to_endpoint(ctx: TcContext) -> i32 {
-    handle(&ctx, direction::INGRESS)
-}
-
-#[inline(always)]
-fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
-    bump(stat::PACKETS);
-    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
-    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    // SAFETY: plain values copied out at once.
-    let endpoint = match unsafe { ENDPOINTS.get(&ifindex) } {
-        Some(e) => *e,
-        None => {
-            bump(stat::NOT_ENDPOINT);
-            return TC_ACT_OK;
-        }
-    };
-    // TC egress of an endpoint interface is a post-DNAT point: a flow that a
-    // client's `from_endpoint` deferred is judged by `post_nat` first, which
-    // returns here (see `service`); nothing else pays more than a field read.
-    if hook_dir == direction::INGRESS {
-        service::hand_to_post_nat(ctx);
-    }
-    let hook = Hook::of(ctx, hook_dir, &endpoint);
-    let lean = if endpoint.flags & endpoint_flags::FULL_PATH == 0 {
-        established::lookup(ctx, hook.dir)
-    } else {
-        Lean::Full
-    };
-    let ct_missed = match lean {
-        Lean::Known(allow) => return verdict(allow),
-        Lean::Missed => true,
-        Lean::Full => false,
-    };
-    let pkt = match parse_counted(ctx) {
-        Ok(p) => p,
-        Err(tc_action) => return tc_action,
-    };
-    if pkt.nd_or_mld {
-        return verdict(true);
-    }
-    if conntrack::related_approved(ctx, &pkt, hook.dir) {
-        bump(stat::ICMP_RELATED);
-        return verdict(true);
-    }
-    verdict(police(&pkt, ifindex, &endpoint, &hook, ct_missed))
-}
-
-/// The parsed packet, counted; or the TC action for one that is not policed
-/// (not IP: passes) or malformed (dropped).
-#[inline(always)]
-fn parse_counted(ctx: &TcContext) -> Result<Parsed, i32> {
-    match parse(ctx) {
-        Ok(p) => {
-            if p.fragment || p.fragment_tracked {
-                bump(stat::FRAGMENTS);
-            }
-            if p.fragment_tracked {
-                bump(stat::FRAGMENTS_TRACKED);
-            }
-            Ok(p)
-        }
-        Err(ParseError::NotIp) => {
-            bump(stat::NON_IP);
-            Err(TC_ACT_OK)
-        }
-        Err(ParseError::Malformed) => {
-            bump(stat::MALFORMED);
-            bump(stat::DENIED);
-            Err(TC_ACT_SHOT)
-        }
-    }
-}
-
-/// The TC action of a verdict, counted.
-#[inline(always)]
-fn verdict(allowed: bool) -> i32 {
-    if allowed {
-        bump(stat::ALLOWED);
-        TC_ACT_OK
-    } else {
-        bump(stat::DENIED);
-        TC_ACT_SHOT
-    }
-}
-
 /// Where a packet is being policed.
-struct Hook<'a> {
+pub(crate) struct Hook<'a> {
     ctx: &'a TcContext,
     /// Policy direction of this hook for this endpoint.
-    dir: u8,
+    pub(crate) dir: u8,
     /// A workload's `from_endpoint`: new flows to a Service frontend are
     /// deferred to the post-DNAT hook.
     defers: bool,
@@ -206,17 +107,27 @@ struct Hook<'a> {
 }
 
 impl<'a> Hook<'a> {
+    /// The policy direction of TC direction `tc_dir` on `endpoint`'s interface.
+    #[inline(always)]
+    pub(crate) fn policy_dir(tc_dir: u8, endpoint: &EndpointInfo) -> u8 {
+        if endpoint.flags & endpoint_flags::HOST_ENDPOINT != 0 {
+            tc_dir ^ 1
+        } else {
+            tc_dir
+        }
+    }
+
     /// The hook of direction `tc_dir` (a workload's view: TC ingress is what
     /// the pod sends) on `endpoint`'s interface.
     #[inline(always)]
-    fn of(ctx: &'a TcContext, tc_dir: u8, endpoint: &EndpointInfo) -> Self {
+    pub(crate) fn of(ctx: &'a TcContext, tc_dir: u8, endpoint: &EndpointInfo) -> Self {
         // A host endpoint's interface is the host's own: its TC ingress carries
         // traffic INTO the host (the host's ingress policy), the opposite of a
         // workload's host-side veth, where TC ingress is what the pod sends.
         let host = endpoint.flags & endpoint_flags::HOST_ENDPOINT != 0;
         Hook {
             ctx,
-            dir: if host { tc_dir ^ 1 } else { tc_dir },
+            dir: Self::policy_dir(tc_dir, endpoint),
             // A workload's own packets, before the node's DNAT.
             defers: !host && tc_dir == direction::EGRESS,
             // What a workload receives, after the node's reverse NAT.
@@ -228,7 +139,7 @@ impl<'a> Hook<'a> {
 /// Decides one packet; true = allow. `ct_missed`: the fast path already
 /// looked this packet's key up and found no live entry.
 #[inline(always)]
-fn police(
+pub(crate) fn police(
     pkt: &Parsed,
     ifindex: u32,
     endpoint: &EndpointInfo,

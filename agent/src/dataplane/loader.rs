@@ -16,10 +16,10 @@ use aya::{
 pub use super::conntrack::{monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, CtSweep};
 pub use super::events::FlowRecord;
 use super::exact;
-pub use super::hook::Hook;
-use super::hook::PROGRAMS;
 pub(super) use super::pins::detach_pinned;
 pub use super::pins::{cleanup, link_pin_path, pinned_links, Cleanup, Links, PINNED_MAPS};
+pub use super::programs::Hook;
+use super::programs::PROGRAMS;
 use super::tables::{Encoded, TableSet};
 use super::{reuse, DataplaneError, EBPF_OBJECT};
 
@@ -214,10 +214,14 @@ impl Dataplane {
     /// the verifier and pinned for the next agent (see `reuse`).
     fn load_or_reuse_programs(&mut self, may_reuse: bool) -> Result<(), DataplaneError> {
         let Some(pin_dir) = self.pin_dir.clone() else {
-            return self.load_programs();
+            return super::programs::load_programs(&mut self.ebpf);
         };
         let dir = reuse::object_dir(&pin_dir, EBPF_OBJECT);
-        let reused = may_reuse
+        let known = reuse::object_maps_known(self.ebpf.maps().map(|(name, _)| name));
+        if !known {
+            tracing::warn!("the object has a map neither pinned nor private: its programs are not kept for a restart");
+        }
+        let reused = (may_reuse && known)
             .then(|| reuse::pinned_map_ids(&pin_dir.join("maps"), &PINNED_MAPS))
             .flatten()
             .and_then(|ids| reuse::take_pinned(&dir, &PROGRAMS, &ids));
@@ -226,42 +230,20 @@ impl Dataplane {
             self.reused = programs;
             return Ok(());
         }
-        self.load_programs()?;
+        super::programs::load_programs(&mut self.ebpf)?;
         let loaded = self.ebpf.programs_mut().filter_map(|(name, program)| {
             let name = PROGRAMS.into_iter().find(|&p| p == name)?;
             Some((name, <&mut SchedClassifier>::try_from(program).ok()?))
         });
-        reuse::pin_verified(&pin_dir, &dir, loaded);
+        if known {
+            reuse::pin_verified(&pin_dir, &dir, loaded);
+        }
         Ok(())
     }
 
     /// The programs were taken from an earlier agent's pins, not verified here.
     pub fn programs_reused(&self) -> bool {
         !self.reused.is_empty()
-    }
-
-    /// Loads `from_endpoint`, `to_endpoint` and the post-NAT program through
-    /// the kernel's verifier, the longest step of an agent's start (~1.6 s of
-    /// CPU for each hook's program on the 2-core VM of docs/benchmarks.md,
-    /// "Compile time"). One after the other: loading them on threads of their
-    /// own was measured slower there (3.0 to 4.0 s against 2.2 to 2.7 s to a
-    /// started agent, alternating runs), the verifications competing for the
-    /// same cores and caches.
-    fn load_programs(&mut self) -> Result<(), DataplaneError> {
-        for name in PROGRAMS {
-            let started = std::time::Instant::now();
-            let program: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(missing("program", name))?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            tracing::debug!(name, ms = ?started.elapsed(), "program verified and loaded");
-        }
-        Ok(())
     }
 
     pub fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {

@@ -3,7 +3,8 @@
 //!
 //! - `loader`: the policy dataplane (`Dataplane`): programs `from_endpoint` /
 //!   `to_endpoint`, double-buffered tables, counters.
-//! - `hook`: the programs, and the hook each endpoint program runs on.
+//! - `programs`: the programs, the hook each endpoint program runs on, and
+//!   their load through the verifier.
 //! - `pins`: what outlives the agent in bpffs (maps, links) and its cleanup.
 //! - `reuse`: programs an earlier agent verified, taken again on a restart.
 //! - `conntrack`: the conntrack map and its sweep of idle entries.
@@ -16,10 +17,10 @@
 pub mod conntrack;
 pub mod events;
 pub mod exact;
-pub mod hook;
 pub mod host;
 pub mod loader;
 pub mod pins;
+mod programs;
 pub mod reuse;
 pub mod service;
 pub mod tables;

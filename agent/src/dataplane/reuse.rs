@@ -10,7 +10,7 @@
 //! - the object is the same (the directory name: another build, another
 //!   directory, and the earlier build's programs are unpinned);
 //! - every map a pinned program uses is one of the maps this agent opened from
-//!   its pins (by kernel map id), or the object's read-only constants. Maps created afresh (after `agent cleanup`,
+//!   its pins (by kernel map id), or one of the programs' own ([`PRIVATE_MAPS`]). Maps created afresh (after `agent cleanup`,
 //!   or a table group of another layout replaced by `upgrade`) have new ids, so
 //!   programs bound to the old ones are never taken.
 //!
@@ -73,7 +73,7 @@ pub fn take_pinned(
         let foreign = used
             .iter()
             .map(|&id| (id, MapInfo::from_id(id).ok()))
-            .find(|(id, info)| !map_ids.contains(id) && !info.as_ref().is_some_and(is_constants));
+            .find(|(id, info)| !map_ids.contains(id) && !info.as_ref().is_some_and(is_private));
         if let Some((id, info)) = foreign {
             tracing::debug!(
                 name,
@@ -88,16 +88,22 @@ pub fn take_pinned(
     Some(programs)
 }
 
-/// `BPF_F_RDONLY_PROG` (linux/bpf.h): the program may only read the map.
-const RDONLY_PROG: u32 = 1 << 7;
+/// The object's maps that are its programs' own: nothing but the program
+/// reads or writes them (the parsed packet handed between the programs'
+/// functions, `ebpf/src/hooks.rs`; the constants, which aya fills from the
+/// object and freezes). Every other map is pinned ([`super::pins::PINNED_MAPS`]) and
+/// so shared with a reused program; of these a reused program keeps its own
+/// copy, as good as a new one. [`object_maps_known`] holds the object to it.
+pub const PRIVATE_MAPS: [&str; 2] = ["PARSED", ".rodata"];
 
-/// The program's own constants: the object's `.rodata`, which aya creates
-/// unpinned for each load, fills from the object and freezes, and which the
-/// program can only read. Same object, same contents, so the earlier load's
-/// copy is as good as a new one.
-fn is_constants(map: &MapInfo) -> bool {
-    map.name_as_str().is_some_and(|n| n.starts_with(".rodata"))
-        && map.map_flags() & RDONLY_PROG != 0
+/// Whether every map of the loaded object is pinned or private: a map the
+/// agent uses without pinning it would not be the one a reused program uses.
+pub fn object_maps_known<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
+    names.all(|n| super::pins::PINNED_MAPS.contains(&n) || PRIVATE_MAPS.contains(&n))
+}
+
+fn is_private(map: &MapInfo) -> bool {
+    map.name_as_str().is_some_and(|n| PRIVATE_MAPS.contains(&n))
 }
 
 /// Pins the freshly verified `programs` in `dir` for the next agent, after
