@@ -211,6 +211,7 @@ pub use names::tier_code;
 use names::Names;
 pub use peers::ClassIds;
 use peers::PeerClasses;
+use views::Sharing;
 
 /// The compiler's output, ready for `Dataplane::install`.
 #[derive(Clone, Debug)]
@@ -321,7 +322,15 @@ pub fn compile_with(
     limits: &Limits,
     ids: &EndpointIds,
 ) -> Result<Compiled, CompileError> {
-    compile_seeded(model, limits, ids, &ClassIds::default(), None).map(|(c, ..)| c)
+    compile_seeded(
+        model,
+        limits,
+        ids,
+        &ClassIds::default(),
+        None,
+        Sharing::Views,
+    )
+    .map(|(c, ..)| c)
 }
 
 /// The compile: peer classes numbered after `classes`, endpoints under `ids`;
@@ -334,6 +343,7 @@ fn compile_seeded(
     ids: &EndpointIds,
     classes: &ClassIds,
     cache: Option<&Cache>,
+    sharing: Sharing,
 ) -> Result<(Compiled, ClassIds, Cache), CompileError> {
     let started = Instant::now();
     let eval = Evaluator::new(model);
@@ -378,7 +388,7 @@ fn compile_seeded(
         .collect();
     // One compile per view (none where a member's entries are reused); the
     // other members take its entries under their own id (see `views`).
-    let groups = views::group_by_view(&shared, &targets);
+    let groups = views::group_by_view(&shared, &targets, sharing);
     let sources = in_parallel(groups.len(), 1, |g| {
         let members = &groups[g];
         match members.iter().find_map(|&k| hits[k].map(|c| (k, c))) {
