@@ -28,6 +28,9 @@ use crate::model::ir::{
     Action, Direction, EndpointKind, EntityRule, Model, PortMatch, Rule, TierDefault,
 };
 
+/// A named port as (name, protocol number, port).
+type NamedPortOf = (String, u8, u16);
+
 /// One applicable tier, its policies by identity (addresses into the model).
 type TierView = (Phase, String, TierDefault, Vec<usize>);
 
@@ -50,7 +53,7 @@ pub(super) struct View {
 enum LocalView {
     Nothing,
     /// Per address (in order): its family and its owners' named ports.
-    NamedPorts(Vec<(bool, Vec<(String, u8, u16)>)>),
+    NamedPorts(Vec<(bool, Vec<NamedPortOf>)>),
     Addresses(Vec<IpAddr>),
 }
 
@@ -166,11 +169,11 @@ fn own_side_read(rule: &Rule, direction: Direction) -> OwnSide {
 
 /// The named ports, as (name, protocol, port) sorted, of the endpoints owning
 /// each address (what a named port on a rule's local side resolves against).
-struct NamedPortsByAddress(HashMap<IpAddr, Vec<(String, u8, u16)>>);
+struct NamedPortsByAddress(HashMap<IpAddr, Vec<NamedPortOf>>);
 
 impl NamedPortsByAddress {
     fn new(model: &Model) -> Self {
-        let mut by: HashMap<IpAddr, Vec<(String, u8, u16)>> = HashMap::new();
+        let mut by: HashMap<IpAddr, Vec<NamedPortOf>> = HashMap::new();
         for e in &model.endpoints {
             for ip in &e.ips {
                 let ports = by.entry(*ip).or_default();
