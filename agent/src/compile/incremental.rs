@@ -60,8 +60,14 @@ impl Compiler {
         limits: &Limits,
         ids: &EndpointIds,
     ) -> Result<Compiled, CompileError> {
-        let (compiled, classes, cache) =
-            super::compile_seeded(model, limits, ids, &self.classes, Some(&self.cache))?;
+        let (compiled, classes, cache) = super::compile_seeded(
+            model,
+            limits,
+            ids,
+            &self.classes,
+            Some(&self.cache),
+            super::Sharing::Views,
+        )?;
         self.classes = classes;
         self.cache = cache;
         Ok(compiled)
@@ -75,7 +81,15 @@ impl Compiler {
         limits: &Limits,
         ids: &EndpointIds,
     ) -> Result<Compiled, CompileError> {
-        super::compile_seeded(model, limits, ids, &self.classes, None).map(|(c, ..)| c)
+        super::compile_seeded(
+            model,
+            limits,
+            ids,
+            &self.classes,
+            None,
+            super::Sharing::Views,
+        )
+        .map(|(c, ..)| c)
     }
 }
 

@@ -165,8 +165,16 @@
 //! Capacity error, never a partial table. A wildcard per family was measured
 //! there and does not pay (-0.5% group entries, +64% rule keys: the entries
 //! are same-family pods named by `pod in {..}` selectors). Endpoints with
-//! identical tables (12 distinct among those 1,000) each get a copy; sharing
-//! them is the next saving (docs/benchmarks.md, "Capacity").
+//! identical tables (12 distinct among those 1,000) each get a copy in the
+//! kernel; sharing them there is the next saving (docs/benchmarks.md,
+//! "Capacity").
+//!
+//! # One compile per endpoint view
+//! Endpoints whose tables can only differ by their id (the same applicable
+//! policies per set and direction, kind, reachable profiles, and what rules
+//! read on their own side; see `views`) are compiled once, the others take
+//! those entries under their own id: at 10,000 pods x 1,000 policies the
+//! 1,000 local pods are 12 compiles (1.4 s in all instead of ~7 minutes).
 //!
 //! # Tests
 //! `compile::tests` (scenarios, and random models, with source-port rules and
@@ -199,6 +207,7 @@ mod source_ports;
 pub mod testgen;
 #[cfg(test)]
 mod tests;
+mod views;
 
 use budget::{Budget, EndpointUse};
 pub use budget::{Limits, MAX_KEYS_PER_ENDPOINT};
@@ -210,6 +219,7 @@ pub use names::tier_code;
 use names::Names;
 pub use peers::ClassIds;
 use peers::PeerClasses;
+use views::Sharing;
 
 /// The compiler's output, ready for `Dataplane::install`.
 #[derive(Clone, Debug)]
@@ -278,12 +288,15 @@ pub struct CompileStats {
     pub evaluations: usize,
     /// Endpoints whose entries an incremental compile reused (see [`Compiler`]).
     pub reused: usize,
+    /// Endpoints that took the entries of another endpoint with the same view
+    /// (its policies, profiles and kind; see `views`) instead of a compile.
+    pub shared: usize,
     /// Per compiled endpoint (same order as `Compiled::endpoints`): encoded keys.
     pub keys_per_endpoint: Vec<usize>,
     pub duration: Duration,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
     #[error("endpoint {endpoint}: {limit} exceeded: {needed} needed, at most {max}")]
     Capacity {
@@ -317,7 +330,15 @@ pub fn compile_with(
     limits: &Limits,
     ids: &EndpointIds,
 ) -> Result<Compiled, CompileError> {
-    compile_seeded(model, limits, ids, &ClassIds::default(), None).map(|(c, ..)| c)
+    compile_seeded(
+        model,
+        limits,
+        ids,
+        &ClassIds::default(),
+        None,
+        Sharing::Views,
+    )
+    .map(|(c, ..)| c)
 }
 
 /// The compile: peer classes numbered after `classes`, endpoints under `ids`;
@@ -330,6 +351,7 @@ fn compile_seeded(
     ids: &EndpointIds,
     classes: &ClassIds,
     cache: Option<&Cache>,
+    sharing: Sharing,
 ) -> Result<(Compiled, ClassIds, Cache), CompileError> {
     let started = Instant::now();
     let eval = Evaluator::new(model);
@@ -362,19 +384,36 @@ fn compile_seeded(
     };
     let id_of = ids.assign(model, &targets);
     let hashes = cache.map(|_| ModelHashes::new(model));
-    let results = in_parallel(targets.len(), |k| {
-        let (index, id) = (targets[k], id_of[k]);
-        let key = hashes
-            .as_ref()
-            .map(|h| incremental::key(&shared, h, index, id));
-        let hit = cache
-            .and_then(|c| c.get(&id))
-            .filter(|c| Some(c.key) == key);
-        match hit {
-            Some(c) => Ok((key, c.out.clone(), true)),
-            None => compile_endpoint(&shared, index, id).map(|out| (key, Arc::new(out), false)),
+    let keys: Vec<Option<u128>> = in_parallel(targets.len(), 16, |k| {
+        let h = hashes.as_ref()?;
+        Some(incremental::key(&shared, h, targets[k], id_of[k]))
+    });
+    let hits: Vec<Option<&Cached>> = (0..targets.len())
+        .map(|k| {
+            let cached = cache.and_then(|c| c.get(&id_of[k]));
+            cached.filter(|c| Some(c.key) == keys[k])
+        })
+        .collect();
+    // One compile per view (none where a member's entries are reused); the
+    // other members take its entries under their own id (see `views`).
+    let groups = views::group_by_view(&shared, &targets, sharing);
+    let sources = in_parallel(groups.len(), 1, |g| {
+        let members = &groups[g];
+        match members.iter().find_map(|&k| hits[k].map(|c| (k, c))) {
+            Some((k, c)) => Ok((id_of[k], c.out.clone(), false)),
+            None => {
+                let k = members[0];
+                compile_endpoint(&shared, targets[k], id_of[k])
+                    .map(|o| (id_of[k], Arc::new(o), true))
+            }
         }
     });
+    let mut group_of = vec![0; targets.len()];
+    for (g, members) in groups.iter().enumerate() {
+        for &k in members {
+            group_of[k] = g;
+        }
+    }
     let mut compiled = Compiled {
         tables: TableSet {
             peers: Vec::new(),
@@ -391,15 +430,29 @@ fn compile_seeded(
     };
     let mut budget = Budget::default();
     let mut next_cache = Cache::new();
-    for (k, result) in results.into_iter().enumerate() {
-        let (key, out, reused) = result?;
+    for k in 0..targets.len() {
+        // A group's first member comes first in model order: a compile error
+        // is reported where compiling every endpoint alone reports it.
+        let (source_id, source, compiled_now) =
+            sources[group_of[k]].as_ref().map_err(Clone::clone)?;
+        let out = match hits[k] {
+            Some(c) => {
+                compiled.stats.reused += 1;
+                c.out.clone()
+            }
+            None if *source_id == id_of[k] => {
+                if *compiled_now {
+                    compiled.stats.evaluations += source.evaluations;
+                }
+                source.clone()
+            }
+            None => {
+                compiled.stats.shared += 1;
+                Arc::new(source.with_id(id_of[k]))
+            }
+        };
         compiled.add_endpoint(model, targets[k], id_of[k], &out, limits, &mut budget)?;
-        if reused {
-            compiled.stats.reused += 1;
-        } else {
-            compiled.stats.evaluations += out.evaluations;
-        }
-        if let Some(key) = key {
+        if let Some(key) = keys[k] {
             next_cache.insert(id_of[k], Cached { key, out });
         }
     }
@@ -468,12 +521,12 @@ impl Compiled {
     }
 }
 
-/// `f(0..count)`, spread over the CPUs (endpoints are independent), results
-/// in order.
-fn in_parallel<T: Send>(count: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+/// `f(0..count)`, spread over the CPUs (endpoints are independent), at
+/// least `per_thread` items a thread, results in order.
+fn in_parallel<T: Send>(count: usize, per_thread: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(count.div_ceil(16))
+        .min(count.div_ceil(per_thread))
         .max(1);
     if threads == 1 {
         return (0..count).map(f).collect();
