@@ -18,6 +18,13 @@
 //! - when a rule names a port, every endpoint's named ports (they are
 //!   breakpoints of the port axis).
 //!
+//! All but the first item are the same for every endpoint of one view (the
+//! endpoints compiled alike, see `views`): they are hashed once per view
+//! ([`view_key`]), and an endpoint's key is its id, its record and its view's
+//! key ([`key`]). Entries are reused per endpoint; an endpoint whose key
+//! changed takes the entries of a member of its view that kept its key, if
+//! any, under its own id.
+//!
 //! What stays global on every compile: the evaluator's indexes, the verdict
 //! names, the peer classes (prefixes, signatures) and the keys themselves.
 use std::collections::HashMap;
