@@ -18,6 +18,13 @@
 //! - when a rule names a port, every endpoint's named ports (they are
 //!   breakpoints of the port axis).
 //!
+//! All but the first item are the same for every endpoint of one view (the
+//! endpoints compiled alike, see `views`): they are hashed once per view
+//! ([`view_key`]), and an endpoint's key is its id, its record and its view's
+//! key ([`key`]). Entries are reused per endpoint; an endpoint whose key
+//! changed takes the entries of a member of its view that kept its key, if
+//! any, under its own id.
+//!
 //! What stays global on every compile: the evaluator's indexes, the verdict
 //! names, the peer classes (prefixes, signatures) and the keys themselves.
 use std::collections::HashMap;
@@ -28,7 +35,7 @@ use super::endpoint::{EndpointOut, Shared};
 use super::peers::{ones, set_bit, ClassIds, PeerClasses};
 use super::{CompileError, Compiled, EndpointIds, Limits};
 use crate::eval::PolicySet;
-use crate::model::ir::{Direction, EndpointKind, Model, PortMatch, Rule};
+use crate::model::ir::{Direction, Endpoint, EndpointKind, Model, PortMatch, Rule};
 
 /// An endpoint's compiled entries and the key of what they depend on.
 #[derive(Clone)]
@@ -157,14 +164,25 @@ impl KeyHasher {
     }
 }
 
-/// The key of endpoint `model.endpoints[index]` compiled under `id` (see the
-/// module docs).
-pub(super) fn key(shared: &Shared<'_, '_>, hashes: &ModelHashes, index: usize, id: u32) -> u128 {
-    let model = shared.model;
-    let endpoint = &model.endpoints[index];
+/// The key of an endpoint compiled under `id` whose view (the endpoints
+/// compiled alike, see `views`) has the key `view` (see the module docs).
+pub(super) fn key(view: u128, endpoint: &Endpoint, id: u32) -> u128 {
     let mut h = KeyHasher::new();
     h.add(id);
     h.add(hash_debug(endpoint));
+    h.add(view);
+    h.finish()
+}
+
+/// What the entries of endpoint `model.endpoints[index]` depend on besides
+/// the endpoint's own record and id: the same for every endpoint of its view
+/// (its policies and profiles, the classes seen through their rules, ...).
+/// The endpoint's own record is hashed into [`key`] whole, so whatever of it
+/// this leaves out (another member's profile names) is still in the key.
+pub(super) fn view_key(shared: &Shared<'_, '_>, hashes: &ModelHashes, index: usize) -> u128 {
+    let model = shared.model;
+    let endpoint = &model.endpoints[index];
+    let mut h = KeyHasher::new();
     let mut rules: Vec<&Rule> = Vec::new();
     for set in [PolicySet::Enforced, PolicySet::Pending] {
         for direction in [Direction::Ingress, Direction::Egress] {
@@ -179,7 +197,10 @@ pub(super) fn key(shared: &Shared<'_, '_>, hashes: &ModelHashes, index: usize, i
             }
         }
     }
-    for name in &endpoint.profiles {
+    // Profiles no packet can reach (none defined) are the same to every member.
+    let profiles = super::views::profiles_that_matter(shared, index);
+    h.add(profiles.is_some());
+    for name in profiles.into_iter().flatten() {
         h.add((
             name,
             hashes.profiles.get(name),

@@ -384,19 +384,36 @@ fn compile_seeded(
     };
     let id_of = ids.assign(model, &targets);
     let hashes = cache.map(|_| ModelHashes::new(model));
-    let keys: Vec<Option<u128>> = in_parallel(targets.len(), 16, |k| {
+    // One compile per view (none where a member's entries are reused); the
+    // other members take its entries under their own id (see `views`).
+    let groups = views::group_by_view(&shared, &targets, sharing);
+    let mut group_of = vec![0; targets.len()];
+    for (g, members) in groups.iter().enumerate() {
+        for &k in members {
+            group_of[k] = g;
+        }
+    }
+    // What a view's entries depend on is hashed once per view, not per endpoint.
+    let view_keys: Vec<Option<u128>> = in_parallel(groups.len(), 1, |g| {
         let h = hashes.as_ref()?;
-        Some(incremental::key(&shared, h, targets[k], id_of[k]))
+        Some(incremental::view_key(&shared, h, targets[groups[g][0]]))
     });
+    let keys: Vec<Option<u128>> = (0..targets.len())
+        .map(|k| {
+            let view = view_keys[group_of[k]]?;
+            Some(incremental::key(
+                view,
+                &model.endpoints[targets[k]],
+                id_of[k],
+            ))
+        })
+        .collect();
     let hits: Vec<Option<&Cached>> = (0..targets.len())
         .map(|k| {
             let cached = cache.and_then(|c| c.get(&id_of[k]));
             cached.filter(|c| Some(c.key) == keys[k])
         })
         .collect();
-    // One compile per view (none where a member's entries are reused); the
-    // other members take its entries under their own id (see `views`).
-    let groups = views::group_by_view(&shared, &targets, sharing);
     let sources = in_parallel(groups.len(), 1, |g| {
         let members = &groups[g];
         match members.iter().find_map(|&k| hits[k].map(|c| (k, c))) {
@@ -408,12 +425,6 @@ fn compile_seeded(
             }
         }
     });
-    let mut group_of = vec![0; targets.len()];
-    for (g, members) in groups.iter().enumerate() {
-        for &k in members {
-            group_of[k] = g;
-        }
-    }
     let mut compiled = Compiled {
         tables: TableSet {
             peers: Vec::new(),

@@ -63,15 +63,12 @@ fn view(shared: &Shared<'_, '_>, index: usize, named: &mut Option<NamedPortsByAd
     let model = shared.model;
     let endpoint = &model.endpoints[index];
     let mut reads = OwnSide::Nothing;
-    let mut profiles_consulted = false;
     let mut tiers: [Vec<TierView>; 4] = Default::default();
     let cases = [PolicySet::Enforced, PolicySet::Pending]
         .into_iter()
         .flat_map(|set| [Direction::Ingress, Direction::Egress].map(|d| (set, d)));
     for (slot, (set, direction)) in tiers.iter_mut().zip(cases) {
-        let applicable = shared.eval.applicable_policies(set, index, direction);
-        profiles_consulted |= !applicable.iter().any(|t| decides_all(t, direction));
-        for tier in applicable {
+        for tier in shared.eval.applicable_policies(set, index, direction) {
             let policies = tier
                 .policies
                 .iter()
@@ -95,12 +92,7 @@ fn view(shared: &Shared<'_, '_>, index: usize, named: &mut Option<NamedPortsByAd
     }
     View {
         kind: endpoint.kind,
-        profiles: (profiles_consulted
-            || endpoint
-                .profiles
-                .iter()
-                .any(|name| model.profiles.iter().any(|p| &p.name == name)))
-        .then(|| endpoint.profiles.clone()),
+        profiles: profiles_that_matter(shared, index).map(<[String]>::to_vec),
         tiers,
         local: match reads {
             OwnSide::Nothing => LocalView::Nothing,
@@ -118,6 +110,31 @@ fn view(shared: &Shared<'_, '_>, index: usize, named: &mut Option<NamedPortsByAd
             OwnSide::Address => LocalView::Addresses(endpoint.ips.clone()),
         },
     }
+}
+
+/// The endpoint's profiles, or None when none can matter to its entries: none
+/// is defined (so none adds rules to the port layout) and every policy set
+/// and direction has a tier that decides every packet reaching it.
+pub(super) fn profiles_that_matter<'m>(
+    shared: &Shared<'_, 'm>,
+    index: usize,
+) -> Option<&'m [String]> {
+    let model = shared.model;
+    let endpoint = &model.endpoints[index];
+    let consulted = [PolicySet::Enforced, PolicySet::Pending]
+        .into_iter()
+        .flat_map(|set| [Direction::Ingress, Direction::Egress].map(|d| (set, d)))
+        .any(|(set, direction)| {
+            let applicable = shared.eval.applicable_policies(set, index, direction);
+            !applicable.iter().any(|t| decides_all(t, direction))
+        });
+    let defined = || {
+        let names = &endpoint.profiles;
+        names
+            .iter()
+            .any(|name| model.profiles.iter().any(|p| &p.name == name))
+    };
+    (consulted || defined()).then_some(endpoint.profiles.as_slice())
 }
 
 /// Whether every packet that reaches `tier` is decided there (a normal tier
