@@ -28,7 +28,12 @@
 //!    lag stays flat over the run instead of growing. Model edits are made on
 //!    the model directly (the Kubernetes datastore's conversion is not timed).
 //!
-//! `cargo +1.99.0 bench -p agent-tests --bench control_plane [-- --quick]` (as root).
+//! 3. YAML load of the 10,000-rule datastore: the shape of `benches/compile.rs`
+//!    (4 workloads, 10 GlobalNetworkPolicies of 1,000 rules, a deny policy) in
+//!    one file, loaded from text to model (`load_sources`) 5 times.
+//!
+//! `cargo +1.99.0 bench -p agent-tests --bench control_plane [-- --quick] [-- --only PART]`
+//! (as root; PART: `files`, `churn` or `yaml`).
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,6 +43,7 @@ use agent::compile::{Compiler, EndpointIds, Limits};
 use agent::dataplane::Dataplane;
 use agent::datastore::{Changes, FileDatastore, DEBOUNCE};
 use agent::model::ir::Model;
+use agent::model::load::load_sources;
 
 const NODE: &str = "bench-node";
 
@@ -48,6 +54,8 @@ struct Options {
     changes: usize,
     churn_pods: usize,
     churn_seconds: u64,
+    /// Run only this part (`files`, `churn`, `yaml`); all when None.
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -66,6 +74,10 @@ fn options() -> Options {
         changes: value("--changes", if quick { 60 } else { 200 }),
         churn_pods: value("--churn-pods", 10_000),
         churn_seconds: value("--churn-seconds", if quick { 10 } else { 30 }) as u64,
+        only: args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned()),
     }
 }
 
@@ -438,10 +450,81 @@ fn churn(o: &Options, dp: &mut Dataplane) {
     }
 }
 
+/// The datastore of `benches/compile.rs` at 10,000 rules: 4 workloads, 10
+/// ordered GlobalNetworkPolicies of 1,000 rules (a distinct /32 and a port
+/// each), a deny policy; one file.
+fn ten_thousand_rules() -> String {
+    let mut y = String::with_capacity(10_000 * 120 + 4096);
+    for k in 0..4 {
+        y.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
+             metadata: {{name: server{k}, namespace: bench, labels: {{app: server}}}}\n\
+             spec: {{interfaceName: cbench{k}, ipNetworks: [10.65.0.{}/32]}}\n---\n",
+            30 + k
+        ));
+    }
+    for p in 0..10 {
+        y.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
+             metadata: {{name: allow-{p}}}\n\
+             spec:\n  order: {}\n  selector: app == 'server'\n  types: [Ingress]\n  ingress:\n",
+            10 * (p + 1)
+        ));
+        for r in 0..1_000 {
+            let peer = std::net::Ipv4Addr::from(0x0a46_0000 + (p * 1_000 + r) as u32 + 1);
+            y.push_str(&format!(
+                "  - {{action: Allow, protocol: TCP, source: {{nets: [{peer}/32]}}, destination: {{ports: [{}]}}}}\n",
+                1_000 + r
+            ));
+        }
+        y.push_str("---\n");
+    }
+    y.push_str(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
+         metadata: {name: deny-rest}\n\
+         spec:\n  order: 1000\n  selector: app == 'server'\n  types: [Ingress]\n  ingress:\n  - action: Deny\n",
+    );
+    y
+}
+
+/// The YAML load of the 10,000-rule datastore, text to model: wall time and
+/// the process's CPU time (all threads: the documents of a large file are
+/// parsed on every core).
+fn yaml_load() {
+    let sources = [(PathBuf::from("compile.yaml"), ten_thousand_rules())];
+    let mut rows: Vec<(&str, Vec<Duration>)> = vec![
+        ("YAML load, 10,000 rules", vec![]),
+        ("YAML load, process CPU", vec![]),
+    ];
+    for _ in 0..5 {
+        let (t0, c0) = (Instant::now(), cpu_time());
+        let loaded = load_sources(&sources);
+        rows[0].1.push(t0.elapsed());
+        rows[1].1.push(cpu_time() - c0);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let rules: usize = loaded.model.policies.iter().map(|p| p.ingress.len()).sum();
+        assert_eq!(rules, 10_001);
+    }
+    println!("\nYAML load of the 10,000-rule datastore (one file, 15 documents), 5 loads:");
+    print_steps(&mut rows);
+    println!("load average {}", load_average());
+}
+
 fn main() {
     let o = options();
+    let run = |part: &str| o.only.as_deref().is_none_or(|p| p == part);
+    if run("yaml") {
+        yaml_load();
+    }
+    if !run("files") && !run("churn") {
+        return;
+    }
     lab::require_root();
     let mut dp = Dataplane::load().expect("loads the dataplane");
-    file_changes(&o, &mut dp);
-    churn(&o, &mut dp);
+    if run("files") {
+        file_changes(&o, &mut dp);
+    }
+    if run("churn") {
+        churn(&o, &mut dp);
+    }
 }

@@ -184,7 +184,8 @@ fn visible_dirs(dir: &Path) -> (BTreeSet<PathBuf>, bool) {
 mod tests {
     use super::*;
     use crate::datastore::test_docs::{policy, ENDPOINT};
-    use crate::model::load::{finish_keeping, parse_paths, Document};
+    use crate::model::assemble;
+    use crate::model::load::{finish_keeping, finish_keeping_cached, parse_paths, Document};
     use crate::model::Loaded;
     use proptest::prelude::*;
 
@@ -204,6 +205,8 @@ mod tests {
     fn content(i: usize) -> Vec<u8> {
         let tiered = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: tiered\nspec:\n  tier: extra\n  selector: all()\n";
         let tier = "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: extra\nspec:\n  order: 10\n";
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n";
+        let profile = "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: extra\nspec:\n  labelsToApply:\n    team: a\n";
         match i {
             0 => policy("p1", "Deny").into_bytes(),
             1 => policy("p1", "Allow").into_bytes(),
@@ -214,6 +217,11 @@ mod tests {
             6 => vec![0xff, 0xfe, 0x00],
             7 => Vec::new(),
             8 => policy("p2", "Nope").into_bytes(),
+            // The endpoint's labels come from its namespace and profiles:
+            // the model made again from the last one must see them change.
+            9 => format!("{ns}  labels:\n    env: prod\n---\n{ENDPOINT}").into_bytes(),
+            10 => ns.as_bytes().to_vec(),
+            11 => format!("{ENDPOINT}  profiles: [kns.prod, extra]\n---\n{profile}").into_bytes(),
             _ => format!("{}---\n{}", policy("p1", "Log"), policy("p3", "Deny")).into_bytes(),
         }
     }
@@ -230,7 +238,7 @@ mod tests {
     fn edit() -> impl Strategy<Value = Edit> {
         let file = 0..FILES.len();
         prop_oneof![
-            6 => (file.clone(), 0..10usize).prop_map(|(f, c)| Edit::Write(f, c)),
+            6 => (file.clone(), 0..13usize).prop_map(|(f, c)| Edit::Write(f, c)),
             2 => file.clone().prop_map(Edit::Remove),
             1 => Just(Edit::RemoveSub),
             1 => Just(Edit::RenameSub),
@@ -314,12 +322,15 @@ mod tests {
             let tmp = tempfile::tempdir().unwrap();
             let dir = tmp.path();
             let mut cache = FileCache::default();
-            let (first, _) = finish_keeping(cache.load(dir, Changed::Unknown), &[]);
+            // The model assembled from the last one's endpoints where it can.
+            let mut assembled = assemble::Cache::default();
+            let parsed = cache.load(dir, Changed::Unknown);
+            let (first, _) = finish_keeping_cached(parsed, &[], &mut assembled);
             let mut previous = first.documents;
             for (i, e) in edits.iter().enumerate() {
                 let seen = apply(dir, e);
                 let parsed = cache.load(dir, Changed::Paths(seen));
-                let (now, kept) = finish_keeping(parsed, &previous);
+                let (now, kept) = finish_keeping_cached(parsed, &previous, &mut assembled);
                 prop_assert_eq!(
                     summary(&now, &kept),
                     full_load(dir, &previous),

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::file_cache::{Changed, FileCache};
 use super::file_watch::Seen;
-use crate::model::load::{finish_keeping, Document, Parsed};
+use crate::model::assemble;
+use crate::model::load::{finish_keeping_cached, Document, Parsed};
 use crate::model::{Diagnostic, Loaded, Severity};
 
 /// A directory of YAML documents. Clones share what is kept between loads
@@ -14,6 +15,9 @@ use crate::model::{Diagnostic, Loaded, Severity};
 pub struct FileDatastore {
     pub dir: PathBuf,
     cache: Arc<Mutex<FileCache>>,
+    /// The last model's workload endpoints, for the next model to reuse
+    /// where their documents and context did not change.
+    assembled: Arc<Mutex<assemble::Cache>>,
     /// What changed since the last load, from [`FileDatastore::watch`]'s
     /// events; None until watched (then every load reads every file).
     pub(super) seen: Arc<Mutex<Option<Seen>>>,
@@ -30,6 +34,7 @@ impl FileDatastore {
         Self {
             dir: dir.into(),
             cache: Arc::default(),
+            assembled: Arc::default(),
             seen: Arc::default(),
         }
     }
@@ -41,7 +46,7 @@ impl FileDatastore {
     /// Loads the directory, keeping the last good state (`previous`: the
     /// documents of the last load that was installed) where files are broken,
     /// and all of it when the directory itself is missing or unreadable (see
-    /// [`finish_keeping`]). Re-parses only the files that changed since the
+    /// [`crate::model::load::finish_keeping`]). Re-parses only the files that changed since the
     /// last load (all files are read again unless watched).
     pub fn load_keeping(&self, previous: &[Document]) -> FileLoad {
         let problem = match std::fs::read_dir(&self.dir) {
@@ -76,7 +81,7 @@ impl FileDatastore {
         };
         let parsed_files = cache.parsed;
         drop(cache);
-        let (loaded, kept) = finish_keeping(parsed, previous);
+        let (loaded, kept) = finish_keeping_cached(parsed, previous, &mut lock(&self.assembled));
         FileLoad {
             loaded,
             kept,

@@ -1,7 +1,9 @@
 //! Lowered documents -> [`ir::Model`]: what needs more than one document
 //! (Calico's calculation graph): namespace and service-account labels, the
 //! `kns.<namespace>` profiles, labels inherited from profiles, tier order.
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::ir::*;
 use super::lower::{builtin_tiers, Lowered, Workload};
@@ -12,7 +14,7 @@ pub const LABEL_NAME: &str = "projectcalico.org/name";
 const K8S_NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// What documents contribute to other documents.
-#[derive(Default)]
+#[derive(Clone, Default, PartialEq)]
 struct Context {
     namespaces: BTreeMap<String, Labels>,
     service_accounts: BTreeMap<(String, String), Labels>,
@@ -25,25 +27,80 @@ pub fn to_model<'a, I>(documents: I) -> Model
 where
     I: IntoIterator<Item = &'a Lowered> + Clone,
 {
-    let mut cx = context(documents.clone());
-    namespace_profiles(&mut cx, documents.clone());
+    build(documents, |cx, _, w| workload(cx, w)).0
+}
+
+/// Each workload's endpoint as the last model built with this cache has it
+/// (labels from its namespace, service account and profiles: the costly part
+/// of the model), with the context it was made in. Kept between the loads of
+/// a datastore: a load where only a few documents changed makes only their
+/// endpoints again.
+#[derive(Default)]
+pub struct Cache {
+    context: Context,
+    /// By the address of the document's lowered form, which the entry holds
+    /// (so the address cannot be reused by another document meanwhile).
+    endpoints: HashMap<usize, (Arc<Lowered>, Endpoint)>,
+}
+
+/// [`to_model`] with `cache`: a workload whose document (the same `Arc`) was
+/// in the last model, made in the same context, gets its endpoint from there.
+/// The model is the same as [`to_model`]'s.
+pub fn to_model_cached<'a, I>(documents: I, cache: &mut Cache) -> Model
+where
+    I: IntoIterator<Item = &'a Arc<Lowered>> + Clone,
+{
+    let mut previous = std::mem::take(&mut cache.endpoints);
+    let mut kept = HashMap::with_capacity(previous.len());
+    // Whether the context is the last model's (compared once: it is the same
+    // for every workload of a build).
+    let mut same_context = None;
+    let (model, cx) = build(documents, |cx, doc: &Arc<Lowered>, w| {
+        let key = Arc::as_ptr(doc) as usize;
+        let same = *same_context.get_or_insert_with(|| cx == &cache.context);
+        let (doc, endpoint) = match previous.remove(&key) {
+            Some(entry) if same => entry,
+            _ => (doc.clone(), workload(cx, w)),
+        };
+        let copy = endpoint.clone();
+        kept.insert(key, (doc, endpoint));
+        copy
+    });
+    cache.context = cx;
+    cache.endpoints = kept;
+    model
+}
+
+/// The model, and the context it was made in; `endpoint` makes a workload's
+/// endpoint (from the context, the document and its workload).
+fn build<'a, I, D>(
+    documents: I,
+    mut endpoint: impl FnMut(&Context, &D, &Workload) -> Endpoint,
+) -> (Model, Context)
+where
+    I: IntoIterator<Item = &'a D> + Clone,
+    D: Borrow<Lowered> + 'a,
+{
+    let lowered = || documents.clone().into_iter().map(Borrow::borrow);
+    let mut cx = context(lowered());
+    namespace_profiles(&mut cx, lowered());
     let mut model = Model {
-        services: super::services::collect(documents.clone()),
+        services: super::services::collect(lowered()),
         ..Model::default()
     };
     let mut tiers: BTreeMap<String, Tier> = builtin_tiers()
         .into_iter()
         .map(|t| (t.name.clone(), t))
         .collect();
-    for d in documents {
-        match d {
+    for doc in documents {
+        match doc.borrow() {
             Lowered::Tier(t) => {
                 tiers.insert(t.name.clone(), t.clone());
             }
             Lowered::Policy(p) => model.policies.push(p.clone()),
             // Calico leaves out workloads without addresses (nothing to render yet).
             Lowered::Workload(w) if w.endpoint.ips.is_empty() => {}
-            Lowered::Workload(w) => model.endpoints.push(workload(&cx, w)),
+            Lowered::Workload(w) => model.endpoints.push(endpoint(&cx, doc, w)),
             Lowered::Host(h) => {
                 let mut h = h.clone();
                 h.labels = with_inherited(h.labels, &h.profiles, &cx.profiles);
@@ -65,12 +122,12 @@ where
         key(a).total_cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
     });
     model.tiers = tiers;
-    model.namespaces = cx.namespaces.into_keys().collect();
-    model.profiles = cx.profiles.into_values().collect();
+    model.namespaces = cx.namespaces.keys().cloned().collect();
+    model.profiles = cx.profiles.values().cloned().collect();
     model.failsafes = Failsafes::default();
     super::names::unique_pod_addresses(&mut model.endpoints);
     super::services::resolve_rules(&mut model);
-    model
+    (model, cx)
 }
 
 fn context<'a>(documents: impl IntoIterator<Item = &'a Lowered>) -> Context {

@@ -16,3 +16,19 @@ pub fn items(node: &Node) -> Option<Result<&[Node], String>> {
         Some(_) => Err("`items` of a List must be a sequence of documents".into()),
     })
 }
+
+/// The items of a List ([`items`] said it is one, with a sequence of items),
+/// taken out of it.
+pub fn into_items(node: Node) -> Vec<Node> {
+    let Value::Map(entries) = node.value else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .find(|(k, _, _)| k == "items")
+        .and_then(|(_, _, n)| match n.value {
+            Value::Seq(items) => Some(items),
+            _ => None,
+        })
+        .unwrap_or_default()
+}

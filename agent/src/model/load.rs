@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::assemble;
+use super::cross_check::cross_check;
 use super::files::{check_value_bounds, file_error, read_bounded, too_big};
 pub use super::files::{collect_files, MAX_FILE_BYTES, STDIN};
 use super::ir::PolicyKind;
@@ -38,7 +39,12 @@ impl Document {
         self.lowered.is_some()
     }
 
-    fn diagnostic(&self, severity: Severity, field: &str, message: String) -> Diagnostic {
+    pub(super) fn diagnostic(
+        &self,
+        severity: Severity,
+        field: &str,
+        message: String,
+    ) -> Diagnostic {
         Diagnostic {
             severity,
             file: self.file.clone(),
@@ -98,10 +104,76 @@ pub fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
         });
     }
     let mut docs = Vec::new();
-    for chunk in chunks {
-        parse_document(file, &chunk, &mut docs, diags);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (chunk_docs, chunk_diags) in parse_chunks(file, &chunks, threads) {
+        docs.extend(chunk_docs);
+        diags.extend(chunk_diags);
     }
     docs
+}
+
+/// Below this much text a file's documents are parsed on the calling thread
+/// (a thread costs more than a small file).
+const PARALLEL_BYTES: usize = 64 * 1024;
+
+/// The documents and diagnostics of each chunk, in order. A large file's
+/// chunks are parsed on up to `threads` threads (the cores), each taking a
+/// contiguous run of chunks of about the same size (documents are parsed
+/// each on their own, so the result is the same as one after the other).
+pub(super) fn parse_chunks(
+    file: &Path,
+    chunks: &[yaml::Chunk],
+    threads: usize,
+) -> Vec<(Vec<Document>, Vec<Diagnostic>)> {
+    let parse_run = |run: &[yaml::Chunk]| -> Vec<(Vec<Document>, Vec<Diagnostic>)> {
+        run.iter()
+            .map(|chunk| {
+                let (mut docs, mut diags) = (Vec::new(), Vec::new());
+                parse_document(file, chunk, &mut docs, &mut diags);
+                (docs, diags)
+            })
+            .collect()
+    };
+    let bytes: usize = chunks.iter().map(|c| c.text.len()).sum();
+    if threads < 2 || chunks.len() < 2 || bytes < PARALLEL_BYTES {
+        return parse_run(chunks);
+    }
+    let runs = split_by_size(chunks, bytes.div_ceil(threads));
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .iter()
+            .skip(1)
+            .map(|run| scope.spawn(|| parse_run(run)))
+            .collect();
+        let mut out = parse_run(runs[0]);
+        for handle in handles {
+            // A panic in a parse is a bug: raise it here as it would be on one thread.
+            out.extend(
+                handle
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            );
+        }
+        out
+    })
+}
+
+/// `chunks` cut into contiguous runs of at least `target` bytes (the last may
+/// be smaller); never empty when `chunks` is not.
+fn split_by_size(chunks: &[yaml::Chunk], target: usize) -> Vec<&[yaml::Chunk]> {
+    let mut runs = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, chunk) in chunks.iter().enumerate() {
+        size += chunk.text.len();
+        if size >= target {
+            runs.push(&chunks[start..=i]);
+            (start, size) = (i + 1, 0);
+        }
+    }
+    if start < chunks.len() {
+        runs.push(&chunks[start..]);
+    }
+    runs
 }
 
 /// The documents of one chunk: one, or a List's items.
@@ -122,8 +194,8 @@ fn parse_document(
         }
     };
     let nodes = match list::items(&node) {
-        None => std::slice::from_ref(&node),
-        Some(Ok(items)) => items,
+        None => vec![node],
+        Some(Ok(_)) => list::into_items(node),
         Some(Err(message)) => {
             let line = line_of(&node.line_index(), "items");
             return diags.push(Diagnostic {
@@ -134,7 +206,8 @@ fn parse_document(
         }
     };
     for n in nodes {
-        match parse_value(file, n.line, n.line_index(), n.to_json(), diags) {
+        let (line, lines) = (n.line, n.line_index());
+        match parse_value(file, line, lines, n.into_json(), diags) {
             Ok(Some(doc)) => docs.push(doc),
             Ok(None) => {}
             Err(d) => diags.push(d),
@@ -210,133 +283,6 @@ fn parse_value(
     Ok(Some(doc))
 }
 
-/// Checks between documents: duplicates, tiers that do not exist, profiles
-/// that do not exist. Returns the documents that survive, in order. Works in
-/// place (a document is large, and the Kubernetes datastore has one per pod).
-///
-/// Of documents with the same identity the one from the file in `owners`
-/// (where the last good state had it) wins, else the first in reading order:
-/// a new file never takes over a resource another file already defines.
-fn cross_check(
-    mut docs: Vec<Document>,
-    diags: &mut Vec<Diagnostic>,
-    owners: &HashMap<DocKey, &Path>,
-) -> Vec<Document> {
-    // Valid documents are loaded unless a check below drops them; invalid ones
-    // get the checks too (reported, never loaded); duplicates only their report.
-    let mut load: Vec<bool> = docs.iter().map(|d| d.is_valid()).collect();
-    let checked = duplicates(&docs, diags, owners, &mut load);
-    let defined = |kind: ResourceKind| -> BTreeSet<&str> {
-        docs.iter()
-            .zip(&load)
-            .filter(|(d, l)| **l && d.kind == kind)
-            .map(|(d, _)| d.name())
-            .collect()
-    };
-    let (tiers, profiles) = (defined(ResourceKind::Tier), defined(ResourceKind::Profile));
-    let dropped: Vec<bool> = docs
-        .iter()
-        .zip(&checked)
-        .map(|(doc, checked)| *checked && !references(doc, &tiers, &profiles, diags))
-        .collect();
-    let mut keep = load.into_iter().zip(dropped).map(|(l, d)| l && !d);
-    docs.retain(|_| keep.next().unwrap_or(false));
-    docs
-}
-
-/// Reports every valid document whose identity another one (the owner's, else
-/// the first) already has, and unmarks it in `load`. Returns which documents
-/// get the other checks (all but those duplicates).
-fn duplicates(
-    docs: &[Document],
-    diags: &mut Vec<Diagnostic>,
-    owners: &HashMap<DocKey, &Path>,
-    load: &mut [bool],
-) -> Vec<bool> {
-    // The winner of each identity: its owner's document, else the first.
-    let mut winner: HashMap<DocKey, usize> = HashMap::new();
-    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.is_valid()) {
-        let key = doc.key();
-        let owned = owners.get(&key).is_some_and(|f| *f == doc.file);
-        match winner.get(&key) {
-            Some(&w) if !owned || owners.get(&key).is_some_and(|f| *f == docs[w].file) => {}
-            _ => {
-                winner.insert(key, i);
-            }
-        }
-    }
-    let mut checked = vec![true; docs.len()];
-    for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.is_valid()) {
-        let w = winner[&doc.key()];
-        if w != i {
-            let (file, line) = (&docs[w].file, docs[w].line);
-            let message = format!(
-                "duplicate resource: {} is already defined at {}:{line}",
-                doc.id,
-                file.display()
-            );
-            diags.push(doc.diagnostic(Severity::Error, "metadata.name", message));
-            load[i] = false;
-            checked[i] = false;
-        }
-    }
-    checked
-}
-
-/// Checks what a document names in others (its tier, its profiles); false
-/// when it must be left out.
-fn references(
-    doc: &Document,
-    tiers: &BTreeSet<&str>,
-    profiles: &BTreeSet<&str>,
-    diags: &mut Vec<Diagnostic>,
-) -> bool {
-    let tier = match &*doc.resource {
-        Resource::GlobalNetworkPolicy(o)
-        | Resource::StagedGlobalNetworkPolicy(o)
-        | Resource::NetworkPolicy(o)
-        | Resource::StagedNetworkPolicy(o) => o.spec.tier.as_deref(),
-        _ => None,
-    };
-    // DECISION: like Calico's API server, a policy in a tier that does not
-    // exist is rejected (error, left out), not silently given a default order.
-    if let Some(t) = tier.filter(|t| !tiers.contains(t) && !lower::is_builtin_tier(t)) {
-        diags.push(doc.diagnostic(
-            Severity::Error,
-            "spec.tier",
-            format!(
-                "tier `{t}` does not exist; define a Tier named `{t}` or use one of \
-                 kube-admin, default, kube-baseline"
-            ),
-        ));
-        return false;
-    }
-    let endpoint_profiles = match &*doc.resource {
-        Resource::WorkloadEndpoint(o) => {
-            if o.spec.ip_networks.is_empty() {
-                diags.push(doc.diagnostic(
-                    Severity::Warning,
-                    "spec.ipNetworks",
-                    "a WorkloadEndpoint without ipNetworks is left out (as Calico does) until it has an address".into(),
-                ));
-            }
-            &o.spec.profiles
-        }
-        Resource::HostEndpoint(o) => &o.spec.profiles,
-        _ => return true,
-    };
-    for (j, p) in endpoint_profiles.iter().enumerate() {
-        if !profiles.contains(p.as_str()) && !p.starts_with("kns.") {
-            diags.push(doc.diagnostic(
-                Severity::Warning,
-                &format!("spec.profiles[{j}]"),
-                format!("profile `{p}` is not defined; it is skipped (no rules)"),
-            ));
-        }
-    }
-    true
-}
-
 /// Loads in-memory sources (file name, text), as [`super::load_paths`] does files.
 pub fn load_sources(sources: &[(PathBuf, String)]) -> Loaded {
     load_with(sources, Vec::new())
@@ -367,7 +313,7 @@ pub fn load_values(sources: impl IntoIterator<Item = (PathBuf, serde_json::Value
         }
         files.push(file);
     }
-    finish(docs, diagnostics, &files, &HashMap::new(), false)
+    finish(docs, diagnostics, &files, &HashMap::new(), Keep::Nothing)
 }
 
 /// Loads `sources` after `diagnostics` already found (e.g. unreadable files).
@@ -486,6 +432,24 @@ pub fn parse_paths<P: AsRef<Path>>(paths: &[P]) -> Parsed {
 ///
 /// Returns the load and the identities of the documents kept from `previous`.
 pub fn finish_keeping(parsed: Parsed, previous: &[Document]) -> (Loaded, Vec<String>) {
+    finish_keeping_with(parsed, previous, None)
+}
+
+/// [`finish_keeping`], the model assembled with `cache` (kept between the
+/// loads of one datastore: see [`assemble::Cache`]); the same load.
+pub fn finish_keeping_cached(
+    parsed: Parsed,
+    previous: &[Document],
+    cache: &mut assemble::Cache,
+) -> (Loaded, Vec<String>) {
+    finish_keeping_with(parsed, previous, Some(cache))
+}
+
+fn finish_keeping_with(
+    parsed: Parsed,
+    previous: &[Document],
+    cache: Option<&mut assemble::Cache>,
+) -> (Loaded, Vec<String>) {
     let Parsed {
         files,
         mut docs,
@@ -541,17 +505,25 @@ pub fn finish_keeping(parsed: Parsed, previous: &[Document]) -> (Loaded, Vec<Str
         .iter()
         .map(|d| (d.key(), d.file.as_path()))
         .collect();
-    (finish(docs, diagnostics, &files, &owners, true), kept)
+    let loaded = finish(docs, diagnostics, &files, &owners, Keep::Documents(cache));
+    (loaded, kept)
 }
 
-/// Cross-document checks and the model; `files` in reading order. With
-/// `keep_documents` the documents that made the model are kept in it.
+/// How a load keeps what it was made from: not at all (the Kubernetes
+/// datastore's objects), or its documents (files: what the next load keeps
+/// where a file is broken), the model assembled with a cache or without.
+enum Keep<'c> {
+    Nothing,
+    Documents(Option<&'c mut assemble::Cache>),
+}
+
+/// Cross-document checks and the model; `files` in reading order.
 fn finish(
     docs: Vec<Document>,
     mut diagnostics: Vec<Diagnostic>,
     files: &[PathBuf],
     owners: &HashMap<DocKey, &Path>,
-    keep_documents: bool,
+    keep: Keep,
 ) -> Loaded {
     let docs = cross_check(docs, &mut diagnostics, owners);
     // Report in reading order: by file (as given), then line.
@@ -577,8 +549,12 @@ fn finish(
             line: d.line,
         })
         .collect();
-    let model = assemble::to_model(docs.iter().filter_map(|d| d.lowered.as_deref()));
-    let documents = if keep_documents { docs } else { Vec::new() };
+    let lowered = docs.iter().filter_map(|d| d.lowered.as_ref());
+    let (model, documents) = match keep {
+        Keep::Nothing => (assemble::to_model(lowered.map(|l| &**l)), Vec::new()),
+        Keep::Documents(None) => (assemble::to_model(lowered.map(|l| &**l)), docs),
+        Keep::Documents(Some(cache)) => (assemble::to_model_cached(lowered, cache), docs),
+    };
     let policy_sources = model
         .policies
         .iter()

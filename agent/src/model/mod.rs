@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 pub mod assemble;
 pub mod crd;
+mod cross_check;
 pub mod fields;
 pub mod files;
 pub mod ir;

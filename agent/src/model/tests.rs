@@ -1703,3 +1703,49 @@ fn a_network_set_of_100000_nets_is_within_the_bounds() {
         l.diagnostics
     );
 }
+
+/// A large file's documents are parsed on several threads: the documents and
+/// diagnostics (lines, order) are those of parsing them one after the other.
+#[test]
+fn a_large_file_parsed_on_threads_is_parsed_as_on_one() {
+    let mut text = String::new();
+    for i in 0..400 {
+        let action = match i % 7 {
+            0 => "Nope",                   // a validation error
+            3 => "Allow\n    bad: [\n  x", // a syntax error
+            _ => "Deny",
+        };
+        text.push_str(&gnp(&format!(
+            "  selector: app == 'a{i}'\n  ingress:\n    - action: {action}\n      source: {{nets: [10.0.{}.0/24]}}\n",
+            i % 250
+        )).replacen("name: p", &format!("name: p{i}"), 1));
+        text.push_str("---\n");
+    }
+    assert!(
+        text.len() > 64 * 1024,
+        "large enough to be parsed on threads"
+    );
+    let file = std::path::Path::new("big.yaml");
+    let chunks = yaml::split_documents(&text);
+    let summary = |threads| {
+        let parsed = load::parse_chunks(file, &chunks, threads);
+        let (docs, diags): (Vec<_>, Vec<_>) = parsed.into_iter().unzip();
+        let ids: Vec<(String, usize)> = docs
+            .concat()
+            .iter()
+            .map(|d| (d.id.clone(), d.line))
+            .collect();
+        (ids, diags.concat())
+    };
+    let (one, many) = (summary(1), summary(3));
+    assert_eq!(one, many);
+    let syntax_errors = (0..400).filter(|i| i % 7 == 3).count();
+    assert_eq!(
+        one.0.len(),
+        400 - syntax_errors,
+        "a syntax error leaves its document out"
+    );
+    assert!(one.1.len() >= 100, "{:#?}", one.1);
+    // Lines are the file's: the last document's is near the end.
+    assert!(one.0.last().unwrap().1 > text.lines().count() - 20);
+}

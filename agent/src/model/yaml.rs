@@ -493,33 +493,66 @@ impl Node {
         }
     }
 
+    /// The node as JSON, its strings moved rather than copied (what a load
+    /// does with a document once its lines are indexed).
+    pub fn into_json(self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self.value {
+            Value::Str(s) => J::String(s),
+            Value::Seq(items) => J::Array(items.into_iter().map(Node::into_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .into_iter()
+                    // Like Kubernetes, a null field is an absent field.
+                    .filter(|(_, _, v)| v.value != Value::Null)
+                    .map(|(k, _, v)| (k, v.into_json()))
+                    .collect(),
+            ),
+            _ => self.to_json(),
+        }
+    }
+
     /// Line of every field path (`spec.ingress[0].source.selector`): the key's
     /// line for mapping entries, the item's line for sequence items.
     pub fn line_index(&self) -> HashMap<String, usize> {
-        let mut index = HashMap::new();
+        let mut index = HashMap::with_capacity(self.size_hint());
         index.insert(String::new(), self.line);
-        self.index_into(String::new(), &mut index);
+        self.index_into(&mut String::new(), &mut index);
         index
     }
 
-    fn index_into(&self, path: String, index: &mut HashMap<String, usize>) {
+    /// How many entries [`Self::line_index`] makes (to size it once).
+    fn size_hint(&self) -> usize {
+        match &self.value {
+            Value::Seq(items) => items.iter().map(|n| 1 + n.size_hint()).sum(),
+            Value::Map(entries) => entries.iter().map(|(_, _, n)| 1 + n.size_hint()).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Indexes the fields under `path` (one buffer for every path: a field's
+    /// path is appended for its subtree and cut off after).
+    fn index_into(&self, path: &mut String, index: &mut HashMap<String, usize>) {
+        use std::fmt::Write;
+        let len = path.len();
         match &self.value {
             Value::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    let p = format!("{path}[{i}]");
-                    index.insert(p.clone(), item.line);
-                    item.index_into(p, index);
+                    let _ = write!(path, "[{i}]");
+                    index.insert(path.clone(), item.line);
+                    item.index_into(path, index);
+                    path.truncate(len);
                 }
             }
             Value::Map(entries) => {
                 for (k, line, v) in entries {
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    index.insert(p.clone(), *line);
-                    v.index_into(p, index);
+                    if len > 0 {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    index.insert(path.clone(), *line);
+                    v.index_into(path, index);
+                    path.truncate(len);
                 }
             }
             _ => {}
