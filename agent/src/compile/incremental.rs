@@ -52,6 +52,17 @@ pub(super) type Cache = HashMap<u32, Cached>;
 pub struct Compiler {
     classes: ClassIds,
     cache: Cache,
+    /// A compile kept whole for the next call with the same inputs
+    /// ([`Compiler::compile_ahead`]).
+    ahead: Option<Box<Ahead>>,
+}
+
+/// The inputs and result of a compile made ahead of its use.
+struct Ahead {
+    model: Model,
+    limits: Limits,
+    ids: EndpointIds,
+    compiled: Compiled,
 }
 
 impl Compiler {
@@ -67,6 +78,11 @@ impl Compiler {
         limits: &Limits,
         ids: &EndpointIds,
     ) -> Result<Compiled, CompileError> {
+        if let Some(ahead) = self.ahead.take() {
+            if ahead.model == *model && ahead.limits == *limits && ahead.ids == *ids {
+                return Ok(ahead.compiled);
+            }
+        }
         let (compiled, classes, cache) = super::compile_seeded(
             model,
             limits,
@@ -78,6 +94,27 @@ impl Compiler {
         self.classes = classes;
         self.cache = cache;
         Ok(compiled)
+    }
+
+    /// [`Compiler::compile`], keeping the result for the next call: when that
+    /// call has the same model, limits and ids it returns this result without
+    /// compiling again (the daemon compiles its first load while the kernel
+    /// verifies the programs, and uses it once they are loaded). Any other
+    /// call drops it and compiles (incrementally, from this compile's cache).
+    pub fn compile_ahead(
+        &mut self,
+        model: &Model,
+        limits: &Limits,
+        ids: &EndpointIds,
+    ) -> Result<(), CompileError> {
+        let compiled = self.compile(model, limits, ids)?;
+        self.ahead = Some(Box::new(Ahead {
+            model: model.clone(),
+            limits: *limits,
+            ids: ids.clone(),
+            compiled,
+        }));
+        Ok(())
     }
 
     /// What [`Compiler::compile`] gives, computed from scratch (the same
@@ -392,6 +429,33 @@ mod tests {
             &c,
             &compiler.compile_fresh(&model, &limits, &ids).unwrap(),
             "added",
+        );
+    }
+
+    #[test]
+    fn a_compile_ahead_is_the_next_compile_of_the_same_inputs_only() {
+        let mut model = scale_model(20, 10, 3);
+        let limits = Limits::default();
+        let ids = EndpointIds::default();
+        let mut compiler = Compiler::new();
+        compiler.compile_ahead(&model, &limits, &ids).unwrap();
+        let used = compiler.compile(&model, &limits, &ids).unwrap();
+        assert_same(
+            &used,
+            &compiler.compile_fresh(&model, &limits, &ids).unwrap(),
+            "the compile made ahead",
+        );
+        // Kept for one call only, and only for the same inputs: another model
+        // is compiled (from the cache the compile ahead left).
+        compiler.compile_ahead(&model, &limits, &ids).unwrap();
+        let labels = model.endpoints[1].labels.clone();
+        model.endpoints[0].labels = labels;
+        let other = compiler.compile(&model, &limits, &ids).unwrap();
+        assert_eq!(other.stats.reused, 19, "{:?}", other.stats);
+        assert_same(
+            &other,
+            &compiler.compile_fresh(&model, &limits, &ids).unwrap(),
+            "another model after a compile ahead",
         );
     }
 }

@@ -4,10 +4,12 @@
 //! longest steps of a start, and independent: the compile needs only the
 //! endpoint ids an earlier agent pinned, which are read from bpffs without
 //! loading anything. So the first load's task compiles too, and hands its
-//! incremental compiler to the first reload, whose compile then takes every
-//! endpoint's entries from the cache (their keys include the ids, so an id
-//! that turned out different is compiled again there: the result is the
-//! same either way). Nothing is installed before that reload.
+//! compiler to the first reload: when that reload compiles the same model
+//! with the same ids (the usual case), the compile made ahead is its result;
+//! otherwise it compiles incrementally from that compile's cache (the keys
+//! include the ids, so an id that turned out different is compiled again:
+//! the result is the same either way). Nothing is installed before that
+//! reload.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,8 +33,8 @@ pub(super) fn compile_ahead(load: &mut Load, bpffs: &Path, failsafes: &Failsafes
     model.failsafes = failsafes.clone();
     let ids = StableIds::first_compile(bpffs, model);
     let mut compiler = Compiler::new();
-    match compiler.compile(model, &Limits::default(), &ids) {
-        Ok(_) => Some(Ahead {
+    match compiler.compile_ahead(model, &Limits::default(), &ids) {
+        Ok(()) => Some(Ahead {
             compiler,
             took: started.elapsed(),
         }),
