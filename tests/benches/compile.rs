@@ -17,7 +17,6 @@
 //! 10,000 pods x 1,000 policies need of the maps (issue 15, item 3).
 //!
 //! `cargo +1.99.0 bench -p agent-tests --bench compile [-- N...]` (release).
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -33,50 +32,9 @@ use agent::model::Severity;
 use agent_common::action;
 use ipnet::IpNet;
 
-const POLICIES: usize = 10;
-const ENDPOINTS: usize = 4;
-
-/// The peer of rule `i` (distinct for every rule of the datastore).
-fn peer(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a46_0000 + i as u32 + 1)
-}
-
-/// The datastore of `rules` rules (a multiple of [`POLICIES`]).
-fn datastore(rules: usize) -> String {
-    let mut y = String::with_capacity(rules * 120 + 4096);
-    for k in 0..ENDPOINTS {
-        y.push_str(&format!(
-            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
-             metadata: {{name: server{k}, namespace: bench, labels: {{app: server}}}}\n\
-             spec: {{interfaceName: cbench{k}, ipNetworks: [10.65.0.{}/32]}}\n---\n",
-            30 + k
-        ));
-    }
-    let per_policy = rules / POLICIES;
-    for p in 0..POLICIES {
-        y.push_str(&format!(
-            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
-             metadata: {{name: allow-{p}}}\n\
-             spec:\n  order: {}\n  selector: app == 'server'\n  types: [Ingress]\n  ingress:\n",
-            10 * (p + 1)
-        ));
-        for r in 0..per_policy {
-            let i = p * per_policy + r;
-            y.push_str(&format!(
-                "  - {{action: Allow, protocol: TCP, source: {{nets: [{}/32]}}, destination: {{ports: [{}]}}}}\n",
-                peer(i),
-                1_000 + r
-            ));
-        }
-        y.push_str("---\n");
-    }
-    y.push_str(
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
-         metadata: {name: deny-rest}\n\
-         spec:\n  order: 1000\n  selector: app == 'server'\n  types: [Ingress]\n  ingress:\n  - action: Deny\n",
-    );
-    y
-}
+#[path = "shapes/rules.rs"]
+mod rules;
+use rules::datastore;
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)

@@ -45,6 +45,10 @@ use agent::datastore::{Changes, FileDatastore, DEBOUNCE};
 use agent::model::ir::Model;
 use agent::model::load::load_sources;
 
+/// The datastore of `benches/compile.rs`.
+#[path = "shapes/rules.rs"]
+mod rules;
+
 const NODE: &str = "bench-node";
 
 struct Options {
@@ -450,48 +454,11 @@ fn churn(o: &Options, dp: &mut Dataplane) {
     }
 }
 
-/// The datastore of `benches/compile.rs` at 10,000 rules: 4 workloads, 10
-/// ordered GlobalNetworkPolicies of 1,000 rules (a distinct /32 and a port
-/// each), a deny policy; one file.
-fn ten_thousand_rules() -> String {
-    let mut y = String::with_capacity(10_000 * 120 + 4096);
-    for k in 0..4 {
-        y.push_str(&format!(
-            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
-             metadata: {{name: server{k}, namespace: bench, labels: {{app: server}}}}\n\
-             spec: {{interfaceName: cbench{k}, ipNetworks: [10.65.0.{}/32]}}\n---\n",
-            30 + k
-        ));
-    }
-    for p in 0..10 {
-        y.push_str(&format!(
-            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
-             metadata: {{name: allow-{p}}}\n\
-             spec:\n  order: {}\n  selector: app == 'server'\n  types: [Ingress]\n  ingress:\n",
-            10 * (p + 1)
-        ));
-        for r in 0..1_000 {
-            let peer = std::net::Ipv4Addr::from(0x0a46_0000 + (p * 1_000 + r) as u32 + 1);
-            y.push_str(&format!(
-                "  - {{action: Allow, protocol: TCP, source: {{nets: [{peer}/32]}}, destination: {{ports: [{}]}}}}\n",
-                1_000 + r
-            ));
-        }
-        y.push_str("---\n");
-    }
-    y.push_str(
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
-         metadata: {name: deny-rest}\n\
-         spec:\n  order: 1000\n  selector: app == 'server'\n  types: [Ingress]\n  ingress:\n  - action: Deny\n",
-    );
-    y
-}
-
 /// The YAML load of the 10,000-rule datastore, text to model: wall time and
 /// the process's CPU time (all threads: the documents of a large file are
 /// parsed on every core).
 fn yaml_load() {
-    let sources = [(PathBuf::from("compile.yaml"), ten_thousand_rules())];
+    let sources = [(PathBuf::from("compile.yaml"), rules::datastore(10_000))];
     let mut rows: Vec<(&str, Vec<Duration>)> = vec![
         ("YAML load, 10,000 rules", vec![]),
         ("YAML load, process CPU", vec![]),
