@@ -19,7 +19,7 @@ use crate::compile::{Compiler, Limits};
 use crate::model::ir::Failsafes;
 
 /// A compiler holding the first load's compiled entries.
-pub(super) struct Ahead {
+pub(super) struct FirstCompile {
     pub(super) compiler: Compiler,
     pub(super) took: Duration,
 }
@@ -27,14 +27,18 @@ pub(super) struct Ahead {
 /// Compiles `load` as the first reload will (with `failsafes`, which that
 /// reload sets on the model too). `None` when the compile fails: the reload
 /// then compiles from scratch and reports the error as it always does.
-pub(super) fn compile_ahead(load: &mut Load, bpffs: &Path, failsafes: &Failsafes) -> Option<Ahead> {
+pub(super) fn compile_first_load(
+    load: &mut Load,
+    bpffs: &Path,
+    failsafes: &Failsafes,
+) -> Option<FirstCompile> {
     let started = Instant::now();
     let model = &mut load.loaded.model;
     model.failsafes = failsafes.clone();
     let ids = StableIds::first_compile(bpffs, model);
     let mut compiler = Compiler::new();
     match compiler.compile_ahead(model, &Limits::default(), &ids) {
-        Ok(()) => Some(Ahead {
+        Ok(()) => Some(FirstCompile {
             compiler,
             took: started.elapsed(),
         }),

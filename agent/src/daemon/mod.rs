@@ -147,7 +147,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             let loading = Instant::now();
             let mut load = loader.load(&[]);
             let load_time = loading.elapsed();
-            let ahead = ahead::compile_ahead(&mut load, &bpffs, &failsafes);
+            let ahead = ahead::compile_first_load(&mut load, &bpffs, &failsafes);
             (load, load_time, ahead)
         })
     };
