@@ -32,7 +32,7 @@ fn endpoint<'l>(l: &'l Loaded, key: &str) -> &'l Endpoint {
 }
 
 fn keys(l: &Loaded) -> Vec<String> {
-    l.model.endpoints.iter().map(Endpoint::key).collect()
+    l.model.endpoints.iter().map(|e| e.key()).collect()
 }
 
 /// Trimmed `kubectl get pods -n shop -o yaml` output (kubectl 1.30): server

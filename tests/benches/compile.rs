@@ -193,11 +193,11 @@ fn one_change(dataplane: &mut Option<Dataplane>) {
     let mut model = loaded.model;
     let pods = agent::compile::testgen::scale_model(1_000, 100, 1);
     let mut more = pods.clone();
-    let mut pod = more.endpoints[0].clone();
+    let mut pod = (*more.endpoints[0]).clone();
     pod.name = "pod-added".into();
     pod.interface = Some("cali-added".into());
     pod.ips = vec!["10.80.0.1".parse().unwrap(), "fd00::8:1".parse().unwrap()];
-    more.endpoints.push(pod);
+    more.endpoints.push(pod.into());
     let before = compile(&model).expect("compiles");
     let policy = &mut model.policies[3];
     let rule = &mut policy.ingress[500];
@@ -263,7 +263,7 @@ fn capacity() {
             reset_peak();
             let mut model = make();
             for e in &mut model.endpoints[local..] {
-                e.interface = None;
+                std::sync::Arc::make_mut(e).interface = None;
             }
             let started = Instant::now();
             let c = compile_with_limits(&model, &unlimited).expect("compiles");

@@ -375,7 +375,7 @@ fn churn_edit(model: &mut Model, k: usize, pods: usize, local: usize) {
     } else {
         i
     };
-    let pod = &mut model.endpoints[i];
+    let pod = std::sync::Arc::make_mut(&mut model.endpoints[i]);
     if k.is_multiple_of(2) {
         pod.labels
             .insert("app".into(), format!("app{}", (i + k) % 10));
@@ -389,7 +389,7 @@ fn churn(o: &Options, dp: &mut Dataplane) {
     let pods = o.churn_pods;
     let mut model = scale_model(pods, o.policies, 1);
     for e in &mut model.endpoints[o.local..] {
-        e.interface = None;
+        std::sync::Arc::make_mut(e).interface = None;
     }
     let mut compiler = Compiler::new();
     let (mut ids, ..) = apply(&mut compiler, dp, &model, &EndpointIds::default());

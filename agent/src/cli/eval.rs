@@ -405,7 +405,7 @@ mod tests {
                 policy(PolicyKind::GlobalNetworkPolicy, Action::Deny),
                 policy(PolicyKind::StagedGlobalNetworkPolicy, Action::Allow),
             ],
-            endpoints: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
+            endpoints: vec![pod("a", "10.0.0.1").into(), pod("b", "10.0.0.2").into()],
             ..Model::default()
         }
     }

@@ -200,7 +200,7 @@ mod tests {
                 TierDefault::Deny,
             )],
             policies: vec![lockdown],
-            endpoints: vec![pod("b", "10.0.0.2"), pod("a", "10.0.0.1")],
+            endpoints: vec![pod("b", "10.0.0.2").into(), pod("a", "10.0.0.1").into()],
             ..Model::default()
         }
     }

@@ -120,10 +120,10 @@ mod tests {
         let known = EndpointIds::default().after(&model, &first.endpoints);
         let mut next = model.clone();
         next.endpoints.remove(1);
-        let mut added = next.endpoints[0].clone();
+        let mut added = (*next.endpoints[0]).clone();
         added.name = "added".into();
         added.interface = Some("cali-added".into());
-        next.endpoints.insert(0, added);
+        next.endpoints.insert(0, added.into());
         let c = compile_with(&next, &Limits::default(), &known).unwrap();
         for name in ["pod0", "pod2", "pod5"] {
             assert_eq!(

@@ -331,11 +331,11 @@ mod tests {
         let n = model.endpoints.len();
         match rng.below(5) {
             0 if n > 0 => {
-                let mut pod = model.endpoints[rng.below(n)].clone();
+                let mut pod = (*model.endpoints[rng.below(n)]).clone();
                 pod.name = format!("added{serial}");
                 pod.interface = rng.chance(80).then(|| format!("cali-a{serial}"));
                 pod.ips = vec![format!("10.0.2.{}", serial % 250 + 1).parse().unwrap()];
-                model.endpoints.insert(rng.below(n + 1), pod);
+                model.endpoints.insert(rng.below(n + 1), pod.into());
                 "pod added".into()
             }
             1 if n > 1 => {
@@ -343,7 +343,7 @@ mod tests {
                 "pod removed".into()
             }
             2 if n > 0 => {
-                let pod = &mut model.endpoints[rng.below(n)];
+                let pod = std::sync::Arc::make_mut(&mut model.endpoints[rng.below(n)]);
                 let key = rng.pick(&["app", "role", "tier"]).to_string();
                 pod.labels
                     .insert(key, rng.pick(&["a", "b", "web", "db"]).to_string());
@@ -408,7 +408,7 @@ mod tests {
         // A pod takes the labels another pod has (its class exists already):
         // only it is recompiled, and the result is that of a full compile.
         let labels = model.endpoints[1].labels.clone();
-        model.endpoints[0].labels = labels;
+        std::sync::Arc::make_mut(&mut model.endpoints[0]).labels = labels;
         let c = compiler.compile(&model, &limits, &ids).unwrap();
         assert_eq!(c.stats.reused, 59);
         assert_same(
@@ -417,11 +417,11 @@ mod tests {
             "relabel",
         );
         // A pod added with a new address and existing labels: only it is compiled.
-        let mut pod = model.endpoints[5].clone();
+        let mut pod = (*model.endpoints[5]).clone();
         pod.name = "added".into();
         pod.interface = Some("cali-added".into());
         pod.ips = vec!["10.99.0.1".parse().unwrap()];
-        model.endpoints.push(pod);
+        model.endpoints.push(pod.into());
         let ids = ids.after(&model, &c.endpoints);
         let c = compiler.compile(&model, &limits, &ids).unwrap();
         assert_eq!(c.stats.reused, 60);
@@ -449,7 +449,7 @@ mod tests {
         // is compiled (from the cache the compile ahead left).
         compiler.compile_ahead(&model, &limits, &ids).unwrap();
         let labels = model.endpoints[1].labels.clone();
-        model.endpoints[0].labels = labels;
+        std::sync::Arc::make_mut(&mut model.endpoints[0]).labels = labels;
         let other = compiler.compile(&model, &limits, &ids).unwrap();
         assert_eq!(other.stats.reused, 19, "{:?}", other.stats);
         assert_same(

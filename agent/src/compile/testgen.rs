@@ -265,7 +265,7 @@ pub fn random_model(rng: &mut Rng, shape: Shape) -> Model {
         tiers,
         policies,
         profiles,
-        endpoints,
+        endpoints: endpoints.into_iter().map(std::sync::Arc::new).collect(),
         network_sets,
         failsafes,
         namespaces: Default::default(),
@@ -909,7 +909,9 @@ impl TableModel {
 pub fn per_pod_label_model(endpoints: usize, policies: usize, seed: u64) -> Model {
     let mut model = scale_model(endpoints, policies, seed);
     for (i, ep) in model.endpoints.iter_mut().enumerate() {
-        ep.labels.insert("pod".into(), i.to_string());
+        std::sync::Arc::make_mut(ep)
+            .labels
+            .insert("pod".into(), i.to_string());
     }
     let mut rng = Rng::new(5);
     for k in 0..50.min(policies) {
@@ -955,6 +957,7 @@ pub fn scale_model(endpoints: usize, policies: usize, seed: u64) -> Model {
                 node: None,
             }
         })
+        .map(std::sync::Arc::new)
         .collect();
     let mut out = Vec::new();
     for i in 0..policies {

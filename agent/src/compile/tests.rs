@@ -183,9 +183,9 @@ fn identical_endpoints_share_a_class() {
     let mut model = seed();
     model
         .endpoints
-        .push(pod("backend", &["10.65.0.12", "fd65::12"]));
-    model.endpoints[3].name = "backend-2".into();
-    model.endpoints[3].labels = model.endpoints[1].labels.clone();
+        .push(pod("backend", &["10.65.0.12", "fd65::12"]).into());
+    std::sync::Arc::make_mut(&mut model.endpoints[3]).name = "backend-2".into();
+    std::sync::Arc::make_mut(&mut model.endpoints[3]).labels = model.endpoints[1].labels.clone();
     let c = compile(&model).unwrap();
     let sim = TableModel::new(&c.tables).unwrap();
     assert_eq!(sim.class(ip("10.65.0.2")), sim.class(ip("10.65.0.12")));
@@ -223,12 +223,12 @@ fn policies_selecting_no_compiled_endpoint_add_no_prefixes() {
     // An endpoint without an interface is not compiled either.
     let mut other = pod("nothere", &["10.65.9.9"]);
     other.interface = None;
-    model.endpoints.push(other);
+    model.endpoints.push(other.into());
     assert_eq!(
         compile(&model).unwrap().stats.prefixes_collected,
         before + 1
     );
-    model.endpoints.last_mut().unwrap().interface = Some("calinothere".into());
+    std::sync::Arc::make_mut(model.endpoints.last_mut().unwrap()).interface = Some("calinothere".into());
     assert_eq!(
         compile(&model).unwrap().stats.prefixes_collected,
         before + 2
@@ -691,7 +691,7 @@ fn capacity_limits_are_errors() {
 #[test]
 fn verdicts_that_depend_on_the_local_address_are_unsupported() {
     let mut model = seed();
-    model.endpoints[2].ips.push(ip("10.65.0.33"));
+    std::sync::Arc::make_mut(&mut model.endpoints[2]).ips.push(ip("10.65.0.33"));
     // Nothing tells the database's two IPv4 addresses apart: fine.
     let c = compile(&model).unwrap();
     let probes: Vec<Probe> = ["10.65.0.3", "10.65.0.33"]

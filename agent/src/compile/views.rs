@@ -312,7 +312,7 @@ mod tests {
             let mut model = random_model(&mut rng, Shape::default());
             let n = model.endpoints.len();
             for c in 0..3 {
-                let mut e = model.endpoints[rng.below(n)].clone();
+                let mut e = (*model.endpoints[rng.below(n)]).clone();
                 e.name = format!("copy{c}");
                 e.interface = Some(format!("cali-copy{c}"));
                 e.ips = vec![format!("10.0.3.{}", c + 1).parse().unwrap()];
@@ -321,7 +321,7 @@ mod tests {
                 }
                 e.labels.insert("copy".into(), c.to_string());
                 let at = rng.below(model.endpoints.len() + 1);
-                model.endpoints.insert(at, e);
+                model.endpoints.insert(at, e.into());
             }
             shared += assert_sharing_changes_nothing(&model, &format!("seed {seed}"));
         }
@@ -357,7 +357,7 @@ mod tests {
     fn pods_with_a_label_each_share_the_tables_of_their_app() {
         let mut model = per_pod_label_model(300, 40, 1);
         for e in &mut model.endpoints[40..] {
-            e.interface = None;
+            std::sync::Arc::make_mut(e).interface = None;
         }
         let shared = assert_sharing_changes_nothing(&model, "per_pod_label_model");
         let c = compile(&model, Sharing::Views).unwrap();

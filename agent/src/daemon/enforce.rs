@@ -136,7 +136,7 @@ fn freeze_failed(
             .iter_mut()
             .find(|m| m.key() == l.endpoint)
         {
-            m.interface = Some(l.interface.clone());
+            Arc::make_mut(m).interface = Some(l.interface.clone());
         }
         let before = enforced.frozen.iter().find(|f| f.endpoint == l.endpoint);
         tracing::warn!(endpoint = %l.endpoint, "keeping the last good tables of an enforced endpoint: {}", l.reason);

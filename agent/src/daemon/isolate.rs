@@ -103,7 +103,7 @@ fn leave_out(
                     room -= 1;
                     continue;
                 }
-                take(e);
+                take(std::sync::Arc::make_mut(e));
                 any = true;
             }
             any
@@ -118,7 +118,7 @@ fn leave_out(
                 .iter_mut()
                 .filter(|e| e.interface.is_some() && e.key() == *endpoint)
             {
-                take(e);
+                take(std::sync::Arc::make_mut(e));
                 any = true;
             }
             any

@@ -1,7 +1,8 @@
 //! What the compiler hands the loader: peer classes, per-endpoint peer groups,
 //! source-port classes and decision-table entries, and their encoding into the
 //! `PEERS_*` / `SPORTS_*` / `RULES_*` LPM keys and `GROUPS_*` hash keys.
-use std::collections::HashMap;
+// The install's maps of table entries (tens of thousands per install).
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::net::IpAddr;
 
 use agent_common::{direction, table, GroupKey, RuleKey, SourcePortKey, Verdict, PEER_GROUP_ANY};
@@ -295,7 +296,7 @@ where
     V: Copy + PartialEq,
 {
     let held: HashMap<K, V> = old.iter().copied().collect();
-    let wanted: std::collections::HashSet<K> = new.iter().map(|(k, _)| *k).collect();
+    let wanted: HashSet<K> = new.iter().map(|(k, _)| *k).collect();
     let stale = old
         .iter()
         .map(|(k, _)| *k)
@@ -314,7 +315,7 @@ impl TableSet {
     /// entry names by number (g) into group g of that entry's endpoint and
     /// direction, so that "group g" reads as "class g".
     pub fn with_identity_groups(mut self) -> Self {
-        let mut seen: std::collections::HashSet<GroupEntry> = self.groups.iter().copied().collect();
+        let mut seen: HashSet<GroupEntry> = self.groups.iter().copied().collect();
         for r in &self.rules {
             if let PeerMatch::Group(g) = r.peer {
                 let e = GroupEntry {

@@ -297,7 +297,7 @@ mod tests {
         let docs: Vec<(&Path, usize, &str)> = l
             .documents
             .iter()
-            .map(|d| (d.file.as_path(), d.line, d.id.as_str()))
+            .map(|d| (&*d.file, d.line, &*d.id))
             .collect();
         let mut sources: Vec<_> = l.policy_sources.iter().collect();
         sources.sort_by_key(|(id, _)| format!("{id:?}"));

@@ -49,6 +49,12 @@ impl FileDatastore {
     /// [`crate::model::load::finish_keeping`]). Re-parses only the files that changed since the
     /// last load (all files are read again unless watched).
     pub fn load_keeping(&self, previous: &[Document]) -> FileLoad {
+        self.load_keeping_on(previous, None)
+    }
+
+    /// [`Self::load_keeping`], the endpoints made for `node` (see
+    /// [`crate::model::assemble::Cache::on_node`]).
+    fn load_keeping_on(&self, previous: &[Document], node: Option<&str>) -> FileLoad {
         let problem = match std::fs::read_dir(&self.dir) {
             Ok(_) if self.dir.is_dir() => None,
             Ok(_) => Some("is not a directory".to_string()),
@@ -81,7 +87,10 @@ impl FileDatastore {
         };
         let parsed_files = cache.parsed;
         drop(cache);
-        let (loaded, kept) = finish_keeping_cached(parsed, previous, &mut lock(&self.assembled));
+        let mut assembled = lock(&self.assembled);
+        assembled.on_node(node);
+        let (loaded, kept) = finish_keeping_cached(parsed, previous, &mut assembled);
+        drop(assembled);
         FileLoad {
             loaded,
             kept,
@@ -95,7 +104,7 @@ impl FileDatastore {
     /// ([`Self::load_keeping`]), with the interfaces of `node`'s workload
     /// endpoints only (the others are peers).
     pub fn load_for_node(&self, previous: &[Document], node: &str) -> FileLoad {
-        let mut l = self.load_keeping(previous);
+        let mut l = self.load_keeping_on(previous, Some(node));
         crate::model::node::keep_this_node(&mut l.loaded, node);
         l
     }

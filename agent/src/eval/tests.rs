@@ -236,7 +236,7 @@ fn pass_jumps_to_the_next_tier_skipping_the_rest_of_its_tier() {
 fn pass_to_nowhere_ends_in_profiles_and_no_profile_denies() {
     // pol_prog "pass to nowhere": with no profile the endpoint denies.
     let mut m = model(client_server(), vec![gnp("pass", vec![pass()])]);
-    m.endpoints[1].profiles.clear();
+    std::sync::Arc::make_mut(&mut m.endpoints[1]).profiles.clear();
     let v = ingress(&m, PolicySet::Enforced, CLIENT, icmp(8, 0));
     assert_eq!(v.action, Deny);
     assert_eq!(v.decided_by, DecidedBy::NoMatch);
@@ -364,7 +364,7 @@ fn profiles_apply_in_order_and_a_profile_pass_counts_as_deny() {
             labels_to_apply: Default::default(),
         },
     ];
-    m.endpoints[1].profiles = vec!["first".into(), "kns.ns".into()];
+    std::sync::Arc::make_mut(&mut m.endpoints[1]).profiles = vec!["first".into(), "kns.ns".into()];
     let udp = ingress(&m, PolicySet::Enforced, CLIENT, Packet::udp(53));
     assert_eq!(udp.action, Deny);
     assert_eq!(traces(&udp), ["0|__PROFILE__|pro:first|pass|0"]);
@@ -385,10 +385,10 @@ fn a_profile_with_no_matching_rule_or_no_profile_denies() {
         egress: vec![],
         labels_to_apply: Default::default(),
     }];
-    m.endpoints[1].profiles = vec!["empty".into()];
+    std::sync::Arc::make_mut(&mut m.endpoints[1]).profiles = vec!["empty".into()];
     let v = ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(80));
     assert_eq!((v.action, &v.decided_by), (Deny, &DecidedBy::NoMatch));
-    m.endpoints[1].profiles.clear();
+    std::sync::Arc::make_mut(&mut m.endpoints[1]).profiles.clear();
     let v = ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(80));
     assert_eq!((v.action, &v.decided_by), (Deny, &DecidedBy::NoMatch));
 }
@@ -669,8 +669,8 @@ fn selector_model(rule_for: impl Fn(Selector) -> Rule) -> Model {
         client_server(),
         vec![gnp("sel", vec![rule_for(Selector::equals("role", "db"))])],
     );
-    m.endpoints.push(pod("ns", "db-client", &["10.0.0.3"]));
-    m.endpoints[2].labels.insert("role".into(), "db".into());
+    m.endpoints.push(pod("ns", "db-client", &["10.0.0.3"]).into());
+    std::sync::Arc::make_mut(&mut m.endpoints[2]).labels.insert("role".into(), "db".into());
     m.network_sets.push(db_network_set());
     m
 }
@@ -720,7 +720,7 @@ fn a_negated_selector_matches_only_known_endpoints_and_sets() {
 /// The server has named port `http` = TCP 8080.
 fn named_port_model(policies: Vec<Policy>) -> Model {
     let mut m = model(client_server(), policies);
-    m.endpoints[1]
+    std::sync::Arc::make_mut(&mut m.endpoints[1])
         .named_ports
         .push(named_port("http", Protocol::TCP, 8080));
     m

@@ -2,7 +2,7 @@
 //! (Calico's calculation graph): namespace and service-account labels, the
 //! `kns.<namespace>` profiles, labels inherited from profiles, tier order.
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::ir::*;
@@ -27,7 +27,7 @@ pub fn to_model<'a, I>(documents: I) -> Model
 where
     I: IntoIterator<Item = &'a Lowered> + Clone,
 {
-    build(documents, |cx, _, w| workload(cx, w)).0
+    build(documents, |cx, _, w| Arc::new(workload(cx, w))).0
 }
 
 /// Each workload's endpoint as the last model built with this cache has it
@@ -40,7 +40,22 @@ pub struct Cache {
     context: Context,
     /// By the address of the document's lowered form, which the entry holds
     /// (so the address cannot be reused by another document meanwhile).
-    endpoints: HashMap<usize, (Arc<Lowered>, Endpoint)>,
+    endpoints: foldhash::HashMap<usize, (Arc<Lowered>, Arc<Endpoint>)>,
+    /// The node the endpoints are made for: other nodes' workload endpoints
+    /// are made without an interface (peers), as `node::keep_this_node`
+    /// leaves them, so that it need not copy the shared records to change them.
+    node: Option<String>,
+}
+
+impl Cache {
+    /// Makes the next models' endpoints for `node` (None: as their documents
+    /// say); the endpoints made for another node are forgotten.
+    pub fn on_node(&mut self, node: Option<&str>) {
+        if self.node.as_deref() != node {
+            self.endpoints.clear();
+            self.node = node.map(str::to_string);
+        }
+    }
 }
 
 /// [`to_model`] with `cache`: a workload whose document (the same `Arc`) was
@@ -51,20 +66,28 @@ where
     I: IntoIterator<Item = &'a Arc<Lowered>> + Clone,
 {
     let mut previous = std::mem::take(&mut cache.endpoints);
-    let mut kept = HashMap::with_capacity(previous.len());
+    let mut kept = foldhash::HashMap::default();
+    kept.reserve(previous.len());
     // Whether the context is the last model's (compared once: it is the same
     // for every workload of a build).
     let mut same_context = None;
+    let node = cache.node.clone();
+    let make = |cx: &Context, w: &Workload| {
+        let mut e = workload(cx, w);
+        if node.as_deref().is_some_and(|n| super::node::elsewhere(&e, n)) {
+            e.interface = None;
+        }
+        Arc::new(e)
+    };
     let (model, cx) = build(documents, |cx, doc: &Arc<Lowered>, w| {
         let key = Arc::as_ptr(doc) as usize;
         let same = *same_context.get_or_insert_with(|| cx == &cache.context);
         let (doc, endpoint) = match previous.remove(&key) {
             Some(entry) if same => entry,
-            _ => (doc.clone(), workload(cx, w)),
+            _ => (doc.clone(), make(cx, w)),
         };
-        let copy = endpoint.clone();
-        kept.insert(key, (doc, endpoint));
-        copy
+        kept.insert(key, (doc, endpoint.clone()));
+        endpoint
     });
     cache.context = cx;
     cache.endpoints = kept;
@@ -75,7 +98,7 @@ where
 /// endpoint (from the context, the document and its workload).
 fn build<'a, I, D>(
     documents: I,
-    mut endpoint: impl FnMut(&Context, &D, &Workload) -> Endpoint,
+    mut endpoint: impl FnMut(&Context, &D, &Workload) -> Arc<Endpoint>,
 ) -> (Model, Context)
 where
     I: IntoIterator<Item = &'a D> + Clone,
@@ -104,7 +127,7 @@ where
             Lowered::Host(h) => {
                 let mut h = h.clone();
                 h.labels = with_inherited(h.labels, &h.profiles, &cx.profiles);
-                model.endpoints.push(h);
+                model.endpoints.push(Arc::new(h));
             }
             Lowered::NetworkSet(s) => model.network_sets.push(network_set(&cx, s)),
             Lowered::Profile(_)

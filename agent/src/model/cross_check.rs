@@ -1,9 +1,8 @@
 //! Checks between documents: duplicates (the last good state's owner wins),
 //! tiers and profiles named but not defined.
-use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::BTreeSet;
 
-use super::load::{DocKey, Document};
+use super::load::{DocKey, Document, Owners};
 use super::lower;
 use super::resources::{Resource, ResourceKind};
 use super::{Diagnostic, Severity};
@@ -18,7 +17,7 @@ use super::{Diagnostic, Severity};
 pub(super) fn cross_check(
     mut docs: Vec<Document>,
     diags: &mut Vec<Diagnostic>,
-    owners: &HashMap<DocKey, &Path>,
+    owners: &Owners,
 ) -> Vec<Document> {
     // Valid documents are loaded unless a check below drops them; invalid ones
     // get the checks too (reported, never loaded); duplicates only their report.
@@ -48,16 +47,17 @@ pub(super) fn cross_check(
 fn duplicates(
     docs: &[Document],
     diags: &mut Vec<Diagnostic>,
-    owners: &HashMap<DocKey, &Path>,
+    owners: &Owners,
     load: &mut [bool],
 ) -> Vec<bool> {
     // The winner of each identity: its owner's document, else the first.
-    let mut winner: HashMap<DocKey, usize> = HashMap::new();
+    let mut winner: foldhash::HashMap<DocKey, usize> = Default::default();
+    winner.reserve(docs.len());
     for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.is_valid()) {
         let key = doc.key();
-        let owned = owners.get(&key).is_some_and(|f| *f == doc.file);
+        let owned = owners.get(&key).is_some_and(|f| **f == *doc.file);
         match winner.get(&key) {
-            Some(&w) if !owned || owners.get(&key).is_some_and(|f| *f == docs[w].file) => {}
+            Some(&w) if !owned || owners.get(&key).is_some_and(|f| **f == *docs[w].file) => {}
             _ => {
                 winner.insert(key, i);
             }

@@ -464,7 +464,7 @@ pub struct Model {
     /// Enforced and staged policies alike; `Policy::id.kind` tells which.
     pub policies: Vec<Policy>,
     pub profiles: Vec<Profile>,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<std::sync::Arc<Endpoint>>,
     pub network_sets: Vec<NetworkSet>,
     pub failsafes: Failsafes,
     /// Names of the Namespace documents loaded.

@@ -160,6 +160,7 @@ fn named_ports(model: &Model, p: &Policy, warn: &mut impl FnMut(String, String))
                 .endpoints
                 .iter()
                 .filter(|e| scope.is_none_or(|s| s.evaluate(&e.labels)))
+                .map(|e| &**e)
                 .collect();
             for name in named(entity) {
                 if !candidates

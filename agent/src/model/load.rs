@@ -20,12 +20,12 @@ use super::{Diagnostic, Loaded, Severity, SourceLocation};
 /// documents between loads and hands each load its own list.
 #[derive(Clone, Debug)]
 pub struct Document {
-    pub file: PathBuf,
+    pub file: Arc<Path>,
     /// Line of the document's first field.
     pub line: usize,
     pub kind: ResourceKind,
     /// `Kind/namespace/name` or `Kind/name`.
-    pub id: String,
+    pub id: Arc<str>,
     pub resource: Arc<Resource>,
     pub lines: Arc<HashMap<String, usize>>,
     /// What the document contributes to the model; None when it has an
@@ -47,9 +47,9 @@ impl Document {
     ) -> Diagnostic {
         Diagnostic {
             severity,
-            file: self.file.clone(),
+            file: self.file.to_path_buf(),
             line: line_of(&self.lines, field),
-            resource: self.id.clone(),
+            resource: self.id.to_string(),
             field: field.into(),
             message,
         }
@@ -74,6 +74,9 @@ impl Document {
 
 /// A document's identity: kind, namespace (namespaced kinds), name.
 pub type DocKey<'a> = (ResourceKind, Option<&'a str>, &'a str);
+
+/// The file each identity was loaded from in the last good state.
+pub(super) type Owners<'a> = foldhash::HashMap<DocKey<'a>, &'a Path>;
 
 pub fn resource_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
     match namespace {
@@ -104,7 +107,13 @@ pub fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
         });
     }
     let mut docs = Vec::new();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked only for a file large enough to be parsed in parallel: the answer
+    // reads the cgroup's CPU quota from /proc and /sys (~30 µs), once per file.
+    let threads = if text.len() < PARALLEL_BYTES {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     for (chunk_docs, chunk_diags) in parse_chunks(file, &chunks, threads) {
         docs.extend(chunk_docs);
         diags.extend(chunk_diags);
@@ -264,10 +273,10 @@ fn parse_value(
         .map_err(|e| at(&e.field, &id, e.message))?;
     let (lowered, issues) = lower::lower(&resource);
     let doc = Document {
-        file: file.to_path_buf(),
+        file: Arc::from(file),
         line,
         kind,
-        id,
+        id: id.into(),
         resource: Arc::new(resource),
         lines: Arc::new(lines),
         lowered: lowered.map(Arc::new),
@@ -313,7 +322,7 @@ pub fn load_values(sources: impl IntoIterator<Item = (PathBuf, serde_json::Value
         }
         files.push(file);
     }
-    finish(docs, diagnostics, &files, &HashMap::new(), Keep::Nothing)
+    finish(docs, diagnostics, &files, &Owners::default(), Keep::Nothing)
 }
 
 /// Loads `sources` after `diagnostics` already found (e.g. unreadable files).
@@ -468,15 +477,15 @@ fn finish_keeping_with(
     } else {
         docs.iter()
             .filter(|d| d.is_valid() && failed.iter().any(|f| d.file.starts_with(f)))
-            .map(|d| (d.file.as_path(), d.key()))
+            .map(|d| (&*d.file, d.key()))
             .collect()
     };
     for p in previous {
         if !failed.iter().any(|f| p.file.starts_with(f)) {
             continue;
         }
-        if !held.contains(&(p.file.as_path(), p.key())) {
-            kept.push(p.id.clone());
+        if !held.contains(&(&*p.file, p.key())) {
+            kept.push(p.id.to_string());
             kept_docs.push(p.clone());
         }
     }
@@ -493,7 +502,7 @@ fn finish_keeping_with(
             .into_iter()
             .map(|d| {
                 (
-                    order.get(d.file.as_path()).copied().unwrap_or(usize::MAX),
+                    order.get(&*d.file).copied().unwrap_or(usize::MAX),
                     d,
                 )
             })
@@ -501,9 +510,9 @@ fn finish_keeping_with(
         indexed.sort_by(|(a, x), (b, y)| (a, &x.file, x.line).cmp(&(b, &y.file, y.line)));
         docs = indexed.into_iter().map(|(_, d)| d).collect();
     }
-    let owners: HashMap<DocKey, &Path> = previous
+    let owners: Owners = previous
         .iter()
-        .map(|d| (d.key(), d.file.as_path()))
+        .map(|d| (d.key(), &*d.file))
         .collect();
     let loaded = finish(docs, diagnostics, &files, &owners, Keep::Documents(cache));
     (loaded, kept)
@@ -522,7 +531,7 @@ fn finish(
     docs: Vec<Document>,
     mut diagnostics: Vec<Diagnostic>,
     files: &[PathBuf],
-    owners: &HashMap<DocKey, &Path>,
+    owners: &Owners,
     keep: Keep,
 ) -> Loaded {
     let docs = cross_check(docs, &mut diagnostics, owners);
@@ -535,7 +544,7 @@ fn finish(
             .collect();
         diagnostics.sort_by_key(|d| {
             (
-                file_order.get(d.file.as_path()).copied().unwrap_or(0),
+                file_order.get(&*d.file).copied().unwrap_or(0),
                 d.line,
             )
         });
@@ -545,7 +554,7 @@ fn finish(
         .iter()
         .filter(|d| policy_kind(d.kind).is_some())
         .map(|d| SourceLocation {
-            file: d.file.clone(),
+            file: d.file.to_path_buf(),
             line: d.line,
         })
         .collect();

@@ -3,8 +3,9 @@
 //! own `namespace/name` too (`shop/node1-k8s-web-eth0`), a host endpoint by its
 //! name. A name that matches nothing is an error with the closest known names,
 //! never an empty answer.
-use std::collections::HashMap;
 use std::fmt;
+
+use std::sync::Arc;
 
 use super::ir::Endpoint;
 
@@ -29,15 +30,16 @@ impl fmt::Display for UnknownName {
 /// The endpoint `text` names: its address ([`Endpoint::key`]) first, then the
 /// WorkloadEndpoint name ([`Endpoint::resource_key`]).
 pub fn find_endpoint<'m>(
-    endpoints: &'m [Endpoint],
+    endpoints: &'m [Arc<Endpoint>],
     text: &str,
 ) -> Result<&'m Endpoint, UnknownName> {
     let by_key = endpoints.iter().find(|e| e.key() == text);
     by_key
         .or_else(|| endpoints.iter().find(|e| e.resource_key() == text))
+        .map(|e| &**e)
         .ok_or_else(|| UnknownName {
             name: text.to_string(),
-            suggestions: closest(text, endpoints.iter().map(Endpoint::key)),
+            suggestions: closest(text, endpoints.iter().map(|e| e.key())),
         })
 }
 
@@ -92,24 +94,36 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// would share (a pod with two interfaces, or a pod named like another
 /// WorkloadEndpoint) is dropped from them, so they are addressed by their
 /// WorkloadEndpoint names (unique per namespace) instead.
-pub fn unique_pod_addresses(endpoints: &mut [Endpoint]) {
+pub fn unique_pod_addresses(endpoints: &mut [Arc<Endpoint>]) {
     loop {
-        let mut count: HashMap<String, usize> = HashMap::new();
-        for e in endpoints.iter() {
-            *count.entry(e.key()).or_default() += 1;
-        }
-        let mut changed = false;
-        for e in endpoints.iter_mut().filter(|e| e.pod.is_some()) {
-            if count[&e.key()] > 1 {
-                e.pod = None;
-                changed = true;
+        let shared: Vec<usize> = {
+            let mut count: foldhash::HashMap<(Option<&str>, &str), usize> = Default::default();
+            for e in endpoints.iter() {
+                *count.entry(address(e)).or_default() += 1;
             }
-        }
+            let shared = |e: &Endpoint| e.pod.is_some() && count[&address(e)] > 1;
+            (0..endpoints.len())
+                .filter(|&i| shared(&endpoints[i]))
+                .collect()
+        };
         // Dropping a pod address can only make a WorkloadEndpoint name an
         // address, which may collide once more with another pod address.
-        if !changed {
+        if shared.is_empty() {
             return;
         }
+        for i in shared {
+            Arc::make_mut(&mut endpoints[i]).pod = None;
+        }
+    }
+}
+
+/// [`Endpoint::key`] in parts, without making the string: namespaces and
+/// endpoint names are DNS names (no `/`), so two keys are the same string
+/// exactly when their parts are the same.
+fn address(e: &Endpoint) -> (Option<&str>, &str) {
+    match &e.namespace {
+        Some(ns) => (Some(ns), e.pod.as_deref().unwrap_or(&e.name)),
+        None => (None, &e.name),
     }
 }
 
@@ -118,8 +132,8 @@ mod tests {
     use super::*;
     use crate::model::ir::EndpointKind;
 
-    fn wep(name: &str, pod: Option<&str>) -> Endpoint {
-        Endpoint {
+    fn wep(name: &str, pod: Option<&str>) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
             kind: EndpointKind::Workload,
             namespace: Some("shop".into()),
             name: name.into(),
@@ -130,7 +144,7 @@ mod tests {
             profiles: vec![],
             pod: pod.map(Into::into),
             node: None,
-        }
+        })
     }
 
     #[test]
@@ -182,7 +196,7 @@ mod tests {
             wep("z", Some("y")),
         ];
         unique_pod_addresses(&mut eps);
-        let keys: Vec<String> = eps.iter().map(Endpoint::key).collect();
+        let keys: Vec<String> = eps.iter().map(|e| e.key()).collect();
         assert_eq!(
             keys,
             [

@@ -10,7 +10,9 @@
 //! commands (eval, matrix) do not call this: there every endpoint is policed.
 use std::path::PathBuf;
 
-use super::ir::EndpointKind;
+use std::sync::Arc;
+
+use super::ir::{Endpoint, EndpointKind};
 use super::load::resource_id;
 use super::{Diagnostic, Loaded, Severity};
 
@@ -21,9 +23,12 @@ pub fn keep_this_node(loaded: &mut Loaded, node: &str) {
         if e.kind != EndpointKind::Workload {
             continue;
         }
-        let here = e.node.as_deref().is_none_or(|n| n == node);
-        if !here {
-            e.interface = None;
+        if elsewhere(e, node) {
+            // Usually already done where the endpoint was made
+            // (`assemble::Cache::on_node`): the shared record is left as is.
+            if e.interface.is_some() {
+                Arc::make_mut(e).interface = None;
+            }
         } else if e.interface.is_none() {
             loaded.diagnostics.push(Diagnostic {
                 severity: Severity::Warning,
@@ -39,4 +44,10 @@ pub fn keep_this_node(loaded: &mut Loaded, node: &str) {
             });
         }
     }
+}
+
+/// A workload endpoint of another node: a peer only, whatever interface its
+/// record names.
+pub fn elsewhere(e: &Endpoint, node: &str) -> bool {
+    e.kind == EndpointKind::Workload && e.node.as_deref().is_some_and(|n| n != node)
 }

@@ -1733,7 +1733,7 @@ fn a_large_file_parsed_on_threads_is_parsed_as_on_one() {
         let ids: Vec<(String, usize)> = docs
             .concat()
             .iter()
-            .map(|d| (d.id.clone(), d.line))
+            .map(|d| (d.id.to_string(), d.line))
             .collect();
         (ids, diags.concat())
     };

@@ -93,7 +93,7 @@ pub fn model(endpoints: Vec<Endpoint>, policies: Vec<Policy>) -> Model {
     Model {
         tiers: builtin_tiers(),
         policies,
-        endpoints,
+        endpoints: endpoints.into_iter().map(std::sync::Arc::new).collect(),
         ..Model::default()
     }
 }

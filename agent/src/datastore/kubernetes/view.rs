@@ -185,8 +185,8 @@ fn build(node: &str, state: &Mutex<State>) -> Loaded {
 /// attached or compiled for them.
 pub fn localize(loaded: &mut Loaded, local: &HashSet<(EndpointKind, String)>) {
     for e in &mut loaded.model.endpoints {
-        if !local.contains(&(e.kind, e.key())) {
-            e.interface = None;
+        if e.interface.is_some() && !local.contains(&(e.kind, e.key())) {
+            Arc::make_mut(e).interface = None;
         }
     }
 }
