@@ -228,7 +228,8 @@ fn policies_selecting_no_compiled_endpoint_add_no_prefixes() {
         compile(&model).unwrap().stats.prefixes_collected,
         before + 1
     );
-    std::sync::Arc::make_mut(model.endpoints.last_mut().unwrap()).interface = Some("calinothere".into());
+    std::sync::Arc::make_mut(model.endpoints.last_mut().unwrap()).interface =
+        Some("calinothere".into());
     assert_eq!(
         compile(&model).unwrap().stats.prefixes_collected,
         before + 2
@@ -691,7 +692,9 @@ fn capacity_limits_are_errors() {
 #[test]
 fn verdicts_that_depend_on_the_local_address_are_unsupported() {
     let mut model = seed();
-    std::sync::Arc::make_mut(&mut model.endpoints[2]).ips.push(ip("10.65.0.33"));
+    std::sync::Arc::make_mut(&mut model.endpoints[2])
+        .ips
+        .push(ip("10.65.0.33"));
     // Nothing tells the database's two IPv4 addresses apart: fine.
     let c = compile(&model).unwrap();
     let probes: Vec<Probe> = ["10.65.0.3", "10.65.0.33"]

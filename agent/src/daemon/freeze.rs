@@ -254,7 +254,8 @@ mod tests {
             };
             let key = old_model.endpoints[target.endpoint_index].key();
             let mut without = new_model.clone();
-            std::sync::Arc::make_mut(&mut without.endpoints[target.endpoint_index]).interface = None;
+            std::sync::Arc::make_mut(&mut without.endpoints[target.endpoint_index]).interface =
+                None;
             let Ok(mut plain) = compile(&without) else {
                 continue;
             };

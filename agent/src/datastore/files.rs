@@ -341,4 +341,49 @@ mod tests {
         assert!(!now.loaded.has_errors(), "{:?}", now.loaded.diagnostics);
         assert_eq!(policy_names(&now.loaded), ["deny-db", "other"]);
     }
+
+    /// The datastore's cache makes other nodes' endpoints as peers for the
+    /// node it loads for: the model is the one an uncached load gives, and
+    /// loading for another node (or for none) makes them again.
+    #[test]
+    fn a_load_for_a_node_is_the_uncached_load_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let on = |node: &str, name: &str, ip: &str| {
+            ENDPOINT
+                .replace("name: db", &format!("name: {name}"))
+                .replace("calidb", &format!("cali{name}"))
+                .replace("10.65.0.30", ip)
+                .replace("spec:\n", &format!("spec:\n  node: {node}\n"))
+        };
+        std::fs::write(dir.path().join("a.yaml"), on("node-a", "a", "10.65.0.1")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), on("node-b", "b", "10.65.0.2")).unwrap();
+        std::fs::write(dir.path().join("p.yaml"), POLICY).unwrap();
+        let uncached = |node: &str| {
+            let mut l = FileDatastore::new(dir.path()).load_keeping(&[]);
+            crate::model::node::keep_this_node(&mut l.loaded, node);
+            l.loaded.model
+        };
+        let local = |model: &crate::model::ir::Model| -> Vec<String> {
+            let with_interface = model.endpoints.iter().filter(|e| e.interface.is_some());
+            with_interface.map(|e| e.name.clone()).collect()
+        };
+        let ds = FileDatastore::new(dir.path());
+        let first = ds.load_for_node(&[], "node-a");
+        assert_eq!(local(&first.loaded.model), ["a"]);
+        assert_eq!(first.loaded.model, uncached("node-a"));
+        // Again from the cache, after a change elsewhere.
+        std::fs::write(dir.path().join("p.yaml"), policy("deny-db", "Allow")).unwrap();
+        let again = ds.load_for_node(&first.loaded.documents, "node-a");
+        assert_eq!(again.loaded.model, uncached("node-a"));
+        assert!(Arc::ptr_eq(
+            &first.loaded.model.endpoints[1],
+            &again.loaded.model.endpoints[1]
+        ));
+        // Another node, then none: made again for it.
+        let b = ds.load_for_node(&again.loaded.documents, "node-b");
+        assert_eq!(local(&b.loaded.model), ["b"]);
+        assert_eq!(b.loaded.model, uncached("node-b"));
+        let none = ds.load_keeping(&b.loaded.documents);
+        assert_eq!(local(&none.loaded.model), ["a", "b"]);
+    }
 }

@@ -236,7 +236,9 @@ fn pass_jumps_to_the_next_tier_skipping_the_rest_of_its_tier() {
 fn pass_to_nowhere_ends_in_profiles_and_no_profile_denies() {
     // pol_prog "pass to nowhere": with no profile the endpoint denies.
     let mut m = model(client_server(), vec![gnp("pass", vec![pass()])]);
-    std::sync::Arc::make_mut(&mut m.endpoints[1]).profiles.clear();
+    std::sync::Arc::make_mut(&mut m.endpoints[1])
+        .profiles
+        .clear();
     let v = ingress(&m, PolicySet::Enforced, CLIENT, icmp(8, 0));
     assert_eq!(v.action, Deny);
     assert_eq!(v.decided_by, DecidedBy::NoMatch);
@@ -388,7 +390,9 @@ fn a_profile_with_no_matching_rule_or_no_profile_denies() {
     std::sync::Arc::make_mut(&mut m.endpoints[1]).profiles = vec!["empty".into()];
     let v = ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(80));
     assert_eq!((v.action, &v.decided_by), (Deny, &DecidedBy::NoMatch));
-    std::sync::Arc::make_mut(&mut m.endpoints[1]).profiles.clear();
+    std::sync::Arc::make_mut(&mut m.endpoints[1])
+        .profiles
+        .clear();
     let v = ingress(&m, PolicySet::Enforced, CLIENT, Packet::tcp(80));
     assert_eq!((v.action, &v.decided_by), (Deny, &DecidedBy::NoMatch));
 }
@@ -669,8 +673,11 @@ fn selector_model(rule_for: impl Fn(Selector) -> Rule) -> Model {
         client_server(),
         vec![gnp("sel", vec![rule_for(Selector::equals("role", "db"))])],
     );
-    m.endpoints.push(pod("ns", "db-client", &["10.0.0.3"]).into());
-    std::sync::Arc::make_mut(&mut m.endpoints[2]).labels.insert("role".into(), "db".into());
+    m.endpoints
+        .push(pod("ns", "db-client", &["10.0.0.3"]).into());
+    std::sync::Arc::make_mut(&mut m.endpoints[2])
+        .labels
+        .insert("role".into(), "db".into());
     m.network_sets.push(db_network_set());
     m
 }

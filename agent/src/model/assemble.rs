@@ -74,7 +74,10 @@ where
     let node = cache.node.clone();
     let make = |cx: &Context, w: &Workload| {
         let mut e = workload(cx, w);
-        if node.as_deref().is_some_and(|n| super::node::elsewhere(&e, n)) {
+        if node
+            .as_deref()
+            .is_some_and(|n| super::node::elsewhere(&e, n))
+        {
             e.interface = None;
         }
         Arc::new(e)

@@ -500,20 +500,12 @@ fn finish_keeping_with(
             .collect();
         let mut indexed: Vec<(usize, Document)> = docs
             .into_iter()
-            .map(|d| {
-                (
-                    order.get(&*d.file).copied().unwrap_or(usize::MAX),
-                    d,
-                )
-            })
+            .map(|d| (order.get(&*d.file).copied().unwrap_or(usize::MAX), d))
             .collect();
         indexed.sort_by(|(a, x), (b, y)| (a, &x.file, x.line).cmp(&(b, &y.file, y.line)));
         docs = indexed.into_iter().map(|(_, d)| d).collect();
     }
-    let owners: Owners = previous
-        .iter()
-        .map(|d| (d.key(), &*d.file))
-        .collect();
+    let owners: Owners = previous.iter().map(|d| (d.key(), &*d.file)).collect();
     let loaded = finish(docs, diagnostics, &files, &owners, Keep::Documents(cache));
     (loaded, kept)
 }
@@ -542,12 +534,7 @@ fn finish(
             .enumerate()
             .map(|(i, f)| (f.as_path(), i))
             .collect();
-        diagnostics.sort_by_key(|d| {
-            (
-                file_order.get(&*d.file).copied().unwrap_or(0),
-                d.line,
-            )
-        });
+        diagnostics.sort_by_key(|d| (file_order.get(&*d.file).copied().unwrap_or(0), d.line));
     }
     // Where each policy came from, in document order (as the model lists them).
     let locations: Vec<SourceLocation> = docs
