@@ -440,7 +440,7 @@ fn compile_seeded(
         index: names,
     };
     let mut budget = Budget::default();
-    let mut next_cache = Cache::new();
+    let mut next_cache = Cache::default();
     for k in 0..targets.len() {
         // A group's first member comes first in model order: a compile error
         // is reported where compiling every endpoint alone reports it.
@@ -535,10 +535,7 @@ impl Compiled {
 /// `f(0..count)`, spread over the CPUs (endpoints are independent), at
 /// least `per_thread` items a thread, results in order.
 fn in_parallel<T: Send>(count: usize, per_thread: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(count.div_ceil(per_thread))
-        .max(1);
+    let threads = cpus().min(count.div_ceil(per_thread)).max(1);
     if threads == 1 {
         return (0..count).map(f).collect();
     }
@@ -567,6 +564,13 @@ fn in_parallel<T: Send>(count: usize, per_thread: usize, f: impl Fn(usize) -> T 
         .into_iter()
         .map(|r| r.expect("every item computed"))
         .collect()
+}
+
+/// The CPUs this process may use, asked once: `available_parallelism` reads
+/// the cgroup's files on every call (a few ms of a ~25 ms incremental compile).
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Human-readable summary of a compile, for logs and `agent status`.

@@ -1,9 +1,10 @@
 //! Verdict names: the userspace tables a kernel verdict's tier, policy and
 //! profile indexes point into, the evaluator answer -> kernel verdict encoding,
 //! and the Calico-style trace string of a kernel verdict.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use agent_common::{action, verdict_flags, Verdict, POLICY_NONE};
+use foldhash::HashMap;
 
 use super::{CompileError, Compiled, CompiledEndpoint};
 use crate::eval::{policy_flow_log_name, DecidedBy, EndVerdict, NO_MATCH_PROFILE, PROFILE_TIER};

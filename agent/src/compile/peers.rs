@@ -1,13 +1,15 @@
 //! Peer classes: the collected prefixes, their regions' signatures, and the
 //! classes and `PEERS_*` prefixes they give (see the module docs of
 //! [`super`], "Peer classes").
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use foldhash::{HashMap, HashMapExt};
 use ipnet::IpNet;
 
+use super::incremental::key_of;
 use super::{CompileError, Limits};
-use crate::model::ir::{Failsafes, Model, Rule};
+use crate::model::ir::{Failsafes, Labels, Model, PolicyId, Rule};
 use crate::selector::Selector;
 
 /// A collected prefix as an interval of one family's address space.
@@ -85,22 +87,22 @@ impl Atoms {
         })
     }
     fn selector(&mut self, s: &Selector) -> usize {
+        if let Some(&k) = self.selector_index.get(s) {
+            return k;
+        }
         let next = self.selectors.len();
-        *self.selector_index.entry(s.clone()).or_insert_with(|| {
-            self.selectors.push(s.clone());
-            next
-        })
+        self.selector_index.insert(s.clone(), next);
+        self.selectors.push(s.clone());
+        next
     }
     /// A hash of the atom of bit `b` that does not depend on the bit's index
-    /// (which follows the collection order of the model).
-    pub(super) fn atom_hash(&self, b: usize) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+    /// (which follows the collection order of the model): a key (see
+    /// `incremental`), as it goes into endpoints' keys.
+    pub(super) fn atom_hash(&self, b: usize) -> u128 {
         match b.checked_sub(self.nets.len()) {
-            None => (0u8, self.nets[b]).hash(&mut h),
-            Some(s) => (1u8, &self.selectors[s]).hash(&mut h),
+            None => key_of((0u8, self.nets[b])),
+            Some(s) => key_of((1u8, &self.selectors[s])),
         }
-        h.finish()
     }
     /// Bit index of an atom in a signature.
     pub(super) fn net_bit(&self, n: &IpNet) -> usize {
@@ -164,7 +166,7 @@ pub(super) struct Class {
 
 /// A class's signature in terms of its atoms themselves (hashed), not their
 /// bit indexes: the same across compiles of models that differ elsewhere.
-type CanonicalSignature = (bool, Vec<u64>, Vec<(String, u8, u16)>);
+type CanonicalSignature = (bool, Vec<u128>, Vec<(String, u8, u16)>);
 
 /// Peer-class ids from an earlier compile: a class whose signature is still
 /// there keeps its id, so an edit elsewhere does not renumber every class (and
@@ -174,8 +176,8 @@ type CanonicalSignature = (bool, Vec<u64>, Vec<(String, u8, u16)>);
 #[derive(Clone, Debug, Default)]
 pub struct ClassIds(HashMap<CanonicalSignature, u32>);
 
-fn canonical(hashes: &[u64], sig: &Signature) -> CanonicalSignature {
-    let mut set: Vec<u64> = ones(&sig.bits).map(|b| hashes[b]).collect();
+fn canonical(hashes: &[u128], sig: &Signature) -> CanonicalSignature {
+    let mut set: Vec<u128> = ones(&sig.bits).map(|b| hashes[b]).collect();
     set.sort_unstable();
     (sig.v6, set, sig.named_ports.clone())
 }
@@ -188,11 +190,27 @@ pub(super) struct PeerClasses {
     pub(super) collected: usize,
 }
 
+/// Who a rule belongs to, named only in an error.
+#[derive(Clone, Copy)]
+enum RuleOwner<'m> {
+    Policy(&'m PolicyId),
+    Profile(&'m str),
+}
+
+impl RuleOwner<'_> {
+    fn name(self) -> String {
+        match self {
+            RuleOwner::Policy(id) => id.to_string(),
+            RuleOwner::Profile(name) => format!("pro:{name}"),
+        }
+    }
+}
+
 /// The rules that can be consulted for some compiled endpoint (one with an
 /// interface): those of policies (enforced or staged) selecting such an
 /// endpoint, and of the profiles such endpoints use. Only their nets and
 /// selectors need telling apart.
-fn relevant_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
+fn relevant_rules(model: &Model) -> impl Iterator<Item = (RuleOwner<'_>, &Rule)> {
     let compiled = || model.endpoints.iter().filter(|e| e.interface.is_some());
     let policies = model
         .policies
@@ -202,7 +220,7 @@ fn relevant_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
             p.ingress
                 .iter()
                 .chain(&p.egress)
-                .map(move |r| (p.id.to_string(), r))
+                .map(move |r| (RuleOwner::Policy(&p.id), r))
         });
     let profiles = model
         .profiles
@@ -212,7 +230,7 @@ fn relevant_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
             p.ingress
                 .iter()
                 .chain(&p.egress)
-                .map(move |r| (format!("pro:{}", p.name), r))
+                .map(move |r| (RuleOwner::Profile(&p.name), r))
         });
     policies.chain(profiles)
 }
@@ -234,32 +252,42 @@ impl PeerClasses {
             listed_by,
         } = collect(model)?;
         let owners = Owners::new(model, &atoms);
+        let words = owners.words;
         let mut classes = ClassTable::default();
         let mut emitted = Vec::new();
-        // Enclosing prefixes with their inherited signature bits.
-        let mut chain: Vec<(Prefix, Vec<u64>)> = Vec::new();
+        // Enclosing prefixes, and their inherited signature bits (`words`
+        // words each, in one buffer: no allocation per prefix).
+        let mut chain: Vec<Prefix> = Vec::new();
+        let mut chain_bits: Vec<u64> = Vec::new();
         // Enclosing emitted prefixes: (prefix, class).
         let mut stack: Vec<(Prefix, u32)> = Vec::new();
+        let mut scratch = Scratch::default();
         for (i, p) in prefixes.iter().enumerate() {
-            while chain.last().is_some_and(|(q, _)| !q.contains(p)) {
+            while chain.last().is_some_and(|q| !q.contains(p)) {
                 chain.pop();
+                chain_bits.truncate(chain.len() * words);
             }
-            let mut bits = chain
-                .last()
-                .map_or_else(|| vec![0u64; owners.words], |(_, b)| b.clone());
+            let base = chain_bits.len();
+            match base.checked_sub(words) {
+                Some(enclosing) if !chain.is_empty() => {
+                    chain_bits.extend_from_within(enclosing..base)
+                }
+                _ => chain_bits.resize(base + words, 0),
+            }
+            let bits = &mut chain_bits[base..];
             if let Some(&k) = atoms.net_index.get(&p.net()) {
-                set_bit(&mut bits, k);
+                set_bit(bits, k);
             }
             for &s in &listed_by[i] {
-                or_bits(&mut bits, &owners.set_bits[s]);
+                or_bits(bits, owners.set(s));
             }
-            chain.push((*p, bits));
+            chain.push(*p);
             let Some(rep) = uncovered_address(&prefixes, i) else {
                 continue; // every address of P has a longer collected prefix
             };
             let r = Prefix::addr(p.v6, rep);
-            let signature = owners.signature(model, p.v6, r, &chain[chain.len() - 1].1);
-            let class = classes.class_of(r, signature);
+            owners.signature(model, r, &chain_bits[base..], &mut scratch);
+            let class = classes.class_of(r, p.v6, &scratch);
             while stack.last().is_some_and(|(q, _)| !q.contains(p)) {
                 stack.pop();
             }
@@ -287,7 +315,7 @@ impl PeerClasses {
         Ok(this)
     }
 
-    fn atom_hashes(&self) -> Vec<u64> {
+    fn atom_hashes(&self) -> Vec<u128> {
         (0..self.atoms.bits())
             .map(|b| self.atoms.atom_hash(b))
             .collect()
@@ -424,7 +452,7 @@ fn collect(model: &Model) -> Result<Collected, CompileError> {
         for side in [&rule.source, &rule.destination] {
             for n in side.nets.iter().chain(&side.not_nets) {
                 if in_v4_mapped_space(n) {
-                    return Err(mapped(owner.clone(), n));
+                    return Err(mapped(owner.name(), n));
                 }
                 prefixes.entry(Prefix::of(n)).or_default();
                 atoms.net(n);
@@ -460,89 +488,145 @@ fn collect(model: &Model) -> Result<Collected, CompileError> {
 struct Owners {
     /// Words of a signature's bits.
     words: usize,
-    /// Per endpoint: the selectors matching its labels.
-    endpoint_bits: Vec<Vec<u64>>,
-    /// Per network set: the selectors matching its labels.
-    set_bits: Vec<Vec<u64>>,
-    /// Endpoints (indexes) owning each address.
-    by_ip: HashMap<IpAddr, Vec<usize>>,
+    /// Rows of `words` words: the selectors matching one label set.
+    rows: Vec<u64>,
+    /// Per endpoint, then per network set: its row.
+    endpoint_row: Vec<usize>,
+    set_row: Vec<usize>,
+    /// (address, endpoint index), sorted: the endpoints owning each address,
+    /// in model order.
+    by_ip: Vec<(IpAddr, usize)>,
 }
 
 impl Owners {
-    fn new(model: &Model, atoms: &Atoms) -> Self {
+    fn new<'m>(model: &'m Model, atoms: &Atoms) -> Self {
         let words = atoms.bits().div_ceil(64);
-        let selector_bits = |labels: &crate::model::ir::Labels| {
-            let mut bits = vec![0u64; words];
-            for (k, s) in atoms.selectors.iter().enumerate() {
-                if s.evaluate(labels) {
-                    set_bit(&mut bits, atoms.nets.len() + k);
+        let mut rows = Vec::new();
+        // Each selector is evaluated once per distinct label set (pods of one
+        // deployment share theirs).
+        let mut row_of: HashMap<&'m Labels, usize> = HashMap::new();
+        let mut row = |labels: &'m Labels| -> usize {
+            *row_of.entry(labels).or_insert_with(|| {
+                let at = rows.len();
+                rows.resize(at + words, 0);
+                for (k, s) in atoms.selectors.iter().enumerate() {
+                    if s.evaluate(labels) {
+                        set_bit(&mut rows[at..], atoms.nets.len() + k);
+                    }
                 }
-            }
-            bits
+                at
+            })
         };
-        let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
-        for (i, e) in model.endpoints.iter().enumerate() {
-            for ip in &e.ips {
-                by_ip.entry(*ip).or_default().push(i);
-            }
-        }
+        let endpoint_row = model.endpoints.iter().map(|e| row(&e.labels)).collect();
+        let set_row = model.network_sets.iter().map(|s| row(&s.labels)).collect();
+        let mut by_ip: Vec<(IpAddr, usize)> = model
+            .endpoints
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| e.ips.iter().map(move |ip| (*ip, i)))
+            .collect();
+        by_ip.sort_unstable();
+        by_ip.dedup();
         Owners {
             words,
-            endpoint_bits: model
-                .endpoints
-                .iter()
-                .map(|e| selector_bits(&e.labels))
-                .collect(),
-            set_bits: model
-                .network_sets
-                .iter()
-                .map(|s| selector_bits(&s.labels))
-                .collect(),
+            rows,
+            endpoint_row,
+            set_row,
             by_ip,
         }
     }
 
-    /// The signature of address `r` whose enclosing prefixes give it `inherited`
-    /// (nets and network-set selectors); its owning endpoints add their
-    /// selectors and named ports.
-    fn signature(&self, model: &Model, v6: bool, r: IpAddr, inherited: &[u64]) -> Signature {
-        let mut bits = inherited.to_vec();
-        let own: &[usize] = self.by_ip.get(&r).map(Vec::as_slice).unwrap_or(&[]);
-        for &e in own {
-            or_bits(&mut bits, &self.endpoint_bits[e]);
-        }
-        let mut named_ports: Vec<(String, u8, u16)> = own
+    fn endpoint(&self, e: usize) -> &[u64] {
+        &self.rows[self.endpoint_row[e]..][..self.words]
+    }
+
+    fn set(&self, s: usize) -> &[u64] {
+        &self.rows[self.set_row[s]..][..self.words]
+    }
+
+    /// The endpoints owning address `r`, in model order.
+    fn of(&self, r: IpAddr) -> impl Iterator<Item = usize> + '_ {
+        let first = self.by_ip.partition_point(|(ip, _)| *ip < r);
+        self.by_ip[first..]
             .iter()
-            .flat_map(|&e| &model.endpoints[e].named_ports)
-            .map(|np| (np.name.clone(), np.protocol.number(), np.port))
-            .collect();
-        named_ports.sort();
-        named_ports.dedup();
-        Signature {
-            v6,
-            bits,
-            named_ports,
+            .take_while(move |(ip, _)| *ip == r)
+            .map(|&(_, e)| e)
+    }
+
+    /// The signature (into `out`) of address `r` whose enclosing prefixes
+    /// give it `inherited` (nets and network-set selectors); its owning
+    /// endpoints add their selectors and named ports.
+    fn signature<'m>(&self, model: &'m Model, r: IpAddr, inherited: &[u64], out: &mut Scratch<'m>) {
+        out.bits.clear();
+        out.bits.extend_from_slice(inherited);
+        out.named_ports.clear();
+        for e in self.of(r) {
+            or_bits(&mut out.bits, self.endpoint(e));
+            let ports = model.endpoints[e].named_ports.iter();
+            out.named_ports
+                .extend(ports.map(|np| (np.name.as_str(), np.protocol.number(), np.port)));
         }
+        out.named_ports.sort_unstable();
+        out.named_ports.dedup();
+    }
+}
+
+/// A signature under construction, borrowed from the model: made owned only
+/// for a new class.
+#[derive(Default)]
+struct Scratch<'m> {
+    bits: Vec<u64>,
+    named_ports: Vec<(&'m str, u8, u16)>,
+}
+
+impl Scratch<'_> {
+    fn hash(&self, v6: bool) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::default().hash_one((v6, &self.bits, &self.named_ports))
+    }
+
+    fn is(&self, v6: bool, sig: &Signature) -> bool {
+        sig.v6 == v6
+            && sig.bits == self.bits
+            && sig.named_ports.len() == self.named_ports.len()
+            && sig
+                .named_ports
+                .iter()
+                .zip(&self.named_ports)
+                .all(|((n, pr, po), (m, qr, qo))| n == m && pr == qr && po == qo)
     }
 }
 
 /// Classes by signature, numbered 1.. in order of first appearance.
 #[derive(Default)]
 struct ClassTable {
-    class_of_sig: HashMap<Signature, u32>,
+    /// Class ids by a hash of their signature.
+    by_hash: HashMap<u64, Vec<u32>>,
     classes: Vec<Class>,
 }
 
 impl ClassTable {
-    fn class_of(&mut self, representative: IpAddr, signature: Signature) -> u32 {
-        if let Some(&c) = self.class_of_sig.get(&signature) {
+    fn class_of(&mut self, representative: IpAddr, v6: bool, sig: &Scratch<'_>) -> u32 {
+        let same = self.by_hash.entry(sig.hash(v6)).or_default();
+        if let Some(&c) = same
+            .iter()
+            .find(|&&c| sig.is(v6, &self.classes[c as usize - 1].signature))
+        {
             return c;
         }
         let c = self.classes.len() as u32 + 1;
-        self.class_of_sig.insert(signature.clone(), c);
+        same.push(c);
         self.classes.push(Class {
             representative,
-            signature,
+            signature: Signature {
+                v6,
+                bits: sig.bits.clone(),
+                named_ports: sig
+                    .named_ports
+                    .iter()
+                    .map(|&(n, pr, po)| (n.to_owned(), pr, po))
+                    .collect(),
+            },
         });
         c
     }

@@ -21,10 +21,10 @@
 //! only matters there), DNAT (pre-DNAT policies see the packet as given),
 //! connection tracking (every question is about a connection's first packet).
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::model::ir::{
-    Action, Direction, Endpoint, EndpointKind, Model, Policy, Rule, TierDefault,
+    Action, Direction, Endpoint, EndpointKind, Labels, Model, Policy, Rule, TierDefault,
 };
 
 mod matching;
@@ -42,8 +42,16 @@ pub use verdict::*;
 use matching::{failsafe_match, RuleMatcher};
 use prefilter::RulePrefilter;
 
-/// Per endpoint: the applicable tiers for ingress and egress, computed on first use.
-type ApplicableCache<'m> = Vec<OnceLock<[Vec<ApplicableTier<'m>>; 2]>>;
+/// The applicable tiers for ingress and egress.
+type Applicable<'m> = Arc<[Vec<ApplicableTier<'m>>; 2]>;
+
+/// Per endpoint: its applicable tiers, computed on first use.
+type ApplicableCache<'m> = Vec<OnceLock<Applicable<'m>>>;
+
+/// Applicable tiers by what decides them, an endpoint's kind and labels:
+/// endpoints alike (the pods of one deployment) share one evaluation of
+/// every policy's selector.
+type ApplicableByLabels<'m> = Mutex<foldhash::HashMap<(EndpointKind, &'m Labels), Applicable<'m>>>;
 
 /// Per `model.policies` entry: its ingress and egress rule prefilters, built on first use.
 type PrefilterCache = Vec<[OnceLock<RulePrefilter>; 2]>;
@@ -57,6 +65,8 @@ pub struct Evaluator<'m> {
     pending: PreparedSet<'m>,
     enforced_cache: ApplicableCache<'m>,
     pending_cache: ApplicableCache<'m>,
+    /// Enforced, pending.
+    by_labels: [ApplicableByLabels<'m>; 2],
     /// None: scan every rule (the reference the prefilter is tested against).
     prefilters: Option<PrefilterCache>,
 }
@@ -75,6 +85,7 @@ impl<'m> Evaluator<'m> {
             pending: PreparedSet::new(model, PolicySet::Pending),
             enforced_cache: empty_cache(),
             pending_cache: empty_cache(),
+            by_labels: Default::default(),
             prefilters: Some(
                 (0..model.policies.len())
                     .map(|_| [OnceLock::new(), OnceLock::new()])
@@ -138,17 +149,22 @@ impl<'m> Evaluator<'m> {
         endpoint_index: usize,
         direction: Direction,
     ) -> &[ApplicableTier<'m>] {
-        let cache = match set {
-            PolicySet::Enforced => &self.enforced_cache,
-            PolicySet::Pending => &self.pending_cache,
+        let (cache, by_labels) = match set {
+            PolicySet::Enforced => (&self.enforced_cache, &self.by_labels[0]),
+            PolicySet::Pending => (&self.pending_cache, &self.by_labels[1]),
         };
         let both = cache[endpoint_index].get_or_init(|| {
             let endpoint = &self.model.endpoints[endpoint_index];
+            let alike = (endpoint.kind, &endpoint.labels);
+            if let Some(known) = lock(by_labels).get(&alike) {
+                return known.clone();
+            }
             let prepared = self.prepared(set);
-            [
+            let both = Arc::new([
                 applicable_tiers(prepared, endpoint, Direction::Ingress),
                 applicable_tiers(prepared, endpoint, Direction::Egress),
-            ]
+            ]);
+            lock(by_labels).entry(alike).or_insert(both).clone()
         });
         match direction {
             Direction::Ingress => &both[0],
@@ -410,6 +426,10 @@ fn applicable_tiers<'m>(
             })
         })
         .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The trace of one end under construction.
