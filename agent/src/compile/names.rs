@@ -37,8 +37,12 @@ impl Names {
     pub(super) fn new(model: &Model) -> Result<Self, CompileError> {
         let policies: Vec<PolicyId> = model.policies.iter().map(|p| p.id.clone()).collect();
         let mut tiers: Vec<String> = model.tiers.iter().map(|t| t.name.clone()).collect();
-        let mut extra: BTreeSet<String> = model.policies.iter().map(|p| p.tier.clone()).collect();
-        extra.retain(|t| !tiers.contains(t));
+        let extra: BTreeSet<&str> = model.policies.iter().map(|p| p.tier.as_str()).collect();
+        let extra: Vec<String> = extra
+            .into_iter()
+            .filter(|t| !tiers.iter().any(|d| d == t))
+            .map(str::to_owned)
+            .collect();
         tiers.extend(extra);
         super::budget::check(
             || "*".into(),
@@ -47,13 +51,16 @@ impl Names {
             tier_code::FIRST_RESERVED as usize - 1,
         )?;
         let mut profiles: Vec<String> = model.profiles.iter().map(|p| p.name.clone()).collect();
+        let mut named: foldhash::HashSet<&str> = profiles.iter().map(String::as_str).collect();
+        let mut used = Vec::new();
         for e in &model.endpoints {
             for p in &e.profiles {
-                if !profiles.contains(p) {
-                    profiles.push(p.clone());
+                if named.insert(p) {
+                    used.push(p.clone());
                 }
             }
         }
+        profiles.extend(used);
         Ok(Names {
             policy_index: policies
                 .iter()

@@ -484,6 +484,10 @@ fn collect(model: &Model) -> Result<Collected, CompileError> {
     })
 }
 
+/// From this many rule selectors on, [`Owners`] evaluates them once per
+/// distinct label set rather than per endpoint.
+const DEDUPLICATED_SELECTORS: usize = 16;
+
 /// The selector bits endpoints and network sets give the addresses they own.
 struct Owners {
     /// Words of a signature's bits.
@@ -499,23 +503,33 @@ struct Owners {
 }
 
 impl Owners {
-    fn new<'m>(model: &'m Model, atoms: &Atoms) -> Self {
+    fn new(model: &Model, atoms: &Atoms) -> Self {
+        let by_label_set = atoms.selectors.len() >= DEDUPLICATED_SELECTORS;
+        Self::evaluated(model, atoms, by_label_set)
+    }
+
+    /// With `by_label_set`, each selector is evaluated once per distinct
+    /// label set (pods of one deployment share theirs); otherwise once per
+    /// endpoint, since hashing a label set costs more than a few evaluations.
+    fn evaluated<'m>(model: &'m Model, atoms: &Atoms, by_label_set: bool) -> Self {
         let words = atoms.bits().div_ceil(64);
         let mut rows = Vec::new();
-        // Each selector is evaluated once per distinct label set (pods of one
-        // deployment share theirs).
+        let mut evaluate = |labels: &Labels| -> usize {
+            let at = rows.len();
+            rows.resize(at + words, 0);
+            for (k, s) in atoms.selectors.iter().enumerate() {
+                if s.evaluate(labels) {
+                    set_bit(&mut rows[at..], atoms.nets.len() + k);
+                }
+            }
+            at
+        };
         let mut row_of: HashMap<&'m Labels, usize> = HashMap::new();
         let mut row = |labels: &'m Labels| -> usize {
-            *row_of.entry(labels).or_insert_with(|| {
-                let at = rows.len();
-                rows.resize(at + words, 0);
-                for (k, s) in atoms.selectors.iter().enumerate() {
-                    if s.evaluate(labels) {
-                        set_bit(&mut rows[at..], atoms.nets.len() + k);
-                    }
-                }
-                at
-            })
+            if !by_label_set {
+                return evaluate(labels);
+            }
+            *row_of.entry(labels).or_insert_with(|| evaluate(labels))
         };
         let endpoint_row = model.endpoints.iter().map(|e| row(&e.labels)).collect();
         let set_row = model.network_sets.iter().map(|s| row(&s.labels)).collect();
@@ -655,4 +669,44 @@ fn uncovered_address(prefixes: &[Prefix], i: usize) -> Option<u128> {
         j += 1;
     }
     (cur <= p.end).then_some(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::testgen::scale_model;
+
+    /// Selector bits evaluated once per label set are those evaluated per
+    /// endpoint and network set, for every owner (pods share label sets in
+    /// this model; one is relabelled so that sets differ too).
+    #[test]
+    fn selector_rows_by_label_set_equal_rows_per_owner() {
+        let mut model = scale_model(60, 20, 3);
+        model.endpoints[7]
+            .labels
+            .insert("app".into(), "other".into());
+        let atoms = collect(&model).unwrap().atoms;
+        assert!(atoms.selectors.len() > 2, "{}", atoms.selectors.len());
+        let each = Owners::evaluated(&model, &atoms, false);
+        let shared = Owners::evaluated(&model, &atoms, true);
+        assert!(
+            shared.rows.len() < each.rows.len(),
+            "label sets were shared"
+        );
+        for e in 0..model.endpoints.len() {
+            assert_eq!(shared.endpoint(e), each.endpoint(e), "endpoint {e}");
+        }
+        for s in 0..model.network_sets.len() {
+            assert_eq!(shared.set(s), each.set(s), "network set {s}");
+        }
+        let bits = |o: &Owners| {
+            (0..model.endpoints.len())
+                .map(|e| o.endpoint(e).to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            bits(&each).windows(2).any(|w| w[0] != w[1]),
+            "owners differ"
+        );
+    }
 }

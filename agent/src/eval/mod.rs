@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::model::ir::{
     Action, Direction, Endpoint, EndpointKind, Labels, Model, Policy, Rule, TierDefault,
 };
+use crate::selector::Selector;
 
 mod matching;
 pub mod matrix;
@@ -67,6 +68,13 @@ pub struct Evaluator<'m> {
     pending_cache: ApplicableCache<'m>,
     /// Enforced, pending.
     by_labels: [ApplicableByLabels<'m>; 2],
+    /// Per `model.policies` entry: its selector's index in `selectors`.
+    selector_of: Vec<usize>,
+    /// The policies' distinct selectors.
+    selectors: Vec<&'m Selector>,
+    /// By label set: whether each of `selectors` matches it (each selector is
+    /// evaluated once per label set, however many policies share it).
+    selected: Mutex<foldhash::HashMap<&'m Labels, Arc<Vec<bool>>>>,
     /// None: scan every rule (the reference the prefilter is tested against).
     prefilters: Option<PrefilterCache>,
 }
@@ -78,6 +86,18 @@ impl<'m> Evaluator<'m> {
                 .map(|_| OnceLock::new())
                 .collect()
         };
+        let mut index: foldhash::HashMap<&Selector, usize> = Default::default();
+        let mut selectors = Vec::new();
+        let selector_of = model
+            .policies
+            .iter()
+            .map(|p| {
+                *index.entry(&p.selector).or_insert_with(|| {
+                    selectors.push(&p.selector);
+                    selectors.len() - 1
+                })
+            })
+            .collect();
         Evaluator {
             model,
             ips: IpIndex::new(model),
@@ -86,6 +106,9 @@ impl<'m> Evaluator<'m> {
             enforced_cache: empty_cache(),
             pending_cache: empty_cache(),
             by_labels: Default::default(),
+            selector_of,
+            selectors,
+            selected: Default::default(),
             prefilters: Some(
                 (0..model.policies.len())
                     .map(|_| [OnceLock::new(), OnceLock::new()])
@@ -160,9 +183,14 @@ impl<'m> Evaluator<'m> {
                 return known.clone();
             }
             let prepared = self.prepared(set);
+            let selected = self.selected(&endpoint.labels);
+            let selects = |p: &Policy| match policy_position(self.model, p) {
+                Some(i) => selected[self.selector_of[i]],
+                None => p.selector.evaluate(&endpoint.labels),
+            };
             let both = Arc::new([
-                applicable_tiers(prepared, endpoint, Direction::Ingress),
-                applicable_tiers(prepared, endpoint, Direction::Egress),
+                applicable_tiers(prepared, endpoint, Direction::Ingress, selects),
+                applicable_tiers(prepared, endpoint, Direction::Egress, selects),
             ]);
             lock(by_labels).entry(alike).or_insert(both).clone()
         });
@@ -170,6 +198,18 @@ impl<'m> Evaluator<'m> {
             Direction::Ingress => &both[0],
             Direction::Egress => &both[1],
         }
+    }
+
+    /// Whether each of the policies' distinct selectors matches `labels`.
+    fn selected(&self, labels: &'m Labels) -> Arc<Vec<bool>> {
+        if let Some(known) = lock(&self.selected).get(labels) {
+            return known.clone();
+        }
+        let each: Vec<bool> = self.selectors.iter().map(|s| s.evaluate(labels)).collect();
+        lock(&self.selected)
+            .entry(labels)
+            .or_insert_with(|| Arc::new(each))
+            .clone()
     }
 
     /// The verdict of one end: the endpoint's policy for `direction` applied to
@@ -404,6 +444,7 @@ fn applicable_tiers<'m>(
     prepared: &PreparedSet<'m>,
     endpoint: &Endpoint,
     direction: Direction,
+    selects: impl Fn(&Policy) -> bool + Copy,
 ) -> Vec<ApplicableTier<'m>> {
     Phase::ALL
         .into_iter()
@@ -415,7 +456,7 @@ fn applicable_tiers<'m>(
                     .iter()
                     .copied()
                     .filter(|p| Phase::of(p) == phase)
-                    .filter(|p| p.applies_in(direction) && p.selector.evaluate(&endpoint.labels))
+                    .filter(|p| p.applies_in(direction) && selects(p))
                     .collect();
                 (!policies.is_empty()).then(|| ApplicableTier {
                     phase,
@@ -515,5 +556,8 @@ pub fn applicable_policies(
     direction: Direction,
 ) -> Vec<ApplicableTier<'_>> {
     let prepared = PreparedSet::new(model, set);
-    applicable_tiers(&prepared, &model.endpoints[endpoint_index], direction)
+    let endpoint = &model.endpoints[endpoint_index];
+    applicable_tiers(&prepared, endpoint, direction, |p| {
+        p.selector.evaluate(&endpoint.labels)
+    })
 }
