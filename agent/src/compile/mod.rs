@@ -356,7 +356,7 @@ fn compile_seeded(
     let started = Instant::now();
     let eval = Evaluator::new(model);
     let names = Names::new(model)?;
-    let peers = PeerClasses::build(model, limits, classes)?;
+    let peers = PeerClasses::build(model, &eval, limits, classes)?;
     let stats = CompileStats {
         classes: peers.classes.len(),
         prefixes_collected: peers.collected,

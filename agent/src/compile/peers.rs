@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use super::incremental::key_of;
 use super::{CompileError, Limits};
+use crate::eval::Evaluator;
 use crate::model::ir::{Failsafes, Labels, Model, PolicyId, Rule};
 use crate::selector::Selector;
 
@@ -210,12 +211,23 @@ impl RuleOwner<'_> {
 /// interface): those of policies (enforced or staged) selecting such an
 /// endpoint, and of the profiles such endpoints use. Only their nets and
 /// selectors need telling apart.
-fn relevant_rules(model: &Model) -> impl Iterator<Item = (RuleOwner<'_>, &Rule)> {
+fn relevant_rules<'m>(
+    model: &'m Model,
+    eval: &Evaluator<'_>,
+) -> impl Iterator<Item = (RuleOwner<'m>, &'m Rule)> {
+    debug_assert!(
+        std::ptr::eq(eval.model(), model),
+        "the evaluator of this model"
+    );
     let compiled = || model.endpoints.iter().filter(|e| e.interface.is_some());
+    let with_interface =
+        (0..model.endpoints.len()).filter(|&e| model.endpoints[e].interface.is_some());
+    let selecting = eval.selecting_any(with_interface);
     let policies = model
         .policies
         .iter()
-        .filter(move |p| compiled().any(|e| p.selector.evaluate(&e.labels)))
+        .zip(selecting)
+        .filter_map(|(p, selects)| selects.then_some(p))
         .flat_map(|p| {
             p.ingress
                 .iter()
@@ -243,6 +255,7 @@ impl PeerClasses {
     /// to hundreds of thousands of nets.
     pub(super) fn build(
         model: &Model,
+        eval: &Evaluator<'_>,
         limits: &Limits,
         seed: &ClassIds,
     ) -> Result<Self, CompileError> {
@@ -250,7 +263,7 @@ impl PeerClasses {
             atoms,
             prefixes,
             listed_by,
-        } = collect(model)?;
+        } = collect(model, eval)?;
         let owners = Owners::new(model, &atoms);
         let words = owners.words;
         let mut classes = ClassTable::default();
@@ -417,7 +430,7 @@ struct Collected {
 
 /// Collects the prefixes (endpoint addresses, network-set nets, the nets of
 /// relevant rules and of failsafes, both roots) and the atoms.
-fn collect(model: &Model) -> Result<Collected, CompileError> {
+fn collect(model: &Model, eval: &Evaluator<'_>) -> Result<Collected, CompileError> {
     let mut atoms = Atoms::default();
     let mut prefixes: BTreeMap<Prefix, Vec<usize>> = BTreeMap::new();
     let mapped = |what: String, net: &IpNet| CompileError::Unsupported {
@@ -448,7 +461,7 @@ fn collect(model: &Model) -> Result<Collected, CompileError> {
             }
         }
     }
-    for (owner, rule) in relevant_rules(model) {
+    for (owner, rule) in relevant_rules(model, eval) {
         for side in [&rule.source, &rule.destination] {
             for n in side.nets.iter().chain(&side.not_nets) {
                 if in_v4_mapped_space(n) {
@@ -685,7 +698,7 @@ mod tests {
         model.endpoints[7]
             .labels
             .insert("app".into(), "other".into());
-        let atoms = collect(&model).unwrap().atoms;
+        let atoms = collect(&model, &Evaluator::new(&model)).unwrap().atoms;
         assert!(atoms.selectors.len() > 2, "{}", atoms.selectors.len());
         let each = Owners::evaluated(&model, &atoms, false);
         let shared = Owners::evaluated(&model, &atoms, true);

@@ -200,6 +200,24 @@ impl<'m> Evaluator<'m> {
         }
     }
 
+    /// Per `model.policies` entry: whether its selector matches one of
+    /// `endpoints` (indexes into `model.endpoints`); each selector is
+    /// evaluated once per label set.
+    pub fn selecting_any(&self, endpoints: impl IntoIterator<Item = usize>) -> Vec<bool> {
+        let mut any = vec![false; self.selectors.len()];
+        let mut seen: foldhash::HashSet<&Labels> = Default::default();
+        for e in endpoints {
+            let labels = &self.model.endpoints[e].labels;
+            if seen.insert(labels) {
+                let selected = self.selected(labels);
+                any.iter_mut()
+                    .zip(selected.iter())
+                    .for_each(|(a, s)| *a |= s);
+            }
+        }
+        self.selector_of.iter().map(|&s| any[s]).collect()
+    }
+
     /// Whether each of the policies' distinct selectors matches `labels`.
     fn selected(&self, labels: &'m Labels) -> Arc<Vec<bool>> {
         if let Some(known) = lock(&self.selected).get(labels) {

@@ -1598,6 +1598,16 @@ fn applicable_tiers_shared_by_label_set_equal_those_of_each_endpoint() {
             .insert("app".into(), rng.pick(&["a", "b", "web", "db"]).into());
         model.endpoints.extend([same, other_kind, relabelled]);
         let shared = Evaluator::new(&model);
+        let some: Vec<usize> = (0..model.endpoints.len()).filter(|e| e % 2 == 0).collect();
+        let selecting: Vec<bool> = model
+            .policies
+            .iter()
+            .map(|p| {
+                some.iter()
+                    .any(|&e| p.selector.evaluate(&model.endpoints[e].labels))
+            })
+            .collect();
+        assert_eq!(shared.selecting_any(some), selecting, "round {round}");
         for set in [PolicySet::Enforced, PolicySet::Pending] {
             for direction in [Direction::Ingress, Direction::Egress] {
                 for e in (0..model.endpoints.len()).rev() {
