@@ -223,7 +223,7 @@ struct KeyHasher([foldhash::quality::FoldHasher<'static>; 2]);
 impl KeyHasher {
     fn new() -> Self {
         static SEEDS: OnceLock<[foldhash::quality::RandomState; 2]> = OnceLock::new();
-        let [a, b] = SEEDS.get_or_init(|| Default::default());
+        let [a, b] = SEEDS.get_or_init(Default::default);
         KeyHasher([a.build_hasher(), b.build_hasher()])
     }
     fn add(&mut self, value: impl Hash) {
