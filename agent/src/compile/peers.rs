@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::incremental::key_of;
 use super::{CompileError, Limits};
-use crate::eval::Evaluator;
+use crate::eval::{Evaluator, IpIndex};
 use crate::model::ir::{Failsafes, Labels, Model, PolicyId, Rule};
 use crate::selector::Selector;
 
@@ -264,7 +264,7 @@ impl PeerClasses {
             prefixes,
             listed_by,
         } = collect(model, eval)?;
-        let owners = Owners::new(model, &atoms);
+        let owners = Owners::new(model, eval.ip_index(), &atoms);
         let words = owners.words;
         let mut classes = ClassTable::default();
         let mut emitted = Vec::new();
@@ -502,7 +502,7 @@ fn collect(model: &Model, eval: &Evaluator<'_>) -> Result<Collected, CompileErro
 const DEDUPLICATED_SELECTORS: usize = 16;
 
 /// The selector bits endpoints and network sets give the addresses they own.
-struct Owners {
+struct Owners<'a> {
     /// Words of a signature's bits.
     words: usize,
     /// Rows of `words` words: the selectors matching one label set.
@@ -510,21 +510,25 @@ struct Owners {
     /// Per endpoint, then per network set: its row.
     endpoint_row: Vec<usize>,
     set_row: Vec<usize>,
-    /// (address, endpoint index), sorted: the endpoints owning each address,
-    /// in model order.
-    by_ip: Vec<(IpAddr, usize)>,
+    /// The endpoints owning each address.
+    ips: &'a IpIndex,
 }
 
-impl Owners {
-    fn new(model: &Model, atoms: &Atoms) -> Self {
+impl<'a> Owners<'a> {
+    fn new(model: &Model, ips: &'a IpIndex, atoms: &Atoms) -> Self {
         let by_label_set = atoms.selectors.len() >= DEDUPLICATED_SELECTORS;
-        Self::evaluated(model, atoms, by_label_set)
+        Self::evaluated(model, ips, atoms, by_label_set)
     }
 
     /// With `by_label_set`, each selector is evaluated once per distinct
     /// label set (pods of one deployment share theirs); otherwise once per
     /// endpoint, since hashing a label set costs more than a few evaluations.
-    fn evaluated<'m>(model: &'m Model, atoms: &Atoms, by_label_set: bool) -> Self {
+    fn evaluated<'m>(
+        model: &'m Model,
+        ips: &'a IpIndex,
+        atoms: &Atoms,
+        by_label_set: bool,
+    ) -> Self {
         let words = atoms.bits().div_ceil(64);
         let mut rows = Vec::new();
         let mut evaluate = |labels: &Labels| -> usize {
@@ -546,20 +550,12 @@ impl Owners {
         };
         let endpoint_row = model.endpoints.iter().map(|e| row(&e.labels)).collect();
         let set_row = model.network_sets.iter().map(|s| row(&s.labels)).collect();
-        let mut by_ip: Vec<(IpAddr, usize)> = model
-            .endpoints
-            .iter()
-            .enumerate()
-            .flat_map(|(i, e)| e.ips.iter().map(move |ip| (*ip, i)))
-            .collect();
-        by_ip.sort_unstable();
-        by_ip.dedup();
         Owners {
             words,
             rows,
             endpoint_row,
             set_row,
-            by_ip,
+            ips,
         }
     }
 
@@ -571,15 +567,6 @@ impl Owners {
         &self.rows[self.set_row[s]..][..self.words]
     }
 
-    /// The endpoints owning address `r`, in model order.
-    fn of(&self, r: IpAddr) -> impl Iterator<Item = usize> + '_ {
-        let first = self.by_ip.partition_point(|(ip, _)| *ip < r);
-        self.by_ip[first..]
-            .iter()
-            .take_while(move |(ip, _)| *ip == r)
-            .map(|&(_, e)| e)
-    }
-
     /// The signature (into `out`) of address `r` whose enclosing prefixes
     /// give it `inherited` (nets and network-set selectors); its owning
     /// endpoints add their selectors and named ports.
@@ -587,7 +574,7 @@ impl Owners {
         out.bits.clear();
         out.bits.extend_from_slice(inherited);
         out.named_ports.clear();
-        for e in self.of(r) {
+        for &e in self.ips.owners(r) {
             or_bits(&mut out.bits, self.endpoint(e));
             let ports = model.endpoints[e].named_ports.iter();
             out.named_ports
@@ -698,10 +685,11 @@ mod tests {
         model.endpoints[7]
             .labels
             .insert("app".into(), "other".into());
-        let atoms = collect(&model, &Evaluator::new(&model)).unwrap().atoms;
+        let eval = Evaluator::new(&model);
+        let atoms = collect(&model, &eval).unwrap().atoms;
         assert!(atoms.selectors.len() > 2, "{}", atoms.selectors.len());
-        let each = Owners::evaluated(&model, &atoms, false);
-        let shared = Owners::evaluated(&model, &atoms, true);
+        let each = Owners::evaluated(&model, eval.ip_index(), &atoms, false);
+        let shared = Owners::evaluated(&model, eval.ip_index(), &atoms, true);
         assert!(
             shared.rows.len() < each.rows.len(),
             "label sets were shared"

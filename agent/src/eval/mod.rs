@@ -156,6 +156,11 @@ impl<'m> Evaluator<'m> {
         }
     }
 
+    /// Which endpoints own which addresses.
+    pub fn ip_index(&self) -> &IpIndex {
+        &self.ips
+    }
+
     /// The endpoint (index into `model.endpoints`) that owns an IP: a workload
     /// if one does, else a host endpoint.
     pub fn endpoint_for_ip(&self, ip: IpAddr) -> Option<usize> {
