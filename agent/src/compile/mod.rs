@@ -135,10 +135,13 @@
 //! Incremental ([`Compiler`], `tests/benches/control_plane.rs`, release, a
 //! loaded 2-core VM): at 5,000 endpoints (100 local) x 1,000 policies one
 //! change (a pod relabelled, added or removed, a policy's port) compiles in
-//! 35 ms p50 / 66 ms p99 (97 of 100 endpoints reused; the full compile 180 to
-//! 220 ms), and 50 pod changes/s at 10,000 pods keep up (lag flat at ~0.3 s
-//! p99). What remains per compile is global: evaluator indexes, names, peer
-//! classes, keys (docs/benchmarks.md, "Control plane").
+//! 10 ms p50 / 16-18 ms p99 (97 of 100 endpoints reused; 24 / 33 ms in the
+//! same runs before the model was hashed with `Hash` instead of its `Debug`
+//! text, selectors were evaluated once per label set and peer classes lost
+//! their per-prefix allocations), and 50 pod changes/s at 10,000 pods keep up
+//! (lag flat at ~0.3 s p99). What remains per compile is global: evaluator
+//! indexes, names, peer classes (about half of it: every endpoint's address
+//! and rule-selector bits), keys (docs/benchmarks.md, "Control plane").
 //!
 //! Peer classes cost O(prefixes x nesting depth), not prefixes x nets: a
 //! network set of 100,000 nets compiles in ~0.1 s (release; docs/benchmarks.md).
