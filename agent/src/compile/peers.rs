@@ -594,9 +594,9 @@ struct Scratch<'m> {
 }
 
 impl Scratch<'_> {
-    fn hash(&self, v6: bool) -> u64 {
+    fn hash(&self, state: &foldhash::fast::RandomState, v6: bool) -> u64 {
         use std::hash::BuildHasher;
-        foldhash::fast::FixedState::default().hash_one((v6, &self.bits, &self.named_ports))
+        state.hash_one((v6, &self.bits, &self.named_ports))
     }
 
     fn is(&self, v6: bool, sig: &Signature) -> bool {
@@ -614,14 +614,16 @@ impl Scratch<'_> {
 /// Classes by signature, numbered 1.. in order of first appearance.
 #[derive(Default)]
 struct ClassTable {
-    /// Class ids by a hash of their signature.
+    /// Class ids by a hash of their signature (seeded at random: labels
+    /// cannot be chosen to make every signature collide).
     by_hash: HashMap<u64, Vec<u32>>,
+    state: foldhash::fast::RandomState,
     classes: Vec<Class>,
 }
 
 impl ClassTable {
     fn class_of(&mut self, representative: IpAddr, v6: bool, sig: &Scratch<'_>) -> u32 {
-        let same = self.by_hash.entry(sig.hash(v6)).or_default();
+        let same = self.by_hash.entry(sig.hash(&self.state, v6)).or_default();
         if let Some(&c) = same
             .iter()
             .find(|&&c| sig.is(v6, &self.classes[c as usize - 1].signature))
