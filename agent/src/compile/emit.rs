@@ -1,7 +1,7 @@
 //! Encoding: one endpoint and direction's rows as `RULES_*` entries under peer
 //! groups, with a wildcard row per table and the other groups' rows as
 //! exceptions to it (see the module docs of `compile`, "Encoding").
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use agent_common::Verdict;
 

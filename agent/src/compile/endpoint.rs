@@ -2,7 +2,7 @@
 //! the peer classes grouped by what its rules read, and per group a row of
 //! evaluator answers over the port space (see the module docs of `compile`,
 //! "Decision tables").
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;

@@ -135,10 +135,13 @@
 //! Incremental ([`Compiler`], `tests/benches/control_plane.rs`, release, a
 //! loaded 2-core VM): at 5,000 endpoints (100 local) x 1,000 policies one
 //! change (a pod relabelled, added or removed, a policy's port) compiles in
-//! 35 ms p50 / 66 ms p99 (97 of 100 endpoints reused; the full compile 180 to
-//! 220 ms), and 50 pod changes/s at 10,000 pods keep up (lag flat at ~0.3 s
-//! p99). What remains per compile is global: evaluator indexes, names, peer
-//! classes, keys (docs/benchmarks.md, "Control plane").
+//! 10 ms p50 / 16-18 ms p99 (97 of 100 endpoints reused; 24 / 33 ms in the
+//! same runs before the model was hashed with `Hash` instead of its `Debug`
+//! text, selectors were evaluated once per label set and peer classes lost
+//! their per-prefix allocations), and 50 pod changes/s at 10,000 pods keep up
+//! (lag flat at ~0.3 s p99). What remains per compile is global: evaluator
+//! indexes, names, peer classes (about half of it: every endpoint's address
+//! and rule-selector bits), keys (docs/benchmarks.md, "Control plane").
 //!
 //! Peer classes cost O(prefixes x nesting depth), not prefixes x nets: a
 //! network set of 100,000 nets compiles in ~0.1 s (release; docs/benchmarks.md).
@@ -356,7 +359,7 @@ fn compile_seeded(
     let started = Instant::now();
     let eval = Evaluator::new(model);
     let names = Names::new(model)?;
-    let peers = PeerClasses::build(model, limits, classes)?;
+    let peers = PeerClasses::build(model, &eval, limits, classes)?;
     let stats = CompileStats {
         classes: peers.classes.len(),
         prefixes_collected: peers.collected,
@@ -440,7 +443,7 @@ fn compile_seeded(
         index: names,
     };
     let mut budget = Budget::default();
-    let mut next_cache = Cache::new();
+    let mut next_cache = Cache::default();
     for k in 0..targets.len() {
         // A group's first member comes first in model order: a compile error
         // is reported where compiling every endpoint alone reports it.
@@ -535,10 +538,7 @@ impl Compiled {
 /// `f(0..count)`, spread over the CPUs (endpoints are independent), at
 /// least `per_thread` items a thread, results in order.
 fn in_parallel<T: Send>(count: usize, per_thread: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(count.div_ceil(per_thread))
-        .max(1);
+    let threads = cpus().min(count.div_ceil(per_thread)).max(1);
     if threads == 1 {
         return (0..count).map(f).collect();
     }
@@ -567,6 +567,13 @@ fn in_parallel<T: Send>(count: usize, per_thread: usize, f: impl Fn(usize) -> T 
         .into_iter()
         .map(|r| r.expect("every item computed"))
         .collect()
+}
+
+/// The CPUs this process may use, asked once: `available_parallelism` reads
+/// the cgroup's files on every call (a few ms of a ~25 ms incremental compile).
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Human-readable summary of a compile, for logs and `agent status`.

@@ -1,9 +1,10 @@
 //! Verdict names: the userspace tables a kernel verdict's tier, policy and
 //! profile indexes point into, the evaluator answer -> kernel verdict encoding,
 //! and the Calico-style trace string of a kernel verdict.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use agent_common::{action, verdict_flags, Verdict, POLICY_NONE};
+use foldhash::HashMap;
 
 use super::{CompileError, Compiled, CompiledEndpoint};
 use crate::eval::{policy_flow_log_name, DecidedBy, EndVerdict, NO_MATCH_PROFILE, PROFILE_TIER};
@@ -36,8 +37,12 @@ impl Names {
     pub(super) fn new(model: &Model) -> Result<Self, CompileError> {
         let policies: Vec<PolicyId> = model.policies.iter().map(|p| p.id.clone()).collect();
         let mut tiers: Vec<String> = model.tiers.iter().map(|t| t.name.clone()).collect();
-        let mut extra: BTreeSet<String> = model.policies.iter().map(|p| p.tier.clone()).collect();
-        extra.retain(|t| !tiers.contains(t));
+        let extra: BTreeSet<&str> = model.policies.iter().map(|p| p.tier.as_str()).collect();
+        let extra: Vec<String> = extra
+            .into_iter()
+            .filter(|t| !tiers.iter().any(|d| d == t))
+            .map(str::to_owned)
+            .collect();
         tiers.extend(extra);
         super::budget::check(
             || "*".into(),
@@ -46,13 +51,16 @@ impl Names {
             tier_code::FIRST_RESERVED as usize - 1,
         )?;
         let mut profiles: Vec<String> = model.profiles.iter().map(|p| p.name.clone()).collect();
+        let mut named: foldhash::HashSet<&str> = profiles.iter().map(String::as_str).collect();
+        let mut used = Vec::new();
         for e in &model.endpoints {
             for p in &e.profiles {
-                if !profiles.contains(p) {
-                    profiles.push(p.clone());
+                if named.insert(p) {
+                    used.push(p.clone());
                 }
             }
         }
+        profiles.extend(used);
         Ok(Names {
             policy_index: policies
                 .iter()

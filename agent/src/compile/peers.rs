@@ -1,13 +1,16 @@
 //! Peer classes: the collected prefixes, their regions' signatures, and the
 //! classes and `PEERS_*` prefixes they give (see the module docs of
 //! [`super`], "Peer classes").
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use foldhash::{HashMap, HashMapExt};
 use ipnet::IpNet;
 
+use super::incremental::key_of;
 use super::{CompileError, Limits};
-use crate::model::ir::{Failsafes, Model, Rule};
+use crate::eval::{Evaluator, IpIndex};
+use crate::model::ir::{Failsafes, Labels, Model, PolicyId, Rule};
 use crate::selector::Selector;
 
 /// A collected prefix as an interval of one family's address space.
@@ -85,22 +88,22 @@ impl Atoms {
         })
     }
     fn selector(&mut self, s: &Selector) -> usize {
+        if let Some(&k) = self.selector_index.get(s) {
+            return k;
+        }
         let next = self.selectors.len();
-        *self.selector_index.entry(s.clone()).or_insert_with(|| {
-            self.selectors.push(s.clone());
-            next
-        })
+        self.selector_index.insert(s.clone(), next);
+        self.selectors.push(s.clone());
+        next
     }
     /// A hash of the atom of bit `b` that does not depend on the bit's index
-    /// (which follows the collection order of the model).
-    pub(super) fn atom_hash(&self, b: usize) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+    /// (which follows the collection order of the model): a key (see
+    /// `incremental`), as it goes into endpoints' keys.
+    pub(super) fn atom_hash(&self, b: usize) -> u128 {
         match b.checked_sub(self.nets.len()) {
-            None => (0u8, self.nets[b]).hash(&mut h),
-            Some(s) => (1u8, &self.selectors[s]).hash(&mut h),
+            None => key_of((0u8, self.nets[b])),
+            Some(s) => key_of((1u8, &self.selectors[s])),
         }
-        h.finish()
     }
     /// Bit index of an atom in a signature.
     pub(super) fn net_bit(&self, n: &IpNet) -> usize {
@@ -164,7 +167,7 @@ pub(super) struct Class {
 
 /// A class's signature in terms of its atoms themselves (hashed), not their
 /// bit indexes: the same across compiles of models that differ elsewhere.
-type CanonicalSignature = (bool, Vec<u64>, Vec<(String, u8, u16)>);
+type CanonicalSignature = (bool, Vec<u128>, Vec<(String, u8, u16)>);
 
 /// Peer-class ids from an earlier compile: a class whose signature is still
 /// there keeps its id, so an edit elsewhere does not renumber every class (and
@@ -174,8 +177,8 @@ type CanonicalSignature = (bool, Vec<u64>, Vec<(String, u8, u16)>);
 #[derive(Clone, Debug, Default)]
 pub struct ClassIds(HashMap<CanonicalSignature, u32>);
 
-fn canonical(hashes: &[u64], sig: &Signature) -> CanonicalSignature {
-    let mut set: Vec<u64> = ones(&sig.bits).map(|b| hashes[b]).collect();
+fn canonical(hashes: &[u128], sig: &Signature) -> CanonicalSignature {
+    let mut set: Vec<u128> = ones(&sig.bits).map(|b| hashes[b]).collect();
     set.sort_unstable();
     (sig.v6, set, sig.named_ports.clone())
 }
@@ -188,21 +191,48 @@ pub(super) struct PeerClasses {
     pub(super) collected: usize,
 }
 
+/// Who a rule belongs to, named only in an error.
+#[derive(Clone, Copy)]
+enum RuleOwner<'m> {
+    Policy(&'m PolicyId),
+    Profile(&'m str),
+}
+
+impl RuleOwner<'_> {
+    fn name(self) -> String {
+        match self {
+            RuleOwner::Policy(id) => id.to_string(),
+            RuleOwner::Profile(name) => format!("pro:{name}"),
+        }
+    }
+}
+
 /// The rules that can be consulted for some compiled endpoint (one with an
 /// interface): those of policies (enforced or staged) selecting such an
 /// endpoint, and of the profiles such endpoints use. Only their nets and
 /// selectors need telling apart.
-fn relevant_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
+fn relevant_rules<'m>(
+    model: &'m Model,
+    eval: &Evaluator<'_>,
+) -> impl Iterator<Item = (RuleOwner<'m>, &'m Rule)> {
+    debug_assert!(
+        std::ptr::eq(eval.model(), model),
+        "the evaluator of this model"
+    );
     let compiled = || model.endpoints.iter().filter(|e| e.interface.is_some());
+    let with_interface =
+        (0..model.endpoints.len()).filter(|&e| model.endpoints[e].interface.is_some());
+    let selecting = eval.selecting_any(with_interface);
     let policies = model
         .policies
         .iter()
-        .filter(move |p| compiled().any(|e| p.selector.evaluate(&e.labels)))
+        .zip(selecting)
+        .filter_map(|(p, selects)| selects.then_some(p))
         .flat_map(|p| {
             p.ingress
                 .iter()
                 .chain(&p.egress)
-                .map(move |r| (p.id.to_string(), r))
+                .map(move |r| (RuleOwner::Policy(&p.id), r))
         });
     let profiles = model
         .profiles
@@ -212,7 +242,7 @@ fn relevant_rules(model: &Model) -> impl Iterator<Item = (String, &Rule)> {
             p.ingress
                 .iter()
                 .chain(&p.egress)
-                .map(move |r| (format!("pro:{}", p.name), r))
+                .map(move |r| (RuleOwner::Profile(&p.name), r))
         });
     policies.chain(profiles)
 }
@@ -225,6 +255,7 @@ impl PeerClasses {
     /// to hundreds of thousands of nets.
     pub(super) fn build(
         model: &Model,
+        eval: &Evaluator<'_>,
         limits: &Limits,
         seed: &ClassIds,
     ) -> Result<Self, CompileError> {
@@ -232,34 +263,44 @@ impl PeerClasses {
             atoms,
             prefixes,
             listed_by,
-        } = collect(model)?;
-        let owners = Owners::new(model, &atoms);
+        } = collect(model, eval)?;
+        let owners = Owners::new(model, eval.ip_index(), &atoms);
+        let words = owners.words;
         let mut classes = ClassTable::default();
         let mut emitted = Vec::new();
-        // Enclosing prefixes with their inherited signature bits.
-        let mut chain: Vec<(Prefix, Vec<u64>)> = Vec::new();
+        // Enclosing prefixes, and their inherited signature bits (`words`
+        // words each, in one buffer: no allocation per prefix).
+        let mut chain: Vec<Prefix> = Vec::new();
+        let mut chain_bits: Vec<u64> = Vec::new();
         // Enclosing emitted prefixes: (prefix, class).
         let mut stack: Vec<(Prefix, u32)> = Vec::new();
+        let mut scratch = Scratch::default();
         for (i, p) in prefixes.iter().enumerate() {
-            while chain.last().is_some_and(|(q, _)| !q.contains(p)) {
+            while chain.last().is_some_and(|q| !q.contains(p)) {
                 chain.pop();
+                chain_bits.truncate(chain.len() * words);
             }
-            let mut bits = chain
-                .last()
-                .map_or_else(|| vec![0u64; owners.words], |(_, b)| b.clone());
+            let base = chain_bits.len();
+            match base.checked_sub(words) {
+                Some(enclosing) if !chain.is_empty() => {
+                    chain_bits.extend_from_within(enclosing..base)
+                }
+                _ => chain_bits.resize(base + words, 0),
+            }
+            let bits = &mut chain_bits[base..];
             if let Some(&k) = atoms.net_index.get(&p.net()) {
-                set_bit(&mut bits, k);
+                set_bit(bits, k);
             }
             for &s in &listed_by[i] {
-                or_bits(&mut bits, &owners.set_bits[s]);
+                or_bits(bits, owners.set(s));
             }
-            chain.push((*p, bits));
+            chain.push(*p);
             let Some(rep) = uncovered_address(&prefixes, i) else {
                 continue; // every address of P has a longer collected prefix
             };
             let r = Prefix::addr(p.v6, rep);
-            let signature = owners.signature(model, p.v6, r, &chain[chain.len() - 1].1);
-            let class = classes.class_of(r, signature);
+            owners.signature(model, r, &chain_bits[base..], &mut scratch);
+            let class = classes.class_of(r, p.v6, &scratch);
             while stack.last().is_some_and(|(q, _)| !q.contains(p)) {
                 stack.pop();
             }
@@ -287,7 +328,7 @@ impl PeerClasses {
         Ok(this)
     }
 
-    fn atom_hashes(&self) -> Vec<u64> {
+    fn atom_hashes(&self) -> Vec<u128> {
         (0..self.atoms.bits())
             .map(|b| self.atoms.atom_hash(b))
             .collect()
@@ -389,7 +430,7 @@ struct Collected {
 
 /// Collects the prefixes (endpoint addresses, network-set nets, the nets of
 /// relevant rules and of failsafes, both roots) and the atoms.
-fn collect(model: &Model) -> Result<Collected, CompileError> {
+fn collect(model: &Model, eval: &Evaluator<'_>) -> Result<Collected, CompileError> {
     let mut atoms = Atoms::default();
     let mut prefixes: BTreeMap<Prefix, Vec<usize>> = BTreeMap::new();
     let mapped = |what: String, net: &IpNet| CompileError::Unsupported {
@@ -420,11 +461,11 @@ fn collect(model: &Model) -> Result<Collected, CompileError> {
             }
         }
     }
-    for (owner, rule) in relevant_rules(model) {
+    for (owner, rule) in relevant_rules(model, eval) {
         for side in [&rule.source, &rule.destination] {
             for n in side.nets.iter().chain(&side.not_nets) {
                 if in_v4_mapped_space(n) {
-                    return Err(mapped(owner.clone(), n));
+                    return Err(mapped(owner.name(), n));
                 }
                 prefixes.entry(Prefix::of(n)).or_default();
                 atoms.net(n);
@@ -456,93 +497,152 @@ fn collect(model: &Model) -> Result<Collected, CompileError> {
     })
 }
 
+/// From this many rule selectors on, [`Owners`] evaluates them once per
+/// distinct label set rather than per endpoint.
+const DEDUPLICATED_SELECTORS: usize = 16;
+
 /// The selector bits endpoints and network sets give the addresses they own.
-struct Owners {
+struct Owners<'a> {
     /// Words of a signature's bits.
     words: usize,
-    /// Per endpoint: the selectors matching its labels.
-    endpoint_bits: Vec<Vec<u64>>,
-    /// Per network set: the selectors matching its labels.
-    set_bits: Vec<Vec<u64>>,
-    /// Endpoints (indexes) owning each address.
-    by_ip: HashMap<IpAddr, Vec<usize>>,
+    /// Rows of `words` words: the selectors matching one label set.
+    rows: Vec<u64>,
+    /// Per endpoint, then per network set: its row.
+    endpoint_row: Vec<usize>,
+    set_row: Vec<usize>,
+    /// The endpoints owning each address.
+    ips: &'a IpIndex,
 }
 
-impl Owners {
-    fn new(model: &Model, atoms: &Atoms) -> Self {
+impl<'a> Owners<'a> {
+    fn new(model: &Model, ips: &'a IpIndex, atoms: &Atoms) -> Self {
+        let by_label_set = atoms.selectors.len() >= DEDUPLICATED_SELECTORS;
+        Self::evaluated(model, ips, atoms, by_label_set)
+    }
+
+    /// With `by_label_set`, each selector is evaluated once per distinct
+    /// label set (pods of one deployment share theirs); otherwise once per
+    /// endpoint, since hashing a label set costs more than a few evaluations.
+    fn evaluated<'m>(
+        model: &'m Model,
+        ips: &'a IpIndex,
+        atoms: &Atoms,
+        by_label_set: bool,
+    ) -> Self {
         let words = atoms.bits().div_ceil(64);
-        let selector_bits = |labels: &crate::model::ir::Labels| {
-            let mut bits = vec![0u64; words];
+        let mut rows = Vec::new();
+        let mut evaluate = |labels: &Labels| -> usize {
+            let at = rows.len();
+            rows.resize(at + words, 0);
             for (k, s) in atoms.selectors.iter().enumerate() {
                 if s.evaluate(labels) {
-                    set_bit(&mut bits, atoms.nets.len() + k);
+                    set_bit(&mut rows[at..], atoms.nets.len() + k);
                 }
             }
-            bits
+            at
         };
-        let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
-        for (i, e) in model.endpoints.iter().enumerate() {
-            for ip in &e.ips {
-                by_ip.entry(*ip).or_default().push(i);
+        let mut row_of: HashMap<&'m Labels, usize> = HashMap::new();
+        let mut row = |labels: &'m Labels| -> usize {
+            if !by_label_set {
+                return evaluate(labels);
             }
-        }
+            *row_of.entry(labels).or_insert_with(|| evaluate(labels))
+        };
+        let endpoint_row = model.endpoints.iter().map(|e| row(&e.labels)).collect();
+        let set_row = model.network_sets.iter().map(|s| row(&s.labels)).collect();
         Owners {
             words,
-            endpoint_bits: model
-                .endpoints
-                .iter()
-                .map(|e| selector_bits(&e.labels))
-                .collect(),
-            set_bits: model
-                .network_sets
-                .iter()
-                .map(|s| selector_bits(&s.labels))
-                .collect(),
-            by_ip,
+            rows,
+            endpoint_row,
+            set_row,
+            ips,
         }
     }
 
-    /// The signature of address `r` whose enclosing prefixes give it `inherited`
-    /// (nets and network-set selectors); its owning endpoints add their
-    /// selectors and named ports.
-    fn signature(&self, model: &Model, v6: bool, r: IpAddr, inherited: &[u64]) -> Signature {
-        let mut bits = inherited.to_vec();
-        let own: &[usize] = self.by_ip.get(&r).map(Vec::as_slice).unwrap_or(&[]);
-        for &e in own {
-            or_bits(&mut bits, &self.endpoint_bits[e]);
+    fn endpoint(&self, e: usize) -> &[u64] {
+        &self.rows[self.endpoint_row[e]..][..self.words]
+    }
+
+    fn set(&self, s: usize) -> &[u64] {
+        &self.rows[self.set_row[s]..][..self.words]
+    }
+
+    /// The signature (into `out`) of address `r` whose enclosing prefixes
+    /// give it `inherited` (nets and network-set selectors); its owning
+    /// endpoints add their selectors and named ports.
+    fn signature<'m>(&self, model: &'m Model, r: IpAddr, inherited: &[u64], out: &mut Scratch<'m>) {
+        out.bits.clear();
+        out.bits.extend_from_slice(inherited);
+        out.named_ports.clear();
+        for &e in self.ips.owners(r) {
+            or_bits(&mut out.bits, self.endpoint(e));
+            let ports = model.endpoints[e].named_ports.iter();
+            out.named_ports
+                .extend(ports.map(|np| (np.name.as_str(), np.protocol.number(), np.port)));
         }
-        let mut named_ports: Vec<(String, u8, u16)> = own
-            .iter()
-            .flat_map(|&e| &model.endpoints[e].named_ports)
-            .map(|np| (np.name.clone(), np.protocol.number(), np.port))
-            .collect();
-        named_ports.sort();
-        named_ports.dedup();
-        Signature {
-            v6,
-            bits,
-            named_ports,
-        }
+        out.named_ports.sort_unstable();
+        out.named_ports.dedup();
+    }
+}
+
+/// A signature under construction, borrowed from the model: made owned only
+/// for a new class.
+#[derive(Default)]
+struct Scratch<'m> {
+    bits: Vec<u64>,
+    named_ports: Vec<(&'m str, u8, u16)>,
+}
+
+impl Scratch<'_> {
+    fn hash(&self, state: &foldhash::fast::RandomState, v6: bool) -> u64 {
+        use std::hash::BuildHasher;
+        state.hash_one((v6, &self.bits, &self.named_ports))
+    }
+
+    fn is(&self, v6: bool, sig: &Signature) -> bool {
+        sig.v6 == v6
+            && sig.bits == self.bits
+            && sig.named_ports.len() == self.named_ports.len()
+            && sig
+                .named_ports
+                .iter()
+                .zip(&self.named_ports)
+                .all(|((n, pr, po), (m, qr, qo))| n == m && pr == qr && po == qo)
     }
 }
 
 /// Classes by signature, numbered 1.. in order of first appearance.
 #[derive(Default)]
 struct ClassTable {
-    class_of_sig: HashMap<Signature, u32>,
+    /// Class ids by a hash of their signature (seeded at random: labels
+    /// cannot be chosen to make every signature collide).
+    by_hash: HashMap<u64, Vec<u32>>,
+    state: foldhash::fast::RandomState,
     classes: Vec<Class>,
 }
 
 impl ClassTable {
-    fn class_of(&mut self, representative: IpAddr, signature: Signature) -> u32 {
-        if let Some(&c) = self.class_of_sig.get(&signature) {
+    fn class_of(&mut self, representative: IpAddr, v6: bool, sig: &Scratch<'_>) -> u32 {
+        let same = self.by_hash.entry(sig.hash(&self.state, v6)).or_default();
+        if let Some(&c) = same
+            .iter()
+            .find(|&&c| sig.is(v6, &self.classes[c as usize - 1].signature))
+        {
             return c;
         }
         let c = self.classes.len() as u32 + 1;
-        self.class_of_sig.insert(signature.clone(), c);
+        same.push(c);
         self.classes.push(Class {
             representative,
-            signature,
+            signature: Signature {
+                v6,
+                bits: sig.bits.clone(),
+                named_ports: sig
+                    .named_ports
+                    .iter()
+                    .map(|&(n, pr, po)| (n.to_owned(), pr, po))
+                    .collect(),
+            },
         });
         c
     }
@@ -571,4 +671,45 @@ fn uncovered_address(prefixes: &[Prefix], i: usize) -> Option<u128> {
         j += 1;
     }
     (cur <= p.end).then_some(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::testgen::scale_model;
+
+    /// Selector bits evaluated once per label set are those evaluated per
+    /// endpoint and network set, for every owner (pods share label sets in
+    /// this model; one is relabelled so that sets differ too).
+    #[test]
+    fn selector_rows_by_label_set_equal_rows_per_owner() {
+        let mut model = scale_model(60, 20, 3);
+        model.endpoints[7]
+            .labels
+            .insert("app".into(), "other".into());
+        let eval = Evaluator::new(&model);
+        let atoms = collect(&model, &eval).unwrap().atoms;
+        assert!(atoms.selectors.len() > 2, "{}", atoms.selectors.len());
+        let each = Owners::evaluated(&model, eval.ip_index(), &atoms, false);
+        let shared = Owners::evaluated(&model, eval.ip_index(), &atoms, true);
+        assert!(
+            shared.rows.len() < each.rows.len(),
+            "label sets were shared"
+        );
+        for e in 0..model.endpoints.len() {
+            assert_eq!(shared.endpoint(e), each.endpoint(e), "endpoint {e}");
+        }
+        for s in 0..model.network_sets.len() {
+            assert_eq!(shared.set(s), each.set(s), "network set {s}");
+        }
+        let bits = |o: &Owners| {
+            (0..model.endpoints.len())
+                .map(|e| o.endpoint(e).to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            bits(&each).windows(2).any(|w| w[0] != w[1]),
+            "owners differ"
+        );
+    }
 }

@@ -19,7 +19,7 @@
 //! are not part of the view: the evaluator's answers cannot depend on them (a
 //! packet's family is the peer's), which is what lets pods with their own
 //! addresses and labels share.
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::IpAddr;
 
 use super::endpoint::{EndpointOut, Shared};

@@ -1,9 +1,9 @@
 //! Does a rule match a packet? Calico's rule semantics (app-policy/checker,
 //! felix/rules): every present field must match, list entries OR together,
 //! `not*` fields mean "none of these".
-use std::collections::HashMap;
 use std::net::IpAddr;
 
+use foldhash::HashMap;
 use ipnet::IpNet;
 
 use crate::model::ir::{
@@ -17,7 +17,10 @@ use super::Packet;
 /// once per model.
 #[derive(Clone, Debug, Default)]
 pub struct IpIndex {
-    owners: HashMap<IpAddr, Vec<usize>>,
+    /// By address: the range of `owner_list` holding its owners.
+    owners: HashMap<IpAddr, (usize, usize)>,
+    /// Endpoint indexes, grouped by address, each group in model order.
+    owner_list: Vec<usize>,
     /// Per `model.network_sets` entry.
     sets: Vec<NetRanges>,
 }
@@ -78,21 +81,31 @@ fn range_of(net: &IpNet) -> (bool, u128, u128) {
 
 impl IpIndex {
     pub fn new(model: &Model) -> Self {
-        let mut owners: HashMap<IpAddr, Vec<usize>> = HashMap::new();
-        for (index, endpoint) in model.endpoints.iter().enumerate() {
-            for ip in &endpoint.ips {
-                let list = owners.entry(*ip).or_default();
-                if !list.contains(&index) {
-                    list.push(index);
-                }
-            }
+        let mut by_ip: Vec<(IpAddr, usize)> = model
+            .endpoints
+            .iter()
+            .enumerate()
+            .flat_map(|(index, e)| e.ips.iter().map(move |ip| (*ip, index)))
+            .collect();
+        by_ip.sort_unstable();
+        by_ip.dedup();
+        let owner_list: Vec<usize> = by_ip.iter().map(|&(_, index)| index).collect();
+        let mut owners: HashMap<IpAddr, (usize, usize)> = Default::default();
+        let mut start = 0;
+        for run in by_ip.chunk_by(|a, b| a.0 == b.0) {
+            owners.insert(run[0].0, (start, start + run.len()));
+            start += run.len();
         }
         let sets = model
             .network_sets
             .iter()
             .map(|s| NetRanges::new(&s.nets))
             .collect();
-        IpIndex { owners, sets }
+        IpIndex {
+            owners,
+            owner_list,
+            sets,
+        }
     }
 
     /// Whether network set `set` (index into `model.network_sets`) holds `ip`.
@@ -102,7 +115,9 @@ impl IpIndex {
 
     /// Every endpoint that has this IP, in model order.
     pub fn owners(&self, ip: IpAddr) -> &[usize] {
-        self.owners.get(&ip).map(Vec::as_slice).unwrap_or(&[])
+        self.owners
+            .get(&ip)
+            .map_or(&[], |&(start, end)| &self.owner_list[start..end])
     }
 
     /// The endpoint a flow's IP belongs to: a workload if one has it, else a host endpoint.

@@ -21,11 +21,12 @@
 //! only matters there), DNAT (pre-DNAT policies see the packet as given),
 //! connection tracking (every question is about a connection's first packet).
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::model::ir::{
-    Action, Direction, Endpoint, EndpointKind, Model, Policy, Rule, TierDefault,
+    Action, Direction, Endpoint, EndpointKind, Labels, Model, Policy, Rule, TierDefault,
 };
+use crate::selector::Selector;
 
 mod matching;
 pub mod matrix;
@@ -42,8 +43,16 @@ pub use verdict::*;
 use matching::{failsafe_match, RuleMatcher};
 use prefilter::RulePrefilter;
 
-/// Per endpoint: the applicable tiers for ingress and egress, computed on first use.
-type ApplicableCache<'m> = Vec<OnceLock<[Vec<ApplicableTier<'m>>; 2]>>;
+/// The applicable tiers for ingress and egress.
+type Applicable<'m> = Arc<[Vec<ApplicableTier<'m>>; 2]>;
+
+/// Per endpoint: its applicable tiers, computed on first use.
+type ApplicableCache<'m> = Vec<OnceLock<Applicable<'m>>>;
+
+/// Applicable tiers by what decides them, an endpoint's kind and labels:
+/// endpoints alike (the pods of one deployment) share one evaluation of
+/// every policy's selector.
+type ApplicableByLabels<'m> = Mutex<foldhash::HashMap<(EndpointKind, &'m Labels), Applicable<'m>>>;
 
 /// Per `model.policies` entry: its ingress and egress rule prefilters, built on first use.
 type PrefilterCache = Vec<[OnceLock<RulePrefilter>; 2]>;
@@ -57,6 +66,15 @@ pub struct Evaluator<'m> {
     pending: PreparedSet<'m>,
     enforced_cache: ApplicableCache<'m>,
     pending_cache: ApplicableCache<'m>,
+    /// Enforced, pending.
+    by_labels: [ApplicableByLabels<'m>; 2],
+    /// Per `model.policies` entry: its selector's index in `selectors`.
+    selector_of: Vec<usize>,
+    /// The policies' distinct selectors.
+    selectors: Vec<&'m Selector>,
+    /// By label set: whether each of `selectors` matches it (each selector is
+    /// evaluated once per label set, however many policies share it).
+    selected: Mutex<foldhash::HashMap<&'m Labels, Arc<Vec<bool>>>>,
     /// None: scan every rule (the reference the prefilter is tested against).
     prefilters: Option<PrefilterCache>,
 }
@@ -68,6 +86,18 @@ impl<'m> Evaluator<'m> {
                 .map(|_| OnceLock::new())
                 .collect()
         };
+        let mut index: foldhash::HashMap<&Selector, usize> = Default::default();
+        let mut selectors = Vec::new();
+        let selector_of = model
+            .policies
+            .iter()
+            .map(|p| {
+                *index.entry(&p.selector).or_insert_with(|| {
+                    selectors.push(&p.selector);
+                    selectors.len() - 1
+                })
+            })
+            .collect();
         Evaluator {
             model,
             ips: IpIndex::new(model),
@@ -75,6 +105,10 @@ impl<'m> Evaluator<'m> {
             pending: PreparedSet::new(model, PolicySet::Pending),
             enforced_cache: empty_cache(),
             pending_cache: empty_cache(),
+            by_labels: Default::default(),
+            selector_of,
+            selectors,
+            selected: Default::default(),
             prefilters: Some(
                 (0..model.policies.len())
                     .map(|_| [OnceLock::new(), OnceLock::new()])
@@ -122,6 +156,11 @@ impl<'m> Evaluator<'m> {
         }
     }
 
+    /// Which endpoints own which addresses.
+    pub fn ip_index(&self) -> &IpIndex {
+        &self.ips
+    }
+
     /// The endpoint (index into `model.endpoints`) that owns an IP: a workload
     /// if one does, else a host endpoint.
     pub fn endpoint_for_ip(&self, ip: IpAddr) -> Option<usize> {
@@ -138,22 +177,62 @@ impl<'m> Evaluator<'m> {
         endpoint_index: usize,
         direction: Direction,
     ) -> &[ApplicableTier<'m>] {
-        let cache = match set {
-            PolicySet::Enforced => &self.enforced_cache,
-            PolicySet::Pending => &self.pending_cache,
+        let (cache, by_labels) = match set {
+            PolicySet::Enforced => (&self.enforced_cache, &self.by_labels[0]),
+            PolicySet::Pending => (&self.pending_cache, &self.by_labels[1]),
         };
         let both = cache[endpoint_index].get_or_init(|| {
             let endpoint = &self.model.endpoints[endpoint_index];
+            let alike = (endpoint.kind, &endpoint.labels);
+            if let Some(known) = lock(by_labels).get(&alike) {
+                return known.clone();
+            }
             let prepared = self.prepared(set);
-            [
-                applicable_tiers(prepared, endpoint, Direction::Ingress),
-                applicable_tiers(prepared, endpoint, Direction::Egress),
-            ]
+            let selected = self.selected(&endpoint.labels);
+            let selects = |p: &Policy| match policy_position(self.model, p) {
+                Some(i) => selected[self.selector_of[i]],
+                None => p.selector.evaluate(&endpoint.labels),
+            };
+            let both = Arc::new([
+                applicable_tiers(prepared, endpoint, Direction::Ingress, selects),
+                applicable_tiers(prepared, endpoint, Direction::Egress, selects),
+            ]);
+            lock(by_labels).entry(alike).or_insert(both).clone()
         });
         match direction {
             Direction::Ingress => &both[0],
             Direction::Egress => &both[1],
         }
+    }
+
+    /// Per `model.policies` entry: whether its selector matches one of
+    /// `endpoints` (indexes into `model.endpoints`); each selector is
+    /// evaluated once per label set.
+    pub fn selecting_any(&self, endpoints: impl IntoIterator<Item = usize>) -> Vec<bool> {
+        let mut any = vec![false; self.selectors.len()];
+        let mut seen: foldhash::HashSet<&Labels> = Default::default();
+        for e in endpoints {
+            let labels = &self.model.endpoints[e].labels;
+            if seen.insert(labels) {
+                let selected = self.selected(labels);
+                any.iter_mut()
+                    .zip(selected.iter())
+                    .for_each(|(a, s)| *a |= s);
+            }
+        }
+        self.selector_of.iter().map(|&s| any[s]).collect()
+    }
+
+    /// Whether each of the policies' distinct selectors matches `labels`.
+    fn selected(&self, labels: &'m Labels) -> Arc<Vec<bool>> {
+        if let Some(known) = lock(&self.selected).get(labels) {
+            return known.clone();
+        }
+        let each: Vec<bool> = self.selectors.iter().map(|s| s.evaluate(labels)).collect();
+        lock(&self.selected)
+            .entry(labels)
+            .or_insert_with(|| Arc::new(each))
+            .clone()
     }
 
     /// The verdict of one end: the endpoint's policy for `direction` applied to
@@ -388,6 +467,7 @@ fn applicable_tiers<'m>(
     prepared: &PreparedSet<'m>,
     endpoint: &Endpoint,
     direction: Direction,
+    selects: impl Fn(&Policy) -> bool + Copy,
 ) -> Vec<ApplicableTier<'m>> {
     Phase::ALL
         .into_iter()
@@ -399,7 +479,7 @@ fn applicable_tiers<'m>(
                     .iter()
                     .copied()
                     .filter(|p| Phase::of(p) == phase)
-                    .filter(|p| p.applies_in(direction) && p.selector.evaluate(&endpoint.labels))
+                    .filter(|p| p.applies_in(direction) && selects(p))
                     .collect();
                 (!policies.is_empty()).then(|| ApplicableTier {
                     phase,
@@ -410,6 +490,10 @@ fn applicable_tiers<'m>(
             })
         })
         .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The trace of one end under construction.
@@ -495,5 +579,8 @@ pub fn applicable_policies(
     direction: Direction,
 ) -> Vec<ApplicableTier<'_>> {
     let prepared = PreparedSet::new(model, set);
-    applicable_tiers(&prepared, &model.endpoints[endpoint_index], direction)
+    let endpoint = &model.endpoints[endpoint_index];
+    applicable_tiers(&prepared, endpoint, direction, |p| {
+        p.selector.evaluate(&endpoint.labels)
+    })
 }

@@ -9,8 +9,9 @@
 //! Why: the compiler asks the evaluator a question per (endpoint, peer class,
 //! port class) cell, and there are about as many peer classes as peer-net
 //! rules; scanning every rule for every question made compiling quadratic.
-use std::collections::HashMap;
 use std::net::IpAddr;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::model::ir::{Action, EntityRule, Rule};
 

@@ -1567,3 +1567,72 @@ fn prefilter_gives_the_verdicts_and_traces_of_the_plain_scan() {
     // The comparison covered rule decisions, not only defaults.
     assert!(indexed_decisions > 1000, "{indexed_decisions}");
 }
+
+// ---------- applicable tiers shared by label set ----------
+
+/// Random models with copies of their endpoints: one with the same labels,
+/// one of the other kind (host endpoints also have untracked and pre-DNAT
+/// phases), one with a label changed. The evaluator's applicable tiers (shared
+/// by endpoints of one kind and label set, selectors evaluated once per label
+/// set) equal those evaluated for each endpoint alone, and the kind is part
+/// of what is shared.
+#[test]
+fn applicable_tiers_shared_by_label_set_equal_those_of_each_endpoint() {
+    use crate::compile::testgen::{random_model, Rng, Shape};
+    type Seen = Vec<(Phase, String, TierDefault, Vec<*const Policy>)>;
+    let seen = |tiers: &[ApplicableTier]| -> Seen {
+        let policies = |t: &ApplicableTier| t.policies.iter().map(|p| *p as *const _).collect();
+        let tier = |t: &ApplicableTier| (t.phase, t.name.clone(), t.default_action, policies(t));
+        tiers.iter().map(tier).collect()
+    };
+    let mut rng = Rng::new(0x1abe_15e7);
+    let mut kind_mattered = 0;
+    for round in 0..200 {
+        let mut model = random_model(&mut rng, Shape::default());
+        let original = rng.below(model.endpoints.len());
+        let mut same = model.endpoints[original].clone();
+        same.name = "same-labels".into();
+        let mut other_kind = same.clone();
+        other_kind.name = "other-kind".into();
+        other_kind.kind = match same.kind {
+            EndpointKind::Host => EndpointKind::Workload,
+            EndpointKind::Workload => EndpointKind::Host,
+        };
+        let mut relabelled = same.clone();
+        relabelled.name = "relabelled".into();
+        relabelled
+            .labels
+            .insert("app".into(), rng.pick(&["a", "b", "web", "db"]).into());
+        model.endpoints.extend([same, other_kind, relabelled]);
+        let shared = Evaluator::new(&model);
+        let some: Vec<usize> = (0..model.endpoints.len()).filter(|e| e % 2 == 0).collect();
+        let selecting: Vec<bool> = model
+            .policies
+            .iter()
+            .map(|p| {
+                some.iter()
+                    .any(|&e| p.selector.evaluate(&model.endpoints[e].labels))
+            })
+            .collect();
+        assert_eq!(shared.selecting_any(some), selecting, "round {round}");
+        for set in [PolicySet::Enforced, PolicySet::Pending] {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                for e in (0..model.endpoints.len()).rev() {
+                    let want = seen(&applicable_policies(&model, set, e, direction));
+                    let got = seen(shared.applicable_policies(set, e, direction));
+                    assert_eq!(
+                        got, want,
+                        "round {round} {set:?} {direction:?} endpoint {e}"
+                    );
+                }
+                let n = model.endpoints.len();
+                let of = |e: usize| seen(shared.applicable_policies(set, e, direction));
+                kind_mattered += usize::from(of(n - 2) != of(original));
+            }
+        }
+    }
+    assert!(
+        kind_mattered > 0,
+        "no model where the kind changed the tiers"
+    );
+}

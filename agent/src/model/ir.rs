@@ -184,7 +184,7 @@ pub use super::protocol::Protocol;
 
 /// One side (source or destination) of a rule. Every present field must
 /// match; a list matches when any entry matches; `not_*` when none does.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EntityRule {
     pub nets: Vec<IpNet>,
     pub not_nets: Vec<IpNet>,
@@ -256,7 +256,7 @@ impl Service {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub action: Action,
     /// 4 or 6: the rule does not exist for the other family.
@@ -326,7 +326,7 @@ pub struct Tier {
     pub default_action: TierDefault,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Profile {
     pub name: String,
     pub ingress: Vec<Rule>,
@@ -348,7 +348,7 @@ pub struct NamedPort {
     pub port: u16,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub kind: EndpointKind,
     /// Workload endpoints only.
@@ -412,7 +412,7 @@ pub struct FailsafePort {
     pub net: Option<IpNet>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Failsafes {
     pub inbound: Vec<FailsafePort>,
     pub outbound: Vec<FailsafePort>,
