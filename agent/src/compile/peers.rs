@@ -684,7 +684,7 @@ mod tests {
     #[test]
     fn selector_rows_by_label_set_equal_rows_per_owner() {
         let mut model = scale_model(60, 20, 3);
-        model.endpoints[7]
+        std::sync::Arc::make_mut(&mut model.endpoints[7])
             .labels
             .insert("app".into(), "other".into());
         let eval = Evaluator::new(&model);

@@ -1590,7 +1590,7 @@ fn applicable_tiers_shared_by_label_set_equal_those_of_each_endpoint() {
     for round in 0..200 {
         let mut model = random_model(&mut rng, Shape::default());
         let original = rng.below(model.endpoints.len());
-        let mut same = model.endpoints[original].clone();
+        let mut same = (*model.endpoints[original]).clone();
         same.name = "same-labels".into();
         let mut other_kind = same.clone();
         other_kind.name = "other-kind".into();
@@ -1603,7 +1603,9 @@ fn applicable_tiers_shared_by_label_set_equal_those_of_each_endpoint() {
         relabelled
             .labels
             .insert("app".into(), rng.pick(&["a", "b", "web", "db"]).into());
-        model.endpoints.extend([same, other_kind, relabelled]);
+        model
+            .endpoints
+            .extend([same, other_kind, relabelled].map(std::sync::Arc::new));
         let shared = Evaluator::new(&model);
         let some: Vec<usize> = (0..model.endpoints.len()).filter(|e| e % 2 == 0).collect();
         let selecting: Vec<bool> = model
