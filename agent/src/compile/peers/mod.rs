@@ -1,17 +1,22 @@
 //! Peer classes: the collected prefixes, their regions' signatures, and the
 //! classes and `PEERS_*` prefixes they give (see the module docs of
 //! [`super`], "Peer classes").
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 use ipnet::IpNet;
 
 use super::incremental::key_of;
 use super::{CompileError, Limits};
-use crate::eval::{Evaluator, IpIndex};
-use crate::model::ir::{Failsafes, Labels, Model, PolicyId, Rule};
+use crate::eval::Evaluator;
+use crate::model::ir::{Failsafes, Model, Rule};
 use crate::selector::Selector;
+
+mod collect;
+mod owners;
+
+use collect::{collect, Collected};
+use owners::{Owners, Scratch};
 
 /// A collected prefix as an interval of one family's address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -191,62 +196,6 @@ pub(super) struct PeerClasses {
     pub(super) collected: usize,
 }
 
-/// Who a rule belongs to, named only in an error.
-#[derive(Clone, Copy)]
-enum RuleOwner<'m> {
-    Policy(&'m PolicyId),
-    Profile(&'m str),
-}
-
-impl RuleOwner<'_> {
-    fn name(self) -> String {
-        match self {
-            RuleOwner::Policy(id) => id.to_string(),
-            RuleOwner::Profile(name) => format!("pro:{name}"),
-        }
-    }
-}
-
-/// The rules that can be consulted for some compiled endpoint (one with an
-/// interface): those of policies (enforced or staged) selecting such an
-/// endpoint, and of the profiles such endpoints use. Only their nets and
-/// selectors need telling apart.
-fn relevant_rules<'m>(
-    model: &'m Model,
-    eval: &Evaluator<'_>,
-) -> impl Iterator<Item = (RuleOwner<'m>, &'m Rule)> {
-    debug_assert!(
-        std::ptr::eq(eval.model(), model),
-        "the evaluator of this model"
-    );
-    let compiled = || model.endpoints.iter().filter(|e| e.interface.is_some());
-    let with_interface =
-        (0..model.endpoints.len()).filter(|&e| model.endpoints[e].interface.is_some());
-    let selecting = eval.selecting_any(with_interface);
-    let policies = model
-        .policies
-        .iter()
-        .zip(selecting)
-        .filter_map(|(p, selects)| selects.then_some(p))
-        .flat_map(|p| {
-            p.ingress
-                .iter()
-                .chain(&p.egress)
-                .map(move |r| (RuleOwner::Policy(&p.id), r))
-        });
-    let profiles = model
-        .profiles
-        .iter()
-        .filter(move |p| compiled().any(|e| e.profiles.contains(&p.name)))
-        .flat_map(|p| {
-            p.ingress
-                .iter()
-                .chain(&p.egress)
-                .map(move |r| (RuleOwner::Profile(&p.name), r))
-        });
-    policies.chain(profiles)
-}
-
 impl PeerClasses {
     /// Classifies every collected prefix's region. Each prefix's signature is
     /// inherited from its enclosing prefixes (a stack, since prefixes come
@@ -419,198 +368,6 @@ fn or_bits(bits: &mut [u64], other: &[u64]) {
     }
 }
 
-/// What [`PeerClasses::build`] collects from the model.
-struct Collected {
-    atoms: Atoms,
-    /// Sorted by family, start, length: a prefix's enclosing ones come before it.
-    prefixes: Vec<Prefix>,
-    /// Parallel to `prefixes`: the network sets (indexes) listing the prefix.
-    listed_by: Vec<Vec<usize>>,
-}
-
-/// Collects the prefixes (endpoint addresses, network-set nets, the nets of
-/// relevant rules and of failsafes, both roots) and the atoms.
-fn collect(model: &Model, eval: &Evaluator<'_>) -> Result<Collected, CompileError> {
-    let mut atoms = Atoms::default();
-    let mut prefixes: BTreeMap<Prefix, Vec<usize>> = BTreeMap::new();
-    let mapped = |what: String, net: &IpNet| CompileError::Unsupported {
-        endpoint: "*".into(),
-        policy: what,
-        what: format!("IPv6 net {net} inside ::ffff:0:0/96 (where the kernel keeps IPv4)"),
-    };
-    for root in ["0.0.0.0/0", "::/0"] {
-        prefixes.insert(Prefix::of(&root.parse().expect("root prefix")), Vec::new());
-    }
-    for e in &model.endpoints {
-        for ip in &e.ips {
-            let net = IpNet::from(*ip);
-            if in_v4_mapped_space(&net) {
-                return Err(mapped(format!("endpoint {}", e.key()), &net));
-            }
-            prefixes.entry(Prefix::of(&net)).or_default();
-        }
-    }
-    for (k, s) in model.network_sets.iter().enumerate() {
-        for n in &s.nets {
-            if in_v4_mapped_space(n) {
-                return Err(mapped(format!("network set {}", s.name), n));
-            }
-            let sets = prefixes.entry(Prefix::of(n)).or_default();
-            if sets.last() != Some(&k) {
-                sets.push(k);
-            }
-        }
-    }
-    for (owner, rule) in relevant_rules(model, eval) {
-        for side in [&rule.source, &rule.destination] {
-            for n in side.nets.iter().chain(&side.not_nets) {
-                if in_v4_mapped_space(n) {
-                    return Err(mapped(owner.name(), n));
-                }
-                prefixes.entry(Prefix::of(n)).or_default();
-                atoms.net(n);
-            }
-            for s in side.selector.iter().chain(&side.not_selector) {
-                atoms.selector(s);
-            }
-        }
-    }
-    for f in model
-        .failsafes
-        .inbound
-        .iter()
-        .chain(&model.failsafes.outbound)
-    {
-        if let Some(n) = &f.net {
-            if in_v4_mapped_space(n) {
-                return Err(mapped("failsafe".into(), n));
-            }
-            prefixes.entry(Prefix::of(n)).or_default();
-            atoms.net(n);
-        }
-    }
-    let (prefixes, listed_by) = prefixes.into_iter().unzip();
-    Ok(Collected {
-        atoms,
-        prefixes,
-        listed_by,
-    })
-}
-
-/// From this many rule selectors on, [`Owners`] evaluates them once per
-/// distinct label set rather than per endpoint.
-const DEDUPLICATED_SELECTORS: usize = 16;
-
-/// The selector bits endpoints and network sets give the addresses they own.
-struct Owners<'a> {
-    /// Words of a signature's bits.
-    words: usize,
-    /// Rows of `words` words: the selectors matching one label set.
-    rows: Vec<u64>,
-    /// Per endpoint, then per network set: its row.
-    endpoint_row: Vec<usize>,
-    set_row: Vec<usize>,
-    /// The endpoints owning each address.
-    ips: &'a IpIndex,
-}
-
-impl<'a> Owners<'a> {
-    fn new(model: &Model, ips: &'a IpIndex, atoms: &Atoms) -> Self {
-        let by_label_set = atoms.selectors.len() >= DEDUPLICATED_SELECTORS;
-        Self::evaluated(model, ips, atoms, by_label_set)
-    }
-
-    /// With `by_label_set`, each selector is evaluated once per distinct
-    /// label set (pods of one deployment share theirs); otherwise once per
-    /// endpoint, since hashing a label set costs more than a few evaluations.
-    fn evaluated<'m>(
-        model: &'m Model,
-        ips: &'a IpIndex,
-        atoms: &Atoms,
-        by_label_set: bool,
-    ) -> Self {
-        let words = atoms.bits().div_ceil(64);
-        let mut rows = Vec::new();
-        let mut evaluate = |labels: &Labels| -> usize {
-            let at = rows.len();
-            rows.resize(at + words, 0);
-            for (k, s) in atoms.selectors.iter().enumerate() {
-                if s.evaluate(labels) {
-                    set_bit(&mut rows[at..], atoms.nets.len() + k);
-                }
-            }
-            at
-        };
-        let mut row_of: HashMap<&'m Labels, usize> = HashMap::new();
-        let mut row = |labels: &'m Labels| -> usize {
-            if !by_label_set {
-                return evaluate(labels);
-            }
-            *row_of.entry(labels).or_insert_with(|| evaluate(labels))
-        };
-        let endpoint_row = model.endpoints.iter().map(|e| row(&e.labels)).collect();
-        let set_row = model.network_sets.iter().map(|s| row(&s.labels)).collect();
-        Owners {
-            words,
-            rows,
-            endpoint_row,
-            set_row,
-            ips,
-        }
-    }
-
-    fn endpoint(&self, e: usize) -> &[u64] {
-        &self.rows[self.endpoint_row[e]..][..self.words]
-    }
-
-    fn set(&self, s: usize) -> &[u64] {
-        &self.rows[self.set_row[s]..][..self.words]
-    }
-
-    /// The signature (into `out`) of address `r` whose enclosing prefixes
-    /// give it `inherited` (nets and network-set selectors); its owning
-    /// endpoints add their selectors and named ports.
-    fn signature<'m>(&self, model: &'m Model, r: IpAddr, inherited: &[u64], out: &mut Scratch<'m>) {
-        out.bits.clear();
-        out.bits.extend_from_slice(inherited);
-        out.named_ports.clear();
-        for &e in self.ips.owners(r) {
-            or_bits(&mut out.bits, self.endpoint(e));
-            let ports = model.endpoints[e].named_ports.iter();
-            out.named_ports
-                .extend(ports.map(|np| (np.name.as_str(), np.protocol.number(), np.port)));
-        }
-        out.named_ports.sort_unstable();
-        out.named_ports.dedup();
-    }
-}
-
-/// A signature under construction, borrowed from the model: made owned only
-/// for a new class.
-#[derive(Default)]
-struct Scratch<'m> {
-    bits: Vec<u64>,
-    named_ports: Vec<(&'m str, u8, u16)>,
-}
-
-impl Scratch<'_> {
-    fn hash(&self, state: &foldhash::fast::RandomState, v6: bool) -> u64 {
-        use std::hash::BuildHasher;
-        state.hash_one((v6, &self.bits, &self.named_ports))
-    }
-
-    fn is(&self, v6: bool, sig: &Signature) -> bool {
-        sig.v6 == v6
-            && sig.bits == self.bits
-            && sig.named_ports.len() == self.named_ports.len()
-            && sig
-                .named_ports
-                .iter()
-                .zip(&self.named_ports)
-                .all(|((n, pr, po), (m, qr, qo))| n == m && pr == qr && po == qo)
-    }
-}
-
 /// Classes by signature, numbered 1.. in order of first appearance.
 #[derive(Default)]
 struct ClassTable {
@@ -671,45 +428,4 @@ fn uncovered_address(prefixes: &[Prefix], i: usize) -> Option<u128> {
         j += 1;
     }
     (cur <= p.end).then_some(cur)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::compile::testgen::scale_model;
-
-    /// Selector bits evaluated once per label set are those evaluated per
-    /// endpoint and network set, for every owner (pods share label sets in
-    /// this model; one is relabelled so that sets differ too).
-    #[test]
-    fn selector_rows_by_label_set_equal_rows_per_owner() {
-        let mut model = scale_model(60, 20, 3);
-        std::sync::Arc::make_mut(&mut model.endpoints[7])
-            .labels
-            .insert("app".into(), "other".into());
-        let eval = Evaluator::new(&model);
-        let atoms = collect(&model, &eval).unwrap().atoms;
-        assert!(atoms.selectors.len() > 2, "{}", atoms.selectors.len());
-        let each = Owners::evaluated(&model, eval.ip_index(), &atoms, false);
-        let shared = Owners::evaluated(&model, eval.ip_index(), &atoms, true);
-        assert!(
-            shared.rows.len() < each.rows.len(),
-            "label sets were shared"
-        );
-        for e in 0..model.endpoints.len() {
-            assert_eq!(shared.endpoint(e), each.endpoint(e), "endpoint {e}");
-        }
-        for s in 0..model.network_sets.len() {
-            assert_eq!(shared.set(s), each.set(s), "network set {s}");
-        }
-        let bits = |o: &Owners| {
-            (0..model.endpoints.len())
-                .map(|e| o.endpoint(e).to_vec())
-                .collect::<Vec<_>>()
-        };
-        assert!(
-            bits(&each).windows(2).any(|w| w[0] != w[1]),
-            "owners differ"
-        );
-    }
 }
