@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod compile;
 pub mod console;
+pub mod cpus;
 pub mod daemon;
 pub mod dataplane;
 pub mod datastore;

@@ -538,7 +538,7 @@ impl Compiled {
 /// `f(0..count)`, spread over the CPUs (endpoints are independent), at
 /// least `per_thread` items a thread, results in order.
 fn in_parallel<T: Send>(count: usize, per_thread: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = cpus().min(count.div_ceil(per_thread)).max(1);
+    let threads = crate::cpus::usable().min(count.div_ceil(per_thread)).max(1);
     if threads == 1 {
         return (0..count).map(f).collect();
     }
@@ -567,13 +567,6 @@ fn in_parallel<T: Send>(count: usize, per_thread: usize, f: impl Fn(usize) -> T 
         .into_iter()
         .map(|r| r.expect("every item computed"))
         .collect()
-}
-
-/// The CPUs this process may use, asked once: `available_parallelism` reads
-/// the cgroup's files on every call (a few ms of a ~25 ms incremental compile).
-fn cpus() -> usize {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Human-readable summary of a compile, for logs and `agent status`.

@@ -87,10 +87,11 @@ impl FileDatastore {
         };
         let parsed_files = cache.parsed;
         drop(cache);
-        let mut assembled = lock(&self.assembled);
-        assembled.on_node(node);
-        let (loaded, kept) = finish_keeping_cached(parsed, previous, &mut assembled);
-        drop(assembled);
+        let (loaded, kept) = {
+            let mut assembled = lock(&self.assembled);
+            assembled.on_node(node);
+            finish_keeping_cached(parsed, previous, &mut assembled)
+        };
         FileLoad {
             loaded,
             kept,

@@ -73,14 +73,14 @@ where
     let mut same_context = None;
     let node = cache.node.clone();
     let make = |cx: &Context, w: &Workload| {
-        let mut e = workload(cx, w);
+        let mut e = Arc::new(workload(cx, w));
         if node
             .as_deref()
             .is_some_and(|n| super::node::elsewhere(&e, n))
         {
-            e.interface = None;
+            super::node::as_peer(&mut e);
         }
-        Arc::new(e)
+        e
     };
     let (model, cx) = build(documents, |cx, doc: &Arc<Lowered>, w| {
         let key = Arc::as_ptr(doc) as usize;

@@ -107,14 +107,7 @@ pub fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
         });
     }
     let mut docs = Vec::new();
-    // Asked only for a file large enough to be parsed in parallel: the answer
-    // reads the cgroup's CPU quota from /proc and /sys (~30 µs), once per file.
-    let threads = if text.len() < PARALLEL_BYTES {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    };
-    for (chunk_docs, chunk_diags) in parse_chunks(file, &chunks, threads) {
+    for (chunk_docs, chunk_diags) in parse_chunks(file, &chunks, crate::cpus::usable()) {
         docs.extend(chunk_docs);
         diags.extend(chunk_diags);
     }

@@ -24,11 +24,7 @@ pub fn keep_this_node(loaded: &mut Loaded, node: &str) {
             continue;
         }
         if elsewhere(e, node) {
-            // Usually already done where the endpoint was made
-            // (`assemble::Cache::on_node`): the shared record is left as is.
-            if e.interface.is_some() {
-                Arc::make_mut(e).interface = None;
-            }
+            as_peer(e);
         } else if e.interface.is_none() {
             loaded.diagnostics.push(Diagnostic {
                 severity: Severity::Warning,
@@ -43,6 +39,15 @@ pub fn keep_this_node(loaded: &mut Loaded, node: &str) {
                 ),
             });
         }
+    }
+}
+
+/// Leaves `e` without an interface (a peer). Copies a shared record only when
+/// it has one: the files datastore's cache makes other nodes' endpoints as
+/// peers already (`assemble::Cache::on_node`), and they stay shared.
+pub fn as_peer(e: &mut Arc<Endpoint>) {
+    if e.interface.is_some() {
+        Arc::make_mut(e).interface = None;
     }
 }
 

@@ -186,7 +186,7 @@ fn build(node: &str, state: &Mutex<State>) -> Loaded {
 pub fn localize(loaded: &mut Loaded, local: &HashSet<(EndpointKind, String)>) {
     for e in &mut loaded.model.endpoints {
         if e.interface.is_some() && !local.contains(&(e.kind, e.key())) {
-            Arc::make_mut(e).interface = None;
+            crate::model::node::as_peer(e);
         }
     }
 }
