@@ -10,7 +10,7 @@ use lab::packet::{Packet, ACK, ICMP, RST, SYN, TCP, UDP};
 #[path = "common/bpf.rs"]
 mod bpf;
 use bpf::{
-    allow, base_tables, count, deny, entry, ip, load, run, run_frame, run_on, VethPair, TC_ACT_OK,
+    allow, base_tables, count, deny, entry, ip, load, run, run_frame, VethPair, TC_ACT_OK,
     TC_ACT_SHOT,
 };
 
@@ -282,16 +282,16 @@ fn pod_to_pod_needs_both_sides() {
     let (pa, pb) = (ip("10.65.0.10"), ip("10.65.0.20"));
 
     let syn = Packet::tcp(pa, 40000, pb, 80);
-    assert_eq!(run_on(&mut dp, Hook::FromEndpoint, a, &syn), TC_ACT_OK);
-    assert_eq!(run_on(&mut dp, Hook::ToEndpoint, b, &syn), TC_ACT_OK);
+    assert_eq!(veth.run_on(&mut dp, Hook::FromEndpoint, a, &syn), TC_ACT_OK);
+    assert_eq!(veth.run_on(&mut dp, Hook::ToEndpoint, b, &syn), TC_ACT_OK);
     let synack = syn.reply().flags(SYN | ACK);
     assert_eq!(
-        run_on(&mut dp, Hook::FromEndpoint, b, &synack),
+        veth.run_on(&mut dp, Hook::FromEndpoint, b, &synack),
         TC_ACT_OK,
         "reply leaves B"
     );
     assert_eq!(
-        run_on(&mut dp, Hook::ToEndpoint, a, &synack),
+        veth.run_on(&mut dp, Hook::ToEndpoint, a, &synack),
         TC_ACT_OK,
         "reply reaches A"
     );
@@ -303,17 +303,32 @@ fn pod_to_pod_needs_both_sides() {
 
     // A's egress allows 81, B's ingress does not: dropped at B, and stays dropped.
     let syn81 = Packet::tcp(pa, 40001, pb, 81);
-    assert_eq!(run_on(&mut dp, Hook::FromEndpoint, a, &syn81), TC_ACT_OK);
-    assert_eq!(run_on(&mut dp, Hook::ToEndpoint, b, &syn81), TC_ACT_SHOT);
-    assert_eq!(run_on(&mut dp, Hook::FromEndpoint, a, &syn81), TC_ACT_OK);
-    assert_eq!(run_on(&mut dp, Hook::ToEndpoint, b, &syn81), TC_ACT_SHOT);
+    assert_eq!(
+        veth.run_on(&mut dp, Hook::FromEndpoint, a, &syn81),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        veth.run_on(&mut dp, Hook::ToEndpoint, b, &syn81),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        veth.run_on(&mut dp, Hook::FromEndpoint, a, &syn81),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        veth.run_on(&mut dp, Hook::ToEndpoint, b, &syn81),
+        TC_ACT_SHOT
+    );
     let events = dp.drain_events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0].ifindex, events[0].endpoint_id), (b, 2));
     assert_eq!(events[0].direction, Ingress);
     // B has no egress entries: its own new connections fail closed.
     let from_b = Packet::tcp(pb, 40002, pa, 80);
-    assert_eq!(run_on(&mut dp, Hook::FromEndpoint, b, &from_b), TC_ACT_SHOT);
+    assert_eq!(
+        veth.run_on(&mut dp, Hook::FromEndpoint, b, &from_b),
+        TC_ACT_SHOT
+    );
 }
 
 #[test]

@@ -273,9 +273,10 @@ fn interface_without_endpoint_is_not_policed() {
 fn attaches_to_an_interface_with_tcx() {
     let veth = VethPair::new();
     let mut dp = Dataplane::load().unwrap();
-    dp.attach(&veth.name).expect("TCX attach of both programs");
+    veth.run(|| dp.attach(&veth.name))
+        .expect("TCX attach of both programs");
     assert!(matches!(
-        dp.attach("no-such-if0"),
+        veth.run(|| dp.attach("no-such-if0")),
         Err(agent::dataplane::DataplaneError::Program { .. })
             | Err(agent::dataplane::DataplaneError::NoInterface(_))
     ));

@@ -191,67 +191,51 @@ pub fn base_tables() -> TableSet {
     .with_identity_groups()
 }
 
-/// A veth pair (the kernel here has no dummy driver), for runs with ifindexes
-/// other than loopback's; deleted on drop.
+/// A veth pair (the kernel here has no dummy driver) in a network namespace of
+/// its own, for runs with ifindexes other than loopback's. The host's
+/// interfaces are never touched: BPF_PROG_TEST_RUN and TCX attach find an
+/// interface in the caller's namespace, so both go through [`VethPair::run`].
+/// The namespace, and the pair with it, go on drop.
 pub struct VethPair {
+    lab: lab::Lab,
     pub name: String,
     pub ifindex: [u32; 2],
 }
 
 impl VethPair {
     pub fn new() -> VethPair {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("dpt{}x{n}", std::process::id() % 100_000);
-        let peer = format!("{name}p");
-        let ip_cmd = |args: &[&str]| {
-            std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .expect("ip (needs root and iproute2)")
-        };
-        let _ = ip_cmd(&["link", "del", &name]);
-        let out = ip_cmd(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let index = |n: &str| {
-            std::fs::read_to_string(format!("/sys/class/net/{n}/ifindex"))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
+        let lab = lab::Lab::new();
+        let (name, peer) = ("dpt0", "dpt0p");
+        lab.node()
+            .ip(&format!("link add {name} type veth peer name {peer}"));
         VethPair {
-            ifindex: [index(&name), index(&peer)],
-            name,
+            ifindex: [lab.node().ifindex(name), lab.node().ifindex(peer)],
+            name: name.to_owned(),
+            lab,
         }
     }
-}
 
-impl Drop for VethPair {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.name])
-            .output();
+    /// Runs `f` inside the pair's namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.lab.node().run(f)
     }
-}
 
-/// Runs with `__sk_buff.ifindex` set (the only non-zero field), so the program
-/// sees the packet on that interface.
-pub fn run_on(dp: &mut Dataplane, hook: Hook, ifindex: u32, p: &Packet) -> u32 {
-    let mut ctx = [0u8; 44]; // __sk_buff up to and including ifindex (offset 40)
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    let frame = p.frame();
-    dp.program(hook)
-        .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            ctx_in: Some(&ctx),
-            ..Default::default()
+    /// Runs `p` with `__sk_buff.ifindex` set (the only non-zero field), inside
+    /// the pair's namespace, so the program sees the packet on that interface.
+    pub fn run_on(&self, dp: &mut Dataplane, hook: Hook, ifindex: u32, p: &Packet) -> u32 {
+        let frame = p.frame();
+        self.run(|| {
+            let mut ctx = [0u8; 44]; // __sk_buff up to and including ifindex (offset 40)
+            ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+            dp.program(hook)
+                .unwrap()
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(&ctx),
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN with an __sk_buff")
+                .return_value
         })
-        .expect("BPF_PROG_TEST_RUN with an __sk_buff")
-        .return_value
+    }
 }
