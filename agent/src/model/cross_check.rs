@@ -2,7 +2,7 @@
 //! tiers and profiles named but not defined.
 use std::collections::BTreeSet;
 
-use super::load::{DocKey, Document, Owners};
+use super::load::{DocKey, Document, PreviousFiles};
 use super::lower;
 use super::resources::{Resource, ResourceKind};
 use super::{Diagnostic, Severity};
@@ -11,18 +11,18 @@ use super::{Diagnostic, Severity};
 /// that do not exist. Returns the documents that survive, in order. Works in
 /// place (a document is large, and the Kubernetes datastore has one per pod).
 ///
-/// Of documents with the same identity the one from the file in `owners`
+/// Of documents with the same identity the one from the file in `previous_files`
 /// (where the last good state had it) wins, else the first in reading order:
 /// a new file never takes over a resource another file already defines.
 pub(super) fn cross_check(
     mut docs: Vec<Document>,
     diags: &mut Vec<Diagnostic>,
-    owners: &Owners,
+    previous_files: &PreviousFiles,
 ) -> Vec<Document> {
     // Valid documents are loaded unless a check below drops them; invalid ones
     // get the checks too (reported, never loaded); duplicates only their report.
     let mut load: Vec<bool> = docs.iter().map(|d| d.is_valid()).collect();
-    let checked = duplicates(&docs, diags, owners, &mut load);
+    let checked = duplicates(&docs, diags, previous_files, &mut load);
     let defined = |kind: ResourceKind| -> BTreeSet<&str> {
         docs.iter()
             .zip(&load)
@@ -47,7 +47,7 @@ pub(super) fn cross_check(
 fn duplicates(
     docs: &[Document],
     diags: &mut Vec<Diagnostic>,
-    owners: &Owners,
+    previous_files: &PreviousFiles,
     load: &mut [bool],
 ) -> Vec<bool> {
     // The winner of each identity: its owner's document, else the first.
@@ -55,9 +55,13 @@ fn duplicates(
     winner.reserve(docs.len());
     for (i, doc) in docs.iter().enumerate().filter(|(_, d)| d.is_valid()) {
         let key = doc.key();
-        let owned = owners.get(&key).is_some_and(|f| **f == *doc.file);
+        let owned = previous_files.get(&key).is_some_and(|f| **f == *doc.file);
         match winner.get(&key) {
-            Some(&w) if !owned || owners.get(&key).is_some_and(|f| **f == *docs[w].file) => {}
+            Some(&w)
+                if !owned
+                    || previous_files
+                        .get(&key)
+                        .is_some_and(|f| **f == *docs[w].file) => {}
             _ => {
                 winner.insert(key, i);
             }

@@ -76,7 +76,7 @@ impl Document {
 pub type DocKey<'a> = (ResourceKind, Option<&'a str>, &'a str);
 
 /// The file each identity was loaded from in the last good state.
-pub(super) type Owners<'a> = foldhash::HashMap<DocKey<'a>, &'a Path>;
+pub(super) type PreviousFiles<'a> = foldhash::HashMap<DocKey<'a>, &'a Path>;
 
 pub fn resource_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
     match namespace {
@@ -315,7 +315,13 @@ pub fn load_values(sources: impl IntoIterator<Item = (PathBuf, serde_json::Value
         }
         files.push(file);
     }
-    finish(docs, diagnostics, &files, &Owners::default(), Keep::Nothing)
+    finish(
+        docs,
+        diagnostics,
+        &files,
+        &PreviousFiles::default(),
+        Keep::Nothing,
+    )
 }
 
 /// Loads `sources` after `diagnostics` already found (e.g. unreadable files).
@@ -498,8 +504,14 @@ fn finish_keeping_with(
         indexed.sort_by(|(a, x), (b, y)| (a, &x.file, x.line).cmp(&(b, &y.file, y.line)));
         docs = indexed.into_iter().map(|(_, d)| d).collect();
     }
-    let owners: Owners = previous.iter().map(|d| (d.key(), &*d.file)).collect();
-    let loaded = finish(docs, diagnostics, &files, &owners, Keep::Documents(cache));
+    let previous_files: PreviousFiles = previous.iter().map(|d| (d.key(), &*d.file)).collect();
+    let loaded = finish(
+        docs,
+        diagnostics,
+        &files,
+        &previous_files,
+        Keep::Documents(cache),
+    );
     (loaded, kept)
 }
 
@@ -516,10 +528,10 @@ fn finish(
     docs: Vec<Document>,
     mut diagnostics: Vec<Diagnostic>,
     files: &[PathBuf],
-    owners: &Owners,
+    previous_files: &PreviousFiles,
     keep: Keep,
 ) -> Loaded {
-    let docs = cross_check(docs, &mut diagnostics, owners);
+    let docs = cross_check(docs, &mut diagnostics, previous_files);
     // Report in reading order: by file (as given), then line.
     if !diagnostics.is_empty() {
         let file_order: HashMap<&Path, usize> = files
