@@ -38,30 +38,24 @@ pub fn report(flow: &Flow, enforced: Verdict, pending: Verdict, mut flags: u8) -
     let e = entry.as_mut_ptr();
     // SAFETY: an exclusive reservation of size_of::<FlowEvent>(); every field is written.
     unsafe {
-        (*e).src = *flow.init;
-        (*e).dst = *flow.resp;
+        (*e).src = flow.init;
+        (*e).dst = flow.resp;
         (*e).src_port = flow.init_port;
         (*e).dst_port = flow.judged_port;
-        (*e).protocol = flow.pkt.protocol;
-        (*e).ip_version = flow.pkt.ip_version;
-        (*e).direction = flow.side.policy_dir;
-        (*e).ifindex = flow.at.ifindex;
-        (*e).endpoint_id = flow.at.endpoint.id;
+        (*e).protocol = flow.protocol;
+        (*e).ip_version = flow.ip_version;
+        (*e).direction = flow.side().policy_dir;
+        (*e).ifindex = flow.ifindex;
+        (*e).endpoint_id = flow.endpoint.id;
         (*e).enforced = enforced;
         (*e).pending = pending;
         (*e).timestamp_ns = bpf_ktime_get_ns();
         (*e)._pad = [0; 6];
-        match &flow.frontend {
-            Some(f) => {
-                flags |= event_flags::SERVICE;
-                (*e).service = f.addr;
-                (*e).service_port = f.port;
-            }
-            None => {
-                (*e).service = [0; 16];
-                (*e).service_port = 0;
-            }
+        if flow.has_frontend != 0 {
+            flags |= event_flags::SERVICE;
         }
+        (*e).service = flow.frontend;
+        (*e).service_port = flow.frontend_port;
         (*e).flags = flags;
     }
     entry.submit(0);

@@ -3,7 +3,9 @@
 //! Per packet the program calls up to three BTF global functions, each of
 //! which the kernel's verifier checks once, on its own, against its prototype
 //! (unknown arguments), instead of once per way into it: [`fast_path`] (the
-//! established fast path), [`parse_packet`] and [`police_packet`] (`policy`).
+//! established fast path), [`parse_packet`] and [`police_packet`] (`policy`),
+//! which calls a fourth for a flow side to judge (`policy::judge_flow`, from
+//! up to four places).
 //! Inlined into one function, every way through the parser (IP version, each
 //! IPv6 extension header, fragment kinds, L4 protocols) carried its own
 //! constants into the policy path, and the verifier walked that path again
@@ -80,6 +82,16 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
         return parsed;
     }
     let args = u32::from(hook_dir) | u32::from(ct_missed) << 8;
+    // SAFETY: `pkt` is this CPU's map value, just written by `parse_packet`.
+    if unsafe { (*pkt).nd_or_mld } {
+        return verdict(true);
+    }
+    let dir = Hook::policy_dir(hook_dir, &endpoint);
+    // SAFETY: as above.
+    if unsafe { related_packet(skb, pkt, u32::from(dir)) } != 0 {
+        bump(stat::ICMP_RELATED);
+        return verdict(true);
+    }
     // SAFETY: as above.
     unsafe { police_packet(skb, pkt, endpoint.id, endpoint.flags, args) }
 }
@@ -173,14 +185,27 @@ pub unsafe extern "C" fn police_packet(
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*skb).ifindex };
     let hook = Hook::of(&ctx, (args & 0xff) as u8, &endpoint);
-    if pkt.nd_or_mld {
-        return verdict(true);
-    }
-    if conntrack::related_approved(&ctx, pkt, hook.dir) {
-        bump(stat::ICMP_RELATED);
-        return verdict(true);
-    }
     verdict(police(pkt, ifindex, &endpoint, &hook, args >> 8 != 0))
+}
+
+/// Whether `pkt` is an ICMP error RELATED to a flow this side (of policy
+/// direction `dir`) approved (`conntrack::related_approved`): 1, else 0.
+///
+/// A BTF global function like [`parse_packet`], called by the entry before
+/// [`police_packet`], and for the stack: the quoted packet and its conntrack
+/// key get a frame of their own, beside (not under) [`police_packet`]'s, which
+/// with `policy::judge_flow`'s must fit the 512 bytes a call chain shares.
+///
+/// # Safety
+/// `skb` is the running program's context, `pkt` null or valid for reads.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn related_packet(skb: *mut __sk_buff, pkt: *const Parsed, dir: u32) -> u32 {
+    // SAFETY: the caller's promise; the verifier needs the null check.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return 0;
+    };
+    u32::from(conntrack::related_approved(&context(skb), pkt, dir as u8))
 }
 
 /// The parsed packet, counted; or the TC action for one that is not policed

@@ -16,6 +16,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
+use crate::flow::Flow;
 use crate::parse::Parsed;
 
 #[map]
@@ -115,3 +116,8 @@ pub static SERVICE_PROGS: ProgramArray = ProgramArray::with_max_entries(service_
 /// add to both frames, over the 512-byte limit of a call chain.
 #[map]
 pub static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+
+/// The flow side `policy::judge_flow` judges (one per CPU, rewritten by every
+/// judgement; never pinned): on the stack it would not fit `post_nat`'s frames.
+#[map]
+pub static JUDGED: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);

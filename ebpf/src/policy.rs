@@ -88,7 +88,8 @@ use aya_ebpf::programs::TcContext;
 use crate::coarse_now;
 use crate::conntrack::{self, initiator_lo};
 use crate::events::{self, bump};
-use crate::flow::{Flow, Frontend, Judging};
+use crate::flow::{Flow, Judging};
+use crate::maps::JUDGED;
 use crate::parse::Parsed;
 use crate::service;
 use crate::tables::{self, Tables};
@@ -187,16 +188,7 @@ fn known_flow(
     } else {
         (&pkt.dst, &pkt.src, pkt.ct_dport, pkt.ct_sport)
     };
-    let mut flow = Flow {
-        init,
-        resp,
-        init_port,
-        judged_port: ct.judged_port,
-        pkt,
-        at,
-        side,
-        frontend: None,
-    };
+
     // A client->frontend entry: the client's egress is judged against the
     // backend DNAT chose (if that record was evicted, against the frontend, as
     // a flow no post-DNAT hook saw).
@@ -205,15 +197,15 @@ fn known_flow(
     } else {
         None
     };
-    if let Some(b) = &backend {
-        flow.frontend = Some(Frontend {
-            addr: *resp,
-            port: resp_port,
-        });
-        flow.resp = &b.backend;
-        flow.judged_port = b.backend_port;
-    }
-    let (allow, reported) = judge(&flow, ct.flags & side.reported != 0);
+    let (allow, reported) = judge(|flow| {
+        flow.fill(pkt, at, side, (init, init_port), (resp, ct.judged_port));
+        flow.already_reported = u8::from(ct.flags & side.reported != 0);
+        if let Some(b) = &backend {
+            flow.via_frontend(*resp, resp_port);
+            flow.resp = b.backend;
+            flow.judged_port = b.backend_port;
+        }
+    });
     ct.flags |= side.flags(allow, reported);
     allow
 }
@@ -238,7 +230,7 @@ fn new_flow(pkt: &Parsed, hook: &Hook, at: &Judging, key: &CtKey, pkt_is_lo: boo
         return judge_unseen_reply(pkt, at, key, pkt_is_lo);
     }
     let side = CtSide::of(hook.dir == direction::EGRESS);
-    let (allow, reported) = judge(&Flow::opened_by(pkt, at, side), false);
+    let (allow, reported) = judge(|flow| flow.fill_opened_by(pkt, at, side));
     if pkt.track && at.inserts() {
         let flags = side.flags(allow, reported) | initiator_lo(pkt_is_lo);
         let state = tcp_state::initial(pkt.protocol, pkt.tcp_flags);
@@ -256,17 +248,15 @@ fn new_flow(pkt: &Parsed, hook: &Hook, at: &Judging, key: &CtKey, pkt_is_lo: boo
 #[inline(always)]
 fn judge_unseen_reply(pkt: &Parsed, at: &Judging, key: &CtKey, pkt_is_lo: bool) -> bool {
     bump(stat::SERVICE_REPLY_JUDGED);
-    let flow = Flow {
-        init: &pkt.dst,
-        resp: &pkt.src,
-        init_port: pkt.ct_dport,
-        judged_port: pkt.ct_sport,
-        pkt,
-        at,
-        side: CtSide::SENDER,
-        frontend: None,
-    };
-    let (allow, reported) = judge(&flow, false);
+    let (allow, reported) = judge(|flow| {
+        flow.fill(
+            pkt,
+            at,
+            CtSide::SENDER,
+            (&pkt.dst, pkt.ct_dport),
+            (&pkt.src, pkt.ct_sport),
+        )
+    });
     if at.inserts() {
         let flags =
             CtSide::SENDER.flags(allow, reported) | ct_flags::SERVICE | initiator_lo(!pkt_is_lo);
@@ -295,12 +285,10 @@ pub(crate) fn judge_deferred(pkt: &Parsed, d: &DeferValue) -> bool {
         active: tables::active(),
         now: coarse_now(),
     };
-    let mut flow = Flow::opened_by(pkt, &at, CtSide::SENDER);
-    flow.frontend = Some(Frontend {
-        addr: d.frontend,
-        port: d.frontend_port,
+    let (allow, reported) = judge_inlined(|flow| {
+        flow.fill_opened_by(pkt, &at, CtSide::SENDER);
+        flow.via_frontend(d.frontend, d.frontend_port);
     });
-    let (allow, reported) = judge(&flow, false);
     bump(stat::SERVICE_JUDGED);
     if !at.inserts() {
         return allow;
@@ -329,14 +317,63 @@ pub(crate) fn judge_deferred(pkt: &Parsed, d: &DeferValue) -> bool {
     allow
 }
 
-/// Runs the enforced (and, for endpoints with staged policy, the pending) lookup
-/// and reports the flow. Returns (allowed, reported). Inlined at up to four
-/// places of a program (known flow, new flow, deferred Service flow, unseen
-/// Service reply): the event is written in place in the ring buffer so that
-/// the copies fit the 512-byte BPF stack together.
+/// Judges the flow side `fill` writes (see [`judge_flow`]): (allowed,
+/// reported). The flow is written in place in this CPU's `maps::JUDGED`, not
+/// on the stack: the frames of a call chain share 512 bytes.
 #[inline(always)]
-fn judge(flow: &Flow, already_reported: bool) -> (bool, bool) {
-    let tables = Tables::of(&flow.at.active);
+fn judge(fill: impl FnOnce(&mut Flow)) -> (bool, bool) {
+    // SAFETY: the slot is this CPU's `JUDGED` value, valid for reads.
+    judge_with(fill, |flow| unsafe { judge_flow(flow) })
+}
+
+/// [`judge`] with the judgement inlined, for `post_nat` (a deferred Service
+/// flow): its frame leaves no room for [`judge_flow`]'s under it.
+#[inline(always)]
+fn judge_inlined(fill: impl FnOnce(&mut Flow)) -> (bool, bool) {
+    judge_with(fill, judged)
+}
+
+#[inline(always)]
+fn judge_with(fill: impl FnOnce(&mut Flow), run: impl FnOnce(&Flow) -> u32) -> (bool, bool) {
+    let Some(slot) = JUDGED.get_ptr_mut(0) else {
+        // Never: index 0 of a one-entry array.
+        return (false, false);
+    };
+    // SAFETY: this CPU's value; programs on one CPU do not interleave.
+    let flow = unsafe { &mut *slot };
+    fill(flow);
+    let judged = run(flow);
+    (judged & JUDGED_ALLOW != 0, judged & JUDGED_REPORTED != 0)
+}
+
+/// [`judge_flow`]'s answer: bits.
+const JUDGED_ALLOW: u32 = 1;
+const JUDGED_REPORTED: u32 = 2;
+
+/// Runs the enforced (and, for endpoints with staged policy, the pending) lookup
+/// and reports the flow: [`JUDGED_ALLOW`] and [`JUDGED_REPORTED`] bits. Called
+/// from up to four places of a program (known flow, new flow, deferred Service
+/// flow, unseen Service reply); a BTF global function like the ones in `hooks`,
+/// so the verifier walks it once for any flow, not once per place. The event is
+/// written in place in the ring buffer (a stack copy would not fit the 512
+/// bytes a call chain shares).
+///
+/// # Safety
+/// `flow` is null or valid for reads.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn judge_flow(flow: *const Flow) -> u32 {
+    // SAFETY: the caller's promise; the verifier needs the null check.
+    match unsafe { flow.as_ref() } {
+        Some(flow) => judged(flow),
+        None => 0,
+    }
+}
+
+/// The judgement of [`judge_flow`].
+#[inline(always)]
+fn judged(flow: &Flow) -> u32 {
+    let tables = Tables::of(&flow.active);
     let key = enforced_key(flow, &tables);
     let enforced = match tables.verdict(key) {
         Some(v) => v,
@@ -346,17 +383,19 @@ fn judge(flow: &Flow, already_reported: bool) -> (bool, bool) {
         }
     };
     let allow = enforced.action == action::ALLOW;
-    if already_reported {
-        return (allow, true);
+    let allowed = if allow { JUDGED_ALLOW } else { 0 };
+    if flow.already_reported != 0 {
+        return allowed | JUDGED_REPORTED;
     }
-    let staged = flow.at.endpoint.flags & endpoint_flags::HAS_STAGED != 0 && !flow.pkt.fragment;
+    let fragment = flow.fragment != 0;
+    let staged = flow.endpoint.flags & endpoint_flags::HAS_STAGED != 0 && !fragment;
     // Allowed flows of endpoints without staged policy are reported only
     // under `--flows all` (then rate-limited like denied ones, below).
-    if !staged && allow && flow.at.active.flags & active_flags::REPORT_ALLOWED == 0 {
-        return (allow, false);
+    if !staged && allow && flow.active.flags & active_flags::REPORT_ALLOWED == 0 {
+        return allowed;
     }
     let mut flags = 0;
-    if flow.pkt.fragment {
+    if fragment {
         flags |= event_flags::FRAGMENT;
     }
     let mut pending = Verdict::default();
@@ -372,11 +411,15 @@ fn judge(flow: &Flow, already_reported: bool) -> (bool, bool) {
             Some(v) => v,
             None => Verdict::NO_ENTRY,
         };
-    } else if !events::take_token(flow.at.now) {
+    } else if !events::take_token(flow.now) {
         bump(stat::EVENTS_RATE_LIMITED);
-        return (allow, false);
+        return allowed;
     }
-    (allow, events::report(flow, enforced, pending, flags))
+    if events::report(flow, enforced, pending, flags) {
+        allowed | JUDGED_REPORTED
+    } else {
+        allowed
+    }
 }
 
 /// The enforced table's key for this flow side: the endpoint, the peer's group
@@ -385,16 +428,16 @@ fn judge(flow: &Flow, already_reported: bool) -> (bool, bool) {
 /// (the initiator's port, also when a reply re-judges a stale entry).
 #[inline(always)]
 fn enforced_key(flow: &Flow, tables: &Tables) -> RuleKey {
-    let dir = flow.side.policy_dir;
-    let peer = if flow.side.is_sender() {
-        flow.resp
+    let dir = flow.side().policy_dir;
+    let peer = if flow.sender != 0 {
+        &flow.resp
     } else {
-        flow.init
+        &flow.init
     };
-    let id = flow.at.endpoint.id;
+    let id = flow.endpoint.id;
     let group = tables.peer_group(id, dir, tables.peer_class(peer));
-    let protocol = flow.pkt.protocol;
-    let classified = flow.at.endpoint.flags & endpoint_flags::SOURCE_PORTS != 0;
+    let protocol = flow.protocol;
+    let classified = flow.endpoint.flags & endpoint_flags::SOURCE_PORTS != 0;
     let source_port_class = if classified && ip_proto::has_ports(protocol) {
         tables.source_port_class(id, dir, protocol, flow.init_port)
     } else {

@@ -90,11 +90,12 @@ pub fn take_pinned(
 
 /// The object's maps that are its programs' own: nothing but the program
 /// reads or writes them (the parsed packet handed between the programs'
-/// functions, `ebpf/src/hooks.rs`; the constants, which aya fills from the
-/// object and freezes). Every other map is pinned ([`super::pins::PINNED_MAPS`]) and
+/// functions, `ebpf/src/hooks.rs`; the flow side handed to `judge_flow`,
+/// `ebpf/src/policy.rs`; the constants, which aya fills from the object and
+/// freezes). Every other map is pinned ([`super::pins::PINNED_MAPS`]) and
 /// so shared with a reused program; of these a reused program keeps its own
 /// copy, as good as a new one. [`object_maps_known`] holds the object to it.
-pub const PRIVATE_MAPS: [&str; 2] = ["PARSED", ".rodata"];
+pub const PRIVATE_MAPS: [&str; 3] = ["PARSED", "JUDGED", ".rodata"];
 
 /// Whether every map of the loaded object is pinned or private: a map the
 /// agent uses without pinning it would not be the one a reused program uses.
