@@ -1,11 +1,12 @@
 //! The entry of `from_endpoint` / `to_endpoint` (the policy itself: `policy`).
 //!
-//! Per packet the program calls up to three BTF global functions, each of
-//! which the kernel's verifier checks once, on its own, against its prototype
-//! (unknown arguments), instead of once per way into it: [`fast_path`] (the
-//! established fast path), [`parse_packet`] and [`police_packet`] (`policy`),
-//! which calls a fourth for a flow side to judge (`policy::judge_flow`, from
-//! up to four places).
+//! Per packet the program calls BTF global functions, each of which the
+//! kernel's verifier checks once, on its own, against its prototype (unknown
+//! arguments), instead of once per way into it: [`fast_path`] (the
+//! established fast path), then for what it does not answer [`parse_packet`],
+//! [`related_packet`] (ICMP errors of a known flow) and [`police_packet`]
+//! (`policy`), which calls `policy::judge_flow` for a flow side to judge
+//! (from three places).
 //! Inlined into one function, every way through the parser (IP version, each
 //! IPv6 extension header, fragment kinds, L4 protocols) carried its own
 //! constants into the policy path, and the verifier walked that path again
@@ -61,8 +62,8 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
         service::hand_to_post_nat(ctx);
     }
     let skb = ctx.as_ptr() as *mut __sk_buff;
+    let dir = Hook::policy_dir(hook_dir, &endpoint);
     let ct_missed = if endpoint.flags & endpoint_flags::FULL_PATH == 0 {
-        let dir = Hook::policy_dir(hook_dir, &endpoint);
         // SAFETY: `skb` is this run's context.
         match unsafe { fast_path(skb, u32::from(dir)) } {
             FAST_ALLOWED => return verdict(true),
@@ -87,7 +88,6 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
     if unsafe { (*pkt).nd_or_mld } {
         return verdict(true);
     }
-    let dir = Hook::policy_dir(hook_dir, &endpoint);
     // SAFETY: as above.
     if unsafe { related_packet(skb, pkt, u32::from(dir)) } != 0 {
         bump(stat::ICMP_RELATED);

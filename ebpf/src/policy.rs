@@ -188,7 +188,6 @@ fn known_flow(
     } else {
         (&pkt.dst, &pkt.src, pkt.ct_dport, pkt.ct_sport)
     };
-
     // A client->frontend entry: the client's egress is judged against the
     // backend DNAT chose (if that record was evicted, against the frontend, as
     // a flow no post-DNAT hook saw).
@@ -352,9 +351,10 @@ const JUDGED_REPORTED: u32 = 2;
 
 /// Runs the enforced (and, for endpoints with staged policy, the pending) lookup
 /// and reports the flow: [`JUDGED_ALLOW`] and [`JUDGED_REPORTED`] bits. Called
-/// from up to four places of a program (known flow, new flow, deferred Service
-/// flow, unseen Service reply); a BTF global function like the ones in `hooks`,
-/// so the verifier walks it once for any flow, not once per place. The event is
+/// from three places of `police_packet` (known flow, new flow, unseen Service
+/// reply); a BTF global function like the ones in `hooks`, so the verifier
+/// walks it once for any flow, not once per place (`post_nat`'s deferred
+/// Service flow has it inlined: [`judge_inlined`]). The event is
 /// written in place in the ring buffer (a stack copy would not fit the 512
 /// bytes a call chain shares).
 ///
