@@ -45,8 +45,8 @@ pub fn report(flow: &Flow, enforced: Verdict, pending: Verdict, mut flags: u8) -
         (*e).protocol = flow.protocol;
         (*e).ip_version = flow.ip_version;
         (*e).direction = flow.side().policy_dir;
-        (*e).ifindex = flow.ifindex;
-        (*e).endpoint_id = flow.endpoint.id;
+        (*e).ifindex = flow.at.ifindex;
+        (*e).endpoint_id = flow.at.endpoint.id;
         (*e).enforced = enforced;
         (*e).pending = pending;
         (*e).timestamp_ns = bpf_ktime_get_ns();

@@ -5,17 +5,19 @@ use agent_common::{active_flags, ActiveTables, CtSide, EndpointInfo};
 use crate::parse::Parsed;
 
 /// The endpoint a packet is judged for, and the tables and time it is judged
-/// with (`ACTIVE` is read once per packet).
-pub struct Judging<'a> {
+/// with (`ACTIVE` is read once per packet). Plain values: part of [`Flow`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Judging {
     /// The endpoint's interface (for the flow event).
     pub ifindex: u32,
-    pub endpoint: &'a EndpointInfo,
+    pub endpoint: EndpointInfo,
     pub active: ActiveTables,
     /// `coarse_now()`.
     pub now: u64,
 }
 
-impl Judging<'_> {
+impl Judging {
     /// Whether judged flows get conntrack entries (not under `NO_CT_INSERT`).
     #[inline(always)]
     pub fn inserts(&self) -> bool {
@@ -39,12 +41,8 @@ pub struct Flow {
     /// The Service frontend the client addressed, when `resp` is its backend
     /// (`has_frontend`).
     pub frontend: [u8; 16],
-    /// The tables and the time it is judged with.
-    pub active: ActiveTables,
-    pub now: u64,
-    /// The endpoint judged, and its interface (for the flow event).
-    pub endpoint: EndpointInfo,
-    pub ifindex: u32,
+    /// The endpoint judged, the tables and the time.
+    pub at: Judging,
     /// The initiator's source port (what source-port classes see).
     pub init_port: u16,
     /// The responder's port (ICMP: type << 8 | code) the tables are keyed by.
@@ -78,10 +76,7 @@ impl Flow {
         self.init = *init;
         self.resp = *resp;
         self.frontend = [0; 16];
-        self.active = at.active;
-        self.now = at.now;
-        self.endpoint = *at.endpoint;
-        self.ifindex = at.ifindex;
+        self.at = *at;
         self.init_port = init_port;
         self.judged_port = judged_port;
         self.frontend_port = 0;

@@ -88,8 +88,9 @@ fn handle(ctx: &TcContext, hook_dir: u8) -> i32 {
     if unsafe { (*pkt).nd_or_mld } {
         return verdict(true);
     }
-    // SAFETY: as above.
-    if unsafe { related_packet(skb, pkt, u32::from(dir)) } != 0 {
+    // SAFETY: as above. Only a packet quoting another (an ICMP error) can be
+    // RELATED: the rest skip the call.
+    if unsafe { (*pkt).quote_offset != 0 && related_packet(skb, pkt, u32::from(dir)) != 0 } {
         bump(stat::ICMP_RELATED);
         return verdict(true);
     }

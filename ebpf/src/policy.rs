@@ -149,7 +149,7 @@ pub(crate) fn police(
 ) -> bool {
     let at = &Judging {
         ifindex,
-        endpoint,
+        endpoint: *endpoint,
         active: tables::active(),
         now: coarse_now(),
     };
@@ -221,7 +221,7 @@ fn new_flow(pkt: &Parsed, hook: &Hook, at: &Judging, key: &CtKey, pkt_is_lo: boo
     if hook.defers
         && service_ports
         && service::is_frontend(&pkt.dst)
-        && service::defer(hook.ctx, pkt, at.ifindex, at.endpoint)
+        && service::defer(hook.ctx, pkt, at.ifindex, &at.endpoint)
     {
         return true;
     }
@@ -280,7 +280,7 @@ fn judge_unseen_reply(pkt: &Parsed, at: &Judging, key: &CtKey, pkt_is_lo: bool) 
 pub(crate) fn judge_deferred(pkt: &Parsed, d: &DeferValue) -> bool {
     let at = Judging {
         ifindex: d.ifindex,
-        endpoint: &d.endpoint,
+        endpoint: d.endpoint,
         active: tables::active(),
         now: coarse_now(),
     };
@@ -373,7 +373,7 @@ pub unsafe extern "C" fn judge_flow(flow: *const Flow) -> u32 {
 /// The judgement of [`judge_flow`].
 #[inline(always)]
 fn judged(flow: &Flow) -> u32 {
-    let tables = Tables::of(&flow.active);
+    let tables = Tables::of(&flow.at.active);
     let key = enforced_key(flow, &tables);
     let enforced = match tables.verdict(key) {
         Some(v) => v,
@@ -388,10 +388,10 @@ fn judged(flow: &Flow) -> u32 {
         return allowed | JUDGED_REPORTED;
     }
     let fragment = flow.fragment != 0;
-    let staged = flow.endpoint.flags & endpoint_flags::HAS_STAGED != 0 && !fragment;
+    let staged = flow.at.endpoint.flags & endpoint_flags::HAS_STAGED != 0 && !fragment;
     // Allowed flows of endpoints without staged policy are reported only
     // under `--flows all` (then rate-limited like denied ones, below).
-    if !staged && allow && flow.active.flags & active_flags::REPORT_ALLOWED == 0 {
+    if !staged && allow && flow.at.active.flags & active_flags::REPORT_ALLOWED == 0 {
         return allowed;
     }
     let mut flags = 0;
@@ -411,7 +411,7 @@ fn judged(flow: &Flow) -> u32 {
             Some(v) => v,
             None => Verdict::NO_ENTRY,
         };
-    } else if !events::take_token(flow.now) {
+    } else if !events::take_token(flow.at.now) {
         bump(stat::EVENTS_RATE_LIMITED);
         return allowed;
     }
@@ -434,10 +434,10 @@ fn enforced_key(flow: &Flow, tables: &Tables) -> RuleKey {
     } else {
         &flow.init
     };
-    let id = flow.endpoint.id;
+    let id = flow.at.endpoint.id;
     let group = tables.peer_group(id, dir, tables.peer_class(peer));
     let protocol = flow.protocol;
-    let classified = flow.endpoint.flags & endpoint_flags::SOURCE_PORTS != 0;
+    let classified = flow.at.endpoint.flags & endpoint_flags::SOURCE_PORTS != 0;
     let source_port_class = if classified && ip_proto::has_ports(protocol) {
         tables.source_port_class(id, dir, protocol, flow.init_port)
     } else {
