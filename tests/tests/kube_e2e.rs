@@ -65,6 +65,16 @@ extern "C" fn stop_all() {
     }
 }
 
+/// `df -h` of the filesystem holding `dir`, for a failure message.
+fn free_space(dir: &Path) -> String {
+    Command::new("df")
+        .arg("-h")
+        .arg(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("df: {e}"))
+}
+
 fn free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
@@ -142,11 +152,15 @@ impl ApiServer {
             .stdout(Stdio::piped())
             .output()
             .expect("start-apiserver.sh");
+        // The script's openssl steps are silent when they fail (a full disk
+        // gave an empty message once): say how it ended and what space is left.
         assert!(
             out.status.success(),
-            "start-apiserver.sh failed: {}\n{}",
+            "start-apiserver.sh failed ({}): {}\n{}\n{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.run_dir.join("apiserver.log")).unwrap_or_default()
+            std::fs::read_to_string(self.run_dir.join("apiserver.log")).unwrap_or_default(),
+            free_space(&std::env::temp_dir())
         );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }

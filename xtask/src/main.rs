@@ -7,6 +7,7 @@ mod bench;
 mod bench_traffic;
 mod bpf_stats;
 mod demo;
+mod disk;
 mod setup;
 
 use std::process::Command;
@@ -69,6 +70,7 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "--bin", "agent"])
         }
         Task::Test { args } => {
+            disk::require_room(&workspace_root().join("target"), disk::COLD_TEST_RUN)?;
             setup::run()?;
             require_ci_capabilities()?;
             setup::bpffs()?;
