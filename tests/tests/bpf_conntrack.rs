@@ -373,6 +373,44 @@ fn sweep_deletes_only_idle_conntrack_entries() {
     assert_eq!(dp.conntrack().unwrap().keys().count(), 0);
 }
 
+/// The sweep's delete: an entry idle when the sweep read it but refreshed by
+/// a packet before the delete is put back as the packet left it.
+#[test]
+fn sweep_delete_puts_back_an_entry_refreshed_since_the_read() {
+    use agent::dataplane::{delete_if_idle, monotonic_coarse_ns, Swept};
+    let mut dp = load(0);
+    dp.install(&base_tables()).unwrap();
+    let dns = Packet::udp(ip("10.65.0.10"), 5353, ip("8.8.8.8"), 53);
+    assert_eq!(run(&mut dp, Hook::FromEndpoint, &dns), TC_ACT_OK);
+    let (key, live) = {
+        let ct = dp.conntrack().unwrap();
+        let all: Vec<_> = ct.iter().map(|r| r.unwrap()).collect();
+        assert_eq!(all.len(), 1);
+        all[0]
+    };
+    let now = monotonic_coarse_ns();
+    // Live at `now` (as if a packet refreshed it after the sweep's read):
+    // taken, seen live, put back unchanged.
+    assert_eq!(
+        delete_if_idle(dp.conntrack_map().unwrap(), &key, now).unwrap(),
+        Swept::Kept
+    );
+    assert_eq!(dp.conntrack().unwrap().get(&key, 0).unwrap(), live);
+    // Idle (last seen at boot): deleted; then there is nothing to delete.
+    let mut idle = live;
+    idle.last_seen_ns = 0;
+    dp.conntrack().unwrap().insert(&key, &idle, 0).unwrap();
+    assert_eq!(
+        delete_if_idle(dp.conntrack_map().unwrap(), &key, now).unwrap(),
+        Swept::Deleted
+    );
+    assert!(dp.conntrack().unwrap().get(&key, 0).is_err());
+    assert_eq!(
+        delete_if_idle(dp.conntrack_map().unwrap(), &key, now).unwrap(),
+        Swept::Gone
+    );
+}
+
 #[test]
 fn expired_entries_are_misses() {
     let mut dp = load(0);

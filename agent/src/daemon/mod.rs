@@ -385,13 +385,20 @@ fn spawn_every(period: Duration, mut f: impl FnMut() + Send + 'static) {
 /// its own handle on the pinned map: a sweep of a full table takes a while and
 /// must not hold up event draining or reloads.
 fn spawn_conntrack_sweep(shared: Arc<Shared>, bpffs: &std::path::Path) -> anyhow::Result<()> {
-    let mut conntrack = crate::dataplane::pinned_conntrack(bpffs)?;
+    let conntrack = crate::dataplane::pinned_conntrack(bpffs)?;
     std::thread::spawn(move || loop {
         std::thread::sleep(CONNTRACK_SWEEP);
-        let sweep = crate::dataplane::sweep_conntrack(
-            &mut conntrack,
+        let sweep = match crate::dataplane::sweep_conntrack(
+            &conntrack,
             crate::dataplane::monotonic_coarse_ns(),
-        );
+        ) {
+            Ok(sweep) => sweep,
+            Err(e) => {
+                // Idle entries stay misses in the kernel; the LRU evicts them.
+                tracing::warn!(error = %e, "conntrack sweep failed");
+                continue;
+            }
+        };
         if sweep.removed > 0 {
             tracing::debug!(
                 removed = sweep.removed,

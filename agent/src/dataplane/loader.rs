@@ -13,7 +13,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-pub use super::conntrack::{monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, CtSweep};
+pub use super::conntrack::{
+    delete_if_idle, monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, CtSweep, Swept,
+};
 pub use super::events::FlowRecord;
 use super::exact;
 pub(super) use super::pins::detach_pinned;

@@ -19,6 +19,7 @@ pub mod events;
 pub mod exact;
 pub mod host;
 pub mod loader;
+mod map_batch;
 pub mod pins;
 mod programs;
 pub mod reuse;
@@ -27,8 +28,8 @@ pub mod tables;
 pub mod upgrade;
 
 pub use loader::{
-    monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, Counters, CtSweep, Dataplane,
-    FlowRecord, Hook, Links,
+    delete_if_idle, monotonic_coarse_ns, pinned_conntrack, sweep_conntrack, Counters, CtSweep,
+    Dataplane, FlowRecord, Hook, Links, Swept,
 };
 pub use tables::{
     port_range_prefixes, GroupEntry, PeerMatch, PortMatch, RuleEntry, SourcePortEntry, Table,
@@ -72,4 +73,6 @@ pub enum DataplaneError {
     Pin(String),
     #[error("interface {0:?} not found")]
     NoInterface(String),
+    #[error("conntrack sweep: {0}")]
+    Sweep(#[source] std::io::Error),
 }
