@@ -1,4 +1,4 @@
-//! `cargo xtask bench --traffic [--quick] [--rules 10,1000] [--report-only]`:
+//! `cargo xtask bench --traffic [--quick | --batches N] [--rules 10,1000] [--report-only]`:
 //! real traffic through a node, side by side in one run. Builds the agent and
 //! the load generator (`tests/src/bin/loadgen.rs`) in release mode, sets up
 //! one lab per (variant, rules) with `lab::traffic` (no program, the agent,
@@ -56,7 +56,13 @@ struct Plan {
     seconds: f64,
 }
 
-pub fn run(quick: bool, report_only: bool, no_build: bool, rules: &[usize]) -> Result<()> {
+pub fn run(
+    quick: bool,
+    report_only: bool,
+    no_build: bool,
+    rules: &[usize],
+    batches: Option<usize>,
+) -> Result<()> {
     let root = workspace_root();
     if !report_only {
         let plan = if quick {
@@ -68,16 +74,22 @@ pub fn run(quick: bool, report_only: bool, no_build: bool, rules: &[usize]) -> R
             // Many short batches rather than a few long ones: a ratio pairs two
             // runs seconds apart, and the shared machine drifts over seconds.
             Plan {
-                batches: 11,
+                batches: batches.unwrap_or(11),
                 seconds: 1.0,
             }
         };
+        if plan.batches == 0 {
+            bail!("--batches 0: at least one batch is needed");
+        }
         let results = measure(&plan, rules, no_build)?;
         std::fs::create_dir_all(root.join("target/bench"))?;
         std::fs::write(root.join(JSON), serde_json::to_string_pretty(&results)?)?;
         let mut command = String::from("cargo xtask bench --traffic");
         if quick {
             command.push_str(" --quick");
+        }
+        if let Some(n) = batches {
+            command.push_str(&format!(" --batches {n}"));
         }
         if rules != DEFAULT_RULES {
             let list: Vec<String> = rules.iter().map(usize::to_string).collect();

@@ -59,6 +59,10 @@ enum Task {
         /// inside `cargo xtask` sees other environment variables and may rebuild everything).
         #[arg(long, requires = "traffic")]
         no_build: bool,
+        /// With --traffic: batches of 1 s per variant (default 11; more narrow a
+        /// ratio's spread on a noisy machine, at ~8 s a batch per rule count).
+        #[arg(long, requires = "traffic", conflicts_with = "quick")]
+        batches: Option<usize>,
     },
 }
 
@@ -89,6 +93,7 @@ fn main() -> Result<()> {
             traffic,
             rules,
             no_build,
+            batches,
         } => {
             if !report_only {
                 setup::run()?;
@@ -101,7 +106,7 @@ fn main() -> Result<()> {
                 } else {
                     rules
                 };
-                bench_traffic::run(quick, report_only, no_build, &rules)
+                bench_traffic::run(quick, report_only, no_build, &rules, batches)
             } else {
                 bench::run(quick, report_only)
             }
