@@ -3,8 +3,10 @@
 //! and the Kubernetes tests' etcd data; when the disk fills part way, tools
 //! fail far from the cause (the API server's certificate step exits silently),
 //! so the run stops up front with the numbers instead.
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
@@ -41,19 +43,33 @@ pub fn require_room(target: &Path, cold: u64) -> Result<()> {
     Ok(())
 }
 
-/// The bytes in the files under `dir` (0 when it does not exist yet).
+/// The bytes in the files under `dir` (0 when it does not exist yet), each
+/// file once: cargo hard-links its outputs (`target/debug/agent` is
+/// `target/debug/deps/agent-*`), which must not count twice.
 fn dir_size(dir: &Path) -> u64 {
+    let mut seen = HashSet::new();
+    files_size(dir, &mut seen)
+}
+
+fn files_size(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
+    let mut total = 0;
+    for e in entries.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => total += files_size(&e.path(), seen),
+            Ok(t) if t.is_file() => {
+                if let Ok(m) = e.metadata() {
+                    if m.nlink() == 1 || seen.insert((m.dev(), m.ino())) {
+                        total += m.len();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    total
 }
 
 /// `path`, or its nearest ancestor that exists.
@@ -96,8 +112,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-disk-held-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("debug")).unwrap();
         std::fs::write(dir.join("debug/a"), vec![0u8; 4096]).unwrap();
+        std::fs::hard_link(dir.join("debug/a"), dir.join("debug/b")).unwrap();
         let held = dir_size(&dir);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(held, 4096);
+        assert_eq!(held, 4096, "a hard link counts once");
     }
 }
